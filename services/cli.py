@@ -1,0 +1,155 @@
+"""The ``casetrail`` command line: run the services, migrate, issue development tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, suppress
+
+from services.common.auth import Role, dev_secret, issue_token
+from services.common.logs import configure_logging
+from services.common.settings import Settings
+
+
+def _fail(message: str) -> int:
+    print(f"casetrail: {message}", file=sys.stderr)
+    return 2
+
+
+def _jwt_secret(settings: Settings) -> str | None:
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    local = settings.dev_data_dir / "jwt-secret"
+    return local.read_text().strip() if local.exists() else None
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    secret = _jwt_secret(settings)
+    if not secret:
+        return _fail("set CASETRAIL_JWT_SECRET (or run `casetrail dev` once to make a dev secret)")
+    cases = [c for c in (args.cases or "").split(",") if c]
+    try:
+        token = issue_token(secret, sub=args.sub, role=args.role, agency=args.agency,
+                            cases=cases, ttl_seconds=args.ttl)
+    except ValueError as error:
+        return _fail(f"bad --cases or --role: {error}")
+    print(token)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from services.records.http.app import migrate
+
+    if not settings.database_url:
+        return _fail("set DATABASE_URL")
+    applied = asyncio.run(migrate(settings.database_url))
+    print("applied: " + (", ".join(applied) if applied else "nothing, already current"))
+    return 0
+
+
+def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from services.records.http.app import create_app
+
+    if not settings.database_url:
+        return _fail("set DATABASE_URL (or use `casetrail dev`, which starts its own database)")
+    if not _jwt_secret(settings) and not (settings.jwt_public_key_file or settings.jwks_file):
+        return _fail("set CASETRAIL_JWT_SECRET, CASETRAIL_JWT_PUBLIC_KEY_FILE or"
+                     " CASETRAIL_JWKS_FILE")
+    configure_logging(settings.log_level)
+    web.run_app(create_app(settings), host=args.host or settings.records_host,
+                port=args.port or settings.records_port, print=None)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common.database import embedded_postgres
+
+    configure_logging(settings.log_level, json_output=False)
+    secret = settings.jwt_secret or dev_secret(settings.dev_data_dir)
+    with ExitStack() as stack:
+        database_url = settings.database_url
+        if not database_url:
+            print("DATABASE_URL is not set: starting an embedded PostgreSQL in "
+                  f"{settings.dev_data_dir / 'pgdata'}", flush=True)
+            database_url = stack.enter_context(
+                embedded_postgres(settings.dev_data_dir / "pgdata"))
+        dev_settings = settings.model_copy(update={"database_url": database_url,
+                                                   "jwt_secret": secret})
+        with suppress(KeyboardInterrupt):
+            asyncio.run(_run_dev(dev_settings, args.host, args.port))
+    return 0
+
+
+async def _run_dev(settings: Settings, host: str, port: int) -> None:
+    from aiohttp import web
+
+    from services.records.http.app import create_app
+
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    assert settings.jwt_secret
+    token = issue_token(settings.jwt_secret, sub="cm-demo", role=Role.CASE_MANAGER,
+                        agency="demo-agency")
+    supervisor = issue_token(settings.jwt_secret, sub="sup-demo", role=Role.SUPERVISOR,
+                             agency="demo-agency")
+    print(f"""
+Casetrail is running.
+  records   http://{host}:{port}      (API list: http://{host}:{port}/docs)
+  database  {settings.database_url}
+
+Development token (case manager cm-demo, agency demo-agency):
+  export TOKEN={token}
+Supervisor token (sup-demo):
+  export SUPERVISOR_TOKEN={supervisor}
+Try:  curl -s -H "Authorization: Bearer $TOKEN" http://{host}:{port}/readyz
+Stop with Ctrl-C.
+""", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="casetrail", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run everything locally (embedded PostgreSQL if needed)")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.set_defaults(run=cmd_dev)
+
+    records = sub.add_parser("records", help="run the records service")
+    records.add_argument("--host")
+    records.add_argument("--port", type=int)
+    records.set_defaults(run=cmd_records)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(run=cmd_migrate)
+
+    token = sub.add_parser("token", help="print a development token (HS256)")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--agency", required=True)
+    token.add_argument("--cases", help="comma-separated case ids (participant, auditor)")
+    token.add_argument("--ttl", type=int, default=8 * 3600, help="lifetime in seconds")
+    token.set_defaults(run=cmd_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    run: Callable[[argparse.Namespace, Settings], int] = args.run
+    return run(args, settings)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

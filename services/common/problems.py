@@ -1,0 +1,88 @@
+"""RFC 9457 problem details: every error answer of both services has this shape."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+PROBLEM_TYPE_BASE = "https://casetrail.dev/problems/"
+log = structlog.get_logger("casetrail.http")
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+
+
+class Problem(Exception):
+    """Raise anywhere in a handler to answer with a problem body."""
+
+    def __init__(self, status: int, title: str, detail: str | None = None, *,
+                 kind: str | None = None, errors: Sequence[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.kind = kind or title.lower().replace(" ", "-")
+        self.errors = list(errors or [])
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self, instance: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + self.kind, "title": self.title,
+                                "status": self.status, "instance": instance}
+        if self.detail:
+            body["detail"] = self.detail
+        if self.errors:
+            body["errors"] = self.errors
+        body.update(self.extra)
+        return body
+
+
+def problem_response(problem: Problem, request: web.Request) -> web.Response:
+    body = problem.body(request.path)
+    if request_id := request.get(REQUEST_ID_KEY):
+        body["request_id"] = request_id
+    return web.Response(status=problem.status, text=json.dumps(body, default=str),
+                        content_type="application/problem+json", headers=problem.headers)
+
+
+def validation_problem(error: ValidationError, *, location: str = "body") -> Problem:
+    errors = [{"field": ".".join(str(p) for p in (location, *e["loc"])), "message": e["msg"],
+               "code": e["type"]} for e in error.errors(include_url=False)]
+    return Problem(422, "Invalid request", "one or more fields are not valid",
+                   kind="validation", errors=errors)
+
+
+_STATUS_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+                  405: "Method not allowed", 406: "Not acceptable", 409: "Conflict",
+                  412: "Precondition failed", 413: "Request body too large",
+                  415: "Unsupported media type", 422: "Invalid request"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a problem body; an unexpected one is logged and hidden."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(problem, request)
+    except ValidationError as error:
+        return problem_response(validation_problem(error), request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        title = _STATUS_TITLES.get(error.status, error.reason)
+        detail = error.text if error.text and not error.text.startswith(str(error.status)) \
+            else None
+        headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
+        return problem_response(Problem(error.status, title, detail, headers=headers), request)
+    except Exception:
+        log.exception("unhandled error", path=request.path, method=request.method)
+        return problem_response(Problem(500, "Internal error",
+                                        "the error was logged; please report the request_id",
+                                        kind="internal"), request)

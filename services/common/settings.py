@@ -1,0 +1,29 @@
+"""Configuration from environment variables, shared by both services and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob Casetrail reads from the environment; CLI flags override these."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    jwt_secret: str | None = Field(default=None, alias="CASETRAIL_JWT_SECRET")
+    jwt_public_key_file: Path | None = Field(default=None, alias="CASETRAIL_JWT_PUBLIC_KEY_FILE")
+    jwks_file: Path | None = Field(default=None, alias="CASETRAIL_JWKS_FILE")
+    jwt_audience: str | None = Field(default=None, alias="CASETRAIL_JWT_AUDIENCE")
+    jwt_issuer: str | None = Field(default=None, alias="CASETRAIL_JWT_ISSUER")
+    records_host: str = Field(default="127.0.0.1", alias="RECORDS_HOST")
+    records_port: int = Field(default=8080, alias="RECORDS_PORT")
+    max_body_bytes: int = Field(default=256 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
+    db_pool_max: int = Field(default=10, alias="CASETRAIL_DB_POOL_MAX")
+    feed_max_wait_seconds: float = Field(default=30.0, alias="CASETRAIL_FEED_MAX_WAIT")
+    language_guide_dir: Path | None = Field(default=None, alias="CASETRAIL_LANGUAGE_GUIDE_DIR")
+    log_level: str = Field(default="info", alias="CASETRAIL_LOG_LEVEL")
+    dev_data_dir: Path = Field(default=Path(".casetrail"), alias="CASETRAIL_DEV_DIR")

@@ -1,0 +1,115 @@
+"""The per-stream SHA-256 hash chain: canonical encoding, hashing and verification.
+
+Pure functions, so the service, the verify endpoint and the offline ``casetrail verify`` all
+compute exactly the same thing. The canonical form is JSON with sorted keys, no insignificant
+whitespace, UTF-8, and timestamps as RFC 3339 UTC with microseconds. Floats are refused: jsonb
+may re-spell them (1.0 → 1), which would silently change a hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+
+
+def format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _refuse_floats(value: Any) -> None:
+    if isinstance(value, float):
+        raise TypeError("floats are not allowed in recorded events; use strings or integers")
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _refuse_floats(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_floats(item)
+
+
+def canonical_bytes(value: Any) -> bytes:
+    _refuse_floats(value)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """The hashed fields of one recorded event."""
+
+    stream_id: str
+    version: int
+    event_id: str
+    type: str
+    schema_version: int
+    data: Mapping[str, Any]
+    metadata: Mapping[str, Any]
+    recorded_at: datetime
+    prev_hash: str
+    hash: str = ""
+
+    def canonical(self) -> bytes:
+        return canonical_bytes({
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "event_id": self.event_id,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "data": self.data,
+            "metadata": self.metadata,
+            "recorded_at": format_timestamp(self.recorded_at),
+            "prev_hash": self.prev_hash,
+        })
+
+    def compute_hash(self) -> str:
+        return hashlib.sha256(self.canonical()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    valid: bool
+    events_checked: int
+    head_hash: str
+    broken_at_version: int | None = None
+    broken_event_id: str | None = None
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "events_checked": self.events_checked,
+            "head_hash": self.head_hash,
+            "first_broken_link": None if self.valid else {
+                "version": self.broken_at_version,
+                "event_id": self.broken_event_id,
+                "problem": self.problem,
+            },
+        }
+
+
+def verify_links(links: Iterable[ChainLink]) -> ChainReport:
+    """Recompute the chain in version order and name the first link that does not hold."""
+    expected_prev = GENESIS_HASH
+    expected_version = 1
+    checked = 0
+    for link in links:
+        problem = None
+        if link.version != expected_version:
+            problem = f"version {link.version} found where {expected_version} was expected"
+        elif link.prev_hash != expected_prev:
+            problem = "prev_hash does not match the previous event's hash"
+        elif link.compute_hash() != link.hash:
+            problem = "hash does not match the event's content"
+        if problem is not None:
+            return ChainReport(False, checked, expected_prev, link.version, link.event_id, problem)
+        checked += 1
+        expected_prev = link.hash
+        expected_version += 1
+    return ChainReport(True, checked, expected_prev)

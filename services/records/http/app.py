@@ -1,0 +1,152 @@
+"""The records service's aiohttp application: wiring, lifecycle and the operational routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from schemas.feed import FeedPage, FeedQuery, Health
+from services.common.auth import Role, TokenVerifier
+from services.common.database import apply_migrations, create_pool, pending_migrations
+from services.common.http import (
+    VERIFIER,
+    Api,
+    auth_middleware,
+    json_response,
+    parse_query,
+    principal,
+    request_id_middleware,
+)
+from services.common.problems import Problem, problem_middleware
+from services.common.settings import Settings
+from services.records.http.metrics import METRICS, RecordsMetrics, metrics_middleware
+from services.records.store.events import Clock, EventStore, utc_now
+from services.records.store.feed import (
+    START,
+    BadCheckpoint,
+    Checkpoint,
+    FeedWaiter,
+    feed_event_json,
+    read_feed_waiting,
+)
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "store" / "migrations"
+SCHEMA = "records"
+
+
+@dataclass
+class Records:
+    """Everything a handler needs, created once per application."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    store: EventStore
+    waiter: FeedWaiter
+    metrics: RecordsMetrics
+
+
+RECORDS = web.AppKey("records", Records)
+api = Api(title="Casetrail records", version="1")
+
+
+def records(request: web.Request) -> Records:
+    return request.app[RECORDS]
+
+
+async def migrate(database_url: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    finally:
+        await conn.close()
+
+
+def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application:
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set")
+    database_url = settings.database_url
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_id_middleware, metrics_middleware, problem_middleware,
+                     auth_middleware],
+    )
+    app[VERIFIER] = TokenVerifier(settings)
+    app[METRICS] = RecordsMetrics()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await migrate(database_url)
+        pool = await create_pool(database_url, max_size=settings.db_pool_max)
+        waiter = FeedWaiter(database_url)
+        await waiter.start()
+        app[RECORDS] = Records(settings, pool, EventStore(pool, clock), waiter, app[METRICS])
+        yield
+        await waiter.stop()
+        await pool.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    from services.records.http import routes  # noqa: F401  (registers the case routes)
+
+    api.add_routes(app)
+    return app
+
+
+@api.route("GET", "/healthz", "the process is up", response=Health, public=True, tag="ops")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@api.route("GET", "/readyz", "the database answers and migrations are current",
+           response=Health, public=True, tag="ops")
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2), records(request).pool.acquire() as conn:
+            pending = await pending_migrations(conn, SCHEMA, MIGRATIONS)
+        checks["database"] = "ok"
+        checks["migrations"] = "current" if not pending else f"pending: {', '.join(pending)}"
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        checks["database"] = f"unreachable: {type(error).__name__}"
+    ready = checks.get("database") == "ok" and checks.get("migrations") == "current"
+    return json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                         status=200 if ready else 503)
+
+
+@api.route("GET", "/openapi.json", "this API's OpenAPI 3.1 description", public=True, tag="ops")
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(api.openapi())
+
+
+@api.route("GET", "/docs", "human-readable list of operations", public=True, tag="ops")
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=api.docs_page(), content_type="text/html")
+
+
+@api.route("GET", "/metrics", "Prometheus metrics", public=True, tag="ops")
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(records(request).metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@api.route("GET", "/v1/events", "the global event feed (long-poll); service role only",
+           query=FeedQuery, response=FeedPage, tag="feed")
+async def event_feed(request: web.Request) -> web.Response:
+    if principal(request).role is not Role.SERVICE:
+        raise Problem(403, "Forbidden", "the event feed is for the service role",
+                      kind="forbidden")
+    query = parse_query(request, FeedQuery)
+    try:
+        after = Checkpoint.decode(query.after) if query.after else START
+    except BadCheckpoint as error:
+        raise Problem(400, "Bad request", str(error), kind="bad-checkpoint",
+                      errors=[{"field": "query.after", "message": str(error)}]) from error
+    ctx = records(request)
+    wait = min(query.wait, ctx.settings.feed_max_wait_seconds)
+    page = await read_feed_waiting(ctx.pool, ctx.waiter, after, query.limit, wait)
+    return json_response({"events": [feed_event_json(e) for e in page.events],
+                          "checkpoint": page.checkpoint.encode()})

@@ -1,0 +1,1 @@
+"""Case routes (the plan API) register themselves on ``api`` here."""

@@ -1,0 +1,152 @@
+"""The global feed: every event once, in one order that never changes, with a checkpoint.
+
+Events are ordered by (writing transaction id, global_position). A reader only receives
+events whose transaction id is below ``pg_snapshot_xmin(pg_current_snapshot())``: every
+transaction that could still commit has a larger id, so nothing can later appear behind a
+checkpoint already handed out. The cost: a long-running writer holds the feed back until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import re
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.records.store.events import _EVENT_COLUMNS, RecordedEvent, _recorded
+
+_CHECKPOINT = re.compile(r"^(\d{1,20}):(\d{1,20})$")
+NOTIFY_CHANNEL = "records_events"
+
+
+class BadCheckpoint(ValueError):
+    pass
+
+
+@dataclass(frozen=True, order=True)
+class Checkpoint:
+    transaction_id: int
+    global_position: int
+
+    def encode(self) -> str:
+        raw = f"{self.transaction_id}:{self.global_position}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Checkpoint:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+            raise BadCheckpoint("checkpoint is not one this feed handed out") from error
+        match = _CHECKPOINT.match(raw)
+        if match is None or len(token) > 64:
+            raise BadCheckpoint("checkpoint is not one this feed handed out")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+START = Checkpoint(0, 0)
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    event: RecordedEvent
+    checkpoint: Checkpoint
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    events: list[FeedEvent]
+    checkpoint: Checkpoint
+
+
+async def read_feed(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPage:
+    rows = await pool.fetch(
+        f"SELECT transaction_id::text AS tx, {_EVENT_COLUMNS} FROM records.events"
+        " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
+        " AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+        " ORDER BY transaction_id, global_position LIMIT $3",
+        str(after.transaction_id), after.global_position, limit,
+    )
+    events = [FeedEvent(_recorded(r), Checkpoint(int(r["tx"]), r["global_position"]))
+              for r in rows]
+    return FeedPage(events, events[-1].checkpoint if events else after)
+
+
+class FeedWaiter:
+    """Wakes long-polling readers when events are appended (LISTEN on one connection).
+
+    A notification arrives at commit; the events may still sit above the snapshot horizon
+    while an older transaction runs, so waiters also re-check on a short interval.
+    """
+
+    recheck_seconds = 0.2
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._conn = await asyncpg.connect(self._dsn)
+        await self._conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+    def _on_notify(self, *_: object) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, seconds: float) -> bool:
+        """True when woken by an append, False on timeout."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+async def read_feed_waiting(pool: asyncpg.Pool, waiter: FeedWaiter, after: Checkpoint,
+                            limit: int, wait_seconds: float) -> FeedPage:
+    """Read the feed; when empty, wait up to ``wait_seconds`` for something to arrive."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    woken = False
+    while True:
+        page = await read_feed(pool, after, limit)
+        remaining = deadline - loop.time()
+        if page.events or remaining <= 0:
+            return page
+        # Woken but nothing visible yet: an older transaction still holds the horizon back.
+        timeout = min(remaining, waiter.recheck_seconds) if woken else remaining
+        woken = await waiter.wait(timeout) or woken
+
+
+def feed_event_json(item: FeedEvent) -> dict[str, object]:
+    event = item.event
+    return {
+        "checkpoint": item.checkpoint.encode(),
+        "global_position": event.global_position,
+        "stream_id": str(event.stream_id),
+        "case_id": str(event.stream_id),
+        "version": event.version,
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "schema_version": event.schema_version,
+        "data": event.data,
+        "metadata": event.metadata,
+        "agency": event.agency,
+        "recorded_at": event.recorded_at.isoformat(),
+        "hash": event.hash,
+    }
+
+
+__all__ = ["START", "BadCheckpoint", "Checkpoint", "FeedEvent", "FeedPage", "FeedWaiter",
+           "feed_event_json", "read_feed", "read_feed_waiting"]

@@ -1,0 +1,142 @@
+"""Test harness: a real PostgreSQL for every run, each run in databases of its own.
+
+Server: ``CASETRAIL_TEST_DATABASE_URL`` or ``DATABASE_URL`` when set (any database on that
+server; the run creates and drops its own), otherwise an embedded PostgreSQL started for the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services.common.auth import issue_token
+from services.common.database import embedded_postgres, with_database
+from services.common.settings import Settings
+from services.records.http.app import create_app, migrate
+
+JWT_SECRET = "test-secret-" + secrets.token_hex(16)
+
+
+async def _admin(server_url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    configured = os.environ.get("CASETRAIL_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    with ExitStack() as stack:
+        yield configured or stack.enter_context(embedded_postgres())
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_server_url: str) -> Iterator[str]:
+    """A migrated database nobody connects to, cloned for each database a test needs."""
+    name = f"casetrail_test_{os.getpid()}_{secrets.token_hex(4)}"
+    asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(migrate(with_database(postgres_server_url, name)))
+    yield name
+    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _clone(server_url: str, template: str) -> str:
+    name = f"{template}_{secrets.token_hex(3)}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    return name
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str, template_database: str) -> Iterator[str]:
+    """The run's shared database: tests keep apart by using case ids of their own."""
+    name = _clone(postgres_server_url, template_database)
+    yield with_database(postgres_server_url, name)
+    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def fresh_database_url(postgres_server_url: str, template_database: str) -> Iterator[str]:
+    """An empty, migrated database of the test's own (feed order, rebuilds, counts)."""
+    name = _clone(postgres_server_url, template_database)
+    yield with_database(postgres_server_url, name)
+    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=12)
+    assert created is not None
+    yield created
+    await created.close()
+
+
+@pytest.fixture
+async def fresh_pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=20)
+    assert created is not None
+    yield created
+    await created.close()
+
+
+class FakeClock:
+    """Injected time: starts at a fixed moment and moves only when told to."""
+
+    def __init__(self, start: datetime = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {"DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET}
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+TokenFactory = Callable[..., str]
+
+
+@pytest.fixture
+def token() -> TokenFactory:
+    def make(role: str = "case_manager", sub: str = "cm-1", agency: str = "agency-a",
+             **kwargs: object) -> str:
+        return issue_token(JWT_SECRET, sub=sub, role=role, agency=agency, **kwargs)  # type: ignore[arg-type]
+    return make
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+ClientFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def records_client(aiohttp_client: Callable[..., Awaitable[TestClient]],
+                         database_url: str) -> TestClient:
+    return await aiohttp_client(create_app(make_settings(database_url)))
+
+
+@pytest.fixture
+def make_records_client(aiohttp_client: Callable[..., Awaitable[TestClient]]) -> ClientFactory:
+    async def make(database_url: str, **kwargs: object) -> TestClient:
+        clock = kwargs.pop("clock", None)
+        app = (create_app(make_settings(database_url, **kwargs), clock=clock)  # type: ignore[arg-type]
+               if clock else create_app(make_settings(database_url, **kwargs)))
+        return await aiohttp_client(app)
+    return make

@@ -1,0 +1,194 @@
+"""The global feed never skips or repeats an event while transactions commit out of order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services.records.store.events import EventStore, NewEvent, VersionConflict
+from services.records.store.feed import START, BadCheckpoint, Checkpoint, read_feed
+from tests.conftest import ClientFactory, TokenFactory, bearer
+
+AGENCY = "agency-a"
+META = {"actor": {"sub": "cm-1", "role": "case_manager"}}
+
+
+def note() -> NewEvent:
+    return NewEvent(uuid.uuid4(), "NoteAdded", 1, {"text": "a small step today"})
+
+
+async def drain(pool: asyncpg.Pool, after: Checkpoint = START,
+                limit: int = 50) -> tuple[list[uuid.UUID], Checkpoint]:
+    seen: list[uuid.UUID] = []
+    while True:
+        page = await read_feed(pool, after, limit)
+        seen += [item.event.event_id for item in page.events]
+        if not page.events:
+            return seen, after
+        after = page.checkpoint
+
+
+async def test_a_late_commit_is_not_skipped(fresh_pool: asyncpg.Pool) -> None:
+    """The classic gap: T1 takes position 1, T2 takes 2 and commits first."""
+    slow = await fresh_pool.acquire()
+    try:
+        tx = slow.transaction()
+        await tx.start()
+        await slow.execute(
+            "INSERT INTO records.events (stream_id, version, event_id, type, schema_version,"
+            " data, metadata, agency, recorded_at, prev_hash, hash)"
+            " VALUES ($1, 1, $2, 'NoteAdded', 1, '{}', '{}', $3, now(), '', '')",
+            uuid.uuid4(), uuid.uuid4(), AGENCY)
+        fast = await EventStore(fresh_pool).append(uuid.uuid4(), [note()], expected_version=0,
+                                                   agency=AGENCY, metadata=META)
+        # While T1 is open, T2's event must not be handed out: its checkpoint would pass T1's.
+        page = await read_feed(fresh_pool, START, 10)
+        assert page.events == []
+        await tx.commit()
+    finally:
+        await fresh_pool.release(slow)
+    seen, _ = await drain(fresh_pool)
+    assert len(seen) == 2
+    assert seen[1] == fast.events[0].event_id
+
+
+async def test_concurrent_writers_and_a_following_reader_see_every_event_once(
+        fresh_pool: asyncpg.Pool) -> None:
+    store = EventStore(fresh_pool)
+    shared_streams = [uuid.uuid4() for _ in range(2)]
+    written: list[uuid.UUID] = []
+    done = asyncio.Event()
+
+    async def writer(index: int) -> None:
+        rng = random.Random(index)
+        own = uuid.uuid4()
+        own_version = 0
+        for _ in range(40):
+            if rng.random() < 0.5:
+                batch = [note() for _ in range(rng.randint(1, 3))]
+                result = await store.append(own, batch, expected_version=own_version,
+                                            agency=AGENCY, metadata=META)
+                own_version = result.version
+                written.extend(e.event_id for e in result.events)
+            else:
+                stream = rng.choice(shared_streams)
+                while True:  # shared streams: retry on conflict, as a real client would
+                    head = await store.head(stream)
+                    try:
+                        result = await store.append(stream, [note()],
+                                                    expected_version=head.version if head else 0,
+                                                    agency=AGENCY, metadata=META)
+                    except VersionConflict:
+                        continue
+                    written.extend(e.event_id for e in result.events)
+                    break
+            await asyncio.sleep(rng.random() / 200)
+
+    seen: list[uuid.UUID] = []
+
+    async def reader() -> None:
+        after = START
+        while True:
+            finished = done.is_set()
+            page = await read_feed(fresh_pool, after, 7)
+            seen.extend(item.event.event_id for item in page.events)
+            after = page.checkpoint
+            if finished and not page.events:
+                return
+            if not page.events:
+                await asyncio.sleep(0.002)
+
+    reading = asyncio.create_task(reader())
+    await asyncio.gather(*[writer(i) for i in range(10)])
+    done.set()
+    await reading
+
+    assert len(seen) == len(set(seen)), "the feed repeated an event"
+    assert set(seen) == set(written), "the feed skipped an event"
+    assert len(written) > 300
+    again, _ = await drain(fresh_pool)
+    assert again == seen, "the order changed between two reads"
+    halfway = (await read_feed(fresh_pool, START, len(seen) // 2)).checkpoint
+    rest, _ = await drain(fresh_pool, halfway)
+    assert rest == seen[len(seen) // 2:], "resuming from a checkpoint changed the order"
+
+
+def test_checkpoints_are_opaque_and_checked() -> None:
+    point = Checkpoint(12345, 678)
+    assert Checkpoint.decode(point.encode()) == point
+    for bad in ["", "nonsense", "MTIz", "!!!", "a" * 100]:
+        with pytest.raises(BadCheckpoint):
+            Checkpoint.decode(bad)
+
+
+async def test_feed_endpoint_pages_with_checkpoints(make_records_client: ClientFactory,
+                                                    fresh_database_url: str,
+                                                    fresh_pool: asyncpg.Pool,
+                                                    token: TokenFactory) -> None:
+    client = await make_records_client(fresh_database_url)
+    store = EventStore(fresh_pool)
+    stream = uuid.uuid4()
+    await store.append(stream, [note() for _ in range(5)], expected_version=0, agency=AGENCY,
+                       metadata=META)
+    headers = bearer(token(role="service", sub="notifier", agency="*"))
+    first = await (await client.get("/v1/events?limit=3", headers=headers)).json()
+    assert [e["version"] for e in first["events"]] == [1, 2, 3]
+    assert first["events"][0]["agency"] == AGENCY
+    second = await (await client.get(f"/v1/events?after={first['checkpoint']}",
+                                     headers=headers)).json()
+    assert [e["version"] for e in second["events"]] == [4, 5]
+    empty = await (await client.get(f"/v1/events?after={second['checkpoint']}",
+                                    headers=headers)).json()
+    assert empty["events"] == []
+    assert empty["checkpoint"] == second["checkpoint"]
+
+
+async def test_long_poll_wakes_when_an_event_arrives(make_records_client: ClientFactory,
+                                                     fresh_database_url: str,
+                                                     fresh_pool: asyncpg.Pool,
+                                                     token: TokenFactory) -> None:
+    client = await make_records_client(fresh_database_url)
+    headers = bearer(token(role="service", sub="notifier", agency="*"))
+
+    async def append_soon() -> None:
+        await asyncio.sleep(0.3)
+        await EventStore(fresh_pool).append(uuid.uuid4(), [note()], expected_version=0,
+                                            agency=AGENCY, metadata=META)
+
+    started = time.monotonic()
+    writing = asyncio.create_task(append_soon())
+    response = await client.get("/v1/events?wait=20", headers=headers)
+    body = await response.json()
+    await writing
+    assert response.status == 200
+    assert len(body["events"]) == 1
+    assert time.monotonic() - started < 10, "the long-poll waited for its timeout"
+
+
+async def test_feed_is_for_the_service_role_only(records_client: TestClient,
+                                                 token: TokenFactory) -> None:
+    for role in ["case_manager", "supervisor", "auditor", "analyst", "participant"]:
+        response = await records_client.get("/v1/events", headers=bearer(token(role=role)))
+        assert response.status == 403
+        assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize(("query", "status"), [
+    ("after=not-a-checkpoint", 400), ("limit=0", 422), ("limit=5000", 422),
+    ("limit=ten", 422), ("wait=-1", 422), ("wait=999", 422), ("bogus=1", 422),
+    ("limit=1&limit=2", 400),
+])
+async def test_feed_refuses_bad_queries(records_client: TestClient, token: TokenFactory,
+                                        query: str, status: int) -> None:
+    response = await records_client.get(f"/v1/events?{query}",
+                                        headers=bearer(token(role="service")))
+    assert response.status == status
+    body = await response.json()
+    assert body["status"] == status
+    assert body["title"]
