@@ -1,0 +1,88 @@
+"""The ``casetrail`` command line, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import jwt
+
+from tests.conftest import JWT_SECRET
+
+CASETRAIL = [sys.executable, "-m", "services.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CASETRAIL, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_token_prints_a_bare_signed_token() -> None:
+    case = "7b0c5d7e-2c1a-4a8e-9f51-0c6f1d2b3a4e"
+    result = run("token", "--sub", "p-1", "--role", "participant", "--agency", "agency-a",
+                 "--cases", case, "--ttl", "60", env={"CASETRAIL_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), JWT_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "p-1"
+    assert claims["role"] == "participant"
+    assert claims["cases"] == [case]
+    assert claims["exp"] - claims["iat"] == 60
+
+
+def test_token_refuses_bad_input(tmp_path: Path) -> None:
+    env = {"CASETRAIL_JWT_SECRET": JWT_SECRET}
+    assert run("token", "--sub", "x", "--role", "warden", "--agency", "a", env=env).returncode == 2
+    bad_case = run("token", "--sub", "x", "--role", "participant", "--agency", "a",
+                   "--cases", "not-a-uuid", env=env)
+    assert bad_case.returncode == 2
+    assert "--cases" in bad_case.stderr
+    no_secret = run("token", "--sub", "x", "--role", "supervisor", "--agency", "a",
+                    env={"CASETRAIL_JWT_SECRET": "", "CASETRAIL_DEV_DIR": str(tmp_path)})
+    assert no_secret.returncode == 2
+    assert "CASETRAIL_JWT_SECRET" in no_secret.stderr
+
+
+def test_migrate_applies_then_reports_current(fresh_database_url: str) -> None:
+    result = run("migrate", env={"DATABASE_URL": fresh_database_url})
+    assert result.returncode == 0, result.stderr
+    assert "already current" in result.stdout
+
+
+def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
+    """The fresh-machine path: no DATABASE_URL, an embedded PostgreSQL, a working service."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DATABASE_URL", "CASETRAIL_JWT_SECRET"}}
+    env["CASETRAIL_DEV_DIR"] = str(tmp_path / "dev")
+    process = subprocess.Popen([*CASETRAIL, "dev", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        output = ""
+        deadline = time.monotonic() + 90
+        while "Stop with Ctrl-C" not in output and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+            output += line
+        assert "embedded PostgreSQL" in output, output
+        assert "export TOKEN=" in output, output
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as answer:
+            assert answer.status == 200
+        token = output.split("export TOKEN=")[1].split()[0]
+        secret = (tmp_path / "dev" / "jwt-secret").read_text().strip()
+        assert jwt.decode(token, secret, algorithms=["HS256"])["role"] == "case_manager"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

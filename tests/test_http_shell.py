@@ -1,0 +1,126 @@
+"""The records service's HTTP shell: authentication, problem bodies, health, OpenAPI."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from services.common.settings import Settings
+from tests.conftest import JWT_SECRET, ClientFactory, TokenFactory, bearer
+
+
+def claims(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {"sub": "cm-1", "role": "service", "agency": "agency-a",
+                               "exp": int(time.time()) + 600}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+BAD_TOKENS = {
+    "garbage": "not-a-jwt",
+    "wrong secret": jwt.encode(claims(), "another-secret-that-is-long-enough-32b",
+                               algorithm="HS256"),
+    "expired": jwt.encode(claims(exp=int(time.time()) - 10), JWT_SECRET, algorithm="HS256"),
+    "no exp": jwt.encode(claims(exp=None), JWT_SECRET, algorithm="HS256"),
+    "no agency": jwt.encode(claims(agency=None), JWT_SECRET, algorithm="HS256"),
+    "unknown role": jwt.encode(claims(role="offender"), JWT_SECRET, algorithm="HS256"),
+    "empty sub": jwt.encode(claims(sub=""), JWT_SECRET, algorithm="HS256"),
+    "bad cases": jwt.encode(claims(cases=["nope"]), JWT_SECRET, algorithm="HS256"),
+    "alg none": jwt.encode(claims(), None, algorithm="none"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TOKENS))
+async def test_bad_tokens_are_refused_with_a_problem(records_client: TestClient,
+                                                     name: str) -> None:
+    response = await records_client.get("/v1/events", headers=bearer(BAD_TOKENS[name]))
+    assert response.status == 401
+    assert response.content_type == "application/problem+json"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    body = await response.json()
+    assert body["status"] == 401
+    assert body["detail"]
+
+
+@pytest.mark.parametrize("header", ["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "token"])
+async def test_missing_or_malformed_authorization_is_401(records_client: TestClient,
+                                                          header: str) -> None:
+    headers = {"Authorization": header} if header else {}
+    response = await records_client.get("/v1/events", headers=headers)
+    assert response.status == 401
+    assert (await response.json())["type"].endswith("/unauthorized")
+
+
+async def test_eddsa_tokens_verify_against_a_public_key(make_records_client: ClientFactory,
+                                                        database_url: str, tmp_path) -> None:
+    private = ed25519.Ed25519PrivateKey.generate()
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key_file = tmp_path / "public.pem"
+    key_file.write_bytes(public_pem)
+    client = await make_records_client(database_url, CASETRAIL_JWT_PUBLIC_KEY_FILE=key_file)
+    good = jwt.encode(claims(), private, algorithm="EdDSA")
+    assert (await client.get("/v1/events", headers=bearer(good))).status == 200
+    forged = jwt.encode(claims(), ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA")
+    assert (await client.get("/v1/events", headers=bearer(forged))).status == 401
+
+
+async def test_health_and_readiness(records_client: TestClient) -> None:
+    health = await records_client.get("/healthz")
+    assert health.status == 200
+    assert (await health.json())["status"] == "ok"
+    ready = await records_client.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200, body
+    assert body["checks"] == {"database": "ok", "migrations": "current"}
+
+
+async def test_openapi_is_generated_from_the_models(records_client: TestClient) -> None:
+    response = await records_client.get("/openapi.json")
+    spec = await response.json()
+    assert spec["openapi"].startswith("3.1")
+    feed = spec["paths"]["/v1/events"]["get"]
+    assert {p["name"] for p in feed["parameters"]} >= {"after", "limit", "wait"}
+    assert "FeedPage" in spec["components"]["schemas"]
+    assert feed["security"] == [{"bearer": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+    docs = await records_client.get("/docs")
+    assert docs.status == 200
+    assert "/v1/events" in await docs.text()
+
+
+async def test_unknown_route_and_wrong_method_are_problems(records_client: TestClient,
+                                                           token: TokenFactory) -> None:
+    missing = await records_client.get("/v1/nothing-here", headers=bearer(token()))
+    assert missing.status == 404
+    assert missing.content_type == "application/problem+json"
+    wrong = await records_client.delete("/healthz")
+    assert wrong.status == 405
+    assert (await wrong.json())["status"] == 405
+
+
+async def test_request_ids_are_echoed_or_made(records_client: TestClient) -> None:
+    given = await records_client.get("/healthz", headers={"X-Request-Id": "abc-123"})
+    assert given.headers["X-Request-Id"] == "abc-123"
+    made = await records_client.get("/healthz", headers={"X-Request-Id": "bad id!"})
+    assert len(made.headers["X-Request-Id"]) == 32
+
+
+async def test_metrics_are_exposed(records_client: TestClient) -> None:
+    await records_client.get("/healthz")
+    text = await (await records_client.get("/metrics")).text()
+    assert "casetrail_http_request_seconds" in text
+
+
+def test_short_hs256_secrets_are_refused(database_url: str) -> None:
+    from services.records.http.app import create_app
+
+    settings = Settings.model_validate({"DATABASE_URL": database_url,
+                                        "CASETRAIL_JWT_SECRET": "short"})
+    with pytest.raises(RuntimeError, match="at least 32 bytes"):
+        create_app(settings)

@@ -1,0 +1,85 @@
+"""Versioned migrations: applied once, safe when two processes start at once, tamper-checked."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.common.database import (
+    MigrationError,
+    apply_migrations,
+    load_migrations,
+    pending_migrations,
+)
+from services.records.http.app import MIGRATIONS, migrate
+
+SCHEMA = "scratch_migrations"
+
+
+def write(folder: Path, name: str, sql: str) -> None:
+    (folder / name).write_text(sql)
+
+
+async def test_applying_twice_changes_nothing(fresh_database_url: str) -> None:
+    assert await migrate(fresh_database_url) == []  # the template is already current
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        assert await pending_migrations(conn, "records", MIGRATIONS) == []
+        rows = await conn.fetch("SELECT name FROM records.schema_migrations ORDER BY version")
+        assert [r["name"] for r in rows] == [m.name for m in load_migrations(MIGRATIONS)]
+    finally:
+        await conn.close()
+
+
+async def test_two_processes_starting_at_once_apply_each_migration_once(
+        fresh_database_url: str, tmp_path: Path) -> None:
+    write(tmp_path, "0001_first.sql", f"CREATE TABLE {SCHEMA}.counter (n int);"
+                                      f" INSERT INTO {SCHEMA}.counter VALUES (1);")
+    write(tmp_path, "0002_second.sql", f"UPDATE {SCHEMA}.counter SET n = n + 1;")
+    connections = [await asyncpg.connect(fresh_database_url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(
+            *[apply_migrations(c, SCHEMA, tmp_path) for c in connections])
+        applied = [name for result in results for name in result]
+        assert sorted(applied) == ["0001_first.sql", "0002_second.sql"]
+        assert await connections[0].fetchval(f"SELECT n FROM {SCHEMA}.counter") == 2
+    finally:
+        for conn in connections:
+            await conn.close()
+
+
+async def test_a_changed_applied_migration_is_refused(fresh_database_url: str,
+                                                      tmp_path: Path) -> None:
+    write(tmp_path, "0001_first.sql", f"CREATE TABLE {SCHEMA}.t (n int);")
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        await apply_migrations(conn, SCHEMA, tmp_path)
+        write(tmp_path, "0001_first.sql", f"CREATE TABLE {SCHEMA}.t (n bigint);")
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await apply_migrations(conn, SCHEMA, tmp_path)
+    finally:
+        await conn.close()
+
+
+async def test_a_failing_migration_leaves_nothing_behind(fresh_database_url: str,
+                                                         tmp_path: Path) -> None:
+    write(tmp_path, "0001_first.sql", f"CREATE TABLE {SCHEMA}.t (n int);")
+    write(tmp_path, "0002_broken.sql", "THIS IS NOT SQL;")
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        with pytest.raises(asyncpg.PostgresSyntaxError):
+            await apply_migrations(conn, SCHEMA, tmp_path)
+        assert await conn.fetchval("SELECT to_regclass($1)", f"{SCHEMA}.t") is None
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("names", [["0001_a.sql", "0003_c.sql"], ["1_bad-name.sql"]])
+def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path, names: list[str]) -> None:
+    for name in names:
+        write(tmp_path, name, "SELECT 1;")
+    with pytest.raises(MigrationError):
+        load_migrations(tmp_path)
