@@ -25,6 +25,10 @@ from services.common.http import (
 )
 from services.common.problems import Problem, problem_middleware
 from services.common.settings import Settings
+from services.records.application.cases import CaseCommands
+from services.records.application.language import LanguageGuides
+from services.records.application.queries import CaseQueries
+from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics, metrics_middleware
 from services.records.store.events import Clock, EventStore, utc_now
 from services.records.store.feed import (
@@ -49,6 +53,8 @@ class Records:
     store: EventStore
     waiter: FeedWaiter
     metrics: RecordsMetrics
+    commands: CaseCommands
+    queries: CaseQueries
 
 
 RECORDS = web.AppKey("records", Records)
@@ -74,7 +80,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[request_id_middleware, metrics_middleware, problem_middleware,
-                     auth_middleware],
+                     auth_middleware, records_errors_middleware],
     )
     app[VERIFIER] = TokenVerifier(settings)
     app[METRICS] = RecordsMetrics()
@@ -84,7 +90,11 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
         pool = await create_pool(database_url, max_size=settings.db_pool_max)
         waiter = FeedWaiter(database_url)
         await waiter.start()
-        app[RECORDS] = Records(settings, pool, EventStore(pool, clock), waiter, app[METRICS])
+        store = EventStore(pool, clock)
+        app[RECORDS] = Records(
+            settings, pool, store, waiter, app[METRICS],
+            CaseCommands(store, LanguageGuides(settings.language_guide_dir), clock),
+            CaseQueries(pool, store, clock))
         yield
         await waiter.stop()
         await pool.close()

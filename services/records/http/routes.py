@@ -1,1 +1,228 @@
-"""Case routes (the plan API) register themselves on ``api`` here."""
+"""The plan API: each write is one line in WRITES; reads are small handlers below.
+
+Handlers are thin: parse, call the application, answer. Authorization and the rules live in
+the application and domain layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4, uuid5
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from schemas import api
+from schemas.queries import CaseloadQuery, DiffQuery, HistoryQuery, PlanQuery, RemovalQuery
+from services.common.http import json_response, parse_body, parse_json_bytes, parse_query, principal
+from services.common.problems import REQUEST_ID_KEY, Problem
+from services.records.application.cases import WriteRequest
+from services.records.domain import commands as cmd
+from services.records.http.app import api as registry
+from services.records.http.app import records
+from services.records.store.events import IdempotencyClaim
+
+_IDEMPOTENCY_NAMESPACE = UUID("5b8f3c1e-6d0a-4c47-9a8e-2f1b7c9d4e60")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_ETAG = re.compile(r'^(?:W/)?"?(\d{1,9})"?$')
+
+
+def path_id(request: web.Request, name: str) -> UUID:
+    raw = request.match_info[name]
+    try:
+        return UUID(raw)
+    except ValueError as error:
+        raise Problem(400, "Bad request", f"{name} must be a UUID", kind="bad-id",
+                      errors=[{"field": f"path.{name}", "message": "not a UUID"}]) from error
+
+
+def if_match(request: web.Request) -> int | None:
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        return None
+    match = _ETAG.match(header.strip())
+    if match is None:
+        raise Problem(400, "Bad request", 'If-Match must be a case version such as "3"',
+                      kind="bad-if-match", errors=[{"field": "header.If-Match",
+                                                    "message": "not a version"}])
+    return int(match.group(1))
+
+
+@dataclass(frozen=True)
+class NewIds:
+    """Ids for created items: derived from the Idempotency-Key when there is one, so a retried
+    request answers with the same ids as the original."""
+
+    claim: IdempotencyClaim | None
+
+    def new(self, slot: int = 0) -> UUID:
+        if self.claim is None:
+            return uuid4()
+        return uuid5(_IDEMPOTENCY_NAMESPACE, f"{self.claim.scope}\n{self.claim.key}\n{slot}")
+
+
+async def idempotency(request: web.Request) -> IdempotencyClaim | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise Problem(400, "Bad request", "Idempotency-Key must be 1-200 visible characters",
+                      kind="bad-idempotency-key",
+                      errors=[{"field": "header.Idempotency-Key", "message": "invalid"}])
+    who = principal(request)
+    raw = await request.read()
+    fingerprint = hashlib.sha256(
+        f"{request.method} {request.path}\n".encode() + raw).hexdigest()
+    return IdempotencyClaim(f"{who.agency}:{who.sub}", key, fingerprint)
+
+
+Build = Callable[[web.Request, Any, NewIds], cmd.AnyCommand]
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    if request.method == "DELETE" and not request.can_read_body:
+        query = parse_query(request, RemovalQuery)
+        return parse_json_bytes(json.dumps({"reason": query.reason}).encode()
+                                if query.reason else b"{}", model)
+    if request.method == "DELETE" and request.query:
+        raise Problem(400, "Bad request", "give the reason in the body or ?reason=, not both",
+                      kind="bad-query")
+    return await parse_body(request, model)
+
+
+def write(method: str, path: str, summary: str, body: type[BaseModel], build: Build,
+          *, status: int = 200) -> None:
+    """Register one write operation: parse → command → execute → answer."""
+    async def handler(request: web.Request) -> web.Response:
+        claim = await idempotency(request)
+        ids = NewIds(claim)
+        parsed = await _body(request, body)
+        command = build(request, parsed, ids)
+        case_id = ids.new(1000) if isinstance(command, cmd.OpenCase) \
+            else path_id(request, "case_id")
+        request_id = request.get(REQUEST_ID_KEY)
+        outcome = await records(request).commands.execute(WriteRequest(
+            case_id, command, principal(request), if_match(request), claim, request_id,
+            request.headers.get("X-Correlation-Id")))
+        headers = {"ETag": f'"{outcome.version}"'}
+        if outcome.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        if status == 201:
+            headers["Location"] = f"/v1/cases/{outcome.case_id}"
+        return json_response(outcome.as_json(), status=status, headers=headers)
+
+    handler.__name__ = re.sub(r"\W+", "_", f"{method.lower()}_{summary}").strip("_")
+    registry.route(method, path, summary, body=body, response=api.WriteResult,
+                   status=status)(handler)
+
+
+CASE = "/v1/cases/{case_id}"
+
+
+def _id(request: web.Request, name: str) -> UUID:
+    return path_id(request, name)
+
+
+write("POST", "/v1/cases", "open a case", api.OpenCase,
+      lambda r, b, ids: cmd.OpenCase(agency=principal(r).agency, body=b), status=201)
+write("PATCH", f"{CASE}/participant", "update participant details", api.UpdateParticipant,
+      lambda r, b, ids: cmd.UpdateParticipantDetails(body=b))
+write("POST", f"{CASE}/strengths", "record a strength", api.StrengthInput,
+      lambda r, b, ids: cmd.RecordStrength(ids.new(), b), status=201)
+write("PATCH", f"{CASE}/strengths/{{strength_id}}", "revise a strength", api.StrengthRevision,
+      lambda r, b, ids: cmd.ReviseStrength(_id(r, "strength_id"), b))
+write("DELETE", f"{CASE}/strengths/{{strength_id}}", "remove a strength (reason)",
+      api.RemovalReason, lambda r, b, ids: cmd.RemoveStrength(_id(r, "strength_id"), b))
+write("POST", f"{CASE}/goals", "set a goal", api.GoalInput,
+      lambda r, b, ids: cmd.SetGoal(ids.new(), b), status=201)
+write("PATCH", f"{CASE}/goals/{{goal_id}}", "revise a goal", api.GoalRevision,
+      lambda r, b, ids: cmd.ReviseGoal(_id(r, "goal_id"), b))
+write("POST", f"{CASE}/goals/{{goal_id}}/status", "change a goal's status", api.GoalStatusInput,
+      lambda r, b, ids: cmd.ChangeGoalStatus(_id(r, "goal_id"), b))
+write("POST", f"{CASE}/goals/{{goal_id}}/steps", "add an action step", api.StepInput,
+      lambda r, b, ids: cmd.AddActionStep(ids.new(), _id(r, "goal_id"), b), status=201)
+write("PATCH", f"{CASE}/steps/{{step_id}}", "revise an action step", api.StepRevision,
+      lambda r, b, ids: cmd.ReviseActionStep(_id(r, "step_id"), b))
+write("POST", f"{CASE}/steps/{{step_id}}/status", "change an action step's status",
+      api.StepStatusInput, lambda r, b, ids: cmd.ChangeActionStepStatus(_id(r, "step_id"), b))
+write("POST", f"{CASE}/steps/{{step_id}}/complete", "complete an action step",
+      api.StepCompleteInput, lambda r, b, ids: cmd.CompleteActionStep(_id(r, "step_id"), b))
+write("POST", f"{CASE}/supports", "add a support", api.SupportInput,
+      lambda r, b, ids: cmd.AddSupport(ids.new(), b), status=201)
+write("DELETE", f"{CASE}/supports/{{support_id}}", "remove a support (reason)",
+      api.RemovalReason, lambda r, b, ids: cmd.RemoveSupport(_id(r, "support_id"), b))
+write("POST", f"{CASE}/requirements", "record a court requirement", api.RequirementInput,
+      lambda r, b, ids: cmd.RecordRequirement(ids.new(), b), status=201)
+write("POST", f"{CASE}/requirements/{{requirement_id}}/status",
+      "change a requirement's status", api.RequirementStatusInput,
+      lambda r, b, ids: cmd.ChangeRequirementStatus(_id(r, "requirement_id"), b))
+write("POST", f"{CASE}/agreements", "record the participant's agreement (PlanAgreed)",
+      api.AgreementInput, lambda r, b, ids: cmd.AgreePlan(ids.new(), b), status=201)
+write("POST", f"{CASE}/reviews/{{review_id}}/held", "record a review held", api.ReviewHeldInput,
+      lambda r, b, ids: cmd.HoldReview(_id(r, "review_id"), ids.new(), b))
+write("POST", f"{CASE}/reviews/{{review_id}}/reschedule", "move a review's due date (reason)",
+      api.RescheduleReviewInput,
+      lambda r, b, ids: cmd.RescheduleReview(_id(r, "review_id"), b))
+write("POST", f"{CASE}/notes", "add a note", api.NoteInput,
+      lambda r, b, ids: cmd.AddNote(ids.new(), b), status=201)
+write("POST", f"{CASE}/transfer", "transfer to another case manager", api.TransferInput,
+      lambda r, b, ids: cmd.TransferCase(body=b))
+write("POST", f"{CASE}/close", "close the case", api.CloseInput,
+      lambda r, b, ids: cmd.CloseCase(body=b))
+write("POST", f"{CASE}/reopen", "reopen the case", api.ReopenInput,
+      lambda r, b, ids: cmd.ReopenCase(body=b))
+
+
+@registry.route("GET", "/v1/cases", "caseload listing", query=CaseloadQuery)
+async def list_cases(request: web.Request) -> web.Response:
+    query = parse_query(request, CaseloadQuery)
+    page = await records(request).queries.caseload(
+        principal(request), case_manager=query.case_manager, status=query.status,
+        review_due_before=query.review_due_before, after=query.after, limit=query.limit)
+    return json_response(page)
+
+
+@registry.route("GET", CASE, "the current plan, or the plan as of a version or time",
+                query=PlanQuery, response=api.PlanView)
+async def get_case(request: web.Request) -> web.Response:
+    case_id = path_id(request, "case_id")
+    query = parse_query(request, PlanQuery)
+    answer = await records(request).queries.plan(
+        principal(request), case_id, as_of_version=query.as_of_version, as_of=query.as_of,
+        request_id=request.get(REQUEST_ID_KEY))
+    return json_response(answer.view, headers={"ETag": f'"{answer.version}"'})
+
+
+@registry.route("GET", f"{CASE}/history", "events with actor, role, reason and time",
+                query=HistoryQuery)
+async def case_history(request: web.Request) -> web.Response:
+    case_id = path_id(request, "case_id")
+    query = parse_query(request, HistoryQuery)
+    page = await records(request).queries.history(
+        principal(request), case_id, after_version=query.after_version, limit=query.limit,
+        request_id=request.get(REQUEST_ID_KEY))
+    return json_response(page)
+
+
+@registry.route("GET", f"{CASE}/diff", "what changed between two versions, field by field",
+                query=DiffQuery)
+async def case_diff(request: web.Request) -> web.Response:
+    case_id = path_id(request, "case_id")
+    query = parse_query(request, DiffQuery)
+    body = await records(request).queries.diff(
+        principal(request), case_id, query.from_version, query.to_version,
+        request_id=request.get(REQUEST_ID_KEY))
+    return json_response(body)
+
+
+@registry.route("GET", f"{CASE}/verify", "recompute the case's hash chain")
+async def verify_case(request: web.Request) -> web.Response:
+    case_id = path_id(request, "case_id")
+    report = await records(request).queries.verify(principal(request), case_id,
+                                                   request_id=request.get(REQUEST_ID_KEY))
+    return json_response({"case_id": str(case_id), **report.as_dict()})

@@ -1,0 +1,473 @@
+"""The records API wire contract: request bodies and response views (pydantic v2).
+
+Request bodies refuse unknown fields, strip strings, refuse empty required strings and bound
+every string and list. In revision bodies (PATCH) an omitted field is left unchanged and an
+explicit ``null`` clears an optional field; fields that cannot be cleared refuse ``null``.
+Practice rules that depend on the plan (cap, reasons for reversals, in_their_words for
+participant goals, links to known strengths) are the domain's, not the body's.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, Self
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.events import (
+    MAX_LIST,
+    AgreementOutcome,
+    CloseOutcome,
+    Email,
+    ExternalRef,
+    GoalDomain,
+    GoalSource,
+    GoalStatus,
+    InitialGoalStatus,
+    Name,
+    Participation,
+    Pronouns,
+    RequirementSource,
+    RequirementStatus,
+    ReviewBasis,
+    RiskLevel,
+    StepOwner,
+    StepStatus,
+    StrengthCategory,
+    SupportKind,
+    Text,
+    Title,
+    UserId,
+    WireDate,
+)
+
+IdList = Annotated[list[UUID], Field(max_length=MAX_LIST)]
+TitleList = Annotated[list[Title], Field(max_length=MAX_LIST)]
+NameList = Annotated[list[Name], Field(max_length=MAX_LIST)]
+
+_NOT_NULL = "cannot be null; omit the field to keep its current value"
+
+
+class Body(BaseModel):
+    """Base of every request body."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class _Revision(Body):
+    """A PATCH body: at least one field other than ``reason`` must be given."""
+
+    @model_validator(mode="after")
+    def _at_least_one_change(self) -> Self:
+        if not (self.model_fields_set - {"reason"}):
+            raise ValueError("give at least one field to change")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client sent (explicit nulls included), except ``reason``."""
+        sent = self.model_fields_set
+        return {name: getattr(self, name) for name in type(self).model_fields
+                if name in sent and name != "reason"}
+
+
+# --------------------------------------------------------------------------------------------
+# Request bodies
+# --------------------------------------------------------------------------------------------
+
+
+class ParticipantInput(Body):
+    name: Name
+    preferred_name: Name | None = None
+    pronouns: Pronouns | None = None
+    email: Email | None = None
+    external_ref: ExternalRef | None = None
+
+
+class OpenCase(Body):
+    participant: ParticipantInput
+    case_manager: UserId
+    risk_level: RiskLevel
+
+
+class UpdateParticipant(_Revision):
+    name: Name | None = None
+    preferred_name: Name | None = None
+    pronouns: Pronouns | None = None
+    email: Email | None = None
+    external_ref: ExternalRef | None = None
+    reason: Text | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_null(cls, value: str | None) -> str | None:
+        if value is None:
+            raise ValueError(_NOT_NULL)
+        return value
+
+
+class StrengthInput(Body):
+    category: StrengthCategory
+    description: Text
+    in_their_words: Text | None = None
+
+
+class StrengthRevision(_Revision):
+    category: StrengthCategory | None = None
+    description: Text | None = None
+    in_their_words: Text | None = None
+    reason: Text | None = None
+
+    @field_validator("category", "description")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError(_NOT_NULL)
+        return value
+
+
+class RemovalReason(Body):
+    reason: Text
+
+
+class GoalInput(Body):
+    title: Title
+    domain: GoalDomain
+    source: GoalSource
+    status: InitialGoalStatus = "active"
+    in_their_words: Text | None = None
+    why_it_matters: Text | None = None
+    target_date: WireDate | None = None
+    strength_ids: IdList = Field(default_factory=list)
+    risk_factors: TitleList = Field(default_factory=list)
+    override_reason: Text | None = None
+
+
+class GoalRevision(_Revision):
+    title: Title | None = None
+    domain: GoalDomain | None = None
+    in_their_words: Text | None = None
+    why_it_matters: Text | None = None
+    target_date: WireDate | None = None
+    strength_ids: IdList | None = None
+    risk_factors: TitleList | None = None
+    reason: Text | None = None
+
+    @field_validator("title", "domain", "strength_ids", "risk_factors")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError(_NOT_NULL)
+        return value
+
+
+class GoalStatusInput(Body):
+    status: GoalStatus
+    reason: Text | None = None
+    override_reason: Text | None = None
+
+
+class StepInput(Body):
+    description: Text
+    owner: StepOwner
+    support_name: Name | None = None
+    support_id: UUID | None = None
+    due_date: WireDate | None = None
+    strength_ids: IdList = Field(default_factory=list)
+
+
+class StepRevision(_Revision):
+    description: Text | None = None
+    owner: StepOwner | None = None
+    support_name: Name | None = None
+    support_id: UUID | None = None
+    due_date: WireDate | None = None
+    strength_ids: IdList | None = None
+    reason: Text | None = None
+
+    @field_validator("description", "owner", "strength_ids")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError(_NOT_NULL)
+        return value
+
+
+class StepStatusInput(Body):
+    status: StepStatus
+    reason: Text | None = None
+
+
+class StepCompleteInput(Body):
+    note: Text | None = None
+
+
+class SupportInput(Body):
+    name: Name
+    kind: SupportKind = "natural"
+    relationship: Name | None = None
+    contact: Name | None = None
+    description: Text | None = None
+
+
+class RequirementInput(Body):
+    title: Title
+    description: Text | None = None
+    source: RequirementSource = "court"
+    reference: ExternalRef | None = None
+    due_date: WireDate | None = None
+
+
+class RequirementStatusInput(Body):
+    status: RequirementStatus
+    reason: Text | None = None
+
+
+class AgreementInput(Body):
+    participation: Participation
+    present: NameList = Field(default_factory=list)
+    participant_statement: Text
+    outcome: AgreementOutcome = "agreed"
+
+
+class ReviewHeldInput(Body):
+    held_on: WireDate | None = None
+    summary: Text | None = None
+    participant_statement: Text | None = None
+    risk_level: RiskLevel | None = None
+
+
+class RescheduleReviewInput(Body):
+    due_date: WireDate
+    reason: Text
+
+
+class NoteInput(Body):
+    text: Text
+    goal_id: UUID | None = None
+
+
+class TransferInput(Body):
+    case_manager: UserId
+    reason: Text
+
+
+class CloseInput(Body):
+    reason: Text
+    outcome: CloseOutcome | None = None
+
+
+class ReopenInput(Body):
+    reason: Text
+
+
+# --------------------------------------------------------------------------------------------
+# Response views
+# --------------------------------------------------------------------------------------------
+
+
+class View(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParticipantView(View):
+    name: str
+    preferred_name: str | None = None
+    pronouns: str | None = None
+    email: str | None = None
+    external_ref: str | None = None
+
+
+class StrengthView(View):
+    strength_id: UUID
+    category: StrengthCategory
+    description: str
+    in_their_words: str | None = None
+    recorded_at: datetime
+
+
+class StepView(View):
+    step_id: UUID
+    goal_id: UUID
+    description: str
+    owner: StepOwner
+    support_name: str | None = None
+    support_id: UUID | None = None
+    due_date: date | None = None
+    status: StepStatus
+    strength_ids: list[UUID]
+    added_at: datetime
+    completed_at: datetime | None = None
+    completion_note: str | None = None
+
+
+class GoalView(View):
+    goal_id: UUID
+    title: str
+    domain: GoalDomain
+    source: GoalSource
+    status: GoalStatus
+    in_their_words: str | None = None
+    why_it_matters: str | None = None
+    target_date: date | None = None
+    strength_ids: list[UUID]
+    risk_factors: list[str]
+    override_reason: str | None = None
+    set_at: datetime
+    status_changed_at: datetime
+    achieved_at: datetime | None = None
+    steps: list[StepView]
+
+
+class SupportView(View):
+    support_id: UUID
+    name: str
+    kind: SupportKind
+    relationship: str | None = None
+    contact: str | None = None
+    description: str | None = None
+    added_at: datetime
+
+
+class RequirementView(View):
+    requirement_id: UUID
+    title: str
+    description: str | None = None
+    source: RequirementSource
+    reference: str | None = None
+    due_date: date | None = None
+    status: RequirementStatus
+    status_reason: str | None = None
+    recorded_at: datetime
+
+
+class AgreementView(View):
+    participation: Participation
+    present: list[str]
+    participant_statement: str
+    outcome: AgreementOutcome
+    goal_ids: list[UUID]
+    recorded_at: datetime
+    version: int
+
+
+class ReviewView(View):
+    review_id: UUID
+    due_date: date
+    basis: ReviewBasis
+    interval_days: int | None = None
+    risk_level: RiskLevel
+    status: Literal["scheduled", "held"]
+    scheduled_at: datetime
+    held_on: date | None = None
+    summary: str | None = None
+    participant_statement: str | None = None
+
+
+class NoteView(View):
+    note_id: UUID
+    text: str
+    goal_id: UUID | None = None
+    recorded_at: datetime
+    version: int
+
+
+class ClosureView(View):
+    reason: str
+    outcome: CloseOutcome | None = None
+    closed_at: datetime
+
+
+class PlanView(View):
+    """The current plan of a case (a projection of its events)."""
+
+    case_id: UUID
+    version: int
+    status: Literal["open", "closed"]
+    participant: ParticipantView
+    case_manager: str
+    risk_level: RiskLevel
+    strengths: list[StrengthView]
+    goals: list[GoalView]
+    supports: list[SupportView]
+    requirements: list[RequirementView]
+    agreement: AgreementView | None = None
+    next_review: ReviewView | None = None
+    updated_at: datetime
+    # optional extras
+    agency: str | None = None
+    opened_at: datetime | None = None
+    active_goal_count: int = 0
+    max_active_goals: int | None = None
+    reviews: list[ReviewView] = Field(default_factory=list)
+    recent_notes: list[NoteView] = Field(default_factory=list)
+    note_count: int = 0
+    closure: ClosureView | None = None
+
+
+class LanguageWarning(View):
+    """A term from the language guide found in free text; the write still succeeded."""
+
+    field: str
+    term: str
+    suggestion: str
+    message: str
+
+
+class ActorView(View):
+    sub: str
+    role: str
+
+
+class EventView(View):
+    """One recorded event as the API shows it (write results, history)."""
+
+    event_id: UUID
+    case_id: UUID
+    version: int
+    type: str
+    schema_version: int
+    data: dict[str, Any]
+    recorded_at: datetime
+    actor: ActorView | None = None
+    reason: str | None = None
+
+
+class WriteResult(View):
+    case_id: UUID
+    version: int
+    id: UUID | None = None
+    events: list[EventView]
+    warnings: list[LanguageWarning] = Field(default_factory=list)
+
+
+class FieldError(View):
+    field: str
+    message: str
+    code: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with a field-level ``errors`` list; extension members allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    ParticipantInput, OpenCase, UpdateParticipant, StrengthInput, StrengthRevision,
+    RemovalReason, GoalInput, GoalRevision, GoalStatusInput, StepInput, StepRevision,
+    StepStatusInput, StepCompleteInput, SupportInput, RequirementInput, RequirementStatusInput,
+    AgreementInput, ReviewHeldInput, RescheduleReviewInput, NoteInput, TransferInput,
+    CloseInput, ReopenInput,
+)
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    PlanView, WriteResult, EventView, LanguageWarning, Problem,
+)

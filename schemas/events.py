@@ -1,0 +1,576 @@
+"""The event catalog: every event of a case stream as a versioned pydantic model.
+
+Conventions (docs/decisions/0100-event-catalog.md):
+
+* one class per event type; ``event_type`` is the class name, ``schema_version`` the payload's
+  current version. The stored envelope (stream id, version, event id, metadata, time, hashes)
+  belongs to the event store; these models are the ``data`` only.
+* the case id is the stream id and is not repeated in payloads; payloads carry the ids of the
+  items they create or touch, and small snapshots (goal title, step description) where a
+  subscriber of the feed needs them to act without folding the whole stream.
+* every free-text string and every list is bounded; unknown fields are refused.
+* old payloads are upcast when read (:func:`parse_event`), never rewritten.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+from schemas.upcasting import MissingUpcaster, upcast
+
+# --------------------------------------------------------------------------------------------
+# Bounds and primitive types shared by events and API bodies
+# --------------------------------------------------------------------------------------------
+
+MAX_TITLE = 200
+MAX_NAME = 200
+MAX_TEXT = 4000
+MAX_LIST = 20
+MAX_IDENTIFIER = 200
+
+
+def _check_text(value: str) -> str:
+    """Refuse text PostgreSQL cannot store (NUL) or that is not valid Unicode (lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date(value: Any) -> Any:
+    """Accept a ``date`` or an ISO 8601 calendar date string ``YYYY-MM-DD``, nothing else."""
+    if isinstance(value, datetime):
+        raise ValueError("expected a date (YYYY-MM-DD), not a date-time")
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        if not _ISO_DATE.fullmatch(value):
+            raise ValueError("expected a date in the form YYYY-MM-DD")
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("not a valid calendar date") from None
+    raise ValueError("expected a date in the form YYYY-MM-DD")
+
+
+_CLEAN = AfterValidator(_check_text)
+
+Title: TypeAlias = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE), _CLEAN
+]
+Name: TypeAlias = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME), _CLEAN
+]
+Text: TypeAlias = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT), _CLEAN
+]
+UserId: TypeAlias = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_IDENTIFIER), _CLEAN
+]
+Pronouns: TypeAlias = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), _CLEAN
+]
+ExternalRef: TypeAlias = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), _CLEAN
+]
+Email: TypeAlias = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=254,
+                      pattern=r"^[^@\s]+@[^@\s]+$"),
+    _CLEAN,
+]
+WireDate: TypeAlias = Annotated[date, BeforeValidator(_iso_date)]
+
+RiskLevel = Literal["low", "moderate", "high"]
+StrengthCategory = Literal[
+    "skill", "talent", "interest", "past_success", "coping_strategy", "natural_support",
+    "community_resource", "other",
+]
+GoalDomain = Literal[
+    "employment", "housing", "health", "family", "education", "finances", "substance_use",
+    "legal", "community", "other",
+]
+GoalSource = Literal["participant", "court", "agency"]
+GoalStatus = Literal["active", "future", "paused", "achieved", "discontinued"]
+InitialGoalStatus = Literal["active", "future"]
+StepOwner = Literal["participant", "case_manager", "support"]
+StepStatus = Literal["not_started", "in_progress", "completed", "cannot_be_done_yet",
+                     "no_longer_needed"]
+SupportKind = Literal["natural", "professional", "community", "other"]
+RequirementSource = Literal["court", "agency", "statute", "other"]
+RequirementStatus = Literal["pending", "in_progress", "met", "not_met", "waived"]
+Participation = Literal["in_person", "phone", "video"]
+AgreementOutcome = Literal["agreed", "did_not_agree", "could_not_answer"]
+ReviewBasis = Literal["plan_agreed", "review_held", "rescheduled"]
+CloseOutcome = Literal["completed", "transferred_out", "moved", "withdrew", "other"]
+
+ParticipantClearable = Literal["preferred_name", "pronouns", "email", "external_ref"]
+StrengthClearable = Literal["in_their_words"]
+GoalClearable = Literal["in_their_words", "why_it_matters", "target_date"]
+StepClearable = Literal["support_name", "support_id", "due_date"]
+
+IdList: TypeAlias = Annotated[tuple[UUID, ...], Field(max_length=MAX_LIST)]
+TitleList: TypeAlias = Annotated[tuple[Title, ...], Field(max_length=MAX_LIST)]
+NameList: TypeAlias = Annotated[tuple[Name, ...], Field(max_length=MAX_LIST)]
+IntervalDays: TypeAlias = Annotated[int, Field(ge=1, le=366)]
+
+
+# --------------------------------------------------------------------------------------------
+# Base class and value objects
+# --------------------------------------------------------------------------------------------
+
+
+class EventPayload(BaseModel):
+    """The ``data`` of one event. Subclasses set ``event_type`` and ``schema_version``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int]
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Participant(_Value):
+    name: Name
+    preferred_name: Name | None = None
+    pronouns: Pronouns | None = None
+    email: Email | None = None
+    external_ref: ExternalRef | None = None
+
+
+class ReviewIntervals(_Value):
+    """Days from agreement (or from a review held) to the next review, by risk level."""
+
+    high: IntervalDays = 30
+    moderate: IntervalDays = 60
+    low: IntervalDays = 90
+
+
+class PolicySnapshot(_Value):
+    """The agency policy in force when the case was opened, so folding needs no config."""
+
+    max_active_goals: Annotated[int, Field(ge=1, le=MAX_LIST)] = 3
+    review_interval_days: ReviewIntervals = ReviewIntervals()
+
+
+# --------------------------------------------------------------------------------------------
+# Case lifecycle
+# --------------------------------------------------------------------------------------------
+
+
+class CaseOpened(EventPayload):
+    event_type: ClassVar[str] = "CaseOpened"
+    schema_version: ClassVar[int] = 1
+
+    participant: Participant
+    case_manager: UserId
+    risk_level: RiskLevel
+    agency: UserId
+    policy: PolicySnapshot = PolicySnapshot()
+
+
+class ParticipantDetailsUpdated(EventPayload):
+    """Only the fields that changed are set; ``cleared`` names the fields removed."""
+
+    event_type: ClassVar[str] = "ParticipantDetailsUpdated"
+    schema_version: ClassVar[int] = 1
+
+    name: Name | None = None
+    preferred_name: Name | None = None
+    pronouns: Pronouns | None = None
+    email: Email | None = None
+    external_ref: ExternalRef | None = None
+    cleared: Annotated[tuple[ParticipantClearable, ...], Field(max_length=4)] = ()
+    reason: Text | None = None
+
+
+class CaseTransferred(EventPayload):
+    event_type: ClassVar[str] = "CaseTransferred"
+    schema_version: ClassVar[int] = 1
+
+    from_case_manager: UserId
+    to_case_manager: UserId
+    reason: Text
+
+
+class CaseClosed(EventPayload):
+    event_type: ClassVar[str] = "CaseClosed"
+    schema_version: ClassVar[int] = 1
+
+    reason: Text
+    outcome: CloseOutcome | None = None
+
+
+class CaseReopened(EventPayload):
+    event_type: ClassVar[str] = "CaseReopened"
+    schema_version: ClassVar[int] = 1
+
+    reason: Text
+
+
+# --------------------------------------------------------------------------------------------
+# Strengths
+# --------------------------------------------------------------------------------------------
+
+
+class StrengthRecorded(EventPayload):
+    event_type: ClassVar[str] = "StrengthRecorded"
+    schema_version: ClassVar[int] = 1
+
+    strength_id: UUID
+    category: StrengthCategory
+    description: Text
+    in_their_words: Text | None = None
+
+
+class StrengthRevised(EventPayload):
+    event_type: ClassVar[str] = "StrengthRevised"
+    schema_version: ClassVar[int] = 1
+
+    strength_id: UUID
+    category: StrengthCategory | None = None
+    description: Text | None = None
+    in_their_words: Text | None = None
+    cleared: Annotated[tuple[StrengthClearable, ...], Field(max_length=1)] = ()
+    reason: Text | None = None
+
+
+class StrengthRemoved(EventPayload):
+    event_type: ClassVar[str] = "StrengthRemoved"
+    schema_version: ClassVar[int] = 1
+
+    strength_id: UUID
+    reason: Text
+
+
+# --------------------------------------------------------------------------------------------
+# Goals
+# --------------------------------------------------------------------------------------------
+
+
+class GoalSet(EventPayload):
+    """A new goal. ``override_reason`` is present only when it exceeded the active-goal cap."""
+
+    event_type: ClassVar[str] = "GoalSet"
+    schema_version: ClassVar[int] = 1
+
+    goal_id: UUID
+    title: Title
+    domain: GoalDomain
+    source: GoalSource
+    status: InitialGoalStatus = "active"
+    in_their_words: Text | None = None
+    why_it_matters: Text | None = None
+    target_date: WireDate | None = None
+    strength_ids: IdList = ()
+    risk_factors: TitleList = ()
+    override_reason: Text | None = None
+
+
+class GoalRevised(EventPayload):
+    """Only the fields that changed are set; ``cleared`` names the fields removed."""
+
+    event_type: ClassVar[str] = "GoalRevised"
+    schema_version: ClassVar[int] = 1
+
+    goal_id: UUID
+    title: Title | None = None
+    domain: GoalDomain | None = None
+    in_their_words: Text | None = None
+    why_it_matters: Text | None = None
+    target_date: WireDate | None = None
+    strength_ids: IdList | None = None
+    risk_factors: TitleList | None = None
+    cleared: Annotated[tuple[GoalClearable, ...], Field(max_length=3)] = ()
+    reason: Text | None = None
+
+
+class GoalStatusChanged(EventPayload):
+    """``title`` is a snapshot for subscribers (milestone celebrations)."""
+
+    event_type: ClassVar[str] = "GoalStatusChanged"
+    schema_version: ClassVar[int] = 1
+
+    goal_id: UUID
+    title: Title
+    from_status: GoalStatus
+    status: GoalStatus
+    reason: Text | None = None
+    override_reason: Text | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Action steps
+# --------------------------------------------------------------------------------------------
+
+
+class ActionStepAdded(EventPayload):
+    """v2: ``owner`` is a kind; a support-owned step names the support (see upcasting.py)."""
+
+    event_type: ClassVar[str] = "ActionStepAdded"
+    schema_version: ClassVar[int] = 2
+
+    step_id: UUID
+    goal_id: UUID
+    description: Text
+    owner: StepOwner
+    support_name: Name | None = None
+    support_id: UUID | None = None
+    due_date: WireDate | None = None
+    strength_ids: IdList = ()
+
+
+class ActionStepRevised(EventPayload):
+    """Only the fields that changed are set; ``cleared`` names the fields removed."""
+
+    event_type: ClassVar[str] = "ActionStepRevised"
+    schema_version: ClassVar[int] = 1
+
+    step_id: UUID
+    goal_id: UUID
+    description: Text | None = None
+    owner: StepOwner | None = None
+    support_name: Name | None = None
+    support_id: UUID | None = None
+    due_date: WireDate | None = None
+    strength_ids: IdList | None = None
+    cleared: Annotated[tuple[StepClearable, ...], Field(max_length=3)] = ()
+    reason: Text | None = None
+
+
+class ActionStepStatusChanged(EventPayload):
+    event_type: ClassVar[str] = "ActionStepStatusChanged"
+    schema_version: ClassVar[int] = 1
+
+    step_id: UUID
+    goal_id: UUID
+    from_status: StepStatus
+    status: StepStatus
+    reason: Text | None = None
+
+
+class ActionStepCompleted(EventPayload):
+    """A small win. ``description`` and ``owner`` are snapshots for the celebration."""
+
+    event_type: ClassVar[str] = "ActionStepCompleted"
+    schema_version: ClassVar[int] = 1
+
+    step_id: UUID
+    goal_id: UUID
+    description: Text
+    owner: StepOwner
+    from_status: StepStatus
+    note: Text | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Supports and requirements
+# --------------------------------------------------------------------------------------------
+
+
+class SupportAdded(EventPayload):
+    event_type: ClassVar[str] = "SupportAdded"
+    schema_version: ClassVar[int] = 1
+
+    support_id: UUID
+    name: Name
+    kind: SupportKind = "natural"
+    relationship: Name | None = None
+    contact: Name | None = None
+    description: Text | None = None
+
+
+class SupportRemoved(EventPayload):
+    event_type: ClassVar[str] = "SupportRemoved"
+    schema_version: ClassVar[int] = 1
+
+    support_id: UUID
+    reason: Text
+
+
+class RequirementRecorded(EventPayload):
+    """A court/agency requirement: kept distinct from the participant's goals."""
+
+    event_type: ClassVar[str] = "RequirementRecorded"
+    schema_version: ClassVar[int] = 1
+
+    requirement_id: UUID
+    title: Title
+    description: Text | None = None
+    source: RequirementSource = "court"
+    reference: ExternalRef | None = None
+    due_date: WireDate | None = None
+
+
+class RequirementStatusChanged(EventPayload):
+    event_type: ClassVar[str] = "RequirementStatusChanged"
+    schema_version: ClassVar[int] = 1
+
+    requirement_id: UUID
+    from_status: RequirementStatus
+    status: RequirementStatus
+    reason: Text | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement, reviews, notes
+# --------------------------------------------------------------------------------------------
+
+
+class PlanAgreed(EventPayload):
+    """How the participant took part and what they said; ``goal_ids``: active goals agreed on."""
+
+    event_type: ClassVar[str] = "PlanAgreed"
+    schema_version: ClassVar[int] = 1
+
+    participation: Participation
+    present: NameList = ()
+    participant_statement: Text
+    outcome: AgreementOutcome = "agreed"
+    goal_ids: Annotated[tuple[UUID, ...], Field(max_length=100)] = ()
+
+
+class ReviewScheduled(EventPayload):
+    """``interval_days``/``risk_level``: the rule that set ``due_date`` (None when rescheduled)."""
+
+    event_type: ClassVar[str] = "ReviewScheduled"
+    schema_version: ClassVar[int] = 1
+
+    review_id: UUID
+    due_date: WireDate
+    basis: ReviewBasis
+    interval_days: IntervalDays | None = None
+    risk_level: RiskLevel
+    reason: Text | None = None
+
+
+class ReviewHeld(EventPayload):
+    """``due_date`` is a snapshot (on-time reporting); ``risk_level`` a reassessment, if any."""
+
+    event_type: ClassVar[str] = "ReviewHeld"
+    schema_version: ClassVar[int] = 1
+
+    review_id: UUID
+    held_on: WireDate
+    due_date: WireDate
+    summary: Text | None = None
+    participant_statement: Text | None = None
+    risk_level: RiskLevel | None = None
+
+
+class NoteAdded(EventPayload):
+    event_type: ClassVar[str] = "NoteAdded"
+    schema_version: ClassVar[int] = 1
+
+    note_id: UUID
+    text: Text
+    goal_id: UUID | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Registry, union, parsing
+# --------------------------------------------------------------------------------------------
+
+AnyEvent: TypeAlias = (
+    CaseOpened | ParticipantDetailsUpdated | CaseTransferred | StrengthRecorded
+    | StrengthRevised | StrengthRemoved | GoalSet | GoalRevised | GoalStatusChanged
+    | ActionStepAdded | ActionStepRevised | ActionStepStatusChanged | ActionStepCompleted
+    | SupportAdded | SupportRemoved | RequirementRecorded | RequirementStatusChanged
+    | PlanAgreed | ReviewScheduled | ReviewHeld | NoteAdded | CaseClosed | CaseReopened
+)
+
+EVENT_CLASSES: tuple[type[EventPayload], ...] = (
+    CaseOpened, ParticipantDetailsUpdated, CaseTransferred, StrengthRecorded, StrengthRevised,
+    StrengthRemoved, GoalSet, GoalRevised, GoalStatusChanged, ActionStepAdded,
+    ActionStepRevised, ActionStepStatusChanged, ActionStepCompleted, SupportAdded,
+    SupportRemoved, RequirementRecorded, RequirementStatusChanged, PlanAgreed,
+    ReviewScheduled, ReviewHeld, NoteAdded, CaseClosed, CaseReopened,
+)
+
+EVENT_TYPES: dict[str, type[EventPayload]] = {cls.event_type: cls for cls in EVENT_CLASSES}
+
+
+class EventDecodeError(ValueError):
+    """A stored event cannot be turned into a payload model."""
+
+    def __init__(self, event_type: str, schema_version: object, message: str) -> None:
+        super().__init__(f"{event_type} (schema_version {schema_version}): {message}")
+        self.event_type = event_type
+        self.schema_version = schema_version
+
+
+class UnknownEventType(EventDecodeError):
+    """No model is registered for the event type."""
+
+
+class UnsupportedSchemaVersion(EventDecodeError):
+    """The schema version is newer than this code, not positive, or has no upcaster path."""
+
+
+class InvalidEventData(EventDecodeError):
+    """The data does not validate against the (upcast) model; ``errors`` has the details."""
+
+    def __init__(self, event_type: str, schema_version: object, message: str,
+                 errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(event_type, schema_version, message)
+        self.errors = errors or []
+
+
+def parse_event(event_type: str, schema_version: int,
+                data: Mapping[str, Any]) -> EventPayload:
+    """Turn a stored event into its current payload model, upcasting older versions first."""
+    cls = EVENT_TYPES.get(event_type)
+    if cls is None:
+        raise UnknownEventType(event_type, schema_version, "unknown event type")
+    if (isinstance(schema_version, bool) or not isinstance(schema_version, int)
+            or schema_version < 1 or schema_version > cls.schema_version):
+        raise UnsupportedSchemaVersion(
+            event_type, schema_version,
+            f"this code reads schema versions 1..{cls.schema_version}",
+        )
+    if not isinstance(data, Mapping):
+        raise InvalidEventData(event_type, schema_version, "data must be a JSON object")
+    try:
+        payload = dict(data)
+        if schema_version < cls.schema_version:
+            payload = upcast(event_type, schema_version, cls.schema_version, payload)
+        return cls.model_validate(payload)
+    except MissingUpcaster as exc:
+        raise UnsupportedSchemaVersion(event_type, schema_version, str(exc)) from exc
+    except ValidationError as exc:
+        errors = [
+            {"loc": ".".join(str(part) for part in err["loc"]), "msg": err["msg"],
+             "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        summary = "; ".join(f"{err['loc'] or '<root>'}: {err['msg']}" for err in errors)
+        raise InvalidEventData(event_type, schema_version, f"invalid data: {summary}",
+                               errors) from exc
+
+
+def dump_event(event: EventPayload) -> dict[str, Any]:
+    """The JSON-ready ``data`` of an event (what the store writes in its ``data`` column)."""
+    return event.model_dump(mode="json")

@@ -1,0 +1,52 @@
+"""Query-string contracts of the records API (validated like bodies: unknown keys refused)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal, Self
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlanQuery(_Query):
+    as_of_version: int | None = Field(default=None, ge=1, le=10_000_000)
+    as_of: AwareDatetime | None = Field(default=None, description="RFC 3339 with a time zone")
+
+    @model_validator(mode="after")
+    def one_point_in_time(self) -> Self:
+        if self.as_of_version is not None and self.as_of is not None:
+            raise ValueError("give as_of_version or as_of, not both")
+        return self
+
+
+class CaseloadQuery(_Query):
+    case_manager: str | None = Field(default=None, min_length=1, max_length=200)
+    status: Literal["open", "closed"] | None = None
+    review_due_before: date | None = None
+    after: UUID | None = Field(default=None, description="next_after of the previous page")
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class HistoryQuery(_Query):
+    after_version: int = Field(default=0, ge=0, le=10_000_000)
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class DiffQuery(_Query):
+    from_version: int = Field(ge=0, le=10_000_000)
+    to_version: int = Field(ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def forwards(self) -> Self:
+        if self.from_version >= self.to_version:
+            raise ValueError("from_version must be lower than to_version")
+        return self
+
+
+class RemovalQuery(_Query):
+    reason: str | None = Field(default=None, min_length=1, max_length=4000)

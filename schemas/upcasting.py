@@ -1,0 +1,95 @@
+"""Upcasters: old event payloads are translated to the current schema when read, never rewritten.
+
+An upcaster takes the stored ``data`` of an event at schema version N and returns the data at
+version N + 1; :func:`upcast` chains them up to the current version. Each legacy version keeps
+its own frozen model here (a copy, not shared types), so the validation of a historical payload
+does not drift when the current model evolves; ``python -m schemas.generate`` also writes their
+JSON Schema files so the wire history stays documented.
+
+History
+-------
+``ActionStepAdded`` v1 -> v2
+    v1 recorded the owner of an action step as one free-text string ("participant",
+    "case manager", "Aunt May"). Practice rule 4 needs the owner *kind* (participant, case
+    manager, a named support) to route reminders and to report who carries the steps, so v2
+    splits it into ``owner`` (participant | case_manager | support) and ``support_name``
+    (and an optional ``support_id`` link to a recorded support, unknown to v1 events).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class MissingUpcaster(LookupError):
+    """No upcaster is registered for (event type, schema version)."""
+
+
+class ActionStepAddedV1(BaseModel):
+    """ActionStepAdded as recorded before schema version 2 (owner was free text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="ActionStepAdded")
+
+    step_id: UUID
+    goal_id: UUID
+    description: str = Field(min_length=1, max_length=4000)
+    owner: str = Field(min_length=1, max_length=200)
+    due_date: date | None = None
+    strength_ids: list[UUID] = Field(default_factory=list, max_length=20)
+
+
+_PARTICIPANT_OWNERS = frozenset({"participant", "client", "self", "the participant"})
+_CASE_MANAGER_OWNERS = frozenset(
+    {"case manager", "case_manager", "case-manager", "cm", "case worker", "caseworker", "staff",
+     "worker", "probation officer", "po"}
+)
+
+
+def _owner_key(owner: str) -> str:
+    return " ".join(owner.strip().lower().split())
+
+
+def upcast_action_step_added_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 ``owner`` free text -> v2 ``owner`` kind + ``support_name``."""
+    old = ActionStepAddedV1.model_validate(data)
+    new = old.model_dump(mode="json")
+    key = _owner_key(old.owner)
+    if key in _PARTICIPANT_OWNERS:
+        new["owner"], new["support_name"] = "participant", None
+    elif key in _CASE_MANAGER_OWNERS:
+        new["owner"], new["support_name"] = "case_manager", None
+    else:
+        new["owner"], new["support_name"] = "support", old.owner.strip()
+    new["support_id"] = None
+    return new
+
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("ActionStepAdded", 1): upcast_action_step_added_v1,
+}
+
+LEGACY_MODELS: dict[tuple[str, int], type[BaseModel]] = {
+    ("ActionStepAdded", 1): ActionStepAddedV1,
+}
+
+
+def upcast(event_type: str, from_version: int, to_version: int,
+           data: dict[str, Any]) -> dict[str, Any]:
+    """Apply the upcasters of ``event_type`` from ``from_version`` up to ``to_version``."""
+    version = from_version
+    while version < to_version:
+        step = UPCASTERS.get((event_type, version))
+        if step is None:
+            raise MissingUpcaster(
+                f"no upcaster for {event_type} schema_version {version} -> {version + 1}"
+            )
+        data = step(data)
+        version += 1
+    return data

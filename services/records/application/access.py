@@ -1,0 +1,98 @@
+"""Who may do what to which case: pure functions over the principal and the case.
+
+Tenancy first: a case of another agency is invisible (404, never 403), and so is a case a
+participant or auditor token does not name. Inside the agency, a role that may not do
+something gets 403.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from services.common.auth import Principal, Role
+
+
+class Action(StrEnum):
+    READ_PLAN = "read_plan"
+    AUDIT = "audit"  # history, diff, verify, time travel
+    WRITE = "write"
+    TRANSFER = "transfer"
+    OPEN = "open"
+    LIST = "list"
+
+
+class NotVisible(Exception):
+    """The case does not exist for this principal (404)."""
+
+
+class Forbidden(Exception):
+    """The principal sees the case but may not do this (403)."""
+
+
+@dataclass(frozen=True)
+class CaseFacts:
+    """What authorization needs to know about a case."""
+
+    case_id: object
+    agency: str
+    case_manager: str
+
+
+_NAMED_CASES_ONLY = {Role.PARTICIPANT, Role.AUDITOR}
+
+
+def check_visible(who: Principal, case: CaseFacts) -> None:
+    if case.agency != who.agency:
+        raise NotVisible
+    if who.role in _NAMED_CASES_ONLY and case.case_id not in who.cases:
+        raise NotVisible
+
+
+def authorize(who: Principal, action: Action, case: CaseFacts) -> None:
+    """Raise NotVisible or Forbidden unless ``who`` may do ``action`` on ``case``."""
+    check_visible(who, case)
+    owner = who.role is Role.CASE_MANAGER and case.case_manager == who.sub
+    allowed = {
+        Action.READ_PLAN: owner or who.role in {Role.SUPERVISOR, Role.AUDITOR, Role.PARTICIPANT},
+        Action.AUDIT: owner or who.role in {Role.SUPERVISOR, Role.AUDITOR},
+        Action.WRITE: owner,
+        Action.TRANSFER: owner or who.role is Role.SUPERVISOR,
+    }.get(action, False)
+    if not allowed:
+        raise Forbidden(_why(who, action))
+
+
+def authorize_open(who: Principal, case_manager: str) -> None:
+    """Case managers open cases on their own caseload; supervisors on any of the agency's."""
+    if who.role is Role.SUPERVISOR:
+        return
+    if who.role is Role.CASE_MANAGER and case_manager == who.sub:
+        return
+    if who.role is Role.CASE_MANAGER:
+        raise Forbidden("case managers open cases on their own caseload")
+    raise Forbidden(f"the {who.role} role does not open cases")
+
+
+def authorize_listing(who: Principal, case_manager: str | None) -> str | None:
+    """The case manager filter the listing must apply (None: the whole agency)."""
+    if who.role is Role.SUPERVISOR:
+        return case_manager
+    if who.role is Role.CASE_MANAGER:
+        if case_manager not in (None, who.sub):
+            raise Forbidden("case managers list their own caseload")
+        return who.sub
+    raise Forbidden(f"the {who.role} role does not list caseloads")
+
+
+def is_audited_read(who: Principal) -> bool:
+    """Reads by supervisors and auditors are themselves recorded in the access log."""
+    return who.role in {Role.SUPERVISOR, Role.AUDITOR}
+
+
+def _why(who: Principal, action: Action) -> str:
+    if who.role is Role.CASE_MANAGER:
+        return "this case is not on your caseload"
+    if who.role in {Role.ANALYST, Role.SERVICE}:
+        return f"the {who.role} role does not read individual cases"
+    return f"the {who.role} role may not {action.value.replace('_', ' ')} here"

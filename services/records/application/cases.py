@@ -1,0 +1,184 @@
+"""Executing plan commands: load the case, authorize, decide, append, project — retrying races.
+
+A write with ``If-Match`` is decided against exactly that version (a stale one fails with
+PreconditionFailed). A write without it is decided against the latest state; when another write
+lands first, the case is re-read and the command re-decided (the rules are checked again), so
+concurrent independent writes succeed or fail on their merits, never on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from schemas.events import EventPayload, parse_event
+from services.common.auth import Principal
+from services.records.application.access import (
+    Action,
+    CaseFacts,
+    NotVisible,
+    authorize,
+    authorize_open,
+)
+from services.records.application.language import LanguageGuides
+from services.records.domain import (
+    Actor,
+    AnyCommand,
+    DecisionContext,
+    LanguageWarning,
+    OpenCase,
+    PlanState,
+    TransferCase,
+    decide,
+    warnings_for,
+)
+from services.records.projections.plans import fold_recorded, save_plan
+from services.records.store.events import (
+    AppendResult,
+    Clock,
+    EventStore,
+    IdempotencyClaim,
+    NewEvent,
+    RecordedEvent,
+    VersionConflict,
+)
+
+MAX_ATTEMPTS = 30
+
+
+class PreconditionFailed(Exception):
+    def __init__(self, current_version: int) -> None:
+        super().__init__(f"the case is at version {current_version}")
+        self.current_version = current_version
+
+
+class TooMuchContention(Exception):
+    """The case kept changing under us for MAX_ATTEMPTS tries (answered 503, Retry-After)."""
+
+
+@dataclass(frozen=True)
+class WriteRequest:
+    case_id: UUID
+    command: AnyCommand
+    who: Principal
+    if_match: int | None = None
+    idempotency: IdempotencyClaim | None = None
+    request_id: str | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    case_id: UUID
+    version: int
+    created_id: UUID | None
+    events: list[RecordedEvent]
+    warnings: list[LanguageWarning]
+    replayed: bool
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "case_id": str(self.case_id), "version": self.version,
+            "events": [history_entry(e) for e in self.events],
+            "warnings": [w.model_dump(mode="json") for w in self.warnings],
+        }
+        if self.created_id is not None:
+            body["id"] = str(self.created_id)
+        return body
+
+
+def history_entry(event: RecordedEvent) -> dict[str, Any]:
+    actor = event.metadata.get("actor", {})
+    return {
+        "version": event.version, "event_id": str(event.event_id), "type": event.type,
+        "schema_version": event.schema_version, "recorded_at": event.recorded_at.isoformat(),
+        "actor": actor.get("sub"), "role": actor.get("role"),
+        "reason": event.metadata.get("reason"), "data": event.data,
+        "prev_hash": event.prev_hash, "hash": event.hash,
+    }
+
+
+def to_new_event(payload: EventPayload) -> NewEvent:
+    reason = getattr(payload, "reason", None) or getattr(payload, "override_reason", None)
+    return NewEvent(uuid4(), payload.event_type, payload.schema_version,
+                    payload.model_dump(mode="json"), {"reason": reason} if reason else {})
+
+
+class CaseCommands:
+    def __init__(self, store: EventStore, guides: LanguageGuides, clock: Clock) -> None:
+        self._store = store
+        self._guides = guides
+        self._clock = clock
+
+    async def load(self, case_id: UUID) -> PlanState | None:
+        return fold_recorded(await self._store.read_stream(case_id))
+
+    async def execute(self, request: WriteRequest) -> WriteOutcome:
+        if request.idempotency is not None:
+            replay = await self._store.find_idempotent(request.idempotency)
+            if replay is not None:
+                return self._outcome(request, replay)
+        for attempt in range(MAX_ATTEMPTS):
+            state = await self.load(request.case_id)
+            self._authorize(request, state)
+            expected = state.version if state is not None else 0
+            if request.if_match is not None and request.if_match != expected:
+                raise PreconditionFailed(expected)
+            payloads = decide(state, request.command, self._context(request))
+            try:
+                result = await self._append(request, state, expected, payloads)
+            except VersionConflict as conflict:
+                if request.if_match is not None:
+                    raise PreconditionFailed(conflict.current) from conflict
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return self._outcome(request, result)
+        raise TooMuchContention
+
+    def _authorize(self, request: WriteRequest, state: PlanState | None) -> None:
+        if isinstance(request.command, OpenCase):
+            if state is not None and state.agency != request.who.agency:
+                raise NotVisible
+            authorize_open(request.who, request.command.body.case_manager)
+            return
+        if state is None:
+            raise NotVisible
+        facts = CaseFacts(state.case_id, state.agency, state.case_manager)
+        action = Action.TRANSFER if isinstance(request.command, TransferCase) else Action.WRITE
+        authorize(request.who, action, facts)
+
+    def _context(self, request: WriteRequest) -> DecisionContext:
+        return DecisionContext(today=self._clock().date(),
+                               actor=Actor(sub=request.who.sub, role=request.who.role.value))
+
+    async def _append(self, request: WriteRequest, state: PlanState | None, expected: int,
+                      payloads: list[EventPayload]) -> AppendResult:
+        metadata: dict[str, Any] = {
+            "actor": {"sub": request.who.sub, "role": request.who.role.value},
+            "agency": request.who.agency,
+            "request_id": request.request_id,
+            "correlation_id": request.correlation_id or request.request_id,
+        }
+        if request.idempotency is not None:
+            metadata["idempotency_key"] = request.idempotency.key
+
+        async def project(conn: asyncpg.Connection, result: AppendResult) -> None:
+            new_state = fold_recorded(result.events, state)
+            assert new_state is not None
+            await save_plan(conn, new_state)
+
+        return await self._store.append(
+            request.case_id, [to_new_event(p) for p in payloads], expected_version=expected,
+            agency=request.who.agency, metadata=metadata, idempotency=request.idempotency,
+            after_append=project)
+
+    def _outcome(self, request: WriteRequest, result: AppendResult) -> WriteOutcome:
+        payloads = [parse_event(e.type, e.schema_version, e.data) for e in result.events]
+        guide = self._guides.for_agency(request.who.agency)
+        return WriteOutcome(result.stream_id, result.version, request.command.created_id,
+                            result.events, warnings_for(payloads, guide), result.replayed)

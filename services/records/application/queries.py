@@ -1,0 +1,162 @@
+"""Reading cases: the current plan, time travel, history, diff, verification, caseloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from services.common.auth import Principal
+from services.records.application.access import (
+    Action,
+    CaseFacts,
+    NotVisible,
+    authorize,
+    authorize_listing,
+    is_audited_read,
+)
+from services.records.application.cases import history_entry
+from services.records.chain import ChainReport
+from services.records.domain import plan_view
+from services.records.projections.plans import (
+    CaseloadFilter,
+    fold_recorded,
+    list_caseload,
+    load_plan,
+)
+from services.records.store.events import Clock, EventStore, RecordedEvent
+
+
+@dataclass(frozen=True)
+class PlanAnswer:
+    version: int
+    view: dict[str, Any]
+
+
+class CaseQueries:
+    def __init__(self, pool: asyncpg.Pool, store: EventStore, clock: Clock) -> None:
+        self._pool = pool
+        self._store = store
+        self._clock = clock
+
+    async def _facts(self, case_id: UUID) -> CaseFacts:
+        stored = await load_plan(self._pool, case_id)
+        if stored is None:
+            raise NotVisible
+        return CaseFacts(case_id, stored.agency, stored.case_manager)
+
+    async def _allow(self, who: Principal, case_id: UUID, action: Action,
+                     request_id: str | None) -> None:
+        authorize(who, action, await self._facts(case_id))
+        if is_audited_read(who):
+            await self._pool.execute(
+                "INSERT INTO records.access_log (at, agency, actor_sub, actor_role, case_id,"
+                " action, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                self._clock(), who.agency, who.sub, who.role.value, case_id, action.value,
+                request_id)
+
+    async def plan(self, who: Principal, case_id: UUID, *, as_of_version: int | None = None,
+                   as_of: datetime | None = None, request_id: str | None = None) -> PlanAnswer:
+        time_travel = as_of_version is not None or as_of is not None
+        await self._allow(who, case_id, Action.AUDIT if time_travel else Action.READ_PLAN,
+                          request_id)
+        if not time_travel:
+            stored = await load_plan(self._pool, case_id)
+            assert stored is not None
+            return PlanAnswer(stored.version, stored.view)
+        state = fold_recorded(await self._store.read_stream(
+            case_id, up_to_version=as_of_version, up_to_time=as_of))
+        if state is None:
+            raise NotVisible  # the case did not exist yet at that point
+        return PlanAnswer(state.version, plan_view(state).model_dump(mode="json"))
+
+    async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
+                      request_id: str | None = None) -> dict[str, Any]:
+        await self._allow(who, case_id, Action.AUDIT, request_id)
+        events = await self._store.read_stream(case_id, after_version=after_version,
+                                               limit=limit + 1)
+        page, more = events[:limit], len(events) > limit
+        visible = [e for e in page if _within_window(who, e)]
+        return {"case_id": str(case_id), "events": [history_entry(e) for e in visible],
+                "next_after_version": page[-1].version if more and page else None}
+
+    async def diff(self, who: Principal, case_id: UUID, from_version: int, to_version: int,
+                   request_id: str | None = None) -> dict[str, Any]:
+        await self._allow(who, case_id, Action.AUDIT, request_id)
+        events = await self._store.read_stream(case_id, up_to_version=to_version)
+        if not events or events[-1].version < to_version:
+            raise VersionOutOfRange(events[-1].version if events else 0)
+        before = fold_recorded(events[:from_version]) if from_version > 0 else None
+        after = fold_recorded(events)
+        assert after is not None
+        old = plan_view(before).model_dump(mode="json") if before is not None else {}
+        new = plan_view(after).model_dump(mode="json")
+        return {"case_id": str(case_id), "from_version": from_version,
+                "to_version": to_version, "changes": diff_documents(old, new),
+                "events": [history_entry(e) for e in events[from_version:]]}
+
+    async def verify(self, who: Principal, case_id: UUID,
+                     request_id: str | None = None) -> ChainReport:
+        await self._allow(who, case_id, Action.AUDIT, request_id)
+        return await self._store.verify(case_id)
+
+    async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
+                       review_due_before: date | None, after: UUID | None,
+                       limit: int) -> dict[str, Any]:
+        manager = authorize_listing(who, case_manager)
+        rows = await list_caseload(self._pool, CaseloadFilter(
+            who.agency, manager, status, review_due_before, self._clock().date(), after,
+            limit + 1))
+        page, more = rows[:limit], len(rows) > limit
+        return {"cases": page, "next_after": page[-1]["case_id"] if more else None}
+
+
+class VersionOutOfRange(Exception):
+    def __init__(self, current_version: int) -> None:
+        super().__init__(f"the case has {current_version} versions")
+        self.current_version = current_version
+
+
+def _within_window(who: Principal, event: RecordedEvent) -> bool:
+    moment = event.recorded_at.timestamp()
+    if who.window_from is not None and moment < who.window_from:
+        return False
+    return who.window_to is None or moment <= who.window_to
+
+
+def diff_documents(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
+    """Field-by-field changes between two JSON documents; lists of items match by their id."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes: list[dict[str, Any]] = []
+        for key in sorted(set(old) | set(new)):
+            child = f"{path}.{key}" if path else key
+            if key not in old:
+                changes.append({"path": child, "change": "added", "to": new[key]})
+            elif key not in new:
+                changes.append({"path": child, "change": "removed", "from": old[key]})
+            else:
+                changes += diff_documents(old[key], new[key], child)
+        return changes
+    if isinstance(old, list) and isinstance(new, list) and _keyed(old) and _keyed(new):
+        return diff_documents(_by_id(old), _by_id(new), path)
+    if old != new:
+        return [{"path": path, "change": "changed", "from": old, "to": new}]
+    return []
+
+
+def _item_id(item: dict[str, Any]) -> str | None:
+    for key, value in item.items():
+        if key == "id" or (key.endswith("_id") and key != "case_id" and isinstance(value, str)):
+            return str(value)
+    return None
+
+
+def _keyed(items: list[Any]) -> bool:
+    return all(isinstance(i, dict) and _item_id(i) is not None for i in items)
+
+
+def _by_id(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {str(_item_id(item)): item for item in items}

@@ -1,0 +1,554 @@
+"""decide: a command and the current plan in, the events to record out (pure).
+
+The practice rules of the brief are enforced here (docs/decisions/0101-plan-domain.md):
+
+1. at most ``max_active_goals`` active goals unless ``override_reason`` (recorded in the event);
+2. participant goals carry ``in_their_words``; a plan is agreed only through PlanAgreed;
+3. goals and steps link only to recorded, not removed, strengths;
+4. steps have owners (a support-owned step names the support) and a completion event;
+5. removals, discontinuations, reversals and overrides need a reason;
+6. agreeing schedules the first review and holding a review the next, by risk level;
+7. (language) is advisory and computed from the events by ``language.warnings_for``.
+
+Time comes only from ``ctx.today``; ids of created items come with the command; so deciding
+the same command against the same state always yields the same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from schemas import events as ev
+from services.records.domain import commands as c
+from services.records.domain.errors import InvalidTransition, NotFound, RuleViolation
+from services.records.domain.policy import AgencyPolicy, DecisionContext
+from services.records.domain.state import GoalState, PlanState, StepState
+
+Events = list[ev.EventPayload]
+
+
+def decide(state: PlanState | None, command: c.Command, ctx: DecisionContext) -> Events:
+    """The events that record ``command`` on the case in ``state`` (None: no such case).
+
+    Raises NotFound, InvalidTransition or RuleViolation (all DomainError) when refused.
+    """
+    if isinstance(command, c.OpenCase):
+        if state is not None:
+            raise InvalidTransition("case_exists", "This case is already open; a closed case "
+                                    "is reopened, not opened again.")
+        return _open_case(command, ctx)
+    if state is None:
+        raise NotFound("case_not_found", "There is no such case.")
+    if state.status == "closed" and not isinstance(command, c.ReopenCase):
+        raise InvalidTransition("case_closed", "This case is closed; reopen it (with a reason) "
+                                "before changing the plan.")
+    handler = _DECIDERS.get(type(command))
+    if handler is None:
+        raise TypeError(f"decide() does not know the command {type(command).__name__}")
+    return handler(state, command, ctx)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _policy(state: PlanState, ctx: DecisionContext) -> AgencyPolicy:
+    return ctx.policy if ctx.policy is not None else state.policy
+
+
+def _require_reason(reason: str | None, why: str, field: str = "reason") -> str:
+    if not reason:
+        raise RuleViolation("reason_required", f"A reason is required {why}.", field=field)
+    return reason
+
+
+def _unique(ids: Iterable[UUID]) -> tuple[UUID, ...]:
+    return tuple(dict.fromkeys(ids))
+
+
+def _check_strengths(state: PlanState, ids: Iterable[UUID], field: str = "strength_ids") -> None:
+    for strength_id in ids:
+        strength = state.strengths.get(strength_id)
+        if strength is None:
+            raise RuleViolation("unknown_strength",
+                                f"There is no strength {strength_id} in this plan.", field=field)
+        if strength.removed:
+            raise RuleViolation("strength_removed",
+                                f"The strength {strength_id} was removed from this plan.",
+                                field=field)
+
+
+def _check_new_id(items: Mapping[UUID, Any] | frozenset[UUID], item_id: UUID, what: str) -> None:
+    if item_id in items:
+        raise InvalidTransition("duplicate_id", f"This plan already has a {what} {item_id}.")
+
+
+def _cap_override(state: PlanState, ctx: DecisionContext,
+                  override_reason: str | None) -> str | None:
+    """Rule 1: refuse one more active goal at the cap unless overridden.
+
+    Returns the override reason to record (None when the cap is not exceeded: an override that
+    did not happen is not recorded).
+    """
+    limit = _policy(state, ctx).max_active_goals
+    active = state.active_goal_count
+    if active < limit:
+        return None
+    if not override_reason:
+        raise RuleViolation(
+            "active_goal_limit",
+            f"This plan already has {active} active goals and the limit is {limit}: focus on "
+            "fewer goals at a time. Set this goal as 'future', pause or complete another goal, "
+            "or give an override_reason.",
+            field="override_reason",
+        )
+    return override_reason
+
+
+def _diff(current: object, changes: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split requested changes into changed values and cleared fields (unchanged ones dropped)."""
+    values: dict[str, Any] = {}
+    cleared: list[str] = []
+    for name, value in changes.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        if getattr(current, name) == value:
+            continue
+        if value is None:
+            cleared.append(name)
+        else:
+            values[name] = value
+    return values, cleared
+
+
+def _no_change(what: str) -> InvalidTransition:
+    return InvalidTransition("no_change", f"Nothing would change: the {what} already reads so.")
+
+
+def _goal(state: PlanState, goal_id: UUID) -> GoalState:
+    goal = state.goals.get(goal_id)
+    if goal is None:
+        raise NotFound("goal_not_found", f"There is no goal {goal_id} in this plan.")
+    return goal
+
+
+def _step(state: PlanState, step_id: UUID) -> StepState:
+    step = state.steps.get(step_id)
+    if step is None:
+        raise NotFound("step_not_found", f"There is no action step {step_id} in this plan.")
+    return step
+
+
+def _support_owner(state: PlanState, owner: str, support_name: str | None,
+                   support_id: UUID | None) -> tuple[str | None, UUID | None]:
+    """Rule 4: a support-owned step names its support (by name or by a recorded support)."""
+    if owner != "support":
+        if support_name is not None or support_id is not None:
+            raise RuleViolation("support_not_owner", "support_name and support_id apply only "
+                                "when the owner is 'support'.",
+                                field="support_name" if support_name is not None
+                                else "support_id")
+        return None, None
+    if support_id is not None:
+        support = state.supports.get(support_id)
+        if support is None or support.removed:
+            raise RuleViolation("unknown_support",
+                                f"There is no support {support_id} in this plan.",
+                                field="support_id")
+        return support_name or support.name, support_id
+    if support_name is None:
+        raise RuleViolation("support_required", "Name the support who owns this step "
+                            "(support_name or support_id).", field="support_name")
+    return support_name, None
+
+
+# --------------------------------------------------------------------------------------------
+# case
+# --------------------------------------------------------------------------------------------
+
+
+def _open_case(cmd: c.OpenCase, ctx: DecisionContext) -> Events:
+    policy = ctx.policy if ctx.policy is not None else AgencyPolicy()
+    body = cmd.body
+    return [ev.CaseOpened(
+        participant=ev.Participant(**body.participant.model_dump()),
+        case_manager=body.case_manager,
+        risk_level=body.risk_level,
+        agency=cmd.agency,
+        policy=policy.to_snapshot(),
+    )]
+
+
+def _update_participant(state: PlanState, cmd: c.UpdateParticipantDetails,
+                        ctx: DecisionContext) -> Events:
+    values, cleared = _diff(state.participant, cmd.body.changes())
+    if not values and not cleared:
+        raise _no_change("participant's details")
+    return [ev.ParticipantDetailsUpdated(**values, cleared=tuple(cleared),
+                                         reason=cmd.body.reason)]
+
+
+def _transfer(state: PlanState, cmd: c.TransferCase, ctx: DecisionContext) -> Events:
+    if cmd.body.case_manager == state.case_manager:
+        raise InvalidTransition("same_case_manager",
+                                "The case is already with this case manager.",
+                                field="case_manager")
+    return [ev.CaseTransferred(from_case_manager=state.case_manager,
+                               to_case_manager=cmd.body.case_manager, reason=cmd.body.reason)]
+
+
+def _close(state: PlanState, cmd: c.CloseCase, ctx: DecisionContext) -> Events:
+    return [ev.CaseClosed(reason=cmd.body.reason, outcome=cmd.body.outcome)]
+
+
+def _reopen(state: PlanState, cmd: c.ReopenCase, ctx: DecisionContext) -> Events:
+    if state.status == "open":
+        raise InvalidTransition("case_open", "This case is open; only a closed case can be "
+                                "reopened.")
+    return [ev.CaseReopened(reason=cmd.body.reason)]
+
+
+# --------------------------------------------------------------------------------------------
+# strengths
+# --------------------------------------------------------------------------------------------
+
+
+def _record_strength(state: PlanState, cmd: c.RecordStrength, ctx: DecisionContext) -> Events:
+    _check_new_id(state.strengths, cmd.strength_id, "strength")
+    body = cmd.body
+    return [ev.StrengthRecorded(strength_id=cmd.strength_id, category=body.category,
+                                description=body.description,
+                                in_their_words=body.in_their_words)]
+
+
+def _live_strength(state: PlanState, strength_id: UUID) -> None:
+    strength = state.strengths.get(strength_id)
+    if strength is None:
+        raise NotFound("strength_not_found", f"There is no strength {strength_id} in this plan.")
+    if strength.removed:
+        raise InvalidTransition("strength_removed",
+                                f"The strength {strength_id} was removed from this plan.")
+
+
+def _revise_strength(state: PlanState, cmd: c.ReviseStrength, ctx: DecisionContext) -> Events:
+    _live_strength(state, cmd.strength_id)
+    values, cleared = _diff(state.strengths[cmd.strength_id], cmd.body.changes())
+    if not values and not cleared:
+        raise _no_change("strength")
+    return [ev.StrengthRevised(strength_id=cmd.strength_id, **values, cleared=tuple(cleared),
+                               reason=cmd.body.reason)]
+
+
+def _remove_strength(state: PlanState, cmd: c.RemoveStrength, ctx: DecisionContext) -> Events:
+    _live_strength(state, cmd.strength_id)
+    return [ev.StrengthRemoved(strength_id=cmd.strength_id, reason=cmd.body.reason)]
+
+
+# --------------------------------------------------------------------------------------------
+# goals
+# --------------------------------------------------------------------------------------------
+
+
+def _set_goal(state: PlanState, cmd: c.SetGoal, ctx: DecisionContext) -> Events:
+    _check_new_id(state.goals, cmd.goal_id, "goal")
+    body = cmd.body
+    if body.source == "participant" and not body.in_their_words:
+        raise RuleViolation("in_their_words_required", "A participant's goal records what they "
+                            "want in their own words (in_their_words).", field="in_their_words")
+    strength_ids = _unique(body.strength_ids)
+    _check_strengths(state, strength_ids)
+    override = _cap_override(state, ctx, body.override_reason) if body.status == "active" else None
+    return [ev.GoalSet(
+        goal_id=cmd.goal_id, title=body.title, domain=body.domain, source=body.source,
+        status=body.status, in_their_words=body.in_their_words,
+        why_it_matters=body.why_it_matters, target_date=body.target_date,
+        strength_ids=strength_ids, risk_factors=tuple(dict.fromkeys(body.risk_factors)),
+        override_reason=override,
+    )]
+
+
+def _revise_goal(state: PlanState, cmd: c.ReviseGoal, ctx: DecisionContext) -> Events:
+    goal = _goal(state, cmd.goal_id)
+    changes = cmd.body.changes()
+    if "strength_ids" in changes:
+        changes["strength_ids"] = _unique(changes["strength_ids"])
+        _check_strengths(state, (s for s in changes["strength_ids"]
+                                 if s not in goal.strength_ids))
+    if "risk_factors" in changes:
+        changes["risk_factors"] = tuple(dict.fromkeys(changes["risk_factors"]))
+    values, cleared = _diff(goal, changes)
+    if goal.source == "participant" and "in_their_words" in cleared:
+        raise RuleViolation("in_their_words_required", "A participant's goal keeps their own "
+                            "words; revise in_their_words instead of clearing it.",
+                            field="in_their_words")
+    if not values and not cleared:
+        raise _no_change("goal")
+    return [ev.GoalRevised(goal_id=cmd.goal_id, **values, cleared=tuple(cleared),
+                           reason=cmd.body.reason)]
+
+
+def _change_goal_status(state: PlanState, cmd: c.ChangeGoalStatus,
+                        ctx: DecisionContext) -> Events:
+    goal = _goal(state, cmd.goal_id)
+    old, new, body = goal.status, cmd.body.status, cmd.body
+    if old == new:
+        raise InvalidTransition("no_change", f"The goal is already {new}.", field="status")
+    if old == "discontinued" and new == "achieved":
+        raise InvalidTransition("goal_discontinued", "A discontinued goal cannot be achieved; "
+                                "set it active again (with a reason) first.", field="status")
+    if new == "discontinued":
+        _require_reason(body.reason, "to discontinue a goal")
+    elif old in ("achieved", "discontinued"):
+        _require_reason(body.reason, f"to change a goal that was {old} (a reversal)")
+    override = _cap_override(state, ctx, body.override_reason) if new == "active" else None
+    return [ev.GoalStatusChanged(goal_id=goal.goal_id, title=goal.title, from_status=old,
+                                 status=new, reason=body.reason, override_reason=override)]
+
+
+# --------------------------------------------------------------------------------------------
+# action steps
+# --------------------------------------------------------------------------------------------
+
+
+def _add_step(state: PlanState, cmd: c.AddActionStep, ctx: DecisionContext) -> Events:
+    goal = _goal(state, cmd.goal_id)
+    if goal.status in ("achieved", "discontinued"):
+        raise InvalidTransition(f"goal_{goal.status}", f"The goal is {goal.status}; steps are "
+                                "added to goals still being worked on.")
+    _check_new_id(state.steps, cmd.step_id, "step")
+    body = cmd.body
+    support_name, support_id = _support_owner(state, body.owner, body.support_name,
+                                              body.support_id)
+    strength_ids = _unique(body.strength_ids)
+    _check_strengths(state, strength_ids)
+    return [ev.ActionStepAdded(
+        step_id=cmd.step_id, goal_id=goal.goal_id, description=body.description,
+        owner=body.owner, support_name=support_name, support_id=support_id,
+        due_date=body.due_date, strength_ids=strength_ids,
+    )]
+
+
+def _revise_step(state: PlanState, cmd: c.ReviseActionStep, ctx: DecisionContext) -> Events:
+    step = _step(state, cmd.step_id)
+    changes = cmd.body.changes()
+    owner = changes.get("owner", step.owner)
+    if owner == "support":
+        if "support_id" in changes:
+            support_id = changes["support_id"]
+            support_name = changes.get("support_name")
+        elif "support_name" in changes or step.owner != "support":
+            support_id, support_name = None, changes.get("support_name")
+        else:
+            support_id, support_name = step.support_id, step.support_name
+    else:
+        support_name, support_id = changes.get("support_name"), changes.get("support_id")
+    changes["support_name"], changes["support_id"] = _support_owner(state, owner, support_name,
+                                                                    support_id)
+    if "strength_ids" in changes:
+        changes["strength_ids"] = _unique(changes["strength_ids"])
+        _check_strengths(state, (s for s in changes["strength_ids"]
+                                 if s not in step.strength_ids))
+    values, cleared = _diff(step, changes)
+    if not values and not cleared:
+        raise _no_change("action step")
+    return [ev.ActionStepRevised(step_id=step.step_id, goal_id=step.goal_id, **values,
+                                 cleared=tuple(cleared), reason=cmd.body.reason)]
+
+
+def _completed(step: StepState, note: str | None) -> ev.ActionStepCompleted:
+    return ev.ActionStepCompleted(step_id=step.step_id, goal_id=step.goal_id,
+                                  description=step.description, owner=step.owner,
+                                  from_status=step.status, note=note)
+
+
+def _change_step_status(state: PlanState, cmd: c.ChangeActionStepStatus,
+                        ctx: DecisionContext) -> Events:
+    step = _step(state, cmd.step_id)
+    old, new, reason = step.status, cmd.body.status, cmd.body.reason
+    if old == new:
+        if new == "completed":
+            raise InvalidTransition("step_already_completed", "This step is already completed.")
+        raise InvalidTransition("no_change", f"The step is already {new}.", field="status")
+    if new == "no_longer_needed":
+        _require_reason(reason, "when a step is no longer needed")
+    elif old in ("completed", "no_longer_needed") or (old, new) == ("in_progress", "not_started"):
+        _require_reason(reason, f"to change a step that was {old} (a reversal)")
+    if new == "completed":
+        return [_completed(step, reason)]
+    return [ev.ActionStepStatusChanged(step_id=step.step_id, goal_id=step.goal_id,
+                                       from_status=old, status=new, reason=reason)]
+
+
+def _complete_step(state: PlanState, cmd: c.CompleteActionStep, ctx: DecisionContext) -> Events:
+    step = _step(state, cmd.step_id)
+    if step.status == "completed":
+        raise InvalidTransition("step_already_completed", "This step is already completed.")
+    if step.status == "no_longer_needed":
+        raise InvalidTransition("step_no_longer_needed", "This step was marked no longer "
+                                "needed; change its status with a reason to complete it.")
+    return [_completed(step, cmd.body.note)]
+
+
+# --------------------------------------------------------------------------------------------
+# supports and requirements
+# --------------------------------------------------------------------------------------------
+
+
+def _add_support(state: PlanState, cmd: c.AddSupport, ctx: DecisionContext) -> Events:
+    _check_new_id(state.supports, cmd.support_id, "support")
+    body = cmd.body
+    return [ev.SupportAdded(support_id=cmd.support_id, name=body.name, kind=body.kind,
+                            relationship=body.relationship, contact=body.contact,
+                            description=body.description)]
+
+
+def _remove_support(state: PlanState, cmd: c.RemoveSupport, ctx: DecisionContext) -> Events:
+    support = state.supports.get(cmd.support_id)
+    if support is None:
+        raise NotFound("support_not_found", f"There is no support {cmd.support_id} in this plan.")
+    if support.removed:
+        raise InvalidTransition("support_removed", "This support was already removed.")
+    return [ev.SupportRemoved(support_id=cmd.support_id, reason=cmd.body.reason)]
+
+
+def _record_requirement(state: PlanState, cmd: c.RecordRequirement,
+                        ctx: DecisionContext) -> Events:
+    _check_new_id(state.requirements, cmd.requirement_id, "requirement")
+    body = cmd.body
+    return [ev.RequirementRecorded(requirement_id=cmd.requirement_id, title=body.title,
+                                   description=body.description, source=body.source,
+                                   reference=body.reference, due_date=body.due_date)]
+
+
+def _change_requirement_status(state: PlanState, cmd: c.ChangeRequirementStatus,
+                               ctx: DecisionContext) -> Events:
+    requirement = state.requirements.get(cmd.requirement_id)
+    if requirement is None:
+        raise NotFound("requirement_not_found",
+                       f"There is no requirement {cmd.requirement_id} in this plan.")
+    old, new, reason = requirement.status, cmd.body.status, cmd.body.reason
+    if old == new:
+        raise InvalidTransition("no_change", f"The requirement is already {new}.", field="status")
+    if new in ("not_met", "waived"):
+        _require_reason(reason, f"to record a requirement as {new}")
+    elif old in ("met", "not_met", "waived") or (old, new) == ("in_progress", "pending"):
+        _require_reason(reason, f"to change a requirement that was {old} (a reversal)")
+    return [ev.RequirementStatusChanged(requirement_id=cmd.requirement_id, from_status=old,
+                                        status=new, reason=reason)]
+
+
+# --------------------------------------------------------------------------------------------
+# agreement and reviews
+# --------------------------------------------------------------------------------------------
+
+
+def _agree(state: PlanState, cmd: c.AgreePlan, ctx: DecisionContext) -> Events:
+    active = tuple(g.goal_id for g in state.goals.values() if g.status == "active")
+    if not active:
+        raise InvalidTransition("plan_has_no_goals", "A plan needs at least one active goal "
+                                "before the participant is asked to agree to it.")
+    body = cmd.body
+    out: Events = [ev.PlanAgreed(participation=body.participation, present=tuple(body.present),
+                                 participant_statement=body.participant_statement,
+                                 outcome=body.outcome, goal_ids=active)]
+    # Only agreement schedules the first review; a review already pending stands.
+    if body.outcome == "agreed" and state.pending_review_id is None:
+        _check_new_id(state.reviews, cmd.review_id, "review")
+        days = _policy(state, ctx).review_interval(state.risk_level)
+        out.append(ev.ReviewScheduled(review_id=cmd.review_id,
+                                      due_date=ctx.today + timedelta(days=days),
+                                      basis="plan_agreed", interval_days=days,
+                                      risk_level=state.risk_level))
+    return out
+
+
+def _pending(state: PlanState, review_id: UUID) -> None:
+    review = state.reviews.get(review_id)
+    if review is None:
+        raise NotFound("review_not_found", f"There is no review {review_id} in this plan.")
+    if review.held:
+        raise InvalidTransition("review_already_held",
+                                f"This review was already held on {review.held_on}.")
+    if state.pending_review_id != review_id:
+        raise InvalidTransition("review_not_pending", "This is not the review now scheduled.")
+
+
+def _hold_review(state: PlanState, cmd: c.HoldReview, ctx: DecisionContext) -> Events:
+    _pending(state, cmd.review_id)
+    review = state.reviews[cmd.review_id]
+    body = cmd.body
+    held_on = body.held_on or ctx.today
+    if held_on > ctx.today:
+        raise RuleViolation("held_on_in_future", "A review is recorded once it has been held; "
+                            "held_on cannot be in the future.", field="held_on")
+    _check_new_id(state.reviews, cmd.next_review_id, "review")
+    risk = body.risk_level or state.risk_level
+    days = _policy(state, ctx).review_interval(risk)
+    return [
+        ev.ReviewHeld(review_id=cmd.review_id, held_on=held_on, due_date=review.due_date,
+                      summary=body.summary, participant_statement=body.participant_statement,
+                      risk_level=body.risk_level),
+        ev.ReviewScheduled(review_id=cmd.next_review_id,
+                           due_date=held_on + timedelta(days=days), basis="review_held",
+                           interval_days=days, risk_level=risk),
+    ]
+
+
+def _reschedule_review(state: PlanState, cmd: c.RescheduleReview,
+                       ctx: DecisionContext) -> Events:
+    _pending(state, cmd.review_id)
+    body = cmd.body
+    if body.due_date < ctx.today:
+        raise RuleViolation("due_date_in_past", "A review is rescheduled to today or later.",
+                            field="due_date")
+    if state.reviews[cmd.review_id].due_date == body.due_date:
+        raise InvalidTransition("no_change", "The review is already due on that date.",
+                                field="due_date")
+    return [ev.ReviewScheduled(review_id=cmd.review_id, due_date=body.due_date,
+                               basis="rescheduled", interval_days=None,
+                               risk_level=state.risk_level, reason=body.reason)]
+
+
+# --------------------------------------------------------------------------------------------
+# notes
+# --------------------------------------------------------------------------------------------
+
+
+def _add_note(state: PlanState, cmd: c.AddNote, ctx: DecisionContext) -> Events:
+    _check_new_id(state.note_ids, cmd.note_id, "note")
+    if cmd.body.goal_id is not None and cmd.body.goal_id not in state.goals:
+        raise RuleViolation("unknown_goal", f"There is no goal {cmd.body.goal_id} in this plan.",
+                            field="goal_id")
+    return [ev.NoteAdded(note_id=cmd.note_id, text=cmd.body.text, goal_id=cmd.body.goal_id)]
+
+
+_Decider = Callable[[PlanState, Any, DecisionContext], Events]
+
+_DECIDERS: dict[type[c.Command], _Decider] = {
+    c.UpdateParticipantDetails: _update_participant,
+    c.TransferCase: _transfer,
+    c.CloseCase: _close,
+    c.ReopenCase: _reopen,
+    c.RecordStrength: _record_strength,
+    c.ReviseStrength: _revise_strength,
+    c.RemoveStrength: _remove_strength,
+    c.SetGoal: _set_goal,
+    c.ReviseGoal: _revise_goal,
+    c.ChangeGoalStatus: _change_goal_status,
+    c.AddActionStep: _add_step,
+    c.ReviseActionStep: _revise_step,
+    c.ChangeActionStepStatus: _change_step_status,
+    c.CompleteActionStep: _complete_step,
+    c.AddSupport: _add_support,
+    c.RemoveSupport: _remove_support,
+    c.RecordRequirement: _record_requirement,
+    c.ChangeRequirementStatus: _change_requirement_status,
+    c.AgreePlan: _agree,
+    c.HoldReview: _hold_review,
+    c.RescheduleReview: _reschedule_review,
+    c.AddNote: _add_note,
+}

@@ -1,0 +1,210 @@
+"""Rule 7, strengths-based documentation: the language guide is data, checking it is pure.
+
+The guide lists deficit or dehumanising terms with person-first suggestions. Matching is
+case-insensitive on word boundaries, a space in a term matches any run of whitespace, a hyphen
+matches a hyphen or whitespace, and a plural ``s``/``es`` is accepted ("addicts"). Where terms
+overlap ("ex-offender" and "offender") only the longest match is reported.
+
+A write always succeeds; its answer carries the warnings. They are computed from the recorded
+events (:func:`warnings_for`), so an idempotent replay rebuilds exactly the same warnings.
+
+The participant's own words (``in_their_words``, ``participant_statement``) are recorded
+verbatim and are not checked: the guide is for how staff document, not for correcting how a
+person speaks about their own life.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from schemas.api import LanguageWarning
+from schemas.events import EventPayload
+
+MAX_TERM = 100
+MAX_SUGGESTION = 500
+
+# Free-text fields written by staff, per event type. Every event type is listed (a test checks
+# it) so that a new event cannot silently skip the guide.
+CHECKED_FIELDS: dict[str, tuple[str, ...]] = {
+    "CaseOpened": (),
+    "ParticipantDetailsUpdated": ("reason",),
+    "CaseTransferred": ("reason",),
+    "StrengthRecorded": ("description",),
+    "StrengthRevised": ("description", "reason"),
+    "StrengthRemoved": ("reason",),
+    "GoalSet": ("title", "why_it_matters", "override_reason"),
+    "GoalRevised": ("title", "why_it_matters", "reason"),
+    "GoalStatusChanged": ("reason", "override_reason"),
+    "ActionStepAdded": ("description",),
+    "ActionStepRevised": ("description", "reason"),
+    "ActionStepStatusChanged": ("reason",),
+    "ActionStepCompleted": ("note",),
+    "SupportAdded": ("description",),
+    "SupportRemoved": ("reason",),
+    "RequirementRecorded": ("title", "description"),
+    "RequirementStatusChanged": ("reason",),
+    "PlanAgreed": (),
+    "ReviewScheduled": ("reason",),
+    "ReviewHeld": ("summary",),
+    "NoteAdded": ("text",),
+    "CaseClosed": ("reason",),
+    "CaseReopened": ("reason",),
+}
+
+
+def _compile(term: str) -> re.Pattern[str]:
+    parts: list[str] = []
+    for piece in re.split(r"(\s+|-)", term.strip()):
+        if not piece:
+            continue
+        if piece == "-":
+            parts.append(r"[-\u2010\u2011\s]")
+        elif piece.isspace():
+            parts.append(r"\s+")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile(r"(?<!\w)" + "".join(parts) + r"(?:s|es)?(?!\w)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class GuideTerm:
+    term: str
+    suggestion: str
+    message: str
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def create(cls, term: str, suggestion: str, message: str | None = None) -> GuideTerm:
+        return cls(
+            term=term,
+            suggestion=suggestion,
+            message=message or (f'"{term}" labels a person by a deficit; '
+                                f"consider person-first language: {suggestion}."),
+            pattern=_compile(term),
+        )
+
+
+def _optional_text(entry: Mapping[str, Any], key: str, limit: int, where: str) -> str | None:
+    return None if entry.get(key) is None else _text(entry, key, limit, where)
+
+
+def _text(entry: Mapping[str, Any], key: str, limit: int, where: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise ValueError(f"{where}: '{key}' must be a non-empty string of at most {limit} "
+                         "characters")
+    return value.strip()
+
+
+def _parse_terms(data: Mapping[str, Any]) -> list[GuideTerm]:
+    raw = data.get("terms", [])
+    if not isinstance(raw, list):
+        raise ValueError("language guide: 'terms' must be a list")
+    out: list[GuideTerm] = []
+    for index, entry in enumerate(raw):
+        where = f"language guide terms[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: each term is an object")
+        unknown = set(entry) - {"term", "suggestion", "message"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        term = _text(entry, "term", MAX_TERM, where)
+        suggestion = _text(entry, "suggestion", MAX_SUGGESTION, where)
+        message = _optional_text(entry, "message", MAX_SUGGESTION, where)
+        out.append(GuideTerm.create(term, suggestion, message))
+    return out
+
+
+class LanguageGuide:
+    """An immutable set of guide terms; ``merge`` returns a new, extended guide."""
+
+    __slots__ = ("_terms",)
+
+    def __init__(self, terms: Iterable[GuideTerm] = ()) -> None:
+        by_key: dict[str, GuideTerm] = {}
+        for term in terms:
+            by_key[term.term.casefold()] = term
+        self._terms: tuple[GuideTerm, ...] = tuple(by_key.values())
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> LanguageGuide:
+        """A guide from its JSON shape ``{"terms": [{"term", "suggestion", "message"?}]}``."""
+        if not isinstance(data, Mapping):
+            raise ValueError("language guide: expected a JSON object")
+        return cls(_parse_terms(data))
+
+    @property
+    def terms(self) -> tuple[GuideTerm, ...]:
+        return self._terms
+
+    def merge(self, extension: Mapping[str, Any] | LanguageGuide) -> LanguageGuide:
+        """This guide extended by an agency's: its terms are added (a term already present is
+        replaced by the agency's wording), and the terms in its ``remove`` list are dropped."""
+        if isinstance(extension, LanguageGuide):
+            added, removed = list(extension.terms), set[str]()
+        else:
+            if not isinstance(extension, Mapping):
+                raise ValueError("language guide extension: expected a JSON object")
+            added = _parse_terms(extension)
+            remove = extension.get("remove", [])
+            if not isinstance(remove, list) or not all(isinstance(t, str) for t in remove):
+                raise ValueError("language guide extension: 'remove' must be a list of terms")
+            removed = {t.strip().casefold() for t in remove}
+        replacements = {t.term.casefold(): t for t in added}
+        merged = [replacements.pop(t.term.casefold(), t) for t in self._terms
+                  if t.term.casefold() not in removed]
+        merged.extend(replacements.values())
+        return LanguageGuide(merged)
+
+    def check(self, field: str, text: str) -> list[LanguageWarning]:
+        """Warnings for the guide terms found in ``text`` (one per term, in text order)."""
+        matches: list[tuple[int, int, GuideTerm]] = []
+        for term in self._terms:
+            for found in term.pattern.finditer(text):
+                matches.append((found.start(), found.end(), term))
+        if not matches:
+            return []
+        matches.sort(key=lambda m: (m[0], m[0] - m[1]))
+        warnings: list[LanguageWarning] = []
+        seen: set[str] = set()
+        end = -1
+        for start, stop, term in matches:
+            if start < end:  # inside a longer, earlier match
+                continue
+            end = stop
+            if term.term in seen:
+                continue
+            seen.add(term.term)
+            warnings.append(LanguageWarning(field=field, term=term.term,
+                                            suggestion=term.suggestion, message=term.message))
+        return warnings
+
+
+def warnings_for(events: Iterable[EventPayload], guide: LanguageGuide) -> list[LanguageWarning]:
+    """The language warnings for the free text of recorded events (deduplicated per field and
+    term), so a replayed write answers with the same warnings as the original."""
+    out: list[LanguageWarning] = []
+    seen: set[tuple[str, str]] = set()
+    for event in events:
+        for name in CHECKED_FIELDS.get(event.event_type, ()):
+            value = getattr(event, name, None)
+            if not isinstance(value, str):
+                continue
+            for warning in guide.check(name, value):
+                key = (warning.field, warning.term)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(warning)
+    return out
+
+
+def load_base_guide() -> LanguageGuide:
+    """The guide packaged with the service (services/records/domain/language_guide.json)."""
+    source = resources.files("services.records.domain").joinpath("language_guide.json")
+    text = source.read_text("utf-8")
+    return LanguageGuide.from_data(json.loads(text))

@@ -1,0 +1,55 @@
+"""How the records service answers the refusals of its inner layers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.common.problems import Handler, Problem
+from services.records.application.access import Forbidden, NotVisible
+from services.records.application.cases import PreconditionFailed, TooMuchContention
+from services.records.application.queries import VersionOutOfRange
+from services.records.domain import DomainError
+from services.records.store.events import IdempotencyKeyReused
+
+
+def _problem(error: Exception) -> Problem | None:
+    match error:
+        case DomainError():
+            errors = [{"field": f"body.{error.field}", "message": error.detail}] \
+                if error.field else []
+            titles = {404: "Not found", 409: "Conflict", 422: "Invalid request"}
+            return Problem(error.status, titles.get(error.status, "Bad request"), error.detail,
+                           kind=error.code.replace("_", "-"), errors=errors)
+        case NotVisible():
+            return Problem(404, "Not found", "no such case", kind="not-found")
+        case Forbidden():
+            return Problem(403, "Forbidden", str(error), kind="forbidden")
+        case PreconditionFailed():
+            return Problem(412, "Precondition failed",
+                           f"If-Match does not match: the case is at version "
+                           f"{error.current_version}", kind="version-mismatch",
+                           current_version=error.current_version,
+                           headers={"ETag": f'"{error.current_version}"'})
+        case IdempotencyKeyReused():
+            return Problem(422, "Invalid request", str(error), kind="idempotency-key-reused",
+                           errors=[{"field": "header.Idempotency-Key", "message": str(error)}])
+        case VersionOutOfRange():
+            return Problem(422, "Invalid request", str(error), kind="version-out-of-range",
+                           current_version=error.current_version,
+                           errors=[{"field": "query.to_version", "message": str(error)}])
+        case TooMuchContention():
+            return Problem(503, "Busy", "the case kept changing; try again",
+                           kind="contention", headers={"Retry-After": "1"})
+    return None
+
+
+@web.middleware
+async def records_errors_middleware(request: web.Request,
+                                    handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Exception as error:
+        problem = _problem(error)
+        if problem is None:
+            raise
+        raise problem from error

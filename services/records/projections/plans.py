@@ -1,0 +1,161 @@
+"""The current-plan projection (one row per case), which is also the caseload index.
+
+Written in the same transaction as the events it reflects (read-your-writes) and rebuilt from
+the events by ``rebuild_plans``. All SQL touching ``records.plans`` lives here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from schemas.events import parse_event
+from services.records.domain import PlanState, evolve, plan_view
+from services.records.store.events import RecordedEvent, _recorded
+
+_COLUMNS = ("case_id, agency, version, status, case_manager, risk_level, participant_name,"
+            " next_review_due, open_step_due_dates, active_goals, opened_at, updated_at, view")
+
+_UPSERT = f"""
+INSERT INTO records.plans ({_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (case_id) DO UPDATE SET
+    agency = EXCLUDED.agency, version = EXCLUDED.version, status = EXCLUDED.status,
+    case_manager = EXCLUDED.case_manager, risk_level = EXCLUDED.risk_level,
+    participant_name = EXCLUDED.participant_name, next_review_due = EXCLUDED.next_review_due,
+    open_step_due_dates = EXCLUDED.open_step_due_dates, active_goals = EXCLUDED.active_goals,
+    opened_at = EXCLUDED.opened_at, updated_at = EXCLUDED.updated_at, view = EXCLUDED.view
+WHERE records.plans.version < EXCLUDED.version
+"""
+
+_OPEN_STEP = {"not_started", "in_progress"}
+
+
+def plan_row(state: PlanState) -> tuple[Any, ...]:
+    pending = state.pending_review
+    due_dates = sorted(step.due_date for step in state.steps.values()
+                       if step.status in _OPEN_STEP and step.due_date is not None)
+    return (state.case_id, state.agency, state.version, state.status, state.case_manager,
+            state.risk_level, state.participant.name,
+            pending.due_date if pending is not None else None, due_dates,
+            state.active_goal_count, state.opened_at, state.updated_at,
+            plan_view(state).model_dump_json())
+
+
+async def save_plan(conn: asyncpg.Connection, state: PlanState) -> None:
+    await conn.execute(_UPSERT, *plan_row(state))
+
+
+@dataclass(frozen=True)
+class StoredPlan:
+    agency: str
+    case_manager: str
+    version: int
+    view: dict[str, Any]
+
+
+async def load_plan(pool: asyncpg.Pool, case_id: UUID) -> StoredPlan | None:
+    row = await pool.fetchrow(
+        "SELECT agency, case_manager, version, view FROM records.plans WHERE case_id = $1",
+        case_id)
+    if row is None:
+        return None
+    return StoredPlan(row["agency"], row["case_manager"], row["version"], json.loads(row["view"]))
+
+
+@dataclass(frozen=True)
+class CaseloadFilter:
+    agency: str
+    case_manager: str | None
+    status: str | None
+    review_due_before: date | None
+    today: date
+    after_case_id: UUID | None
+    limit: int
+
+
+async def list_caseload(pool: asyncpg.Pool, query: CaseloadFilter) -> list[dict[str, Any]]:
+    """One page of cases (by case id), each with next review due and overdue step count."""
+    rows = await pool.fetch(
+        "SELECT case_id, version, status, case_manager, risk_level, participant_name,"
+        " next_review_due, active_goals, updated_at,"
+        " (SELECT count(*) FROM unnest(open_step_due_dates) d WHERE d < $5) AS overdue_steps"
+        " FROM records.plans WHERE agency = $1"
+        " AND ($2::text IS NULL OR case_manager = $2)"
+        " AND ($3::text IS NULL OR status = $3)"
+        " AND ($4::date IS NULL OR next_review_due < $4)"
+        " AND ($6::uuid IS NULL OR case_id > $6)"
+        " ORDER BY case_id LIMIT $7",
+        query.agency, query.case_manager, query.status, query.review_due_before, query.today,
+        query.after_case_id, query.limit)
+    return [{
+        "case_id": str(r["case_id"]), "version": r["version"], "status": r["status"],
+        "case_manager": r["case_manager"], "risk_level": r["risk_level"],
+        "participant_name": r["participant_name"],
+        "next_review_due": r["next_review_due"].isoformat() if r["next_review_due"] else None,
+        "review_overdue": r["next_review_due"] is not None and r["next_review_due"] < query.today,
+        "overdue_steps": r["overdue_steps"], "active_goals": r["active_goals"],
+        "updated_at": r["updated_at"].isoformat(),
+    } for r in rows]
+
+
+def fold_recorded(events: list[RecordedEvent], state: PlanState | None = None) -> PlanState | None:
+    for event in events:
+        payload = parse_event(event.type, event.schema_version, event.data)
+        state = evolve(state, payload, version=event.version, recorded_at=event.recorded_at,
+                       case_id=event.stream_id)
+    return state
+
+
+@dataclass(frozen=True)
+class RebuildStats:
+    events: int
+    cases: int
+
+
+async def _streams(conn: asyncpg.Connection) -> AsyncIterator[list[RecordedEvent]]:
+    """Every stream's events, one stream at a time, read with a server-side cursor."""
+    current: list[RecordedEvent] = []
+    async for row in conn.cursor(
+            "SELECT global_position, stream_id, version, event_id, type, schema_version, data,"
+            " metadata, agency, recorded_at, prev_hash, hash"
+            " FROM records.events ORDER BY stream_id, version", prefetch=2000):
+        event = _recorded(row)
+        if current and current[0].stream_id != event.stream_id:
+            yield current
+            current = []
+        current.append(event)
+    if current:
+        yield current
+
+
+async def rebuild_plans(pool: asyncpg.Pool, batch_size: int = 500) -> RebuildStats:
+    """Recompute every plan from the events, atomically: readers see old or new, never half.
+
+    The table lock makes concurrent appends wait for the rebuild to commit; their own upsert
+    then lands on top (it carries the newer version).
+    """
+    events = cases = 0
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE records.plans IN ACCESS EXCLUSIVE MODE")
+        await conn.execute("DELETE FROM records.plans")
+        batch: list[tuple[Any, ...]] = []
+        async for stream in _streams(conn):
+            state = fold_recorded(stream)
+            events += len(stream)
+            if state is None:
+                continue
+            batch.append(plan_row(state))
+            cases += 1
+            if len(batch) >= batch_size:
+                await conn.executemany(_UPSERT, batch)
+                batch = []
+        if batch:
+            await conn.executemany(_UPSERT, batch)
+    return RebuildStats(events, cases)

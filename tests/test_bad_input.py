@@ -1,0 +1,194 @@
+"""Bad input on every endpoint: a clear 4xx problem, nothing written, never a 500."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import ClientFactory, TokenFactory, bearer
+from tests.records_api import CaseApi, event_count
+from tests.test_authorization import WRITES, Case, _path, build_case
+
+UNKNOWN = str(uuid.uuid4())
+BIG = "x" * 5000
+
+
+@pytest.fixture
+async def setup(make_records_client: ClientFactory, fresh_database_url: str,
+                token: TokenFactory) -> Any:
+    client = await make_records_client(fresh_database_url,
+                                       CASETRAIL_MAX_BODY_BYTES=64 * 1024)
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+    api = CaseApi(client, token())
+    case = await build_case(api)
+    yield client, pool, case, bearer(token())
+    await pool.close()
+
+
+def _bad_bodies(body: dict[str, Any]) -> dict[str, tuple[bytes | None, str]]:
+    """Each kind of bad body, as raw bytes with a content type."""
+    import json
+
+    first_text = next((k for k, v in body.items() if isinstance(v, str)), None)
+    cases: dict[str, tuple[bytes | None, str]] = {
+        "malformed json": (b'{"text": ', "application/json"),
+        "not an object": (b"[1, 2, 3]", "application/json"),
+        "null": (b"null", "application/json"),
+        "wrong content type": (json.dumps(body).encode(), "text/plain"),
+        "unknown field": (json.dumps({**body, "surprise": 1}).encode(), "application/json"),
+        "too large": (b'{"text": "' + b"y" * 70_000 + b'"}', "application/json"),
+    }
+    if first_text:
+        cases["nul character"] = (json.dumps({**body, first_text: "a\u0000b"}).encode(),
+                                  "application/json")
+        cases["wrong type"] = (json.dumps({**body, first_text: 12}).encode(), "application/json")
+        cases["oversized text"] = (json.dumps({**body, first_text: BIG}).encode(),
+                                   "application/json")
+        cases["empty text"] = (json.dumps({**body, first_text: "   "}).encode(),
+                               "application/json")
+    return cases
+
+
+async def _expect_refused(client: TestClient, pool: asyncpg.Pool, method: str, path: str,
+                          headers: dict[str, str], data: bytes | None = None,
+                          content_type: str | None = None) -> dict[str, Any]:
+    before = await event_count(pool)
+    all_headers = dict(headers)
+    if content_type:
+        all_headers["Content-Type"] = content_type
+    response = await client.request(method, path, data=data, headers=all_headers)
+    body = await response.json(content_type=None)
+    assert 400 <= response.status < 500, (method, path, response.status, body)
+    assert response.content_type == "application/problem+json"
+    assert body["status"] == response.status
+    assert body["title"]
+    assert await event_count(pool) == before, (method, path)
+    return body
+
+
+@pytest.mark.parametrize(("template", "body"), [*WRITES, ("POST /v1/cases", {
+    "participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"})])
+async def test_bad_bodies_are_refused(setup: Any, template: str, body: dict[str, Any]) -> None:
+    client, pool, case, headers = setup
+    method, path = template.split(" ", 1)
+    for kind, (data, content_type) in _bad_bodies(body).items():
+        if method == "DELETE" and kind == "wrong content type":
+            continue  # DELETE also takes ?reason=; a text body is still refused below
+        problem = await _expect_refused(client, pool, method, _path(path, case), headers, data,
+                                        content_type)
+        if kind in {"unknown field", "wrong type", "oversized text", "empty text"}:
+            assert problem["status"] == 422, (kind, problem)
+            assert problem["errors"], (kind, problem)
+        if kind == "too large":
+            assert problem["status"] == 413
+
+
+@pytest.mark.parametrize(("template", "body"), WRITES)
+async def test_bad_and_unknown_ids_in_the_path(setup: Any, template: str,
+                                               body: dict[str, Any]) -> None:
+    client, pool, case, headers = setup
+    method, path = template.split(" ", 1)
+    import json
+
+    data = json.dumps(body).encode()
+    bad_case = Case(**{**vars(case), "id": "not-a-uuid"})
+    problem = await _expect_refused(client, pool, method, _path(path, bad_case), headers, data,
+                                    "application/json")
+    assert problem["status"] == 400
+    unknown_case = Case(**{**vars(case), "id": UNKNOWN})
+    problem = await _expect_refused(client, pool, method, _path(path, unknown_case), headers,
+                                    data, "application/json")
+    assert problem["status"] == 404
+    item_fields = [f for f in ("strength", "goal", "step", "support", "requirement", "review")
+                   if "{" + f + "}" in path]
+    for field in item_fields:
+        unknown_item = Case(**{**vars(case), field: UNKNOWN})
+        problem = await _expect_refused(client, pool, method, _path(path, unknown_item),
+                                        headers, data, "application/json")
+        assert problem["status"] == 404, (template, problem)
+        bad_item = Case(**{**vars(case), field: "12"})
+        problem = await _expect_refused(client, pool, method, _path(path, bad_item), headers,
+                                        data, "application/json")
+        assert problem["status"] == 400
+
+
+@pytest.mark.parametrize("header", ['"abc"', "W/", "-1", '"1" "2"', "9999999999"])
+async def test_bad_if_match_is_400(setup: Any, header: str) -> None:
+    client, pool, case, headers = setup
+    problem = await _expect_refused(client, pool, "POST", f"/v1/cases/{case.id}/notes",
+                                    {**headers, "If-Match": header}, b'{"text": "hi"}',
+                                    "application/json")
+    assert problem["status"] == 400
+
+
+@pytest.mark.parametrize("key", ["", "a" * 201, "has space", "tab\tkey"])
+async def test_bad_idempotency_keys_are_400(setup: Any, key: str) -> None:
+    client, pool, case, headers = setup
+    problem = await _expect_refused(client, pool, "POST", f"/v1/cases/{case.id}/notes",
+                                    {**headers, "Idempotency-Key": key}, b'{"text": "hi"}',
+                                    "application/json")
+    assert problem["status"] == 400
+
+
+@pytest.mark.parametrize(("path_and_body"), [
+    ("goals", {"title": "x", "domain": "housing", "source": "agency",
+               "target_date": "2026-02-30"}),
+    ("goals", {"title": "x", "domain": "housing", "source": "agency", "target_date": "soon"}),
+    ("goals", {"title": "x", "domain": "space travel", "source": "agency"}),
+    ("goals", {"title": "x", "domain": "housing", "source": "agency",
+               "strength_ids": ["not-a-uuid"]}),
+    ("goals", {"title": "x", "domain": "housing", "source": "agency",
+               "strength_ids": [UNKNOWN]}),
+    ("goals", {"title": "x", "domain": "housing", "source": "agency",
+               "risk_factors": ["r"] * 100}),
+    ("strengths", {"category": "superpower", "description": "x"}),
+    ("agreements", {"participation": "telepathy", "participant_statement": "ok"}),
+    ("transfer", {"case_manager": "", "reason": "x"}),
+    ("transfer", {"case_manager": "cm-1", "reason": "same person"}),
+])
+async def test_bad_values_are_refused(setup: Any, path_and_body: tuple[str, Any]) -> None:
+    client, pool, case, headers = setup
+    import json
+
+    path, body = path_and_body
+    await _expect_refused(client, pool, "POST", f"/v1/cases/{case.id}/{path}", headers,
+                          json.dumps(body).encode(), "application/json")
+
+
+@pytest.mark.parametrize("query", [
+    "as_of_version=0", "as_of_version=abc", "as_of=yesterday", "as_of=2026-03-01T00:00:00",
+    "as_of_version=1&as_of=2026-03-01T00:00:00Z", "unknown=1"])
+async def test_bad_plan_queries(setup: Any, query: str) -> None:
+    client, _, case, headers = setup
+    response = await client.get(f"/v1/cases/{case.id}?{query}", headers=headers)
+    assert response.status in {400, 422}
+    assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize("path", [
+    "history?limit=0", "history?limit=100000", "history?after_version=-1",
+    "diff", "diff?from_version=a&to_version=2", "diff?from_version=2&to_version=2"])
+async def test_bad_audit_queries(setup: Any, path: str) -> None:
+    client, _, case, headers = setup
+    response = await client.get(f"/v1/cases/{case.id}/{path}", headers=headers)
+    assert response.status == 422
+    assert (await response.json())["errors"]
+
+
+@pytest.mark.parametrize("query", ["status=lost", "limit=0", "after=xyz",
+                                   "review_due_before=someday"])
+async def test_bad_caseload_queries(setup: Any, query: str) -> None:
+    client, _, _, headers = setup
+    response = await client.get(f"/v1/cases?{query}", headers=headers)
+    assert response.status == 422
+
+
+async def test_unknown_case_reads_are_404(setup: Any) -> None:
+    client, _, _, headers = setup
+    for suffix in ["", "/history", "/verify", "/diff?from_version=1&to_version=2"]:
+        response = await client.get(f"/v1/cases/{UNKNOWN}{suffix}", headers=headers)
+        assert response.status == 404

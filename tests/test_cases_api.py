@@ -1,0 +1,372 @@
+"""The plan API end to end: building a plan with a participant, rules, versions, time travel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import date, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import ClientFactory, FakeClock, TokenFactory
+from tests.records_api import CaseApi, event_count
+
+pytestmark = pytest.mark.usefixtures("fresh_database_url")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def client(make_records_client: ClientFactory, fresh_database_url: str,
+                 clock: FakeClock) -> TestClient:
+    return await make_records_client(fresh_database_url, clock=clock)
+
+
+@pytest.fixture
+def cm(client: TestClient, token: TokenFactory) -> CaseApi:
+    return CaseApi(client, token())
+
+
+@pytest.fixture
+async def db(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+async def test_opening_a_case_answers_201_with_location_and_etag(client: TestClient,
+                                                                  token: TokenFactory) -> None:
+    response = await client.post("/v1/cases", json={
+        "participant": {"name": "Jordan Rivera"}, "case_manager": "cm-1",
+        "risk_level": "high"}, headers={"Authorization": f"Bearer {token()}"})
+    body = await response.json()
+    assert response.status == 201, body
+    assert response.headers["Location"] == f"/v1/cases/{body['case_id']}"
+    assert response.headers["ETag"] == '"1"'
+    assert body["version"] == 1
+    assert [e["type"] for e in body["events"]] == ["CaseOpened"]
+    assert body["events"][0]["actor"] == "cm-1"
+    assert body["warnings"] == []
+
+
+async def test_building_a_plan_with_the_participant(cm: CaseApi, clock: FakeClock) -> None:
+    case_id = await cm.open_case(risk_level="moderate")
+    strength = await cm.strength(case_id)
+    goal = await cm.goal(case_id, strength_ids=[strength])
+    step = await cm.step(case_id, goal, due_date="2026-03-09")
+    support = await cm.call("POST", f"/v1/cases/{case_id}/supports",
+                            {"name": "Aunt Maria", "relationship": "aunt"}, expect=201)
+    requirement = await cm.call("POST", f"/v1/cases/{case_id}/requirements",
+                                {"title": "Attend 8 group sessions"}, expect=201)
+    agreed = await cm.agree(case_id)
+    assert [e["type"] for e in agreed["events"]] == ["PlanAgreed", "ReviewScheduled"]
+    completed = await cm.call("POST", f"/v1/cases/{case_id}/steps/{step}/complete",
+                              {"note": "Jo went on Tuesday"}, expect=200)
+    assert [e["type"] for e in completed["events"]] == ["ActionStepCompleted"]
+
+    plan = await cm.plan(case_id)
+    assert set(plan) >= {"case_id", "version", "status", "participant", "case_manager",
+                         "risk_level", "strengths", "goals", "supports", "requirements",
+                         "agreement", "next_review", "updated_at"}
+    assert plan["version"] == completed["version"] == 9
+    assert plan["status"] == "open"
+    assert plan["goals"][0]["in_their_words"] == "I want a job where I use my hands"
+    assert plan["goals"][0]["steps"][0]["status"] == "completed"
+    assert plan["goals"][0]["strength_ids"] == [strength]
+    assert plan["supports"][0]["support_id"] == support["id"]
+    assert plan["requirements"][0]["requirement_id"] == requirement["id"]
+    assert plan["agreement"]["participation"] == "in_person"
+    # moderate risk: the first review is 60 days after agreement
+    assert plan["next_review"]["due_date"] == (clock.now.date() + timedelta(days=60)).isoformat()
+
+
+async def test_holding_a_review_schedules_the_next_by_risk(cm: CaseApi,
+                                                           clock: FakeClock) -> None:
+    case_id = await cm.open_case(risk_level="high")
+    await cm.goal(case_id)
+    await cm.agree(case_id)
+    review = (await cm.plan(case_id))["next_review"]
+    assert review["due_date"] == (clock.now.date() + timedelta(days=30)).isoformat()
+    clock.advance(days=28)
+    held = await cm.call("POST", f"/v1/cases/{case_id}/reviews/{review['review_id']}/held",
+                         {"summary": "Jo has kept every appointment"}, expect=200)
+    assert [e["type"] for e in held["events"]] == ["ReviewHeld", "ReviewScheduled"]
+    next_review = (await cm.plan(case_id))["next_review"]
+    assert next_review["review_id"] == held["id"]
+    assert next_review["due_date"] == (clock.now.date() + timedelta(days=30)).isoformat()
+    again = await cm.call("POST", f"/v1/cases/{case_id}/reviews/{review['review_id']}/held",
+                          {}, expect=409)
+    assert again["status"] == 409
+
+
+async def test_a_disagreement_is_recorded_and_schedules_nothing(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    await cm.goal(case_id)
+    result = await cm.agree(case_id, outcome="did_not_agree")
+    assert [e["type"] for e in result["events"]] == ["PlanAgreed"]
+    plan = await cm.plan(case_id)
+    assert plan["next_review"] is None
+    assert plan["agreement"]["outcome"] == "did_not_agree"
+
+
+async def test_the_fourth_active_goal_needs_an_override_reason(cm: CaseApi,
+                                                               db: asyncpg.Pool) -> None:
+    case_id = await cm.open_case()
+    for title in ["Steady work", "A place of my own", "Reconnect with my daughter"]:
+        await cm.goal(case_id, title=title)
+    before = await event_count(db)
+    refused = await cm.call("POST", f"/v1/cases/{case_id}/goals", {
+        "title": "Learn to drive", "domain": "education", "source": "participant",
+        "in_their_words": "I want my licence"}, expect=422)
+    assert "override_reason" in str(refused)
+    assert await event_count(db) == before
+    future = await cm.goal(case_id, title="Learn to drive", status="future")
+    assert future
+    allowed = await cm.call("POST", f"/v1/cases/{case_id}/goals", {
+        "title": "Finish GED", "domain": "education", "source": "court",
+        "override_reason": "court order requires it now"}, expect=201)
+    assert allowed["events"][0]["data"]["override_reason"] == "court order requires it now"
+    assert allowed["events"][0]["reason"] == "court order requires it now"
+
+
+async def test_participant_goals_need_their_own_words(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    refused = await cm.call("POST", f"/v1/cases/{case_id}/goals", {
+        "title": "Find work", "domain": "employment", "source": "participant"}, expect=422)
+    assert refused["errors"][0]["field"].endswith("in_their_words")
+
+
+async def test_invalid_transitions_are_refused(cm: CaseApi, db: asyncpg.Pool) -> None:
+    case_id = await cm.open_case()
+    goal = await cm.goal(case_id)
+    step = await cm.step(case_id, goal)
+    await cm.call("POST", f"/v1/cases/{case_id}/steps/{step}/complete", {}, expect=200)
+    await cm.call("POST", f"/v1/cases/{case_id}/steps/{step}/complete", {}, expect=409)
+    await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal}/status",
+                  {"status": "discontinued"}, expect=422)  # a reason is required
+    await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal}/status",
+                  {"status": "discontinued", "reason": "Jo chose another path"}, expect=200)
+    await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal}/status",
+                  {"status": "achieved"}, expect=409)
+    await cm.call("POST", f"/v1/cases/{case_id}/close", {"reason": "plan complete"},
+                  expect=200)
+    before = await event_count(db)
+    await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "late note"}, expect=409)
+    await cm.call("POST", f"/v1/cases/{case_id}/close", {"reason": "again"}, expect=409)
+    assert await event_count(db) == before
+    await cm.call("POST", f"/v1/cases/{case_id}/reopen", {"reason": "Jo asked to come back"},
+                  expect=200)
+    await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "welcome back"}, expect=201)
+
+
+async def test_removals_need_a_reason_in_body_or_query(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    strength = await cm.strength(case_id)
+    await cm.call("DELETE", f"/v1/cases/{case_id}/strengths/{strength}", expect=422)
+    removed = await cm.call("DELETE",
+                            f"/v1/cases/{case_id}/strengths/{strength}?reason=recorded+twice",
+                            expect=200)
+    assert removed["events"][0]["reason"] == "recorded twice"
+    support = (await cm.call("POST", f"/v1/cases/{case_id}/supports", {"name": "Coach Lee"},
+                             expect=201))["id"]
+    await cm.call("DELETE", f"/v1/cases/{case_id}/supports/{support}",
+                  {"reason": "moved away"}, expect=200)
+    plan = await cm.plan(case_id)
+    assert plan["strengths"] == []
+    assert plan["supports"] == []
+
+
+async def test_language_guide_warns_but_the_write_succeeds(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    result = await cm.call("POST", f"/v1/cases/{case_id}/notes",
+                           {"text": "Client is non-compliant and an addict."}, expect=201)
+    terms = {w["term"].lower() for w in result["warnings"]}
+    assert {"non-compliant", "addict"} <= terms
+    assert all(w["suggestion"] for w in result["warnings"])
+    clean = await cm.call("POST", f"/v1/cases/{case_id}/notes",
+                          {"text": "Jo chose to reschedule and named a new day."}, expect=201)
+    assert clean["warnings"] == []
+
+
+async def test_if_match_refuses_a_stale_write_with_the_current_version(
+        cm: CaseApi, client: TestClient, db: asyncpg.Pool) -> None:
+    case_id = await cm.open_case()
+    await cm.strength(case_id)
+    before = await event_count(db)
+    stale = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "hello"},
+                          headers={"If-Match": '"1"'}, expect=412)
+    assert stale["current_version"] == 2
+    assert await event_count(db) == before
+    fresh = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "hello"},
+                          headers={"If-Match": '"2"'}, expect=201)
+    assert fresh["version"] == 3
+
+
+async def test_concurrent_writers_without_if_match_all_succeed(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    goal = await cm.goal(case_id)
+    steps = [await cm.step(case_id, goal, description=f"step {n}") for n in range(4)]
+
+    async def writer(n: int) -> Any:
+        if n < 4:
+            return await cm.call("POST", f"/v1/cases/{case_id}/steps/{steps[n]}/complete", {})
+        return await cm.call("POST", f"/v1/cases/{case_id}/strengths",
+                             {"category": "talent", "description": f"talent {n}"})
+
+    results = await asyncio.gather(*[writer(n) for n in range(8)])
+    assert all("version" in r for r in results), results
+    assert sorted(r["version"] for r in results) == list(range(7, 15))
+    plan = await cm.plan(case_id)
+    assert plan["version"] == 14
+    assert all(s["status"] == "completed" for s in plan["goals"][0]["steps"])
+    assert len(plan["strengths"]) == 4
+
+
+async def test_concurrent_writers_are_re_decided_against_the_new_state(cm: CaseApi) -> None:
+    """Two writers race to add a third active goal: the loser is refused by the cap rule."""
+    case_id = await cm.open_case()
+    await cm.goal(case_id, title="one")
+    await cm.goal(case_id, title="two")
+    results = await asyncio.gather(*[cm.call("POST", f"/v1/cases/{case_id}/goals", {
+        "title": f"three-{n}", "domain": "housing", "source": "agency"}) for n in range(4)])
+    assert sum("version" in r for r in results) == 1
+    assert sum(r.get("status") == 422 for r in results) == 3
+
+
+async def test_idempotency_key_replays_the_original_answer(cm: CaseApi, db: asyncpg.Pool) -> None:
+    case_id = await cm.open_case()
+    headers = {"Idempotency-Key": "note-7f3a"}
+    first = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Jo called"},
+                          headers=headers, expect=201)
+    count = await event_count(db)
+    second = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Jo called"},
+                           headers=headers, expect=201)
+    assert second == first
+    assert await event_count(db) == count
+    other = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "different"},
+                          headers=headers, expect=422)
+    assert other["type"].endswith("idempotency-key-reused")
+    assert await event_count(db) == count
+
+
+async def test_opening_a_case_is_idempotent_too(cm: CaseApi, db: asyncpg.Pool) -> None:
+    body = {"participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"}
+    headers = {"Idempotency-Key": "open-ana"}
+    first = await cm.call("POST", "/v1/cases", body, headers=headers, expect=201)
+    second = await cm.call("POST", "/v1/cases", body, headers=headers, expect=201)
+    assert first["case_id"] == second["case_id"]
+    assert await event_count(db) == 1
+
+
+async def test_history_pages_with_actor_reason_and_time(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    strength = await cm.strength(case_id)
+    await cm.call("DELETE", f"/v1/cases/{case_id}/strengths/{strength}",
+                  {"reason": "Jo asked to reword it"}, expect=200)
+    for n in range(3):
+        await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": f"note {n}"}, expect=201)
+    first = await cm.call("GET", f"/v1/cases/{case_id}/history?limit=2", expect=200)
+    assert [e["version"] for e in first["events"]] == [1, 2]
+    assert first["next_after_version"] == 2
+    second = await cm.call("GET", f"/v1/cases/{case_id}/history?after_version=2&limit=10",
+                           expect=200)
+    assert [e["version"] for e in second["events"]] == [3, 4, 5, 6]
+    assert second["next_after_version"] is None
+    removal = second["events"][0]
+    assert removal["type"] == "StrengthRemoved"
+    assert removal["actor"] == "cm-1"
+    assert removal["role"] == "case_manager"
+    assert removal["reason"] == "Jo asked to reword it"
+    assert removal["recorded_at"].startswith("2026-03-02")
+
+
+async def test_time_travel_by_version_and_by_time(cm: CaseApi, clock: FakeClock) -> None:
+    case_id = await cm.open_case()
+    await cm.strength(case_id, description="Good with numbers")
+    clock.advance(days=2)
+    await cm.goal(case_id)
+    by_version = await cm.plan(case_id, as_of_version=2)
+    assert by_version["version"] == 2
+    assert by_version["goals"] == []
+    assert by_version["strengths"][0]["description"] == "Good with numbers"
+    by_time = await cm.plan(case_id, as_of="2026-03-03T00:00:00Z")
+    assert by_time["version"] == 2
+    before_open = await cm.call("GET", f"/v1/cases/{case_id}?as_of=2020-01-01T00:00:00Z",
+                                expect=404)
+    assert before_open["status"] == 404
+
+
+async def test_diff_lists_what_changed_field_by_field(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    goal = await cm.goal(case_id, title="Find work")
+    await cm.call("PATCH", f"/v1/cases/{case_id}/goals/{goal}",
+                  {"title": "Find work in a bike shop"}, expect=200)
+    diff = await cm.call("GET", f"/v1/cases/{case_id}/diff?from_version=2&to_version=3",
+                         expect=200)
+    changed = {c["path"]: c for c in diff["changes"]}
+    title = changed[f"goals.{goal}.title"]
+    assert title["from"] == "Find work"
+    assert title["to"] == "Find work in a bike shop"
+    assert [e["type"] for e in diff["events"]] == ["GoalRevised"]
+    await cm.call("GET", f"/v1/cases/{case_id}/diff?from_version=1&to_version=9", expect=422)
+    await cm.call("GET", f"/v1/cases/{case_id}/diff?from_version=3&to_version=2", expect=422)
+
+
+async def test_verify_reports_an_intact_chain(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    await cm.strength(case_id)
+    report = await cm.call("GET", f"/v1/cases/{case_id}/verify", expect=200)
+    assert report["valid"] is True
+    assert report["events_checked"] == 2
+    assert report["first_broken_link"] is None
+
+
+async def test_caseload_lists_next_review_and_overdue_steps(
+        client: TestClient, token: TokenFactory, clock: FakeClock) -> None:
+    mine = CaseApi(client, token(sub="cm-1"))
+    theirs = CaseApi(client, token(sub="cm-2"))
+    a = await mine.open_case(risk_level="high")
+    goal = await mine.goal(a)
+    await mine.step(a, goal, due_date=(clock.now.date() + timedelta(days=2)).isoformat())
+    await mine.agree(a)
+    b = await mine.open_case(risk_level="low")
+    await theirs.open_case(case_manager="cm-2")
+    clock.advance(days=5)
+    listing = await mine.call("GET", "/v1/cases", expect=200)
+    rows = {r["case_id"]: r for r in listing["cases"]}
+    assert set(rows) == {a, b}
+    assert rows[a]["overdue_steps"] == 1
+    assert rows[a]["next_review_due"] == (date(2026, 3, 2) + timedelta(days=30)).isoformat()
+    assert rows[b]["next_review_due"] is None
+    due_soon = await mine.call("GET", "/v1/cases?review_due_before=2026-04-15", expect=200)
+    assert [r["case_id"] for r in due_soon["cases"]] == [a]
+    page = await mine.call("GET", "/v1/cases?limit=1", expect=200)
+    assert len(page["cases"]) == 1
+    rest = await mine.call("GET", f"/v1/cases?limit=1&after={page['next_after']}", expect=200)
+    assert rest["next_after"] is None
+    assert {page["cases"][0]["case_id"], rest["cases"][0]["case_id"]} == {a, b}
+    supervisor = CaseApi(client, token(role="supervisor", sub="sup-1"))
+    everyone = await supervisor.call("GET", "/v1/cases", expect=200)
+    assert len(everyone["cases"]) == 3
+    only_cm2 = await supervisor.call("GET", "/v1/cases?case_manager=cm-2", expect=200)
+    assert len(only_cm2["cases"]) == 1
+
+
+async def test_transfer_moves_the_case_to_another_caseload(client: TestClient,
+                                                           token: TokenFactory) -> None:
+    cm1 = CaseApi(client, token(sub="cm-1"))
+    cm2 = CaseApi(client, token(sub="cm-2"))
+    case_id = await cm1.open_case()
+    await cm2.call("POST", f"/v1/cases/{case_id}/notes", {"text": "hi"}, expect=403)
+    await cm1.call("POST", f"/v1/cases/{case_id}/transfer",
+                   {"case_manager": "cm-2", "reason": "Jo moved across town"}, expect=200)
+    await cm2.call("POST", f"/v1/cases/{case_id}/notes", {"text": "welcome"}, expect=201)
+    await cm1.call("POST", f"/v1/cases/{case_id}/notes", {"text": "hi"}, expect=403)
+    assert (await cm2.plan(case_id))["case_manager"] == "cm-2"
