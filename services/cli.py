@@ -50,6 +50,16 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from services.records.http.app import rebuild_projections
+
+    if not settings.database_url:
+        return _fail("set DATABASE_URL")
+    stats = asyncio.run(rebuild_projections(settings.database_url))
+    print(f"rebuilt {stats.cases} cases from {stats.events} events")
+    return 0
+
+
 def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
@@ -132,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(run=cmd_migrate)
+
+    rebuild = sub.add_parser("rebuild-projections", help="recompute read models from events")
+    rebuild.set_defaults(run=cmd_rebuild)
 
     token = sub.add_parser("token", help="print a development token (HS256)")
     token.add_argument("--sub", required=True)

@@ -30,6 +30,7 @@ from services.records.application.language import LanguageGuides
 from services.records.application.queries import CaseQueries
 from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics, metrics_middleware
+from services.records.projections.plans import RebuildStats, rebuild_plans
 from services.records.store.events import Clock, EventStore, utc_now
 from services.records.store.feed import (
     START,
@@ -71,6 +72,15 @@ async def migrate(database_url: str) -> list[str]:
         return await apply_migrations(conn, SCHEMA, MIGRATIONS)
     finally:
         await conn.close()
+
+
+async def rebuild_projections(database_url: str) -> RebuildStats:
+    await migrate(database_url)
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        return await rebuild_plans(pool)
+    finally:
+        await pool.close()
 
 
 def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application:
