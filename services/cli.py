@@ -98,11 +98,17 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 async def _run_dev(settings: Settings, host: str, port: int) -> None:
     from aiohttp import web
 
-    from services.records.http.app import create_app
+    from services.records.demo import load_demo
+    from services.records.http.app import RECORDS, create_app
+    from services.records.store.events import utc_now
 
-    runner = web.AppRunner(create_app(settings))
+    app = create_app(settings)
+    runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
+    records = app[RECORDS]
+    if await load_demo(records.pool, records.commands, utc_now):
+        print("Loaded the demo caseload (agency demo-agency, case manager cm-demo).")
     assert settings.jwt_secret
     token = issue_token(settings.jwt_secret, sub="cm-demo", role=Role.CASE_MANAGER,
                         agency="demo-agency")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -83,6 +84,15 @@ def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
         token = output.split("export TOKEN=")[1].split()[0]
         secret = (tmp_path / "dev" / "jwt-secret").read_text().strip()
         assert jwt.decode(token, secret, algorithms=["HS256"])["role"] == "case_manager"
+        assert "Loaded the demo caseload" in output
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/cases",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            caseload = json.loads(answer.read())
+        by_name = {c["participant_name"]: c for c in caseload["cases"]}
+        assert set(by_name) == {"Jordan Rivera", "Ana Lopez", "Sam Chen", "Marcus Bell"}
+        assert by_name["Jordan Rivera"]["overdue_steps"] == 1
+        assert by_name["Marcus Bell"]["status"] == "closed"
     finally:
         process.terminate()
         process.wait(timeout=30)
