@@ -216,7 +216,7 @@ def requirement(case: d.InMemoryCase) -> UUID:
 def req_status(case: d.InMemoryCase, requirement_id: UUID, new: str,
                reason: str | None = None) -> None:
     case.execute(d.ChangeRequirementStatus(requirement_id, api.RequirementStatusInput(
-        status=new, reason=reason)))  # type: ignore[arg-type]
+        status=new, reason=reason)))
 
 
 def test_requirements_stay_distinct_from_goals() -> None:

@@ -38,7 +38,7 @@ def add_step(case: d.InMemoryCase, goal: UUID, **fields: Any) -> UUID:
 def step_status(case: d.InMemoryCase, step: UUID, new: str,
                 reason: str | None = None) -> list[ev.EventPayload]:
     return case.execute(d.ChangeActionStepStatus(step, api.StepStatusInput(
-        status=new, reason=reason)))  # type: ignore[arg-type]
+        status=new, reason=reason)))
 
 
 def steps(case: d.InMemoryCase) -> dict[UUID, d.StepState]:
@@ -92,7 +92,7 @@ def test_support_fields_only_apply_to_support_owned_steps() -> None:
 def test_no_steps_are_added_to_finished_goals(goal_status: str, reason: str | None) -> None:
     case, goal = new_case()
     case.execute(d.ChangeGoalStatus(goal, api.GoalStatusInput(
-        status=goal_status, reason=reason)))  # type: ignore[arg-type]
+        status=goal_status, reason=reason)))
     with pytest.raises(d.InvalidTransition) as refused:
         add_step(case, goal)
     assert refused.value.code == f"goal_{goal_status}"

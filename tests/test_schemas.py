@@ -49,7 +49,7 @@ def test_every_event_of_the_brief_is_registered_under_its_own_name() -> None:
 
 
 def test_any_event_union_covers_the_registry() -> None:
-    assert set(events.AnyEvent.__args__) == set(EVENT_TYPES.values())  # type: ignore[attr-defined]
+    assert set(events.AnyEvent.__args__) == set(EVENT_TYPES.values())
 
 
 def test_case_id_is_not_in_any_payload() -> None:
@@ -134,6 +134,7 @@ def test_parse_event_refuses_non_object_data() -> None:
 
 def test_events_are_immutable() -> None:
     event = parse_event("CaseReopened", 1, {"reason": "moved back to the area"})
+    assert isinstance(event, events.CaseReopened)
     with pytest.raises(ValidationError):
         event.reason = "changed"  # type: ignore[misc]
 
@@ -248,9 +249,9 @@ def test_revisions_need_a_change_besides_reason_and_keep_explicit_nulls() -> Non
         api.GoalRevision.model_validate({"reason": "tidy up"})
     revision = api.GoalRevision.model_validate({"target_date": None, "reason": "no deadline"})
     assert revision.changes() == {"target_date": None}
-    revision = api.StepRevision.model_validate({"due_date": "2025-05-01", "owner": "support",
-                                                "support_name": "Aunt May"})
-    assert list(revision.changes()) == ["owner", "support_name", "due_date"]
+    step_revision = api.StepRevision.model_validate({"due_date": "2025-05-01", "owner": "support",
+                                                     "support_name": "Aunt May"})
+    assert list(step_revision.changes()) == ["owner", "support_name", "due_date"]
 
 
 def test_defaults_of_the_core_bodies() -> None:

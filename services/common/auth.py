@@ -47,6 +47,7 @@ class Principal:
 
 
 _ASYMMETRIC = ["RS256", "ES256", "EdDSA"]
+_VERIFIED_CACHE_SIZE = 10_000
 
 
 class TokenVerifier:
@@ -58,6 +59,7 @@ class TokenVerifier:
                             if settings.jwt_public_key_file else None)
         self._jwks = (jwt.PyJWKSet.from_dict(json.loads(settings.jwks_file.read_text()))
                       if settings.jwks_file else None)
+        self._verified: dict[str, tuple[Principal, float]] = {}
         if self._secret is not None and len(self._secret.encode()) < 32:
             raise RuntimeError("CASETRAIL_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
         if not (self._secret or self._public_key or self._jwks):
@@ -79,6 +81,18 @@ class TokenVerifier:
         raise AuthError(f"tokens signed with {algorithm!r} are not accepted here")
 
     def verify(self, token: str) -> Principal:
+        """The token's principal; a token verified before is answered from memory until it
+        expires (a client sends the same token with every request)."""
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        principal, expires = self._verify(token)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             key, algorithms = self._key_for(token)
             claims = jwt.decode(
@@ -90,7 +104,7 @@ class TokenVerifier:
             raise AuthError("token has expired") from error
         except jwt.PyJWTError as error:
             raise AuthError(f"token rejected: {error}") from error
-        return principal_from_claims(claims)
+        return principal_from_claims(claims), float(claims["exp"])
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
-
-import asyncpg
 
 from schemas.events import EventPayload, parse_event
 from services.common.auth import Principal
@@ -35,12 +34,14 @@ from services.records.domain import (
     PlanState,
     TransferCase,
     decide,
+    evolve,
     warnings_for,
 )
-from services.records.projections.plans import fold_recorded, save_plan
+from services.records.projections.plans import fold_recorded, plan_upsert
 from services.records.store.events import (
     AppendResult,
     Clock,
+    CoWrite,
     EventStore,
     IdempotencyClaim,
     NewEvent,
@@ -109,20 +110,51 @@ def to_new_event(payload: EventPayload) -> NewEvent:
                     payload.model_dump(mode="json"), {"reason": reason} if reason else {})
 
 
+class StateCache:
+    """Recently written cases, so a write folds only the events it has not seen yet.
+
+    Safe with several service instances: a cached state is only a starting point, caught up
+    from the store before deciding, and the append itself checks the version.
+    """
+
+    def __init__(self, capacity: int = 2000) -> None:
+        self._capacity = capacity
+        self._states: OrderedDict[UUID, PlanState] = OrderedDict()
+
+    def get(self, case_id: UUID) -> PlanState | None:
+        state = self._states.get(case_id)
+        if state is not None:
+            self._states.move_to_end(case_id)
+        return state
+
+    def put(self, state: PlanState) -> None:
+        self._states[state.case_id] = state
+        self._states.move_to_end(state.case_id)
+        while len(self._states) > self._capacity:
+            self._states.popitem(last=False)
+
+
 class CaseCommands:
     def __init__(self, store: EventStore, guides: LanguageGuides, clock: Clock) -> None:
         self._store = store
         self._guides = guides
         self._clock = clock
+        self._cache = StateCache()
 
     async def load(self, case_id: UUID) -> PlanState | None:
-        return fold_recorded(await self._store.read_stream(case_id))
+        cached = self._cache.get(case_id)
+        newer = await self._store.read_stream(
+            case_id, after_version=cached.version if cached is not None else 0)
+        state = fold_recorded(newer, cached)
+        if state is not None and newer:
+            self._cache.put(state)
+        return state
 
     async def execute(self, request: WriteRequest) -> WriteOutcome:
         if request.idempotency is not None:
             replay = await self._store.find_idempotent(request.idempotency)
             if replay is not None:
-                return self._outcome(request, replay)
+                return self._outcome(request, replay, None)
         for attempt in range(MAX_ATTEMPTS):
             state = await self.load(request.case_id)
             self._authorize(request, state)
@@ -137,7 +169,7 @@ class CaseCommands:
                     raise PreconditionFailed(conflict.current) from conflict
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
-            return self._outcome(request, result)
+            return self._outcome(request, result, None if result.replayed else payloads)
         raise TooMuchContention
 
     def _authorize(self, request: WriteRequest, state: PlanState | None) -> None:
@@ -167,18 +199,30 @@ class CaseCommands:
         if request.idempotency is not None:
             metadata["idempotency_key"] = request.idempotency.key
 
-        async def project(conn: asyncpg.Connection, result: AppendResult) -> None:
-            new_state = fold_recorded(result.events, state)
-            assert new_state is not None
-            await save_plan(conn, new_state)
+        written: list[PlanState] = []
 
-        return await self._store.append(
+        def project(events: list[RecordedEvent]) -> CoWrite:
+            new_state = state
+            for payload, event in zip(payloads, events, strict=True):
+                new_state = evolve(new_state, payload, version=event.version,
+                                   recorded_at=event.recorded_at, case_id=event.stream_id)
+            assert new_state is not None
+            written.append(new_state)
+            return plan_upsert(new_state)
+
+        result = await self._store.append(
             request.case_id, [to_new_event(p) for p in payloads], expected_version=expected,
             agency=request.who.agency, metadata=metadata, idempotency=request.idempotency,
-            after_append=project)
+            co_write=project)
+        if not result.replayed:
+            self._cache.put(written[0])
+        return result
 
-    def _outcome(self, request: WriteRequest, result: AppendResult) -> WriteOutcome:
-        payloads = [parse_event(e.type, e.schema_version, e.data) for e in result.events]
+    def _outcome(self, request: WriteRequest, result: AppendResult,
+                 payloads: list[EventPayload] | None) -> WriteOutcome:
+        """The answer to a write; a replayed one is rebuilt from the events it recorded."""
+        if payloads is None:
+            payloads = [parse_event(e.type, e.schema_version, e.data) for e in result.events]
         guide = self._guides.for_agency(request.who.agency)
         return WriteOutcome(result.stream_id, result.version, request.command.created_id,
                             result.events, warnings_for(payloads, guide), result.replayed)

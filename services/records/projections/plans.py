@@ -17,7 +17,7 @@ import asyncpg
 
 from schemas.events import parse_event
 from services.records.domain import PlanState, evolve, plan_view
-from services.records.store.events import RecordedEvent, _recorded
+from services.records.store.events import CoWrite, RecordedEvent, _recorded
 
 _COLUMNS = ("case_id, agency, version, status, case_manager, risk_level, participant_name,"
             " next_review_due, open_step_due_dates, active_goals, opened_at, updated_at, view")
@@ -48,8 +48,15 @@ def plan_row(state: PlanState) -> tuple[Any, ...]:
             plan_view(state).model_dump_json())
 
 
-async def save_plan(conn: asyncpg.Connection, state: PlanState) -> None:
-    await conn.execute(_UPSERT, *plan_row(state))
+_UPSERT_WHEN_APPENDED = _UPSERT.replace(
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    "SELECT $1::uuid, $2::text, $3::int, $4::text, $5::text, $6::text, $7::text, $8::date,"
+    " $9::date[], $10::int, $11::timestamptz, $12::timestamptz, $13::jsonb WHERE {appended}")
+
+
+def plan_upsert(state: PlanState) -> CoWrite:
+    """The projection write that commits with the events that produced ``state``."""
+    return CoWrite(_UPSERT_WHEN_APPENDED, plan_row(state))
 
 
 @dataclass(frozen=True)

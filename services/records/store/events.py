@@ -7,7 +7,9 @@ lives here.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +20,6 @@ import asyncpg
 from services.records.chain import GENESIS_HASH, ChainLink, ChainReport, verify_links
 
 Clock = Callable[[], datetime]
-AfterAppend = Callable[[asyncpg.Connection, "AppendResult"], Awaitable[None]]
 
 
 def utc_now() -> datetime:
@@ -101,8 +102,84 @@ class StreamHead:
     version: int
 
 
-class _ReplayInstead(Exception):
-    """Raised inside the append transaction to roll it back when the key was already used."""
+@dataclass(frozen=True)
+class CoWrite:
+    """A statement that must commit together with appended events (a projection upsert).
+
+    ``sql`` numbers its own parameters from $1 and writes ``{appended}`` where it must hold
+    only when the append succeeds, e.g. ``INSERT … SELECT $1::uuid … WHERE {appended}``.
+    """
+
+    sql: str
+    args: tuple[Any, ...]
+
+
+class _KnownHeads:
+    """The last hash this process saw per stream: spares a read before most appends."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._heads: OrderedDict[UUID, tuple[int, str]] = OrderedDict()
+
+    def remember(self, stream_id: UUID, version: int, digest: str) -> None:
+        self._heads[stream_id] = (version, digest)
+        self._heads.move_to_end(stream_id)
+        while len(self._heads) > self._capacity:
+            self._heads.popitem(last=False)
+
+    def hash_at(self, stream_id: UUID, version: int) -> str | None:
+        known = self._heads.get(stream_id)
+        return known[1] if known is not None and known[0] == version else None
+
+
+def _provisional(row: tuple[Any, ...]) -> RecordedEvent:
+    """An event as it will be recorded (its global position is not known before the insert)."""
+    return RecordedEvent(0, row[0], row[1], row[2], row[3], row[4], json.loads(row[5]),
+                         json.loads(row[6]), row[7], row[8], row[9], row[10])
+
+
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+def _append_statement(stream_id: UUID, rows: list[tuple[Any, ...]], expected: int,
+                      prev_hash: str, agency: str, claim: IdempotencyClaim | None,
+                      co_write: CoWrite | None) -> tuple[str, list[Any]]:
+    last = rows[-1]
+    args: list[Any] = [stream_id, expected, prev_hash, agency, last[1], last[10], last[8]]
+    ctes = []
+    claimed = "true"
+    if claim is not None:
+        args += [claim.scope, claim.key, claim.fingerprint, [r[2] for r in rows]]
+        ctes.append("claim AS (INSERT INTO records.idempotency_keys"
+                    " (scope, key, fingerprint, stream_id, event_ids)"
+                    " VALUES ($8, $9, $10, $1, $11) ON CONFLICT DO NOTHING RETURNING 1)")
+        claimed = "EXISTS (SELECT 1 FROM claim)"
+    if expected == 0:
+        ctes.append("head AS (INSERT INTO records.streams"
+                    " (stream_id, agency, version, last_hash, updated_at)"
+                    f" SELECT $1::uuid, $4::text, $5::int, $6::text, $7::timestamptz"
+                    f" WHERE $2::int = 0 AND $3::text IS NOT NULL AND {claimed}"
+                    " ON CONFLICT DO NOTHING RETURNING 1)")
+    else:
+        ctes.append("head AS (UPDATE records.streams SET version = $5, last_hash = $6,"
+                    " updated_at = $7 WHERE stream_id = $1 AND version = $2"
+                    f" AND last_hash = $3 AND agency = $4 AND {claimed} RETURNING 1)")
+    offset = len(args)
+    args += [list(column) for column in zip(*rows, strict=True)]
+    p = [f"${offset + n}" for n in range(1, 12)]
+    ctes.append(
+        "inserted AS (INSERT INTO records.events (stream_id, version, event_id, type,"
+        " schema_version, data, metadata, agency, recorded_at, prev_hash, hash)"
+        f" SELECT * FROM unnest({p[0]}::uuid[], {p[1]}::int[], {p[2]}::uuid[], {p[3]}::text[],"
+        f" {p[4]}::int[], {p[5]}::jsonb[], {p[6]}::jsonb[], {p[7]}::text[],"
+        f" {p[8]}::timestamptz[], {p[9]}::text[], {p[10]}::text[])"
+        f" WHERE EXISTS (SELECT 1 FROM head) RETURNING {_EVENT_COLUMNS})")
+    if co_write is not None:
+        shift = len(args)
+        sql = _PARAMETER.sub(lambda m: f"${int(m.group(1)) + shift}", co_write.sql)
+        ctes.append(f"co_write AS ({sql.replace('{appended}', 'EXISTS (SELECT 1 FROM head)')})")
+        args += list(co_write.args)
+    return f"WITH {', '.join(ctes)} SELECT * FROM inserted", args
 
 
 _EVENT_COLUMNS = ("global_position, stream_id, version, event_id, type, schema_version, data,"
@@ -123,6 +200,7 @@ class EventStore:
     def __init__(self, pool: asyncpg.Pool, clock: Clock = utc_now) -> None:
         self._pool = pool
         self._clock = clock
+        self._heads = _KnownHeads()
 
     async def append(
         self,
@@ -133,71 +211,52 @@ class EventStore:
         agency: str,
         metadata: dict[str, Any],
         idempotency: IdempotencyClaim | None = None,
-        after_append: AfterAppend | None = None,
+        co_write: Callable[[list[RecordedEvent]], CoWrite] | None = None,
     ) -> AppendResult:
         """Append ``events`` if the stream is at ``expected_version`` (0: a new stream).
 
-        ``after_append`` runs inside the same transaction (projections: read-your-writes).
+        One statement does it all, atomically: claim the idempotency key, move the stream head
+        from the expected version (only if it is still there), insert the chained events and
+        run the statement ``co_write`` makes from the events about to be recorded (a projection:
+        read-your-writes). Each step happens only when the one before it did.
         Raises VersionConflict, IdempotencyKeyReused; a repeated key returns the original result.
         """
         if not events:
             raise ValueError("append needs at least one event")
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                if idempotency is not None and not await self._claim(conn, stream_id, events,
-                                                                     idempotency):
-                    raise _ReplayInstead
-                head = await self._lock_head(conn, stream_id, expected_version, agency)
-                recorded = await self._insert(conn, stream_id, events, head, agency, metadata)
-                result = AppendResult(stream_id, recorded[-1].version, recorded)
-                await conn.execute(
-                    "UPDATE records.streams SET version = $2, last_hash = $3, updated_at = $4"
-                    " WHERE stream_id = $1",
-                    stream_id, result.version, recorded[-1].hash, recorded[-1].recorded_at,
-                )
-                if after_append is not None:
-                    await after_append(conn, result)
-                return result
-        except _ReplayInstead:
-            assert idempotency is not None
+        prev_hash = await self._hash_at(stream_id, expected_version)
+        rows = self._chain(stream_id, events, expected_version, prev_hash, agency, metadata)
+        extra = co_write([_provisional(row) for row in rows]) if co_write else None
+        sql, args = _append_statement(stream_id, rows, expected_version, prev_hash, agency,
+                                      idempotency, extra)
+        inserted = await self._pool.fetch(sql, *args)
+        if inserted:
+            recorded = sorted((_recorded(r) for r in inserted), key=lambda e: e.version)
+            self._heads.remember(stream_id, recorded[-1].version, recorded[-1].hash)
+            return AppendResult(stream_id, recorded[-1].version, recorded)
+        if idempotency is not None:
             replay = await self.find_idempotent(idempotency)
-            if replay is None:  # the other attempt rolled back after all: try once more
-                return await self.append(stream_id, events, expected_version=expected_version,
-                                         agency=agency, metadata=metadata,
-                                         idempotency=idempotency, after_append=after_append)
-            return replay
+            if replay is not None:
+                return replay
+        head = await self.head(stream_id)
+        raise VersionConflict(stream_id, expected_version, head.version if head else 0)
 
-    async def _claim(self, conn: asyncpg.Connection, stream_id: UUID,
-                     events: Sequence[NewEvent], claim: IdempotencyClaim) -> bool:
-        inserted = await conn.fetchval(
-            "INSERT INTO records.idempotency_keys (scope, key, fingerprint, stream_id, event_ids)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
-            claim.scope, claim.key, claim.fingerprint, stream_id, [e.event_id for e in events],
-        )
-        return bool(inserted)
+    async def _hash_at(self, stream_id: UUID, version: int) -> str:
+        """The hash of event ``version`` (immutable once written, so it is safe to cache)."""
+        if version == 0:
+            return GENESIS_HASH
+        known = self._heads.hash_at(stream_id, version)
+        if known is not None:
+            return known
+        found = await self._pool.fetchval(
+            "SELECT hash FROM records.events WHERE stream_id = $1 AND version = $2",
+            stream_id, version)
+        if found is None:
+            head = await self.head(stream_id)
+            raise VersionConflict(stream_id, version, head.version if head else 0)
+        return str(found)
 
-    async def _lock_head(self, conn: asyncpg.Connection, stream_id: UUID, expected: int,
-                         agency: str) -> tuple[int, str]:
-        if expected == 0:
-            created = await conn.fetchval(
-                "INSERT INTO records.streams (stream_id, agency, version, last_hash, updated_at)"
-                " VALUES ($1, $2, 0, $3, now()) ON CONFLICT DO NOTHING RETURNING true",
-                stream_id, agency, GENESIS_HASH,
-            )
-            if created:
-                return 0, GENESIS_HASH
-        row = await conn.fetchrow(
-            "SELECT version, last_hash, agency FROM records.streams WHERE stream_id = $1"
-            " FOR UPDATE", stream_id)
-        current = 0 if row is None else row["version"]
-        if row is None or current != expected or row["agency"] != agency:
-            raise VersionConflict(stream_id, expected, current)
-        return current, row["last_hash"]
-
-    async def _insert(self, conn: asyncpg.Connection, stream_id: UUID,
-                      events: Sequence[NewEvent], head: tuple[int, str], agency: str,
-                      metadata: dict[str, Any]) -> list[RecordedEvent]:
-        version, prev_hash = head
+    def _chain(self, stream_id: UUID, events: Sequence[NewEvent], version: int, prev_hash: str,
+               agency: str, metadata: dict[str, Any]) -> list[tuple[Any, ...]]:
         recorded_at = self._clock()
         rows = []
         for event in events:
@@ -211,15 +270,7 @@ class EventStore:
                          json.dumps(event.data), json.dumps(event_metadata), agency,
                          recorded_at, prev_hash, digest))
             prev_hash = digest
-        inserted = await conn.fetch(
-            "INSERT INTO records.events (stream_id, version, event_id, type, schema_version,"
-            " data, metadata, agency, recorded_at, prev_hash, hash)"
-            " SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::int[],"
-            " $6::jsonb[], $7::jsonb[], $8::text[], $9::timestamptz[], $10::text[], $11::text[])"
-            f" RETURNING {_EVENT_COLUMNS}",
-            *[list(column) for column in zip(*rows, strict=True)],
-        )
-        return sorted((_recorded(r) for r in inserted), key=lambda e: e.version)
+        return rows
 
     async def find_idempotent(self, claim: IdempotencyClaim) -> AppendResult | None:
         """The original result of an already-used key; IdempotencyKeyReused on another body."""
@@ -258,7 +309,10 @@ class EventStore:
             " ORDER BY version LIMIT $5",
             stream_id, after_version, up_to_version, up_to_time, limit,
         )
-        return [_recorded(r) for r in rows]
+        events = [_recorded(r) for r in rows]
+        if events:
+            self._heads.remember(stream_id, events[-1].version, events[-1].hash)
+        return events
 
     async def verify(self, stream_id: UUID) -> ChainReport:
         """Recompute the stream's chain from the stored rows; names the first broken link."""

@@ -1,0 +1,135 @@
+"""HTTP append throughput and latency against the running records service, beside the raw
+asyncpg single-row insert rate on the same database in the same run.
+
+    .venv/bin/python -m bench.append [--seconds 20] [--clients 16]
+
+Uses DATABASE_URL's server when set, otherwise an embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import socket
+import sys
+import time
+
+import aiohttp
+import asyncpg
+
+from bench.common import percentile, postgres_server, scratch_database
+from services.common.auth import issue_token
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def raw_insert_rate(database_url: str, clients: int, seconds: float) -> float:
+    """One row per transaction from each of ``clients`` connections."""
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("CREATE TABLE IF NOT EXISTS bench_raw (id bigint GENERATED ALWAYS AS"
+                       " IDENTITY PRIMARY KEY, stream uuid, data jsonb)")
+    await conn.close()
+    count = 0
+
+    async def worker() -> None:
+        nonlocal count
+        connection = await asyncpg.connect(database_url)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            await connection.execute(
+                "INSERT INTO bench_raw (stream, data) VALUES (gen_random_uuid(), $1)",
+                '{"text": "a small step"}')
+            count += 1
+        await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(clients)])
+    return count / (time.perf_counter() - started)
+
+
+async def wait_ready(url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the records service did not become ready")
+
+
+async def http_append(url: str, token: str, clients: int,
+                      seconds: float) -> tuple[float, list[float], int]:
+    headers = {"Authorization": f"Bearer {token}"}
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        case_ids = []
+        for n in range(clients):
+            async with session.post(f"{url}/v1/cases", json={
+                    "participant": {"name": f"Participant {n}"}, "case_manager": "cm-bench",
+                    "risk_level": "moderate"}) as response:
+                case_ids.append((await response.json())["case_id"])
+
+        async def client(case_id: str, deadline: float) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                async with session.post(f"{url}/v1/cases/{case_id}/notes",
+                                        json={"text": "Met at the library; a good talk"}) as r:
+                    await r.read()
+                    if r.status != 201:
+                        errors += 1
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*[client(c, time.perf_counter() + 2) for c in case_ids])  # warm-up
+        latencies.clear()
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.gather(*[client(c, deadline) for c in case_ids])
+        elapsed = time.perf_counter() - started
+    return len(latencies) / elapsed, latencies, errors
+
+
+async def main(seconds: float, clients: int) -> None:
+    with postgres_server() as server:
+        async with scratch_database(server) as database_url:
+            secret = secrets.token_urlsafe(32)
+            port = free_port()
+            env = {**os.environ, "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": secret,
+                   "CASETRAIL_LOG_LEVEL": "warning", "CASETRAIL_DB_POOL_MAX": str(clients)}
+            service = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.cli", "records", "--port", str(port), env=env)
+            try:
+                url = f"http://127.0.0.1:{port}"
+                await wait_ready(url)
+                token = issue_token(secret, sub="cm-bench", role="case_manager",
+                                    agency="bench")
+                rate, latencies, errors = await http_append(url, token, clients, seconds)
+            finally:
+                service.terminate()
+                await service.wait()
+            raw = await raw_insert_rate(database_url, clients, seconds)
+    print(f"clients: {clients}, seconds per measurement: {seconds}")
+    print(f"{'measurement':<38}{'rate/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'raw asyncpg insert (1 row/tx)':<38}{raw:>10.0f}{'':>10}{'':>10}")
+    print(f"{'HTTP append (POST …/notes)':<38}{rate:>10.0f}"
+          f"{percentile(latencies, 0.5) * 1000:>10.1f}{percentile(latencies, 0.99) * 1000:>10.1f}")
+    print(f"ratio HTTP/raw: {rate / raw:.1%}   non-201 answers: {errors}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=16)
+    options = parser.parse_args()
+    asyncio.run(main(options.seconds, options.clients))

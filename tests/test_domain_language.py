@@ -1,0 +1,149 @@
+"""Rule 7: the language guide is data; checks are case-insensitive, on word boundaries."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from uuid import uuid4
+
+import pytest
+
+from schemas import api
+from schemas import events as ev
+from services.records import domain as d
+
+
+@pytest.fixture(scope="module")
+def guide() -> d.LanguageGuide:
+    return d.load_base_guide()
+
+
+def terms(warnings: list[d.LanguageWarning]) -> list[str]:
+    return [w.term for w in warnings]
+
+
+def test_the_base_guide_holds_the_terms_of_the_brief(guide: d.LanguageGuide) -> None:
+    listed = {t.term for t in guide.terms}
+    for term in ("non-compliant", "noncompliant", "addict", "offender", "manipulative",
+                 "failed to", "I know", "resistant", "junkie", "criminal", "convict"):
+        assert term in listed
+    assert all(t.suggestion and t.message for t in guide.terms)
+
+
+def test_check_names_the_field_term_and_a_person_first_suggestion(
+        guide: d.LanguageGuide) -> None:
+    [warning] = guide.check("text", "He has been NON-COMPLIANT with curfew.")
+    assert (warning.field, warning.term) == ("text", "non-compliant")
+    assert "requirement" in warning.suggestion
+    assert "non-compliant" in warning.message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Addicts need support", ["addict"]),
+        ("addiction services referral", []),
+        ("an offender", ["offender"]),
+        ("an ex-offender program", ["ex-offender"]),  # the longer term only
+        ("non compliant again", ["non-compliant"]),
+        ("she failed   to attend", ["failed to"]),
+        ("i know how that feels", ["I know"]),
+        ("I knowingly chose this", []),
+        ("unmanipulative", []),
+        ("Convicted in 2019", []),
+        ("junkies and criminals", ["junkie", "criminal"]),
+        ("Seemed resistant; in denial about the debt", ["resistant", "in denial"]),
+        ("Cooked dinner for the family", []),
+    ],
+)
+def test_matching_is_on_word_boundaries(guide: d.LanguageGuide, text: str,
+                                        expected: list[str]) -> None:
+    assert terms(guide.check("text", text)) == expected
+
+
+def test_each_term_is_reported_once_per_field(guide: d.LanguageGuide) -> None:
+    assert terms(guide.check("text", "addict, addict, addicts")) == ["addict"]
+
+
+def test_an_agency_extends_replaces_and_removes_terms(guide: d.LanguageGuide) -> None:
+    agency = guide.merge({
+        "terms": [
+            {"term": "client", "suggestion": "participant"},
+            {"term": "offender", "suggestion": "person under supervision (agency wording)"},
+        ],
+        "remove": ["Refused"],
+    })
+    assert terms(agency.check("text", "The client refused")) == ["client"]
+    [warning] = agency.check("text", "offender")
+    assert warning.suggestion == "person under supervision (agency wording)"
+    # the base guide is unchanged
+    assert terms(guide.check("text", "The client refused")) == ["refused"]
+    assert guide.check("text", "offender")[0].suggestion != warning.suggestion
+    assert len(agency.terms) == len(guide.terms)  # +1 client, -1 refused, offender replaced
+
+
+def test_guides_merge_with_guides_too(guide: d.LanguageGuide) -> None:
+    extra = d.LanguageGuide.from_data({"terms": [{"term": "frequent flyer",
+                                                  "suggestion": "person we see often"}]})
+    assert terms(guide.merge(extra).check("f", "a frequent flyer")) == ["frequent flyer"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"terms": "addict"},
+        {"terms": [{"term": "", "suggestion": "x"}]},
+        {"terms": [{"term": "x"}]},
+        {"terms": [{"term": "x", "suggestion": "y", "severity": "high"}]},
+        {"terms": [], "remove": "addict"},
+    ],
+)
+def test_malformed_guide_files_are_refused_clearly(guide: d.LanguageGuide,
+                                                   bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="language guide"):
+        guide.merge(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# warnings from recorded events
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_event_type_declares_which_fields_are_checked() -> None:
+    assert set(d.CHECKED_FIELDS) == set(ev.EVENT_TYPES)
+    for event_type, fields in d.CHECKED_FIELDS.items():
+        model_fields = ev.EVENT_TYPES[event_type].model_fields
+        for field in fields:
+            assert field in model_fields, f"{event_type}.{field}"
+
+
+def test_warnings_come_from_the_staff_text_of_recorded_events(guide: d.LanguageGuide) -> None:
+    case = d.InMemoryCase(uuid4(), d.DecisionContext(today=date(2025, 6, 1)),
+                          datetime(2025, 6, 1, tzinfo=UTC))
+    case.execute(d.OpenCase("agency-a", api.OpenCase.model_validate(
+        {"participant": {"name": "Kim"}, "case_manager": "cm", "risk_level": "low"})))
+    events = case.execute(d.SetGoal(uuid4(), api.GoalInput(
+        title="Stop being an addict", domain="substance_use", source="participant",
+        in_their_words="I'm an addict and I want my kids back",
+        why_it_matters="Kim failed to keep custody")))
+    warnings = d.warnings_for(events, guide)
+    assert [(w.field, w.term) for w in warnings] == [("title", "addict"),
+                                                     ("why_it_matters", "failed to")]
+    # the participant's own words are recorded verbatim and never flagged
+    assert all(w.field != "in_their_words" for w in warnings)
+
+
+def test_warnings_can_be_rebuilt_from_stored_events(guide: d.LanguageGuide) -> None:
+    note = ev.NoteAdded(note_id=uuid4(), text="Manipulative and non-compliant")
+    stored = ev.dump_event(note)
+    rebuilt = ev.parse_event("NoteAdded", 1, stored)
+    assert d.warnings_for([note], guide) == d.warnings_for([rebuilt], guide)
+    assert terms(d.warnings_for([rebuilt], guide)) == ["manipulative", "non-compliant"]
+
+
+def test_participant_statements_are_not_checked(guide: d.LanguageGuide) -> None:
+    agreed = ev.PlanAgreed(participation="in_person",
+                           participant_statement="I know I was resistant before")
+    held = ev.ReviewHeld(review_id=uuid4(), held_on=date(2025, 1, 1), due_date=date(2025, 1, 1),
+                         participant_statement="I know", summary="Seemed resistant")
+    assert [(w.field, w.term) for w in d.warnings_for([agreed, held], guide)] == [
+        ("summary", "resistant")]

@@ -1,0 +1,163 @@
+"""Folding events into state and the current-plan view."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime, timedelta
+from uuid import UUID, uuid4
+
+import pytest
+
+from schemas import api
+from schemas import events as ev
+from services.records import domain as d
+
+TODAY = date(2025, 2, 1)
+START = datetime(2025, 2, 1, 9, tzinfo=UTC)
+BRIEF_KEYS = {"case_id", "version", "status", "participant", "case_manager", "risk_level",
+              "strengths", "goals", "supports", "requirements", "agreement", "next_review",
+              "updated_at"}
+
+
+def scenario() -> tuple[d.InMemoryCase, dict[str, UUID]]:
+    case = d.InMemoryCase(uuid4(), d.DecisionContext(today=TODAY), START)
+    ids = {name: uuid4() for name in ("kept", "dropped", "goal", "later", "step", "done",
+                                      "support", "req", "review")}
+    case.execute(d.OpenCase("agency-a", api.OpenCase.model_validate(
+        {"participant": {"name": "Taylor", "pronouns": "she/her"}, "case_manager": "cm-1",
+         "risk_level": "high"})))
+    for key in ("kept", "dropped"):
+        case.execute(d.RecordStrength(ids[key], api.StrengthInput(
+            category="skill", description=f"strength {key}")))
+    case.execute(d.SetGoal(ids["goal"], api.GoalInput.model_validate(
+        {"title": "Get my GED", "domain": "education", "source": "participant",
+         "in_their_words": "finish what I started", "target_date": "2025-12-01",
+         "strength_ids": [str(ids["kept"]), str(ids["dropped"])]})))
+    case.execute(d.SetGoal(ids["later"], api.GoalInput(
+        title="Learn to drive", domain="other", source="agency", status="future")))
+    case.execute(d.AddActionStep(ids["step"], ids["goal"], api.StepInput.model_validate(
+        {"description": "Enrol in evening class", "owner": "participant",
+         "due_date": "2025-02-20"})))
+    case.execute(d.AddActionStep(ids["done"], ids["goal"], api.StepInput(
+        description="Find the class timetable", owner="case_manager")))
+    case.execute(d.CompleteActionStep(ids["done"], api.StepCompleteInput(note="Printed it")))
+    case.execute(d.RemoveStrength(ids["dropped"], api.RemovalReason(reason="Recorded twice")))
+    case.execute(d.AddSupport(ids["support"], api.SupportInput(name="Gran", kind="natural")))
+    case.execute(d.RecordRequirement(ids["req"], api.RequirementInput(title="Monthly check-in")))
+    case.execute(d.AgreePlan(ids["review"], api.AgreementInput(
+        participation="in_person", present=["Taylor", "Gran"],
+        participant_statement="I want this")))
+    case.execute(d.AddNote(uuid4(), api.NoteInput(text="Good first meeting")))
+    return case, ids
+
+
+def test_the_plan_view_shows_the_current_plan() -> None:
+    case, ids = scenario()
+    assert case.state is not None
+    view = d.plan_view(case.state)
+    dumped = view.model_dump(mode="json")
+    assert set(dumped) >= BRIEF_KEYS
+    assert view.case_id == case.case_id
+    assert view.version == case.version == 14
+    assert (view.status, view.case_manager, view.risk_level) == ("open", "cm-1", "high")
+    assert view.participant.pronouns == "she/her"
+    assert [s.strength_id for s in view.strengths] == [ids["kept"]]
+    goal, later = view.goals
+    assert goal.goal_id == ids["goal"]
+    assert goal.strength_ids == [ids["kept"]]  # the removed strength is not shown
+    assert [s.step_id for s in goal.steps] == [ids["step"], ids["done"]]
+    assert [s.status for s in goal.steps] == ["not_started", "completed"]
+    assert goal.steps[0].due_date == date(2025, 2, 20)
+    assert goal.steps[1].completion_note == "Printed it"
+    assert later.status == "future"
+    assert (view.active_goal_count, view.max_active_goals) == (1, 3)
+    assert [s.name for s in view.supports] == ["Gran"]
+    assert view.requirements[0].status == "pending"
+    assert view.agreement is not None
+    assert (view.agreement.outcome, view.agreement.version) == ("agreed", 12)
+    assert view.next_review is not None
+    assert view.next_review.review_id == ids["review"]
+    assert view.next_review.due_date == TODAY + timedelta(days=30)
+    assert view.updated_at == START + timedelta(seconds=14)
+    assert view.note_count == 1
+    assert dumped["goals"][0]["steps"][0]["due_date"] == "2025-02-20"
+
+
+def test_fold_equals_step_by_step_evolve_and_resumes_from_a_snapshot() -> None:
+    case, _ = scenario()
+    folded = d.fold(case.stream, case_id=case.case_id)
+    assert folded == case.state
+    head, tail = case.stream[:6], case.stream[6:]
+    snapshot = d.fold(head, case_id=case.case_id)
+    assert d.fold(tail, case_id=case.case_id, state=snapshot) == case.state
+
+
+def test_evolve_never_changes_an_earlier_state() -> None:
+    case, ids = scenario()
+    as_of_5 = d.fold(case.stream[:5], case_id=case.case_id)
+    assert as_of_5 is not None
+    copy = d.fold(case.stream[:5], case_id=case.case_id)
+    d.fold(case.stream[5:], case_id=case.case_id, state=as_of_5)
+    assert as_of_5 == copy
+    assert as_of_5.version == 5
+    assert ids["step"] not in as_of_5.steps
+    assert d.plan_view(as_of_5).next_review is None
+
+
+def test_folding_survives_the_store_round_trip_including_upcasting() -> None:
+    case, _ = scenario()
+    stored = [(e.event_type, e.schema_version, ev.dump_event(e), v, at)
+              for e, v, at in case.stream]
+    # an old stream wrote ActionStepAdded at v1, with a free-text owner
+    step = next(i for i, s in enumerate(stored) if s[0] == "ActionStepAdded")
+    _, _, data, version, at = stored[step]
+    v1 = {k: data[k] for k in ("step_id", "goal_id", "description", "due_date")}
+    v1["owner"] = "Gran"
+    stored[step] = ("ActionStepAdded", 1, v1, version, at)
+    parsed = [(ev.parse_event(t, sv, data), v, at) for t, sv, data, v, at in stored]
+    state = d.fold(parsed, case_id=case.case_id)
+    assert state is not None
+    step_state = state.steps[v1_step_id(v1)]
+    assert (step_state.owner, step_state.support_name) == ("support", "Gran")
+
+
+def v1_step_id(data: dict[str, object]) -> UUID:
+    return UUID(str(data["step_id"]))
+
+
+def test_a_stream_must_start_with_case_opened_and_name_its_case() -> None:
+    note = ev.NoteAdded(note_id=uuid4(), text="hello")
+    with pytest.raises(d.FoldError, match="starts with CaseOpened"):
+        d.evolve(None, note, version=1, recorded_at=START)
+    opened = ev.CaseOpened(participant=ev.Participant(name="X"), case_manager="cm",
+                           risk_level="low", agency="a")
+    with pytest.raises(d.FoldError, match="case_id"):
+        d.evolve(None, opened, version=1, recorded_at=START)
+    state = d.evolve(None, opened, version=1, recorded_at=START, case_id=uuid4())
+    with pytest.raises(d.FoldError):
+        d.evolve(state, opened, version=2, recorded_at=START)
+
+
+def test_a_closed_case_view_shows_the_closure_and_no_pending_review() -> None:
+    case, _ = scenario()
+    case.execute(d.CloseCase(api.CloseInput(reason="Moved", outcome="moved")))
+    assert case.state is not None
+    view = d.plan_view(case.state)
+    assert view.status == "closed"
+    assert view.next_review is None
+    assert view.closure is not None
+    assert (view.closure.reason, view.closure.outcome) == ("Moved", "moved")
+
+
+def test_folding_100k_events_over_2000_streams_is_fast() -> None:
+    case, _ = scenario()
+    # ~50 events per stream: the scenario plus notes and step moves on the same plan
+    for index in range(36):
+        case.execute(d.AddNote(uuid4(), api.NoteInput(text=f"check-in {index}")))
+    stream = case.stream
+    assert len(stream) == 50
+    started = time.perf_counter()
+    states = [d.fold(stream, case_id=uuid4()) for _ in range(2000)]
+    elapsed = time.perf_counter() - started
+    assert all(s is not None and s.version == 50 for s in states)
+    assert elapsed < 5.0, f"folding 100,000 events took {elapsed:.2f}s"
