@@ -20,6 +20,7 @@ from services.common.auth import Principal
 from services.records.application.access import (
     Action,
     CaseFacts,
+    Forbidden,
     NotVisible,
     authorize,
     authorize_open,
@@ -29,6 +30,7 @@ from services.records.domain import (
     Actor,
     AnyCommand,
     DecisionContext,
+    DomainError,
     LanguageWarning,
     OpenCase,
     PlanState,
@@ -142,6 +144,7 @@ class CaseCommands:
         self._cache = StateCache()
 
     async def load(self, case_id: UUID) -> PlanState | None:
+        """The case as the store has it now (caught up from the cached state, if any)."""
         cached = self._cache.get(case_id)
         newer = await self._store.read_stream(
             case_id, after_version=cached.version if cached is not None else 0)
@@ -155,22 +158,36 @@ class CaseCommands:
             replay = await self._store.find_idempotent(request.idempotency)
             if replay is not None:
                 return self._outcome(request, replay, None)
+        # First try on the cached state without reading: the append's version check catches
+        # a stale cache. Any refusal reached from the cache is re-decided on a fresh read.
+        cached = self._cache.get(request.case_id)
         for attempt in range(MAX_ATTEMPTS):
-            state = await self.load(request.case_id)
-            self._authorize(request, state)
-            expected = state.version if state is not None else 0
-            if request.if_match is not None and request.if_match != expected:
-                raise PreconditionFailed(expected)
-            payloads = decide(state, request.command, self._context(request))
+            state = cached if cached is not None else await self.load(request.case_id)
             try:
-                result = await self._append(request, state, expected, payloads)
+                payloads = self._decide(request, state)
+            except (DomainError, Forbidden, NotVisible, PreconditionFailed):
+                if cached is None:
+                    raise
+                cached = None
+                continue
+            try:
+                result = await self._append(request, state, payloads)
             except VersionConflict as conflict:
-                if request.if_match is not None:
+                if request.if_match is not None and cached is None:
                     raise PreconditionFailed(conflict.current) from conflict
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                if cached is None:
+                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                cached = None
                 continue
             return self._outcome(request, result, None if result.replayed else payloads)
         raise TooMuchContention
+
+    def _decide(self, request: WriteRequest, state: PlanState | None) -> list[EventPayload]:
+        self._authorize(request, state)
+        expected = state.version if state is not None else 0
+        if request.if_match is not None and request.if_match != expected:
+            raise PreconditionFailed(expected)
+        return decide(state, request.command, self._context(request))
 
     def _authorize(self, request: WriteRequest, state: PlanState | None) -> None:
         if isinstance(request.command, OpenCase):
@@ -188,8 +205,9 @@ class CaseCommands:
         return DecisionContext(today=self._clock().date(),
                                actor=Actor(sub=request.who.sub, role=request.who.role.value))
 
-    async def _append(self, request: WriteRequest, state: PlanState | None, expected: int,
+    async def _append(self, request: WriteRequest, state: PlanState | None,
                       payloads: list[EventPayload]) -> AppendResult:
+        expected = state.version if state is not None else 0
         metadata: dict[str, Any] = {
             "actor": {"sub": request.who.sub, "role": request.who.role.value},
             "agency": request.who.agency,
