@@ -169,7 +169,34 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--cases", help="comma-separated case ids (participant, auditor)")
     token.add_argument("--ttl", type=int, default=8 * 3600, help="lifetime in seconds")
     token.set_defaults(run=cmd_token)
+
+    notifier = sub.add_parser("notifier", help="run the notifier service")
+    notifier.add_argument("--host")
+    notifier.add_argument("--port", type=int)
+    notifier.set_defaults(run=cmd_notifier)
+
+    mail = sub.add_parser("mail", help="list the mail the development catcher caught")
+    mail.add_argument("--dir", help="the catcher's folder (default: <CASETRAIL_DEV_DIR>/mail)")
+    mail.set_defaults(run=cmd_mail)
     return parser
+
+
+def cmd_notifier(args: argparse.Namespace, settings: Settings) -> int:
+    from services.notifier.cli import run_notifier
+    from services.notifier.settings import NotifierSettings
+
+    notifier_settings = NotifierSettings()
+    if not notifier_settings.jwt_secret and (secret := _jwt_secret(settings)):
+        notifier_settings = notifier_settings.model_copy(update={"jwt_secret": secret})
+    return run_notifier(notifier_settings, host=args.host, port=args.port)
+
+
+def cmd_mail(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from services.notifier.cli import print_caught_mail
+
+    return print_caught_mail(Path(args.dir) if args.dir else settings.dev_data_dir / "mail")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from services.common.auth import issue_token
 from services.common.database import embedded_postgres, with_database
 from services.common.settings import Settings
+from services.notifier.http.app import migrate as migrate_notifier
 from services.records.http.app import create_app, migrate
 
 JWT_SECRET = "test-secret-" + secrets.token_hex(16)
@@ -47,6 +48,7 @@ def template_database(postgres_server_url: str) -> Iterator[str]:
     name = f"casetrail_test_{os.getpid()}_{secrets.token_hex(4)}"
     asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
     asyncio.run(migrate(with_database(postgres_server_url, name)))
+    asyncio.run(migrate_notifier(with_database(postgres_server_url, name)))
     yield name
     asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

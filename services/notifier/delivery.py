@@ -1,0 +1,432 @@
+"""Delivery: claim due rows, decide per recipient, send by SMTP, record every attempt.
+
+Retries: 4xx replies and connection failures are retried with exponential backoff and jitter
+until the attempts or the horizon run out; 5xx replies fail at once. Either way the row ends
+``dead`` with the reason (a dead letter, revived by POST /v1/notifications/{id}/retry). Every
+attempt reuses the row's Message-ID, so a receiving system can recognise a resend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, time, timedelta
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, parseaddr
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import aiosmtplib
+import asyncpg
+import structlog
+
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.rules import CELEBRATIONS, Kind, Notice, RecipientRole
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import directory
+from services.notifier.store import notifications as store
+from services.notifier.store.cases import case_facts
+from services.notifier.store.directory import Preferences
+from services.notifier.store.notifications import Outcome, Row
+from services.notifier.templates import Rendered, render, render_digest
+
+log = structlog.get_logger("casetrail.notifier.delivery")
+Clock = Callable[[], datetime]
+
+
+# --------------------------------------------------------------------------------------------
+# retry policy (pure)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8
+    base_seconds: float = 30.0
+    max_seconds: float = 3600.0
+    horizon_seconds: float = 24 * 3600.0
+
+    @classmethod
+    def of(cls, s: NotifierSettings) -> RetryPolicy:
+        return cls(s.retry_attempts, s.retry_base_seconds, s.retry_max_seconds,
+                   s.retry_horizon_seconds)
+
+    def next_attempt(self, attempts_made: int, first_attempt_at: datetime, now: datetime,
+                     rng: random.Random) -> datetime | None:
+        """When to try again after ``attempts_made`` failures; None: give up.
+
+        Exponential backoff with "equal jitter": half the delay fixed, half random, so many
+        notices failing together do not come back together.
+        """
+        if attempts_made >= self.attempts:
+            return None
+        delay = min(self.base_seconds * 2 ** (attempts_made - 1), self.max_seconds)
+        at = now + timedelta(seconds=delay / 2 + rng.uniform(0, delay / 2))
+        if (at - first_attempt_at).total_seconds() > self.horizon_seconds:
+            return None
+        return at
+
+
+# --------------------------------------------------------------------------------------------
+# what to do with a claimed row (pure)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    address: str
+    for_participant: bool = False
+
+
+@dataclass(frozen=True)
+class Cancel:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Dead:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Defer:
+    until: datetime
+
+
+@dataclass(frozen=True)
+class ToDigest:
+    at: datetime
+    timezone: str
+
+
+@dataclass(frozen=True)
+class FanOut:
+    members: tuple[str, ...]
+
+
+Decision = Send | Cancel | Dead | Defer | ToDigest | FanOut
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who a row reaches: their preferences (None: not in the directory) and address."""
+
+    prefs: Preferences | None
+    address: str | None
+    members: tuple[str, ...] = ()
+
+
+def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta) -> Decision:
+    if row.attempts == 0 and row.kind != Kind.DAILY_DIGEST and now - row.due_at > stale_after:
+        return Cancel(f"too late to be useful: it was due {row.due_at.isoformat()}")
+    if row.recipient_role == RecipientRole.SUPERVISORS:
+        if not who.members:
+            return Dead(f"no supervisor of agency {row.agency} in the directory: add one"
+                        " with PUT /v1/preferences/{user} and role supervisor")
+        return FanOut(who.members)
+    if row.recipient_role == RecipientRole.PARTICIPANT:
+        return _participant_decision(who, now)
+    prefs = who.prefs
+    if prefs is None or not who.address:
+        return Dead(f"no email address on file for {row.recipient}: set it with"
+                    f" PUT /v1/preferences/{row.recipient}")
+    if row.kind in CELEBRATIONS and not prefs.celebrations:
+        return Cancel(f"celebrations are turned off in {row.recipient}'s preferences")
+    if row.kind != Kind.DAILY_DIGEST and prefs.delivery == "daily_digest":
+        return ToDigest(now, prefs.timezone)
+    return _quiet_or_send(prefs, who.address, now)
+
+
+def _participant_decision(who: Recipient, now: datetime) -> Decision:
+    prefs = who.prefs
+    if prefs is None or not prefs.celebrations:
+        return Cancel("the participant has not opted in to hear about their milestones")
+    if not who.address:
+        return Dead("the participant opted in but no email address is on file")
+    return _quiet_or_send(prefs, who.address, now, for_participant=True)
+
+
+def _quiet_or_send(prefs: Preferences, address: str, now: datetime,
+                   for_participant: bool = False) -> Decision:
+    until = quiet_until(prefs, now)
+    return Defer(until) if until is not None else Send(address, for_participant)
+
+
+def quiet_until(prefs: Preferences, now: datetime) -> datetime | None:
+    """The end of the recipient's quiet hours when ``now`` falls inside them."""
+    if prefs.quiet_start is None or prefs.quiet_end is None:
+        return None
+    zone = ZoneInfo(prefs.timezone)
+    local = now.astimezone(zone)
+    start, end, t = prefs.quiet_start, prefs.quiet_end, local.time().replace(tzinfo=None)
+    inside = start <= t < end if start < end else (t >= start or t < end)
+    if not inside:
+        return None
+    day = local.date() if t < end else local.date() + timedelta(days=1)
+    return datetime.combine(day, end, tzinfo=zone).astimezone(UTC)
+
+
+def next_local_time(zone_name: str, at: time, now: datetime, skip_days: int = 0) -> datetime:
+    """The next ``at`` o'clock in the zone (today's if still ahead), ``skip_days`` later."""
+    zone = ZoneInfo(zone_name)
+    local = now.astimezone(zone)
+    moment = datetime.combine(local.date(), at, tzinfo=zone)
+    if moment < now:
+        moment += timedelta(days=1)
+    return (moment + timedelta(days=skip_days)).astimezone(UTC)
+
+
+def digest_notice(row: Row, zone_name: str, at: datetime) -> Notice:
+    local_day = at.astimezone(ZoneInfo(zone_name)).date().isoformat()
+    return Notice(f"daily_digest:{row.agency}:{row.recipient}:{local_day}", Kind.DAILY_DIGEST,
+                  None, row.agency, RecipientRole.USER, row.recipient, at)
+
+
+# --------------------------------------------------------------------------------------------
+# SMTP
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SmtpResult:
+    code: int | None
+    outcome: str  # sent | transient | permanent
+    detail: str
+
+
+def classify(code: int | None, detail: str) -> SmtpResult:
+    if code is not None and 200 <= code < 300:
+        return SmtpResult(code, "sent", detail)
+    if code is not None and 500 <= code < 600:
+        return SmtpResult(code, "permanent", detail)
+    return SmtpResult(code, "transient", detail)
+
+
+class SmtpSender:
+    """Sends over a small pool of kept-open SMTP connections (one message per connection at a
+    time); a connection that fails in any way is closed and replaced."""
+
+    def __init__(self, settings: NotifierSettings) -> None:
+        self._settings = settings
+        self._sender = parseaddr(settings.mail_from)[1]
+        self._idle: list[aiosmtplib.SMTP] = []
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        client = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port,
+                                 timeout=s.smtp_timeout_seconds, start_tls=s.smtp_starttls,
+                                 username=s.smtp_username, password=s.smtp_password)
+        await client.connect()
+        return client
+
+    async def send(self, message: bytes, address: str) -> SmtpResult:
+        client = self._idle.pop() if self._idle else None
+        reused = client is not None and client.is_connected
+        try:
+            if client is None or not client.is_connected:
+                client = await self._connect()
+            try:
+                _, response = await client.sendmail(self._sender, [address], message)
+            except aiosmtplib.SMTPServerDisconnected:
+                if not reused:
+                    raise
+                # the server closed an idle connection before we spoke: nothing was sent
+                client = await self._connect()
+                _, response = await client.sendmail(self._sender, [address], message)
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            await _close(client)
+            refusal = error.recipients[0]
+            return classify(refusal.code, refusal.message)
+        except aiosmtplib.SMTPResponseException as error:
+            await _close(client)
+            return classify(error.code, error.message)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            await _close(client)
+            return classify(None, f"{type(error).__name__}: {error}")
+        self._idle.append(client)
+        return classify(250, response)
+
+    async def close(self) -> None:
+        while self._idle:
+            await _close(self._idle.pop())
+
+
+async def _close(client: aiosmtplib.SMTP | None) -> None:
+    if client is not None and client.is_connected:
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+
+
+def build_message(row: Row, rendered: Rendered, address: str, sender: str,
+                  now: datetime) -> bytes:
+    """The message as bytes (compat32 email classes: several times cheaper than
+    EmailMessage's header registry, which matters at thousands of messages a minute)."""
+    message = MIMEMultipart("alternative")
+    message["From"] = sender
+    message["To"] = address
+    message["Subject"] = Header(rendered.subject, "utf-8").encode() \
+        if not rendered.subject.isascii() else rendered.subject
+    message["Message-ID"] = row.message_id
+    message["Date"] = format_datetime(now)
+    message["X-Casetrail-Notification"] = str(row.id)
+    message["X-Casetrail-Kind"] = row.kind
+    message.attach(MIMEText(rendered.text, "plain", "utf-8"))
+    message.attach(MIMEText(rendered.html, "html", "utf-8"))
+    return message.as_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# the dispatcher
+# --------------------------------------------------------------------------------------------
+
+
+class Dispatcher:
+    def __init__(self, pool: asyncpg.Pool, settings: NotifierSettings, clock: Clock,
+                 metrics: NotifierMetrics, owner: str, rng: random.Random | None = None) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._clock = clock
+        self._metrics = metrics
+        self._owner = owner
+        self._rng = rng or random.Random()
+        self._retry = RetryPolicy.of(settings)
+        self._smtp = SmtpSender(settings)
+        self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
+
+    async def close(self) -> None:
+        await self._smtp.close()
+
+    async def dispatch_due(self) -> int:
+        """Handle every notice due now (digests excepted); the number of rows handled."""
+        return await self._drain(digests=False)
+
+    async def send_digests(self) -> int:
+        return await self._drain(digests=True)
+
+    async def _drain(self, *, digests: bool) -> int:
+        total = 0
+        while rows := await store.claim_due(
+                self._pool, owner=self._owner, now=self._clock(),
+                limit=self._settings.dispatch_batch,
+                lease=timedelta(seconds=self._settings.lease_seconds), digests=digests):
+            who = await self._recipients(rows)
+            handle = self._handle_digest if digests else self._handle
+            results = await asyncio.gather(*(handle(row, who[row.id]) for row in rows),
+                                           return_exceptions=True)
+            # One row's failure must not lose the others' outcomes (they were sent).
+            for row, result in zip(rows, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("delivery step failed; the row is retried when its lease ends",
+                              notification=str(row.id), error=repr(result))
+            await store.record_outcomes(
+                self._pool, [r for r in results if isinstance(r, Outcome)], self._clock())
+            total += len(rows)
+        return total
+
+    async def _recipients(self, rows: Sequence[Row]) -> dict[UUID, Recipient]:
+        users = await directory.users(self._pool, {
+            (r.agency, r.recipient) for r in rows
+            if r.recipient_role in (RecipientRole.CASE_MANAGER, RecipientRole.USER)})
+        found: dict[UUID, Recipient] = {}
+        for row in rows:
+            if row.recipient_role == RecipientRole.PARTICIPANT:
+                found[row.id] = await self._participant(row)
+            elif row.recipient_role == RecipientRole.SUPERVISORS:
+                members = await directory.supervisors(self._pool, row.agency)
+                found[row.id] = Recipient(None, None, tuple(m.user_id for m in members))
+            else:
+                prefs = users.get((row.agency, row.recipient))
+                found[row.id] = Recipient(prefs, prefs.email if prefs else None)
+        return found
+
+    async def _participant(self, row: Row) -> Recipient:
+        assert row.case_id is not None
+        prefs = await directory.participant_of(self._pool, row.agency, row.case_id)
+        facts = await case_facts(self._pool, row.case_id)
+        address = (prefs.email if prefs else None) or (facts["participant_email"]
+                                                       if facts else None)
+        return Recipient(prefs, address)
+
+    async def _handle(self, row: Row, who: Recipient) -> Outcome | None:
+        now = self._clock()
+        stale = timedelta(hours=self._settings.stale_after_hours)
+        match decide(row, who, now, stale_after=stale):
+            case Send(address, for_participant):
+                try:
+                    rendered = render(row.kind, row.context, row.case_id,
+                                      for_participant=for_participant)
+                except (ValueError, KeyError, OSError) as error:
+                    return Outcome(row.id, "dead", False, row.attempts,
+                                   error=f"could not render the message: {error!r}")
+                return await self._send(row, rendered, address)
+            case Cancel(reason):
+                self._metrics.cancelled.labels(row.kind).inc()
+                return Outcome(row.id, "cancelled", False, row.attempts, error=reason)
+            case Dead(reason):
+                self._metrics.dead.labels(row.kind).inc()
+                return Outcome(row.id, "dead", False, row.attempts, error=reason)
+            case Defer(until):
+                await store.release(self._pool, row.id, until, now)
+            case ToDigest(_, zone):
+                await self._into_digest(row, zone, now)
+            case FanOut(members):
+                children = [Notice(f"{row.key}:{member}", Kind(row.kind), row.case_id,
+                                   row.agency, RecipientRole.USER, member, row.due_at,
+                                   row.context) for member in members]
+                await store.fan_out(self._pool, row, children,
+                                    self._settings.message_id_domain, now)
+        return None
+
+    async def _into_digest(self, row: Row, zone: str, now: datetime) -> None:
+        for skip in range(7):
+            at = next_local_time(zone, self._settings.digest_time, now, skip)
+            notice = digest_notice(row, zone, at)
+            if await store.attach_to_digest(self._pool, row, notice,
+                                            self._settings.message_id_domain, now):
+                return
+        raise RuntimeError(f"no open digest for {row.recipient} within a week")
+
+    async def _handle_digest(self, digest: Row, who: Recipient) -> Outcome | None:
+        items = await store.digest_children(self._pool, digest.id)
+        if not items:
+            return Outcome(digest.id, "cancelled", False, digest.attempts,
+                           error="nothing left to send")
+        if not who.address:
+            outcome = Outcome(digest.id, "dead", False, digest.attempts,
+                              error=f"no email address on file for {digest.recipient}")
+        else:
+            rendered = render_digest([render(i.kind, i.context, i.case_id) for i in items])
+            outcome = await self._send(digest, rendered, who.address)
+        await store.mark_digest_children(self._pool, digest.id, outcome, self._clock())
+        return outcome
+
+    async def _send(self, row: Row, rendered: Rendered, address: str) -> Outcome:
+        message = build_message(row, rendered, address, self._settings.mail_from, self._clock())
+        async with self._slots:
+            result = await self._smtp.send(message, address)
+        return self._outcome(row, result)
+
+    def _outcome(self, row: Row, result: SmtpResult) -> Outcome:
+        now = self._clock()
+        attempt = row.attempts + 1
+        done = Outcome(row.id, "sent", True, attempt, result.code, None,
+                       attempt_outcome=result.outcome)
+        if result.outcome == "sent":
+            self._metrics.sent.labels(row.kind).inc()
+            return done
+        error = f"{result.code or 'no reply'}: {result.detail}"[:1000]
+        retry_at = None if result.outcome == "permanent" else self._retry.next_attempt(
+            attempt, row.first_attempt_at or now, now, self._rng)
+        if retry_at is not None:
+            self._metrics.failed.labels(row.kind).inc()
+            return replace(done, status="failed", error=error, not_before=retry_at)
+        self._metrics.dead.labels(row.kind).inc()
+        reason = (f"refused permanently: {error}" if result.outcome == "permanent"
+                  else f"gave up after {attempt} attempt(s): {error}")
+        return replace(done, status="dead", error=reason)

@@ -1,0 +1,158 @@
+"""Following the records feed over HTTP: long-poll, durable checkpoint, backoff on errors.
+
+The checkpoint lives in ``notifier.checkpoint`` and moves in the same transaction as the
+page's effects (services/notifier/schedule.py), so a crash anywhere replays at most one page,
+and a replayed page changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiohttp
+import asyncpg
+import structlog
+from pydantic import ValidationError
+
+from schemas.feed import FeedPage
+from services.common.auth import Role, issue_token
+from services.notifier.casemodel import FeedItem
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.rules import RuleSettings
+from services.notifier.schedule import FEED_CHECKPOINT, PageResult, apply_page
+from services.notifier.settings import NotifierSettings
+from services.notifier.store.cases import load_checkpoint
+
+log = structlog.get_logger("casetrail.notifier.feed")
+Clock = Callable[[], datetime]
+_TOKEN_TTL = 3600
+
+
+class FeedError(RuntimeError):
+    pass
+
+
+class FeedToken:
+    """RECORDS_TOKEN when given; otherwise a service token signed here, renewed before expiry."""
+
+    def __init__(self, settings: NotifierSettings) -> None:
+        self._fixed = settings.records_token
+        self._secret = settings.jwt_secret
+        self._token = ""
+        self._renew_at = 0.0
+        if not (self._fixed or self._secret):
+            raise RuntimeError("set RECORDS_TOKEN or CASETRAIL_JWT_SECRET to read the feed")
+
+    def value(self) -> str:
+        if self._fixed:
+            return self._fixed
+        if time.time() >= self._renew_at:
+            assert self._secret is not None
+            self._token = issue_token(self._secret, sub="notifier", role=Role.SERVICE,
+                                      agency="casetrail", ttl_seconds=_TOKEN_TTL)
+            self._renew_at = time.time() + _TOKEN_TTL / 2
+        return self._token
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[FeedItem]
+    checkpoint: str
+
+
+def _items(page: FeedPage) -> list[FeedItem]:
+    return [FeedItem(e.checkpoint, e.case_id, e.version, e.event_id, e.type, e.schema_version,
+                     e.data, e.agency, e.recorded_at) for e in page.events]
+
+
+class FeedSubscriber:
+    def __init__(self, pool: asyncpg.Pool, settings: NotifierSettings, rules: RuleSettings,
+                 clock: Clock, metrics: NotifierMetrics,
+                 on_new_work: Callable[[], None] = lambda: None) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._rules = rules
+        self._clock = clock
+        self._metrics = metrics
+        self._on_new_work = on_new_work
+        self._token = FeedToken(settings)
+        self._session: aiohttp.ClientSession | None = None
+        self.healthy = False
+        self.last_error: str | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._settings.feed_wait_seconds + 30))
+        return self._session
+
+    async def fetch(self, after: str, wait: float) -> Page:
+        params: dict[str, str] = {"limit": str(self._settings.feed_page_size),
+                                  "wait": str(wait)}
+        if after:
+            params["after"] = after
+        url = self._settings.records_url.rstrip("/") + "/v1/events"
+        headers = {"Authorization": f"Bearer {self._token.value()}"}
+        try:
+            async with self._client().get(url, params=params, headers=headers) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise FeedError(f"feed answered {response.status}: {body[:300]!r}")
+            page = FeedPage.model_validate_json(body)
+        except (aiohttp.ClientError, TimeoutError, ValidationError) as error:
+            raise FeedError(f"feed unreachable or unreadable: {error}") from error
+        return Page(_items(page), page.checkpoint)
+
+    async def step(self, wait: float) -> int:
+        """Read one page after the stored checkpoint and apply it; the number of events."""
+        after = await load_checkpoint(self._pool, FEED_CHECKPOINT)
+        page = await self.fetch(after, wait)
+        self.healthy, self.last_error = True, None
+        if not page.items:
+            self._metrics.feed_lag.set(0)
+            return 0
+        result = await self._apply(after, page)
+        if result is not None and result.celebrations:
+            self._on_new_work()
+        return len(page.items)
+
+    async def _apply(self, after: str, page: Page) -> PageResult | None:
+        now = self._clock()
+        result = await apply_page(self._pool, page.items, after=after,
+                                  checkpoint=page.checkpoint, rules=self._rules,
+                                  domain=self._settings.message_id_domain, now=now)
+        self._metrics.feed_events.inc(len(page.items))
+        newest = page.items[-1].recorded_at
+        self._metrics.feed_lag.set(max(0.0, (now - newest).total_seconds()))
+        return result
+
+    async def catch_up(self) -> int:
+        """Apply every page available now (no waiting); the number of events read."""
+        total = 0
+        while (count := await self.step(0)) > 0:
+            total += count
+        return total
+
+    async def run(self) -> None:
+        """Follow the feed until cancelled; back off (with jitter) while it is unreachable."""
+        delay = 0.5
+        while True:
+            try:
+                await self.step(self._settings.feed_wait_seconds)
+                delay = 0.5
+            except (FeedError, OSError, asyncpg.PostgresError) as error:
+                self._metrics.feed_errors.inc()
+                self.healthy, self.last_error = False, str(error)
+                log.warning("feed read failed; retrying", error=str(error), retry_in=delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 30.0)

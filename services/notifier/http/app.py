@@ -1,0 +1,135 @@
+"""The notifier's aiohttp application: wiring, lifecycle and the operational routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from schemas.feed import Health
+from services.common.auth import TokenVerifier
+from services.common.database import apply_migrations, create_pool, pending_migrations
+from services.common.http import VERIFIER, Api, auth_middleware, json_response
+from services.common.http import request_id_middleware as request_ids
+from services.common.problems import Handler, problem_middleware
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.service import Notifier, utc_now
+from services.notifier.settings import NotifierSettings
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "store" / "migrations"
+SCHEMA = "notifier"
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class Context:
+    settings: NotifierSettings
+    pool: asyncpg.Pool
+    notifier: Notifier
+    metrics: NotifierMetrics
+    clock: Clock
+
+
+NOTIFIER = web.AppKey("notifier", Context)
+METRICS = web.AppKey("notifier_metrics", NotifierMetrics)
+api = Api(title="Casetrail notifier", version="1")
+
+
+def ctx(request: web.Request) -> Context:
+    return request.app[NOTIFIER]
+
+
+async def migrate(database_url: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    finally:
+        await conn.close()
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[METRICS].request_seconds.labels(
+        request.method, route, str(response.status)).observe(loop.time() - started)
+    return response
+
+
+def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
+               background: bool = True) -> web.Application:
+    """The notifier app. ``background=False`` leaves the feed and dispatch loops stopped
+    (tests drive them step by step through ``app[NOTIFIER].notifier``)."""
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set")
+    database_url = settings.database_url
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[request_ids, metrics_middleware, problem_middleware,
+                                       auth_middleware])
+    app[VERIFIER] = TokenVerifier(settings.common())
+    app[METRICS] = NotifierMetrics()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await migrate(database_url)
+        pool = await create_pool(database_url, max_size=settings.db_pool_max)
+        notifier = Notifier(pool, settings, clock, app[METRICS])
+        app[NOTIFIER] = Context(settings, pool, notifier, app[METRICS], clock)
+        if background:
+            await notifier.start()
+        yield
+        await notifier.stop()
+        await pool.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    from services.notifier.http import routes  # noqa: F401  (registers the API routes)
+
+    api.add_routes(app)
+    return app
+
+
+@api.route("GET", "/healthz", "the process is up", response=Health, public=True, tag="ops")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@api.route("GET", "/readyz", "database reachable, migrations current, feed readable",
+           response=Health, public=True, tag="ops")
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2), ctx(request).pool.acquire() as conn:
+            pending = await pending_migrations(conn, SCHEMA, MIGRATIONS)
+        checks["database"] = "ok"
+        checks["migrations"] = "current" if not pending else f"pending: {', '.join(pending)}"
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        checks["database"] = f"unreachable: {type(error).__name__}"
+    subscriber = ctx(request).notifier.subscriber
+    checks["feed"] = "ok" if subscriber.healthy else f"not yet read: {subscriber.last_error}"
+    ready = checks.get("database") == "ok" and checks.get("migrations") == "current"
+    return json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                         status=200 if ready else 503)
+
+
+@api.route("GET", "/openapi.json", "this API's OpenAPI 3.1 description", public=True, tag="ops")
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(api.openapi())
+
+
+@api.route("GET", "/docs", "human-readable list of operations", public=True, tag="ops")
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=api.docs_page(), content_type="text/html")
+
+
+@api.route("GET", "/metrics", "Prometheus metrics", public=True, tag="ops")
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

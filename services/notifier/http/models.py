@@ -1,0 +1,109 @@
+"""Request and response bodies of the notifier API (pydantic; unknown fields refused)."""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from typing import Annotated, Literal, Self
+from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from schemas.events import Email
+
+_HH_MM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+DirectoryRole = Literal["case_manager", "supervisor", "participant", "auditor", "analyst"]
+Status = Literal["scheduled", "sent", "failed", "dead", "cancelled"]
+UserPath = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,200}$")]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class QuietHours(Body):
+    start: str = Field(description="HH:MM, local time of the recipient")
+    end: str = Field(description="HH:MM; before start means overnight")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        if not _HH_MM.match(value):
+            raise ValueError("use 24-hour HH:MM, for example 21:30")
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        return self
+
+    def times(self) -> tuple[time, time]:
+        return time.fromisoformat(self.start), time.fromisoformat(self.end)
+
+
+class PreferencesInput(Body):
+    email: Email | None
+    delivery: Literal["immediate", "daily_digest"]
+    timezone: str = Field(min_length=1, max_length=64, description="IANA name, e.g. Europe/Berlin")
+    quiet_hours: QuietHours | None = None
+    celebrations: StrictBool
+    role: DirectoryRole | None = Field(
+        default=None, description="directory role; your own is taken from your token")
+    cases: list[UUID] | None = Field(default=None, max_length=50,
+                                     description="participants: the cases they belong to")
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, value: str) -> str:
+        if value.startswith(("/", ".")) or ".." in value:
+            raise ValueError("not an IANA time zone name")
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError("not an IANA time zone name, e.g. America/Chicago") from error
+        return value
+
+
+class PreferencesView(BaseModel):
+    user: str
+    agency: str
+    role: str
+    email: str | None
+    delivery: str
+    timezone: str
+    quiet_hours: dict[str, str] | None
+    celebrations: bool
+    cases: list[str]
+
+
+class NotificationsQuery(Body):
+    recipient: str | None = Field(default=None, min_length=1, max_length=250)
+    case_id: UUID | None = None
+    status: Status | None = None
+    kind: str | None = Field(default=None, pattern=r"^[a-z_]{1,40}$")
+    limit: int = Field(default=100, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=100_000)
+
+
+class ScheduleQuery(Body):
+    case_id: UUID
+
+
+class NotificationView(BaseModel):
+    id: UUID
+    key: str
+    kind: str
+    case_id: UUID | None
+    recipient: str
+    recipient_role: str
+    due_at: str
+    deliver_after: str
+    status: Status
+    attempts: int
+    last_code: int | None
+    last_error: str | None
+    message_id: str
+    sent_at: str | None
+    digest_id: UUID | None

@@ -1,0 +1,208 @@
+"""The notifier API: preferences, notifications, schedule, dead-letter retry, dev mail page.
+
+Tenancy as in the records service: everything is scoped to the caller's agency, and a case or
+notification of another agency answers 404.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from uuid import UUID
+
+from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
+
+from services.common.auth import Principal, Role
+from services.common.http import json_response, parse_body, parse_query, principal
+from services.common.problems import Problem
+from services.notifier import mailbox
+from services.notifier.http.app import api, ctx
+from services.notifier.http.models import (
+    NotificationsQuery,
+    NotificationView,
+    PreferencesInput,
+    PreferencesView,
+    ScheduleQuery,
+    UserPath,
+)
+from services.notifier.rules import participant_recipient
+from services.notifier.store import directory
+from services.notifier.store import notifications as store
+from services.notifier.store.cases import case_facts
+from services.notifier.store.directory import Preferences
+
+_USER = TypeAdapter(UserPath)
+_NOT_FOUND = Problem(404, "Not found", "no such notification", kind="not-found")
+
+
+def _path_user(request: web.Request) -> str:
+    try:
+        return _USER.validate_python(request.match_info["user"])
+    except ValidationError as error:
+        raise Problem(400, "Bad request", "user must be 1-200 visible characters",
+                      kind="bad-id", errors=[{"field": "path.user", "message": "invalid"}]
+                      ) from error
+
+
+def _path_id(request: web.Request) -> UUID:
+    try:
+        return UUID(request.match_info["notification_id"])
+    except ValueError as error:
+        raise Problem(400, "Bad request", "notification_id must be a UUID", kind="bad-id",
+                      errors=[{"field": "path.notification_id", "message": "not a UUID"}]
+                      ) from error
+
+
+def _may_manage(who: Principal, user: str) -> None:
+    if who.sub != user and who.role is not Role.SUPERVISOR:
+        raise Problem(403, "Forbidden", "you may set your own preferences; supervisors set"
+                      " those of their agency", kind="forbidden")
+
+
+def _directory_entry(who: Principal, user: str, body: PreferencesInput) -> Preferences:
+    own = who.sub == user
+    if own and body.role is not None and body.role != who.role.value:
+        raise Problem(422, "Invalid request", "your role comes from your token",
+                      kind="validation", errors=[{"field": "body.role",
+                                                  "message": f"your role is {who.role}"}])
+    role = who.role.value if own else (body.role or "case_manager")
+    cases = tuple(body.cases or ())
+    if own and who.role is Role.PARTICIPANT:
+        if body.cases is not None and not set(cases) <= who.cases:
+            raise Problem(422, "Invalid request", "participants name only their own cases",
+                          kind="validation", errors=[{"field": "body.cases",
+                                                      "message": "not your case"}])
+        cases = tuple(sorted(who.cases)) if body.cases is None else cases
+    quiet = body.quiet_hours.times() if body.quiet_hours else (None, None)
+    return Preferences(who.agency, user, role, body.email, body.delivery, body.timezone,
+                       quiet[0], quiet[1], body.celebrations, cases)
+
+
+@api.route("PUT", "/v1/preferences/{user}", "set a recipient's preferences (own; supervisors:"
+           " their agency's)", body=PreferencesInput, response=PreferencesView,
+           tag="notifier")
+async def put_preferences(request: web.Request) -> web.Response:
+    who = principal(request)
+    user = _path_user(request)
+    _may_manage(who, user)
+    body = await parse_body(request, PreferencesInput)
+    entry = _directory_entry(who, user, body)
+    await directory.upsert(ctx(request).pool, entry, who.sub, ctx(request).clock())
+    return json_response(entry.as_json())
+
+
+@api.route("GET", "/v1/preferences/{user}", "read a recipient's preferences",
+           response=PreferencesView, tag="notifier")
+async def get_preferences(request: web.Request) -> web.Response:
+    who = principal(request)
+    user = _path_user(request)
+    _may_manage(who, user)
+    found = await directory.get(ctx(request).pool, who.agency, user)
+    if found is None:
+        raise Problem(404, "Not found", f"no preferences for {user}", kind="not-found")
+    return json_response(found.as_json())
+
+
+def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
+    base = store.Filter(who.agency, query.recipient, query.case_id, query.status, query.kind)
+    match who.role:
+        case Role.SERVICE:
+            return replace(base, agency=None)
+        case Role.SUPERVISOR:
+            return base
+        case Role.CASE_MANAGER:
+            return replace(base, visible_to_manager=who.sub)
+        case Role.PARTICIPANT:
+            if query.case_id is None or query.case_id not in who.cases:
+                raise Problem(422, "Invalid request", "participants list by one of their cases",
+                              kind="validation", errors=[{"field": "query.case_id",
+                                                          "message": "name your case"}])
+            return replace(base, recipient=participant_recipient(query.case_id))
+    raise Problem(403, "Forbidden", f"the {who.role} role does not read notifications",
+                  kind="forbidden")
+
+
+@api.route("GET", "/v1/notifications", "notifications, filtered by recipient, case, status",
+           query=NotificationsQuery, tag="notifier")
+async def list_notifications(request: web.Request) -> web.Response:
+    query = parse_query(request, NotificationsQuery)
+    rows = await store.list_rows(ctx(request).pool, _listing_filter(principal(request), query),
+                                 limit=query.limit, offset=query.offset)
+    return json_response({"notifications": [r.as_json() for r in rows],
+                          "next_offset": query.offset + len(rows)
+                          if len(rows) == query.limit else None})
+
+
+async def _visible_row(request: web.Request) -> store.Row:
+    who = principal(request)
+    row = await store.get_row(ctx(request).pool, _path_id(request))
+    if row is None or (who.role is not Role.SERVICE and row.agency != who.agency):
+        raise _NOT_FOUND
+    if who.role in (Role.SERVICE, Role.SUPERVISOR) or row.recipient == who.sub:
+        return row
+    if who.role is Role.CASE_MANAGER and row.case_id is not None:
+        facts = await case_facts(ctx(request).pool, row.case_id)
+        if facts is not None and facts["case_manager"] == who.sub:
+            return row
+    raise _NOT_FOUND
+
+
+@api.route("GET", "/v1/notifications/{notification_id}", "one notification with its attempts",
+           response=NotificationView, tag="notifier")
+async def get_notification(request: web.Request) -> web.Response:
+    row = await _visible_row(request)
+    attempts = await store.attempts_of(ctx(request).pool, row.id)
+    return json_response({**row.as_json(), "attempt_log": attempts})
+
+
+@api.route("POST", "/v1/notifications/{notification_id}/retry",
+           "send a dead letter again (same Message-ID)", tag="notifier")
+async def retry_notification(request: web.Request) -> web.Response:
+    who = principal(request)
+    row = await _visible_row(request)
+    if who.role not in (Role.SUPERVISOR, Role.SERVICE) and row.recipient != who.sub:
+        raise Problem(403, "Forbidden", "supervisors and the recipient retry dead letters",
+                      kind="forbidden")
+    c = ctx(request)
+    if not await store.revive_dead(c.pool, row.id, c.clock()):
+        raise Problem(409, "Conflict", f"only dead notifications are retried; this one is"
+                      f" {row.status}", kind="not-dead", status_now=row.status)
+    c.notifier.poke()
+    revived = await store.get_row(c.pool, row.id)
+    assert revived is not None
+    return json_response(revived.as_json(), status=202)
+
+
+@api.route("GET", "/v1/schedule", "what is still to be sent for a case, and when",
+           query=ScheduleQuery, tag="notifier")
+async def case_schedule(request: web.Request) -> web.Response:
+    who = principal(request)
+    query = parse_query(request, ScheduleQuery)
+    facts = await case_facts(ctx(request).pool, query.case_id)
+    if facts is None or facts["agency"] != who.agency:
+        raise Problem(404, "Not found", "no such case", kind="not-found")
+    allowed = (who.role is Role.SUPERVISOR
+               or (who.role is Role.CASE_MANAGER and facts["case_manager"] == who.sub))
+    if not allowed:
+        raise Problem(403, "Forbidden", "the case manager and supervisors read the schedule",
+                      kind="forbidden")
+    rows = await store.list_rows(ctx(request).pool, store.Filter(
+        who.agency, case_id=query.case_id, pending_only=True), limit=500)
+    return json_response({"case_id": str(query.case_id), "case_manager": facts["case_manager"],
+                          "status": facts["status"],
+                          "pending": [r.as_json() for r in rows]})
+
+
+@api.route("GET", "/mail", "development only: the mail the local catcher caught", public=True,
+           tag="dev")
+async def caught_mail(request: web.Request) -> web.Response:
+    folder = ctx(request).settings.mail_dir
+    if folder is None:
+        raise Problem(404, "Not found", "no mail catcher in this deployment", kind="not-found")
+    name = request.query.get("file")
+    if name is not None:
+        message = mailbox.read_caught(folder, name)
+        if message is None:
+            raise Problem(404, "Not found", "no such message", kind="not-found")
+        return web.Response(text=message, content_type="text/plain")
+    return web.Response(text=mailbox.html_index(folder), content_type="text/html")

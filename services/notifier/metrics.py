@@ -1,0 +1,30 @@
+"""Prometheus metrics of the notifier (one registry per app, so tests stay apart)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class NotifierMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sent = Counter("casetrail_notifications_sent_total", "messages accepted by SMTP",
+                            ["kind"], registry=r)
+        self.failed = Counter("casetrail_notifications_failed_total",
+                              "attempts that failed and will be retried", ["kind"], registry=r)
+        self.dead = Counter("casetrail_notifications_dead_total",
+                            "notifications given up (dead letters)", ["kind"], registry=r)
+        self.cancelled = Counter("casetrail_notifications_cancelled_total",
+                                 "notifications cancelled at delivery time", ["kind"],
+                                 registry=r)
+        self.feed_events = Counter("casetrail_notifier_feed_events_total",
+                                   "feed events received", registry=r)
+        self.feed_errors = Counter("casetrail_notifier_feed_errors_total",
+                                   "failed reads of the records feed", registry=r)
+        self.feed_lag = Gauge("casetrail_notifier_feed_lag_seconds",
+                              "age of the newest feed event handled (0 when caught up)",
+                              registry=r)
+        self.request_seconds = Histogram("casetrail_http_request_seconds",
+                                         "HTTP request latency", ["method", "route", "status"],
+                                         registry=r)

@@ -1,0 +1,202 @@
+"""What to tell whom, and when: pure functions from the case read model and events to notices.
+
+Two families:
+
+* timed notices follow from the current state of a case (reviews still to hold, steps and
+  goals with dates). ``timed_notices`` is recomputed after every event and the schedule is
+  reconciled with it, so a review held, a transfer, a closure or a revised date simply
+  changes the answer.
+* celebrations follow from one event (a step completed, a goal achieved) and are keyed by
+  that event, so replaying the feed finds them already there.
+
+Keys are deterministic: a notice has the same key however often the feed is replayed, and the
+key names the date it is about, so a rescheduled review is a new notice, never a resend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from schemas import events as ev
+from services.notifier.casemodel import CaseModel, FeedItem, Goal, Review, Step
+
+
+class Kind(StrEnum):
+    REVIEW_REMINDER = "review_reminder"
+    REVIEW_DUE_TODAY = "review_due_today"
+    REVIEW_OVERDUE = "review_overdue"
+    STEP_NUDGE = "step_nudge"
+    GOAL_TARGET_DATE = "goal_target_date"
+    SMALL_WIN = "small_win"
+    MILESTONE = "milestone"
+    DAILY_DIGEST = "daily_digest"
+
+
+CELEBRATIONS = frozenset({Kind.SMALL_WIN, Kind.MILESTONE})
+OPEN_STEP_STATUSES = frozenset({"not_started", "in_progress"})
+
+
+class RecipientRole(StrEnum):
+    CASE_MANAGER = "case_manager"
+    PARTICIPANT = "participant"
+    SUPERVISORS = "supervisors"
+    USER = "user"
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    reminder_days_before: int = 3
+    overdue_grace_days: int = 2
+    nudge_days_after: int = 1
+    send_time: time = time(9, 0)
+    timezone: str = "UTC"
+
+    def at_send_time(self, day: date) -> datetime:
+        """The moment on ``day`` when dated notices go out (service time zone)."""
+        return datetime.combine(day, self.send_time, tzinfo=ZoneInfo(self.timezone))
+
+
+@dataclass(frozen=True)
+class Notice:
+    key: str
+    kind: Kind
+    case_id: UUID | None
+    agency: str
+    recipient_role: RecipientRole
+    recipient: str
+    due_at: datetime
+    context: dict[str, Any] = field(default_factory=dict)
+    source_event: UUID | None = None
+
+
+def participant_recipient(case_id: UUID) -> str:
+    return f"participant:{case_id}"
+
+
+# --------------------------------------------------------------------------------------------
+# timed notices
+# --------------------------------------------------------------------------------------------
+
+
+def timed_notices(case: CaseModel, rules: RuleSettings) -> list[Notice]:
+    """Every dated notice the case calls for right now; none once the case is closed."""
+    if case.status != "open":
+        return []
+    notices: list[Notice] = []
+    for review in case.reviews.values():
+        notices += review_notices(case, review, rules)
+    for step in case.steps.values():
+        notices += step_nudges(case, step, rules)
+    for goal in case.goals.values():
+        notices += goal_target_notices(case, goal, rules)
+    return sorted(notices, key=lambda n: n.key)
+
+
+def _to_manager(case: CaseModel, key: str, kind: Kind, due_at: datetime,
+                context: dict[str, Any]) -> Notice:
+    return Notice(key, kind, case.case_id, case.agency, RecipientRole.CASE_MANAGER,
+                  case.case_manager, due_at, {"participant": case.participant_called, **context})
+
+
+def review_notices(case: CaseModel, review: Review, rules: RuleSettings) -> list[Notice]:
+    """Reminder N days before and on the day; overdue after the grace days (manager and
+    supervisors). A reminder whose moment had passed when the review was scheduled is left out."""
+    due = review.due_date
+    context = {"review_id": str(review.review_id), "due_date": due.isoformat()}
+    base = f"{review.review_id}:{due.isoformat()}"
+    notices = []
+    before = rules.at_send_time(due - timedelta(days=rules.reminder_days_before))
+    if before > review.scheduled_at:
+        notices.append(_to_manager(
+            case, f"review_reminder:{base}:{rules.reminder_days_before}d",
+            Kind.REVIEW_REMINDER, before,
+            {**context, "days_before": rules.reminder_days_before}))
+    on_the_day = rules.at_send_time(due)
+    if on_the_day > review.scheduled_at:
+        notices.append(_to_manager(case, f"review_due_today:{base}", Kind.REVIEW_DUE_TODAY,
+                                   on_the_day, context))
+    overdue_at = rules.at_send_time(due + timedelta(days=rules.overdue_grace_days))
+    overdue_context = {**context, "grace_days": rules.overdue_grace_days,
+                       "case_manager": case.case_manager}
+    notices.append(_to_manager(case, f"review_overdue:{base}:case_manager",
+                               Kind.REVIEW_OVERDUE, overdue_at, overdue_context))
+    notices.append(Notice(f"review_overdue:{base}:supervisors", Kind.REVIEW_OVERDUE,
+                          case.case_id, case.agency, RecipientRole.SUPERVISORS, "supervisors",
+                          overdue_at, {"participant": case.participant_called,
+                                       **overdue_context}))
+    return notices
+
+
+def step_nudges(case: CaseModel, step: Step, rules: RuleSettings) -> list[Notice]:
+    """A gentle nudge once an open step of an active goal is past its due date."""
+    goal = case.goals.get(step.goal_id)
+    if step.due_date is None or step.status not in OPEN_STEP_STATUSES:
+        return []
+    if goal is not None and goal.status != "active":
+        return []
+    due_at = rules.at_send_time(step.due_date + timedelta(days=rules.nudge_days_after))
+    return [_to_manager(case, f"step_nudge:{step.step_id}:{step.due_date.isoformat()}",
+                        Kind.STEP_NUDGE, due_at, {
+                            "step_id": str(step.step_id), "description": step.description,
+                            "due_date": step.due_date.isoformat(), **_goal_context(goal)})]
+
+
+def goal_target_notices(case: CaseModel, goal: Goal, rules: RuleSettings) -> list[Notice]:
+    """On an active goal's target date: a moment to notice progress or agree a new date."""
+    if goal.target_date is None or goal.status != "active":
+        return []
+    return [_to_manager(case, f"goal_target_date:{goal.goal_id}:{goal.target_date.isoformat()}",
+                        Kind.GOAL_TARGET_DATE, rules.at_send_time(goal.target_date),
+                        {"target_date": goal.target_date.isoformat(), **_goal_context(goal)})]
+
+
+def _goal_context(goal: Goal | None) -> dict[str, Any]:
+    if goal is None:
+        return {}
+    return {"goal_id": str(goal.goal_id), "goal_title": goal.title,
+            "in_their_words": goal.in_their_words}
+
+
+# --------------------------------------------------------------------------------------------
+# celebrations
+# --------------------------------------------------------------------------------------------
+
+
+def event_notices(case: CaseModel, item: FeedItem, payload: ev.EventPayload) -> list[Notice]:
+    """Celebrations of the event, sent as soon as possible (never for a closed case)."""
+    if case.status != "open":
+        return []
+    if isinstance(payload, ev.ActionStepCompleted):
+        return [small_win(case, item, payload)]
+    if isinstance(payload, ev.GoalStatusChanged) and payload.status == "achieved":
+        return milestone(case, item, payload)
+    return []
+
+
+def small_win(case: CaseModel, item: FeedItem, p: ev.ActionStepCompleted) -> Notice:
+    context = {"step_id": str(p.step_id), "description": p.description, "owner": p.owner,
+               "note": p.note, **_goal_context(case.goals.get(p.goal_id))}
+    notice = _to_manager(case, f"small_win:{item.event_id}", Kind.SMALL_WIN, item.recorded_at,
+                         context)
+    return replace(notice, source_event=item.event_id)
+
+
+def milestone(case: CaseModel, item: FeedItem, p: ev.GoalStatusChanged) -> list[Notice]:
+    goal = case.goals.get(p.goal_id)
+    context = {"goal_id": str(p.goal_id), "goal_title": p.title,
+               "in_their_words": goal.in_their_words if goal else None}
+    to_manager = _to_manager(case, f"milestone:{item.event_id}:case_manager", Kind.MILESTONE,
+                             item.recorded_at, context)
+    # Always scheduled; at delivery it goes out only if the participant opted in with an
+    # address (preferences are not in the feed, so the schedule must not depend on them).
+    to_participant = Notice(f"milestone:{item.event_id}:participant", Kind.MILESTONE,
+                            case.case_id, case.agency, RecipientRole.PARTICIPANT,
+                            participant_recipient(case.case_id), item.recorded_at,
+                            {"participant": case.participant_called, **context})
+    return [replace(to_manager, source_event=item.event_id),
+            replace(to_participant, source_event=item.event_id)]

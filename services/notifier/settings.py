@@ -1,0 +1,72 @@
+"""The notifier's configuration, from environment variables (flags of `casetrail notifier`
+override host and port)."""
+
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.settings import Settings
+
+
+class NotifierSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    jwt_secret: str | None = Field(default=None, alias="CASETRAIL_JWT_SECRET")
+    jwt_public_key_file: Path | None = Field(default=None, alias="CASETRAIL_JWT_PUBLIC_KEY_FILE")
+    jwks_file: Path | None = Field(default=None, alias="CASETRAIL_JWKS_FILE")
+    jwt_audience: str | None = Field(default=None, alias="CASETRAIL_JWT_AUDIENCE")
+    jwt_issuer: str | None = Field(default=None, alias="CASETRAIL_JWT_ISSUER")
+    log_level: str = Field(default="info", alias="CASETRAIL_LOG_LEVEL")
+    max_body_bytes: int = Field(default=64 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
+
+    records_url: str = Field(default="http://127.0.0.1:8080", alias="RECORDS_URL")
+    records_token: str | None = Field(default=None, alias="RECORDS_TOKEN")
+    host: str = Field(default="127.0.0.1", alias="NOTIFIER_HOST")
+    port: int = Field(default=8081, alias="NOTIFIER_PORT")
+    db_pool_max: int = Field(default=10, alias="NOTIFIER_DB_POOL_MAX")
+
+    smtp_host: str = Field(default="127.0.0.1", alias="SMTP_HOST")
+    smtp_port: int = Field(default=1025, alias="SMTP_PORT")
+    smtp_username: str | None = Field(default=None, alias="SMTP_USERNAME")
+    smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD")
+    smtp_starttls: bool = Field(default=False, alias="SMTP_STARTTLS")
+    smtp_timeout_seconds: float = Field(default=10.0, alias="SMTP_TIMEOUT")
+    mail_from: str = Field(default="Casetrail <notices@casetrail.local>", alias="NOTIFIER_FROM")
+    message_id_domain: str = Field(default="casetrail.local", alias="NOTIFIER_MESSAGE_ID_DOMAIN")
+
+    feed_page_size: int = Field(default=200, ge=1, le=1000, alias="NOTIFIER_FEED_PAGE_SIZE")
+    feed_wait_seconds: float = Field(default=25.0, ge=0, le=60, alias="NOTIFIER_FEED_WAIT")
+
+    reminder_days_before: int = Field(default=3, ge=1, le=60, alias="NOTIFIER_REMINDER_DAYS")
+    overdue_grace_days: int = Field(default=2, ge=0, le=60, alias="NOTIFIER_OVERDUE_GRACE_DAYS")
+    nudge_days_after: int = Field(default=1, ge=0, le=60, alias="NOTIFIER_NUDGE_DAYS_AFTER")
+    send_time: time = Field(default=time(9, 0), alias="NOTIFIER_SEND_TIME")
+    timezone: str = Field(default="UTC", alias="NOTIFIER_TIMEZONE")
+    digest_time: time = Field(default=time(8, 0), alias="NOTIFIER_DIGEST_TIME")
+    stale_after_hours: float = Field(default=72.0, gt=0, alias="NOTIFIER_STALE_AFTER_HOURS")
+
+    dispatch_interval_seconds: float = Field(default=1.0, gt=0, alias="NOTIFIER_DISPATCH_INTERVAL")
+    dispatch_batch: int = Field(default=100, ge=1, le=1000, alias="NOTIFIER_DISPATCH_BATCH")
+    dispatch_concurrency: int = Field(default=8, ge=1, le=64, alias="NOTIFIER_SMTP_CONNECTIONS")
+    lease_seconds: float = Field(default=120.0, gt=0, alias="NOTIFIER_LEASE_SECONDS")
+    retry_attempts: int = Field(default=8, ge=1, le=50, alias="NOTIFIER_RETRY_ATTEMPTS")
+    retry_base_seconds: float = Field(default=30.0, ge=0, alias="NOTIFIER_RETRY_BASE_SECONDS")
+    retry_max_seconds: float = Field(default=3600.0, ge=0, alias="NOTIFIER_RETRY_MAX_SECONDS")
+    retry_horizon_seconds: float = Field(default=24 * 3600.0, gt=0,
+                                         alias="NOTIFIER_RETRY_HORIZON_SECONDS")
+
+    mail_dir: Path | None = Field(default=None, alias="NOTIFIER_DEV_MAIL_DIR")
+
+    def common(self) -> Settings:
+        """The shared settings services.common needs (token verification)."""
+        return Settings.model_validate({
+            "DATABASE_URL": self.database_url, "CASETRAIL_JWT_SECRET": self.jwt_secret,
+            "CASETRAIL_JWT_PUBLIC_KEY_FILE": self.jwt_public_key_file,
+            "CASETRAIL_JWKS_FILE": self.jwks_file,
+            "CASETRAIL_JWT_AUDIENCE": self.jwt_audience,
+            "CASETRAIL_JWT_ISSUER": self.jwt_issuer, "CASETRAIL_LOG_LEVEL": self.log_level})

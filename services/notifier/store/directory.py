@@ -1,0 +1,87 @@
+"""SQL of preferences, which double as the notifier's directory (user, agency, role)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time
+from typing import Any, TypeAlias
+from uuid import UUID
+
+import asyncpg
+
+Db: TypeAlias = Any  # asyncpg.Connection or asyncpg.Pool (asyncpg ships no types)
+
+
+@dataclass(frozen=True)
+class Preferences:
+    agency: str
+    user_id: str
+    role: str
+    email: str | None
+    delivery: str
+    timezone: str
+    quiet_start: time | None
+    quiet_end: time | None
+    celebrations: bool
+    cases: tuple[UUID, ...] = ()
+
+    @classmethod
+    def of(cls, r: asyncpg.Record) -> Preferences:
+        return cls(r["agency"], r["user_id"], r["role"], r["email"], r["delivery"],
+                   r["timezone"], r["quiet_start"], r["quiet_end"], r["celebrations"],
+                   tuple(r["cases"]))
+
+    def as_json(self) -> dict[str, Any]:
+        quiet = ({"start": self.quiet_start.strftime("%H:%M"),
+                  "end": self.quiet_end.strftime("%H:%M")}
+                 if self.quiet_start is not None and self.quiet_end is not None else None)
+        return {"user": self.user_id, "agency": self.agency, "role": self.role,
+                "email": self.email, "delivery": self.delivery, "timezone": self.timezone,
+                "quiet_hours": quiet, "celebrations": self.celebrations,
+                "cases": [str(c) for c in self.cases]}
+
+
+async def upsert(db: Db, prefs: Preferences, updated_by: str, now: datetime) -> None:
+    await db.execute(
+        """INSERT INTO notifier.directory (agency, user_id, role, email, delivery, timezone,
+                                           quiet_start, quiet_end, celebrations, cases,
+                                           updated_by, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::uuid[], $11, $12)
+           ON CONFLICT (agency, user_id) DO UPDATE SET role = EXCLUDED.role,
+             email = EXCLUDED.email, delivery = EXCLUDED.delivery,
+             timezone = EXCLUDED.timezone, quiet_start = EXCLUDED.quiet_start,
+             quiet_end = EXCLUDED.quiet_end, celebrations = EXCLUDED.celebrations,
+             cases = EXCLUDED.cases, updated_by = EXCLUDED.updated_by,
+             updated_at = EXCLUDED.updated_at""",
+        prefs.agency, prefs.user_id, prefs.role, prefs.email, prefs.delivery, prefs.timezone,
+        prefs.quiet_start, prefs.quiet_end, prefs.celebrations, list(prefs.cases), updated_by,
+        now)
+
+
+async def get(db: Db, agency: str, user_id: str) -> Preferences | None:
+    row = await db.fetchrow("SELECT * FROM notifier.directory WHERE agency = $1"
+                            " AND user_id = $2", agency, user_id)
+    return Preferences.of(row) if row else None
+
+
+async def users(db: Db, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Preferences]:
+    if not keys:
+        return {}
+    agencies, ids = zip(*sorted(keys), strict=True)
+    rows = await db.fetch(
+        "SELECT d.* FROM notifier.directory d JOIN unnest($1::text[], $2::text[]) AS k(a, u)"
+        " ON d.agency = k.a AND d.user_id = k.u", list(agencies), list(ids))
+    return {(r["agency"], r["user_id"]): Preferences.of(r) for r in rows}
+
+
+async def supervisors(db: Db, agency: str) -> list[Preferences]:
+    rows = await db.fetch("SELECT * FROM notifier.directory WHERE agency = $1"
+                          " AND role = 'supervisor' ORDER BY user_id", agency)
+    return [Preferences.of(r) for r in rows]
+
+
+async def participant_of(db: Db, agency: str, case_id: UUID) -> Preferences | None:
+    row = await db.fetchrow("SELECT * FROM notifier.directory WHERE agency = $1"
+                            " AND role = 'participant' AND $2::uuid = ANY(cases)"
+                            " ORDER BY updated_at DESC LIMIT 1", agency, case_id)
+    return Preferences.of(row) if row else None

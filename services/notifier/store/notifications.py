@@ -1,0 +1,380 @@
+"""SQL of the durable schedule: one row per notice per recipient, claimed with SKIP LOCKED."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
+from uuid import UUID, uuid5
+
+import asyncpg
+
+from services.notifier.rules import Kind, Notice, RecipientRole
+
+_ID_NAMESPACE = UUID("0f6c1c55-93e4-4f57-bb8e-2a4f3f1f7a10")
+PENDING = ("scheduled", "failed")
+TIMED_KINDS = [Kind.REVIEW_REMINDER, Kind.REVIEW_DUE_TODAY, Kind.REVIEW_OVERDUE,
+               Kind.STEP_NUDGE, Kind.GOAL_TARGET_DATE]
+Db: TypeAlias = Any  # asyncpg.Connection or asyncpg.Pool (asyncpg ships no types)
+
+
+def notification_id(key: str) -> UUID:
+    """Derived from the key, so a notice keeps its id (and Message-ID) across replays."""
+    return uuid5(_ID_NAMESPACE, key)
+
+
+def message_id(row_id: UUID, domain: str) -> str:
+    return f"<{row_id}@{domain}>"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: UUID
+    key: str
+    kind: str
+    case_id: UUID | None
+    agency: str
+    recipient_role: str
+    recipient: str
+    due_at: datetime
+    not_before: datetime
+    status: str
+    attempts: int
+    last_code: int | None
+    last_error: str | None
+    message_id: str
+    context: dict[str, Any]
+    first_attempt_at: datetime | None
+    sent_at: datetime | None
+    digest_id: UUID | None
+    parent_id: UUID | None
+
+    @classmethod
+    def of(cls, r: asyncpg.Record) -> Row:
+        return cls(r["id"], r["key"], r["kind"], r["case_id"], r["agency"], r["recipient_role"],
+                   r["recipient"], r["due_at"], r["not_before"], r["status"], r["attempts"],
+                   r["last_code"], r["last_error"], r["message_id"], json.loads(r["context"]),
+                   r["first_attempt_at"], r["sent_at"], r["digest_id"], r["parent_id"])
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": str(self.id), "key": self.key, "kind": self.kind,
+                "case_id": str(self.case_id) if self.case_id else None,
+                "recipient": self.recipient, "recipient_role": self.recipient_role,
+                "due_at": self.due_at.isoformat(), "deliver_after": self.not_before.isoformat(),
+                "status": self.status, "attempts": self.attempts, "last_code": self.last_code,
+                "last_error": self.last_error, "message_id": self.message_id,
+                "sent_at": self.sent_at.isoformat() if self.sent_at else None,
+                "digest_id": str(self.digest_id) if self.digest_id else None}
+
+
+_INSERT = """
+INSERT INTO notifier.notifications
+  (id, key, kind, case_id, agency, recipient_role, recipient, due_at, not_before, status,
+   message_id, context, source_event, parent_id, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 'scheduled', $9, $10::jsonb, $11, $12, $13, $13)
+ON CONFLICT (key) DO NOTHING"""
+
+
+def _insert_args(n: Notice, domain: str, now: datetime,
+                 parent_id: UUID | None = None) -> tuple[Any, ...]:
+    row_id = notification_id(n.key)
+    return (row_id, n.key, str(n.kind), n.case_id, n.agency, str(n.recipient_role),
+            n.recipient, n.due_at, message_id(row_id, domain), json.dumps(n.context),
+            n.source_event, parent_id, now)
+
+
+async def insert_notices(conn: asyncpg.Connection, notices: Sequence[Notice], domain: str,
+                         now: datetime, parent_id: UUID | None = None) -> None:
+    """Insert new notices; a key seen before is left as it is (replays add nothing)."""
+    if notices:
+        await conn.executemany(_INSERT, [_insert_args(n, domain, now, parent_id)
+                                         for n in notices])
+
+
+def _json_equal(stored: str, wanted: dict[str, Any]) -> bool:
+    return bool(json.loads(stored) == json.loads(json.dumps(wanted)))
+
+
+async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Sequence[Notice],
+                         *, case_manager: str, closed: bool, reason: str, domain: str,
+                         now: datetime) -> None:
+    """Make the case's pending timed notices equal ``desired``: cancel what is no longer
+    called for, move or re-date what changed, add what is new. Sent ones are history."""
+    # Lock only the timed rows, in id order (record_outcomes updates in id order, so the two
+    # cannot deadlock on them). Celebration rows stay unlocked: the dispatcher claims them with
+    # SKIP LOCKED and would otherwise pass over them while later events of the case are read.
+    rows = await conn.fetch(
+        "SELECT key, status, recipient, due_at, context, cancelled_by_case"
+        " FROM notifier.notifications WHERE case_id = $1 AND kind = ANY($2::text[])"
+        " AND parent_id IS NULL ORDER BY id FOR UPDATE", case_id, [str(k) for k in TIMED_KINDS])
+    existing = {r["key"]: r for r in rows}
+    wanted = {n.key: n for n in desired}
+    stale = [k for k, r in existing.items() if k not in wanted and r["status"] in PENDING]
+    changed = [n for k, n in wanted.items() if k in existing and _differs(existing[k], n)]
+    await _cancel_keys(conn, stale, f"no longer called for after {reason}", now)
+    await conn.executemany(
+        "UPDATE notifier.notifications SET status = 'scheduled', recipient = $2, due_at = $3,"
+        " not_before = $3, context = $4::jsonb, cancelled_by_case = false, last_error = NULL,"
+        " updated_at = $5 WHERE key = $1",
+        [(n.key, n.recipient, n.due_at, json.dumps(n.context), now) for n in changed])
+    await insert_notices(conn, [n for k, n in wanted.items() if k not in existing], domain, now)
+    await _follow_case(conn, case_id, case_manager, closed, reason, now)
+
+
+def _differs(row: asyncpg.Record, n: Notice) -> bool:
+    if row["status"] == "cancelled":
+        return bool(row["cancelled_by_case"])
+    if row["status"] not in PENDING:
+        return False
+    return (row["recipient"] != n.recipient or row["due_at"] != n.due_at
+            or not _json_equal(row["context"], n.context))
+
+
+async def _cancel_keys(conn: asyncpg.Connection, keys: Sequence[str], reason: str,
+                       now: datetime) -> None:
+    await conn.execute(
+        "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"
+        " last_error = $2, lease_owner = NULL, lease_until = NULL, updated_at = $3"
+        " WHERE key = ANY($1::text[]) AND status IN ('scheduled', 'failed')",
+        list(keys), reason, now)
+
+
+async def _follow_case(conn: asyncpg.Connection, case_id: UUID, case_manager: str,
+                       closed: bool, reason: str, now: datetime) -> None:
+    """Pending notices of any kind follow a transfer and end with the case."""
+    await conn.execute(
+        "UPDATE notifier.notifications SET recipient = $2, updated_at = $3,"
+        " digest_id = NULL, not_before = CASE WHEN digest_id IS NULL THEN not_before"
+        " ELSE due_at END"  # out of the old manager's digest: the new one's preferences apply
+        " WHERE case_id = $1 AND recipient_role = 'case_manager' AND recipient <> $2"
+        " AND status IN ('scheduled', 'failed')", case_id, case_manager, now)
+    if closed:
+        await conn.execute(
+            "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"
+            " last_error = $2, updated_at = $3"
+            " WHERE case_id = $1 AND status IN ('scheduled', 'failed')",
+            case_id, f"the case was closed ({reason})", now)
+
+
+# --------------------------------------------------------------------------------------------
+# claiming and outcomes
+# --------------------------------------------------------------------------------------------
+
+
+async def claim_due(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int,
+                    lease: timedelta, digests: bool) -> list[Row]:
+    """Lease up to ``limit`` due rows; another instance skips them (and takes them over only
+    if this one dies and the lease runs out)."""
+    rows = await pool.fetch(
+        """WITH due AS (
+             SELECT id FROM notifier.notifications
+             WHERE status IN ('scheduled', 'failed') AND digest_id IS NULL
+               AND not_before <= $1 AND (lease_until IS NULL OR lease_until < $1)
+               AND (kind = 'daily_digest') = $5
+             ORDER BY not_before LIMIT $2 FOR UPDATE SKIP LOCKED)
+           UPDATE notifier.notifications n SET lease_owner = $3, lease_until = $4,
+                                               updated_at = $1
+           FROM due WHERE n.id = due.id RETURNING n.*""",
+        now, limit, owner, now + lease, digests)
+    return sorted((Row.of(r) for r in rows), key=lambda r: (r.not_before, r.key))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed row. ``attempted``: an SMTP attempt was made (recorded)."""
+
+    row_id: UUID
+    status: str
+    attempted: bool
+    attempt_no: int
+    code: int | None = None
+    error: str | None = None
+    not_before: datetime | None = None
+    attempt_outcome: str | None = None
+
+
+async def record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome],
+                          now: datetime) -> None:
+    """Record what happened to claimed rows. Retried on deadlock: a message that went out
+    but was not recorded would be sent again once its lease ran out."""
+    ordered = sorted(outcomes, key=lambda o: o.row_id)
+    for attempt in range(5):
+        try:
+            await _record_outcomes(pool, ordered, now)
+            return
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == 4:
+                raise
+
+
+async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome],
+                           now: datetime) -> None:
+    if not outcomes:
+        return
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.executemany(
+            """UPDATE notifier.notifications SET status = $2,
+                 attempts = attempts + $3::int, last_code = $4, last_error = $5,
+                 not_before = coalesce($6, not_before),
+                 sent_at = CASE WHEN $2 = 'sent' THEN $7 ELSE sent_at END,
+                 first_attempt_at = CASE WHEN $3::int = 1 THEN coalesce(first_attempt_at, $7)
+                                         ELSE first_attempt_at END,
+                 cancelled_by_case = false, lease_owner = NULL, lease_until = NULL,
+                 updated_at = $7
+               WHERE id = $1""",
+            [(o.row_id, o.status, 1 if o.attempted else 0, o.code, o.error, o.not_before, now)
+             for o in outcomes])
+        await conn.executemany(
+            "INSERT INTO notifier.attempts VALUES ($1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT DO NOTHING",
+            [(o.row_id, o.attempt_no, now, o.code, o.attempt_outcome, o.error)
+             for o in outcomes if o.attempted])
+
+
+async def mark_digest_children(pool: asyncpg.Pool, digest_id: UUID, outcome: Outcome,
+                               now: datetime) -> None:
+    """The notices inside a digest share its fate once it is sent or given up."""
+    if outcome.status not in ("sent", "dead"):
+        return
+    await pool.execute(
+        "UPDATE notifier.notifications SET status = $2, last_code = $3, last_error = $4,"
+        " sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, updated_at = $5"
+        " WHERE digest_id = $1 AND status IN ('scheduled', 'failed')",
+        digest_id, outcome.status, outcome.code,
+        None if outcome.status == "sent" else f"digest not delivered: {outcome.error}", now)
+
+
+async def digest_children(pool: asyncpg.Pool, digest_id: UUID) -> list[Row]:
+    rows = await pool.fetch(
+        "SELECT * FROM notifier.notifications WHERE digest_id = $1"
+        " AND status IN ('scheduled', 'failed') ORDER BY due_at, key", digest_id)
+    return [Row.of(r) for r in rows]
+
+
+async def attach_to_digest(pool: asyncpg.Pool, row: Row, digest: Notice, domain: str,
+                           now: datetime) -> bool:
+    """Put ``row`` into the recipient's digest ``digest``; False when that digest is already
+    being sent (the caller tries the next day's)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_INSERT, *_insert_args(digest, domain, now))
+        open_digest = await conn.fetchval(
+            "SELECT id FROM notifier.notifications WHERE key = $1 AND status = 'scheduled'"
+            " AND attempts = 0 AND lease_until IS NULL FOR UPDATE", digest.key)
+        if open_digest is None:
+            return False
+        await conn.execute(
+            "UPDATE notifier.notifications SET digest_id = $2, not_before = $3,"
+            " lease_owner = NULL, lease_until = NULL, updated_at = $4 WHERE id = $1",
+            row.id, open_digest, digest.due_at, now)
+        return True
+
+
+async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], domain: str,
+                  now: datetime) -> None:
+    """Replace a notice addressed to a group by one notice per member, due now."""
+    async with pool.acquire() as conn, conn.transaction():
+        await insert_notices(conn, children, domain, now, parent_id=parent.id)
+        await conn.execute(
+            "UPDATE notifier.notifications SET status = 'sent', sent_at = $2, last_error = $3,"
+            " lease_owner = NULL, lease_until = NULL, updated_at = $2 WHERE id = $1",
+            parent.id, now, "handed on to " + ", ".join(c.recipient for c in children))
+
+
+async def release(pool: asyncpg.Pool, row_id: UUID, not_before: datetime,
+                  now: datetime) -> None:
+    await pool.execute(
+        "UPDATE notifier.notifications SET not_before = $2, lease_owner = NULL,"
+        " lease_until = NULL, updated_at = $3 WHERE id = $1", row_id, not_before, now)
+
+
+# --------------------------------------------------------------------------------------------
+# reading and operator actions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filter:
+    agency: str | None
+    recipient: str | None = None
+    case_id: UUID | None = None
+    status: str | None = None
+    kind: str | None = None
+    pending_only: bool = False
+    visible_to_manager: str | None = None
+
+
+async def list_rows(db: Db, f: Filter, *, limit: int, offset: int = 0) -> list[Row]:
+    clauses, args = ["true"], []
+
+    def add(sql: str, value: Any) -> None:
+        args.append(value)
+        clauses.append(sql.replace("?", f"${len(args)}"))
+
+    if f.agency is not None:
+        add("agency = ?", f.agency)
+    if f.recipient is not None:
+        add("recipient = ?", f.recipient)
+    if f.case_id is not None:
+        add("case_id = ?", f.case_id)
+    if f.status is not None:
+        add("status = ?", f.status)
+    if f.kind is not None:
+        add("kind = ?", f.kind)
+    if f.pending_only:
+        clauses.append("status IN ('scheduled', 'failed')")
+    if f.visible_to_manager is not None:
+        add("(recipient = ? OR case_id IN (SELECT case_id FROM notifier.cases"
+            " WHERE case_manager = ?))", f.visible_to_manager)
+    args += [limit, offset]
+    rows = await db.fetch(
+        f"SELECT * FROM notifier.notifications WHERE {' AND '.join(clauses)}"
+        f" ORDER BY due_at, key LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args)
+    return [Row.of(r) for r in rows]
+
+
+async def get_row(db: Db, row_id: UUID) -> Row | None:
+    r = await db.fetchrow("SELECT * FROM notifier.notifications WHERE id = $1", row_id)
+    return Row.of(r) if r else None
+
+
+async def attempts_of(db: Db, row_id: UUID) -> list[dict[str, Any]]:
+    rows = await db.fetch("SELECT attempt, attempted_at, smtp_code, outcome, error"
+                          " FROM notifier.attempts WHERE notification_id = $1"
+                          " ORDER BY attempt", row_id)
+    return [{"attempt": r["attempt"], "at": r["attempted_at"].isoformat(),
+             "smtp_code": r["smtp_code"], "outcome": r["outcome"], "error": r["error"]}
+            for r in rows]
+
+
+async def revive_dead(db: Db, row_id: UUID, now: datetime) -> bool:
+    """Send a dead letter again: a fresh retry budget, the same Message-ID."""
+    updated = await db.fetchval(
+        "UPDATE notifier.notifications SET status = 'scheduled', not_before = $2,"
+        " first_attempt_at = NULL, digest_id = NULL, lease_owner = NULL, lease_until = NULL,"
+        " updated_at = $2"
+        " WHERE id = $1 AND status = 'dead' RETURNING 1", row_id, now)
+    if updated is not None:
+        await db.execute(
+            "UPDATE notifier.notifications SET status = 'scheduled', not_before = $2,"
+            " updated_at = $2 WHERE digest_id = $1 AND status = 'dead'", row_id, now)
+    return updated is not None
+
+
+async def counts_by_status(db: Db) -> dict[str, int]:
+    rows = await db.fetch("SELECT status, count(*) AS n FROM notifier.notifications"
+                          " GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def schedule_snapshot(db: Db) -> list[tuple[Any, ...]]:
+    """The schedule as the feed defines it (tests and rebuild checks compare these)."""
+    rows = await db.fetch(
+        "SELECT key, kind, case_id, agency, recipient_role, recipient, due_at, status,"
+        " context::text AS context FROM notifier.notifications WHERE parent_id IS NULL"
+        " AND kind <> 'daily_digest' ORDER BY key")
+    return [tuple(r.values()) for r in rows]
+
+
+__all__ = ["PENDING", "TIMED_KINDS", "Filter", "Notice", "Outcome", "RecipientRole", "Row"]

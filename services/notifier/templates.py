@@ -1,0 +1,92 @@
+"""Text and HTML bodies from the files in templates/ (person-first, strengths-based wording).
+
+A ``.txt`` template starts with a ``Subject:`` line; the ``.html`` template is the body inside
+layout.html. Values are escaped for HTML; templates are ``string.Template`` files, so they hold
+no logic: the few optional sentences are built here.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from functools import cache
+from pathlib import Path
+from string import Template
+from typing import Any
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+@cache
+def _template(name: str) -> Template:
+    return Template((TEMPLATES / name).read_text(encoding="utf-8"))
+
+
+def _nice_date(value: Any) -> str:
+    if not value:
+        return ""
+    day = date.fromisoformat(str(value))
+    return f"{day:%A} {day.day} {day:%B %Y}"
+
+
+def template_values(context: dict[str, Any], case_id: object | None) -> dict[str, str]:
+    """Every placeholder a template may use, as plain text."""
+    participant = str(context.get("participant") or "the participant")
+    words = context.get("in_their_words")
+    title = str(context.get("goal_title") or "")
+    toward = words or title
+    note = context.get("note")
+    return {
+        "participant": participant,
+        "due_date": _nice_date(context.get("due_date")),
+        "target_date": _nice_date(context.get("target_date")),
+        "days_before": str(context.get("days_before", "")),
+        "grace_days": str(context.get("grace_days", "")),
+        "case_manager": str(context.get("case_manager") or "not recorded"),
+        "description": str(context.get("description") or ""),
+        "goal_title": title,
+        "achievement": str(words or title),
+        "words_line": f' In {participant}\'s words: "{words}".' if words else "",
+        "goal_line": f' It is a step toward "{toward}".' if toward else "",
+        "note_line": f" Note: {note}" if note else "",
+        "case_link": f"Case {case_id}" if case_id else "",
+    }
+
+
+def render(kind: str, context: dict[str, Any], case_id: object | None = None,
+           *, for_participant: bool = False) -> Rendered:
+    name = f"{kind}_participant" if for_participant else kind
+    values = template_values(context, case_id)
+    first, _, text = _template(f"{name}.txt").safe_substitute(values).partition("\n")
+    subject = " ".join(first.removeprefix("Subject:").split())
+    escaped = {k: html.escape(v) for k, v in values.items()}
+    body = _template(f"{name}.html").safe_substitute(escaped)
+    page = _template("layout.html").safe_substitute(subject=html.escape(subject), body=body)
+    return Rendered(subject, text.strip() + "\n", page)
+
+
+def render_digest(items: Sequence[Rendered]) -> Rendered:
+    text_items = "\n".join(f"- {item.subject}\n  {_first_line(item.text)}" for item in items)
+    html_items = "".join(f"<li><strong>{html.escape(item.subject)}</strong><br>"
+                         f"{html.escape(_first_line(item.text))}</li>" for item in items)
+    count = str(len(items))
+    first, _, text = _template("daily_digest.txt").safe_substitute(
+        count=count, items=text_items).partition("\n")
+    subject = first.removeprefix("Subject:").strip()
+    body = _template("daily_digest.html").safe_substitute(count=count, items=html_items)
+    page = _template("layout.html").safe_substitute(subject=html.escape(subject), body=body)
+    return Rendered(subject, text.strip() + "\n", page)
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip() and line.strip() != "Hello,"]
+    return lines[0].strip() if lines else ""

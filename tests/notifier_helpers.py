@@ -1,0 +1,232 @@
+"""Test harness of the notifier: a scripted SMTP server (aiosmtpd, in this event loop), a
+records API writer and a notifier wired to a records test server, all on one FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from aiosmtpd.smtp import SMTP
+
+from services.notifier.http.app import NOTIFIER, create_app
+from services.notifier.service import Notifier
+from services.notifier.settings import NotifierSettings
+from services.notifier.store.notifications import schedule_snapshot
+from tests.conftest import JWT_SECRET, ClientFactory, FakeClock, TokenFactory, bearer
+
+PARTICIPANT = {"name": "Jordan Rivera", "preferred_name": "Jo", "pronouns": "they/them",
+               "email": "jo@example.org"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class SmtpServer:
+    """A real SMTP server. ``replies`` scripts the answers to DATA (then 250 for the rest);
+    ``received`` holds every message accepted, ``refused`` every one answered otherwise."""
+
+    port: int = field(default_factory=free_port)
+    replies: list[str] = field(default_factory=list)
+    received: list[Message] = field(default_factory=list)
+    refused: list[tuple[str, Message]] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.original_content or envelope.content)
+        reply = self.replies.pop(0) if self.replies else "250 OK"
+        if reply.startswith("2"):
+            self.received.append(message)
+            self.arrived.set()
+        else:
+            self.refused.append((reply, message))
+        return reply
+
+    async def start(self) -> SmtpServer:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTP(self, hostname="test-smtp"), "127.0.0.1", self.port)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def subjects(self) -> list[str]:
+        return [str(m["Subject"]) for m in self.received]
+
+    def to(self, address: str) -> list[Message]:
+        return [m for m in self.received if m["To"] == address]
+
+
+def notifier_settings(database_url: str, records_url: str, smtp_port: int,
+                      **overrides: object) -> NotifierSettings:
+    values: dict[str, object] = {
+        "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET,
+        "RECORDS_URL": records_url, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": smtp_port,
+        "NOTIFIER_RETRY_BASE_SECONDS": 60, "NOTIFIER_RETRY_ATTEMPTS": 4,
+        "NOTIFIER_SMTP_CONNECTIONS": 4, "SMTP_TIMEOUT": 5}
+    values.update(overrides)
+    return NotifierSettings.model_validate(values)
+
+
+class Records:
+    """Writes to the records service through its HTTP API."""
+
+    def __init__(self, client: TestClient, token: str) -> None:
+        self.client = client
+        self.token = token
+
+    async def call(self, method: str, path: str, body: Any = None, expect: int = 200,
+                   token: str | None = None) -> Any:
+        response = await self.client.request(method, path, json=body,
+                                             headers=bearer(token or self.token))
+        payload = await response.json()
+        assert response.status == expect, (response.status, payload)
+        return payload
+
+    async def open_case(self, case_manager: str = "cm-1", risk: str = "moderate",
+                        participant: dict[str, Any] | None = None) -> str:
+        body = {"participant": participant or PARTICIPANT, "case_manager": case_manager,
+                "risk_level": risk}
+        return str((await self.call("POST", "/v1/cases", body, 201))["case_id"])
+
+    async def goal(self, case_id: str, title: str = "Find steady work",
+                   words: str = "I want a job where I use my hands", **extra: Any) -> str:
+        body = {"title": title, "domain": "employment", "source": "participant",
+                "in_their_words": words, **extra}
+        return str((await self.call("POST", f"/v1/cases/{case_id}/goals", body, 201))["id"])
+
+    async def step(self, case_id: str, goal_id: str, description: str = "Visit the job centre",
+                   **extra: Any) -> str:
+        body = {"description": description, "owner": "participant", **extra}
+        path = f"/v1/cases/{case_id}/goals/{goal_id}/steps"
+        return str((await self.call("POST", path, body, 201))["id"])
+
+    async def complete(self, case_id: str, step_id: str, note: str | None = None) -> None:
+        await self.call("POST", f"/v1/cases/{case_id}/steps/{step_id}/complete",
+                        {"note": note} if note else {})
+
+    async def achieve(self, case_id: str, goal_id: str) -> None:
+        await self.call("POST", f"/v1/cases/{case_id}/goals/{goal_id}/status",
+                        {"status": "achieved"})
+
+    async def agree(self, case_id: str, add_goal: bool = True) -> str:
+        """Agree the plan (a plan needs a goal: one is set first unless told not to);
+        returns the id of the review it scheduled."""
+        if add_goal:
+            await self.goal(case_id, "Keep my flat", "A home of my own")
+        result = await self.call("POST", f"/v1/cases/{case_id}/agreements", {
+            "participation": "in_person", "present": ["Jo"],
+            "participant_statement": "This is my plan"}, 201)
+        return next(e["data"]["review_id"] for e in result["events"]
+                    if e["type"] == "ReviewScheduled")
+
+    async def hold_review(self, case_id: str, review_id: str) -> str:
+        result = await self.call("POST", f"/v1/cases/{case_id}/reviews/{review_id}/held",
+                                 {"summary": "We looked at what is working"})
+        return next(e["data"]["review_id"] for e in result["events"]
+                    if e["type"] == "ReviewScheduled")
+
+    async def transfer(self, case_id: str, to: str, token: str | None = None) -> None:
+        await self.call("POST", f"/v1/cases/{case_id}/transfer",
+                        {"case_manager": to, "reason": "caseload balancing"}, token=token)
+
+    async def close(self, case_id: str) -> None:
+        await self.call("POST", f"/v1/cases/{case_id}/close", {"reason": "plan completed"})
+
+    async def reopen(self, case_id: str) -> None:
+        await self.call("POST", f"/v1/cases/{case_id}/reopen", {"reason": "asked for help"})
+
+    async def revise_step(self, case_id: str, step_id: str, due: str) -> None:
+        await self.call("PATCH", f"/v1/cases/{case_id}/steps/{step_id}",
+                        {"due_date": due, "reason": "agreed a new date"})
+
+
+@dataclass
+class NotifierRig:
+    """A notifier app (background loops off: tests drive feed and dispatch) and its client."""
+
+    client: TestClient
+    clock: FakeClock
+
+    @property
+    def notifier(self) -> Notifier:
+        return self.client.app[NOTIFIER].notifier
+
+    async def catch_up(self) -> int:
+        return await self.notifier.subscriber.catch_up()
+
+    async def dispatch(self) -> int:
+        return await self.notifier.dispatcher.dispatch_due()
+
+    async def snapshot(self) -> list[tuple[Any, ...]]:
+        return await schedule_snapshot(self.notifier.pool)
+
+    async def rows(self, **where: Any) -> list[dict[str, Any]]:
+        clauses = " AND ".join(f"{k} = ${i}" for i, k in enumerate(where, 1)) or "true"
+        found = await self.notifier.pool.fetch(
+            f"SELECT * FROM notifier.notifications WHERE {clauses} ORDER BY due_at, key",
+            *where.values())
+        return [dict(r) for r in found]
+
+    async def set_prefs(self, user: str, token: str, **body: Any) -> Any:
+        prefs = {"email": f"{user}@example.org", "delivery": "immediate", "timezone": "UTC",
+                 "celebrations": True, **body}
+        response = await self.client.put(f"/v1/preferences/{user}", json=prefs,
+                                         headers=bearer(token))
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+RigFactory = Callable[..., Awaitable[NotifierRig]]
+
+
+async def make_rig(aiohttp_client: Callable[..., Awaitable[TestClient]], database_url: str,
+                   records: TestClient, smtp: SmtpServer, clock: FakeClock,
+                   **overrides: object) -> NotifierRig:
+    records_url = str(records.make_url("")).rstrip("/")
+    settings = notifier_settings(database_url, records_url, smtp.port, **overrides)
+    client = await aiohttp_client(create_app(settings, clock=clock, background=False))
+    return NotifierRig(client, clock)
+
+
+# Fixtures shared by the notifier test modules (imported there by name).
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpServer]:
+    server = await SmtpServer().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def records(make_records_client: ClientFactory, fresh_database_url: str,
+                  clock: FakeClock, token: TokenFactory) -> Records:
+    client = await make_records_client(fresh_database_url, clock=clock)
+    return Records(client, token())
+
+
+@pytest.fixture
+async def rig(aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+              records: Records, smtp: SmtpServer, clock: FakeClock) -> NotifierRig:
+    return await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock)

@@ -1,0 +1,308 @@
+"""Delivery against a real SMTP server (aiosmtpd in this process): success, 4xx then success,
+5xx, server down then back, dead letters, preferences, digests and two instances at once."""
+
+# ruff: noqa: F811
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from uuid import UUID, uuid4
+
+from aiohttp.test_utils import TestClient
+
+from services.notifier.rules import Kind, Notice, RecipientRole
+from services.notifier.store.notifications import claim_due, insert_notices
+from tests.conftest import FakeClock, TokenFactory, bearer
+from tests.notifier_helpers import (  # noqa: F401
+    NotifierRig,
+    Records,
+    SmtpServer,
+    clock,
+    make_rig,
+    records,
+    rig,
+    smtp,
+)
+
+
+async def small_win(records: Records, description: str = "Visit the job centre") -> str:
+    case = await records.open_case()
+    goal = await records.goal(case)
+    await records.complete(case, await records.step(case, goal, description))
+    return case
+
+
+async def only_row(rig: NotifierRig, kind: str = "small_win") -> dict[str, object]:
+    [row] = await rig.rows(kind=kind)
+    return row
+
+
+async def attempt_codes(rig: NotifierRig, row_id: object) -> list[int | None]:
+    rows = await rig.notifier.pool.fetch(
+        "SELECT smtp_code FROM notifier.attempts WHERE notification_id = $1 ORDER BY attempt",
+        row_id)
+    return [r["smtp_code"] for r in rows]
+
+
+async def test_a_small_win_is_sent_once_with_text_html_and_a_stable_message_id(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    await small_win(records)
+    await rig.catch_up()
+    assert await rig.dispatch() == 1
+    assert await rig.dispatch() == 0
+    row = await only_row(rig)
+    [message] = smtp.received
+    assert row["status"] == "sent"
+    assert message["Message-ID"] == row["message_id"]
+    assert message["To"] == "cm-1@example.org"
+    assert message["Subject"] == "A small win for Jo: Visit the job centre"
+    kinds = [part.get_content_type() for part in message.walk()]
+    assert "text/plain" in kinds
+    assert "text/html" in kinds
+    assert await attempt_codes(rig, row["id"]) == [250]
+
+
+async def test_a_4xx_is_retried_later_with_the_same_message_id(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token())
+    await small_win(records)
+    await rig.catch_up()
+    smtp.replies = ["451 4.3.0 mailbox busy, try later"]
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"], row["last_code"]) == ("failed", 1, 451)
+    assert row["not_before"] > clock()
+    assert await rig.dispatch() == 0  # backing off
+    clock.now = row["not_before"]  # type: ignore[assignment]
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"]) == ("sent", 2)
+    assert await attempt_codes(rig, row["id"]) == [451, 250]
+    [(_, refused)] = smtp.refused
+    assert refused["Message-ID"] == smtp.received[0]["Message-ID"] == row["message_id"]
+
+
+async def test_a_5xx_is_a_dead_letter_that_an_operator_can_retry(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    await small_win(records)
+    await rig.catch_up()
+    smtp.replies = ["550 5.1.1 no such mailbox"]
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"], row["last_code"]) == ("dead", 1, 550)
+    assert "refused permanently" in str(row["last_error"])
+    assert await rig.dispatch() == 0
+    supervisor = token(role="supervisor", sub="sup-1")
+    response = await rig.client.post(f"/v1/notifications/{row['id']}/retry",
+                                     headers=bearer(supervisor))
+    assert response.status == 202
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"]) == ("sent", 2)
+    assert smtp.received[0]["Message-ID"] == smtp.refused[0][1]["Message-ID"]
+    again = await rig.client.post(f"/v1/notifications/{row['id']}/retry",
+                                  headers=bearer(supervisor))
+    assert again.status == 409
+
+
+async def test_server_down_then_back(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, clock: FakeClock, token: TokenFactory) -> None:
+    down = SmtpServer()  # not started: connections are refused
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, down, clock)
+    await rig.set_prefs("cm-1", token())
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["last_code"]) == ("failed", None)
+    assert "Connect" in str(row["last_error"]) or "refused" in str(row["last_error"]).lower()
+    await down.start()
+    try:
+        clock.now = row["not_before"]  # type: ignore[assignment]
+        await rig.dispatch()
+    finally:
+        await down.stop()
+    row = await only_row(rig)
+    assert row["status"] == "sent"
+    assert len(down.received) == 1
+    assert await attempt_codes(rig, row["id"]) == [None, 250]
+
+
+async def test_retries_end_in_a_dead_letter_when_attempts_run_out(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                         NOTIFIER_RETRY_ATTEMPTS=2)
+    await rig.set_prefs("cm-1", token())
+    await small_win(records)
+    await rig.catch_up()
+    smtp.replies = ["421 4.7.0 slow down", "452 4.2.2 over quota"]
+    await rig.dispatch()
+    clock.now = (await only_row(rig))["not_before"]  # type: ignore[assignment]
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"], row["last_code"]) == ("dead", 2, 452)
+    assert "gave up after 2 attempt(s)" in str(row["last_error"])
+    metrics = await (await rig.client.get("/metrics")).text()
+    assert 'casetrail_notifications_dead_total{kind="small_win"} 1.0' in metrics
+    assert 'casetrail_notifications_failed_total{kind="small_win"} 1.0' in metrics
+
+
+async def test_a_missing_address_is_reported_on_the_notification(
+        rig: NotifierRig, records: Records, smtp: SmtpServer) -> None:
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert row["status"] == "dead"
+    assert "no email address on file for cm-1" in str(row["last_error"])
+    assert smtp.received == []
+
+
+async def test_milestones_reach_the_participant_only_when_they_opted_in(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    opted_in, silent = await records.open_case(), await records.open_case()
+    await rig.set_prefs("jo", token(role="participant", sub="jo", cases=[opted_in]),
+                        email=None)
+    for case in (opted_in, silent):
+        await records.achieve(case, await records.goal(case, "Find steady work",
+                                                       "A job where I use my hands"))
+    await rig.catch_up()
+    await rig.dispatch()
+    to_jo = smtp.to("jo@example.org")
+    assert len(to_jo) == 1
+    assert "Congratulations, Jo" in str(to_jo[0]["Subject"])
+    assert len(smtp.to("cm-1@example.org")) == 2
+    assert 'achieved "A job where I use my hands"' in " ".join(smtp.subjects())
+    [cancelled] = await rig.rows(status="cancelled")
+    assert cancelled["recipient"] == f"participant:{silent}"
+    assert "not opted in" in str(cancelled["last_error"])
+
+
+async def test_turning_celebrations_off_cancels_them(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token(), celebrations=False)
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    assert (await only_row(rig))["status"] == "cancelled"
+    assert smtp.received == []
+
+
+async def test_overdue_reviews_reach_the_case_manager_and_every_supervisor_once(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token())
+    boss = token(role="supervisor", sub="sup-1")
+    await rig.set_prefs("sup-1", boss)
+    await rig.set_prefs("sup-2", boss, role="supervisor")
+    case = await records.open_case()
+    await records.agree(case)
+    await rig.catch_up()
+    clock.advance(days=62)  # two days past the due date: the overdue moment
+    await rig.dispatch()
+    await rig.dispatch()
+    overdue = [m["To"] for m in smtp.received if "not yet recorded" in str(m["Subject"])]
+    assert sorted(overdue) == ["cm-1@example.org", "sup-1@example.org", "sup-2@example.org"]
+    statuses = {r["key"].split(":")[0]: r["status"] for r in await rig.rows()
+                if r["parent_id"] is None}
+    assert statuses["review_reminder"] == "cancelled"  # five days late: no longer useful
+    assert statuses["review_due_today"] == "sent"
+
+
+async def test_daily_digest_recipients_get_one_email_at_their_local_time(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone="America/New_York")
+    await small_win(records, "Call the landlord")
+    await small_win(records, "Open a bank account")
+    await rig.catch_up()
+    await rig.dispatch()
+    assert smtp.received == []
+    [digest] = await rig.rows(kind="daily_digest")
+    assert str(digest["due_at"]) == "2026-03-02 13:00:00+00:00"  # 08:00 in New York
+    assert await rig.notifier.dispatcher.send_digests() == 0
+    clock.now = digest["due_at"]  # type: ignore[assignment]
+    assert await rig.notifier.dispatcher.send_digests() == 1
+    [message] = smtp.received
+    body = message.get_payload()[0].get_payload(decode=True).decode()  # type: ignore[index,union-attr]
+    assert "Call the landlord" in body
+    assert "Open a bank account" in body
+    assert {r["status"] for r in await rig.rows(kind="small_win")} == {"sent"}
+
+
+async def test_quiet_hours_hold_a_message_until_they_end(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token(), quiet_hours={"start": "08:00", "end": "10:00"})
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    assert smtp.received == []
+    clock.advance(hours=1)
+    await rig.dispatch()
+    assert len(smtp.received) == 1
+
+
+def due_notices(count: int) -> list[Notice]:
+    case_id = uuid4()
+    return [Notice(f"test:{case_id}:{n}", Kind.REVIEW_DUE_TODAY, case_id, "agency-a",
+                   RecipientRole.CASE_MANAGER, "cm-1", FakeClock().now - timedelta(minutes=1),
+                   {"participant": f"Person {n}", "due_date": "2026-03-02"})
+            for n in range(count)]
+
+
+async def test_two_instances_send_each_notice_once(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
+        token: TokenFactory) -> None:
+    other = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                           NOTIFIER_DISPATCH_BATCH=7)
+    await rig.set_prefs("cm-1", token())
+    async with rig.notifier.pool.acquire() as conn:
+        await insert_notices(conn, due_notices(150), "test", clock())
+    handled = await asyncio.gather(rig.dispatch(), other.dispatch(), rig.dispatch())
+    assert sum(handled) == 150
+    ids = [m["Message-ID"] for m in smtp.received]
+    assert len(ids) == 150
+    assert len(set(ids)) == 150
+    attempts = await rig.notifier.pool.fetch("SELECT attempts FROM notifier.notifications")
+    assert {r["attempts"] for r in attempts} == {1}
+
+
+async def test_a_lease_left_by_a_crashed_instance_is_taken_over_when_it_expires(
+        rig: NotifierRig, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    pool = rig.notifier.pool
+    async with pool.acquire() as conn:
+        await insert_notices(conn, due_notices(1), "test", clock())
+    [claimed] = await claim_due(pool, owner="crashed", now=clock(), limit=10,
+                                lease=timedelta(minutes=2), digests=False)
+    assert await rig.dispatch() == 0
+    clock.advance(minutes=3)
+    assert await rig.dispatch() == 1
+    assert smtp.received[0]["X-Casetrail-Notification"] == str(claimed.id)
+    assert isinstance(claimed.id, UUID)
+
+
+async def test_a_transfer_takes_a_notice_out_of_the_old_managers_digest(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    case = await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    assert (await only_row(rig))["digest_id"] is not None
+    await records.transfer(case, "cm-2")
+    await rig.catch_up()
+    await rig.dispatch()
+    [message] = smtp.received
+    assert message["To"] == "cm-2@example.org"
+    assert (await only_row(rig))["status"] == "sent"
+    assert await rig.notifier.dispatcher.send_digests() == 0

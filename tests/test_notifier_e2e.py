@@ -1,0 +1,96 @@
+"""End to end with every loop running: an append on the records service becomes an email
+in the development mail catcher, listed by `casetrail mail` and the /mail page."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services.notifier.cli import print_caught_mail, run_notifier, start_dev_notifier
+from services.notifier.http.app import NOTIFIER, create_app
+from services.notifier.mailbox import list_caught
+from services.notifier.settings import NotifierSettings
+from tests.conftest import JWT_SECRET, ClientFactory, TokenFactory, bearer
+from tests.notifier_helpers import Records, SmtpServer, free_port, notifier_settings
+
+
+async def wait_for_mail(folder: Path, count: int) -> None:
+    async with asyncio.timeout(30):
+        # the catcher writes files from another component: nothing to await but the folder
+        while len(list_caught(folder)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_a_completed_step_arrives_as_mail_in_the_dev_catcher(
+        make_records_client: ClientFactory, fresh_database_url: str, token: TokenFactory,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records_client = await make_records_client(fresh_database_url)
+    records = Records(records_client, token())
+    dev = await start_dev_notifier(
+        database_url=fresh_database_url, jwt_secret=JWT_SECRET,
+        records_url=str(records_client.make_url("")).rstrip("/"), mail_dir=tmp_path / "mail",
+        port=free_port(), smtp_port=free_port(),
+        recipients=[("agency-a", "cm-1", "case_manager")])
+    try:
+        async with aiohttp.ClientSession(dev.url) as http:
+            case = await records.open_case()
+            goal = await records.goal(case)
+            await records.complete(case, await records.step(case, goal, "Call the landlord"))
+            await wait_for_mail(dev.mail_dir, 1)
+            page = await (await http.get("/mail")).text()
+            assert "A small win for Jo: Call the landlord" in page
+            [caught] = list_caught(dev.mail_dir)
+            raw = await (await http.get(f"/mail?file={caught.file}")).text()
+            assert "Message-ID: " + caught.message_id in raw
+            assert (await http.get("/mail?file=../../etc/passwd")).status == 404
+    finally:
+        await dev.stop()
+    assert print_caught_mail(dev.mail_dir) == 0
+    assert "cm-1@casetrail.local" in capsys.readouterr().out
+
+
+def test_run_notifier_explains_missing_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = NotifierSettings.model_validate({"CASETRAIL_JWT_SECRET": JWT_SECRET})
+    assert run_notifier(settings) == 2
+    assert "DATABASE_URL" in capsys.readouterr().err
+
+
+async def sent_small_wins(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM notifier.notifications"
+                                   " WHERE kind = 'small_win' AND status = 'sent'"))
+
+
+async def test_two_running_notifiers_send_each_celebration_once(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], make_records_client: ClientFactory,
+        fresh_database_url: str, token: TokenFactory) -> None:
+    records_client = await make_records_client(fresh_database_url)
+    records = Records(records_client, token())
+    smtp = await SmtpServer().start()
+    try:
+        settings = notifier_settings(fresh_database_url,
+                                     str(records_client.make_url("")).rstrip("/"), smtp.port,
+                                     NOTIFIER_FEED_WAIT=1)
+        apps = [await aiohttp_client(create_app(settings)) for _ in range(2)]
+        response = await apps[0].put("/v1/preferences/cm-1", json={
+            "email": "sam@example.org", "delivery": "immediate", "timezone": "UTC",
+            "celebrations": True}, headers=bearer(token()))
+        assert response.status == 200
+        case = await records.open_case()
+        goal = await records.goal(case)
+        for n in range(12):
+            await records.complete(case, await records.step(case, goal, f"Step {n}"))
+        pool = apps[0].app[NOTIFIER].pool
+        async with asyncio.timeout(30):
+            while await sent_small_wins(pool) < 12:  # noqa: ASYNC110  (polling the database)
+                await asyncio.sleep(0.05)
+        ids = [m["Message-ID"] for m in smtp.received]
+        assert len(ids) == 12
+        assert len(set(ids)) == 12
+    finally:
+        await smtp.stop()

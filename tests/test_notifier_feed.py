@@ -1,0 +1,226 @@
+"""Following the records feed: the schedule it builds, idempotent replays, crash recovery and
+two instances reading at once. Real records service over HTTP, real PostgreSQL."""
+
+# ruff: noqa: F811
+from __future__ import annotations
+
+import ast
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services.notifier.feed import FeedError
+from services.notifier.schedule import FEED_CHECKPOINT, apply_page
+from services.notifier.service import rule_settings
+from services.notifier.store.cases import load_checkpoint, reset_checkpoint
+from tests.conftest import FakeClock
+from tests.notifier_helpers import (  # noqa: F401
+    NotifierRig,
+    Records,
+    SmtpServer,
+    clock,
+    free_port,
+    make_rig,
+    records,
+    rig,
+    smtp,
+)
+
+
+def pending(rows: list[dict[str, object]]) -> dict[str, str]:
+    return {str(r["key"]).split(":")[0] + ":" + str(r["recipient"]): str(r["status"])
+            for r in rows}
+
+
+async def test_agreeing_a_plan_schedules_reminders_from_the_feed(rig: NotifierRig,
+                                                                 records: Records) -> None:
+    case = await records.open_case()
+    review_id = await records.agree(case)
+    assert await rig.catch_up() >= 3
+    rows = await rig.rows(case_id=UUID(case))
+    assert pending(rows) == {"review_reminder:cm-1": "scheduled",
+                             "review_due_today:cm-1": "scheduled",
+                             "review_overdue:cm-1": "scheduled",
+                             "review_overdue:supervisors": "scheduled"}
+    assert all(review_id in str(r["key"]) for r in rows)
+    assert str(rows[0]["due_at"]).startswith("2026-04-28 09:00")
+
+
+async def test_review_held_cancels_and_the_next_review_starts_new_reminders(
+        rig: NotifierRig, records: Records, clock: FakeClock) -> None:
+    case = await records.open_case()
+    first = await records.agree(case)
+    await rig.catch_up()
+    clock.advance(days=50)
+    second = await records.hold_review(case, first)
+    await rig.catch_up()
+    rows = await rig.rows()
+    old = [r for r in rows if first in r["key"]]
+    new = [r for r in rows if second in r["key"]]
+    assert {r["status"] for r in old} == {"cancelled"}
+    assert all("ReviewHeld" in r["last_error"] for r in old)
+    assert len(new) == 4
+    assert {r["status"] for r in new} == {"scheduled"}
+
+
+async def test_transfer_moves_pending_notices_and_closing_cancels_them(
+        rig: NotifierRig, records: Records, token: Callable[..., str]) -> None:
+    case = await records.open_case()
+    goal = await records.goal(case)
+    step = await records.step(case, goal, due_date="2026-03-20")
+    await records.agree(case)
+    await records.complete(case, step)  # a celebration still pending at transfer time
+    await records.transfer(case, "cm-2")
+    await rig.catch_up()
+    rows = await rig.rows()
+    by_role = {(r["recipient_role"], r["recipient"]) for r in rows if r["status"] == "scheduled"}
+    assert by_role == {("case_manager", "cm-2"), ("supervisors", "supervisors")}
+    assert any(r["kind"] == "small_win" and r["recipient"] == "cm-2" for r in rows)
+    await records.call("POST", f"/v1/cases/{case}/close", {"reason": "plan completed"},
+                       token=token(sub="cm-2"))
+    await rig.catch_up()
+    assert {r["status"] for r in await rig.rows()} == {"cancelled"}
+
+
+async def test_reopening_revives_what_closing_cancelled(rig: NotifierRig,
+                                                       records: Records) -> None:
+    case = await records.open_case()
+    await records.agree(case)
+    await rig.catch_up()
+    before = await rig.snapshot()
+    await records.close(case)
+    await records.reopen(case)
+    await rig.catch_up()
+    assert await rig.snapshot() == before
+
+
+async def test_a_revised_step_date_reschedules_its_nudge(rig: NotifierRig,
+                                                         records: Records) -> None:
+    case = await records.open_case()
+    goal = await records.goal(case)
+    step = await records.step(case, goal, due_date="2026-03-20")
+    await rig.catch_up()
+    await records.revise_step(case, step, "2026-04-10")
+    await rig.catch_up()
+    nudges = {r["key"].split(":")[-1]: r["status"] for r in await rig.rows(kind="step_nudge")}
+    assert nudges == {"2026-03-20": "cancelled", "2026-04-10": "scheduled"}
+
+
+async def _story(records: Records, clock: FakeClock) -> None:
+    """A case history touching every rule."""
+    case = await records.open_case()
+    goal = await records.goal(case, target_date="2026-08-01")
+    steps = [await records.step(case, goal, f"Step {n}", due_date="2026-03-20")
+             for n in range(3)]
+    first = await records.agree(case)
+    await records.complete(case, steps[0])
+    await records.revise_step(case, steps[1], "2026-04-01")
+    clock.advance(days=30)
+    await records.hold_review(case, first)
+    await records.transfer(case, "cm-1b")
+    other = await records.open_case(case_manager="cm-1")
+    await records.agree(other)
+    await records.close(other)
+
+
+async def test_replaying_the_feed_from_zero_rebuilds_exactly_the_same_schedule(
+        rig: NotifierRig, records: Records, clock: FakeClock) -> None:
+    await _story(records, clock)
+    await rig.catch_up()
+    built = await rig.snapshot()
+    assert len(built) > 10
+    pool = rig.notifier.pool
+    # the same feed again from the start, over the existing schema: nothing changes
+    await reset_checkpoint(pool, FEED_CHECKPOINT, clock())
+    await rig.catch_up()
+    assert await rig.snapshot() == built
+    # and into an empty notifier schema: the same schedule, row for row
+    await pool.execute("TRUNCATE notifier.attempts, notifier.notifications, notifier.reviews,"
+                       " notifier.steps, notifier.goals, notifier.cases")
+    await reset_checkpoint(pool, FEED_CHECKPOINT, clock())
+    clock.advance(days=3)  # replay time must not matter
+    await rig.catch_up()
+    assert await rig.snapshot() == built
+
+
+async def test_a_crash_before_the_checkpoint_moved_replays_without_a_second_email(
+        rig: NotifierRig, records: Records, smtp: SmtpServer,
+        token: Callable[..., str]) -> None:
+    case = await records.open_case()
+    goal = await records.goal(case)
+    step = await records.step(case, goal)
+    await records.complete(case, step)
+    await rig.set_prefs("cm-1", token())
+    await rig.catch_up()
+    await rig.dispatch()
+    assert len(smtp.received) == 1
+    # the checkpoint is lost (as if the transaction that moved it never committed)
+    await reset_checkpoint(rig.notifier.pool, FEED_CHECKPOINT, rig.clock())
+    await rig.catch_up()
+    await rig.dispatch()
+    assert len(smtp.received) == 1
+    assert len(await rig.rows(kind="small_win")) == 1
+
+
+async def test_a_page_whose_checkpoint_moved_meanwhile_writes_nothing(
+        rig: NotifierRig, records: Records) -> None:
+    case = await records.open_case()
+    await records.agree(case)
+    page = await rig.notifier.subscriber.fetch("", 0)
+    pool = rig.notifier.pool
+    await pool.execute("UPDATE notifier.checkpoint SET position = 'elsewhere'")
+    result = await apply_page(pool, page.items, after="", checkpoint=page.checkpoint,
+                              rules=rule_settings(rig.notifier.settings), domain="x",
+                              now=rig.clock())
+    assert result is None
+    assert await pool.fetchval("SELECT count(*) FROM notifier.notifications") == 0
+    assert await load_checkpoint(pool, FEED_CHECKPOINT) == "elsewhere"
+
+
+async def test_two_instances_following_the_feed_build_one_schedule(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock) -> None:
+    other = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                           NOTIFIER_FEED_PAGE_SIZE=3)
+    for _ in range(4):
+        case = await records.open_case()
+        goal = await records.goal(case)
+        await records.complete(case, await records.step(case, goal))
+        await records.agree(case)
+    await asyncio.gather(rig.catch_up(), other.catch_up())
+    snapshot = await rig.snapshot()
+    assert len([s for s in snapshot if s[1] == "small_win"]) == 4
+    assert len(snapshot) == 4 * 5
+    assert await rig.catch_up() == 0
+    assert await other.catch_up() == 0
+
+
+def test_the_notifier_imports_nothing_from_records_and_reads_no_records_table() -> None:
+    root = Path(__file__).resolve().parent.parent / "services" / "notifier"
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("services.records"), path
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("services.records") for a in node.names), path
+        assert "records." not in path.read_text().replace("records.client", ""), path
+
+
+async def test_an_unreachable_or_refusing_feed_is_a_feed_error_not_a_crash(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock) -> None:
+    refused = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                             RECORDS_TOKEN="not-a-token")
+    with pytest.raises(FeedError, match="401"):
+        await refused.notifier.subscriber.step(0)
+    nowhere = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                             RECORDS_URL=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(FeedError, match="unreachable"):
+        await nowhere.notifier.subscriber.step(0)
+    ready = await (await nowhere.client.get("/readyz")).json()
+    assert ready["checks"]["feed"].startswith("not yet read")

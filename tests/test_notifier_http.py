@@ -1,0 +1,205 @@
+"""The notifier's HTTP API: preferences and who may set them, listings, the schedule, tenancy,
+bad input (always a 4xx problem, never a 500) and the operational routes."""
+
+# ruff: noqa: F811
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import TokenFactory, bearer
+from tests.notifier_helpers import (  # noqa: F401
+    NotifierRig,
+    Records,
+    SmtpServer,
+    clock,
+    records,
+    rig,
+    smtp,
+)
+
+GOOD = {"email": "sam@example.org", "delivery": "immediate", "timezone": "Europe/Berlin",
+        "quiet_hours": {"start": "21:00", "end": "07:00"}, "celebrations": True}
+
+
+async def put(rig: NotifierRig, user: str, token: str, body: Any) -> tuple[int, Any]:
+    response = await rig.client.put(f"/v1/preferences/{user}", json=body, headers=bearer(token))
+    return response.status, await response.json()
+
+
+async def test_a_user_sets_their_own_preferences_and_reads_them_back(
+        rig: NotifierRig, token: TokenFactory) -> None:
+    status, body = await put(rig, "cm-1", token(), GOOD)
+    assert status == 200
+    assert body["role"] == "case_manager"
+    assert body["agency"] == "agency-a"
+    response = await rig.client.get("/v1/preferences/cm-1", headers=bearer(token()))
+    assert (await response.json())["quiet_hours"] == {"start": "21:00", "end": "07:00"}
+
+
+async def test_only_supervisors_set_other_peoples_preferences_within_their_agency(
+        rig: NotifierRig, token: TokenFactory) -> None:
+    assert (await put(rig, "cm-2", token(), GOOD))[0] == 403
+    status, body = await put(rig, "cm-2", token(role="supervisor", sub="sup-1"),
+                             {**GOOD, "role": "supervisor"})
+    assert (status, body["role"]) == (200, "supervisor")
+    other_agency = token(role="supervisor", sub="sup-9", agency="agency-b")
+    response = await rig.client.get("/v1/preferences/cm-2", headers=bearer(other_agency))
+    assert response.status == 404
+
+
+async def test_a_user_cannot_give_themselves_another_role(rig: NotifierRig,
+                                                          token: TokenFactory) -> None:
+    status, body = await put(rig, "cm-1", token(), {**GOOD, "role": "supervisor"})
+    assert status == 422
+    assert body["errors"][0]["field"] == "body.role"
+
+
+BAD_BODIES: dict[str, Any] = {
+    "unknown field": {**GOOD, "colour": "blue"},
+    "bad delivery": {**GOOD, "delivery": "weekly"},
+    "bad time zone": {**GOOD, "timezone": "Mars/Olympus"},
+    "path time zone": {**GOOD, "timezone": "../../etc/passwd"},
+    "bad quiet hours": {**GOOD, "quiet_hours": {"start": "25:00", "end": "07:00"}},
+    "empty quiet hours": {**GOOD, "quiet_hours": {"start": "07:00", "end": "07:00"}},
+    "bad email": {**GOOD, "email": "not an address"},
+    "celebrations not bool": {**GOOD, "celebrations": "yes"},
+    "missing delivery": {k: v for k, v in GOOD.items() if k != "delivery"},
+    "list body": [GOOD],
+    "cases not uuids": {**GOOD, "cases": ["x"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_BODIES))
+async def test_bad_preferences_are_refused_with_a_problem(rig: NotifierRig, token: TokenFactory,
+                                                          name: str) -> None:
+    response = await rig.client.put("/v1/preferences/cm-1", json=BAD_BODIES[name],
+                                    headers=bearer(token()))
+    assert 400 <= response.status < 500
+    assert response.content_type == "application/problem+json"
+    assert await rig.notifier.pool.fetchval("SELECT count(*) FROM notifier.directory") == 0
+
+
+@pytest.mark.parametrize(("method", "path", "extra"), [
+    ("PUT", "/v1/preferences/cm-1", {"data": b"{not json", "headers": {
+        "Content-Type": "application/json"}}),
+    ("PUT", "/v1/preferences/cm-1", {"data": b"email=x", "headers": {
+        "Content-Type": "application/x-www-form-urlencoded"}}),
+    ("PUT", "/v1/preferences/" + "x" * 300, {"json": GOOD}),
+    ("GET", "/v1/notifications?status=lost", {}),
+    ("GET", "/v1/notifications?case_id=nope", {}),
+    ("GET", "/v1/notifications?limit=0", {}),
+    ("GET", "/v1/notifications?limit=5&limit=6", {}),
+    ("GET", "/v1/notifications?colour=blue", {}),
+    ("GET", "/v1/notifications/not-a-uuid", {}),
+    ("POST", "/v1/notifications/not-a-uuid/retry", {}),
+    ("POST", "/v1/notifications/6f1c1c55-93e4-4f57-bb8e-2a4f3f1f7a10/retry", {}),
+    ("GET", "/v1/schedule", {}),
+    ("GET", "/v1/schedule?case_id=123", {}),
+    ("GET", "/v1/schedule?case_id=6f1c1c55-93e4-4f57-bb8e-2a4f3f1f7a10", {}),
+    ("DELETE", "/v1/notifications", {}),
+    ("GET", "/v1/nowhere", {}),
+])
+async def test_bad_requests_get_a_4xx_problem(rig: NotifierRig, token: TokenFactory,
+                                              method: str, path: str,
+                                              extra: dict[str, Any]) -> None:
+    headers = {**bearer(token(role="supervisor", sub="sup-1")), **extra.pop("headers", {})}
+    response = await rig.client.request(method, path, headers=headers, **extra)
+    assert 400 <= response.status < 500, await response.text()
+    assert response.content_type == "application/problem+json"
+
+
+async def test_requests_without_a_token_are_401(rig: NotifierRig) -> None:
+    response = await rig.client.get("/v1/notifications")
+    assert response.status == 401
+    assert (await response.json())["type"].endswith("/unauthorized")
+
+
+async def test_listing_filters_and_tenancy(rig: NotifierRig, records: Records,
+                                           token: TokenFactory) -> None:
+    mine = await records.open_case()
+    await records.agree(mine)
+    elsewhere = Records(records.client, token(sub="cm-9", agency="agency-b"))
+    theirs = await elsewhere.open_case(case_manager="cm-9")
+    await elsewhere.agree(theirs)
+    await rig.catch_up()
+
+    async def listing(tok: str, query: str = "") -> list[dict[str, Any]]:
+        response = await rig.client.get(f"/v1/notifications{query}", headers=bearer(tok))
+        assert response.status == 200, await response.text()
+        return list((await response.json())["notifications"])
+
+    supervisor = token(role="supervisor", sub="sup-1")
+    everything = await listing(supervisor)
+    assert {n["case_id"] for n in everything} == {mine}
+    assert len(await listing(supervisor, f"?case_id={mine}&recipient=supervisors")) == 1
+    assert await listing(supervisor, "?status=sent") == []
+    assert len(await listing(token())) == 4  # cm-1's own case
+    assert await listing(token(sub="cm-2")) == []
+    in_b = await listing(token(role="supervisor", sub="s", agency="agency-b"))
+    assert {n["case_id"] for n in in_b} == {theirs}
+    assert len(await listing(token(role="service", sub="ops"))) == 8
+    one = everything[0]
+    response = await rig.client.get(f"/v1/notifications/{one['id']}", headers=bearer(token()))
+    assert (await response.json())["attempt_log"] == []
+    other_agency = token(role="supervisor", sub="s", agency="agency-b")
+    response = await rig.client.get(f"/v1/notifications/{one['id']}",
+                                    headers=bearer(other_agency))
+    assert response.status == 404
+    analyst = await rig.client.get("/v1/notifications", headers=bearer(token(role="analyst")))
+    assert analyst.status == 403
+
+
+async def test_the_schedule_of_a_case_shows_what_is_still_to_be_sent(
+        rig: NotifierRig, records: Records, token: TokenFactory) -> None:
+    case = await records.open_case()
+    await records.agree(case)
+    await rig.catch_up()
+    response = await rig.client.get(f"/v1/schedule?case_id={case}", headers=bearer(token()))
+    body = await response.json()
+    assert [n["kind"] for n in body["pending"]] == [
+        "review_reminder", "review_due_today", "review_overdue", "review_overdue"]
+    assert body["pending"][0]["due_at"] == "2026-04-28T09:00:00+00:00"
+    for who, status in [(token(sub="cm-2"), 403),
+                        (token(role="supervisor", sub="s", agency="agency-b"), 404)]:
+        response = await rig.client.get(f"/v1/schedule?case_id={case}", headers=bearer(who))
+        assert response.status == status
+
+
+async def test_operational_routes(rig: NotifierRig) -> None:
+    assert (await rig.client.get("/healthz")).status == 200
+    ready = await rig.client.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200
+    assert body["checks"]["migrations"] == "current"
+    metrics = await (await rig.client.get("/metrics")).text()
+    assert "casetrail_notifier_feed_lag_seconds" in metrics
+    spec = await (await rig.client.get("/openapi.json")).json()
+    assert "/v1/preferences/{user}" in spec["paths"]
+    assert "PreferencesInput" in spec["components"]["schemas"]
+    assert (await rig.client.get("/mail")).status == 404  # no catcher configured
+
+
+async def test_listing_pages_and_participants_see_only_their_own(
+        rig: NotifierRig, records: Records, token: TokenFactory) -> None:
+    case = await records.open_case()
+    goal = await records.goal(case)
+    await records.achieve(case, goal)
+    await records.agree(await records.open_case())
+    await rig.catch_up()
+    supervisor = bearer(token(role="supervisor", sub="sup-1"))
+    first = await (await rig.client.get("/v1/notifications?limit=4", headers=supervisor)).json()
+    assert len(first["notifications"]) == 4
+    assert first["next_offset"] == 4
+    rest = await (await rig.client.get("/v1/notifications?limit=4&offset=4",
+                                       headers=supervisor)).json()
+    assert len(rest["notifications"]) == 2
+    assert rest["next_offset"] is None
+    assert {n["id"] for n in first["notifications"]}.isdisjoint(
+        n["id"] for n in rest["notifications"])
+    jo = bearer(token(role="participant", sub="jo", cases=[case]))
+    mine = await (await rig.client.get(f"/v1/notifications?case_id={case}", headers=jo)).json()
+    assert [n["recipient"] for n in mine["notifications"]] == [f"participant:{case}"]
+    unnamed = await rig.client.get("/v1/notifications", headers=jo)
+    assert unnamed.status == 422
