@@ -51,11 +51,13 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from services.notifier.http.app import migrate as migrate_notifier
     from services.records.http.app import migrate
 
     if not settings.database_url:
         return _fail("set DATABASE_URL")
     applied = asyncio.run(migrate(settings.database_url))
+    applied += asyncio.run(migrate_notifier(settings.database_url))
     print("applied: " + (", ".join(applied) if applied else "nothing, already current"))
     return 0
 
@@ -101,13 +103,16 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         dev_settings = settings.model_copy(update={"database_url": database_url,
                                                    "jwt_secret": secret})
         with suppress(KeyboardInterrupt):
-            asyncio.run(_run_dev(dev_settings, args.host, args.port))
+            asyncio.run(_run_dev(dev_settings, args.host, args.port, args.notifier_port,
+                                 args.smtp_port))
     return 0
 
 
-async def _run_dev(settings: Settings, host: str, port: int) -> None:
+async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
+                   smtp_port: int) -> None:
     from aiohttp import web
 
+    from services.notifier.cli import start_dev_notifier
     from services.records.demo import load_demo
     from services.records.http.app import RECORDS, create_app
     from services.records.store.events import utc_now
@@ -119,6 +124,13 @@ async def _run_dev(settings: Settings, host: str, port: int) -> None:
     records = app[RECORDS]
     if await load_demo(records.pool, records.commands, utc_now):
         print("Loaded the demo caseload (agency demo-agency, case manager cm-demo).")
+    assert settings.database_url and settings.jwt_secret
+    notifier = await start_dev_notifier(
+        database_url=settings.database_url, jwt_secret=settings.jwt_secret,
+        records_url=f"http://{host}:{port}", mail_dir=settings.dev_data_dir / "mail",
+        host=host, port=notifier_port, smtp_port=smtp_port,
+        recipients=[("demo-agency", "cm-demo", "case_manager"),
+                    ("demo-agency", "sup-demo", "supervisor")])
     assert settings.jwt_secret
     token = issue_token(settings.jwt_secret, sub="cm-demo", role=Role.CASE_MANAGER,
                         agency="demo-agency")
@@ -127,6 +139,9 @@ async def _run_dev(settings: Settings, host: str, port: int) -> None:
     print(f"""
 Casetrail is running.
   records   http://{host}:{port}      (API list: http://{host}:{port}/docs)
+  notifier  {notifier.url}      (notifications: {notifier.url}/v1/notifications)
+  mail      {notifier.url}/mail   caught by a local SMTP server on {host}:{smtp_port};
+            .eml files in {notifier.mail_dir}  (or run `casetrail mail`)
   database  {settings.database_url}
 
 Development token (case manager cm-demo, agency demo-agency):
@@ -139,6 +154,7 @@ Stop with Ctrl-C.
     try:
         await asyncio.Event().wait()
     finally:
+        await notifier.stop()
         await runner.cleanup()
 
 
@@ -148,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run everything locally (embedded PostgreSQL if needed)")
     dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--port", type=int, default=8080, help="records service port")
+    dev.add_argument("--notifier-port", type=int, default=8081)
+    dev.add_argument("--smtp-port", type=int, default=1025, help="local mail catcher port")
     dev.set_defaults(run=cmd_dev)
 
     records = sub.add_parser("records", help="run the records service")

@@ -62,11 +62,12 @@ def test_migrate_applies_then_reports_current(fresh_database_url: str) -> None:
 
 def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
     """The fresh-machine path: no DATABASE_URL, an embedded PostgreSQL, a working service."""
-    port = free_port()
+    port, notifier_port, smtp_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in {"DATABASE_URL", "CASETRAIL_JWT_SECRET"}}
     env["CASETRAIL_DEV_DIR"] = str(tmp_path / "dev")
-    process = subprocess.Popen([*CASETRAIL, "dev", "--port", str(port)], env=env,
+    process = subprocess.Popen([*CASETRAIL, "dev", "--port", str(port), "--notifier-port",
+                                str(notifier_port), "--smtp-port", str(smtp_port)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert process.stdout is not None
@@ -93,6 +94,17 @@ def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
         assert set(by_name) == {"Jordan Rivera", "Ana Lopez", "Sam Chen", "Marcus Bell"}
         assert by_name["Jordan Rivera"]["overdue_steps"] == 1
         assert by_name["Marcus Bell"]["status"] == "closed"
+        # The notifier celebrates the demo's small wins; the local catcher keeps the mail.
+        mail_dir = tmp_path / "dev" / "mail"
+        deadline = time.monotonic() + 60
+        while not list(mail_dir.glob("*.eml")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        caught = list(mail_dir.glob("*.eml"))
+        assert caught, output
+        assert any("cm-demo@casetrail.local" in path.read_text() for path in caught)
+        with urllib.request.urlopen(f"http://127.0.0.1:{notifier_port}/mail",
+                                    timeout=10) as page:
+            assert page.status == 200
     finally:
         process.terminate()
         process.wait(timeout=30)
