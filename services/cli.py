@@ -124,7 +124,8 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
     records = app[RECORDS]
     if await load_demo(records.pool, records.commands, utc_now):
         print("Loaded the demo caseload (agency demo-agency, case manager cm-demo).")
-    assert settings.database_url and settings.jwt_secret
+    assert settings.database_url
+    assert settings.jwt_secret
     notifier = await start_dev_notifier(
         database_url=settings.database_url, jwt_secret=settings.jwt_secret,
         records_url=f"http://{host}:{port}", mail_dir=settings.dev_data_dir / "mail",
