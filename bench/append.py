@@ -19,7 +19,7 @@ import time
 import aiohttp
 import asyncpg
 
-from bench.common import percentile, postgres_server, scratch_database
+from bench.common import percentile, postgres_server, scratch_database, wait_ready
 from services.common.auth import issue_token
 
 
@@ -52,18 +52,6 @@ async def raw_insert_rate(database_url: str, clients: int, seconds: float) -> fl
     await asyncio.gather(*[worker() for _ in range(clients)])
     return count / (time.perf_counter() - started)
 
-
-async def wait_ready(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the records service did not become ready")
 
 
 async def http_append(url: str, token: str, clients: int,

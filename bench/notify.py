@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
-from bench.common import percentile, postgres_server, scratch_database
+from bench.common import percentile, postgres_server, scratch_database, wait_ready
 from services.common.auth import issue_token
 from services.common.logs import configure_logging
 from services.notifier.http.app import NOTIFIER, create_app
@@ -69,18 +69,6 @@ class TimingSink:
                 self.changed.clear()
                 await self.changed.wait()
 
-
-async def wait_ready(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not become ready")
 
 
 async def prepare_steps(session: aiohttp.ClientSession, url: str,

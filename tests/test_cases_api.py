@@ -370,3 +370,13 @@ async def test_transfer_moves_the_case_to_another_caseload(client: TestClient,
     await cm2.call("POST", f"/v1/cases/{case_id}/notes", {"text": "welcome"}, expect=201)
     await cm1.call("POST", f"/v1/cases/{case_id}/notes", {"text": "hi"}, expect=403)
     assert (await cm2.plan(case_id))["case_manager"] == "cm-2"
+
+
+async def test_metrics_count_appended_events_and_lost_races(cm: CaseApi,
+                                                           client: TestClient) -> None:
+    case_id = await cm.open_case()
+    await asyncio.gather(*[cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": f"n{n}"})
+                           for n in range(6)])
+    text = await (await client.get("/metrics")).text()
+    assert 'casetrail_events_appended_total{type="CaseOpened"} 1.0' in text
+    assert 'casetrail_events_appended_total{type="NoteAdded"} 6.0' in text

@@ -46,3 +46,16 @@ async def test_if_match_and_ownership_follow_the_store_not_the_cache(
     refused = await a.call("POST", f"/v1/cases/{case_id}/notes", {"text": "still mine?"},
                            expect=403)
     assert refused["status"] == 403
+
+
+async def test_a_write_on_a_stale_cache_loses_the_race_and_is_retried(
+        make_records_client: ClientFactory, fresh_database_url: str,
+        token: TokenFactory) -> None:
+    a, b = await _pair(make_records_client, fresh_database_url, token)
+    case_id = await a.open_case()
+    await b.call("POST", f"/v1/cases/{case_id}/notes", {"text": "from b"}, expect=201)
+    written = await a.call("POST", f"/v1/cases/{case_id}/notes", {"text": "from a"},
+                           expect=201)
+    assert written["version"] == 3
+    metrics = await (await a.client.get("/metrics")).text()
+    assert "casetrail_append_conflicts_total 1.0" in metrics

@@ -5,6 +5,7 @@ Each service owns one PostgreSQL schema and one folder of numbered ``*.sql`` mig
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import tempfile
@@ -99,6 +100,23 @@ async def pending_migrations(conn: asyncpg.Connection, schema: str, folder: Path
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Our services set no session state, so a released connection needs no reset round trip."""
+
+
+async def database_checks(pool: asyncpg.Pool, schema: str, folder: Path) -> dict[str, str]:
+    """Readiness: the database answers within 2 s and the schema's migrations are current."""
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2), pool.acquire() as conn:
+            pending = await pending_migrations(conn, schema, folder)
+        checks["database"] = "ok"
+        checks["migrations"] = "current" if not pending else f"pending: {', '.join(pending)}"
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        checks["database"] = f"unreachable: {type(error).__name__}"
+    return checks
+
+
+def database_ready(checks: dict[str, str]) -> bool:
+    return checks.get("database") == "ok" and checks.get("migrations") == "current"
 
 
 async def create_pool(dsn: str, *, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
+from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
 
 from services.common.auth import AuthError, Principal, TokenVerifier
@@ -21,6 +23,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_SECONDS = web.AppKey("request_seconds", Histogram)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -36,6 +39,19 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
     response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def request_metrics_middleware(request: web.Request,
+                                     handler: Handler) -> web.StreamResponse:
+    """Observes each request's latency in the app's ``REQUEST_SECONDS`` histogram."""
+    started = time.perf_counter()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[REQUEST_SECONDS].labels(request.method, route, str(response.status)).observe(
+        time.perf_counter() - started)
     return response
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,10 +13,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.feed import Health
 from services.common.auth import TokenVerifier
-from services.common.database import apply_migrations, create_pool, pending_migrations
-from services.common.http import VERIFIER, Api, auth_middleware, json_response
+from services.common.database import (
+    apply_migrations,
+    create_pool,
+    database_checks,
+    database_ready,
+)
+from services.common.http import (
+    REQUEST_SECONDS,
+    VERIFIER,
+    Api,
+    auth_middleware,
+    json_response,
+    request_metrics_middleware,
+)
 from services.common.http import request_id_middleware as request_ids
-from services.common.problems import Handler, problem_middleware
+from services.common.problems import problem_middleware
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.service import Notifier, utc_now
 from services.notifier.settings import NotifierSettings
@@ -53,18 +64,6 @@ async def migrate(database_url: str) -> list[str]:
         await conn.close()
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    response = await handler(request)
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].request_seconds.labels(
-        request.method, route, str(response.status)).observe(loop.time() - started)
-    return response
-
-
 def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
                background: bool = True) -> web.Application:
     """The notifier app. ``background=False`` leaves the feed and dispatch loops stopped
@@ -73,10 +72,11 @@ def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
         raise RuntimeError("DATABASE_URL is not set")
     database_url = settings.database_url
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[request_ids, metrics_middleware, problem_middleware,
+                          middlewares=[request_ids, request_metrics_middleware, problem_middleware,
                                        auth_middleware])
     app[VERIFIER] = TokenVerifier(settings.common())
     app[METRICS] = NotifierMetrics()
+    app[REQUEST_SECONDS] = app[METRICS].request_seconds
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await migrate(database_url)
@@ -104,17 +104,10 @@ async def healthz(request: web.Request) -> web.Response:
 @api.route("GET", "/readyz", "database reachable, migrations current, feed readable",
            response=Health, public=True, tag="ops")
 async def readyz(request: web.Request) -> web.Response:
-    checks: dict[str, str] = {}
-    try:
-        async with asyncio.timeout(2), ctx(request).pool.acquire() as conn:
-            pending = await pending_migrations(conn, SCHEMA, MIGRATIONS)
-        checks["database"] = "ok"
-        checks["migrations"] = "current" if not pending else f"pending: {', '.join(pending)}"
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        checks["database"] = f"unreachable: {type(error).__name__}"
+    checks = await database_checks(ctx(request).pool, SCHEMA, MIGRATIONS)
     subscriber = ctx(request).notifier.subscriber
     checks["feed"] = "ok" if subscriber.healthy else f"not yet read: {subscriber.last_error}"
-    ready = checks.get("database") == "ok" and checks.get("migrations") == "current"
+    ready = database_ready(checks)
     return json_response({"status": "ready" if ready else "not ready", "checks": checks},
                          status=200 if ready else 503)
 

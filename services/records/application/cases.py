@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -137,11 +138,13 @@ class StateCache:
 
 
 class CaseCommands:
-    def __init__(self, store: EventStore, guides: LanguageGuides, clock: Clock) -> None:
+    def __init__(self, store: EventStore, guides: LanguageGuides, clock: Clock,
+                 on_conflict: Callable[[], None] = lambda: None) -> None:
         self._store = store
         self._guides = guides
         self._clock = clock
         self._cache = StateCache()
+        self._on_conflict = on_conflict
 
     async def load(self, case_id: UUID) -> PlanState | None:
         """The case as the store has it now (caught up from the cached state, if any)."""
@@ -173,6 +176,7 @@ class CaseCommands:
             try:
                 result = await self._append(request, state, payloads)
             except VersionConflict as conflict:
+                self._on_conflict()
                 if request.if_match is not None and cached is None:
                     raise PreconditionFailed(conflict.current) from conflict
                 if cached is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.feed import FeedPage, FeedQuery, Health
 from services.common.auth import Role, TokenVerifier
-from services.common.database import apply_migrations, create_pool, pending_migrations
+from services.common.database import (
+    apply_migrations,
+    create_pool,
+    database_checks,
+    database_ready,
+)
 from services.common.http import (
+    REQUEST_SECONDS,
     VERIFIER,
     Api,
     auth_middleware,
@@ -22,6 +27,7 @@ from services.common.http import (
     parse_query,
     principal,
     request_id_middleware,
+    request_metrics_middleware,
 )
 from services.common.problems import Problem, problem_middleware
 from services.common.settings import Settings
@@ -29,7 +35,7 @@ from services.records.application.cases import CaseCommands
 from services.records.application.language import LanguageGuides
 from services.records.application.queries import CaseQueries
 from services.records.http.errors import records_errors_middleware
-from services.records.http.metrics import METRICS, RecordsMetrics, metrics_middleware
+from services.records.http.metrics import METRICS, RecordsMetrics
 from services.records.projections.plans import RebuildStats, rebuild_plans
 from services.records.store.events import Clock, EventStore, utc_now
 from services.records.store.feed import (
@@ -89,11 +95,12 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
     database_url = settings.database_url
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_id_middleware, metrics_middleware, problem_middleware,
+        middlewares=[request_id_middleware, request_metrics_middleware, problem_middleware,
                      auth_middleware, records_errors_middleware],
     )
     app[VERIFIER] = TokenVerifier(settings)
     app[METRICS] = RecordsMetrics()
+    app[REQUEST_SECONDS] = app[METRICS].request_seconds
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await migrate(database_url)
@@ -103,7 +110,8 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
         store = EventStore(pool, clock)
         app[RECORDS] = Records(
             settings, pool, store, waiter, app[METRICS],
-            CaseCommands(store, LanguageGuides(settings.language_guide_dir), clock),
+            CaseCommands(store, LanguageGuides(settings.language_guide_dir), clock,
+                         app[METRICS].append_conflicts.inc),
             CaseQueries(pool, store, clock))
         yield
         await waiter.stop()
@@ -124,15 +132,8 @@ async def healthz(request: web.Request) -> web.Response:
 @api.route("GET", "/readyz", "the database answers and migrations are current",
            response=Health, public=True, tag="ops")
 async def readyz(request: web.Request) -> web.Response:
-    checks: dict[str, str] = {}
-    try:
-        async with asyncio.timeout(2), records(request).pool.acquire() as conn:
-            pending = await pending_migrations(conn, SCHEMA, MIGRATIONS)
-        checks["database"] = "ok"
-        checks["migrations"] = "current" if not pending else f"pending: {', '.join(pending)}"
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        checks["database"] = f"unreachable: {type(error).__name__}"
-    ready = checks.get("database") == "ok" and checks.get("migrations") == "current"
+    checks = await database_checks(records(request).pool, SCHEMA, MIGRATIONS)
+    ready = database_ready(checks)
     return json_response({"status": "ready" if ready else "not ready", "checks": checks},
                          status=200 if ready else 503)
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-
-from services.common.problems import Handler
 
 
 class RecordsMetrics:
@@ -25,14 +21,3 @@ class RecordsMetrics:
 
 
 METRICS = web.AppKey("metrics", RecordsMetrics)
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    response = await handler(request)
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].request_seconds.labels(
-            request.method, route, str(response.status)).observe(time.perf_counter() - started)
-    return response

@@ -112,6 +112,9 @@ def write(method: str, path: str, summary: str, body: type[BaseModel], build: Bu
         headers = {"ETag": f'"{outcome.version}"'}
         if outcome.replayed:
             headers["Idempotent-Replayed"] = "true"
+        else:
+            for event in outcome.events:
+                records(request).metrics.events_appended.labels(event.type).inc()
         if status == 201:
             headers["Location"] = f"/v1/cases/{outcome.case_id}"
         return json_response(outcome.as_json(), status=status, headers=headers)
