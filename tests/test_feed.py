@@ -6,13 +6,21 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.records.http.app import RECORDS
 from services.records.store.events import EventStore, NewEvent, VersionConflict
-from services.records.store.feed import START, BadCheckpoint, Checkpoint, read_feed
+from services.records.store.feed import (
+    START,
+    BadCheckpoint,
+    Checkpoint,
+    FeedWaiter,
+    read_feed,
+)
 from tests.conftest import ClientFactory, TokenFactory, bearer
 
 AGENCY = "agency-a"
@@ -149,26 +157,69 @@ async def test_feed_endpoint_pages_with_checkpoints(make_records_client: ClientF
     assert empty["checkpoint"] == second["checkpoint"]
 
 
-async def test_long_poll_wakes_when_an_event_arrives(make_records_client: ClientFactory,
-                                                     fresh_database_url: str,
-                                                     fresh_pool: asyncpg.Pool,
-                                                     token: TokenFactory) -> None:
-    client = await make_records_client(fresh_database_url)
+async def long_poll_while(client: TestClient, token: TokenFactory,
+                          append: Callable[[], Awaitable[object]]) -> tuple[int, int, float]:
+    """GET /v1/events?wait=20 while ``append`` runs 0.3 s later: status, events, seconds."""
     headers = bearer(token(role="service", sub="notifier", agency="*"))
 
     async def append_soon() -> None:
         await asyncio.sleep(0.3)
-        await EventStore(fresh_pool).append(uuid.uuid4(), [note()], expected_version=0,
-                                            agency=AGENCY, metadata=META)
+        await append()
 
     started = time.monotonic()
     writing = asyncio.create_task(append_soon())
     response = await client.get("/v1/events?wait=20", headers=headers)
     body = await response.json()
     await writing
-    assert response.status == 200
-    assert len(body["events"]) == 1
-    assert time.monotonic() - started < 10, "the long-poll waited for its timeout"
+    return response.status, len(body["events"]), time.monotonic() - started
+
+
+async def test_long_poll_wakes_on_an_append_through_the_same_service(
+        make_records_client: ClientFactory, fresh_database_url: str,
+        token: TokenFactory) -> None:
+    client = await make_records_client(fresh_database_url)
+    client.app[RECORDS].waiter.liveness_seconds = 60
+
+    async def open_case() -> None:
+        response = await client.post("/v1/cases", json={
+            "participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"},
+            headers=bearer(token(role="case_manager", sub="cm-1")))
+        assert response.status == 201
+
+    status, events, seconds = await long_poll_while(client, token, open_case)
+    assert (status, events) == (200, 1)
+    assert seconds < 10, "the long-poll waited for its timeout"
+
+
+async def test_long_poll_wakes_on_an_append_by_another_instance(
+        make_records_client: ClientFactory, fresh_database_url: str,
+        fresh_pool: asyncpg.Pool, token: TokenFactory) -> None:
+    """The other instance's announcement arrives by NOTIFY, sent after its append committed."""
+    client = await make_records_client(fresh_database_url)
+    client.app[RECORDS].waiter.liveness_seconds = 60
+    other = FeedWaiter(fresh_database_url)
+    await other.start()
+    try:
+        store = EventStore(fresh_pool, on_appended=other.announce)
+        status, events, seconds = await long_poll_while(client, token, lambda: store.append(
+            uuid.uuid4(), [note()], expected_version=0, agency=AGENCY, metadata=META))
+    finally:
+        await other.stop()
+    assert (status, events) == (200, 1)
+    assert seconds < 10, "the long-poll waited for its timeout"
+
+
+async def test_long_poll_sees_an_unannounced_append_on_its_liveness_recheck(
+        make_records_client: ClientFactory, fresh_database_url: str,
+        fresh_pool: asyncpg.Pool, token: TokenFactory) -> None:
+    """A writer that crashed between commit and announcement: the event still arrives."""
+    client = await make_records_client(fresh_database_url)
+    client.app[RECORDS].waiter.liveness_seconds = 0.5
+    silent = EventStore(fresh_pool)
+    status, events, seconds = await long_poll_while(client, token, lambda: silent.append(
+        uuid.uuid4(), [note()], expected_version=0, agency=AGENCY, metadata=META))
+    assert (status, events) == (200, 1)
+    assert seconds < 10, "the long-poll waited for its timeout"
 
 
 async def test_feed_is_for_the_service_role_only(records_client: TestClient,

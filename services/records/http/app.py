@@ -107,7 +107,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
         pool = await create_pool(database_url, max_size=settings.db_pool_max)
         waiter = FeedWaiter(database_url)
         await waiter.start()
-        store = EventStore(pool, clock)
+        store = EventStore(pool, clock, on_appended=waiter.announce)
         app[RECORDS] = Records(
             settings, pool, store, waiter, app[METRICS],
             CaseCommands(store, LanguageGuides(settings.language_guide_dir), clock,

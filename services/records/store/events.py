@@ -197,9 +197,11 @@ def _recorded(row: asyncpg.Record) -> RecordedEvent:
 
 
 class EventStore:
-    def __init__(self, pool: asyncpg.Pool, clock: Clock = utc_now) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock = utc_now,
+                 on_appended: Callable[[], None] = lambda: None) -> None:
         self._pool = pool
         self._clock = clock
+        self._on_appended = on_appended
         self._heads = _KnownHeads()
 
     async def append(
@@ -232,6 +234,7 @@ class EventStore:
         if inserted:
             recorded = sorted((_recorded(r) for r in inserted), key=lambda e: e.version)
             self._heads.remember(stream_id, recorded[-1].version, recorded[-1].hash)
+            self._on_appended()
             return AppendResult(stream_id, recorded[-1].version, recorded)
         if idempotency is not None:
             replay = await self.find_idempotent(idempotency)

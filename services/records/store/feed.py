@@ -77,30 +77,66 @@ async def read_feed(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPa
 
 
 class FeedWaiter:
-    """Wakes long-polling readers when events are appended (LISTEN on one connection).
+    """Wakes long-polling readers when events are appended.
 
-    A notification arrives at commit; the events may still sit above the snapshot horizon
-    while an older transaction runs, so waiters also re-check on a short interval.
+    Appends made by this process wake local readers at once (``announce``). Other instances
+    hear of them through one ``pg_notify`` sent after the append has committed, coalesced while
+    one is in flight: a NOTIFY inside the append transaction would take PostgreSQL's global
+    notify lock at commit and serialise every append on the server.
+
+    Waking is only a hint. A woken reader whose events are still above the snapshot horizon
+    re-checks every ``recheck_seconds``; a reader never woken re-checks every
+    ``liveness_seconds`` (an append whose notification was lost, say by a crash right after
+    commit, is seen that late, never skipped).
     """
 
     recheck_seconds = 0.2
+    liveness_seconds = 1.0
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
         self._changed = asyncio.Event()
+        self._notifying: asyncio.Task[None] | None = None
+        self._notify_again = False
 
     async def start(self) -> None:
         self._conn = await asyncpg.connect(self._dsn)
         await self._conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
 
     async def stop(self) -> None:
+        if self._notifying is not None:
+            self._notifying.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._notifying
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
             self._conn = None
 
-    def _on_notify(self, *_: object) -> None:
+    def announce(self) -> None:
+        """Events were appended by this process and have committed."""
+        self._wake()
+        if self._notifying is not None and not self._notifying.done():
+            self._notify_again = True
+            return
+        self._notifying = asyncio.get_running_loop().create_task(self._notify_others())
+
+    async def _notify_others(self) -> None:
+        self._notify_again = True
+        while self._notify_again and self._conn is not None:
+            self._notify_again = False
+            try:
+                await self._conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+            except (asyncpg.PostgresError, OSError):
+                return  # other instances fall back to their liveness re-check
+
+    def _on_notify(self, connection: object, pid: int, *_: object) -> None:
+        if self._conn is not None and pid == self._conn.get_server_pid():
+            return  # our own announcement: local readers were woken already
+        self._wake()
+
+    def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -125,7 +161,8 @@ async def read_feed_waiting(pool: asyncpg.Pool, waiter: FeedWaiter, after: Check
         if page.events or remaining <= 0:
             return page
         # Woken but nothing visible yet: an older transaction still holds the horizon back.
-        timeout = min(remaining, waiter.recheck_seconds) if woken else remaining
+        interval = waiter.recheck_seconds if woken else waiter.liveness_seconds
+        timeout = min(remaining, interval)
         woken = await waiter.wait(timeout) or woken
 
 
