@@ -49,6 +49,19 @@ async def test_append_starts_a_stream_and_continues_it(pool: asyncpg.Pool) -> No
     assert head.agency == AGENCY
 
 
+async def test_an_append_answers_exactly_what_was_recorded(pool: asyncpg.Pool) -> None:
+    """The append builds its answer without reading the rows back; a read must agree."""
+    store, stream = EventStore(pool), uuid.uuid4()
+    first = await store.append(stream, [note(), note()], expected_version=0, agency=AGENCY,
+                               metadata=META)
+    second = await store.append(stream, [note()], expected_version=2, agency=AGENCY,
+                                metadata=META)
+    stored = await EventStore(pool).read_stream(stream)
+    assert stored == first.events + second.events
+    assert len({e.global_position for e in stored}) == 3
+    assert all(e.global_position > 0 for e in stored)
+
+
 async def test_stale_expected_version_is_a_conflict_carrying_the_current_version(
         pool: asyncpg.Pool) -> None:
     store, stream = EventStore(pool), uuid.uuid4()

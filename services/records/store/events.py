@@ -10,7 +10,7 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -132,12 +132,6 @@ class _KnownHeads:
         return known[1] if known is not None and known[0] == version else None
 
 
-def _provisional(row: tuple[Any, ...]) -> RecordedEvent:
-    """An event as it will be recorded (its global position is not known before the insert)."""
-    return RecordedEvent(0, row[0], row[1], row[2], row[3], row[4], json.loads(row[5]),
-                         json.loads(row[6]), row[7], row[8], row[9], row[10])
-
-
 _PARAMETER = re.compile(r"\$(\d+)")
 
 
@@ -173,13 +167,19 @@ def _append_statement(stream_id: UUID, rows: list[tuple[Any, ...]], expected: in
         f" SELECT * FROM unnest({p[0]}::uuid[], {p[1]}::int[], {p[2]}::uuid[], {p[3]}::text[],"
         f" {p[4]}::int[], {p[5]}::jsonb[], {p[6]}::jsonb[], {p[7]}::text[],"
         f" {p[8]}::timestamptz[], {p[9]}::text[], {p[10]}::text[])"
-        f" WHERE EXISTS (SELECT 1 FROM head) RETURNING {_EVENT_COLUMNS})")
+        f" WHERE EXISTS (SELECT 1 FROM head) RETURNING version, global_position)")
     if co_write is not None:
         shift = len(args)
         sql = _PARAMETER.sub(lambda m: f"${int(m.group(1)) + shift}", co_write.sql)
         ctes.append(f"co_write AS ({sql.replace('{appended}', 'EXISTS (SELECT 1 FROM head)')})")
         args += list(co_write.args)
     return f"WITH {', '.join(ctes)} SELECT * FROM inserted", args
+
+
+def _row(event: RecordedEvent) -> tuple[Any, ...]:
+    return (event.stream_id, event.version, event.event_id, event.type, event.schema_version,
+            json.dumps(event.data), json.dumps(event.metadata), event.agency, event.recorded_at,
+            event.prev_hash, event.hash)
 
 
 _EVENT_COLUMNS = ("global_position, stream_id, version, event_id, type, schema_version, data,"
@@ -226,13 +226,15 @@ class EventStore:
         if not events:
             raise ValueError("append needs at least one event")
         prev_hash = await self._hash_at(stream_id, expected_version)
-        rows = self._chain(stream_id, events, expected_version, prev_hash, agency, metadata)
-        extra = co_write([_provisional(row) for row in rows]) if co_write else None
-        sql, args = _append_statement(stream_id, rows, expected_version, prev_hash, agency,
-                                      idempotency, extra)
+        provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
+                                  metadata)
+        extra = co_write(provisional) if co_write else None
+        sql, args = _append_statement(stream_id, [_row(e) for e in provisional],
+                                      expected_version, prev_hash, agency, idempotency, extra)
         inserted = await self._pool.fetch(sql, *args)
         if inserted:
-            recorded = sorted((_recorded(r) for r in inserted), key=lambda e: e.version)
+            positions = {r["version"]: r["global_position"] for r in inserted}
+            recorded = [replace(e, global_position=positions[e.version]) for e in provisional]
             self._heads.remember(stream_id, recorded[-1].version, recorded[-1].hash)
             self._on_appended()
             return AppendResult(stream_id, recorded[-1].version, recorded)
@@ -259,9 +261,10 @@ class EventStore:
         return str(found)
 
     def _chain(self, stream_id: UUID, events: Sequence[NewEvent], version: int, prev_hash: str,
-               agency: str, metadata: dict[str, Any]) -> list[tuple[Any, ...]]:
+               agency: str, metadata: dict[str, Any]) -> list[RecordedEvent]:
+        """The events as they will be recorded (global positions are known only after)."""
         recorded_at = self._clock()
-        rows = []
+        chained = []
         for event in events:
             version += 1
             event_metadata = {**metadata, **event.metadata}
@@ -269,11 +272,11 @@ class EventStore:
                              event.schema_version, event.data, event_metadata, recorded_at,
                              prev_hash)
             digest = link.compute_hash()
-            rows.append((stream_id, version, event.event_id, event.type, event.schema_version,
-                         json.dumps(event.data), json.dumps(event_metadata), agency,
-                         recorded_at, prev_hash, digest))
+            chained.append(RecordedEvent(0, stream_id, version, event.event_id, event.type,
+                                         event.schema_version, event.data, event_metadata,
+                                         agency, recorded_at, prev_hash, digest))
             prev_hash = digest
-        return rows
+        return chained
 
     async def find_idempotent(self, claim: IdempotencyClaim) -> AppendResult | None:
         """The original result of an already-used key; IdempotencyKeyReused on another body."""
