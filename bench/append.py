@@ -15,11 +15,20 @@ import secrets
 import socket
 import sys
 import time
+from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
 
-from bench.common import percentile, postgres_server, scratch_database, wait_ready
+from bench.common import (
+    CpuSample,
+    cpu_per_operation,
+    cpu_sample,
+    percentile,
+    postgres_server,
+    scratch_database,
+    wait_ready,
+)
 from services.common.auth import issue_token
 
 
@@ -29,8 +38,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def raw_insert_rate(database_url: str, clients: int, seconds: float) -> float:
-    """One row per transaction from each of ``clients`` connections."""
+async def raw_insert_rate(database_url: str, clients: int,
+                          seconds: float) -> tuple[float, CpuSample | None]:
+    """One row per transaction from each of ``clients`` connections; rate and CPU per insert."""
     conn = await asyncpg.connect(database_url)
     await conn.execute("CREATE TABLE IF NOT EXISTS bench_raw (id bigint GENERATED ALWAYS AS"
                        " IDENTITY PRIMARY KEY, stream uuid, data jsonb)")
@@ -48,14 +58,23 @@ async def raw_insert_rate(database_url: str, clients: int, seconds: float) -> fl
             count += 1
         await connection.close()
 
-    started = time.perf_counter()
+    before, started = cpu_sample(), time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(clients)])
-    return count / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return count / elapsed, cpu_per_operation(before, cpu_sample(), count)
 
 
 
-async def http_append(url: str, token: str, clients: int,
-                      seconds: float) -> tuple[float, list[float], int]:
+@dataclass(frozen=True)
+class HttpAppends:
+    rate: float
+    latencies: list[float]
+    errors: int
+    cpu_ms: CpuSample | None  # per append: machine, service process, load generator
+
+
+async def http_append(url: str, token: str, clients: int, seconds: float,
+                      service_pid: int) -> HttpAppends:
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
     errors = 0
@@ -81,11 +100,12 @@ async def http_append(url: str, token: str, clients: int,
 
         await asyncio.gather(*[client(c, time.perf_counter() + 2) for c in case_ids])  # warm-up
         latencies.clear()
-        started = time.perf_counter()
+        before, started = cpu_sample(service_pid), time.perf_counter()
         deadline = started + seconds
         await asyncio.gather(*[client(c, deadline) for c in case_ids])
         elapsed = time.perf_counter() - started
-    return len(latencies) / elapsed, latencies, errors
+        cpu = cpu_per_operation(before, cpu_sample(service_pid), len(latencies))
+    return HttpAppends(len(latencies) / elapsed, latencies, errors, cpu)
 
 
 async def main(seconds: float, clients: int) -> None:
@@ -102,17 +122,31 @@ async def main(seconds: float, clients: int) -> None:
                 await wait_ready(url)
                 token = issue_token(secret, sub="cm-bench", role="case_manager",
                                     agency="bench")
-                rate, latencies, errors = await http_append(url, token, clients, seconds)
+                appends = await http_append(url, token, clients, seconds, service.pid)
             finally:
                 service.terminate()
                 await service.wait()
-            raw = await raw_insert_rate(database_url, clients, seconds)
+            raw, raw_cpu = await raw_insert_rate(database_url, clients, seconds)
+    latencies = appends.latencies
     print(f"clients: {clients}, seconds per measurement: {seconds}")
     print(f"{'measurement':<38}{'rate/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{'raw asyncpg insert (1 row/tx)':<38}{raw:>10.0f}{'':>10}{'':>10}")
-    print(f"{'HTTP append (POST …/notes)':<38}{rate:>10.0f}"
+    print(f"{'HTTP append (POST …/notes)':<38}{appends.rate:>10.0f}"
           f"{percentile(latencies, 0.5) * 1000:>10.1f}{percentile(latencies, 0.99) * 1000:>10.1f}")
-    print(f"ratio HTTP/raw: {rate / raw:.1%}   non-201 answers: {errors}")
+    print(f"ratio HTTP/raw: {appends.rate / raw:.1%}   non-201 answers: {appends.errors}")
+    print_cpu(appends.cpu_ms, raw_cpu)
+
+
+def print_cpu(http: CpuSample | None, raw: CpuSample | None) -> None:
+    """Where one operation's CPU goes, over all cores (the rest: PostgreSQL and the kernel)."""
+    if http is None or raw is None:
+        return
+    print(f"\nCPU ms per operation{'machine':>18}{'service':>10}{'loadgen':>10}{'rest':>10}")
+    rest = http.machine - http.process - http.own
+    print(f"{'HTTP append':<20}{http.machine:>18.3f}{http.process:>10.3f}{http.own:>10.3f}"
+          f"{rest:>10.3f}")
+    print(f"{'raw insert':<20}{raw.machine:>18.3f}{'':>10}{raw.own:>10.3f}"
+          f"{raw.machine - raw.own:>10.3f}")
 
 
 if __name__ == "__main__":

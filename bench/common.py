@@ -1,4 +1,4 @@
-"""What the benchmarks share: a scratch database and percentiles."""
+"""What the benchmarks share: a scratch database, percentiles and CPU accounting."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
@@ -49,3 +50,46 @@ async def wait_ready(url: str) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{url} did not become ready")
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds used so far: the whole machine (all cores), one process, this process."""
+
+    machine: float
+    process: float
+    own: float
+
+    def __sub__(self, earlier: CpuSample) -> CpuSample:
+        return CpuSample(self.machine - earlier.machine, self.process - earlier.process,
+                         self.own - earlier.own)
+
+
+def cpu_sample(pid: int | None = None) -> CpuSample | None:
+    """None where /proc is not there to read (the figures are Linux-only)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        process = 0.0
+        if pid is not None:
+            with open(f"/proc/{pid}/stat") as stat:
+                after_name = stat.read().rsplit(")", 1)[1].split()
+            process = (int(after_name[11]) + int(after_name[12])) / _TICKS
+    except OSError:
+        return None
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    times = os.times()
+    return CpuSample(busy / _TICKS, process, times.user + times.system)
+
+
+def cpu_per_operation(before: CpuSample | None, after: CpuSample | None,
+                      operations: int) -> CpuSample | None:
+    """Milliseconds of CPU per operation between two samples."""
+    if before is None or after is None or operations == 0:
+        return None
+    used = after - before
+    return CpuSample(used.machine * 1000 / operations, used.process * 1000 / operations,
+                     used.own * 1000 / operations)

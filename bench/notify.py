@@ -29,6 +29,7 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
 from bench.common import percentile, postgres_server, scratch_database, wait_ready
+from services.cli import new_event_loop
 from services.common.auth import issue_token
 from services.common.logs import configure_logging
 from services.notifier.http.app import NOTIFIER, create_app
@@ -195,11 +196,6 @@ if __name__ == "__main__":
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--connections", type=int, default=8)
     options = parser.parse_args()
-    try:
-        import uvloop
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(main(options.celebrations, options.reminders, options.writers,
                         options.connections))

@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import time
 from datetime import UTC, date, datetime
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from bench.common import postgres_server, scratch_database
 from schemas import api
@@ -38,7 +38,7 @@ def one_case(events_per_case: int) -> InMemoryCase:
     case.execute(cmd.SetGoal(goal, api.GoalInput.model_validate({
         "title": "Steady work", "domain": "employment", "source": "participant",
         "in_their_words": "A job with my hands", "strength_ids": [str(strength)]})))
-    steps = []
+    steps: list[UUID] = []
     while case.version < events_per_case:
         if len(steps) < 10:
             step = uuid4()
