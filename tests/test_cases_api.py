@@ -229,6 +229,24 @@ async def test_concurrent_writers_without_if_match_all_succeed(cm: CaseApi) -> N
     assert len(plan["strengths"]) == 4
 
 
+async def test_concurrent_keyed_writers_all_succeed_and_replay(cm: CaseApi,
+                                                               db: asyncpg.Pool) -> None:
+    """Racing writes that each carry an Idempotency-Key: every one lands once, and a retry
+    of each key answers the original result."""
+    case_id = await cm.open_case()
+
+    async def writer(n: int) -> Any:
+        return await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": f"note {n}"},
+                             headers={"Idempotency-Key": f"race-note-{n}"}, expect=201)
+
+    first = await asyncio.gather(*[writer(n) for n in range(8)])
+    assert sorted(r["version"] for r in first) == list(range(2, 10))
+    count = await event_count(db)
+    again = await asyncio.gather(*[writer(n) for n in range(8)])
+    assert [r["version"] for r in again] == [r["version"] for r in first]
+    assert await event_count(db) == count
+
+
 async def test_concurrent_writers_are_re_decided_against_the_new_state(cm: CaseApi) -> None:
     """Two writers race to add a third active goal: the loser is refused by the cap rule."""
     case_id = await cm.open_case()

@@ -148,6 +148,49 @@ async def test_a_failed_append_releases_its_idempotency_key(pool: asyncpg.Pool) 
     assert not result.replayed
 
 
+async def test_a_keyed_append_that_loses_a_race_keeps_its_key_free(pool: asyncpg.Pool) -> None:
+    """The stream moved on after the writer read it: the key must not be claimed by a write
+    that recorded nothing, or every retry with it would find a claim without events."""
+    store, stream = EventStore(pool), uuid.uuid4()
+    await store.append(stream, [note()], expected_version=0, agency=AGENCY, metadata=META)
+    await store.append(stream, [note()], expected_version=1, agency=AGENCY, metadata=META)
+    claim = IdempotencyClaim("s", "key-" + uuid.uuid4().hex, "body")
+    with pytest.raises(VersionConflict) as caught:
+        await store.append(stream, [note()], expected_version=1, agency=AGENCY, metadata=META,
+                           idempotency=claim)
+    assert caught.value.current == 2
+    assert await store.find_idempotent(claim) is None
+    retried = await store.append(stream, [note()], expected_version=2, agency=AGENCY,
+                                 metadata=META, idempotency=claim)
+    assert (retried.version, retried.replayed) == (3, False)
+    assert await count_events(pool, stream) == 3
+
+
+async def test_keyed_writers_racing_on_one_stream_each_land_once(pool: asyncpg.Pool) -> None:
+    store, stream = EventStore(pool), uuid.uuid4()
+    await store.append(stream, [note()], expected_version=0, agency=AGENCY, metadata=META)
+    claims = [IdempotencyClaim("s", f"race-{n}-{uuid.uuid4().hex}", "body") for n in range(8)]
+
+    async def write(claim: IdempotencyClaim) -> int:
+        while True:
+            head = await store.head(stream)
+            assert head is not None
+            try:
+                result = await store.append(stream, [note()], expected_version=head.version,
+                                            agency=AGENCY, metadata=META, idempotency=claim)
+            except VersionConflict:
+                continue
+            return result.version
+
+    versions = await asyncio.gather(*[write(c) for c in claims])
+    assert sorted(versions) == list(range(2, 10))
+    assert await count_events(pool, stream) == 9
+    for claim in claims:
+        replay = await store.find_idempotent(claim)
+        assert replay is not None
+        assert replay.replayed
+
+
 async def test_hash_chain_verifies_and_names_the_first_broken_link(pool: asyncpg.Pool) -> None:
     store, stream = EventStore(pool), uuid.uuid4()
     for version in range(5):

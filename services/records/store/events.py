@@ -231,7 +231,7 @@ class EventStore:
         extra = co_write(provisional) if co_write else None
         sql, args = _append_statement(stream_id, [_row(e) for e in provisional],
                                       expected_version, prev_hash, agency, idempotency, extra)
-        inserted = await self._pool.fetch(sql, *args)
+        inserted = await self._execute_append(sql, args, keyed=idempotency is not None)
         if inserted:
             positions = {r["version"]: r["global_position"] for r in inserted}
             recorded = [replace(e, global_position=positions[e.version]) for e in provisional]
@@ -244,6 +244,27 @@ class EventStore:
                 return replay
         head = await self.head(stream_id)
         raise VersionConflict(stream_id, expected_version, head.version if head else 0)
+
+    async def _execute_append(self, sql: str, args: list[Any],
+                              keyed: bool) -> list[asyncpg.Record]:
+        """Run the append statement; its rows are the events recorded (none: it lost a race).
+
+        The idempotency claim comes first in the statement (a concurrent request with the same
+        key waits on it), so when the version check then fails the claim would be left
+        behind without events; a keyed append therefore rolls back when it recorded nothing.
+        """
+        if not keyed:
+            return list(await self._pool.fetch(sql, *args))
+        async with self._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                inserted = list(await conn.fetch(sql, *args))
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await (transaction.commit() if inserted else transaction.rollback())
+            return inserted
 
     async def _hash_at(self, stream_id: UUID, version: int) -> str:
         """The hash of event ``version`` (immutable once written, so it is safe to cache)."""
