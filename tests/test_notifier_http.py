@@ -110,6 +110,59 @@ async def test_bad_requests_get_a_4xx_problem(rig: NotifierRig, token: TokenFact
     assert response.content_type == "application/problem+json"
 
 
+CONTROL_CHARACTERS = ["\x00", "\x01", "\x1b", "\x7f", "\x85"]
+QUERIES = [("/v1/notifications", name) for name in
+           ("recipient", "case_id", "status", "kind", "limit", "offset")] + [
+    ("/v1/schedule", "case_id")]
+
+
+@pytest.mark.parametrize("bad", CONTROL_CHARACTERS)
+@pytest.mark.parametrize(("path", "name"), QUERIES)
+async def test_control_characters_in_a_query_are_refused(
+        rig: NotifierRig, token: TokenFactory, path: str, name: str, bad: str) -> None:
+    response = await rig.client.get(path, params={name: f"cm{bad}1"},
+                                    headers=bearer(token(role="supervisor", sub="sup-1")))
+    assert 400 <= response.status < 500, await response.text()
+    assert response.content_type == "application/problem+json"
+
+
+def _with(body: dict[str, Any], field: str, value: str) -> dict[str, Any]:
+    if field.startswith("quiet_hours."):
+        return {**body, "quiet_hours": {**body["quiet_hours"], field.split(".")[1]: value}}
+    if field == "cases":
+        return {**body, "cases": [value]}
+    return {**body, field: value}
+
+
+BODY_FIELDS = {"email": "sam@example.org", "delivery": "immediate", "timezone": "Europe/Berlin",
+               "quiet_hours.start": "21:00", "quiet_hours.end": "07:00", "role": "supervisor",
+               "cases": "6f1c1c55-93e4-4f57-bb8e-2a4f3f1f7a10"}
+
+
+@pytest.mark.parametrize("bad", CONTROL_CHARACTERS)
+@pytest.mark.parametrize("field", sorted(BODY_FIELDS))
+async def test_control_characters_in_a_body_field_are_refused_and_nothing_is_written(
+        rig: NotifierRig, token: TokenFactory, field: str, bad: str) -> None:
+    good = BODY_FIELDS[field]
+    body = _with(GOOD, field, good[:2] + bad + good[2:])
+    response = await rig.client.put("/v1/preferences/cm-2", json=body,
+                                    headers=bearer(token(role="supervisor", sub="sup-1")))
+    assert 400 <= response.status < 500, await response.text()
+    assert response.content_type == "application/problem+json"
+    assert await rig.notifier.pool.fetchval("SELECT count(*) FROM notifier.directory") == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/preferences/cm%001", "/v1/preferences/cm%011",
+                                  "/v1/notifications/%00", "/v1/notifications/%00/retry"])
+async def test_control_characters_in_a_path_are_refused(rig: NotifierRig, token: TokenFactory,
+                                                        path: str) -> None:
+    method = "POST" if path.endswith("retry") else "GET"
+    response = await rig.client.request(method, path,
+                                        headers=bearer(token(role="supervisor", sub="sup-1")))
+    assert 400 <= response.status < 500, await response.text()
+    assert response.content_type == "application/problem+json"
+
+
 async def test_requests_without_a_token_are_401(rig: NotifierRig) -> None:
     response = await rig.client.get("/v1/notifications")
     assert response.status == 401

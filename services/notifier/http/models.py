@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import time
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,8 +19,23 @@ Status = Literal["scheduled", "sent", "failed", "dead", "cancelled"]
 UserPath = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,200}$")]
 
 
+def _has_control_character(value: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in value)
+
+
 class Body(BaseModel):
+    """Every request body and query of the notifier API. No text field may carry a control
+    character (NUL above all: PostgreSQL refuses it in text, which would be a 500)."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(t, str) and _has_control_character(t) for t in texts):
+            raise ValueError("text may not contain control characters")
+        return value
 
 
 class QuietHours(Body):
