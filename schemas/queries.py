@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Literal, Self
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Query(BaseModel):
@@ -16,6 +16,14 @@ class _Query(BaseModel):
 class PlanQuery(_Query):
     as_of_version: int | None = Field(default=None, ge=1, le=10_000_000)
     as_of: AwareDatetime | None = Field(default=None, description="RFC 3339 with a time zone")
+
+    @field_validator("as_of")
+    @classmethod
+    def in_utc(cls, value: datetime | None) -> datetime | None:
+        try:
+            return value.astimezone(UTC) if value is not None else None
+        except OverflowError as error:
+            raise ValueError("as_of is outside the supported range of dates") from error
 
     @model_validator(mode="after")
     def one_point_in_time(self) -> Self:

@@ -192,3 +192,77 @@ async def test_unknown_case_reads_are_404(setup: Any) -> None:
     for suffix in ["", "/history", "/verify", "/diff?from_version=1&to_version=2"]:
         response = await client.get(f"/v1/cases/{UNKNOWN}{suffix}", headers=headers)
         assert response.status == 404
+
+
+HOSTILE_JSON = {
+    "deeply nested": b"[" * 20_000 + b"]" * 20_000,
+    "number too long to convert": b'{"text": ' + b"9" * 5000 + b"}",
+    "invalid utf-8": b'{"text": "\xff\xfe"}',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_JSON))
+@pytest.mark.parametrize(("template", "body"), WRITES)
+async def test_hostile_json_is_400(setup: Any, template: str, body: dict[str, Any],
+                                   kind: str) -> None:
+    client, pool, case, headers = setup
+    method, path = template.split(" ", 1)
+    problem = await _expect_refused(client, pool, method, _path(path, case), headers,
+                                    HOSTILE_JSON[kind], "application/json")
+    assert problem["status"] == 400
+
+
+@pytest.mark.parametrize("query", [
+    "/v1/cases?case_manager=%00", "/v1/cases?case_manager=a%0Ab", "/v1/cases?status=%00",
+    "{c}?as_of=9999-12-31T23:59:59-14:00", "{c}?as_of=0001-01-01T00:00:00%2B14:00",
+    "{c}?as_of_version=99999999999", "{c}/history?after_version=%00",
+    "{c}/diff?from_version=1&to_version=99999999999", "{c}/export?format=%00",
+])
+async def test_hostile_query_strings_are_4xx(setup: Any, query: str) -> None:
+    client, _, case, headers = setup
+    response = await client.get(_path(query, case), headers=headers)
+    assert 400 <= response.status < 500, (query, response.status, await response.text())
+    assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize("checkpoint", [
+    "MTo5OTk5OTk5OTk5OTk5OTk5OTk5OQ",  # 1:99999999999999999999
+    "OTk5OTk5OTk5OTk5OTk5OTk5OTk6MQ",  # 99999999999999999999:1
+])
+async def test_checkpoints_out_of_range_are_400(setup: Any, token: TokenFactory,
+                                               checkpoint: str) -> None:
+    client, _, _, _ = setup
+    response = await client.get(f"/v1/events?after={checkpoint}",
+                                headers=bearer(token(role="service", sub="notifier", agency="*")))
+    assert response.status == 400
+    assert response.content_type == "application/problem+json"
+
+
+EXTREME_DATES = ["0001-01-01", "9999-12-31"]
+DATED_WRITES: list[tuple[str, dict[str, Any]]] = [
+    ("POST {c}/goals", {"title": "Later", "domain": "housing", "source": "agency",
+                        "target_date": "{d}"}),
+    ("PATCH {c}/goals/{goal}", {"target_date": "{d}"}),
+    ("POST {c}/goals/{goal}/steps", {"description": "Call", "owner": "participant",
+                                     "due_date": "{d}"}),
+    ("PATCH {c}/steps/{step}", {"due_date": "{d}"}),
+    ("POST {c}/requirements", {"title": "Report monthly", "due_date": "{d}"}),
+    ("POST {c}/reviews/{review}/reschedule", {"due_date": "{d}", "reason": "Jo is away"}),
+    ("POST {c}/reviews/{review}/held", {"held_on": "{d}", "summary": "Good progress"}),
+]
+
+
+@pytest.mark.parametrize("day", EXTREME_DATES)
+@pytest.mark.parametrize(("template", "body"), DATED_WRITES)
+async def test_extreme_dates_never_fail_the_server(setup: Any, template: str,
+                                                   body: dict[str, Any], day: str) -> None:
+    """The first and last representable days are either accepted or refused with a 4xx."""
+    client, _, case, headers = setup
+    method, path = template.split(" ", 1)
+    filled = {k: v.replace("{d}", day) if isinstance(v, str) else v for k, v in body.items()}
+    response = await client.request(method, _path(path, case), json=filled, headers=headers)
+    assert response.status < 500, (template, day, await response.text())
+    if response.status >= 400:
+        assert response.content_type == "application/problem+json"
+    plan = await client.get(f"/v1/cases/{case.id}", headers=headers)
+    assert plan.status == 200

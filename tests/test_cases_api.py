@@ -274,6 +274,23 @@ async def test_idempotency_key_replays_the_original_answer(cm: CaseApi, db: asyn
     assert await event_count(db) == count
 
 
+async def test_an_idempotency_key_covers_the_query_string_too(cm: CaseApi,
+                                                              db: asyncpg.Pool) -> None:
+    """A removal's reason may come as ?reason=: another reason is another request."""
+    case_id = await cm.open_case()
+    strength = await cm.strength(case_id)
+    headers = {"Idempotency-Key": "remove-strength-1"}
+    path = f"/v1/cases/{case_id}/strengths/{strength}"
+    await cm.call("DELETE", f"{path}?reason=duplicate", headers=headers, expect=200)
+    count = await event_count(db)
+    replay = await cm.call("DELETE", f"{path}?reason=duplicate", headers=headers, expect=200)
+    assert replay["version"] == 3
+    other = await cm.call("DELETE", f"{path}?reason=something-else", headers=headers,
+                          expect=422)
+    assert other["type"].endswith("idempotency-key-reused")
+    assert await event_count(db) == count
+
+
 async def test_opening_a_case_is_idempotent_too(cm: CaseApi, db: asyncpg.Pool) -> None:
     body = {"participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"}
     headers = {"Idempotency-Key": "open-ana"}
@@ -319,6 +336,8 @@ async def test_time_travel_by_version_and_by_time(cm: CaseApi, clock: FakeClock)
     before_open = await cm.call("GET", f"/v1/cases/{case_id}?as_of=2020-01-01T00:00:00Z",
                                 expect=404)
     assert before_open["status"] == 404
+    beyond = await cm.call("GET", f"/v1/cases/{case_id}?as_of_version=4", expect=422)
+    assert beyond["current_version"] == 3
 
 
 async def test_diff_lists_what_changed_field_by_field(cm: CaseApi) -> None:

@@ -93,7 +93,10 @@ def parse_json_bytes(raw: bytes, model: type[ModelT]) -> ModelT:
                       kind="malformed-body")
     try:
         document = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except RecursionError as error:
+        raise Problem(400, "Bad request", "body is nested too deeply",
+                      kind="malformed-body") from error
+    except ValueError as error:  # also a number too long to convert, and bad UTF-8
         raise Problem(400, "Bad request", f"body is not valid JSON: {error}",
                       kind="malformed-body") from error
     if not isinstance(document, dict):
@@ -111,6 +114,10 @@ def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:
         if len(values) > 1:
             raise Problem(400, "Bad request", f"query parameter {key!r} given more than once",
                           kind="bad-query")
+        if any(ord(char) < 0x20 or char == "\x7f" for char in values[0]):
+            raise Problem(400, "Bad request", f"query parameter {key!r} holds control characters",
+                          kind="bad-query", errors=[{"field": f"query.{key}",
+                                                     "message": "control characters"}])
         raw[key] = values[0]
     try:
         return model.model_validate(raw)

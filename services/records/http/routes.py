@@ -77,7 +77,7 @@ async def idempotency(request: web.Request) -> IdempotencyClaim | None:
     who = principal(request)
     raw = await request.read()
     fingerprint = hashlib.sha256(
-        f"{request.method} {request.path}\n".encode() + raw).hexdigest()
+        f"{request.method} {request.path_qs}\n".encode() + raw).hexdigest()
     return IdempotencyClaim(f"{who.agency}:{who.sub}", key, fingerprint)
 
 

@@ -21,6 +21,7 @@ from services.records.store.events import _EVENT_COLUMNS, RecordedEvent, _record
 
 _CHECKPOINT = re.compile(r"^(\d{1,20}):(\d{1,20})$")
 NOTIFY_CHANNEL = "records_events"
+_BIGINT_MAX = 2**63 - 1
 
 
 class BadCheckpoint(ValueError):
@@ -45,7 +46,10 @@ class Checkpoint:
         match = _CHECKPOINT.match(raw)
         if match is None or len(token) > 64:
             raise BadCheckpoint("checkpoint is not one this feed handed out")
-        return cls(int(match.group(1)), int(match.group(2)))
+        transaction_id, global_position = int(match.group(1)), int(match.group(2))
+        if max(transaction_id, global_position) > _BIGINT_MAX:
+            raise BadCheckpoint("checkpoint is not one this feed handed out")
+        return cls(transaction_id, global_position)
 
 
 START = Checkpoint(0, 0)
