@@ -122,7 +122,7 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     records = app[RECORDS]
-    if await load_demo(records.pool, records.commands, utc_now):
+    if await load_demo(records.commands, utc_now):
         print("Loaded the demo caseload (agency demo-agency, case manager cm-demo).")
     assert settings.database_url
     assert settings.jwt_secret

@@ -14,9 +14,9 @@ from tests.conftest import FakeClock
 async def test_demo_loads_once_with_plans_in_different_states(fresh_pool: asyncpg.Pool) -> None:
     clock = FakeClock()
     commands = CaseCommands(EventStore(fresh_pool, clock), LanguageGuides(None), clock)
-    assert await load_demo(fresh_pool, commands, clock) is True
+    assert await load_demo(commands, clock) is True
     count = await fresh_pool.fetchval("SELECT count(*) FROM records.events")
-    assert await load_demo(fresh_pool, commands, clock) is False
+    assert await load_demo(commands, clock) is False
     assert await fresh_pool.fetchval("SELECT count(*) FROM records.events") == count
     rows = await fresh_pool.fetch("SELECT participant_name, status, next_review_due"
                                   " FROM records.plans ORDER BY participant_name")

@@ -11,8 +11,6 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid5
 
-import asyncpg
-
 from schemas import api
 from services.common.auth import Principal, Role
 from services.records.application.cases import CaseCommands, WriteRequest
@@ -80,10 +78,9 @@ class _Plan:
             participant_statement=statement)))
 
 
-async def load_demo(pool: asyncpg.Pool, commands: CaseCommands, clock: Clock) -> bool:
+async def load_demo(commands: CaseCommands, clock: Clock) -> bool:
     """Load the demo caseload unless it is there already; True when it was loaded now."""
-    if await pool.fetchval("SELECT 1 FROM records.streams WHERE stream_id = $1",
-                           _id("Jordan Rivera")):
+    if await commands.load(_id("Jordan Rivera")) is not None:
         return False
     await _jordan(_Plan(commands, clock, "Jordan Rivera"))
     await _ana(_Plan(commands, clock, "Ana Lopez"))

@@ -7,7 +7,6 @@ the events by ``rebuild_plans``. All SQL touching ``records.plans`` lives here.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -17,7 +16,7 @@ import asyncpg
 
 from schemas.events import parse_event
 from services.records.domain import PlanState, evolve, plan_view
-from services.records.store.events import CoWrite, RecordedEvent, _recorded
+from services.records.store.events import CoWrite, RecordedEvent, every_stream
 
 _COLUMNS = ("case_id, agency, version, status, case_manager, risk_level, participant_name,"
             " next_review_due, open_step_due_dates, active_goals, opened_at, updated_at, view")
@@ -126,22 +125,6 @@ class RebuildStats:
     cases: int
 
 
-async def _streams(conn: asyncpg.Connection) -> AsyncIterator[list[RecordedEvent]]:
-    """Every stream's events, one stream at a time, read with a server-side cursor."""
-    current: list[RecordedEvent] = []
-    async for row in conn.cursor(
-            "SELECT global_position, stream_id, version, event_id, type, schema_version, data,"
-            " metadata, agency, recorded_at, prev_hash, hash"
-            " FROM records.events ORDER BY stream_id, version", prefetch=2000):
-        event = _recorded(row)
-        if current and current[0].stream_id != event.stream_id:
-            yield current
-            current = []
-        current.append(event)
-    if current:
-        yield current
-
-
 async def rebuild_plans(pool: asyncpg.Pool, batch_size: int = 500) -> RebuildStats:
     """Recompute every plan from the events, atomically: readers see old or new, never half.
 
@@ -153,7 +136,7 @@ async def rebuild_plans(pool: asyncpg.Pool, batch_size: int = 500) -> RebuildSta
         await conn.execute("LOCK TABLE records.plans IN ACCESS EXCLUSIVE MODE")
         await conn.execute("DELETE FROM records.plans")
         batch: list[tuple[Any, ...]] = []
-        async for stream in _streams(conn):
+        async for stream in every_stream(conn):
             state = fold_recorded(stream)
             events += len(stream)
             if state is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -345,3 +345,21 @@ class EventStore:
         """Recompute the stream's chain from the stored rows; names the first broken link."""
         events = await self.read_stream(stream_id)
         return verify_links(e.link() for e in events)
+
+
+async def every_stream(conn: asyncpg.Connection) -> AsyncIterator[list[RecordedEvent]]:
+    """Every stream's events, one stream at a time, read with a server-side cursor.
+
+    Takes a connection, not the pool: a cursor lives inside its caller's transaction.
+    """
+    current: list[RecordedEvent] = []
+    async for row in conn.cursor(
+            f"SELECT {_EVENT_COLUMNS} FROM records.events ORDER BY stream_id, version",
+            prefetch=2000):
+        event = _recorded(row)
+        if current and current[0].stream_id != event.stream_id:
+            yield current
+            current = []
+        current.append(event)
+    if current:
+        yield current
