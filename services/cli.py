@@ -11,7 +11,7 @@ from contextlib import ExitStack, suppress
 
 from services.common.auth import Role, dev_secret, issue_token
 from services.common.logs import configure_logging
-from services.common.settings import Settings
+from services.common.settings import ConfigurationError, Settings
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -222,7 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
     run: Callable[[argparse.Namespace, Settings], int] = args.run
-    return run(args, settings)
+    try:
+        return run(args, settings)
+    except ConfigurationError as error:
+        return _fail(f"configuration: {error}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class ConfigurationError(ValueError):
+    """A configuration file or setting the service cannot start with; the message names it."""
+
+
 class Settings(BaseSettings):
     """Every knob Casetrail reads from the environment; CLI flags override these."""
 
@@ -25,5 +29,6 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, alias="CASETRAIL_DB_POOL_MAX")
     feed_max_wait_seconds: float = Field(default=30.0, alias="CASETRAIL_FEED_MAX_WAIT")
     language_guide_dir: Path | None = Field(default=None, alias="CASETRAIL_LANGUAGE_GUIDE_DIR")
+    policy_dir: Path | None = Field(default=None, alias="CASETRAIL_POLICY_DIR")
     log_level: str = Field(default="info", alias="CASETRAIL_LOG_LEVEL")
     dev_data_dir: Path = Field(default=Path(".casetrail"), alias="CASETRAIL_DEV_DIR")

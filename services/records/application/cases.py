@@ -27,6 +27,7 @@ from services.records.application.access import (
     authorize_open,
 )
 from services.records.application.language import LanguageGuides
+from services.records.application.policy import AgencyPolicies
 from services.records.domain import (
     Actor,
     AnyCommand,
@@ -74,6 +75,7 @@ class WriteRequest:
     idempotency: IdempotencyClaim | None = None
     request_id: str | None = None
     correlation_id: str | None = None
+    causation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,11 @@ class StateCache:
 
 class CaseCommands:
     def __init__(self, store: EventStore, guides: LanguageGuides, clock: Clock,
-                 on_conflict: Callable[[], None] = lambda: None) -> None:
+                 on_conflict: Callable[[], None] = lambda: None,
+                 policies: AgencyPolicies | None = None) -> None:
         self._store = store
         self._guides = guides
+        self._policies = policies if policies is not None else AgencyPolicies(None)
         self._clock = clock
         self._cache = StateCache()
         self._on_conflict = on_conflict
@@ -206,8 +210,14 @@ class CaseCommands:
         authorize(request.who, action, facts)
 
     def _context(self, request: WriteRequest) -> DecisionContext:
+        # The agency's policy is snapshotted into CaseOpened; later decisions on the case use
+        # that snapshot (policy=None), so a case is held to the policy it was opened under.
+        command = request.command
+        policy = (self._policies.for_agency(command.agency)
+                  if isinstance(command, OpenCase) else None)
         return DecisionContext(today=self._clock().date(),
-                               actor=Actor(sub=request.who.sub, role=request.who.role.value))
+                               actor=Actor(sub=request.who.sub, role=request.who.role.value),
+                               policy=policy)
 
     async def _append(self, request: WriteRequest, state: PlanState | None,
                       payloads: list[EventPayload]) -> AppendResult:
@@ -217,6 +227,9 @@ class CaseCommands:
             "agency": request.who.agency,
             "request_id": request.request_id,
             "correlation_id": request.correlation_id or request.request_id,
+            # For an HTTP command the cause of its events is the request itself, unless the
+            # caller names what it reacted to (X-Causation-Id).
+            "causation_id": request.causation_id or request.request_id,
         }
         if request.idempotency is not None:
             metadata["idempotency_key"] = request.idempotency.key

@@ -1,31 +1,42 @@
-"""Language guides per agency: the packaged guide, extended by ``<agency>.json`` files."""
+"""Language guides per agency: the packaged guide, extended by ``<agency>.json`` files.
+
+Every file is read and checked when the service starts (a malformed one stops the start with a
+message naming it); a request only looks its agency's guide up.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
+from services.common.settings import ConfigurationError
+from services.records.application.agency_files import read_agency_files
 from services.records.domain import LanguageGuide, load_base_guide
 
-_AGENCY_FILE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+SETTING = "CASETRAIL_LANGUAGE_GUIDE_DIR"
+# The base guide's own keys; anything else in an agency file is most likely a typo ("term"),
+# which would otherwise silently extend nothing.
+_KEYS = {"version", "description", "terms", "remove"}
 
 
 class LanguageGuides:
     def __init__(self, folder: Path | None) -> None:
-        self._folder = folder
         self._base = load_base_guide()
-        self._cache: dict[str, LanguageGuide] = {}
+        self._by_agency = {agency: self._extend(path, raw)
+                           for agency, (path, raw) in read_agency_files(folder, SETTING).items()}
 
     def for_agency(self, agency: str) -> LanguageGuide:
-        if agency not in self._cache:
-            self._cache[agency] = self._load(agency)
-        return self._cache[agency]
+        return self._by_agency.get(agency, self._base)
 
-    def _load(self, agency: str) -> LanguageGuide:
-        if self._folder is None or not _AGENCY_FILE.match(agency):
-            return self._base
-        path = self._folder / f"{agency}.json"
-        if not path.exists():
-            return self._base
-        return self._base.merge(json.loads(path.read_text()))
+    def _extend(self, path: Path, raw: bytes) -> LanguageGuide:
+        try:
+            data = json.loads(raw)
+        except ValueError as error:  # also UnicodeDecodeError
+            raise ConfigurationError(f"{path}: not valid JSON ({error})") from error
+        if isinstance(data, dict) and (unknown := sorted(set(data) - _KEYS)):
+            raise ConfigurationError(
+                f"{path}: unknown keys {unknown} (expected {sorted(_KEYS)})")
+        try:
+            return self._base.merge(data)
+        except ValueError as error:
+            raise ConfigurationError(f"{path}: {error}") from error

@@ -33,6 +33,7 @@ from services.common.problems import Problem, problem_middleware
 from services.common.settings import Settings
 from services.records.application.cases import CaseCommands
 from services.records.application.language import LanguageGuides
+from services.records.application.policy import AgencyPolicies
 from services.records.application.queries import CaseQueries
 from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics
@@ -93,6 +94,10 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
     database_url = settings.database_url
+    # Per-agency files are read now, so a malformed one stops the start (ConfigurationError
+    # naming the file) instead of failing requests later.
+    guides = LanguageGuides(settings.language_guide_dir)
+    policies = AgencyPolicies(settings.policy_dir)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[request_id_middleware, request_metrics_middleware, problem_middleware,
@@ -110,8 +115,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
         store = EventStore(pool, clock, on_appended=waiter.announce)
         app[RECORDS] = Records(
             settings, pool, store, waiter, app[METRICS],
-            CaseCommands(store, LanguageGuides(settings.language_guide_dir), clock,
-                         app[METRICS].append_conflicts.inc),
+            CaseCommands(store, guides, clock, app[METRICS].append_conflicts.inc, policies),
             CaseQueries(pool, store, clock))
         yield
         await waiter.stop()

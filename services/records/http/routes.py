@@ -30,6 +30,7 @@ from services.records.store.events import IdempotencyClaim
 _IDEMPOTENCY_NAMESPACE = UUID("5b8f3c1e-6d0a-4c47-9a8e-2f1b7c9d4e60")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d{1,9})"?$')
+_TRACE_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 def path_id(request: web.Request, name: str) -> UUID:
@@ -51,6 +52,18 @@ def if_match(request: web.Request) -> int | None:
                       kind="bad-if-match", errors=[{"field": "header.If-Match",
                                                     "message": "not a version"}])
     return int(match.group(1))
+
+
+def trace_id(request: web.Request, header: str) -> str | None:
+    """X-Correlation-Id / X-Causation-Id, recorded in the events' metadata when given."""
+    value = request.headers.get(header)
+    if value is None:
+        return None
+    if not _TRACE_ID.match(value):
+        raise Problem(400, "Bad request", f"{header} must be 1-200 visible characters",
+                      kind="bad-trace-id", errors=[{"field": f"header.{header}",
+                                                    "message": "invalid"}])
+    return value
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,7 @@ def write(method: str, path: str, summary: str, body: type[BaseModel], build: Bu
         request_id = request.get(REQUEST_ID_KEY)
         outcome = await records(request).commands.execute(WriteRequest(
             case_id, command, principal(request), if_match(request), claim, request_id,
-            request.headers.get("X-Correlation-Id")))
+            trace_id(request, "X-Correlation-Id"), trace_id(request, "X-Causation-Id")))
         headers = {"ETag": f'"{outcome.version}"'}
         if outcome.replayed:
             headers["Idempotent-Replayed"] = "true"

@@ -1,0 +1,174 @@
+"""Per-agency practice policy (rules 1 and 6): files read at startup, applied when a case opens."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services.cli import main
+from services.common.settings import ConfigurationError
+from services.records.application.policy import DEFAULT_POLICY, AgencyPolicies
+from services.records.domain import AgencyPolicy
+from services.records.http.app import create_app
+from tests.conftest import JWT_SECRET, ClientFactory, FakeClock, TokenFactory, make_settings
+from tests.records_api import CaseApi, event_count
+
+
+def write_policy(folder: Path, agency: str, body: object) -> Path:
+    path = folder / f"{agency}.json"
+    path.write_text(json.dumps(body) if not isinstance(body, str) else body)
+    return path
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def test_a_file_overrides_what_it_names_and_keeps_the_defaults_for_the_rest(
+        tmp_path: Path) -> None:
+    write_policy(tmp_path, "north", {"description": "North county practice",
+                                     "max_active_goals": 2,
+                                     "review_interval_days": {"high": 14}})
+    policies = AgencyPolicies(tmp_path)
+    assert policies.for_agency("north") == AgencyPolicy(
+        max_active_goals=2, review_days_high=14, review_days_moderate=60, review_days_low=90)
+    assert policies.for_agency("south") == DEFAULT_POLICY == AgencyPolicy()
+    assert AgencyPolicies(None).for_agency("north") == DEFAULT_POLICY
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    ("{not json", "the file"),
+    ({"max_active_goals": "2"}, "max_active_goals"),
+    ({"max_active_goals": True}, "max_active_goals"),
+    ({"max_active_goals": 0}, "max_active_goals"),
+    ({"review_interval_days": {"high": 400}}, "review_interval_days.high"),
+    ({"review_interval_days": {"urgent": 7}}, "review_interval_days.urgent"),
+    ({"max_goals": 2}, "max_goals"),
+    ([1, 2], "the file"),
+])
+def test_a_malformed_policy_file_is_refused_naming_the_file_and_the_field(
+        tmp_path: Path, body: object, named: str) -> None:
+    path = write_policy(tmp_path, "north", body)
+    with pytest.raises(ConfigurationError) as refused:
+        AgencyPolicies(tmp_path)
+    assert str(path) in str(refused.value)
+    assert named in str(refused.value)
+
+
+def test_a_policy_folder_that_is_missing_or_misnamed_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"CASETRAIL_POLICY_DIR=.*: not a folder"):
+        AgencyPolicies(tmp_path / "missing")
+    write_policy(tmp_path, "north county", {"max_active_goals": 2})
+    with pytest.raises(ConfigurationError, match=r"north county\.json: name the file"):
+        AgencyPolicies(tmp_path)
+
+
+def test_a_malformed_policy_file_stops_the_app_before_it_starts(tmp_path: Path) -> None:
+    path = write_policy(tmp_path, "north", {"max_active_goals": 0})
+    with pytest.raises(ConfigurationError, match=re.escape(str(path))):
+        create_app(make_settings("postgresql://unused", CASETRAIL_POLICY_DIR=str(tmp_path)))
+
+
+def test_casetrail_records_exits_with_a_message_naming_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_policy(tmp_path, "north", {"review_interval_days": {"high": "soon"}})
+    monkeypatch.setenv("DATABASE_URL", "postgresql://unused")
+    monkeypatch.setenv("CASETRAIL_JWT_SECRET", JWT_SECRET)
+    monkeypatch.setenv("CASETRAIL_POLICY_DIR", str(tmp_path))
+    assert main(["records"]) == 2
+    error = capsys.readouterr().err
+    assert f"casetrail: configuration: {path}: review_interval_days.high" in error
+
+
+# ------------------------------------------------------------------------------------ over HTTP
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    write_policy(tmp_path, "agency-cap2", {"max_active_goals": 2})
+    write_policy(tmp_path, "agency-fast", {"review_interval_days": {"high": 14}})
+    return tmp_path
+
+
+@pytest.fixture
+async def client(make_records_client: ClientFactory, fresh_database_url: str,
+                 policy_dir: Path, clock: FakeClock) -> TestClient:
+    return await make_records_client(fresh_database_url, clock=clock,
+                                     CASETRAIL_POLICY_DIR=str(policy_dir))
+
+
+@pytest.fixture
+async def db(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+GOALS = ["Steady work", "A place of my own", "Reconnect with my daughter"]
+
+
+async def test_an_agency_with_cap_2_refuses_a_third_active_goal_another_accepts_it(
+        client: TestClient, token: TokenFactory, db: asyncpg.Pool) -> None:
+    capped = CaseApi(client, token(agency="agency-cap2"))
+    case_id = await capped.open_case()
+    for title in GOALS[:2]:
+        await capped.goal(case_id, title=title)
+    before = await event_count(db)
+    refused = await capped.call("POST", f"/v1/cases/{case_id}/goals", {
+        "title": GOALS[2], "domain": "family", "source": "participant",
+        "in_their_words": "I want to see her every week"}, expect=422)
+    assert "override_reason" in str(refused)
+    assert await event_count(db) == before
+    assert (await capped.plan(case_id))["max_active_goals"] == 2
+
+    default = CaseApi(client, token(agency="agency-b"))
+    other_case = await default.open_case()
+    for title in GOALS:
+        await default.goal(other_case, title=title)
+    assert (await default.plan(other_case))["max_active_goals"] == 3
+
+
+async def test_an_agency_with_a_14_day_high_risk_interval_schedules_review_after_14_days(
+        client: TestClient, token: TokenFactory, clock: FakeClock) -> None:
+    fast = CaseApi(client, token(agency="agency-fast"))
+    case_id = await fast.open_case(risk_level="high")
+    await fast.goal(case_id)
+    agreed = await fast.agree(case_id)
+    scheduled = agreed["events"][1]
+    assert scheduled["type"] == "ReviewScheduled"
+    assert scheduled["data"]["interval_days"] == 14
+    assert scheduled["data"]["due_date"] == (clock.now.date() + timedelta(days=14)).isoformat()
+
+    default = CaseApi(client, token(agency="agency-b"))
+    other_case = await default.open_case(risk_level="high")
+    await default.goal(other_case)
+    assert (await default.agree(other_case))["events"][1]["data"]["interval_days"] == 30
+
+
+async def test_a_case_keeps_the_policy_it_was_opened_under(
+        make_records_client: ClientFactory, fresh_database_url: str, tmp_path: Path,
+        token: TokenFactory) -> None:
+    before = CaseApi(await make_records_client(fresh_database_url), token(agency="agency-cap2"))
+    case_id = await before.open_case()
+    write_policy(tmp_path, "agency-cap2", {"max_active_goals": 2})
+    after = CaseApi(await make_records_client(fresh_database_url,
+                                              CASETRAIL_POLICY_DIR=str(tmp_path)),
+                    token(agency="agency-cap2"))
+    for title in GOALS:
+        await after.goal(case_id, title=title)
+    assert (await after.plan(case_id))["max_active_goals"] == 3
+    new_case = await after.open_case()
+    assert (await after.plan(new_case))["max_active_goals"] == 2
