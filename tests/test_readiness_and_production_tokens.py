@@ -1,0 +1,126 @@
+"""Readiness tells the truth when the database is away or behind; production key setups."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.conftest import ClientFactory, bearer
+
+
+def claims(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {"sub": "notifier", "role": "service", "agency": "*",
+                               "exp": int(time.time()) + 600}
+    base.update(overrides)
+    return base
+
+
+async def test_readyz_is_503_while_a_migration_is_pending(make_records_client: ClientFactory,
+                                                          fresh_database_url: str,
+                                                          fresh_pool: asyncpg.Pool) -> None:
+    client = await make_records_client(fresh_database_url)
+    newest = await fresh_pool.fetchval("SELECT max(version) FROM records.schema_migrations")
+    await fresh_pool.execute("DELETE FROM records.schema_migrations WHERE version = $1", newest)
+    response = await client.get("/readyz")
+    body = await response.json()
+    assert response.status == 503
+    assert body["checks"]["migrations"].startswith("pending: ")
+
+
+async def test_readyz_is_503_while_the_database_refuses_connections(
+        make_records_client: ClientFactory, fresh_database_url: str,
+        postgres_server_url: str) -> None:
+    client = await make_records_client(fresh_database_url)
+    name = urlsplit(fresh_database_url).path.lstrip("/")
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = $1", name)
+        response = await client.get("/readyz")
+        body = await response.json()
+        assert response.status == 503, body
+        assert body["checks"]["database"].startswith("unreachable")
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    again = await client.get("/readyz")
+    assert again.status == 200
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _public_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+async def test_rs256_tokens_verify_and_an_hs256_token_is_not_accepted_in_their_place(
+        make_records_client: ClientFactory, database_url: str, tmp_path: Path) -> None:
+    key = _rsa_key()
+    key_file = tmp_path / "public.pem"
+    key_file.write_bytes(_public_pem(key))
+    client = await make_records_client(database_url, CASETRAIL_JWT_SECRET=None,
+                                       CASETRAIL_JWT_PUBLIC_KEY_FILE=key_file)
+    good = jwt.encode(claims(), key, algorithm="RS256")
+    assert (await client.get("/v1/events", headers=bearer(good))).status == 200
+    forged = jwt.encode(claims(), _rsa_key(), algorithm="RS256")
+    # the classic confusion: the public key used as an HMAC secret
+    confused = jwt.encode(claims(), "x" * 64, algorithm="HS256")
+    for token in (forged, confused):
+        response = await client.get("/v1/events", headers=bearer(token))
+        assert response.status == 401
+        assert response.content_type == "application/problem+json"
+
+
+async def test_a_jwks_file_picks_the_key_by_its_id(make_records_client: ClientFactory,
+                                                  database_url: str, tmp_path: Path) -> None:
+    current, previous = _rsa_key(), _rsa_key()
+    keys = []
+    for kid, key in (("2026-11", current), ("2026-05", previous)):
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+        keys.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": keys}))
+    client = await make_records_client(database_url, CASETRAIL_JWT_SECRET=None,
+                                       CASETRAIL_JWKS_FILE=jwks_file)
+    for kid, key in (("2026-11", current), ("2026-05", previous)):
+        token = jwt.encode(claims(), key, algorithm="RS256", headers={"kid": kid})
+        assert (await client.get("/v1/events", headers=bearer(token))).status == 200, kid
+    refused = {
+        "unknown kid": jwt.encode(claims(), current, algorithm="RS256", headers={"kid": "x"}),
+        "kid of another key": jwt.encode(claims(), previous, algorithm="RS256",
+                                         headers={"kid": "2026-11"}),
+    }
+    for name, token in refused.items():
+        response = await client.get("/v1/events", headers=bearer(token))
+        assert response.status == 401, name
+
+
+async def test_issuer_and_audience_are_checked_when_configured(
+        make_records_client: ClientFactory, database_url: str, tmp_path: Path) -> None:
+    key = _rsa_key()
+    key_file = tmp_path / "public.pem"
+    key_file.write_bytes(_public_pem(key))
+    client = await make_records_client(
+        database_url, CASETRAIL_JWT_SECRET=None, CASETRAIL_JWT_PUBLIC_KEY_FILE=key_file,
+        CASETRAIL_JWT_ISSUER="https://id.agency.example", CASETRAIL_JWT_AUDIENCE="casetrail")
+    right = {"iss": "https://id.agency.example", "aud": "casetrail"}
+    token = jwt.encode(claims(**right), key, algorithm="RS256")
+    assert (await client.get("/v1/events", headers=bearer(token))).status == 200
+    for name, wrong in {"no issuer": {"aud": "casetrail"},
+                        "other issuer": {**right, "iss": "https://elsewhere.example"},
+                        "no audience": {"iss": right["iss"]},
+                        "other audience": {**right, "aud": "billing"}}.items():
+        token = jwt.encode(claims(**wrong), key, algorithm="RS256")
+        response = await client.get("/v1/events", headers=bearer(token))
+        assert response.status == 401, name
