@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from typing import Any
@@ -363,6 +364,24 @@ async def test_verify_reports_an_intact_chain(cm: CaseApi) -> None:
     assert report["valid"] is True
     assert report["events_checked"] == 2
     assert report["first_broken_link"] is None
+
+
+async def test_verify_names_the_first_broken_link_of_a_tampered_case(
+        cm: CaseApi, db: asyncpg.Pool) -> None:
+    case_id = await cm.open_case()
+    await cm.strength(case_id)
+    await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Met at the library"},
+                  expect=201)
+    # Only a superuser bypassing the append-only trigger can do this: what verify is for.
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(
+            "UPDATE records.events SET data = jsonb_set(data, '{description}', '\"Rewritten\"')"
+            " WHERE stream_id = $1 AND version = 2", uuid.UUID(case_id))
+    report = await cm.call("GET", f"/v1/cases/{case_id}/verify", expect=200)
+    assert report["valid"] is False
+    assert report["first_broken_link"]["version"] == 2
+    assert report["first_broken_link"]["problem"]
 
 
 async def test_caseload_lists_next_review_and_overdue_steps(
