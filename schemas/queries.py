@@ -58,3 +58,10 @@ class DiffQuery(_Query):
 
 class RemovalQuery(_Query):
     reason: str | None = Field(default=None, min_length=1, max_length=4000)
+
+
+class AccessLogQuery(_Query):
+    case_id: UUID | None = None
+    after: int = Field(default=0, ge=0, le=2**63 - 1, description="next_after of the previous"
+                       " page")
+    limit: int = Field(default=100, ge=1, le=500)

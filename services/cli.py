@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
+from datetime import UTC, date, datetime, time, timedelta
 
 from services.common.auth import Role, dev_secret, issue_token
 from services.common.logs import configure_logging
@@ -42,12 +43,44 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         return _fail("set CASETRAIL_JWT_SECRET (or run `casetrail dev` once to make a dev secret)")
     cases = [c for c in (args.cases or "").split(",") if c]
     try:
+        window_from = _window_bound(args.window_from, "--window-from", end_of_day=False)
+        window_to = _window_bound(args.window_to, "--window-to", end_of_day=True)
+    except ValueError as error:
+        return _fail(str(error))
+    if (window_from or window_to) and args.role != Role.AUDITOR:
+        return _fail("--window-from/--window-to scope auditor tokens; use --role auditor")
+    if window_from and window_to and window_from > window_to:
+        return _fail("--window-from must not be later than --window-to")
+    try:
         token = issue_token(secret, sub=args.sub, role=args.role, agency=args.agency,
-                            cases=cases, ttl_seconds=args.ttl)
+                            cases=cases, ttl_seconds=args.ttl, window_from=window_from,
+                            window_to=window_to)
     except ValueError as error:
         return _fail(f"bad --cases or --role: {error}")
     print(token)
     return 0
+
+
+def _window_bound(raw: str | None, flag: str, *, end_of_day: bool) -> datetime | None:
+    """An RFC 3339 date-time with a time zone, or a date: a --window-from date starts at its
+    midnight (UTC), a --window-to date runs to the end of that day."""
+    if raw is None:
+        return None
+    try:
+        day = date.fromisoformat(raw)
+    except ValueError:
+        pass
+    else:
+        start = datetime.combine(day, time(), UTC)
+        return start + timedelta(days=1, microseconds=-1) if end_of_day else start
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError as error:
+        raise ValueError(f"{flag} must be an RFC 3339 date or date-time, got {raw!r}") \
+            from error
+    if moment.tzinfo is None:
+        raise ValueError(f"{flag} needs a time zone, such as 2026-03-01T09:00:00Z")
+    return moment.astimezone(UTC)
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -187,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--agency", required=True)
     token.add_argument("--cases", help="comma-separated case ids (participant, auditor)")
     token.add_argument("--ttl", type=int, default=8 * 3600, help="lifetime in seconds")
+    token.add_argument("--window-from", help="auditor: first moment of the record they see"
+                       " (RFC 3339 date or date-time with a time zone)")
+    token.add_argument("--window-to", help="auditor: last moment of the record they see"
+                       " (a date means through the end of that day, UTC)")
     token.set_defaults(run=cmd_token)
 
     notifier = sub.add_parser("notifier", help="run the notifier service")

@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
+import pytest
 
+from services.common.auth import principal_from_claims
 from tests.conftest import JWT_SECRET
 
 CASETRAIL = [sys.executable, "-m", "services.cli"]
@@ -52,6 +55,51 @@ def test_token_refuses_bad_input(tmp_path: Path) -> None:
                     env={"CASETRAIL_JWT_SECRET": "", "CASETRAIL_DEV_DIR": str(tmp_path)})
     assert no_secret.returncode == 2
     assert "CASETRAIL_JWT_SECRET" in no_secret.stderr
+
+
+AUDITOR = ("token", "--sub", "court-1", "--role", "auditor", "--agency", "agency-a")
+
+
+@pytest.mark.parametrize(("flags", "window_from", "window_to"), [
+    (["--window-from", "2026-03-01", "--window-to", "2026-03-31"],
+     "2026-03-01T00:00:00+00:00", "2026-03-31T23:59:59.999999+00:00"),
+    (["--window-from", "2026-03-01T09:30:00+02:00"], "2026-03-01T07:30:00+00:00", None),
+    (["--window-to", "2026-03-31T17:00:00Z"], None, "2026-03-31T17:00:00+00:00"),
+])
+def test_token_issues_an_auditor_window(flags: list[str], window_from: str | None,
+                                        window_to: str | None) -> None:
+    result = run(*AUDITOR, *flags, env={"CASETRAIL_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+    for name, expected in (("window_from", window_from), ("window_to", window_to)):
+        if expected is None:
+            assert name not in claims
+        else:
+            assert datetime.fromtimestamp(claims[name], UTC) == datetime.fromisoformat(expected)
+    principal = principal_from_claims(claims)  # the services read back the same window
+    assert (principal.window_from.isoformat() if principal.window_from else None) == window_from
+    assert (principal.window_to.isoformat() if principal.window_to else None) == window_to
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--window-from", "yesterday"], "--window-from must be an RFC 3339"),
+    (["--window-to", "2026-13-01"], "--window-to must be an RFC 3339"),
+    (["--window-from", "2026-03-01T09:00:00"], "needs a time zone"),
+    (["--window-from", "2026-04-01", "--window-to", "2026-03-01"], "not be later"),
+])
+def test_token_refuses_bad_windows(flags: list[str], message: str) -> None:
+    result = run(*AUDITOR, *flags, env={"CASETRAIL_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_token_windows_are_for_auditors() -> None:
+    result = run("token", "--sub", "sup-1", "--role", "supervisor", "--agency", "agency-a",
+                 "--window-from", "2026-03-01", env={"CASETRAIL_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 2
+    assert "auditor" in result.stderr
 
 
 def test_migrate_applies_then_reports_current(fresh_database_url: str) -> None:

@@ -7,8 +7,10 @@ signatures against a public key or a JWKS file, so the services never hold a sig
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -38,12 +40,17 @@ class Principal:
     role: Role
     agency: str
     cases: frozenset[UUID] = frozenset()
-    # auditors are scoped to a time window of the record as well as to named cases
-    window_from: int | None = None
-    window_to: int | None = None
+    # auditors are scoped to a time window of the record as well as to named cases; either
+    # bound may be open (None)
+    window_from: datetime | None = None
+    window_to: datetime | None = None
 
     def names_case(self, case_id: UUID) -> bool:
         return case_id in self.cases
+
+    @property
+    def has_window(self) -> bool:
+        return self.window_from is not None or self.window_to is not None
 
 
 _ASYMMETRIC = ["RS256", "ES256", "EdDSA"]
@@ -122,12 +129,30 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         cases = frozenset(UUID(str(c)) for c in raw_cases)
     except ValueError as error:
         raise AuthError("cases must be a list of case ids") from error
-    return Principal(sub, role, agency, cases, claims.get("window_from"),
-                     claims.get("window_to"))
+    window_from = _window_bound(claims, "window_from")
+    window_to = _window_bound(claims, "window_to")
+    if window_from is not None and window_to is not None and window_from > window_to:
+        raise AuthError("window_from must not be later than window_to")
+    return Principal(sub, role, agency, cases, window_from, window_to)
+
+
+def _window_bound(claims: dict[str, Any], name: str) -> datetime | None:
+    """A window claim is a NumericDate (Unix seconds) like ``exp``; anything else makes the
+    token invalid rather than silently widening or breaking the auditor's scope."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AuthError(f"{name} must be a time in Unix seconds")
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError) as error:
+        raise AuthError(f"{name} is not a representable time") from error
 
 
 def issue_token(secret: str, *, sub: str, role: Role | str, agency: str,
                 cases: list[str] | None = None, ttl_seconds: int = 8 * 3600,
+                window_from: datetime | None = None, window_to: datetime | None = None,
                 extra: dict[str, Any] | None = None) -> str:
     """An HS256 development token."""
     now = int(time.time())
@@ -135,8 +160,19 @@ def issue_token(secret: str, *, sub: str, role: Role | str, agency: str,
                               "iat": now, "exp": now + ttl_seconds}
     if cases:
         claims["cases"] = [str(UUID(c)) for c in cases]
+    if window_from is not None:
+        claims["window_from"] = _unix_seconds(window_from)
+    if window_to is not None:
+        claims["window_to"] = _unix_seconds(window_to)
     claims.update(extra or {})
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _unix_seconds(moment: datetime) -> int | float:
+    if moment.tzinfo is None:
+        raise ValueError("window bounds need a time zone")
+    seconds = moment.timestamp()
+    return int(seconds) if seconds.is_integer() else seconds
 
 
 def dev_secret(data_dir: Path) -> str:

@@ -8,6 +8,7 @@ something gets 403.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from services.common.auth import Principal, Role
@@ -83,6 +84,59 @@ def authorize_listing(who: Principal, case_manager: str | None) -> str | None:
             raise Forbidden("case managers list their own caseload")
         return who.sub
     raise Forbidden(f"the {who.role} role does not list caseloads")
+
+
+def authorize_access_log(who: Principal) -> None:
+    """The access log is exported by the agency's supervisors; it names who read which case."""
+    if who.role is not Role.SUPERVISOR:
+        raise Forbidden(f"the {who.role} role does not read the access log")
+
+
+class OutsideWindow(Forbidden):
+    """The principal asked for a point of the record outside its audit window (403)."""
+
+
+@dataclass(frozen=True)
+class WindowVersions:
+    """The versions a windowed token sees: ``first`` is the plan as the window opened (0: the
+    case did not exist yet), ``last`` the plan as it closed; the events in between are the ones
+    recorded inside the window."""
+
+    first: int
+    last: int
+
+    def covers(self, version: int) -> bool:
+        return self.first <= version <= self.last
+
+
+def point_in_window(who: Principal, versions: WindowVersions, as_of_version: int | None,
+                    as_of: datetime | None) -> tuple[int | None, datetime | None]:
+    """The point of the record a windowed plan read answers: the one asked for when it lies
+    inside the window, otherwise refused; by default the plan as the window closed."""
+    if as_of_version is not None:
+        if not versions.covers(as_of_version):
+            raise OutsideWindow(f"version {as_of_version} is outside your audit window, which "
+                                f"covers versions {max(versions.first, 1)} to {versions.last}")
+        return as_of_version, None
+    if as_of is not None:
+        too_early = who.window_from is not None and as_of < who.window_from
+        too_late = who.window_to is not None and as_of > who.window_to
+        if too_early or too_late:
+            raise OutsideWindow(f"as_of is outside your audit window ({_describe_window(who)})")
+        return None, as_of
+    return versions.last, None
+
+
+def check_diff_in_window(versions: WindowVersions, from_version: int, to_version: int) -> None:
+    if not (versions.covers(from_version) and versions.covers(to_version)):
+        raise OutsideWindow(f"your audit window covers versions {versions.first} to "
+                            f"{versions.last}; a diff must stay between them")
+
+
+def _describe_window(who: Principal) -> str:
+    start = who.window_from.isoformat() if who.window_from else "the beginning"
+    end = who.window_to.isoformat() if who.window_to else "now"
+    return f"from {start} to {end}"
 
 
 def is_audited_read(who: Principal) -> bool:

@@ -14,12 +14,16 @@ from services.records.application.access import (
     Action,
     CaseFacts,
     NotVisible,
+    WindowVersions,
     authorize,
+    authorize_access_log,
     authorize_listing,
+    check_diff_in_window,
     is_audited_read,
+    point_in_window,
 )
 from services.records.application.cases import history_entry
-from services.records.chain import ChainReport
+from services.records.chain import ChainReport, verify_links
 from services.records.domain import plan_view
 from services.records.projections.plans import (
     CaseloadFilter,
@@ -27,7 +31,9 @@ from services.records.projections.plans import (
     list_caseload,
     load_plan,
 )
-from services.records.store.events import Clock, EventStore, RecordedEvent
+from services.records.store.access_log import AccessLogEntry, list_entries, record_read
+from services.records.store.events import Clock, EventStore
+from services.records.store.windows import versions_around_window
 
 
 @dataclass(frozen=True)
@@ -52,17 +58,29 @@ class CaseQueries:
                      request_id: str | None) -> None:
         authorize(who, action, await self._facts(case_id))
         if is_audited_read(who):
-            await self._pool.execute(
-                "INSERT INTO records.access_log (at, agency, actor_sub, actor_role, case_id,"
-                " action, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            await record_read(self._pool, AccessLogEntry(
                 self._clock(), who.agency, who.sub, who.role.value, case_id, action.value,
-                request_id)
+                request_id))
+
+    async def _window(self, who: Principal, case_id: UUID) -> WindowVersions | None:
+        """The versions a windowed (auditor) token sees; None for a token without a window."""
+        if not who.has_window:
+            return None
+        first, last = await versions_around_window(self._pool, case_id, who.window_from,
+                                                   who.window_to)
+        if last == 0:
+            raise NotVisible  # the case did not exist yet when the window closed
+        return WindowVersions(first, last)
 
     async def plan(self, who: Principal, case_id: UUID, *, as_of_version: int | None = None,
                    as_of: datetime | None = None, request_id: str | None = None) -> PlanAnswer:
         time_travel = as_of_version is not None or as_of is not None
         await self._allow(who, case_id, Action.AUDIT if time_travel else Action.READ_PLAN,
                           request_id)
+        window = await self._window(who, case_id)
+        if window is not None:
+            as_of_version, as_of = point_in_window(who, window, as_of_version, as_of)
+            time_travel = True
         if not time_travel:
             stored = await load_plan(self._pool, case_id)
             assert stored is not None
@@ -76,16 +94,22 @@ class CaseQueries:
     async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
                       request_id: str | None = None) -> dict[str, Any]:
         await self._allow(who, case_id, Action.AUDIT, request_id)
+        window = await self._window(who, case_id)
+        up_to_version = None
+        if window is not None:
+            after_version, up_to_version = max(after_version, window.first), window.last
         events = await self._store.read_stream(case_id, after_version=after_version,
-                                               limit=limit + 1)
+                                               up_to_version=up_to_version, limit=limit + 1)
         page, more = events[:limit], len(events) > limit
-        visible = [e for e in page if _within_window(who, e)]
-        return {"case_id": str(case_id), "events": [history_entry(e) for e in visible],
+        return {"case_id": str(case_id), "events": [history_entry(e) for e in page],
                 "next_after_version": page[-1].version if more and page else None}
 
     async def diff(self, who: Principal, case_id: UUID, from_version: int, to_version: int,
                    request_id: str | None = None) -> dict[str, Any]:
         await self._allow(who, case_id, Action.AUDIT, request_id)
+        window = await self._window(who, case_id)
+        if window is not None:
+            check_diff_in_window(window, from_version, to_version)
         events = await self._store.read_stream(case_id, up_to_version=to_version)
         if not events or events[-1].version < to_version:
             raise VersionOutOfRange(events[-1].version if events else 0)
@@ -103,7 +127,21 @@ class CaseQueries:
     async def verify(self, who: Principal, case_id: UUID,
                      request_id: str | None = None) -> ChainReport:
         await self._allow(who, case_id, Action.AUDIT, request_id)
-        return await self._store.verify(case_id)
+        window = await self._window(who, case_id)
+        if window is None:
+            return await self._store.verify(case_id)
+        # the chain from its start through the window's last version: everything the auditor
+        # sees depends on it, and nothing recorded after the window is revealed, not even a count
+        events = await self._store.read_stream(case_id, up_to_version=window.last)
+        return verify_links(e.link() for e in events)
+
+    async def access_log(self, who: Principal, *, case_id: UUID | None, after: int,
+                         limit: int) -> dict[str, Any]:
+        authorize_access_log(who)
+        rows = await list_entries(self._pool, agency=who.agency, case_id=case_id, after=after,
+                                  limit=limit + 1)
+        page, more = rows[:limit], len(rows) > limit
+        return {"entries": page, "next_after": page[-1]["id"] if more else None}
 
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
                        review_due_before: date | None, after: UUID | None,
@@ -120,13 +158,6 @@ class VersionOutOfRange(Exception):
     def __init__(self, current_version: int) -> None:
         super().__init__(f"the case has {current_version} versions")
         self.current_version = current_version
-
-
-def _within_window(who: Principal, event: RecordedEvent) -> bool:
-    moment = event.recorded_at.timestamp()
-    if who.window_from is not None and moment < who.window_from:
-        return False
-    return who.window_to is None or moment <= who.window_to
 
 
 def diff_documents(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:

@@ -18,7 +18,14 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from schemas import api
-from schemas.queries import CaseloadQuery, DiffQuery, HistoryQuery, PlanQuery, RemovalQuery
+from schemas.queries import (
+    AccessLogQuery,
+    CaseloadQuery,
+    DiffQuery,
+    HistoryQuery,
+    PlanQuery,
+    RemovalQuery,
+)
 from services.common.http import json_response, parse_body, parse_json_bytes, parse_query, principal
 from services.common.problems import REQUEST_ID_KEY, Problem
 from services.records.application.cases import WriteRequest
@@ -242,3 +249,12 @@ async def verify_case(request: web.Request) -> web.Response:
     report = await records(request).queries.verify(principal(request), case_id,
                                                    request_id=request.get(REQUEST_ID_KEY))
     return json_response({"case_id": str(case_id), **report.as_dict()})
+
+
+@registry.route("GET", "/v1/access-log", "who read which case (supervisors, own agency)",
+                query=AccessLogQuery)
+async def access_log(request: web.Request) -> web.Response:
+    query = parse_query(request, AccessLogQuery)
+    page = await records(request).queries.access_log(
+        principal(request), case_id=query.case_id, after=query.after, limit=query.limit)
+    return json_response(page)

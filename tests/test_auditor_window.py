@@ -1,0 +1,270 @@
+"""Auditors see a case only as it was inside their token's time window, on every read.
+
+The case below is written one day apart (versions 1-4); the auditor's window opens an hour
+before version 2 and closes an hour after version 3, so the plan as the window opened is
+version 1 and the window's own events are versions 2 and 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
+from tests.records_api import CaseApi
+
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
+
+
+@dataclass
+class Scene:
+    client: TestClient
+    token: TokenFactory
+    db: asyncpg.Pool
+    case_id: str
+    times: list[datetime]  # recorded_at of versions 1..4
+
+    def auditor(self, start: datetime | None, end: datetime | None, **claims: Any) -> str:
+        return self.token(role="auditor", sub="court-1", cases=[self.case_id],
+                          window_from=start, window_to=end, **claims)
+
+    def inside(self) -> str:
+        return self.auditor(self.times[1] - HOUR, self.times[2] + HOUR)
+
+    async def get(self, path: str, token: str) -> tuple[int, Any, str | None]:
+        response = await self.client.get(path.format(c=f"/v1/cases/{self.case_id}"),
+                                         headers=bearer(token))
+        return response.status, await response.json(), response.headers.get("ETag")
+
+
+@pytest.fixture
+async def scene(make_records_client: ClientFactory, fresh_database_url: str,
+                token: TokenFactory) -> AsyncIterator[Scene]:
+    clock = FakeClock()
+    client = await make_records_client(fresh_database_url, clock=clock)
+    cm = CaseApi(client, token(sub="cm-1"))
+    times = [clock.now]
+    case_id = await cm.open_case()
+    for write in (lambda: cm.strength(case_id), lambda: cm.goal(case_id),
+                  lambda: cm.call("POST", f"/v1/cases/{case_id}/notes",
+                                  {"text": "Met at the library"}, expect=201)):
+        clock.advance(days=1)
+        times.append(clock.now)
+        await write()
+    db = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+    yield Scene(client, token, db, case_id, times)
+    await db.close()
+
+
+def _at(moment: datetime) -> str:
+    return quote(moment.isoformat())
+
+
+# (path, status, ETag or None, the versions of the events the answer carries)
+READS_INSIDE_THE_WINDOW: list[tuple[str, int, str | None, list[int]]] = [
+    ("{c}", 200, '"3"', []),  # the plan as the window closed, not the current version 4
+    ("{c}?as_of_version=1", 200, '"1"', []),  # the plan as the window opened
+    ("{c}?as_of_version=3", 200, '"3"', []),
+    ("{c}/history", 200, None, [2, 3]),
+    ("{c}/history?after_version=2", 200, None, [3]),
+    ("{c}/diff?from_version=1&to_version=3", 200, None, [2, 3]),
+    ("{c}/diff?from_version=2&to_version=3", 200, None, [3]),
+]
+READS_OUTSIDE_THE_WINDOW = [
+    "{c}?as_of_version=4",
+    "{c}/diff?from_version=0&to_version=1",
+    "{c}/diff?from_version=2&to_version=4",
+    "{c}/diff?from_version=3&to_version=4",
+]
+
+
+@pytest.mark.parametrize(("path", "status", "etag", "versions"), READS_INSIDE_THE_WINDOW)
+async def test_reads_inside_the_window(scene: Scene, path: str, status: int, etag: str | None,
+                                       versions: list[int]) -> None:
+    code, body, got_etag = await scene.get(path, scene.inside())
+    assert code == status, body
+    if etag is not None:
+        assert got_etag == etag
+    if "events" in body:
+        assert [e["version"] for e in body["events"]] == versions
+
+
+@pytest.mark.parametrize("path", READS_OUTSIDE_THE_WINDOW)
+async def test_reads_outside_the_window_are_refused(scene: Scene, path: str) -> None:
+    code, body, _ = await scene.get(path, scene.inside())
+    assert code == 403, body
+    assert "audit window" in body["detail"]
+    assert "4" not in body["detail"].split("versions")[-1]  # the head is not given away
+
+
+async def test_as_of_inside_and_outside_the_window(scene: Scene) -> None:
+    inside = await scene.get(f"{{c}}?as_of={_at(scene.times[1] + HOUR)}", scene.inside())
+    assert (inside[0], inside[2]) == (200, '"2"')
+    for moment in (scene.times[0] + HOUR, scene.times[3]):
+        code, body, _ = await scene.get(f"{{c}}?as_of={_at(moment)}", scene.inside())
+        assert code == 403, body
+        assert "audit window" in body["detail"]
+
+
+async def test_history_pages_stay_inside_the_window(scene: Scene) -> None:
+    first = await scene.get("{c}/history?limit=1", scene.inside())
+    assert [e["version"] for e in first[1]["events"]] == [2]
+    assert first[1]["next_after_version"] == 2
+    second = await scene.get("{c}/history?after_version=2&limit=1", scene.inside())
+    assert [e["version"] for e in second[1]["events"]] == [3]
+    assert second[1]["next_after_version"] is None  # version 4 exists but is not hinted at
+
+
+async def test_verify_checks_the_chain_through_the_window_only(scene: Scene) -> None:
+    supervisor = scene.token(role="supervisor", sub="sup-1")
+    history = (await scene.get("{c}/history", supervisor))[1]["events"]
+    whole = (await scene.get("{c}/verify", supervisor))[1]
+    assert (whole["valid"], whole["events_checked"]) == (True, 4)
+    code, report, _ = await scene.get("{c}/verify", scene.inside())
+    assert code == 200
+    assert report["valid"] is True
+    assert report["events_checked"] == 3
+    assert report["head_hash"] == history[2]["hash"]
+
+
+async def test_open_ended_windows(scene: Scene) -> None:
+    from_version_3 = scene.auditor(scene.times[2] - HOUR, None)
+    plan = await scene.get("{c}", from_version_3)
+    assert plan[2] == '"4"'  # no end: the current plan
+    history = await scene.get("{c}/history", from_version_3)
+    assert [e["version"] for e in history[1]["events"]] == [3, 4]
+    until_version_2 = scene.auditor(None, scene.times[1] + HOUR)
+    assert (await scene.get("{c}", until_version_2))[2] == '"2"'
+    history = await scene.get("{c}/history", until_version_2)
+    assert [e["version"] for e in history[1]["events"]] == [1, 2]
+    diff = await scene.get("{c}/diff?from_version=0&to_version=2", until_version_2)
+    assert diff[0] == 200
+
+
+@pytest.mark.parametrize("path", ["{c}", "{c}?as_of_version=1", "{c}/history",
+                                  "{c}/diff?from_version=0&to_version=1", "{c}/verify"])
+async def test_a_window_that_closed_before_the_case_opened_sees_no_case(scene: Scene,
+                                                                        path: str) -> None:
+    early = scene.auditor(scene.times[0] - 10 * DAY, scene.times[0] - DAY)
+    assert (await scene.get(path, early))[0] == 404
+
+
+@pytest.mark.parametrize("path", ["{c}", "{c}/history", "{c}/verify",
+                                  "{c}/diff?from_version=1&to_version=2"])
+async def test_a_case_the_auditor_does_not_name_is_404_whatever_the_window(scene: Scene,
+                                                                           path: str) -> None:
+    other = scene.token(role="auditor", sub="court-1", window_from=scene.times[0] - DAY,
+                        window_to=scene.times[3] + DAY)
+    assert (await scene.get(path, other))[0] == 404
+
+
+async def test_a_window_that_holds_no_event_shows_the_plan_as_it_stood(scene: Scene) -> None:
+    quiet = scene.auditor(scene.times[1] + HOUR, scene.times[1] + 2 * HOUR)
+    assert (await scene.get("{c}", quiet))[2] == '"2"'
+    assert (await scene.get("{c}/history", quiet))[1]["events"] == []
+    assert (await scene.get("{c}/diff?from_version=1&to_version=2", quiet))[0] == 403
+
+
+async def test_every_auditor_read_is_logged_even_when_refused(scene: Scene) -> None:
+    paths = [p for p, *_ in READS_INSIDE_THE_WINDOW] + READS_OUTSIDE_THE_WINDOW + ["{c}/verify"]
+    for path in paths:
+        await scene.get(path, scene.inside())
+    rows = await scene.db.fetch("SELECT actor_sub, actor_role, case_id::text AS case_id"
+                                " FROM records.access_log")
+    assert len(rows) == len(paths)
+    assert {(r["actor_sub"], r["actor_role"], r["case_id"]) for r in rows} == {
+        ("court-1", "auditor", scene.case_id)}
+
+
+@pytest.mark.parametrize("claims", [
+    {"window_from": "2026-03-01"},
+    {"window_to": "1772323200"},
+    {"window_from": [1772323200]},
+    {"window_to": {"at": 1}},
+    {"window_from": True},
+    {"window_to": float("nan")},
+    {"window_to": float("inf")},
+    {"window_from": 1e300},
+    {"window_from": -1e300},
+    {"window_from": 1772409600, "window_to": 1772323200},  # ends before it starts
+])
+async def test_malformed_window_claims_make_the_token_invalid(scene: Scene,
+                                                             claims: dict[str, Any]) -> None:
+    token = scene.token(role="auditor", sub="court-1", cases=[scene.case_id], extra=claims)
+    for path in ("{c}", "{c}/history", "{c}/verify"):
+        response = await scene.client.get(path.format(c=f"/v1/cases/{scene.case_id}"),
+                                          headers=bearer(token))
+        assert response.status == 401, (claims, await response.text())
+        assert response.content_type == "application/problem+json"
+        assert "window" in (await response.json())["detail"]
+
+
+async def test_numeric_window_claims_are_accepted(scene: Scene) -> None:
+    start, end = scene.times[1] - HOUR, scene.times[2] + HOUR
+    token = scene.token(role="auditor", sub="court-1", cases=[scene.case_id],
+                        extra={"window_from": start.timestamp() + 0.5,
+                               "window_to": int(end.timestamp())})
+    assert (await scene.get("{c}", token))[2] == '"3"'
+
+
+# the access-log export --------------------------------------------------------------------
+
+
+async def test_supervisors_export_their_agencys_access_log(scene: Scene) -> None:
+    supervisor = scene.token(role="supervisor", sub="sup-1")
+    await scene.get("{c}", supervisor)
+    await scene.get("{c}/history", scene.inside())
+    await scene.get("{c}/verify", scene.inside())
+    first = await scene.get("/v1/access-log?limit=2", supervisor)
+    assert first[0] == 200
+    assert [(e["actor_sub"], e["action"]) for e in first[1]["entries"]] == [
+        ("sup-1", "read_plan"), ("court-1", "audit")]
+    assert first[1]["entries"][0]["case_id"] == scene.case_id
+    rest = await scene.get(f"/v1/access-log?after={first[1]['next_after']}", supervisor)
+    assert [e["actor_sub"] for e in rest[1]["entries"]] == ["court-1"]
+    assert rest[1]["next_after"] is None
+    other_case = await scene.get("/v1/access-log?case_id=7b0c5d7e-2c1a-4a8e-9f51-0c6f1d2b3a4e",
+                                 supervisor)
+    assert other_case[1]["entries"] == []
+    this_case = await scene.get(f"/v1/access-log?case_id={scene.case_id}", supervisor)
+    assert len(this_case[1]["entries"]) == 3
+
+
+async def test_reading_the_access_log_is_not_itself_a_case_read(scene: Scene) -> None:
+    supervisor = scene.token(role="supervisor", sub="sup-1")
+    await scene.get("/v1/access-log", supervisor)
+    assert (await scene.get("/v1/access-log", supervisor))[1]["entries"] == []
+
+
+async def test_another_agency_never_sees_the_entries(scene: Scene) -> None:
+    await scene.get("{c}", scene.token(role="supervisor", sub="sup-1"))
+    elsewhere = scene.token(role="supervisor", sub="sup-x", agency="agency-b")
+    for path in ("/v1/access-log", f"/v1/access-log?case_id={scene.case_id}"):
+        code, body, _ = await scene.get(path, elsewhere)
+        assert (code, body["entries"]) == (200, [])
+
+
+@pytest.mark.parametrize("who", [
+    {"role": "auditor", "sub": "court-1"}, {"role": "case_manager", "sub": "cm-1"},
+    {"role": "participant", "sub": "p-1"}, {"role": "analyst", "sub": "an-1"},
+    {"role": "service", "sub": "notifier"},
+])
+async def test_only_supervisors_read_the_access_log(scene: Scene, who: dict[str, str]) -> None:
+    code, body, _ = await scene.get("/v1/access-log", scene.token(**who))
+    assert code == 403, body
+
+
+@pytest.mark.parametrize("query", ["after=-1", "limit=0", "limit=501", "case_id=nope",
+                                   "after=x", "agency=agency-b"])
+async def test_bad_access_log_queries(scene: Scene, query: str) -> None:
+    code, body, _ = await scene.get(f"/v1/access-log?{query}",
+                                    scene.token(role="supervisor", sub="sup-1"))
+    assert code in {400, 422}, body
