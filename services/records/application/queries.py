@@ -89,6 +89,8 @@ class CaseQueries:
             case_id, up_to_version=as_of_version, up_to_time=as_of))
         if state is None:
             raise NotVisible  # the case did not exist yet at that point
+        if as_of_version is not None and state.version < as_of_version:
+            raise VersionOutOfRange(state.version)
         return PlanAnswer(state.version, plan_view(state).model_dump(mode="json"))
 
     async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
@@ -113,8 +115,6 @@ class CaseQueries:
         events = await self._store.read_stream(case_id, up_to_version=to_version)
         if not events or events[-1].version < to_version:
             raise VersionOutOfRange(events[-1].version if events else 0)
-        if as_of_version is not None and state.version < as_of_version:
-            raise VersionOutOfRange(state.version)
         before = fold_recorded(events[:from_version]) if from_version > 0 else None
         after = fold_recorded(events)
         assert after is not None
