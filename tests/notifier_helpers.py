@@ -34,9 +34,11 @@ def free_port() -> int:
 @dataclass
 class SmtpServer:
     """A real SMTP server. ``replies`` scripts the answers to DATA (then 250 for the rest);
-    ``received`` holds every message accepted, ``refused`` every one answered otherwise."""
+    ``received`` holds every message accepted, ``refused`` every one answered otherwise;
+    ``delay`` makes it a slow server (seconds before it answers DATA)."""
 
     port: int = field(default_factory=free_port)
+    delay: float = 0.0
     replies: list[str] = field(default_factory=list)
     received: list[Message] = field(default_factory=list)
     refused: list[tuple[str, Message]] = field(default_factory=list)
@@ -45,6 +47,8 @@ class SmtpServer:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.original_content or envelope.content)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         reply = self.replies.pop(0) if self.replies else "250 OK"
         if reply.startswith("2"):
             self.received.append(message)
@@ -168,7 +172,17 @@ class NotifierRig:
         return self.client.app[NOTIFIER].notifier
 
     async def catch_up(self) -> int:
+        await self.feed_shows_every_event()
         return await self.notifier.subscriber.catch_up()
+
+    async def feed_shows_every_event(self) -> None:
+        """The feed holds an event back while any older transaction on the server is open
+        (other test runs share it), so wait until every event written so far is visible."""
+        async with asyncio.timeout(30):
+            while await self.notifier.pool.fetchval(  # noqa: ASYNC110  (polling the database)
+                    "SELECT count(*) FROM records.events"
+                    " WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())"):
+                await asyncio.sleep(0.02)
 
     async def dispatch(self) -> int:
         return await self.notifier.dispatcher.dispatch_due()

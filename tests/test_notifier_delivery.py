@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 from aiohttp.test_utils import TestClient
 
+from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.rules import Kind, Notice, RecipientRole
-from services.notifier.store.notifications import claim_due, insert_notices
+from services.notifier.store import directory
+from services.notifier.store.directory import Preferences
+from services.notifier.store.notifications import (
+    Outcome,
+    claim_due,
+    confirm_claim,
+    insert_notices,
+    record_outcomes,
+)
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import (  # noqa: F401
     NotifierRig,
@@ -20,6 +29,7 @@ from tests.notifier_helpers import (  # noqa: F401
     SmtpServer,
     clock,
     make_rig,
+    notifier_settings,
     records,
     rig,
     smtp,
@@ -250,10 +260,11 @@ async def test_quiet_hours_hold_a_message_until_they_end(
     assert len(smtp.received) == 1
 
 
-def due_notices(count: int) -> list[Notice]:
+def due_notices(count: int, due: datetime | None = None) -> list[Notice]:
     case_id = uuid4()
     return [Notice(f"test:{case_id}:{n}", Kind.REVIEW_DUE_TODAY, case_id, "agency-a",
-                   RecipientRole.CASE_MANAGER, "cm-1", FakeClock().now - timedelta(minutes=1),
+                   RecipientRole.CASE_MANAGER, "cm-1",
+                   (due or FakeClock().now) - timedelta(minutes=1),
                    {"participant": f"Person {n}", "due_date": "2026-03-02"})
             for n in range(count)]
 
@@ -289,6 +300,70 @@ async def test_a_lease_left_by_a_crashed_instance_is_taken_over_when_it_expires(
     assert await rig.dispatch() == 1
     assert smtp.received[0]["X-Casetrail-Notification"] == str(claimed.id)
     assert isinstance(claimed.id, UUID)
+
+
+async def test_a_slow_mail_server_never_lets_a_second_instance_send_the_same_notice(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, token: TokenFactory) -> None:
+    """Real time: one instance claims every row, the server takes 0.3 s a message over one
+    connection, so the batch outlasts the 1 s lease several times over while a second instance
+    keeps looking for due work."""
+    slow = await SmtpServer(delay=0.3).start()
+    try:
+        settings = notifier_settings(
+            fresh_database_url, str(records.client.make_url("")).rstrip("/"), slow.port,
+            NOTIFIER_LEASE_SECONDS=1, NOTIFIER_SMTP_CONNECTIONS=1)
+        first, second = [(await aiohttp_client(create_app(settings, background=False)))
+                         .app[NOTIFIER].notifier for _ in range(2)]
+        await directory.upsert(first.pool, Preferences(
+            "agency-a", "cm-1", "case_manager", "cm-1@example.org", "immediate", "UTC", None,
+            None, True), "test", datetime.now(UTC))
+        async with first.pool.acquire() as conn:
+            await insert_notices(conn, due_notices(8, due=datetime.now(UTC)), "test",
+                                 datetime.now(UTC))
+        done = asyncio.Event()
+
+        async def keep_dispatching() -> int:
+            handled = 0
+            while not done.is_set():
+                handled += await second.dispatcher.dispatch_due()
+                await asyncio.sleep(0.05)
+            return handled
+
+        async def first_batch() -> int:
+            try:
+                return await first.dispatcher.dispatch_due()
+            finally:
+                done.set()
+
+        handled = await asyncio.gather(first_batch(), keep_dispatching())
+        assert handled[0] == 8
+        ids = [m["Message-ID"] for m in slow.received]
+        assert sorted(ids) == sorted(set(ids))
+        assert len(ids) == 8
+        rows = await first.pool.fetch("SELECT status, attempts FROM notifier.notifications")
+        assert {(r["status"], r["attempts"]) for r in rows} == {("sent", 1)}
+    finally:
+        await slow.stop()
+
+
+async def test_an_instance_whose_lease_ran_out_can_neither_send_nor_record(
+        rig: NotifierRig, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    pool = rig.notifier.pool
+    async with pool.acquire() as conn:
+        await insert_notices(conn, due_notices(1), "test", clock())
+    [late] = await claim_due(pool, owner="late", now=clock(), limit=10,
+                             lease=timedelta(minutes=2), digests=False)
+    clock.advance(minutes=3)
+    assert await rig.dispatch() == 1
+    assert late.claim_token is not None
+    assert not await confirm_claim(pool, late.id, late.claim_token, clock() + timedelta(1))
+    outcome = Outcome(late.id, "dead", True, 1, 550, "refused", attempt_outcome="permanent")
+    assert await record_outcomes(pool, [outcome], clock(), late.claim_token) == [late.id]
+    [row] = await rig.rows()
+    assert (row["status"], row["attempts"]) == ("sent", 1)
+    assert len(smtp.received) == 1
 
 
 async def test_a_transfer_takes_a_notice_out_of_the_old_managers_digest(

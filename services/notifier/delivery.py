@@ -9,6 +9,7 @@ attempt reuses the row's Message-ID, so a receiving system can recognise a resen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -309,25 +310,56 @@ class Dispatcher:
     async def send_digests(self) -> int:
         return await self._drain(digests=True)
 
+    @property
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self._settings.lease_seconds)
+
     async def _drain(self, *, digests: bool) -> int:
         total = 0
         while rows := await store.claim_due(
                 self._pool, owner=self._owner, now=self._clock(),
-                limit=self._settings.dispatch_batch,
-                lease=timedelta(seconds=self._settings.lease_seconds), digests=digests):
-            who = await self._recipients(rows)
-            handle = self._handle_digest if digests else self._handle
-            results = await asyncio.gather(*(handle(row, who[row.id]) for row in rows),
-                                           return_exceptions=True)
-            # One row's failure must not lose the others' outcomes (they were sent).
-            for row, result in zip(rows, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.error("delivery step failed; the row is retried when its lease ends",
-                              notification=str(row.id), error=repr(result))
-            await store.record_outcomes(
-                self._pool, [r for r in results if isinstance(r, Outcome)], self._clock())
+                limit=self._settings.dispatch_batch, lease=self._lease, digests=digests):
+            token = rows[0].claim_token
+            assert token is not None
+            keeper = asyncio.create_task(self._keep_claim(token))
+            try:
+                results = await self._handle_all(rows, digests=digests)
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+            lost = await store.record_outcomes(
+                self._pool, [r for r in results if isinstance(r, Outcome)], self._clock(),
+                token)
+            if lost:
+                log.warning("another instance took these rows over before their outcome was"
+                            " recorded", notifications=[str(i) for i in lost])
             total += len(rows)
         return total
+
+    async def _handle_all(self, rows: Sequence[Row], *,
+                          digests: bool) -> list[Outcome | BaseException | None]:
+        who = await self._recipients(rows)
+        handle = self._handle_digest if digests else self._handle
+        results = await asyncio.gather(*(handle(row, who[row.id]) for row in rows),
+                                       return_exceptions=True)
+        # One row's failure must not lose the others' outcomes (they were sent).
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("delivery step failed; the row is retried when its lease ends",
+                          notification=str(row.id), error=repr(result))
+        return results
+
+    async def _keep_claim(self, token: UUID) -> None:
+        """Renew the batch's lease while its rows wait for an SMTP slot or are being sent, so
+        a slow mail server does not let another instance take them over. Should a renewal
+        fail, the check just before each send still stops a second send."""
+        while True:
+            await asyncio.sleep(self._settings.lease_seconds / 3)
+            try:
+                await store.renew_claim(self._pool, token, self._clock() + self._lease)
+            except (OSError, asyncpg.PostgresError) as error:
+                log.warning("could not renew a dispatch lease", error=str(error))
 
     async def _recipients(self, rows: Sequence[Row]) -> dict[UUID, Recipient]:
         users = await directory.users(self._pool, {
@@ -372,7 +404,7 @@ class Dispatcher:
                 self._metrics.dead.labels(row.kind).inc()
                 return Outcome(row.id, "dead", False, row.attempts, error=reason)
             case Defer(until):
-                await store.release(self._pool, row.id, until, now)
+                await store.release(self._pool, row, until, now)
             case ToDigest(_, zone):
                 await self._into_digest(row, zone, now)
             case FanOut(members):
@@ -402,13 +434,22 @@ class Dispatcher:
                               error=f"no email address on file for {digest.recipient}")
         else:
             rendered = render_digest([render(i.kind, i.context, i.case_id) for i in items])
-            outcome = await self._send(digest, rendered, who.address)
+            sent = await self._send(digest, rendered, who.address)
+            if sent is None:
+                return None
+            outcome = sent
         await store.mark_digest_children(self._pool, digest.id, outcome, self._clock())
         return outcome
 
-    async def _send(self, row: Row, rendered: Rendered, address: str) -> Outcome:
+    async def _send(self, row: Row, rendered: Rendered, address: str) -> Outcome | None:
+        """Send the row's message, unless it is no longer ours to send (None)."""
         message = build_message(row, rendered, address, self._settings.mail_from, self._clock())
         async with self._slots:
+            if not await store.confirm_claim(self._pool, row.id, row.claim_token,
+                                             self._clock() + self._lease):
+                log.info("not sending: the row was taken over or cancelled while it waited",
+                         notification=str(row.id))
+                return None
             result = await self._smtp.send(message, address)
         return self._outcome(row, result)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
-from uuid import UUID, uuid5
+from uuid import UUID, uuid4, uuid5
 
 import asyncpg
 
@@ -50,13 +50,15 @@ class Row:
     sent_at: datetime | None
     digest_id: UUID | None
     parent_id: UUID | None
+    claim_token: UUID | None = None  # set while a dispatcher holds the row
 
     @classmethod
     def of(cls, r: asyncpg.Record) -> Row:
         return cls(r["id"], r["key"], r["kind"], r["case_id"], r["agency"], r["recipient_role"],
                    r["recipient"], r["due_at"], r["not_before"], r["status"], r["attempts"],
                    r["last_code"], r["last_error"], r["message_id"], json.loads(r["context"]),
-                   r["first_attempt_at"], r["sent_at"], r["digest_id"], r["parent_id"])
+                   r["first_attempt_at"], r["sent_at"], r["digest_id"], r["parent_id"],
+                   r["claim_token"])
 
     def as_json(self) -> dict[str, Any]:
         return {"id": str(self.id), "key": self.key, "kind": self.kind,
@@ -165,8 +167,8 @@ async def _follow_case(conn: asyncpg.Connection, case_id: UUID, case_manager: st
 
 async def claim_due(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int,
                     lease: timedelta, digests: bool) -> list[Row]:
-    """Lease up to ``limit`` due rows; another instance skips them (and takes them over only
-    if this one dies and the lease runs out)."""
+    """Lease up to ``limit`` due rows under one new claim token; another instance skips them
+    (and takes them over only once the lease ran out, with a token of its own)."""
     rows = await pool.fetch(
         """WITH due AS (
              SELECT id FROM notifier.notifications
@@ -175,10 +177,30 @@ async def claim_due(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int
                AND (kind = 'daily_digest') = $5
              ORDER BY not_before LIMIT $2 FOR UPDATE SKIP LOCKED)
            UPDATE notifier.notifications n SET lease_owner = $3, lease_until = $4,
-                                               updated_at = $1
+                                               claim_token = $6, updated_at = $1
            FROM due WHERE n.id = due.id RETURNING n.*""",
-        now, limit, owner, now + lease, digests)
+        now, limit, owner, now + lease, digests, uuid4())
     return sorted((Row.of(r) for r in rows), key=lambda r: (r.not_before, r.key))
+
+
+async def renew_claim(pool: asyncpg.Pool, token: UUID, lease_until: datetime) -> int:
+    """Extend the lease of the rows of one claim still pending; the number renewed."""
+    result: str = await pool.execute(
+        "UPDATE notifier.notifications SET lease_until = $2 WHERE claim_token = $1"
+        " AND status IN ('scheduled', 'failed')", token, lease_until)
+    return int(result.split()[-1])
+
+
+async def confirm_claim(pool: asyncpg.Pool, row_id: UUID, token: UUID | None,
+                        lease_until: datetime) -> bool:
+    """Just before a send: is the row still pending and held under ``token``? If so, its lease
+    runs to ``lease_until``. The check and the extension are one statement, so a claim by
+    another instance lands either before it (False) or after the extended lease."""
+    found = await pool.fetchval(
+        "UPDATE notifier.notifications SET lease_until = $3 WHERE id = $1"
+        " AND claim_token = $2 AND status IN ('scheduled', 'failed') RETURNING 1",
+        row_id, token, lease_until)
+    return found is not None
 
 
 @dataclass(frozen=True)
@@ -195,25 +217,33 @@ class Outcome:
     attempt_outcome: str | None = None
 
 
-async def record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome],
-                          now: datetime) -> None:
-    """Record what happened to claimed rows. Retried on deadlock: a message that went out
-    but was not recorded would be sent again once its lease ran out."""
+async def record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now: datetime,
+                          token: UUID) -> list[UUID]:
+    """Record what happened to rows claimed under ``token``; rows no longer held under it
+    (another instance took them over) are left alone and returned. Retried on deadlock: a
+    message that went out but was not recorded would be sent again once its lease ran out."""
     ordered = sorted(outcomes, key=lambda o: o.row_id)
     for attempt in range(5):
         try:
-            await _record_outcomes(pool, ordered, now)
-            return
+            return await _record_outcomes(pool, ordered, now, token)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == 4:
                 raise
+    raise AssertionError("unreachable")
 
 
-async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome],
-                           now: datetime) -> None:
+async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now: datetime,
+                           token: UUID) -> list[UUID]:
     if not outcomes:
-        return
+        return []
     async with pool.acquire() as conn, conn.transaction():
+        held = await conn.fetch(
+            "SELECT id FROM notifier.notifications WHERE id = ANY($1::uuid[])"
+            " AND claim_token = $2 ORDER BY id FOR UPDATE",
+            [o.row_id for o in outcomes], token)
+        ours = {r["id"] for r in held}
+        lost = [o.row_id for o in outcomes if o.row_id not in ours]
+        outcomes = [o for o in outcomes if o.row_id in ours]
         await conn.executemany(
             """UPDATE notifier.notifications SET status = $2,
                  attempts = attempts + $3::int, last_code = $4, last_error = $5,
@@ -222,7 +252,7 @@ async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome],
                  first_attempt_at = CASE WHEN $3::int = 1 THEN coalesce(first_attempt_at, $7)
                                          ELSE first_attempt_at END,
                  cancelled_by_case = false, lease_owner = NULL, lease_until = NULL,
-                 updated_at = $7
+                 claim_token = NULL, updated_at = $7
                WHERE id = $1""",
             [(o.row_id, o.status, 1 if o.attempted else 0, o.code, o.error, o.not_before, now)
              for o in outcomes])
@@ -231,6 +261,7 @@ async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome],
             " ON CONFLICT DO NOTHING",
             [(o.row_id, o.attempt_no, now, o.code, o.attempt_outcome, o.error)
              for o in outcomes if o.attempted])
+    return lost
 
 
 async def mark_digest_children(pool: asyncpg.Pool, digest_id: UUID, outcome: Outcome,
@@ -264,29 +295,35 @@ async def attach_to_digest(pool: asyncpg.Pool, row: Row, digest: Notice, domain:
             " AND attempts = 0 AND lease_until IS NULL FOR UPDATE", digest.key)
         if open_digest is None:
             return False
+        # not held any more: the instance that took the row over decides where it goes
         await conn.execute(
             "UPDATE notifier.notifications SET digest_id = $2, not_before = $3,"
-            " lease_owner = NULL, lease_until = NULL, updated_at = $4 WHERE id = $1",
-            row.id, open_digest, digest.due_at, now)
+            " lease_owner = NULL, lease_until = NULL, claim_token = NULL, updated_at = $4"
+            " WHERE id = $1 AND claim_token = $5",
+            row.id, open_digest, digest.due_at, now, row.claim_token)
         return True
 
 
 async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], domain: str,
                   now: datetime) -> None:
-    """Replace a notice addressed to a group by one notice per member, due now."""
+    """Replace a notice addressed to a group by one notice per member, due now (children are
+    keyed by parent and member, so an instance that took the parent over adds no others)."""
     async with pool.acquire() as conn, conn.transaction():
         await insert_notices(conn, children, domain, now, parent_id=parent.id)
         await conn.execute(
             "UPDATE notifier.notifications SET status = 'sent', sent_at = $2, last_error = $3,"
-            " lease_owner = NULL, lease_until = NULL, updated_at = $2 WHERE id = $1",
-            parent.id, now, "handed on to " + ", ".join(c.recipient for c in children))
+            " lease_owner = NULL, lease_until = NULL, claim_token = NULL, updated_at = $2"
+            " WHERE id = $1 AND claim_token = $4",
+            parent.id, now, "handed on to " + ", ".join(c.recipient for c in children),
+            parent.claim_token)
 
 
-async def release(pool: asyncpg.Pool, row_id: UUID, not_before: datetime,
-                  now: datetime) -> None:
+async def release(pool: asyncpg.Pool, row: Row, not_before: datetime, now: datetime) -> None:
+    """Give a claimed row back, to be looked at again at ``not_before`` (if still ours)."""
     await pool.execute(
         "UPDATE notifier.notifications SET not_before = $2, lease_owner = NULL,"
-        " lease_until = NULL, updated_at = $3 WHERE id = $1", row_id, not_before, now)
+        " lease_until = NULL, claim_token = NULL, updated_at = $3"
+        " WHERE id = $1 AND claim_token = $4", row.id, not_before, now, row.claim_token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +390,7 @@ async def revive_dead(db: Db, row_id: UUID, now: datetime) -> bool:
     updated = await db.fetchval(
         "UPDATE notifier.notifications SET status = 'scheduled', not_before = $2,"
         " first_attempt_at = NULL, digest_id = NULL, lease_owner = NULL, lease_until = NULL,"
-        " updated_at = $2"
+        " claim_token = NULL, updated_at = $2"
         " WHERE id = $1 AND status = 'dead' RETURNING 1", row_id, now)
     if updated is not None:
         await db.execute(
