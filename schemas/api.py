@@ -267,7 +267,10 @@ class ReopenInput(Body):
 
 
 class View(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every response view: the answer always carries every field (``null`` when empty),
+    so the serialization schema lists them all as required."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
 
 class ParticipantView(View):
@@ -414,34 +417,142 @@ class LanguageWarning(View):
     message: str
 
 
-class ActorView(View):
-    sub: str
-    role: str
-
-
 class EventView(View):
-    """One recorded event as the API shows it (write results, history)."""
+    """One recorded event as the API shows it (write answers, history, diff)."""
 
-    event_id: UUID
-    case_id: UUID
     version: int
+    event_id: UUID
     type: str
     schema_version: int
-    data: dict[str, Any]
     recorded_at: datetime
-    actor: ActorView | None = None
-    reason: str | None = None
+    actor: str | None = Field(description="the ``sub`` of whoever recorded it")
+    role: str | None = Field(description="the actor's role when they recorded it")
+    reason: str | None
+    data: dict[str, Any]
+    prev_hash: str = Field(description="hash of the previous event of the case (hex SHA-256)")
+    hash: str = Field(description="this event's link in the case's hash chain (hex SHA-256)")
 
 
 class WriteResult(View):
+    """The answer to every write. ``id`` is present only when the write created an item."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
+
     case_id: UUID
     version: int
-    id: UUID | None = None
+    id: UUID | None = Field(default=None, exclude_if=lambda value: value is None,
+                            description="the item the write created (absent otherwise)")
     events: list[EventView]
-    warnings: list[LanguageWarning] = Field(default_factory=list)
+    warnings: list[LanguageWarning]
+
+
+class HistoryPage(View):
+    """A page of a case's events, oldest first; ``next_after_version`` is null on the last."""
+
+    case_id: UUID
+    events: list[EventView]
+    next_after_version: int | None
+
+
+class _Change(View):
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True,
+                              validate_by_alias=True)
+
+    path: str = Field(description="dotted path in the plan view; list items by their id")
+
+
+class FieldAdded(_Change):
+    change: Literal["added"]
+    to: Any
+
+
+class FieldRemoved(_Change):
+    change: Literal["removed"]
+    from_: Any = Field(alias="from")
+
+
+class FieldChanged(_Change):
+    change: Literal["changed"]
+    from_: Any = Field(alias="from")
+    to: Any
+
+
+FieldChange = Annotated[FieldAdded | FieldRemoved | FieldChanged, Field(discriminator="change")]
+
+
+class DiffView(View):
+    """What changed in the plan between two versions, field by field, and the events between."""
+
+    case_id: UUID
+    from_version: int
+    to_version: int
+    changes: list[FieldChange]
+    events: list[EventView]
+
+
+class BrokenLinkView(View):
+    version: int | None
+    event_id: UUID | None
+    problem: str | None
+
+
+class VerifyView(View):
+    """The case's hash chain recomputed; ``first_broken_link`` is null when it holds."""
+
+    case_id: UUID
+    valid: bool
+    events_checked: int
+    head_hash: str
+    first_broken_link: BrokenLinkView | None
+
+
+class CaseSummary(View):
+    """One case in a caseload listing (from the caseload projection)."""
+
+    case_id: UUID
+    version: int
+    status: Literal["open", "closed"]
+    case_manager: str
+    risk_level: RiskLevel
+    participant_name: str
+    next_review_due: date | None
+    review_overdue: bool
+    overdue_steps: int
+    active_goals: int
+    updated_at: datetime
+
+
+class CaseloadPage(View):
+    """A page of a caseload by case id; pass ``next_after`` as ``after`` for the next page."""
+
+    cases: list[CaseSummary]
+    next_after: UUID | None
+
+
+class AccessLogEntryView(View):
+    """One read of a case by a supervisor or an auditor."""
+
+    id: int
+    at: datetime
+    actor_sub: str
+    actor_role: str
+    case_id: UUID
+    action: str
+    request_id: str | None
+
+
+class AccessLogPage(View):
+    """A page of the agency's access log, oldest first; pass ``next_after`` as ``after``."""
+
+    entries: list[AccessLogEntryView]
+    next_after: int | None
 
 
 class FieldError(View):
+    """One invalid field; ``code`` (pydantic's error type) is given for body and query fields."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
+
     field: str
     message: str
     code: str | None = None
@@ -469,5 +580,6 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
 )
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    PlanView, WriteResult, EventView, LanguageWarning, Problem,
+    PlanView, WriteResult, EventView, LanguageWarning, Problem, HistoryPage, DiffView,
+    VerifyView, CaseloadPage, CaseSummary, AccessLogPage,
 )

@@ -6,6 +6,10 @@
 One file per event schema version (``json/events/<EventType>.v<N>.json``, legacy versions
 included) and one per API model (``json/api/<Model>.json``). The output is deterministic
 (sorted keys, two-space indent, trailing newline); tests/test_schemas.py fails on drift.
+
+``schemas/openapi.json`` is the records service's OpenAPI document, rendered here the same way.
+The document itself comes from the service's route table (``schemas/`` imports nothing from
+``services/``), so it is written by ``casetrail openapi`` (``--check`` to compare only).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from schemas.events import EVENT_CLASSES
 from schemas.upcasting import LEGACY_MODELS
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
 SUBDIRS = ("events", "api")
 
 
@@ -95,6 +100,23 @@ def write(root: Path = JSON_DIR) -> list[str]:
             (root / name).unlink()
             changed.append(name)
     return changed
+
+
+def openapi_drift(document: dict[str, Any], path: Path = OPENAPI_FILE) -> list[str]:
+    """How the committed OpenAPI document differs from ``document`` (empty when it matches)."""
+    if not path.is_file():
+        return [f"missing: {path.name}"]
+    if path.read_text(encoding="utf-8") != _render(document):
+        return [f"differs: {path.name}"]
+    return []
+
+
+def write_openapi(document: dict[str, Any], path: Path = OPENAPI_FILE) -> bool:
+    """Write the OpenAPI document; True when the file changed."""
+    if not openapi_drift(document, path):
+        return False
+    path.write_text(_render(document), encoding="utf-8", newline="\n")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

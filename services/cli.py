@@ -192,6 +192,22 @@ Stop with Ctrl-C.
         await runner.cleanup()
 
 
+def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.generate import OPENAPI_FILE, openapi_drift, write_openapi
+    from services.records.http import routes  # noqa: F401  (registers the case routes)
+    from services.records.http.app import api
+
+    document = api.openapi()
+    if args.check:
+        problems = openapi_drift(document)
+        for line in problems:
+            print(f"{line}; run `casetrail openapi` and commit it", file=sys.stderr)
+        return 1 if problems else 0
+    changed = write_openapi(document)
+    print(f"{OPENAPI_FILE} {'written' if changed else 'up to date'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="casetrail", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rebuild = sub.add_parser("rebuild-projections", help="recompute read models from events")
     rebuild.set_defaults(run=cmd_rebuild)
+
+    openapi = sub.add_parser("openapi", help="write schemas/openapi.json from the records routes")
+    openapi.add_argument("--check", action="store_true", help="only compare; exit 1 on drift")
+    openapi.set_defaults(run=cmd_openapi)
 
     token = sub.add_parser("token", help="print a development token (HS256)")
     token.add_argument("--sub", required=True)

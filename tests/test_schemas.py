@@ -274,6 +274,44 @@ def test_plan_view_has_exactly_the_keys_of_the_brief_plus_optional_extras() -> N
     assert set(api.LanguageWarning.model_fields) == {"field", "term", "suggestion", "message"}
 
 
+def test_write_answers_carry_each_event_as_history_shows_it() -> None:
+    assert set(api.EventView.model_fields) == {
+        "version", "event_id", "type", "schema_version", "recorded_at", "actor", "role",
+        "reason", "data", "prev_hash", "hash"}
+    answer = api.WriteResult.model_json_schema(mode="serialization")
+    assert set(answer["required"]) == {"case_id", "version", "events", "warnings"}
+    without_id = api.WriteResult(case_id=uuid4(), version=1, events=[], warnings=[])
+    assert "id" not in without_id.model_dump(mode="json")
+
+
+def test_every_view_field_is_required_in_the_answer_schema() -> None:
+    """Views always send every field (null when empty); only WriteResult.id and a field
+    error's code may be absent."""
+    optional = {("WriteResult", "id"), ("FieldError", "code")}
+    for model in api.RESPONSE_MODELS:
+        schema = model.model_json_schema(mode="serialization")
+        for name, node in [(model.__name__, schema), *schema.get("$defs", {}).items()]:
+            if node.get("additionalProperties") is not False:
+                continue  # Problem allows extension members and keeps its optional ones
+            missing = set(node["properties"]) - set(node.get("required", []))
+            assert {(name, field) for field in missing} <= optional, name
+
+
+def test_diff_changes_keep_from_and_to_apart_from_null() -> None:
+    view = api.DiffView.model_validate({
+        "case_id": str(uuid4()), "from_version": 1, "to_version": 2, "events": [],
+        "changes": [{"path": "goals.x", "change": "added", "to": None},
+                    {"path": "closure", "change": "removed", "from": {"reason": "done"}},
+                    {"path": "risk_level", "change": "changed", "from": "low", "to": "high"}]})
+    assert view.model_dump(mode="json")["changes"] == [
+        {"path": "goals.x", "change": "added", "to": None},
+        {"path": "closure", "change": "removed", "from": {"reason": "done"}},
+        {"path": "risk_level", "change": "changed", "from": "low", "to": "high"}]
+    with pytest.raises(ValidationError):
+        api.DiffView.model_validate({**view.model_dump(mode="json"),
+                                     "changes": [{"path": "x", "change": "added"}]})
+
+
 # --------------------------------------------------------------------------------------------
 # generated JSON Schema files
 # --------------------------------------------------------------------------------------------
@@ -314,3 +352,27 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     assert "stale (no model): events/GoalDeleted.v1.json" in problems
     assert "missing: api/NoteInput.json" in problems
     assert generate.main(["--check"]) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# the committed OpenAPI document (tests/test_openapi_answers.py compares it with the served one)
+# --------------------------------------------------------------------------------------------
+
+
+def test_committed_openapi_document_matches_the_routes() -> None:
+    from services.records.http import routes  # noqa: F401  (registers the case routes)
+    from services.records.http.app import api as records_api
+
+    assert not generate.openapi_drift(records_api.openapi()), (
+        "schemas/openapi.json is out of date; run `casetrail openapi` and commit it")
+
+
+def test_openapi_drift_is_detected(tmp_path: Path) -> None:
+    document = {"openapi": "3.1.0", "paths": {}}
+    path = tmp_path / "openapi.json"
+    assert generate.openapi_drift(document, path) == ["missing: openapi.json"]
+    assert generate.write_openapi(document, path)
+    assert generate.openapi_drift(document, path) == []
+    assert not generate.write_openapi(document, path)
+    assert generate.openapi_drift({**document, "paths": {"/x": {}}}, path) == [
+        "differs: openapi.json"]

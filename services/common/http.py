@@ -15,7 +15,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_schema
 
+from schemas.api import Problem as ProblemBody
 from services.common.auth import AuthError, Principal, TokenVerifier
 from services.common.problems import REQUEST_ID_KEY, Handler, Problem, validation_problem
 
@@ -26,6 +28,8 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_SECONDS = web.AppKey("request_seconds", Histogram)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_COMPONENT_REF = "#/components/schemas/{model}"
+_Refs = dict[tuple[type[BaseModel], JsonSchemaMode], JsonSchemaValue]
 
 
 @web.middleware
@@ -143,6 +147,7 @@ class Operation:
     status: int = 200
     public: bool = False
     tag: str = "records"
+    media_type: str = "application/json"
 
 
 @dataclass
@@ -155,12 +160,14 @@ class Api:
 
     def route(self, method: str, path: str, summary: str, *, body: type[BaseModel] | None = None,
               query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
-              status: int = 200, public: bool = False,
-              tag: str = "records") -> Callable[[RouteHandler], RouteHandler]:
+              status: int = 200, public: bool = False, tag: str = "records",
+              media_type: str = "application/json") -> Callable[[RouteHandler], RouteHandler]:
+        """Register a handler; ``response`` is the model its success answer is built from
+        (``media_type`` names the answer's type when it is not JSON)."""
         def register(handler: RouteHandler) -> RouteHandler:
             handler.public = public  # type: ignore[attr-defined]
             self.operations.append(Operation(method, path, summary, handler, body, query,
-                                             response, status, public, tag))
+                                             response, status, public, tag, media_type))
             return handler
         return register
 
@@ -169,31 +176,41 @@ class Api:
             app.router.add_route(op.method, op.path, op.handler)
 
     def openapi(self) -> dict[str, Any]:
-        components: dict[str, Any] = {}
+        """The OpenAPI 3.1 document: request bodies in pydantic's validation schema, answers in
+        its serialization schema (what the service actually sends), all in one components map."""
+        models = self._models()
+        generated, definitions = models_json_schema(models, ref_template=_COMPONENT_REF)
+        refs: _Refs = {key: generated[key] for key in models}
         paths: dict[str, Any] = {}
         for op in self.operations:
-            paths.setdefault(op.path, {})[op.method.lower()] = self._operation(op, components)
+            paths.setdefault(op.path, {})[op.method.lower()] = self._operation(op, refs)
         return {
             "openapi": "3.1.0",
             "info": {"title": self.title, "version": self.version},
             "paths": paths,
             "components": {
-                "schemas": dict(sorted(components.items())),
+                "schemas": dict(sorted(definitions.get("$defs", {}).items())),
                 "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                "bearerFormat": "JWT"}},
             },
         }
 
-    @staticmethod
-    def _schema_ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(schema.pop("$defs", {}))
-        components[model.__name__] = schema
-        return {"$ref": f"#/components/schemas/{model.__name__}"}
+    def _models(self) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+        wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {
+            (ProblemBody, "serialization"): None}
+        for op in self.operations:
+            if op.body is not None:
+                wanted[(op.body, "validation")] = None
+            if op.response is not None:
+                wanted[(op.response, "serialization")] = None
+        return list(wanted)
 
-    def _operation(self, op: Operation, components: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _parameters(op: Operation) -> list[dict[str, Any]]:
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True,
+             "schema": {"type": "string", "format": "uuid"} if name.endswith("_id")
+             else {"type": "string"}}
             for name in re.findall(r"{(\w+)}", op.path)
         ]
         if op.query is not None:
@@ -202,19 +219,23 @@ class Api:
             for name, prop in query_schema.get("properties", {}).items():
                 parameters.append({"name": name, "in": "query", "required": name in required,
                                    "schema": prop})
-        problem = {"application/problem+json": {"schema": {"type": "object"}}}
+        return parameters
+
+    def _operation(self, op: Operation, refs: _Refs) -> dict[str, Any]:
+        answer = refs[(op.response, "serialization")] if op.response \
+            else {"type": "object" if op.media_type == "application/json" else "string"}
+        problem = {"application/problem+json": {"schema": refs[(ProblemBody, "serialization")]}}
         responses: dict[str, Any] = {
-            str(op.status): {"description": "success", "content": {"application/json": {
-                "schema": self._schema_ref(op.response, components) if op.response
-                else {"type": "object"}}}},
+            str(op.status): {"description": "success",
+                             "content": {op.media_type: {"schema": answer}}},
             "4XX": {"description": "problem (RFC 9457)", "content": problem},
         }
         spec: dict[str, Any] = {"summary": op.summary, "tags": [op.tag],
                                 "operationId": op.handler.__name__,
-                                "parameters": parameters, "responses": responses}
+                                "parameters": self._parameters(op), "responses": responses}
         if op.body is not None:
             spec["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": self._schema_ref(op.body, components)}}}
+                "schema": refs[(op.body, "validation")]}}}
         if not op.public:
             spec["security"] = [{"bearer": []}]
         return spec

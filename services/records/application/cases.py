@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
+from schemas import api
 from schemas.events import EventPayload, parse_event
 from services.common.auth import Principal
 from services.records.application.access import (
@@ -87,26 +88,22 @@ class WriteOutcome:
     warnings: list[LanguageWarning]
     replayed: bool
 
+    def as_view(self) -> api.WriteResult:
+        return api.WriteResult(case_id=self.case_id, version=self.version, id=self.created_id,
+                               events=[history_entry(e) for e in self.events],
+                               warnings=self.warnings)
+
     def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "case_id": str(self.case_id), "version": self.version,
-            "events": [history_entry(e) for e in self.events],
-            "warnings": [w.model_dump(mode="json") for w in self.warnings],
-        }
-        if self.created_id is not None:
-            body["id"] = str(self.created_id)
-        return body
+        return self.as_view().model_dump(mode="json")
 
 
-def history_entry(event: RecordedEvent) -> dict[str, Any]:
+def history_entry(event: RecordedEvent) -> api.EventView:
     actor = event.metadata.get("actor", {})
-    return {
-        "version": event.version, "event_id": str(event.event_id), "type": event.type,
-        "schema_version": event.schema_version, "recorded_at": event.recorded_at.isoformat(),
-        "actor": actor.get("sub"), "role": actor.get("role"),
-        "reason": event.metadata.get("reason"), "data": event.data,
-        "prev_hash": event.prev_hash, "hash": event.hash,
-    }
+    return api.EventView(
+        version=event.version, event_id=event.event_id, type=event.type,
+        schema_version=event.schema_version, recorded_at=event.recorded_at,
+        actor=actor.get("sub"), role=actor.get("role"), reason=event.metadata.get("reason"),
+        data=event.data, prev_hash=event.prev_hash, hash=event.hash)
 
 
 def to_new_event(payload: EventPayload) -> NewEvent:

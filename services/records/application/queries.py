@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from schemas import api
 from services.common.auth import Principal
 from services.records.application.access import (
     Action,
@@ -94,7 +95,7 @@ class CaseQueries:
         return PlanAnswer(state.version, plan_view(state).model_dump(mode="json"))
 
     async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
-                      request_id: str | None = None) -> dict[str, Any]:
+                      request_id: str | None = None) -> api.HistoryPage:
         await self._allow(who, case_id, Action.AUDIT, request_id)
         window = await self._window(who, case_id)
         up_to_version = None
@@ -103,11 +104,12 @@ class CaseQueries:
         events = await self._store.read_stream(case_id, after_version=after_version,
                                                up_to_version=up_to_version, limit=limit + 1)
         page, more = events[:limit], len(events) > limit
-        return {"case_id": str(case_id), "events": [history_entry(e) for e in page],
-                "next_after_version": page[-1].version if more and page else None}
+        return api.HistoryPage(
+            case_id=case_id, events=[history_entry(e) for e in page],
+            next_after_version=page[-1].version if more and page else None)
 
     async def diff(self, who: Principal, case_id: UUID, from_version: int, to_version: int,
-                   request_id: str | None = None) -> dict[str, Any]:
+                   request_id: str | None = None) -> api.DiffView:
         await self._allow(who, case_id, Action.AUDIT, request_id)
         window = await self._window(who, case_id)
         if window is not None:
@@ -120,9 +122,10 @@ class CaseQueries:
         assert after is not None
         old = plan_view(before).model_dump(mode="json") if before is not None else {}
         new = plan_view(after).model_dump(mode="json")
-        return {"case_id": str(case_id), "from_version": from_version,
-                "to_version": to_version, "changes": diff_documents(old, new),
-                "events": [history_entry(e) for e in events[from_version:]]}
+        return api.DiffView.model_validate({
+            "case_id": case_id, "from_version": from_version, "to_version": to_version,
+            "changes": diff_documents(old, new),
+            "events": [history_entry(e) for e in events[from_version:]]})
 
     async def verify(self, who: Principal, case_id: UUID,
                      request_id: str | None = None) -> ChainReport:
@@ -145,13 +148,14 @@ class CaseQueries:
 
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
                        review_due_before: date | None, after: UUID | None,
-                       limit: int) -> dict[str, Any]:
+                       limit: int) -> api.CaseloadPage:
         manager = authorize_listing(who, case_manager)
         rows = await list_caseload(self._pool, CaseloadFilter(
             who.agency, manager, status, review_due_before, self._clock().date(), after,
             limit + 1))
         page, more = rows[:limit], len(rows) > limit
-        return {"cases": page, "next_after": page[-1]["case_id"] if more else None}
+        return api.CaseloadPage(cases=[api.CaseSummary.model_validate(row) for row in page],
+                                next_after=page[-1]["case_id"] if more else None)
 
 
 class VersionOutOfRange(Exception):

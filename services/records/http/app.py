@@ -147,12 +147,14 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(api.openapi())
 
 
-@api.route("GET", "/docs", "human-readable list of operations", public=True, tag="ops")
+@api.route("GET", "/docs", "human-readable list of operations", public=True, tag="ops",
+           media_type="text/html")
 async def docs(request: web.Request) -> web.Response:
     return web.Response(text=api.docs_page(), content_type="text/html")
 
 
-@api.route("GET", "/metrics", "Prometheus metrics", public=True, tag="ops")
+@api.route("GET", "/metrics", "Prometheus metrics", public=True, tag="ops",
+           media_type="text/plain")
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(records(request).metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

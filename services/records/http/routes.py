@@ -201,13 +201,14 @@ write("POST", f"{CASE}/reopen", "reopen the case", api.ReopenInput,
       lambda r, b, ids: cmd.ReopenCase(body=b))
 
 
-@registry.route("GET", "/v1/cases", "caseload listing", query=CaseloadQuery)
+@registry.route("GET", "/v1/cases", "caseload listing", query=CaseloadQuery,
+                response=api.CaseloadPage)
 async def list_cases(request: web.Request) -> web.Response:
     query = parse_query(request, CaseloadQuery)
     page = await records(request).queries.caseload(
         principal(request), case_manager=query.case_manager, status=query.status,
         review_due_before=query.review_due_before, after=query.after, limit=query.limit)
-    return json_response(page)
+    return json_response(page.model_dump(mode="json"))
 
 
 @registry.route("GET", CASE, "the current plan, or the plan as of a version or time",
@@ -222,37 +223,39 @@ async def get_case(request: web.Request) -> web.Response:
 
 
 @registry.route("GET", f"{CASE}/history", "events with actor, role, reason and time",
-                query=HistoryQuery)
+                query=HistoryQuery, response=api.HistoryPage)
 async def case_history(request: web.Request) -> web.Response:
     case_id = path_id(request, "case_id")
     query = parse_query(request, HistoryQuery)
     page = await records(request).queries.history(
         principal(request), case_id, after_version=query.after_version, limit=query.limit,
         request_id=request.get(REQUEST_ID_KEY))
-    return json_response(page)
+    return json_response(page.model_dump(mode="json"))
 
 
 @registry.route("GET", f"{CASE}/diff", "what changed between two versions, field by field",
-                query=DiffQuery)
+                query=DiffQuery, response=api.DiffView)
 async def case_diff(request: web.Request) -> web.Response:
     case_id = path_id(request, "case_id")
     query = parse_query(request, DiffQuery)
     body = await records(request).queries.diff(
         principal(request), case_id, query.from_version, query.to_version,
         request_id=request.get(REQUEST_ID_KEY))
-    return json_response(body)
+    return json_response(body.model_dump(mode="json"))
 
 
-@registry.route("GET", f"{CASE}/verify", "recompute the case's hash chain")
+@registry.route("GET", f"{CASE}/verify", "recompute the case's hash chain",
+                response=api.VerifyView)
 async def verify_case(request: web.Request) -> web.Response:
     case_id = path_id(request, "case_id")
     report = await records(request).queries.verify(principal(request), case_id,
                                                    request_id=request.get(REQUEST_ID_KEY))
-    return json_response({"case_id": str(case_id), **report.as_dict()})
+    view = api.VerifyView.model_validate({"case_id": case_id, **report.as_dict()})
+    return json_response(view.model_dump(mode="json"))
 
 
 @registry.route("GET", "/v1/access-log", "who read which case (supervisors, own agency)",
-                query=AccessLogQuery)
+                query=AccessLogQuery, response=api.AccessLogPage)
 async def access_log(request: web.Request) -> web.Response:
     query = parse_query(request, AccessLogQuery)
     page = await records(request).queries.access_log(
