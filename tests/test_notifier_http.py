@@ -49,6 +49,25 @@ async def test_only_supervisors_set_other_peoples_preferences_within_their_agenc
     assert response.status == 404
 
 
+async def test_a_put_that_leaves_out_optional_fields_keeps_their_stored_values(
+        rig: NotifierRig, token: TokenFactory) -> None:
+    supervisor = token(role="supervisor", sub="sup-1")
+    case = "6f1c1c55-93e4-4f57-bb8e-2a4f3f1f7a10"
+    await put(rig, "jo", supervisor, {**GOOD, "role": "participant", "cases": [case]})
+    await put(rig, "sup-2", supervisor, {**GOOD, "role": "supervisor"})
+    without = {k: v for k, v in GOOD.items() if k != "quiet_hours"}
+    status, body = await put(rig, "sup-2", supervisor, {**without, "email": "new@example.org"})
+    assert status == 200
+    assert (body["role"], body["email"]) == ("supervisor", "new@example.org")
+    assert body["quiet_hours"] == GOOD["quiet_hours"]
+    status, body = await put(rig, "jo", supervisor, {**without, "celebrations": False})
+    assert (body["role"], body["cases"], body["celebrations"]) == ("participant", [case], False)
+    status, body = await put(rig, "sup-2", supervisor, {**without, "quiet_hours": None})
+    assert (body["role"], body["quiet_hours"]) == ("supervisor", None)
+    response = await rig.client.get("/v1/preferences/jo", headers=bearer(supervisor))
+    assert (await response.json())["cases"] == [case]
+
+
 async def test_a_user_cannot_give_themselves_another_role(rig: NotifierRig,
                                                           token: TokenFactory) -> None:
     status, body = await put(rig, "cm-1", token(), {**GOOD, "role": "supervisor"})

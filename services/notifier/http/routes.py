@@ -7,6 +7,7 @@ notification of another agency answers 404.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import time
 from uuid import UUID
 
 from aiohttp import web
@@ -59,21 +60,31 @@ def _may_manage(who: Principal, user: str) -> None:
                       " those of their agency", kind="forbidden")
 
 
-def _directory_entry(who: Principal, user: str, body: PreferencesInput) -> Preferences:
+def _directory_entry(who: Principal, user: str, body: PreferencesInput,
+                     stored: Preferences | None) -> Preferences:
+    """The entry a PUT makes. Optional fields left out of the body keep their stored values
+    (``quiet_hours: null`` clears them): a supervisor changing someone's address must not
+    silently reset their role or cases."""
     own = who.sub == user
+    given = body.model_fields_set
     if own and body.role is not None and body.role != who.role.value:
         raise Problem(422, "Invalid request", "your role comes from your token",
                       kind="validation", errors=[{"field": "body.role",
                                                   "message": f"your role is {who.role}"}])
-    role = who.role.value if own else (body.role or "case_manager")
-    cases = tuple(body.cases or ())
+    role = who.role.value if own else (
+        body.role or (stored.role if stored else "case_manager"))
+    cases = tuple(body.cases) if body.cases is not None else (stored.cases if stored else ())
     if own and who.role is Role.PARTICIPANT:
         if body.cases is not None and not set(cases) <= who.cases:
             raise Problem(422, "Invalid request", "participants name only their own cases",
                           kind="validation", errors=[{"field": "body.cases",
                                                       "message": "not your case"}])
         cases = tuple(sorted(who.cases)) if body.cases is None else cases
-    quiet = body.quiet_hours.times() if body.quiet_hours else (None, None)
+    quiet: tuple[time | None, time | None]
+    if "quiet_hours" in given:
+        quiet = body.quiet_hours.times() if body.quiet_hours else (None, None)
+    else:
+        quiet = (stored.quiet_start, stored.quiet_end) if stored else (None, None)
     return Preferences(who.agency, user, role, body.email, body.delivery, body.timezone,
                        quiet[0], quiet[1], body.celebrations, cases)
 
@@ -86,7 +97,8 @@ async def put_preferences(request: web.Request) -> web.Response:
     user = _path_user(request)
     _may_manage(who, user)
     body = await parse_body(request, PreferencesInput)
-    entry = _directory_entry(who, user, body)
+    stored = await directory.get(ctx(request).pool, who.agency, user)
+    entry = _directory_entry(who, user, body, stored)
     await directory.upsert(ctx(request).pool, entry, who.sub, ctx(request).clock())
     return json_response(entry.as_json())
 
