@@ -163,6 +163,43 @@ async def test_retries_end_in_a_dead_letter_when_attempts_run_out(
     assert 'casetrail_notifications_failed_total{kind="small_win"} 1.0' in metrics
 
 
+async def test_a_manual_retry_sends_a_dead_letter_however_late_with_a_fresh_budget(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                         NOTIFIER_RETRY_ATTEMPTS=2)
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    assert (await only_row(rig))["status"] == "dead"  # no address yet
+    clock.advance(days=5)  # well past the 72 h after which an untried notice is too late
+    await rig.set_prefs("cm-1", token())
+    smtp.replies = ["421 4.7.0 slow down"]
+    supervisor = bearer(token(role="supervisor", sub="sup-1"))
+    row = await only_row(rig)
+    assert (await rig.client.post(f"/v1/notifications/{row['id']}/retry",
+                                  headers=supervisor)).status == 202
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    smtp.replies = ["452 4.2.2 over quota"]
+    clock.now = row["not_before"]  # type: ignore[assignment]
+    await rig.dispatch()
+    assert (await only_row(rig))["status"] == "dead"  # two attempts: the budget ran out
+    clock.advance(days=5)
+    assert (await rig.client.post(f"/v1/notifications/{row['id']}/retry",
+                                  headers=supervisor)).status == 202
+    smtp.replies = ["421 4.7.0 slow down"]
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"]) == ("failed", 3)  # a fresh budget, not dead
+    clock.now = row["not_before"]  # type: ignore[assignment]
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"]) == ("sent", 4)
+    assert {m["Message-ID"] for m in smtp.received} == {row["message_id"]}
+
+
 async def test_a_missing_address_is_reported_on_the_notification(
         rig: NotifierRig, records: Records, smtp: SmtpServer) -> None:
     await small_win(records)

@@ -122,7 +122,7 @@ class Recipient:
 
 
 def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta) -> Decision:
-    if row.attempts == 0 and row.kind != Kind.DAILY_DIGEST and now - row.due_at > stale_after:
+    if _too_late(row, now, stale_after):
         return Cancel(f"too late to be useful: it was due {row.due_at.isoformat()}")
     if row.recipient_role == RecipientRole.SUPERVISORS:
         if not who.members:
@@ -140,6 +140,15 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta) -
     if row.kind != Kind.DAILY_DIGEST and prefs.delivery == "daily_digest":
         return ToDigest(now, prefs.timezone)
     return _quiet_or_send(prefs, who.address, now)
+
+
+def _too_late(row: Row, now: datetime, stale_after: timedelta) -> bool:
+    """Not yet tried and long past due. A manual retry restarts the clock: it is a person's
+    explicit decision to send it now."""
+    if row.attempts_since_revival > 0 or row.kind == Kind.DAILY_DIGEST:
+        return False
+    since = max(row.due_at, row.revived_at or row.due_at)
+    return now - since > stale_after
 
 
 def _participant_decision(who: Recipient, now: datetime) -> Decision:
@@ -463,7 +472,7 @@ class Dispatcher:
             return done
         error = f"{result.code or 'no reply'}: {result.detail}"[:1000]
         retry_at = None if result.outcome == "permanent" else self._retry.next_attempt(
-            attempt, row.first_attempt_at or now, now, self._rng)
+            row.attempts_since_revival + 1, row.first_attempt_at or now, now, self._rng)
         if retry_at is not None:
             self._metrics.failed.labels(row.kind).inc()
             return replace(done, status="failed", error=error, not_before=retry_at)

@@ -51,6 +51,12 @@ class Row:
     digest_id: UUID | None
     parent_id: UUID | None
     claim_token: UUID | None = None  # set while a dispatcher holds the row
+    revived_at: datetime | None = None  # the last manual retry of it as a dead letter
+    attempts_before_revival: int = 0
+
+    @property
+    def attempts_since_revival(self) -> int:
+        return self.attempts - self.attempts_before_revival
 
     @classmethod
     def of(cls, r: asyncpg.Record) -> Row:
@@ -58,7 +64,7 @@ class Row:
                    r["recipient"], r["due_at"], r["not_before"], r["status"], r["attempts"],
                    r["last_code"], r["last_error"], r["message_id"], json.loads(r["context"]),
                    r["first_attempt_at"], r["sent_at"], r["digest_id"], r["parent_id"],
-                   r["claim_token"])
+                   r["claim_token"], r["revived_at"], r["attempts_before_revival"])
 
     def as_json(self) -> dict[str, Any]:
         return {"id": str(self.id), "key": self.key, "kind": self.kind,
@@ -386,11 +392,13 @@ async def attempts_of(db: Db, row_id: UUID) -> list[dict[str, Any]]:
 
 
 async def revive_dead(db: Db, row_id: UUID, now: datetime) -> bool:
-    """Send a dead letter again: a fresh retry budget, the same Message-ID."""
+    """Send a dead letter again, now: a fresh retry budget, the same Message-ID, and its
+    staleness counted from now (a person asked for it, however late it is)."""
     updated = await db.fetchval(
         "UPDATE notifier.notifications SET status = 'scheduled', not_before = $2,"
         " first_attempt_at = NULL, digest_id = NULL, lease_owner = NULL, lease_until = NULL,"
-        " claim_token = NULL, updated_at = $2"
+        " claim_token = NULL, revived_at = $2, attempts_before_revival = attempts,"
+        " updated_at = $2"
         " WHERE id = $1 AND status = 'dead' RETURNING 1", row_id, now)
     if updated is not None:
         await db.execute(
