@@ -260,4 +260,4 @@ async def access_log(request: web.Request) -> web.Response:
     query = parse_query(request, AccessLogQuery)
     page = await records(request).queries.access_log(
         principal(request), case_id=query.case_id, after=query.after, limit=query.limit)
-    return json_response(page)
+    return json_response(api.AccessLogPage.model_validate(page).model_dump(mode="json"))
