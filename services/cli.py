@@ -155,16 +155,17 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     records = app[RECORDS]
-    if await load_demo(records.commands, utc_now):
-        print("Loaded the demo caseload (agency demo-agency, case manager cm-demo).")
     assert settings.database_url
     assert settings.jwt_secret
+    # the notifier first: it sends only what falls due once its schema exists (demo included)
     notifier = await start_dev_notifier(
         database_url=settings.database_url, jwt_secret=settings.jwt_secret,
         records_url=f"http://{host}:{port}", mail_dir=settings.dev_data_dir / "mail",
         host=host, port=notifier_port, smtp_port=smtp_port,
         recipients=[("demo-agency", "cm-demo", "case_manager"),
                     ("demo-agency", "sup-demo", "supervisor")])
+    if await load_demo(records.commands, utc_now):
+        print("Loaded the demo caseload (agency demo-agency, case manager cm-demo).")
     assert settings.jwt_secret
     token = issue_token(settings.jwt_secret, sub="cm-demo", role=Role.CASE_MANAGER,
                         agency="demo-agency")

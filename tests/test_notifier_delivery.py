@@ -301,7 +301,7 @@ def due_notices(count: int, due: datetime | None = None) -> list[Notice]:
     case_id = uuid4()
     return [Notice(f"test:{case_id}:{n}", Kind.REVIEW_DUE_TODAY, case_id, "agency-a",
                    RecipientRole.CASE_MANAGER, "cm-1",
-                   (due or FakeClock().now) - timedelta(minutes=1),
+                   due or FakeClock().now,
                    {"participant": f"Person {n}", "due_date": "2026-03-02"})
             for n in range(count)]
 

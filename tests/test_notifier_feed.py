@@ -166,6 +166,37 @@ async def test_a_crash_before_the_checkpoint_moved_replays_without_a_second_emai
     assert len(await rig.rows(kind="small_win")) == 1
 
 
+async def test_a_wiped_schema_rebuilt_from_the_feed_sends_nothing_already_due_again(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
+        token: Callable[..., str]) -> None:
+    case = await records.open_case()
+    await records.complete(case, await records.step(case, await records.goal(case)))
+    await records.agree(case)
+    await rig.set_prefs("cm-1", token())
+    await rig.catch_up()
+    await rig.dispatch()
+    assert len(smtp.received) == 1  # the small win; the review reminders are still to come
+    schedule = {(r["key"], r["due_at"]) for r in await rig.rows()}
+    # the notifier's schema is lost and rebuilt an hour later by replaying the feed
+    await rig.notifier.pool.execute("DROP SCHEMA notifier CASCADE")
+    clock.advance(hours=1)
+    rebuilt = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock)
+    await rebuilt.set_prefs("cm-1", token())
+    await rebuilt.catch_up()
+    assert {(r["key"], r["due_at"]) for r in await rebuilt.rows()} == schedule
+    await rebuilt.dispatch()
+    assert len(smtp.received) == 1
+    [win] = await rebuilt.rows(kind="small_win")
+    assert win["status"] == "cancelled"
+    assert "fell due before this notifier's record" in str(win["last_error"])
+    # what falls due after the rebuild is sent as usual, once
+    [reminder] = await rebuilt.rows(kind="review_reminder")
+    clock.now = reminder["due_at"]  # type: ignore[assignment]
+    await rebuilt.dispatch()
+    assert [m["Message-ID"] for m in smtp.received[1:]] == [reminder["message_id"]]
+
+
 async def test_a_page_whose_checkpoint_moved_meanwhile_writes_nothing(
         rig: NotifierRig, records: Records) -> None:
     case = await records.open_case()

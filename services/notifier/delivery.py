@@ -121,7 +121,13 @@ class Recipient:
     members: tuple[str, ...] = ()
 
 
-def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta) -> Decision:
+def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
+           history_began: datetime | None = None) -> Decision:
+    if _before_history(row, history_began):
+        assert history_began is not None
+        return Cancel(f"not sent: it fell due before this notifier's record of what it sent"
+                      f" begins ({history_began.isoformat()}), so whether it went out before"
+                      " cannot be known")
     if _too_late(row, now, stale_after):
         return Cancel(f"too late to be useful: it was due {row.due_at.isoformat()}")
     if row.recipient_role == RecipientRole.SUPERVISORS:
@@ -140,6 +146,14 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta) -
     if row.kind != Kind.DAILY_DIGEST and prefs.delivery == "daily_digest":
         return ToDigest(now, prefs.timezone)
     return _quiet_or_send(prefs, who.address, now)
+
+
+def _before_history(row: Row, history_began: datetime | None) -> bool:
+    """Due before the notifier's schema began keeping its record (say it was wiped and the feed
+    replayed): it may have gone out already, so it is not sent again. A manual retry is sent."""
+    return (history_began is not None and row.due_at < history_began
+            and row.attempts == 0 and row.revived_at is None
+            and row.kind != Kind.DAILY_DIGEST)
 
 
 def _too_late(row: Row, now: datetime, stale_after: timedelta) -> bool:
@@ -298,13 +312,15 @@ def build_message(row: Row, rendered: Rendered, address: str, sender: str,
 
 class Dispatcher:
     def __init__(self, pool: asyncpg.Pool, settings: NotifierSettings, clock: Clock,
-                 metrics: NotifierMetrics, owner: str, rng: random.Random | None = None) -> None:
+                 metrics: NotifierMetrics, owner: str, rng: random.Random | None = None,
+                 history_began: datetime | None = None) -> None:
         self._pool = pool
         self._settings = settings
         self._clock = clock
         self._metrics = metrics
         self._owner = owner
         self._rng = rng or random.Random()
+        self._history_began = history_began
         self._retry = RetryPolicy.of(settings)
         self._smtp = SmtpSender(settings)
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
@@ -397,7 +413,7 @@ class Dispatcher:
     async def _handle(self, row: Row, who: Recipient) -> Outcome | None:
         now = self._clock()
         stale = timedelta(hours=self._settings.stale_after_hours)
-        match decide(row, who, now, stale_after=stale):
+        match decide(row, who, now, stale_after=stale, history_began=self._history_began):
             case Send(address, for_participant):
                 try:
                     rendered = render(row.kind, row.context, row.case_id,

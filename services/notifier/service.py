@@ -38,14 +38,15 @@ def rule_settings(s: NotifierSettings) -> RuleSettings:
 
 class Notifier:
     def __init__(self, pool: asyncpg.Pool, settings: NotifierSettings, clock: Clock,
-                 metrics: NotifierMetrics) -> None:
+                 metrics: NotifierMetrics, history_began: datetime | None = None) -> None:
         self.instance = f"notifier-{uuid.uuid4().hex[:8]}"
         self.settings = settings
         self.pool = pool
         self.clock = clock
         self.subscriber = FeedSubscriber(pool, settings, rule_settings(settings), clock,
                                          metrics, on_new_work=self.poke)
-        self.dispatcher = Dispatcher(pool, settings, clock, metrics, self.instance)
+        self.dispatcher = Dispatcher(pool, settings, clock, metrics, self.instance,
+                                     history_began=history_began)
         self._scheduler: AsyncIOScheduler | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self._dispatching = False

@@ -32,6 +32,7 @@ from services.common.problems import problem_middleware
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.service import Notifier, utc_now
 from services.notifier.settings import NotifierSettings
+from services.notifier.store.cases import begin_history
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "store" / "migrations"
 SCHEMA = "notifier"
@@ -81,7 +82,8 @@ def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await migrate(database_url)
         pool = await create_pool(database_url, max_size=settings.db_pool_max)
-        notifier = Notifier(pool, settings, clock, app[METRICS])
+        history_began = await begin_history(pool, clock())
+        notifier = Notifier(pool, settings, clock, app[METRICS], history_began)
         app[NOTIFIER] = Context(settings, pool, notifier, app[METRICS], clock)
         if background:
             await notifier.start()

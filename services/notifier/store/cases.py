@@ -93,3 +93,11 @@ async def reset_checkpoint(conn: asyncpg.Connection | asyncpg.Pool, name: str,
                            now: datetime) -> None:
     await conn.execute("UPDATE notifier.checkpoint SET position = '', updated_at = $2"
                        " WHERE name = $1", name, now)
+
+
+async def begin_history(conn: asyncpg.Connection | asyncpg.Pool, now: datetime) -> datetime:
+    """When this schema's record of what was sent begins: ``now`` the first time, kept after."""
+    await conn.execute("INSERT INTO notifier.history (began_at) VALUES ($1)"
+                       " ON CONFLICT DO NOTHING", now)
+    began: datetime = await conn.fetchval("SELECT began_at FROM notifier.history")
+    return began
