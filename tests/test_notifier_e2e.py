@@ -55,10 +55,22 @@ async def test_a_completed_step_arrives_as_mail_in_the_dev_catcher(
     assert "cm-1@casetrail.local" in capsys.readouterr().out
 
 
-def test_run_notifier_explains_missing_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_notifier_explains_missing_configuration(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # whatever the caller's environment holds (the suite honours DATABASE_URL), none of it may
+    # reach these settings: with it, run_notifier would really start a notifier
+    for field in NotifierSettings.model_fields.values():
+        assert field.alias is not None
+        monkeypatch.delenv(field.alias, raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/never")
     settings = NotifierSettings.model_validate({"CASETRAIL_JWT_SECRET": JWT_SECRET})
-    assert run_notifier(settings) == 2
-    assert "DATABASE_URL" in capsys.readouterr().err
+    monkeypatch.delenv("DATABASE_URL")
+    assert settings.database_url is not None  # settings do read the environment
+    for missing, names in [({"CASETRAIL_JWT_SECRET": JWT_SECRET}, "DATABASE_URL"),
+                           ({"DATABASE_URL": "postgresql://x@127.0.0.1:1/x"},
+                            "CASETRAIL_JWT_SECRET")]:
+        assert run_notifier(NotifierSettings.model_validate(missing)) == 2
+        assert names in capsys.readouterr().err
 
 
 async def sent_small_wins(pool: asyncpg.Pool) -> int:
