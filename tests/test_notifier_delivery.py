@@ -297,6 +297,26 @@ async def test_quiet_hours_hold_a_message_until_they_end(
     assert len(smtp.received) == 1
 
 
+async def test_a_digest_falling_in_quiet_hours_waits_until_they_end(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone="America/New_York",
+                        quiet_hours={"start": "07:00", "end": "09:30"})
+    await small_win(records, "Call the landlord")
+    await rig.catch_up()
+    await rig.dispatch()
+    [digest] = await rig.rows(kind="daily_digest")
+    clock.now = digest["due_at"]  # type: ignore[assignment]  (08:00 in New York: quiet)
+    await rig.notifier.dispatcher.send_digests()
+    assert smtp.received == []
+    [digest] = await rig.rows(kind="daily_digest")
+    assert (digest["status"], str(digest["not_before"])) == (
+        "scheduled", "2026-03-02 14:30:00+00:00")  # 09:30 in New York
+    clock.now = digest["not_before"]  # type: ignore[assignment]
+    assert await rig.notifier.dispatcher.send_digests() == 1
+    assert len(smtp.received) == 1
+
+
 def due_notices(count: int, due: datetime | None = None) -> list[Notice]:
     case_id = uuid4()
     return [Notice(f"test:{case_id}:{n}", Kind.REVIEW_DUE_TODAY, case_id, "agency-a",

@@ -454,6 +454,11 @@ class Dispatcher:
         if not items:
             return Outcome(digest.id, "cancelled", False, digest.attempts,
                            error="nothing left to send")
+        now = self._clock()
+        quiet_end = quiet_until(who.prefs, now) if who.prefs is not None else None
+        if quiet_end is not None:  # a digest waits out quiet hours like any message
+            await store.release(self._pool, digest, quiet_end, now)
+            return None
         if not who.address:
             outcome = Outcome(digest.id, "dead", False, digest.attempts,
                               error=f"no email address on file for {digest.recipient}")
