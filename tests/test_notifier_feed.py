@@ -253,5 +253,6 @@ async def test_an_unreachable_or_refusing_feed_is_a_feed_error_not_a_crash(
                              RECORDS_URL=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(FeedError, match="unreachable"):
         await nowhere.notifier.subscriber.step(0)
-    ready = await (await nowhere.client.get("/readyz")).json()
-    assert ready["checks"]["feed"].startswith("not yet read")
+    ready = await nowhere.client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["checks"]["feed"].startswith("last read failed")

@@ -4,16 +4,21 @@ bad input (always a 4xx problem, never a 500) and the operational routes."""
 # ruff: noqa: F811
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
-from tests.conftest import TokenFactory, bearer
+from services.notifier.feed import FeedError
+from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import (  # noqa: F401
     NotifierRig,
     Records,
     SmtpServer,
     clock,
+    free_port,
+    make_rig,
     records,
     rig,
     smtp,
@@ -239,18 +244,36 @@ async def test_the_schedule_of_a_case_shows_what_is_still_to_be_sent(
         assert response.status == status
 
 
+async def readiness(rig: NotifierRig) -> tuple[int, dict[str, Any]]:
+    response = await rig.client.get("/readyz")
+    return response.status, (await response.json())["checks"]
+
+
 async def test_operational_routes(rig: NotifierRig) -> None:
     assert (await rig.client.get("/healthz")).status == 200
-    ready = await rig.client.get("/readyz")
-    body = await ready.json()
-    assert ready.status == 200
-    assert body["checks"]["migrations"] == "current"
+    assert await readiness(rig) == (503, {"database": "ok", "migrations": "current",
+                                          "feed": "not read yet"})
+    await rig.catch_up()
+    assert await readiness(rig) == (200, {"database": "ok", "migrations": "current",
+                                          "feed": "ok"})
     metrics = await (await rig.client.get("/metrics")).text()
     assert "casetrail_notifier_feed_lag_seconds" in metrics
     spec = await (await rig.client.get("/openapi.json")).json()
     assert "/v1/preferences/{user}" in spec["paths"]
     assert "PreferencesInput" in spec["components"]["schemas"]
     assert (await rig.client.get("/mail")).status == 404  # no catcher configured
+
+
+async def test_not_ready_while_the_feed_cannot_be_read(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock) -> None:
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                         RECORDS_URL=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(FeedError):
+        await rig.catch_up()
+    status, checks = await readiness(rig)
+    assert status == 503
+    assert checks["feed"].startswith("last read failed: feed unreachable")
 
 
 async def test_listing_pages_and_participants_see_only_their_own(

@@ -116,7 +116,11 @@ class FeedSubscriber:
     async def step(self, wait: float) -> int:
         """Read one page after the stored checkpoint and apply it; the number of events."""
         after = await load_checkpoint(self._pool, FEED_CHECKPOINT)
-        page = await self.fetch(after, wait)
+        try:
+            page = await self.fetch(after, wait)
+        except FeedError as error:
+            self.healthy, self.last_error = False, str(error)
+            raise
         self.healthy, self.last_error = True, None
         if not page.items:
             self._metrics.feed_lag.set(0)

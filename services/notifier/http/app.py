@@ -29,6 +29,7 @@ from services.common.http import (
 )
 from services.common.http import request_id_middleware as request_ids
 from services.common.problems import problem_middleware
+from services.notifier.feed import FeedSubscriber
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.service import Notifier, utc_now
 from services.notifier.settings import NotifierSettings
@@ -103,15 +104,24 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-@api.route("GET", "/readyz", "database reachable, migrations current, feed readable",
-           response=Health, public=True, tag="ops")
+@api.route("GET", "/readyz", "database reachable, migrations current, feed readable (read"
+           " at least once, and the last read did not fail)", response=Health, public=True,
+           tag="ops")
 async def readyz(request: web.Request) -> web.Response:
     checks = await database_checks(ctx(request).pool, SCHEMA, MIGRATIONS)
     subscriber = ctx(request).notifier.subscriber
-    checks["feed"] = "ok" if subscriber.healthy else f"not yet read: {subscriber.last_error}"
-    ready = database_ready(checks)
+    checks["feed"] = _feed_check(subscriber)
+    ready = database_ready(checks) and subscriber.healthy
     return json_response({"status": "ready" if ready else "not ready", "checks": checks},
                          status=200 if ready else 503)
+
+
+def _feed_check(subscriber: FeedSubscriber) -> str:
+    if subscriber.healthy:
+        return "ok"
+    if subscriber.last_error is None:
+        return "not read yet"
+    return f"last read failed: {subscriber.last_error}"
 
 
 @api.route("GET", "/openapi.json", "this API's OpenAPI 3.1 description", public=True, tag="ops")
