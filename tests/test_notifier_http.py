@@ -73,6 +73,30 @@ async def test_a_put_that_leaves_out_optional_fields_keeps_their_stored_values(
     assert (await response.json())["cases"] == [case]
 
 
+@pytest.mark.parametrize("role", ["service", "auditor", "analyst"])
+async def test_roles_the_notifier_never_writes_to_keep_no_preferences(
+        rig: NotifierRig, token: TokenFactory, role: str) -> None:
+    status, body = await put(rig, "them", token(role=role, sub="them"), GOOD)
+    assert (status, body["type"].rsplit("/", 1)[-1]) == (403, "forbidden")
+    status, _ = await put(rig, "cm-2", token(role="supervisor", sub="sup-1"),
+                          {**GOOD, "role": role})
+    assert status == 422
+    assert await rig.notifier.pool.fetchval("SELECT count(*) FROM notifier.directory") == 0
+
+
+async def test_participants_cannot_choose_a_daily_digest(rig: NotifierRig,
+                                                         token: TokenFactory) -> None:
+    case = "6f1c1c55-93e4-4f57-bb8e-2a4f3f1f7a10"
+    digest = {**GOOD, "delivery": "daily_digest"}
+    status, body = await put(rig, "jo", token(role="participant", sub="jo", cases=[case]),
+                             digest)
+    assert (status, body["errors"][0]["field"]) == (422, "body.delivery")
+    supervisor = token(role="supervisor", sub="sup-1")
+    assert (await put(rig, "jo", supervisor, {**digest, "role": "participant"}))[0] == 422
+    assert (await put(rig, "jo", supervisor, {**GOOD, "role": "participant"}))[0] == 200
+    assert (await put(rig, "jo", supervisor, digest))[0] == 422  # stored role: participant
+
+
 async def test_a_user_cannot_give_themselves_another_role(rig: NotifierRig,
                                                           token: TokenFactory) -> None:
     status, body = await put(rig, "cm-1", token(), {**GOOD, "role": "supervisor"})

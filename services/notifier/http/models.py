@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from schemas.events import Email
 
 _HH_MM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-DirectoryRole = Literal["case_manager", "supervisor", "participant", "auditor", "analyst"]
+# the roles the notifier writes to; auditors, analysts and services receive nothing
+DirectoryRole = Literal["case_manager", "supervisor", "participant"]
 Status = Literal["scheduled", "sent", "failed", "dead", "cancelled"]
 UserPath = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,200}$")]
 

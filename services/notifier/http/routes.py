@@ -54,7 +54,13 @@ def _path_id(request: web.Request) -> UUID:
                       ) from error
 
 
+_NO_MAIL_ROLES = (Role.SERVICE, Role.AUDITOR, Role.ANALYST)
+
+
 def _may_manage(who: Principal, user: str) -> None:
+    if who.role in _NO_MAIL_ROLES:
+        raise Problem(403, "Forbidden", f"the notifier sends nothing to the {who.role} role,"
+                      " so it keeps no preferences for it", kind="forbidden")
     if who.sub != user and who.role is not Role.SUPERVISOR:
         raise Problem(403, "Forbidden", "you may set your own preferences; supervisors set"
                       " those of their agency", kind="forbidden")
@@ -80,6 +86,10 @@ def _directory_entry(who: Principal, user: str, body: PreferencesInput,
                           kind="validation", errors=[{"field": "body.cases",
                                                       "message": "not your case"}])
         cases = tuple(sorted(who.cases)) if body.cases is None else cases
+    if role == Role.PARTICIPANT.value and body.delivery == "daily_digest":
+        raise Problem(422, "Invalid request", "participants hear of each milestone as it"
+                      " happens; daily digests are for staff", kind="validation",
+                      errors=[{"field": "body.delivery", "message": "use immediate"}])
     quiet: tuple[time | None, time | None]
     if "quiet_hours" in given:
         quiet = body.quiet_hours.times() if body.quiet_hours else (None, None)
