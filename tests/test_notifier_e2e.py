@@ -106,3 +106,35 @@ async def test_two_running_notifiers_send_each_celebration_once(
         assert len(set(ids)) == 12
     finally:
         await smtp.stop()
+
+
+async def test_a_new_event_wakes_the_notifier_long_before_its_long_poll_ends(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], make_records_client: ClientFactory,
+        fresh_database_url: str, token: TokenFactory) -> None:
+    """The feed is long-polled for 60 s and dispatch runs every 60 s: only the long-poll
+    answering as soon as the event is visible, and the page poking dispatch, can bring the mail
+    within the 20 s allowed (it takes about a second or less)."""
+    records_client = await make_records_client(fresh_database_url)
+    records = Records(records_client, token())
+    smtp = await SmtpServer().start()
+    try:
+        settings = notifier_settings(fresh_database_url,
+                                     str(records_client.make_url("")).rstrip("/"), smtp.port,
+                                     NOTIFIER_FEED_WAIT=60, NOTIFIER_DISPATCH_INTERVAL=60)
+        notifier = await aiohttp_client(create_app(settings))
+        response = await notifier.put("/v1/preferences/cm-1", json={
+            "email": "sam@example.org", "delivery": "immediate", "timezone": "UTC",
+            "celebrations": True}, headers=bearer(token()))
+        assert response.status == 200
+        async with asyncio.timeout(20):
+            # the first read is immediate (readiness); polling the notifier's own answer
+            while (await notifier.get("/readyz")).status != 200:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # now waiting inside a 60 s long-poll
+            case = await records.open_case()
+            goal = await records.goal(case)
+            await records.complete(case, await records.step(case, goal, "Call the landlord"))
+            await smtp.arrived.wait()
+        assert smtp.subjects() == ["A small win for Jo: Call the landlord"]
+    finally:
+        await smtp.stop()

@@ -67,6 +67,31 @@ async def test_review_held_cancels_and_the_next_review_starts_new_reminders(
     assert {r["status"] for r in new} == {"scheduled"}
 
 
+async def test_rescheduling_a_review_over_http_moves_its_reminder_end_to_end(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
+        token: Callable[..., str]) -> None:
+    await rig.set_prefs("cm-1", token())
+    case = await records.open_case()
+    review = await records.agree(case)  # due 2026-05-01: reminder on 2026-04-28
+    await rig.catch_up()
+    [old] = await rig.rows(kind="review_reminder")
+    await records.call("POST", f"/v1/cases/{case}/reviews/{review}/reschedule",
+                       {"due_date": "2026-05-20", "reason": "Jo asked for a later date"})
+    await rig.catch_up()
+    reminders = {r["key"]: r for r in await rig.rows(kind="review_reminder")}
+    assert reminders[old["key"]]["status"] == "cancelled"
+    [new] = [r for k, r in reminders.items() if k != old["key"]]
+    assert (new["status"], str(new["due_at"])) == ("scheduled", "2026-05-17 09:00:00+00:00")
+    clock.now = old["due_at"]  # type: ignore[assignment]
+    await rig.dispatch()
+    assert smtp.received == []
+    clock.now = new["due_at"]  # type: ignore[assignment]
+    await rig.dispatch()
+    [message] = smtp.received
+    assert message["Message-ID"] == new["message_id"]
+    assert "20 May 2026" in message.get_payload()[0].get_payload(decode=True).decode()  # type: ignore[index,union-attr]
+
+
 async def test_transfer_moves_pending_notices_and_closing_cancels_them(
         rig: NotifierRig, records: Records, token: Callable[..., str]) -> None:
     case = await records.open_case()

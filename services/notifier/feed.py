@@ -148,15 +148,18 @@ class FeedSubscriber:
         return total
 
     async def run(self) -> None:
-        """Follow the feed until cancelled; back off (with jitter) while it is unreachable."""
-        delay = 0.5
+        """Follow the feed until cancelled; back off (with jitter) while it is unreachable.
+        The first read, and the first after a failure, does not wait: it tells at once
+        whether the feed is readable (readiness), where a long-poll would hold that back."""
+        delay, wait = 0.5, 0.0
         while True:
             try:
-                await self.step(self._settings.feed_wait_seconds)
-                delay = 0.5
+                await self.step(wait)
+                delay, wait = 0.5, self._settings.feed_wait_seconds
             except (FeedError, OSError, asyncpg.PostgresError) as error:
                 self._metrics.feed_errors.inc()
                 self.healthy, self.last_error = False, str(error)
+                wait = 0.0
                 log.warning("feed read failed; retrying", error=str(error), retry_in=delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 30.0)
