@@ -92,9 +92,10 @@ async def test_holding_a_review_schedules_the_next_by_risk(cm: CaseApi,
                                                            clock: FakeClock) -> None:
     case_id = await cm.open_case(risk_level="high")
     await cm.goal(case_id)
-    await cm.agree(case_id)
+    agreed = await cm.agree(case_id)
     review = (await cm.plan(case_id))["next_review"]
     assert review["due_date"] == (clock.now.date() + timedelta(days=30)).isoformat()
+    assert agreed["id"] == review["review_id"], "the agreement answers with the review it set"
     clock.advance(days=28)
     held = await cm.call("POST", f"/v1/cases/{case_id}/reviews/{review['review_id']}/held",
                          {"summary": "Jo has kept every appointment"}, expect=200)
@@ -112,6 +113,7 @@ async def test_a_disagreement_is_recorded_and_schedules_nothing(cm: CaseApi) -> 
     await cm.goal(case_id)
     result = await cm.agree(case_id, outcome="did_not_agree")
     assert [e["type"] for e in result["events"]] == ["PlanAgreed"]
+    assert "id" not in result, "nothing was created"
     plan = await cm.plan(case_id)
     assert plan["next_review"] is None
     assert plan["agreement"]["outcome"] == "did_not_agree"

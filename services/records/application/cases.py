@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from schemas import api
-from schemas.events import EventPayload, parse_event
+from schemas.events import EventPayload, ReviewScheduled, parse_event
 from services.common.auth import Principal
 from services.records.application.access import (
     Action,
@@ -31,6 +31,7 @@ from services.records.application.language import LanguageGuides
 from services.records.application.policy import AgencyPolicies
 from services.records.domain import (
     Actor,
+    AgreePlan,
     AnyCommand,
     DecisionContext,
     DomainError,
@@ -256,5 +257,14 @@ class CaseCommands:
         if payloads is None:
             payloads = [parse_event(e.type, e.schema_version, e.data) for e in result.events]
         guide = self._guides.for_agency(request.who.agency)
-        return WriteOutcome(result.stream_id, result.version, request.command.created_id,
-                            result.events, warnings_for(payloads, guide), result.replayed)
+        return WriteOutcome(result.stream_id, result.version,
+                            created_id(request.command, payloads), result.events,
+                            warnings_for(payloads, guide), result.replayed)
+
+
+def created_id(command: AnyCommand, payloads: list[EventPayload]) -> UUID | None:
+    """The item a write created; an agreement creates its first review only when it schedules
+    one (outcome agreed, no review pending)."""
+    if isinstance(command, AgreePlan):
+        return next((p.review_id for p in payloads if isinstance(p, ReviewScheduled)), None)
+    return command.created_id
