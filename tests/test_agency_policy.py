@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -109,29 +108,21 @@ async def client(make_records_client: ClientFactory, fresh_database_url: str,
                                      CASETRAIL_POLICY_DIR=str(policy_dir))
 
 
-@pytest.fixture
-async def db(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
-    assert pool is not None
-    yield pool
-    await pool.close()
-
-
 GOALS = ["Steady work", "A place of my own", "Reconnect with my daughter"]
 
 
 async def test_an_agency_with_cap_2_refuses_a_third_active_goal_another_accepts_it(
-        client: TestClient, token: TokenFactory, db: asyncpg.Pool) -> None:
+        client: TestClient, token: TokenFactory, fresh_pool: asyncpg.Pool) -> None:
     capped = CaseApi(client, token(agency="agency-cap2"))
     case_id = await capped.open_case()
     for title in GOALS[:2]:
         await capped.goal(case_id, title=title)
-    before = await event_count(db)
+    before = await event_count(fresh_pool)
     refused = await capped.call("POST", f"/v1/cases/{case_id}/goals", {
         "title": GOALS[2], "domain": "family", "source": "participant",
         "in_their_words": "I want to see her every week"}, expect=422)
     assert "override_reason" in str(refused)
-    assert await event_count(db) == before
+    assert await event_count(fresh_pool) == before
     assert (await capped.plan(case_id))["max_active_goals"] == 2
 
     default = CaseApi(client, token(agency="agency-b"))

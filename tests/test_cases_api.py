@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from typing import Any
 
@@ -32,14 +31,6 @@ async def client(make_records_client: ClientFactory, fresh_database_url: str,
 @pytest.fixture
 def cm(client: TestClient, token: TokenFactory) -> CaseApi:
     return CaseApi(client, token())
-
-
-@pytest.fixture
-async def db(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
-    assert pool is not None
-    yield pool
-    await pool.close()
 
 
 async def test_opening_a_case_answers_201_with_location_and_etag(client: TestClient,
@@ -120,16 +111,16 @@ async def test_a_disagreement_is_recorded_and_schedules_nothing(cm: CaseApi) -> 
 
 
 async def test_the_fourth_active_goal_needs_an_override_reason(cm: CaseApi,
-                                                               db: asyncpg.Pool) -> None:
+                                                               fresh_pool: asyncpg.Pool) -> None:
     case_id = await cm.open_case()
     for title in ["Steady work", "A place of my own", "Reconnect with my daughter"]:
         await cm.goal(case_id, title=title)
-    before = await event_count(db)
+    before = await event_count(fresh_pool)
     refused = await cm.call("POST", f"/v1/cases/{case_id}/goals", {
         "title": "Learn to drive", "domain": "education", "source": "participant",
         "in_their_words": "I want my licence"}, expect=422)
     assert "override_reason" in str(refused)
-    assert await event_count(db) == before
+    assert await event_count(fresh_pool) == before
     future = await cm.goal(case_id, title="Learn to drive", status="future")
     assert future
     allowed = await cm.call("POST", f"/v1/cases/{case_id}/goals", {
@@ -146,7 +137,7 @@ async def test_participant_goals_need_their_own_words(cm: CaseApi) -> None:
     assert refused["errors"][0]["field"].endswith("in_their_words")
 
 
-async def test_invalid_transitions_are_refused(cm: CaseApi, db: asyncpg.Pool) -> None:
+async def test_invalid_transitions_are_refused(cm: CaseApi, fresh_pool: asyncpg.Pool) -> None:
     case_id = await cm.open_case()
     goal = await cm.goal(case_id)
     step = await cm.step(case_id, goal)
@@ -160,10 +151,10 @@ async def test_invalid_transitions_are_refused(cm: CaseApi, db: asyncpg.Pool) ->
                   {"status": "achieved"}, expect=409)
     await cm.call("POST", f"/v1/cases/{case_id}/close", {"reason": "plan complete"},
                   expect=200)
-    before = await event_count(db)
+    before = await event_count(fresh_pool)
     await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "late note"}, expect=409)
     await cm.call("POST", f"/v1/cases/{case_id}/close", {"reason": "again"}, expect=409)
-    assert await event_count(db) == before
+    assert await event_count(fresh_pool) == before
     await cm.call("POST", f"/v1/cases/{case_id}/reopen", {"reason": "Jo asked to come back"},
                   expect=200)
     await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "welcome back"}, expect=201)
@@ -199,14 +190,14 @@ async def test_language_guide_warns_but_the_write_succeeds(cm: CaseApi) -> None:
 
 
 async def test_if_match_refuses_a_stale_write_with_the_current_version(
-        cm: CaseApi, client: TestClient, db: asyncpg.Pool) -> None:
+        cm: CaseApi, client: TestClient, fresh_pool: asyncpg.Pool) -> None:
     case_id = await cm.open_case()
     await cm.strength(case_id)
-    before = await event_count(db)
+    before = await event_count(fresh_pool)
     stale = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "hello"},
                           headers={"If-Match": '"1"'}, expect=412)
     assert stale["current_version"] == 2
-    assert await event_count(db) == before
+    assert await event_count(fresh_pool) == before
     fresh = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "hello"},
                           headers={"If-Match": '"2"'}, expect=201)
     assert fresh["version"] == 3
@@ -233,7 +224,7 @@ async def test_concurrent_writers_without_if_match_all_succeed(cm: CaseApi) -> N
 
 
 async def test_concurrent_keyed_writers_all_succeed_and_replay(cm: CaseApi,
-                                                               db: asyncpg.Pool) -> None:
+                                                               fresh_pool: asyncpg.Pool) -> None:
     """Racing writes that each carry an Idempotency-Key: every one lands once, and a retry
     of each key answers the original result."""
     case_id = await cm.open_case()
@@ -244,10 +235,10 @@ async def test_concurrent_keyed_writers_all_succeed_and_replay(cm: CaseApi,
 
     first = await asyncio.gather(*[writer(n) for n in range(8)])
     assert sorted(r["version"] for r in first) == list(range(2, 10))
-    count = await event_count(db)
+    count = await event_count(fresh_pool)
     again = await asyncio.gather(*[writer(n) for n in range(8)])
     assert [r["version"] for r in again] == [r["version"] for r in first]
-    assert await event_count(db) == count
+    assert await event_count(fresh_pool) == count
 
 
 async def test_concurrent_writers_are_re_decided_against_the_new_state(cm: CaseApi) -> None:
@@ -261,46 +252,47 @@ async def test_concurrent_writers_are_re_decided_against_the_new_state(cm: CaseA
     assert sum(r.get("status") == 422 for r in results) == 3
 
 
-async def test_idempotency_key_replays_the_original_answer(cm: CaseApi, db: asyncpg.Pool) -> None:
+async def test_idempotency_key_replays_the_original_answer(cm: CaseApi,
+                                                           fresh_pool: asyncpg.Pool) -> None:
     case_id = await cm.open_case()
     headers = {"Idempotency-Key": "note-7f3a"}
     first = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Jo called"},
                           headers=headers, expect=201)
-    count = await event_count(db)
+    count = await event_count(fresh_pool)
     second = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Jo called"},
                            headers=headers, expect=201)
     assert second == first
-    assert await event_count(db) == count
+    assert await event_count(fresh_pool) == count
     other = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "different"},
                           headers=headers, expect=422)
     assert other["type"].endswith("idempotency-key-reused")
-    assert await event_count(db) == count
+    assert await event_count(fresh_pool) == count
 
 
 async def test_an_idempotency_key_covers_the_query_string_too(cm: CaseApi,
-                                                              db: asyncpg.Pool) -> None:
+                                                              fresh_pool: asyncpg.Pool) -> None:
     """A removal's reason may come as ?reason=: another reason is another request."""
     case_id = await cm.open_case()
     strength = await cm.strength(case_id)
     headers = {"Idempotency-Key": "remove-strength-1"}
     path = f"/v1/cases/{case_id}/strengths/{strength}"
     await cm.call("DELETE", f"{path}?reason=duplicate", headers=headers, expect=200)
-    count = await event_count(db)
+    count = await event_count(fresh_pool)
     replay = await cm.call("DELETE", f"{path}?reason=duplicate", headers=headers, expect=200)
     assert replay["version"] == 3
     other = await cm.call("DELETE", f"{path}?reason=something-else", headers=headers,
                           expect=422)
     assert other["type"].endswith("idempotency-key-reused")
-    assert await event_count(db) == count
+    assert await event_count(fresh_pool) == count
 
 
-async def test_opening_a_case_is_idempotent_too(cm: CaseApi, db: asyncpg.Pool) -> None:
+async def test_opening_a_case_is_idempotent_too(cm: CaseApi, fresh_pool: asyncpg.Pool) -> None:
     body = {"participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"}
     headers = {"Idempotency-Key": "open-ana"}
     first = await cm.call("POST", "/v1/cases", body, headers=headers, expect=201)
     second = await cm.call("POST", "/v1/cases", body, headers=headers, expect=201)
     assert first["case_id"] == second["case_id"]
-    assert await event_count(db) == 1
+    assert await event_count(fresh_pool) == 1
 
 
 async def test_history_pages_with_actor_reason_and_time(cm: CaseApi) -> None:
@@ -369,13 +361,13 @@ async def test_verify_reports_an_intact_chain(cm: CaseApi) -> None:
 
 
 async def test_verify_names_the_first_broken_link_of_a_tampered_case(
-        cm: CaseApi, db: asyncpg.Pool) -> None:
+        cm: CaseApi, fresh_pool: asyncpg.Pool) -> None:
     case_id = await cm.open_case()
     await cm.strength(case_id)
     await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Met at the library"},
                   expect=201)
     # Only a superuser bypassing the append-only trigger can do this: what verify is for.
-    async with db.acquire() as conn, conn.transaction():
+    async with fresh_pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL session_replication_role = replica")
         await conn.execute(
             "UPDATE records.events SET data = jsonb_set(data, '{description}', '\"Rewritten\"')"
