@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import html
 import itertools
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class MailCatcher:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
+        # aiosmtpd narrates every SMTP command at INFO; the .eml files already tell the story
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         self.folder.mkdir(parents=True, exist_ok=True)
         handler = _SaveToFolder(self.folder)
         loop = asyncio.get_running_loop()
