@@ -12,7 +12,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import ClientFactory, bearer
+from tests.conftest import ClientFactory, TokenFactory, bearer
 
 
 def claims(**overrides: object) -> dict[str, object]:
@@ -34,9 +34,9 @@ async def test_readyz_is_503_while_a_migration_is_pending(make_records_client: C
     assert body["checks"]["migrations"].startswith("pending: ")
 
 
-async def test_readyz_is_503_while_the_database_refuses_connections(
+async def test_readyz_and_requests_are_503_while_the_database_refuses_connections(
         make_records_client: ClientFactory, fresh_database_url: str,
-        postgres_server_url: str) -> None:
+        postgres_server_url: str, token: TokenFactory) -> None:
     client = await make_records_client(fresh_database_url)
     name = urlsplit(fresh_database_url).path.lstrip("/")
     admin = await asyncpg.connect(postgres_server_url)
@@ -48,6 +48,12 @@ async def test_readyz_is_503_while_the_database_refuses_connections(
         body = await response.json()
         assert response.status == 503, body
         assert body["checks"]["database"].startswith("unreachable")
+        for _ in range(3):  # pooled connections die one by one: every request is a clear 503
+            listing = await client.get("/v1/cases", headers=bearer(token(role="supervisor")))
+            problem = await listing.json()
+            assert listing.status == 503, problem
+            assert listing.content_type == "application/problem+json"
+            assert listing.headers["Retry-After"]
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()

@@ -102,6 +102,26 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Our services set no session state, so a released connection needs no reset round trip."""
 
 
+class DatabaseUnavailable(ConnectionError):
+    """The server refused a new connection (shutting down, not accepting connections, full)."""
+
+
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """The pool's way to connect: a refusal is told apart from a failing statement."""
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except asyncpg.PostgresError as error:
+        raise DatabaseUnavailable(str(error)) from error
+
+
+# What a lost or refused database connection raises (as opposed to a statement's own error).
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
 async def database_checks(pool: asyncpg.Pool, schema: str, folder: Path) -> dict[str, str]:
     """Readiness: the database answers within 2 s and the schema's migrations are current."""
     checks: dict[str, str] = {}
@@ -110,7 +130,7 @@ async def database_checks(pool: asyncpg.Pool, schema: str, folder: Path) -> dict
             pending = await pending_migrations(conn, schema, folder)
         checks["database"] = "ok"
         checks["migrations"] = "current" if not pending else f"pending: {', '.join(pending)}"
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+    except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
         checks["database"] = f"unreachable: {type(error).__name__}"
     return checks
 
@@ -121,7 +141,7 @@ def database_ready(checks: dict[str, str]) -> bool:
 
 async def create_pool(dsn: str, *, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_keep_session,
-                                     **kwargs)
+                                     connect=_connect, **kwargs)
     assert pool is not None
     return pool
 

@@ -10,6 +10,8 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from services.common.database import DATABASE_UNAVAILABLE
+
 PROBLEM_TYPE_BASE = "https://casetrail.dev/problems/"
 log = structlog.get_logger("casetrail.http")
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
@@ -81,6 +83,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             else None
         headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
         return problem_response(Problem(error.status, title, detail, headers=headers), request)
+    except DATABASE_UNAVAILABLE as error:
+        log.warning("database unavailable", path=request.path, error=repr(error))
+        return problem_response(Problem(503, "Service unavailable",
+                                        "the database cannot be reached; try again shortly",
+                                        kind="database-unavailable",
+                                        headers={"Retry-After": "5"}), request)
     except Exception:
         log.exception("unhandled error", path=request.path, method=request.method)
         return problem_response(Problem(500, "Internal error",

@@ -25,6 +25,7 @@ import aiosmtplib
 import asyncpg
 import structlog
 
+from services.common.database import DATABASE_UNAVAILABLE
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import CELEBRATIONS, Kind, Notice, RecipientRole
 from services.notifier.settings import NotifierSettings
@@ -383,7 +384,7 @@ class Dispatcher:
             await asyncio.sleep(self._settings.lease_seconds / 3)
             try:
                 await store.renew_claim(self._pool, token, self._clock() + self._lease)
-            except (OSError, asyncpg.PostgresError) as error:
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
                 log.warning("could not renew a dispatch lease", error=str(error))
 
     async def _recipients(self, rows: Sequence[Row]) -> dict[UUID, Recipient]:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from schemas.feed import FeedPage
 from services.common.auth import Role, issue_token
+from services.common.database import DATABASE_UNAVAILABLE
 from services.notifier.casemodel import FeedItem
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import RuleSettings
@@ -156,7 +157,7 @@ class FeedSubscriber:
             try:
                 await self.step(wait)
                 delay, wait = 0.5, self._settings.feed_wait_seconds
-            except (FeedError, OSError, asyncpg.PostgresError) as error:
+            except (FeedError, *DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
                 self._metrics.feed_errors.inc()
                 self.healthy, self.last_error = False, str(error)
                 wait = 0.0

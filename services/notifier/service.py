@@ -17,6 +17,7 @@ import asyncpg
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from services.common.database import DATABASE_UNAVAILABLE
 from services.notifier.delivery import Dispatcher
 from services.notifier.feed import FeedSubscriber
 from services.notifier.metrics import NotifierMetrics
@@ -111,7 +112,7 @@ class Notifier:
                 await self.dispatcher.dispatch_due()
                 if not self._again:
                     break
-        except (OSError, asyncpg.PostgresError) as error:
+        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
             log.warning("dispatch failed; will try again", error=str(error))
         finally:
             self._dispatching = False
@@ -120,5 +121,5 @@ class Notifier:
         self._track()
         try:
             await self.dispatcher.send_digests()
-        except (OSError, asyncpg.PostgresError) as error:
+        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
             log.warning("digest dispatch failed; will try again", error=str(error))
