@@ -24,10 +24,11 @@ from services.records.application.access import (
     point_in_window,
 )
 from services.records.application.cases import history_entry
-from services.records.chain import ChainReport, verify_links
+from services.records.chain import ChainReport
 from services.records.domain import plan_view
 from services.records.projections.plans import (
     CaseloadFilter,
+    StoredPlan,
     fold_recorded,
     list_caseload,
     load_plan,
@@ -49,19 +50,18 @@ class CaseQueries:
         self._store = store
         self._clock = clock
 
-    async def _facts(self, case_id: UUID) -> CaseFacts:
+    async def _allow(self, who: Principal, case_id: UUID, action: Action,
+                     request_id: str | None) -> StoredPlan:
+        """The case's current plan, once ``who`` may take ``action`` on it (logged if audited)."""
         stored = await load_plan(self._pool, case_id)
         if stored is None:
             raise NotVisible
-        return CaseFacts(case_id, stored.agency, stored.case_manager)
-
-    async def _allow(self, who: Principal, case_id: UUID, action: Action,
-                     request_id: str | None) -> None:
-        authorize(who, action, await self._facts(case_id))
+        authorize(who, action, CaseFacts(case_id, stored.agency, stored.case_manager))
         if is_audited_read(who):
             await record_read(self._pool, AccessLogEntry(
                 self._clock(), who.agency, who.sub, who.role.value, case_id, action.value,
                 request_id))
+        return stored
 
     async def _window(self, who: Principal, case_id: UUID) -> WindowVersions | None:
         """The versions a windowed (auditor) token sees; None for a token without a window."""
@@ -76,15 +76,13 @@ class CaseQueries:
     async def plan(self, who: Principal, case_id: UUID, *, as_of_version: int | None = None,
                    as_of: datetime | None = None, request_id: str | None = None) -> PlanAnswer:
         time_travel = as_of_version is not None or as_of is not None
-        await self._allow(who, case_id, Action.AUDIT if time_travel else Action.READ_PLAN,
-                          request_id)
+        stored = await self._allow(who, case_id,
+                                   Action.AUDIT if time_travel else Action.READ_PLAN, request_id)
         window = await self._window(who, case_id)
         if window is not None:
             as_of_version, as_of = point_in_window(who, window, as_of_version, as_of)
             time_travel = True
         if not time_travel:
-            stored = await load_plan(self._pool, case_id)
-            assert stored is not None
             return PlanAnswer(stored.version, stored.view)
         state = fold_recorded(await self._store.read_stream(
             case_id, up_to_version=as_of_version, up_to_time=as_of))
@@ -117,8 +115,8 @@ class CaseQueries:
         events = await self._store.read_stream(case_id, up_to_version=to_version)
         if not events or events[-1].version < to_version:
             raise VersionOutOfRange(events[-1].version if events else 0)
-        before = fold_recorded(events[:from_version]) if from_version > 0 else None
-        after = fold_recorded(events)
+        before = fold_recorded(events[:from_version])
+        after = fold_recorded(events[from_version:], before)
         assert after is not None
         old = plan_view(before).model_dump(mode="json") if before is not None else {}
         new = plan_view(after).model_dump(mode="json")
@@ -131,12 +129,10 @@ class CaseQueries:
                      request_id: str | None = None) -> ChainReport:
         await self._allow(who, case_id, Action.AUDIT, request_id)
         window = await self._window(who, case_id)
-        if window is None:
-            return await self._store.verify(case_id)
-        # the chain from its start through the window's last version: everything the auditor
-        # sees depends on it, and nothing recorded after the window is revealed, not even a count
-        events = await self._store.read_stream(case_id, up_to_version=window.last)
-        return verify_links(e.link() for e in events)
+        # a windowed auditor gets the chain from its start through the window's last version:
+        # everything they see depends on it, and nothing after the window is revealed
+        return await self._store.verify(case_id,
+                                        up_to_version=window.last if window else None)
 
     async def access_log(self, who: Principal, *, case_id: UUID | None, after: int,
                          limit: int) -> dict[str, Any]:

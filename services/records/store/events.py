@@ -341,9 +341,10 @@ class EventStore:
             self._heads.remember(stream_id, events[-1].version, events[-1].hash)
         return events
 
-    async def verify(self, stream_id: UUID) -> ChainReport:
-        """Recompute the stream's chain from the stored rows; names the first broken link."""
-        events = await self.read_stream(stream_id)
+    async def verify(self, stream_id: UUID, *, up_to_version: int | None = None) -> ChainReport:
+        """Recompute the stream's chain from the stored rows (from the first event, through
+        ``up_to_version`` when given); names the first broken link."""
+        events = await self.read_stream(stream_id, up_to_version=up_to_version)
         return verify_links(e.link() for e in events)
 
 
