@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -24,18 +23,13 @@ from bench.common import (
     CpuSample,
     cpu_per_operation,
     cpu_sample,
+    free_port,
     percentile,
     postgres_server,
     scratch_database,
     wait_ready,
 )
 from services.common.auth import issue_token
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def raw_insert_rate(database_url: str, clients: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -93,3 +94,10 @@ def cpu_per_operation(before: CpuSample | None, after: CpuSample | None,
     used = after - before
     return CpuSample(used.machine * 1000 / operations, used.process * 1000 / operations,
                      used.own * 1000 / operations)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -17,7 +17,6 @@ import asyncio
 import os
 import re
 import secrets
-import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -28,9 +27,9 @@ import aiohttp
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
-from bench.common import percentile, postgres_server, scratch_database, wait_ready
-from services.cli import new_event_loop
+from bench.common import free_port, percentile, postgres_server, scratch_database, wait_ready
 from services.common.auth import issue_token
+from services.common.http import new_event_loop
 from services.common.logs import configure_logging
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.rules import Kind, Notice, RecipientRole
@@ -38,12 +37,6 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.store.notifications import insert_notices
 
 _STEP = re.compile(rb"Subject: [^\r\n]*bench step (\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class TimingSink:

@@ -11,18 +11,9 @@ from contextlib import ExitStack, suppress
 from datetime import UTC, date, datetime, time, timedelta
 
 from services.common.auth import Role, dev_secret, issue_token
+from services.common.http import new_event_loop
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (Linux, macOS): a faster loop and socket transport."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 def _fail(message: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import Message
@@ -19,16 +18,17 @@ from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.service import Notifier
 from services.notifier.settings import NotifierSettings
 from services.notifier.store.notifications import schedule_snapshot
-from tests.conftest import JWT_SECRET, ClientFactory, FakeClock, TokenFactory, bearer
+from tests.conftest import (
+    JWT_SECRET,
+    ClientFactory,
+    FakeClock,
+    TokenFactory,
+    bearer,
+    free_port,
+)
 
 PARTICIPANT = {"name": "Jordan Rivera", "preferred_name": "Jo", "pronouns": "they/them",
                "email": "jo@example.org"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

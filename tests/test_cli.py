@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import jwt
 import pytest
 
 from services.common.auth import principal_from_claims
-from tests.conftest import JWT_SECRET
+from tests.conftest import JWT_SECRET, free_port
 
 CASETRAIL = [sys.executable, "-m", "services.cli"]
 
@@ -24,12 +23,6 @@ CASETRAIL = [sys.executable, "-m", "services.cli"]
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CASETRAIL, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})}, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_token_prints_a_bare_signed_token() -> None:

@@ -16,8 +16,8 @@ from services.notifier.cli import print_caught_mail, run_notifier, start_dev_not
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.mailbox import list_caught
 from services.notifier.settings import NotifierSettings
-from tests.conftest import JWT_SECRET, ClientFactory, TokenFactory, bearer
-from tests.notifier_helpers import Records, SmtpServer, free_port, notifier_settings
+from tests.conftest import JWT_SECRET, ClientFactory, TokenFactory, bearer, free_port
+from tests.notifier_helpers import Records, SmtpServer, notifier_settings
 
 
 async def wait_for_mail(folder: Path, count: int) -> None:

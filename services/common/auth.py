@@ -18,7 +18,7 @@ from uuid import UUID
 
 import jwt
 
-from services.common.settings import Settings
+from services.common.settings import ServiceSettings
 
 
 class Role(StrEnum):
@@ -58,7 +58,7 @@ _VERIFIED_CACHE_SIZE = 10_000
 
 
 class TokenVerifier:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ServiceSettings) -> None:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._secret = settings.jwt_secret

@@ -12,8 +12,8 @@ class ConfigurationError(ValueError):
     """A configuration file or setting the service cannot start with; the message names it."""
 
 
-class Settings(BaseSettings):
-    """Every knob Casetrail reads from the environment; CLI flags override these."""
+class ServiceSettings(BaseSettings):
+    """What both services read the same way: the database, token verification, logging."""
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
 
@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     jwks_file: Path | None = Field(default=None, alias="CASETRAIL_JWKS_FILE")
     jwt_audience: str | None = Field(default=None, alias="CASETRAIL_JWT_AUDIENCE")
     jwt_issuer: str | None = Field(default=None, alias="CASETRAIL_JWT_ISSUER")
+    log_level: str = Field(default="info", alias="CASETRAIL_LOG_LEVEL")
+
+
+class Settings(ServiceSettings):
+    """The records service and the CLI: every knob they read from the environment; CLI flags
+    override these."""
+
     records_host: str = Field(default="127.0.0.1", alias="RECORDS_HOST")
     records_port: int = Field(default=8080, alias="RECORDS_PORT")
     max_body_bytes: int = Field(default=256 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
@@ -30,5 +37,4 @@ class Settings(BaseSettings):
     feed_max_wait_seconds: float = Field(default=30.0, alias="CASETRAIL_FEED_MAX_WAIT")
     language_guide_dir: Path | None = Field(default=None, alias="CASETRAIL_LANGUAGE_GUIDE_DIR")
     policy_dir: Path | None = Field(default=None, alias="CASETRAIL_POLICY_DIR")
-    log_level: str = Field(default="info", alias="CASETRAIL_LOG_LEVEL")
     dev_data_dir: Path = Field(default=Path(".casetrail"), alias="CASETRAIL_DEV_DIR")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,21 +10,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.common.http import new_event_loop
 from services.common.logs import configure_logging
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.mailbox import MailCatcher, format_listing
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import directory
 from services.notifier.store.directory import Preferences
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 def run_notifier(settings: NotifierSettings | None = None, *, host: str | None = None,
@@ -46,7 +37,7 @@ def run_notifier(settings: NotifierSettings | None = None, *, host: str | None =
         return 2
     configure_logging(settings.log_level)
     web.run_app(create_app(settings), host=host or settings.host, port=port or settings.port,
-                print=None, loop=_event_loop())
+                print=None, loop=new_event_loop())
     return 0
 
 

@@ -7,21 +7,11 @@ from datetime import time
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.settings import Settings
+from services.common.settings import ServiceSettings
 
 
-class NotifierSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
-
-    database_url: str | None = Field(default=None, alias="DATABASE_URL")
-    jwt_secret: str | None = Field(default=None, alias="CASETRAIL_JWT_SECRET")
-    jwt_public_key_file: Path | None = Field(default=None, alias="CASETRAIL_JWT_PUBLIC_KEY_FILE")
-    jwks_file: Path | None = Field(default=None, alias="CASETRAIL_JWKS_FILE")
-    jwt_audience: str | None = Field(default=None, alias="CASETRAIL_JWT_AUDIENCE")
-    jwt_issuer: str | None = Field(default=None, alias="CASETRAIL_JWT_ISSUER")
-    log_level: str = Field(default="info", alias="CASETRAIL_LOG_LEVEL")
+class NotifierSettings(ServiceSettings):
     max_body_bytes: int = Field(default=64 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
 
     records_url: str = Field(default="http://127.0.0.1:8080", alias="RECORDS_URL")
@@ -61,12 +51,3 @@ class NotifierSettings(BaseSettings):
                                          alias="NOTIFIER_RETRY_HORIZON_SECONDS")
 
     mail_dir: Path | None = Field(default=None, alias="NOTIFIER_DEV_MAIL_DIR")
-
-    def common(self) -> Settings:
-        """The shared settings services.common needs (token verification)."""
-        return Settings.model_validate({
-            "DATABASE_URL": self.database_url, "CASETRAIL_JWT_SECRET": self.jwt_secret,
-            "CASETRAIL_JWT_PUBLIC_KEY_FILE": self.jwt_public_key_file,
-            "CASETRAIL_JWKS_FILE": self.jwks_file,
-            "CASETRAIL_JWT_AUDIENCE": self.jwt_audience,
-            "CASETRAIL_JWT_ISSUER": self.jwt_issuer, "CASETRAIL_LOG_LEVEL": self.log_level})

@@ -76,7 +76,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[request_ids, request_metrics_middleware, problem_middleware,
                                        auth_middleware])
-    app[VERIFIER] = TokenVerifier(settings.common())
+    app[VERIFIER] = TokenVerifier(settings)
     app[METRICS] = NotifierMetrics()
     app[REQUEST_SECONDS] = app[METRICS].request_seconds
 
