@@ -430,3 +430,20 @@ async def test_metrics_count_appended_events_and_lost_races(cm: CaseApi,
     text = await (await client.get("/metrics")).text()
     assert 'casetrail_events_appended_total{type="CaseOpened"} 1.0' in text
     assert 'casetrail_events_appended_total{type="NoteAdded"} 6.0' in text
+
+
+async def test_writes_to_many_cases_at_once_each_update_their_own_plan(
+        cm: CaseApi, client: TestClient) -> None:
+    case_ids = [await cm.open_case(case_manager="cm-1") for _ in range(24)]
+    answers = await asyncio.gather(*[
+        cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": f"Talked about week {n}"},
+                expect=201) for n, case_id in enumerate(case_ids)])
+    assert [a["version"] for a in answers] == [2] * 24
+    for n, case_id in enumerate(case_ids):
+        plan = await cm.plan(case_id)
+        assert plan["version"] == 2
+        assert [note["text"] for note in plan["recent_notes"]] == [f"Talked about week {n}"]
+    metrics = await (await client.get("/metrics")).text()
+    statements = next(float(line.split()[-1]) for line in metrics.splitlines()
+                      if line.startswith("casetrail_append_batch_size_count"))
+    assert statements < 24 + 24  # the 24 notes did not each take a statement of their own

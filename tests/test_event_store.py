@@ -266,3 +266,66 @@ async def test_floats_are_refused_before_anything_is_written(pool: asyncpg.Pool)
         await store.append(stream, [NewEvent(uuid.uuid4(), "NoteAdded", 1, {"x": 1.5})],
                            expected_version=0, agency=AGENCY, metadata=META)
     assert await store.head(stream) is None
+
+
+async def test_concurrent_appends_to_many_streams_share_statements(pool: asyncpg.Pool) -> None:
+    sizes: list[int] = []
+    store = EventStore(pool, on_batch=sizes.append)
+    streams = [uuid.uuid4() for _ in range(40)]
+    for stream in streams:
+        await store.append(stream, [note()], expected_version=0, agency=AGENCY, metadata=META)
+    sizes.clear()
+    results = await asyncio.gather(*[
+        store.append(stream, [note(), note()], expected_version=1, agency=AGENCY,
+                     metadata=META) for stream in streams])
+    assert [r.version for r in results] == [3] * 40
+    assert sum(sizes) == 40
+    assert max(sizes) > 1
+    for stream, result in zip(streams, results, strict=True):
+        assert await count_events(pool, stream) == 3
+        assert (await store.verify(stream)).valid
+        stored = await store.read_stream(stream, after_version=1)
+        assert [(e.event_id, e.global_position, e.hash) for e in stored] == \
+            [(e.event_id, e.global_position, e.hash) for e in result.events]
+
+
+async def test_a_lost_race_in_a_shared_statement_fails_only_its_own_append(
+        pool: asyncpg.Pool) -> None:
+    sizes: list[int] = []
+    store, rival = EventStore(pool, on_batch=sizes.append), EventStore(pool)
+    streams = [uuid.uuid4() for _ in range(10)]
+    for stream in streams:
+        await store.append(stream, [note()], expected_version=0, agency=AGENCY, metadata=META)
+    await rival.append(streams[3], [note()], expected_version=1, agency=AGENCY, metadata=META)
+    sizes.clear()
+    results = await asyncio.gather(*[
+        store.append(stream, [note()], expected_version=1, agency=AGENCY, metadata=META)
+        for stream in streams], return_exceptions=True)
+    assert max(sizes) > 1
+    conflict = results.pop(3)
+    assert isinstance(conflict, VersionConflict)
+    assert conflict.current == 2
+    assert all(not isinstance(r, BaseException) and r.version == 2 for r in results)
+    assert [await count_events(pool, s) for s in streams] == [2] * 10
+
+
+async def test_a_failing_append_does_not_fail_the_others_in_its_statement(
+        pool: asyncpg.Pool) -> None:
+    sizes: list[int] = []
+    store = EventStore(pool, on_batch=sizes.append)
+    streams = [uuid.uuid4() for _ in range(6)]
+    taken = note()
+    await store.append(streams[0], [taken], expected_version=0, agency=AGENCY, metadata=META)
+    sizes.clear()
+    duplicate = NewEvent(taken.event_id, "NoteAdded", 1, {"text": "the same event id again"})
+    results = await asyncio.gather(
+        store.append(uuid.uuid4(), [note()], expected_version=0, agency=AGENCY, metadata=META),
+        *[store.append(stream, [duplicate if stream == streams[3] else note()],
+                       expected_version=0, agency=AGENCY, metadata=META)
+          for stream in streams[1:]],
+        return_exceptions=True)
+    assert sizes[1] > 1  # the shared statement failed, then its appends went alone
+    assert isinstance(results[3], asyncpg.UniqueViolationError)
+    others = results[:3] + results[4:]
+    assert all(not isinstance(r, BaseException) and r.version == 1 for r in others)
+    assert await store.head(streams[3]) is None  # nothing of the failed append remains

@@ -112,7 +112,8 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
         pool = await create_pool(database_url, max_size=settings.db_pool_max)
         waiter = FeedWaiter(database_url)
         await waiter.start()
-        store = EventStore(pool, clock, on_appended=waiter.announce)
+        store = EventStore(pool, clock, on_appended=waiter.announce,
+                           on_batch=app[METRICS].append_batch_size.observe)
         app[RECORDS] = Records(
             settings, pool, store, waiter, app[METRICS],
             CaseCommands(store, guides, clock, app[METRICS].append_conflicts.inc, policies),

@@ -18,6 +18,9 @@ class RecordsMetrics:
         self.append_conflicts = Counter(
             "casetrail_append_conflicts_total", "appends that lost a race and were retried",
             registry=self.registry)
+        self.append_batch_size = Histogram(
+            "casetrail_append_batch_size", "appends written together in one statement",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
 
 
 METRICS = web.AppKey("metrics", RecordsMetrics)

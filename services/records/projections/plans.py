@@ -47,15 +47,27 @@ def plan_row(state: PlanState) -> tuple[Any, ...]:
             plan_view(state).model_dump_json())
 
 
+# The same upsert for a batch of appends: one array per column, a row per case, written only
+# for the cases whose append succeeded. Due dates travel as array literals ('{2026-01-05}'):
+# an array of arrays would be flattened by unnest.
 _UPSERT_WHEN_APPENDED = _UPSERT.replace(
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    "SELECT $1::uuid, $2::text, $3::int, $4::text, $5::text, $6::text, $7::text, $8::date,"
-    " $9::date[], $10::int, $11::timestamptz, $12::timestamptz, $13::jsonb WHERE {appended}")
+    "SELECT p.case_id, p.agency, p.version, p.status, p.case_manager, p.risk_level,"
+    " p.participant_name, p.next_review_due, p.open_step_due_dates::date[], p.active_goals,"
+    " p.opened_at, p.updated_at, p.view"
+    " FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],"
+    " $7::text[], $8::date[], $9::text[], $10::int[], $11::timestamptz[], $12::timestamptz[],"
+    " $13::jsonb[]) AS p(case_id, agency, version, status, case_manager, risk_level,"
+    " participant_name, next_review_due, open_step_due_dates, active_goals, opened_at,"
+    " updated_at, view)"
+    " WHERE p.case_id IN {appended}")
 
 
 def plan_upsert(state: PlanState) -> CoWrite:
-    """The projection write that commits with the events that produced ``state``."""
-    return CoWrite(_UPSERT_WHEN_APPENDED, plan_row(state))
+    """The projection row that commits with the events that produced ``state``."""
+    row = plan_row(state)
+    due_dates = "{" + ",".join(day.isoformat() for day in row[8]) + "}"
+    return CoWrite(_UPSERT_WHEN_APPENDED, (*row[:8], due_dates, *row[9:]))
 
 
 @dataclass(frozen=True)

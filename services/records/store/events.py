@@ -6,6 +6,7 @@ lives here.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import OrderedDict
@@ -18,6 +19,7 @@ from uuid import UUID
 import asyncpg
 
 from services.records.chain import GENESIS_HASH, ChainLink, ChainReport, verify_links
+from services.records.store.group_commit import GroupCommit
 
 Clock = Callable[[], datetime]
 
@@ -104,14 +106,16 @@ class StreamHead:
 
 @dataclass(frozen=True)
 class CoWrite:
-    """A statement that must commit together with appended events (a projection upsert).
+    """A row that must commit together with appended events (a projection row).
 
-    ``sql`` numbers its own parameters from $1 and writes ``{appended}`` where it must hold
-    only when the append succeeds, e.g. ``INSERT … SELECT $1::uuid … WHERE {appended}``.
+    Appends are written in batches, so ``sql`` reads the rows of every append in the batch
+    as arrays: its parameter ``$n`` (numbered from $1) is the array of each row's n-th value,
+    e.g. ``INSERT … SELECT * FROM unnest($1::uuid[], …) AS p(case_id, …) WHERE p.case_id IN
+    {appended}``; ``{appended}`` is the set of stream ids whose append succeeded.
     """
 
     sql: str
-    args: tuple[Any, ...]
+    row: tuple[Any, ...]
 
 
 class _KnownHeads:
@@ -134,46 +138,93 @@ class _KnownHeads:
 
 _PARAMETER = re.compile(r"\$(\d+)")
 
+# Moves each stream head from its expected version (or creates it, expected 0) and inserts the
+# chained events of the streams whose head moved. Parameters: $1-$7 one entry per append;
+# $8-$11 the idempotency claim of an append written alone (NULL otherwise); $12-$22 one entry
+# per event. The claim comes first, so a concurrent request with the same key waits on it.
+_APPEND = """
+input AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
+                         $7::timestamptz[])
+        AS i(stream_id, expected, prev_hash, agency, version, last_hash, updated_at)),
+claim AS (
+    INSERT INTO records.idempotency_keys (scope, key, fingerprint, stream_id, event_ids)
+    SELECT $8::text, $9::text, $10::text, ($1::uuid[])[1], $11::uuid[] WHERE $9::text IS NOT NULL
+    ON CONFLICT DO NOTHING RETURNING 1),
+claimed AS (SELECT $9::text IS NULL OR EXISTS (SELECT 1 FROM claim) AS ok),
+moved AS (
+    UPDATE records.streams s
+    SET version = i.version, last_hash = i.last_hash, updated_at = i.updated_at
+    FROM input i
+    WHERE s.stream_id = i.stream_id AND i.expected > 0 AND s.version = i.expected
+        AND s.last_hash = i.prev_hash AND s.agency = i.agency AND (SELECT ok FROM claimed)
+    RETURNING s.stream_id),
+created AS (
+    INSERT INTO records.streams (stream_id, agency, version, last_hash, updated_at)
+    SELECT stream_id, agency, version, last_hash, updated_at FROM input
+    WHERE expected = 0 AND (SELECT ok FROM claimed)
+    ON CONFLICT DO NOTHING RETURNING stream_id),
+appended AS (SELECT stream_id FROM moved UNION ALL SELECT stream_id FROM created),
+inserted AS (
+    INSERT INTO records.events (stream_id, version, event_id, type, schema_version, data,
+                                metadata, agency, recorded_at, prev_hash, hash)
+    SELECT * FROM unnest($12::uuid[], $13::int[], $14::uuid[], $15::text[], $16::int[],
+                         $17::jsonb[], $18::jsonb[], $19::text[], $20::timestamptz[],
+                         $21::text[], $22::text[])
+        AS e(stream_id, version, event_id, type, schema_version, data, metadata, agency,
+             recorded_at, prev_hash, hash)
+    WHERE e.stream_id IN (SELECT stream_id FROM appended)
+    RETURNING stream_id, version, global_position)"""
+_APPEND_PARAMETERS = 22
 
-def _append_statement(stream_id: UUID, rows: list[tuple[Any, ...]], expected: int,
-                      prev_hash: str, agency: str, claim: IdempotencyClaim | None,
-                      co_write: CoWrite | None) -> tuple[str, list[Any]]:
-    last = rows[-1]
-    args: list[Any] = [stream_id, expected, prev_hash, agency, last[1], last[10], last[8]]
-    ctes = []
-    claimed = "true"
-    if claim is not None:
-        args += [claim.scope, claim.key, claim.fingerprint, [r[2] for r in rows]]
-        ctes.append("claim AS (INSERT INTO records.idempotency_keys"
-                    " (scope, key, fingerprint, stream_id, event_ids)"
-                    " VALUES ($8, $9, $10, $1, $11) ON CONFLICT DO NOTHING RETURNING 1)")
-        claimed = "EXISTS (SELECT 1 FROM claim)"
-    if expected == 0:
-        ctes.append("head AS (INSERT INTO records.streams"
-                    " (stream_id, agency, version, last_hash, updated_at)"
-                    f" SELECT $1::uuid, $4::text, $5::int, $6::text, $7::timestamptz"
-                    f" WHERE $2::int = 0 AND $3::text IS NOT NULL AND {claimed}"
-                    " ON CONFLICT DO NOTHING RETURNING 1)")
-    else:
-        ctes.append("head AS (UPDATE records.streams SET version = $5, last_hash = $6,"
-                    " updated_at = $7 WHERE stream_id = $1 AND version = $2"
-                    f" AND last_hash = $3 AND agency = $4 AND {claimed} RETURNING 1)")
-    offset = len(args)
+
+@dataclass(frozen=True)
+class _PendingAppend:
+    """One stream's chained events, as they go into an append statement."""
+
+    stream_id: UUID
+    expected: int
+    prev_hash: str
+    agency: str
+    events: list[RecordedEvent]
+    co_write: CoWrite | None
+    claim: IdempotencyClaim | None = None
+
+
+def _renumbered(sql: str, shift: int) -> str:
+    return _PARAMETER.sub(lambda m: f"${int(m.group(1)) + shift}", sql)
+
+
+@functools.lru_cache(maxsize=16)
+def _append_sql(co_write_sqls: tuple[str, ...]) -> str:
+    ctes = [_APPEND]
+    shift = _APPEND_PARAMETERS
+    for n, co_sql in enumerate(co_write_sqls):
+        renumbered = _renumbered(co_sql, shift)
+        appended = renumbered.replace("{appended}", "(SELECT stream_id FROM appended)")
+        ctes.append(f"co_write_{n} AS ({appended})")
+        shift += max(int(number) for number in _PARAMETER.findall(co_sql))
+    return f"WITH {', '.join(ctes)} SELECT * FROM inserted"
+
+
+def _append_statement(appends: Sequence[_PendingAppend]) -> tuple[str, list[Any]]:
+    """The one statement that writes ``appends`` (distinct streams; a keyed one alone)."""
+    claim = appends[0].claim
+    assert claim is None or len(appends) == 1, "a keyed append is written alone"
+    heads = [(a.stream_id, a.expected, a.prev_hash, a.agency, a.events[-1].version,
+              a.events[-1].hash, a.events[-1].recorded_at) for a in appends]
+    args: list[Any] = [list(column) for column in zip(*heads, strict=True)]
+    args += ([claim.scope, claim.key, claim.fingerprint, [e.event_id for e in appends[0].events]]
+             if claim is not None else [None, None, None, None])
+    rows = [_row(event) for a in appends for event in a.events]
     args += [list(column) for column in zip(*rows, strict=True)]
-    p = [f"${offset + n}" for n in range(1, 12)]
-    ctes.append(
-        "inserted AS (INSERT INTO records.events (stream_id, version, event_id, type,"
-        " schema_version, data, metadata, agency, recorded_at, prev_hash, hash)"
-        f" SELECT * FROM unnest({p[0]}::uuid[], {p[1]}::int[], {p[2]}::uuid[], {p[3]}::text[],"
-        f" {p[4]}::int[], {p[5]}::jsonb[], {p[6]}::jsonb[], {p[7]}::text[],"
-        f" {p[8]}::timestamptz[], {p[9]}::text[], {p[10]}::text[])"
-        f" WHERE EXISTS (SELECT 1 FROM head) RETURNING version, global_position)")
-    if co_write is not None:
-        shift = len(args)
-        sql = _PARAMETER.sub(lambda m: f"${int(m.group(1)) + shift}", co_write.sql)
-        ctes.append(f"co_write AS ({sql.replace('{appended}', 'EXISTS (SELECT 1 FROM head)')})")
-        args += list(co_write.args)
-    return f"WITH {', '.join(ctes)} SELECT * FROM inserted", args
+    groups: dict[str, list[tuple[Any, ...]]] = {}
+    for a in appends:
+        if a.co_write is not None:
+            groups.setdefault(a.co_write.sql, []).append(a.co_write.row)
+    for co_rows in groups.values():
+        args += [list(column) for column in zip(*co_rows, strict=True)]
+    return _append_sql(tuple(groups)), args
 
 
 def _row(event: RecordedEvent) -> tuple[Any, ...]:
@@ -198,11 +249,17 @@ def _recorded(row: asyncpg.Record) -> RecordedEvent:
 
 class EventStore:
     def __init__(self, pool: asyncpg.Pool, clock: Clock = utc_now,
-                 on_appended: Callable[[], None] = lambda: None) -> None:
+                 on_appended: Callable[[], None] = lambda: None,
+                 on_batch: Callable[[int], None] = lambda size: None,
+                 max_appends_in_flight: int = 1) -> None:
         self._pool = pool
         self._clock = clock
         self._on_appended = on_appended
         self._heads = _KnownHeads()
+        self._group: GroupCommit[_PendingAppend, list[asyncpg.Record]] = GroupCommit(
+            self._write_batch, key=lambda pending: pending.stream_id,
+            retry_alone=lambda error: isinstance(error, asyncpg.PostgresError),
+            max_in_flight=max_appends_in_flight, on_batch=on_batch)
 
     async def append(
         self,
@@ -219,8 +276,9 @@ class EventStore:
 
         One statement does it all, atomically: claim the idempotency key, move the stream head
         from the expected version (only if it is still there), insert the chained events and
-        run the statement ``co_write`` makes from the events about to be recorded (a projection:
-        read-your-writes). Each step happens only when the one before it did.
+        write the row ``co_write`` makes from the events about to be recorded (a projection:
+        read-your-writes). Each step happens only when the one before it did. Unkeyed appends
+        to different streams that arrive together share one statement (group commit).
         Raises VersionConflict, IdempotencyKeyReused; a repeated key returns the original result.
         """
         if not events:
@@ -228,10 +286,10 @@ class EventStore:
         prev_hash = await self._hash_at(stream_id, expected_version)
         provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
                                   metadata)
-        extra = co_write(provisional) if co_write else None
-        sql, args = _append_statement(stream_id, [_row(e) for e in provisional],
-                                      expected_version, prev_hash, agency, idempotency, extra)
-        inserted = await self._execute_append(sql, args, keyed=idempotency is not None)
+        pending = _PendingAppend(stream_id, expected_version, prev_hash, agency, provisional,
+                                 co_write(provisional) if co_write else None, idempotency)
+        inserted = await (self._write_keyed(pending) if idempotency is not None
+                          else self._group.submit(pending))
         if inserted:
             positions = {r["version"]: r["global_position"] for r in inserted}
             recorded = [replace(e, global_position=positions[e.version]) for e in provisional]
@@ -245,16 +303,22 @@ class EventStore:
         head = await self.head(stream_id)
         raise VersionConflict(stream_id, expected_version, head.version if head else 0)
 
-    async def _execute_append(self, sql: str, args: list[Any],
-                              keyed: bool) -> list[asyncpg.Record]:
-        """Run the append statement; its rows are the events recorded (none: it lost a race).
+    async def _write_batch(self, appends: list[_PendingAppend]) -> list[list[asyncpg.Record]]:
+        """Each append's recorded rows (none: it lost its version race)."""
+        sql, args = _append_statement(appends)
+        by_stream: dict[UUID, list[asyncpg.Record]] = {a.stream_id: [] for a in appends}
+        for row in await self._pool.fetch(sql, *args):
+            by_stream[row["stream_id"]].append(row)
+        return [by_stream[a.stream_id] for a in appends]
+
+    async def _write_keyed(self, pending: _PendingAppend) -> list[asyncpg.Record]:
+        """A keyed append, alone in its transaction, rolled back when it recorded nothing.
 
         The idempotency claim comes first in the statement (a concurrent request with the same
         key waits on it), so when the version check then fails the claim would be left
-        behind without events; a keyed append therefore rolls back when it recorded nothing.
+        behind without events.
         """
-        if not keyed:
-            return list(await self._pool.fetch(sql, *args))
+        sql, args = _append_statement([pending])
         async with self._pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
