@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import random
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from uuid import UUID, uuid4
 
 import pytest
+from asyncpg.pgproto.pgproto import UUID as PgUUID
+from hypothesis import given, settings
 
 from schemas import api
 from schemas import events as ev
 from services.records import domain as d
+from services.records.domain.state import RECENT_NOTES
+from tests.conftest import FakeClock
+from tests.test_rebuild import KINDS, Move, command_for, moves
 
 TODAY = date(2025, 2, 1)
 START = datetime(2025, 2, 1, 9, tzinfo=UTC)
@@ -161,3 +170,117 @@ def test_folding_100k_events_over_2000_streams_is_fast() -> None:
     elapsed = time.perf_counter() - started
     assert all(s is not None and s.version == 50 for s in states)
     assert elapsed < 5.0, f"folding 100,000 events took {elapsed:.2f}s"
+
+
+# --------------------------------------------------------------------------------------------
+# The stored plan JSON (plan_json, written on every append) equals the validated view
+# --------------------------------------------------------------------------------------------
+
+
+def states_of_a_run(run: list[Move]) -> Iterator[d.PlanState]:
+    """Every state of a case driven by the rebuild test's random moves (refusals skipped).
+
+    Recording times alternate between whole seconds and odd microseconds, so both shapes of
+    timestamp are written."""
+    clock = FakeClock()
+    case = d.InMemoryCase(uuid4(), d.DecisionContext(today=clock.now.date()), clock.now)
+    case.execute(d.OpenCase("agency-a", api.OpenCase.model_validate({
+        "participant": {"name": "Jordan", "preferred_name": "Jo", "email": "jo@example.org"},
+        "case_manager": "cm-1", "risk_level": "high"})))
+    assert case.state is not None
+    yield case.state
+    for move in run:
+        command = command_for(move, case.state, clock)
+        if command is None:
+            continue
+        at = clock.now + timedelta(microseconds=(case.version % 2) * (case.version * 1009 + 1))
+        try:
+            case.execute(command, ctx=d.DecisionContext(today=clock.now.date()), at=at)
+        except d.DomainError:
+            continue
+        yield case.state
+
+
+def assert_json_equals_view(state: d.PlanState) -> None:
+    assert json.loads(d.plan_json(state)) == d.plan_view(state).model_dump(mode="json")
+
+
+@settings(max_examples=40, deadline=None)
+@given(run=moves)
+def test_the_plan_json_equals_the_validated_view_in_every_state(run: list[Move]) -> None:
+    for state in states_of_a_run(run):
+        assert_json_equals_view(state)
+
+
+def states_of_the_scenario_carried_on() -> Iterator[d.PlanState]:
+    """The scenario above, then its review held, more notes than the view keeps, closure."""
+    case, ids = scenario()
+    for recorded in range(1, case.version + 1):
+        state = d.fold(case.stream[:recorded], case_id=case.case_id)
+        assert state is not None
+        yield state
+    commands: list[d.Command] = [
+        d.HoldReview(ids["review"], uuid4(), api.ReviewHeldInput(summary="Went well")),
+        *(d.AddNote(uuid4(), api.NoteInput(text=f"check-in {n}")) for n in range(RECENT_NOTES)),
+        d.CloseCase(api.CloseInput(reason="Moved", outcome="moved")),
+    ]
+    for command in commands:
+        case.execute(command)
+        assert case.state is not None
+        yield case.state
+
+
+def test_the_plan_json_is_checked_on_plans_with_every_kind_of_item() -> None:
+    """Guards the property test above: the states checked show every part of the view."""
+    rng = random.Random(11)
+    runs = [[(rng.choice(KINDS), rng.randrange(10), rng.randrange(100)) for _ in range(150)]
+            for _ in range(4)]
+    seen: set[str] = set()
+    for states in (*map(states_of_a_run, runs), states_of_the_scenario_carried_on()):
+        for state in states:
+            assert_json_equals_view(state)
+            seen |= parts_shown(state)
+    assert seen == PARTS
+
+
+def test_ids_read_from_the_database_are_written_like_any_other() -> None:
+    case, _ = scenario()
+    assert case.state is not None
+    state = replace(case.state, case_id=PgUUID(str(case.case_id)))
+    assert type(state.case_id) is not UUID
+    assert json.loads(d.plan_json(state))["case_id"] == str(case.case_id)
+    assert_json_equals_view(state)
+
+
+PARTS = {"goal with steps", "goal target date", "goal without target date", "achieved goal",
+         "removed strength", "live strength", "removed support", "live support", "support step",
+         "completed step", "requirement", "requirement status reason", "agreement",
+         "next review", "held review", "recent notes full", "closure", "time with microseconds",
+         "time on the second"}
+
+
+def parts_shown(state: d.PlanState) -> set[str]:
+    goals, steps = list(state.goals.values()), list(state.steps.values())
+    times = [state.updated_at, *(s.added_at for s in steps)]
+    found = {
+        "goal with steps": any(g.step_ids for g in goals),
+        "goal target date": any(g.target_date is not None for g in goals),
+        "goal without target date": any(g.target_date is None for g in goals),
+        "achieved goal": any(g.achieved_at is not None for g in goals),
+        "removed strength": any(s.removed for s in state.strengths.values()),
+        "live strength": any(not s.removed for s in state.strengths.values()),
+        "removed support": any(s.removed for s in state.supports.values()),
+        "live support": any(not s.removed for s in state.supports.values()),
+        "support step": any(s.support_id is not None for s in steps),
+        "completed step": any(s.completed_at is not None for s in steps),
+        "requirement": bool(state.requirements),
+        "requirement status reason": any(r.status_reason for r in state.requirements.values()),
+        "agreement": state.agreement is not None,
+        "next review": state.pending_review is not None,
+        "held review": any(r.held for r in state.reviews.values()),
+        "recent notes full": len(state.notes) == RECENT_NOTES < state.note_count,
+        "closure": state.closed_at is not None,
+        "time with microseconds": any(t.microsecond for t in times),
+        "time on the second": any(not t.microsecond for t in times),
+    }
+    return {part for part, shown in found.items() if shown}

@@ -53,7 +53,7 @@ from services.records.domain.state import (
     evolve,
     fold,
 )
-from services.records.domain.view import plan_view
+from services.records.domain.view import plan_document, plan_json, plan_view
 
 __all__ = [
     "CHECKED_FIELDS",
@@ -103,6 +103,8 @@ __all__ = [
     "evolve",
     "fold",
     "load_base_guide",
+    "plan_document",
+    "plan_json",
     "plan_view",
     "warnings_for",
 ]

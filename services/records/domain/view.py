@@ -1,110 +1,145 @@
-"""The current-plan view of a state (pure, time-independent: due dates, not "overdue" flags)."""
+"""The current-plan view of a state (pure, time-independent: due dates, not "overdue" flags).
+
+:func:`plan_document` is the one definition of the view's shape, as plain data. Every write
+stores it as JSON (:func:`plan_json`), so it is built without pydantic: validating the nested
+``PlanView`` on each write cost more than the rest of the projection. :func:`plan_view`
+validates the same document into the ``PlanView`` model, which keeps the two in step (a field
+the model does not know is refused; tests compare the JSON of both over random plans).
+"""
 
 from __future__ import annotations
 
-from schemas.api import (
-    AgreementView,
-    ClosureView,
-    GoalView,
-    NoteView,
-    ParticipantView,
-    PlanView,
-    RequirementView,
-    ReviewView,
-    StepView,
-    StrengthView,
-    SupportView,
-)
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from schemas.api import PlanView
 from services.records.domain.state import PlanState, ReviewState, StepState
 
-
-def _step(step: StepState) -> StepView:
-    return StepView(
-        step_id=step.step_id, goal_id=step.goal_id, description=step.description,
-        owner=step.owner, support_name=step.support_name, support_id=step.support_id,
-        due_date=step.due_date, status=step.status, strength_ids=list(step.strength_ids),
-        added_at=step.added_at, completed_at=step.completed_at,
-        completion_note=step.completion_note,
-    )
+Document = dict[str, Any]
 
 
-def _review(review: ReviewState) -> ReviewView:
-    return ReviewView(
-        review_id=review.review_id, due_date=review.due_date, basis=review.basis,
-        interval_days=review.interval_days, risk_level=review.risk_level,
-        status="held" if review.held else "scheduled", scheduled_at=review.scheduled_at,
-        held_on=review.held_on, summary=review.summary,
-        participant_statement=review.participant_statement,
-    )
+def _step(step: StepState) -> Document:
+    return {
+        "step_id": step.step_id, "goal_id": step.goal_id, "description": step.description,
+        "owner": step.owner, "support_name": step.support_name, "support_id": step.support_id,
+        "due_date": step.due_date, "status": step.status, "strength_ids": list(step.strength_ids),
+        "added_at": step.added_at, "completed_at": step.completed_at,
+        "completion_note": step.completion_note,
+    }
+
+
+def _review(review: ReviewState) -> Document:
+    return {
+        "review_id": review.review_id, "due_date": review.due_date, "basis": review.basis,
+        "interval_days": review.interval_days, "risk_level": review.risk_level,
+        "status": "held" if review.held else "scheduled", "scheduled_at": review.scheduled_at,
+        "held_on": review.held_on, "summary": review.summary,
+        "participant_statement": review.participant_statement,
+    }
+
+
+def _goals(state: PlanState) -> list[Document]:
+    live_strengths = {sid for sid, s in state.strengths.items() if not s.removed}
+    steps = state.steps
+    return [
+        {
+            "goal_id": g.goal_id, "title": g.title, "domain": g.domain, "source": g.source,
+            "status": g.status, "in_their_words": g.in_their_words,
+            "why_it_matters": g.why_it_matters, "target_date": g.target_date,
+            "strength_ids": [sid for sid in g.strength_ids if sid in live_strengths],
+            "risk_factors": list(g.risk_factors), "override_reason": g.override_reason,
+            "set_at": g.set_at, "status_changed_at": g.status_changed_at,
+            "achieved_at": g.achieved_at,
+            "steps": [_step(steps[sid]) for sid in g.step_ids if sid in steps],
+        }
+        for g in state.goals.values()
+    ]
+
+
+def _items(state: PlanState) -> Document:
+    return {
+        "strengths": [
+            {"strength_id": s.strength_id, "category": s.category, "description": s.description,
+             "in_their_words": s.in_their_words, "recorded_at": s.recorded_at}
+            for s in state.strengths.values() if not s.removed
+        ],
+        "goals": _goals(state),
+        "supports": [
+            {"support_id": s.support_id, "name": s.name, "kind": s.kind,
+             "relationship": s.relationship, "contact": s.contact,
+             "description": s.description, "added_at": s.added_at}
+            for s in state.supports.values() if not s.removed
+        ],
+        "requirements": [
+            {"requirement_id": r.requirement_id, "title": r.title, "description": r.description,
+             "source": r.source, "reference": r.reference, "due_date": r.due_date,
+             "status": r.status, "status_reason": r.status_reason,
+             "recorded_at": r.recorded_at}
+            for r in state.requirements.values()
+        ],
+    }
+
+
+def _agreement(state: PlanState) -> Document | None:
+    a = state.agreement
+    if a is None:
+        return None
+    return {"participation": a.participation, "present": list(a.present),
+            "participant_statement": a.participant_statement, "outcome": a.outcome,
+            "goal_ids": list(a.goal_ids), "recorded_at": a.recorded_at, "version": a.version}
+
+
+def _closure(state: PlanState) -> Document | None:
+    if state.closed_at is None or state.closure_reason is None:
+        return None
+    return {"reason": state.closure_reason, "outcome": state.closure_outcome,
+            "closed_at": state.closed_at}
+
+
+def plan_document(state: PlanState) -> Document:
+    """The plan as the API shows it, as plain data (ids, dates and times as Python objects):
+    live items in the order they were recorded; removed strengths and supports are left out
+    (their history stays in the events)."""
+    p = state.participant
+    pending = state.pending_review
+    return {
+        "case_id": state.case_id, "version": state.version, "status": state.status,
+        "participant": {"name": p.name, "preferred_name": p.preferred_name,
+                        "pronouns": p.pronouns, "email": p.email,
+                        "external_ref": p.external_ref},
+        "case_manager": state.case_manager, "risk_level": state.risk_level,
+        **_items(state),
+        "agreement": _agreement(state),
+        "next_review": None if pending is None else _review(pending),
+        "updated_at": state.updated_at, "agency": state.agency, "opened_at": state.opened_at,
+        "active_goal_count": state.active_goal_count,
+        "max_active_goals": state.policy.max_active_goals,
+        "reviews": [_review(r) for r in state.reviews.values()],
+        "recent_notes": [
+            {"note_id": n.note_id, "text": n.text, "goal_id": n.goal_id,
+             "recorded_at": n.recorded_at, "version": n.version}
+            for n in state.notes
+        ],
+        "note_count": state.note_count,
+        "closure": _closure(state),
+    }
+
+
+def _uuid_subclass(value: object) -> str:
+    # ids read from the database are asyncpg's subclass of UUID, which orjson does not encode
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not part of a plan document")
+
+
+def plan_json(state: PlanState) -> str:
+    """The plan document as JSON text, as pydantic would write it (UTC times end in ``Z``)."""
+    return orjson.dumps(plan_document(state), default=_uuid_subclass,
+                        option=orjson.OPT_UTC_Z).decode()
 
 
 def plan_view(state: PlanState) -> PlanView:
-    """The plan as the API shows it: live items in the order they were recorded; removed
-    strengths and supports are left out (their history stays in the events)."""
-    live_strengths = {sid for sid, s in state.strengths.items() if not s.removed}
-    goals = [
-        GoalView(
-            goal_id=g.goal_id, title=g.title, domain=g.domain, source=g.source, status=g.status,
-            in_their_words=g.in_their_words, why_it_matters=g.why_it_matters,
-            target_date=g.target_date,
-            strength_ids=[sid for sid in g.strength_ids if sid in live_strengths],
-            risk_factors=list(g.risk_factors), override_reason=g.override_reason,
-            set_at=g.set_at, status_changed_at=g.status_changed_at, achieved_at=g.achieved_at,
-            steps=[_step(state.steps[sid]) for sid in g.step_ids if sid in state.steps],
-        )
-        for g in state.goals.values()
-    ]
-    p = state.participant
-    agreement = state.agreement
-    pending = state.pending_review
-    return PlanView(
-        case_id=state.case_id,
-        version=state.version,
-        status=state.status,
-        participant=ParticipantView(name=p.name, preferred_name=p.preferred_name,
-                                    pronouns=p.pronouns, email=p.email,
-                                    external_ref=p.external_ref),
-        case_manager=state.case_manager,
-        risk_level=state.risk_level,
-        strengths=[
-            StrengthView(strength_id=s.strength_id, category=s.category,
-                         description=s.description, in_their_words=s.in_their_words,
-                         recorded_at=s.recorded_at)
-            for s in state.strengths.values() if not s.removed
-        ],
-        goals=goals,
-        supports=[
-            SupportView(support_id=s.support_id, name=s.name, kind=s.kind,
-                        relationship=s.relationship, contact=s.contact,
-                        description=s.description, added_at=s.added_at)
-            for s in state.supports.values() if not s.removed
-        ],
-        requirements=[
-            RequirementView(requirement_id=r.requirement_id, title=r.title,
-                            description=r.description, source=r.source, reference=r.reference,
-                            due_date=r.due_date, status=r.status, status_reason=r.status_reason,
-                            recorded_at=r.recorded_at)
-            for r in state.requirements.values()
-        ],
-        agreement=None if agreement is None else AgreementView(
-            participation=agreement.participation, present=list(agreement.present),
-            participant_statement=agreement.participant_statement, outcome=agreement.outcome,
-            goal_ids=list(agreement.goal_ids), recorded_at=agreement.recorded_at,
-            version=agreement.version,
-        ),
-        next_review=None if pending is None else _review(pending),
-        updated_at=state.updated_at,
-        agency=state.agency,
-        opened_at=state.opened_at,
-        active_goal_count=state.active_goal_count,
-        max_active_goals=state.policy.max_active_goals,
-        reviews=[_review(r) for r in state.reviews.values()],
-        recent_notes=[NoteView(note_id=n.note_id, text=n.text, goal_id=n.goal_id,
-                               recorded_at=n.recorded_at, version=n.version)
-                      for n in state.notes],
-        note_count=state.note_count,
-        closure=None if state.closed_at is None or state.closure_reason is None else ClosureView(
-            reason=state.closure_reason, outcome=state.closure_outcome,
-            closed_at=state.closed_at,
-        ),
-    )
+    """The plan document validated into the API's ``PlanView`` model."""
+    return PlanView.model_validate(plan_document(state))

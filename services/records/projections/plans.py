@@ -15,7 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from schemas.events import parse_event
-from services.records.domain import PlanState, evolve, plan_view
+from services.records.domain import PlanState, evolve, plan_json
 from services.records.store.events import CoWrite, RecordedEvent, every_stream
 
 _COLUMNS = ("case_id, agency, version, status, case_manager, risk_level, participant_name,"
@@ -44,7 +44,7 @@ def plan_row(state: PlanState) -> tuple[Any, ...]:
             state.risk_level, state.participant.name,
             pending.due_date if pending is not None else None, due_dates,
             state.active_goal_count, state.opened_at, state.updated_at,
-            plan_view(state).model_dump_json())
+            plan_json(state))
 
 
 # The same upsert for a batch of appends: one array per column, a row per case, written only
