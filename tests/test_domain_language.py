@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, date, datetime
 from uuid import uuid4
 
@@ -85,6 +86,49 @@ def test_guides_merge_with_guides_too(guide: d.LanguageGuide) -> None:
     extra = d.LanguageGuide.from_data({"terms": [{"term": "frequent flyer",
                                                   "suggestion": "person we see often"}]})
     assert terms(guide.merge(extra).check("f", "a frequent flyer")) == ["frequent flyer"]
+
+
+# Agency terms that overlap each other and themselves, share prefixes with the base guide's,
+# or fold case unusually; and the pieces texts are made of, with Unicode spaces and hyphens.
+TRICKY_TERMS = ("no no", "failed to attend", "ex", "I", "in", "at-risk", "frequent  flyer",
+                "\u0130stanbul", "\u017ftra\u00dfe", "K")
+FRAGMENTS = ("addict", "Addicts", "ADDICTION", "es", "s", " ", "  ", "\n", "\u00a0", "-",
+             "\u2010", "\u2011", "non", "compliant", "compliance", "ex", "offender", "no",
+             "I", "know", "ing", "in", "denial", "failed", "to", "attend", "at", "risk",
+             "frequent", "flyer", ",", ".", "'", "\u00e9", "\u212a", "\u017f", "k", "x",
+             "\u0130", "istanbul", "strasse", "refused", "FAILED", "junkie", "_")
+
+
+def reference_terms(guide: d.LanguageGuide, text: str) -> list[str]:
+    """The check as first written: every term's pattern over the whole text; where matches
+    overlap the earliest wins, then the longest (then the earlier term); each term once."""
+    found = [(m.start(), m.end(), t.term) for t in guide.terms for m in t.pattern.finditer(text)]
+    found.sort(key=lambda m: (m[0], m[0] - m[1]))
+    out: list[str] = []
+    end = -1
+    for start, stop, term in found:
+        if start < end:
+            continue
+        end = stop
+        if term not in out:
+            out.append(term)
+    return out
+
+
+def test_the_check_finds_what_the_term_patterns_find_one_by_one(
+        guide: d.LanguageGuide) -> None:
+    tricky = guide.merge({"terms": [{"term": t, "suggestion": "reworded"} for t in TRICKY_TERMS],
+                          "remove": ["offender"]})
+    rng = random.Random(3)
+    texts = ["".join(rng.choices(FRAGMENTS, k=rng.randrange(16))) for _ in range(4000)]
+    with_warnings = 0
+    for text in texts:
+        for checked in (guide, tricky):
+            expected = reference_terms(checked, text)
+            assert terms(checked.check("f", text)) == expected, text
+            with_warnings += bool(expected)
+    assert 1000 < with_warnings < 7000  # both kinds of text were checked
+    assert d.LanguageGuide().check("f", "addict") == []
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -57,18 +57,50 @@ CHECKED_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _compile(term: str) -> re.Pattern[str]:
-    parts: list[str] = []
+def _atoms(term: str) -> list[str]:
+    """The term as regex fragments, one per character (a run of whitespace is one)."""
+    atoms: list[str] = []
     for piece in re.split(r"(\s+|-)", term.strip()):
-        if not piece:
-            continue
         if piece == "-":
-            parts.append(r"[-\u2010\u2011\s]")
+            atoms.append(r"[-\u2010\u2011\s]")
         elif piece.isspace():
-            parts.append(r"\s+")
+            atoms.append(r"\s+")
         else:
-            parts.append(re.escape(piece))
-    return re.compile(r"(?<!\w)" + "".join(parts) + r"(?:s|es)?(?!\w)", re.IGNORECASE)
+            atoms.extend(re.escape(char) for char in piece)
+    return atoms
+
+
+def _compile(term: str) -> re.Pattern[str]:
+    return re.compile(r"(?<!\w)" + "".join(_atoms(term)) + r"(?:s|es)?(?!\w)", re.IGNORECASE)
+
+
+_Trie = dict[str, "_Trie"]
+_END = ""  # key marking where a term ends: the rest of its branch is not needed
+
+
+def _trie_source(trie: _Trie) -> str:
+    if _END in trie:
+        return ""
+    branches = [atom + _trie_source(child) for atom, child in trie.items()]
+    return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+
+def _prefilter(terms: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex that finds where any term could start: the terms without their word
+    boundaries and plural endings, merged on shared prefixes so that the engine tries one
+    branch per first character instead of every term at every position. Every match of a term
+    starts with a match of this, so a text it does not match has no warnings."""
+    trie: _Trie = {}
+    for term in terms:
+        node = trie
+        for atom in _atoms(term):
+            if _END in node:  # a prefix of this term is already enough
+                break
+            node = node.setdefault(atom, {})
+        else:
+            node.clear()
+            node[_END] = {}
+    return re.compile(_trie_source(trie), re.IGNORECASE) if trie else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +108,11 @@ class GuideTerm:
     term: str
     suggestion: str
     message: str
-    pattern: re.Pattern[str]
+    # derived from the term, never given: the guide's prefilter is built from the same atoms
+    pattern: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", _compile(self.term))
 
     @classmethod
     def create(cls, term: str, suggestion: str, message: str | None = None) -> GuideTerm:
@@ -85,7 +121,6 @@ class GuideTerm:
             suggestion=suggestion,
             message=message or (f'"{term}" labels a person by a deficit; '
                                 f"consider person-first language: {suggestion}."),
-            pattern=_compile(term),
         )
 
 
@@ -123,13 +158,14 @@ def _parse_terms(data: Mapping[str, Any]) -> list[GuideTerm]:
 class LanguageGuide:
     """An immutable set of guide terms; ``merge`` returns a new, extended guide."""
 
-    __slots__ = ("_terms",)
+    __slots__ = ("_prefilter", "_terms")
 
     def __init__(self, terms: Iterable[GuideTerm] = ()) -> None:
         by_key: dict[str, GuideTerm] = {}
         for term in terms:
             by_key[term.term.casefold()] = term
         self._terms: tuple[GuideTerm, ...] = tuple(by_key.values())
+        self._prefilter = _prefilter(term.term for term in self._terms)
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> LanguageGuide:
@@ -163,9 +199,14 @@ class LanguageGuide:
 
     def check(self, field: str, text: str) -> list[LanguageWarning]:
         """Warnings for the guide terms found in ``text`` (one per term, in text order)."""
+        first = None if self._prefilter is None else self._prefilter.search(text)
+        if first is None:
+            return []
+        # no term matches before the first candidate; the patterns still see the text before it
+        start = first.start()
         matches: list[tuple[int, int, GuideTerm]] = []
         for term in self._terms:
-            for found in term.pattern.finditer(text):
+            for found in term.pattern.finditer(text, start):
                 matches.append((found.start(), found.end(), term))
         if not matches:
             return []
