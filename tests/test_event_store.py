@@ -324,7 +324,7 @@ async def test_a_failing_append_does_not_fail_the_others_in_its_statement(
                        expected_version=0, agency=AGENCY, metadata=META)
           for stream in streams[1:]],
         return_exceptions=True)
-    assert sizes[1] > 1  # the shared statement failed, then its appends went alone
+    assert max(sizes) > 1  # a shared statement failed, then its appends went alone
     assert isinstance(results[3], asyncpg.UniqueViolationError)
     others = results[:3] + results[4:]
     assert all(not isinstance(r, BaseException) and r.version == 1 for r in others)

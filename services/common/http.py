@@ -130,10 +130,13 @@ def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:
         raise validation_problem(error, location="query") from error
 
 
-def json_response(body: Any, *, status: int = 200,
+def json_response(body: BaseModel | Any, *, status: int = 200,
                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body, default=str),
-                        content_type="application/json", headers=headers)
+    """A JSON answer; a pydantic model is encoded by its own (compiled) serializer."""
+    text = body.model_dump_json() if isinstance(body, BaseModel) \
+        else json.dumps(body, default=str)
+    return web.Response(status=status, text=text, content_type="application/json",
+                        headers=headers)
 
 
 @dataclass(frozen=True)

@@ -94,9 +94,6 @@ class WriteOutcome:
                                events=[history_entry(e) for e in self.events],
                                warnings=self.warnings)
 
-    def as_json(self) -> dict[str, Any]:
-        return self.as_view().model_dump(mode="json")
-
 
 def history_entry(event: RecordedEvent) -> api.EventView:
     actor = event.metadata.get("actor", {})

@@ -137,7 +137,7 @@ def write(method: str, path: str, summary: str, body: type[BaseModel], build: Bu
                 records(request).metrics.events_appended.labels(event.type).inc()
         if status == 201:
             headers["Location"] = f"/v1/cases/{outcome.case_id}"
-        return json_response(outcome.as_json(), status=status, headers=headers)
+        return json_response(outcome.as_view(), status=status, headers=headers)
 
     handler.__name__ = re.sub(r"\W+", "_", f"{method.lower()}_{summary}").strip("_")
     registry.route(method, path, summary, body=body, response=api.WriteResult,
@@ -208,7 +208,7 @@ async def list_cases(request: web.Request) -> web.Response:
     page = await records(request).queries.caseload(
         principal(request), case_manager=query.case_manager, status=query.status,
         review_due_before=query.review_due_before, after=query.after, limit=query.limit)
-    return json_response(page.model_dump(mode="json"))
+    return json_response(page)
 
 
 @registry.route("GET", CASE, "the current plan, or the plan as of a version or time",
@@ -230,7 +230,7 @@ async def case_history(request: web.Request) -> web.Response:
     page = await records(request).queries.history(
         principal(request), case_id, after_version=query.after_version, limit=query.limit,
         request_id=request.get(REQUEST_ID_KEY))
-    return json_response(page.model_dump(mode="json"))
+    return json_response(page)
 
 
 @registry.route("GET", f"{CASE}/diff", "what changed between two versions, field by field",
@@ -241,7 +241,7 @@ async def case_diff(request: web.Request) -> web.Response:
     body = await records(request).queries.diff(
         principal(request), case_id, query.from_version, query.to_version,
         request_id=request.get(REQUEST_ID_KEY))
-    return json_response(body.model_dump(mode="json"))
+    return json_response(body)
 
 
 @registry.route("GET", f"{CASE}/verify", "recompute the case's hash chain",
@@ -251,7 +251,7 @@ async def verify_case(request: web.Request) -> web.Response:
     report = await records(request).queries.verify(principal(request), case_id,
                                                    request_id=request.get(REQUEST_ID_KEY))
     view = api.VerifyView.model_validate({"case_id": case_id, **report.as_dict()})
-    return json_response(view.model_dump(mode="json"))
+    return json_response(view)
 
 
 @registry.route("GET", "/v1/access-log", "who read which case (supervisors, own agency)",
@@ -260,4 +260,4 @@ async def access_log(request: web.Request) -> web.Response:
     query = parse_query(request, AccessLogQuery)
     page = await records(request).queries.access_log(
         principal(request), case_id=query.case_id, after=query.after, limit=query.limit)
-    return json_response(api.AccessLogPage.model_validate(page).model_dump(mode="json"))
+    return json_response(api.AccessLogPage.model_validate(page))

@@ -208,9 +208,15 @@ def _append_sql(co_write_sqls: tuple[str, ...]) -> str:
 
 
 def _append_statement(appends: Sequence[_PendingAppend]) -> tuple[str, list[Any]]:
-    """The one statement that writes ``appends`` (distinct streams; a keyed one alone)."""
+    """The one statement that writes ``appends`` (distinct streams; a keyed one alone).
+
+    The input is in stream id order, which PostgreSQL follows when it moves the heads, so two
+    statements in flight at once lock the rows they share in the same order. Should they
+    deadlock all the same, PostgreSQL aborts one and the group commit writes its appends alone.
+    """
     claim = appends[0].claim
     assert claim is None or len(appends) == 1, "a keyed append is written alone"
+    appends = sorted(appends, key=lambda pending: pending.stream_id)
     heads = [(a.stream_id, a.expected, a.prev_hash, a.agency, a.events[-1].version,
               a.events[-1].hash, a.events[-1].recorded_at) for a in appends]
     args: list[Any] = [list(column) for column in zip(*heads, strict=True)]
@@ -251,7 +257,7 @@ class EventStore:
     def __init__(self, pool: asyncpg.Pool, clock: Clock = utc_now,
                  on_appended: Callable[[], None] = lambda: None,
                  on_batch: Callable[[int], None] = lambda size: None,
-                 max_appends_in_flight: int = 1) -> None:
+                 max_appends_in_flight: int = 2) -> None:
         self._pool = pool
         self._clock = clock
         self._on_appended = on_appended
