@@ -1,7 +1,7 @@
 """HTTP append throughput and latency against the running records service, beside the raw
 asyncpg single-row insert rate on the same database in the same run.
 
-    .venv/bin/python -m bench.append [--seconds 20] [--clients 16]
+    .venv/bin/python -m bench.append [--seconds 20] [--clients 16] [--processes 1]
 
 Uses DATABASE_URL's server when set, otherwise an embedded PostgreSQL.
 """
@@ -67,7 +67,7 @@ class HttpAppends:
     rate: float
     latencies: list[float]
     errors: int
-    cpu_ms: CpuSample | None  # per append: machine, service process, load generator
+    cpu_ms: CpuSample | None  # per append: machine, service processes, load generator
 
 
 class KeepAliveClient(asyncio.Protocol):
@@ -130,7 +130,7 @@ async def open_cases(url: str, token: str, count: int) -> list[str]:
 
 
 async def http_append(port: int, token: str, clients: int, seconds: float,
-                      service_pid: int) -> HttpAppends:
+                      service_pids: list[int]) -> HttpAppends:
     case_ids = await open_cases(f"http://127.0.0.1:{port}", token, clients)
     loop = asyncio.get_running_loop()
     connections = [(await loop.create_connection(KeepAliveClient, "127.0.0.1", port))[1]
@@ -150,11 +150,11 @@ async def http_append(port: int, token: str, clients: int, seconds: float,
     pairs = list(zip(connections, requests, strict=True))
     await asyncio.gather(*[client(c, r, time.perf_counter() + 2) for c, r in pairs])  # warm-up
     latencies.clear()
-    before, started = cpu_sample(service_pid), time.perf_counter()
+    before, started = cpu_sample(service_pids), time.perf_counter()
     deadline = started + seconds
     await asyncio.gather(*[client(c, r, deadline) for c, r in pairs])
     elapsed = time.perf_counter() - started
-    cpu = cpu_per_operation(before, cpu_sample(service_pid), len(latencies))
+    cpu = cpu_per_operation(before, cpu_sample(service_pids), len(latencies))
     return HttpAppends(len(latencies) / elapsed, latencies, errors, cpu)
 
 
@@ -168,34 +168,49 @@ async def appends_per_statement(url: str) -> float:
     return float(values.get("casetrail_append_batch_size_sum", 0)) / count if count else 0.0
 
 
-async def main(seconds: float, clients: int) -> None:
+async def start_services(port: int, env: dict[str, str],
+                         processes: int) -> list[asyncio.subprocess.Process]:
+    """``processes`` records processes sharing ``port`` (SO_REUSEPORT when more than one)."""
+    command = [sys.executable, "-m", "services.cli", "records", "--port", str(port)]
+    if processes > 1:
+        command.append("--reuse-port")
+    first = await asyncio.create_subprocess_exec(*command, env=env)
+    await wait_ready(f"http://127.0.0.1:{port}")  # the first one has migrated the database
+    others = [await asyncio.create_subprocess_exec(*command, env=env)
+              for _ in range(processes - 1)]
+    if others:
+        await asyncio.sleep(3)  # the shared port cannot tell which process answered; wait
+    return [first, *others]
+
+
+async def main(seconds: float, clients: int, processes: int) -> None:
     with postgres_server() as server:
         async with scratch_database(server) as database_url:
             secret = secrets.token_urlsafe(32)
             port = free_port()
             env = {**os.environ, "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": secret,
                    "CASETRAIL_LOG_LEVEL": "warning", "CASETRAIL_DB_POOL_MAX": str(clients)}
-            service = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.cli", "records", "--port", str(port), env=env)
+            services = await start_services(port, env, processes)
             try:
-                url = f"http://127.0.0.1:{port}"
-                await wait_ready(url)
                 token = issue_token(secret, sub="cm-bench", role="case_manager",
                                     agency="bench")
-                appends = await http_append(port, token, clients, seconds, service.pid)
-                per_statement = await appends_per_statement(url)
+                appends = await http_append(port, token, clients, seconds,
+                                            [service.pid for service in services])
+                per_statement = await appends_per_statement(f"http://127.0.0.1:{port}")
             finally:
-                service.terminate()
-                await service.wait()
+                for service in services:
+                    service.terminate()
+                    await service.wait()
             raw, raw_cpu = await raw_insert_rate(database_url, clients, seconds)
+    print(f"clients: {clients}, service processes: {processes},"
+          f" seconds per measurement: {seconds}")
     latencies = appends.latencies
-    print(f"clients: {clients}, seconds per measurement: {seconds}")
     print(f"{'measurement':<38}{'rate/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{'raw asyncpg insert (1 row/tx)':<38}{raw:>10.0f}{'':>10}{'':>10}")
     print(f"{'HTTP append (POST …/notes)':<38}{appends.rate:>10.0f}"
           f"{percentile(latencies, 0.5) * 1000:>10.1f}{percentile(latencies, 0.99) * 1000:>10.1f}")
     print(f"ratio HTTP/raw: {appends.rate / raw:.1%}   non-201 answers: {appends.errors}"
-          f"   appends per statement (mean, incl. warm-up): {per_statement:.1f}")
+          f"\nappends per statement (mean of one process, incl. warm-up): {per_statement:.1f}")
     print_cpu(appends.cpu_ms, raw_cpu)
 
 
@@ -215,6 +230,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="records processes sharing the port (casetrail records --reuse-port)")
     options = parser.parse_args()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(main(options.seconds, options.clients))
+        runner.run(main(options.seconds, options.clients, options.processes))

@@ -58,7 +58,7 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 @dataclass(frozen=True)
 class CpuSample:
-    """CPU seconds used so far: the whole machine (all cores), one process, this process."""
+    """CPU seconds used so far: the whole machine (all cores), some processes, this one."""
 
     machine: float
     process: float
@@ -69,16 +69,17 @@ class CpuSample:
                          self.own - earlier.own)
 
 
-def cpu_sample(pid: int | None = None) -> CpuSample | None:
-    """None where /proc is not there to read (the figures are Linux-only)."""
+def cpu_sample(pids: Sequence[int] = ()) -> CpuSample | None:
+    """None where /proc is not there to read (the figures are Linux-only); ``process`` sums
+    the processes ``pids``."""
     try:
         with open("/proc/stat") as stat:
             fields = [int(v) for v in stat.readline().split()[1:]]
         process = 0.0
-        if pid is not None:
+        for pid in pids:
             with open(f"/proc/{pid}/stat") as stat:
                 after_name = stat.read().rsplit(")", 1)[1].split()
-            process = (int(after_name[11]) + int(after_name[12])) / _TICKS
+            process += (int(after_name[11]) + int(after_name[12])) / _TICKS
     except OSError:
         return None
     busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait

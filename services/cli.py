@@ -108,7 +108,8 @@ def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
                      " CASETRAIL_JWKS_FILE")
     configure_logging(settings.log_level)
     web.run_app(create_app(settings), host=args.host or settings.records_host,
-                port=args.port or settings.records_port, print=None, loop=new_event_loop())
+                port=args.port or settings.records_port, print=None, loop=new_event_loop(),
+                reuse_port=args.reuse_port or None)
     return 0
 
 
@@ -214,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     records = sub.add_parser("records", help="run the records service")
     records.add_argument("--host")
     records.add_argument("--port", type=int)
+    records.add_argument("--reuse-port", action="store_true",
+                         help="let several records processes listen on this port (Linux"
+                              " SO_REUSEPORT), so they share the machine's cores")
     records.set_defaults(run=cmd_records)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")

@@ -149,3 +149,55 @@ def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _ready(port: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def test_records_processes_share_a_port_with_reuse_port(fresh_database_url: str) -> None:
+    """Several processes use a machine's cores; the port stays served while one stops."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": fresh_database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET,
+           "CASETRAIL_LOG_LEVEL": "warning"}
+    command = [*CASETRAIL, "records", "--port", str(port), "--reuse-port"]
+    first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    second: subprocess.Popen[str] | None = None
+    try:
+        assert _ready(port, time.monotonic() + 60)
+        second = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert second.poll() is None, second.stderr.read() if second.stderr else ""
+        first.terminate()
+        first.wait(timeout=30)
+        assert _ready(port, time.monotonic() + 30)  # answered by the second process
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+def test_without_reuse_port_a_second_process_cannot_take_the_port(
+        fresh_database_url: str) -> None:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": fresh_database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET,
+           "CASETRAIL_LOG_LEVEL": "warning"}
+    command = [*CASETRAIL, "records", "--port", str(port)]
+    first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _ready(port, time.monotonic() + 60)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert second.returncode != 0
+        assert "address already in use" in second.stderr.lower()
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
