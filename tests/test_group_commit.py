@@ -31,14 +31,26 @@ class Recorder:
         return [f"wrote {item}" for item in items]
 
 
-def group(recorder: Recorder, **options: int) -> GroupCommit[str, str]:
+def group(recorder: Recorder, max_batch: int = 64) -> GroupCommit[str, str]:
     return GroupCommit(recorder.write, key=lambda item: item.split(":")[0],
-                       retry_alone=lambda error: isinstance(error, StatementError), **options)
+                       retry_alone=lambda error: isinstance(error, StatementError),
+                       max_batch=max_batch)
 
 
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+async def submit_behind(commit: GroupCommit[str, str], recorder: Recorder, first: str,
+                        later: list[str]) -> list[str | BaseException]:
+    """Submit ``first``, then ``later`` while it is being written; every answer, in order."""
+    tasks = [asyncio.create_task(commit.submit(first))]
+    await settle()
+    tasks += [asyncio.create_task(commit.submit(item)) for item in later]
+    await settle()
+    recorder.release.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_a_lone_item_is_written_at_once() -> None:
@@ -50,50 +62,27 @@ async def test_a_lone_item_is_written_at_once() -> None:
 
 async def test_items_arriving_during_a_write_go_together_in_the_next() -> None:
     recorder = Recorder()
-    commit = group(recorder)
-    first = asyncio.create_task(commit.submit("a:1"))
-    await settle()
-    later = [asyncio.create_task(commit.submit(item)) for item in ("b:1", "c:1", "d:1")]
-    await settle()
-    recorder.release.set()
-    answers = await asyncio.gather(first, *later)
+    answers = await submit_behind(group(recorder), recorder, "a:1", ["b:1", "c:1", "d:1"])
     assert answers == ["wrote a:1", "wrote b:1", "wrote c:1", "wrote d:1"]
     assert recorder.batches == [["a:1"], ["b:1", "c:1", "d:1"]]
 
 
 async def test_two_items_for_one_key_never_share_a_batch() -> None:
     recorder = Recorder()
-    commit = group(recorder)
-    first = asyncio.create_task(commit.submit("x:0"))
-    await settle()
-    later = [asyncio.create_task(commit.submit(item)) for item in ("a:1", "a:2", "b:1")]
-    await settle()
-    recorder.release.set()
-    await asyncio.gather(first, *later)
+    await submit_behind(group(recorder), recorder, "x:0", ["a:1", "a:2", "b:1"])
     assert recorder.batches == [["x:0"], ["a:1", "b:1"], ["a:2"]]
 
 
 async def test_batches_hold_at_most_max_batch_items() -> None:
     recorder = Recorder()
-    commit = group(recorder, max_batch=2)
-    first = asyncio.create_task(commit.submit("x:0"))
-    await settle()
-    later = [asyncio.create_task(commit.submit(f"{key}:1")) for key in "abcde"]
-    await settle()
-    recorder.release.set()
-    await asyncio.gather(first, *later)
+    await submit_behind(group(recorder, max_batch=2), recorder, "x:0",
+                        [f"{key}:1" for key in "abcde"])
     assert [len(batch) for batch in recorder.batches] == [1, 2, 2, 1]
 
 
 async def test_a_statement_error_stays_with_the_item_that_caused_it() -> None:
     recorder = Recorder(fail_when="bad:1")
-    commit = group(recorder)
-    first = asyncio.create_task(commit.submit("x:0"))
-    await settle()
-    later = [asyncio.create_task(commit.submit(item)) for item in ("a:1", "bad:1", "b:1")]
-    await settle()
-    recorder.release.set()
-    answers = await asyncio.gather(first, *later, return_exceptions=True)
+    answers = await submit_behind(group(recorder), recorder, "x:0", ["a:1", "bad:1", "b:1"])
     assert answers[:2] == ["wrote x:0", "wrote a:1"]
     assert isinstance(answers[2], StatementError)
     assert answers[3] == "wrote b:1"
@@ -145,10 +134,5 @@ async def test_on_batch_reports_each_batch_size() -> None:
     commit: GroupCommit[str, str] = GroupCommit(
         recorder.write, key=lambda item: item, retry_alone=lambda error: False,
         on_batch=sizes.append)
-    first = asyncio.create_task(commit.submit("a"))
-    await settle()
-    later = [asyncio.create_task(commit.submit(item)) for item in "bc"]
-    await settle()
-    recorder.release.set()
-    await asyncio.gather(first, *later)
+    await submit_behind(commit, recorder, "a", ["b", "c"])
     assert sizes == [1, 2]
