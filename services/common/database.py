@@ -89,6 +89,15 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, folder: Path) 
     return applied_now
 
 
+async def migrate_schema(database_url: str, schema: str, folder: Path) -> list[str]:
+    """Apply ``schema``'s pending migrations over a connection of its own."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await apply_migrations(conn, schema, folder)
+    finally:
+        await conn.close()
+
+
 async def pending_migrations(conn: asyncpg.Connection, schema: str, folder: Path) -> list[str]:
     exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.schema_migrations")
     done: set[int] = set()

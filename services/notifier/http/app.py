@@ -14,10 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.feed import Health
 from services.common.auth import TokenVerifier
 from services.common.database import (
-    apply_migrations,
     create_pool,
     database_checks,
     database_ready,
+    migrate_schema,
 )
 from services.common.http import (
     REQUEST_SECONDS,
@@ -59,11 +59,7 @@ def ctx(request: web.Request) -> Context:
 
 
 async def migrate(database_url: str) -> list[str]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await apply_migrations(conn, SCHEMA, MIGRATIONS)
-    finally:
-        await conn.close()
+    return await migrate_schema(database_url, SCHEMA, MIGRATIONS)
 
 
 def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -25,7 +26,7 @@ from services.records.application.access import (
 )
 from services.records.application.cases import history_entry
 from services.records.chain import ChainReport
-from services.records.domain import plan_view
+from services.records.domain import plan_json
 from services.records.projections.plans import (
     CaseloadFilter,
     StoredPlan,
@@ -90,7 +91,7 @@ class CaseQueries:
             raise NotVisible  # the case did not exist yet at that point
         if as_of_version is not None and state.version < as_of_version:
             raise VersionOutOfRange(state.version)
-        return PlanAnswer(state.version, plan_view(state).model_dump(mode="json"))
+        return PlanAnswer(state.version, json.loads(plan_json(state)))
 
     async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
                       request_id: str | None = None) -> api.HistoryPage:
@@ -118,8 +119,8 @@ class CaseQueries:
         before = fold_recorded(events[:from_version])
         after = fold_recorded(events[from_version:], before)
         assert after is not None
-        old = plan_view(before).model_dump(mode="json") if before is not None else {}
-        new = plan_view(after).model_dump(mode="json")
+        old = json.loads(plan_json(before)) if before is not None else {}
+        new = json.loads(plan_json(after))
         return api.DiffView.model_validate({
             "case_id": case_id, "from_version": from_version, "to_version": to_version,
             "changes": diff_documents(old, new),

@@ -13,10 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.feed import FeedPage, FeedQuery, Health
 from services.common.auth import Role, TokenVerifier
 from services.common.database import (
-    apply_migrations,
     create_pool,
     database_checks,
     database_ready,
+    migrate_schema,
 )
 from services.common.http import (
     REQUEST_SECONDS,
@@ -74,11 +74,7 @@ def records(request: web.Request) -> Records:
 
 
 async def migrate(database_url: str) -> list[str]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await apply_migrations(conn, SCHEMA, MIGRATIONS)
-    finally:
-        await conn.close()
+    return await migrate_schema(database_url, SCHEMA, MIGRATIONS)
 
 
 async def rebuild_projections(database_url: str) -> RebuildStats:
