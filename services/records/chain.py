@@ -15,11 +15,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 GENESIS_HASH = "0" * 64
 
 
 def format_timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    if utc.year < 1000:  # isoformat pads the year to four digits; strftime does not
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _is_plain(value: Any) -> bool:
+    """Only dicts with str keys, lists, tuples, str, int, bool and None: the values that orjson
+    and the json module spell alike. Floats are refused: jsonb may re-spell them (1.0 → 1)."""
+    kind = type(value)
+    if kind is dict:
+        return all(type(key) is str and _is_plain(item) for key, item in value.items())
+    if kind is list or kind is tuple:
+        return all(_is_plain(item) for item in value)
+    if kind is float:
+        raise TypeError("floats are not allowed in recorded events; use strings or integers")
+    return kind is str or kind is int or kind is bool or value is None
 
 
 def _refuse_floats(value: Any) -> None:
@@ -34,6 +52,21 @@ def _refuse_floats(value: Any) -> None:
 
 
 def canonical_bytes(value: Any) -> bytes:
+    """The canonical encoding: ``json.dumps`` with sorted keys, compact separators and UTF-8.
+
+    orjson writes the same bytes for plain values, ten times faster; anything else (a subclass,
+    an integer beyond 64 bits) goes the reference way, which also raises for what JSON cannot
+    hold.
+    """
+    if _is_plain(value):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass
+    return reference_canonical_bytes(value)
+
+
+def reference_canonical_bytes(value: Any) -> bytes:
     _refuse_floats(value)
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False

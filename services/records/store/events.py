@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from services.records.chain import GENESIS_HASH, ChainLink, ChainReport, verify_links
 from services.records.store.group_commit import GroupCommit
@@ -235,8 +236,15 @@ def _append_statement(appends: Sequence[_PendingAppend]) -> tuple[str, list[Any]
 
 def _row(event: RecordedEvent) -> tuple[Any, ...]:
     return (event.stream_id, event.version, event.event_id, event.type, event.schema_version,
-            json.dumps(event.data), json.dumps(event.metadata), event.agency, event.recorded_at,
-            event.prev_hash, event.hash)
+            _jsonb_text(event.data), _jsonb_text(event.metadata), event.agency,
+            event.recorded_at, event.prev_hash, event.hash)
+
+
+def _jsonb_text(value: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, which jsonb holds
+        return json.dumps(value)
 
 
 _EVENT_COLUMNS = ("global_position, stream_id, version, event_id, type, schema_version, data,"
