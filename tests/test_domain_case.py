@@ -276,6 +276,18 @@ def test_a_created_id_cannot_be_reused() -> None:
     assert refused.value.code == "duplicate_id"
 
 
+def test_a_note_id_is_remembered_after_it_leaves_the_recent_notes() -> None:
+    case = new_case()
+    first = uuid4()
+    case.execute(d.AddNote(first, api.NoteInput(text="first")))
+    for n in range(15):
+        case.execute(d.AddNote(uuid4(), api.NoteInput(text=f"note {n}")))
+    assert first not in {n.note_id for n in state(case).notes}
+    with pytest.raises(d.InvalidTransition) as refused:
+        case.execute(d.AddNote(first, api.NoteInput(text="again")))
+    assert refused.value.code == "duplicate_id"
+
+
 def test_deciding_is_deterministic_and_does_not_touch_the_state() -> None:
     case = new_case()
     before = state(case)

@@ -82,7 +82,7 @@ def _check_strengths(state: PlanState, ids: Iterable[UUID], field: str = "streng
                                 field=field)
 
 
-def _check_new_id(items: Mapping[UUID, Any] | frozenset[UUID], item_id: UUID, what: str) -> None:
+def _check_new_id(items: Mapping[UUID, Any], item_id: UUID, what: str) -> None:
     if item_id in items:
         raise InvalidTransition("duplicate_id", f"This plan already has a {what} {item_id}.")
 

@@ -13,6 +13,8 @@ from datetime import date, datetime
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
+from immutables import Map
+
 from schemas import events as ev
 from services.records.domain.policy import AgencyPolicy
 
@@ -138,6 +140,9 @@ class NoteState:
     version: int
 
 
+_NO_NOTES: Map[UUID, None] = Map()
+
+
 @dataclass(frozen=True)
 class PlanState:
     case_id: UUID
@@ -160,7 +165,9 @@ class PlanState:
     agreement: AgreementState | None = None
     notes: tuple[NoteState, ...] = ()
     note_count: int = 0
-    note_ids: frozenset[UUID] = frozenset()
+    # every note id the case has had, for the new-id check: a persistent map, because a
+    # note is added by copying the state and cases gather thousands of notes
+    note_ids: Map[UUID, None] = _NO_NOTES
     closed_at: datetime | None = None
     closure_reason: str | None = None
     closure_outcome: ev.CloseOutcome | None = None
@@ -409,7 +416,7 @@ def _review_held(s: PlanState, e: ev.ReviewHeld, v: int, at: datetime) -> Change
 def _note_added(s: PlanState, e: ev.NoteAdded, v: int, at: datetime) -> Changes:
     note = NoteState(e.note_id, e.text, e.goal_id, at, v)
     return {"notes": (*s.notes[-(RECENT_NOTES - 1):], note), "note_count": s.note_count + 1,
-            "note_ids": s.note_ids | {e.note_id}}
+            "note_ids": s.note_ids.set(e.note_id, None)}
 
 
 _Handler = Callable[[PlanState, Any, int, datetime], Changes]
