@@ -15,7 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from schemas.events import parse_event
-from services.records.domain import PlanState, evolve, plan_json
+from services.records.domain import PlanState, evolve, plan_document, plan_json
 from services.records.store.events import CoWrite, RecordedEvent, every_stream
 
 _COLUMNS = ("case_id, agency, version, status, case_manager, risk_level, participant_name,"
@@ -36,38 +36,41 @@ WHERE records.plans.version < EXCLUDED.version
 _OPEN_STEP = {"not_started", "in_progress"}
 
 
-def plan_row(state: PlanState) -> tuple[Any, ...]:
+def plan_columns(state: PlanState) -> dict[str, Any]:
+    """Every column of the plan's row but its view, by name, in table order."""
     pending = state.pending_review
-    due_dates = sorted(step.due_date for step in state.steps.values()
-                       if step.status in _OPEN_STEP and step.due_date is not None)
-    return (state.case_id, state.agency, state.version, state.status, state.case_manager,
-            state.risk_level, state.participant.name,
-            pending.due_date if pending is not None else None, due_dates,
-            state.active_goal_count, state.opened_at, state.updated_at,
-            plan_json(state))
+    return {
+        "case_id": state.case_id, "agency": state.agency, "version": state.version,
+        "status": state.status, "case_manager": state.case_manager,
+        "risk_level": state.risk_level, "participant_name": state.participant.name,
+        "next_review_due": pending.due_date if pending is not None else None,
+        "open_step_due_dates": sorted(
+            step.due_date for step in state.steps.values()
+            if step.status in _OPEN_STEP and step.due_date is not None),
+        "active_goals": state.active_goal_count, "opened_at": state.opened_at,
+        "updated_at": state.updated_at,
+    }
 
 
-# The same upsert for a batch of appends: one array per column, a row per case, written only
-# for the cases whose append succeeded. Due dates travel as array literals ('{2026-01-05}'):
-# an array of arrays would be flattened by unnest.
+def plan_row(state: PlanState) -> tuple[Any, ...]:
+    """The plan's row as ``_UPSERT``'s parameters (the view as JSON text)."""
+    return (*plan_columns(state).values(), plan_json(state))
+
+
+# The same upsert for a batch of appends: every case's row an object in one JSON array, written
+# only for the cases whose append succeeded.
 _UPSERT_WHEN_APPENDED = _UPSERT.replace(
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    "SELECT p.case_id, p.agency, p.version, p.status, p.case_manager, p.risk_level,"
-    " p.participant_name, p.next_review_due, p.open_step_due_dates::date[], p.active_goals,"
-    " p.opened_at, p.updated_at, p.view"
-    " FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],"
-    " $7::text[], $8::date[], $9::text[], $10::int[], $11::timestamptz[], $12::timestamptz[],"
-    " $13::jsonb[]) AS p(case_id, agency, version, status, case_manager, risk_level,"
-    " participant_name, next_review_due, open_step_due_dates, active_goals, opened_at,"
-    " updated_at, view)"
+    "SELECT * FROM jsonb_to_recordset($1::jsonb) AS p(case_id uuid, agency text, version int,"
+    " status text, case_manager text, risk_level text, participant_name text,"
+    " next_review_due date, open_step_due_dates date[], active_goals int,"
+    " opened_at timestamptz, updated_at timestamptz, view jsonb)"
     " WHERE p.case_id IN {appended}")
 
 
 def plan_upsert(state: PlanState) -> CoWrite:
     """The projection row that commits with the events that produced ``state``."""
-    row = plan_row(state)
-    due_dates = "{" + ",".join(day.isoformat() for day in row[8]) + "}"
-    return CoWrite(_UPSERT_WHEN_APPENDED, (*row[:8], due_dates, *row[9:]))
+    return CoWrite(_UPSERT_WHEN_APPENDED, {**plan_columns(state), "view": plan_document(state)})
 
 
 @dataclass(frozen=True)

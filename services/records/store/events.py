@@ -110,13 +110,14 @@ class CoWrite:
     """A row that must commit together with appended events (a projection row).
 
     Appends are written in batches, so ``sql`` reads the rows of every append in the batch
-    as arrays: its parameter ``$n`` (numbered from $1) is the array of each row's n-th value,
-    e.g. ``INSERT … SELECT * FROM unnest($1::uuid[], …) AS p(case_id, …) WHERE p.case_id IN
-    {appended}``; ``{appended}`` is the set of stream ids whose append succeeded.
+    from one JSON array: its parameter ``$1`` holds each append's ``row`` as an object, e.g.
+    ``INSERT … SELECT * FROM jsonb_to_recordset($1::jsonb) AS p(case_id uuid, …) WHERE
+    p.case_id IN {appended}``; ``{appended}`` is the set of stream ids whose append succeeded.
+    The row is JSON-encoded with the append (UUIDs as text, times in RFC 3339 UTC).
     """
 
     sql: str
-    row: tuple[Any, ...]
+    row: dict[str, Any]
 
 
 class _KnownHeads:
@@ -140,19 +141,22 @@ class _KnownHeads:
 _PARAMETER = re.compile(r"\$(\d+)")
 
 # Moves each stream head from its expected version (or creates it, expected 0) and inserts the
-# chained events of the streams whose head moved. Parameters: $1-$7 one entry per append;
-# $8-$11 the idempotency claim of an append written alone (NULL otherwise); $12-$22 one entry
-# per event. The claim comes first, so a concurrent request with the same key waits on it.
+# chained events of the streams whose head moved. Parameters: $1 the heads (a JSON array, one
+# object per append); $2-$5 the idempotency claim of an append written alone (NULL otherwise);
+# $6 the events (a JSON array). The claim comes first, so a concurrent request with the same key
+# waits on it. Rows travel as JSON because asyncpg encodes array parameters element by element
+# in Python-visible steps, which cost more than the rest of the statement's client work.
 _APPEND = """
 input AS (
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                         $7::timestamptz[])
-        AS i(stream_id, expected, prev_hash, agency, version, last_hash, updated_at)),
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
+        AS i(stream_id uuid, expected int, prev_hash text, agency text, version int,
+             last_hash text, updated_at timestamptz)),
 claim AS (
     INSERT INTO records.idempotency_keys (scope, key, fingerprint, stream_id, event_ids)
-    SELECT $8::text, $9::text, $10::text, ($1::uuid[])[1], $11::uuid[] WHERE $9::text IS NOT NULL
+    SELECT $2::text, $3::text, $4::text, (SELECT stream_id FROM input LIMIT 1), $5::uuid[]
+    WHERE $3::text IS NOT NULL
     ON CONFLICT DO NOTHING RETURNING 1),
-claimed AS (SELECT $9::text IS NULL OR EXISTS (SELECT 1 FROM claim) AS ok),
+claimed AS (SELECT $3::text IS NULL OR EXISTS (SELECT 1 FROM claim) AS ok),
 moved AS (
     UPDATE records.streams s
     SET version = i.version, last_hash = i.last_hash, updated_at = i.updated_at
@@ -169,27 +173,50 @@ appended AS (SELECT stream_id FROM moved UNION ALL SELECT stream_id FROM created
 inserted AS (
     INSERT INTO records.events (stream_id, version, event_id, type, schema_version, data,
                                 metadata, agency, recorded_at, prev_hash, hash)
-    SELECT * FROM unnest($12::uuid[], $13::int[], $14::uuid[], $15::text[], $16::int[],
-                         $17::jsonb[], $18::jsonb[], $19::text[], $20::timestamptz[],
-                         $21::text[], $22::text[])
-        AS e(stream_id, version, event_id, type, schema_version, data, metadata, agency,
-             recorded_at, prev_hash, hash)
+    SELECT * FROM jsonb_to_recordset($6::jsonb)
+        AS e(stream_id uuid, version int, event_id uuid, type text, schema_version int,
+             data jsonb, metadata jsonb, agency text, recorded_at timestamptz,
+             prev_hash text, hash text)
     WHERE e.stream_id IN (SELECT stream_id FROM appended)
     RETURNING stream_id, version, global_position)"""
-_APPEND_PARAMETERS = 22
+_APPEND_PARAMETERS = 6
+
+
+def _uuid_text(value: object) -> str:
+    # ids read from the database are asyncpg's subclass of UUID, which orjson does not encode
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} cannot be stored as JSON")
+
+
+def _json(value: Any) -> bytes:
+    """Rows as JSON for the append statement; raises TypeError for what jsonb rows cannot
+    carry exactly (an integer beyond 64 bits, a float's re-spelling is refused earlier)."""
+    return orjson.dumps(value, default=_uuid_text, option=orjson.OPT_UTC_Z)
 
 
 @dataclass(frozen=True)
 class _PendingAppend:
-    """One stream's chained events, as they go into an append statement."""
+    """One stream's chained events, encoded as they go into an append statement."""
 
     stream_id: UUID
-    expected: int
-    prev_hash: str
-    agency: str
-    events: list[RecordedEvent]
-    co_write: CoWrite | None
+    head: bytes  # JSON object: the move of the stream head
+    events: bytes  # JSON objects, comma-separated: the chained events
+    event_ids: list[UUID]
+    co_write: tuple[str, bytes] | None  # the co-write's sql and its row as a JSON object
     claim: IdempotencyClaim | None = None
+
+
+def _pending(stream_id: UUID, expected: int, prev_hash: str, agency: str,
+             events: list[RecordedEvent], co_write: CoWrite | None,
+             claim: IdempotencyClaim | None) -> _PendingAppend:
+    last = events[-1]
+    head = _json({"stream_id": stream_id, "expected": expected, "prev_hash": prev_hash,
+                  "agency": agency, "version": last.version, "last_hash": last.hash,
+                  "updated_at": last.recorded_at})
+    rows = b",".join(_json(_row(event)) for event in events)
+    return _PendingAppend(stream_id, head, rows, [e.event_id for e in events],
+                          (co_write.sql, _json(co_write.row)) if co_write else None, claim)
 
 
 def _renumbered(sql: str, shift: int) -> str:
@@ -208,6 +235,10 @@ def _append_sql(co_write_sqls: tuple[str, ...]) -> str:
     return f"WITH {', '.join(ctes)} SELECT * FROM inserted"
 
 
+def _json_array(objects: Sequence[bytes]) -> str:
+    return (b"[" + b",".join(objects) + b"]").decode()
+
+
 def _append_statement(appends: Sequence[_PendingAppend]) -> tuple[str, list[Any]]:
     """The one statement that writes ``appends`` (distinct streams; a keyed one alone).
 
@@ -218,33 +249,23 @@ def _append_statement(appends: Sequence[_PendingAppend]) -> tuple[str, list[Any]
     claim = appends[0].claim
     assert claim is None or len(appends) == 1, "a keyed append is written alone"
     appends = sorted(appends, key=lambda pending: pending.stream_id)
-    heads = [(a.stream_id, a.expected, a.prev_hash, a.agency, a.events[-1].version,
-              a.events[-1].hash, a.events[-1].recorded_at) for a in appends]
-    args: list[Any] = [list(column) for column in zip(*heads, strict=True)]
-    args += ([claim.scope, claim.key, claim.fingerprint, [e.event_id for e in appends[0].events]]
+    args: list[Any] = [_json_array([a.head for a in appends])]
+    args += ([claim.scope, claim.key, claim.fingerprint, appends[0].event_ids]
              if claim is not None else [None, None, None, None])
-    rows = [_row(event) for a in appends for event in a.events]
-    args += [list(column) for column in zip(*rows, strict=True)]
-    groups: dict[str, list[tuple[Any, ...]]] = {}
+    args.append(_json_array([a.events for a in appends]))
+    groups: dict[str, list[bytes]] = {}
     for a in appends:
         if a.co_write is not None:
-            groups.setdefault(a.co_write.sql, []).append(a.co_write.row)
-    for co_rows in groups.values():
-        args += [list(column) for column in zip(*co_rows, strict=True)]
+            groups.setdefault(a.co_write[0], []).append(a.co_write[1])
+    args += [_json_array(rows) for rows in groups.values()]
     return _append_sql(tuple(groups)), args
 
 
-def _row(event: RecordedEvent) -> tuple[Any, ...]:
-    return (event.stream_id, event.version, event.event_id, event.type, event.schema_version,
-            _jsonb_text(event.data), _jsonb_text(event.metadata), event.agency,
-            event.recorded_at, event.prev_hash, event.hash)
-
-
-def _jsonb_text(value: dict[str, Any]) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits, which jsonb holds
-        return json.dumps(value)
+def _row(event: RecordedEvent) -> dict[str, Any]:
+    return {"stream_id": event.stream_id, "version": event.version, "event_id": event.event_id,
+            "type": event.type, "schema_version": event.schema_version, "data": event.data,
+            "metadata": event.metadata, "agency": event.agency,
+            "recorded_at": event.recorded_at, "prev_hash": event.prev_hash, "hash": event.hash}
 
 
 _EVENT_COLUMNS = ("global_position, stream_id, version, event_id, type, schema_version, data,"
@@ -300,8 +321,8 @@ class EventStore:
         prev_hash = await self._hash_at(stream_id, expected_version)
         provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
                                   metadata)
-        pending = _PendingAppend(stream_id, expected_version, prev_hash, agency, provisional,
-                                 co_write(provisional) if co_write else None, idempotency)
+        pending = _pending(stream_id, expected_version, prev_hash, agency, provisional,
+                           co_write(provisional) if co_write else None, idempotency)
         inserted = await (self._write_keyed(pending) if idempotency is not None
                           else self._group.submit(pending))
         if inserted:
