@@ -8,7 +8,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_schema
+from yarl import URL
 
 from schemas.api import Problem as ProblemBody
 from services.common.auth import AuthError, Principal, TokenVerifier
@@ -29,6 +30,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_SECONDS = web.AppKey("request_seconds", Histogram)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_PLACEHOLDER = re.compile(r"{[_a-zA-Z][_a-zA-Z0-9]*}")
 _COMPONENT_REF = "#/components/schemas/{model}"
 _Refs = dict[tuple[type[BaseModel], JsonSchemaMode], JsonSchemaValue]
 
@@ -139,6 +141,107 @@ def json_response(body: BaseModel | Any, *, status: int = 200,
                         headers=headers)
 
 
+@dataclass
+class _Segment:
+    literals: dict[str, _Segment] = field(default_factory=dict)
+    placeholder: _Segment | None = None
+    resources: list[tuple[int, web.DynamicResource]] = field(default_factory=list)
+
+
+class RouteTree(web.AbstractResource):
+    """The dynamic resources aiohttp would index under one prefix, found by segment.
+
+    aiohttp tries every resource under a prefix with its regex in turn (the case routes: ~25
+    under /v1/cases, on every request). Here a walk over the path's segments picks the few
+    whose literal segments fit, and each of those still resolves by its own regex in
+    registration order, so matches, 404s and 405s stay aiohttp's own.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._root = _Segment()
+        self._resources: list[web.DynamicResource] = []
+
+    @staticmethod
+    def prefix_of(path: str) -> str | None:
+        """aiohttp's index key for ``path`` when every placeholder is a whole ``{name}``
+        segment after it; None for the paths left to aiohttp's router."""
+        if "{" not in path:
+            return None
+        prefix = path.partition("{")[0].rpartition("/")[0] or "/"
+        rest = path[len(prefix.rstrip("/")) + 1:].split("/")
+        whole = all(_PLACEHOLDER.fullmatch(part) or not ({"{", "}"} & set(part))
+                    for part in rest)
+        return prefix if whole else None
+
+    def add_resource(self, path: str) -> web.DynamicResource:
+        if self._resources and self._resources[-1].raw_match(path):
+            return self._resources[-1]
+        resource = web.DynamicResource(path)
+        node = self._root
+        for part in self._segments(resource.canonical):
+            if _PLACEHOLDER.fullmatch(part):
+                node.placeholder = node.placeholder or _Segment()
+                node = node.placeholder
+            else:
+                node = node.literals.setdefault(part, _Segment())
+        node.resources.append((len(self._resources), resource))
+        self._resources.append(resource)
+        return resource
+
+    def _segments(self, path: str) -> list[str]:
+        return path[len(self._prefix.rstrip("/")) + 1:].split("/")
+
+    def _candidates(self, path: str) -> list[web.DynamicResource]:
+        nodes = [self._root]
+        for part in self._segments(path):
+            nodes = [child for node in nodes
+                     for child in (node.literals.get(part), node.placeholder) if child]
+            if not nodes:
+                return []
+        found = sorted(entry for node in nodes for entry in node.resources)
+        return [resource for _, resource in found]
+
+    async def resolve(self, request: web.Request) -> tuple[
+            web.UrlMappingMatchInfo | None, set[str]]:
+        allowed: set[str] = set()
+        for resource in self._candidates(request.rel_url.path_safe):
+            match_info, methods = await resource.resolve(request)
+            if match_info is not None:
+                return match_info, methods
+            allowed |= methods
+        return None, allowed
+
+    @property
+    def canonical(self) -> str:
+        return self._prefix
+
+    def url_for(self, **kwargs: str) -> URL:
+        raise RuntimeError("url_for() belongs to the resources inside a RouteTree")
+
+    def add_prefix(self, prefix: str) -> None:
+        self._prefix = prefix + self._prefix.rstrip("/")
+        for resource in self._resources:
+            resource.add_prefix(prefix)
+
+    def get_info(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"prefix": self._prefix}
+
+    def freeze(self) -> None:
+        for resource in self._resources:
+            resource.freeze()
+
+    def raw_match(self, path: str) -> bool:
+        return False  # so aiohttp's router never adds a route to the tree itself
+
+    def __len__(self) -> int:
+        return sum(len(resource) for resource in self._resources)
+
+    def __iter__(self) -> Iterator[web.ResourceRoute]:
+        return (route for resource in self._resources for route in resource)
+
+
 @dataclass(frozen=True)
 class Operation:
     method: str
@@ -176,8 +279,16 @@ class Api:
         return register
 
     def add_routes(self, app: web.Application) -> None:
+        trees: dict[str, RouteTree] = {}
         for op in self.operations:
-            app.router.add_route(op.method, op.path, op.handler)
+            prefix = RouteTree.prefix_of(op.path)
+            if prefix is None:
+                app.router.add_route(op.method, op.path, op.handler)
+                continue
+            if prefix not in trees:
+                trees[prefix] = RouteTree(prefix)
+                app.router.register_resource(trees[prefix])
+            trees[prefix].add_resource(op.path).add_route(op.method, op.handler)
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3.1 document: request bodies in pydantic's validation schema, answers in
