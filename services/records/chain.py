@@ -32,9 +32,9 @@ def _is_plain(value: Any) -> bool:
     and the json module spell alike. Floats are refused: jsonb may re-spell them (1.0 → 1)."""
     kind = type(value)
     if kind is dict:
-        return all(type(key) is str and _is_plain(item) for key, item in value.items())
+        return all(type(key) is str for key in value) and all(map(_is_plain, value.values()))
     if kind is list or kind is tuple:
-        return all(_is_plain(item) for item in value)
+        return all(map(_is_plain, value))
     if kind is float:
         raise TypeError("floats are not allowed in recorded events; use strings or integers")
     return kind is str or kind is int or kind is bool or value is None

@@ -105,9 +105,11 @@ def history_entry(event: RecordedEvent) -> api.EventView:
 
 
 def to_new_event(payload: EventPayload) -> NewEvent:
-    reason = getattr(payload, "reason", None) or getattr(payload, "override_reason", None)
-    return NewEvent(uuid4(), payload.event_type, payload.schema_version,
-                    payload.model_dump(mode="json"), {"reason": reason} if reason else {})
+    data = payload.model_dump(mode="json")
+    # read from the dumped data: a pydantic model answers a missing attribute slowly
+    reason = data.get("reason") or data.get("override_reason")
+    return NewEvent(uuid4(), payload.event_type, payload.schema_version, data,
+                    {"reason": reason} if reason else {})
 
 
 class StateCache:
