@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import json
 import re
@@ -55,11 +56,19 @@ async def request_metrics_middleware(request: web.Request,
     """Observes each request's latency in the app's ``REQUEST_SECONDS`` histogram."""
     started = time.perf_counter()
     response = await handler(request)
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    request.app[REQUEST_SECONDS].labels(request.method, route, str(response.status)).observe(
+    _latency_child(request.app[REQUEST_SECONDS], request.method,
+                   request.match_info.route.resource, response.status).observe(
         time.perf_counter() - started)
     return response
+
+
+@functools.lru_cache(maxsize=1024)
+def _latency_child(histogram: Histogram, method: str, resource: web.AbstractResource | None,
+                   status: int) -> Histogram:
+    """``labels()`` checks and converts its values on every call; the child it returns for
+    the same values is always the same one."""
+    route = resource.canonical if resource is not None else "unmatched"
+    return histogram.labels(method, route, str(status))
 
 
 @web.middleware

@@ -134,7 +134,7 @@ def write(method: str, path: str, summary: str, body: type[BaseModel], build: Bu
             headers["Idempotent-Replayed"] = "true"
         else:
             for event in outcome.events:
-                records(request).metrics.events_appended.labels(event.type).inc()
+                records(request).metrics.event_appended(event.type)
         if status == 201:
             headers["Location"] = f"/v1/cases/{outcome.case_id}"
         return json_response(outcome.as_view(), status=status, headers=headers)
