@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import html
 import json
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,6 +32,8 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_SECONDS = web.AppKey("request_seconds", Histogram)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_UUID4_CLEAR = ~(0xC000 << 48 | 0xF000 << 64)
+_UUID4_SET = 0x8000 << 48 | 0x4000 << 64
 _PLACEHOLDER = re.compile(r"{[_a-zA-Z][_a-zA-Z0-9]*}")
 _COMPONENT_REF = "#/components/schemas/{model}"
 _Refs = dict[tuple[type[BaseModel], JsonSchemaMode], JsonSchemaValue]
@@ -39,15 +42,33 @@ _Refs = dict[tuple[type[BaseModel], JsonSchemaMode], JsonSchemaValue]
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID_KEY] = request_id
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    _LOGGED_REQUEST_ID.set(request_id)
     try:
         response = await handler(request)
     finally:
-        structlog.contextvars.unbind_contextvars("request_id")
+        _LOGGED_REQUEST_ID.set(...)
     response.headers["X-Request-Id"] = request_id
     return response
+
+
+def new_request_id() -> str:
+    """``uuid.uuid4().hex`` without building a UUID object: 122 random bits, version 4 and
+    the RFC 4122 variant."""
+    return f"{int.from_bytes(os.urandom(16), 'big') & _UUID4_CLEAR | _UUID4_SET:032x}"
+
+
+def _structlog_variable(key: str) -> contextvars.ContextVar[Any]:
+    """The variable ``structlog.contextvars.bind_contextvars(key=...)`` sets and
+    ``unbind_contextvars(key)`` sets to ``...``; set directly, it skips their per-call name
+    building and lookups."""
+    token = structlog.contextvars.bind_contextvars(**{key: ...})[key]
+    token.var.reset(token)
+    return token.var
+
+
+_LOGGED_REQUEST_ID = _structlog_variable("request_id")
 
 
 @web.middleware
