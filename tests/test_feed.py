@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from services.records.http.app import RECORDS
 from services.records.store.events import EventStore, NewEvent, VersionConflict
 from services.records.store.feed import (
+    NOTIFY_CHANNEL,
     START,
     BadCheckpoint,
     Checkpoint,
@@ -255,3 +256,28 @@ async def test_feed_refuses_bad_queries(records_client: TestClient, token: Token
     body = await response.json()
     assert body["status"] == status
     assert body["title"]
+
+
+async def test_announcements_to_other_instances_are_paced_and_none_is_lost(
+        fresh_database_url: str) -> None:
+    """A burst of appends sends a few NOTIFYs, not one per append; the last append of the
+    burst is still followed by one."""
+    listener = await asyncpg.connect(fresh_database_url)
+    heard: list[float] = []
+    await listener.add_listener(NOTIFY_CHANNEL, lambda *_: heard.append(time.monotonic()))
+    waiter = FeedWaiter(fresh_database_url)
+    waiter.notify_interval_seconds = 0.05
+    await waiter.start()
+    try:
+        started = time.monotonic()
+        for _ in range(200):
+            waiter.announce()
+            await asyncio.sleep(0.001)
+        last_announced = time.monotonic()
+        await asyncio.sleep(0.3)
+    finally:
+        await waiter.stop()
+        await listener.close()
+    burst = last_announced - started
+    assert 1 <= len(heard) <= burst / 0.05 + 3, f"{len(heard)} NOTIFYs for a {burst:.2f} s burst"
+    assert heard[-1] >= last_announced, "the burst's last append was never announced"
