@@ -12,11 +12,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 from aiohttp import web
 from prometheus_client import Histogram
+from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_schema
 from yarl import URL
@@ -77,19 +78,25 @@ async def request_metrics_middleware(request: web.Request,
     """Observes each request's latency in the app's ``REQUEST_SECONDS`` histogram."""
     started = time.perf_counter()
     response = await handler(request)
-    _latency_child(request.app[REQUEST_SECONDS], request.method,
-                   request.match_info.route.resource, response.status).observe(
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    labelled(request.app[REQUEST_SECONDS], request.method, route, str(response.status)).observe(
         time.perf_counter() - started)
     return response
 
 
-@functools.lru_cache(maxsize=1024)
-def _latency_child(histogram: Histogram, method: str, resource: web.AbstractResource | None,
-                   status: int) -> Histogram:
-    """``labels()`` checks and converts its values on every call; the child it returns for
-    the same values is always the same one."""
-    route = resource.canonical if resource is not None else "unmatched"
-    return histogram.labels(method, route, str(status))
+MetricT = TypeVar("MetricT", bound=MetricWrapperBase)
+
+
+@functools.lru_cache(maxsize=4096)
+def _labelled(metric: MetricWrapperBase, values: tuple[str, ...]) -> MetricWrapperBase:
+    return metric.labels(*values)
+
+
+def labelled(metric: MetricT, *values: str) -> MetricT:
+    """``metric.labels(*values)``, looked up once: ``labels()`` checks and converts its values
+    on every call, and the child it returns for the same values is always the same one."""
+    return cast(MetricT, _labelled(metric, values))
 
 
 @web.middleware

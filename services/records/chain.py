@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 GENESIS_HASH = "0" * 64
+_FLOATS_REFUSED = "floats are not allowed in recorded events; use strings or integers"
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -36,13 +37,13 @@ def _is_plain(value: Any) -> bool:
     if kind is list or kind is tuple:
         return all(map(_is_plain, value))
     if kind is float:
-        raise TypeError("floats are not allowed in recorded events; use strings or integers")
+        raise TypeError(_FLOATS_REFUSED)
     return kind is str or kind is int or kind is bool or value is None
 
 
 def _refuse_floats(value: Any) -> None:
     if isinstance(value, float):
-        raise TypeError("floats are not allowed in recorded events; use strings or integers")
+        raise TypeError(_FLOATS_REFUSED)
     if isinstance(value, Mapping):
         for item in value.values():
             _refuse_floats(item)

@@ -10,11 +10,9 @@ the model does not know is refused; tests compare the JSON of both over random p
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
-
-import orjson
 
 from schemas.api import PlanView
+from services.common.jsonenc import encode_json
 from services.records.domain.state import PlanState, ReviewState, StepState
 
 Document = dict[str, Any]
@@ -127,17 +125,9 @@ def plan_document(state: PlanState) -> Document:
     }
 
 
-def _uuid_subclass(value: object) -> str:
-    # ids read from the database are asyncpg's subclass of UUID, which orjson does not encode
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not part of a plan document")
-
-
 def plan_json(state: PlanState) -> str:
     """The plan document as JSON text, as pydantic would write it (UTC times end in ``Z``)."""
-    return orjson.dumps(plan_document(state), default=_uuid_subclass,
-                        option=orjson.OPT_UTC_Z).decode()
+    return encode_json(plan_document(state)).decode()
 
 
 def plan_view(state: PlanState) -> PlanView:

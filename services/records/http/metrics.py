@@ -21,15 +21,6 @@ class RecordsMetrics:
         self.append_batch_size = Histogram(
             "casetrail_append_batch_size", "appends written together in one statement",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
-        self._appended_by_type: dict[str, Counter] = {}
-
-    def event_appended(self, event_type: str) -> None:
-        """``events_appended.labels(event_type).inc()``, without labels()' checks on every
-        event: its child for a type is always the same one."""
-        child = self._appended_by_type.get(event_type)
-        if child is None:
-            child = self._appended_by_type[event_type] = self.events_appended.labels(event_type)
-        child.inc()
 
 
 METRICS = web.AppKey("metrics", RecordsMetrics)

@@ -26,7 +26,14 @@ from schemas.queries import (
     PlanQuery,
     RemovalQuery,
 )
-from services.common.http import json_response, parse_body, parse_json_bytes, parse_query, principal
+from services.common.http import (
+    json_response,
+    labelled,
+    parse_body,
+    parse_json_bytes,
+    parse_query,
+    principal,
+)
 from services.common.problems import REQUEST_ID_KEY, Problem
 from services.records.application.cases import WriteRequest
 from services.records.domain import commands as cmd
@@ -134,7 +141,7 @@ def write(method: str, path: str, summary: str, body: type[BaseModel], build: Bu
             headers["Idempotent-Replayed"] = "true"
         else:
             for event in outcome.events:
-                records(request).metrics.event_appended(event.type)
+                labelled(records(request).metrics.events_appended, event.type).inc()
         if status == 201:
             headers["Location"] = f"/v1/cases/{outcome.case_id}"
         return json_response(outcome.as_view(), status=status, headers=headers)

@@ -15,15 +15,21 @@ from uuid import UUID
 import asyncpg
 
 from schemas.events import parse_event
-from services.records.domain import PlanState, evolve, plan_document, plan_json
+from services.common.jsonenc import encode_json
+from services.records.domain import PlanState, evolve, plan_document
 from services.records.store.events import CoWrite, RecordedEvent, every_stream
 
 _COLUMNS = ("case_id, agency, version, status, case_manager, risk_level, participant_name,"
             " next_review_due, open_step_due_dates, active_goals, opened_at, updated_at, view")
 
-_UPSERT = f"""
+# Plan rows arrive as one JSON array (an object per case) in $1.
+_INSERT_ROWS = f"""
 INSERT INTO records.plans ({_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+SELECT * FROM jsonb_to_recordset($1::jsonb) AS p(case_id uuid, agency text, version int,
+    status text, case_manager text, risk_level text, participant_name text,
+    next_review_due date, open_step_due_dates date[], active_goals int,
+    opened_at timestamptz, updated_at timestamptz, view jsonb)"""
+_ON_CONFLICT = """
 ON CONFLICT (case_id) DO UPDATE SET
     agency = EXCLUDED.agency, version = EXCLUDED.version, status = EXCLUDED.status,
     case_manager = EXCLUDED.case_manager, risk_level = EXCLUDED.risk_level,
@@ -32,12 +38,15 @@ ON CONFLICT (case_id) DO UPDATE SET
     opened_at = EXCLUDED.opened_at, updated_at = EXCLUDED.updated_at, view = EXCLUDED.view
 WHERE records.plans.version < EXCLUDED.version
 """
+_UPSERT = _INSERT_ROWS + _ON_CONFLICT
+# The same upsert as the co-write of a batch of appends: only the cases whose append succeeded.
+_UPSERT_WHEN_APPENDED = _INSERT_ROWS + "\nWHERE p.case_id IN {appended}" + _ON_CONFLICT
 
 _OPEN_STEP = {"not_started", "in_progress"}
 
 
-def plan_columns(state: PlanState) -> dict[str, Any]:
-    """Every column of the plan's row but its view, by name, in table order."""
+def plan_row(state: PlanState) -> dict[str, Any]:
+    """The plan's row by column name, its view the plan document."""
     pending = state.pending_review
     return {
         "case_id": state.case_id, "agency": state.agency, "version": state.version,
@@ -48,29 +57,13 @@ def plan_columns(state: PlanState) -> dict[str, Any]:
             step.due_date for step in state.steps.values()
             if step.status in _OPEN_STEP and step.due_date is not None),
         "active_goals": state.active_goal_count, "opened_at": state.opened_at,
-        "updated_at": state.updated_at,
+        "updated_at": state.updated_at, "view": plan_document(state),
     }
-
-
-def plan_row(state: PlanState) -> tuple[Any, ...]:
-    """The plan's row as ``_UPSERT``'s parameters (the view as JSON text)."""
-    return (*plan_columns(state).values(), plan_json(state))
-
-
-# The same upsert for a batch of appends: every case's row an object in one JSON array, written
-# only for the cases whose append succeeded.
-_UPSERT_WHEN_APPENDED = _UPSERT.replace(
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    "SELECT * FROM jsonb_to_recordset($1::jsonb) AS p(case_id uuid, agency text, version int,"
-    " status text, case_manager text, risk_level text, participant_name text,"
-    " next_review_due date, open_step_due_dates date[], active_goals int,"
-    " opened_at timestamptz, updated_at timestamptz, view jsonb)"
-    " WHERE p.case_id IN {appended}")
 
 
 def plan_upsert(state: PlanState) -> CoWrite:
     """The projection row that commits with the events that produced ``state``."""
-    return CoWrite(_UPSERT_WHEN_APPENDED, {**plan_columns(state), "view": plan_document(state)})
+    return CoWrite(_UPSERT_WHEN_APPENDED, plan_row(state))
 
 
 @dataclass(frozen=True)
@@ -150,7 +143,7 @@ async def rebuild_plans(pool: asyncpg.Pool, batch_size: int = 500) -> RebuildSta
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("LOCK TABLE records.plans IN ACCESS EXCLUSIVE MODE")
         await conn.execute("DELETE FROM records.plans")
-        batch: list[tuple[Any, ...]] = []
+        batch: list[dict[str, Any]] = []
         async for stream in every_stream(conn):
             state = fold_recorded(stream)
             events += len(stream)
@@ -159,8 +152,8 @@ async def rebuild_plans(pool: asyncpg.Pool, batch_size: int = 500) -> RebuildSta
             batch.append(plan_row(state))
             cases += 1
             if len(batch) >= batch_size:
-                await conn.executemany(_UPSERT, batch)
+                await conn.execute(_UPSERT, encode_json(batch).decode())
                 batch = []
         if batch:
-            await conn.executemany(_UPSERT, batch)
+            await conn.execute(_UPSERT, encode_json(batch).decode())
     return RebuildStats(events, cases)

@@ -17,8 +17,8 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
+from services.common.jsonenc import encode_json
 from services.records.chain import GENESIS_HASH, ChainLink, ChainReport, verify_links
 from services.records.store.group_commit import GroupCommit
 
@@ -188,19 +188,6 @@ inserted AS (
 _APPEND_PARAMETERS = 6
 
 
-def _uuid_text(value: object) -> str:
-    # ids read from the database are asyncpg's subclass of UUID, which orjson does not encode
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} cannot be stored as JSON")
-
-
-def _json(value: Any) -> bytes:
-    """Rows as JSON for the append statement; raises TypeError for what jsonb rows cannot
-    carry exactly (an integer beyond 64 bits, a float's re-spelling is refused earlier)."""
-    return orjson.dumps(value, default=_uuid_text, option=orjson.OPT_UTC_Z)
-
-
 @dataclass(frozen=True)
 class _PendingAppend:
     """One stream's chained events, encoded as they go into an append statement."""
@@ -217,12 +204,12 @@ def _pending(stream_id: UUID, expected: int, prev_hash: str, agency: str,
              events: list[RecordedEvent], co_write: CoWrite | None,
              claim: IdempotencyClaim | None) -> _PendingAppend:
     last = events[-1]
-    head = _json({"stream_id": stream_id, "expected": expected, "prev_hash": prev_hash,
+    head = encode_json({"stream_id": stream_id, "expected": expected, "prev_hash": prev_hash,
                   "agency": agency, "version": last.version, "last_hash": last.hash,
                   "updated_at": last.recorded_at})
-    rows = b",".join(_json(_row(event)) for event in events)
+    rows = b",".join(encode_json(_row(event)) for event in events)
     return _PendingAppend(stream_id, head, rows, [e.event_id for e in events],
-                          (co_write.sql, _json(co_write.row)) if co_write else None, claim)
+                          (co_write.sql, encode_json(co_write.row)) if co_write else None, claim)
 
 
 def _renumbered(sql: str, shift: int) -> str:
