@@ -1,5 +1,7 @@
 """HTTP append throughput and latency against the running records service, beside the raw
-asyncpg single-row insert rate on the same database in the same run.
+asyncpg single-row insert rate on the same database in the same run, and beside the floor: a
+minimal aiohttp + asyncpg service answering the same request with one INSERT
+(`bench/floor_app.py`), driven the same way.
 
     .venv/bin/python -m bench.append [--seconds 20] [--clients 16] [--processes 1]
 
@@ -168,10 +170,14 @@ async def appends_per_statement(url: str) -> float:
     return float(values.get("casetrail_append_batch_size_sum", 0)) / count if count else 0.0
 
 
-async def start_services(port: int, env: dict[str, str],
+RECORDS = ("services.cli", "records")
+FLOOR = ("bench.floor_app",)
+
+
+async def start_services(module: tuple[str, ...], port: int, env: dict[str, str],
                          processes: int) -> list[asyncio.subprocess.Process]:
-    """``processes`` records processes sharing ``port`` (SO_REUSEPORT when more than one)."""
-    command = [sys.executable, "-m", "services.cli", "records", "--port", str(port)]
+    """``processes`` processes of ``module`` sharing ``port`` (SO_REUSEPORT when more than one)."""
+    command = [sys.executable, "-m", *module, "--port", str(port)]
     if processes > 1:
         command.append("--reuse-port")
     first = await asyncio.create_subprocess_exec(*command, env=env)
@@ -183,45 +189,60 @@ async def start_services(port: int, env: dict[str, str],
     return [first, *others]
 
 
+async def measure(module: tuple[str, ...], env: dict[str, str], token: str, clients: int,
+                  seconds: float, processes: int) -> tuple[HttpAppends, float]:
+    """Appends through ``processes`` processes of ``module``; and their mean appends per
+    statement (0 where the process does not report it)."""
+    port = free_port()
+    services = await start_services(module, port, env, processes)
+    try:
+        appends = await http_append(port, token, clients, seconds,
+                                    [service.pid for service in services])
+        per_statement = (await appends_per_statement(f"http://127.0.0.1:{port}")
+                         if module == RECORDS else 0.0)
+    finally:
+        for service in services:
+            service.terminate()
+            await service.wait()
+    return appends, per_statement
+
+
 async def main(seconds: float, clients: int, processes: int) -> None:
     with postgres_server() as server:
         async with scratch_database(server) as database_url:
             secret = secrets.token_urlsafe(32)
-            port = free_port()
             env = {**os.environ, "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": secret,
                    "CASETRAIL_LOG_LEVEL": "warning", "CASETRAIL_DB_POOL_MAX": str(clients)}
-            services = await start_services(port, env, processes)
-            try:
-                token = issue_token(secret, sub="cm-bench", role="case_manager",
-                                    agency="bench")
-                appends = await http_append(port, token, clients, seconds,
-                                            [service.pid for service in services])
-                per_statement = await appends_per_statement(f"http://127.0.0.1:{port}")
-            finally:
-                for service in services:
-                    service.terminate()
-                    await service.wait()
+            token = issue_token(secret, sub="cm-bench", role="case_manager", agency="bench")
+            appends, per_statement = await measure(RECORDS, env, token, clients, seconds,
+                                                   processes)
+            floor, _ = await measure(FLOOR, env, token, clients, seconds, processes)
             raw, raw_cpu = await raw_insert_rate(database_url, clients, seconds)
     print(f"clients: {clients}, service processes: {processes},"
           f" seconds per measurement: {seconds}")
-    latencies = appends.latencies
-    print(f"{'measurement':<38}{'rate/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    print(f"{'raw asyncpg insert (1 row/tx)':<38}{raw:>10.0f}{'':>10}{'':>10}")
-    print(f"{'HTTP append (POST …/notes)':<38}{appends.rate:>10.0f}"
-          f"{percentile(latencies, 0.5) * 1000:>10.1f}{percentile(latencies, 0.99) * 1000:>10.1f}")
-    print(f"ratio HTTP/raw: {appends.rate / raw:.1%}   non-201 answers: {appends.errors}"
+    print(f"{'measurement':<44}{'rate/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'raw asyncpg insert (1 row/tx)':<44}{raw:>10.0f}{'':>10}{'':>10}")
+    for label, measured in (("HTTP append (POST …/notes)", appends),
+                            ("floor: aiohttp + 1 INSERT (bench/floor_app)", floor)):
+        print(f"{label:<44}{measured.rate:>10.0f}"
+              f"{percentile(measured.latencies, 0.5) * 1000:>10.1f}"
+              f"{percentile(measured.latencies, 0.99) * 1000:>10.1f}")
+    print(f"ratio HTTP/raw: {appends.rate / raw:.1%}   floor/raw: {floor.rate / raw:.1%}"
+          f"   HTTP/floor: {appends.rate / floor.rate:.1%}"
+          f"\nnon-201 answers: {appends.errors} (floor: {floor.errors})"
           f"\nappends per statement (mean of one process, incl. warm-up): {per_statement:.1f}")
-    print_cpu(appends.cpu_ms, raw_cpu)
+    print_cpu(appends.cpu_ms, floor.cpu_ms, raw_cpu)
 
 
-def print_cpu(http: CpuSample | None, raw: CpuSample | None) -> None:
+def print_cpu(http: CpuSample | None, floor: CpuSample | None, raw: CpuSample | None) -> None:
     """Where one operation's CPU goes, over all cores (the rest: PostgreSQL and the kernel)."""
-    if http is None or raw is None:
+    if http is None or floor is None or raw is None:
         return
     print(f"\nCPU ms per operation{'machine':>18}{'service':>10}{'loadgen':>10}{'rest':>10}")
-    rest = http.machine - http.process - http.own
-    print(f"{'HTTP append':<20}{http.machine:>18.3f}{http.process:>10.3f}{http.own:>10.3f}"
-          f"{rest:>10.3f}")
+    for label, sample in (("HTTP append", http), ("floor", floor)):
+        rest = sample.machine - sample.process - sample.own
+        print(f"{label:<20}{sample.machine:>18.3f}{sample.process:>10.3f}{sample.own:>10.3f}"
+              f"{rest:>10.3f}")
     print(f"{'raw insert':<20}{raw.machine:>18.3f}{'':>10}{raw.own:>10.3f}"
           f"{raw.machine - raw.own:>10.3f}")
 
