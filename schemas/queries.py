@@ -65,3 +65,8 @@ class AccessLogQuery(_Query):
     after: int = Field(default=0, ge=0, le=2**63 - 1, description="next_after of the previous"
                        " page")
     limit: int = Field(default=100, ge=1, le=500)
+
+
+class ExportQuery(_Query):
+    format: Literal["jsonl", "csv"] = Field(
+        default="jsonl", description="JSON Lines, or CSV for spreadsheets; both signed")

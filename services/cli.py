@@ -1,4 +1,5 @@
-"""The ``casetrail`` command line: run the services, migrate, issue development tokens."""
+"""The ``casetrail`` command line: run the services, migrate, issue development tokens, verify
+exports."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
 from services.common.auth import Role, dev_secret, issue_token
 from services.common.http import new_event_loop
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
+
+
+def dev_export_key(dev_dir: Path) -> Path:
+    """The development export-signing key, made on first use (public key beside it, .pub)."""
+    from services.records.export.signing import write_key_pair
+
+    path = dev_dir / "export-signing-key.pem"
+    if not path.exists():
+        write_key_pair(path)
+    return path
 
 
 def _fail(message: str) -> int:
@@ -96,6 +108,26 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from services.records.export.signing import load_public_key
+    from services.records.export.verify import MalformedExport, summary, verify_export
+
+    try:
+        trusted = load_public_key(Path(args.public_key)) if args.public_key else None
+    except ConfigurationError as error:
+        return _fail(str(error))
+    try:
+        with open(args.export, "rb") as export:
+            report = verify_export(export, trusted)
+    except OSError as error:
+        return _fail(f"{args.export}: {error.strerror}")
+    except MalformedExport as error:
+        print(f"{args.export}: {error}\nNOT VERIFIED")
+        return 1
+    print("\n".join(summary(report)))
+    return 0 if report.ok else 1
+
+
 def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
@@ -118,6 +150,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging(settings.log_level, json_output=False)
     secret = settings.jwt_secret or dev_secret(settings.dev_data_dir)
+    export_key = settings.export_signing_key_file or dev_export_key(settings.dev_data_dir)
     with ExitStack() as stack:
         database_url = settings.database_url
         if not database_url:
@@ -126,7 +159,8 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
             database_url = stack.enter_context(
                 embedded_postgres(settings.dev_data_dir / "pgdata"))
         dev_settings = settings.model_copy(update={"database_url": database_url,
-                                                   "jwt_secret": secret})
+                                                   "jwt_secret": secret,
+                                                   "export_signing_key_file": export_key})
         with suppress(KeyboardInterrupt):
             asyncio.run(_run_dev(dev_settings, args.host, args.port, args.notifier_port,
                                  args.smtp_port))
@@ -175,6 +209,8 @@ Development token (case manager cm-demo, agency demo-agency):
   export TOKEN={token}
 Supervisor token (sup-demo):
   export SUPERVISOR_TOKEN={supervisor}
+Exports are signed with {settings.export_signing_key_file}; check one with
+  casetrail verify EXPORT --public-key {settings.export_signing_key_file}.pub
 Try:  curl -s -H "Authorization: Bearer $TOKEN" http://{host}:{port}/readyz
 Stop with Ctrl-C.
 """, flush=True)
@@ -247,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     notifier.add_argument("--port", type=int)
     notifier.set_defaults(run=cmd_notifier)
 
+    verify = sub.add_parser("verify", help="check a signed export offline: its digest, its"
+                            " signature and the hash chain of its events (exit 0: verified)")
+    verify.add_argument("export", metavar="EXPORT", help="the export file (JSON Lines or CSV)")
+    verify.add_argument("--public-key", metavar="FILE",
+                        help="the agency's Ed25519 public key (PEM) the signature must match")
+    verify.set_defaults(run=cmd_verify)
+
     mail = sub.add_parser("mail", help="list the mail the development catcher caught")
     mail.add_argument("--dir", help="the catcher's folder (default: <CASETRAIL_DEV_DIR>/mail)")
     mail.set_defaults(run=cmd_mail)
@@ -264,8 +307,6 @@ def cmd_notifier(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_mail(args: argparse.Namespace, settings: Settings) -> int:
-    from pathlib import Path
-
     from services.notifier.cli import print_caught_mail
 
     return print_caught_mail(Path(args.dir) if args.dir else settings.dev_data_dir / "mail")

@@ -7,6 +7,7 @@ version 1 and the window's own events are versions 2 and 3.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -133,6 +134,22 @@ async def test_verify_checks_the_chain_through_the_window_only(scene: Scene) -> 
     assert report["valid"] is True
     assert report["events_checked"] == 3
     assert report["head_hash"] == history[2]["hash"]
+
+
+async def test_an_export_holds_the_window_and_verifies_from_its_first_event(
+        scene: Scene) -> None:
+    from services.records.export.verify import verify_export
+
+    response = await scene.client.get(f"/v1/cases/{scene.case_id}/export",
+                                      headers=bearer(scene.inside()))
+    assert response.status == 200
+    raw = (await response.read()).splitlines(keepends=True)
+    header = json.loads(raw[0])
+    assert (header["first_version"], header["last_version"]) == (2, 3)
+    assert [json.loads(line)["version"] for line in raw[1:-1]] == [2, 3]
+    report = verify_export(raw)
+    assert report.ok
+    assert report.events == 2
 
 
 async def test_open_ended_windows(scene: Scene) -> None:

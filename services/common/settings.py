@@ -38,3 +38,6 @@ class Settings(ServiceSettings):
     language_guide_dir: Path | None = Field(default=None, alias="CASETRAIL_LANGUAGE_GUIDE_DIR")
     policy_dir: Path | None = Field(default=None, alias="CASETRAIL_POLICY_DIR")
     dev_data_dir: Path = Field(default=Path(".casetrail"), alias="CASETRAIL_DEV_DIR")
+    # Ed25519 private key (PEM) that signs exports; unset, each process makes its own
+    export_signing_key_file: Path | None = Field(default=None,
+                                                 alias="CASETRAIL_EXPORT_SIGNING_KEY_FILE")

@@ -128,22 +128,54 @@ class ChainReport:
         }
 
 
-def verify_links(links: Iterable[ChainLink]) -> ChainReport:
-    """Recompute the chain in version order and name the first link that does not hold."""
-    expected_prev = GENESIS_HASH
-    expected_version = 1
-    checked = 0
-    for link in links:
+class ChainCheck:
+    """Checks links one at a time, in version order, and keeps the first that does not hold.
+
+    A chain is checked from its first event (version 1, after the genesis hash) unless
+    ``first_version`` says it starts later: then the first link's own ``prev_hash`` anchors it
+    (an export of an audit window holds only the window's events).
+    """
+
+    def __init__(self, first_version: int = 1) -> None:
+        self._expected_version = first_version
+        self._expected_prev: str | None = GENESIS_HASH if first_version == 1 else None
+        self._checked = 0
+        self._broken: ChainReport | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self._broken is not None
+
+    def add(self, link: ChainLink) -> None:
+        if self._broken is not None:
+            return
+        expected_prev = link.prev_hash if self._expected_prev is None else self._expected_prev
         problem = None
-        if link.version != expected_version:
-            problem = f"version {link.version} found where {expected_version} was expected"
+        if link.version != self._expected_version:
+            problem = f"version {link.version} found where {self._expected_version} was expected"
         elif link.prev_hash != expected_prev:
             problem = "prev_hash does not match the previous event's hash"
         elif link.compute_hash() != link.hash:
             problem = "hash does not match the event's content"
         if problem is not None:
-            return ChainReport(False, checked, expected_prev, link.version, link.event_id, problem)
-        checked += 1
-        expected_prev = link.hash
-        expected_version += 1
-    return ChainReport(True, checked, expected_prev)
+            self._broken = ChainReport(False, self._checked, expected_prev, link.version,
+                                       link.event_id, problem)
+            return
+        self._checked += 1
+        self._expected_prev = link.hash
+        self._expected_version += 1
+
+    def report(self) -> ChainReport:
+        if self._broken is not None:
+            return self._broken
+        return ChainReport(True, self._checked, self._expected_prev or GENESIS_HASH)
+
+
+def verify_links(links: Iterable[ChainLink]) -> ChainReport:
+    """Recompute the chain in version order and name the first link that does not hold."""
+    check = ChainCheck()
+    for link in links:
+        check.add(link)
+        if check.broken:
+            break
+    return check.report()

@@ -17,6 +17,7 @@ from services.common.auth import Principal, Role
 class Action(StrEnum):
     READ_PLAN = "read_plan"
     AUDIT = "audit"  # history, diff, verify, time travel
+    EXPORT = "export"  # a signed export of the history: allowed as AUDIT is
     WRITE = "write"
     TRANSFER = "transfer"
     OPEN = "open"
@@ -57,6 +58,7 @@ def authorize(who: Principal, action: Action, case: CaseFacts) -> None:
     allowed = {
         Action.READ_PLAN: owner or who.role in {Role.SUPERVISOR, Role.AUDITOR, Role.PARTICIPANT},
         Action.AUDIT: owner or who.role in {Role.SUPERVISOR, Role.AUDITOR},
+        Action.EXPORT: owner or who.role in {Role.SUPERVISOR, Role.AUDITOR},
         Action.WRITE: owner,
         Action.TRANSFER: owner or who.role is Role.SUPERVISOR,
     }.get(action, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -27,6 +28,8 @@ from services.records.application.access import (
 from services.records.application.cases import history_entry
 from services.records.chain import ChainReport
 from services.records.domain import plan_json
+from services.records.export.formats import ExportFormat, ExportHeader, ExportWriter
+from services.records.export.signing import ExportSigner
 from services.records.projections.plans import (
     CaseloadFilter,
     StoredPlan,
@@ -38,6 +41,8 @@ from services.records.store.access_log import AccessLogEntry, list_entries, reco
 from services.records.store.events import Clock, EventStore
 from services.records.store.windows import versions_around_window
 
+EXPORT_PAGE = 500  # events read per query while an export streams
+
 
 @dataclass(frozen=True)
 class PlanAnswer:
@@ -45,11 +50,20 @@ class PlanAnswer:
     view: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class CaseExport:
+    filename: str
+    media_type: str
+    chunks: AsyncIterator[bytes]
+
+
 class CaseQueries:
-    def __init__(self, pool: asyncpg.Pool, store: EventStore, clock: Clock) -> None:
+    def __init__(self, pool: asyncpg.Pool, store: EventStore, clock: Clock,
+                 signer: ExportSigner) -> None:
         self._pool = pool
         self._store = store
         self._clock = clock
+        self._signer = signer
 
     async def _allow(self, who: Principal, case_id: UUID, action: Action,
                      request_id: str | None) -> StoredPlan:
@@ -134,6 +148,33 @@ class CaseQueries:
         # everything they see depends on it, and nothing after the window is revealed
         return await self._store.verify(case_id,
                                         up_to_version=window.last if window else None)
+
+    async def export(self, who: Principal, case_id: UUID, export_format: ExportFormat,
+                     request_id: str | None = None) -> CaseExport:
+        """The case's history as a signed export: every event through the current version (a
+        windowed auditor: the events recorded inside the window), read page by page as the
+        answer streams, so memory stays flat however long the history."""
+        stored = await self._allow(who, case_id, Action.EXPORT, request_id)
+        window = await self._window(who, case_id)
+        first, last = (window.first + 1, window.last) if window else (1, stored.version)
+        header = ExportHeader(str(case_id), stored.agency, first, last, self._clock(),
+                              {"sub": who.sub, "role": who.role.value})
+        chunks = self._export_chunks(ExportWriter(export_format, header), case_id, first, last)
+        return CaseExport(f"case-{case_id}-v{first}-{last}.{export_format.value}",
+                          export_format.media_type, chunks)
+
+    async def _export_chunks(self, writer: ExportWriter, case_id: UUID, first: int,
+                             last: int) -> AsyncIterator[bytes]:
+        yield writer.header()
+        after = first - 1
+        while after < last:
+            events = await self._store.read_stream(case_id, after_version=after,
+                                                   up_to_version=last, limit=EXPORT_PAGE)
+            if not events:
+                break
+            yield b"".join(writer.event(event.link()) for event in events)
+            after = events[-1].version
+        yield writer.trailer(self._signer)
 
     async def access_log(self, who: Principal, *, case_id: UUID | None, after: int,
                          limit: int) -> dict[str, Any]:

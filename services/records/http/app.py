@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -35,6 +36,7 @@ from services.records.application.cases import CaseCommands
 from services.records.application.language import LanguageGuides
 from services.records.application.policy import AgencyPolicies
 from services.records.application.queries import CaseQueries
+from services.records.export.signing import load_signer
 from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics
 from services.records.projections.plans import RebuildStats, rebuild_plans
@@ -86,6 +88,9 @@ async def rebuild_projections(database_url: str) -> RebuildStats:
         await pool.close()
 
 
+log = structlog.get_logger("casetrail.records")
+
+
 def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application:
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
@@ -94,6 +99,11 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
     # naming the file) instead of failing requests later.
     guides = LanguageGuides(settings.language_guide_dir)
     policies = AgencyPolicies(settings.policy_dir)
+    signer = load_signer(settings.export_signing_key_file)
+    if signer.ephemeral:
+        log.warning("export_key_ephemeral", key_id=signer.key_id,
+                    hint="set CASETRAIL_EXPORT_SIGNING_KEY_FILE so exports carry a key "
+                         "courts can pin")
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[request_id_middleware, request_metrics_middleware, problem_middleware,
@@ -113,7 +123,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
         app[RECORDS] = Records(
             settings, pool, store, waiter, app[METRICS],
             CaseCommands(store, guides, clock, app[METRICS].append_conflicts.inc, policies),
-            CaseQueries(pool, store, clock))
+            CaseQueries(pool, store, clock, signer))
         yield
         await waiter.stop()
         await pool.close()

@@ -22,6 +22,7 @@ from schemas.queries import (
     AccessLogQuery,
     CaseloadQuery,
     DiffQuery,
+    ExportQuery,
     HistoryQuery,
     PlanQuery,
     RemovalQuery,
@@ -37,6 +38,7 @@ from services.common.http import (
 from services.common.problems import REQUEST_ID_KEY, Problem
 from services.records.application.cases import WriteRequest
 from services.records.domain import commands as cmd
+from services.records.export.formats import ExportFormat
 from services.records.http.app import api as registry
 from services.records.http.app import records
 from services.records.store.events import IdempotencyClaim
@@ -259,6 +261,25 @@ async def verify_case(request: web.Request) -> web.Response:
                                                    request_id=request.get(REQUEST_ID_KEY))
     view = api.VerifyView.model_validate({"case_id": case_id, **report.as_dict()})
     return json_response(view)
+
+
+@registry.route("GET", f"{CASE}/export",
+                "the case's history as a signed export (streamed; check with casetrail verify)",
+                query=ExportQuery, media_type="application/x-ndjson")
+async def export_case(request: web.Request) -> web.StreamResponse:
+    case_id = path_id(request, "case_id")
+    query = parse_query(request, ExportQuery)
+    export = await records(request).queries.export(
+        principal(request), case_id, ExportFormat(query.format),
+        request_id=request.get(REQUEST_ID_KEY))
+    response = web.StreamResponse(headers={
+        "Content-Type": export.media_type,
+        "Content-Disposition": f'attachment; filename="{export.filename}"'})
+    await response.prepare(request)
+    async for chunk in export.chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 @registry.route("GET", "/v1/access-log", "who read which case (supervisors, own agency)",

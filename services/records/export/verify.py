@@ -1,0 +1,273 @@
+"""Offline verification of an export: its digest, its signature, and the hash chain it carries.
+
+Reads the export once, line by line (constant memory), and trusts nothing in it: the digest is
+recomputed from the bytes, every event's hash from its fields, and the signature is checked
+against the public key the verifier trusts (or, without one, the key the export names, which
+proves integrity but not origin).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from services.records.chain import ChainCheck, ChainLink, ChainReport
+from services.records.export.formats import (
+    CHAIN_FIELDS,
+    CSV_HEADER_CELL,
+    CSV_TRAILER_CELL,
+    EXPORT_KIND,
+    FORMAT_VERSION,
+    ExportFormat,
+)
+from services.records.export.signing import key_id, signature_holds
+
+
+class MalformedExport(ValueError):
+    """The file is not an export this version can read; the message says where."""
+
+
+@dataclass
+class ExportReport:
+    export_format: ExportFormat
+    header: dict[str, Any]
+    events: int
+    chain: ChainReport
+    digest_matches: bool
+    signature_valid: bool
+    key_id: str
+    key_trusted: bool | None  # None: no trusted key was given to compare with
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (not self.problems and self.chain.valid and self.digest_matches
+                and self.signature_valid and self.key_trusted is not False)
+
+
+def verify_export(lines: Iterable[bytes], trusted_key: bytes | None = None) -> ExportReport:
+    """Check an export given as its lines (each with its line break, as a binary file yields
+    them). Raises MalformedExport when the file cannot be read as an export at all."""
+    reader = _Lines(iter(lines))
+    first = reader.next_content()
+    if first is None:
+        raise MalformedExport("the file is empty" if reader.last is None else
+                              "the file has one line; an export has a header and a signature")
+    export_format, header = _header(first, reader)
+    first_version = _int_field(header, "first_version", "the header")
+    check = ChainCheck(first_version)
+    events, problems = 0, []
+    while (line := reader.next_content()) is not None:
+        link = _event(export_format, line, reader.number, reader.columns)
+        events += 1
+        if link.stream_id != header.get("case_id"):
+            problems.append(f"line {reader.number}: an event of another case ({link.stream_id})")
+        check.add(link)
+    trailer = _trailer(export_format, reader.last, reader.number)
+    chain = check.report()
+    problems += _compare_counts(header, trailer, events, chain, first_version)
+    signature = trailer["signature"]
+    public_key = _b64(signature, "public_key")
+    digest = reader.digest.digest()
+    return ExportReport(
+        export_format, header, events, chain,
+        digest_matches=signature.get("digest") == f"sha256:{digest.hex()}",
+        signature_valid=signature_holds(public_key, _b64(signature, "value"), digest),
+        key_id=key_id(public_key),
+        key_trusted=None if trusted_key is None else trusted_key == public_key,
+        problems=problems)
+
+
+class _Lines:
+    """The export's lines, one behind: the digest covers every line but the last (the
+    trailer), which is only known to be last when the file ends."""
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self._lines = lines
+        self._pending = next(lines, None)
+        self.digest = hashlib.sha256()
+        self.number = 0
+        self.last: bytes | None = None
+        self.columns: list[str] = []
+
+    def next_content(self) -> bytes | None:
+        """The next line that is not the last one (None at the trailer)."""
+        following = next(self._lines, None)
+        if following is None:
+            self.last = self._pending
+            self.number += 1
+            return None
+        line, self._pending = self._pending, following
+        assert line is not None
+        self.digest.update(line)
+        self.number += 1
+        return line
+
+
+def _header(line: bytes, reader: _Lines) -> tuple[ExportFormat, dict[str, Any]]:
+    if line.startswith(b"{"):
+        return ExportFormat.JSONL, _checked_header(_json(line, 1))
+    cells = _csv_cells(line, 1)
+    if len(cells) != 2 or cells[0] != CSV_HEADER_CELL:
+        raise MalformedExport("line 1: neither a JSON Lines nor a CSV export header")
+    header = _checked_header(_json(cells[1].encode(), 1))
+    columns = reader.next_content()
+    if columns is None:
+        raise MalformedExport("line 2: the column names are missing")
+    reader.columns = _csv_cells(columns, 2)
+    missing = [name for name in CHAIN_FIELDS if name not in reader.columns]
+    if missing:
+        raise MalformedExport(f"line 2: columns missing: {', '.join(missing)}")
+    return ExportFormat.CSV, header
+
+
+def _checked_header(header: Any) -> dict[str, Any]:
+    if not isinstance(header, dict) or header.get("export") != EXPORT_KIND:
+        raise MalformedExport(f"line 1: not a {EXPORT_KIND} header")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise MalformedExport(f"line 1: format_version {header.get('format_version')!r} is not "
+                              f"one this verifier reads ({FORMAT_VERSION})")
+    return header
+
+
+def _event(export_format: ExportFormat, line: bytes, number: int,
+           columns: list[str]) -> ChainLink:
+    if export_format is ExportFormat.JSONL:
+        fields = _json(line, number)
+        if not isinstance(fields, dict):
+            raise MalformedExport(f"line {number}: not an event object")
+    else:
+        cells = _csv_cells(line, number)
+        if len(cells) != len(columns):
+            raise MalformedExport(f"line {number}: {len(cells)} cells for {len(columns)} columns")
+        fields = dict(zip(columns, cells, strict=True))
+        for name in ("version", "schema_version"):
+            fields[name] = int(fields[name]) if fields[name].isdigit() else fields[name]
+        fields["data"] = _json(fields["data"].encode(), number)
+        fields["metadata"] = _json(fields["metadata"].encode(), number)
+    return _link(fields, number)
+
+
+def _link(fields: dict[str, Any], number: int) -> ChainLink:
+    where = f"line {number}"
+    try:
+        return ChainLink(
+            str(fields["stream_id"]), _int_field(fields, "version", where),
+            str(fields["event_id"]), str(fields["type"]),
+            _int_field(fields, "schema_version", where), _object(fields, "data", where),
+            _object(fields, "metadata", where),
+            datetime.fromisoformat(str(fields["recorded_at"])), str(fields["prev_hash"]),
+            str(fields["hash"]))
+    except KeyError as error:
+        raise MalformedExport(f"{where}: the event has no {error.args[0]}") from error
+    except ValueError as error:
+        raise MalformedExport(f"{where}: recorded_at is not an RFC 3339 time") from error
+
+
+def _trailer(export_format: ExportFormat, line: bytes | None, number: int) -> dict[str, Any]:
+    if line is None:
+        raise MalformedExport("the signature line is missing")
+    if export_format is ExportFormat.CSV:
+        cells = _csv_cells(line, number)
+        if len(cells) != 2 or cells[0] != CSV_TRAILER_CELL:
+            raise MalformedExport(f"line {number}: the last line is not the signature row"
+                                  " (the export is cut short)")
+        line = cells[1].encode()
+    trailer = _json(line, number)
+    if not isinstance(trailer, dict) or not isinstance(trailer.get("signature"), dict):
+        raise MalformedExport(f"line {number}: the last line is not the signature"
+                              " (the export is cut short)")
+    return trailer
+
+
+def _compare_counts(header: dict[str, Any], trailer: dict[str, Any], events: int,
+                    chain: ChainReport, first_version: int) -> list[str]:
+    problems = []
+    if trailer.get("events") != events:
+        problems.append(f"the signature line counts {trailer.get('events')} events;"
+                        f" the export holds {events}")
+    expected = _int_field(header, "last_version", "the header") - first_version + 1
+    if events != max(expected, 0):
+        problems.append(f"the header promises versions {first_version} to "
+                        f"{header['last_version']}; the export holds {events} events")
+    if chain.valid and events and trailer.get("head_hash") != chain.head_hash:
+        problems.append("the signature line's head_hash is not the last event's hash")
+    return problems
+
+
+def _json(raw: bytes, number: int) -> Any:
+    try:
+        return json.loads(raw, parse_float=_no_fractions, parse_constant=_no_fractions)
+    except ValueError as error:  # MalformedExport included
+        raise MalformedExport(f"line {number}: not valid JSON ({error})") from error
+
+
+def _no_fractions(text: str) -> Any:
+    raise MalformedExport(f"{text} is not a whole number; recorded events hold none")
+
+
+def _csv_cells(line: bytes, number: int) -> list[str]:
+    try:
+        rows = list(csv.reader([line.decode()]))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise MalformedExport(f"line {number}: not a CSV row ({error})") from error
+    if len(rows) != 1:
+        raise MalformedExport(f"line {number}: not one CSV row")
+    return rows[0]
+
+
+def _int_field(fields: dict[str, Any], name: str, where: str) -> int:
+    value = fields.get(name)
+    if type(value) is not int:
+        raise MalformedExport(f"{where}: {name} is not a whole number")
+    return value
+
+
+def _object(fields: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = fields[name]
+    if not isinstance(value, dict):
+        raise MalformedExport(f"{where}: {name} is not a JSON object")
+    return value
+
+
+def _b64(signature: dict[str, Any], name: str) -> bytes:
+    try:
+        return base64.b64decode(str(signature.get(name, "")), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise MalformedExport(f"the signature's {name} is not base64") from error
+
+
+def summary(report: ExportReport) -> list[str]:
+    """The report as a person reads it, ending with the verdict."""
+    header, chain = report.header, report.chain
+    by = header.get("exported_by") or {}
+    lines = [f"export:    case {header.get('case_id')} (agency {header.get('agency')}),"
+             f" {report.export_format.value}, exported {header.get('exported_at')}"
+             f" by {by.get('sub')} ({by.get('role')})",
+             f"events:    {report.events} (versions {header.get('first_version')} to"
+             f" {header.get('last_version')})"]
+    if not chain.valid:
+        lines.append(f"chain:     BROKEN at version {chain.broken_at_version} (event"
+                     f" {chain.broken_event_id}): {chain.problem}")
+    elif header.get("first_version") != 1 and report.events:
+        lines.append(f"chain:     intact from version {header.get('first_version')}; earlier"
+                     " events are outside this export, so its first prev_hash is taken as"
+                     " given (the signature covers it)")
+    else:
+        lines.append(f"chain:     intact, head {chain.head_hash}")
+    lines.append("digest:    " + ("matches the content" if report.digest_matches
+                                  else "DOES NOT MATCH the content"))
+    trust = {None: "not compared with a trusted key (pass --public-key to check who signed)",
+             True: "the trusted key", False: "NOT the trusted key"}[report.key_trusted]
+    lines.append(f"signature: {'valid' if report.signature_valid else 'INVALID'},"
+                 f" key {report.key_id}: {trust}")
+    lines += [f"problem:   {problem}" for problem in report.problems]
+    lines.append("VERIFIED" if report.ok else "NOT VERIFIED")
+    return lines

@@ -1,0 +1,326 @@
+"""Signed exports of a case's history, and `casetrail verify` checking them offline."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services.cli import main as casetrail
+from services.common.settings import ConfigurationError
+from services.records.application import queries
+from services.records.export.signing import ExportSigner, load_signer, write_key_pair
+from services.records.export.verify import MalformedExport, verify_export
+from tests.conftest import ClientFactory, TokenFactory, bearer, make_settings
+from tests.records_api import CaseApi, event_count
+
+NOTE = "Jo said: «I want to fix bikes»\nand meant it"
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "keys" / "export.pem"
+    write_key_pair(path)
+    return path
+
+
+@pytest.fixture
+async def client(make_records_client: ClientFactory, fresh_database_url: str,
+                 key_file: Path) -> TestClient:
+    return await make_records_client(fresh_database_url,
+                                     CASETRAIL_EXPORT_SIGNING_KEY_FILE=str(key_file))
+
+
+@pytest.fixture
+async def case_id(client: TestClient, token: TokenFactory) -> str:
+    cm = CaseApi(client, token(sub="cm-1"))
+    case_id = await cm.open_case()
+    strength = await cm.strength(case_id)
+    await cm.goal(case_id, strength_ids=[strength])
+    await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": NOTE}, expect=201)
+    await cm.call("DELETE", f"/v1/cases/{case_id}/strengths/{strength}",
+                  {"reason": "recorded twice"})
+    return case_id
+
+
+async def export(client: TestClient, token: str, case_id: str, query: str = "") -> bytes:
+    response = await client.get(f"/v1/cases/{case_id}/export{query}", headers=bearer(token))
+    assert response.status == 200, await response.text()
+    return await response.read()
+
+
+def lines(raw: bytes) -> list[bytes]:
+    return raw.splitlines(keepends=True)
+
+
+def verify_bytes(raw: bytes, trusted: bytes | None = None) -> Any:
+    return verify_export(lines(raw), trusted)
+
+
+def public_key(key_file: Path) -> bytes:
+    return load_signer(key_file).public_key
+
+
+def run_verify(tmp_path: Path, raw: bytes, *options: str,
+               capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    path = tmp_path / "export.out"
+    path.write_bytes(raw)
+    code = casetrail(["verify", str(path), *options])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+async def test_jsonl_export_carries_every_event_and_verifies(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    supervisor = token(role="supervisor", sub="sup-1")
+    response = await client.get(f"/v1/cases/{case_id}/export", headers=bearer(supervisor))
+    assert response.status == 200
+    assert response.content_type == "application/x-ndjson"
+    assert response.headers["Content-Disposition"] == \
+        f'attachment; filename="case-{case_id}-v1-5.jsonl"'
+    raw = await response.read()
+    header, *events, trailer = [json.loads(line) for line in lines(raw)]
+    assert header["case_id"] == case_id
+    assert header["exported_by"] == {
+        "sub": "sup-1", "role": "supervisor"}
+    assert (header["first_version"], header["last_version"]) == (1, 5)
+    assert [e["version"] for e in events] == [1, 2, 3, 4, 5]
+    assert events[3]["data"]["text"] == NOTE
+    assert events[4]["metadata"]["reason"] == "recorded twice"
+    history = await (await client.get(f"/v1/cases/{case_id}/history",
+                                      headers=bearer(supervisor))).json()
+    assert [e["hash"] for e in events] == [e["hash"] for e in history["events"]]
+    digest = hashlib.sha256(b"".join(lines(raw)[:-1])).hexdigest()
+    assert trailer["signature"]["digest"] == f"sha256:{digest}"
+    assert trailer["head_hash"] == events[-1]["hash"]
+
+    report = verify_bytes(raw, public_key(key_file))
+    assert report.ok
+    assert report.events == 5
+    assert report.key_trusted is True
+    code, out = run_verify(tmp_path, raw, "--public-key", f"{key_file}.pub", capsys=capsys)
+    assert code == 0, out
+    assert out.splitlines()[-1] == "VERIFIED"
+    assert "the trusted key" in out
+
+
+async def test_csv_export_reads_as_a_spreadsheet_and_verifies(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    response = await client.get(f"/v1/cases/{case_id}/export?format=csv",
+                                headers=bearer(token(sub="cm-1")))
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
+    raw = await response.read()
+    rows = list(csv.reader(io.StringIO(raw.decode())))
+    assert rows[0][0] == "#casetrail-export"
+    assert json.loads(rows[0][1])["case_id"] == case_id
+    columns = rows[1]
+    events = [dict(zip(columns, row, strict=True)) for row in rows[2:-1]]
+    assert [(e["version"], e["actor"], e["role"]) for e in events] == [
+        (str(v), "cm-1", "case_manager") for v in range(1, 6)]
+    assert events[4]["reason"] == "recorded twice"
+    assert json.loads(events[3]["data"])["text"] == NOTE
+    assert rows[-1][0] == "#casetrail-signature"
+    code, out = run_verify(tmp_path, raw, "--public-key", str(key_file), capsys=capsys)
+    assert code == 0, out
+
+
+def _edit_event(raw: bytes, version: int, change: Any) -> bytes:
+    """The export with event ``version`` changed by ``change`` (a JSON Lines export)."""
+    out = lines(raw)
+    event = json.loads(out[version])
+    change(event)
+    out[version] = json.dumps(event, ensure_ascii=False).encode() + b"\n"
+    return b"".join(out)
+
+
+async def test_an_edited_event_is_named_and_the_digest_no_longer_matches(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = await export(client, token(sub="cm-1"), case_id)
+    edited = _edit_event(raw, 4, lambda e: e["data"].update(text="Jo missed the meeting"))
+    report = verify_bytes(edited, public_key(key_file))
+    assert not report.ok
+    assert (report.chain.broken_at_version, report.chain.problem) == (
+        4, "hash does not match the event's content")
+    assert report.digest_matches is False
+    assert report.signature_valid is False  # it is checked over the bytes as they are now
+    code, out = run_verify(tmp_path, edited, capsys=capsys)
+    assert code == 1
+    assert "BROKEN at version 4" in out
+    assert out.splitlines()[-1] == "NOT VERIFIED"
+
+
+async def test_a_removed_event_breaks_the_chain_and_the_counts(
+        client: TestClient, token: TokenFactory, case_id: str) -> None:
+    raw = await export(client, token(sub="cm-1"), case_id)
+    out = lines(raw)
+    report = verify_bytes(b"".join(out[:3] + out[4:]))
+    assert not report.ok
+    assert report.chain.broken_at_version == 4
+    assert any("holds 4 events" in problem for problem in report.problems)
+
+
+async def test_a_rewritten_and_re_signed_export_fails_only_on_the_trusted_key(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Someone who rewrites an event, recomputes every hash and signs with their own key makes
+    an export that is consistent in itself: only the agency's public key tells it apart."""
+    raw = await export(client, token(sub="cm-1"), case_id)
+    forged = _forge(raw, 4, load_signer(None))
+    assert verify_bytes(forged).ok  # integrity alone holds
+    report = verify_bytes(forged, public_key(key_file))
+    assert report.chain.valid
+    assert report.digest_matches
+    assert report.signature_valid
+    assert report.key_trusted is False
+    assert not report.ok
+    code, out = run_verify(tmp_path, forged, "--public-key", f"{key_file}.pub", capsys=capsys)
+    assert code == 1
+    assert "NOT the trusted key" in out
+
+
+def _forge(raw: bytes, version: int, signer: ExportSigner) -> bytes:
+    from datetime import datetime
+
+    from services.records.chain import ChainLink
+    out = [json.loads(line) for line in lines(raw)]
+    out[version]["data"]["text"] = "rewritten"
+    prev = out[1]["prev_hash"]
+    for event in out[1:-1]:
+        event["prev_hash"] = prev
+        link = ChainLink(event["stream_id"], event["version"], event["event_id"],
+                         event["type"], event["schema_version"], event["data"],
+                         event["metadata"], datetime.fromisoformat(event["recorded_at"]),
+                         prev)
+        event["hash"] = prev = link.compute_hash()
+    body = b"".join(json.dumps(o, ensure_ascii=False).encode() + b"\n" for o in out[:-1])
+    digest = hashlib.sha256(body).digest()
+    trailer = {"events": len(out) - 2, "head_hash": prev, "signature": {
+        "algorithm": "Ed25519", "digest": f"sha256:{digest.hex()}",
+        "value": base64.b64encode(signer.sign(digest)).decode(),
+        "public_key": base64.b64encode(signer.public_key).decode(), "key_id": signer.key_id}}
+    return body + json.dumps(trailer).encode() + b"\n"
+
+
+@pytest.mark.parametrize(("cut", "message"), [
+    (lambda out: out[:-1], "cut short"),
+    (lambda out: [], "empty"),
+    (lambda out: out[:1], "one line"),
+    (lambda out: [b"hello\n", *out[1:]], "neither a JSON Lines nor a CSV export header"),
+    (lambda out: [out[0], b'{"version": 1.5}\n', *out[2:]], "not a whole number"),
+    (lambda out: [out[0], b"[1, 2]\n", *out[2:]], "not an event object"),
+    (lambda out: [out[0], b'{"version": 1}\n', *out[2:]], "has no stream_id"),
+])
+async def test_what_is_not_an_export_is_refused_by_name(
+        client: TestClient, token: TokenFactory, case_id: str, cut: Any, message: str) -> None:
+    raw = await export(client, token(sub="cm-1"), case_id)
+    with pytest.raises(MalformedExport, match=message):
+        verify_export(cut(lines(raw)))
+
+
+async def test_the_cli_answers_bad_files_and_keys_without_a_traceback(
+        client: TestClient, token: TokenFactory, case_id: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    raw = await export(client, token(sub="cm-1"), case_id)
+    assert casetrail(["verify", str(tmp_path / "missing.jsonl")]) == 2
+    assert "No such file" in capsys.readouterr().err
+    not_a_key = tmp_path / "not-a-key.pem"
+    not_a_key.write_text("hello")
+    code, out = run_verify(tmp_path, raw, "--public-key", str(not_a_key), capsys=capsys)
+    assert code == 2
+    assert "not an Ed25519 public key" in out
+    code, out = run_verify(tmp_path, raw[:-40], capsys=capsys)
+    assert code == 1
+    assert "NOT VERIFIED" in out
+
+
+async def test_exports_stream_in_pages_and_stop_at_the_version_they_started_at(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queries, "EXPORT_PAGE", 2)
+    cm = CaseApi(client, token(sub="cm-1"))
+    for n in range(6):
+        await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": f"note {n}"}, expect=201)
+    raw = await export(client, token(sub="cm-1"), case_id)
+    report = verify_bytes(raw, public_key(key_file))
+    assert report.ok
+    assert report.events == 11
+
+
+async def test_export_reads_by_supervisors_are_in_the_access_log(
+        client: TestClient, token: TokenFactory, case_id: str,
+        fresh_database_url: str) -> None:
+    await export(client, token(role="supervisor", sub="sup-1"), case_id, "?format=csv")
+    db = await asyncpg.connect(fresh_database_url)
+    try:
+        rows = await db.fetch("SELECT actor_sub, action FROM records.access_log")
+    finally:
+        await db.close()
+    assert [(r["actor_sub"], r["action"]) for r in rows] == [("sup-1", "export")]
+
+
+@pytest.mark.parametrize(("query", "status"), [
+    ("?format=pdf", 422), ("?format=", 422), ("?format=JSONL", 422), ("?fromat=csv", 422),
+    ("?format=csv&format=jsonl", 400),
+])
+async def test_bad_export_queries_are_4xx_problems(
+        client: TestClient, token: TokenFactory, case_id: str, query: str, status: int,
+        fresh_database_url: str) -> None:
+    response = await client.get(f"/v1/cases/{case_id}/export{query}",
+                                headers=bearer(token(sub="cm-1")))
+    assert response.status == status
+    assert response.content_type == "application/problem+json"
+
+
+async def test_unknown_and_malformed_case_ids(client: TestClient, token: TokenFactory) -> None:
+    headers = bearer(token(sub="cm-1"))
+    unknown = await client.get("/v1/cases/6d1f7c52-1111-4b7e-9a0e-3c9a4f1e2d10/export",
+                               headers=headers)
+    assert unknown.status == 404
+    malformed = await client.get("/v1/cases/not-a-uuid/export", headers=headers)
+    assert malformed.status in (400, 404)
+    assert malformed.content_type == "application/problem+json"
+
+
+async def test_an_export_writes_no_event(client: TestClient, token: TokenFactory,
+                                         case_id: str, fresh_database_url: str) -> None:
+    db = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=1)
+    try:
+        before = await event_count(db)
+        await export(client, token(sub="cm-1"), case_id)
+        assert await event_count(db) == before
+    finally:
+        await db.close()
+
+
+async def test_without_a_key_file_each_process_signs_with_its_own_key(
+        make_records_client: ClientFactory, fresh_database_url: str,
+        token: TokenFactory) -> None:
+    client = await make_records_client(fresh_database_url)
+    cm = CaseApi(client, token(sub="cm-1"))
+    case_id = await cm.open_case()
+    report = verify_bytes(await export(client, token(sub="cm-1"), case_id))
+    assert report.ok
+    assert report.key_trusted is None
+
+
+def test_a_key_file_that_is_not_an_ed25519_key_stops_the_start(tmp_path: Path) -> None:
+    from services.records.http.app import create_app
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+    for path in (bad, tmp_path / "missing.pem"):
+        with pytest.raises(ConfigurationError, match=str(path)):
+            create_app(make_settings("postgresql://unused/db",
+                                     CASETRAIL_EXPORT_SIGNING_KEY_FILE=str(path)))
