@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.rebuild [--cases 2000] [--events-per-case 50]
 
 The events are decided by the real domain and appended through the event store (so they are
-chained and valid), then ``rebuild_plans`` is timed. Uses DATABASE_URL's server when set,
+chained and valid), then ``rebuild_projections`` is timed. Uses DATABASE_URL's server when set,
 otherwise an embedded PostgreSQL.
 """
 
@@ -21,7 +21,7 @@ from services.common.database import create_pool
 from services.records.domain import DecisionContext, InMemoryCase
 from services.records.domain import commands as cmd
 from services.records.http.app import migrate
-from services.records.projections.plans import rebuild_plans
+from services.records.projections.rebuild import rebuild_projections
 from services.records.store.events import EventStore, NewEvent
 
 
@@ -68,7 +68,7 @@ async def main(cases: int, events_per_case: int) -> None:
                                    metadata={"actor": {"sub": "cm-1", "role": "case_manager"}})
                 total += len(new)
             started = time.perf_counter()
-            stats = await rebuild_plans(pool)
+            stats = await rebuild_projections(pool)
             elapsed = time.perf_counter() - started
             await pool.close()
     print(f"{'events':>10}{'cases':>8}{'seconds':>10}{'events/s':>12}")

@@ -548,6 +548,53 @@ class AccessLogPage(View):
     next_after: int | None
 
 
+class CoCreationView(View):
+    """Plans agreed in the period, and how many were made with the participant: agreed with at
+    least one goal the participant named (``source`` participant) among the goals agreed."""
+
+    agreements: int = Field(description="PlanAgreed events, whatever the participant answered")
+    agreed: int
+    co_created: int
+    rate: float | None = Field(description="co_created / agreed; null when none was agreed")
+
+
+class GoalsAchievedView(View):
+    total: int = Field(description="achievements recorded in the period, less reversals")
+    by_domain: dict[str, int]
+    reversed: int = Field(description="goals taken back from achieved in the period")
+    median_days_to_achievement: float | None = Field(
+        description="from the goal being set to its achievement; null when none")
+
+
+class SmallWinsView(View):
+    steps_completed: int
+    per_case_month: float | None = Field(
+        description="steps completed per month of open cases; null when no case was open")
+
+
+class ReviewsView(View):
+    held: int
+    on_time: int = Field(description="held on or before the date they were due")
+    on_time_rate: float | None
+
+
+class OutcomesView(View):
+    """What works, across the agency's plans in a period: aggregates only, no person named."""
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True,
+                              validate_by_alias=True)
+
+    agency: str
+    period_from: date = Field(alias="from")
+    period_to: date = Field(alias="to")
+    cases_open: int = Field(description="cases open on at least one day of the period")
+    case_months: float = Field(description="days cases were open in the period, in months")
+    co_creation: CoCreationView
+    goals_achieved: GoalsAchievedView
+    small_wins: SmallWinsView
+    reviews: ReviewsView
+
+
 class FieldError(View):
     """One invalid field; ``code`` (pydantic's error type) is given for body and query fields."""
 

@@ -70,3 +70,18 @@ class AccessLogQuery(_Query):
 class ExportQuery(_Query):
     format: Literal["jsonl", "csv"] = Field(
         default="jsonl", description="JSON Lines, or CSV for spreadsheets; both signed")
+
+
+class OutcomesQuery(_Query):
+    """A period of whole days (UTC); by default the 365 days through today."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=False, validate_by_alias=True)
+
+    period_from: date | None = Field(default=None, alias="from")
+    period_to: date | None = Field(default=None, alias="to")
+
+    @model_validator(mode="after")
+    def ordered(self) -> Self:
+        if self.period_from and self.period_to and self.period_from > self.period_to:
+            raise ValueError("from must not be later than to")
+        return self

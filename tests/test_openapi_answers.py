@@ -87,6 +87,7 @@ CALLS = [
     Call("GET", "/v1/events", query="?limit=3", role="service", filled=("events",)),
     Call("GET", "/v1/access-log", role="supervisor", before=(("GET", CASE, None),),
          filled=("entries",)),
+    Call("GET", "/v1/analytics/outcomes", role="analyst", query="?from=2020-01-01"),
     Call("GET", "/healthz"),
     Call("GET", "/readyz"),
     Call("GET", "/openapi.json"),

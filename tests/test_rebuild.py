@@ -19,7 +19,7 @@ from services.records.application.cases import CaseCommands, WriteRequest
 from services.records.application.language import LanguageGuides
 from services.records.domain import DomainError, PlanState
 from services.records.domain import commands as cmd
-from services.records.projections.plans import rebuild_plans
+from services.records.projections.rebuild import rebuild_projections
 from services.records.store.events import EventStore
 from tests.conftest import FakeClock
 from tests.test_cli import run
@@ -157,9 +157,11 @@ async def play(database_url: str, cases: list[list[Move]]) -> tuple[set[str], in
     return accepted, refused
 
 
-async def snapshot(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+async def snapshot(pool: asyncpg.Pool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The plans, and the outcome facts."""
     rows = await pool.fetch("SELECT * FROM records.plans ORDER BY case_id")
-    return [{**dict(r), "view": json.loads(r["view"])} for r in rows]
+    facts = await pool.fetch("SELECT * FROM records.outcome_facts ORDER BY event_id")
+    return [{**dict(r), "view": json.loads(r["view"])} for r in rows], [dict(f) for f in facts]
 
 
 async def rebuild_and_compare(database_url: str) -> None:
@@ -167,9 +169,9 @@ async def rebuild_and_compare(database_url: str) -> None:
     assert pool is not None
     try:
         live = await snapshot(pool)
-        stats = await rebuild_plans(pool)
+        stats = await rebuild_projections(pool)
         rebuilt = await snapshot(pool)
-        assert stats.cases == len(live)
+        assert stats.cases == len(live[0])
         assert rebuilt == live
     finally:
         await pool.close()
@@ -199,7 +201,19 @@ def test_random_runs_exercise_both_accepted_and_refused_commands(fresh_database_
     accepted, refused = asyncio.run(play(fresh_database_url, run_moves))
     assert accepted == set(KINDS) - {"advance_days"}
     assert refused > 10
+    assert asyncio.run(fact_kinds(fresh_database_url)) >= {
+        "case_opened", "case_closed", "case_reopened", "plan_agreed", "step_completed",
+        "review_held"}
     asyncio.run(rebuild_and_compare(fresh_database_url))
+
+
+async def fact_kinds(database_url: str) -> set[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {row["kind"] for row in await conn.fetch(
+            "SELECT DISTINCT kind FROM records.outcome_facts")}
+    finally:
+        await conn.close()
 
 
 def test_rebuild_command_line(fresh_database_url: str) -> None:

@@ -94,6 +94,13 @@ def authorize_access_log(who: Principal) -> None:
         raise Forbidden(f"the {who.role} role does not read the access log")
 
 
+def authorize_analytics(who: Principal) -> None:
+    """Outcome analytics (aggregates of the agency, no personal data) are for analysts and
+    supervisors."""
+    if who.role not in {Role.ANALYST, Role.SUPERVISOR}:
+        raise Forbidden(f"the {who.role} role does not read outcome analytics")
+
+
 class OutsideWindow(Forbidden):
     """The principal asked for a point of the record outside its audit window (403)."""
 

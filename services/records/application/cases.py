@@ -43,6 +43,7 @@ from services.records.domain import (
     evolve,
     warnings_for,
 )
+from services.records.projections.outcomes import fact_of, facts_insert
 from services.records.projections.plans import fold_recorded, plan_upsert
 from services.records.store.events import (
     AppendResult,
@@ -233,14 +234,18 @@ class CaseCommands:
 
         written: list[PlanState] = []
 
-        def project(events: list[RecordedEvent]) -> CoWrite:
+        def project(events: list[RecordedEvent]) -> list[CoWrite]:
             new_state = state
+            facts = []
             for payload, event in zip(payloads, events, strict=True):
                 new_state = evolve(new_state, payload, version=event.version,
                                    recorded_at=event.recorded_at, case_id=event.stream_id)
+                fact = fact_of(payload, new_state, event.event_id)
+                if fact is not None:
+                    facts.append(fact)
             assert new_state is not None
             written.append(new_state)
-            return plan_upsert(new_state)
+            return [plan_upsert(new_state), *facts_insert(facts)]
 
         result = await self._store.append(
             request.case_id, [to_new_event(p) for p in payloads], expected_version=expected,

@@ -32,6 +32,7 @@ from services.common.http import (
 )
 from services.common.problems import Problem, problem_middleware
 from services.common.settings import Settings
+from services.records.application.analytics import OutcomeAnalytics
 from services.records.application.cases import CaseCommands
 from services.records.application.language import LanguageGuides
 from services.records.application.policy import AgencyPolicies
@@ -39,7 +40,7 @@ from services.records.application.queries import CaseQueries
 from services.records.export.signing import load_signer
 from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics
-from services.records.projections.plans import RebuildStats, rebuild_plans
+from services.records.projections import rebuild
 from services.records.store.events import Clock, EventStore, utc_now
 from services.records.store.feed import (
     START,
@@ -65,6 +66,7 @@ class Records:
     metrics: RecordsMetrics
     commands: CaseCommands
     queries: CaseQueries
+    analytics: OutcomeAnalytics
 
 
 RECORDS = web.AppKey("records", Records)
@@ -79,11 +81,11 @@ async def migrate(database_url: str) -> list[str]:
     return await migrate_schema(database_url, SCHEMA, MIGRATIONS)
 
 
-async def rebuild_projections(database_url: str) -> RebuildStats:
+async def rebuild_projections(database_url: str) -> rebuild.RebuildStats:
     await migrate(database_url)
     pool = await create_pool(database_url, max_size=2)
     try:
-        return await rebuild_plans(pool)
+        return await rebuild.rebuild_projections(pool)
     finally:
         await pool.close()
 
@@ -123,7 +125,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
         app[RECORDS] = Records(
             settings, pool, store, waiter, app[METRICS],
             CaseCommands(store, guides, clock, app[METRICS].append_conflicts.inc, policies),
-            CaseQueries(pool, store, clock, signer))
+            CaseQueries(pool, store, clock, signer), OutcomeAnalytics(pool, clock))
         yield
         await waiter.stop()
         await pool.close()

@@ -24,6 +24,7 @@ from schemas.queries import (
     DiffQuery,
     ExportQuery,
     HistoryQuery,
+    OutcomesQuery,
     PlanQuery,
     RemovalQuery,
 )
@@ -280,6 +281,16 @@ async def export_case(request: web.Request) -> web.StreamResponse:
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+@registry.route("GET", "/v1/analytics/outcomes",
+                "outcomes across the agency's plans in a period (analysts, supervisors)",
+                query=OutcomesQuery, response=api.OutcomesView, tag="analytics")
+async def outcomes(request: web.Request) -> web.Response:
+    query = parse_query(request, OutcomesQuery)
+    view = await records(request).analytics.outcomes(principal(request), query.period_from,
+                                                     query.period_to)
+    return json_response(view)
 
 
 @registry.route("GET", "/v1/access-log", "who read which case (supervisors, own agency)",

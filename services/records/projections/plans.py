@@ -1,12 +1,13 @@
 """The current-plan projection (one row per case), which is also the caseload index.
 
 Written in the same transaction as the events it reflects (read-your-writes) and rebuilt from
-the events by ``rebuild_plans``. All SQL touching ``records.plans`` lives here.
+the events by ``projections.rebuild``. All SQL touching ``records.plans`` lives here.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -14,10 +15,9 @@ from uuid import UUID
 
 import asyncpg
 
-from schemas.events import parse_event
-from services.common.jsonenc import encode_json
+from schemas.events import EventPayload, parse_event
 from services.records.domain import PlanState, evolve, plan_document
-from services.records.store.events import CoWrite, RecordedEvent, every_stream
+from services.records.store.events import CoWrite, RecordedEvent
 
 _COLUMNS = ("case_id, agency, version, status, case_manager, risk_level, participant_name,"
             " next_review_due, open_step_due_dates, active_goals, opened_at, updated_at, view")
@@ -119,41 +119,29 @@ async def list_caseload(pool: asyncpg.Pool, query: CaseloadFilter) -> list[dict[
     } for r in rows]
 
 
-def fold_recorded(events: list[RecordedEvent], state: PlanState | None = None) -> PlanState | None:
+def replay(events: list[RecordedEvent],
+           state: PlanState | None = None) -> Iterator[tuple[EventPayload, RecordedEvent,
+                                                              PlanState]]:
+    """Each event (upcast and parsed) with the state it leaves, in order."""
     for event in events:
         payload = parse_event(event.type, event.schema_version, event.data)
         state = evolve(state, payload, version=event.version, recorded_at=event.recorded_at,
                        case_id=event.stream_id)
-    return state
+        yield payload, event, state
 
 
-@dataclass(frozen=True)
-class RebuildStats:
-    events: int
-    cases: int
+def fold_recorded(events: list[RecordedEvent], state: PlanState | None = None) -> PlanState | None:
+    folded = state
+    for _, _, folded in replay(events, state):  # noqa: B007  (only the last state is wanted)
+        pass
+    return folded
 
 
-async def rebuild_plans(pool: asyncpg.Pool, batch_size: int = 500) -> RebuildStats:
-    """Recompute every plan from the events, atomically: readers see old or new, never half.
+async def clear_plans(conn: asyncpg.Connection) -> None:
+    await conn.execute("LOCK TABLE records.plans IN ACCESS EXCLUSIVE MODE")
+    await conn.execute("DELETE FROM records.plans")
 
-    The table lock makes concurrent appends wait for the rebuild to commit; their own upsert
-    then lands on top (it carries the newer version).
-    """
-    events = cases = 0
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("LOCK TABLE records.plans IN ACCESS EXCLUSIVE MODE")
-        await conn.execute("DELETE FROM records.plans")
-        batch: list[dict[str, Any]] = []
-        async for stream in every_stream(conn):
-            state = fold_recorded(stream)
-            events += len(stream)
-            if state is None:
-                continue
-            batch.append(plan_row(state))
-            cases += 1
-            if len(batch) >= batch_size:
-                await conn.execute(_UPSERT, encode_json(batch).decode())
-                batch = []
-        if batch:
-            await conn.execute(_UPSERT, encode_json(batch).decode())
-    return RebuildStats(events, cases)
+
+async def upsert_plans(conn: asyncpg.Connection, rows: bytes) -> None:
+    """Write plan rows given as a JSON array (the rebuild)."""
+    await conn.execute(_UPSERT, rows.decode())

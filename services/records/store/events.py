@@ -196,12 +196,12 @@ class _PendingAppend:
     head: bytes  # JSON object: the move of the stream head
     events: bytes  # JSON objects, comma-separated: the chained events
     event_ids: list[UUID]
-    co_write: tuple[str, bytes] | None  # the co-write's sql and its row as a JSON object
+    co_writes: tuple[tuple[str, bytes], ...]  # each co-write's sql and its row as JSON
     claim: IdempotencyClaim | None = None
 
 
 def _pending(stream_id: UUID, expected: int, prev_hash: str, agency: str,
-             events: list[RecordedEvent], co_write: CoWrite | None,
+             events: list[RecordedEvent], co_writes: list[CoWrite],
              claim: IdempotencyClaim | None) -> _PendingAppend:
     last = events[-1]
     head = encode_json({"stream_id": stream_id, "expected": expected, "prev_hash": prev_hash,
@@ -209,7 +209,7 @@ def _pending(stream_id: UUID, expected: int, prev_hash: str, agency: str,
                   "updated_at": last.recorded_at})
     rows = b",".join(encode_json(_row(event)) for event in events)
     return _PendingAppend(stream_id, head, rows, [e.event_id for e in events],
-                          (co_write.sql, encode_json(co_write.row)) if co_write else None, claim)
+                          tuple((c.sql, encode_json(c.row)) for c in co_writes), claim)
 
 
 def _renumbered(sql: str, shift: int) -> str:
@@ -248,8 +248,8 @@ def _append_statement(appends: Sequence[_PendingAppend]) -> tuple[str, list[Any]
     args.append(_json_array([a.events for a in appends]))
     groups: dict[str, list[bytes]] = {}
     for a in appends:
-        if a.co_write is not None:
-            groups.setdefault(a.co_write[0], []).append(a.co_write[1])
+        for sql, row in a.co_writes:
+            groups.setdefault(sql, []).append(row)
     args += [_json_array(rows) for rows in groups.values()]
     return _append_sql(tuple(groups)), args
 
@@ -298,13 +298,13 @@ class EventStore:
         agency: str,
         metadata: dict[str, Any],
         idempotency: IdempotencyClaim | None = None,
-        co_write: Callable[[list[RecordedEvent]], CoWrite] | None = None,
+        co_write: Callable[[list[RecordedEvent]], list[CoWrite]] | None = None,
     ) -> AppendResult:
         """Append ``events`` if the stream is at ``expected_version`` (0: a new stream).
 
         One statement does it all, atomically: claim the idempotency key, move the stream head
         from the expected version (only if it is still there), insert the chained events and
-        write the row ``co_write`` makes from the events about to be recorded (a projection:
+        write the rows ``co_write`` makes from the events about to be recorded (projections:
         read-your-writes). Each step happens only when the one before it did. Unkeyed appends
         to different streams that arrive together share one statement (group commit).
         Raises VersionConflict, IdempotencyKeyReused; a repeated key returns the original result.
@@ -315,7 +315,7 @@ class EventStore:
         provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
                                   metadata)
         pending = _pending(stream_id, expected_version, prev_hash, agency, provisional,
-                           co_write(provisional) if co_write else None, idempotency)
+                           co_write(provisional) if co_write else [], idempotency)
         inserted = await (self._write_keyed(pending) if idempotency is not None
                           else self._group.submit(pending))
         if inserted:

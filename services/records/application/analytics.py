@@ -1,0 +1,110 @@
+"""Outcome analytics for program analysts: what works, from the outcome facts of a period.
+
+Aggregates only: no case, participant or worker is named in the answer.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable
+from datetime import date, timedelta
+from itertools import groupby
+
+import asyncpg
+
+from schemas import api
+from services.common.auth import Principal
+from services.records.application.access import authorize_analytics
+from services.records.projections.outcomes import OutcomeFact, load_facts
+from services.records.store.events import Clock
+
+DEFAULT_PERIOD = timedelta(days=364)  # with today: the last 365 days
+DAYS_PER_MONTH = 365.25 / 12
+
+
+class OutcomeAnalytics:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock) -> None:
+        self._pool = pool
+        self._clock = clock
+
+    async def outcomes(self, who: Principal, since: date | None,
+                       until: date | None) -> api.OutcomesView:
+        authorize_analytics(who)
+        until = until or self._clock().date()
+        since = since or until - DEFAULT_PERIOD
+        if since > until:  # only `from` was given, and it lies after today
+            until = since
+        facts = await load_facts(self._pool, who.agency, since, until)
+        return summarize(who.agency, since, until, facts)
+
+
+def summarize(agency: str, since: date, until: date,
+              facts: list[OutcomeFact]) -> api.OutcomesView:
+    """The period's figures from the agency's facts (case life from the start, the rest from
+    ``since``), ordered by case and version."""
+    period = [fact for fact in facts if since <= fact.occurred_on <= until]
+    kinds = Counter(fact.kind for fact in period)
+    days_open = [_days_open(list(life), since, until)
+                 for _, life in groupby(facts, key=lambda fact: fact.case_id)]
+    case_months = sum(days_open) / DAYS_PER_MONTH
+    return api.OutcomesView.model_validate({
+        "agency": agency, "from": since, "to": until,
+        "cases_open": sum(1 for days in days_open if days > 0),
+        "case_months": round(case_months, 2),
+        "co_creation": _co_creation(fact for fact in period if fact.kind == "plan_agreed"),
+        "goals_achieved": _goals(period),
+        "small_wins": {"steps_completed": kinds["step_completed"],
+                       "per_case_month": _ratio(kinds["step_completed"], case_months)},
+        "reviews": _reviews([fact for fact in period if fact.kind == "review_held"]),
+    })
+
+
+def _days_open(life: list[OutcomeFact], since: date, until: date) -> int:
+    """Days of [since, until] on which the case was open, walking its openings and closings."""
+    days = 0
+    opened: date | None = None
+    for fact in life:
+        if fact.kind in ("case_opened", "case_reopened") and opened is None:
+            opened = fact.occurred_on
+        elif fact.kind == "case_closed" and opened is not None:
+            days += _overlap(opened, fact.occurred_on, since, until)
+            opened = None
+    if opened is not None:
+        days += _overlap(opened, until + timedelta(days=1), since, until)
+    return days
+
+
+def _overlap(start: date, end: date, since: date, until: date) -> int:
+    """Days of [start, end) inside [since, until]."""
+    return max(0, (min(end, until + timedelta(days=1)) - max(start, since)).days)
+
+
+def _co_creation(agreements: Iterable[OutcomeFact]) -> dict[str, object]:
+    facts = list(agreements)
+    agreed = sum(1 for fact in facts if fact.agreed)
+    co_created = sum(1 for fact in facts if fact.co_created)
+    return {"agreements": len(facts), "agreed": agreed, "co_created": co_created,
+            "rate": _ratio(co_created, agreed)}
+
+
+def _goals(period: list[OutcomeFact]) -> dict[str, object]:
+    achieved = [fact for fact in period if fact.kind == "goal_achieved"]
+    taken_back = [fact for fact in period if fact.kind == "goal_unachieved"]
+    by_domain = Counter(str(fact.domain) for fact in achieved)
+    by_domain.subtract(str(fact.domain) for fact in taken_back)
+    days = [fact.days for fact in achieved if fact.days is not None]
+    return {"total": len(achieved) - len(taken_back),
+            "by_domain": {domain: count for domain, count in sorted(by_domain.items())
+                          if count},
+            "reversed": len(taken_back),
+            "median_days_to_achievement": statistics.median(days) if days else None}
+
+
+def _reviews(held: list[OutcomeFact]) -> dict[str, object]:
+    on_time = sum(1 for fact in held if fact.on_time)
+    return {"held": len(held), "on_time": on_time, "on_time_rate": _ratio(on_time, len(held))}
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None

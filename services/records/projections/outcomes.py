@@ -1,0 +1,127 @@
+"""The outcome facts projection: one row per event that matters to outcome analytics.
+
+Facts are read off each event with the case as the event left it, so the query side
+never folds a case: a plan agreed (and whether it was co-created), a goal achieved (its domain,
+days since it was set) or taken back from achieved, a small win (a completed step), a review
+held (on time or not), and the case opening, closing and reopening (for case-months). Written
+in the same transaction as the events (a co-write) and rebuilt from them with the plans. All
+SQL touching ``records.outcome_facts`` lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from schemas import events as ev
+from services.records.domain import PlanState
+from services.records.store.events import CoWrite
+
+_COLUMNS = ("event_id, case_id, version, agency, kind, occurred_on, domain, days, agreed,"
+            " co_created, on_time")
+_INSERT_ROWS = f"""
+INSERT INTO records.outcome_facts ({_COLUMNS})
+SELECT * FROM jsonb_to_recordset($1::jsonb) AS f(event_id uuid, case_id uuid, version int,
+    agency text, kind text, occurred_on date, domain text, days int, agreed boolean,
+    co_created boolean, on_time boolean)"""
+_ON_CONFLICT = "\nON CONFLICT (event_id) DO NOTHING"
+_INSERT = _INSERT_ROWS + _ON_CONFLICT
+# As the co-write of a batch of appends: only the facts of cases whose append succeeded.
+_INSERT_WHEN_APPENDED = _INSERT_ROWS + "\nWHERE f.case_id IN {appended}" + _ON_CONFLICT
+
+
+@dataclass(frozen=True)
+class OutcomeFact:
+    event_id: UUID
+    case_id: UUID
+    version: int  # the event's: orders a case's facts
+    agency: str
+    kind: str
+    occurred_on: date
+    domain: str | None = None  # goal_achieved, goal_unachieved
+    days: int | None = None  # goal_achieved: days from the goal being set
+    agreed: bool | None = None  # plan_agreed: the participant agreed
+    co_created: bool | None = None  # plan_agreed: agreed, with a goal in the participant's name
+    on_time: bool | None = None  # review_held: held on or before its due date
+
+
+Found = tuple[str, dict[str, Any]]  # the fact's kind and its details
+Reader = Callable[[Any, PlanState], Found | None]
+CASE_LIFE = ("case_opened", "case_closed", "case_reopened")
+
+
+def _case_life(kind: str) -> Reader:
+    return lambda e, after: (kind, {})
+
+
+def _agreed(e: ev.PlanAgreed, after: PlanState) -> Found:
+    agreed = e.outcome == "agreed"
+    theirs = any(after.goals[goal_id].source == "participant"
+                 for goal_id in e.goal_ids if goal_id in after.goals)
+    return "plan_agreed", {"agreed": agreed, "co_created": agreed and theirs}
+
+
+def _goal_status(e: ev.GoalStatusChanged, after: PlanState) -> Found | None:
+    goal = after.goals[e.goal_id]
+    if e.status == "achieved":
+        days = (after.updated_at.date() - goal.set_at.date()).days
+        return "goal_achieved", {"domain": goal.domain, "days": days}
+    if e.from_status == "achieved":
+        return "goal_unachieved", {"domain": goal.domain}
+    return None
+
+
+def _review_held(e: ev.ReviewHeld, after: PlanState) -> Found:
+    return "review_held", {"on_time": e.held_on <= e.due_date}
+
+
+_READERS: dict[type[ev.EventPayload], Reader] = {
+    ev.CaseOpened: _case_life("case_opened"), ev.CaseClosed: _case_life("case_closed"),
+    ev.CaseReopened: _case_life("case_reopened"), ev.PlanAgreed: _agreed,
+    ev.GoalStatusChanged: _goal_status,
+    ev.ActionStepCompleted: lambda e, after: ("step_completed", {}),
+    ev.ReviewHeld: _review_held,
+}
+
+
+def fact_of(payload: ev.EventPayload, after: PlanState, event_id: UUID) -> OutcomeFact | None:
+    """The fact ``payload`` records, if any (most events record none), given the case as the
+    event left it."""
+    reader = _READERS.get(type(payload))
+    found = reader(payload, after) if reader is not None else None
+    if found is None:
+        return None
+    kind, details = found
+    return OutcomeFact(event_id, after.case_id, after.version, after.agency, kind,
+                       after.updated_at.date(), **details)
+
+
+def facts_insert(facts: list[OutcomeFact]) -> list[CoWrite]:
+    """The co-writes that record ``facts`` with the events they come from."""
+    return [CoWrite(_INSERT_WHEN_APPENDED, asdict(fact)) for fact in facts]
+
+
+async def insert_facts(conn: asyncpg.Connection, rows: bytes) -> None:
+    """Write facts given as a JSON array of rows (the rebuild)."""
+    await conn.execute(_INSERT, rows.decode())
+
+
+async def clear_facts(conn: asyncpg.Connection) -> None:
+    await conn.execute("LOCK TABLE records.outcome_facts IN ACCESS EXCLUSIVE MODE")
+    await conn.execute("DELETE FROM records.outcome_facts")
+
+
+async def load_facts(pool: asyncpg.Pool, agency: str, since: date,
+                     until: date) -> list[OutcomeFact]:
+    """The agency's facts from ``since`` through ``until``, and its case-life facts (opened,
+    closed, reopened) from the start: case-months need the cases open as the period began."""
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM records.outcome_facts WHERE agency = $1 AND occurred_on <= $3"
+        " AND (occurred_on >= $2 OR kind = ANY($4::text[]))"
+        " ORDER BY case_id, version", agency, since, until, list(CASE_LIFE))
+    return [OutcomeFact(**dict(row)) for row in rows]

@@ -1,0 +1,175 @@
+"""Outcome analytics: co-creation, goals achieved, small wins per case-month, reviews on time.
+
+Four cases of agency-a written over 70 days by an injected clock (day 0 is 2026-03-02), and one
+of agency-b that must not count; the period asked for is days 0-59 (2026-03-02 to 2026-04-30).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services.records.application.analytics import DAYS_PER_MONTH
+from services.records.projections.rebuild import rebuild_projections
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
+from tests.records_api import PARTICIPANT, CaseApi, event_count
+
+PERIOD = "?from=2026-03-02&to=2026-04-30"
+
+
+@dataclass
+class Scene:
+    client: TestClient
+    token: TokenFactory
+    database_url: str
+
+    async def outcomes(self, query: str = PERIOD, role: str = "analyst",
+                       **claims: Any) -> tuple[int, Any]:
+        response = await self.client.get(f"/v1/analytics/outcomes{query}",
+                                          headers=bearer(self.token(role=role, sub="an-1",
+                                                                    **claims)))
+        return response.status, await response.json()
+
+
+async def _status(cm: CaseApi, case_id: str, goal_id: str, status: str,
+                  reason: str | None = None) -> None:
+    await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal_id}/status",
+                  {"status": status, **({"reason": reason} if reason else {})}, expect=200)
+
+
+async def _hold_review(cm: CaseApi, case_id: str) -> None:
+    review = (await cm.plan(case_id))["next_review"]["review_id"]
+    await cm.call("POST", f"/v1/cases/{case_id}/reviews/{review}/held",
+                  {"summary": "We talked it through"}, expect=200)
+
+
+@pytest.fixture
+async def scene(make_records_client: ClientFactory, fresh_database_url: str,
+                token: TokenFactory) -> Scene:
+    clock = FakeClock()
+    client = await make_records_client(fresh_database_url, clock=clock)
+    cm = CaseApi(client, token(sub="cm-1"))
+    a, b, c = [await cm.open_case() for _ in range(3)]
+    d = await cm.open_case(risk_level="high")
+    a_goal = await cm.goal(a)  # the participant's own goal
+    a_housing = await cm.goal(a, "Keep the flat", domain="housing", source="agency",
+                              in_their_words=None)
+    b_goal = await cm.goal(b, "Finish community service", domain="legal", source="court",
+                           in_their_words=None)
+    await cm.goal(c)
+    await cm.goal(d, "Finish the course", domain="education", source="agency",
+                  in_their_words=None)
+    step = await cm.step(a, a_goal)
+    for case_id in (a, b, d):
+        await cm.agree(case_id)
+    await cm.agree(c, outcome="did_not_agree")
+    other = CaseApi(client, token(sub="cm-9", agency="agency-b"))
+    elsewhere = await other.open_case(case_manager="cm-9")
+    await _status(other, elsewhere, await other.goal(elsewhere), "achieved")
+
+    clock.advance(days=10)
+    await cm.call("POST", f"/v1/cases/{a}/steps/{step}/complete", {}, expect=200)
+    clock.advance(days=10)  # day 20
+    await _status(cm, a, a_goal, "achieved")
+    clock.advance(days=10)  # day 30
+    await _status(cm, b, b_goal, "achieved")
+    clock.advance(days=1)  # day 31: taken back
+    await _status(cm, b, b_goal, "active", reason="the hours were not all signed off")
+    clock.advance(days=4)  # day 35: B's review was due on day 60
+    await _hold_review(cm, b)
+    clock.advance(days=5)  # day 40
+    await cm.call("POST", f"/v1/cases/{b}/close", {"reason": "Moved to another county"},
+                  expect=200)
+    clock.advance(days=5)  # day 45: D (high risk) was due on day 30
+    await _hold_review(cm, d)
+    clock.advance(days=5)  # day 50
+    await _hold_review(cm, a)
+    clock.advance(days=20)  # day 70: after the period
+    late_step = await cm.step(a, a_housing, "Pay the deposit")
+    await cm.call("POST", f"/v1/cases/{a}/steps/{late_step}/complete", {}, expect=200)
+    return Scene(client, token, fresh_database_url)
+
+
+async def test_the_period_figures(scene: Scene) -> None:
+    status, body = await scene.outcomes()
+    assert status == 200, body
+    case_months = (60 + 40 + 60 + 60) / DAYS_PER_MONTH  # B closed on day 40
+    assert body == {
+        "agency": "agency-a", "from": "2026-03-02", "to": "2026-04-30",
+        "cases_open": 4, "case_months": round(case_months, 2),
+        "co_creation": {"agreements": 4, "agreed": 3, "co_created": 1, "rate": 0.3333},
+        "goals_achieved": {"total": 1, "by_domain": {"employment": 1}, "reversed": 1,
+                           "median_days_to_achievement": 25},
+        "small_wins": {"steps_completed": 1, "per_case_month": round(1 / case_months, 4)},
+        "reviews": {"held": 3, "on_time": 2, "on_time_rate": 0.6667},
+    }
+    assert PARTICIPANT["name"] not in str(body)
+
+
+async def test_a_later_period_counts_only_its_own_facts(scene: Scene) -> None:
+    status, body = await scene.outcomes("?from=2026-05-01&to=2026-05-31")
+    assert status == 200
+    assert body["cases_open"] == 3  # A, C and D; B was closed
+    assert body["small_wins"]["steps_completed"] == 1
+    assert body["goals_achieved"] == {"total": 0, "by_domain": {}, "reversed": 0,
+                                      "median_days_to_achievement": None}
+    assert body["co_creation"]["rate"] is None
+    assert body["reviews"]["on_time_rate"] is None
+
+
+async def test_without_a_period_the_last_365_days(scene: Scene) -> None:
+    status, body = await scene.outcomes("")
+    assert status == 200
+    assert (body["from"], body["to"]) == ("2025-05-12", "2026-05-11")  # the clock is at day 70
+    assert body["small_wins"]["steps_completed"] == 2
+
+
+async def test_a_rebuild_gives_the_same_figures(scene: Scene) -> None:
+    _, before = await scene.outcomes()
+    pool = await asyncpg.create_pool(scene.database_url, min_size=1, max_size=2)
+    try:
+        await rebuild_projections(pool)
+    finally:
+        await pool.close()
+    assert (await scene.outcomes())[1] == before
+
+
+@pytest.mark.parametrize(("role", "status"), [
+    ("analyst", 200), ("supervisor", 200), ("case_manager", 403), ("auditor", 403),
+    ("participant", 403), ("service", 403),
+])
+async def test_who_may_read_outcomes(scene: Scene, role: str, status: int) -> None:
+    assert (await scene.outcomes(role=role))[0] == status
+
+
+async def test_another_agency_sees_only_its_own(scene: Scene) -> None:
+    status, body = await scene.outcomes(agency="agency-b")
+    assert status == 200
+    assert body["goals_achieved"]["by_domain"] == {"employment": 1}
+    assert body["cases_open"] == 1
+
+
+async def test_without_a_token_401(scene: Scene) -> None:
+    response = await scene.client.get("/v1/analytics/outcomes")
+    assert response.status == 401
+
+
+@pytest.mark.parametrize("query", [
+    "?from=someday", "?to=2026-13-01", "?from=2026-05-01&to=2026-04-01", "?since=2026-01-01",
+    "?period_from=2026-01-01", "?from=2026-01-01&from=2026-02-01",
+])
+async def test_bad_periods_are_4xx_problems_and_write_nothing(scene: Scene, query: str) -> None:
+    pool = await asyncpg.create_pool(scene.database_url, min_size=1, max_size=1)
+    try:
+        before = await event_count(pool)
+        response = await scene.client.get(f"/v1/analytics/outcomes{query}",
+                                          headers=bearer(scene.token(role="analyst")))
+        assert response.status in (400, 422), query
+        assert response.content_type == "application/problem+json"
+        assert await event_count(pool) == before
+    finally:
+        await pool.close()
