@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import hashlib
 import io
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
@@ -19,7 +24,16 @@ from services.common.settings import ConfigurationError
 from services.records.application import queries
 from services.records.export.signing import ExportSigner, load_signer, write_key_pair
 from services.records.export.verify import MalformedExport, verify_export
-from tests.conftest import ClientFactory, TokenFactory, bearer, make_settings
+from services.records.projections.rebuild import rebuild_projections
+from services.records.store.events import EventStore, NewEvent
+from tests.conftest import (
+    JWT_SECRET,
+    ClientFactory,
+    TokenFactory,
+    bearer,
+    free_port,
+    make_settings,
+)
 from tests.records_api import CaseApi, event_count
 
 NOTE = "Jo said: «I want to fix bikes»\nand meant it"
@@ -324,3 +338,74 @@ def test_a_key_file_that_is_not_an_ed25519_key_stops_the_start(tmp_path: Path) -
         with pytest.raises(ConfigurationError, match=str(path)):
             create_app(make_settings("postgresql://unused/db",
                                      CASETRAIL_EXPORT_SIGNING_KEY_FILE=str(path)))
+
+
+async def _long_case(database_url: str, events: int) -> str:
+    """A case of ``events`` notes, appended straight through the store (quick to fill)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        store = EventStore(pool)
+        case_id = uuid4()
+        opened = {"participant": {"name": "Jo"}, "case_manager": "cm-1",
+                  "risk_level": "moderate", "agency": "agency-a"}
+        batch = [NewEvent(uuid4(), "CaseOpened", 1, opened)] + [
+            NewEvent(uuid4(), "NoteAdded", 1, {"note_id": str(uuid4()), "text": f"note {n}"})
+            for n in range(events - 1)]
+        for start in range(0, events, 1000):
+            await store.append(case_id, batch[start:start + 1000], expected_version=start,
+                               agency="agency-a", metadata={})
+        await rebuild_projections(pool)
+        return str(case_id)
+    finally:
+        await pool.close()
+
+
+async def test_a_client_that_leaves_mid_export_is_not_a_server_error(
+        fresh_database_url: str, token: TokenFactory, tmp_path: Path) -> None:
+    """A real server (run_app does not cancel handlers) notices at its next write."""
+    case_id = await _long_case(fresh_database_url, 20_000)
+    port = free_port()
+    log = tmp_path / "records.log"
+    env = {**os.environ, "DATABASE_URL": fresh_database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET,
+           "CASETRAIL_LOG_LEVEL": "info"}
+    with log.open("w") as output:
+        service = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "records", "--port", str(port), env=env,
+            stdout=output, stderr=output)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(
+                headers=bearer(token(role="supervisor", sub="sup-1"))) as session:
+            await _wait_ready(session, url)
+            response = await session.get(f"{url}/v1/cases/{case_id}/export")
+            await response.content.read(1000)
+            response.close()
+            metrics = ""
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                async with session.get(f"{url}/metrics") as answer:
+                    metrics = await answer.text()
+                if "/export" in metrics:
+                    break
+            async with session.get(f"{url}/v1/cases/{case_id}/verify") as answer:
+                assert answer.status == 200
+    finally:
+        service.terminate()
+        await service.wait()
+    answers = [line for line in metrics.splitlines()
+               if line.startswith("casetrail_http_request_seconds_count") and "/export" in line]
+    assert answers
+    assert all('status="200"' in line for line in answers), answers
+    assert "export_abandoned" in log.read_text()
+
+
+async def _wait_ready(session: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(300):
+        try:
+            async with session.get(f"{url}/readyz") as answer:
+                if answer.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the records service did not become ready")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -54,7 +54,7 @@ class PlanAnswer:
 class CaseExport:
     filename: str
     media_type: str
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
 
 
 class CaseQueries:
@@ -164,7 +164,7 @@ class CaseQueries:
                           export_format.media_type, chunks)
 
     async def _export_chunks(self, writer: ExportWriter, case_id: UUID, first: int,
-                             last: int) -> AsyncIterator[bytes]:
+                             last: int) -> AsyncGenerator[bytes, None]:
         yield writer.header()
         after = first - 1
         while after < last:

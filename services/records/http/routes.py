@@ -10,10 +10,12 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4, uuid5
 
+import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -43,6 +45,8 @@ from services.records.export.formats import ExportFormat
 from services.records.http.app import api as registry
 from services.records.http.app import records
 from services.records.store.events import IdempotencyClaim
+
+log = structlog.get_logger("casetrail.records")
 
 _IDEMPOTENCY_NAMESPACE = UUID("5b8f3c1e-6d0a-4c47-9a8e-2f1b7c9d4e60")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -277,8 +281,13 @@ async def export_case(request: web.Request) -> web.StreamResponse:
         "Content-Type": export.media_type,
         "Content-Disposition": f'attachment; filename="{export.filename}"'})
     await response.prepare(request)
-    async for chunk in export.chunks:
-        await response.write(chunk)
+    async with aclosing(export.chunks) as chunks:
+        async for chunk in chunks:
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:  # the client went away: stop reading the case
+                log.info("export_abandoned", case_id=str(case_id))
+                return response
     await response.write_eof()
     return response
 
