@@ -58,35 +58,46 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, folder: Path) 
     """Apply the pending migrations of ``schema``; returns the names applied.
 
     A transaction-scoped advisory lock makes two processes starting at once take turns: the
-    second one finds everything applied and does nothing.
+    second one finds everything applied and does nothing. With nothing pending no DDL runs, so
+    a service connected as a role that may not create anything (deploy/production-roles.sql)
+    starts as long as the owner has migrated.
     """
     migrations = load_migrations(folder)
-    applied_now: list[str] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        await conn.execute(
-            f"""CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations (
-                   version integer PRIMARY KEY,
-                   name text NOT NULL,
-                   checksum text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        rows = await conn.fetch(f'SELECT version, checksum FROM "{schema}".schema_migrations')
-        applied = {r["version"]: r["checksum"] for r in rows}
+        applied = await _applied_checksums(conn, schema)
         for migration in migrations:
-            if migration.version in applied:
-                if applied[migration.version] != migration.checksum:
-                    raise MigrationError(f"{migration.name} was changed after it was applied")
-                continue
+            if migration.version in applied and applied[migration.version] != migration.checksum:
+                raise MigrationError(f"{migration.name} was changed after it was applied")
+        pending = [m for m in migrations if m.version not in applied]
+        if pending:
+            await _create_migrations_table(conn, schema)
+        for migration in pending:
             await conn.execute(migration.sql)
             await conn.execute(
                 f'INSERT INTO "{schema}".schema_migrations (version, name, checksum)'
                 " VALUES ($1, $2, $3)",
                 migration.version, migration.name, migration.checksum,
             )
-            applied_now.append(migration.name)
-    return applied_now
+    return [migration.name for migration in pending]
+
+
+async def _applied_checksums(conn: asyncpg.Connection, schema: str) -> dict[int, str]:
+    if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.schema_migrations") is None:
+        return {}
+    rows = await conn.fetch(f'SELECT version, checksum FROM "{schema}".schema_migrations')
+    return {r["version"]: r["checksum"] for r in rows}
+
+
+async def _create_migrations_table(conn: asyncpg.Connection, schema: str) -> None:
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    await conn.execute(
+        f"""CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations (
+               version integer PRIMARY KEY,
+               name text NOT NULL,
+               checksum text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
 
 
 async def migrate_schema(database_url: str, schema: str, folder: Path) -> list[str]:
@@ -99,11 +110,7 @@ async def migrate_schema(database_url: str, schema: str, folder: Path) -> list[s
 
 
 async def pending_migrations(conn: asyncpg.Connection, schema: str, folder: Path) -> list[str]:
-    exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.schema_migrations")
-    done: set[int] = set()
-    if exists is not None:
-        rows = await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
-        done = {r["version"] for r in rows}
+    done = await _applied_checksums(conn, schema)
     return [m.name for m in load_migrations(folder) if m.version not in done]
 
 

@@ -1,0 +1,82 @@
+"""deploy/production-roles.sql: the services run as a role that appends events but, like
+everyone, never changes them; every capability still works under it."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from services.records.projections.rebuild import rebuild_projections
+from tests.conftest import ClientFactory, TokenFactory, bearer
+from tests.records_api import CaseApi
+
+ROLES_SQL = Path(__file__).resolve().parent.parent / "deploy" / "production-roles.sql"
+
+
+def as_role(url: str, role: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{role}@{host}", parts.path, parts.query, parts.fragment))
+
+
+@pytest.fixture
+async def app_url(fresh_database_url: str) -> AsyncIterator[str]:
+    """The database as the application role (a name of this test's own: roles are per server)."""
+    role = f"casetrail_app_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(fresh_database_url)
+    await admin.execute(ROLES_SQL.read_text().replace("casetrail_app", role))
+    try:
+        yield as_role(fresh_database_url, role)
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+
+
+async def test_every_capability_works_as_the_application_role(
+        make_records_client: ClientFactory, app_url: str, token: TokenFactory) -> None:
+    client = await make_records_client(app_url)
+    try:
+        cm = CaseApi(client, token(sub="cm-1"))
+        case_id = await cm.open_case()
+        goal = await cm.goal(case_id)
+        step = await cm.step(case_id, goal)
+        await cm.agree(case_id)
+        await cm.call("POST", f"/v1/cases/{case_id}/steps/{step}/complete", {}, expect=200)
+        await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal}/status",
+                      {"status": "achieved"}, expect=200)
+        await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Good week"},
+                      headers={"Idempotency-Key": "note-1"}, expect=201)
+        supervisor = bearer(token(role="supervisor", sub="sup-1"))
+        for path in (f"/v1/cases/{case_id}", f"/v1/cases/{case_id}/history",
+                     f"/v1/cases/{case_id}/verify", f"/v1/cases/{case_id}/export",
+                     "/v1/access-log", "/v1/analytics/outcomes"):
+            response = await client.get(path, headers=supervisor)
+            assert response.status == 200, (path, await response.text())
+        outcomes = await (await client.get("/v1/analytics/outcomes", headers=supervisor)).json()
+        assert outcomes["goals_achieved"]["total"] == 1
+    finally:
+        await client.close()
+    pool = await asyncpg.create_pool(app_url, min_size=1, max_size=2)
+    try:
+        stats = await rebuild_projections(pool)
+        assert stats.cases == 1
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE records.events SET type = 'Changed'", "DELETE FROM records.events",
+    "TRUNCATE records.events"])
+async def test_the_application_role_cannot_change_events(app_url: str, statement: str) -> None:
+    conn = await asyncpg.connect(app_url)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(statement)
+    finally:
+        await conn.close()
