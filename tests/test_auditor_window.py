@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.records.export.verify import summary, verify_export
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.records_api import CaseApi
 
@@ -138,8 +139,6 @@ async def test_verify_checks_the_chain_through_the_window_only(scene: Scene) -> 
 
 async def test_an_export_holds_the_window_and_verifies_from_its_first_event(
         scene: Scene) -> None:
-    from services.records.export.verify import verify_export
-
     response = await scene.client.get(f"/v1/cases/{scene.case_id}/export",
                                       headers=bearer(scene.inside()))
     assert response.status == 200
@@ -188,6 +187,12 @@ async def test_a_window_that_holds_no_event_shows_the_plan_as_it_stood(scene: Sc
     assert (await scene.get("{c}", quiet))[2] == '"2"'
     assert (await scene.get("{c}/history", quiet))[1]["events"] == []
     assert (await scene.get("{c}/diff?from_version=1&to_version=2", quiet))[0] == 403
+    export = await scene.client.get(f"/v1/cases/{scene.case_id}/export", headers=bearer(quiet))
+    assert export.status == 200
+    report = verify_export((await export.read()).splitlines(keepends=True))
+    assert report.ok
+    assert report.events == 0
+    assert "chain:     no events in this export" in summary(report)
 
 
 async def test_every_auditor_read_is_logged_even_when_refused(scene: Scene) -> None:

@@ -253,7 +253,9 @@ def summary(report: ExportReport) -> list[str]:
              f" by {by.get('sub')} ({by.get('role')})",
              f"events:    {report.events} (versions {header.get('first_version')} to"
              f" {header.get('last_version')})"]
-    if not chain.valid:
+    if report.events == 0:
+        lines.append("chain:     no events in this export")
+    elif not chain.valid:
         lines.append(f"chain:     BROKEN at version {chain.broken_at_version} (event"
                      f" {chain.broken_event_id}): {chain.problem}")
     elif header.get("first_version") != 1 and report.events:
