@@ -72,13 +72,17 @@ class ExportQuery(_Query):
         default="jsonl", description="JSON Lines, or CSV for spreadsheets; both signed")
 
 
+# Periods stay well inside what date arithmetic can reach (a default period reaches a year back).
+EARLIEST, LATEST = date(1900, 1, 1), date(9000, 12, 31)
+
+
 class OutcomesQuery(_Query):
     """A period of whole days (UTC); by default the 365 days through today."""
 
     model_config = ConfigDict(extra="forbid", validate_by_name=False, validate_by_alias=True)
 
-    period_from: date | None = Field(default=None, alias="from")
-    period_to: date | None = Field(default=None, alias="to")
+    period_from: date | None = Field(default=None, alias="from", ge=EARLIEST, le=LATEST)
+    period_to: date | None = Field(default=None, alias="to", ge=EARLIEST, le=LATEST)
 
     @model_validator(mode="after")
     def ordered(self) -> Self:

@@ -153,6 +153,12 @@ async def test_another_agency_sees_only_its_own(scene: Scene) -> None:
     assert body["cases_open"] == 1
 
 
+async def test_the_widest_period_allowed(scene: Scene) -> None:
+    status, body = await scene.outcomes("?from=1900-01-01&to=9000-12-31")
+    assert status == 200
+    assert body["small_wins"]["steps_completed"] == 2
+
+
 async def test_without_a_token_401(scene: Scene) -> None:
     response = await scene.client.get("/v1/analytics/outcomes")
     assert response.status == 401
@@ -160,7 +166,8 @@ async def test_without_a_token_401(scene: Scene) -> None:
 
 @pytest.mark.parametrize("query", [
     "?from=someday", "?to=2026-13-01", "?from=2026-05-01&to=2026-04-01", "?since=2026-01-01",
-    "?period_from=2026-01-01", "?from=2026-01-01&from=2026-02-01",
+    "?period_from=2026-01-01", "?from=2026-01-01&from=2026-02-01", "?to=9999-12-31",
+    "?to=0001-01-05", "?from=0001-01-01", "?from=2026-02-30", "?to=", "?from=%00",
 ])
 async def test_bad_periods_are_4xx_problems_and_write_nothing(scene: Scene, query: str) -> None:
     pool = await asyncpg.create_pool(scene.database_url, min_size=1, max_size=1)
