@@ -4,15 +4,25 @@ everyone, never changes them; every capability still works under it."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient
 
 from services.records.projections.rebuild import rebuild_projections
-from tests.conftest import ClientFactory, TokenFactory, bearer
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
+from tests.notifier_helpers import (  # noqa: F401  (fixtures)
+    Records,
+    SmtpServer,
+    clock,
+    make_rig,
+    records,
+    smtp,
+)
 from tests.records_api import CaseApi
 
 ROLES_SQL = Path(__file__).resolve().parent.parent / "deploy" / "production-roles.sql"
@@ -80,3 +90,13 @@ async def test_the_application_role_cannot_change_events(app_url: str, statement
             await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def test_the_notifier_runs_as_the_application_role(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], app_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock) -> None:  # noqa: F811
+    rig = await make_rig(aiohttp_client, app_url, records.client, smtp, clock)
+    case = await records.open_case()
+    await records.agree(case)
+    assert await rig.catch_up() >= 3
+    assert len(await rig.rows(case_id=UUID(case))) == 4  # the review's reminders, scheduled
