@@ -1,9 +1,9 @@
 """Export rate and the records service's memory while it streams a signed export.
 
-    .venv/bin/python -m bench.export [--events 1000 50000]
+    .venv/bin/python -m bench.export [--events 1000 50000] [--format jsonl|csv|pdf]
 
 For each size, one case with that many events (notes, chained by the event store), exported
-as JSON Lines through `casetrail records` by a client that reads and drops the stream; the
+(JSON Lines by default) through `casetrail records` by a client that reads and drops the stream; the
 service's resident memory is sampled every 20 ms during the export. Constant memory means the
 growth does not follow the number of events. Uses DATABASE_URL's server when set, otherwise an
 embedded PostgreSQL.
@@ -63,7 +63,8 @@ def resident_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def export_once(url: str, token: str, case_id: str, pid: int) -> tuple[int, float, int]:
+async def export_once(url: str, token: str, case_id: str, pid: int,
+                      export_format: str) -> tuple[int, float, int]:
     """Bytes, seconds, and the largest resident memory (KiB) seen while it streamed."""
     peak = resident_kib(pid)
     done = asyncio.Event()
@@ -78,7 +79,7 @@ async def export_once(url: str, token: str, case_id: str, pid: int) -> tuple[int
     received = 0
     started = time.perf_counter()
     async with aiohttp.ClientSession() as session, session.get(
-            f"{url}/v1/cases/{case_id}/export",
+            f"{url}/v1/cases/{case_id}/export?format={export_format}",
             headers={"Authorization": f"Bearer {token}"}) as response:
         assert response.status == 200, await response.text()
         async for chunk in response.content.iter_chunked(1 << 16):
@@ -89,7 +90,7 @@ async def export_once(url: str, token: str, case_id: str, pid: int) -> tuple[int
     return received, elapsed, peak
 
 
-async def main(sizes: list[int]) -> None:
+async def main(sizes: list[int], export_format: str) -> None:
     with postgres_server() as server:
         async with scratch_database(server) as database_url:
             case_ids = await fill(database_url, sizes)
@@ -103,16 +104,17 @@ async def main(sizes: list[int]) -> None:
             try:
                 await wait_ready(url)
                 token = issue_token(secret, sub="sup-bench", role="supervisor", agency="bench")
-                await export_once(url, token, case_ids[0], service.pid)  # warm-up
+                await export_once(url, token, case_ids[0], service.pid, export_format)  # warm-up
                 rows = []
                 for size, case_id in zip(sizes, case_ids, strict=True):
                     before = resident_kib(service.pid)
                     received, elapsed, peak = await export_once(url, token, case_id,
-                                                                service.pid)
+                                                                service.pid, export_format)
                     rows.append((size, received, elapsed, before, peak))
             finally:
                 service.terminate()
                 await service.wait()
+    print(f"format: {export_format}")
     print(f"{'events':>8}{'MB':>8}{'seconds':>9}{'events/s':>10}"
           f"{'RSS before MiB':>16}{'peak MiB':>10}{'growth MiB':>12}")
     for size, received, elapsed, before, peak in rows:
@@ -123,5 +125,6 @@ async def main(sizes: list[int]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, nargs="+", default=[1000, 50000])
+    parser.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "pdf"])
     options = parser.parse_args()
-    asyncio.run(main(options.events))
+    asyncio.run(main(options.events, options.format))

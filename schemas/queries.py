@@ -68,8 +68,9 @@ class AccessLogQuery(_Query):
 
 
 class ExportQuery(_Query):
-    format: Literal["jsonl", "csv"] = Field(
-        default="jsonl", description="JSON Lines, or CSV for spreadsheets; both signed")
+    format: Literal["jsonl", "csv", "pdf"] = Field(
+        default="jsonl",
+        description="JSON Lines, CSV for spreadsheets, or PDF for people to read; all signed")
 
 
 # Periods stay well inside what date arithmetic can reach (a default period reaches a year back).

@@ -40,7 +40,7 @@ async def build_case(cm: CaseApi) -> Case:
 
 READS = ["GET {c}", "GET {c}/history", "GET {c}/diff?from_version=1&to_version=2",
          "GET {c}/verify", "GET {c}?as_of_version=1", "GET {c}/export",
-         "GET {c}/export?format=csv"]
+         "GET {c}/export?format=csv", "GET {c}/export?format=pdf"]
 WRITES: list[tuple[str, dict[str, Any] | None]] = [
     ("PATCH {c}/participant", {"pronouns": "she/her"}),
     ("POST {c}/strengths", {"category": "interest", "description": "Chess"}),

@@ -149,6 +149,64 @@ async def test_csv_export_reads_as_a_spreadsheet_and_verifies(
     assert code == 0, out
 
 
+async def test_pdf_export_is_a_signed_document_that_verifies(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    response = await client.get(f"/v1/cases/{case_id}/export?format=pdf",
+                                headers=bearer(token(role="supervisor", sub="sup-1")))
+    assert response.status == 200
+    assert response.content_type == "application/pdf"
+    assert response.headers["Content-Disposition"] == \
+        f'attachment; filename="case-{case_id}-v1-5.pdf"'
+    raw = await response.read()
+    assert raw.startswith(b"%PDF-")
+    document, _, signature_line = raw.rstrip(b"\n").rpartition(b"\n")
+    assert document.rstrip().endswith(b"%%EOF")
+    trailer = json.loads(signature_line.removeprefix(b"%casetrail-signature "))
+    assert trailer["export"]["case_id"] == case_id
+    assert trailer["events"] == 5
+    report = verify_bytes(raw, public_key(key_file))
+    assert report.ok
+    assert report.chain is None
+    code, out = run_verify(tmp_path, raw, "--public-key", f"{key_file}.pub", capsys=capsys)
+    assert code == 0, out
+    assert "chain:     not in a PDF" in out
+
+
+async def test_an_altered_pdf_or_its_header_fails(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path) -> None:
+    raw = await export(client, token(sub="cm-1"), case_id, "?format=pdf")
+    middle = len(raw) // 2
+    flipped = raw[:middle] + bytes([raw[middle] ^ 1]) + raw[middle + 1:]
+    assert not verify_bytes(flipped, public_key(key_file)).ok
+    document, _, signature_line = raw.rstrip(b"\n").rpartition(b"\n")
+    trailer = json.loads(signature_line.removeprefix(b"%casetrail-signature "))
+    trailer["export"]["last_version"] = 4  # claim fewer versions than were signed
+    trailer["events"] = 4
+    relabelled = (document + b"\n%casetrail-signature " + json.dumps(trailer).encode()
+                  + b"\n")
+    report = verify_bytes(relabelled, public_key(key_file))
+    assert report.digest_matches is False
+    assert not report.ok
+    with pytest.raises(MalformedExport, match="cut short"):
+        verify_bytes(document + b"\n")
+
+
+async def test_a_pdf_streams_every_page_of_a_long_history(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queries, "EXPORT_PAGE", 7)
+    cm = CaseApi(client, token(sub="cm-1"))
+    for n in range(120):
+        await cm.call("POST", f"/v1/cases/{case_id}/notes",
+                      {"text": f"Note {n}: Zoë spoke about «the workshop» " * 3}, expect=201)
+    raw = await export(client, token(sub="cm-1"), case_id, "?format=pdf")
+    report = verify_bytes(raw, public_key(key_file))
+    assert report.ok
+    assert report.events == 125
+    assert raw.count(b"/Type /Page\n") + raw.count(b"/Type /Page ") > 5  # many pages
+
+
 def _edit_event(raw: bytes, version: int, change: Any) -> bytes:
     """The export with event ``version`` changed by ``change`` (a JSON Lines export)."""
     out = lines(raw)
@@ -285,7 +343,7 @@ async def test_export_reads_by_supervisors_are_in_the_access_log(
 
 
 @pytest.mark.parametrize(("query", "status"), [
-    ("?format=pdf", 422), ("?format=", 422), ("?format=JSONL", 422), ("?fromat=csv", 422),
+    ("?format=fhir", 422), ("?format=", 422), ("?format=JSONL", 422), ("?fromat=csv", 422),
     ("?format=csv&format=jsonl", 400),
 ])
 async def test_bad_export_queries_are_4xx_problems(
@@ -409,3 +467,23 @@ async def _wait_ready(session: aiohttp.ClientSession, url: str) -> None:
             pass
         await asyncio.sleep(0.1)
     raise AssertionError("the records service did not become ready")
+
+
+def test_without_a_system_font_the_pdf_falls_back_to_the_bundled_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from services.records.chain import ChainLink
+    from services.records.export import pdf
+    from services.records.export.formats import ExportHeader
+
+    monkeypatch.setattr(pdf, "_FONT_FILES", [])
+    header = ExportHeader("case-1", "agency-a", 1, 1, datetime(2026, 3, 2, tzinfo=UTC),
+                          {"sub": "sup-1", "role": "supervisor"})
+    renderer = pdf.PdfRenderer(header)
+    renderer.add([ChainLink("case-1", 1, "e-1", "NoteAdded", 1, {"text": "Zoë, 名前, Ωmega"},
+                            {}, datetime(2026, 3, 2, tzinfo=UTC), "0" * 64, "a" * 64)])
+    raw = b"".join(pdf.signed_pdf(renderer, header, load_signer(None)))
+    renderer.close()
+    assert b"Vera" in raw
+    assert verify_bytes(raw).ok

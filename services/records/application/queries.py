@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from services.records.application.cases import history_entry
 from services.records.chain import ChainReport
 from services.records.domain import plan_json
 from services.records.export.formats import ExportFormat, ExportHeader, ExportWriter
+from services.records.export.pdf import PdfRenderer, signed_pdf
 from services.records.export.signing import ExportSigner
 from services.records.projections.plans import (
     CaseloadFilter,
@@ -38,7 +40,7 @@ from services.records.projections.plans import (
     load_plan,
 )
 from services.records.store.access_log import AccessLogEntry, list_entries, record_read
-from services.records.store.events import Clock, EventStore
+from services.records.store.events import Clock, EventStore, RecordedEvent
 from services.records.store.windows import versions_around_window
 
 EXPORT_PAGE = 500  # events read per query while an export streams
@@ -159,22 +161,44 @@ class CaseQueries:
         first, last = (window.first + 1, window.last) if window else (1, stored.version)
         header = ExportHeader(str(case_id), stored.agency, first, last, self._clock(),
                               {"sub": who.sub, "role": who.role.value})
-        chunks = self._export_chunks(ExportWriter(export_format, header), case_id, first, last)
+        chunks = (self._pdf_chunks(header, case_id, first, last)
+                  if export_format is ExportFormat.PDF
+                  else self._export_chunks(ExportWriter(export_format, header), case_id, first,
+                                           last))
         return CaseExport(f"case-{case_id}-v{first}-{last}.{export_format.value}",
                           export_format.media_type, chunks)
 
     async def _export_chunks(self, writer: ExportWriter, case_id: UUID, first: int,
                              last: int) -> AsyncGenerator[bytes, None]:
         yield writer.header()
+        async for events in self._export_pages(case_id, first, last):
+            yield b"".join(writer.event(event.link()) for event in events)
+        yield writer.trailer(self._signer)
+
+    async def _pdf_chunks(self, header: ExportHeader, case_id: UUID, first: int,
+                          last: int) -> AsyncGenerator[bytes, None]:
+        """Laid out page by page as the events are read (in a thread: rendering is CPU work),
+        then handed out with its signature line."""
+        renderer = await asyncio.to_thread(PdfRenderer, header)
+        try:
+            async for events in self._export_pages(case_id, first, last):
+                await asyncio.to_thread(renderer.add, [event.link() for event in events])
+            chunks = signed_pdf(renderer, header, self._signer)
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                yield chunk
+        finally:
+            renderer.close()
+
+    async def _export_pages(self, case_id: UUID, first: int,
+                            last: int) -> AsyncGenerator[list[RecordedEvent], None]:
         after = first - 1
         while after < last:
             events = await self._store.read_stream(case_id, after_version=after,
                                                    up_to_version=last, limit=EXPORT_PAGE)
             if not events:
-                break
-            yield b"".join(writer.event(event.link()) for event in events)
+                return
+            yield events
             after = events[-1].version
-        yield writer.trailer(self._signer)
 
     async def access_log(self, who: Principal, *, case_id: UUID | None, after: int,
                          limit: int) -> dict[str, Any]:

@@ -23,13 +23,14 @@ from typing import Any
 
 import orjson
 
-from services.records.chain import ChainLink, format_timestamp
+from services.records.chain import ChainLink, canonical_bytes, format_timestamp
 from services.records.export.signing import ExportSigner
 
 EXPORT_KIND = "casetrail.case-export"
 FORMAT_VERSION = 1
 CSV_HEADER_CELL = "#casetrail-export"
 CSV_TRAILER_CELL = "#casetrail-signature"
+PDF_TRAILER_PREFIX = b"%casetrail-signature "  # a PDF comment, after the document's %%EOF
 # The fields each event's hash covers, as the event lines spell them.
 CHAIN_FIELDS = ("stream_id", "version", "event_id", "type", "schema_version", "data",
                 "metadata", "recorded_at", "prev_hash", "hash")
@@ -41,11 +42,13 @@ CSV_COLUMNS = ("version", "recorded_at", "type", "actor", "role", "reason", "eve
 class ExportFormat(StrEnum):
     JSONL = "jsonl"
     CSV = "csv"
+    PDF = "pdf"
 
     @property
     def media_type(self) -> str:
         return {ExportFormat.JSONL: "application/x-ndjson",
-                ExportFormat.CSV: "text/csv; charset=utf-8"}[self]
+                ExportFormat.CSV: "text/csv; charset=utf-8",
+                ExportFormat.PDF: "application/pdf"}[self]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,12 @@ class ExportHeader:
                 "first_version": self.first_version, "last_version": self.last_version,
                 "exported_at": format_timestamp(self.exported_at),
                 "exported_by": dict(self.exported_by)}
+
+
+def header_digest_bytes(header: dict[str, Any]) -> bytes:
+    """What a PDF's digest covers after the document: its header (which the signature line
+    carries, a PDF having no line for it), canonically."""
+    return canonical_bytes(header)
 
 
 def json_line(value: Any) -> bytes:
@@ -84,6 +93,14 @@ def csv_line(cells: list[Any]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(cells)
     return buffer.getvalue().encode()
+
+
+def signature_block(signer: ExportSigner, digest: bytes) -> dict[str, str]:
+    """The trailer's signature: over ``digest``, with the key that checks it."""
+    return {"algorithm": "Ed25519", "digest": f"sha256:{digest.hex()}",
+            "value": base64.b64encode(signer.sign(digest)).decode(),
+            "public_key": base64.b64encode(signer.public_key).decode(),
+            "key_id": signer.key_id}
 
 
 class ExportWriter:
@@ -119,12 +136,8 @@ class ExportWriter:
 
     def trailer(self, signer: ExportSigner) -> bytes:
         """The signature line; nothing may be written after it."""
-        digest = self._digest.digest()
-        trailer = {"events": self._events, "head_hash": self._head_hash, "signature": {
-            "algorithm": "Ed25519", "digest": f"sha256:{digest.hex()}",
-            "value": base64.b64encode(signer.sign(digest)).decode(),
-            "public_key": base64.b64encode(signer.public_key).decode(),
-            "key_id": signer.key_id}}
+        trailer = {"events": self._events, "head_hash": self._head_hash,
+                   "signature": signature_block(signer, self._digest.digest())}
         if self._format is ExportFormat.JSONL:
             return json_line(trailer) + b"\n"
         return csv_line([CSV_TRAILER_CELL, json_line(trailer).decode()])

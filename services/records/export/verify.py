@@ -25,7 +25,9 @@ from services.records.export.formats import (
     CSV_TRAILER_CELL,
     EXPORT_KIND,
     FORMAT_VERSION,
+    PDF_TRAILER_PREFIX,
     ExportFormat,
+    header_digest_bytes,
 )
 from services.records.export.signing import key_id, signature_holds
 
@@ -39,7 +41,7 @@ class ExportReport:
     export_format: ExportFormat
     header: dict[str, Any]
     events: int
-    chain: ChainReport
+    chain: ChainReport | None  # None: a PDF, which carries no machine-readable chain
     digest_matches: bool
     signature_valid: bool
     key_id: str
@@ -48,8 +50,9 @@ class ExportReport:
 
     @property
     def ok(self) -> bool:
-        return (not self.problems and self.chain.valid and self.digest_matches
-                and self.signature_valid and self.key_trusted is not False)
+        return (not self.problems and (self.chain is None or self.chain.valid)
+                and self.digest_matches and self.signature_valid
+                and self.key_trusted is not False)
 
 
 def verify_export(lines: Iterable[bytes], trusted_key: bytes | None = None) -> ExportReport:
@@ -60,6 +63,8 @@ def verify_export(lines: Iterable[bytes], trusted_key: bytes | None = None) -> E
     if first is None:
         raise MalformedExport("the file is empty" if reader.last is None else
                               "the file has one line; an export has a header and a signature")
+    if first.startswith(b"%PDF-"):
+        return _verify_pdf(reader, trusted_key)
     export_format, header = _header(first, reader)
     first_version = _int_field(header, "first_version", "the header")
     check = ChainCheck(first_version)
@@ -73,9 +78,42 @@ def verify_export(lines: Iterable[bytes], trusted_key: bytes | None = None) -> E
     trailer = _trailer(export_format, reader.last, reader.number)
     chain = check.report()
     problems += _compare_counts(header, trailer, events, chain, first_version)
+    return _report(export_format, header, events, chain, trailer, reader.digest.digest(),
+                   trusted_key, problems)
+
+
+def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
+    """A PDF: every byte but the signature line, then its header (carried in that line), make
+    the digest; the events are printed for people, so the chain is left to the JSON Lines or
+    CSV export of the same versions."""
+    while reader.next_content() is not None:
+        pass
+    line = reader.last or b""
+    if not line.startswith(PDF_TRAILER_PREFIX):
+        raise MalformedExport(f"line {reader.number}: the last line is not the signature"
+                              " (the export is cut short)")
+    trailer = _json(line[len(PDF_TRAILER_PREFIX):], reader.number)
+    if not isinstance(trailer, dict) or not isinstance(trailer.get("signature"), dict):
+        raise MalformedExport(f"line {reader.number}: the signature line holds no signature")
+    header = _checked_header(trailer.get("export"), "the signature line's export")
+    reader.digest.update(header_digest_bytes(header))
+    events = trailer.get("events")
+    if type(events) is not int:
+        raise MalformedExport("the signature line's events is not a whole number")
+    expected = (_int_field(header, "last_version", "the header")
+                - _int_field(header, "first_version", "the header") + 1)
+    problems = [] if events == max(expected, 0) else [
+        f"the header promises versions {header['first_version']} to {header['last_version']};"
+        f" the signature line counts {events} events"]
+    return _report(ExportFormat.PDF, header, events, None, trailer, reader.digest.digest(),
+                   trusted_key, problems)
+
+
+def _report(export_format: ExportFormat, header: dict[str, Any], events: int,
+            chain: ChainReport | None, trailer: dict[str, Any], digest: bytes,
+            trusted_key: bytes | None, problems: list[str]) -> ExportReport:
     signature = trailer["signature"]
     public_key = _b64(signature, "public_key")
-    digest = reader.digest.digest()
     return ExportReport(
         export_format, header, events, chain,
         digest_matches=signature.get("digest") == f"sha256:{digest.hex()}",
@@ -128,12 +166,12 @@ def _header(line: bytes, reader: _Lines) -> tuple[ExportFormat, dict[str, Any]]:
     return ExportFormat.CSV, header
 
 
-def _checked_header(header: Any) -> dict[str, Any]:
+def _checked_header(header: Any, where: str = "line 1") -> dict[str, Any]:
     if not isinstance(header, dict) or header.get("export") != EXPORT_KIND:
-        raise MalformedExport(f"line 1: not a {EXPORT_KIND} header")
+        raise MalformedExport(f"{where}: not a {EXPORT_KIND} header")
     if header.get("format_version") != FORMAT_VERSION:
-        raise MalformedExport(f"line 1: format_version {header.get('format_version')!r} is not "
-                              f"one this verifier reads ({FORMAT_VERSION})")
+        raise MalformedExport(f"{where}: format_version {header.get('format_version')!r} is "
+                              f"not one this verifier reads ({FORMAT_VERSION})")
     return header
 
 
@@ -253,7 +291,10 @@ def summary(report: ExportReport) -> list[str]:
              f" by {by.get('sub')} ({by.get('role')})",
              f"events:    {report.events} (versions {header.get('first_version')} to"
              f" {header.get('last_version')})"]
-    if report.events == 0:
+    if chain is None:
+        lines.append("chain:     not in a PDF, which prints each event's hash for people; the"
+                     " JSON Lines or CSV export of the same versions carries the chain")
+    elif report.events == 0:
         lines.append("chain:     no events in this export")
     elif not chain.valid:
         lines.append(f"chain:     BROKEN at version {chain.broken_at_version} (event"

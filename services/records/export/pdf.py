@@ -1,0 +1,152 @@
+"""The PDF form of an export: the case's history laid out for people to read (reportlab).
+
+Each event is printed with its version, time, type, who recorded it and why, its data and its
+hash, so a reader can match it against the JSON Lines or CSV export of the same versions. The
+document is rendered into a spooled temporary file (reportlab keeps a document's pages until
+it is saved) and then handed out in chunks; the signature follows it as a PDF comment line
+after ``%%EOF`` (readers ignore it), over the digest of the document's bytes followed by the
+canonical JSON of the export header, which a PDF has no line of its own for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.utils import simpleSplit
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen.canvas import Canvas
+
+from services.records.chain import ChainLink, format_timestamp
+from services.records.export.formats import (
+    PDF_TRAILER_PREFIX,
+    ExportHeader,
+    header_digest_bytes,
+    json_line,
+    signature_block,
+)
+from services.records.export.signing import ExportSigner
+
+_CHUNK = 1 << 16
+_SPOOL_BYTES = 4 << 20
+_MARGIN, _SIZE, _LEADING = 50.0, 8.5, 11.0
+# Fonts with the widest coverage first: DejaVu where the system has it (most Linux), then the
+# Bitstream Vera that ships with reportlab (Latin-1).
+_FONT_FILES = [Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+               Path("/usr/share/fonts/TTF/DejaVuSans.ttf")]
+
+
+def _font() -> str:
+    for path in _FONT_FILES:
+        if path.exists():
+            if "CasetrailSans" not in pdfmetrics.getRegisteredFontNames():
+                pdfmetrics.registerFont(TTFont("CasetrailSans", str(path)))
+            return "CasetrailSans"
+    if "Vera" not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(TTFont("Vera", "Vera.ttf"))
+    return "Vera"
+
+
+class PdfRenderer:
+    """Lays out one export page by page; not thread-safe, but may move between threads."""
+
+    def __init__(self, header: ExportHeader) -> None:
+        self._header = header
+        # closed by close(), once the document has been handed out or abandoned
+        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=_SPOOL_BYTES)
+        self._font = _font()
+        self._canvas = Canvas(self._file, pagesize=A4, pageCompression=1)
+        self._canvas.setTitle(f"Case history {header.case_id}")
+        self._canvas.setCreator("Casetrail")
+        self._width = A4[0] - 2 * _MARGIN
+        self._y = 0.0
+        self._page = 0
+        self.events = 0
+        self.head_hash: str | None = None
+        self._new_page()
+        self._title()
+
+    def add(self, links: list[ChainLink]) -> None:
+        for link in links:
+            self._event(link)
+            self.events += 1
+            self.head_hash = link.hash
+
+    def finish(self) -> IO[bytes]:
+        """The rendered document, rewound; the renderer is done."""
+        self._canvas.save()
+        self._file.seek(0)
+        return self._file
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _title(self) -> None:
+        h = self._header
+        self._line("Case history — signed export", size=14)
+        self._line("")
+        for text in (f"Case {h.case_id}  ·  agency {h.agency}",
+                     f"Versions {h.first_version} to {h.last_version}",
+                     f"Exported {format_timestamp(h.exported_at)} by "
+                     f"{h.exported_by.get('sub')} ({h.exported_by.get('role')})",
+                     "Check it with: casetrail verify FILE --public-key AGENCY-KEY.pem", ""):
+            self._line(text)
+
+    def _event(self, link: ChainLink) -> None:
+        actor = link.metadata.get("actor") or {}
+        self._line(f"Version {link.version}  ·  {format_timestamp(link.recorded_at)}  ·  "
+                   f"{link.type}", size=10)
+        self._line(f"recorded by {actor.get('sub')} ({actor.get('role')})")
+        if link.metadata.get("reason"):
+            self._line(f"reason: {link.metadata['reason']}")
+        for key, value in link.data.items():
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            self._line(f"{key}: {shown}", indent=12)
+        self._line(f"hash {link.hash}", size=7)
+        self._line("")
+
+    def _line(self, text: str, *, size: float = _SIZE, indent: float = 0.0) -> None:
+        for part in simpleSplit(text, self._font, size, self._width - indent) or [""]:
+            if self._y < _MARGIN + _LEADING:
+                self._new_page()
+            self._canvas.setFont(self._font, size)
+            self._canvas.drawString(_MARGIN + indent, self._y, part)
+            self._y -= max(_LEADING, size + 3)
+
+    def _new_page(self) -> None:
+        if self._page:
+            self._canvas.showPage()
+        self._page += 1
+        self._canvas.setFont(self._font, 7)
+        self._canvas.drawString(_MARGIN, _MARGIN / 2,
+                                f"Case {self._header.case_id}  ·  page {self._page}")
+        self._y = A4[1] - _MARGIN
+
+
+def signed_pdf(renderer: PdfRenderer, header: ExportHeader,
+               signer: ExportSigner) -> Iterator[bytes]:
+    """The rendered document in chunks, then its signature line (blocking reads: the file may
+    have spilled to disk, so call it from a thread)."""
+    document = renderer.finish()
+    digest = hashlib.sha256()
+    last = b""
+    while chunk := document.read(_CHUNK):
+        digest.update(chunk)
+        last = chunk[-1:]
+        yield chunk
+    if last != b"\n":  # the signature must start a line of its own
+        digest.update(b"\n")
+        yield b"\n"
+    header_dict = header.as_dict()
+    digest.update(header_digest_bytes(header_dict))
+    trailer = {"export": header_dict, "events": renderer.events,
+               "head_hash": renderer.head_hash,
+               "signature": signature_block(signer, digest.digest())}
+    yield PDF_TRAILER_PREFIX + json_line(trailer) + b"\n"
