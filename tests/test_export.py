@@ -207,6 +207,20 @@ async def test_a_pdf_streams_every_page_of_a_long_history(
     assert raw.count(b"/Type /Page\n") + raw.count(b"/Type /Page ") > 5  # many pages
 
 
+async def test_a_pdf_of_a_history_too_long_to_read_is_refused(
+        client: TestClient, token: TokenFactory, case_id: str, fresh_database_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queries, "MAX_PDF_EVENTS", 4)
+    headers = bearer(token(sub="cm-1"))
+    response = await client.get(f"/v1/cases/{case_id}/export?format=pdf", headers=headers)
+    assert response.status == 422
+    problem = await response.json()
+    assert problem["type"].endswith("/export-too-large")
+    assert "5 events" in problem["detail"]
+    assert (await client.get(f"/v1/cases/{case_id}/export?format=csv",
+                             headers=headers)).status == 200
+
+
 def _edit_event(raw: bytes, version: int, change: Any) -> bytes:
     """The export with event ``version`` changed by ``change`` (a JSON Lines export)."""
     out = lines(raw)

@@ -7,7 +7,7 @@ from aiohttp import web
 from services.common.problems import Handler, Problem
 from services.records.application.access import Forbidden, NotVisible
 from services.records.application.cases import PreconditionFailed, TooMuchContention
-from services.records.application.queries import VersionOutOfRange
+from services.records.application.queries import ExportTooLarge, VersionOutOfRange
 from services.records.domain import DomainError
 from services.records.store.events import IdempotencyKeyReused
 
@@ -37,6 +37,9 @@ def _problem(error: Exception) -> Problem | None:
             return Problem(422, "Invalid request", str(error), kind="version-out-of-range",
                            current_version=error.current_version,
                            errors=[{"field": "query.to_version", "message": str(error)}])
+        case ExportTooLarge():
+            return Problem(422, "Invalid request", str(error), kind="export-too-large",
+                           errors=[{"field": "query.format", "message": str(error)}])
         case TooMuchContention():
             return Problem(503, "Busy", "the case kept changing; try again",
                            kind="contention", headers={"Retry-After": "1"})
