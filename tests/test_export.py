@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bench.common import wait_ready
 from services.cli import main as casetrail
 from services.common.settings import ConfigurationError
 from services.records.application import queries
@@ -69,6 +70,13 @@ async def export(client: TestClient, token: str, case_id: str, query: str = "") 
     response = await client.get(f"/v1/cases/{case_id}/export{query}", headers=bearer(token))
     assert response.status == 200, await response.text()
     return await response.read()
+
+
+async def add_notes(client: TestClient, token: TokenFactory, case_id: str,
+                    texts: list[str]) -> None:
+    cm = CaseApi(client, token(sub="cm-1"))
+    for text in texts:
+        await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": text}, expect=201)
 
 
 def lines(raw: bytes) -> list[bytes]:
@@ -196,10 +204,8 @@ async def test_a_pdf_streams_every_page_of_a_long_history(
         client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queries, "EXPORT_PAGE", 7)
-    cm = CaseApi(client, token(sub="cm-1"))
-    for n in range(120):
-        await cm.call("POST", f"/v1/cases/{case_id}/notes",
-                      {"text": f"Note {n}: Zoë spoke about «the workshop» " * 3}, expect=201)
+    await add_notes(client, token, case_id,
+                    [f"Note {n}: Zoë spoke about «the workshop» " * 3 for n in range(120)])
     raw = await export(client, token(sub="cm-1"), case_id, "?format=pdf")
     report = verify_bytes(raw, public_key(key_file))
     assert report.ok
@@ -335,9 +341,7 @@ async def test_exports_stream_in_pages_and_stop_at_the_version_they_started_at(
         client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queries, "EXPORT_PAGE", 2)
-    cm = CaseApi(client, token(sub="cm-1"))
-    for n in range(6):
-        await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": f"note {n}"}, expect=201)
+    await add_notes(client, token, case_id, [f"note {n}" for n in range(6)])
     raw = await export(client, token(sub="cm-1"), case_id)
     report = verify_bytes(raw, public_key(key_file))
     assert report.ok
@@ -448,7 +452,7 @@ async def test_a_client_that_leaves_mid_export_is_not_a_server_error(
     try:
         async with aiohttp.ClientSession(
                 headers=bearer(token(role="supervisor", sub="sup-1"))) as session:
-            await _wait_ready(session, url)
+            await wait_ready(url)
             response = await session.get(f"{url}/v1/cases/{case_id}/export")
             await response.content.read(1000)
             response.close()
@@ -470,34 +474,3 @@ async def test_a_client_that_leaves_mid_export_is_not_a_server_error(
     assert all('status="200"' in line for line in answers), answers
     assert "export_abandoned" in log.read_text()
 
-
-async def _wait_ready(session: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(300):
-        try:
-            async with session.get(f"{url}/readyz") as answer:
-                if answer.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("the records service did not become ready")
-
-
-def test_without_a_system_font_the_pdf_falls_back_to_the_bundled_one(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from datetime import UTC, datetime
-
-    from services.records.chain import ChainLink
-    from services.records.export import pdf
-    from services.records.export.formats import ExportHeader
-
-    monkeypatch.setattr(pdf, "_FONT_FILES", [])
-    header = ExportHeader("case-1", "agency-a", 1, 1, datetime(2026, 3, 2, tzinfo=UTC),
-                          {"sub": "sup-1", "role": "supervisor"})
-    renderer = pdf.PdfRenderer(header)
-    renderer.add([ChainLink("case-1", 1, "e-1", "NoteAdded", 1, {"text": "Zoë, 名前, Ωmega"},
-                            {}, datetime(2026, 3, 2, tzinfo=UTC), "0" * 64, "a" * 64)])
-    raw = b"".join(pdf.signed_pdf(renderer, header, load_signer(None)))
-    renderer.close()
-    assert b"Vera" in raw
-    assert verify_bytes(raw).ok
