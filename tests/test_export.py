@@ -474,3 +474,23 @@ async def test_a_client_that_leaves_mid_export_is_not_a_server_error(
     assert all('status="200"' in line for line in answers), answers
     assert "export_abandoned" in log.read_text()
 
+
+
+def test_without_a_system_font_the_pdf_falls_back_to_the_bundled_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from services.records.chain import ChainLink
+    from services.records.export import pdf
+    from services.records.export.formats import ExportHeader
+
+    monkeypatch.setattr(pdf, "_FONT_FILES", [])
+    header = ExportHeader("case-1", "agency-a", 1, 1, datetime(2026, 3, 2, tzinfo=UTC),
+                          {"sub": "sup-1", "role": "supervisor"})
+    renderer = pdf.PdfRenderer(header)
+    renderer.add([ChainLink("case-1", 1, "e-1", "NoteAdded", 1, {"text": "Zoë, 名前, Ωmega"},
+                            {}, datetime(2026, 3, 2, tzinfo=UTC), "0" * 64, "a" * 64)])
+    raw = b"".join(pdf.signed_pdf(renderer, header, load_signer(None)))
+    renderer.close()
+    assert b"Vera" in raw
+    assert verify_bytes(raw).ok
