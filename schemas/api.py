@@ -10,7 +10,7 @@ participant goals, links to known strengths) are the domain's, not the body's.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeAlias
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -48,6 +48,12 @@ NameList = Annotated[list[Name], Field(max_length=MAX_LIST)]
 
 _NOT_NULL = "cannot be null; omit the field to keep its current value"
 
+
+# Dates a person gives for a plan (due, target, held): a generous range, because a typo such
+# as year 9999 would otherwise reach date arithmetic (review intervals, reminder days) in the
+# services that read the events, and overflow there.
+EARLIEST_PLAN_DATE, LATEST_PLAN_DATE = date(1900, 1, 1), date(2999, 12, 31)
+PlanDate: TypeAlias = Annotated[WireDate, Field(ge=EARLIEST_PLAN_DATE, le=LATEST_PLAN_DATE)]
 
 class Body(BaseModel):
     """Base of every request body."""
@@ -137,7 +143,7 @@ class GoalInput(Body):
     status: InitialGoalStatus = "active"
     in_their_words: Text | None = None
     why_it_matters: Text | None = None
-    target_date: WireDate | None = None
+    target_date: PlanDate | None = None
     strength_ids: IdList = Field(default_factory=list)
     risk_factors: TitleList = Field(default_factory=list)
     override_reason: Text | None = None
@@ -148,7 +154,7 @@ class GoalRevision(_Revision):
     domain: GoalDomain | None = None
     in_their_words: Text | None = None
     why_it_matters: Text | None = None
-    target_date: WireDate | None = None
+    target_date: PlanDate | None = None
     strength_ids: IdList | None = None
     risk_factors: TitleList | None = None
     reason: Text | None = None
@@ -172,7 +178,7 @@ class StepInput(Body):
     owner: StepOwner
     support_name: Name | None = None
     support_id: UUID | None = None
-    due_date: WireDate | None = None
+    due_date: PlanDate | None = None
     strength_ids: IdList = Field(default_factory=list)
 
 
@@ -181,7 +187,7 @@ class StepRevision(_Revision):
     owner: StepOwner | None = None
     support_name: Name | None = None
     support_id: UUID | None = None
-    due_date: WireDate | None = None
+    due_date: PlanDate | None = None
     strength_ids: IdList | None = None
     reason: Text | None = None
 
@@ -215,7 +221,7 @@ class RequirementInput(Body):
     description: Text | None = None
     source: RequirementSource = "court"
     reference: ExternalRef | None = None
-    due_date: WireDate | None = None
+    due_date: PlanDate | None = None
 
 
 class RequirementStatusInput(Body):
@@ -231,14 +237,14 @@ class AgreementInput(Body):
 
 
 class ReviewHeldInput(Body):
-    held_on: WireDate | None = None
+    held_on: PlanDate | None = None
     summary: Text | None = None
     participant_statement: Text | None = None
     risk_level: RiskLevel | None = None
 
 
 class RescheduleReviewInput(Body):
-    due_date: WireDate
+    due_date: PlanDate
     reason: Text
 
 

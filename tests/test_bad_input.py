@@ -149,12 +149,22 @@ async def test_bad_idempotency_keys_are_400(setup: Any, key: str) -> None:
     ("agreements", {"participation": "telepathy", "participant_statement": "ok"}),
     ("transfer", {"case_manager": "", "reason": "x"}),
     ("transfer", {"case_manager": "cm-1", "reason": "same person"}),
+    # dates beyond what later date arithmetic (review intervals, reminders) can reach
+    ("goals", {"title": "x", "domain": "housing", "source": "agency",
+               "target_date": "9999-12-31"}),
+    ("goals", {"title": "x", "domain": "housing", "source": "agency",
+               "target_date": "0001-01-01"}),
+    ("goals/{goal}/steps", {"description": "x", "owner": "participant",
+                            "due_date": "3000-01-01"}),
+    ("reviews/{review}/reschedule", {"due_date": "9999-12-31", "reason": "typo"}),
+    ("reviews/{review}/held", {"held_on": "1899-12-31"}),
 ])
 async def test_bad_values_are_refused(setup: Any, path_and_body: tuple[str, Any]) -> None:
     client, pool, case, headers = setup
     import json
 
     path, body = path_and_body
+    path = path.format(goal=case.goal, review=case.review)
     await _expect_refused(client, pool, "POST", f"/v1/cases/{case.id}/{path}", headers,
                           json.dumps(body).encode(), "application/json")
 

@@ -8,8 +8,9 @@ import ast
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -17,6 +18,7 @@ from services.notifier.feed import FeedError
 from services.notifier.schedule import FEED_CHECKPOINT, apply_page
 from services.notifier.service import rule_settings
 from services.notifier.store.cases import load_checkpoint, reset_checkpoint
+from services.records.store.events import EventStore, NewEvent
 from tests.conftest import FakeClock
 from tests.notifier_helpers import (  # noqa: F401
     NotifierRig,
@@ -90,6 +92,30 @@ async def test_rescheduling_a_review_over_http_moves_its_reminder_end_to_end(
     [message] = smtp.received
     assert message["Message-ID"] == new["message_id"]
     assert "20 May 2026" in message.get_payload()[0].get_payload(decode=True).decode()  # type: ignore[index,union-attr]
+
+
+async def test_an_unschedulable_date_in_the_feed_leaves_out_its_notices_not_the_feed(
+        rig: NotifierRig, records: Records, fresh_database_url: str) -> None:
+    """The records API refuses such dates, but the feed may carry one from elsewhere (an older
+    service, an import): the notices it would need are left out and the feed goes on."""
+    case = await records.open_case()
+    review = await records.agree(case)
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=1)
+    try:
+        store = EventStore(pool)
+        head = await store.head(UUID(case))
+        assert head is not None
+        await store.append(UUID(case), [NewEvent(uuid4(), "ReviewScheduled", 1, {
+            "review_id": review, "due_date": "9999-12-31", "basis": "rescheduled",
+            "risk_level": "moderate", "reason": "typed in another system"})],
+            expected_version=head.version, agency=head.agency, metadata={})
+    finally:
+        await pool.close()
+    second = await records.open_case()
+    await records.agree(second)
+    assert await rig.catch_up() >= 5
+    assert {r["status"] for r in await rig.rows(case_id=UUID(case))} == {"cancelled"}
+    assert len(await rig.rows(case_id=UUID(second))) == 4  # the feed went on past it
 
 
 async def test_transfer_moves_pending_notices_and_closing_cancels_them(

@@ -39,6 +39,8 @@ class Kind(StrEnum):
 
 CELEBRATIONS = frozenset({Kind.SMALL_WIN, Kind.MILESTONE})
 OPEN_STEP_STATUSES = frozenset({"not_started", "in_progress"})
+# Days far enough from the calendar's ends that a moment on them converts to UTC and back.
+SCHEDULABLE_DAYS = (date(1900, 1, 1), date(9998, 12, 31))
 
 
 class RecipientRole(StrEnum):
@@ -56,9 +58,18 @@ class RuleSettings:
     send_time: time = time(9, 0)
     timezone: str = "UTC"
 
-    def at_send_time(self, day: date) -> datetime:
-        """The moment on ``day`` when dated notices go out (service time zone)."""
-        return datetime.combine(day, self.send_time, tzinfo=ZoneInfo(self.timezone))
+    def at_send_time(self, day: date, days_later: int = 0) -> datetime | None:
+        """The moment on ``day`` (moved by ``days_later``) when dated notices go out, in the
+        service's time zone; None for a day no notice can be scheduled on. The records API
+        refuses such dates, but an event may come from elsewhere, and one odd date must not
+        stop the feed for everyone."""
+        try:
+            moved = day + timedelta(days=days_later)
+        except OverflowError:
+            return None
+        if not SCHEDULABLE_DAYS[0] <= moved <= SCHEDULABLE_DAYS[1]:
+            return None
+        return datetime.combine(moved, self.send_time, tzinfo=ZoneInfo(self.timezone))
 
 
 @dataclass(frozen=True)
@@ -110,17 +121,19 @@ def review_notices(case: CaseModel, review: Review, rules: RuleSettings) -> list
     context = {"review_id": str(review.review_id), "due_date": due.isoformat()}
     base = f"{review.review_id}:{due.isoformat()}"
     notices = []
-    before = rules.at_send_time(due - timedelta(days=rules.reminder_days_before))
-    if before > review.scheduled_at:
+    before = rules.at_send_time(due, -rules.reminder_days_before)
+    if before is not None and before > review.scheduled_at:
         notices.append(_to_manager(
             case, f"review_reminder:{base}:{rules.reminder_days_before}d",
             Kind.REVIEW_REMINDER, before,
             {**context, "days_before": rules.reminder_days_before}))
     on_the_day = rules.at_send_time(due)
-    if on_the_day > review.scheduled_at:
+    if on_the_day is not None and on_the_day > review.scheduled_at:
         notices.append(_to_manager(case, f"review_due_today:{base}", Kind.REVIEW_DUE_TODAY,
                                    on_the_day, context))
-    overdue_at = rules.at_send_time(due + timedelta(days=rules.overdue_grace_days))
+    overdue_at = rules.at_send_time(due, rules.overdue_grace_days)
+    if overdue_at is None:
+        return notices
     overdue_context = {**context, "grace_days": rules.overdue_grace_days,
                        "case_manager": case.case_manager}
     notices.append(_to_manager(case, f"review_overdue:{base}:case_manager",
@@ -139,7 +152,9 @@ def step_nudges(case: CaseModel, step: Step, rules: RuleSettings) -> list[Notice
         return []
     if goal is not None and goal.status != "active":
         return []
-    due_at = rules.at_send_time(step.due_date + timedelta(days=rules.nudge_days_after))
+    due_at = rules.at_send_time(step.due_date, rules.nudge_days_after)
+    if due_at is None:
+        return []
     return [_to_manager(case, f"step_nudge:{step.step_id}:{step.due_date.isoformat()}",
                         Kind.STEP_NUDGE, due_at, {
                             "step_id": str(step.step_id), "description": step.description,
@@ -148,10 +163,11 @@ def step_nudges(case: CaseModel, step: Step, rules: RuleSettings) -> list[Notice
 
 def goal_target_notices(case: CaseModel, goal: Goal, rules: RuleSettings) -> list[Notice]:
     """On an active goal's target date: a moment to notice progress or agree a new date."""
-    if goal.target_date is None or goal.status != "active":
+    due_at = rules.at_send_time(goal.target_date) if goal.target_date is not None else None
+    if goal.target_date is None or due_at is None or goal.status != "active":
         return []
     return [_to_manager(case, f"goal_target_date:{goal.goal_id}:{goal.target_date.isoformat()}",
-                        Kind.GOAL_TARGET_DATE, rules.at_send_time(goal.target_date),
+                        Kind.GOAL_TARGET_DATE, due_at,
                         {"target_date": goal.target_date.isoformat(), **_goal_context(goal)})]
 
 
