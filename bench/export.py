@@ -35,24 +35,26 @@ async def fill(database_url: str, sizes: list[int]) -> list[str]:
     """One case per size, each with that many events; its plan row by a rebuild."""
     await migrate(database_url)
     pool = await create_pool(database_url, max_size=2)
-    store = EventStore(pool)
-    metadata = {"actor": {"sub": "cm-bench", "role": "case_manager"}}
-    opened = {"participant": {"name": "Participant"}, "case_manager": "cm-bench",
-              "risk_level": "moderate", "agency": "bench"}
-    case_ids = []
-    for size in sizes:
-        case_id = uuid4()
-        events = [NewEvent(uuid4(), "CaseOpened", 1, opened)]
-        events += [NewEvent(uuid4(), "NoteAdded", 1, {"note_id": str(uuid4()),
-                                                       "text": f"Met at the library ({n})"})
-                   for n in range(size - 1)]
-        for start in range(0, size, CHUNK):
-            await store.append(case_id, events[start:start + CHUNK], expected_version=start,
-                               agency="bench", metadata=metadata)
-        case_ids.append(str(case_id))
-    await rebuild_projections(pool)
-    await pool.close()
-    return case_ids
+    try:
+        store = EventStore(pool)
+        metadata = {"actor": {"sub": "cm-bench", "role": "case_manager"}}
+        opened = {"participant": {"name": "Participant"}, "case_manager": "cm-bench",
+                  "risk_level": "moderate", "agency": "bench"}
+        case_ids = []
+        for size in sizes:
+            case_id = uuid4()
+            events = [NewEvent(uuid4(), "CaseOpened", 1, opened)]
+            events += [NewEvent(uuid4(), "NoteAdded", 1, {"note_id": str(uuid4()),
+                                                           "text": f"Met at the library ({n})"})
+                       for n in range(size - 1)]
+            for start in range(0, size, CHUNK):
+                await store.append(case_id, events[start:start + CHUNK],
+                                   expected_version=start, agency="bench", metadata=metadata)
+            case_ids.append(str(case_id))
+        await rebuild_projections(pool)
+        return case_ids
+    finally:
+        await pool.close()
 
 
 def resident_kib(pid: int) -> int:

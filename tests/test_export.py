@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import aiohttp
 import asyncpg
@@ -20,13 +19,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bench.common import wait_ready
+from bench.export import fill
 from services.cli import main as casetrail
 from services.common.settings import ConfigurationError
 from services.records.application import queries
 from services.records.export.signing import ExportSigner, load_signer, write_key_pair
 from services.records.export.verify import MalformedExport, verify_export
-from services.records.projections.rebuild import rebuild_projections
-from services.records.store.events import EventStore, NewEvent
 from tests.conftest import (
     JWT_SECRET,
     ClientFactory,
@@ -416,30 +414,10 @@ def test_a_key_file_that_is_not_an_ed25519_key_stops_the_start(tmp_path: Path) -
                                      CASETRAIL_EXPORT_SIGNING_KEY_FILE=str(path)))
 
 
-async def _long_case(database_url: str, events: int) -> str:
-    """A case of ``events`` notes, appended straight through the store (quick to fill)."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
-        store = EventStore(pool)
-        case_id = uuid4()
-        opened = {"participant": {"name": "Jo"}, "case_manager": "cm-1",
-                  "risk_level": "moderate", "agency": "agency-a"}
-        batch = [NewEvent(uuid4(), "CaseOpened", 1, opened)] + [
-            NewEvent(uuid4(), "NoteAdded", 1, {"note_id": str(uuid4()), "text": f"note {n}"})
-            for n in range(events - 1)]
-        for start in range(0, events, 1000):
-            await store.append(case_id, batch[start:start + 1000], expected_version=start,
-                               agency="agency-a", metadata={})
-        await rebuild_projections(pool)
-        return str(case_id)
-    finally:
-        await pool.close()
-
-
 async def test_a_client_that_leaves_mid_export_is_not_a_server_error(
         fresh_database_url: str, token: TokenFactory, tmp_path: Path) -> None:
     """A real server (run_app does not cancel handlers) notices at its next write."""
-    case_id = await _long_case(fresh_database_url, 20_000)
+    [case_id] = await fill(fresh_database_url, [20_000])  # agency "bench"
     port = free_port()
     log = tmp_path / "records.log"
     env = {**os.environ, "DATABASE_URL": fresh_database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET,
@@ -451,7 +429,7 @@ async def test_a_client_that_leaves_mid_export_is_not_a_server_error(
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession(
-                headers=bearer(token(role="supervisor", sub="sup-1"))) as session:
+                headers=bearer(token(role="supervisor", sub="sup-1", agency="bench"))) as session:
             await wait_ready(url)
             response = await session.get(f"{url}/v1/cases/{case_id}/export")
             await response.content.read(1000)

@@ -17,12 +17,18 @@ def samples(client: TestClient, name: str) -> dict[tuple[str, ...], float]:
             if sample.name == name}
 
 
+async def case_with_notes(client: TestClient, token: TokenFactory, notes: int) -> str:
+    api = CaseApi(client, token())
+    case_id = await api.open_case()
+    for _ in range(notes):
+        await api.call("POST", f"/v1/cases/{case_id}/notes", {"text": "a talk"}, expect=201)
+    return case_id
+
+
 async def test_requests_are_counted_by_method_route_and_status(records_client: TestClient,
                                                               token: TokenFactory) -> None:
+    await case_with_notes(records_client, token, 3)
     api = CaseApi(records_client, token())
-    case_id = await api.open_case()
-    for _ in range(3):
-        await api.call("POST", f"/v1/cases/{case_id}/notes", {"text": "a talk"}, expect=201)
     await api.call("POST", "/v1/cases/not-a-uuid/notes", {"text": "a talk"}, expect=400)
     await records_client.get("/nowhere")
     await records_client.delete("/healthz")
@@ -40,10 +46,7 @@ async def test_requests_are_counted_by_method_route_and_status(records_client: T
 
 async def test_appended_events_are_counted_by_type(records_client: TestClient,
                                                   token: TokenFactory) -> None:
-    api = CaseApi(records_client, token())
-    case_id = await api.open_case()
-    for _ in range(2):
-        await api.call("POST", f"/v1/cases/{case_id}/notes", {"text": "a talk"}, expect=201)
+    case_id = await case_with_notes(records_client, token, 2)
     replayed = {**bearer(token()), "Idempotency-Key": "note-1"}
     for _ in range(2):
         await records_client.post(f"/v1/cases/{case_id}/notes", json={"text": "again"},

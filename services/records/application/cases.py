@@ -40,11 +40,10 @@ from services.records.domain import (
     PlanState,
     TransferCase,
     decide,
-    evolve,
     warnings_for,
 )
-from services.records.projections.outcomes import fact_of, facts_insert
-from services.records.projections.plans import fold_recorded, plan_upsert
+from services.records.projections.outcomes import facts_insert, facts_of
+from services.records.projections.plans import evolve_each, fold_recorded, plan_upsert
 from services.records.store.events import (
     AppendResult,
     Clock,
@@ -235,17 +234,10 @@ class CaseCommands:
         written: list[PlanState] = []
 
         def project(events: list[RecordedEvent]) -> list[CoWrite]:
-            new_state = state
-            facts = []
-            for payload, event in zip(payloads, events, strict=True):
-                new_state = evolve(new_state, payload, version=event.version,
-                                   recorded_at=event.recorded_at, case_id=event.stream_id)
-                fact = fact_of(payload, new_state, event.event_id)
-                if fact is not None:
-                    facts.append(fact)
-            assert new_state is not None
+            steps = list(evolve_each(state, zip(payloads, events, strict=True)))
+            new_state = steps[-1][2]
             written.append(new_state)
-            return [plan_upsert(new_state), *facts_insert(facts)]
+            return [plan_upsert(new_state), *facts_insert(facts_of(steps))]
 
         result = await self._store.append(
             request.case_id, [to_new_event(p) for p in payloads], expected_version=expected,

@@ -100,9 +100,7 @@ def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
     events = trailer.get("events")
     if type(events) is not int:
         raise MalformedExport("the signature line's events is not a whole number")
-    expected = (_int_field(header, "last_version", "the header")
-                - _int_field(header, "first_version", "the header") + 1)
-    problems = [] if events == max(expected, 0) else [
+    problems = [] if events == _promised_events(header) else [
         f"the header promises versions {header['first_version']} to {header['last_version']};"
         f" the signature line counts {events} events"]
     return _report(ExportFormat.PDF, header, events, None, trailer, reader.digest.digest(),
@@ -231,13 +229,18 @@ def _compare_counts(header: dict[str, Any], trailer: dict[str, Any], events: int
     if trailer.get("events") != events:
         problems.append(f"the signature line counts {trailer.get('events')} events;"
                         f" the export holds {events}")
-    expected = _int_field(header, "last_version", "the header") - first_version + 1
-    if events != max(expected, 0):
+    if events != _promised_events(header):
         problems.append(f"the header promises versions {first_version} to "
                         f"{header['last_version']}; the export holds {events} events")
     if chain.valid and events and trailer.get("head_hash") != chain.head_hash:
         problems.append("the signature line's head_hash is not the last event's hash")
     return problems
+
+
+def _promised_events(header: dict[str, Any]) -> int:
+    """How many events the header's version range holds."""
+    return max(_int_field(header, "last_version", "the header")
+               - _int_field(header, "first_version", "the header") + 1, 0)
 
 
 def _json(raw: bytes, number: int) -> Any:

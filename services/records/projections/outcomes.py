@@ -10,7 +10,7 @@ SQL touching ``records.outcome_facts`` lives here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any
@@ -20,6 +20,7 @@ import asyncpg
 
 from schemas import events as ev
 from services.records.domain import PlanState
+from services.records.projections.plans import Step
 from services.records.store.events import CoWrite
 
 _COLUMNS = ("event_id, case_id, version, agency, kind, occurred_on, domain, days, agreed,"
@@ -99,6 +100,12 @@ def fact_of(payload: ev.EventPayload, after: PlanState, event_id: UUID) -> Outco
     kind, details = found
     return OutcomeFact(event_id, after.case_id, after.version, after.agency, kind,
                        after.updated_at.date(), **details)
+
+
+def facts_of(steps: Iterable[Step]) -> list[OutcomeFact]:
+    """The facts of a run of events, each read with the state it left."""
+    return [fact for payload, event, state in steps
+            if (fact := fact_of(payload, state, event.event_id)) is not None]
 
 
 def facts_insert(facts: list[OutcomeFact]) -> list[CoWrite]:

@@ -7,7 +7,7 @@ the events by ``projections.rebuild``. All SQL touching ``records.plans`` lives 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -119,15 +119,22 @@ async def list_caseload(pool: asyncpg.Pool, query: CaseloadFilter) -> list[dict[
     } for r in rows]
 
 
-def replay(events: list[RecordedEvent],
-           state: PlanState | None = None) -> Iterator[tuple[EventPayload, RecordedEvent,
-                                                              PlanState]]:
-    """Each event (upcast and parsed) with the state it leaves, in order."""
-    for event in events:
-        payload = parse_event(event.type, event.schema_version, event.data)
+Step = tuple[EventPayload, RecordedEvent, PlanState]  # an event and the state it leaves
+
+
+def evolve_each(state: PlanState | None,
+                recorded: Iterable[tuple[EventPayload, RecordedEvent]]) -> Iterator[Step]:
+    """Each payload, with the event that records it and the state it leaves, in order."""
+    for payload, event in recorded:
         state = evolve(state, payload, version=event.version, recorded_at=event.recorded_at,
                        case_id=event.stream_id)
         yield payload, event, state
+
+
+def replay(events: list[RecordedEvent], state: PlanState | None = None) -> Iterator[Step]:
+    """``evolve_each`` over stored events, each upcast and parsed."""
+    return evolve_each(state, ((parse_event(e.type, e.schema_version, e.data), e)
+                               for e in events))
 
 
 def fold_recorded(events: list[RecordedEvent], state: PlanState | None = None) -> PlanState | None:

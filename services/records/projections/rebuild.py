@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from services.common.jsonenc import encode_json
-from services.records.projections.outcomes import clear_facts, fact_of, insert_facts
+from services.records.projections.outcomes import clear_facts, facts_of, insert_facts
 from services.records.projections.plans import clear_plans, plan_row, replay, upsert_plans
 from services.records.store.events import every_stream
 
@@ -33,24 +33,23 @@ async def rebuild_projections(pool: asyncpg.Pool, batch_size: int = 500) -> Rebu
         plans: list[dict[str, Any]] = []
         facts: list[dict[str, Any]] = []
         async for stream in every_stream(conn):
-            state = None
-            for payload, event, state in replay(stream):
-                fact = fact_of(payload, state, event.event_id)
-                if fact is not None:
-                    facts.append(asdict(fact))
+            steps = list(replay(stream))
             events += len(stream)
-            if state is None:
+            if not steps:
                 continue
-            plans.append(plan_row(state))
+            plans.append(plan_row(steps[-1][2]))
+            facts += [asdict(fact) for fact in facts_of(steps)]
             cases += 1
-            if len(plans) >= batch_size:
-                await upsert_plans(conn, encode_json(plans))
-                plans = []
-            if len(facts) >= batch_size:
-                await insert_facts(conn, encode_json(facts))
-                facts = []
-        if plans:
-            await upsert_plans(conn, encode_json(plans))
-        if facts:
-            await insert_facts(conn, encode_json(facts))
+            if len(plans) >= batch_size or len(facts) >= batch_size:
+                await _write(conn, plans, facts)
+                plans, facts = [], []
+        await _write(conn, plans, facts)
     return RebuildStats(events, cases)
+
+
+async def _write(conn: asyncpg.Connection, plans: list[dict[str, Any]],
+                 facts: list[dict[str, Any]]) -> None:
+    if plans:
+        await upsert_plans(conn, encode_json(plans))
+    if facts:
+        await insert_facts(conn, encode_json(facts))
