@@ -365,10 +365,18 @@ async def test_export_reads_by_supervisors_are_in_the_access_log(
 async def test_bad_export_queries_are_4xx_problems(
         client: TestClient, token: TokenFactory, case_id: str, query: str, status: int,
         fresh_database_url: str) -> None:
-    response = await client.get(f"/v1/cases/{case_id}/export{query}",
-                                headers=bearer(token(sub="cm-1")))
-    assert response.status == status
-    assert response.content_type == "application/problem+json"
+    db = await asyncpg.connect(fresh_database_url)
+    try:
+        before = await db.fetchval("SELECT (SELECT count(*) FROM records.events)"
+                                   " + (SELECT count(*) FROM records.access_log)")
+        response = await client.get(f"/v1/cases/{case_id}/export{query}",
+                                    headers=bearer(token(role="supervisor", sub="sup-1")))
+        assert response.status == status
+        assert response.content_type == "application/problem+json"
+        assert await db.fetchval("SELECT (SELECT count(*) FROM records.events)"
+                                 " + (SELECT count(*) FROM records.access_log)") == before
+    finally:
+        await db.close()
 
 
 async def test_unknown_and_malformed_case_ids(client: TestClient, token: TokenFactory) -> None:
