@@ -137,6 +137,8 @@ class FeedSubscriber:
                                   checkpoint=page.checkpoint, rules=self._rules,
                                   domain=self._settings.message_id_domain, now=now)
         self._metrics.feed_events.inc(len(page.items))
+        for why, count in (result.skipped.items() if result is not None else ()):
+            self._metrics.feed_skipped.labels(why).inc(count)
         newest = page.items[-1].recorded_at
         self._metrics.feed_lag.set(max(0.0, (now - newest).total_seconds()))
         return result
@@ -149,18 +151,27 @@ class FeedSubscriber:
         return total
 
     async def run(self) -> None:
-        """Follow the feed until cancelled; back off (with jitter) while it is unreachable.
-        The first read, and the first after a failure, does not wait: it tells at once
-        whether the feed is readable (readiness), where a long-poll would hold that back."""
+        """Follow the feed until cancelled; back off (with jitter) while a page cannot be read
+        or applied. The first read, and the first after a failure, does not wait: it tells at
+        once whether the feed is readable (readiness), where a long-poll would hold that back."""
         delay, wait = 0.5, 0.0
         while True:
             try:
                 await self.step(wait)
                 delay, wait = 0.5, self._settings.feed_wait_seconds
+                continue
             except (FeedError, *DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
-                self._metrics.feed_errors.inc()
-                self.healthy, self.last_error = False, str(error)
-                wait = 0.0
                 log.warning("feed read failed; retrying", error=str(error), retry_in=delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 30.0)
+                self._failed(error)
+            except Exception as error:
+                # A bug met while applying a page must not end the subscription for good:
+                # the page is retried, and readiness and the metrics show it meanwhile.
+                log.exception("feed page could not be applied; retrying", retry_in=delay)
+                self._failed(error)
+            wait = 0.0
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 30.0)
+
+    def _failed(self, error: Exception) -> None:
+        self._metrics.feed_errors.inc()
+        self.healthy, self.last_error = False, str(error) or type(error).__name__

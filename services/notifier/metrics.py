@@ -20,8 +20,11 @@ class NotifierMetrics:
                                  registry=r)
         self.feed_events = Counter("casetrail_notifier_feed_events_total",
                                    "feed events received", registry=r)
+        self.feed_skipped = Counter("casetrail_notifier_feed_events_skipped_total",
+                                    "feed events left out: undecodable, or their rules failed",
+                                    ["why"], registry=r)
         self.feed_errors = Counter("casetrail_notifier_feed_errors_total",
-                                   "failed reads of the records feed", registry=r)
+                                   "failed reads or applications of feed pages", registry=r)
         self.feed_lag = Gauge("casetrail_notifier_feed_lag_seconds",
                               "age of the newest feed event handled (0 when caught up)",
                               registry=r)

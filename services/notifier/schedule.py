@@ -4,10 +4,14 @@ Each event is applied once per case (its version must be above the case's last a
 version), celebrations are keyed by the event and timed notices are reconciled with what the
 case now calls for. A page replayed after a crash (handled, not checkpointed) therefore finds
 everything in place and changes nothing.
+
+An event this code cannot read, or whose rules fail, is left out (logged, counted) and the page
+goes on: one odd event must not hold back every agency's reminders.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,9 +20,9 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from schemas.events import EventDecodeError
+from schemas import events as ev
 from services.notifier.casemodel import RELEVANT_TYPES, CaseModel, FeedItem, evolve
-from services.notifier.rules import RuleSettings, event_notices, timed_notices
+from services.notifier.rules import Notice, RuleSettings, event_notices, timed_notices
 from services.notifier.store.cases import advance_checkpoint, load_cases, save_case
 from services.notifier.store.notifications import insert_notices, reconcile_case
 
@@ -30,7 +34,7 @@ FEED_CHECKPOINT = "records-feed"
 class PageResult:
     applied: int
     celebrations: int
-    undecodable: int
+    skipped: dict[str, int]  # events left out, by why: "undecodable" or "rule_error"
 
 
 @dataclass
@@ -43,7 +47,16 @@ class _Page:
     changed: set[UUID] = field(default_factory=set)
     applied: int = 0
     celebrations: int = 0
-    undecodable: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one event does to its case: the case after it and the notices it calls for."""
+
+    case: CaseModel
+    celebrations: list[Notice]
+    timed: list[Notice]
 
 
 async def apply_page(pool: asyncpg.Pool, items: Sequence[FeedItem], *, after: str,
@@ -64,7 +77,7 @@ async def apply_page(pool: asyncpg.Pool, items: Sequence[FeedItem], *, after: st
             await _apply_event(page, item)
         for case_id in page.changed:
             await save_case(conn, page.cases[case_id], now)
-    return PageResult(page.applied, page.celebrations, page.undecodable)
+    return PageResult(page.applied, page.celebrations, dict(page.skipped))
 
 
 async def _apply_event(page: _Page, item: FeedItem) -> None:
@@ -73,22 +86,41 @@ async def _apply_event(page: _Page, item: FeedItem) -> None:
         return
     try:
         payload = item.payload()
-    except EventDecodeError as error:
-        # A payload this code cannot read must not stop every other case's reminders.
-        log.error("feed event not understood; skipped", event_id=str(item.event_id),
-                  case_id=str(item.case_id), error=str(error))
-        page.undecodable += 1
+    except ev.EventDecodeError as error:
+        _skip(page, item, "undecodable", error)
         return
-    after = evolve(case, item, payload)
-    if after is None:
+    try:
+        outcome = _outcome(case, item, payload, page.rules)
+    except Exception as error:
+        # The next bug in the rules must cost one event's notices, not every agency's feed.
+        _skip(page, item, "rule_error", error)
         return
+    if outcome is None:
+        return
+    after = outcome.case
     page.cases[item.case_id] = after
     page.changed.add(item.case_id)
     page.applied += 1
-    celebrations = event_notices(after, item, payload)
-    page.celebrations += len(celebrations)
-    await insert_notices(page.conn, celebrations, page.domain, page.now)
-    await reconcile_case(page.conn, after.case_id, timed_notices(after, page.rules),
+    page.celebrations += len(outcome.celebrations)
+    await insert_notices(page.conn, outcome.celebrations, page.domain, page.now)
+    await reconcile_case(page.conn, after.case_id, outcome.timed,
                          case_manager=after.case_manager, closed=after.status == "closed",
                          reason=f"{item.type} (case version {item.version})",
                          domain=page.domain, now=page.now)
+
+
+def _outcome(case: CaseModel | None, item: FeedItem, payload: ev.EventPayload,
+             rules: RuleSettings) -> _Outcome | None:
+    """The pure part of applying an event (no I/O); None while its case is unknown."""
+    after = evolve(case, item, payload)
+    if after is None:
+        return None
+    return _Outcome(after, event_notices(after, item, payload), timed_notices(after, rules))
+
+
+def _skip(page: _Page, item: FeedItem, why: str, error: Exception) -> None:
+    """Leave an event out, loudly: its case keeps the state it had before it."""
+    log.error("feed event left out", why=why, event_id=str(item.event_id),
+              event_type=item.type, case_id=str(item.case_id), version=item.version,
+              error=repr(error))
+    page.skipped[why] += 1
