@@ -1,6 +1,6 @@
 """Export rate and the records service's memory while it streams a signed export.
 
-    .venv/bin/python -m bench.export [--events 1000 50000] [--format jsonl|csv|pdf]
+    .venv/bin/python -m bench.export [--events 1000 50000] [--format jsonl|csv|pdf|fhir]
 
 For each size, one case with that many events (notes, chained by the event store), exported
 (JSON Lines by default) through `casetrail records` by a client that reads and drops the stream; the
@@ -127,6 +127,6 @@ async def main(sizes: list[int], export_format: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, nargs="+", default=[1000, 50000])
-    parser.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "pdf"])
+    parser.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "pdf", "fhir"])
     options = parser.parse_args()
     asyncio.run(main(options.events, options.format))

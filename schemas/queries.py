@@ -68,9 +68,10 @@ class AccessLogQuery(_Query):
 
 
 class ExportQuery(_Query):
-    format: Literal["jsonl", "csv", "pdf"] = Field(
+    format: Literal["jsonl", "csv", "pdf", "fhir"] = Field(
         default="jsonl",
-        description="JSON Lines, CSV for spreadsheets, or PDF for people to read; all signed")
+        description="JSON Lines, CSV for spreadsheets, PDF for people to read, or a FHIR R4 "
+                    "Bundle (the plan as resources, each event as a Provenance); all signed")
 
 
 # Periods stay well inside what date arithmetic can reach (a default period reaches a year back).

@@ -151,6 +151,24 @@ async def test_an_export_holds_the_window_and_verifies_from_its_first_event(
     assert report.events == 2
 
 
+async def test_a_fhir_export_shows_the_plan_as_the_window_closed(scene: Scene) -> None:
+    cm = CaseApi(scene.client, scene.token(sub="cm-1"))
+    await cm.goal(scene.case_id, "Learn to drive")  # version 5, after the window
+    response = await scene.client.get(f"/v1/cases/{scene.case_id}/export?format=fhir",
+                                      headers=bearer(scene.inside()))
+    assert response.status == 200
+    raw = await response.read()
+    entries = [e["resource"] for e in json.loads(raw)["entry"]]
+    assert [r["description"]["text"] for r in entries if r["resourceType"] == "Goal"] \
+        == ["Find steady work"]
+    recorded = [json.loads(r["extension"][0]["valueString"])["version"]
+                for r in entries if r["resourceType"] == "Provenance"]
+    assert recorded == [2, 3]
+    report = verify_export(raw.splitlines(keepends=True))
+    assert report.ok, report.problems
+    assert report.events == 2
+
+
 async def test_open_ended_windows(scene: Scene) -> None:
     from_version_3 = scene.auditor(scene.times[2] - HOUR, None)
     plan = await scene.get("{c}", from_version_3)

@@ -182,7 +182,7 @@ async def test_bad_plan_queries(setup: Any, query: str) -> None:
 @pytest.mark.parametrize("path", [
     "history?limit=0", "history?limit=100000", "history?after_version=-1",
     "diff", "diff?from_version=a&to_version=2", "diff?from_version=2&to_version=2",
-    "export?format=fhir", "export?format=xml", "export?limit=5"])
+    "export?format=FHIR", "export?format=xml", "export?limit=5"])
 async def test_bad_audit_queries(setup: Any, path: str) -> None:
     client, _, case, headers = setup
     response = await client.get(f"/v1/cases/{case.id}/{path}", headers=headers)

@@ -1,5 +1,7 @@
 """Signed exports of a case's history, and `casetrail verify` checking them offline."""
 
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import asyncio
@@ -23,7 +25,7 @@ from bench.export import fill
 from services.cli import main as casetrail
 from services.common.settings import ConfigurationError
 from services.records.application import queries
-from services.records.export.signing import ExportSigner, load_signer, write_key_pair
+from services.records.export.signing import ExportSigner, load_signer
 from services.records.export.verify import MalformedExport, verify_export
 from tests.conftest import (
     JWT_SECRET,
@@ -33,69 +35,19 @@ from tests.conftest import (
     free_port,
     make_settings,
 )
+from tests.export_helpers import (  # noqa: F401  (fixtures are found by name)
+    NOTE,
+    add_notes,
+    case_id,
+    client,
+    export,
+    key_file,
+    lines,
+    public_key,
+    run_verify,
+    verify_bytes,
+)
 from tests.records_api import CaseApi, event_count
-
-NOTE = "Jo said: «I want to fix bikes»\nand meant it"
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "keys" / "export.pem"
-    write_key_pair(path)
-    return path
-
-
-@pytest.fixture
-async def client(make_records_client: ClientFactory, fresh_database_url: str,
-                 key_file: Path) -> TestClient:
-    return await make_records_client(fresh_database_url,
-                                     CASETRAIL_EXPORT_SIGNING_KEY_FILE=str(key_file))
-
-
-@pytest.fixture
-async def case_id(client: TestClient, token: TokenFactory) -> str:
-    cm = CaseApi(client, token(sub="cm-1"))
-    case_id = await cm.open_case()
-    strength = await cm.strength(case_id)
-    await cm.goal(case_id, strength_ids=[strength])
-    await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": NOTE}, expect=201)
-    await cm.call("DELETE", f"/v1/cases/{case_id}/strengths/{strength}",
-                  {"reason": "recorded twice"})
-    return case_id
-
-
-async def export(client: TestClient, token: str, case_id: str, query: str = "") -> bytes:
-    response = await client.get(f"/v1/cases/{case_id}/export{query}", headers=bearer(token))
-    assert response.status == 200, await response.text()
-    return await response.read()
-
-
-async def add_notes(client: TestClient, token: TokenFactory, case_id: str,
-                    texts: list[str]) -> None:
-    cm = CaseApi(client, token(sub="cm-1"))
-    for text in texts:
-        await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": text}, expect=201)
-
-
-def lines(raw: bytes) -> list[bytes]:
-    return raw.splitlines(keepends=True)
-
-
-def verify_bytes(raw: bytes, trusted: bytes | None = None) -> Any:
-    return verify_export(lines(raw), trusted)
-
-
-def public_key(key_file: Path) -> bytes:
-    return load_signer(key_file).public_key
-
-
-def run_verify(tmp_path: Path, raw: bytes, *options: str,
-               capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    path = tmp_path / "export.out"
-    path.write_bytes(raw)
-    code = casetrail(["verify", str(path), *options])
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 async def test_jsonl_export_carries_every_event_and_verifies(
@@ -359,7 +311,7 @@ async def test_export_reads_by_supervisors_are_in_the_access_log(
 
 
 @pytest.mark.parametrize(("query", "status"), [
-    ("?format=fhir", 422), ("?format=", 422), ("?format=JSONL", 422), ("?fromat=csv", 422),
+    ("?format=hl7", 422), ("?format=", 422), ("?format=JSONL", 422), ("?fromat=csv", 422),
     ("?format=csv&format=jsonl", 400),
 ])
 async def test_bad_export_queries_are_4xx_problems(

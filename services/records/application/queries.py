@@ -29,6 +29,7 @@ from services.records.application.access import (
 from services.records.application.cases import history_entry
 from services.records.chain import ChainReport
 from services.records.domain import plan_json
+from services.records.export.fhir import FhirWriter
 from services.records.export.formats import ExportFormat, ExportHeader, ExportWriter
 from services.records.export.pdf import PdfRenderer, signed_pdf
 from services.records.export.signing import ExportSigner
@@ -166,11 +167,14 @@ class CaseQueries:
             raise ExportTooLarge(last - first + 1)
         header = ExportHeader(str(case_id), stored.agency, first, last, self._clock(),
                               {"sub": who.sub, "role": who.role.value})
-        chunks = (self._pdf_chunks(header, case_id, first, last)
-                  if export_format is ExportFormat.PDF
-                  else self._export_chunks(ExportWriter(export_format, header), case_id, first,
-                                           last))
-        return CaseExport(f"case-{case_id}-v{first}-{last}.{export_format.value}",
+        if export_format is ExportFormat.PDF:
+            chunks = self._pdf_chunks(header, case_id, first, last)
+        elif export_format is ExportFormat.FHIR:
+            chunks = self._fhir_chunks(FhirWriter(header), stored, case_id, first, last)
+        else:
+            chunks = self._export_chunks(ExportWriter(export_format, header), case_id, first,
+                                         last)
+        return CaseExport(f"case-{case_id}-v{first}-{last}.{export_format.file_suffix}",
                           export_format.media_type, chunks)
 
     async def _export_chunks(self, writer: ExportWriter, case_id: UUID, first: int,
@@ -179,6 +183,23 @@ class CaseQueries:
         async for events in self._export_pages(case_id, first, last):
             yield b"".join(writer.event(event.link()) for event in events)
         yield writer.trailer(self._signer)
+
+    async def _fhir_chunks(self, writer: FhirWriter, stored: StoredPlan, case_id: UUID,
+                           first: int, last: int) -> AsyncGenerator[bytes, None]:
+        """The plan as of the last version exported, as resources, then the events."""
+        view = stored.view if stored.version == last else await self._view_at(case_id, last)
+        yield writer.opening(view)
+        async for events in self._export_pages(case_id, first, last):
+            yield b"".join(writer.event(event.link()) for event in events)
+        yield writer.trailer(self._signer)
+
+    async def _view_at(self, case_id: UUID, version: int) -> dict[str, Any]:
+        """The plan's view at ``version``, folded page by page."""
+        state = None
+        async for events in self._export_pages(case_id, 1, version):
+            state = fold_recorded(events, state)
+        assert state is not None  # a visible case has its opening event
+        return dict(json.loads(plan_json(state)))
 
     async def _pdf_chunks(self, header: ExportHeader, case_id: UUID, first: int,
                           last: int) -> AsyncGenerator[bytes, None]:

@@ -43,12 +43,18 @@ class ExportFormat(StrEnum):
     JSONL = "jsonl"
     CSV = "csv"
     PDF = "pdf"
+    FHIR = "fhir"
 
     @property
     def media_type(self) -> str:
         return {ExportFormat.JSONL: "application/x-ndjson",
                 ExportFormat.CSV: "text/csv; charset=utf-8",
-                ExportFormat.PDF: "application/pdf"}[self]
+                ExportFormat.PDF: "application/pdf",
+                ExportFormat.FHIR: "application/fhir+json"}[self]
+
+    @property
+    def file_suffix(self) -> str:
+        return "fhir.json" if self is ExportFormat.FHIR else self.value
 
 
 @dataclass(frozen=True)

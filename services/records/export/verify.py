@@ -13,12 +13,13 @@ import binascii
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from services.records.chain import ChainCheck, ChainLink, ChainReport
+from services.records.export import fhir
 from services.records.export.formats import (
     CHAIN_FIELDS,
     CSV_HEADER_CELL,
@@ -65,21 +66,34 @@ def verify_export(lines: Iterable[bytes], trusted_key: bytes | None = None) -> E
                               "the file has one line; an export has a header and a signature")
     if first.startswith(b"%PDF-"):
         return _verify_pdf(reader, trusted_key)
+    if first.startswith(fhir.BUNDLE_START):
+        return _verify_fhir(first, reader, trusted_key)
     export_format, header = _header(first, reader)
-    first_version = _int_field(header, "first_version", "the header")
-    check = ChainCheck(first_version)
+    chain, events, problems = _read_chain(
+        reader, header, lambda line: _event(export_format, line, reader.number, reader.columns))
+    trailer = _trailer(export_format, reader.last, reader.number)
+    problems += _compare_counts(header, trailer, events, chain)
+    digest = reader.digest.digest()
+    return _report(export_format, header, events, chain,
+                   _signed(trailer["signature"], digest=digest), digest, trusted_key, problems)
+
+
+def _read_chain(reader: _Lines, header: dict[str, Any],
+                parse: Callable[[bytes], ChainLink | None],
+                ) -> tuple[ChainReport, int, list[str]]:
+    """Every line up to the trailer, through ``parse`` (None: a line that is no event); the
+    chain they make, how many events, and what is wrong besides the chain."""
+    check = ChainCheck(_int_field(header, "first_version", "the header"))
     events, problems = 0, []
     while (line := reader.next_content()) is not None:
-        link = _event(export_format, line, reader.number, reader.columns)
+        link = parse(line)
+        if link is None:
+            continue
         events += 1
         if link.stream_id != header.get("case_id"):
             problems.append(f"line {reader.number}: an event of another case ({link.stream_id})")
         check.add(link)
-    trailer = _trailer(export_format, reader.last, reader.number)
-    chain = check.report()
-    problems += _compare_counts(header, trailer, events, chain, first_version)
-    return _report(export_format, header, events, chain, trailer, reader.digest.digest(),
-                   trusted_key, problems)
+    return check.report(), events, problems
 
 
 def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
@@ -103,22 +117,122 @@ def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
     problems = [] if events == _promised_events(header) else [
         f"the header promises versions {header['first_version']} to {header['last_version']};"
         f" the signature line counts {events} events"]
-    return _report(ExportFormat.PDF, header, events, None, trailer, reader.digest.digest(),
-                   trusted_key, problems)
+    digest = reader.digest.digest()
+    return _report(ExportFormat.PDF, header, events, None,
+                   _signed(trailer["signature"], digest=digest), digest, trusted_key, problems)
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """A signature as an export carries it: over ``message``, claiming ``digest``."""
+
+    digest: str  # "sha256:<hex>", the digest the signer computed
+    public_key: bytes
+    value: bytes
+    message: bytes
+
+
+def _signed(signature: dict[str, Any], *, digest: bytes) -> _Signed:
+    """A signature block of JSON Lines, CSV or PDF: made over the digest itself."""
+    return _Signed(str(signature.get("digest")), _b64(signature, "public_key"),
+                   _b64(signature, "value"), digest)
 
 
 def _report(export_format: ExportFormat, header: dict[str, Any], events: int,
-            chain: ChainReport | None, trailer: dict[str, Any], digest: bytes,
+            chain: ChainReport | None, signed: _Signed, digest: bytes,
             trusted_key: bytes | None, problems: list[str]) -> ExportReport:
-    signature = trailer["signature"]
-    public_key = _b64(signature, "public_key")
     return ExportReport(
         export_format, header, events, chain,
-        digest_matches=signature.get("digest") == f"sha256:{digest.hex()}",
-        signature_valid=signature_holds(public_key, _b64(signature, "value"), digest),
-        key_id=key_id(public_key),
-        key_trusted=None if trusted_key is None else trusted_key == public_key,
+        digest_matches=signed.digest == f"sha256:{digest.hex()}",
+        signature_valid=signature_holds(signed.public_key, signed.value, signed.message),
+        key_id=key_id(signed.public_key),
+        key_trusted=None if trusted_key is None else trusted_key == signed.public_key,
         problems=problems)
+
+
+# --------------------------------------------------------------------------------------------
+# FHIR
+# --------------------------------------------------------------------------------------------
+
+
+def _verify_fhir(first: bytes, reader: _Lines, trusted_key: bytes | None) -> ExportReport:
+    """A FHIR Bundle: its header rides in the Bundle's meta, each event in its Provenance,
+    and the signature is a JWS over the digest of every line before the last."""
+    header = _fhir_header(first)
+    chain, events, problems = _read_chain(
+        reader, header, lambda line: _fhir_event(line, reader.number))
+    signature = _fhir_signature(reader.last, reader.number)
+    extensions = signature.get("extension")
+    counts = {ext.get("url"): ext for ext in (extensions if isinstance(extensions, list) else [])
+              if isinstance(ext, dict)}
+    trailer = {"events": counts.get(fhir.EVENTS_EXTENSION, {}).get("valueInteger"),
+               "head_hash": counts.get(fhir.HEAD_HASH_EXTENSION, {}).get("valueString")}
+    problems += _compare_counts(header, trailer, events, chain)
+    return _report(ExportFormat.FHIR, header, events, chain, _jws(signature),
+                   reader.digest.digest(), trusted_key, problems)
+
+
+def _fhir_header(line: bytes) -> dict[str, Any]:
+    if not line.endswith(fhir.OPENING_END):
+        raise MalformedExport("line 1: the Bundle's opening does not end with its entries")
+    bundle = _json(line[:-len(fhir.OPENING_END)] + b"}", 1)
+    meta = bundle.get("meta") if isinstance(bundle, dict) else None
+    extensions = meta.get("extension") if isinstance(meta, dict) else None
+    for extension in extensions if isinstance(extensions, list) else []:
+        if isinstance(extension, dict) and extension.get("url") == fhir.HEADER_EXTENSION:
+            return _checked_header(_json(str(extension.get("valueString")).encode(), 1))
+    raise MalformedExport(f"line 1: the Bundle's meta holds no {EXPORT_KIND} header")
+
+
+def _fhir_event(line: bytes, number: int) -> ChainLink | None:
+    """The event a Provenance entry carries; None for the plan's other resources."""
+    entry = _json(line.removeprefix(b","), number)
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    if not isinstance(resource, dict):
+        raise MalformedExport(f"line {number}: not a Bundle entry")
+    if resource.get("resourceType") != "Provenance":
+        return None
+    extensions = resource.get("extension")
+    for extension in extensions if isinstance(extensions, list) else []:
+        if isinstance(extension, dict) and extension.get("url") == fhir.EVENT_EXTENSION:
+            fields = _json(str(extension.get("valueString")).encode(), number)
+            if isinstance(fields, dict):
+                return _link(fields, number)
+    raise MalformedExport(f"line {number}: a Provenance without its recorded event")
+
+
+def _fhir_signature(line: bytes | None, number: int) -> dict[str, Any]:
+    if line is None or not line.startswith(fhir.TRAILER_START):
+        raise MalformedExport(f"line {number}: the last line is not the signature"
+                              " (the export is cut short)")
+    closing = _json(b"{" + line.removeprefix(b"],"), number)
+    signature = closing.get("signature") if isinstance(closing, dict) else None
+    if not isinstance(signature, dict):
+        raise MalformedExport(f"line {number}: the signature line holds no signature")
+    return signature
+
+
+def _jws(signature: dict[str, Any]) -> _Signed:
+    """The Bundle's signature: a compact JWS, EdDSA, whose payload is the digest."""
+    try:
+        compact = _b64(signature, "data").decode("ascii")
+        encoded_header, encoded_payload, encoded_signature = compact.split(".")
+        header = json.loads(_b64url(encoded_header))
+        public_key = _b64url(header["jwk"]["x"])
+        if header.get("alg") != "EdDSA":
+            raise MalformedExport(f"the signature's algorithm is {header.get('alg')!r}, "
+                                  "not EdDSA")
+        return _Signed(f"sha256:{_b64url(encoded_payload).hex()}", public_key,
+                       _b64url(encoded_signature),
+                       f"{encoded_header}.{encoded_payload}".encode())
+    except (ValueError, KeyError, TypeError) as error:  # MalformedExport included
+        if isinstance(error, MalformedExport):
+            raise
+        raise MalformedExport(f"the signature is not a compact JWS ({error})") from error
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class _Lines:
@@ -224,13 +338,13 @@ def _trailer(export_format: ExportFormat, line: bytes | None, number: int) -> di
 
 
 def _compare_counts(header: dict[str, Any], trailer: dict[str, Any], events: int,
-                    chain: ChainReport, first_version: int) -> list[str]:
+                    chain: ChainReport) -> list[str]:
     problems = []
     if trailer.get("events") != events:
         problems.append(f"the signature line counts {trailer.get('events')} events;"
                         f" the export holds {events}")
     if events != _promised_events(header):
-        problems.append(f"the header promises versions {first_version} to "
+        problems.append(f"the header promises versions {header['first_version']} to "
                         f"{header['last_version']}; the export holds {events} events")
     if chain.valid and events and trailer.get("head_hash") != chain.head_hash:
         problems.append("the signature line's head_hash is not the last event's hash")
