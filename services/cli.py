@@ -13,7 +13,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 from services.common.auth import Role, dev_secret, issue_token
-from services.common.http import new_event_loop
+from services.common.database import MigrationError
+from services.common.http import JsonAccessLogger, new_event_loop
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
 
@@ -141,7 +142,7 @@ def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level)
     web.run_app(create_app(settings), host=args.host or settings.records_host,
                 port=args.port or settings.records_port, print=None, loop=new_event_loop(),
-                reuse_port=args.reuse_port or None)
+                reuse_port=args.reuse_port or None, access_log_class=JsonAccessLogger)
     return 0
 
 
@@ -177,7 +178,7 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
     from services.records.store.events import utc_now
 
     app = create_app(settings)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, access_log_class=JsonAccessLogger)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     records = app[RECORDS]
@@ -320,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args, settings)
     except ConfigurationError as error:
         return _fail(f"configuration: {error}")
+    except MigrationError as error:
+        return _fail(f"migrations: {error}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -201,3 +202,66 @@ def test_without_reuse_port_a_second_process_cannot_take_the_port(
     finally:
         first.terminate()
         first.wait(timeout=30)
+
+
+@pytest.mark.parametrize(("service", "query_path"), [
+    ("records", "/v1/cases?case_manager=Pat+Doe"),
+    ("notifier", "/v1/notifications?recipient=Pat+Doe")])
+def test_every_log_line_is_json_and_each_request_carries_its_request_id(
+        fresh_database_url: str, service: str, query_path: str) -> None:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": fresh_database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET,
+           "CASETRAIL_LOG_LEVEL": "info", "RECORDS_URL": f"http://127.0.0.1:{free_port()}"}
+    process = subprocess.Popen([*CASETRAIL, service, "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _answers(port, time.monotonic() + 60)
+        traced = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
+                                        headers={"X-Request-Id": "trace-123"})
+        with urllib.request.urlopen(traced, timeout=10) as answer:
+            assert answer.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{query_path}", timeout=10)
+        assert refused.value.code == 401
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    lines = [json.loads(line) for line in output.splitlines()]  # each one JSON, or this fails
+    requests = [line for line in lines if line["event"] == "request"]
+    assert {"request_id": "trace-123", "method": "GET", "path": "/healthz",
+            "status": 200, "level": "info"}.items() <= requests[-2].items()
+    assert requests[-1]["status"] == 401
+    assert requests[-1]["path"] == query_path.partition("?")[0]
+    assert requests[-1]["request_id"] not in ("", None, "trace-123")
+    assert "Pat" not in output  # a query's values stay out of the log
+
+
+def test_what_libraries_log_comes_out_as_json_too() -> None:
+    program = """if True:
+        import logging
+        from services.common.logs import configure_logging
+        configure_logging("info")
+        logging.getLogger("aiohttp.server").debug("not at this level")
+        try:
+            raise ValueError("the cause")
+        except ValueError:
+            logging.getLogger("aiohttp.server").error("Error handling request", exc_info=True)
+    """
+    ran = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=60, check=True)
+    (line,) = [json.loads(text) for text in ran.stdout.splitlines()]
+    assert {"event": "Error handling request", "level": "error",
+            "logger": "aiohttp.server"}.items() <= line.items()
+    assert "ValueError: the cause" in line["exception"]
+    assert ran.stderr == ""
+
+
+def _answers(port: int, deadline: float) -> bool:
+    """The process answers HTTP (the notifier is not ready while its feed is unreachable)."""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False

@@ -3,7 +3,11 @@ everyone, never changes them; every capability still works under it."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -13,6 +17,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.common.database import MigrationError
+from services.records.http.app import migrate
 from services.records.projections.rebuild import rebuild_projections
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import (  # noqa: F401  (fixtures)
@@ -100,3 +106,30 @@ async def test_the_notifier_runs_as_the_application_role(
     await records.agree(case)
     assert await rig.catch_up() >= 3
     assert len(await rig.rows(case_id=UUID(case))) == 4  # the review's reminders, scheduled
+
+
+async def test_a_role_that_may_not_migrate_is_told_to_migrate_as_the_owner(
+        fresh_database_url: str, app_url: str) -> None:
+    admin = await asyncpg.connect(fresh_database_url)
+    try:  # a release whose newest migration the owner has not applied yet
+        newest = await admin.fetchval(
+            "DELETE FROM records.schema_migrations WHERE version ="
+            " (SELECT max(version) FROM records.schema_migrations) RETURNING name")
+        tables_before = await admin.fetchval("SELECT count(*) FROM pg_tables")
+    finally:
+        await admin.close()
+    with pytest.raises(MigrationError, match=f"{newest} not applied.*as the database owner"):
+        await migrate(app_url)
+
+    environment = {**os.environ, "DATABASE_URL": app_url, "CASETRAIL_JWT_SECRET": "s" * 32}
+    started = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.cli", "records", "--port", "0"],
+        env=environment, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 2
+    assert f"{newest} not applied" in started.stderr
+    assert "Traceback" not in started.stderr
+    admin = await asyncpg.connect(fresh_database_url)
+    try:
+        assert await admin.fetchval("SELECT count(*) FROM pg_tables") == tables_before
+    finally:
+        await admin.close()

@@ -70,16 +70,26 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, folder: Path) 
             if migration.version in applied and applied[migration.version] != migration.checksum:
                 raise MigrationError(f"{migration.name} was changed after it was applied")
         pending = [m for m in migrations if m.version not in applied]
-        if pending:
-            await _create_migrations_table(conn, schema)
-        for migration in pending:
-            await conn.execute(migration.sql)
-            await conn.execute(
-                f'INSERT INTO "{schema}".schema_migrations (version, name, checksum)'
-                " VALUES ($1, $2, $3)",
-                migration.version, migration.name, migration.checksum,
-            )
+        try:
+            await _apply(conn, schema, pending)
+        except asyncpg.InsufficientPrivilegeError as error:
+            names = ", ".join(m.name for m in pending)
+            raise MigrationError(
+                f"{schema}: {names} not applied, and this role may not apply them ({error});"
+                " run `casetrail migrate` as the database owner") from error
     return [migration.name for migration in pending]
+
+
+async def _apply(conn: asyncpg.Connection, schema: str, pending: list[Migration]) -> None:
+    if pending:
+        await _create_migrations_table(conn, schema)
+    for migration in pending:
+        await conn.execute(migration.sql)
+        await conn.execute(
+            f'INSERT INTO "{schema}".schema_migrations (version, name, checksum)'
+            " VALUES ($1, $2, $3)",
+            migration.version, migration.name, migration.checksum,
+        )
 
 
 async def _applied_checksums(conn: asyncpg.Connection, schema: str) -> dict[int, str]:
