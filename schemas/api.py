@@ -14,11 +14,13 @@ from typing import Annotated, Any, Literal, Self, TypeAlias
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from schemas.events import (
     MAX_LIST,
     AgreementOutcome,
     CloseOutcome,
+    DaysFrom,
     Email,
     ExternalRef,
     GoalDomain,
@@ -46,6 +48,8 @@ IdList = Annotated[list[UUID], Field(max_length=MAX_LIST)]
 TitleList = Annotated[list[Title], Field(max_length=MAX_LIST)]
 NameList = Annotated[list[Name], Field(max_length=MAX_LIST)]
 
+# Fields a revision may leave out but not clear: null is refused, and the JSON Schema does not
+# offer it (SkipJsonSchema), so the contract says what the server accepts.
 _NOT_NULL = "cannot be null; omit the field to keep its current value"
 
 
@@ -53,7 +57,7 @@ _NOT_NULL = "cannot be null; omit the field to keep its current value"
 # as year 9999 would otherwise reach date arithmetic (review intervals, reminder days) in the
 # services that read the events, and overflow there.
 EARLIEST_PLAN_DATE, LATEST_PLAN_DATE = date(1900, 1, 1), date(2999, 12, 31)
-PlanDate: TypeAlias = Annotated[WireDate, Field(ge=EARLIEST_PLAN_DATE, le=LATEST_PLAN_DATE)]
+PlanDate: TypeAlias = Annotated[WireDate, DaysFrom(EARLIEST_PLAN_DATE, LATEST_PLAN_DATE)]
 
 class Body(BaseModel):
     """Base of every request body."""
@@ -97,7 +101,7 @@ class OpenCase(Body):
 
 
 class UpdateParticipant(_Revision):
-    name: Name | None = None
+    name: Name | SkipJsonSchema[None] = None
     preferred_name: Name | None = None
     pronouns: Pronouns | None = None
     email: Email | None = None
@@ -119,8 +123,8 @@ class StrengthInput(Body):
 
 
 class StrengthRevision(_Revision):
-    category: StrengthCategory | None = None
-    description: Text | None = None
+    category: StrengthCategory | SkipJsonSchema[None] = None
+    description: Text | SkipJsonSchema[None] = None
     in_their_words: Text | None = None
     reason: Text | None = None
 
@@ -150,13 +154,13 @@ class GoalInput(Body):
 
 
 class GoalRevision(_Revision):
-    title: Title | None = None
-    domain: GoalDomain | None = None
+    title: Title | SkipJsonSchema[None] = None
+    domain: GoalDomain | SkipJsonSchema[None] = None
     in_their_words: Text | None = None
     why_it_matters: Text | None = None
     target_date: PlanDate | None = None
-    strength_ids: IdList | None = None
-    risk_factors: TitleList | None = None
+    strength_ids: IdList | SkipJsonSchema[None] = None
+    risk_factors: TitleList | SkipJsonSchema[None] = None
     reason: Text | None = None
 
     @field_validator("title", "domain", "strength_ids", "risk_factors")
@@ -183,12 +187,12 @@ class StepInput(Body):
 
 
 class StepRevision(_Revision):
-    description: Text | None = None
-    owner: StepOwner | None = None
+    description: Text | SkipJsonSchema[None] = None
+    owner: StepOwner | SkipJsonSchema[None] = None
     support_name: Name | None = None
     support_id: UUID | None = None
     due_date: PlanDate | None = None
-    strength_ids: IdList | None = None
+    strength_ids: IdList | SkipJsonSchema[None] = None
     reason: Text | None = None
 
     @field_validator("description", "owner", "strength_ids")

@@ -16,19 +16,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 from uuid import UUID
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StringConstraints,
     ValidationError,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from schemas.upcasting import MissingUpcaster, upcast
 
@@ -73,6 +79,21 @@ def _iso_date(value: Any) -> Any:
     raise ValueError("expected a date in the form YYYY-MM-DD")
 
 
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: Any) -> Any:
+    """Accept a ``datetime`` or an RFC 3339 date-time string with its offset, nothing else
+    (pydantic alone would read a bare number as Unix seconds)."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _RFC3339.fullmatch(value):
+        return value
+    raise ValueError("expected an RFC 3339 date-time with a time zone, such as"
+                     " 2026-03-01T09:00:00Z")
+
+
 _CLEAN = AfterValidator(_check_text)
 
 Title: TypeAlias = Annotated[
@@ -100,6 +121,31 @@ Email: TypeAlias = Annotated[
     _CLEAN,
 ]
 WireDate: TypeAlias = Annotated[date, BeforeValidator(_iso_date)]
+WireDateTime: TypeAlias = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
+
+@dataclass(frozen=True)
+class DaysFrom:
+    """Annotation of a date: a day from ``earliest`` to ``latest``. Its JSON Schema states the
+    range with ``formatMinimum``/``formatMaximum`` (JSON Schema has no standard keyword for
+    date ranges)."""
+
+    earliest: date
+    latest: date
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._within, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {**handler(schema), "formatMinimum": self.earliest.isoformat(),
+                "formatMaximum": self.latest.isoformat()}
+
+    def _within(self, day: date) -> date:
+        if not self.earliest <= day <= self.latest:
+            raise ValueError(f"must be a day from {self.earliest} to {self.latest}")
+        return day
 
 RiskLevel = Literal["low", "moderate", "high"]
 StrengthCategory = Literal[

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Literal, Self
+from typing import Annotated, Literal, Self, TypeAlias
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.events import DaysFrom, WireDate, WireDateTime
 
 
 class _Query(BaseModel):
@@ -15,7 +17,7 @@ class _Query(BaseModel):
 
 class PlanQuery(_Query):
     as_of_version: int | None = Field(default=None, ge=1, le=10_000_000)
-    as_of: AwareDatetime | None = Field(default=None, description="RFC 3339 with a time zone")
+    as_of: WireDateTime | None = Field(default=None, description="RFC 3339 with a time zone")
 
     @field_validator("as_of")
     @classmethod
@@ -35,7 +37,7 @@ class PlanQuery(_Query):
 class CaseloadQuery(_Query):
     case_manager: str | None = Field(default=None, min_length=1, max_length=200)
     status: Literal["open", "closed"] | None = None
-    review_due_before: date | None = None
+    review_due_before: WireDate | None = None
     after: UUID | None = Field(default=None, description="next_after of the previous page")
     limit: int = Field(default=50, ge=1, le=200)
 
@@ -77,14 +79,16 @@ class ExportQuery(_Query):
 # Periods stay well inside what date arithmetic can reach (a default period reaches a year back).
 EARLIEST, LATEST = date(1900, 1, 1), date(9000, 12, 31)
 
+PeriodDay: TypeAlias = Annotated[WireDate, DaysFrom(EARLIEST, LATEST)]
+
 
 class OutcomesQuery(_Query):
     """A period of whole days (UTC); by default the 365 days through today."""
 
     model_config = ConfigDict(extra="forbid", validate_by_name=False, validate_by_alias=True)
 
-    period_from: date | None = Field(default=None, alias="from", ge=EARLIEST, le=LATEST)
-    period_to: date | None = Field(default=None, alias="to", ge=EARLIEST, le=LATEST)
+    period_from: PeriodDay | None = Field(default=None, alias="from")
+    period_to: PeriodDay | None = Field(default=None, alias="to")
 
     @model_validator(mode="after")
     def ordered(self) -> Self:

@@ -171,7 +171,9 @@ async def test_bad_values_are_refused(setup: Any, path_and_body: tuple[str, Any]
 
 @pytest.mark.parametrize("query", [
     "as_of_version=0", "as_of_version=abc", "as_of=yesterday", "as_of=2026-03-01T00:00:00",
-    "as_of_version=1&as_of=2026-03-01T00:00:00Z", "unknown=1"])
+    "as_of_version=1&as_of=2026-03-01T00:00:00Z", "unknown=1",
+    # numbers are not RFC 3339, although a lax parser reads them as Unix seconds
+    "as_of=0", "as_of=1772323200", "as_of=2026-03-01"])
 async def test_bad_plan_queries(setup: Any, query: str) -> None:
     client, _, case, headers = setup
     response = await client.get(f"/v1/cases/{case.id}?{query}", headers=headers)
@@ -191,7 +193,9 @@ async def test_bad_audit_queries(setup: Any, path: str) -> None:
 
 
 @pytest.mark.parametrize("query", ["status=lost", "limit=0", "after=xyz",
-                                   "review_due_before=someday"])
+                                   "review_due_before=someday", "review_due_before=0",
+                                   "review_due_before=86400",
+                                   "review_due_before=2026-04-15T00:00:00Z"])
 async def test_bad_caseload_queries(setup: Any, query: str) -> None:
     client, _, _, headers = setup
     response = await client.get(f"/v1/cases?{query}", headers=headers)
