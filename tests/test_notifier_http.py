@@ -285,6 +285,10 @@ async def test_operational_routes(rig: NotifierRig) -> None:
     spec = await (await rig.client.get("/openapi.json")).json()
     assert "/v1/preferences/{user}" in spec["paths"]
     assert "PreferencesInput" in spec["components"]["schemas"]
+    for path in ("/docs", "/metrics", "/openapi.json"):  # each answer has the documented type
+        documented = set(spec["paths"][path]["get"]["responses"]["200"]["content"])
+        served = (await rig.client.get(path)).content_type
+        assert documented == {served}, path
     assert (await rig.client.get("/mail")).status == 404  # no catcher configured
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_schema
@@ -335,6 +335,26 @@ class Api:
                                              response, status, public, tag, media_type))
             return handler
         return register
+
+    def add_operations_routes(self, registry: Callable[[web.Request], CollectorRegistry]) -> None:
+        """``/openapi.json``, ``/docs`` and ``/metrics``, the same on every service;
+        ``registry`` finds the request's app's metrics."""
+
+        @self.route("GET", "/openapi.json", "this API's OpenAPI 3.1 description", public=True,
+                    tag="ops")
+        async def openapi(request: web.Request) -> web.Response:
+            return json_response(self.openapi())
+
+        @self.route("GET", "/docs", "human-readable list of operations", public=True, tag="ops",
+                    media_type="text/html")
+        async def docs(request: web.Request) -> web.Response:
+            return web.Response(text=self.docs_page(), content_type="text/html")
+
+        @self.route("GET", "/metrics", "Prometheus metrics", public=True, tag="ops",
+                    media_type="text/plain")
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(registry(request)),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def add_routes(self, app: web.Application) -> None:
         trees: dict[str, RouteTree] = {}

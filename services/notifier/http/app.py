@@ -9,7 +9,6 @@ from pathlib import Path
 
 import asyncpg
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.feed import Health
 from services.common.auth import TokenVerifier
@@ -120,17 +119,4 @@ def _feed_check(subscriber: FeedSubscriber) -> str:
     return f"last read failed: {subscriber.last_error}"
 
 
-@api.route("GET", "/openapi.json", "this API's OpenAPI 3.1 description", public=True, tag="ops")
-async def openapi(request: web.Request) -> web.Response:
-    return json_response(api.openapi())
-
-
-@api.route("GET", "/docs", "human-readable list of operations", public=True, tag="ops")
-async def docs(request: web.Request) -> web.Response:
-    return web.Response(text=api.docs_page(), content_type="text/html")
-
-
-@api.route("GET", "/metrics", "Prometheus metrics", public=True, tag="ops")
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+api.add_operations_routes(lambda request: request.app[METRICS].registry)

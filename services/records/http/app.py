@@ -9,7 +9,6 @@ from pathlib import Path
 import asyncpg
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.feed import FeedPage, FeedQuery, Health
 from services.common.auth import Role, TokenVerifier
@@ -151,22 +150,7 @@ async def readyz(request: web.Request) -> web.Response:
                          status=200 if ready else 503)
 
 
-@api.route("GET", "/openapi.json", "this API's OpenAPI 3.1 description", public=True, tag="ops")
-async def openapi(request: web.Request) -> web.Response:
-    return json_response(api.openapi())
-
-
-@api.route("GET", "/docs", "human-readable list of operations", public=True, tag="ops",
-           media_type="text/html")
-async def docs(request: web.Request) -> web.Response:
-    return web.Response(text=api.docs_page(), content_type="text/html")
-
-
-@api.route("GET", "/metrics", "Prometheus metrics", public=True, tag="ops",
-           media_type="text/plain")
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(records(request).metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+api.add_operations_routes(lambda request: records(request).metrics.registry)
 
 
 @api.route("GET", "/v1/events", "the global event feed (long-poll); service role only",
