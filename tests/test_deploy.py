@@ -108,6 +108,16 @@ def test_the_kubernetes_service_reaches_the_records_pods() -> None:
     assert port["targetPort"] == records["spec"]["containers"][0]["ports"][0]["containerPort"]
 
 
+@pytest.mark.parametrize("deployment", [doc for doc in KUBERNETES if doc["kind"] == "Deployment"],
+                         ids=lambda d: d["metadata"]["name"])
+def test_each_deployment_is_reachable_through_a_service(deployment: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]
+    ports = {p["containerPort"] for c in pod["spec"]["containers"] for p in c["ports"]}
+    reaching = [doc for doc in KUBERNETES if doc["kind"] == "Service"
+                and doc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()]
+    assert {p["targetPort"] for s in reaching for p in s["spec"]["ports"]} == ports
+
+
 def test_the_compose_services_find_each_other() -> None:
     services = COMPOSE["services"]
     notifier = services["notifier"]["environment"]
