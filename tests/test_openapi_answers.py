@@ -18,12 +18,13 @@ from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator
 
 from schemas import generate
+from services.records.export.formats import ExportFormat
 from tests.conftest import TokenFactory, bearer
 from tests.records_api import CaseApi
 
 CASE = "/v1/cases/{case_id}"
 NOT_JSON_ANSWERS = {("GET", "/docs"), ("GET", "/metrics"),
-                    ("GET", "/v1/cases/{case_id}/export")}  # JSON Lines or CSV: test_export
+                    ("GET", "/v1/cases/{case_id}/export")}  # their media types: the last test
 SOON = (date.today() + timedelta(days=40)).isoformat()
 
 
@@ -194,3 +195,16 @@ def test_a_wrong_answer_is_caught() -> None:
     problems = _errors(document, _declared_schema(document, call), wrong)
     assert any("actor" in p for p in problems)
     assert any("hash" in p for p in problems)
+
+
+@pytest.mark.parametrize("path", [
+    "/docs", "/metrics", *(f"/v1/cases/{{case_id}}/export?format={f}" for f in ExportFormat)])
+async def test_each_answer_that_is_not_json_has_a_documented_media_type(
+        records_client: TestClient, token: TokenFactory, path: str) -> None:
+    case_id = await CaseApi(records_client, token()).open_case()
+    supervisor = bearer(token(role="supervisor", sub="sup-1"))
+    response = await records_client.get(path.format(case_id=case_id), headers=supervisor)
+    assert response.status == 200
+    document = await _served_document(records_client)
+    documented = document["paths"][path.partition("?")[0]]["get"]["responses"]["200"]["content"]
+    assert response.content_type in documented

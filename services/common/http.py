@@ -312,7 +312,7 @@ class Operation:
     status: int = 200
     public: bool = False
     tag: str = "records"
-    media_type: str = "application/json"
+    media_types: tuple[str, ...] = ("application/json",)
 
 
 @dataclass
@@ -326,13 +326,14 @@ class Api:
     def route(self, method: str, path: str, summary: str, *, body: type[BaseModel] | None = None,
               query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
               status: int = 200, public: bool = False, tag: str = "records",
-              media_type: str = "application/json") -> Callable[[RouteHandler], RouteHandler]:
+              media_types: tuple[str, ...] = ("application/json",),
+              ) -> Callable[[RouteHandler], RouteHandler]:
         """Register a handler; ``response`` is the model its success answer is built from
-        (``media_type`` names the answer's type when it is not JSON)."""
+        (``media_types`` name the answer's types when it is not JSON)."""
         def register(handler: RouteHandler) -> RouteHandler:
             handler.public = public  # type: ignore[attr-defined]
             self.operations.append(Operation(method, path, summary, handler, body, query,
-                                             response, status, public, tag, media_type))
+                                             response, status, public, tag, media_types))
             return handler
         return register
 
@@ -346,12 +347,12 @@ class Api:
             return json_response(self.openapi())
 
         @self.route("GET", "/docs", "human-readable list of operations", public=True, tag="ops",
-                    media_type="text/html")
+                    media_types=("text/html",))
         async def docs(request: web.Request) -> web.Response:
             return web.Response(text=self.docs_page(), content_type="text/html")
 
         @self.route("GET", "/metrics", "Prometheus metrics", public=True, tag="ops",
-                    media_type="text/plain")
+                    media_types=("text/plain",))
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(registry(request)),
                                 headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -416,11 +417,12 @@ class Api:
 
     def _operation(self, op: Operation, refs: _Refs) -> dict[str, Any]:
         answer = refs[(op.response, "serialization")] if op.response \
-            else {"type": "object" if op.media_type == "application/json" else "string"}
+            else {"type": "object" if op.media_types == ("application/json",) else "string"}
         problem = {"application/problem+json": {"schema": refs[(ProblemBody, "serialization")]}}
         responses: dict[str, Any] = {
             str(op.status): {"description": "success",
-                             "content": {op.media_type: {"schema": answer}}},
+                             "content": {media: {"schema": answer}
+                                         for media in op.media_types}},
             "4XX": {"description": "problem (RFC 9457)", "content": problem},
         }
         spec: dict[str, Any] = {"summary": op.summary, "tags": [op.tag],

@@ -270,7 +270,8 @@ async def verify_case(request: web.Request) -> web.Response:
 
 @registry.route("GET", f"{CASE}/export",
                 "the case's history as a signed export (streamed; check with casetrail verify)",
-                query=ExportQuery, media_type="application/x-ndjson")
+                query=ExportQuery,
+                media_types=tuple(f.media_type.partition(";")[0] for f in ExportFormat))
 async def export_case(request: web.Request) -> web.StreamResponse:
     case_id = path_id(request, "case_id")
     query = parse_query(request, ExportQuery)
