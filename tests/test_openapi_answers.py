@@ -208,3 +208,5 @@ async def test_each_answer_that_is_not_json_has_a_documented_media_type(
     document = await _served_document(records_client)
     documented = document["paths"][path.partition("?")[0]]["get"]["responses"]["200"]["content"]
     assert response.content_type in documented
+    if documented[response.content_type]["schema"] == {"type": "object"}:  # FHIR's +json
+        assert isinstance(json.loads(await response.read()), dict)

@@ -416,12 +416,16 @@ class Api:
         return parameters
 
     def _operation(self, op: Operation, refs: _Refs) -> dict[str, Any]:
-        answer = refs[(op.response, "serialization")] if op.response \
-            else {"type": "object" if op.media_types == ("application/json",) else "string"}
+        def answer(media: str) -> dict[str, Any]:
+            if op.response:
+                return refs[(op.response, "serialization")]
+            is_json = media == "application/json" or media.endswith("+json")
+            return {"type": "object" if is_json else "string"}
+
         problem = {"application/problem+json": {"schema": refs[(ProblemBody, "serialization")]}}
         responses: dict[str, Any] = {
             str(op.status): {"description": "success",
-                             "content": {media: {"schema": answer}
+                             "content": {media: {"schema": answer(media)}
                                          for media in op.media_types}},
             "4XX": {"description": "problem (RFC 9457)", "content": problem},
         }
