@@ -152,10 +152,10 @@ def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
         process.wait(timeout=30)
 
 
-def _ready(port: int, deadline: float) -> bool:
+def _ready(port: int, deadline: float, path: str = "/readyz") -> bool:
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
                 if answer.status == 200:
                     return True
         except OSError:
@@ -215,7 +215,8 @@ def test_every_log_line_is_json_and_each_request_carries_its_request_id(
     process = subprocess.Popen([*CASETRAIL, service, "--port", str(port)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert _answers(port, time.monotonic() + 60)
+        # /healthz: the notifier is not ready while its feed is unreachable, but it answers
+        assert _ready(port, time.monotonic() + 60, path="/healthz")
         traced = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
                                         headers={"X-Request-Id": "trace-123"})
         with urllib.request.urlopen(traced, timeout=10) as answer:
@@ -254,14 +255,3 @@ def test_what_libraries_log_comes_out_as_json_too() -> None:
             "logger": "aiohttp.server"}.items() <= line.items()
     assert "ValueError: the cause" in line["exception"]
     assert ran.stderr == ""
-
-
-def _answers(port: int, deadline: float) -> bool:
-    """The process answers HTTP (the notifier is not ready while its feed is unreachable)."""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return True
-        except OSError:
-            time.sleep(0.2)
-    return False
