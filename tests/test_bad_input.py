@@ -175,10 +175,9 @@ async def test_bad_values_are_refused(setup: Any, path_and_body: tuple[str, Any]
     # numbers are not RFC 3339, although a lax parser reads them as Unix seconds
     "as_of=0", "as_of=1772323200", "as_of=2026-03-01"])
 async def test_bad_plan_queries(setup: Any, query: str) -> None:
-    client, _, case, headers = setup
-    response = await client.get(f"/v1/cases/{case.id}?{query}", headers=headers)
-    assert response.status in {400, 422}
-    assert response.content_type == "application/problem+json"
+    client, pool, case, headers = setup
+    body = await _expect_refused(client, pool, "GET", f"/v1/cases/{case.id}?{query}", headers)
+    assert body["status"] in {400, 422}
 
 
 @pytest.mark.parametrize("path", [
@@ -197,9 +196,9 @@ async def test_bad_audit_queries(setup: Any, path: str) -> None:
                                    "review_due_before=86400",
                                    "review_due_before=2026-04-15T00:00:00Z"])
 async def test_bad_caseload_queries(setup: Any, query: str) -> None:
-    client, _, _, headers = setup
-    response = await client.get(f"/v1/cases?{query}", headers=headers)
-    assert response.status == 422
+    client, pool, _, headers = setup
+    body = await _expect_refused(client, pool, "GET", f"/v1/cases?{query}", headers)
+    assert body["status"] == 422
 
 
 async def test_unknown_case_reads_are_404(setup: Any) -> None:
