@@ -103,7 +103,9 @@ def _apply(case: CaseModel, item: FeedItem, p: ev.EventPayload) -> CaseModel:
         case ev.CaseTransferred():
             return replace(case, case_manager=p.to_case_manager)
         case ev.CaseClosed():
-            return replace(case, status="closed")
+            # as in the records service, closing cancels the pending review for good: a
+            # reopened case has none until its plan is agreed again
+            return replace(case, status="closed", reviews={})
         case ev.CaseReopened():
             return replace(case, status="open")
         case ev.GoalSet():
