@@ -182,6 +182,26 @@ def test_a_completed_step_is_a_small_win_in_the_participants_words() -> None:
     assert "I want to use my hands" in text
 
 
+@pytest.mark.parametrize(("owner", "sentence"), [
+    ("participant", 'Jo completed the step "Send the referral".'),
+    ("case_manager", 'The step "Send the referral" in Jo\'s plan is done; the case manager'
+                     " took it on."),
+    ("support", 'The step "Send the referral" in Jo\'s plan is done, with one of Jo\'s'
+                " supports."),
+])
+def test_a_small_win_says_whose_step_it_was(owner: str, sentence: str) -> None:
+    case = opened()
+    goal_id, step_id = _goal_and_step(case)
+    case.add(ev.ActionStepCompleted(step_id=step_id, goal_id=goal_id,
+                                    description="Send the referral", owner=owner,
+                                    from_status="not_started"))
+    rendered = render(Kind.SMALL_WIN, case.notices[0].context, case.case_id)
+    assert sentence in rendered.text
+    assert sentence.replace("'", "&#x27;").replace('"', "&quot;") in rendered.html
+    if owner != "participant":
+        assert "Jo completed" not in rendered.text + rendered.html
+
+
 def test_an_achieved_goal_is_a_milestone_for_the_manager_and_the_participant() -> None:
     case = opened()
     goal_id, _ = _goal_and_step(case)

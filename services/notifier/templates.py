@@ -58,8 +58,21 @@ def template_values(context: dict[str, Any], case_id: object | None) -> dict[str
         "words_line": f' In {participant}\'s words: "{words}".' if words else "",
         "goal_line": f' It is a step toward "{toward}".' if toward else "",
         "note_line": f" Note: {note}" if note else "",
+        "done_line": _done_line(context.get("owner"), participant,
+                                str(context.get("description") or "")),
         "case_link": f"Case {case_id}" if case_id else "",
     }
+
+
+def _done_line(owner: object, participant: str, step: str) -> str:
+    """Who a small win belongs to: a step the case manager or a support took on is still a
+    step in the participant's plan, but not one the participant did."""
+    if owner == "case_manager":
+        return f'The step "{step}" in {participant}\'s plan is done; the case manager took it on.'
+    if owner == "support":
+        return (f'The step "{step}" in {participant}\'s plan is done, with one of'
+                f" {participant}'s supports.")
+    return f'{participant} completed the step "{step}".'
 
 
 def render(kind: str, context: dict[str, Any], case_id: object | None = None,
