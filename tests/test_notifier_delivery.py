@@ -446,3 +446,22 @@ async def test_a_transfer_takes_a_notice_out_of_the_old_managers_digest(
     assert message["To"] == "cm-2@example.org"
     assert (await only_row(rig))["status"] == "sent"
     assert await rig.notifier.dispatcher.send_digests() == 0
+
+
+async def test_a_notice_claimed_before_a_transfer_goes_to_the_new_manager_not_the_old(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
+        token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    case = await small_win(records)
+    await rig.catch_up()
+    pool = rig.notifier.pool
+    [held] = await claim_due(pool, owner="slow", now=clock(), limit=10,
+                             lease=timedelta(minutes=2), digests=False)
+    await records.transfer(case, "cm-2")  # while "slow" waits for a free SMTP slot
+    await rig.catch_up()
+    assert not await confirm_claim(pool, held.id, held.claim_token, clock() + timedelta(1))
+    assert await rig.dispatch() == 1  # no need to wait out the old claim's lease
+    assert [m["To"] for m in smtp.received] == ["cm-2@example.org"]
+    row = await only_row(rig)
+    assert (row["recipient"], row["status"]) == ("cm-2", "sent")

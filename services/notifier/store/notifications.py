@@ -151,9 +151,13 @@ async def _cancel_keys(conn: asyncpg.Connection, keys: Sequence[str], reason: st
 
 async def _follow_case(conn: asyncpg.Connection, case_id: UUID, case_manager: str,
                        closed: bool, reason: str, now: datetime) -> None:
-    """Pending notices of any kind follow a transfer and end with the case."""
+    """Pending notices of any kind follow a transfer and end with the case.
+
+    A moved notice also leaves any claim on it: the instance holding it loaded the old
+    manager's address, and its check just before sending must now fail."""
     await conn.execute(
         "UPDATE notifier.notifications SET recipient = $2, updated_at = $3,"
+        " claim_token = NULL, lease_owner = NULL, lease_until = NULL,"
         " digest_id = NULL, not_before = CASE WHEN digest_id IS NULL THEN not_before"
         " ELSE due_at END"  # out of the old manager's digest: the new one's preferences apply
         " WHERE case_id = $1 AND recipient_role = 'case_manager' AND recipient <> $2"
