@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from services.notifier.http.app import NOTIFIER, create_app
@@ -465,3 +467,56 @@ async def test_a_notice_claimed_before_a_transfer_goes_to_the_new_manager_not_th
     assert [m["To"] for m in smtp.received] == ["cm-2@example.org"]
     row = await only_row(rig)
     assert (row["recipient"], row["status"]) == ("cm-2", "sent")
+
+
+def _text(message: Any) -> str:
+    return str(message.get_payload()[0].get_payload(decode=True).decode())
+
+
+@pytest.mark.parametrize(("zone", "digest_sent_at"), [
+    ("UTC", "2026-05-01 08:00:00+00:00"),  # gathered at 08:00, before the 09:00 send time
+    ("Europe/Berlin", "2026-05-01 06:00:00+00:00"),  # 08:00 in Berlin
+    ("Pacific/Honolulu", "2026-05-01 18:00:00+00:00"),  # 08:00 on 1 May in Honolulu
+])
+async def test_a_digest_reader_hears_of_a_review_due_today_in_that_days_digest(
+        zone: str, digest_sent_at: str, rig: NotifierRig, records: Records, smtp: SmtpServer,
+        token: TokenFactory, clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone=zone)
+    await records.agree(await records.open_case())
+    await rig.catch_up()
+    [due_today] = await rig.rows(kind="review_due_today")
+    assert str(due_today["due_at"]) == "2026-05-01 09:00:00+00:00"  # Friday 1 May
+    clock.now = datetime(2026, 4, 30, tzinfo=UTC)
+    sent_at = None
+    while sent_at is None and clock.now < datetime(2026, 5, 3, tzinfo=UTC):
+        await rig.dispatch()  # what the service's jobs do, hour by hour
+        await rig.notifier.dispatcher.send_digests()
+        if any("due today (Friday 1 May 2026)" in _text(m) for m in smtp.received):
+            sent_at = clock.now
+        clock.advance(hours=1)
+    assert str(sent_at) == digest_sent_at
+    [due_today] = await rig.rows(kind="review_due_today")
+    assert due_today["status"] == "sent"
+
+
+async def test_a_notice_scheduled_after_that_days_digest_went_waits_for_the_next_one(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    clock.now = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+    assert await rig.notifier.dispatcher.send_digests() == 1
+    clock.now = datetime(2026, 3, 3, 8, 30, tzinfo=UTC)
+    async with rig.notifier.pool.acquire() as conn:
+        await insert_notices(conn, due_notices(1, datetime(2026, 3, 3, 9, 0, tzinfo=UTC)),
+                             "test", clock())
+    assert await rig.notifier.dispatcher.send_digests() == 0  # and it returns
+    [late] = await rig.rows(kind="review_due_today")
+    assert (late["status"], late["digest_id"], late["claim_token"]) == ("scheduled", None, None)
+    clock.now = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    await rig.dispatch()
+    digests = {r["id"]: str(r["due_at"]) for r in await rig.rows(kind="daily_digest")}
+    [late] = await rig.rows(kind="review_due_today")
+    assert digests[late["digest_id"]] == "2026-03-04 08:00:00+00:00"

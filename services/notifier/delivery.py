@@ -334,7 +334,27 @@ class Dispatcher:
         return await self._drain(digests=False)
 
     async def send_digests(self) -> int:
+        await self._gather_todays_notices()
         return await self._drain(digests=True)
+
+    async def _gather_todays_notices(self) -> None:
+        """Once a reader's digest time has come, the notices falling due later that day join
+        that morning's digest; otherwise a review due today (its notice due at the send
+        time, after the digest time) would reach a digest reader the day after."""
+        passed_over: list[UUID] = []
+        while early := await store.claim_for_todays_digest(
+                self._pool, owner=self._owner, now=self._clock(),
+                limit=self._settings.dispatch_batch, lease=self._lease,
+                digest_time=self._settings.digest_time, notices_zone=self._settings.timezone,
+                passed_over=passed_over):
+            for item in early:
+                now = self._clock()
+                digest = digest_notice(item.row, item.timezone, item.digest_at)
+                if not await store.attach_to_digest(self._pool, item.row, digest,
+                                                    self._settings.message_id_domain, now):
+                    # that day's digest has gone: the notice takes the usual path
+                    await store.release(self._pool, item.row, item.row.not_before, now)
+                    passed_over.append(item.row.id)
 
     @property
     def _lease(self) -> timedelta:
