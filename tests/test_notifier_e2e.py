@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -136,5 +137,52 @@ async def test_a_new_event_wakes_the_notifier_long_before_its_long_poll_ends(
             await records.complete(case, await records.step(case, goal, "Call the landlord"))
             await smtp.arrived.wait()
         assert smtp.subjects() == ["A small win for Jo: Call the landlord"]
+    finally:
+        await smtp.stop()
+
+
+async def test_the_scheduled_digest_job_sends_what_a_digest_reader_is_owed(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], make_records_client: ClientFactory,
+        fresh_database_url: str, token: TokenFactory) -> None:
+    """Digests go out through the job APScheduler runs every minute; here it is run at once
+    through the scheduler, with the digest time set a few seconds ahead on the real clock."""
+    records_client = await make_records_client(fresh_database_url)
+    records = Records(records_client, token())
+    smtp = await SmtpServer().start()
+    try:
+        digest_time = (datetime.now(UTC) + timedelta(seconds=6)).time().replace(microsecond=0)
+        settings = notifier_settings(fresh_database_url,
+                                     str(records_client.make_url("")).rstrip("/"), smtp.port,
+                                     NOTIFIER_FEED_WAIT=1, NOTIFIER_DISPATCH_INTERVAL=0.2,
+                                     NOTIFIER_DIGEST_TIME=digest_time.isoformat())
+        notifier = await aiohttp_client(create_app(settings))
+        response = await notifier.put("/v1/preferences/cm-1", json={
+            "email": "sam@example.org", "delivery": "daily_digest", "timezone": "UTC",
+            "celebrations": True}, headers=bearer(token()))
+        assert response.status == 200
+        case = await records.open_case()
+        goal = await records.goal(case)
+        await records.complete(case, await records.step(case, goal, "Call the landlord"))
+        pool = notifier.app[NOTIFIER].pool
+        async with asyncio.timeout(20):
+            while (due := await pool.fetchval(  # noqa: ASYNC110  (polling the database)
+                    "SELECT due_at FROM notifier.notifications"
+                    " WHERE kind = 'daily_digest'")) is None:
+                await asyncio.sleep(0.05)
+        assert due - datetime.now(UTC) < timedelta(seconds=6)  # today's, not tomorrow's
+        await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+        assert smtp.received == []
+        scheduler = notifier.app[NOTIFIER].notifier._scheduler
+        assert scheduler is not None
+        job = scheduler.get_job("digests")
+        assert str(job.trigger) == "cron[second='0']"  # every minute
+        job.modify(next_run_time=datetime.now(UTC))
+        async with asyncio.timeout(20):
+            await smtp.arrived.wait()
+        assert smtp.subjects() == ["Your Casetrail summary: 1 update(s)"]
+        [message] = smtp.received
+        assert message["To"] == "sam@example.org"
+        text = message.get_payload()[0].get_payload(decode=True).decode()  # type: ignore[index,union-attr]
+        assert "A small win for Jo: Call the landlord" in text
     finally:
         await smtp.stop()
