@@ -473,28 +473,32 @@ def _text(message: Any) -> str:
     return str(message.get_payload()[0].get_payload(decode=True).decode())
 
 
-@pytest.mark.parametrize(("zone", "digest_sent_at"), [
-    ("UTC", "2026-05-01 08:00:00+00:00"),  # gathered at 08:00, before the 09:00 send time
-    ("Europe/Berlin", "2026-05-01 06:00:00+00:00"),  # 08:00 in Berlin
-    ("Pacific/Honolulu", "2026-05-01 18:00:00+00:00"),  # 08:00 on 1 May in Honolulu
+@pytest.mark.parametrize(("delivery", "zone", "sent_at"), [
+    # the schedule's zone is UTC: the review's notice is due at 09:00 UTC on Friday 1 May
+    ("immediate", "UTC", "2026-05-01 09:00:00+00:00"),
+    ("immediate", "Europe/Berlin", "2026-05-01 07:00:00+00:00"),  # 09:00 in Berlin
+    ("immediate", "Pacific/Honolulu", "2026-05-01 19:00:00+00:00"),  # 09:00 in Honolulu
+    ("daily_digest", "UTC", "2026-05-01 08:00:00+00:00"),  # that morning's digest
+    ("daily_digest", "Europe/Berlin", "2026-05-01 06:00:00+00:00"),  # 08:00 in Berlin
+    ("daily_digest", "Pacific/Honolulu", "2026-05-01 18:00:00+00:00"),  # 08:00 in Honolulu
 ])
-async def test_a_digest_reader_hears_of_a_review_due_today_in_that_days_digest(
-        zone: str, digest_sent_at: str, rig: NotifierRig, records: Records, smtp: SmtpServer,
-        token: TokenFactory, clock: FakeClock) -> None:
-    await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone=zone)
+async def test_a_review_due_today_reaches_its_reader_that_day_at_their_local_time(
+        delivery: str, zone: str, sent_at: str, rig: NotifierRig, records: Records,
+        smtp: SmtpServer, token: TokenFactory, clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token(), delivery=delivery, timezone=zone)
     await records.agree(await records.open_case())
     await rig.catch_up()
     [due_today] = await rig.rows(kind="review_due_today")
-    assert str(due_today["due_at"]) == "2026-05-01 09:00:00+00:00"  # Friday 1 May
+    assert str(due_today["due_at"]) == "2026-05-01 09:00:00+00:00"
     clock.now = datetime(2026, 4, 30, tzinfo=UTC)
-    sent_at = None
-    while sent_at is None and clock.now < datetime(2026, 5, 3, tzinfo=UTC):
+    arrived = None
+    while arrived is None and clock.now < datetime(2026, 5, 3, tzinfo=UTC):
         await rig.dispatch()  # what the service's jobs do, hour by hour
         await rig.notifier.dispatcher.send_digests()
         if any("due today (Friday 1 May 2026)" in _text(m) for m in smtp.received):
-            sent_at = clock.now
+            arrived = clock.now
         clock.advance(hours=1)
-    assert str(sent_at) == digest_sent_at
+    assert str(arrived) == sent_at
     [due_today] = await rig.rows(kind="review_due_today")
     assert due_today["status"] == "sent"
 

@@ -14,6 +14,7 @@ from schemas import events as ev
 from services.notifier.casemodel import CaseModel, FeedItem, evolve
 from services.notifier.delivery import (
     Cancel,
+    DatedTiming,
     Dead,
     Defer,
     FanOut,
@@ -307,6 +308,22 @@ def test_delivery_decisions() -> None:
                   stale_after=STALE) == FanOut(("sup-1", "sup-2"))
     assert isinstance(decide(row(role="supervisors"), Recipient(None, None), T0,
                              stale_after=STALE), Dead)
+
+
+def test_a_dated_notice_waits_for_its_time_in_a_reader_zone_behind_the_schedules() -> None:
+    timing = DatedTiming("Europe/Berlin")
+    due = datetime(2026, 5, 1, 7, 0, tzinfo=UTC)  # 09:00 in Berlin, where the schedule is timed
+    honolulu = prefs(timezone="Pacific/Honolulu")
+    deferred = decide(row("review_due_today", due=due), Recipient(honolulu, "a@b"), due,
+                      stale_after=STALE, timing=timing)
+    assert deferred == Defer(datetime(2026, 5, 1, 19, 0, tzinfo=UTC))  # 09:00 in Honolulu
+    assert decide(row("review_due_today", due=due), Recipient(honolulu, "a@b"),
+                  deferred.until, stale_after=STALE, timing=timing) == Send("a@b")
+    # a celebration is about the moment it happened, not a day: it goes at once
+    assert decide(row(due=due), Recipient(honolulu, "a@b"), due, stale_after=STALE,
+                  timing=timing) == Send("a@b")
+    assert timing.moment(row(due=due), "Pacific/Honolulu", time(8)) == \
+        datetime(2026, 5, 1, 18, 0, tzinfo=UTC)  # that day's digest, 08:00 in Honolulu
 
 
 def test_participants_hear_only_when_opted_in_with_an_address() -> None:

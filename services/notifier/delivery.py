@@ -27,7 +27,7 @@ import structlog
 
 from services.common.database import DATABASE_UNAVAILABLE
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.rules import CELEBRATIONS, Kind, Notice, RecipientRole
+from services.notifier.rules import CELEBRATIONS, DATED, Kind, Notice, RecipientRole
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import directory
 from services.notifier.store import notifications as store
@@ -114,6 +114,27 @@ Decision = Send | Cancel | Dead | Defer | ToDigest | FanOut
 
 
 @dataclass(frozen=True)
+class DatedTiming:
+    """A dated notice (a review due, a step's date passed) reaches each reader on its day at
+    the reader's own local time. The schedule times it in ``notices_zone``
+    (NOTIFIER_TIMEZONE), at the send time; readers live in zones of their own."""
+
+    notices_zone: str = "UTC"
+    digest_time: time = time(8, 0)
+
+    @classmethod
+    def of(cls, s: NotifierSettings) -> DatedTiming:
+        return cls(s.timezone, s.digest_time)
+
+    def moment(self, row: Row, reader_zone: str, at: time | None = None) -> datetime:
+        """The notice's wall-clock time in the schedule's zone (or ``at`` o'clock on its day),
+        as a moment in the reader's zone."""
+        local = row.due_at.astimezone(ZoneInfo(self.notices_zone)).replace(tzinfo=None)
+        wall = local if at is None else datetime.combine(local.date(), at)
+        return wall.replace(tzinfo=ZoneInfo(reader_zone)).astimezone(UTC)
+
+
+@dataclass(frozen=True)
 class Recipient:
     """Who a row reaches: their preferences (None: not in the directory) and address."""
 
@@ -123,7 +144,8 @@ class Recipient:
 
 
 def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
-           history_began: datetime | None = None) -> Decision:
+           history_began: datetime | None = None,
+           timing: DatedTiming | None = None) -> Decision:
     if _before_history(row, history_began):
         assert history_began is not None
         return Cancel(f"not sent: it fell due before this notifier's record of what it sent"
@@ -146,6 +168,10 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
         return Cancel(f"celebrations are turned off in {row.recipient}'s preferences")
     if row.kind != Kind.DAILY_DIGEST and prefs.delivery == "daily_digest":
         return ToDigest(now, prefs.timezone)
+    if timing is not None and row.kind in DATED:
+        moment = timing.moment(row, prefs.timezone)
+        if now < moment:  # the reader's zone is behind the schedule's
+            return Defer(moment)
     return _quiet_or_send(prefs, who.address, now)
 
 
@@ -323,6 +349,7 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._history_began = history_began
         self._retry = RetryPolicy.of(settings)
+        self._timing = DatedTiming.of(settings)
         self._smtp = SmtpSender(settings)
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
 
@@ -330,31 +357,42 @@ class Dispatcher:
         await self._smtp.close()
 
     async def dispatch_due(self) -> int:
-        """Handle every notice due now (digests excepted); the number of rows handled."""
-        return await self._drain(digests=False)
+        """Handle every notice due now (digests excepted), first the dated notices whose
+        moment has come in their reader's zone ahead of the schedule's; the number of rows
+        handled."""
+        handled: list[UUID] = []
+        while early := await self._claim_dated_early("immediate", None, handled):
+            handled += [item.row.id for item in early]
+            await self._handle_batch([item.row for item in early], digests=False)
+        return len(handled) + await self._drain(digests=False)
 
     async def send_digests(self) -> int:
         await self._gather_todays_notices()
         return await self._drain(digests=True)
 
     async def _gather_todays_notices(self) -> None:
-        """Once a reader's digest time has come, the notices falling due later that day join
-        that morning's digest; otherwise a review due today (its notice due at the send
-        time, after the digest time) would reach a digest reader the day after."""
+        """Once a reader's digest time has come, the dated notices of that day join that
+        morning's digest; otherwise a review due today (its notice due at the send time,
+        after the digest time) would reach a digest reader the day after."""
         passed_over: list[UUID] = []
-        while early := await store.claim_for_todays_digest(
-                self._pool, owner=self._owner, now=self._clock(),
-                limit=self._settings.dispatch_batch, lease=self._lease,
-                digest_time=self._settings.digest_time, notices_zone=self._settings.timezone,
-                passed_over=passed_over):
+        while early := await self._claim_dated_early("daily_digest", self._timing.digest_time,
+                                                     passed_over):
             for item in early:
                 now = self._clock()
-                digest = digest_notice(item.row, item.timezone, item.digest_at)
+                at = self._timing.moment(item.row, item.timezone, self._timing.digest_time)
+                digest = digest_notice(item.row, item.timezone, at)
                 if not await store.attach_to_digest(self._pool, item.row, digest,
                                                     self._settings.message_id_domain, now):
                     # that day's digest has gone: the notice takes the usual path
                     await store.release(self._pool, item.row, item.row.not_before, now)
                     passed_over.append(item.row.id)
+
+    async def _claim_dated_early(self, delivery: str, at: time | None,
+                                 passed_over: Sequence[UUID]) -> list[store.Early]:
+        return await store.claim_dated_early(
+            self._pool, owner=self._owner, now=self._clock(),
+            limit=self._settings.dispatch_batch, lease=self._lease, delivery=delivery, at=at,
+            notices_zone=self._timing.notices_zone, passed_over=passed_over)
 
     @property
     def _lease(self) -> timedelta:
@@ -365,23 +403,26 @@ class Dispatcher:
         while rows := await store.claim_due(
                 self._pool, owner=self._owner, now=self._clock(),
                 limit=self._settings.dispatch_batch, lease=self._lease, digests=digests):
-            token = rows[0].claim_token
-            assert token is not None
-            keeper = asyncio.create_task(self._keep_claim(token))
-            try:
-                results = await self._handle_all(rows, digests=digests)
-            finally:
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
-            lost = await store.record_outcomes(
-                self._pool, [r for r in results if isinstance(r, Outcome)], self._clock(),
-                token)
-            if lost:
-                log.warning("another instance took these rows over before their outcome was"
-                            " recorded", notifications=[str(i) for i in lost])
+            await self._handle_batch(rows, digests=digests)
             total += len(rows)
         return total
+
+    async def _handle_batch(self, rows: Sequence[Row], *, digests: bool) -> None:
+        """Handle rows claimed together (one claim token) and record their outcomes."""
+        token = rows[0].claim_token
+        assert token is not None
+        keeper = asyncio.create_task(self._keep_claim(token))
+        try:
+            results = await self._handle_all(rows, digests=digests)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        lost = await store.record_outcomes(
+            self._pool, [r for r in results if isinstance(r, Outcome)], self._clock(), token)
+        if lost:
+            log.warning("another instance took these rows over before their outcome was"
+                        " recorded", notifications=[str(i) for i in lost])
 
     async def _handle_all(self, rows: Sequence[Row], *,
                           digests: bool) -> list[Outcome | BaseException | None]:
@@ -434,7 +475,8 @@ class Dispatcher:
     async def _handle(self, row: Row, who: Recipient) -> Outcome | None:
         now = self._clock()
         stale = timedelta(hours=self._settings.stale_after_hours)
-        match decide(row, who, now, stale_after=stale, history_began=self._history_began):
+        match decide(row, who, now, stale_after=stale, history_began=self._history_began,
+                     timing=self._timing):
             case Send(address, for_participant):
                 try:
                     rendered = render(row.kind, row.context, row.case_id,

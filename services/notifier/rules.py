@@ -38,6 +38,9 @@ class Kind(StrEnum):
 
 
 CELEBRATIONS = frozenset({Kind.SMALL_WIN, Kind.MILESTONE})
+# about a day rather than an event: each reaches its reader on that day at their own local time
+DATED = frozenset({Kind.REVIEW_REMINDER, Kind.REVIEW_DUE_TODAY, Kind.REVIEW_OVERDUE,
+                   Kind.STEP_NUDGE, Kind.GOAL_TARGET_DATE})
 OPEN_STEP_STATUSES = frozenset({"not_started", "in_progress"})
 # Days far enough from the calendar's ends that a moment on them converts to UTC and back.
 SCHEDULABLE_DAYS = (date(1900, 1, 1), date(9998, 12, 31))

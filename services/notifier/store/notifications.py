@@ -11,7 +11,7 @@ from uuid import UUID, uuid4, uuid5
 
 import asyncpg
 
-from services.notifier.rules import CELEBRATIONS, Kind, Notice, RecipientRole
+from services.notifier.rules import DATED, Kind, Notice, RecipientRole
 
 _ID_NAMESPACE = UUID("0f6c1c55-93e4-4f57-bb8e-2a4f3f1f7a10")
 PENDING = ("scheduled", "failed")
@@ -194,47 +194,44 @@ async def claim_due(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int
 
 
 @dataclass(frozen=True)
-class EarlyForDigest:
-    """A claimed notice, and the digest of the day it falls due on (time and zone)."""
+class Early:
+    """A dated notice claimed before the schedule's time, and its reader's time zone."""
 
     row: Row
-    digest_at: datetime
     timezone: str
 
 
-async def claim_for_todays_digest(pool: asyncpg.Pool, *, owner: str, now: datetime,
-                                  limit: int, lease: timedelta, digest_time: time,
-                                  notices_zone: str,
-                                  passed_over: Sequence[UUID]) -> list[EarlyForDigest]:
-    """Lease notices for daily-digest readers that fall due later on a day whose digest
-    time has come, leaving out ``passed_over``. The day is the one the notice is about (its
-    date in ``notices_zone``, where dated notices are timed), the digest time is the reader's
-    own. Celebrations are left to the usual path, which applies the reader's celebrations
-    preference."""
+async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int,
+                            lease: timedelta, delivery: str, at: time | None,
+                            notices_zone: str, passed_over: Sequence[UUID]) -> list[Early]:
+    """Lease the dated notices of readers who take ``delivery`` whose moment has come before
+    the schedule's: the notice's wall-clock time in ``notices_zone`` (where the schedule is
+    timed), or ``at`` o'clock on its day there, taken in the reader's zone (as
+    ``DatedTiming.moment``). ``passed_over`` rows are left out."""
     rows = await pool.fetch(
         """WITH candidate AS (
              SELECT n.id, d.timezone,
-                    ((n.due_at AT TIME ZONE $9)::date + $6::time)
-                      AT TIME ZONE d.timezone AS digest_at
+                    (CASE WHEN $6::time IS NULL THEN n.due_at AT TIME ZONE $9
+                          ELSE (n.due_at AT TIME ZONE $9)::date + $6::time END)
+                      AT TIME ZONE d.timezone AS moment
              FROM notifier.notifications n
              JOIN notifier.directory d ON d.agency = n.agency AND d.user_id = n.recipient
              WHERE n.status = 'scheduled' AND n.digest_id IS NULL AND n.attempts = 0
                AND n.recipient_role IN ('case_manager', 'user')
-               AND NOT (n.kind = ANY($7::text[])) AND NOT (n.id = ANY($8::uuid[]))
+               AND n.kind = ANY($7::text[]) AND NOT (n.id = ANY($8::uuid[]))
                AND n.not_before > $1 AND n.not_before < $1 + interval '26 hours'
                AND (n.lease_until IS NULL OR n.lease_until < $1)
-               AND d.delivery = 'daily_digest'),
+               AND d.delivery = $10),
            due AS (
-             SELECT n.id, c.timezone, c.digest_at FROM notifier.notifications n
-             JOIN candidate c ON c.id = n.id WHERE c.digest_at <= $1
+             SELECT n.id, c.timezone FROM notifier.notifications n
+             JOIN candidate c ON c.id = n.id WHERE c.moment <= $1
              ORDER BY n.not_before LIMIT $2 FOR UPDATE OF n SKIP LOCKED)
            UPDATE notifier.notifications n SET lease_owner = $3, lease_until = $4,
                                                claim_token = $5, updated_at = $1
-           FROM due WHERE n.id = due.id
-           RETURNING n.*, due.timezone AS digest_timezone, due.digest_at""",
-        now, limit, owner, now + lease, uuid4(), digest_time,
-        [*CELEBRATIONS, Kind.DAILY_DIGEST], list(passed_over), notices_zone)
-    return [EarlyForDigest(Row.of(r), r["digest_at"], r["digest_timezone"]) for r in rows]
+           FROM due WHERE n.id = due.id RETURNING n.*, due.timezone AS reader_timezone""",
+        now, limit, owner, now + lease, uuid4(), at, list(DATED), list(passed_over),
+        notices_zone, delivery)
+    return [Early(Row.of(r), r["reader_timezone"]) for r in rows]
 
 
 async def renew_claim(pool: asyncpg.Pool, token: UUID, lease_until: datetime) -> int:
