@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -10,7 +11,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
 from tests.conftest import ClientFactory, TokenFactory, bearer
 
@@ -110,6 +112,38 @@ async def test_a_jwks_file_picks_the_key_by_its_id(make_records_client: ClientFa
     for name, token in refused.items():
         response = await client.get("/v1/events", headers=bearer(token))
         assert response.status == 401, name
+
+
+def _forged(header: dict[str, str]) -> str:
+    """A token anyone can write: any header, valid claims, a signature of nothing."""
+    def encoded(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return ".".join([encoded(json.dumps(header).encode()), encoded(json.dumps(claims()).encode()),
+                     encoded(b"x" * 64)])
+
+
+async def test_a_header_naming_another_algorithm_than_the_keys_is_a_401_not_a_500(
+        make_records_client: ClientFactory, database_url: str, tmp_path: Path) -> None:
+    edwards, rivest = ed25519.Ed25519PrivateKey.generate(), _rsa_key()
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [
+        {**json.loads(OKPAlgorithm.to_jwk(edwards.public_key())), "kid": "ed"},
+        {**json.loads(RSAAlgorithm.to_jwk(rivest.public_key())), "kid": "rsa"}]}))
+    pem_file = tmp_path / "public.pem"
+    pem_file.write_bytes(_public_pem(rivest))
+    by_jwks = await make_records_client(database_url, CASETRAIL_JWT_SECRET=None,
+                                        CASETRAIL_JWKS_FILE=jwks_file)
+    by_pem = await make_records_client(database_url, CASETRAIL_JWT_SECRET=None,
+                                       CASETRAIL_JWT_PUBLIC_KEY_FILE=pem_file)
+    good = jwt.encode(claims(), edwards, algorithm="EdDSA", headers={"kid": "ed"})
+    assert (await by_jwks.get("/v1/events", headers=bearer(good))).status == 200
+    refused = [(by_jwks, {"alg": "RS256", "kid": "ed"}), (by_jwks, {"alg": "ES256", "kid": "ed"}),
+               (by_jwks, {"alg": "EdDSA", "kid": "rsa"}), (by_jwks, {"alg": "ES256", "kid": "rsa"}),
+               (by_pem, {"alg": "EdDSA"}), (by_pem, {"alg": "ES256"})]
+    for client, header in refused:
+        response = await client.get("/v1/events", headers=bearer(_forged(header)))
+        assert response.status == 401, header
+        assert response.content_type == "application/problem+json"
 
 
 async def test_issuer_and_audience_are_checked_when_configured(

@@ -17,6 +17,8 @@ from typing import Any
 from uuid import UUID
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from services.common.settings import ServiceSettings
 
@@ -64,6 +66,8 @@ class TokenVerifier:
         self._secret = settings.jwt_secret
         self._public_key = (settings.jwt_public_key_file.read_text()
                             if settings.jwt_public_key_file else None)
+        self._public_algorithm = (_algorithm_of(self._public_key)
+                                  if self._public_key is not None else None)
         self._jwks = (jwt.PyJWKSet.from_dict(json.loads(settings.jwks_file.read_text()))
                       if settings.jwks_file else None)
         self._verified: dict[str, tuple[Principal, float]] = {}
@@ -79,12 +83,14 @@ class TokenVerifier:
         if self._jwks is not None and header.get("kid"):
             for key in self._jwks.keys:
                 if key.key_id == header["kid"]:
-                    return key.key, _ASYMMETRIC
+                    # the key decides the algorithm, never the token's header: a header naming
+                    # another key type must be refused, not handed to the wrong verifier
+                    return key.key, [key.algorithm_name]
             raise AuthError("token signed with an unknown key id")
         if algorithm == "HS256" and self._secret:
             return self._secret, ["HS256"]
-        if algorithm in _ASYMMETRIC and self._public_key:
-            return self._public_key, _ASYMMETRIC
+        if algorithm in _ASYMMETRIC and self._public_key and self._public_algorithm:
+            return self._public_key, [self._public_algorithm]
         raise AuthError(f"tokens signed with {algorithm!r} are not accepted here")
 
     def verify(self, token: str) -> Principal:
@@ -112,6 +118,19 @@ class TokenVerifier:
         except jwt.PyJWTError as error:
             raise AuthError(f"token rejected: {error}") from error
         return principal_from_claims(claims), float(claims["exp"])
+
+
+def _algorithm_of(public_key_pem: str) -> str:
+    """The one signing algorithm a public key verifies (RS256, ES256 or EdDSA)."""
+    key = serialization.load_pem_public_key(public_key_pem.encode())
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ES256"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    raise RuntimeError("CASETRAIL_JWT_PUBLIC_KEY_FILE must hold an RSA, EC (P-256) or Ed25519"
+                       " public key")
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
