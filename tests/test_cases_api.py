@@ -335,6 +335,28 @@ async def test_time_travel_by_version_and_by_time(cm: CaseApi, clock: FakeClock)
     assert beyond["current_version"] == 3
 
 
+async def test_time_travel_by_time_reads_a_plan_that_existed_when_clocks_disagreed(
+        cm: CaseApi, clock: FakeClock) -> None:
+    """Instances behind a load balancer stamp events with their own clocks: one running fast
+    leaves a later version with an earlier time. As of a moment, the plan is every version up
+    to the last one recorded by then, never a selection that skips one."""
+    case_id = await cm.open_case()  # 09:00
+    clock.advance(hours=1)  # an instance running an hour fast records the goal at 10:00
+    await cm.goal(case_id)
+    clock.advance(minutes=-30)  # the next write, on an instance with the right time: 09:30
+    await cm.strength(case_id, description="Good with numbers")
+    at_0945 = await cm.plan(case_id, as_of="2026-03-02T09:45:00Z")
+    assert at_0945["version"] == 3
+    assert len(at_0945["goals"]) == 1
+    assert len(at_0945["strengths"]) == 1
+    at_0915 = await cm.plan(case_id, as_of="2026-03-02T09:15:00Z")
+    assert (at_0915["version"], at_0915["goals"]) == (1, [])
+    other = await cm.open_case()  # 09:30
+    clock.advance(minutes=-20)
+    await cm.strength(other)  # 09:10: the opening event is the one "in the future"
+    assert (await cm.plan(other, as_of="2026-03-02T09:15:00Z"))["version"] == 2
+
+
 async def test_diff_lists_what_changed_field_by_field(cm: CaseApi) -> None:
     case_id = await cm.open_case()
     goal = await cm.goal(case_id, title="Find work")

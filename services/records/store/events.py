@@ -420,11 +420,16 @@ class EventStore:
         up_to_time: datetime | None = None,
         limit: int | None = None,
     ) -> list[RecordedEvent]:
-        """Events of one stream in version order, optionally bounded by version or time."""
+        """Events of one stream in version order, optionally bounded by version or time.
+
+        Bounded by time, the events are those up to the last version recorded by then, not
+        every event stamped earlier: instances stamp events with their own clocks, and one
+        running fast would otherwise leave a gap, folding into a plan that never existed."""
         rows = await self._pool.fetch(
             f"SELECT {_EVENT_COLUMNS} FROM records.events WHERE stream_id = $1"
             " AND version > $2 AND ($3::int IS NULL OR version <= $3)"
-            " AND ($4::timestamptz IS NULL OR recorded_at <= $4)"
+            " AND ($4::timestamptz IS NULL OR version <= (SELECT max(version)"
+            "      FROM records.events WHERE stream_id = $1 AND recorded_at <= $4))"
             " ORDER BY version LIMIT $5",
             stream_id, after_version, up_to_version, up_to_time, limit,
         )
