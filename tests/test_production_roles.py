@@ -133,3 +133,31 @@ async def test_a_role_that_may_not_migrate_is_told_to_migrate_as_the_owner(
         assert await admin.fetchval("SELECT count(*) FROM pg_tables") == tables_before
     finally:
         await admin.close()
+
+
+async def test_the_owner_cannot_change_events_even_with_the_triggers_disabled(
+        postgres_server_url: str) -> None:
+    """Trigger and privileges: an owner that is not a superuser may disable the table's
+    triggers, and still has no right to update, delete or truncate events."""
+    suffix = secrets.token_hex(4)
+    role, name = f"casetrail_owner_{suffix}", f"casetrail_owned_{suffix}"
+    admin = await asyncpg.connect(postgres_server_url)
+    await admin.execute(f"CREATE ROLE {role} LOGIN")
+    await admin.execute(f'CREATE DATABASE "{name}" OWNER {role}')
+    try:
+        owner_url = as_role(urlunsplit(urlsplit(postgres_server_url)._replace(path=f"/{name}")),
+                            role)
+        await migrate(owner_url)
+        owner = await asyncpg.connect(owner_url)
+        try:
+            await owner.execute("ALTER TABLE records.events DISABLE TRIGGER USER")
+            for change in ("UPDATE records.events SET type = type", "DELETE FROM records.events",
+                           "TRUNCATE records.events"):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await owner.execute(change)
+        finally:
+            await owner.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
