@@ -141,13 +141,15 @@ def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
                      " CASETRAIL_JWKS_FILE")
     configure_logging(settings.log_level)
     web.run_app(create_app(settings), host=args.host or settings.records_host,
-                port=args.port or settings.records_port, print=None, loop=new_event_loop(),
+                port=settings.records_port if args.port is None else args.port, print=None,
+                loop=new_event_loop(),
                 reuse_port=args.reuse_port or None, access_log_class=JsonAccessLogger)
     return 0
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from services.common.database import embedded_postgres
+    from services.notifier.settings import NotifierSettings
 
     configure_logging(settings.log_level, json_output=False)
     secret = settings.jwt_secret or dev_secret(settings.dev_data_dir)
@@ -162,9 +164,13 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         dev_settings = settings.model_copy(update={"database_url": database_url,
                                                    "jwt_secret": secret,
                                                    "export_signing_key_file": export_key})
+        notifier = NotifierSettings()
         with suppress(KeyboardInterrupt):
-            asyncio.run(_run_dev(dev_settings, args.host, args.port, args.notifier_port,
-                                 args.smtp_port))
+            asyncio.run(_run_dev(
+                dev_settings, args.host,
+                settings.records_port if args.port is None else args.port,
+                notifier.port if args.notifier_port is None else args.notifier_port,
+                notifier.smtp_port if args.smtp_port is None else args.smtp_port))
     return 0
 
 
@@ -238,15 +244,23 @@ def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> int:
+    seconds = int(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="casetrail", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run everything locally (embedded PostgreSQL if needed)")
     dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8080, help="records service port")
-    dev.add_argument("--notifier-port", type=int, default=8081)
-    dev.add_argument("--smtp-port", type=int, default=1025, help="local mail catcher port")
+    dev.add_argument("--port", type=int, help="records service port (RECORDS_PORT, 8080)")
+    dev.add_argument("--notifier-port", type=int, help="notifier port (NOTIFIER_PORT, 8081)")
+    dev.add_argument("--smtp-port", type=int,
+                     help="local mail catcher port (SMTP_PORT, 1025)")
     dev.set_defaults(run=cmd_dev)
 
     records = sub.add_parser("records", help="run the records service")
@@ -272,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
     token.add_argument("--agency", required=True)
     token.add_argument("--cases", help="comma-separated case ids (participant, auditor)")
-    token.add_argument("--ttl", type=int, default=8 * 3600, help="lifetime in seconds")
+    token.add_argument("--ttl", type=_positive_seconds, default=8 * 3600,
+                       help="lifetime in seconds")
     token.add_argument("--window-from", help="auditor: first moment of the record they see"
                        " (RFC 3339 date or date-time with a time zone)")
     token.add_argument("--window-to", help="auditor: last moment of the record they see"
@@ -286,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check a signed export offline: its digest, its"
                             " signature and the hash chain of its events (exit 0: verified)")
-    verify.add_argument("export", metavar="EXPORT", help="the export file (JSON Lines or CSV)")
+    verify.add_argument("export", metavar="EXPORT",
+                        help="the export file (JSON Lines, CSV, PDF or FHIR)")
     verify.add_argument("--public-key", metavar="FILE",
                         help="the agency's Ed25519 public key (PEM) the signature must match")
     verify.set_defaults(run=cmd_verify)

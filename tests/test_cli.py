@@ -45,6 +45,11 @@ def test_token_refuses_bad_input(tmp_path: Path) -> None:
                    "--cases", "not-a-uuid", env=env)
     assert bad_case.returncode == 2
     assert "--cases" in bad_case.stderr
+    for ttl in ("0", "-100"):  # a token that is born expired is a mistake, not a token
+        born_expired = run("token", "--sub", "x", "--role", "supervisor", "--agency", "a",
+                           "--ttl", ttl, env=env)
+        assert born_expired.returncode == 2
+        assert "--ttl" in born_expired.stderr
     no_secret = run("token", "--sub", "x", "--role", "supervisor", "--agency", "a",
                     env={"CASETRAIL_JWT_SECRET": "", "CASETRAIL_DEV_DIR": str(tmp_path)})
     assert no_secret.returncode == 2
@@ -108,7 +113,8 @@ def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in {"DATABASE_URL", "CASETRAIL_JWT_SECRET"}}
     env["CASETRAIL_DEV_DIR"] = str(tmp_path / "dev")
-    process = subprocess.Popen([*CASETRAIL, "dev", "--port", str(port), "--notifier-port",
+    env["RECORDS_PORT"] = str(port)  # ports come from the environment when no flag says
+    process = subprocess.Popen([*CASETRAIL, "dev", "--notifier-port",
                                 str(notifier_port), "--smtp-port", str(smtp_port)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -211,7 +217,9 @@ def test_every_log_line_is_json_and_each_request_carries_its_request_id(
         fresh_database_url: str, service: str, query_path: str) -> None:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": fresh_database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET,
-           "CASETRAIL_LOG_LEVEL": "info", "RECORDS_URL": f"http://127.0.0.1:{free_port()}"}
+           "CASETRAIL_LOG_LEVEL": "info", "RECORDS_URL": f"http://127.0.0.1:{free_port()}",
+           "RECORDS_PORT": str(free_port()), "NOTIFIER_PORT": str(free_port())}
+    # the flag overrides the environment's port
     process = subprocess.Popen([*CASETRAIL, service, "--port", str(port)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -36,7 +36,8 @@ def run_notifier(settings: NotifierSettings | None = None, *, host: str | None =
               file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    web.run_app(create_app(settings), host=host or settings.host, port=port or settings.port,
+    web.run_app(create_app(settings), host=host or settings.host,
+                port=settings.port if port is None else port,
                 print=None, loop=new_event_loop(), access_log_class=JsonAccessLogger)
     return 0
 
