@@ -53,6 +53,9 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(str(error))
     if (window_from or window_to) and args.role != Role.AUDITOR:
         return _fail("--window-from/--window-to scope auditor tokens; use --role auditor")
+    if args.role == Role.AUDITOR and not (window_from or window_to):
+        return _fail("an auditor sees a stretch of the record: give --window-from,"
+                     " --window-to or both (a --window-to of today covers it all so far)")
     if window_from and window_to and window_from > window_to:
         return _fail("--window-from must not be later than --window-to")
     try:

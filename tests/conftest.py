@@ -114,10 +114,17 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
 TokenFactory = Callable[..., str]
 
 
+# an auditor token always carries a window (the services refuse one without); unless a test
+# gives its own, the window a court would give for the whole record so far
+WHOLE_RECORD = datetime(2100, 1, 1, tzinfo=UTC)
+
+
 @pytest.fixture
 def token() -> TokenFactory:
     def make(role: str = "case_manager", sub: str = "cm-1", agency: str = "agency-a",
              **kwargs: object) -> str:
+        if role == "auditor" and "window_from" not in kwargs and "window_to" not in kwargs:
+            kwargs["window_to"] = WHOLE_RECORD
         return issue_token(JWT_SECRET, sub=sub, role=role, agency=agency, **kwargs)  # type: ignore[arg-type]
     return make
 

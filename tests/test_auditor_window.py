@@ -18,8 +18,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.common.auth import issue_token
 from services.records.export.verify import summary, verify_export
-from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
+from tests.conftest import JWT_SECRET, ClientFactory, FakeClock, TokenFactory, bearer
 from tests.records_api import CaseApi
 
 DAY = timedelta(days=1)
@@ -245,6 +246,18 @@ async def test_malformed_window_claims_make_the_token_invalid(scene: Scene,
         assert response.status == 401, (claims, await response.text())
         assert response.content_type == "application/problem+json"
         assert "window" in (await response.json())["detail"]
+
+
+async def test_an_auditor_token_without_a_window_is_refused(scene: Scene) -> None:
+    """Auditors are scoped to named cases and a stretch of their record: a token that names
+    no stretch is not read as "all of it"."""
+    token = issue_token(JWT_SECRET, sub="court-1", role="auditor", agency="agency-a",
+                        cases=[str(scene.case_id)])
+    for path in ("{c}", "{c}/history", "{c}/export"):
+        response = await scene.client.get(path.format(c=f"/v1/cases/{scene.case_id}"),
+                                          headers=bearer(token))
+        assert response.status == 401, await response.text()
+        assert "audit window" in (await response.json())["detail"]
 
 
 async def test_numeric_window_claims_are_accepted(scene: Scene) -> None:

@@ -101,6 +101,13 @@ def test_token_windows_are_for_auditors() -> None:
     assert "auditor" in result.stderr
 
 
+def test_an_auditor_token_needs_a_window() -> None:
+    result = run(*AUDITOR, env={"CASETRAIL_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 2
+    assert "--window-to" in result.stderr
+    assert result.stdout == ""
+
+
 def test_migrate_applies_then_reports_current(fresh_database_url: str) -> None:
     result = run("migrate", env={"DATABASE_URL": fresh_database_url})
     assert result.returncode == 0, result.stderr

@@ -152,6 +152,11 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     window_to = _window_bound(claims, "window_to")
     if window_from is not None and window_to is not None and window_from > window_to:
         raise AuthError("window_from must not be later than window_to")
+    if role is Role.AUDITOR and window_from is None and window_to is None:
+        # an auditor's scope is named cases *and* a stretch of their record (a court order);
+        # a token without one is refused rather than read as "all of it"
+        raise AuthError("an auditor token must carry an audit window: window_from,"
+                        " window_to or both")
     return Principal(sub, role, agency, cases, window_from, window_to)
 
 
