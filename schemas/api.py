@@ -548,6 +548,9 @@ class AccessLogEntryView(View):
     actor_role: str
     case_id: UUID
     action: str
+    what: str | None = Field(description="which read, with its parameters, e.g. \"diff"
+                             " from_version=2 to_version=5\" (null on entries written before"
+                             " it was recorded)")
     request_id: str | None
 
 

@@ -278,8 +278,8 @@ async def test_supervisors_export_their_agencys_access_log(scene: Scene) -> None
     await scene.get("{c}/verify", scene.inside())
     first = await scene.get("/v1/access-log?limit=2", supervisor)
     assert first[0] == 200
-    assert [(e["actor_sub"], e["action"]) for e in first[1]["entries"]] == [
-        ("sup-1", "read_plan"), ("court-1", "audit")]
+    assert [(e["actor_sub"], e["action"], e["what"]) for e in first[1]["entries"]] == [
+        ("sup-1", "read_plan", "plan"), ("court-1", "audit", "history after_version=0 limit=100")]
     assert first[1]["entries"][0]["case_id"] == scene.case_id
     rest = await scene.get(f"/v1/access-log?after={first[1]['next_after']}", supervisor)
     assert [e["actor_sub"] for e in rest[1]["entries"]] == ["court-1"]
@@ -289,6 +289,24 @@ async def test_supervisors_export_their_agencys_access_log(scene: Scene) -> None
     assert other_case[1]["entries"] == []
     this_case = await scene.get(f"/v1/access-log?case_id={scene.case_id}", supervisor)
     assert len(this_case[1]["entries"]) == 3
+
+
+@pytest.mark.parametrize(("read", "what"), [
+    ("{c}?as_of_version=2", "plan as_of_version=2"),
+    ("{c}?as_of=2026-03-02T10:00:00Z", "plan as_of=2026-03-02T10:00:00+00:00"),
+    ("{c}/diff?from_version=1&to_version=3", "diff from_version=1 to_version=3"),
+    ("{c}/history?after_version=1&limit=5", "history after_version=1 limit=5"),
+    ("{c}/verify", "verify"),
+    ("{c}/export?format=csv", "export format=csv"),
+])
+async def test_the_access_log_says_which_part_of_the_record_was_read(
+        scene: Scene, read: str, what: str) -> None:
+    supervisor = scene.token(role="supervisor", sub="sup-1")
+    response = await scene.client.get(read.format(c=f"/v1/cases/{scene.case_id}"),
+                                      headers=bearer(supervisor))
+    assert response.status == 200, await response.text()
+    [entry] = (await scene.get("/v1/access-log", supervisor))[1]["entries"]
+    assert entry["what"] == what
 
 
 async def test_reading_the_access_log_is_not_itself_a_case_read(scene: Scene) -> None:

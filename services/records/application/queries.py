@@ -71,9 +71,10 @@ class CaseQueries:
         self._clock = clock
         self._signer = signer
 
-    async def _allow(self, who: Principal, case_id: UUID, action: Action,
+    async def _allow(self, who: Principal, case_id: UUID, action: Action, what: str,
                      request_id: str | None) -> StoredPlan:
-        """The case's current plan, once ``who`` may take ``action`` on it (logged if audited)."""
+        """The case's current plan, once ``who`` may take ``action`` on it; an audited read is
+        logged with ``what`` was read."""
         stored = await load_plan(self._pool, case_id)
         if stored is None:
             raise NotVisible
@@ -81,7 +82,7 @@ class CaseQueries:
         if is_audited_read(who):
             await record_read(self._pool, AccessLogEntry(
                 self._clock(), who.agency, who.sub, who.role.value, case_id, action.value,
-                request_id))
+                what, request_id))
         return stored
 
     async def _window(self, who: Principal, case_id: UUID) -> WindowVersions | None:
@@ -97,8 +98,11 @@ class CaseQueries:
     async def plan(self, who: Principal, case_id: UUID, *, as_of_version: int | None = None,
                    as_of: datetime | None = None, request_id: str | None = None) -> PlanAnswer:
         time_travel = as_of_version is not None or as_of is not None
+        point = (f" as_of_version={as_of_version}" if as_of_version is not None
+                 else f" as_of={as_of.isoformat()}" if as_of is not None else "")
         stored = await self._allow(who, case_id,
-                                   Action.AUDIT if time_travel else Action.READ_PLAN, request_id)
+                                   Action.AUDIT if time_travel else Action.READ_PLAN,
+                                   f"plan{point}", request_id)
         window = await self._window(who, case_id)
         if window is not None:
             as_of_version, as_of = point_in_window(who, window, as_of_version, as_of)
@@ -115,7 +119,8 @@ class CaseQueries:
 
     async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
                       request_id: str | None = None) -> api.HistoryPage:
-        await self._allow(who, case_id, Action.AUDIT, request_id)
+        await self._allow(who, case_id, Action.AUDIT,
+                          f"history after_version={after_version} limit={limit}", request_id)
         window = await self._window(who, case_id)
         up_to_version = None
         if window is not None:
@@ -129,7 +134,8 @@ class CaseQueries:
 
     async def diff(self, who: Principal, case_id: UUID, from_version: int, to_version: int,
                    request_id: str | None = None) -> api.DiffView:
-        await self._allow(who, case_id, Action.AUDIT, request_id)
+        await self._allow(who, case_id, Action.AUDIT,
+                          f"diff from_version={from_version} to_version={to_version}", request_id)
         window = await self._window(who, case_id)
         if window is not None:
             check_diff_in_window(window, from_version, to_version)
@@ -148,7 +154,7 @@ class CaseQueries:
 
     async def verify(self, who: Principal, case_id: UUID,
                      request_id: str | None = None) -> ChainReport:
-        await self._allow(who, case_id, Action.AUDIT, request_id)
+        await self._allow(who, case_id, Action.AUDIT, "verify", request_id)
         window = await self._window(who, case_id)
         # a windowed auditor gets the chain from its start through the window's last version:
         # everything they see depends on it, and nothing after the window is revealed
@@ -160,7 +166,8 @@ class CaseQueries:
         """The case's history as a signed export: every event through the current version (a
         windowed auditor: the events recorded inside the window), read page by page as the
         answer streams, so memory stays flat however long the history."""
-        stored = await self._allow(who, case_id, Action.EXPORT, request_id)
+        stored = await self._allow(who, case_id, Action.EXPORT,
+                                   f"export format={export_format.value}", request_id)
         window = await self._window(who, case_id)
         first, last = (window.first + 1, window.last) if window else (1, stored.version)
         if export_format is ExportFormat.PDF and last - first + 1 > MAX_PDF_EVENTS:
