@@ -38,6 +38,11 @@ class FeedEvent(BaseModel):
 class FeedPage(BaseModel):
     events: list[FeedEvent]
     checkpoint: str = Field(description="pass as ?after= to continue after this page")
+    held_back: int = Field(0, description="committed events after this page not handed out"
+                           " yet: an older transaction on the database server is still open;"
+                           " they follow, in order, once it ends")
+    held_back_since: datetime | None = Field(None, description="when the oldest held-back"
+                                             " event was recorded")
 
 
 class Health(BaseModel):

@@ -68,12 +68,15 @@ async def test_a_late_commit_is_not_skipped(fresh_pool: asyncpg.Pool) -> None:
         # While T1 is open, T2's event must not be handed out: its checkpoint would pass T1's.
         page = await read_feed(fresh_pool, START, 10)
         assert page.events == []
+        # ...but the page says that it is there, held back, and since when
+        assert (page.held_back, page.held_back_since) == (1, fast.events[0].recorded_at)
         await tx.commit()
     finally:
         await fresh_pool.release(slow)
-    seen, _ = await drain(fresh_pool, expect=2)
+    seen, end = await drain(fresh_pool, expect=2)
     assert len(seen) == 2
     assert seen[1] == fast.events[0].event_id
+    assert (await read_feed(fresh_pool, end, 10)).held_back == 0
 
 
 async def test_concurrent_writers_and_a_following_reader_see_every_event_once(

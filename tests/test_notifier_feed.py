@@ -310,3 +310,28 @@ async def test_an_unreachable_or_refusing_feed_is_a_feed_error_not_a_crash(
     ready = await nowhere.client.get("/readyz")
     assert ready.status == 503
     assert (await ready.json())["checks"]["feed"].startswith("last read failed")
+
+
+async def _feed_lag(rig: NotifierRig) -> float:
+    metrics = await (await rig.client.get("/metrics")).text()
+    [line] = [m for m in metrics.splitlines()
+              if m.startswith("casetrail_notifier_feed_lag_seconds ")]
+    return float(line.split()[1])
+
+
+async def test_feed_lag_counts_what_an_open_transaction_holds_back(
+        rig: NotifierRig, records: Records, clock: FakeClock) -> None:
+    """Held back behind another transaction, the feed answers no events; the lag must not read
+    as caught up meanwhile."""
+    await records.open_case()
+    await rig.catch_up()
+    assert await _feed_lag(rig) == 0
+    async with rig.notifier.pool.acquire() as other, other.transaction():
+        await other.execute("SELECT pg_current_xact_id()")  # an open write transaction
+        await records.open_case()  # committed, behind the horizon
+        clock.advance(seconds=30)
+        assert await rig.notifier.subscriber.step(0) == 0
+        assert await _feed_lag(rig) >= 30
+    await rig.catch_up()
+    assert await rig.notifier.subscriber.step(0) == 0
+    assert await _feed_lag(rig) == 0

@@ -64,6 +64,7 @@ class FeedToken:
 class Page:
     items: list[FeedItem]
     checkpoint: str
+    held_back_since: datetime | None = None  # the oldest event an open transaction holds back
 
 
 def _items(page: FeedPage) -> list[FeedItem]:
@@ -112,7 +113,8 @@ class FeedSubscriber:
             page = FeedPage.model_validate_json(body)
         except (aiohttp.ClientError, TimeoutError, ValidationError) as error:
             raise FeedError(f"feed unreachable or unreadable: {error}") from error
-        return Page(_items(page), page.checkpoint)
+        return Page(_items(page), page.checkpoint,
+                    page.held_back_since if page.held_back else None)
 
     async def step(self, wait: float) -> int:
         """Read one page after the stored checkpoint and apply it; the number of events."""
@@ -124,7 +126,7 @@ class FeedSubscriber:
             raise
         self.healthy, self.last_error = True, None
         if not page.items:
-            self._metrics.feed_lag.set(0)
+            self._set_lag(page, None)
             return 0
         result = await self._apply(after, page)
         if result is not None and result.celebrations:
@@ -139,9 +141,17 @@ class FeedSubscriber:
         self._metrics.feed_events.inc(len(page.items))
         for why, count in (result.skipped.items() if result is not None else ()):
             self._metrics.feed_skipped.labels(why).inc(count)
-        newest = page.items[-1].recorded_at
-        self._metrics.feed_lag.set(max(0.0, (now - newest).total_seconds()))
+        self._set_lag(page, page.items[-1].recorded_at)
         return result
+
+    def _set_lag(self, page: Page, newest_handled: datetime | None) -> None:
+        """How far behind the notifier is: the age of the newest event it handled, or of the
+        oldest one the feed still holds back (an open transaction on the database server),
+        whichever is older; 0 when caught up."""
+        now = self._clock()
+        ages = [(now - at).total_seconds()
+                for at in (newest_handled, page.held_back_since) if at is not None]
+        self._metrics.feed_lag.set(max([0.0, *ages]))
 
     async def catch_up(self) -> int:
         """Apply every page available now (no waiting); the number of events read."""

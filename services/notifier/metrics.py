@@ -26,7 +26,8 @@ class NotifierMetrics:
         self.feed_errors = Counter("casetrail_notifier_feed_errors_total",
                                    "failed reads or applications of feed pages", registry=r)
         self.feed_lag = Gauge("casetrail_notifier_feed_lag_seconds",
-                              "age of the newest feed event handled (0 when caught up)",
+                              "age of the newest feed event handled, or of the oldest one"
+                              " the feed holds back behind an open transaction (0: caught up)",
                               registry=r)
         self.request_seconds = Histogram("casetrail_http_request_seconds",
                                          "HTTP request latency", ["method", "route", "status"],

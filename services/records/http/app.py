@@ -168,5 +168,7 @@ async def event_feed(request: web.Request) -> web.Response:
     ctx = records(request)
     wait = min(query.wait, ctx.settings.feed_max_wait_seconds)
     page = await read_feed_waiting(ctx.pool, ctx.waiter, after, query.limit, wait)
+    since = page.held_back_since.isoformat() if page.held_back_since else None
     return json_response({"events": [feed_event_json(e) for e in page.events],
-                          "checkpoint": page.checkpoint.encode()})
+                          "checkpoint": page.checkpoint.encode(),
+                          "held_back": page.held_back, "held_back_since": since})

@@ -14,6 +14,7 @@ import binascii
 import contextlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -63,8 +64,15 @@ class FeedEvent:
 
 @dataclass(frozen=True)
 class FeedPage:
+    """A page of the feed. A page shorter than asked for has caught up with the snapshot
+    horizon; ``held_back`` then counts the committed events behind it that an older, still
+    open transaction keeps back (the feed's liveness cost, made visible), and
+    ``held_back_since`` is when the oldest of them was recorded."""
+
     events: list[FeedEvent]
     checkpoint: Checkpoint
+    held_back: int = 0
+    held_back_since: datetime | None = None
 
 
 async def read_feed(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPage:
@@ -77,7 +85,16 @@ async def read_feed(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPa
     )
     events = [FeedEvent(_recorded(r), Checkpoint(int(r["tx"]), r["global_position"]))
               for r in rows]
-    return FeedPage(events, events[-1].checkpoint if events else after)
+    checkpoint = events[-1].checkpoint if events else after
+    if len(events) == limit:
+        return FeedPage(events, checkpoint)
+    held = await pool.fetchrow(
+        "SELECT count(*) AS events, min(recorded_at) AS since FROM records.events"
+        " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
+        " AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
+        str(checkpoint.transaction_id), checkpoint.global_position)
+    assert held is not None  # an aggregate always answers one row
+    return FeedPage(events, checkpoint, held["events"], held["since"])
 
 
 class FeedWaiter:
