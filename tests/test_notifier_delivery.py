@@ -74,6 +74,8 @@ async def test_a_small_win_is_sent_once_with_text_html_and_a_stable_message_id(
     assert "text/plain" in kinds
     assert "text/html" in kinds
     assert await attempt_codes(rig, row["id"]) == [250]
+    metrics = await (await rig.client.get("/metrics")).text()
+    assert 'casetrail_notifications_sent_total{kind="small_win"} 1.0' in metrics
 
 
 async def test_a_4xx_is_retried_later_with_the_same_message_id(
