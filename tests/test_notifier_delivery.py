@@ -526,3 +526,22 @@ async def test_a_notice_scheduled_after_that_days_digest_went_waits_for_the_next
     digests = {r["id"]: str(r["due_at"]) for r in await rig.rows(kind="daily_digest")}
     [late] = await rig.rows(kind="review_due_today")
     assert digests[late["digest_id"]] == "2026-03-04 08:00:00+00:00"
+
+
+async def test_a_dated_notice_claimed_early_and_put_off_by_quiet_hours_waits_for_their_end(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token(), timezone="Europe/Berlin",
+                        quiet_hours={"start": "08:30", "end": "10:00"})
+    await records.agree(await records.open_case())
+    await rig.catch_up()
+    clock.now = datetime(2026, 5, 1, 7, 0, tzinfo=UTC)  # 09:00 in Berlin: quiet
+    # today's notice, claimed early, and 28 April's late reminder: both put off
+    assert await rig.dispatch() == 2
+    assert await rig.dispatch() == 0  # and left alone until then
+    [due_today] = await rig.rows(kind="review_due_today")
+    assert (due_today["status"], str(due_today["not_before"])) == (
+        "scheduled", "2026-05-01 08:00:00+00:00")  # 10:00 in Berlin
+    clock.now = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    assert await rig.dispatch() == 2
+    assert "Today: plan review with Jo" in [m["Subject"] for m in smtp.received]

@@ -207,7 +207,8 @@ async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, li
     """Lease the dated notices of readers who take ``delivery`` whose moment has come before
     the schedule's: the notice's wall-clock time in ``notices_zone`` (where the schedule is
     timed), or ``at`` o'clock on its day there, taken in the reader's zone (as
-    ``DatedTiming.moment``). ``passed_over`` rows are left out."""
+    ``DatedTiming.moment``). ``passed_over`` rows are left out, and so are rows already put off
+    to a later time (their reader's quiet hours): the usual path takes them then."""
     rows = await pool.fetch(
         """WITH candidate AS (
              SELECT n.id, d.timezone,
@@ -220,6 +221,7 @@ async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, li
                AND n.recipient_role IN ('case_manager', 'user')
                AND n.kind = ANY($7::text[]) AND NOT (n.id = ANY($8::uuid[]))
                AND n.not_before > $1 AND n.not_before < $1 + interval '26 hours'
+               AND n.not_before = n.due_at  -- not yet put off (quiet hours, say)
                AND (n.lease_until IS NULL OR n.lease_until < $1)
                AND d.delivery = $10),
            due AS (
