@@ -28,6 +28,7 @@ from bench.common import (
     cpu_per_operation,
     cpu_sample,
     free_port,
+    insert_rows,
     percentile,
     postgres_server,
     scratch_database,
@@ -42,26 +43,12 @@ async def raw_insert_rate(database_url: str, clients: int,
     """One row per transaction from each of ``clients`` connections; rate and CPU per insert."""
     conn = await asyncpg.connect(database_url)
     await conn.execute("CREATE TABLE IF NOT EXISTS bench_raw (id bigint GENERATED ALWAYS AS"
-                       " IDENTITY PRIMARY KEY, stream uuid, data jsonb)")
+                       " IDENTITY PRIMARY KEY, stream_id uuid, data jsonb)")
     await conn.close()
-    count = 0
-
-    async def worker() -> None:
-        nonlocal count
-        connection = await asyncpg.connect(database_url)
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            await connection.execute(
-                "INSERT INTO bench_raw (stream, data) VALUES (gen_random_uuid(), $1)",
-                '{"text": "a small step"}')
-            count += 1
-        await connection.close()
-
     before, started = cpu_sample(), time.perf_counter()
-    await asyncio.gather(*[worker() for _ in range(clients)])
+    count = await insert_rows(database_url, "bench_raw", clients, seconds)
     elapsed = time.perf_counter() - started
     return count / elapsed, cpu_per_operation(before, cpu_sample(), count)
-
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,25 @@ async def scratch_database(server_url: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def insert_rows(database_url: str, table: str, clients: int, seconds: float) -> int:
+    """Rows ``clients`` connections insert into ``table`` (``stream_id uuid, data jsonb``) in
+    ``seconds``, one row per transaction: the raw rate the benches compare against."""
+    count = 0
+
+    async def client() -> None:
+        nonlocal count
+        conn = await asyncpg.connect(database_url)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            await conn.execute(f"INSERT INTO {table} (stream_id, data)"
+                               " VALUES (gen_random_uuid(), $1)", '{"text": "a small step"}')
+            count += 1
+        await conn.close()
+
+    await asyncio.gather(*[client() for _ in range(clients)])
+    return count
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:

@@ -24,7 +24,7 @@ import time
 
 import asyncpg
 
-from bench.common import percentile, postgres_server, scratch_database
+from bench.common import insert_rows, percentile, postgres_server, scratch_database
 
 TABLES = """
 CREATE TABLE plain (global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -38,20 +38,8 @@ ROW = '{"text": "Met at the library; a good talk"}'
 
 
 async def insert_rate(url: str, table: str, clients: int, seconds: float) -> float:
-    count = 0
-
-    async def client() -> None:
-        nonlocal count
-        conn = await asyncpg.connect(url)
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            await conn.execute(f"INSERT INTO {table} (stream_id, data)"
-                               " VALUES (gen_random_uuid(), $1)", ROW)
-            count += 1
-        await conn.close()
-
     started = time.perf_counter()
-    await asyncio.gather(*[client() for _ in range(clients)])
+    count = await insert_rows(url, table, clients, seconds)
     return count / (time.perf_counter() - started)
 
 
