@@ -370,7 +370,8 @@ class ReviewView(View):
     basis: ReviewBasis
     interval_days: int | None = None
     risk_level: RiskLevel
-    status: Literal["scheduled", "held"]
+    status: Literal["scheduled", "held", "cancelled"] = Field(
+        description="cancelled: the case was closed before it was held")
     scheduled_at: datetime
     held_on: date | None = None
     summary: str | None = None

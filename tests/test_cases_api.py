@@ -99,6 +99,57 @@ async def test_holding_a_review_schedules_the_next_by_risk(cm: CaseApi,
     assert again["status"] == 409
 
 
+async def test_a_review_is_not_recorded_as_held_before_it_was_scheduled(
+        cm: CaseApi, clock: FakeClock) -> None:
+    """A mistyped year would put the next review in the past, overdue at once."""
+    case_id = await cm.open_case()
+    await cm.goal(case_id)
+    await cm.agree(case_id)
+    review = (await cm.plan(case_id))["next_review"]
+    clock.advance(days=50)
+    year_early = (clock.now.date() - timedelta(days=365)).isoformat()
+    refused = await cm.call("POST", f"/v1/cases/{case_id}/reviews/{review['review_id']}/held",
+                            {"summary": "Good progress", "held_on": year_early}, expect=422)
+    assert refused["errors"][0]["field"].endswith("held_on")
+    assert (await cm.plan(case_id))["next_review"] == review
+
+
+async def test_the_steps_of_a_discontinued_goal_are_not_worked_on(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    goal = await cm.goal(case_id)
+    step = await cm.step(case_id, goal)
+    await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal}/status",
+                  {"status": "discontinued", "reason": "Jo chose another path"}, expect=200)
+    for path, body in ((f"steps/{step}/complete", {}),
+                       (f"steps/{step}/status", {"status": "in_progress"})):
+        refused = await cm.call("POST", f"/v1/cases/{case_id}/{path}", body, expect=409)
+        assert refused["type"].endswith("goal-discontinued")
+    await cm.call("POST", f"/v1/cases/{case_id}/steps/{step}/status",
+                  {"status": "no_longer_needed", "reason": "its goal was set aside"}, expect=200)
+
+
+async def test_closing_shows_the_pending_review_as_cancelled(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    await cm.goal(case_id)
+    await cm.agree(case_id)
+    await cm.call("POST", f"/v1/cases/{case_id}/close", {"reason": "Plan complete"}, expect=200)
+    plan = await cm.plan(case_id)
+    assert plan["next_review"] is None
+    assert [r["status"] for r in plan["reviews"]] == ["cancelled"]
+
+
+async def test_a_removed_strength_leaves_the_steps_that_built_on_it_too(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    strength = await cm.strength(case_id)
+    goal = await cm.goal(case_id, strength_ids=[strength])
+    await cm.step(case_id, goal, strength_ids=[strength])
+    await cm.call("DELETE", f"/v1/cases/{case_id}/strengths/{strength}",
+                  {"reason": "Jo asked to reword it"}, expect=200)
+    [goal_view] = (await cm.plan(case_id))["goals"]
+    assert goal_view["strength_ids"] == []
+    assert goal_view["steps"][0]["strength_ids"] == []
+
+
 async def test_a_disagreement_is_recorded_and_schedules_nothing(cm: CaseApi) -> None:
     case_id = await cm.open_case()
     await cm.goal(case_id)

@@ -365,10 +365,20 @@ def _completed(step: StepState, note: str | None) -> ev.ActionStepCompleted:
                                   from_status=step.status, note=note)
 
 
+def _check_goal_worked_on(state: PlanState, step: StepState) -> None:
+    """A discontinued goal's steps stay as they were (only "no longer needed" is recorded):
+    completing one would be celebrated as a small win toward a goal set aside."""
+    if state.goals[step.goal_id].status == "discontinued":
+        raise InvalidTransition("goal_discontinued", "This step's goal was discontinued; set "
+                                "the goal active again (with a reason) to work on its steps.")
+
+
 def _change_step_status(state: PlanState, cmd: c.ChangeActionStepStatus,
                         ctx: DecisionContext) -> Events:
     step = _step(state, cmd.step_id)
     old, new, reason = step.status, cmd.body.status, cmd.body.reason
+    if new != "no_longer_needed":
+        _check_goal_worked_on(state, step)
     if old == new:
         if new == "completed":
             raise InvalidTransition("step_already_completed", "This step is already completed.")
@@ -387,6 +397,7 @@ def _complete_step(state: PlanState, cmd: c.CompleteActionStep, ctx: DecisionCon
     step = _step(state, cmd.step_id)
     if step.status == "completed":
         raise InvalidTransition("step_already_completed", "This step is already completed.")
+    _check_goal_worked_on(state, step)
     if step.status == "no_longer_needed":
         raise InvalidTransition("step_no_longer_needed", "This step was marked no longer "
                                 "needed; change its status with a reason to complete it.")
@@ -485,6 +496,10 @@ def _hold_review(state: PlanState, cmd: c.HoldReview, ctx: DecisionContext) -> E
     if held_on > ctx.today:
         raise RuleViolation("held_on_in_future", "A review is recorded once it has been held; "
                             "held_on cannot be in the future.", field="held_on")
+    scheduled_on = review.scheduled_at.date()
+    if held_on < scheduled_on:  # a mistyped year would schedule the next review in the past
+        raise RuleViolation("held_on_before_scheduled", f"This review was scheduled on "
+                            f"{scheduled_on}; held_on cannot be earlier.", field="held_on")
     _check_new_id(state.reviews, cmd.next_review_id, "review")
     risk = body.risk_level or state.risk_level
     days = _policy(state, ctx).review_interval(risk)

@@ -10,6 +10,7 @@ the model does not know is refused; tests compare the JSON of both over random p
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from schemas.api import PlanView
 from services.common.jsonenc import encode_json
@@ -18,21 +19,25 @@ from services.records.domain.state import PlanState, ReviewState, StepState
 Document = dict[str, Any]
 
 
-def _step(step: StepState) -> Document:
+def _step(step: StepState, live_strengths: set[UUID]) -> Document:
     return {
         "step_id": step.step_id, "goal_id": step.goal_id, "description": step.description,
         "owner": step.owner, "support_name": step.support_name, "support_id": step.support_id,
-        "due_date": step.due_date, "status": step.status, "strength_ids": list(step.strength_ids),
+        "due_date": step.due_date, "status": step.status,
+        "strength_ids": [sid for sid in step.strength_ids if sid in live_strengths],
         "added_at": step.added_at, "completed_at": step.completed_at,
         "completion_note": step.completion_note,
     }
 
 
-def _review(review: ReviewState) -> Document:
+def _review(review: ReviewState, pending_id: UUID | None) -> Document:
+    # a review neither held nor pending was cancelled when the case closed
+    status = ("held" if review.held else
+              "scheduled" if review.review_id == pending_id else "cancelled")
     return {
         "review_id": review.review_id, "due_date": review.due_date, "basis": review.basis,
         "interval_days": review.interval_days, "risk_level": review.risk_level,
-        "status": "held" if review.held else "scheduled", "scheduled_at": review.scheduled_at,
+        "status": status, "scheduled_at": review.scheduled_at,
         "held_on": review.held_on, "summary": review.summary,
         "participant_statement": review.participant_statement,
     }
@@ -50,7 +55,7 @@ def _goals(state: PlanState) -> list[Document]:
             "risk_factors": list(g.risk_factors), "override_reason": g.override_reason,
             "set_at": g.set_at, "status_changed_at": g.status_changed_at,
             "achieved_at": g.achieved_at,
-            "steps": [_step(steps[sid]) for sid in g.step_ids if sid in steps],
+            "steps": [_step(steps[sid], live_strengths) for sid in g.step_ids if sid in steps],
         }
         for g in state.goals.values()
     ]
@@ -110,11 +115,11 @@ def plan_document(state: PlanState) -> Document:
         "case_manager": state.case_manager, "risk_level": state.risk_level,
         **_items(state),
         "agreement": _agreement(state),
-        "next_review": None if pending is None else _review(pending),
+        "next_review": None if pending is None else _review(pending, pending.review_id),
         "updated_at": state.updated_at, "agency": state.agency, "opened_at": state.opened_at,
         "active_goal_count": state.active_goal_count,
         "max_active_goals": state.policy.max_active_goals,
-        "reviews": [_review(r) for r in state.reviews.values()],
+        "reviews": [_review(r, state.pending_review_id) for r in state.reviews.values()],
         "recent_notes": [
             {"note_id": n.note_id, "text": n.text, "goal_id": n.goal_id,
              "recorded_at": n.recorded_at, "version": n.version}

@@ -183,12 +183,15 @@ def _plan_extensions(view: dict[str, Any]) -> list[dict[str, Any]]:
     return [_ext("risk-level", valueCode=view["risk_level"]), *strengths, *requirements]
 
 
+_REVIEW_STATUS = {"held": "completed", "scheduled": "scheduled", "cancelled": "cancelled"}
+
+
 def _activities(view: dict[str, Any], patient: str) -> list[dict[str, Any]]:
     steps = [_step_activity(step, goal, patient)
              for goal in view["goals"] for step in goal["steps"]]
     reviews = [{"detail": {
         "kind": "Appointment", "code": {"text": "Plan review"},
-        "status": "completed" if review["status"] == "held" else "scheduled",
+        "status": _REVIEW_STATUS[review["status"]],
         "scheduledPeriod": {"start": review["due_date"], "end": review["due_date"]},
         "description": f"Review ({review['basis']}, {review['risk_level']} risk)"}}
         for review in view["reviews"]]
