@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ClientFactory, FakeClock, TokenFactory
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.records_api import CaseApi, event_count
 
 pytestmark = pytest.mark.usefixtures("fresh_database_url")
@@ -148,6 +148,21 @@ async def test_a_removed_strength_leaves_the_steps_that_built_on_it_too(cm: Case
     [goal_view] = (await cm.plan(case_id))["goals"]
     assert goal_view["strength_ids"] == []
     assert goal_view["steps"][0]["strength_ids"] == []
+
+
+async def test_the_short_forms_need_no_body(cm: CaseApi) -> None:
+    """`…/complete` and `…/held` take only optional fields: a bare POST will do."""
+    case_id = await cm.open_case()
+    goal = await cm.goal(case_id)
+    step = await cm.step(case_id, goal)
+    await cm.agree(case_id)
+    done = await cm.call("POST", f"/v1/cases/{case_id}/steps/{step}/complete", expect=200)
+    assert [e["type"] for e in done["events"]] == ["ActionStepCompleted"]
+    review = (await cm.plan(case_id))["next_review"]["review_id"]
+    held = await cm.call("POST", f"/v1/cases/{case_id}/reviews/{review}/held", expect=200)
+    assert [e["type"] for e in held["events"]] == ["ReviewHeld", "ReviewScheduled"]
+    refused = await cm.call("POST", f"/v1/cases/{case_id}/notes", expect=415)  # text needed
+    assert refused["status"] == 415
 
 
 async def test_a_disagreement_is_recorded_and_schedules_nothing(cm: CaseApi) -> None:
@@ -313,6 +328,13 @@ async def test_idempotency_key_replays_the_original_answer(cm: CaseApi,
     second = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Jo called"},
                            headers=headers, expect=201)
     assert second == first
+    # the same JSON encoded another way (a client library's retry, say) is the same request
+    respaced = await cm.client.post(f"/v1/cases/{case_id}/notes",
+                                    data=b'{ "text" :  "Jo called" }',
+                                    headers={**bearer(cm.token), **headers,
+                                             "Content-Type": "application/json"})
+    assert respaced.status == 201
+    assert await respaced.json() == first
     assert await event_count(fresh_pool) == count
     other = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "different"},
                           headers=headers, expect=422)

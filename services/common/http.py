@@ -144,7 +144,11 @@ def principal(request: web.Request) -> Principal:
 
 
 async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
-    """A JSON object body validated by ``model``; every failure is a 4xx problem."""
+    """A JSON object body validated by ``model``; every failure is a 4xx problem. A request
+    with no body at all stands for ``{}`` where the model needs no field (``…/complete``, the
+    short form, with nothing to add)."""
+    if not request.body_exists and not any(f.is_required() for f in model.model_fields.values()):
+        return model.model_validate({})
     if request.content_type != "application/json":
         raise Problem(415, "Unsupported media type", "send the body as application/json",
                       kind="unsupported-media-type")

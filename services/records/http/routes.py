@@ -100,7 +100,10 @@ class NewIds:
         return uuid5(_IDEMPOTENCY_NAMESPACE, f"{self.claim.scope}\n{self.claim.key}\n{slot}")
 
 
-async def idempotency(request: web.Request) -> IdempotencyClaim | None:
+async def idempotency(request: web.Request, body: BaseModel) -> IdempotencyClaim | None:
+    """The request's idempotency claim. Its fingerprint is of the validated body (the fields
+    sent, in the model's order), so a retry that re-encodes the same JSON is the same
+    request; an explicit null still differs from a field left out (PATCH)."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -109,9 +112,9 @@ async def idempotency(request: web.Request) -> IdempotencyClaim | None:
                       kind="bad-idempotency-key",
                       errors=[{"field": "header.Idempotency-Key", "message": "invalid"}])
     who = principal(request)
-    raw = await request.read()
+    canonical = body.model_dump_json(exclude_unset=True)
     fingerprint = hashlib.sha256(
-        f"{request.method} {request.path_qs}\n".encode() + raw).hexdigest()
+        f"{request.method} {request.path_qs}\n{canonical}".encode()).hexdigest()
     return IdempotencyClaim(f"{who.agency}:{who.sub}", key, fingerprint)
 
 
@@ -133,9 +136,9 @@ def write(method: str, path: str, summary: str, body: type[BaseModel], build: Bu
           *, status: int = 200) -> None:
     """Register one write operation: parse → command → execute → answer."""
     async def handler(request: web.Request) -> web.Response:
-        claim = await idempotency(request)
-        ids = NewIds(claim)
         parsed = await _body(request, body)
+        claim = await idempotency(request, parsed)
+        ids = NewIds(claim)
         command = build(request, parsed, ids)
         case_id = ids.new(1000) if isinstance(command, cmd.OpenCase) \
             else path_id(request, "case_id")
