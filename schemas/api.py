@@ -235,7 +235,8 @@ class RequirementStatusInput(Body):
 
 class AgreementInput(Body):
     participation: Participation
-    present: NameList = Field(default_factory=list)
+    present: Annotated[NameList, Field(min_length=1, description="who took part: the"
+                                       " participant and everyone else present")]
     participant_statement: Text
     outcome: AgreementOutcome = "agreed"
 

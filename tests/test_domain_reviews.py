@@ -97,7 +97,7 @@ def test_agency_review_intervals_come_from_the_policy() -> None:
     case = new_case("high")
     ctx = d.DecisionContext(today=TODAY, policy=d.AgencyPolicy(review_days_high=14))
     _, scheduled = case.execute(d.AgreePlan(uuid4(), api.AgreementInput(
-        participation="phone", participant_statement="ok")), ctx=ctx)
+        participation="phone", present=["Jo"], participant_statement="ok")), ctx=ctx)
     assert isinstance(scheduled, ev.ReviewScheduled)
     assert scheduled.due_date == date(2025, 1, 29)
 

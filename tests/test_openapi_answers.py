@@ -72,7 +72,7 @@ CALLS = [
                                                "due_date": SOON}),
     Call("POST", f"{CASE}/requirements/{{requirement_id}}/status",
          body={"status": "in_progress"}),
-    Call("POST", f"{CASE}/agreements", 201, {"participation": "phone",
+    Call("POST", f"{CASE}/agreements", 201, {"participation": "phone", "present": ["Jo"],
                                              "participant_statement": "Yes, that is my plan"}),
     Call("POST", f"{CASE}/reviews/{{review_id}}/held", body={"summary": "Going well"}),
     Call("POST", f"{CASE}/reviews/{{review_id}}/reschedule",

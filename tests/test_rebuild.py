@@ -101,7 +101,7 @@ def command_for(move: Move, state: PlanState, clock: FakeClock) -> cmd.AnyComman
                                                    {"status": "met", "reason": text}))
         case "agree":
             return cmd.AgreePlan(uuid4(), api.AgreementInput(
-                participation="video", participant_statement=text))
+                participation="video", present=["Jo"], participant_statement=text))
         case "hold_review":
             pending = state.pending_review_id or uuid4()
             return cmd.HoldReview(pending, uuid4(), api.ReviewHeldInput(summary=text))

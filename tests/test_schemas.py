@@ -229,8 +229,12 @@ def test_request_bodies_strip_and_refuse_unknown_fields() -> None:
                         "case_manager": "cm", "risk_level": "low"}, "participant.email"),
         (api.OpenCase, {"participant": {"name": "Sam"}, "case_manager": "cm",
                         "risk_level": "extreme"}, "risk_level"),
-        (api.AgreementInput, {"participation": "email", "participant_statement": "ok"},
-         "participation"),
+        (api.AgreementInput, {"participation": "email", "present": ["Sam"],
+                              "participant_statement": "ok"}, "participation"),
+        (api.AgreementInput, {"participation": "phone", "participant_statement": "ok"},
+         "present"),
+        (api.AgreementInput, {"participation": "phone", "present": [],
+                              "participant_statement": "ok"}, "present"),
         (api.GoalRevision, {"title": None}, "title"),
         (api.UpdateParticipant, {"name": None}, "name"),
         (api.StepInput, {"description": "Call", "owner": "aunt"}, "owner"),
@@ -258,7 +262,7 @@ def test_defaults_of_the_core_bodies() -> None:
     goal = api.GoalInput.model_validate({"title": "Job", "domain": "employment",
                                          "source": "court"})
     assert (goal.status, goal.strength_ids, goal.override_reason) == ("active", [], None)
-    agreement = api.AgreementInput.model_validate({"participation": "phone",
+    agreement = api.AgreementInput.model_validate({"participation": "phone", "present": ["Sam"],
                                                    "participant_statement": "Sounds right"})
     assert agreement.outcome == "agreed"
 

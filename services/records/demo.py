@@ -133,7 +133,8 @@ async def _sam(plan: _Plan) -> None:
     await plan.goal("Cook at the community kitchen", "community",
                     "I'd like to cook for more people", [interest])
     await plan.do(cmd.AgreePlan(_id(plan.name, "review", "1"), api.AgreementInput(
-        participation="phone", participant_statement="I need a week to think about it",
+        participation="phone", present=[plan.name, "Case manager"],
+        participant_statement="I need a week to think about it",
         outcome="did_not_agree")))
 
 
