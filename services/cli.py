@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
@@ -225,10 +226,24 @@ Try:  curl -s -H "Authorization: Bearer $TOKEN" http://{host}:{port}/readyz
 Stop with Ctrl-C.
 """, flush=True)
     try:
-        await asyncio.Event().wait()
+        await _until_told_to_stop()
     finally:
+        print("Stopping…", flush=True)
         await notifier.stop()
         await runner.cleanup()
+
+
+async def _until_told_to_stop() -> None:
+    """Until SIGTERM or SIGHUP (a `kill`, a closed terminal); Ctrl-C cancels the wait. Either
+    way the caller stops the services and then the embedded PostgreSQL, which would otherwise
+    outlive `casetrail dev`."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            with suppress(NotImplementedError):  # no signal handlers on Windows' loop
+                loop.add_signal_handler(getattr(signal, name), stop.set)
+    await stop.wait()
 
 
 def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:

@@ -160,9 +160,12 @@ def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{notifier_port}/mail",
                                     timeout=10) as page:
             assert page.status == 200
+        assert list((tmp_path / "dev" / "pgdata").rglob("postmaster.pid"))
     finally:
-        process.terminate()
+        process.terminate()  # SIGTERM, as `kill` or a closing terminal sends
         process.wait(timeout=30)
+    # the embedded PostgreSQL stopped with it, instead of running on, orphaned
+    assert not list((tmp_path / "dev" / "pgdata").rglob("postmaster.pid"))
 
 
 def _ready(port: int, deadline: float, path: str = "/readyz") -> bool:

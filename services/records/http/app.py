@@ -129,7 +129,12 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
         await waiter.stop()
         await pool.close()
 
+    async def release_long_polls(app: web.Application) -> None:
+        # shutdown waits for handlers in flight: a feed long-poll would hold it for its wait
+        app[RECORDS].waiter.release_all()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(release_long_polls)
     from services.records.http import routes  # noqa: F401  (registers the case routes)
 
     api.add_routes(app)

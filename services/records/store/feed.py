@@ -119,6 +119,7 @@ class FeedWaiter:
     notify_interval_seconds = 0.02
 
     def __init__(self, dsn: str) -> None:
+        self.released = False
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
         self._changed = asyncio.Event()
@@ -166,6 +167,11 @@ class FeedWaiter:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def release_all(self) -> None:
+        """The service is shutting down: long-polls answer what they have now."""
+        self.released = True
+        self._wake()
+
     async def wait(self, seconds: float) -> bool:
         """True when woken by an append, False on timeout."""
         try:
@@ -184,7 +190,7 @@ async def read_feed_waiting(pool: asyncpg.Pool, waiter: FeedWaiter, after: Check
     while True:
         page = await read_feed(pool, after, limit)
         remaining = deadline - loop.time()
-        if page.events or remaining <= 0:
+        if page.events or remaining <= 0 or waiter.released:
             return page
         # Woken but nothing visible yet: an older transaction still holds the horizon back.
         interval = waiter.recheck_seconds if woken else waiter.liveness_seconds
