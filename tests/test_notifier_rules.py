@@ -180,6 +180,7 @@ def test_a_completed_step_is_a_small_win_in_the_participants_words() -> None:
     assert (win.kind, win.recipient, win.due_at) == (Kind.SMALL_WIN, "cm-1", T0)
     text = render(win.kind, win.context, case.case_id).text
     assert "Jo completed the step \"Visit the job centre\"" in text
+    assert "Note: Went with my sister.\n" in text  # ended as a sentence
     assert "I want to use my hands" in text
 
 

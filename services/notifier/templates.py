@@ -57,11 +57,17 @@ def template_values(context: dict[str, Any], case_id: object | None) -> dict[str
         "achievement": str(words or title),
         "words_line": f' In {participant}\'s words: "{words}".' if words else "",
         "goal_line": f' It is a step toward "{toward}".' if toward else "",
-        "note_line": f" Note: {note}" if note else "",
+        "note_line": f" Note: {_sentence(str(note))}" if note else "",
         "done_line": _done_line(context.get("owner"), participant,
                                 str(context.get("description") or "")),
         "case_link": f"Case {case_id}" if case_id else "",
     }
+
+
+def _sentence(text: str) -> str:
+    """Free text ended as a sentence, so what the template says next does not run into it."""
+    text = text.strip()
+    return text if text.endswith((".", "!", "?", "…", '"', "'", ")")) else f"{text}."
 
 
 def _done_line(owner: object, participant: str, step: str) -> str:
