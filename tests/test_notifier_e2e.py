@@ -4,6 +4,7 @@ in the development mail catcher, listed by `casetrail mail` and the /mail page."
 from __future__ import annotations
 
 import asyncio
+import html
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,8 +48,12 @@ async def test_a_completed_step_arrives_as_mail_in_the_dev_catcher(
             page = await (await http.get("/mail")).text()
             assert "A small win for Jo: Call the landlord" in page
             [caught] = list_caught(dev.mail_dir)
-            raw = await (await http.get(f"/mail?file={caught.file}")).text()
+            raw = await (await http.get(f"/mail?file={caught.file}&raw=1")).text()
             assert "Message-ID: " + caught.message_id in raw
+            # the message as a person reads it: decoded, not base64
+            readable = await (await http.get(f"/mail?file={caught.file}")).text()
+            assert "Jo completed the step &quot;Call the landlord&quot;." in readable
+            assert html.escape(caught.message_id) in readable
             assert (await http.get("/mail?file=../../etc/passwd")).status == 404
     finally:
         await dev.stop()

@@ -10,7 +10,9 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,28 @@ def read_caught(folder: Path, name: str) -> str | None:
         return None
     path = folder / name
     return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+
+
+def html_message(folder: Path, name: str) -> str | None:
+    """One caught message as a person reads it: its headers, the HTML part (in a sandboxed
+    frame) and the text part; a link to the raw .eml beside."""
+    raw = read_caught(folder, name)
+    if raw is None:
+        return None
+    message = BytesParser(policy=policy.default).parsebytes(raw.encode("utf-8"))
+    assert isinstance(message, EmailMessage)  # what policy.default parses into
+    heads = "".join(f"<tr><th>{field}</th><td>{html.escape(str(message.get(field, '')))}</td></tr>"
+                    for field in ("From", "To", "Subject", "Date", "Message-ID"))
+    parts = {"plain": message.get_body(("plain",)), "html": message.get_body(("html",))}
+    text = parts["plain"].get_content() if parts["plain"] is not None else ""
+    page = parts["html"].get_content() if parts["html"] is not None else ""
+    return ("<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(str(message.get('Subject', '')))}</title></head><body>"
+            f"<p><a href='/mail'>All caught mail</a> · <a href='/mail?file={html.escape(name)}"
+            f"&amp;raw=1'>raw message</a></p><table>{heads}</table>"
+            f"<h2>As HTML</h2><iframe sandbox style='width:100%;height:24em'"
+            f" srcdoc='{html.escape(page, quote=True)}'></iframe>"
+            f"<h2>As text</h2><pre>{html.escape(text)}</pre></body></html>")
 
 
 def format_listing(folder: Path) -> str:

@@ -223,8 +223,9 @@ async def caught_mail(request: web.Request) -> web.Response:
         raise Problem(404, "Not found", "no mail catcher in this deployment", kind="not-found")
     name = request.query.get("file")
     if name is not None:
-        message = mailbox.read_caught(folder, name)
+        raw = "raw" in request.query
+        message = (mailbox.read_caught if raw else mailbox.html_message)(folder, name)
         if message is None:
             raise Problem(404, "Not found", "no such message", kind="not-found")
-        return web.Response(text=message, content_type="text/plain")
+        return web.Response(text=message, content_type="text/plain" if raw else "text/html")
     return web.Response(text=mailbox.html_index(folder), content_type="text/html")
