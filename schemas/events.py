@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -181,6 +182,21 @@ NameList: TypeAlias = Annotated[tuple[Name, ...], Field(max_length=MAX_LIST)]
 IntervalDays: TypeAlias = Annotated[int, Field(ge=1, le=366)]
 
 
+def _iana_zone(value: str) -> str:
+    if value.startswith(("/", ".")) or ".." in value:
+        raise ValueError("not an IANA time zone name")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise ValueError("not an IANA time zone name, e.g. America/Chicago") from error
+    return value
+
+
+TimeZoneName: TypeAlias = Annotated[
+    str, Field(min_length=1, max_length=64, description="IANA name, e.g. Europe/Berlin"),
+    AfterValidator(_iana_zone)]
+
+
 # --------------------------------------------------------------------------------------------
 # Base class and value objects
 # --------------------------------------------------------------------------------------------
@@ -220,6 +236,8 @@ class PolicySnapshot(_Value):
 
     max_active_goals: Annotated[int, Field(ge=1, le=MAX_LIST)] = 3
     review_interval_days: ReviewIntervals = ReviewIntervals()
+    timezone: TimeZoneName = Field("UTC", description="the agency's: its dates (today, a"
+                                   " review's due date) are days there")
 
 
 # --------------------------------------------------------------------------------------------

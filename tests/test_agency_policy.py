@@ -49,6 +49,8 @@ def test_a_file_overrides_what_it_names_and_keeps_the_defaults_for_the_rest(
     ({"review_interval_days": {"high": 400}}, "review_interval_days.high"),
     ({"review_interval_days": {"urgent": 7}}, "review_interval_days.urgent"),
     ({"max_goals": 2}, "max_goals"),
+    ({"timezone": "Mars/Olympus"}, "timezone"),
+    ({"timezone": "../etc/passwd"}, "timezone"),
     ([1, 2], "the file"),
 ])
 def test_a_malformed_policy_file_is_refused_naming_the_file_and_the_field(
@@ -98,6 +100,7 @@ def clock() -> FakeClock:
 def policy_dir(tmp_path: Path) -> Path:
     write_policy(tmp_path, "agency-cap2", {"max_active_goals": 2})
     write_policy(tmp_path, "agency-fast", {"review_interval_days": {"high": 14}})
+    write_policy(tmp_path, "agency-nz", {"timezone": "Pacific/Auckland"})
     return tmp_path
 
 
@@ -163,3 +166,23 @@ async def test_a_case_keeps_the_policy_it_was_opened_under(
     assert (await after.plan(case_id))["max_active_goals"] == 3
     new_case = await after.open_case()
     assert (await after.plan(new_case))["max_active_goals"] == 2
+
+
+async def test_an_agency_keeps_its_own_calendar(client: TestClient, token: TokenFactory,
+                                                clock: FakeClock) -> None:
+    """At 12:00 UTC on 2 March it is already 3 March in Auckland: an agency there agrees a
+    plan on the 3rd, and may record a review held that day, which is not yet a day in UTC."""
+    clock.now = clock.now.replace(hour=12)
+    auckland = CaseApi(client, token(agency="agency-nz"))
+    case_id = await auckland.open_case()
+    await auckland.goal(case_id)
+    review = (await auckland.agree(case_id))["events"][1]["data"]
+    assert review["due_date"] == "2026-05-02"  # 60 days from 3 March
+    clock.advance(days=1)  # 3 March 12:00 UTC: 4 March in Auckland
+    held = await auckland.call("POST", f"/v1/cases/{case_id}/reviews/{review['review_id']}/held",
+                               {"held_on": "2026-03-04"}, expect=200)
+    assert held["events"][1]["data"]["due_date"] == "2026-05-03"
+    default = CaseApi(client, token(agency="agency-b"))
+    other = await default.open_case()
+    await default.goal(other)
+    assert (await default.agree(other))["events"][1]["data"]["due_date"] == "2026-05-02"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
+from zoneinfo import ZoneInfo
 
 from schemas import api
 from schemas.events import EventPayload, ReviewScheduled, parse_event
@@ -31,6 +32,7 @@ from services.records.application.language import LanguageGuides
 from services.records.application.policy import AgencyPolicies
 from services.records.domain import (
     Actor,
+    AgencyPolicy,
     AgreePlan,
     AnyCommand,
     DecisionContext,
@@ -192,7 +194,7 @@ class CaseCommands:
         expected = state.version if state is not None else 0
         if request.if_match is not None and request.if_match != expected:
             raise PreconditionFailed(expected)
-        return decide(state, request.command, self._context(request))
+        return decide(state, request.command, self._context(request, state))
 
     def _authorize(self, request: WriteRequest, state: PlanState | None) -> None:
         if isinstance(request.command, OpenCase):
@@ -206,13 +208,14 @@ class CaseCommands:
         action = Action.TRANSFER if isinstance(request.command, TransferCase) else Action.WRITE
         authorize(request.who, action, facts)
 
-    def _context(self, request: WriteRequest) -> DecisionContext:
+    def _context(self, request: WriteRequest, state: PlanState | None) -> DecisionContext:
         # The agency's policy is snapshotted into CaseOpened; later decisions on the case use
         # that snapshot (policy=None), so a case is held to the policy it was opened under.
         command = request.command
         policy = (self._policies.for_agency(command.agency)
                   if isinstance(command, OpenCase) else None)
-        return DecisionContext(today=self._clock().date(),
+        zone = (policy or (state.policy if state is not None else AgencyPolicy())).timezone
+        return DecisionContext(today=self._clock().astimezone(ZoneInfo(zone)).date(),
                                actor=Actor(sub=request.who.sub, role=request.who.role.value),
                                policy=policy)
 

@@ -3,7 +3,7 @@
 A file overrides what it names and keeps the defaults for the rest, in the shape of the
 ``policy`` recorded in ``CaseOpened``::
 
-    {"max_active_goals": 2, "review_interval_days": {"high": 14}}
+    {"max_active_goals": 2, "review_interval_days": {"high": 14}, "timezone": "America/Chicago"}
 
 An agency without a file gets the defaults (3 active goals; reviews after 30, 60, 90 days for
 high, moderate, low risk). A case is held to the policy in force when it was opened
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from schemas.events import TimeZoneName
 from services.common.settings import ConfigurationError
 from services.records.application.agency_files import read_agency_files
 from services.records.domain import AgencyPolicy
@@ -39,11 +40,13 @@ class PolicyFile(_PolicyFilePart):
     description: str | None = Field(None, max_length=2000)
     max_active_goals: int = Field(DEFAULT_POLICY.max_active_goals, ge=1, le=20)
     review_interval_days: ReviewIntervalDays = ReviewIntervalDays()
+    timezone: TimeZoneName = DEFAULT_POLICY.timezone
 
     def to_policy(self) -> AgencyPolicy:
         days = self.review_interval_days
         return AgencyPolicy(max_active_goals=self.max_active_goals, review_days_high=days.high,
-                            review_days_moderate=days.moderate, review_days_low=days.low)
+                            review_days_moderate=days.moderate, review_days_low=days.low,
+                            timezone=self.timezone)
 
 
 class AgencyPolicies:

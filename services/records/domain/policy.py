@@ -16,6 +16,7 @@ class AgencyPolicy:
     review_days_high: int = 30
     review_days_moderate: int = 60
     review_days_low: int = 90
+    timezone: str = "UTC"  # IANA name: the agency's dates are days there
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_active_goals <= 20:
@@ -38,13 +39,15 @@ class AgencyPolicy:
                 high=self.review_days_high, moderate=self.review_days_moderate,
                 low=self.review_days_low,
             ),
+            timezone=self.timezone,
         )
 
     @classmethod
     def from_snapshot(cls, snapshot: PolicySnapshot) -> AgencyPolicy:
         days = snapshot.review_interval_days
         return cls(max_active_goals=snapshot.max_active_goals, review_days_high=days.high,
-                   review_days_moderate=days.moderate, review_days_low=days.low)
+                   review_days_moderate=days.moderate, review_days_low=days.low,
+                   timezone=snapshot.timezone)
 
 
 @dataclass(frozen=True, slots=True)
