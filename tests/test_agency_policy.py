@@ -186,3 +186,9 @@ async def test_an_agency_keeps_its_own_calendar(client: TestClient, token: Token
     other = await default.open_case()
     await default.goal(other)
     assert (await default.agree(other))["events"][1]["data"]["due_date"] == "2026-05-02"
+    # a step due on 3 March is overdue in Auckland (4 March there), not yet in UTC
+    for api, expected in ((auckland, 1), (default, 0)):
+        case = await api.open_case()
+        await api.step(case, await api.goal(case), due_date="2026-03-03")
+        listing = await api.call("GET", "/v1/cases", expect=200)
+        assert {c["case_id"]: c["overdue_steps"] for c in listing["cases"]}[case] == expected

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -27,6 +28,7 @@ from services.records.application.access import (
     point_in_window,
 )
 from services.records.application.cases import history_entry
+from services.records.application.policy import AgencyPolicies
 from services.records.chain import ChainReport
 from services.records.domain import plan_json
 from services.records.export.fhir import FhirWriter
@@ -65,11 +67,12 @@ class CaseExport:
 
 class CaseQueries:
     def __init__(self, pool: asyncpg.Pool, store: EventStore, clock: Clock,
-                 signer: ExportSigner) -> None:
+                 signer: ExportSigner, policies: AgencyPolicies) -> None:
         self._pool = pool
         self._store = store
         self._clock = clock
         self._signer = signer
+        self._policies = policies
 
     async def _allow(self, who: Principal, case_id: UUID, action: Action, what: str,
                      request_id: str | None) -> StoredPlan:
@@ -241,12 +244,17 @@ class CaseQueries:
         page, more = rows[:limit], len(rows) > limit
         return {"entries": page, "next_after": page[-1]["id"] if more else None}
 
+    def _today(self, agency: str) -> date:
+        """The date in the agency's time zone (what "overdue" is measured against)."""
+        zone = ZoneInfo(self._policies.for_agency(agency).timezone)
+        return self._clock().astimezone(zone).date()
+
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
                        review_due_before: date | None, after: UUID | None,
                        limit: int) -> api.CaseloadPage:
         manager = authorize_listing(who, case_manager)
         rows = await list_caseload(self._pool, CaseloadFilter(
-            who.agency, manager, status, review_due_before, self._clock().date(), after,
+            who.agency, manager, status, review_due_before, self._today(who.agency), after,
             limit + 1))
         page, more = rows[:limit], len(rows) > limit
         return api.CaseloadPage(cases=[api.CaseSummary.model_validate(row) for row in page],
