@@ -54,6 +54,8 @@ def test_check_names_the_field_term_and_a_person_first_suggestion(
         ("junkies and criminals", ["junkie", "criminal"]),
         ("Seemed resistant; in denial about the debt", ["resistant", "in denial"]),
         ("Cooked dinner for the family", []),
+        ("Sam refuses to engage and is addicted to drugs; a drug abuser",
+         ["refuses", "addicted", "drug abuser"]),
     ],
 )
 def test_matching_is_on_word_boundaries(guide: d.LanguageGuide, text: str,
