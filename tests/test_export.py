@@ -107,6 +107,31 @@ async def test_csv_export_reads_as_a_spreadsheet_and_verifies(
     assert code == 0, out
 
 
+async def test_a_csv_export_of_multi_line_and_formula_like_reasons_verifies(
+        client: TestClient, token: TokenFactory, key_file: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A reason may span lines (the export is read line by line) or begin like a spreadsheet
+    formula: the readable cell is flattened and quoted; the exact text stays in the hashed
+    metadata cell."""
+    cm = CaseApi(client, token(sub="cm-1"))
+    case = await cm.open_case()
+    goal = await cm.goal(case)
+    await cm.call("POST", f"/v1/cases/{case}/goals/{goal}/status",
+                  {"status": "paused", "reason": "Jo is moving house.\nBack in May."},
+                  expect=200)
+    strength = await cm.strength(case)
+    await cm.call("DELETE", f"/v1/cases/{case}/strengths/{strength}",
+                  {"reason": "=HYPERLINK(\"http://example.org\")"}, expect=200)
+    raw = await export(client, token(sub="cm-1"), case, "?format=csv")
+    code, out = run_verify(tmp_path, raw, "--public-key", str(key_file), capsys=capsys)
+    assert code == 0, out
+    rows = list(csv.reader(io.StringIO(raw.decode())))
+    events = [dict(zip(rows[1], row, strict=True)) for row in rows[2:-1]]
+    reasons = [e["reason"] for e in events if e["reason"]]
+    assert reasons == ["Jo is moving house. ↵ Back in May.", "'=HYPERLINK(\"http://example.org\")"]
+    assert json.loads(events[2]["metadata"])["reason"] == "Jo is moving house.\nBack in May."
+
+
 async def test_pdf_export_is_a_signed_document_that_verifies(
         client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -263,6 +288,8 @@ def _forge(raw: bytes, version: int, signer: ExportSigner) -> bytes:
     (lambda out: [out[0], b'{"version": 1.5}\n', *out[2:]], "not a whole number"),
     (lambda out: [out[0], b"[1, 2]\n", *out[2:]], "not an event object"),
     (lambda out: [out[0], b'{"version": 1}\n', *out[2:]], "has no stream_id"),
+    (lambda out: [out[0], b"[" * 100_000 + b"]" * 100_000 + b"\n", *out[2:]],
+     "nested too deeply"),
 ])
 async def test_what_is_not_an_export_is_refused_by_name(
         client: TestClient, token: TokenFactory, case_id: str, cut: Any, message: str) -> None:
@@ -432,3 +459,12 @@ def test_without_a_system_font_the_pdf_falls_back_to_the_bundled_one(
     renderer.close()
     assert b"Vera" in raw
     assert verify_bytes(raw).ok
+
+
+async def test_a_csv_version_cell_that_is_a_digit_but_no_number_is_refused_by_name(
+        client: TestClient, token: TokenFactory, case_id: str) -> None:
+    raw = await export(client, token(sub="cm-1"), case_id, "?format=csv")
+    rows = lines(raw)
+    rows[2] = b"\xc2\xb2" + rows[2][1:]  # version 1 written as a superscript two
+    with pytest.raises(MalformedExport, match="line 3: version is not a whole number"):
+        verify_export(rows)

@@ -101,6 +101,16 @@ def csv_line(cells: list[Any]) -> bytes:
     return buffer.getvalue().encode()
 
 
+def _cell(text: str | None) -> str | None:
+    """Free text for a readable CSV cell: on one line (the export is read line by line; the
+    exact text stays in the metadata cell, which the hash covers) and never read by a
+    spreadsheet as a formula."""
+    if text is None:
+        return None
+    flat = " ↵ ".join(text.splitlines())
+    return f"'{flat}" if flat.startswith(("=", "+", "-", "@", "\t")) else flat
+
+
 def signature_block(signer: ExportSigner, digest: bytes) -> dict[str, str]:
     """The trailer's signature: over ``digest``, with the key that checks it."""
     return {"algorithm": "Ed25519", "digest": f"sha256:{digest.hex()}",
@@ -133,8 +143,8 @@ class ExportWriter:
         if self._format is ExportFormat.JSONL:
             return self._counted(json_line(fields) + b"\n")
         actor = link.metadata.get("actor") or {}
-        readable = {"actor": actor.get("sub"), "role": actor.get("role"),
-                    "reason": link.metadata.get("reason"),
+        readable = {"actor": _cell(actor.get("sub")), "role": _cell(actor.get("role")),
+                    "reason": _cell(link.metadata.get("reason")),
                     "data": json_line(link.data).decode(),
                     "metadata": json_line(link.metadata).decode()}
         return self._counted(csv_line([readable.get(column, fields.get(column))

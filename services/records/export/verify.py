@@ -299,7 +299,8 @@ def _event(export_format: ExportFormat, line: bytes, number: int,
             raise MalformedExport(f"line {number}: {len(cells)} cells for {len(columns)} columns")
         fields = dict(zip(columns, cells, strict=True))
         for name in ("version", "schema_version"):
-            fields[name] = int(fields[name]) if fields[name].isdigit() else fields[name]
+            value = fields[name]
+            fields[name] = int(value) if value.isascii() and value.isdigit() else value
         fields["data"] = _json(fields["data"].encode(), number)
         fields["metadata"] = _json(fields["metadata"].encode(), number)
     return _link(fields, number)
@@ -312,11 +313,15 @@ def _link(fields: dict[str, Any], number: int) -> ChainLink:
             str(fields["stream_id"]), _int_field(fields, "version", where),
             str(fields["event_id"]), str(fields["type"]),
             _int_field(fields, "schema_version", where), _object(fields, "data", where),
-            _object(fields, "metadata", where),
-            datetime.fromisoformat(str(fields["recorded_at"])), str(fields["prev_hash"]),
-            str(fields["hash"]))
+            _object(fields, "metadata", where), _time(fields["recorded_at"], where),
+            str(fields["prev_hash"]), str(fields["hash"]))
     except KeyError as error:
         raise MalformedExport(f"{where}: the event has no {error.args[0]}") from error
+
+
+def _time(value: Any, where: str) -> datetime:
+    try:
+        return datetime.fromisoformat(str(value))
     except ValueError as error:
         raise MalformedExport(f"{where}: recorded_at is not an RFC 3339 time") from error
 
@@ -362,6 +367,8 @@ def _json(raw: bytes, number: int) -> Any:
         return json.loads(raw, parse_float=_no_fractions, parse_constant=_no_fractions)
     except ValueError as error:  # MalformedExport included
         raise MalformedExport(f"line {number}: not valid JSON ({error})") from error
+    except RecursionError as error:
+        raise MalformedExport(f"line {number}: JSON nested too deeply") from error
 
 
 def _no_fractions(text: str) -> Any:
