@@ -148,6 +148,7 @@ async def test_pdf_export_is_a_signed_document_that_verifies(
     trailer = json.loads(signature_line.removeprefix(b"%casetrail-signature "))
     assert trailer["export"]["case_id"] == case_id
     assert trailer["events"] == 5
+    assert set(trailer) == {"export", "events", "signature"}  # nothing unsigned
     report = verify_bytes(raw, public_key(key_file))
     assert report.ok
     assert report.chain is None

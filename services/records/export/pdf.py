@@ -69,7 +69,6 @@ class PdfRenderer:
         self._y = 0.0
         self._page = 0
         self.events = 0
-        self.head_hash: str | None = None
         self._new_page()
         self._title()
 
@@ -77,7 +76,6 @@ class PdfRenderer:
         for link in links:
             self._event(link)
             self.events += 1
-            self.head_hash = link.hash
 
     def finish(self) -> IO[bytes]:
         """The rendered document, rewound; the renderer is done."""
@@ -146,7 +144,8 @@ def signed_pdf(renderer: PdfRenderer, header: ExportHeader,
         yield b"\n"
     header_dict = header.as_dict()
     digest.update(header_digest_bytes(header_dict))
+    # only what the signature vouches for (the header is in the digest, the count is checked
+    # against it); the head hash is printed with the last event, on the signed pages
     trailer = {"export": header_dict, "events": renderer.events,
-               "head_hash": renderer.head_hash,
                "signature": signature_block(signer, digest.digest())}
     yield PDF_TRAILER_PREFIX + json_line(trailer) + b"\n"
