@@ -582,7 +582,9 @@ class GoalsAchievedView(View):
 
 
 class SmallWinsView(View):
-    steps_completed: int
+    steps_completed: int = Field(description="completed in the period, less completions"
+                                 " taken back in it")
+    reversed: int = Field(description="steps moved back from completed in the period")
     per_case_month: float | None = Field(
         description="steps completed per month of open cases; null when no case was open")
 

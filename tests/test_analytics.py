@@ -97,14 +97,15 @@ async def scene(make_records_client: ClientFactory, fresh_database_url: str,
 async def test_the_period_figures(scene: Scene) -> None:
     status, body = await scene.outcomes()
     assert status == 200, body
-    case_months = (60 + 40 + 60 + 60) / DAYS_PER_MONTH  # B closed on day 40
+    case_months = (60 + 41 + 60 + 60) / DAYS_PER_MONTH  # B closed on day 40: open that day
     assert body == {
         "agency": "agency-a", "from": "2026-03-02", "to": "2026-04-30",
         "cases_open": 4, "case_months": round(case_months, 2),
         "co_creation": {"agreements": 4, "agreed": 3, "co_created": 1, "rate": 0.3333},
         "goals_achieved": {"total": 1, "by_domain": {"employment": 1}, "reversed": 1,
                            "median_days_to_achievement": 25},
-        "small_wins": {"steps_completed": 1, "per_case_month": round(1 / case_months, 4)},
+        "small_wins": {"steps_completed": 1, "reversed": 0,
+                       "per_case_month": round(1 / case_months, 4)},
         "reviews": {"held": 3, "on_time": 2, "on_time_rate": 0.6667},
     }
     assert PARTICIPANT["name"] not in str(body)
@@ -126,6 +127,30 @@ async def test_without_a_period_the_last_365_days(scene: Scene) -> None:
     assert status == 200
     assert (body["from"], body["to"]) == ("2025-05-12", "2026-05-11")  # the clock is at day 70
     assert body["small_wins"]["steps_completed"] == 2
+
+
+async def test_days_not_yet_lived_count_no_case_months(scene: Scene) -> None:
+    """The clock is at day 70 (2026-05-11): May to December holds 11 days of A, C and D."""
+    status, body = await scene.outcomes("?from=2026-05-01&to=2026-12-31")
+    assert status == 200
+    assert body["case_months"] == round(3 * 11 / DAYS_PER_MONTH, 2)
+
+
+async def test_a_case_open_for_part_of_a_day_and_a_small_win_taken_back(scene: Scene) -> None:
+    cm = CaseApi(scene.client, scene.token(sub="cm-1"))
+    brief = await cm.open_case()  # opened and closed on day 70: it was open that day
+    await cm.call("POST", f"/v1/cases/{brief}/close", {"reason": "Referred elsewhere"},
+                  expect=200)
+    case = await cm.open_case()
+    step = await cm.step(case, await cm.goal(case))
+    await cm.call("POST", f"/v1/cases/{case}/steps/{step}/complete", {}, expect=200)
+    await cm.call("POST", f"/v1/cases/{case}/steps/{step}/status",
+                  {"status": "in_progress", "reason": "ticked by mistake"}, expect=200)
+    status, body = await scene.outcomes("?from=2026-05-11&to=2026-05-11")
+    assert status == 200
+    assert body["cases_open"] == 5  # A, C, D, the brief one and the last
+    # A's late step stands; the last case's completion was taken back
+    assert (body["small_wins"]["steps_completed"], body["small_wins"]["reversed"]) == (1, 1)
 
 
 async def test_a_rebuild_gives_the_same_figures(scene: Scene) -> None:

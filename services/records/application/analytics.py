@@ -36,16 +36,18 @@ class OutcomeAnalytics:
         if since > until:  # only `from` was given, and it lies after today
             until = since
         facts = await load_facts(self._pool, who.agency, since, until)
-        return summarize(who.agency, since, until, facts)
+        return summarize(who.agency, since, until, facts, today=self._clock().date())
 
 
-def summarize(agency: str, since: date, until: date,
-              facts: list[OutcomeFact]) -> api.OutcomesView:
+def summarize(agency: str, since: date, until: date, facts: list[OutcomeFact], *,
+              today: date) -> api.OutcomesView:
     """The period's figures from the agency's facts (case life from the start, the rest from
-    ``since``), ordered by case and version."""
+    ``since``), ordered by case and version. Days after ``today`` have not happened: no case
+    was open on them."""
     period = [fact for fact in facts if since <= fact.occurred_on <= until]
     kinds = Counter(fact.kind for fact in period)
-    days_open = [_days_open(list(life), since, until)
+    lived_until = min(until, today)
+    days_open = [_days_open(list(life), since, lived_until)
                  for _, life in groupby(facts, key=lambda fact: fact.case_id)]
     case_months = sum(days_open) / DAYS_PER_MONTH
     return api.OutcomesView.model_validate({
@@ -54,21 +56,23 @@ def summarize(agency: str, since: date, until: date,
         "case_months": round(case_months, 2),
         "co_creation": _co_creation(fact for fact in period if fact.kind == "plan_agreed"),
         "goals_achieved": _goals(period),
-        "small_wins": {"steps_completed": kinds["step_completed"],
-                       "per_case_month": _ratio(kinds["step_completed"], case_months)},
+        "small_wins": _small_wins(kinds, case_months),
         "reviews": _reviews([fact for fact in period if fact.kind == "review_held"]),
     })
 
 
 def _days_open(life: list[OutcomeFact], since: date, until: date) -> int:
-    """Days of [since, until] on which the case was open, walking its openings and closings."""
+    """Days of [since, until] on which the case was open, walking its openings and closings;
+    the day it closed counts (it was open that day), once even if it reopened that day."""
     days = 0
     opened: date | None = None
+    counted_before: date | None = None  # days before this one were counted already
     for fact in life:
         if fact.kind in ("case_opened", "case_reopened") and opened is None:
-            opened = fact.occurred_on
+            opened = max(fact.occurred_on, counted_before or fact.occurred_on)
         elif fact.kind == "case_closed" and opened is not None:
-            days += _overlap(opened, fact.occurred_on, since, until)
+            counted_before = fact.occurred_on + timedelta(days=1)
+            days += _overlap(opened, counted_before, since, until)
             opened = None
     if opened is not None:
         days += _overlap(opened, until + timedelta(days=1), since, until)
@@ -99,6 +103,14 @@ def _goals(period: list[OutcomeFact]) -> dict[str, object]:
                           if count},
             "reversed": len(taken_back),
             "median_days_to_achievement": statistics.median(days) if days else None}
+
+
+def _small_wins(kinds: Counter[str], case_months: float) -> dict[str, object]:
+    """Steps completed in the period, less completions taken back in it (a step moved back
+    from completed)."""
+    net = kinds["step_completed"] - kinds["step_uncompleted"]
+    return {"steps_completed": net, "reversed": kinds["step_uncompleted"],
+            "per_case_month": _ratio(net, case_months)}
 
 
 def _reviews(held: list[OutcomeFact]) -> dict[str, object]:

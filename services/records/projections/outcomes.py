@@ -2,7 +2,8 @@
 
 Facts are read off each event with the case as the event left it, so the query side
 never folds a case: a plan agreed (and whether it was co-created), a goal achieved (its domain,
-days since it was set) or taken back from achieved, a small win (a completed step), a review
+days since it was set) or taken back from achieved, a small win (a completed step) or one
+taken back, a review
 held (on time or not), and the case opening, closing and reopening (for case-months). Written
 in the same transaction as the events (a co-write) and rebuilt from them with the plans. All
 SQL touching ``records.outcome_facts`` lives here.
@@ -86,6 +87,8 @@ _READERS: dict[type[ev.EventPayload], Reader] = {
     ev.CaseReopened: _case_life("case_reopened"), ev.PlanAgreed: _agreed,
     ev.GoalStatusChanged: _goal_status,
     ev.ActionStepCompleted: lambda e, after: ("step_completed", {}),
+    ev.ActionStepStatusChanged: lambda e, after: (
+        ("step_uncompleted", {}) if e.from_status == "completed" else None),
     ev.ReviewHeld: _review_held,
 }
 
