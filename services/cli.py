@@ -105,10 +105,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from services.records.http.app import rebuild_projections
+    from services.records.projections.rebuild import UnreadableStream
 
     if not settings.database_url:
         return _fail("set DATABASE_URL")
-    stats = asyncio.run(rebuild_projections(settings.database_url))
+    try:
+        stats = asyncio.run(rebuild_projections(settings.database_url))
+    except UnreadableStream as error:
+        return _fail(f"nothing rebuilt: {error}")
     print(f"rebuilt {stats.cases} cases from {stats.events} events")
     return 0
 

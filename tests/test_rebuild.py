@@ -21,7 +21,8 @@ from services.records.domain import DomainError, PlanState
 from services.records.domain import commands as cmd
 from services.records.projections.rebuild import rebuild_projections
 from services.records.store.events import EventStore
-from tests.conftest import FakeClock
+from tests.conftest import ClientFactory, FakeClock, TokenFactory
+from tests.records_api import CaseApi
 from tests.test_cli import run
 
 OWNER = Principal("cm-1", Role.CASE_MANAGER, "agency-a")
@@ -221,3 +222,31 @@ def test_rebuild_command_line(fresh_database_url: str) -> None:
     result = run("rebuild-projections", env={"DATABASE_URL": fresh_database_url})
     assert result.returncode == 0, result.stderr
     assert "rebuilt 1 cases from 3 events" in result.stdout
+
+
+async def test_an_event_newer_than_this_code_is_named_not_a_bare_500(
+        make_records_client: ClientFactory, fresh_database_url: str, fresh_pool: asyncpg.Pool,
+        token: TokenFactory) -> None:
+    """Say, after rolling back a deploy: the case holds an event of a schema version this
+    code does not know. Reads and writes say so; the rebuild names the case and changes
+    nothing."""
+    client = await make_records_client(fresh_database_url)
+    cm = CaseApi(client, token())
+    case_id = await cm.open_case()
+    await fresh_pool.execute(
+        "INSERT INTO records.events (stream_id, version, event_id, type, schema_version, data,"
+        " metadata, agency, recorded_at, prev_hash, hash) VALUES ($1, 2, $2, 'NoteAdded', 99,"
+        " '{}', '{}', 'agency-a', now(), '', '')", UUID(case_id), uuid4())
+    await fresh_pool.execute("UPDATE records.streams SET version = 2 WHERE stream_id = $1",
+                             UUID(case_id))  # as the newer code's append would have
+    for method, path, body in (("GET", f"/v1/cases/{case_id}?as_of_version=2", None),
+                               ("POST", f"/v1/cases/{case_id}/notes", {"text": "Hello"})):
+        problem = await cm.call(method, path, body, expect=500)
+        assert problem["type"].endswith("unreadable-event"), problem
+        assert "NoteAdded (schema_version 99)" in problem["detail"]
+    plans = await fresh_pool.fetchval("SELECT count(*) FROM records.plans")
+    rebuilt = run("rebuild-projections", env={"DATABASE_URL": fresh_database_url})
+    assert rebuilt.returncode == 2
+    assert f"case {case_id}: NoteAdded (schema_version 99)" in rebuilt.stderr
+    assert "Traceback" not in rebuilt.stderr
+    assert await fresh_pool.fetchval("SELECT count(*) FROM records.plans") == plans

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from schemas.events import EventDecodeError
 from services.common.problems import Handler, Problem
 from services.records.application.access import Forbidden, NotVisible
 from services.records.application.cases import PreconditionFailed, TooMuchContention
@@ -40,6 +41,13 @@ def _problem(error: Exception) -> Problem | None:
         case ExportTooLarge():
             return Problem(422, "Invalid request", str(error), kind="export-too-large",
                            errors=[{"field": "query.format", "message": str(error)}])
+        case EventDecodeError():
+            # stored data this code cannot read (an event from a newer version, say after a
+            # rollback): not the caller's fault, but said plainly rather than "internal"
+            return Problem(500, "Unreadable record",
+                           f"this case holds an event this version of the service cannot read:"
+                           f" {error}. Run the version that wrote it.",
+                           kind="unreadable-event")
         case TooMuchContention():
             return Problem(503, "Busy", "the case kept changing; try again",
                            kind="contention", headers={"Retry-After": "1"})

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from schemas.events import EventDecodeError
 from services.common.jsonenc import encode_json
 from services.records.projections.outcomes import clear_facts, facts_of, insert_facts
 from services.records.projections.plans import clear_plans, plan_row, replay, upsert_plans
@@ -17,6 +18,10 @@ from services.records.store.events import every_stream
 class RebuildStats:
     events: int
     cases: int
+
+
+class UnreadableStream(Exception):
+    """A case holds an event this code cannot decode; nothing was rebuilt."""
 
 
 async def rebuild_projections(pool: asyncpg.Pool, batch_size: int = 500) -> RebuildStats:
@@ -33,7 +38,10 @@ async def rebuild_projections(pool: asyncpg.Pool, batch_size: int = 500) -> Rebu
         plans: list[dict[str, Any]] = []
         facts: list[dict[str, Any]] = []
         async for stream in every_stream(conn):
-            steps = list(replay(stream))
+            try:
+                steps = list(replay(stream))
+            except EventDecodeError as error:
+                raise UnreadableStream(f"case {stream[0].stream_id}: {error}") from error
             events += len(stream)
             if not steps:
                 continue
