@@ -89,7 +89,7 @@ class TokenVerifier:
             raise AuthError("token signed with an unknown key id")
         if algorithm == "HS256" and self._secret:
             return self._secret, ["HS256"]
-        if algorithm in _ASYMMETRIC and self._public_key and self._public_algorithm:
+        if algorithm in _ASYMMETRIC and self._public_algorithm:
             return self._public_key, [self._public_algorithm]
         raise AuthError(f"tokens signed with {algorithm!r} are not accepted here")
 

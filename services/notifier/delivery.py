@@ -379,8 +379,7 @@ class Dispatcher:
                                                      passed_over):
             for item in early:
                 now = self._clock()
-                at = self._timing.moment(item.row, item.timezone, self._timing.digest_time)
-                digest = digest_notice(item.row, item.timezone, at)
+                digest = digest_notice(item.row, item.timezone, item.moment)
                 if not await store.attach_to_digest(self._pool, item.row, digest,
                                                     self._settings.message_id_domain, now):
                     # that day's digest has gone: the notice takes the usual path

@@ -113,8 +113,7 @@ class FeedSubscriber:
             page = FeedPage.model_validate_json(body)
         except (aiohttp.ClientError, TimeoutError, ValidationError) as error:
             raise FeedError(f"feed unreachable or unreadable: {error}") from error
-        return Page(_items(page), page.checkpoint,
-                    page.held_back_since if page.held_back else None)
+        return Page(_items(page), page.checkpoint, page.held_back_since)
 
     async def step(self, wait: float) -> int:
         """Read one page after the stored checkpoint and apply it; the number of events."""

@@ -82,20 +82,24 @@ def list_caught(folder: Path) -> list[CaughtMail]:
     return found
 
 
-def read_caught(folder: Path, name: str) -> str | None:
-    if not _EML_NAME.match(name):
-        return None
+def _caught_file(folder: Path, name: str) -> Path | None:
+    """The caught message ``name``; None for a name the catcher never writes, or none there."""
     path = folder / name
-    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+    return path if _EML_NAME.match(name) and path.is_file() else None
+
+
+def read_caught(folder: Path, name: str) -> str | None:
+    path = _caught_file(folder, name)
+    return path.read_text(encoding="utf-8", errors="replace") if path else None
 
 
 def html_message(folder: Path, name: str) -> str | None:
     """One caught message as a person reads it: its headers, the HTML part (in a sandboxed
     frame) and the text part; a link to the raw .eml beside."""
-    raw = read_caught(folder, name)
-    if raw is None:
+    path = _caught_file(folder, name)
+    if path is None:
         return None
-    message = BytesParser(policy=policy.default).parsebytes(raw.encode("utf-8"))
+    message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
     assert isinstance(message, EmailMessage)  # what policy.default parses into
     heads = "".join(f"<tr><th>{field}</th><td>{html.escape(str(message.get(field, '')))}</td></tr>"
                     for field in ("From", "To", "Subject", "Date", "Message-ID"))

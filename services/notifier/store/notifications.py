@@ -195,10 +195,12 @@ async def claim_due(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int
 
 @dataclass(frozen=True)
 class Early:
-    """A dated notice claimed before the schedule's time, and its reader's time zone."""
+    """A dated notice claimed before the schedule's time: its reader's time zone, and the
+    moment that came (the notice's, or its day's ``at`` o'clock)."""
 
     row: Row
     timezone: str
+    moment: datetime
 
 
 async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int,
@@ -225,15 +227,16 @@ async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, li
                AND (n.lease_until IS NULL OR n.lease_until < $1)
                AND d.delivery = $10),
            due AS (
-             SELECT n.id, c.timezone FROM notifier.notifications n
+             SELECT n.id, c.timezone, c.moment FROM notifier.notifications n
              JOIN candidate c ON c.id = n.id WHERE c.moment <= $1
              ORDER BY n.not_before LIMIT $2 FOR UPDATE OF n SKIP LOCKED)
            UPDATE notifier.notifications n SET lease_owner = $3, lease_until = $4,
                                                claim_token = $5, updated_at = $1
-           FROM due WHERE n.id = due.id RETURNING n.*, due.timezone AS reader_timezone""",
+           FROM due WHERE n.id = due.id RETURNING n.*, due.timezone AS reader_timezone,
+                                                   due.moment AS reader_moment""",
         now, limit, owner, now + lease, uuid4(), at, list(DATED), list(passed_over),
         notices_zone, delivery)
-    return [Early(Row.of(r), r["reader_timezone"]) for r in rows]
+    return [Early(Row.of(r), r["reader_timezone"], r["reader_moment"]) for r in rows]
 
 
 async def renew_claim(pool: asyncpg.Pool, token: UUID, lease_until: datetime) -> int:

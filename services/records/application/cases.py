@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
-from zoneinfo import ZoneInfo
 
 from schemas import api
 from schemas.events import EventPayload, ReviewScheduled, parse_event
@@ -214,8 +213,8 @@ class CaseCommands:
         command = request.command
         policy = (self._policies.for_agency(command.agency)
                   if isinstance(command, OpenCase) else None)
-        zone = (policy or (state.policy if state is not None else AgencyPolicy())).timezone
-        return DecisionContext(today=self._clock().astimezone(ZoneInfo(zone)).date(),
+        in_force = policy or (state.policy if state is not None else AgencyPolicy())
+        return DecisionContext(today=in_force.date_at(self._clock()),
                                actor=Actor(sub=request.who.sub, role=request.who.role.value),
                                policy=policy)
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -244,17 +243,13 @@ class CaseQueries:
         page, more = rows[:limit], len(rows) > limit
         return {"entries": page, "next_after": page[-1]["id"] if more else None}
 
-    def _today(self, agency: str) -> date:
-        """The date in the agency's time zone (what "overdue" is measured against)."""
-        zone = ZoneInfo(self._policies.for_agency(agency).timezone)
-        return self._clock().astimezone(zone).date()
-
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
                        review_due_before: date | None, after: UUID | None,
                        limit: int) -> api.CaseloadPage:
         manager = authorize_listing(who, case_manager)
         rows = await list_caseload(self._pool, CaseloadFilter(
-            who.agency, manager, status, review_due_before, self._today(who.agency), after,
+            who.agency, manager, status, review_due_before,
+            self._policies.for_agency(who.agency).date_at(self._clock()), after,
             limit + 1))
         page, more = rows[:limit], len(rows) > limit
         return api.CaseloadPage(cases=[api.CaseSummary.model_validate(row) for row in page],

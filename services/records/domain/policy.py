@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from schemas.events import PolicySnapshot, ReviewIntervals, RiskLevel
 
@@ -24,6 +25,10 @@ class AgencyPolicy:
         for days in (self.review_days_high, self.review_days_moderate, self.review_days_low):
             if not 1 <= days <= 366:
                 raise ValueError("review intervals must be between 1 and 366 days")
+
+    def date_at(self, moment: datetime) -> date:
+        """The agency's date at ``moment`` (its "today" when ``moment`` is now)."""
+        return moment.astimezone(ZoneInfo(self.timezone)).date()
 
     def review_interval(self, risk_level: RiskLevel) -> int:
         if risk_level == "high":

@@ -115,7 +115,7 @@ def plan_document(state: PlanState) -> Document:
         "case_manager": state.case_manager, "risk_level": state.risk_level,
         **_items(state),
         "agreement": _agreement(state),
-        "next_review": None if pending is None else _review(pending, pending.review_id),
+        "next_review": None if pending is None else _review(pending, state.pending_review_id),
         "updated_at": state.updated_at, "agency": state.agency, "opened_at": state.opened_at,
         "active_goal_count": state.active_goal_count,
         "max_active_goals": state.policy.max_active_goals,

@@ -76,6 +76,10 @@ class FeedPage:
 
 
 async def read_feed(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPage:
+    return await _with_held_back(pool, await _read_events(pool, after, limit), limit)
+
+
+async def _read_events(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPage:
     rows = await pool.fetch(
         f"SELECT transaction_id::text AS tx, {_EVENT_COLUMNS} FROM records.events"
         " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
@@ -85,16 +89,20 @@ async def read_feed(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPa
     )
     events = [FeedEvent(_recorded(r), Checkpoint(int(r["tx"]), r["global_position"]))
               for r in rows]
-    checkpoint = events[-1].checkpoint if events else after
-    if len(events) == limit:
-        return FeedPage(events, checkpoint)
+    return FeedPage(events, events[-1].checkpoint if events else after)
+
+
+async def _with_held_back(pool: asyncpg.Pool, page: FeedPage, limit: int) -> FeedPage:
+    """The page, with what an open transaction holds back behind it once it has caught up."""
+    if len(page.events) == limit:
+        return page
     held = await pool.fetchrow(
         "SELECT count(*) AS events, min(recorded_at) AS since FROM records.events"
         " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
         " AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
-        str(checkpoint.transaction_id), checkpoint.global_position)
+        str(page.checkpoint.transaction_id), page.checkpoint.global_position)
     assert held is not None  # an aggregate always answers one row
-    return FeedPage(events, checkpoint, held["events"], held["since"])
+    return FeedPage(page.events, page.checkpoint, held["events"], held["since"])
 
 
 class FeedWaiter:
@@ -188,10 +196,11 @@ async def read_feed_waiting(pool: asyncpg.Pool, waiter: FeedWaiter, after: Check
     deadline = loop.time() + wait_seconds
     woken = False
     while True:
-        page = await read_feed(pool, after, limit)
+        # what is held back is counted once, for the page handed out, not at every re-check
+        page = await _read_events(pool, after, limit)
         remaining = deadline - loop.time()
         if page.events or remaining <= 0 or waiter.released:
-            return page
+            return await _with_held_back(pool, page, limit)
         # Woken but nothing visible yet: an older transaction still holds the horizon back.
         interval = waiter.recheck_seconds if woken else waiter.liveness_seconds
         timeout = min(remaining, interval)
