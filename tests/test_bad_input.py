@@ -158,6 +158,9 @@ async def test_bad_idempotency_keys_are_400(setup: Any, key: str) -> None:
                             "due_date": "3000-01-01"}),
     ("reviews/{review}/reschedule", {"due_date": "9999-12-31", "reason": "typo"}),
     ("reviews/{review}/held", {"held_on": "1899-12-31"}),
+    ("reviews/{review}/held", {"held_on": "2000-01-01"}),  # before it was scheduled
+    ("agreements", {"participation": "phone", "participant_statement": "ok"}),  # nobody present
+    ("agreements", {"participation": "phone", "present": [], "participant_statement": "ok"}),
 ])
 async def test_bad_values_are_refused(setup: Any, path_and_body: tuple[str, Any]) -> None:
     client, pool, case, headers = setup
@@ -280,3 +283,17 @@ async def test_extreme_dates_never_fail_the_server(setup: Any, template: str,
         assert response.content_type == "application/problem+json"
     plan = await client.get(f"/v1/cases/{case.id}", headers=headers)
     assert plan.status == 200
+
+
+async def test_work_on_a_discontinued_goals_steps_is_refused(setup: Any) -> None:
+    client, pool, case, headers = setup
+    import json
+
+    response = await client.post(f"/v1/cases/{case.id}/goals/{case.goal}/status",
+                                 json={"status": "discontinued", "reason": "set aside"},
+                                 headers=headers)
+    assert response.status == 200
+    for path, body in ((f"steps/{case.step}/complete", {}),
+                       (f"steps/{case.step}/status", {"status": "in_progress"})):
+        await _expect_refused(client, pool, "POST", f"/v1/cases/{case.id}/{path}", headers,
+                              json.dumps(body).encode(), "application/json")
