@@ -4,6 +4,7 @@ decisions. No I/O: each case is a sequence of feed items in, notices out."""
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -356,6 +357,9 @@ def test_digest_time_is_local_to_the_recipient() -> None:
         datetime(2026, 3, 4, 8, 0, tzinfo=UTC)
 
 
+ASSUMED_PRONOUN = re.compile(r"\b(he|she|his|her|hers|him|they|them|their|theirs)\b", re.I)
+
+
 def test_every_kind_renders_person_first_text_and_escaped_html() -> None:
     context = {"participant": "Jo <b>", "due_date": "2026-05-01", "days_before": 3,
                "description": "Call the housing office", "goal_title": "A home",
@@ -371,3 +375,5 @@ def test_every_kind_renders_person_first_text_and_escaped_html() -> None:
         assert "Jo <b>" not in out.html
         assert "Jo &lt;b&gt;" in out.html
         assert not any(word in (out.text + out.subject).lower() for word in banned)
+        # the participant's pronouns are theirs to give; no template assumes any
+        assert not ASSUMED_PRONOUN.search(out.text + out.html), kind
