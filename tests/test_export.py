@@ -83,6 +83,10 @@ async def test_jsonl_export_carries_every_event_and_verifies(
     assert code == 0, out
     assert out.splitlines()[-1] == "VERIFIED"
     assert "the trusted key" in out
+    code, out = run_verify(tmp_path, raw, capsys=capsys)
+    assert code == 0, out  # the key is optional: integrity is still worth checking
+    assert out.splitlines()[-1] == \
+        "VERIFIED (intact, but its origin is unchecked: pass --public-key)"
 
 
 async def test_csv_export_reads_as_a_spreadsheet_and_verifies(

@@ -436,5 +436,10 @@ def summary(report: ExportReport) -> list[str]:
     lines.append(f"signature: {'valid' if report.signature_valid else 'INVALID'},"
                  f" key {report.key_id}: {trust}")
     lines += [f"problem:   {problem}" for problem in report.problems]
-    lines.append("VERIFIED" if report.ok else "NOT VERIFIED")
+    if not report.ok:
+        lines.append("NOT VERIFIED")
+    elif report.key_trusted is None:  # anyone can sign with a key of their own making
+        lines.append("VERIFIED (intact, but its origin is unchecked: pass --public-key)")
+    else:
+        lines.append("VERIFIED")
     return lines
