@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient
 
 from services.notifier.http.app import NOTIFIER, create_app
@@ -104,11 +106,17 @@ async def test_a_5xx_is_a_dead_letter_that_an_operator_can_retry(
     await rig.set_prefs("cm-1", token())
     await small_win(records)
     await rig.catch_up()
-    smtp.replies = ["550 5.1.1 no such mailbox"]
-    await rig.dispatch()
+    smtp.replies = ["550 5.1.1 <cm-1@example.org>: no such mailbox"]
+    with structlog.testing.capture_logs() as logs:
+        await rig.dispatch()
     row = await only_row(rig)
     assert (row["status"], row["attempts"], row["last_code"]) == ("dead", 1, 550)
     assert "refused permanently" in str(row["last_error"])
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert (warning["event"], warning["notification"], warning["smtp_code"]) == (
+        "notification dead-lettered", str(row["id"]), 550)
+    assert "5.1.1 <[address]>: no such mailbox" in warning["reason"]
+    assert "example.org" not in str(logs)  # a participant's address stays out of the logs
     assert await rig.dispatch() == 0
     supervisor = token(role="supervisor", sub="sup-1")
     response = await rig.client.post(f"/v1/notifications/{row['id']}/retry",
@@ -319,6 +327,24 @@ async def test_a_digest_falling_in_quiet_hours_waits_until_they_end(
     clock.now = digest["not_before"]  # type: ignore[assignment]
     assert await rig.notifier.dispatcher.send_digests() == 1
     assert len(smtp.received) == 1
+
+
+async def test_a_message_that_cannot_be_rendered_is_a_counted_and_logged_dead_letter(
+        rig: NotifierRig, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    [notice] = due_notices(1)
+    async with rig.notifier.pool.acquire() as conn:  # a context its template cannot fill
+        await insert_notices(conn, [replace(notice, context={"due_date": "the 2nd"})], "test",
+                             clock())
+    with structlog.testing.capture_logs() as logs:
+        assert await rig.dispatch() == 1
+    [row] = await rig.rows()
+    assert (row["status"], smtp.received) == ("dead", [])
+    assert "could not render the message" in str(row["last_error"])
+    assert [entry["notification"] for entry in logs if entry["log_level"] == "warning"] == [
+        str(row["id"])]
+    metrics = await (await rig.client.get("/metrics")).text()
+    assert 'casetrail_notifications_dead_total{kind="review_due_today"} 1.0' in metrics
 
 
 def due_notices(count: int, due: datetime | None = None) -> list[Notice]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
@@ -37,6 +38,7 @@ from services.notifier.store.notifications import Outcome, Row
 from services.notifier.templates import Rendered, render, render_digest
 
 log = structlog.get_logger("casetrail.notifier.delivery")
+_ADDRESS = re.compile(r"[^\s<>@\"']+@[^\s<>@\"']+")
 Clock = Callable[[], datetime]
 
 
@@ -417,8 +419,12 @@ class Dispatcher:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+        outcomes = [(row, r) for row, r in zip(rows, results, strict=True)
+                    if isinstance(r, Outcome)]
+        for row, outcome in outcomes:
+            self._report(row, outcome)
         lost = await store.record_outcomes(
-            self._pool, [r for r in results if isinstance(r, Outcome)], self._clock(), token)
+            self._pool, [outcome for _, outcome in outcomes], self._clock(), token)
         if lost:
             log.warning("another instance took these rows over before their outcome was"
                         " recorded", notifications=[str(i) for i in lost])
@@ -485,10 +491,8 @@ class Dispatcher:
                                    error=f"could not render the message: {error!r}")
                 return await self._send(row, rendered, address)
             case Cancel(reason):
-                self._metrics.cancelled.labels(row.kind).inc()
                 return Outcome(row.id, "cancelled", False, row.attempts, error=reason)
             case Dead(reason):
-                self._metrics.dead.labels(row.kind).inc()
                 return Outcome(row.id, "dead", False, row.attempts, error=reason)
             case Defer(until):
                 await store.release(self._pool, row, until, now)
@@ -545,21 +549,38 @@ class Dispatcher:
             result = await self._smtp.send(message, address)
         return self._outcome(row, result)
 
+    def _report(self, row: Row, outcome: Outcome) -> None:
+        """Count every outcome, and log the ones an operator must see: a failed attempt and a
+        dead letter, with the reason but without the address."""
+        counters = {"sent": self._metrics.sent, "failed": self._metrics.failed,
+                    "dead": self._metrics.dead, "cancelled": self._metrics.cancelled}
+        counters[outcome.status].labels(row.kind).inc()
+        if outcome.status in ("failed", "dead"):
+            log.warning("notification " + ("dead-lettered" if outcome.status == "dead"
+                                           else "not sent; it will be retried"),
+                        notification=str(row.id), kind=row.kind, attempt=outcome.attempt_no,
+                        smtp_code=outcome.code,
+                        retry_at=outcome.not_before.isoformat() if outcome.not_before else None,
+                        reason=without_addresses(outcome.error or ""))
+
     def _outcome(self, row: Row, result: SmtpResult) -> Outcome:
         now = self._clock()
         attempt = row.attempts + 1
         done = Outcome(row.id, "sent", True, attempt, result.code, None,
                        attempt_outcome=result.outcome)
         if result.outcome == "sent":
-            self._metrics.sent.labels(row.kind).inc()
             return done
         error = f"{result.code or 'no reply'}: {result.detail}"[:1000]
         retry_at = None if result.outcome == "permanent" else self._retry.next_attempt(
             row.attempts_since_revival + 1, row.first_attempt_at or now, now, self._rng)
         if retry_at is not None:
-            self._metrics.failed.labels(row.kind).inc()
             return replace(done, status="failed", error=error, not_before=retry_at)
-        self._metrics.dead.labels(row.kind).inc()
         reason = (f"refused permanently: {error}" if result.outcome == "permanent"
                   else f"gave up after {attempt} attempt(s): {error}")
         return replace(done, status="dead", error=reason)
+
+
+def without_addresses(text: str) -> str:
+    """``text`` with email addresses masked: SMTP replies often quote the recipient, and logs
+    are no place for a participant's address."""
+    return _ADDRESS.sub("[address]", text)
