@@ -368,6 +368,25 @@ async def test_opening_a_case_is_idempotent_too(cm: CaseApi, fresh_pool: asyncpg
     assert await event_count(fresh_pool) == 1
 
 
+async def test_an_idempotency_key_never_replays_another_agencys_answer(
+        cm: CaseApi, token: TokenFactory, fresh_pool: asyncpg.Pool) -> None:
+    """Agency ``a:b`` with sub ``c`` and agency ``a`` with sub ``b:c``: two callers whose
+    names joined with a colon read the same."""
+    body = {"participant": {"name": "Ana", "email": "ana@example.org"}, "case_manager": "c",
+            "risk_level": "low"}
+    headers = {"Idempotency-Key": "open-1"}
+    theirs = await cm.call("POST", "/v1/cases", body, headers=headers, expect=201,
+                           token=token(role="supervisor", sub="c", agency="a:b"))
+    mine = await cm.call("POST", "/v1/cases", body, headers=headers, expect=201,
+                         token=token(role="supervisor", sub="b:c", agency="a"))
+    assert mine["case_id"] != theirs["case_id"]
+    assert await event_count(fresh_pool) == 2
+    assert [(r["stream_id"], r["agency"]) for r in await fresh_pool.fetch(
+        "SELECT stream_id, data->>'agency' AS agency FROM records.events"
+        " ORDER BY global_position")] == [
+        (uuid.UUID(theirs["case_id"]), "a:b"), (uuid.UUID(mine["case_id"]), "a")]
+
+
 async def test_history_pages_with_actor_reason_and_time(cm: CaseApi) -> None:
     case_id = await cm.open_case()
     strength = await cm.strength(case_id)

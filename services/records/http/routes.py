@@ -115,7 +115,16 @@ async def idempotency(request: web.Request, body: BaseModel) -> IdempotencyClaim
     canonical = body.model_dump_json(exclude_unset=True)
     fingerprint = hashlib.sha256(
         f"{request.method} {request.path_qs}\n{canonical}".encode()).hexdigest()
-    return IdempotencyClaim(f"{who.agency}:{who.sub}", key, fingerprint)
+    return IdempotencyClaim(idempotency_scope(who.agency, who.sub), key, fingerprint)
+
+
+def idempotency_scope(agency: str, sub: str) -> str:
+    """Whose keys these are, as ``agency:sub`` with ``%`` and ``:`` escaped in each part: agency
+    ``a:b`` with sub ``c`` and agency ``a`` with sub ``b:c`` once shared a scope, and the second
+    was handed the first one's case. Names without either character read as before."""
+    def part(name: str) -> str:
+        return name.replace("%", "%25").replace(":", "%3A")
+    return f"{part(agency)}:{part(sub)}"
 
 
 Build = Callable[[web.Request, Any, NewIds], cmd.AnyCommand]
