@@ -30,6 +30,13 @@ BAD_TOKENS = {
     "no agency": jwt.encode(claims(agency=None), JWT_SECRET, algorithm="HS256"),
     "unknown role": jwt.encode(claims(role="offender"), JWT_SECRET, algorithm="HS256"),
     "empty sub": jwt.encode(claims(sub=""), JWT_SECRET, algorithm="HS256"),
+    # each of these reached PostgreSQL as the actor of an audited read or a write: 500
+    "NUL in sub": jwt.encode(claims(sub="cm\u00001"), JWT_SECRET, algorithm="HS256"),
+    "lone surrogate in agency": jwt.encode(claims(agency="a\udc00"), JWT_SECRET,
+                                           algorithm="HS256"),
+    "spaces around sub": jwt.encode(claims(sub=" cm-1 "), JWT_SECRET, algorithm="HS256"),
+    "overlong agency": jwt.encode(claims(agency="a" * 201), JWT_SECRET, algorithm="HS256"),
+    "numeric sub": jwt.encode(claims(sub=7), JWT_SECRET, algorithm="HS256"),
     "bad cases": jwt.encode(claims(cases=["nope"]), JWT_SECRET, algorithm="HS256"),
     "alg none": jwt.encode(claims(), None, algorithm="none"),
 }

@@ -19,7 +19,9 @@ from uuid import UUID
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from pydantic import TypeAdapter, ValidationError
 
+from schemas.events import MAX_IDENTIFIER, UserId
 from services.common.settings import ServiceSettings
 
 
@@ -57,6 +59,7 @@ class Principal:
 
 _ASYMMETRIC = ["RS256", "ES256", "EdDSA"]
 _VERIFIED_CACHE_SIZE = 10_000
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(UserId)
 
 
 class TokenVerifier:
@@ -138,9 +141,7 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         role = Role(claims["role"])
     except ValueError as error:
         raise AuthError(f"unknown role {claims['role']!r}") from error
-    sub, agency = claims["sub"], claims["agency"]
-    if not (isinstance(sub, str) and sub and isinstance(agency, str) and agency):
-        raise AuthError("sub and agency must be non-empty strings")
+    sub, agency = _identity(claims, "sub"), _identity(claims, "agency")
     raw_cases = claims.get("cases", [])
     if not isinstance(raw_cases, list):
         raise AuthError("cases must be a list of case ids")
@@ -158,6 +159,21 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         raise AuthError("an auditor token must carry an audit window: window_from,"
                         " window_to or both")
     return Principal(sub, role, agency, cases, window_from, window_to)
+
+
+def _identity(claims: dict[str, Any], name: str) -> str:
+    """``sub`` and ``agency`` are recorded with every event and every audited read, so they
+    must be what the records accept as an identifier: a NUL or a lone surrogate used to reach
+    PostgreSQL and answer 500."""
+    value = claims[name]
+    try:
+        valid = isinstance(value, str) and _IDENTIFIER.validate_python(value) == value
+    except ValidationError:
+        valid = False
+    if not valid:
+        raise AuthError(f"{name} must be an identifier of 1-{MAX_IDENTIFIER} characters, without"
+                        " surrounding spaces, NUL characters or invalid Unicode")
+    return str(value)
 
 
 def _window_bound(claims: dict[str, Any], name: str) -> datetime | None:
