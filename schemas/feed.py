@@ -8,14 +8,16 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.queries import QueryInt, QuerySeconds
+
 
 class FeedQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     after: str | None = Field(default=None, max_length=64,
                               description="checkpoint from the previous page; omit to start")
-    limit: int = Field(default=100, ge=1, le=1000)
-    wait: float = Field(default=0, ge=0, le=60,
+    limit: QueryInt = Field(default=100, ge=1, le=1000)
+    wait: QuerySeconds = Field(default=0, ge=0, le=60,
                         description="seconds to wait for new events when there are none")
 
 

@@ -2,21 +2,55 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal, Self, TypeAlias
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from schemas.events import DaysFrom, WireDate, WireDateTime
+
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_DECIMAL = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+
+
+def _plain_digits(value: object) -> object:
+    """A number in a query is written with the digits 0-9 alone: Python would also read
+    ``1_0`` as 10, `` 1`` and ``+1`` as 1, and other scripts' digits."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError("must be a whole number written with the digits 0-9")
+    return value
+
+
+def _plain_decimal(value: object) -> object:
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+        raise ValueError("must be a number written with the digits 0-9 and an optional '.'")
+    return value
+
+
+QueryInt: TypeAlias = Annotated[int, BeforeValidator(_plain_digits)]
+QuerySeconds: TypeAlias = Annotated[float, BeforeValidator(_plain_decimal)]
 
 
 class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NoQuery(_Query):
+    """A route that takes no query parameters: one sent by mistake (``?reason=`` on a
+    revision) is refused, not silently dropped."""
+
+
 class PlanQuery(_Query):
-    as_of_version: int | None = Field(default=None, ge=1, le=10_000_000)
+    as_of_version: QueryInt | None = Field(default=None, ge=1, le=10_000_000)
     as_of: WireDateTime | None = Field(default=None, description="RFC 3339 with a time zone")
 
     @field_validator("as_of")
@@ -39,17 +73,17 @@ class CaseloadQuery(_Query):
     status: Literal["open", "closed"] | None = None
     review_due_before: WireDate | None = None
     after: UUID | None = Field(default=None, description="next_after of the previous page")
-    limit: int = Field(default=50, ge=1, le=200)
+    limit: QueryInt = Field(default=50, ge=1, le=200)
 
 
 class HistoryQuery(_Query):
-    after_version: int = Field(default=0, ge=0, le=10_000_000)
-    limit: int = Field(default=100, ge=1, le=500)
+    after_version: QueryInt = Field(default=0, ge=0, le=10_000_000)
+    limit: QueryInt = Field(default=100, ge=1, le=500)
 
 
 class DiffQuery(_Query):
-    from_version: int = Field(ge=0, le=10_000_000)
-    to_version: int = Field(ge=1, le=10_000_000)
+    from_version: QueryInt = Field(ge=0, le=10_000_000)
+    to_version: QueryInt = Field(ge=1, le=10_000_000)
 
     @model_validator(mode="after")
     def forwards(self) -> Self:
@@ -64,9 +98,9 @@ class RemovalQuery(_Query):
 
 class AccessLogQuery(_Query):
     case_id: UUID | None = None
-    after: int = Field(default=0, ge=0, le=2**63 - 1, description="next_after of the previous"
-                       " page")
-    limit: int = Field(default=100, ge=1, le=500)
+    after: QueryInt = Field(default=0, ge=0, le=2**63 - 1,
+                            description="next_after of the previous page")
+    limit: QueryInt = Field(default=100, ge=1, le=500)
 
 
 class ExportQuery(_Query):

@@ -212,6 +212,11 @@ async def test_a_window_that_holds_no_event_shows_the_plan_as_it_stood(scene: Sc
     assert report.ok
     assert report.events == 0
     assert "chain:     no events in this export" in summary(report)
+    # the header's empty range (versions 3 to 2) is said as what it means
+    assert "events:    0 (none: nothing was recorded in the window; the case stood at version" \
+        " 2)" in summary(report)
+    assert export.headers["Content-Disposition"].endswith(f'case-{scene.case_id}-v2-unchanged'
+                                                          '.jsonl"')
 
 
 async def test_every_auditor_read_is_logged_even_when_refused(scene: Scene) -> None:

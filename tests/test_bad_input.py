@@ -116,6 +116,49 @@ async def test_bad_and_unknown_ids_in_the_path(setup: Any, template: str,
         assert problem["status"] == 400
 
 
+@pytest.mark.parametrize(("template", "body"), WRITES)
+async def test_a_body_that_is_not_what_its_encoding_says_is_400(
+        setup: Any, template: str, body: dict[str, Any]) -> None:
+    client, pool, case, headers = setup
+    import json
+
+    method, path = template.split(" ", 1)
+    data = json.dumps({**body, "padding": "x" * 40}).encode()  # past what the parser checks
+    for encoding in ("gzip", "deflate"):  # each answered 500
+        problem = await _expect_refused(client, pool, method, _path(path, case),
+                                        {**headers, "Content-Encoding": encoding}, data,
+                                        "application/json")
+        assert (problem["status"], problem["type"].rsplit("/", 1)[-1]) == (
+            400, "malformed-body")
+
+
+@pytest.mark.parametrize(("template", "body"), WRITES)
+async def test_a_query_string_on_a_write_is_refused_not_dropped(
+        setup: Any, template: str, body: dict[str, Any]) -> None:
+    """``?reason=`` on a revision was silently dropped, so the event recorded no reason."""
+    client, pool, case, headers = setup
+    import json
+
+    method, path = template.split(" ", 1)
+    if method == "DELETE":
+        return  # a removal takes its reason as ?reason= (tested with the removals)
+    problem = await _expect_refused(client, pool, method, f"{_path(path, case)}?reason=Jo",
+                                    headers, json.dumps(body).encode(), "application/json")
+    assert problem["status"] == 422
+    assert [e["field"] for e in problem["errors"]] == ["query.reason"]
+
+
+async def test_a_body_full_of_errors_gets_a_bounded_answer(setup: Any) -> None:
+    client, pool, case, headers = setup
+    import json
+
+    body = {"text": "hi", **{f"unknown_{n}": n for n in range(3000)}}
+    problem = await _expect_refused(client, pool, "POST", f"/v1/cases/{case.id}/notes",
+                                    headers, json.dumps(body).encode(), "application/json")
+    assert len(problem["errors"]) == 50
+    assert "3000 in all" in problem["detail"]
+
+
 @pytest.mark.parametrize("header", ['"abc"', "W/", "-1", '"1" "2"', "9999999999"])
 async def test_bad_if_match_is_400(setup: Any, header: str) -> None:
     client, pool, case, headers = setup
@@ -186,7 +229,11 @@ async def test_bad_plan_queries(setup: Any, query: str) -> None:
 @pytest.mark.parametrize("path", [
     "history?limit=0", "history?limit=100000", "history?after_version=-1",
     "diff", "diff?from_version=a&to_version=2", "diff?from_version=2&to_version=2",
-    "export?format=FHIR", "export?format=xml", "export?limit=5"])
+    "export?format=FHIR", "export?format=xml", "export?limit=5", "verify?as_of_version=1",
+    # numbers in the digits 0-9 alone: Python reads 1_0 as 10, +1 and ' 1' as 1, and other
+    # scripts' digits too (%D9%A1 is an Arabic-Indic one)
+    "history?limit=1_0", "history?after_version=%2B1", "history?after_version=%201",
+    "history?limit=%D9%A1", "diff?from_version=0_1&to_version=2"])
 async def test_bad_audit_queries(setup: Any, path: str) -> None:
     client, _, case, headers = setup
     response = await client.get(f"/v1/cases/{case.id}/{path}", headers=headers)
@@ -245,6 +292,7 @@ async def test_hostile_query_strings_are_4xx(setup: Any, query: str) -> None:
 @pytest.mark.parametrize("checkpoint", [
     "MTo5OTk5OTk5OTk5OTk5OTk5OTk5OQ",  # 1:99999999999999999999
     "OTk5OTk5OTk5OTk5OTk5OTk5OTk6MQ",  # 99999999999999999999:1
+    "2aE62aE",  # 1:1 in Arabic-Indic digits
 ])
 async def test_checkpoints_out_of_range_are_400(setup: Any, token: TokenFactory,
                                                checkpoint: str) -> None:

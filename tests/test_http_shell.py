@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import jwt
 import pytest
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from services.common.settings import Settings
 from tests.conftest import JWT_SECRET, ClientFactory, TokenFactory, bearer
+from tests.records_api import CaseApi
 
 
 def claims(**overrides: object) -> dict[str, object]:
@@ -85,6 +87,21 @@ async def test_health_and_readiness(records_client: TestClient) -> None:
     body = await ready.json()
     assert ready.status == 200, body
     assert body["checks"] == {"database": "ok", "migrations": "current"}
+
+
+async def test_head_answers_like_get_without_a_body(records_client: TestClient,
+                                                    token: TokenFactory) -> None:
+    health = await records_client.head("/healthz")
+    assert (health.status, await health.read()) == (200, b"")
+    cm = CaseApi(records_client, token())
+    case_id = await cm.open_case()
+    plan = await records_client.head(f"/v1/cases/{case_id}", headers=bearer(token()))
+    assert (plan.status, plan.headers["ETag"], await plan.read()) == (200, '"1"', b"")
+    missing = await records_client.head(f"/v1/cases/{uuid.uuid4()}", headers=bearer(token()))
+    assert missing.status == 404
+    export = await records_client.head(f"/v1/cases/{case_id}/export", headers=bearer(token()))
+    assert (export.status, export.content_type, await export.read()) == (
+        200, "application/x-ndjson", b"")
 
 
 async def test_openapi_is_generated_from_the_models(records_client: TestClient) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel, ValidationError
@@ -152,7 +153,11 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
     if request.content_type != "application/json":
         raise Problem(415, "Unsupported media type", "send the body as application/json",
                       kind="unsupported-media-type")
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except RequestPayloadError as error:  # e.g. Content-Encoding: gzip on a plain body
+        raise Problem(400, "Bad request", f"the body could not be read: {error.__cause__ or error}",
+                      kind="malformed-body") from error
     return parse_json_bytes(raw, model)
 
 
@@ -364,14 +369,18 @@ class Api:
     def add_routes(self, app: web.Application) -> None:
         trees: dict[str, RouteTree] = {}
         for op in self.operations:
+            methods = (op.method, "HEAD") if op.method == "GET" else (op.method,)
             prefix = RouteTree.prefix_of(op.path)
             if prefix is None:
-                app.router.add_route(op.method, op.path, op.handler)
+                for method in methods:
+                    app.router.add_route(method, op.path, op.handler)
                 continue
             if prefix not in trees:
                 trees[prefix] = RouteTree(prefix)
                 app.router.register_resource(trees[prefix])
-            trees[prefix].add_resource(op.path).add_route(op.method, op.handler)
+            resource = trees[prefix].add_resource(op.path)
+            for method in methods:  # HEAD: the GET's headers, no body (aiohttp drops it)
+                resource.add_route(method, op.handler)
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3.1 document: request bodies in pydantic's validation schema, answers in

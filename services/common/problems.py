@@ -51,11 +51,17 @@ def problem_response(problem: Problem, request: web.Request) -> web.Response:
                         content_type="application/problem+json", headers=problem.headers)
 
 
+MAX_LISTED_ERRORS = 50  # a body of 20,000 unknown keys once answered with a 2 MB list
+
+
 def validation_problem(error: ValidationError, *, location: str = "body") -> Problem:
+    found = error.errors(include_url=False)
     errors = [{"field": ".".join(str(p) for p in (location, *e["loc"])), "message": e["msg"],
-               "code": e["type"]} for e in error.errors(include_url=False)]
-    return Problem(422, "Invalid request", "one or more fields are not valid",
-                   kind="validation", errors=errors)
+               "code": e["type"]} for e in found[:MAX_LISTED_ERRORS]]
+    detail = "one or more fields are not valid"
+    if len(found) > MAX_LISTED_ERRORS:
+        detail += f" ({len(found)} in all; the first {MAX_LISTED_ERRORS} are listed)"
+    return Problem(422, "Invalid request", detail, kind="validation", errors=errors)
 
 
 _STATUS_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",

@@ -11,6 +11,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from schemas.events import Email, TimeZoneName
+from schemas.queries import QueryInt
 
 _HH_MM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 # the roles the notifier writes to; auditors, analysts and services receive nothing
@@ -88,8 +89,8 @@ class NotificationsQuery(Body):
     case_id: UUID | None = None
     status: Status | None = None
     kind: str | None = Field(default=None, pattern=r"^[a-z_]{1,40}$")
-    limit: int = Field(default=100, ge=1, le=500)
-    offset: int = Field(default=0, ge=0, le=100_000)
+    limit: QueryInt = Field(default=100, ge=1, le=500)
+    offset: QueryInt = Field(default=0, ge=0, le=100_000)
 
 
 class ScheduleQuery(Body):

@@ -183,7 +183,8 @@ class CaseQueries:
         else:
             chunks = self._export_chunks(ExportWriter(export_format, header), case_id, first,
                                          last)
-        return CaseExport(f"case-{case_id}-v{first}-{last}.{export_format.file_suffix}",
+        versions = f"v{first}-{last}" if first <= last else f"v{last}-unchanged"
+        return CaseExport(f"case-{case_id}-{versions}.{export_format.file_suffix}",
                           export_format.media_type, chunks)
 
     async def _export_chunks(self, writer: ExportWriter, case_id: UUID, first: int,

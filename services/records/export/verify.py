@@ -406,6 +406,14 @@ def _b64(signature: dict[str, Any], name: str) -> bytes:
         raise MalformedExport(f"the signature's {name} is not base64") from error
 
 
+def _versions(header: dict[str, Any]) -> str:
+    first, last = header.get("first_version"), header.get("last_version")
+    if isinstance(first, int) and isinstance(last, int) and first == last + 1:
+        # an auditor's window in which nothing was recorded: the range is empty
+        return f"none: nothing was recorded in the window; the case stood at version {last}"
+    return f"versions {first} to {last}"
+
+
 def summary(report: ExportReport) -> list[str]:
     """The report as a person reads it, ending with the verdict."""
     header, chain = report.header, report.chain
@@ -413,8 +421,7 @@ def summary(report: ExportReport) -> list[str]:
     lines = [f"export:    case {header.get('case_id')} (agency {header.get('agency')}),"
              f" {report.export_format.value}, exported {header.get('exported_at')}"
              f" by {by.get('sub')} ({by.get('role')})",
-             f"events:    {report.events} (versions {header.get('first_version')} to"
-             f" {header.get('last_version')})"]
+             f"events:    {report.events} ({_versions(header)})"]
     if chain is None:
         lines.append("chain:     not in a PDF, which prints each event's hash for people; the"
                      " JSON Lines or CSV export of the same versions carries the chain")

@@ -26,6 +26,7 @@ from schemas.queries import (
     DiffQuery,
     ExportQuery,
     HistoryQuery,
+    NoQuery,
     OutcomesQuery,
     PlanQuery,
     RemovalQuery,
@@ -138,6 +139,8 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     if request.method == "DELETE" and request.query:
         raise Problem(400, "Bad request", "give the reason in the body or ?reason=, not both",
                       kind="bad-query")
+    if request.method != "DELETE":
+        parse_query(request, NoQuery)
     return await parse_body(request, model)
 
 
@@ -271,9 +274,10 @@ async def case_diff(request: web.Request) -> web.Response:
 
 
 @registry.route("GET", f"{CASE}/verify", "recompute the case's hash chain",
-                response=api.VerifyView)
+                query=NoQuery, response=api.VerifyView)
 async def verify_case(request: web.Request) -> web.Response:
     case_id = path_id(request, "case_id")
+    parse_query(request, NoQuery)
     report = await records(request).queries.verify(principal(request), case_id,
                                                    request_id=request.get(REQUEST_ID_KEY))
     view = api.VerifyView.model_validate({"case_id": case_id, **report.as_dict()})
@@ -295,6 +299,8 @@ async def export_case(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'attachment; filename="{export.filename}"'})
     await response.prepare(request)
     async with aclosing(export.chunks) as chunks:
+        if request.method == "HEAD":  # a streamed body is not dropped for HEAD by aiohttp
+            return response
         async for chunk in chunks:
             try:
                 await response.write(chunk)

@@ -20,7 +20,7 @@ import asyncpg
 
 from services.records.store.events import _EVENT_COLUMNS, RecordedEvent, _recorded
 
-_CHECKPOINT = re.compile(r"^(\d{1,20}):(\d{1,20})$")
+_CHECKPOINT = re.compile(r"^([0-9]{1,20}):([0-9]{1,20})$")
 NOTIFY_CHANNEL = "records_events"
 _BIGINT_MAX = 2**63 - 1
 
