@@ -1,11 +1,93 @@
--- Run once as the database owner after `casetrail migrate`: the services then connect as
--- casetrail_app, which may read and append events but, like everyone, never change them.
-CREATE ROLE casetrail_app LOGIN PASSWORD 'set-me';
-GRANT USAGE ON SCHEMA records, notifier TO casetrail_app;
-GRANT SELECT, INSERT ON records.events TO casetrail_app;
-GRANT SELECT, INSERT, UPDATE, DELETE ON records.streams, records.plans,
-      records.idempotency_keys, records.access_log, records.outcome_facts TO casetrail_app;
-GRANT SELECT ON records.schema_migrations TO casetrail_app;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA records TO casetrail_app;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA notifier TO casetrail_app;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA notifier TO casetrail_app;
+-- One database role per service, each with exactly the privileges its code uses.
+--
+-- Run as the owner of the schemas (the role the migration Job connects as, OWNER_DATABASE_URL)
+-- after `casetrail migrate`, e.g. `psql "$OWNER_DATABASE_URL" -f deploy/production-roles.sql`.
+-- Creating the roles the first time also needs CREATEROLE (or let a superuser run it once).
+-- It is safe to run again, and must be, whenever a release changes this file: it creates a role
+-- only when it is missing and never touches passwords (set them once yourself:
+-- ALTER ROLE casetrail_records PASSWORD '…'), and it first takes away every privilege the two
+-- roles hold on the two schemas, so each run leaves them with exactly what is granted here.
+-- All of it in one transaction: a running service never sees the roles half-granted.
+--
+-- casetrail_records: the records service. Events and the access log (the record of who read
+--   which case) can be read and appended to, never changed; the other tables as the code
+--   uses them (services/records/store/, services/records/projections/).
+-- casetrail_notifier: the notifier. Its own schema only: it reads cases through the feed, so
+--   it has no way into records' personal data (services/notifier/store/).
+-- Neither may change schema_migrations or create anything: only the owner migrates.
+BEGIN;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'casetrail_records') THEN
+        CREATE ROLE casetrail_records LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'casetrail_notifier') THEN
+        CREATE ROLE casetrail_notifier LOGIN;
+    END IF;
+END
+$$;
+
+-- From nothing: whatever an earlier version of this file (or a hand) granted is taken back.
+REVOKE ALL ON ALL TABLES IN SCHEMA records, notifier FROM casetrail_records, casetrail_notifier;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA records, notifier
+    FROM casetrail_records, casetrail_notifier;
+REVOKE ALL ON SCHEMA records, notifier FROM casetrail_records, casetrail_notifier;
+
+-- The records service.
+GRANT USAGE ON SCHEMA records TO casetrail_records;
+GRANT SELECT, INSERT ON records.events, records.idempotency_keys, records.access_log
+    TO casetrail_records;
+GRANT SELECT, INSERT, UPDATE ON records.streams TO casetrail_records;       -- the head moves
+GRANT SELECT, INSERT, UPDATE, DELETE ON records.plans TO casetrail_records; -- upsert; rebuild
+GRANT SELECT, INSERT, DELETE ON records.outcome_facts TO casetrail_records; -- rebuild clears
+GRANT SELECT ON records.schema_migrations TO casetrail_records;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA records TO casetrail_records;
+
+-- The notifier.
+GRANT USAGE ON SCHEMA notifier TO casetrail_notifier;
+GRANT SELECT, UPDATE ON notifier.checkpoint TO casetrail_notifier;
+GRANT SELECT, INSERT, UPDATE ON notifier.cases, notifier.directory, notifier.notifications
+    TO casetrail_notifier;
+GRANT SELECT, INSERT, DELETE ON notifier.goals, notifier.steps, notifier.reviews
+    TO casetrail_notifier;                                                   -- rewritten per case
+GRANT SELECT, INSERT ON notifier.attempts, notifier.history TO casetrail_notifier;
+GRANT SELECT ON notifier.schema_migrations TO casetrail_notifier;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA notifier TO casetrail_notifier;
+
+-- Tables and sequences a later migration creates (as the schema's owner, which runs them):
+-- each service may read and append to those of its own schema and nothing more, until a
+-- release that needs more changes this file and it is run again.
+DO $$
+DECLARE
+    schema_owner text;
+BEGIN
+    SELECT nspowner::regrole::text INTO schema_owner FROM pg_namespace
+        WHERE nspname = 'records';
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA records'
+                   ' REVOKE ALL ON TABLES FROM casetrail_records, casetrail_notifier',
+                   schema_owner);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA records'
+                   ' REVOKE ALL ON SEQUENCES FROM casetrail_records, casetrail_notifier',
+                   schema_owner);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA records'
+                   ' GRANT SELECT, INSERT ON TABLES TO casetrail_records', schema_owner);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA records'
+                   ' GRANT USAGE ON SEQUENCES TO casetrail_records', schema_owner);
+
+    SELECT nspowner::regrole::text INTO schema_owner FROM pg_namespace
+        WHERE nspname = 'notifier';
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA notifier'
+                   ' REVOKE ALL ON TABLES FROM casetrail_records, casetrail_notifier',
+                   schema_owner);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA notifier'
+                   ' REVOKE ALL ON SEQUENCES FROM casetrail_records, casetrail_notifier',
+                   schema_owner);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA notifier'
+                   ' GRANT SELECT, INSERT ON TABLES TO casetrail_notifier', schema_owner);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA notifier'
+                   ' GRANT USAGE ON SEQUENCES TO casetrail_notifier', schema_owner);
+END
+$$;
+
+COMMIT;

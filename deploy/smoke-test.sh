@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Runs the built image as production would: the records service, the notifier and a mail
-# catcher, each its own container with a read-only filesystem, against an existing PostgreSQL. Then it builds a small plan
-# over HTTP and waits for the small-win email. Exit 0 only when every check passed.
+# catcher, each its own container with a read-only filesystem (and a tmpfs at /tmp, as the
+# Kubernetes manifests give records an emptyDir), against an existing PostgreSQL. Then it builds
+# a small plan over HTTP and waits for the small-win email. Exit 0 only when every check passed.
 #
-#   docker build -f deploy/Dockerfile -t casetrail:latest .
+#   docker build -f deploy/Dockerfile -t casetrail:0.1.0 .
 #   DATABASE_URL=postgresql://postgres@127.0.0.1:5432/casetrail_smoke deploy/smoke-test.sh
 #
 # The containers use the host's network, so DATABASE_URL is as the host sees it. The database
 # must exist; the services migrate it at start. Needs docker, curl and python3 on the host.
 set -euo pipefail
 
-IMAGE=${IMAGE:-casetrail:latest}
+IMAGE=${IMAGE:-casetrail:0.1.0}  # the release's version, as in kubernetes/
 RECORDS_PORT=${RECORDS_PORT:-18080}
 NOTIFIER_PORT=${NOTIFIER_PORT:-18081}
 SMTP_PORT=${SMTP_PORT:-11025}
@@ -32,12 +33,12 @@ fail() {
   exit 1
 }
 
-start() {  # start NAME ARGS...: a detached container on the host network
+start() {  # start NAME ARGS...: a detached, read-only container on the host network
   local name=casetrail-smoke-$1-$RUN_ID
   shift
   CONTAINERS+=("$name")
-  docker run -d --name "$name" --network host --read-only -e DATABASE_URL="$DATABASE_URL" \
-    -e CASETRAIL_JWT_SECRET="$SECRET" "$@" >/dev/null
+  docker run -d --name "$name" --network host --read-only --tmpfs /tmp \
+    -e DATABASE_URL="$DATABASE_URL" -e CASETRAIL_JWT_SECRET="$SECRET" "$@" >/dev/null
 }
 
 wait_ready() {  # wait_ready URL: up to 60 s for /readyz to answer 200
