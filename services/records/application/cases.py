@@ -9,9 +9,10 @@ concurrent independent writes succeed or fail on their merits, never on timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -137,6 +138,29 @@ class StateCache:
             self._states.popitem(last=False)
 
 
+class CaseLocks:
+    """One write per case at a time in this process. Writers to a busy case then queue here
+    instead of racing in the database, where every loser re-reads and retries: a burst of
+    about 100 writers to one case used to run out of attempts (503). Writers on other
+    instances still race, and are retried."""
+
+    def __init__(self) -> None:
+        self._locks: dict[UUID, asyncio.Lock] = {}
+        self._holders: dict[UUID, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, case_id: UUID) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(case_id, asyncio.Lock())
+        self._holders[case_id] = self._holders.get(case_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._holders[case_id] -= 1
+            if not self._holders[case_id]:  # nobody waits: forget it
+                del self._holders[case_id], self._locks[case_id]
+
+
 class CaseCommands:
     def __init__(self, store: EventStore, guides: LanguageGuides, clock: Clock,
                  on_conflict: Callable[[], None] = lambda: None,
@@ -146,6 +170,7 @@ class CaseCommands:
         self._policies = policies if policies is not None else AgencyPolicies(None)
         self._clock = clock
         self._cache = StateCache()
+        self._case_locks = CaseLocks()
         self._on_conflict = on_conflict
 
     async def load(self, case_id: UUID) -> PlanState | None:
@@ -163,6 +188,24 @@ class CaseCommands:
             replay = await self._store.find_idempotent(request.idempotency)
             if replay is not None:
                 return self._outcome(request, replay, None)
+        try:
+            async with self._case_locks.hold(request.case_id):
+                return await self._decide_and_append(request)
+        except (DomainError, PreconditionFailed, TooMuchContention):
+            # a retry that raced its original: decided against the state the original left
+            # (its item id already taken, the version moved), it is still the same request
+            replayed = await self._replay_of(request)
+            if replayed is None:
+                raise
+            return replayed
+
+    async def _replay_of(self, request: WriteRequest) -> WriteOutcome | None:
+        if request.idempotency is None:
+            return None
+        replay = await self._store.find_idempotent(request.idempotency)
+        return self._outcome(request, replay, None) if replay is not None else None
+
+    async def _decide_and_append(self, request: WriteRequest) -> WriteOutcome:
         # First try on the cached state without reading: the append's version check catches
         # a stale cache. Any refusal reached from the cache is re-decided on a fresh read.
         cached = self._cache.get(request.case_id)
