@@ -557,10 +557,13 @@ class AccessLogEntryView(View):
 
 
 class AccessLogPage(View):
-    """A page of the agency's access log, oldest first; pass ``next_after`` as ``after``."""
+    """A page of the agency's access log in the order the entries were committed; pass
+    ``next_after`` as ``after`` for the next page. ``checkpoint`` is where this answer
+    ended: pass it as ``after`` later to read only the entries written since."""
 
     entries: list[AccessLogEntryView]
-    next_after: int | None
+    next_after: str | None
+    checkpoint: str
 
 
 class CoCreationView(View):

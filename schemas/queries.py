@@ -98,8 +98,8 @@ class RemovalQuery(_Query):
 
 class AccessLogQuery(_Query):
     case_id: UUID | None = None
-    after: QueryInt = Field(default=0, ge=0, le=2**63 - 1,
-                            description="next_after of the previous page")
+    after: str | None = Field(default=None, min_length=1, max_length=64,
+                              description="next_after or checkpoint of an earlier page")
     limit: QueryInt = Field(default=100, ge=1, le=500)
 
 

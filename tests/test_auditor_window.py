@@ -8,6 +8,7 @@ version 1 and the window's own events are versions 2 and 3.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -294,6 +295,28 @@ async def test_supervisors_export_their_agencys_access_log(scene: Scene) -> None
     assert other_case[1]["entries"] == []
     this_case = await scene.get(f"/v1/access-log?case_id={scene.case_id}", supervisor)
     assert len(this_case[1]["entries"]) == 3
+
+
+async def test_paging_the_access_log_never_skips_an_entry_committed_late(
+        scene: Scene) -> None:
+    """Entries commit out of id order. An entry whose transaction is still open holds back
+    the ones behind it, so a reader following the pages never passes over it."""
+    supervisor = scene.token(role="supervisor", sub="sup-1")
+    async with scene.db.acquire() as slow:
+        late = slow.transaction()
+        await late.start()
+        await slow.execute(
+            "INSERT INTO records.access_log (at, agency, actor_sub, actor_role, case_id, action,"
+            " what) VALUES (now(), 'agency-a', 'sup-2', 'supervisor', $1, 'read_plan', 'plan')",
+            uuid.UUID(scene.case_id))
+        await scene.get("{c}", supervisor)  # a later id, committed first
+        page = (await scene.get("/v1/access-log", supervisor))[1]
+        assert page["entries"] == []
+        await late.commit()
+    rest = (await scene.get(f"/v1/access-log?after={page['checkpoint']}", supervisor))[1]
+    assert [e["actor_sub"] for e in rest["entries"]] == ["sup-2", "sup-1"]
+    assert (await scene.get(f"/v1/access-log?after={rest['checkpoint']}",
+                            supervisor))[1]["entries"] == []
 
 
 @pytest.mark.parametrize(("read", "what"), [

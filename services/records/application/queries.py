@@ -43,6 +43,7 @@ from services.records.projections.plans import (
 )
 from services.records.store.access_log import AccessLogEntry, list_entries, record_read
 from services.records.store.events import Clock, EventStore, RecordedEvent
+from services.records.store.feed import Checkpoint
 from services.records.store.windows import versions_around_window
 
 EXPORT_PAGE = 500  # events read per query while an export streams
@@ -236,13 +237,16 @@ class CaseQueries:
             yield events
             after = events[-1].version
 
-    async def access_log(self, who: Principal, *, case_id: UUID | None, after: int,
+    async def access_log(self, who: Principal, *, case_id: UUID | None, after: Checkpoint,
                          limit: int) -> dict[str, Any]:
         authorize_access_log(who)
         rows = await list_entries(self._pool, agency=who.agency, case_id=case_id, after=after,
                                   limit=limit + 1)
         page, more = rows[:limit], len(rows) > limit
-        return {"entries": page, "next_after": page[-1]["id"] if more else None}
+        reached = page[-1][0] if page else after
+        return {"entries": [entry for _, entry in page],
+                "next_after": reached.encode() if more else None,
+                "checkpoint": reached.encode()}
 
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
                        review_due_before: date | None, after: UUID | None,

@@ -158,6 +158,15 @@ async def readyz(request: web.Request) -> web.Response:
 api.add_operations_routes(lambda request: records(request).metrics.registry)
 
 
+def checkpoint_after(token: str | None) -> Checkpoint:
+    """The ``after`` of a page read in commit order (the feed, the access log)."""
+    try:
+        return Checkpoint.decode(token) if token else START
+    except BadCheckpoint as error:
+        raise Problem(400, "Bad request", str(error), kind="bad-checkpoint",
+                      errors=[{"field": "query.after", "message": str(error)}]) from error
+
+
 @api.route("GET", "/v1/events", "the global event feed (long-poll); service role only",
            query=FeedQuery, response=FeedPage, tag="feed")
 async def event_feed(request: web.Request) -> web.Response:
@@ -165,11 +174,7 @@ async def event_feed(request: web.Request) -> web.Response:
         raise Problem(403, "Forbidden", "the event feed is for the service role",
                       kind="forbidden")
     query = parse_query(request, FeedQuery)
-    try:
-        after = Checkpoint.decode(query.after) if query.after else START
-    except BadCheckpoint as error:
-        raise Problem(400, "Bad request", str(error), kind="bad-checkpoint",
-                      errors=[{"field": "query.after", "message": str(error)}]) from error
+    after = checkpoint_after(query.after)
     ctx = records(request)
     wait = min(query.wait, ctx.settings.feed_max_wait_seconds)
     page = await read_feed_waiting(ctx.pool, ctx.waiter, after, query.limit, wait)

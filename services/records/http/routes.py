@@ -44,7 +44,7 @@ from services.records.application.cases import WriteRequest
 from services.records.domain import commands as cmd
 from services.records.export.formats import ExportFormat
 from services.records.http.app import api as registry
-from services.records.http.app import records
+from services.records.http.app import checkpoint_after, records
 from services.records.store.events import IdempotencyClaim
 
 log = structlog.get_logger("casetrail.records")
@@ -326,5 +326,6 @@ async def outcomes(request: web.Request) -> web.Response:
 async def access_log(request: web.Request) -> web.Response:
     query = parse_query(request, AccessLogQuery)
     page = await records(request).queries.access_log(
-        principal(request), case_id=query.case_id, after=query.after, limit=query.limit)
+        principal(request), case_id=query.case_id, after=checkpoint_after(query.after),
+        limit=query.limit)
     return json_response(api.AccessLogPage.model_validate(page))

@@ -10,6 +10,8 @@ from uuid import UUID
 
 import asyncpg
 
+from services.records.store.feed import Checkpoint
+
 
 @dataclass(frozen=True)
 class AccessLogEntry:
@@ -32,14 +34,20 @@ async def record_read(pool: asyncpg.Pool, entry: AccessLogEntry) -> None:
 
 
 async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
-                       after: int, limit: int) -> list[dict[str, Any]]:
-    """One agency's entries in the order they were written, after the entry id ``after``."""
+                       after: Checkpoint, limit: int) -> list[tuple[Checkpoint, dict[str, Any]]]:
+    """One agency's entries in commit order after ``after``, each with the checkpoint to
+    continue from. Only entries no open transaction can precede are handed out, so following
+    the checkpoints never skips one (the feed's rule, docs/decisions/0003)."""
     rows = await pool.fetch(
-        "SELECT id, at, actor_sub, actor_role, case_id, action, what, request_id"
-        " FROM records.access_log WHERE agency = $1 AND ($2::uuid IS NULL OR case_id = $2)"
-        " AND id > $3 ORDER BY id LIMIT $4",
-        agency, case_id, after, limit)
-    return [{"id": r["id"], "at": r["at"].isoformat(), "actor_sub": r["actor_sub"],
-             "actor_role": r["actor_role"], "case_id": str(r["case_id"]),
-             "action": r["action"], "what": r["what"], "request_id": r["request_id"]}
+        "SELECT transaction_id::text AS tx, id, at, actor_sub, actor_role, case_id, action,"
+        " what, request_id FROM records.access_log WHERE agency = $1"
+        " AND ($2::uuid IS NULL OR case_id = $2)"
+        " AND (transaction_id, id) > ($3::text::xid8, $4::bigint)"
+        " AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+        " ORDER BY transaction_id, id LIMIT $5",
+        agency, case_id, str(after.transaction_id), after.position, limit)
+    return [(Checkpoint(int(r["tx"]), r["id"]),
+             {"id": r["id"], "at": r["at"].isoformat(), "actor_sub": r["actor_sub"],
+              "actor_role": r["actor_role"], "case_id": str(r["case_id"]),
+              "action": r["action"], "what": r["what"], "request_id": r["request_id"]})
             for r in rows]

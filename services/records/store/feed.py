@@ -31,11 +31,14 @@ class BadCheckpoint(ValueError):
 
 @dataclass(frozen=True, order=True)
 class Checkpoint:
+    """A place in commit order: the writing transaction's id, then the row's own position
+    (an event's global_position, an access-log entry's id). Handed out as an opaque token."""
+
     transaction_id: int
-    global_position: int
+    position: int
 
     def encode(self) -> str:
-        raw = f"{self.transaction_id}:{self.global_position}".encode()
+        raw = f"{self.transaction_id}:{self.position}".encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
@@ -43,13 +46,13 @@ class Checkpoint:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         except (binascii.Error, UnicodeDecodeError, ValueError) as error:
-            raise BadCheckpoint("checkpoint is not one this feed handed out") from error
+            raise BadCheckpoint("checkpoint is not one this service handed out") from error
         match = _CHECKPOINT.match(raw)
         if match is None or len(token) > 64:
-            raise BadCheckpoint("checkpoint is not one this feed handed out")
+            raise BadCheckpoint("checkpoint is not one this service handed out")
         transaction_id, global_position = int(match.group(1)), int(match.group(2))
         if max(transaction_id, global_position) > _BIGINT_MAX:
-            raise BadCheckpoint("checkpoint is not one this feed handed out")
+            raise BadCheckpoint("checkpoint is not one this service handed out")
         return cls(transaction_id, global_position)
 
 
@@ -85,7 +88,7 @@ async def _read_events(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> Fee
         " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
         " AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
         " ORDER BY transaction_id, global_position LIMIT $3",
-        str(after.transaction_id), after.global_position, limit,
+        str(after.transaction_id), after.position, limit,
     )
     events = [FeedEvent(_recorded(r), Checkpoint(int(r["tx"]), r["global_position"]))
               for r in rows]
@@ -100,7 +103,7 @@ async def _with_held_back(pool: asyncpg.Pool, page: FeedPage, limit: int) -> Fee
         "SELECT count(*) AS events, min(recorded_at) AS since FROM records.events"
         " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
         " AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
-        str(page.checkpoint.transaction_id), page.checkpoint.global_position)
+        str(page.checkpoint.transaction_id), page.checkpoint.position)
     assert held is not None  # an aggregate always answers one row
     return FeedPage(page.events, page.checkpoint, held["events"], held["since"])
 
