@@ -429,6 +429,13 @@ class LanguageWarning(View):
     message: str
 
 
+class RecordedForm(View):
+    """An event's payload exactly as it was recorded, in the schema version of its day."""
+
+    schema_version: int
+    data: dict[str, Any]
+
+
 class EventView(View):
     """One recorded event as the API shows it (write answers, history, diff)."""
 
@@ -440,7 +447,11 @@ class EventView(View):
     actor: str | None = Field(description="the ``sub`` of whoever recorded it")
     role: str | None = Field(description="the actor's role when they recorded it")
     reason: str | None
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(description="the payload in the current schema (upcast when "
+                                             "it was recorded in an older one)")
+    recorded_as: RecordedForm | None = Field(
+        default=None, description="present when ``data`` was upcast: the payload as recorded, "
+                                  "which ``hash`` covers")
     prev_hash: str = Field(description="hash of the previous event of the case (hex SHA-256)")
     hash: str = Field(description="this event's link in the case's hash chain (hex SHA-256)")
 

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.records.store.events import EventStore, NewEvent
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.records_api import CaseApi, event_count
 
@@ -604,3 +605,29 @@ async def test_writes_to_many_cases_at_once_each_update_their_own_plan(
     statements = next(float(line.split()[-1]) for line in metrics.splitlines()
                       if line.startswith("casetrail_append_batch_size_count"))
     assert statements < 24 + 24  # the 24 notes did not each take a statement of their own
+
+
+async def test_history_shows_an_old_event_upcast_beside_its_recorded_form(
+        cm: CaseApi, fresh_pool: asyncpg.Pool) -> None:
+    """An ActionStepAdded of schema version 1 (the owner as free text) reads, in history and
+    diffs, in today's schema, as the plan reads it; what was recorded, which the hash covers,
+    stands beside it, and the chain still verifies."""
+    case_id = await cm.open_case()
+    goal = await cm.goal(case_id)
+    step_id = uuid.uuid4()
+    recorded = {"step_id": str(step_id), "goal_id": goal, "description": "Call Gran",
+                "owner": "Gran", "due_date": None}
+    await EventStore(fresh_pool).append(
+        uuid.UUID(case_id), [NewEvent(uuid.uuid4(), "ActionStepAdded", 1, recorded)],
+        expected_version=2, agency="agency-a", metadata={"actor": {"sub": "cm-1"}})
+    history = await cm.call("GET", f"/v1/cases/{case_id}/history?after_version=2", expect=200)
+    [entry] = history["events"]
+    assert entry["schema_version"] == 2
+    assert (entry["data"]["owner"], entry["data"]["support_name"]) == ("support", "Gran")
+    assert entry["recorded_as"] == {"schema_version": 1, "data": recorded}
+    diff = await cm.call("GET", f"/v1/cases/{case_id}/diff?from_version=2&to_version=3",
+                         expect=200)
+    assert diff["events"] == [entry]
+    assert (await cm.call("GET", f"/v1/cases/{case_id}/verify", expect=200))["valid"]
+    opened = (await cm.call("GET", f"/v1/cases/{case_id}/history?limit=1", expect=200))
+    assert opened["events"][0]["recorded_as"] is None  # recorded in today's schema

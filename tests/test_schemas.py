@@ -281,7 +281,7 @@ def test_plan_view_has_exactly_the_keys_of_the_brief_plus_optional_extras() -> N
 def test_write_answers_carry_each_event_as_history_shows_it() -> None:
     assert set(api.EventView.model_fields) == {
         "version", "event_id", "type", "schema_version", "recorded_at", "actor", "role",
-        "reason", "data", "prev_hash", "hash"}
+        "reason", "data", "recorded_as", "prev_hash", "hash"}
     answer = api.WriteResult.model_json_schema(mode="serialization")
     assert set(answer["required"]) == {"case_id", "version", "events", "warnings"}
     without_id = api.WriteResult(case_id=uuid4(), version=1, events=[], warnings=[])

@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from schemas import api
-from schemas.events import EventPayload, ReviewScheduled, parse_event
+from schemas.events import EVENT_TYPES, EventPayload, ReviewScheduled, parse_event
 from services.common.auth import Principal
 from services.records.application.access import (
     Action,
@@ -98,12 +98,21 @@ class WriteOutcome:
 
 
 def history_entry(event: RecordedEvent) -> api.EventView:
+    """The event as people read it: in today's schema (an old event upcast, as the plan reads
+    it), with the recorded form beside it when they differ, since that is what the hash
+    covers."""
     actor = event.metadata.get("actor", {})
+    schema_version, data, recorded_as = event.schema_version, event.data, None
+    current = EVENT_TYPES[event.type].schema_version if event.type in EVENT_TYPES else 0
+    if event.schema_version < current:
+        payload = parse_event(event.type, event.schema_version, event.data)
+        schema_version, data = current, payload.model_dump(mode="json")
+        recorded_as = api.RecordedForm(schema_version=event.schema_version, data=event.data)
     return api.EventView(
         version=event.version, event_id=event.event_id, type=event.type,
-        schema_version=event.schema_version, recorded_at=event.recorded_at,
+        schema_version=schema_version, recorded_at=event.recorded_at,
         actor=actor.get("sub"), role=actor.get("role"), reason=event.metadata.get("reason"),
-        data=event.data, prev_hash=event.prev_hash, hash=event.hash)
+        data=data, recorded_as=recorded_as, prev_hash=event.prev_hash, hash=event.hash)
 
 
 def to_new_event(payload: EventPayload) -> NewEvent:
