@@ -13,6 +13,9 @@ from contextlib import ExitStack, suppress
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
+import asyncpg
+from pydantic import ValidationError
+
 from services.common.auth import Role, dev_secret, issue_token
 from services.common.database import MigrationError
 from services.common.http import JsonAccessLogger, new_event_loop
@@ -353,14 +356,17 @@ def cmd_mail(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings()
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     try:
-        return run(args, settings)
-    except ConfigurationError as error:
+        return run(args, Settings())
+    except (ConfigurationError, ValidationError) as error:
         return _fail(f"configuration: {error}")
     except MigrationError as error:
         return _fail(f"migrations: {error}")
+    except (OSError, asyncpg.PostgresError) as error:
+        # the database unreachable or refusing us, the port taken: said in one line, not a
+        # traceback an operator must read from the bottom up
+        return _fail(f"could not start: {error}")
 
 
 if __name__ == "__main__":

@@ -213,11 +213,22 @@ def test_without_reuse_port_a_second_process_cannot_take_the_port(
         assert _ready(port, time.monotonic() + 60)
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60,
                                 check=False)
-        assert second.returncode != 0
+        assert second.returncode == 2
+        assert "could not start" in second.stderr
         assert "address already in use" in second.stderr.lower()
+        assert "Traceback" not in second.stderr
     finally:
         first.terminate()
         first.wait(timeout=30)
+
+
+def test_a_database_that_cannot_be_reached_is_said_in_one_line() -> None:
+    result = run("records", "--port", "0", env={
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
+        "CASETRAIL_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 2
+    assert "casetrail: could not start:" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(("service", "query_path"), [
