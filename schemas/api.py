@@ -604,9 +604,14 @@ class SmallWinsView(View):
 
 
 class ReviewsView(View):
-    held: int
+    """The reviews that fell due in the period (by today; a case closed before its review fell
+    due cancelled it), against the date in force: a rescheduled review is due on its new date."""
+
+    due: int = Field(description="reviews due in the period, up to yesterday, or held already")
+    held: int = Field(description="of those, held (on time or late)")
     on_time: int = Field(description="held on or before the date they were due")
-    on_time_rate: float | None
+    not_held: int = Field(description="due, and not held as of today")
+    on_time_rate: float | None = Field(description="on_time / due")
 
 
 class OutcomesView(View):

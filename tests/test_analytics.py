@@ -106,7 +106,9 @@ async def test_the_period_figures(scene: Scene) -> None:
                            "median_days_to_achievement": 25},
         "small_wins": {"steps_completed": 1, "reversed": 0,
                        "per_case_month": round(1 / case_months, 4)},
-        "reviews": {"held": 3, "on_time": 2, "on_time_rate": 0.6667},
+        # due in the period: D's, on day 30, held late on day 45 (A's and B's fall due on
+        # day 60, after it, and count there, however early they were held)
+        "reviews": {"due": 1, "held": 1, "on_time": 0, "not_held": 0, "on_time_rate": 0.0},
     }
     assert PARTICIPANT["name"] not in str(body)
 
@@ -119,7 +121,10 @@ async def test_a_later_period_counts_only_its_own_facts(scene: Scene) -> None:
     assert body["goals_achieved"] == {"total": 0, "by_domain": {}, "reversed": 0,
                                       "median_days_to_achievement": None}
     assert body["co_creation"]["rate"] is None
-    assert body["reviews"]["on_time_rate"] is None
+    # A's and B's fell due on day 60 and were held before; D's next is due on day 75, after
+    # today (day 70), and is not counted yet
+    assert body["reviews"] == {"due": 2, "held": 2, "on_time": 2, "not_held": 0,
+                               "on_time_rate": 1.0}
 
 
 async def test_without_a_period_the_last_365_days(scene: Scene) -> None:
@@ -206,3 +211,41 @@ async def test_bad_periods_are_4xx_problems_and_write_nothing(scene: Scene, quer
         assert await event_count(pool) == before
     finally:
         await pool.close()
+
+
+async def test_reviews_never_held_count_against_the_rate_and_cancelled_ones_do_not(
+        make_records_client: ClientFactory, fresh_database_url: str,
+        token: TokenFactory) -> None:
+    """Three high-risk plans agreed on day 0, each review due on day 30: one is never held,
+    one is rescheduled to day 40 and held on day 38, and one case closes on day 10. Asked on
+    day 70 about days 0-59, the missed review is due and not held, the rescheduled one is on
+    time, and the closed case's review was cancelled, never missed."""
+    clock = FakeClock()
+    client = await make_records_client(fresh_database_url, clock=clock)
+    cm = CaseApi(client, token(sub="cm-1"))
+    missed, moved, closed = [await cm.open_case(risk_level="high") for _ in range(3)]
+    for case_id in (missed, moved, closed):
+        await cm.goal(case_id)
+        await cm.agree(case_id)
+    clock.advance(days=10)
+    await cm.call("POST", f"/v1/cases/{closed}/close", {"reason": "Moved away"}, expect=200)
+    clock.advance(days=15)  # day 25
+    review = (await cm.plan(moved))["next_review"]["review_id"]
+    await cm.call("POST", f"/v1/cases/{moved}/reviews/{review}/reschedule",
+                  {"due_date": "2026-04-11", "reason": "Jo is in hospital that week"},
+                  expect=200)
+    clock.advance(days=13)  # day 38
+    await _hold_review(cm, moved)
+    clock.advance(days=32)  # day 70
+    response = await client.get(f"/v1/analytics/outcomes{PERIOD}",
+                                headers=bearer(token(role="analyst", sub="an-1")))
+    assert (await response.json())["reviews"] == {
+        "due": 2, "held": 1, "on_time": 1, "not_held": 1, "on_time_rate": 0.5}
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+    try:  # the same from the rebuilt facts
+        await rebuild_projections(pool)
+    finally:
+        await pool.close()
+    again = await client.get(f"/v1/analytics/outcomes{PERIOD}",
+                             headers=bearer(token(role="analyst", sub="an-1")))
+    assert (await again.json())["reviews"]["not_held"] == 1

@@ -16,7 +16,12 @@ import asyncpg
 from schemas import api
 from services.common.auth import Principal
 from services.records.application.access import authorize_analytics
-from services.records.projections.outcomes import OutcomeFact, load_facts
+from services.records.projections.outcomes import (
+    DueReview,
+    OutcomeFact,
+    load_due_reviews,
+    load_facts,
+)
 from services.records.store.events import Clock
 
 DEFAULT_PERIOD = timedelta(days=364)  # with today: the last 365 days
@@ -35,15 +40,17 @@ class OutcomeAnalytics:
         since = since or until - DEFAULT_PERIOD
         if since > until:  # only `from` was given, and it lies after today
             until = since
+        today = self._clock().date()
         facts = await load_facts(self._pool, who.agency, since, until)
-        return summarize(who.agency, since, until, facts, today=self._clock().date())
+        reviews = await load_due_reviews(self._pool, who.agency, since, min(until, today))
+        return summarize(who.agency, since, until, facts, reviews, today=today)
 
 
-def summarize(agency: str, since: date, until: date, facts: list[OutcomeFact], *,
-              today: date) -> api.OutcomesView:
+def summarize(agency: str, since: date, until: date, facts: list[OutcomeFact],
+              reviews: list[DueReview], *, today: date) -> api.OutcomesView:
     """The period's figures from the agency's facts (case life from the start, the rest from
-    ``since``), ordered by case and version. Days after ``today`` have not happened: no case
-    was open on them."""
+    ``since``), ordered by case and version, and the reviews due in it. Days after ``today``
+    have not happened: no case was open on them."""
     period = [fact for fact in facts if since <= fact.occurred_on <= until]
     kinds = Counter(fact.kind for fact in period)
     lived_until = min(until, today)
@@ -57,7 +64,7 @@ def summarize(agency: str, since: date, until: date, facts: list[OutcomeFact], *
         "co_creation": _co_creation(fact for fact in period if fact.kind == "plan_agreed"),
         "goals_achieved": _goals(period),
         "small_wins": _small_wins(kinds, case_months),
-        "reviews": _reviews([fact for fact in period if fact.kind == "review_held"]),
+        "reviews": _reviews(reviews, today),
     })
 
 
@@ -113,9 +120,14 @@ def _small_wins(kinds: Counter[str], case_months: float) -> dict[str, object]:
             "per_case_month": _ratio(net, case_months)}
 
 
-def _reviews(held: list[OutcomeFact]) -> dict[str, object]:
-    on_time = sum(1 for fact in held if fact.on_time)
-    return {"held": len(held), "on_time": on_time, "on_time_rate": _ratio(on_time, len(held))}
+def _reviews(reviews: list[DueReview], today: date) -> dict[str, object]:
+    """Reviews that fell due in the period: held on time, held late, or not held yet. One due
+    today and not held yet may still be held today: it is not counted until tomorrow."""
+    counted = [r for r in reviews if r.held or r.due_on < today]
+    held = sum(1 for r in counted if r.held)
+    on_time = sum(1 for r in counted if r.on_time)
+    return {"due": len(counted), "held": held, "on_time": on_time,
+            "not_held": len(counted) - held, "on_time_rate": _ratio(on_time, len(counted))}
 
 
 def _ratio(part: float, whole: float) -> float | None:

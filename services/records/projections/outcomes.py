@@ -25,12 +25,12 @@ from services.records.projections.plans import Step
 from services.records.store.events import CoWrite
 
 _COLUMNS = ("event_id, case_id, version, agency, kind, occurred_on, domain, days, agreed,"
-            " co_created, on_time")
+            " co_created, on_time, review_id, due_on")
 _INSERT_ROWS = f"""
 INSERT INTO records.outcome_facts ({_COLUMNS})
 SELECT * FROM jsonb_to_recordset($1::jsonb) AS f(event_id uuid, case_id uuid, version int,
     agency text, kind text, occurred_on date, domain text, days int, agreed boolean,
-    co_created boolean, on_time boolean)"""
+    co_created boolean, on_time boolean, review_id uuid, due_on date)"""
 _ON_CONFLICT = "\nON CONFLICT (event_id) DO NOTHING"
 _INSERT = _INSERT_ROWS + _ON_CONFLICT
 # As the co-write of a batch of appends: only the facts of cases whose append succeeded.
@@ -50,6 +50,8 @@ class OutcomeFact:
     agreed: bool | None = None  # plan_agreed: the participant agreed
     co_created: bool | None = None  # plan_agreed: agreed, with a goal in the participant's name
     on_time: bool | None = None  # review_held: held on or before its due date
+    review_id: UUID | None = None  # review_due, review_held
+    due_on: date | None = None  # review_due: the date it is due (the latest scheduling wins)
 
 
 Found = tuple[str, dict[str, Any]]  # the fact's kind and its details
@@ -79,7 +81,11 @@ def _goal_status(e: ev.GoalStatusChanged, after: PlanState) -> Found | None:
 
 
 def _review_held(e: ev.ReviewHeld, after: PlanState) -> Found:
-    return "review_held", {"on_time": e.held_on <= e.due_date}
+    return "review_held", {"on_time": e.held_on <= e.due_date, "review_id": e.review_id}
+
+
+def _review_due(e: ev.ReviewScheduled, after: PlanState) -> Found:
+    return "review_due", {"review_id": e.review_id, "due_on": e.due_date}
 
 
 _READERS: dict[type[ev.EventPayload], Reader] = {
@@ -90,6 +96,7 @@ _READERS: dict[type[ev.EventPayload], Reader] = {
     ev.ActionStepStatusChanged: lambda e, after: (
         ("step_uncompleted", {}) if e.from_status == "completed" else None),
     ev.ReviewHeld: _review_held,
+    ev.ReviewScheduled: _review_due,
 }
 
 
@@ -135,3 +142,36 @@ async def load_facts(pool: asyncpg.Pool, agency: str, since: date,
         " AND (occurred_on >= $2 OR kind = ANY($4::text[]))"
         " ORDER BY case_id, version", agency, since, until, list(CASE_LIFE))
     return [OutcomeFact(**dict(row)) for row in rows]
+
+
+@dataclass(frozen=True)
+class DueReview:
+    """A review as it stands today: when it is due, and whether it was held (on time)."""
+
+    due_on: date
+    held: bool
+    on_time: bool
+
+
+async def load_due_reviews(pool: asyncpg.Pool, agency: str, since: date,
+                           until: date) -> list[DueReview]:
+    """The agency's reviews due from ``since`` through ``until`` (the latest scheduling of
+    each), except those whose case closed before they fell due: closing cancels a pending
+    review, and a cancelled review was never missed."""
+    rows = await pool.fetch(
+        """
+        WITH latest AS (
+            SELECT DISTINCT ON (review_id) review_id, case_id, version, due_on
+            FROM records.outcome_facts WHERE agency = $1 AND kind = 'review_due'
+            ORDER BY review_id, version DESC)
+        SELECT l.due_on, h.on_time IS NOT NULL AS held, coalesce(h.on_time, false) AS on_time
+        FROM latest l
+        LEFT JOIN records.outcome_facts h
+            ON h.agency = $1 AND h.review_id = l.review_id AND h.kind = 'review_held'
+        WHERE l.due_on BETWEEN $2 AND $3
+          AND NOT EXISTS (
+            SELECT FROM records.outcome_facts c
+            WHERE c.case_id = l.case_id AND c.kind = 'case_closed' AND c.version > l.version
+              AND c.occurred_on <= l.due_on AND (h.version IS NULL OR c.version < h.version))
+        """, agency, since, until)
+    return [DueReview(r["due_on"], r["held"], r["on_time"]) for r in rows]
