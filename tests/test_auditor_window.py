@@ -337,6 +337,20 @@ async def test_the_access_log_says_which_part_of_the_record_was_read(
     assert entry["what"] == what
 
 
+async def test_a_supervisors_caseload_listing_is_logged_once_per_case_shown(
+        scene: Scene) -> None:
+    """A listing shows each case's participant, review dates and progress: a read of each."""
+    supervisor = scene.token(role="supervisor", sub="sup-1")
+    cm = CaseApi(scene.client, scene.token(sub="cm-2"))
+    other = await cm.open_case(case_manager="cm-2")
+    await scene.get("/v1/cases?status=open", supervisor)
+    entries = (await scene.get("/v1/access-log", supervisor))[1]["entries"]
+    assert sorted((e["case_id"], e["action"], e["what"]) for e in entries) == sorted(
+        (case_id, "list", "caseload status=open") for case_id in (scene.case_id, other))
+    await scene.get("/v1/cases", scene.token(sub="cm-2"))  # a case manager's own: not audited
+    assert (await scene.get("/v1/access-log", supervisor))[1]["entries"] == entries
+
+
 async def test_reading_the_access_log_is_not_itself_a_case_read(scene: Scene) -> None:
     supervisor = scene.token(role="supervisor", sub="sup-1")
     await scene.get("/v1/access-log", supervisor)

@@ -41,7 +41,7 @@ from services.records.projections.plans import (
     list_caseload,
     load_plan,
 )
-from services.records.store.access_log import AccessLogEntry, list_entries, record_read
+from services.records.store.access_log import AccessLogEntry, list_entries, record_reads
 from services.records.store.events import Clock, EventStore, RecordedEvent
 from services.records.store.feed import Checkpoint
 from services.records.store.windows import versions_around_window
@@ -83,10 +83,14 @@ class CaseQueries:
             raise NotVisible
         authorize(who, action, CaseFacts(case_id, stored.agency, stored.case_manager))
         if is_audited_read(who):
-            await record_read(self._pool, AccessLogEntry(
-                self._clock(), who.agency, who.sub, who.role.value, case_id, action.value,
-                what, request_id))
+            await record_reads(self._pool, [self._entry(who, case_id, action, what,
+                                                        request_id)])
         return stored
+
+    def _entry(self, who: Principal, case_id: UUID, action: Action, what: str,
+               request_id: str | None) -> AccessLogEntry:
+        return AccessLogEntry(self._clock(), who.agency, who.sub, who.role.value, case_id,
+                              action.value, what, request_id)
 
     async def _window(self, who: Principal, case_id: UUID) -> WindowVersions | None:
         """The versions a windowed (auditor) token sees; None for a token without a window."""
@@ -249,14 +253,21 @@ class CaseQueries:
                 "checkpoint": reached.encode()}
 
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
-                       review_due_before: date | None, after: UUID | None,
-                       limit: int) -> api.CaseloadPage:
+                       review_due_before: date | None, after: UUID | None, limit: int,
+                       request_id: str | None = None) -> api.CaseloadPage:
         manager = authorize_listing(who, case_manager)
         rows = await list_caseload(self._pool, CaseloadFilter(
             who.agency, manager, status, review_due_before,
             self._policies.for_agency(who.agency).date_at(self._clock()), after,
             limit + 1))
         page, more = rows[:limit], len(rows) > limit
+        if is_audited_read(who):  # a listing shows each case's participant and progress
+            asked = {"case_manager": case_manager, "status": status,
+                     "review_due_before": review_due_before}
+            what = " ".join(["caseload", *(f"{k}={v}" for k, v in asked.items() if v)])
+            await record_reads(self._pool, [
+                self._entry(who, row["case_id"], Action.LIST, what, request_id)
+                for row in page])
         return api.CaseloadPage(cases=[api.CaseSummary.model_validate(row) for row in page],
                                 next_after=page[-1]["case_id"] if more else None)
 

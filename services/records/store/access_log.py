@@ -25,12 +25,16 @@ class AccessLogEntry:
     request_id: str | None
 
 
-async def record_read(pool: asyncpg.Pool, entry: AccessLogEntry) -> None:
-    await pool.execute(
-        "INSERT INTO records.access_log (at, agency, actor_sub, actor_role, case_id, action,"
-        " what, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        entry.at, entry.agency, entry.actor_sub, entry.actor_role, entry.case_id, entry.action,
-        entry.what, entry.request_id)
+_INSERT = ("INSERT INTO records.access_log (at, agency, actor_sub, actor_role, case_id, action,"
+           " what, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+
+
+async def record_reads(pool: asyncpg.Pool, entries: list[AccessLogEntry]) -> None:
+    """Write the entries together (a caseload listing writes one per case it shows)."""
+    if entries:
+        await pool.executemany(_INSERT, [
+            (e.at, e.agency, e.actor_sub, e.actor_role, e.case_id, e.action, e.what,
+             e.request_id) for e in entries])
 
 
 async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
