@@ -9,13 +9,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
 import pytest
 
-from services.common.auth import principal_from_claims
+from services.common.auth import issue_token, principal_from_claims
 from tests.conftest import JWT_SECRET, free_port
 
 CASETRAIL = [sys.executable, "-m", "services.cli"]
@@ -229,6 +230,32 @@ def test_a_database_that_cannot_be_reached_is_said_in_one_line() -> None:
     assert result.returncode == 2
     assert "casetrail: could not start:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_auditor_token_naming_many_cases_reaches_the_service(
+        fresh_database_url: str) -> None:
+    """A court order may name hundreds of cases: its token is a header of some 15 kB, which
+    aiohttp's default limit refused with a plain-text 400 before the service saw it."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": fresh_database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET,
+           "CASETRAIL_LOG_LEVEL": "warning"}
+    cases = [str(uuid.uuid4()) for _ in range(300)]
+    token = issue_token(JWT_SECRET, sub="court-1", role="auditor", agency="agency-a",
+                        cases=cases, window_to=datetime(2100, 1, 1, tzinfo=UTC))
+    assert len(token) > 12_000
+    process = subprocess.Popen([*CASETRAIL, "records", "--port", str(port)], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert _ready(port, time.monotonic() + 60)
+        asked = urllib.request.Request(f"http://127.0.0.1:{port}/v1/cases/{cases[0]}",
+                                       headers={"Authorization": f"Bearer {token}"})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(asked, timeout=10)
+        assert answer.value.code == 404  # no such case yet: the service read the token
+        assert answer.value.headers["Content-Type"].startswith("application/problem+json")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.mark.parametrize(("service", "query_path"), [
