@@ -18,9 +18,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 from uuid import UUID
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -182,19 +183,43 @@ NameList: TypeAlias = Annotated[tuple[Name, ...], Field(max_length=MAX_LIST)]
 IntervalDays: TypeAlias = Annotated[int, Field(ge=1, le=366)]
 
 
+@cache
+def _iana_zone_names() -> frozenset[str]:
+    # "localtime" is the host's own zone file, not a name: it means whatever the host is set
+    # to, and a database server need not know it (neither posixrules, posix/…, right/…, which
+    # available_timezones() already leaves out)
+    return frozenset(available_timezones() - {"localtime", "posixrules"})
+
+
 def _iana_zone(value: str) -> str:
-    if value.startswith(("/", ".")) or ".." in value:
-        raise ValueError("not an IANA time zone name")
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as error:
-        raise ValueError("not an IANA time zone name, e.g. America/Chicago") from error
+    """Only the names of the IANA time zone database this Python knows (exactly as spelled),
+    rather than whatever ZoneInfo can open: it also opens "localtime", "posix/…", "right/…"
+    and, on a case-insensitive file system, "europe/berlin"."""
+    if value not in _iana_zone_names():
+        raise ValueError("not an IANA time zone name, e.g. America/Chicago")
     return value
 
 
 TimeZoneName: TypeAlias = Annotated[
     str, Field(min_length=1, max_length=64, description="IANA name, e.g. Europe/Berlin"),
     AfterValidator(_iana_zone)]
+
+
+def _openable_zone(value: str) -> str:
+    if value.startswith(("/", ".")) or ".." in value:
+        raise ValueError("not a time zone name")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise ValueError("not a time zone name, e.g. America/Chicago") from error
+    return value
+
+
+# A zone already recorded in an event was checked by the rule of its day (any name ZoneInfo
+# opens): a stricter rule for new input must not make a recorded case unreadable.
+RecordedTimeZone: TypeAlias = Annotated[
+    str, Field(min_length=1, max_length=64, description="IANA name, e.g. Europe/Berlin"),
+    AfterValidator(_openable_zone)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,8 +261,8 @@ class PolicySnapshot(_Value):
 
     max_active_goals: Annotated[int, Field(ge=1, le=MAX_LIST)] = 3
     review_interval_days: ReviewIntervals = ReviewIntervals()
-    timezone: TimeZoneName = Field("UTC", description="the agency's: its dates (today, a"
-                                   " review's due date) are days there")
+    timezone: RecordedTimeZone = Field("UTC", description="the agency's: its dates (today, a"
+                                       " review's due date) are days there")
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from services.common.auth import Role, dev_secret, issue_token
 from services.common.database import MigrationError
-from services.common.http import SERVER_LIMITS, JsonAccessLogger, new_event_loop
+from services.common.http import MAX_HEADER_BYTES, JsonAccessLogger, new_event_loop
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
 
@@ -155,7 +155,7 @@ def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
                 port=settings.records_port if args.port is None else args.port, print=None,
                 loop=new_event_loop(),
                 reuse_port=args.reuse_port or None, access_log_class=JsonAccessLogger,
-                **SERVER_LIMITS)
+                max_field_size=MAX_HEADER_BYTES)
     return 0
 
 
@@ -196,7 +196,7 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
     from services.records.store.events import utc_now
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=JsonAccessLogger, **SERVER_LIMITS)
+    runner = web.AppRunner(app, access_log_class=JsonAccessLogger, max_field_size=MAX_HEADER_BYTES)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     records = app[RECORDS]

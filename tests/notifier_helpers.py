@@ -34,33 +34,58 @@ PARTICIPANT = {"name": "Jordan Rivera", "preferred_name": "Jo", "pronouns": "the
 @dataclass
 class SmtpServer:
     """A real SMTP server. ``replies`` scripts the answers to DATA (then 250 for the rest);
-    ``received`` holds every message accepted, ``refused`` every one answered otherwise;
-    ``delay`` makes it a slow server (seconds before it answers DATA)."""
+    the reply ``"drop"`` keeps the message and closes the connection instead of answering.
+    ``received`` holds every message accepted (``recipients`` their envelope recipients,
+    ``raw`` their bytes),
+    ``refused`` every one answered otherwise; ``delay`` makes it a slow server (seconds before
+    it answers DATA); ``smtputf8`` makes it offer SMTPUTF8 (RFC 6531)."""
 
     port: int = field(default_factory=free_port)
     delay: float = 0.0
+    smtputf8: bool = False
     replies: list[str] = field(default_factory=list)
     received: list[Message] = field(default_factory=list)
+    recipients: list[list[str]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
     refused: list[tuple[str, Message]] = field(default_factory=list)
+    sessions: list[SMTP] = field(default_factory=list)
     _server: asyncio.Server | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = email.message_from_bytes(envelope.original_content or envelope.content)
+        data = envelope.original_content or envelope.content
+        message = email.message_from_bytes(data)
         if self.delay:
             await asyncio.sleep(self.delay)
         reply = self.replies.pop(0) if self.replies else "250 OK"
-        if reply.startswith("2"):
+        if reply.startswith("2") or reply == "drop":
             self.received.append(message)
+            self.recipients.append(list(envelope.rcpt_tos))
+            self.raw.append(data)
             self.arrived.set()
         else:
             self.refused.append((reply, message))
-        return reply
+        if reply == "drop":  # stored, but the "250" never reaches the client
+            server.transport.close()
+        return "250 OK" if reply == "drop" else reply
+
+    def _session(self) -> SMTP:
+        session = SMTP(self, hostname="test-smtp", enable_SMTPUTF8=self.smtputf8)
+        self.sessions.append(session)
+        return session
+
+    def open_connections(self) -> int:
+        return sum(1 for s in self.sessions if s.transport is not None)
+
+    def close_connections(self) -> None:
+        """Close every connection from the server's side (as one that times idle clients out)."""
+        for session in self.sessions:
+            if session.transport is not None:
+                session.transport.close()
 
     async def start(self) -> SmtpServer:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: SMTP(self, hostname="test-smtp"), "127.0.0.1", self.port)
+        self._server = await loop.create_server(self._session, "127.0.0.1", self.port)
         return self
 
     async def stop(self) -> None:

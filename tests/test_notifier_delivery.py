@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.rules import Kind, Notice, RecipientRole
+from services.notifier.settings import NotifierSettings
 from services.notifier.store import directory
 from services.notifier.store.directory import Preferences
 from services.notifier.store.notifications import (
@@ -571,3 +572,183 @@ async def test_a_dated_notice_claimed_early_and_put_off_by_quiet_hours_waits_for
     clock.now = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
     assert await rig.dispatch() == 2
     assert "Today: plan review with Jo" in [m["Subject"] for m in smtp.received]
+
+
+# --------------------------------------------------------------------------------------------
+# faults met while sending (audit of the notifier, eighth session)
+# --------------------------------------------------------------------------------------------
+
+
+async def test_an_address_the_mail_server_cannot_take_is_a_dead_letter_that_says_why(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """The API accepts a non-ASCII address; a server without SMTPUTF8 cannot take it. It was
+    an exception nobody caught: never recorded, claimed again at every lease until "too late",
+    and every try left an SMTP connection open."""
+    await rig.set_prefs("cm-1", token(), email="jörg@example.org")
+    await small_win(records)
+    await rig.catch_up()
+    for _ in range(3):
+        await rig.dispatch()
+        clock.advance(minutes=3)  # past the lease: an unrecorded row would be claimed again
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"]) == ("dead", 1)
+    assert "not plain ASCII" in str(row["last_error"])
+    assert "SMTPUTF8" in str(row["last_error"])
+    assert await attempt_codes(rig, row["id"]) == [None]
+    assert smtp.received == []
+    assert smtp.open_connections() <= 1  # the pooled one, kept for the next message
+
+
+async def test_a_non_ascii_address_is_sent_with_smtputf8_when_the_server_offers_it(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, clock: FakeClock, token: TokenFactory) -> None:
+    utf8 = await SmtpServer(smtputf8=True).start()
+    try:
+        rig = await make_rig(aiohttp_client, fresh_database_url, records.client, utf8, clock)
+        await rig.set_prefs("cm-1", token(), email="jörg@example.org")
+        await small_win(records)
+        await rig.catch_up()
+        await rig.dispatch()
+    finally:
+        await utf8.stop()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"]) == ("sent", 1)
+    assert utf8.recipients == [["jörg@example.org"]]
+    # RFC 6532: the address itself in To, not an encoded word a mail client cannot reply to
+    assert "\r\nTo: jörg@example.org\r\n".encode() in utf8.raw[0]
+
+
+async def test_a_fault_while_handling_a_row_is_a_failed_attempt_retried_until_dead(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock) -> None:
+    """Any exception while a row is handled is recorded like a lost connection (retried with
+    backoff, then a dead letter), never left to come back silently at every lease. Here a
+    directory entry written before time zone names were checked names no zone."""
+    await rig.notifier.pool.execute(
+        "INSERT INTO notifier.directory (agency, user_id, role, email, delivery, timezone,"
+        " celebrations, updated_by, updated_at) VALUES ('agency-a', 'cm-1', 'case_manager',"
+        " 'cm-1@example.org', 'daily_digest', 'Mars/Olympus', true, 'old version', $1)",
+        clock())
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    assert "ZoneInfoNotFoundError" in str(row["last_error"])
+    assert row["not_before"] > clock()
+    assert await rig.dispatch() == 0  # backing off, not claimed again at once
+    for _ in range(3):  # the test rig allows four attempts
+        clock.now = row["not_before"]  # type: ignore[assignment]
+        await rig.dispatch()
+        row = await only_row(rig)
+    assert (row["status"], row["attempts"]) == ("dead", 4)
+    assert str(row["last_error"]).startswith("gave up after 4 attempt(s)")
+    assert smtp.received == []
+
+
+async def test_a_connection_lost_after_the_server_took_the_message_is_not_resent_at_once(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    """An idle pooled connection the server closed is replaced before a message is given to
+    it; but a connection lost during the transaction may have delivered the message, so that
+    attempt is recorded and retried later (it used to be resent at once, unrecorded)."""
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                         NOTIFIER_SMTP_CONNECTIONS=1)
+    await rig.set_prefs("cm-1", token())
+    await small_win(records, "Call the landlord")
+    await rig.catch_up()
+    await rig.dispatch()
+    smtp.close_connections()  # the pooled connection, closed while idle
+    await small_win(records, "Open a bank account")
+    await rig.catch_up()
+    await rig.dispatch()
+    assert [r["status"] for r in await rig.rows(kind="small_win")] == ["sent", "sent"]
+    smtp.replies = ["drop"]
+    await small_win(records, "Visit the job centre")
+    await rig.catch_up()
+    await rig.dispatch()
+    [dropped] = [r for r in await rig.rows(kind="small_win") if r["status"] != "sent"]
+    assert (dropped["status"], dropped["attempts"]) == ("failed", 1)
+    assert await attempt_codes(rig, dropped["id"]) == [None]
+    assert dropped["not_before"] > clock()
+    assert await rig.dispatch() == 0
+    assert len(smtp.received) == 3  # the server kept it once; no second copy at once
+    clock.now = dropped["not_before"]  # type: ignore[assignment]
+    await rig.dispatch()
+    assert [m["Message-ID"] for m in smtp.received[2:]] == [dropped["message_id"]] * 2
+
+
+async def test_quiet_hours_ending_in_the_repeated_hour_of_a_fall_back_night(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """01:15 EST on 1 November 2026, the second 01:15 of that night in New York: quiet hours
+    until 01:30 end at the second 01:30 (06:30 UTC). The first 01:30 had passed, the row was
+    put off to it, claimed again at once, and dispatch never returned."""
+    clock.now = datetime(2026, 11, 1, 6, 15, tzinfo=UTC)
+    await rig.set_prefs("cm-1", token(), timezone="America/New_York",
+                        quiet_hours={"start": "22:00", "end": "01:30"})
+    await small_win(records)
+    await rig.catch_up()
+    async with asyncio.timeout(10):
+        assert await rig.dispatch() == 1
+    row = await only_row(rig)
+    assert (row["status"], str(row["not_before"])) == ("scheduled", "2026-11-01 06:30:00+00:00")
+    clock.now = row["not_before"]  # type: ignore[assignment]
+    await rig.dispatch()
+    assert len(smtp.received) == 1
+
+
+async def test_a_row_is_never_put_off_to_a_moment_that_has_come(
+        rig: NotifierRig, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    async with rig.notifier.pool.acquire() as conn:
+        await insert_notices(conn, due_notices(1), "test", clock())
+    [claimed] = await claim_due(rig.notifier.pool, owner=rig.notifier.instance, now=clock(),
+                                limit=10, lease=timedelta(minutes=2), digests=False)
+    await rig.notifier.dispatcher.release(claimed, clock() - timedelta(hours=1))
+    [row] = await rig.rows()
+    assert row["not_before"] > clock()
+    assert await rig.dispatch() == 0
+
+
+async def test_one_readers_unknown_time_zone_does_not_stop_anyone_elses_mail(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """Looking for dated notices to send early read each reader's zone in SQL (AT TIME ZONE),
+    so one zone the database server did not know failed the claim for everyone."""
+    await rig.set_prefs("cm-1", token())
+    await rig.notifier.pool.execute(
+        "INSERT INTO notifier.directory (agency, user_id, role, email, delivery, timezone,"
+        " celebrations, updated_by, updated_at) VALUES ('agency-a', 'cm-2', 'case_manager',"
+        " 'cm-2@example.org', 'immediate', 'Mars/Olympus', true, 'old version', $1)", clock())
+    other = Records(records.client, token(sub="cm-2"))
+    await other.agree(await other.open_case(case_manager="cm-2"))  # reminder 28 April 09:00
+    clock.now = datetime(2026, 4, 27, 12, 0, tzinfo=UTC)
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    assert [m["To"] for m in smtp.received] == ["cm-1@example.org"]
+    [reminder] = await rig.rows(kind="review_reminder")
+    assert reminder["status"] == "scheduled"
+
+
+async def test_an_smtp_outage_is_retried_until_the_horizon_with_the_default_settings(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, clock: FakeClock, token: TokenFactory) -> None:
+    """8 attempts from 30 s (the old defaults) gave up after about an hour of an outage while
+    the horizon said 24 h; now the horizon decides."""
+    defaults = {field.alias: field.default for name, field in NotifierSettings.model_fields.items()
+                if name.startswith("retry_")}
+    down = SmtpServer()  # never started: every connection is refused
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, down, clock,
+                         **defaults)
+    await rig.set_prefs("cm-1", token())
+    await small_win(records)
+    await rig.catch_up()
+    start = clock()
+    while (row := await only_row(rig))["status"] in ("scheduled", "failed"):
+        clock.now = max(clock(), row["not_before"])  # type: ignore[type-var]
+        await rig.dispatch()
+    assert row["status"] == "dead"
+    assert clock() - start > timedelta(hours=23)
+    assert clock() - start <= timedelta(hours=24)

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services import cli
 from services.notifier.cli import print_caught_mail, run_notifier, start_dev_notifier
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.mailbox import list_caught
@@ -77,6 +78,42 @@ def test_run_notifier_explains_missing_configuration(
                             "CASETRAIL_JWT_SECRET")]:
         assert run_notifier(NotifierSettings.model_validate(missing)) == 2
         assert names in capsys.readouterr().err
+
+
+def _no_notifier_settings_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """None of the caller's environment reaches the settings (with it, a notifier would
+    really start)."""
+    for field in NotifierSettings.model_fields.values():
+        assert field.alias is not None
+        monkeypatch.delenv(field.alias, raising=False)
+    monkeypatch.setenv("CASETRAIL_DEV_DIR", str(tmp_path))
+
+
+def test_a_misspelt_notifier_timezone_stops_the_notifier_from_starting(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """With NOTIFIER_TIMEZONE=Europe/Berln the notifier started and said it was ready, and every
+    event with a date was skipped past the checkpoint for good."""
+    _no_notifier_settings_from(monkeypatch, tmp_path)
+    monkeypatch.setenv("NOTIFIER_TIMEZONE", "Europe/Berln")
+    assert cli.main(["notifier"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("casetrail: configuration:")
+    assert "NOTIFIER_TIMEZONE" in error
+    assert "not an IANA time zone name" in error
+    assert "'Europe/Berln'" in error
+
+
+def test_run_notifier_refuses_a_records_token_file_that_is_not_there(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    _no_notifier_settings_from(monkeypatch, tmp_path)
+    missing = tmp_path / "records-token"
+    settings = NotifierSettings.model_validate({
+        "DATABASE_URL": "postgresql://x@127.0.0.1:1/x", "CASETRAIL_JWKS_FILE": "/no/jwks",
+        "RECORDS_TOKEN_FILE": str(missing)})
+    assert run_notifier(settings) == 2
+    assert f"RECORDS_TOKEN_FILE {missing} is not a file" in capsys.readouterr().err
 
 
 async def sent_small_wins(pool: asyncpg.Pool) -> int:

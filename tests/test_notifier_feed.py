@@ -19,7 +19,7 @@ from services.notifier.schedule import FEED_CHECKPOINT, apply_page
 from services.notifier.service import rule_settings
 from services.notifier.store.cases import load_checkpoint, reset_checkpoint
 from services.records.store.events import EventStore, NewEvent
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, TokenFactory
 from tests.notifier_helpers import (  # noqa: F401
     NotifierRig,
     Records,
@@ -335,3 +335,44 @@ async def test_feed_lag_counts_what_an_open_transaction_holds_back(
     await rig.catch_up()
     assert await rig.notifier.subscriber.step(0) == 0
     assert await _feed_lag(rig) == 0
+
+
+async def test_feed_lag_grows_while_the_feed_cannot_be_read(
+        rig: NotifierRig, records: Records, clock: FakeClock) -> None:
+    """The lag gauge said 0 (caught up) for as long as the records service was down."""
+    await rig.catch_up()
+    await records.open_case()  # an event the notifier has not read
+    await records.client.server.close()
+    clock.advance(hours=2)
+    with pytest.raises(FeedError):
+        await rig.notifier.subscriber.step(0)
+    assert await _feed_lag(rig) >= 2 * 3600
+    clock.advance(minutes=30)
+    with pytest.raises(FeedError):
+        await rig.notifier.subscriber.step(0)
+    assert await _feed_lag(rig) >= 2.5 * 3600
+
+
+async def test_the_feed_token_is_read_from_a_file_again_when_it_changes(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock, token: TokenFactory,
+        tmp_path: Path) -> None:
+    """Tokens expire; RECORDS_TOKEN was read once at start, so a running notifier lost the feed
+    when its token did. RECORDS_TOKEN_FILE (a mounted Secret) is read again when it changes,
+    and wins over the token the notifier could sign itself."""
+    token_file = tmp_path / "records-token"
+    service = {"role": "service", "sub": "notifier", "agency": "casetrail"}
+    token_file.write_text(token(**service) + "\n")
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                         RECORDS_TOKEN_FILE=str(token_file))
+    await records.open_case()
+    assert await rig.catch_up() == 1
+    token_file.write_text(token(**service, ttl_seconds=-3600))  # the Secret now holds an old one
+    with pytest.raises(FeedError, match="401"):
+        await rig.notifier.subscriber.step(0)
+    token_file.write_text(token(**service))  # renewed, no restart
+    await records.open_case()
+    assert await rig.catch_up() == 1
+    token_file.write_text("")
+    with pytest.raises(FeedError, match="empty"):
+        await rig.notifier.subscriber.step(0)

@@ -5,7 +5,9 @@ bad input (always a 4xx problem, never a 500) and the operational routes."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -13,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from services.notifier.feed import FeedError
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import (  # noqa: F401
+    PARTICIPANT,
     NotifierRig,
     Records,
     SmtpServer,
@@ -109,6 +112,10 @@ BAD_BODIES: dict[str, Any] = {
     "bad delivery": {**GOOD, "delivery": "weekly"},
     "bad time zone": {**GOOD, "timezone": "Mars/Olympus"},
     "path time zone": {**GOOD, "timezone": "../../etc/passwd"},
+    # names ZoneInfo opens that are no IANA zone (a database server need not know them)
+    "host's own zone file": {**GOOD, "timezone": "localtime"},
+    "posix copy of a zone": {**GOOD, "timezone": "posix/Europe/Berlin"},
+    "right copy of a zone": {**GOOD, "timezone": "right/UTC"},
     "bad quiet hours": {**GOOD, "quiet_hours": {"start": "25:00", "end": "07:00"}},
     "empty quiet hours": {**GOOD, "quiet_hours": {"start": "07:00", "end": "07:00"}},
     "bad email": {**GOOD, "email": "not an address"},
@@ -326,3 +333,92 @@ async def test_listing_pages_and_participants_see_only_their_own(
     assert [n["recipient"] for n in mine["notifications"]] == [f"participant:{case}"]
     unnamed = await rig.client.get("/v1/notifications", headers=jo)
     assert unnamed.status == 422
+
+
+async def test_case_manager_ids_the_records_service_accepts_can_be_given_preferences(
+        rig: NotifierRig, records: Records, token: TokenFactory) -> None:
+    """The path took only visible ASCII, so María López (a case manager the records service
+    accepts) could never be given an address, though her dead letters said to set one."""
+    manager = "María López"
+    hers = Records(records.client, token(sub=manager))
+    case = await hers.open_case(case_manager=manager)
+    await hers.step(case, await hers.goal(case))
+    path = f"/v1/preferences/{quote(manager, safe='')}"
+    for who in (token(role="supervisor", sub="sup-1"), token(sub=manager)):
+        response = await rig.client.put(path, json=GOOD, headers=bearer(who))
+        assert response.status == 200, await response.text()
+        assert (await response.json())["user"] == manager
+    response = await rig.client.get(path, headers=bearer(token(sub=manager)))
+    assert (await response.json())["email"] == GOOD["email"]
+    padded = await rig.client.put("/v1/preferences/%20cm-1", json=GOOD,
+                                  headers=bearer(token(role="supervisor", sub="sup-1")))
+    assert padded.status == 400  # " cm-1" is not cm-1
+    users = await rig.notifier.pool.fetch("SELECT user_id FROM notifier.directory")
+    assert [r["user_id"] for r in users] == [manager]
+
+
+async def test_a_participant_opens_and_retries_their_own_notification(
+        rig: NotifierRig, records: Records, token: TokenFactory) -> None:
+    """Participants' notices are addressed to their case; reading one compared it with the
+    token's subject and answered 404 to the very participant the listing showed it to."""
+    case = await records.open_case(participant={k: v for k, v in PARTICIPANT.items()
+                                                if k != "email"})
+    jo_token = token(role="participant", sub="jo", cases=[case])
+    jo = bearer(jo_token)
+    await rig.set_prefs("jo", jo_token, email=None)
+    await records.achieve(case, await records.goal(case))
+    await rig.catch_up()
+    await rig.dispatch()  # opted in, no address anywhere: a dead letter
+    listing = await (await rig.client.get(f"/v1/notifications?case_id={case}",
+                                          headers=jo)).json()
+    [mine] = listing["notifications"]
+    assert (mine["recipient"], mine["status"]) == (f"participant:{case}", "dead")
+    response = await rig.client.get(f"/v1/notifications/{mine['id']}", headers=jo)
+    assert response.status == 200
+    assert (await response.json())["attempt_log"] == []
+    others = bearer(token(role="participant", sub="sam", cases=[await records.open_case()]))
+    assert (await rig.client.get(f"/v1/notifications/{mine['id']}",
+                                 headers=others)).status == 404
+    [for_manager] = await rig.rows(recipient="cm-1")
+    assert (await rig.client.get(f"/v1/notifications/{for_manager['id']}",
+                                 headers=jo)).status == 404  # not addressed to Jo
+    response = await rig.client.post(f"/v1/notifications/{mine['id']}/retry", headers=jo)
+    assert response.status == 202
+    assert (await response.json())["status"] == "scheduled"
+
+
+NO_QUERY_ROUTES = [("GET", "/v1/preferences/cm-1"), ("PUT", "/v1/preferences/cm-1"),
+                   ("GET", "/v1/notifications/{id}"), ("POST", "/v1/notifications/{id}/retry")]
+
+
+@pytest.mark.parametrize(("method", "path"), NO_QUERY_ROUTES)
+async def test_a_query_parameter_a_route_does_not_take_is_refused(
+        rig: NotifierRig, records: Records, token: TokenFactory, method: str,
+        path: str) -> None:
+    """``PUT /v1/preferences/cm-1?celebrations=false`` answered 200 and left celebrations on."""
+    supervisor = bearer(token(role="supervisor", sub="sup-1"))
+    await rig.set_prefs("cm-1", token())
+    await records.agree(await records.open_case())
+    await rig.catch_up()
+    [row, *_] = await rig.rows()
+    body = {"json": {**GOOD, "celebrations": True}} if method == "PUT" else {}
+    response = await rig.client.request(method, path.format(id=row["id"]) + "?celebrations=false",
+                                        headers=supervisor, **body)
+    assert response.status == 422, await response.text()
+    assert (await response.json())["errors"][0]["field"] == "query.celebrations"
+    stored = await (await rig.client.get("/v1/preferences/cm-1", headers=supervisor)).json()
+    assert stored["email"] == "cm-1@example.org"  # the PUT wrote nothing
+
+
+async def test_the_mail_page_reads_a_message_in_a_charset_python_does_not_know(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock, tmp_path: Path) -> None:
+    """The development catcher takes any mail; showing one in charset x-unknown was a 500."""
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                         NOTIFIER_DEV_MAIL_DIR=str(tmp_path))
+    (tmp_path / "1700000000000000000-1.eml").write_bytes(
+        b"From: a@example.org\r\nTo: c@example.org\r\nSubject: odd\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=x-unknown\r\n\r\nhello \xff there\r\n")
+    response = await rig.client.get("/mail?file=1700000000000000000-1.eml")
+    assert response.status == 200
+    assert "hello \ufffd there" in await response.text()

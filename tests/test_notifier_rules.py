@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from schemas import events as ev
 from services.notifier.casemodel import CaseModel, FeedItem, evolve
@@ -29,6 +30,7 @@ from services.notifier.delivery import (
     quiet_until,
 )
 from services.notifier.rules import Kind, RuleSettings, event_notices, timed_notices
+from services.notifier.settings import NotifierSettings
 from services.notifier.store.directory import Preferences
 from services.notifier.store.notifications import Row
 from services.notifier.templates import render
@@ -347,6 +349,50 @@ def test_quiet_hours_defer_to_their_end_in_the_recipients_time_zone() -> None:
     assert quiet_until(night, T0) is None
     assert decide(row(), Recipient(night, "a@b"), late, stale_after=STALE) == \
         Defer(datetime(2026, 3, 3, 6, 0, tzinfo=UTC))
+
+
+def test_quiet_hours_ending_in_the_hour_clocks_go_back_end_after_now() -> None:
+    """On 1 November 2026 New York's clocks go back from 02:00 EDT to 01:00 EST."""
+    night = prefs(timezone="America/New_York", quiet_start=time(22), quiet_end=time(1, 30))
+    second_pass = datetime(2026, 11, 1, 6, 15, tzinfo=UTC)  # 01:15 EST, the second 01:15
+    assert quiet_until(night, second_pass) == datetime(2026, 11, 1, 6, 30, tzinfo=UTC)
+    first_pass = datetime(2026, 11, 1, 5, 15, tzinfo=UTC)  # 01:15 EDT, the first 01:15
+    assert quiet_until(night, first_pass) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
+
+
+def test_the_default_retries_outlast_an_outage_until_the_horizon() -> None:
+    """The defaults once gave up after 8 attempts, about an hour into an SMTP outage, while
+    the horizon said 24 hours."""
+    settings = NotifierSettings.model_validate({"DATABASE_URL": "postgresql://x@127.0.0.1/x"})
+    policy = RetryPolicy.of(settings)
+    for seed in range(20):
+        rng, now, made = random.Random(seed), T0, 1
+        while (at := policy.next_attempt(made, T0, now, rng)) is not None:
+            now, made = at, made + 1
+        assert timedelta(hours=23) < now - T0 <= timedelta(hours=24), (seed, made)
+
+
+def test_time_zone_names_are_iana_names_only() -> None:
+    """ZoneInfo opens more than the IANA names (the host's "localtime", the posix/ and right/
+    copies); a database server need not know those, and one such name stopped every
+    dispatch."""
+    names = TypeAdapter(ev.TimeZoneName)
+    for name in ("localtime", "posixrules", "posix/Europe/Berlin", "right/UTC"):
+        with pytest.raises(ValidationError):
+            names.validate_python(name)
+    for name in ("UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "Etc/GMT+5"):
+        assert names.validate_python(name) == name
+
+
+def test_dated_notices_are_due_early_by_the_readers_wall_clock() -> None:
+    timing = DatedTiming("UTC")
+    due = row("review_due_today", due=datetime(2026, 5, 1, 9, 0, tzinfo=UTC))
+    for zone in ("Europe/Berlin", "Pacific/Kiritimati", "Asia/Kathmandu"):
+        for hour in range(48):
+            now = datetime(2026, 4, 30, tzinfo=UTC) + timedelta(hours=hour, minutes=7)
+            for at in (None, time(8)):
+                came = timing.moment(due, zone, at) <= now
+                assert (due.due_at <= timing.due_by(zone, now, at)) == came, (zone, now, at)
 
 
 def test_digest_time_is_local_to_the_recipient() -> None:

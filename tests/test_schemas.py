@@ -9,7 +9,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from schemas import api, events, generate
 from schemas.events import (
@@ -380,3 +380,15 @@ def test_openapi_drift_is_detected(tmp_path: Path) -> None:
     assert not generate.write_openapi(document, path)
     assert generate.openapi_drift({**document, "paths": {"/x": {}}}, path) == [
         "differs: openapi.json"]
+
+
+def test_a_case_opened_under_a_zone_name_refused_today_still_reads() -> None:
+    """New input takes IANA names only; a CaseOpened recorded when any name ZoneInfo opens
+    was taken (its agency's policy zone "posixrules", say) must still fold."""
+    data = {"participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low",
+            "agency": "agency-a", "policy": {"timezone": "posixrules"}}
+    opened = events.parse_event("CaseOpened", 1, data)
+    assert isinstance(opened, events.CaseOpened)
+    assert opened.policy.timezone == "posixrules"
+    with pytest.raises(ValidationError):
+        TypeAdapter(events.TimeZoneName).validate_python("posixrules")

@@ -464,8 +464,8 @@ class Api:
 
 # aiohttp refuses a header over 8190 bytes with a plain-text 400 before the app sees it; an
 # auditor's token naming the cases of a court order (about 50 bytes a case) outgrows that
-# at some 150 cases. Passed to every server (web.run_app / AppRunner).
-SERVER_LIMITS: dict[str, int] = {"max_field_size": 64 * 1024}
+# at some 150 cases. Passed to every server as max_field_size (web.run_app / AppRunner).
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

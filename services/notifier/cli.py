@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.common.http import JsonAccessLogger, new_event_loop
+from services.common.http import MAX_HEADER_BYTES, JsonAccessLogger, new_event_loop
 from services.common.logs import configure_logging
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.mailbox import MailCatcher, format_listing
@@ -22,7 +22,8 @@ from services.notifier.store.directory import Preferences
 def run_notifier(settings: NotifierSettings | None = None, *, host: str | None = None,
                  port: int | None = None) -> int:
     """`casetrail notifier [--host H] [--port P]`: the notifier alone, configured from the
-    environment (DATABASE_URL, RECORDS_URL, RECORDS_TOKEN or CASETRAIL_JWT_SECRET, SMTP_*)."""
+    environment (DATABASE_URL, RECORDS_URL, RECORDS_TOKEN_FILE, RECORDS_TOKEN or
+    CASETRAIL_JWT_SECRET, SMTP_*)."""
     settings = settings or NotifierSettings()
     if not settings.database_url:
         print("casetrail: set DATABASE_URL", file=sys.stderr)
@@ -31,14 +32,19 @@ def run_notifier(settings: NotifierSettings | None = None, *, host: str | None =
         print("casetrail: set CASETRAIL_JWT_SECRET, CASETRAIL_JWT_PUBLIC_KEY_FILE or"
               " CASETRAIL_JWKS_FILE", file=sys.stderr)
         return 2
-    if not (settings.records_token or settings.jwt_secret):
-        print("casetrail: set RECORDS_TOKEN (a service token) or CASETRAIL_JWT_SECRET",
+    if not (settings.records_token_file or settings.records_token or settings.jwt_secret):
+        print("casetrail: set RECORDS_TOKEN_FILE or RECORDS_TOKEN (a service token), or"
+              " CASETRAIL_JWT_SECRET", file=sys.stderr)
+        return 2
+    if settings.records_token_file and not settings.records_token_file.is_file():
+        print(f"casetrail: RECORDS_TOKEN_FILE {settings.records_token_file} is not a file",
               file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     web.run_app(create_app(settings), host=host or settings.host,
                 port=settings.port if port is None else port,
-                print=None, loop=new_event_loop(), access_log_class=JsonAccessLogger)
+                print=None, loop=new_event_loop(), access_log_class=JsonAccessLogger,
+                max_field_size=MAX_HEADER_BYTES)
     return 0
 
 
@@ -82,7 +88,8 @@ async def start_dev_notifier(*, database_url: str, jwt_secret: str, records_url:
         "RECORDS_URL": records_url, "SMTP_HOST": host, "SMTP_PORT": smtp_port,
         "NOTIFIER_HOST": host, "NOTIFIER_PORT": port,
         "NOTIFIER_DEV_MAIL_DIR": str(mail_dir)})
-    runner = web.AppRunner(create_app(settings), access_log_class=JsonAccessLogger)
+    runner = web.AppRunner(create_app(settings), access_log_class=JsonAccessLogger,
+                           max_field_size=MAX_HEADER_BYTES)
     await runner.setup()
     context = runner.app[NOTIFIER]
     for agency, user, role in recipients:

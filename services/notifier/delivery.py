@@ -14,13 +14,15 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from email import policy
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, parseaddr
+from urllib.parse import quote
 from uuid import UUID
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiosmtplib
 import asyncpg
@@ -40,6 +42,8 @@ from services.notifier.templates import Rendered, render, render_digest
 log = structlog.get_logger("casetrail.notifier.delivery")
 _ADDRESS = re.compile(r"[^\s<>@\"']+@[^\s<>@\"']+")
 Clock = Callable[[], datetime]
+_LEAST_WAIT = timedelta(minutes=1)
+_UTF8_HEADERS = policy.SMTPUTF8.clone(linesep="\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,7 +53,7 @@ Clock = Callable[[], datetime]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 8
+    attempts: int | None = None  # None: no count, the horizon alone ends the retries
     base_seconds: float = 30.0
     max_seconds: float = 3600.0
     horizon_seconds: float = 24 * 3600.0
@@ -66,7 +70,7 @@ class RetryPolicy:
         Exponential backoff with "equal jitter": half the delay fixed, half random, so many
         notices failing together do not come back together.
         """
-        if attempts_made >= self.attempts:
+        if self.attempts is not None and attempts_made >= self.attempts:
             return None
         delay = min(self.base_seconds * 2 ** (attempts_made - 1), self.max_seconds)
         at = now + timedelta(seconds=delay / 2 + rng.uniform(0, delay / 2))
@@ -135,6 +139,28 @@ class DatedTiming:
         wall = local if at is None else datetime.combine(local.date(), at)
         return wall.replace(tzinfo=ZoneInfo(reader_zone)).astimezone(UTC)
 
+    def due_by(self, reader_zone: str, now: datetime, at: time | None = None) -> datetime:
+        """The latest due time (the schedule's) of a dated notice whose ``moment`` in
+        ``reader_zone`` has come by ``now``: its wall-clock time in the schedule's zone (or
+        ``at`` o'clock on its day) is the reader's wall-clock time now, or earlier."""
+        local_now = now.astimezone(ZoneInfo(reader_zone)).replace(tzinfo=None)
+        schedule = ZoneInfo(self.notices_zone)
+        if at is None:
+            return local_now.replace(tzinfo=schedule).astimezone(UTC)
+        last_day = local_now.date() - timedelta(days=0 if local_now.time() >= at else 1)
+        next_day = datetime.combine(last_day + timedelta(days=1), time(0), tzinfo=schedule)
+        return next_day.astimezone(UTC) - timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Early:
+    """A dated notice claimed before the schedule's time: its reader's time zone, and the
+    moment that came (the notice's, or its day's ``at`` o'clock)."""
+
+    row: Row
+    timezone: str
+    moment: datetime
+
 
 @dataclass(frozen=True)
 class Recipient:
@@ -165,7 +191,7 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
     prefs = who.prefs
     if prefs is None or not who.address:
         return Dead(f"no email address on file for {row.recipient}: set it with"
-                    f" PUT /v1/preferences/{row.recipient}")
+                    f" PUT /v1/preferences/{quote(row.recipient, safe='')}")
     if row.kind in CELEBRATIONS and not prefs.celebrations:
         return Cancel(f"celebrations are turned off in {row.recipient}'s preferences")
     if row.kind != Kind.DAILY_DIGEST and prefs.delivery == "daily_digest":
@@ -220,7 +246,17 @@ def quiet_until(prefs: Preferences, now: datetime) -> datetime | None:
     if not inside:
         return None
     day = local.date() if t < end else local.date() + timedelta(days=1)
-    return datetime.combine(day, end, tzinfo=zone).astimezone(UTC)
+    return wall_time_after(now, day, end, zone)
+
+
+def wall_time_after(now: datetime, day: date, at: time, zone: ZoneInfo) -> datetime:
+    """``at`` o'clock on ``day`` in ``zone``, as a moment after ``now`` if it can be one. On the
+    night clocks go back, a time in the repeated hour comes twice: once the first has passed,
+    the second is meant (taking the first made quiet hours end before they began, and the
+    dispatcher claimed the row again and again)."""
+    first, second = (datetime.combine(day, at, tzinfo=zone).replace(fold=fold).astimezone(UTC)
+                     for fold in (0, 1))
+    return first if first > now else second
 
 
 def next_local_time(zone_name: str, at: time, now: datetime, skip_days: int = 0) -> datetime:
@@ -259,6 +295,11 @@ def classify(code: int | None, detail: str) -> SmtpResult:
     return SmtpResult(code, "transient", detail)
 
 
+_NO_SMTPUTF8 = ("the address is not plain ASCII and the mail server does not offer SMTPUTF8"
+                " (RFC 6531), so it cannot take it: give an ASCII address, or use a mail server"
+                " that offers SMTPUTF8")
+
+
 class SmtpSender:
     """Sends over a small pool of kept-open SMTP connections (one message per connection at a
     time); a connection that fails in any way is closed and replaced."""
@@ -276,20 +317,29 @@ class SmtpSender:
         await client.connect()
         return client
 
-    async def send(self, message: bytes, address: str) -> SmtpResult:
-        client = self._idle.pop() if self._idle else None
-        reused = client is not None and client.is_connected
-        try:
-            if client is None or not client.is_connected:
-                client = await self._connect()
+    async def _ready_client(self) -> aiosmtplib.SMTP:
+        """A pooled connection that still answers (NOOP), else a new one. An idle connection
+        the server closed is found out here, before a message is given to it; so a connection
+        lost during a send means the message may have arrived, and it is not resent at once."""
+        while self._idle:
+            client = self._idle.pop()
             try:
-                _, response = await client.sendmail(self._sender, [address], message)
-            except aiosmtplib.SMTPServerDisconnected:
-                if not reused:
-                    raise
-                # the server closed an idle connection before we spoke: nothing was sent
-                client = await self._connect()
-                _, response = await client.sendmail(self._sender, [address], message)
+                await client.noop()
+                return client
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+        return await self._connect()
+
+    async def send(self, message: bytes, address: str) -> SmtpResult:
+        client: aiosmtplib.SMTP | None = None
+        try:
+            client = await self._ready_client()
+            options = await _mail_options(client, address)
+            if options is None:
+                self._idle.append(client)
+                return SmtpResult(None, "permanent", _NO_SMTPUTF8)
+            _, response = await client.sendmail(self._sender, [address], message,
+                                                mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as error:
             await _close(client)
             refusal = error.recipients[0]
@@ -297,15 +347,28 @@ class SmtpSender:
         except aiosmtplib.SMTPResponseException as error:
             await _close(client)
             return classify(error.code, error.message)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            await _close(client)
-            return classify(None, f"{type(error).__name__}: {error}")
+        except Exception as error:
+            # Anything else (no reply, a connection lost mid-message, an address the client
+            # cannot encode, a bug) is an attempt that failed: it is recorded and retried,
+            # and the connection, in a state unknown, is dropped rather than pooled.
+            if client is not None:
+                client.close()
+            return classify(None, f"no reply: {type(error).__name__}: {error}")
         self._idle.append(client)
         return classify(250, response)
 
     async def close(self) -> None:
         while self._idle:
             await _close(self._idle.pop())
+
+
+async def _mail_options(client: aiosmtplib.SMTP, address: str) -> list[str] | None:
+    """The MAIL options ``address`` needs; None when this server cannot take it."""
+    if address.isascii():
+        return []
+    if client.is_ehlo_or_helo_needed:
+        await client.ehlo()  # its answer lists the server's extensions
+    return ["SMTPUTF8"] if client.supports_extension("smtputf8") else None
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:
@@ -331,7 +394,11 @@ def build_message(row: Row, rendered: Rendered, address: str, sender: str,
     message["X-Casetrail-Kind"] = row.kind
     message.attach(MIMEText(rendered.text, "plain", "utf-8"))
     message.attach(MIMEText(rendered.html, "html", "utf-8"))
-    return message.as_bytes()
+    if address.isascii():
+        return message.as_bytes()
+    # sent with SMTPUTF8 (RFC 6532): the address stays UTF-8 in To, which an encoded word
+    # (RFC 2047) may not carry
+    return message.as_bytes(policy=_UTF8_HEADERS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,6 +420,7 @@ class Dispatcher:
         self._retry = RetryPolicy.of(settings)
         self._timing = DatedTiming.of(settings)
         self._smtp = SmtpSender(settings)
+        self._unknown_zones: set[str] = set()
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
 
     async def close(self) -> None:
@@ -380,20 +448,49 @@ class Dispatcher:
         while early := await self._claim_dated_early("daily_digest", self._timing.digest_time,
                                                      passed_over):
             for item in early:
-                now = self._clock()
                 digest = digest_notice(item.row, item.timezone, item.moment)
                 if not await store.attach_to_digest(self._pool, item.row, digest,
-                                                    self._settings.message_id_domain, now):
+                                                    self._settings.message_id_domain,
+                                                    self._clock()):
                     # that day's digest has gone: the notice takes the usual path
-                    await store.release(self._pool, item.row, item.row.not_before, now)
+                    await self.release(item.row, item.row.not_before)
                     passed_over.append(item.row.id)
 
     async def _claim_dated_early(self, delivery: str, at: time | None,
-                                 passed_over: Sequence[UUID]) -> list[store.Early]:
-        return await store.claim_dated_early(
-            self._pool, owner=self._owner, now=self._clock(),
-            limit=self._settings.dispatch_batch, lease=self._lease, delivery=delivery, at=at,
-            notices_zone=self._timing.notices_zone, passed_over=passed_over)
+                                 passed_over: Sequence[UUID]) -> list[Early]:
+        now = self._clock()
+        zones = await directory.timezones(self._pool, delivery)
+        claimed = await store.claim_dated_early(
+            self._pool, owner=self._owner, now=now, limit=self._settings.dispatch_batch,
+            lease=self._lease, delivery=delivery, due_by=self._due_by(zones, now, at),
+            passed_over=passed_over)
+        return [Early(row, zone, self._timing.moment(row, zone, at)) for row, zone in claimed]
+
+    def _due_by(self, zones: Sequence[str], now: datetime, at: time | None) -> dict[str, datetime]:
+        """``DatedTiming.due_by`` for each zone this Python knows. A reader whose zone it does
+        not know (stored before names were checked) is left to the usual path, where the
+        failure is recorded on their notice; it must not stop the others' mail."""
+        found: dict[str, datetime] = {}
+        for zone in zones:
+            try:
+                found[zone] = self._timing.due_by(zone, now, at)
+            except (ZoneInfoNotFoundError, ValueError, OSError) as error:
+                if zone not in self._unknown_zones:
+                    self._unknown_zones.add(zone)
+                    log.error("a reader's time zone is unknown; their dated notices are not"
+                              " sent early", timezone=zone, error=repr(error))
+        return found
+
+    async def release(self, row: Row, until: datetime) -> None:
+        """Give a claimed row back, to be looked at again at ``until``, but never at a moment
+        that has already come: the row would be claimed again at once, and again (quiet hours
+        that ended in the past on the night clocks went back once made dispatch spin)."""
+        now = self._clock()
+        if until <= now:
+            log.error("a row was to be put off to a moment already past; it waits a minute",
+                      notification=str(row.id), until=until.isoformat())
+            until = now + _LEAST_WAIT
+        await store.release(self._pool, row, until, now)
 
     @property
     def _lease(self) -> timedelta:
@@ -419,8 +516,8 @@ class Dispatcher:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-        outcomes = [(row, r) for row, r in zip(rows, results, strict=True)
-                    if isinstance(r, Outcome)]
+        settled = [(row, self._settled(row, r)) for row, r in zip(rows, results, strict=True)]
+        outcomes = [(row, outcome) for row, outcome in settled if outcome is not None]
         for row, outcome in outcomes:
             self._report(row, outcome)
         lost = await store.record_outcomes(
@@ -438,9 +535,18 @@ class Dispatcher:
         # One row's failure must not lose the others' outcomes (they were sent).
         for row, result in zip(rows, results, strict=True):
             if isinstance(result, BaseException):
-                log.error("delivery step failed; the row is retried when its lease ends",
-                          notification=str(row.id), error=repr(result))
+                log.error("delivery step failed", notification=str(row.id), error=repr(result))
         return results
+
+    def _settled(self, row: Row, result: Outcome | BaseException | None) -> Outcome | None:
+        """What to record for a row. An exception while handling it is a failed attempt,
+        retried with backoff until the retries run out: left unrecorded, the row came back
+        at every lease, silently, until it was too late to send."""
+        if isinstance(result, Exception):
+            fault = SmtpResult(None, "transient",
+                               f"delivery failed: {type(result).__name__}: {result}")
+            return self._outcome(row, fault)
+        return result if isinstance(result, Outcome) else None
 
     async def _keep_claim(self, token: UUID) -> None:
         """Renew the batch's lease while its rows wait for an SMTP slot or are being sent, so
@@ -495,7 +601,7 @@ class Dispatcher:
             case Dead(reason):
                 return Outcome(row.id, "dead", False, row.attempts, error=reason)
             case Defer(until):
-                await store.release(self._pool, row, until, now)
+                await self.release(row, until)
             case ToDigest(_, zone):
                 await self._into_digest(row, zone, now)
             case FanOut(members):
@@ -523,7 +629,7 @@ class Dispatcher:
         now = self._clock()
         quiet_end = quiet_until(who.prefs, now) if who.prefs is not None else None
         if quiet_end is not None:  # a digest waits out quiet hours like any message
-            await store.release(self._pool, digest, quiet_end, now)
+            await self.release(digest, quiet_end)
             return None
         if not who.address:
             outcome = Outcome(digest.id, "dead", False, digest.attempts,
@@ -570,14 +676,15 @@ class Dispatcher:
                        attempt_outcome=result.outcome)
         if result.outcome == "sent":
             return done
-        error = f"{result.code or 'no reply'}: {result.detail}"[:1000]
+        error = (result.detail if result.code is None
+                 else f"{result.code}: {result.detail}")[:1000]
         retry_at = None if result.outcome == "permanent" else self._retry.next_attempt(
             row.attempts_since_revival + 1, row.first_attempt_at or now, now, self._rng)
         if retry_at is not None:
             return replace(done, status="failed", error=error, not_before=retry_at)
-        reason = (f"refused permanently: {error}" if result.outcome == "permanent"
-                  else f"gave up after {attempt} attempt(s): {error}")
-        return replace(done, status="dead", error=reason)
+        verdict = (f"gave up after {attempt} attempt(s)" if result.outcome != "permanent"
+                   else "refused permanently" if result.code is not None else "cannot be sent")
+        return replace(done, status="dead", error=f"{verdict}: {error}")
 
 
 def without_addresses(text: str) -> str:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -39,17 +40,25 @@ class FeedError(RuntimeError):
 
 
 class FeedToken:
-    """RECORDS_TOKEN when given; otherwise a service token signed here, renewed before expiry."""
+    """The service token the feed is read with: the one in RECORDS_TOKEN_FILE, read afresh
+    for every request (a token carries an expiry, and a Kubernetes Secret renewed in place
+    reaches a running pod only through a mounted file; a few hundred bytes a request cost
+    nothing beside the request); else RECORDS_TOKEN; else a service token signed here,
+    renewed before it expires and after a 401."""
 
     def __init__(self, settings: NotifierSettings) -> None:
+        self._file = settings.records_token_file
         self._fixed = settings.records_token
         self._secret = settings.jwt_secret
         self._token = ""
         self._renew_at = 0.0
-        if not (self._fixed or self._secret):
-            raise RuntimeError("set RECORDS_TOKEN or CASETRAIL_JWT_SECRET to read the feed")
+        if not (self._file or self._fixed or self._secret):
+            raise RuntimeError("set RECORDS_TOKEN_FILE, RECORDS_TOKEN or CASETRAIL_JWT_SECRET"
+                               " to read the feed")
 
     def value(self) -> str:
+        if self._file is not None:
+            return self._from_file(self._file)
         if self._fixed:
             return self._fixed
         if time.time() >= self._renew_at:
@@ -58,6 +67,20 @@ class FeedToken:
                                       agency="casetrail", ttl_seconds=_TOKEN_TTL)
             self._renew_at = time.time() + _TOKEN_TTL / 2
         return self._token
+
+    def refused(self) -> None:
+        """The feed answered 401: a token signed here is signed afresh next time."""
+        self._renew_at = 0.0
+
+    @staticmethod
+    def _from_file(path: Path) -> str:
+        try:
+            found = path.read_text().strip()
+        except (OSError, UnicodeError) as error:
+            raise FeedError(f"cannot read RECORDS_TOKEN_FILE {path}: {error}") from error
+        if not found:
+            raise FeedError(f"RECORDS_TOKEN_FILE {path} is empty")
+        return found
 
 
 @dataclass(frozen=True)
@@ -86,6 +109,8 @@ class FeedSubscriber:
         self._session: aiohttp.ClientSession | None = None
         self.healthy = False
         self.last_error: str | None = None
+        self._lag = 0.0
+        self._last_read = clock()  # the last page read and applied (or the start)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -108,6 +133,8 @@ class FeedSubscriber:
         try:
             async with self._client().get(url, params=params, headers=headers) as response:
                 body = await response.read()
+                if response.status == 401:
+                    self._token.refused()
                 if response.status != 200:
                     raise FeedError(f"feed answered {response.status}: {body[:300]!r}")
             page = FeedPage.model_validate_json(body)
@@ -122,6 +149,7 @@ class FeedSubscriber:
             page = await self.fetch(after, wait)
         except FeedError as error:
             self.healthy, self.last_error = False, str(error)
+            self._lag_at_least_since_last_read()
             raise
         self.healthy, self.last_error = True, None
         if not page.items:
@@ -148,9 +176,18 @@ class FeedSubscriber:
         oldest one the feed still holds back (an open transaction on the database server),
         whichever is older; 0 when caught up."""
         now = self._clock()
+        self._last_read = now
         ages = [(now - at).total_seconds()
                 for at in (newest_handled, page.held_back_since) if at is not None]
-        self._metrics.feed_lag.set(max([0.0, *ages]))
+        self._lag = max([0.0, *ages])
+        self._metrics.feed_lag.set(self._lag)
+
+    def _lag_at_least_since_last_read(self) -> None:
+        """While the feed cannot be read, or a page cannot be applied, the notifier falls
+        behind by at least the time since its last page; the gauge must not read as caught up
+        (it stayed 0 while the records service was down)."""
+        self._lag = max(self._lag, (self._clock() - self._last_read).total_seconds())
+        self._metrics.feed_lag.set(self._lag)
 
     async def catch_up(self) -> int:
         """Apply every page available now (no waiting); the number of events read."""
@@ -184,3 +221,4 @@ class FeedSubscriber:
     def _failed(self, error: Exception) -> None:
         self._metrics.feed_errors.inc()
         self.healthy, self.last_error = False, str(error) or type(error).__name__
+        self._lag_at_least_since_last_read()

@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 from email import policy
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 from typing import Any
@@ -103,9 +103,7 @@ def html_message(folder: Path, name: str) -> str | None:
     assert isinstance(message, EmailMessage)  # what policy.default parses into
     heads = "".join(f"<tr><th>{field}</th><td>{html.escape(str(message.get(field, '')))}</td></tr>"
                     for field in ("From", "To", "Subject", "Date", "Message-ID"))
-    parts = {"plain": message.get_body(("plain",)), "html": message.get_body(("html",))}
-    text = parts["plain"].get_content() if parts["plain"] is not None else ""
-    page = parts["html"].get_content() if parts["html"] is not None else ""
+    text, page = _readable(message.get_body(("plain",))), _readable(message.get_body(("html",)))
     return ("<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(str(message.get('Subject', '')))}</title></head><body>"
             f"<p><a href='/mail'>All caught mail</a> · <a href='/mail?file={html.escape(name)}"
@@ -113,6 +111,18 @@ def html_message(folder: Path, name: str) -> str | None:
             f"<h2>As HTML</h2><iframe sandbox style='width:100%;height:24em'"
             f" srcdoc='{html.escape(page, quote=True)}'></iframe>"
             f"<h2>As text</h2><pre>{html.escape(text)}</pre></body></html>")
+
+
+def _readable(part: MIMEPart | None) -> str:
+    """A text part as text. The catcher takes any mail, so a charset Python does not know
+    (``x-unknown``) is read as UTF-8, unreadable bytes replaced: the page once answered 500."""
+    if part is None:
+        return ""
+    try:
+        return str(part.get_content())
+    except (LookupError, UnicodeError):
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else ""
 
 
 def format_listing(folder: Path) -> str:

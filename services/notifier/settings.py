@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from schemas.events import TimeZoneName
 from services.common.settings import ServiceSettings
 
 
@@ -16,6 +17,7 @@ class NotifierSettings(ServiceSettings):
 
     records_url: str = Field(default="http://127.0.0.1:8080", alias="RECORDS_URL")
     records_token: str | None = Field(default=None, alias="RECORDS_TOKEN")
+    records_token_file: Path | None = Field(default=None, alias="RECORDS_TOKEN_FILE")
     host: str = Field(default="127.0.0.1", alias="NOTIFIER_HOST")
     port: int = Field(default=8081, alias="NOTIFIER_PORT")
     db_pool_max: int = Field(default=10, alias="NOTIFIER_DB_POOL_MAX")
@@ -36,7 +38,9 @@ class NotifierSettings(ServiceSettings):
     overdue_grace_days: int = Field(default=2, ge=0, le=60, alias="NOTIFIER_OVERDUE_GRACE_DAYS")
     nudge_days_after: int = Field(default=1, ge=0, le=60, alias="NOTIFIER_NUDGE_DAYS_AFTER")
     send_time: time = Field(default=time(9, 0), alias="NOTIFIER_SEND_TIME")
-    timezone: str = Field(default="UTC", alias="NOTIFIER_TIMEZONE")
+    # checked at start: with a name no zone has, every dated rule fails and its events are
+    # skipped past the checkpoint for good
+    timezone: TimeZoneName = Field(default="UTC", alias="NOTIFIER_TIMEZONE")
     digest_time: time = Field(default=time(8, 0), alias="NOTIFIER_DIGEST_TIME")
     stale_after_hours: float = Field(default=72.0, gt=0, alias="NOTIFIER_STALE_AFTER_HOURS")
 
@@ -44,7 +48,10 @@ class NotifierSettings(ServiceSettings):
     dispatch_batch: int = Field(default=100, ge=1, le=1000, alias="NOTIFIER_DISPATCH_BATCH")
     dispatch_concurrency: int = Field(default=8, ge=1, le=64, alias="NOTIFIER_SMTP_CONNECTIONS")
     lease_seconds: float = Field(default=120.0, gt=0, alias="NOTIFIER_LEASE_SECONDS")
-    retry_attempts: int = Field(default=8, ge=1, le=50, alias="NOTIFIER_RETRY_ATTEMPTS")
+    # unset: no count, the horizon alone ends the retries (8 attempts from 30 s used to give
+    # up after about an hour of an outage, long before the 24 h horizon)
+    retry_attempts: int | None = Field(default=None, ge=1, le=1000,
+                                       alias="NOTIFIER_RETRY_ATTEMPTS")
     retry_base_seconds: float = Field(default=30.0, ge=0, alias="NOTIFIER_RETRY_BASE_SECONDS")
     retry_max_seconds: float = Field(default=3600.0, ge=0, alias="NOTIFIER_RETRY_MAX_SECONDS")
     retry_horizon_seconds: float = Field(default=24 * 3600.0, gt=0,

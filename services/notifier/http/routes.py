@@ -13,6 +13,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
+from schemas.queries import NoQuery
 from services.common.auth import Principal, Role
 from services.common.http import json_response, parse_body, parse_query, principal
 from services.common.problems import Problem
@@ -40,7 +41,8 @@ def _path_user(request: web.Request) -> str:
     try:
         return _USER.validate_python(request.match_info["user"])
     except ValidationError as error:
-        raise Problem(400, "Bad request", "user must be 1-200 visible characters",
+        raise Problem(400, "Bad request", "user must be a user id of 1-200 characters"
+                      " (percent-encoded), without surrounding spaces or control characters",
                       kind="bad-id", errors=[{"field": "path.user", "message": "invalid"}]
                       ) from error
 
@@ -105,6 +107,7 @@ def _directory_entry(who: Principal, user: str, body: PreferencesInput,
 async def put_preferences(request: web.Request) -> web.Response:
     who = principal(request)
     user = _path_user(request)
+    parse_query(request, NoQuery)
     _may_manage(who, user)
     body = await parse_body(request, PreferencesInput)
     stored = await directory.get(ctx(request).pool, who.agency, user)
@@ -118,6 +121,7 @@ async def put_preferences(request: web.Request) -> web.Response:
 async def get_preferences(request: web.Request) -> web.Response:
     who = principal(request)
     user = _path_user(request)
+    parse_query(request, NoQuery)
     _may_manage(who, user)
     found = await directory.get(ctx(request).pool, who.agency, user)
     if found is None:
@@ -155,12 +159,25 @@ async def list_notifications(request: web.Request) -> web.Response:
                           if len(rows) == query.limit else None})
 
 
+def _addressed_to(who: Principal, row: store.Row) -> bool:
+    """A participant's notices are addressed to their case (``participant:<case>``), a staff
+    member's to their user id."""
+    if who.role is Role.PARTICIPANT:
+        return (row.case_id is not None and row.case_id in who.cases
+                and row.recipient == participant_recipient(row.case_id))
+    return row.recipient == who.sub
+
+
 async def _visible_row(request: web.Request) -> store.Row:
+    """The notification named in the path, if the caller may see it (else 404). The route
+    takes no query."""
     who = principal(request)
-    row = await store.get_row(ctx(request).pool, _path_id(request))
+    row_id = _path_id(request)
+    parse_query(request, NoQuery)
+    row = await store.get_row(ctx(request).pool, row_id)
     if row is None or (who.role is not Role.SERVICE and row.agency != who.agency):
         raise _NOT_FOUND
-    if who.role in (Role.SERVICE, Role.SUPERVISOR) or row.recipient == who.sub:
+    if who.role in (Role.SERVICE, Role.SUPERVISOR) or _addressed_to(who, row):
         return row
     if who.role is Role.CASE_MANAGER and row.case_id is not None:
         facts = await case_facts(ctx(request).pool, row.case_id)
@@ -182,7 +199,7 @@ async def get_notification(request: web.Request) -> web.Response:
 async def retry_notification(request: web.Request) -> web.Response:
     who = principal(request)
     row = await _visible_row(request)
-    if who.role not in (Role.SUPERVISOR, Role.SERVICE) and row.recipient != who.sub:
+    if who.role not in (Role.SUPERVISOR, Role.SERVICE) and not _addressed_to(who, row):
         raise Problem(403, "Forbidden", "supervisors and the recipient retry dead letters",
                       kind="forbidden")
     c = ctx(request)

@@ -85,3 +85,10 @@ async def participant_of(db: Db, agency: str, case_id: UUID) -> Preferences | No
                             " AND role = 'participant' AND $2::uuid = ANY(cases)"
                             " ORDER BY updated_at DESC LIMIT 1", agency, case_id)
     return Preferences.of(row) if row else None
+
+
+async def timezones(db: Db, delivery: str) -> list[str]:
+    """The time zones of the readers who take ``delivery``."""
+    rows = await db.fetch("SELECT DISTINCT timezone FROM notifier.directory"
+                          " WHERE delivery = $1", delivery)
+    return [r["timezone"] for r in rows]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 from uuid import UUID, uuid4, uuid5
 
@@ -193,50 +193,40 @@ async def claim_due(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int
     return sorted((Row.of(r) for r in rows), key=lambda r: (r.not_before, r.key))
 
 
-@dataclass(frozen=True)
-class Early:
-    """A dated notice claimed before the schedule's time: its reader's time zone, and the
-    moment that came (the notice's, or its day's ``at`` o'clock)."""
-
-    row: Row
-    timezone: str
-    moment: datetime
-
-
 async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int,
-                            lease: timedelta, delivery: str, at: time | None,
-                            notices_zone: str, passed_over: Sequence[UUID]) -> list[Early]:
+                            lease: timedelta, delivery: str, due_by: Mapping[str, datetime],
+                            passed_over: Sequence[UUID]) -> list[tuple[Row, str]]:
     """Lease the dated notices of readers who take ``delivery`` whose moment has come before
-    the schedule's: the notice's wall-clock time in ``notices_zone`` (where the schedule is
-    timed), or ``at`` o'clock on its day there, taken in the reader's zone (as
-    ``DatedTiming.moment``). ``passed_over`` rows are left out, and so are rows already put off
-    to a later time (their reader's quiet hours): the usual path takes them then."""
+    the schedule's time: a reader in time zone ``z`` is owed those due by ``due_by[z]``
+    (``DatedTiming.due_by``); readers in a zone not named there are left out. ``passed_over``
+    rows are left out, and so are rows already put off to a later time (their reader's quiet
+    hours): the usual path takes them then. Each row comes with its reader's time zone.
+
+    The zones are worked out in Python, not with ``AT TIME ZONE`` here: one reader's zone the
+    database server did not know made this statement fail, and so every instance's dispatch."""
+    zones = list(due_by)
     rows = await pool.fetch(
-        """WITH candidate AS (
-             SELECT n.id, d.timezone,
-                    (CASE WHEN $6::time IS NULL THEN n.due_at AT TIME ZONE $9
-                          ELSE (n.due_at AT TIME ZONE $9)::date + $6::time END)
-                      AT TIME ZONE d.timezone AS moment
-             FROM notifier.notifications n
+        """WITH reader AS (
+             SELECT * FROM unnest($6::text[], $7::timestamptz[]) AS r(timezone, due_by)),
+           due AS (
+             SELECT n.id, d.timezone FROM notifier.notifications n
              JOIN notifier.directory d ON d.agency = n.agency AND d.user_id = n.recipient
+             JOIN reader r ON r.timezone = d.timezone
              WHERE n.status = 'scheduled' AND n.digest_id IS NULL AND n.attempts = 0
                AND n.recipient_role IN ('case_manager', 'user')
-               AND n.kind = ANY($7::text[]) AND NOT (n.id = ANY($8::uuid[]))
+               AND n.kind = ANY($8::text[]) AND NOT (n.id = ANY($9::uuid[]))
                AND n.not_before > $1 AND n.not_before < $1 + interval '26 hours'
                AND n.not_before = n.due_at  -- not yet put off (quiet hours, say)
+               AND n.due_at <= r.due_by
                AND (n.lease_until IS NULL OR n.lease_until < $1)
-               AND d.delivery = $10),
-           due AS (
-             SELECT n.id, c.timezone, c.moment FROM notifier.notifications n
-             JOIN candidate c ON c.id = n.id WHERE c.moment <= $1
+               AND d.delivery = $10
              ORDER BY n.not_before LIMIT $2 FOR UPDATE OF n SKIP LOCKED)
            UPDATE notifier.notifications n SET lease_owner = $3, lease_until = $4,
                                                claim_token = $5, updated_at = $1
-           FROM due WHERE n.id = due.id RETURNING n.*, due.timezone AS reader_timezone,
-                                                   due.moment AS reader_moment""",
-        now, limit, owner, now + lease, uuid4(), at, list(DATED), list(passed_over),
-        notices_zone, delivery)
-    return [Early(Row.of(r), r["reader_timezone"], r["reader_moment"]) for r in rows]
+           FROM due WHERE n.id = due.id RETURNING n.*, due.timezone AS reader_timezone""",
+        now, limit, owner, now + lease, uuid4(), zones, [due_by[z] for z in zones],
+        list(DATED), list(passed_over), delivery)
+    return [(Row.of(r), r["reader_timezone"]) for r in rows]
 
 
 async def renew_claim(pool: asyncpg.Pool, token: UUID, lease_until: datetime) -> int:
