@@ -15,6 +15,7 @@ Conventions (docs/decisions/0100-event-catalog.md):
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -110,6 +111,18 @@ Text: TypeAlias = Annotated[
 UserId: TypeAlias = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_IDENTIFIER), _CLEAN
 ]
+
+
+def _as_given(value: Any) -> Any:
+    if isinstance(value, str) and (value != value.strip()
+                                   or any(unicodedata.category(c) == "Cc" for c in value)):
+        raise ValueError("no surrounding spaces or control characters")
+    return value
+
+
+# A user id that names someone exactly as given: a token's sub and agency, a user in a path.
+# UserId strips " cm-1" to cm-1, right for a body, wrong for an identity.
+ExactUserId: TypeAlias = Annotated[UserId, BeforeValidator(_as_given)]
 Pronouns: TypeAlias = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), _CLEAN
 ]

@@ -37,6 +37,7 @@ BAD_TOKENS = {
     "lone surrogate in agency": jwt.encode(claims(agency="a\udc00"), JWT_SECRET,
                                            algorithm="HS256"),
     "spaces around sub": jwt.encode(claims(sub=" cm-1 "), JWT_SECRET, algorithm="HS256"),
+    "control character in sub": jwt.encode(claims(sub="cm\t1"), JWT_SECRET, algorithm="HS256"),
     "overlong agency": jwt.encode(claims(agency="a" * 201), JWT_SECRET, algorithm="HS256"),
     "numeric sub": jwt.encode(claims(sub=7), JWT_SECRET, algorithm="HS256"),
     "bad cases": jwt.encode(claims(cases=["nope"]), JWT_SECRET, algorithm="HS256"),

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import TypeAdapter, ValidationError
 
-from schemas.events import MAX_IDENTIFIER, UserId
+from schemas.events import MAX_IDENTIFIER, ExactUserId
 from services.common.settings import ServiceSettings
 
 
@@ -59,7 +59,7 @@ class Principal:
 
 _ASYMMETRIC = ["RS256", "ES256", "EdDSA"]
 _VERIFIED_CACHE_SIZE = 10_000
-_IDENTIFIER: TypeAdapter[str] = TypeAdapter(UserId)
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(ExactUserId)
 
 
 class TokenVerifier:
@@ -172,7 +172,7 @@ def _identity(claims: dict[str, Any], name: str) -> str:
         valid = False
     if not valid:
         raise AuthError(f"{name} must be an identifier of 1-{MAX_IDENTIFIER} characters, without"
-                        " surrounding spaces, NUL characters or invalid Unicode")
+                        " surrounding spaces, control characters or invalid Unicode")
     return str(value)
 
 

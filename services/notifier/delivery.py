@@ -347,13 +347,15 @@ class SmtpSender:
         except aiosmtplib.SMTPResponseException as error:
             await _close(client)
             return classify(error.code, error.message)
-        except Exception as error:
-            # Anything else (no reply, a connection lost mid-message, an address the client
-            # cannot encode, a bug) is an attempt that failed: it is recorded and retried,
-            # and the connection, in a state unknown, is dropped rather than pooled.
-            if client is not None:
-                client.close()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, UnicodeError) as error:
+            # no reply, a connection lost mid-message, an address the client cannot encode:
+            # an attempt that failed, recorded and retried; the connection, in a state
+            # unknown, is dropped rather than pooled
+            _drop(client)
             return classify(None, f"no reply: {type(error).__name__}: {error}")
+        except BaseException:
+            _drop(client)  # a fault of ours: the dispatcher records it (Dispatcher._settled)
+            raise
         self._idle.append(client)
         return classify(250, response)
 
@@ -369,6 +371,11 @@ async def _mail_options(client: aiosmtplib.SMTP, address: str) -> list[str] | No
     if client.is_ehlo_or_helo_needed:
         await client.ehlo()  # its answer lists the server's extensions
     return ["SMTPUTF8"] if client.supports_extension("smtputf8") else None
+
+
+def _drop(client: aiosmtplib.SMTP | None) -> None:
+    if client is not None:
+        client.close()
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:
@@ -413,7 +420,6 @@ class Dispatcher:
         self._pool = pool
         self._settings = settings
         self._clock = clock
-        self._metrics = metrics
         self._owner = owner
         self._rng = rng or random.Random()
         self._history_began = history_began
@@ -421,6 +427,8 @@ class Dispatcher:
         self._timing = DatedTiming.of(settings)
         self._smtp = SmtpSender(settings)
         self._unknown_zones: set[str] = set()
+        self._counters = {"sent": metrics.sent, "failed": metrics.failed, "dead": metrics.dead,
+                          "cancelled": metrics.cancelled}
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
 
     async def close(self) -> None:
@@ -530,22 +538,18 @@ class Dispatcher:
                           digests: bool) -> list[Outcome | BaseException | None]:
         who = await self._recipients(rows)
         handle = self._handle_digest if digests else self._handle
-        results = await asyncio.gather(*(handle(row, who[row.id]) for row in rows),
-                                       return_exceptions=True)
-        # One row's failure must not lose the others' outcomes (they were sent).
-        for row, result in zip(rows, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("delivery step failed", notification=str(row.id), error=repr(result))
-        return results
+        # one row's failure must not lose the others' outcomes (they were sent)
+        return await asyncio.gather(*(handle(row, who[row.id]) for row in rows),
+                                    return_exceptions=True)
 
     def _settled(self, row: Row, result: Outcome | BaseException | None) -> Outcome | None:
         """What to record for a row. An exception while handling it is a failed attempt,
         retried with backoff until the retries run out: left unrecorded, the row came back
         at every lease, silently, until it was too late to send."""
         if isinstance(result, Exception):
-            fault = SmtpResult(None, "transient",
-                               f"delivery failed: {type(result).__name__}: {result}")
-            return self._outcome(row, fault)
+            fault = f"{type(result).__name__}: {without_addresses(str(result))}"
+            log.error("delivery step failed", notification=str(row.id), error=fault)
+            return self._outcome(row, SmtpResult(None, "transient", f"delivery failed: {fault}"))
         return result if isinstance(result, Outcome) else None
 
     async def _keep_claim(self, token: UUID) -> None:
@@ -658,9 +662,7 @@ class Dispatcher:
     def _report(self, row: Row, outcome: Outcome) -> None:
         """Count every outcome, and log the ones an operator must see: a failed attempt and a
         dead letter, with the reason but without the address."""
-        counters = {"sent": self._metrics.sent, "failed": self._metrics.failed,
-                    "dead": self._metrics.dead, "cancelled": self._metrics.cancelled}
-        counters[outcome.status].labels(row.kind).inc()
+        self._counters[outcome.status].labels(row.kind).inc()
         if outcome.status in ("failed", "dead"):
             log.warning("notification " + ("dead-lettered" if outcome.status == "dead"
                                            else "not sent; it will be retried"),
@@ -682,8 +684,12 @@ class Dispatcher:
             row.attempts_since_revival + 1, row.first_attempt_at or now, now, self._rng)
         if retry_at is not None:
             return replace(done, status="failed", error=error, not_before=retry_at)
-        verdict = (f"gave up after {attempt} attempt(s)" if result.outcome != "permanent"
-                   else "refused permanently" if result.code is not None else "cannot be sent")
+        if result.outcome != "permanent":
+            verdict = f"gave up after {attempt} attempt(s)"
+        elif result.code is not None:
+            verdict = "refused permanently"
+        else:
+            verdict = "cannot be sent"
         return replace(done, status="dead", error=f"{verdict}: {error}")
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import time
-from typing import Annotated, Any, Literal, Self
+from typing import Any, Literal, Self
 from uuid import UUID
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -18,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.events import Email, TimeZoneName, UserId
+from schemas.events import Email, ExactUserId, TimeZoneName
 from schemas.queries import QueryInt
 
 _HH_MM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -31,16 +30,9 @@ def _has_control_character(value: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in value)
 
 
-def _as_given(value: Any) -> Any:
-    """A user named in a path is taken as it is: " cm-1" is not cm-1 (UserId would strip it)."""
-    if isinstance(value, str) and (value != value.strip() or _has_control_character(value)):
-        raise ValueError("no surrounding spaces or control characters")
-    return value
-
-
 # the ids the records service accepts for case managers (María López, say), percent-encoded in
 # the path; it once took only visible ASCII, so such a manager could never be given an address
-UserPath = Annotated[UserId, BeforeValidator(_as_given)]
+UserPath = ExactUserId
 
 
 class Body(BaseModel):

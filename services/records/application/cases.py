@@ -103,7 +103,8 @@ def history_entry(event: RecordedEvent) -> api.EventView:
     covers."""
     actor = event.metadata.get("actor", {})
     schema_version, data, recorded_as = event.schema_version, event.data, None
-    current = EVENT_TYPES[event.type].schema_version if event.type in EVENT_TYPES else 0
+    known = EVENT_TYPES.get(event.type)
+    current = known.schema_version if known is not None else 0
     if event.schema_version < current:
         payload = parse_event(event.type, event.schema_version, event.data)
         schema_version, data = current, payload.model_dump(mode="json")
@@ -193,22 +194,20 @@ class CaseCommands:
         return state
 
     async def execute(self, request: WriteRequest) -> WriteOutcome:
-        if request.idempotency is not None:
-            replay = await self._store.find_idempotent(request.idempotency)
-            if replay is not None:
-                return self._outcome(request, replay, None)
+        if (replayed := await self._replay_of(request)) is not None:
+            return replayed
         try:
             async with self._case_locks.hold(request.case_id):
                 return await self._decide_and_append(request)
         except (DomainError, PreconditionFailed, TooMuchContention):
             # a retry that raced its original: decided against the state the original left
             # (its item id already taken, the version moved), it is still the same request
-            replayed = await self._replay_of(request)
-            if replayed is None:
+            if (replayed := await self._replay_of(request)) is None:
                 raise
             return replayed
 
     async def _replay_of(self, request: WriteRequest) -> WriteOutcome | None:
+        """The original answer, if this request's Idempotency-Key was recorded already."""
         if request.idempotency is None:
             return None
         replay = await self._store.find_idempotent(request.idempotency)

@@ -42,8 +42,8 @@ from services.records.projections.plans import (
     load_plan,
 )
 from services.records.store.access_log import AccessLogEntry, list_entries, record_reads
+from services.records.store.checkpoint import Checkpoint
 from services.records.store.events import Clock, EventStore, RecordedEvent
-from services.records.store.feed import Checkpoint
 from services.records.store.windows import versions_around_window
 
 EXPORT_PAGE = 500  # events read per query while an export streams

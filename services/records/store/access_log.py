@@ -10,7 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.records.store.feed import Checkpoint
+from services.records.store.checkpoint import Checkpoint, committed_after
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,7 @@ async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
     rows = await pool.fetch(
         "SELECT transaction_id::text AS tx, id, at, actor_sub, actor_role, case_id, action,"
         " what, request_id FROM records.access_log WHERE agency = $1"
-        " AND ($2::uuid IS NULL OR case_id = $2)"
-        " AND (transaction_id, id) > ($3::text::xid8, $4::bigint)"
-        " AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+        f" AND ($2::uuid IS NULL OR case_id = $2) AND {committed_after('id', 3)}"
         " ORDER BY transaction_id, id LIMIT $5",
         agency, case_id, str(after.transaction_id), after.position, limit)
     return [(Checkpoint(int(r["tx"]), r["id"]),

@@ -1,62 +1,23 @@
 """The global feed: every event once, in one order that never changes, with a checkpoint.
 
-Events are ordered by (writing transaction id, global_position). A reader only receives
-events whose transaction id is below ``pg_snapshot_xmin(pg_current_snapshot())``: every
-transaction that could still commit has a larger id, so nothing can later appear behind a
-checkpoint already handed out. The cost: a long-running writer holds the feed back until it ends.
+Events are read in commit order, (writing transaction id, global_position), up to the oldest
+open transaction (``store/checkpoint.py``), so nothing can later appear behind a checkpoint
+already handed out. The cost: a long-running writer holds the feed back until it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
+from services.records.store.checkpoint import START, BadCheckpoint, Checkpoint, committed_after
 from services.records.store.events import _EVENT_COLUMNS, RecordedEvent, _recorded
 
-_CHECKPOINT = re.compile(r"^([0-9]{1,20}):([0-9]{1,20})$")
 NOTIFY_CHANNEL = "records_events"
-_BIGINT_MAX = 2**63 - 1
-
-
-class BadCheckpoint(ValueError):
-    pass
-
-
-@dataclass(frozen=True, order=True)
-class Checkpoint:
-    """A place in commit order: the writing transaction's id, then the row's own position
-    (an event's global_position, an access-log entry's id). Handed out as an opaque token."""
-
-    transaction_id: int
-    position: int
-
-    def encode(self) -> str:
-        raw = f"{self.transaction_id}:{self.position}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, token: str) -> Checkpoint:
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        except (binascii.Error, UnicodeDecodeError, ValueError) as error:
-            raise BadCheckpoint("checkpoint is not one this service handed out") from error
-        match = _CHECKPOINT.match(raw)
-        if match is None or len(token) > 64:
-            raise BadCheckpoint("checkpoint is not one this service handed out")
-        transaction_id, global_position = int(match.group(1)), int(match.group(2))
-        if max(transaction_id, global_position) > _BIGINT_MAX:
-            raise BadCheckpoint("checkpoint is not one this service handed out")
-        return cls(transaction_id, global_position)
-
-
-START = Checkpoint(0, 0)
 
 
 @dataclass(frozen=True)
@@ -85,8 +46,7 @@ async def read_feed(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPa
 async def _read_events(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPage:
     rows = await pool.fetch(
         f"SELECT transaction_id::text AS tx, {_EVENT_COLUMNS} FROM records.events"
-        " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
-        " AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+        f" WHERE {committed_after('global_position', 1)}"
         " ORDER BY transaction_id, global_position LIMIT $3",
         str(after.transaction_id), after.position, limit,
     )
