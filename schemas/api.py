@@ -450,8 +450,8 @@ class EventView(View):
     data: dict[str, Any] = Field(description="the payload in the current schema (upcast when "
                                              "it was recorded in an older one)")
     recorded_as: RecordedForm | None = Field(
-        default=None, description="present when ``data`` was upcast: the payload as recorded, "
-                                  "which ``hash`` covers")
+        default=None, description="null unless ``data`` was upcast; then the payload as "
+                                  "recorded (its schema_version and data), which ``hash`` covers")
     prev_hash: str = Field(description="hash of the previous event of the case (hex SHA-256)")
     hash: str = Field(description="this event's link in the case's hash chain (hex SHA-256)")
 
@@ -611,7 +611,7 @@ class ReviewsView(View):
     held: int = Field(description="of those, held (on time or late)")
     on_time: int = Field(description="held on or before the date they were due")
     not_held: int = Field(description="due, and not held as of today")
-    on_time_rate: float | None = Field(description="on_time / due")
+    on_time_rate: float | None = Field(description="on_time / due; null when none fell due")
 
 
 class OutcomesView(View):

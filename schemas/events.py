@@ -231,7 +231,8 @@ def _openable_zone(value: str) -> str:
 # A zone already recorded in an event was checked by the rule of its day (any name ZoneInfo
 # opens): a stricter rule for new input must not make a recorded case unreadable.
 RecordedTimeZone: TypeAlias = Annotated[
-    str, Field(min_length=1, max_length=64, description="IANA name, e.g. Europe/Berlin"),
+    str, Field(min_length=1, max_length=64,
+               description="a time zone name (IANA, e.g. Europe/Berlin, for new cases)"),
     AfterValidator(_openable_zone)]
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
@@ -279,6 +281,7 @@ def _positive_seconds(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="casetrail", description=__doc__)
+    parser.set_defaults(connects=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run everything locally (embedded PostgreSQL if needed)")
@@ -287,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--notifier-port", type=int, help="notifier port (NOTIFIER_PORT, 8081)")
     dev.add_argument("--smtp-port", type=int,
                      help="local mail catcher port (SMTP_PORT, 1025)")
-    dev.set_defaults(run=cmd_dev)
+    dev.set_defaults(run=cmd_dev, connects=True)
 
     records = sub.add_parser("records", help="run the records service")
     records.add_argument("--host")
@@ -295,13 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_argument("--reuse-port", action="store_true",
                          help="let several records processes listen on this port (Linux"
                               " SO_REUSEPORT), so they share the machine's cores")
-    records.set_defaults(run=cmd_records)
+    records.set_defaults(run=cmd_records, connects=True)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
-    migrate.set_defaults(run=cmd_migrate)
+    migrate.set_defaults(run=cmd_migrate, connects=True)
 
     rebuild = sub.add_parser("rebuild-projections", help="recompute read models from events")
-    rebuild.set_defaults(run=cmd_rebuild)
+    rebuild.set_defaults(run=cmd_rebuild, connects=True)
 
     openapi = sub.add_parser("openapi", help="write schemas/openapi.json from the records routes")
     openapi.add_argument("--check", action="store_true", help="only compare; exit 1 on drift")
@@ -323,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     notifier = sub.add_parser("notifier", help="run the notifier service")
     notifier.add_argument("--host")
     notifier.add_argument("--port", type=int)
-    notifier.set_defaults(run=cmd_notifier)
+    notifier.set_defaults(run=cmd_notifier, connects=True)
 
     verify = sub.add_parser("verify", help="check a signed export offline: its digest, its"
                             " signature and the hash chain of its events (exit 0: verified)")
@@ -360,14 +363,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     try:
         return run(args, Settings())
-    except (ConfigurationError, ValidationError) as error:
+    except ValidationError as error:
+        return _fail(f"configuration: {_one_line(error)}")
+    except ConfigurationError as error:
         return _fail(f"configuration: {error}")
     except MigrationError as error:
         return _fail(f"migrations: {error}")
     except (OSError, asyncpg.PostgresError) as error:
+        if not args.connects:
+            raise
         # the database unreachable or refusing us, the port taken: said in one line, not a
         # traceback an operator must read from the bottom up
         return _fail(f"could not start: {error}")
+
+
+_SECRET_SETTING = re.compile(r"SECRET|PASSWORD|TOKEN|KEY|URL|DSN", re.IGNORECASE)
+
+
+def _one_line(error: ValidationError) -> str:
+    """Each setting that did not validate, by its variable's name, with the value given
+    unless it may hold a secret (a database URL holds a password)."""
+    def said(e: Any) -> str:
+        name = ".".join(str(part) for part in e["loc"])
+        given = "" if _SECRET_SETTING.search(name) else f" (given {e.get('input')!r})"
+        return f"{name}: {e['msg']}{given}"
+    return "; ".join(said(e) for e in error.errors(include_url=False))
 
 
 if __name__ == "__main__":

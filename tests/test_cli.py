@@ -232,6 +232,21 @@ def test_a_database_that_cannot_be_reached_is_said_in_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("setting", "value", "said"), [
+    ("RECORDS_PORT", "eighty", "configuration: RECORDS_PORT: Input should be a valid integer,"
+                               " unable to parse string as an integer (given 'eighty')"),
+    ("CASETRAIL_JWT_SECRET", "s3cret-but-short",
+     "configuration: CASETRAIL_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)"),
+])
+def test_a_setting_the_service_cannot_start_with_is_said_in_one_line(
+        setting: str, value: str, said: str) -> None:
+    result = run("records", "--port", "0", env={
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/unused",
+        "CASETRAIL_JWT_SECRET": JWT_SECRET, setting: value})
+    assert (result.returncode, result.stderr.strip()) == (2, f"casetrail: {said}")
+    assert "s3cret" not in result.stderr
+
+
 def test_an_auditor_token_naming_many_cases_reaches_the_service(
         fresh_database_url: str) -> None:
     """A court order may name hundreds of cases: its token is a header of some 15 kB, which

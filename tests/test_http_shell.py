@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from services.common.settings import Settings
+from services.common.settings import ConfigurationError, Settings
 from tests.conftest import JWT_SECRET, ClientFactory, TokenFactory, bearer
 from tests.records_api import CaseApi
 
@@ -147,5 +147,5 @@ def test_short_hs256_secrets_are_refused(database_url: str) -> None:
 
     settings = Settings.model_validate({"DATABASE_URL": database_url,
                                         "CASETRAIL_JWT_SECRET": "short"})
-    with pytest.raises(RuntimeError, match="at least 32 bytes"):
+    with pytest.raises(ConfigurationError, match="at least 32 bytes"):
         create_app(settings)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import MAX_IDENTIFIER, ExactUserId
-from services.common.settings import ServiceSettings
+from services.common.settings import ConfigurationError, ServiceSettings
 
 
 class Role(StrEnum):
@@ -75,9 +75,10 @@ class TokenVerifier:
                       if settings.jwks_file else None)
         self._verified: dict[str, tuple[Principal, float]] = {}
         if self._secret is not None and len(self._secret.encode()) < 32:
-            raise RuntimeError("CASETRAIL_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
+            raise ConfigurationError("CASETRAIL_JWT_SECRET must be at least 32 bytes"
+                                     " (RFC 7518 3.2)")
         if not (self._secret or self._public_key or self._jwks):
-            raise RuntimeError("set CASETRAIL_JWT_SECRET, CASETRAIL_JWT_PUBLIC_KEY_FILE"
+            raise ConfigurationError("set CASETRAIL_JWT_SECRET, CASETRAIL_JWT_PUBLIC_KEY_FILE"
                                " or CASETRAIL_JWKS_FILE")
 
     def _key_for(self, token: str) -> tuple[Any, list[str]]:
@@ -132,7 +133,7 @@ def _algorithm_of(public_key_pem: str) -> str:
         return "ES256"
     if isinstance(key, ed25519.Ed25519PublicKey):
         return "EdDSA"
-    raise RuntimeError("CASETRAIL_JWT_PUBLIC_KEY_FILE must hold an RSA, EC (P-256) or Ed25519"
+    raise ConfigurationError("CASETRAIL_JWT_PUBLIC_KEY_FILE must hold an RSA, EC (P-256) or Ed25519"
                        " public key")
 
 

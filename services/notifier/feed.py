@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from schemas.feed import FeedPage
 from services.common.auth import Role, issue_token
 from services.common.database import DATABASE_UNAVAILABLE
+from services.common.settings import ConfigurationError
 from services.notifier.casemodel import FeedItem
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import RuleSettings
@@ -53,7 +54,7 @@ class FeedToken:
         self._token = ""
         self._renew_at = 0.0
         if not (self._file or self._fixed or self._secret):
-            raise RuntimeError("set RECORDS_TOKEN_FILE, RECORDS_TOKEN or CASETRAIL_JWT_SECRET"
+            raise ConfigurationError("set RECORDS_TOKEN_FILE, RECORDS_TOKEN or CASETRAIL_JWT_SECRET"
                                " to read the feed")
 
     def value(self) -> str:

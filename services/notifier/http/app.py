@@ -28,6 +28,7 @@ from services.common.http import (
 )
 from services.common.http import request_id_middleware as request_ids
 from services.common.problems import problem_middleware
+from services.common.settings import ConfigurationError
 from services.notifier.feed import FeedSubscriber
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.service import Notifier, utc_now
@@ -66,7 +67,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
     """The notifier app. ``background=False`` leaves the feed and dispatch loops stopped
     (tests drive them step by step through ``app[NOTIFIER].notifier``)."""
     if not settings.database_url:
-        raise RuntimeError("DATABASE_URL is not set")
+        raise ConfigurationError("DATABASE_URL is not set")
     database_url = settings.database_url
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[request_ids, request_metrics_middleware, problem_middleware,

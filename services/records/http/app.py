@@ -30,7 +30,7 @@ from services.common.http import (
     request_metrics_middleware,
 )
 from services.common.problems import Problem, problem_middleware
-from services.common.settings import Settings
+from services.common.settings import ConfigurationError, Settings
 from services.records.application.analytics import OutcomeAnalytics
 from services.records.application.cases import CaseCommands
 from services.records.application.language import LanguageGuides
@@ -94,7 +94,7 @@ log = structlog.get_logger("casetrail.records")
 
 def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application:
     if not settings.database_url:
-        raise RuntimeError("DATABASE_URL is not set")
+        raise ConfigurationError("DATABASE_URL is not set")
     database_url = settings.database_url
     # Per-agency files are read now, so a malformed one stops the start (ConfigurationError
     # naming the file) instead of failing requests later.
