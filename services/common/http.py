@@ -26,6 +26,7 @@ from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_sc
 from yarl import URL
 
 from schemas.api import Problem as ProblemBody
+from schemas.queries import NoQuery
 from services.common.auth import AuthError, Principal, TokenVerifier
 from services.common.problems import REQUEST_ID_KEY, Handler, Problem, validation_problem
 
@@ -324,6 +325,17 @@ class Operation:
     media_types: tuple[str, ...] = ("application/json",)
 
 
+def _taking_no_query(handler: RouteHandler) -> RouteHandler:
+    """An API route declared without a query refuses one (422) rather than ignoring it:
+    ``?reason=`` on a revision, say, was silently dropped."""
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        parse_query(request, NoQuery)
+        return await handler(request)
+    checked.public = False  # type: ignore[attr-defined]
+    return checked
+
+
 @dataclass
 class Api:
     """The one list of operations: routes are registered and OpenAPI is generated from it."""
@@ -341,7 +353,8 @@ class Api:
         (``media_types`` name the answer's types when it is not JSON)."""
         def register(handler: RouteHandler) -> RouteHandler:
             handler.public = public  # type: ignore[attr-defined]
-            self.operations.append(Operation(method, path, summary, handler, body, query,
+            served = handler if query is not None or public else _taking_no_query(handler)
+            self.operations.append(Operation(method, path, summary, served, body, query,
                                              response, status, public, tag, media_types))
             return handler
         return register

@@ -13,7 +13,6 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from schemas.queries import NoQuery
 from services.common.auth import Principal, Role
 from services.common.http import json_response, parse_body, parse_query, principal
 from services.common.problems import Problem
@@ -107,7 +106,6 @@ def _directory_entry(who: Principal, user: str, body: PreferencesInput,
 async def put_preferences(request: web.Request) -> web.Response:
     who = principal(request)
     user = _path_user(request)
-    parse_query(request, NoQuery)
     _may_manage(who, user)
     body = await parse_body(request, PreferencesInput)
     stored = await directory.get(ctx(request).pool, who.agency, user)
@@ -121,7 +119,6 @@ async def put_preferences(request: web.Request) -> web.Response:
 async def get_preferences(request: web.Request) -> web.Response:
     who = principal(request)
     user = _path_user(request)
-    parse_query(request, NoQuery)
     _may_manage(who, user)
     found = await directory.get(ctx(request).pool, who.agency, user)
     if found is None:
@@ -169,11 +166,9 @@ def _addressed_to(who: Principal, row: store.Row) -> bool:
 
 
 async def _visible_row(request: web.Request) -> store.Row:
-    """The notification named in the path, if the caller may see it (else 404). The route
-    takes no query."""
+    """The notification named in the path, if the caller may see it (else 404)."""
     who = principal(request)
     row_id = _path_id(request)
-    parse_query(request, NoQuery)
     row = await store.get_row(ctx(request).pool, row_id)
     if row is None or (who.role is not Role.SERVICE and row.agency != who.agency):
         raise _NOT_FOUND

@@ -26,7 +26,6 @@ from schemas.queries import (
     DiffQuery,
     ExportQuery,
     HistoryQuery,
-    NoQuery,
     OutcomesQuery,
     PlanQuery,
     RemovalQuery,
@@ -139,8 +138,6 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     if request.method == "DELETE" and request.query:
         raise Problem(400, "Bad request", "give the reason in the body or ?reason=, not both",
                       kind="bad-query")
-    if request.method != "DELETE":
-        parse_query(request, NoQuery)
     return await parse_body(request, model)
 
 
@@ -169,8 +166,8 @@ def write(method: str, path: str, summary: str, body: type[BaseModel], build: Bu
         return json_response(outcome.as_view(), status=status, headers=headers)
 
     handler.__name__ = re.sub(r"\W+", "_", f"{method.lower()}_{summary}").strip("_")
-    registry.route(method, path, summary, body=body, response=api.WriteResult,
-                   status=status)(handler)
+    registry.route(method, path, summary, body=body, response=api.WriteResult, status=status,
+                   query=RemovalQuery if method == "DELETE" else None)(handler)
 
 
 CASE = "/v1/cases/{case_id}"
@@ -275,10 +272,9 @@ async def case_diff(request: web.Request) -> web.Response:
 
 
 @registry.route("GET", f"{CASE}/verify", "recompute the case's hash chain",
-                query=NoQuery, response=api.VerifyView)
+                response=api.VerifyView)
 async def verify_case(request: web.Request) -> web.Response:
     case_id = path_id(request, "case_id")
-    parse_query(request, NoQuery)
     report = await records(request).queries.verify(principal(request), case_id,
                                                    request_id=request.get(REQUEST_ID_KEY))
     view = api.VerifyView.model_validate({"case_id": case_id, **report.as_dict()})
