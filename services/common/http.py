@@ -323,6 +323,7 @@ class Operation:
     public: bool = False
     tag: str = "records"
     media_types: tuple[str, ...] = ("application/json",)
+    head: bool = False  # also answers HEAD
 
 
 def _taking_no_query(handler: RouteHandler) -> RouteHandler:
@@ -347,15 +348,18 @@ class Api:
     def route(self, method: str, path: str, summary: str, *, body: type[BaseModel] | None = None,
               query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
               status: int = 200, public: bool = False, tag: str = "records",
-              media_types: tuple[str, ...] = ("application/json",),
+              media_types: tuple[str, ...] = ("application/json",), head: bool = False,
               ) -> Callable[[RouteHandler], RouteHandler]:
         """Register a handler; ``response`` is the model its success answer is built from
-        (``media_types`` name the answer's types when it is not JSON)."""
+        (``media_types`` name the answer's types when it is not JSON). A public GET also
+        answers HEAD, and so does one registered with ``head``: not an audited read, a
+        stream or a long-poll, where a HEAD would log a read or wait while showing nothing."""
         def register(handler: RouteHandler) -> RouteHandler:
             handler.public = public  # type: ignore[attr-defined]
             served = handler if query is not None or public else _taking_no_query(handler)
-            self.operations.append(Operation(method, path, summary, served, body, query,
-                                             response, status, public, tag, media_types))
+            self.operations.append(Operation(
+                method, path, summary, served, body, query, response, status, public, tag,
+                media_types, head=method == "GET" and (head or public)))
             return handler
         return register
 
@@ -382,7 +386,7 @@ class Api:
     def add_routes(self, app: web.Application) -> None:
         trees: dict[str, RouteTree] = {}
         for op in self.operations:
-            methods = (op.method, "HEAD") if op.method == "GET" else (op.method,)
+            methods = (op.method, "HEAD") if op.head else (op.method,)
             prefix = RouteTree.prefix_of(op.path)
             if prefix is None:
                 for method in methods:

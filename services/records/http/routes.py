@@ -239,7 +239,7 @@ async def list_cases(request: web.Request) -> web.Response:
 
 
 @registry.route("GET", CASE, "the current plan, or the plan as of a version or time",
-                query=PlanQuery, response=api.PlanView)
+                query=PlanQuery, response=api.PlanView, head=True)
 async def get_case(request: web.Request) -> web.Response:
     case_id = path_id(request, "case_id")
     query = parse_query(request, PlanQuery)
@@ -296,8 +296,6 @@ async def export_case(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'attachment; filename="{export.filename}"'})
     await response.prepare(request)
     async with aclosing(export.chunks) as chunks:
-        if request.method == "HEAD":  # a streamed body is not dropped for HEAD by aiohttp
-            return response
         async for chunk in chunks:
             try:
                 await response.write(chunk)
