@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.records.http.app import RECORDS
 from services.records.store.events import EventStore, NewEvent
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.records_api import CaseApi, event_count
@@ -309,13 +310,19 @@ async def test_concurrent_keyed_writers_all_succeed_and_replay(cm: CaseApi,
     assert await event_count(fresh_pool) == count
 
 
-async def racing(pool: asyncpg.Pool, *requests: Awaitable[Any]) -> list[Any]:
-    """Send ``requests`` while appends are held up, so that each has looked for its
-    Idempotency-Key before the first of them is written."""
+async def racing(cm: CaseApi, pool: asyncpg.Pool, *requests: Awaitable[Any]) -> list[Any]:
+    """Send ``requests`` while appends are held up, and let the first through only once every
+    one has looked for its Idempotency-Key and waits for its turn at its case."""
+    locks = cm.client.app[RECORDS].commands.case_locks
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("LOCK TABLE records.streams IN EXCLUSIVE MODE")  # reads go on
         sent = asyncio.gather(*requests)
-        await asyncio.sleep(0.5)
+        for _ in range(3000):  # up to 30 s
+            if locks.writers() == len(requests):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"only {locks.writers()} of {len(requests)} writes arrived")
     return list(await sent)
 
 
@@ -330,12 +337,12 @@ async def test_a_retry_racing_its_original_gets_the_original_answer(
     def note(text: str) -> Awaitable[Any]:
         return cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": text}, headers=headers)
 
-    answers = await racing(fresh_pool, *[note("Jo called") for _ in range(4)], note("other"))
+    answers = await racing(cm, fresh_pool, *[note("Jo called") for _ in range(4)], note("other"))
     assert answers[:4] == [answers[0]] * 4, answers
     assert answers[0]["version"] == 2
     assert answers[4]["type"].endswith("idempotency-key-reused"), answers[4]
     body = {"participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"}
-    opened = await racing(fresh_pool, *[cm.call("POST", "/v1/cases", body,
+    opened = await racing(cm, fresh_pool, *[cm.call("POST", "/v1/cases", body,
                                                 headers={"Idempotency-Key": "open-once"})
                                         for _ in range(4)])
     assert opened == [opened[0]] * 4, opened

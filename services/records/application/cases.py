@@ -170,6 +170,10 @@ class CaseLocks:
             if not self._holders[case_id]:  # nobody waits: forget it
                 del self._holders[case_id], self._locks[case_id]
 
+    def writers(self) -> int:
+        """How many writes hold their case's turn or wait for it."""
+        return sum(self._holders.values())
+
 
 class CaseCommands:
     def __init__(self, store: EventStore, guides: LanguageGuides, clock: Clock,
@@ -180,7 +184,7 @@ class CaseCommands:
         self._policies = policies if policies is not None else AgencyPolicies(None)
         self._clock = clock
         self._cache = StateCache()
-        self._case_locks = CaseLocks()
+        self.case_locks = CaseLocks()
         self._on_conflict = on_conflict
 
     async def load(self, case_id: UUID) -> PlanState | None:
@@ -197,7 +201,7 @@ class CaseCommands:
         if (replayed := await self._replay_of(request)) is not None:
             return replayed
         try:
-            async with self._case_locks.hold(request.case_id):
+            async with self.case_locks.hold(request.case_id):
                 return await self._decide_and_append(request)
         except (DomainError, PreconditionFailed, TooMuchContention):
             # a retry that raced its original: decided against the state the original left
