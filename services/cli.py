@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from services.common.auth import Role, dev_secret, issue_token
 from services.common.database import MigrationError
-from services.common.http import MAX_HEADER_BYTES, JsonAccessLogger, new_event_loop
+from services.common.http import SERVER_OPTIONS, new_event_loop
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
 
@@ -156,8 +156,7 @@ def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
     web.run_app(create_app(settings), host=args.host or settings.records_host,
                 port=settings.records_port if args.port is None else args.port, print=None,
                 loop=new_event_loop(),
-                reuse_port=args.reuse_port or None, access_log_class=JsonAccessLogger,
-                max_field_size=MAX_HEADER_BYTES)
+                reuse_port=args.reuse_port or None, **SERVER_OPTIONS)
     return 0
 
 
@@ -198,7 +197,7 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
     from services.records.store.events import utc_now
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=JsonAccessLogger, max_field_size=MAX_HEADER_BYTES)
+    runner = web.AppRunner(app, **SERVER_OPTIONS)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     records = app[RECORDS]

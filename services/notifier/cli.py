@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.common.http import MAX_HEADER_BYTES, JsonAccessLogger, new_event_loop
+from services.common.http import SERVER_OPTIONS, new_event_loop
 from services.common.logs import configure_logging
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.mailbox import MailCatcher, format_listing
@@ -43,8 +43,7 @@ def run_notifier(settings: NotifierSettings | None = None, *, host: str | None =
     configure_logging(settings.log_level)
     web.run_app(create_app(settings), host=host or settings.host,
                 port=settings.port if port is None else port,
-                print=None, loop=new_event_loop(), access_log_class=JsonAccessLogger,
-                max_field_size=MAX_HEADER_BYTES)
+                print=None, loop=new_event_loop(), **SERVER_OPTIONS)
     return 0
 
 
@@ -88,8 +87,7 @@ async def start_dev_notifier(*, database_url: str, jwt_secret: str, records_url:
         "RECORDS_URL": records_url, "SMTP_HOST": host, "SMTP_PORT": smtp_port,
         "NOTIFIER_HOST": host, "NOTIFIER_PORT": port,
         "NOTIFIER_DEV_MAIL_DIR": str(mail_dir)})
-    runner = web.AppRunner(create_app(settings), access_log_class=JsonAccessLogger,
-                           max_field_size=MAX_HEADER_BYTES)
+    runner = web.AppRunner(create_app(settings), **SERVER_OPTIONS)
     await runner.setup()
     context = runner.app[NOTIFIER]
     for agency, user, role in recipients:

@@ -164,7 +164,7 @@ async def load_due_reviews(pool: asyncpg.Pool, agency: str, since: date,
             SELECT DISTINCT ON (review_id) review_id, case_id, version, due_on
             FROM records.outcome_facts WHERE agency = $1 AND kind = 'review_due'
             ORDER BY review_id, version DESC)
-        SELECT l.due_on, h.on_time IS NOT NULL AS held, coalesce(h.on_time, false) AS on_time
+        SELECT l.due_on, h.event_id IS NOT NULL AS held, coalesce(h.on_time, false) AS on_time
         FROM latest l
         LEFT JOIN records.outcome_facts h
             ON h.agency = $1 AND h.review_id = l.review_id AND h.kind = 'review_held'
