@@ -149,8 +149,7 @@ class FeedSubscriber:
         try:
             page = await self.fetch(after, wait)
         except FeedError as error:
-            self.healthy, self.last_error = False, str(error)
-            self._lag_at_least_since_last_read()
+            self._mark_unhealthy(error)
             raise
         self.healthy, self.last_error = True, None
         if not page.items:
@@ -221,5 +220,8 @@ class FeedSubscriber:
 
     def _failed(self, error: Exception) -> None:
         self._metrics.feed_errors.inc()
+        self._mark_unhealthy(error)
+
+    def _mark_unhealthy(self, error: Exception) -> None:
         self.healthy, self.last_error = False, str(error) or type(error).__name__
         self._lag_at_least_since_last_read()
