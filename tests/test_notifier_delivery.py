@@ -619,30 +619,49 @@ async def test_a_non_ascii_address_is_sent_with_smtputf8_when_the_server_offers_
     assert "\r\nTo: jörg@example.org\r\n".encode() in utf8.raw[0]
 
 
-async def test_a_fault_while_handling_a_row_is_a_failed_attempt_retried_until_dead(
+async def test_a_reader_zone_this_notifier_cannot_load_is_a_dead_letter_that_says_why(
         rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock) -> None:
-    """Any exception while a row is handled is recorded like a lost connection (retried with
-    backoff, then a dead letter), never left to come back silently at every lease. Here a
-    directory entry written before time zone names were checked names no zone."""
+    """A directory entry written before time zone names were checked names no zone: it will
+    not mend itself, so the notice is a dead letter at once, saying what to set."""
     await rig.notifier.pool.execute(
         "INSERT INTO notifier.directory (agency, user_id, role, email, delivery, timezone,"
         " celebrations, updated_by, updated_at) VALUES ('agency-a', 'cm-1', 'case_manager',"
-        " 'cm-1@example.org', 'daily_digest', 'Mars/Olympus', true, 'old version', $1)",
+        " 'cm-1@example.org', 'immediate', 'Mars/Olympus', true, 'old version', $1)",
         clock())
     await small_win(records)
     await rig.catch_up()
     await rig.dispatch()
     row = await only_row(rig)
-    assert (row["status"], row["attempts"]) == ("failed", 1)
-    assert "ZoneInfoNotFoundError" in str(row["last_error"])
-    assert row["not_before"] > clock()
-    assert await rig.dispatch() == 0  # backing off, not claimed again at once
+    assert (row["status"], row["attempts"]) == ("dead", 0)
+    assert "the time zone 'Mars/Olympus' in cm-1's preferences" in str(row["last_error"])
+    assert smtp.received == []
+
+
+async def test_a_fault_while_handling_a_row_is_a_failed_attempt_retried_until_dead(
+        rig: NotifierRig, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    """Any exception while a row is handled is recorded like a lost connection (retried with
+    backoff, then a dead letter), never left to come back silently at every lease. Here a
+    digest holds a notice whose template cannot be filled."""
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    [notice] = due_notices(1)
+    async with rig.notifier.pool.acquire() as conn:
+        await insert_notices(conn, [replace(notice, context={"due_date": "the 2nd"})], "test",
+                             clock())
+    await rig.dispatch()  # into the digest
+    [digest] = await rig.rows(kind="daily_digest")
+    clock.now = digest["due_at"]  # type: ignore[assignment]
+    await rig.notifier.dispatcher.send_digests()
+    [digest] = await rig.rows(kind="daily_digest")
+    assert (digest["status"], digest["attempts"]) == ("failed", 1)
+    assert "delivery failed: ValueError" in str(digest["last_error"])
+    assert digest["not_before"] > clock()
+    assert await rig.notifier.dispatcher.send_digests() == 0  # backing off
     for _ in range(3):  # the test rig allows four attempts
-        clock.now = row["not_before"]  # type: ignore[assignment]
-        await rig.dispatch()
-        row = await only_row(rig)
-    assert (row["status"], row["attempts"]) == ("dead", 4)
-    assert str(row["last_error"]).startswith("gave up after 4 attempt(s)")
+        clock.now = digest["not_before"]  # type: ignore[assignment]
+        await rig.notifier.dispatcher.send_digests()
+        [digest] = await rig.rows(kind="daily_digest")
+    assert (digest["status"], digest["attempts"]) == ("dead", 4)
+    assert str(digest["last_error"]).startswith("gave up after 4 attempt(s)")
     assert smtp.received == []
 
 

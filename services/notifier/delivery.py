@@ -196,6 +196,10 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
                     f" PUT /v1/preferences/{quote(row.recipient, safe='')}")
     if row.kind in CELEBRATIONS and not prefs.celebrations:
         return Cancel(f"celebrations are turned off in {row.recipient}'s preferences")
+    if reader_zone(prefs.timezone) is None:  # stored before names were checked
+        return Dead(f"the time zone {prefs.timezone!r} in {row.recipient}'s preferences is not"
+                    f" one this notifier knows: set it with"
+                    f" PUT /v1/preferences/{quote(row.recipient, safe='')}")
     if row.kind != Kind.DAILY_DIGEST and prefs.delivery == "daily_digest":
         return ToDigest(now, prefs.timezone)
     if timing is not None and row.kind in DATED:
@@ -203,6 +207,14 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
         if now < moment:  # the reader's zone is behind the schedule's
             return Defer(moment)
     return _quiet_or_send(prefs, who.address, now)
+
+
+def reader_zone(name: str) -> ZoneInfo | None:
+    """The reader's time zone, or None when this Python cannot load it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
 
 
 def _before_history(row: Row, history_began: datetime | None) -> bool:
@@ -488,16 +500,15 @@ class Dispatcher:
     def _due_by(self, zones: Sequence[str], now: datetime, at: time | None) -> dict[str, datetime]:
         """``DatedTiming.due_by`` for each zone this Python knows. A reader whose zone it does
         not know (stored before names were checked) is left to the usual path, where the
-        failure is recorded on their notice; it must not stop the others' mail."""
+        notice is a dead letter saying what to set; it must not stop the others' mail."""
         found: dict[str, datetime] = {}
         for zone in zones:
-            try:
+            if reader_zone(zone) is not None:
                 found[zone] = self._timing.due_by(zone, now, at)
-            except (ZoneInfoNotFoundError, ValueError, OSError) as error:
-                if zone not in self._unknown_zones:
-                    self._unknown_zones.add(zone)
-                    log.error("a reader's time zone is unknown; their dated notices are not"
-                              " sent early", timezone=zone, error=repr(error))
+            elif zone not in self._unknown_zones:
+                self._unknown_zones.add(zone)
+                log.error("a reader's time zone is unknown; their dated notices are not sent"
+                          " early", timezone=zone)
         return found
 
     async def release(self, row: Row, until: datetime) -> None:
