@@ -60,33 +60,24 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA notifier TO casetrail_notifier;
 -- release that needs more changes this file and it is run again.
 DO $$
 DECLARE
-    schema_owner text;
+    owned record;
 BEGIN
-    SELECT nspowner::regrole::text INTO schema_owner FROM pg_namespace
-        WHERE nspname = 'records';
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA records'
-                   ' REVOKE ALL ON TABLES FROM casetrail_records, casetrail_notifier',
-                   schema_owner);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA records'
-                   ' REVOKE ALL ON SEQUENCES FROM casetrail_records, casetrail_notifier',
-                   schema_owner);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA records'
-                   ' GRANT SELECT, INSERT ON TABLES TO casetrail_records', schema_owner);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA records'
-                   ' GRANT USAGE ON SEQUENCES TO casetrail_records', schema_owner);
-
-    SELECT nspowner::regrole::text INTO schema_owner FROM pg_namespace
-        WHERE nspname = 'notifier';
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA notifier'
-                   ' REVOKE ALL ON TABLES FROM casetrail_records, casetrail_notifier',
-                   schema_owner);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA notifier'
-                   ' REVOKE ALL ON SEQUENCES FROM casetrail_records, casetrail_notifier',
-                   schema_owner);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA notifier'
-                   ' GRANT SELECT, INSERT ON TABLES TO casetrail_notifier', schema_owner);
-    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA notifier'
-                   ' GRANT USAGE ON SEQUENCES TO casetrail_notifier', schema_owner);
+    FOR owned IN
+        SELECT r.schema, n.nspowner::regrole::text AS owner, r.service
+        FROM (VALUES ('records', 'casetrail_records'), ('notifier', 'casetrail_notifier'))
+            AS r(schema, service)
+        JOIN pg_namespace n ON n.nspname = r.schema
+    LOOP
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA %I REVOKE ALL ON TABLES'
+                       ' FROM casetrail_records, casetrail_notifier', owned.owner, owned.schema);
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA %I REVOKE ALL ON'
+                       ' SEQUENCES FROM casetrail_records, casetrail_notifier',
+                       owned.owner, owned.schema);
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA %I GRANT SELECT, INSERT'
+                       ' ON TABLES TO %I', owned.owner, owned.schema, owned.service);
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA %I GRANT USAGE ON'
+                       ' SEQUENCES TO %I', owned.owner, owned.schema, owned.service);
+    END LOOP;
 END
 $$;
 
