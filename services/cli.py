@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import re
 import signal
@@ -231,7 +232,7 @@ Supervisor token (sup-demo):
   export SUPERVISOR_TOKEN={supervisor}
 Exports are signed with {settings.export_signing_key_file}; check one with
   casetrail verify EXPORT --public-key {settings.export_signing_key_file}.pub
-Try:  curl -s -H "Authorization: Bearer $TOKEN" http://{host}:{port}/readyz
+Try:  curl -s -H "Authorization: Bearer $TOKEN" http://{host}:{port}/v1/cases
 Stop with Ctrl-C.
 """, flush=True)
     try:
@@ -279,12 +280,14 @@ def _positive_seconds(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="casetrail", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="casetrail", description="Casetrail: run the services, migrate, issue development"
+                                      " tokens, verify exports.")
     parser.set_defaults(connects=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run everything locally (embedded PostgreSQL if needed)")
-    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     dev.add_argument("--port", type=int, help="records service port (RECORDS_PORT, 8080)")
     dev.add_argument("--notifier-port", type=int, help="notifier port (NOTIFIER_PORT, 8081)")
     dev.add_argument("--smtp-port", type=int,
@@ -292,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(run=cmd_dev, connects=True)
 
     records = sub.add_parser("records", help="run the records service")
-    records.add_argument("--host")
+    records.add_argument("--host", help="the address to listen on (RECORDS_HOST)")
     records.add_argument("--port", type=int)
     records.add_argument("--reuse-port", action="store_true",
                          help="let several records processes listen on this port (Linux"
@@ -323,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(run=cmd_token)
 
     notifier = sub.add_parser("notifier", help="run the notifier service")
-    notifier.add_argument("--host")
+    notifier.add_argument("--host", help="the address to listen on (NOTIFIER_HOST)")
     notifier.add_argument("--port", type=int)
     notifier.set_defaults(run=cmd_notifier, connects=True)
 
@@ -373,7 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # the database unreachable or refusing us, the port taken: said in one line, not a
         # traceback an operator must read from the bottom up
-        return _fail(f"could not start: {error}")
+        hint = (" (choose another port with --port, or RECORDS_PORT / NOTIFIER_PORT)"
+                if isinstance(error, OSError) and error.errno == errno.EADDRINUSE else "")
+        return _fail(f"could not start: {error}{hint}")
 
 
 _SECRET_SETTING = re.compile(r"SECRET|PASSWORD|TOKEN|KEY|URL|DSN", re.IGNORECASE)

@@ -476,6 +476,10 @@ async def test_time_travel_by_version_and_by_time(cm: CaseApi, clock: FakeClock)
     assert before_open["status"] == 404
     beyond = await cm.call("GET", f"/v1/cases/{case_id}?as_of_version=4", expect=422)
     assert beyond["current_version"] == 3
+    assert [e["field"] for e in beyond["errors"]] == ["query.as_of_version"]
+    past_the_end = await cm.call("GET", f"/v1/cases/{case_id}/diff?from_version=1&to_version=9",
+                                 expect=422)
+    assert [e["field"] for e in past_the_end["errors"]] == ["query.to_version"]
 
 
 async def test_time_travel_by_time_reads_a_plan_that_existed_when_clocks_disagreed(

@@ -217,6 +217,7 @@ def test_without_reuse_port_a_second_process_cannot_take_the_port(
         assert second.returncode == 2
         assert "could not start" in second.stderr
         assert "address already in use" in second.stderr.lower()
+        assert "choose another port with --port" in second.stderr
         assert "Traceback" not in second.stderr
     finally:
         first.terminate()

@@ -33,7 +33,7 @@ from services.notifier.rules import Kind, RuleSettings, event_notices, timed_not
 from services.notifier.settings import NotifierSettings
 from services.notifier.store.directory import Preferences
 from services.notifier.store.notifications import Row
-from services.notifier.templates import render
+from services.notifier.templates import FOOTER, render
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 RULES = RuleSettings()
@@ -423,3 +423,5 @@ def test_every_kind_renders_person_first_text_and_escaped_html() -> None:
         assert not any(word in (out.text + out.subject).lower() for word in banned)
         # the participant's pronouns are theirs to give; no template assumes any
         assert not ASSUMED_PRONOUN.search(out.text + out.html), kind
+        assert out.text.endswith(f"-- \n{FOOTER}\n")  # how to hear less, in both parts
+        assert FOOTER in out.html

@@ -17,6 +17,8 @@ from string import Template
 from typing import Any
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+FOOTER = ("Sent by Casetrail. You can change how and when you hear from us in your notification"
+          " preferences.")
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,7 @@ def render(kind: str, context: dict[str, Any], case_id: object | None = None,
     subject = " ".join(first.removeprefix("Subject:").split())
     escaped = {k: html.escape(v) for k, v in values.items()}
     body = _template(f"{name}.html").safe_substitute(escaped)
-    page = _template("layout.html").safe_substitute(subject=html.escape(subject), body=body)
-    return Rendered(subject, text.strip() + "\n", page)
+    return _with_layout(subject, text, body)
 
 
 def render_digest(items: Sequence[Rendered]) -> Rendered:
@@ -102,10 +103,16 @@ def render_digest(items: Sequence[Rendered]) -> Rendered:
         count=count, items=text_items).partition("\n")
     subject = first.removeprefix("Subject:").strip()
     body = _template("daily_digest.html").safe_substitute(count=count, items=html_items)
-    page = _template("layout.html").safe_substitute(subject=html.escape(subject), body=body)
-    return Rendered(subject, text.strip() + "\n", page)
+    return _with_layout(subject, text, body)
 
 
 def _first_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip() and line.strip() != "Hello,"]
     return lines[0].strip() if lines else ""
+
+
+def _with_layout(subject: str, text: str, body: str) -> Rendered:
+    """The message with the footer both parts carry (the text part used to have none)."""
+    page = _template("layout.html").safe_substitute(subject=html.escape(subject), body=body,
+                                                    footer=html.escape(FOOTER))
+    return Rendered(subject, f"{text.strip()}\n\n-- \n{FOOTER}\n", page)

@@ -121,7 +121,7 @@ class CaseQueries:
         if state is None:
             raise NotVisible  # the case did not exist yet at that point
         if as_of_version is not None and state.version < as_of_version:
-            raise VersionOutOfRange(state.version)
+            raise VersionOutOfRange(state.version, "as_of_version")
         return PlanAnswer(state.version, json.loads(plan_json(state)))
 
     async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
@@ -148,7 +148,7 @@ class CaseQueries:
             check_diff_in_window(window, from_version, to_version)
         events = await self._store.read_stream(case_id, up_to_version=to_version)
         if not events or events[-1].version < to_version:
-            raise VersionOutOfRange(events[-1].version if events else 0)
+            raise VersionOutOfRange(events[-1].version if events else 0, "to_version")
         before = fold_recorded(events[:from_version])
         after = fold_recorded(events[from_version:], before)
         assert after is not None
@@ -279,9 +279,10 @@ class ExportTooLarge(Exception):
 
 
 class VersionOutOfRange(Exception):
-    def __init__(self, current_version: int) -> None:
+    def __init__(self, current_version: int, parameter: str) -> None:
         super().__init__(f"the case has {current_version} versions")
         self.current_version = current_version
+        self.parameter = parameter  # the query parameter that asked for too much
 
 
 def diff_documents(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:

@@ -119,7 +119,7 @@ class GuideTerm:
         return cls(
             term=term,
             suggestion=suggestion,
-            message=message or (f'"{term}" labels a person by a deficit; '
+            message=message or (f'"{term}" describes a person by a deficit; '
                                 f"consider person-first language: {suggestion}."),
         )
 

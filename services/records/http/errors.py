@@ -37,7 +37,8 @@ def _problem(error: Exception) -> Problem | None:
         case VersionOutOfRange():
             return Problem(422, "Invalid request", str(error), kind="version-out-of-range",
                            current_version=error.current_version,
-                           errors=[{"field": "query.to_version", "message": str(error)}])
+                           errors=[{"field": f"query.{error.parameter}",
+                                    "message": str(error)}])
         case ExportTooLarge():
             return Problem(422, "Invalid request", str(error), kind="export-too-large",
                            errors=[{"field": "query.format", "message": str(error)}])
