@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import asyncpg
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from services.common.settings import ConfigurationError, Settings
 from tests.conftest import JWT_SECRET, ClientFactory, TokenFactory, bearer
-from tests.records_api import CaseApi
+from tests.records_api import CaseApi, event_count
 
 
 def claims(**overrides: object) -> dict[str, object]:
@@ -55,6 +56,25 @@ async def test_bad_tokens_are_refused_with_a_problem(records_client: TestClient,
     body = await response.json()
     assert body["status"] == 401
     assert body["detail"]
+
+
+IDENTITY_TOKENS = {name: BAD_TOKENS[name] for name in (
+    "NUL in sub", "lone surrogate in agency", "spaces around sub", "control character in sub",
+    "overlong agency")}
+
+
+@pytest.mark.parametrize("name", sorted(IDENTITY_TOKENS))
+async def test_a_write_under_a_token_with_an_unstorable_identity_is_401_and_writes_nothing(
+        make_records_client: ClientFactory, fresh_database_url: str, fresh_pool: asyncpg.Pool,
+        name: str) -> None:
+    client = await make_records_client(fresh_database_url)
+    claims_of = jwt.decode(IDENTITY_TOKENS[name], JWT_SECRET, algorithms=["HS256"])
+    token = jwt.encode({**claims_of, "role": "supervisor"}, JWT_SECRET, algorithm="HS256")
+    response = await client.post("/v1/cases", headers=bearer(token), json={
+        "participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"})
+    assert response.status == 401
+    assert response.content_type == "application/problem+json"
+    assert await event_count(fresh_pool) == 0
 
 
 @pytest.mark.parametrize("header", ["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "token"])
