@@ -30,6 +30,7 @@ import asyncpg
 import structlog
 
 from services.common.database import DATABASE_UNAVAILABLE
+from services.common.http import labelled
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import CELEBRATIONS, DATED, Kind, Notice, RecipientRole
 from services.notifier.settings import NotifierSettings
@@ -155,16 +156,6 @@ class DatedTiming:
 
 
 @dataclass(frozen=True)
-class Early:
-    """A dated notice claimed before the schedule's time: its reader's time zone, and the
-    moment that came (the notice's, or its day's ``at`` o'clock)."""
-
-    row: Row
-    timezone: str
-    moment: datetime
-
-
-@dataclass(frozen=True)
 class Recipient:
     """Who a row reaches: their preferences (None: not in the directory) and address."""
 
@@ -192,14 +183,12 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
         return _participant_decision(who, now)
     prefs = who.prefs
     if prefs is None or not who.address:
-        return Dead(f"no email address on file for {row.recipient}: set it with"
-                    f" PUT /v1/preferences/{quote(row.recipient, safe='')}")
+        return Dead(f"no email address on file for {row.recipient}: {_set_it(row)}")
     if row.kind in CELEBRATIONS and not prefs.celebrations:
         return Cancel(f"celebrations are turned off in {row.recipient}'s preferences")
     if reader_zone(prefs.timezone) is None:  # stored before names were checked
         return Dead(f"the time zone {prefs.timezone!r} in {row.recipient}'s preferences is not"
-                    f" one this notifier knows: set it with"
-                    f" PUT /v1/preferences/{quote(row.recipient, safe='')}")
+                    f" one this notifier knows: {_set_it(row)}")
     if row.kind != Kind.DAILY_DIGEST and prefs.delivery == "daily_digest":
         return ToDigest(now, prefs.timezone)
     if timing is not None and row.kind in DATED:
@@ -207,6 +196,10 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
         if now < moment:  # the reader's zone is behind the schedule's
             return Defer(moment)
     return _quiet_or_send(prefs, who.address, now)
+
+
+def _set_it(row: Row) -> str:
+    return f"set it with PUT /v1/preferences/{quote(row.recipient, safe='')}"
 
 
 def reader_zone(name: str) -> ZoneInfo | None:
@@ -462,9 +455,10 @@ class Dispatcher:
         moment has come in their reader's zone ahead of the schedule's; the number of rows
         handled."""
         handled: list[UUID] = []
-        while early := await self._claim_dated_early("immediate", None, handled):
-            handled += [item.row.id for item in early]
-            await self._handle_batch([item.row for item in early], digests=False)
+        zones = await directory.timezones(self._pool, "immediate")
+        while early := await self._claim_dated_early(zones, "immediate", None, handled):
+            handled += [row.id for row, _ in early]
+            await self._handle_batch([row for row, _ in early], digests=False)
         return len(handled) + await self._drain(digests=False)
 
     async def send_digests(self) -> int:
@@ -476,26 +470,30 @@ class Dispatcher:
         morning's digest; otherwise a review due today (its notice due at the send time,
         after the digest time) would reach a digest reader the day after."""
         passed_over: list[UUID] = []
-        while early := await self._claim_dated_early("daily_digest", self._timing.digest_time,
-                                                     passed_over):
-            for item in early:
-                digest = digest_notice(item.row, item.timezone, item.moment)
-                if not await store.attach_to_digest(self._pool, item.row, digest,
+        at = self._timing.digest_time
+        zones = await directory.timezones(self._pool, "daily_digest")
+        while early := await self._claim_dated_early(zones, "daily_digest", at, passed_over):
+            for row, zone in early:
+                digest = digest_notice(row, zone, self._timing.moment(row, zone, at))
+                if not await store.attach_to_digest(self._pool, row, digest,
                                                     self._settings.message_id_domain,
                                                     self._clock()):
                     # that day's digest has gone: the notice takes the usual path
-                    await self.release(item.row, item.row.not_before)
-                    passed_over.append(item.row.id)
+                    await self.release(row, row.not_before)
+                    passed_over.append(row.id)
 
-    async def _claim_dated_early(self, delivery: str, at: time | None,
-                                 passed_over: Sequence[UUID]) -> list[Early]:
+    async def _claim_dated_early(self, zones: Sequence[str], delivery: str, at: time | None,
+                                 passed_over: Sequence[UUID]) -> list[tuple[Row, str]]:
+        """Dated notices whose moment has come early in their reader's zone, each with the
+        zone; no statement at all when no zone is ahead of now (a notice claimed here must be
+        due after now, so a zone due by now or earlier has none)."""
         now = self._clock()
-        zones = await directory.timezones(self._pool, delivery)
-        claimed = await store.claim_dated_early(
+        due_by = {zone: by for zone, by in self._due_by(zones, now, at).items() if by > now}
+        if not due_by:
+            return []
+        return await store.claim_dated_early(
             self._pool, owner=self._owner, now=now, limit=self._settings.dispatch_batch,
-            lease=self._lease, delivery=delivery, due_by=self._due_by(zones, now, at),
-            passed_over=passed_over)
-        return [Early(row, zone, self._timing.moment(row, zone, at)) for row, zone in claimed]
+            lease=self._lease, delivery=delivery, due_by=due_by, passed_over=passed_over)
 
     def _due_by(self, zones: Sequence[str], now: datetime, at: time | None) -> dict[str, datetime]:
         """``DatedTiming.due_by`` for each zone this Python knows. A reader whose zone it does
@@ -569,9 +567,8 @@ class Dispatcher:
         retried with backoff until the retries run out: left unrecorded, the row came back
         at every lease, silently, until it was too late to send."""
         if isinstance(result, Exception):
-            fault = f"{type(result).__name__}: {without_addresses(str(result))}"
-            log.error("delivery step failed", notification=str(row.id), error=fault)
-            return self._outcome(row, SmtpResult(None, "transient", f"delivery failed: {fault}"))
+            fault = f"delivery failed: {type(result).__name__}: {result}"
+            return self._outcome(row, SmtpResult(None, "transient", fault))
         return result if isinstance(result, Outcome) else None
 
     async def _keep_claim(self, token: UUID) -> None:
@@ -684,7 +681,7 @@ class Dispatcher:
     def _report(self, row: Row, outcome: Outcome) -> None:
         """Count every outcome, and log the ones an operator must see: a failed attempt and a
         dead letter, with the reason but without the address."""
-        self._counters[outcome.status].labels(row.kind).inc()
+        labelled(self._counters[outcome.status], row.kind).inc()
         if outcome.status in ("failed", "dead"):
             log.warning("notification " + ("dead-lettered" if outcome.status == "dead"
                                            else "not sent; it will be retried"),

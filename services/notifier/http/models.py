@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.events import Email, ExactUserId, TimeZoneName
+from schemas.events import Email, TimeZoneName
 from schemas.queries import QueryInt
 
 _HH_MM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -28,11 +28,6 @@ Status = Literal["scheduled", "sent", "failed", "dead", "cancelled"]
 
 def _has_control_character(value: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in value)
-
-
-# the ids the records service accepts for case managers (María López, say), percent-encoded in
-# the path; it once took only visible ASCII, so such a manager could never be given an address
-UserPath = ExactUserId
 
 
 class Body(BaseModel):

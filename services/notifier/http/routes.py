@@ -13,6 +13,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
+from schemas.events import ExactUserId
 from services.common.auth import Principal, Role
 from services.common.http import json_response, parse_body, parse_query, principal
 from services.common.problems import Problem
@@ -24,7 +25,6 @@ from services.notifier.http.models import (
     PreferencesInput,
     PreferencesView,
     ScheduleQuery,
-    UserPath,
 )
 from services.notifier.rules import participant_recipient
 from services.notifier.store import directory
@@ -32,7 +32,9 @@ from services.notifier.store import notifications as store
 from services.notifier.store.cases import case_facts
 from services.notifier.store.directory import Preferences
 
-_USER = TypeAdapter(UserPath)
+# the ids the records service accepts for case managers (María López, say), percent-encoded in
+# the path; it once took only visible ASCII, so such a manager could never be given an address
+_USER = TypeAdapter(ExactUserId)
 _NOT_FOUND = Problem(404, "Not found", "no such notification", kind="not-found")
 
 

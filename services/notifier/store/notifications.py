@@ -11,12 +11,10 @@ from uuid import UUID, uuid4, uuid5
 
 import asyncpg
 
-from services.notifier.rules import DATED, Kind, Notice, RecipientRole
+from services.notifier.rules import DATED, Notice, RecipientRole
 
 _ID_NAMESPACE = UUID("0f6c1c55-93e4-4f57-bb8e-2a4f3f1f7a10")
 PENDING = ("scheduled", "failed")
-TIMED_KINDS = [Kind.REVIEW_REMINDER, Kind.REVIEW_DUE_TODAY, Kind.REVIEW_OVERDUE,
-               Kind.STEP_NUDGE, Kind.GOAL_TARGET_DATE]
 Db: TypeAlias = Any  # asyncpg.Connection or asyncpg.Pool (asyncpg ships no types)
 
 
@@ -116,7 +114,7 @@ async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Seque
     rows = await conn.fetch(
         "SELECT key, status, recipient, due_at, context, cancelled_by_case"
         " FROM notifier.notifications WHERE case_id = $1 AND kind = ANY($2::text[])"
-        " AND parent_id IS NULL ORDER BY id FOR UPDATE", case_id, [str(k) for k in TIMED_KINDS])
+        " AND parent_id IS NULL ORDER BY id FOR UPDATE", case_id, [str(k) for k in DATED])
     existing = {r["key"]: r for r in rows}
     wanted = {n.key: n for n in desired}
     stale = [k for k, r in existing.items() if k not in wanted and r["status"] in PENDING]
@@ -462,4 +460,4 @@ async def schedule_snapshot(db: Db) -> list[tuple[Any, ...]]:
     return [tuple(r.values()) for r in rows]
 
 
-__all__ = ["PENDING", "TIMED_KINDS", "Filter", "Notice", "Outcome", "RecipientRole", "Row"]
+__all__ = ["PENDING", "Filter", "Notice", "Outcome", "RecipientRole", "Row"]
