@@ -168,7 +168,7 @@ def _identity(claims: dict[str, Any], name: str) -> str:
     PostgreSQL and answer 500."""
     value = claims[name]
     try:
-        valid = isinstance(value, str) and _IDENTIFIER.validate_python(value) == value
+        valid = isinstance(value, str) and bool(_IDENTIFIER.validate_python(value))
     except ValidationError:
         valid = False
     if not valid:

@@ -36,11 +36,11 @@ class OutcomeAnalytics:
     async def outcomes(self, who: Principal, since: date | None,
                        until: date | None) -> api.OutcomesView:
         authorize_analytics(who)
-        until = until or self._clock().date()
+        today = self._clock().date()
+        until = until or today
         since = since or until - DEFAULT_PERIOD
         if since > until:  # only `from` was given, and it lies after today
             until = since
-        today = self._clock().date()
         facts = await load_facts(self._pool, who.agency, since, until)
         reviews = await load_due_reviews(self._pool, who.agency, since, min(until, today))
         return summarize(who.agency, since, until, facts, reviews, today=today)

@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from schemas import api
-from schemas.events import EVENT_TYPES, EventPayload, ReviewScheduled, parse_event
+from schemas.events import EVENT_TYPES, EventPayload, ReviewScheduled, dump_event, parse_event
 from services.common.auth import Principal
 from services.records.application.access import (
     Action,
@@ -32,7 +32,6 @@ from services.records.application.language import LanguageGuides
 from services.records.application.policy import AgencyPolicies
 from services.records.domain import (
     Actor,
-    AgencyPolicy,
     AgreePlan,
     AnyCommand,
     DecisionContext,
@@ -107,7 +106,7 @@ def history_entry(event: RecordedEvent) -> api.EventView:
     current = known.schema_version if known is not None else 0
     if event.schema_version < current:
         payload = parse_event(event.type, event.schema_version, event.data)
-        schema_version, data = current, payload.model_dump(mode="json")
+        schema_version, data = current, dump_event(payload)
         recorded_as = api.RecordedForm(schema_version=event.schema_version, data=event.data)
     return api.EventView(
         version=event.version, event_id=event.event_id, type=event.type,
@@ -117,7 +116,7 @@ def history_entry(event: RecordedEvent) -> api.EventView:
 
 
 def to_new_event(payload: EventPayload) -> NewEvent:
-    data = payload.model_dump(mode="json")
+    data = dump_event(payload)
     # read from the dumped data: a pydantic model answers a missing attribute slowly
     reason = data.get("reason") or data.get("override_reason")
     return NewEvent(uuid4(), payload.event_type, payload.schema_version, data,
@@ -155,24 +154,33 @@ class CaseLocks:
     instances still race, and are retried."""
 
     def __init__(self) -> None:
-        self._locks: dict[UUID, asyncio.Lock] = {}
-        self._holders: dict[UUID, int] = {}
+        self._turns: dict[UUID, _Turn] = {}
 
     @contextlib.asynccontextmanager
     async def hold(self, case_id: UUID) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(case_id, asyncio.Lock())
-        self._holders[case_id] = self._holders.get(case_id, 0) + 1
+        turn = self._turns.get(case_id)
+        if turn is None:
+            turn = self._turns[case_id] = _Turn()
+        turn.writers += 1
         try:
-            async with lock:
+            async with turn.lock:
                 yield
         finally:
-            self._holders[case_id] -= 1
-            if not self._holders[case_id]:  # nobody waits: forget it
-                del self._holders[case_id], self._locks[case_id]
+            turn.writers -= 1
+            if not turn.writers:  # nobody waits: forget it
+                del self._turns[case_id]
 
     def writers(self) -> int:
         """How many writes hold their case's turn or wait for it."""
-        return sum(self._holders.values())
+        return sum(turn.writers for turn in self._turns.values())
+
+
+class _Turn:
+    __slots__ = ("lock", "writers")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.writers = 0
 
 
 class CaseCommands:
@@ -268,7 +276,11 @@ class CaseCommands:
         command = request.command
         policy = (self._policies.for_agency(command.agency)
                   if isinstance(command, OpenCase) else None)
-        in_force = policy or (state.policy if state is not None else AgencyPolicy())
+        if policy is None:
+            assert state is not None  # only an opening has no state, and it brings its policy
+            in_force = state.policy
+        else:
+            in_force = policy
         return DecisionContext(today=in_force.date_at(self._clock()),
                                actor=Actor(sub=request.who.sub, role=request.who.role.value),
                                policy=policy)

@@ -100,7 +100,7 @@ class NewIds:
         return uuid5(_IDEMPOTENCY_NAMESPACE, f"{self.claim.scope}\n{self.claim.key}\n{slot}")
 
 
-async def idempotency(request: web.Request, body: BaseModel) -> IdempotencyClaim | None:
+def idempotency(request: web.Request, body: BaseModel) -> IdempotencyClaim | None:
     """The request's idempotency claim. Its fingerprint is of the validated body (the fields
     sent, in the model's order), so a retry that re-encodes the same JSON is the same
     request; an explicit null still differs from a field left out (PATCH)."""
@@ -146,7 +146,7 @@ def write(method: str, path: str, summary: str, body: type[BaseModel], build: Bu
     """Register one write operation: parse → command → execute → answer."""
     async def handler(request: web.Request) -> web.Response:
         parsed = await _body(request, body)
-        claim = await idempotency(request, parsed)
+        claim = idempotency(request, parsed)
         ids = NewIds(claim)
         command = build(request, parsed, ids)
         case_id = ids.new(1000) if isinstance(command, cmd.OpenCase) \

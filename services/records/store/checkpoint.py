@@ -52,9 +52,17 @@ class Checkpoint:
 START = Checkpoint(0, 0)
 
 
-def committed_after(position_column: str, first_parameter: int) -> str:
+HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"  # the oldest transaction still open
+
+
+def after_checkpoint(position_column: str, first_parameter: int) -> str:
     """The WHERE condition for rows after a checkpoint given as two parameters (its
-    transaction id as text, then its position), up to the oldest open transaction."""
+    transaction id as text, then its position)."""
     tx, position = f"${first_parameter}", f"${first_parameter + 1}"
-    return (f"(transaction_id, {position_column}) > ({tx}::text::xid8, {position}::bigint)"
-            " AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())")
+    return f"(transaction_id, {position_column}) > ({tx}::text::xid8, {position}::bigint)"
+
+
+def committed_after(position_column: str, first_parameter: int) -> str:
+    """Rows after a checkpoint, up to the oldest open transaction: those a reader may have."""
+    return (f"{after_checkpoint(position_column, first_parameter)}"
+            f" AND transaction_id < {HORIZON}")

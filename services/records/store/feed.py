@@ -14,7 +14,14 @@ from datetime import datetime
 
 import asyncpg
 
-from services.records.store.checkpoint import START, BadCheckpoint, Checkpoint, committed_after
+from services.records.store.checkpoint import (
+    HORIZON,
+    START,
+    BadCheckpoint,
+    Checkpoint,
+    after_checkpoint,
+    committed_after,
+)
 from services.records.store.events import _EVENT_COLUMNS, RecordedEvent, _recorded
 
 NOTIFY_CHANNEL = "records_events"
@@ -61,8 +68,7 @@ async def _with_held_back(pool: asyncpg.Pool, page: FeedPage, limit: int) -> Fee
         return page
     held = await pool.fetchrow(
         "SELECT count(*) AS events, min(recorded_at) AS since FROM records.events"
-        " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
-        " AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
+        f" WHERE {after_checkpoint('global_position', 1)} AND transaction_id >= {HORIZON}",
         str(page.checkpoint.transaction_id), page.checkpoint.position)
     assert held is not None  # an aggregate always answers one row
     return FeedPage(page.events, page.checkpoint, held["events"], held["since"])
