@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -101,6 +101,7 @@ def policy_dir(tmp_path: Path) -> Path:
     write_policy(tmp_path, "agency-cap2", {"max_active_goals": 2})
     write_policy(tmp_path, "agency-fast", {"review_interval_days": {"high": 14}})
     write_policy(tmp_path, "agency-nz", {"timezone": "Pacific/Auckland"})
+    write_policy(tmp_path, "agency-la", {"timezone": "America/Los_Angeles"})
     return tmp_path
 
 
@@ -192,3 +193,17 @@ async def test_an_agency_keeps_its_own_calendar(client: TestClient, token: Token
         await api.step(case, await api.goal(case), due_date="2026-03-03")
         listing = await api.call("GET", "/v1/cases", expect=200)
         assert {c["case_id"]: c["overdue_steps"] for c in listing["cases"]}[case] == expected
+
+
+async def test_a_review_held_the_evening_it_was_scheduled_west_of_utc_is_accepted(
+        client: TestClient, token: TokenFactory, clock: FakeClock) -> None:
+    """Scheduled at 18:00 on 2 March in Los Angeles (3 March in UTC) and held that evening:
+    "held before it was scheduled" compared the agency's date with the UTC one."""
+    clock.now = datetime(2026, 3, 3, 2, 0, tzinfo=UTC)
+    west = CaseApi(client, token(agency="agency-la"))
+    case_id = await west.open_case()
+    await west.goal(case_id)
+    review = (await west.agree(case_id))["events"][1]["data"]
+    held = await west.call("POST", f"/v1/cases/{case_id}/reviews/{review['review_id']}/held",
+                           {}, expect=200)
+    assert held["events"][0]["data"]["held_on"] == "2026-03-02"

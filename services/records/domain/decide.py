@@ -496,13 +496,14 @@ def _hold_review(state: PlanState, cmd: c.HoldReview, ctx: DecisionContext) -> E
     if held_on > ctx.today:
         raise RuleViolation("held_on_in_future", "A review is recorded once it has been held; "
                             "held_on cannot be in the future.", field="held_on")
-    scheduled_on = review.scheduled_at.date()
+    policy = _policy(state, ctx)
+    scheduled_on = policy.date_at(review.scheduled_at)  # the agency's day, as ``held_on`` is
     if held_on < scheduled_on:  # a mistyped year would schedule the next review in the past
         raise RuleViolation("held_on_before_scheduled", f"This review was scheduled on "
                             f"{scheduled_on}; held_on cannot be earlier.", field="held_on")
     _check_new_id(state.reviews, cmd.next_review_id, "review")
     risk = body.risk_level or state.risk_level
-    days = _policy(state, ctx).review_interval(risk)
+    days = policy.review_interval(risk)
     return [
         ev.ReviewHeld(review_id=cmd.review_id, held_on=held_on, due_date=review.due_date,
                       summary=body.summary, participant_statement=body.participant_statement,
