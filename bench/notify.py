@@ -119,7 +119,8 @@ async def dispatch_throughput(app: web.Application, sink: TimingSink, count: int
                        "days_before": 3}) for n in range(count)]
     before = sink.count
     async with notifier.pool.acquire() as conn:
-        await insert_notices(conn, notices, "bench.casetrail", datetime.now(UTC))
+        now = datetime.now(UTC)
+        await insert_notices(conn, notices, "bench.casetrail", now, now)
     started = time.perf_counter()
     notifier.poke()
     await sink.wait_for(lambda: sink.count - before >= count, 600)

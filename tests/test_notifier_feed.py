@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -249,6 +250,26 @@ async def test_a_wiped_schema_rebuilt_from_the_feed_sends_nothing_already_due_ag
     clock.now = reminder["due_at"]  # type: ignore[assignment]
     await rebuilt.dispatch()
     assert [m["Message-ID"] for m in smtp.received[1:]] == [reminder["message_id"]]
+
+
+async def test_a_notice_first_called_for_after_history_began_is_sent_though_its_day_is_past(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
+        token: Callable[..., str]) -> None:
+    """A step written today with yesterday's date (as `casetrail dev` loads its demo just
+    after the notifier starts): no earlier notifier can have nudged about it, so it is sent."""
+    clock.advance(minutes=5)
+    case = await records.open_case()
+    goal = await records.goal(case)
+    two_days_ago = (clock.now.date() - timedelta(days=2)).isoformat()
+    await records.step(case, goal, due_date=two_days_ago)
+    await rig.set_prefs("cm-1", token())
+    await rig.catch_up()
+    [nudge] = await rig.rows(kind="step_nudge")
+    assert nudge["due_at"] < clock.now - timedelta(minutes=5)  # due before history began
+    await rig.dispatch()
+    assert [m["Message-ID"] for m in smtp.received] == [nudge["message_id"]]
+    [sent] = await rig.rows(kind="step_nudge")
+    assert sent["status"] == "sent"
 
 
 async def test_a_page_whose_checkpoint_moved_meanwhile_writes_nothing(

@@ -211,9 +211,12 @@ def reader_zone(name: str) -> ZoneInfo | None:
 
 
 def _before_history(row: Row, history_began: datetime | None) -> bool:
-    """Due before the notifier's schema began keeping its record (say it was wiped and the feed
-    replayed): it may have gone out already, so it is not sent again. A manual retry is sent."""
+    """Called for and due before the notifier's schema began keeping its record (say it was
+    wiped and the feed replayed): it may have gone out already, so it is not sent again. One
+    first called for after that (a step written today with yesterday's date) is sent, and so
+    is a manual retry."""
     return (history_began is not None and row.due_at < history_began
+            and (row.cause_recorded_at is None or row.cause_recorded_at < history_began)
             and row.attempts == 0 and row.revived_at is None
             and row.kind != Kind.DAILY_DIGEST)
 

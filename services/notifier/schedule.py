@@ -102,11 +102,12 @@ async def _apply_event(page: _Page, item: FeedItem) -> None:
     page.changed.add(item.case_id)
     page.applied += 1
     page.celebrations += len(outcome.celebrations)
-    await insert_notices(page.conn, outcome.celebrations, page.domain, page.now)
+    await insert_notices(page.conn, outcome.celebrations, page.domain, page.now,
+                         item.recorded_at)
     await reconcile_case(page.conn, after.case_id, outcome.timed,
                          case_manager=after.case_manager, closed=after.status == "closed",
                          reason=f"{item.type} (case version {item.version})",
-                         domain=page.domain, now=page.now)
+                         domain=page.domain, now=page.now, cause_recorded_at=item.recorded_at)
 
 
 def _outcome(case: CaseModel | None, item: FeedItem, payload: ev.EventPayload,

@@ -51,6 +51,7 @@ class Row:
     claim_token: UUID | None = None  # set while a dispatcher holds the row
     revived_at: datetime | None = None  # the last manual retry of it as a dead letter
     attempts_before_revival: int = 0
+    cause_recorded_at: datetime | None = None  # None: recorded before the column existed
 
     @property
     def attempts_since_revival(self) -> int:
@@ -62,7 +63,8 @@ class Row:
                    r["recipient"], r["due_at"], r["not_before"], r["status"], r["attempts"],
                    r["last_code"], r["last_error"], r["message_id"], json.loads(r["context"]),
                    r["first_attempt_at"], r["sent_at"], r["digest_id"], r["parent_id"],
-                   r["claim_token"], r["revived_at"], r["attempts_before_revival"])
+                   r["claim_token"], r["revived_at"], r["attempts_before_revival"],
+                   r["cause_recorded_at"])
 
     def as_json(self) -> dict[str, Any]:
         return {"id": str(self.id), "key": self.key, "kind": self.kind,
@@ -78,25 +80,27 @@ class Row:
 _INSERT = """
 INSERT INTO notifier.notifications
   (id, key, kind, case_id, agency, recipient_role, recipient, due_at, not_before, status,
-   message_id, context, source_event, parent_id, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 'scheduled', $9, $10::jsonb, $11, $12, $13, $13)
+   message_id, context, source_event, parent_id, created_at, updated_at, cause_recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 'scheduled', $9, $10::jsonb, $11, $12, $13, $13, $14)
 ON CONFLICT (key) DO NOTHING"""
 
 
-def _insert_args(n: Notice, domain: str, now: datetime,
+def _insert_args(n: Notice, domain: str, now: datetime, cause_recorded_at: datetime | None,
                  parent_id: UUID | None = None) -> tuple[Any, ...]:
     row_id = notification_id(n.key)
     return (row_id, n.key, str(n.kind), n.case_id, n.agency, str(n.recipient_role),
             n.recipient, n.due_at, message_id(row_id, domain), json.dumps(n.context),
-            n.source_event, parent_id, now)
+            n.source_event, parent_id, now, cause_recorded_at)
 
 
 async def insert_notices(conn: asyncpg.Connection, notices: Sequence[Notice], domain: str,
-                         now: datetime, parent_id: UUID | None = None) -> None:
-    """Insert new notices; a key seen before is left as it is (replays add nothing)."""
+                         now: datetime, cause_recorded_at: datetime | None,
+                         parent_id: UUID | None = None) -> None:
+    """Insert new notices; a key seen before is left as it is (replays add nothing).
+    ``cause_recorded_at``: when the event that called for them was recorded."""
     if notices:
-        await conn.executemany(_INSERT, [_insert_args(n, domain, now, parent_id)
-                                         for n in notices])
+        await conn.executemany(_INSERT, [_insert_args(n, domain, now, cause_recorded_at,
+                                                      parent_id) for n in notices])
 
 
 def _json_equal(stored: str, wanted: dict[str, Any]) -> bool:
@@ -105,9 +109,10 @@ def _json_equal(stored: str, wanted: dict[str, Any]) -> bool:
 
 async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Sequence[Notice],
                          *, case_manager: str, closed: bool, reason: str, domain: str,
-                         now: datetime) -> None:
+                         now: datetime, cause_recorded_at: datetime) -> None:
     """Make the case's pending timed notices equal ``desired``: cancel what is no longer
-    called for, move or re-date what changed, add what is new. Sent ones are history."""
+    called for, move or re-date what changed, add what is new. Sent ones are history.
+    ``cause_recorded_at``: when the event that asks for this was recorded."""
     # Lock only the timed rows, in id order (record_outcomes updates in id order, so the two
     # cannot deadlock on them). Celebration rows stay unlocked: the dispatcher claims them with
     # SKIP LOCKED and would otherwise pass over them while later events of the case are read.
@@ -120,12 +125,16 @@ async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Seque
     stale = [k for k, r in existing.items() if k not in wanted and r["status"] in PENDING]
     changed = [n for k, n in wanted.items() if k in existing and _differs(existing[k], n)]
     await _cancel_keys(conn, stale, f"no longer called for after {reason}", now)
+    # a re-dated notice is a new call for it; a moved or revived one keeps its cause's time
     await conn.executemany(
         "UPDATE notifier.notifications SET status = 'scheduled', recipient = $2, due_at = $3,"
         " not_before = $3, context = $4::jsonb, cancelled_by_case = false, last_error = NULL,"
-        " updated_at = $5 WHERE key = $1",
-        [(n.key, n.recipient, n.due_at, json.dumps(n.context), now) for n in changed])
-    await insert_notices(conn, [n for k, n in wanted.items() if k not in existing], domain, now)
+        " updated_at = $5, cause_recorded_at = CASE WHEN due_at = $3 THEN cause_recorded_at"
+        " ELSE $6 END WHERE key = $1",
+        [(n.key, n.recipient, n.due_at, json.dumps(n.context), now, cause_recorded_at)
+         for n in changed])
+    await insert_notices(conn, [n for k, n in wanted.items() if k not in existing], domain, now,
+                         cause_recorded_at)
     await _follow_case(conn, case_id, case_manager, closed, reason, now)
 
 
@@ -333,7 +342,7 @@ async def attach_to_digest(pool: asyncpg.Pool, row: Row, digest: Notice, domain:
     """Put ``row`` into the recipient's digest ``digest``; False when that digest is already
     being sent (the caller tries the next day's)."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(_INSERT, *_insert_args(digest, domain, now))
+        await conn.execute(_INSERT, *_insert_args(digest, domain, now, now))
         open_digest = await conn.fetchval(
             "SELECT id FROM notifier.notifications WHERE key = $1 AND status = 'scheduled'"
             " AND attempts = 0 AND lease_until IS NULL FOR UPDATE", digest.key)
@@ -353,7 +362,8 @@ async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], d
     """Replace a notice addressed to a group by one notice per member, due now (children are
     keyed by parent and member, so an instance that took the parent over adds no others)."""
     async with pool.acquire() as conn, conn.transaction():
-        await insert_notices(conn, children, domain, now, parent_id=parent.id)
+        await insert_notices(conn, children, domain, now, parent.cause_recorded_at,
+                             parent_id=parent.id)
         await conn.execute(
             "UPDATE notifier.notifications SET status = 'sent', sent_at = $2, last_error = $3,"
             " lease_owner = NULL, lease_until = NULL, claim_token = NULL, updated_at = $2"
