@@ -105,7 +105,8 @@ async def _apply_event(page: _Page, item: FeedItem) -> None:
     await insert_notices(page.conn, outcome.celebrations, page.domain, page.now,
                          item.recorded_at)
     await reconcile_case(page.conn, after.case_id, outcome.timed,
-                         case_manager=after.case_manager, closed=after.status == "closed",
+                         case_manager=after.case_manager,
+                         participant=after.participant_called, closed=after.status == "closed",
                          reason=f"{item.type} (case version {item.version})",
                          domain=page.domain, now=page.now, cause_recorded_at=item.recorded_at)
 

@@ -108,8 +108,8 @@ def _json_equal(stored: str, wanted: dict[str, Any]) -> bool:
 
 
 async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Sequence[Notice],
-                         *, case_manager: str, closed: bool, reason: str, domain: str,
-                         now: datetime, cause_recorded_at: datetime) -> None:
+                         *, case_manager: str, participant: str, closed: bool, reason: str,
+                         domain: str, now: datetime, cause_recorded_at: datetime) -> None:
     """Make the case's pending timed notices equal ``desired``: cancel what is no longer
     called for, move or re-date what changed, add what is new. Sent ones are history.
     ``cause_recorded_at``: when the event that asks for this was recorded."""
@@ -122,20 +122,23 @@ async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Seque
         " AND parent_id IS NULL ORDER BY id FOR UPDATE", case_id, [str(k) for k in DATED])
     existing = {r["key"]: r for r in rows}
     wanted = {n.key: n for n in desired}
-    stale = [k for k, r in existing.items() if k not in wanted and r["status"] in PENDING]
+    gone = [k for k in existing if k not in wanted]
     changed = [n for k, n in wanted.items() if k in existing and _differs(existing[k], n)]
-    await _cancel_keys(conn, stale, f"no longer called for after {reason}", now)
-    # a re-dated notice is a new call for it; a moved or revived one keeps its cause's time
+    await _cancel_keys(conn, gone, f"no longer called for after {reason}", now)
+    # A re-dated notice is a new call for it; a moved or revived one keeps its cause's time.
+    # A revived one leaves the digest it sat in when it was cancelled (that one has gone out
+    # or been given up), so it is decided afresh when due.
     await conn.executemany(
         "UPDATE notifier.notifications SET status = 'scheduled', recipient = $2, due_at = $3,"
         " not_before = $3, context = $4::jsonb, cancelled_by_case = false, last_error = NULL,"
+        " digest_id = CASE WHEN status = 'cancelled' THEN NULL ELSE digest_id END,"
         " updated_at = $5, cause_recorded_at = CASE WHEN due_at = $3 THEN cause_recorded_at"
         " ELSE $6 END WHERE key = $1",
         [(n.key, n.recipient, n.due_at, json.dumps(n.context), now, cause_recorded_at)
          for n in changed])
     await insert_notices(conn, [n for k, n in wanted.items() if k not in existing], domain, now,
                          cause_recorded_at)
-    await _follow_case(conn, case_id, case_manager, closed, reason, now)
+    await _follow_case(conn, case_id, case_manager, participant, closed, reason, now)
 
 
 def _differs(row: asyncpg.Record, n: Notice) -> bool:
@@ -149,16 +152,20 @@ def _differs(row: asyncpg.Record, n: Notice) -> bool:
 
 async def _cancel_keys(conn: asyncpg.Connection, keys: Sequence[str], reason: str,
                        now: datetime) -> None:
+    """Cancel the pending notices of ``keys``, and what was handed on from them (one notice
+    per supervisor of the agency) that is still waiting."""
     await conn.execute(
         "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"
         " last_error = $2, lease_owner = NULL, lease_until = NULL, updated_at = $3"
-        " WHERE key = ANY($1::text[]) AND status IN ('scheduled', 'failed')",
-        list(keys), reason, now)
+        " WHERE (key = ANY($1::text[]) OR parent_id = ANY($4::uuid[]))"
+        " AND status IN ('scheduled', 'failed')",
+        list(keys), reason, now, [notification_id(k) for k in keys])
 
 
 async def _follow_case(conn: asyncpg.Connection, case_id: UUID, case_manager: str,
-                       closed: bool, reason: str, now: datetime) -> None:
-    """Pending notices of any kind follow a transfer and end with the case.
+                       participant: str, closed: bool, reason: str, now: datetime) -> None:
+    """Pending notices of any kind follow a transfer, call the participant by the name they
+    go by now, and end with the case.
 
     A moved notice also leaves any claim on it: the instance holding it loaded the old
     manager's address, and its check just before sending must now fail."""
@@ -169,6 +176,11 @@ async def _follow_case(conn: asyncpg.Connection, case_id: UUID, case_manager: st
         " ELSE due_at END"  # out of the old manager's digest: the new one's preferences apply
         " WHERE case_id = $1 AND recipient_role = 'case_manager' AND recipient <> $2"
         " AND status IN ('scheduled', 'failed')", case_id, case_manager, now)
+    await conn.execute(
+        "UPDATE notifier.notifications SET context = jsonb_set(context, '{participant}',"
+        " to_jsonb($2::text)), updated_at = $3 WHERE case_id = $1"
+        " AND status IN ('scheduled', 'failed') AND context->>'participant' <> $2",
+        case_id, participant, now)
     if closed:
         await conn.execute(
             "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"

@@ -1,0 +1,118 @@
+"""Later events correct what is still waiting to be sent, wherever it waits: handed on to each
+supervisor, inside a digest, or held back by quiet hours."""
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from tests.conftest import FakeClock, TokenFactory
+from tests.notifier_helpers import (  # noqa: F401  (fixtures)
+    NotifierRig,
+    Records,
+    SmtpServer,
+    clock,
+    records,
+    rig,
+    smtp,
+)
+
+
+def recipients_of(smtp: SmtpServer) -> list[str]:
+    return [address for sent in smtp.recipients for address in sent]
+
+
+async def overdue_handed_to_supervisor(rig: NotifierRig, records: Records, token: TokenFactory,
+                                       clock: FakeClock) -> tuple[str, str]:
+    """A review (due 1 May) whose overdue notice fell due at 09:00 UTC on 3 May and was handed
+    on to the supervisor, who lives in Los Angeles: it reaches them at 09:00 their time."""
+    await rig.set_prefs("cm-1", token())
+    await rig.set_prefs("sup-1", token(role="supervisor", sub="sup-1"),
+                        timezone="America/Los_Angeles")
+    case = await records.open_case()
+    review = await records.agree(case)
+    await rig.catch_up()
+    clock.now = datetime(2026, 5, 3, 9, 0, tzinfo=UTC)
+    await rig.dispatch()
+    [handed_on] = await rig.rows(kind="review_overdue", recipient="sup-1")
+    assert handed_on["status"] == "scheduled"
+    return case, review
+
+
+async def test_a_review_held_withdraws_the_overdue_notice_already_handed_to_a_supervisor(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    case, review = await overdue_handed_to_supervisor(rig, records, token, clock)
+    clock.now = datetime(2026, 5, 3, 10, 0, tzinfo=UTC)  # 03:00 in Los Angeles
+    await records.hold_review(case, review)
+    await rig.catch_up()
+    clock.now = datetime(2026, 5, 3, 16, 0, tzinfo=UTC)  # 09:00 in Los Angeles
+    await rig.dispatch()
+    assert "sup-1@example.org" not in recipients_of(smtp)
+    [withdrawn] = await rig.rows(kind="review_overdue", recipient="sup-1")
+    assert withdrawn["status"] == "cancelled"
+    assert "ReviewHeld" in withdrawn["last_error"]
+
+
+async def test_a_review_rescheduled_withdraws_the_overdue_notice_handed_to_a_supervisor(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    case, review = await overdue_handed_to_supervisor(rig, records, token, clock)
+    clock.now = datetime(2026, 5, 3, 10, 0, tzinfo=UTC)
+    await records.call("POST", f"/v1/cases/{case}/reviews/{review}/reschedule",
+                       {"due_date": "2026-05-06", "reason": "Jo is away this week"})
+    await rig.catch_up()
+    clock.now = datetime(2026, 5, 3, 16, 0, tzinfo=UTC)
+    await rig.dispatch()
+    assert "sup-1@example.org" not in recipients_of(smtp)
+
+
+async def test_a_nudge_back_after_a_reopening_reaches_the_next_digest(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """The nudge sat in Tuesday's digest when the case closed; the digest went out empty
+    (cancelled); the case reopened, and the nudge must find a digest of its own again."""
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    case = await records.open_case()
+    goal = await records.goal(case)
+    await records.step(case, goal, "Call the landlord", due_date="2026-03-01")
+    await rig.catch_up()
+    await rig.dispatch()  # Monday 09:00: into Tuesday's digest
+    clock.now = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    await records.close(case)
+    await rig.catch_up()
+    clock.now = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+    await rig.notifier.dispatcher.send_digests()  # nothing left in it
+    clock.now = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
+    await records.reopen(case)
+    await rig.catch_up()
+    await rig.dispatch()  # into Wednesday's digest
+    clock.now = datetime(2026, 3, 4, 8, 0, tzinfo=UTC)
+    await rig.notifier.dispatcher.send_digests()
+    [digest] = smtp.received
+    assert "Call the landlord" in digest.get_payload()[0].get_payload(decode=True).decode()
+    [nudge] = await rig.rows(kind="step_nudge")
+    assert nudge["status"] == "sent"
+
+
+async def test_a_new_name_reaches_celebrations_still_waiting(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """A participant who now goes by another name is never congratulated by the old one."""
+    await rig.set_prefs("cm-1", token(), quiet_hours={"start": "08:00", "end": "12:00"})
+    case = await records.open_case()
+    goal = await records.goal(case)
+    await records.complete(case, await records.step(case, goal))
+    await rig.catch_up()
+    await rig.dispatch()  # 09:00: quiet hours, held back until 12:00
+    clock.now = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    await records.call("PATCH", f"/v1/cases/{case}/participant",
+                       {"preferred_name": "Sam", "reason": "Sam asked to be called Sam"})
+    await rig.catch_up()
+    clock.now = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    await rig.dispatch()
+    [win] = smtp.received
+    assert str(win["Subject"]).startswith("A small win for Sam:")
+    text = win.get_payload()[0].get_payload(decode=True).decode()
+    assert "Sam completed the step" in text
+    assert "Jo" not in text
