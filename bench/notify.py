@@ -118,9 +118,8 @@ async def dispatch_throughput(app: web.Application, sink: TimingSink, count: int
                       {"participant": f"Person {n}", "due_date": "2026-06-01",
                        "days_before": 3}) for n in range(count)]
     before = sink.count
-    async with notifier.pool.acquire() as conn:
-        now = datetime.now(UTC)
-        await insert_notices(conn, notices, "bench.casetrail", now, now)
+    async with notifier.pool.acquire() as conn:  # called for at their due time
+        await insert_notices(conn, notices, "bench.casetrail", due, due)
     started = time.perf_counter()
     notifier.poke()
     await sink.wait_for(lambda: sink.count - before >= count, 600)

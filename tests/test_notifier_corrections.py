@@ -116,3 +116,35 @@ async def test_a_new_name_reaches_celebrations_still_waiting(
     text = win.get_payload()[0].get_payload(decode=True).decode()
     assert "Sam completed the step" in text
     assert "Jo" not in text
+
+
+async def test_a_review_moved_early_in_a_readers_morning_still_gets_its_reminders(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """At 07:00 in Los Angeles (14:00 UTC, after the schedule's 09:00 UTC) one review moves to
+    Friday and another to today: at 09:00 there the manager hears of both; a manager in UTC,
+    whose 09:00 had passed, hears of neither, and the reason is on the notice."""
+    await rig.set_prefs("cm-1", token(), timezone="America/Los_Angeles")
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    cm2 = Records(records.client, token(sub="cm-2"))
+    west_a, west_b = await records.open_case(), await records.open_case()
+    here = await cm2.open_case("cm-2")
+    reviews = {west_a: await records.agree(west_a), west_b: await records.agree(west_b),
+               here: await cm2.agree(here)}
+    await rig.catch_up()
+    clock.now = datetime(2026, 3, 10, 14, 0, tzinfo=UTC)
+    for writer, case, due in ((records, west_a, "2026-03-13"), (records, west_b, "2026-03-10"),
+                              (cm2, here, "2026-03-13")):
+        await writer.call("POST", f"/v1/cases/{case}/reviews/{reviews[case]}/reschedule",
+                          {"due_date": due, "reason": "a day that suits Jo"})
+    await rig.catch_up()
+    await rig.dispatch()
+    assert smtp.received == []
+    clock.now = datetime(2026, 3, 10, 16, 0, tzinfo=UTC)  # 09:00 in Los Angeles
+    await rig.dispatch()
+    assert sorted(str(m["Subject"]).split(" ")[0] for m in smtp.received) == ["Review", "Today:"]
+    assert recipients_of(smtp) == ["cm-1@example.org"] * 2
+    [passed] = [r for r in await rig.rows(kind="review_reminder", recipient="cm-2")
+                if ":2026-03-13:" in r["key"]]
+    assert passed["status"] == "cancelled"
+    assert "had passed when it was called for" in passed["last_error"]

@@ -408,8 +408,8 @@ async def test_a_slow_mail_server_never_lets_a_second_instance_send_the_same_not
             "agency-a", "cm-1", "case_manager", "cm-1@example.org", "immediate", "UTC", None,
             None, True), "test", datetime.now(UTC))
         async with first.pool.acquire() as conn:
-            await insert_notices(conn, due_notices(8, due=datetime.now(UTC)), "test",
-                                 datetime.now(UTC), datetime.now(UTC))
+            now = datetime.now(UTC)
+            await insert_notices(conn, due_notices(8, due=now), "test", now, now)
         done = asyncio.Event()
 
         async def keep_dispatching() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -102,6 +103,41 @@ def test_a_reminder_whose_moment_had_passed_when_scheduled_is_left_out() -> None
     case = opened().add(review(uuid4(), date(2026, 3, 3)))
     assert "review_reminder:cm-1" not in case.timed()
     assert "review_due_today:cm-1" in case.timed()
+
+
+def test_a_reminder_still_ahead_for_readers_west_of_the_schedule_zone_is_kept() -> None:
+    """Scheduled at 10:00 UTC for 13 March: the UTC reminder moment (10 March 09:00 UTC) has
+    passed, but 09:00 in Los Angeles that day has not; delivery decides per reader."""
+    case = opened()
+    case.at = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
+    case.add(review(uuid4(), date(2026, 3, 13)))
+    assert case.timed()["review_reminder:cm-1"] == at9("2026-03-10")
+    case.at = datetime(2026, 3, 10, 21, 1, tzinfo=UTC)  # past 09:00 even at UTC-12
+    case.add(review(uuid4(), date(2026, 3, 13)))
+    assert len([k for k in case.timed() if k.startswith("review_reminder")]) == 1
+
+
+def test_a_heads_up_is_cancelled_for_a_reader_whose_moment_passed_before_it_was_called_for(
+        ) -> None:
+    called_for = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
+    reminder = replace(row("review_reminder", due=at9("2026-03-10")),
+                       cause_recorded_at=called_for)
+    later = called_for + timedelta(minutes=1)
+    west = prefs(timezone="America/Los_Angeles")  # 09:00 there is 16:00 UTC (PDT)
+    assert decide(reminder, Recipient(west, "a@b"), later, stale_after=STALE,
+                  timing=DatedTiming()) == Defer(datetime(2026, 3, 10, 16, 0, tzinfo=UTC))
+    here = prefs()
+    passed = decide(reminder, Recipient(here, "a@b"), later, stale_after=STALE,
+                    timing=DatedTiming())
+    assert isinstance(passed, Cancel)
+    assert "had passed when it was called for" in passed.reason
+    digest = prefs(delivery="daily_digest")
+    assert isinstance(decide(reminder, Recipient(digest, "a@b"), later, stale_after=STALE,
+                             timing=DatedTiming()), Cancel)
+    # a nudge about a date gone by is still worth sending
+    nudge = replace(reminder, kind="step_nudge")
+    assert decide(nudge, Recipient(here, "a@b"), later, stale_after=STALE,
+                  timing=DatedTiming()) == Send("a@b")
 
 
 def test_holding_a_review_ends_its_notices_and_the_next_review_starts_new_ones() -> None:

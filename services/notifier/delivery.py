@@ -32,7 +32,7 @@ import structlog
 from services.common.database import DATABASE_UNAVAILABLE
 from services.common.http import labelled
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.rules import CELEBRATIONS, DATED, Kind, Notice, RecipientRole
+from services.notifier.rules import CELEBRATIONS, DATED, HEADS_UP, Kind, Notice, RecipientRole
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import directory
 from services.notifier.store import notifications as store
@@ -189,13 +189,22 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
     if reader_zone(prefs.timezone) is None:  # stored before names were checked
         return Dead(f"the time zone {prefs.timezone!r} in {row.recipient}'s preferences is not"
                     f" one this notifier knows: {_set_it(row)}")
+    moment = timing.moment(row, prefs.timezone) if timing and row.kind in DATED else None
+    if moment is not None and _passed_before_called_for(row, moment):
+        return Cancel(f"its moment for {row.recipient} ({moment.isoformat()}) had passed when"
+                      " it was called for")
     if row.kind != Kind.DAILY_DIGEST and prefs.delivery == "daily_digest":
         return ToDigest(now, prefs.timezone)
-    if timing is not None and row.kind in DATED:
-        moment = timing.moment(row, prefs.timezone)
-        if now < moment:  # the reader's zone is behind the schedule's
-            return Defer(moment)
+    if moment is not None and now < moment:  # the reader's zone is behind the schedule's
+        return Defer(moment)
     return _quiet_or_send(prefs, who.address, now)
+
+
+def _passed_before_called_for(row: Row, moment: datetime) -> bool:
+    """A reminder of a review scheduled after the reminder's moment for this reader: it is
+    kept in the schedule for readers west of here, for whom it is still ahead."""
+    return (row.kind in HEADS_UP and row.cause_recorded_at is not None
+            and moment < row.cause_recorded_at)
 
 
 def _set_it(row: Row) -> str:

@@ -16,7 +16,7 @@ key names the date it is about, so a rescheduled review is a new notice, never a
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -41,7 +41,11 @@ CELEBRATIONS = frozenset({Kind.SMALL_WIN, Kind.MILESTONE})
 # about a day rather than an event: each reaches its reader on that day at their own local time
 DATED = frozenset({Kind.REVIEW_REMINDER, Kind.REVIEW_DUE_TODAY, Kind.REVIEW_OVERDUE,
                    Kind.STEP_NUDGE, Kind.GOAL_TARGET_DATE})
+# ahead of a day: useless once that day's moment has passed for the reader, so not sent late
+HEADS_UP = frozenset({Kind.REVIEW_REMINDER, Kind.REVIEW_DUE_TODAY})
 OPEN_STEP_STATUSES = frozenset({"not_started", "in_progress"})
+# The westernmost offset in use (UTC-12): the last place a day's wall-clock time comes.
+LAST_OFFSET_BEHIND_UTC = timedelta(hours=12)
 # Days far enough from the calendar's ends that a moment on them converts to UTC and back.
 SCHEDULABLE_DAYS = (date(1900, 1, 1), date(9998, 12, 31))
 
@@ -73,6 +77,12 @@ class RuleSettings:
         if not SCHEDULABLE_DAYS[0] <= moved <= SCHEDULABLE_DAYS[1]:
             return None
         return datetime.combine(moved, self.send_time, tzinfo=ZoneInfo(self.timezone))
+
+    def still_ahead_somewhere(self, moment: datetime, now: datetime) -> bool:
+        """Whether ``moment``'s wall-clock time (in the schedule's zone) is still to come on
+        its day for a reader somewhere: readers get dated notices at their own local time."""
+        wall = moment.astimezone(ZoneInfo(self.timezone)).replace(tzinfo=None)
+        return wall.replace(tzinfo=UTC) + LAST_OFFSET_BEHIND_UTC > now
 
 
 @dataclass(frozen=True)
@@ -119,19 +129,20 @@ def _to_manager(case: CaseModel, key: str, kind: Kind, due_at: datetime,
 
 def review_notices(case: CaseModel, review: Review, rules: RuleSettings) -> list[Notice]:
     """Reminder N days before and on the day; overdue after the grace days (manager and
-    supervisors). A reminder whose moment had passed when the review was scheduled is left out."""
+    supervisors). A reminder whose moment had passed everywhere when the review was scheduled
+    is left out; delivery cancels one whose moment had passed for its reader (``HEADS_UP``)."""
     due = review.due_date
     context = {"review_id": str(review.review_id), "due_date": due.isoformat()}
     base = f"{review.review_id}:{due.isoformat()}"
     notices = []
     before = rules.at_send_time(due, -rules.reminder_days_before)
-    if before is not None and before > review.scheduled_at:
+    if before is not None and rules.still_ahead_somewhere(before, review.scheduled_at):
         notices.append(_to_manager(
             case, f"review_reminder:{base}:{rules.reminder_days_before}d",
             Kind.REVIEW_REMINDER, before,
             {**context, "days_before": rules.reminder_days_before}))
     on_the_day = rules.at_send_time(due)
-    if on_the_day is not None and on_the_day > review.scheduled_at:
+    if on_the_day is not None and rules.still_ahead_somewhere(on_the_day, review.scheduled_at):
         notices.append(_to_manager(case, f"review_due_today:{base}", Kind.REVIEW_DUE_TODAY,
                                    on_the_day, context))
     overdue_at = rules.at_send_time(due, rules.overdue_grace_days)
