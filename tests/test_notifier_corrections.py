@@ -142,9 +142,24 @@ async def test_a_review_moved_early_in_a_readers_morning_still_gets_its_reminder
     assert smtp.received == []
     clock.now = datetime(2026, 3, 10, 16, 0, tzinfo=UTC)  # 09:00 in Los Angeles
     await rig.dispatch()
-    assert sorted(str(m["Subject"]).split(" ")[0] for m in smtp.received) == ["Review", "Today:"]
+    assert sorted(str(m["Subject"]).split(" ")[0] for m in smtp.received) == ["Plan", "Review"]
     assert recipients_of(smtp) == ["cm-1@example.org"] * 2
     [passed] = [r for r in await rig.rows(kind="review_reminder", recipient="cm-2")
                 if ":2026-03-13:" in r["key"]]
     assert passed["status"] == "cancelled"
     assert "had passed when it was called for" in passed["last_error"]
+
+
+async def test_a_reminder_read_in_the_next_mornings_digest_counts_the_days_left_then(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    await records.agree(await records.open_case())  # review due Friday 1 May
+    await rig.catch_up()
+    clock.now = datetime(2026, 4, 28, 9, 0, tzinfo=UTC)  # the reminder's moment
+    await rig.dispatch()  # into Wednesday's digest (08:00)
+    clock.now = datetime(2026, 4, 29, 8, 0, tzinfo=UTC)
+    await rig.notifier.dispatcher.send_digests()
+    [digest] = smtp.received
+    text = digest.get_payload()[0].get_payload(decode=True).decode()
+    assert "due on Friday 1 May 2026, in 2 days." in text

@@ -571,7 +571,7 @@ async def test_a_dated_notice_claimed_early_and_put_off_by_quiet_hours_waits_for
         "scheduled", "2026-05-01 08:00:00+00:00")  # 10:00 in Berlin
     clock.now = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
     assert await rig.dispatch() == 2
-    assert "Today: plan review with Jo" in [m["Subject"] for m in smtp.received]
+    assert "Plan review with Jo is due today" in [m["Subject"] for m in smtp.received]
 
 
 # --------------------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def test_a_completed_step_is_a_small_win_in_the_participants_words() -> None:
                                     from_status="in_progress", note="Went with my sister"))
     [win] = case.notices
     assert (win.kind, win.recipient, win.due_at) == (Kind.SMALL_WIN, "cm-1", T0)
-    text = render(win.kind, win.context, case.case_id).text
+    text = render(win.kind, win.context, case.case_id, today=T0.date()).text
     assert "Jo completed the step \"Visit the job centre\"" in text
     assert "Note: Went with my sister.\n" in text  # ended as a sentence
     assert "I want to use my hands" in text
@@ -236,7 +236,7 @@ def test_a_small_win_says_whose_step_it_was(owner: str, sentence: str) -> None:
     case.add(ev.ActionStepCompleted(step_id=step_id, goal_id=goal_id,
                                     description="Send the referral", owner=owner,
                                     from_status="not_started"))
-    rendered = render(Kind.SMALL_WIN, case.notices[0].context, case.case_id)
+    rendered = render(Kind.SMALL_WIN, case.notices[0].context, case.case_id, today=T0.date())
     assert sentence in rendered.text
     assert sentence.replace("'", "&#x27;").replace('"', "&quot;") in rendered.html
     if owner != "participant":
@@ -250,7 +250,8 @@ def test_an_achieved_goal_is_a_milestone_for_the_manager_and_the_participant() -
                                   from_status="active", status="achieved"))
     assert [(n.kind, n.recipient_role) for n in case.notices] == [
         (Kind.MILESTONE, "case_manager"), (Kind.MILESTONE, "participant")]
-    for_them = render(Kind.MILESTONE, case.notices[1].context, for_participant=True)
+    for_them = render(Kind.MILESTONE, case.notices[1].context, today=T0.date(),
+                      for_participant=True)
     assert "You reached your goal" in for_them.text
     assert "I want to use my hands" in for_them.subject + for_them.text
 
@@ -451,7 +452,7 @@ def test_every_kind_renders_person_first_text_and_escaped_html() -> None:
     for kind in Kind:
         if kind is Kind.DAILY_DIGEST:
             continue
-        out = render(kind, context, uuid4())
+        out = render(kind, context, uuid4(), today=T0.date())
         assert out.subject
         assert "\n" not in out.subject
         assert "Jo <b>" not in out.html
@@ -461,3 +462,36 @@ def test_every_kind_renders_person_first_text_and_escaped_html() -> None:
         assert not ASSUMED_PRONOUN.search(out.text + out.html), kind
         assert out.text.endswith(f"-- \n{FOOTER}\n")  # how to hear less, in both parts
         assert FOOTER in out.html
+
+
+@pytest.mark.parametrize(("read_on", "subject", "sentence"), [
+    ("2026-03-10", "Plan review with Jo is due today", "plan review is due today (Tuesday"),
+    ("2026-03-11", "Plan review with Jo was due yesterday", "review was due yesterday (Tuesday"),
+    ("2026-03-09", "Plan review with Jo is due tomorrow", "review is due tomorrow (Tuesday"),
+    ("2026-03-13", "Plan review with Jo was due 3 days ago", "was due 3 days ago (Tuesday")])
+def test_days_are_worded_as_the_reader_counts_them_on_the_day_they_read(
+        read_on: str, subject: str, sentence: str) -> None:
+    """A notice may wait in a digest or out quiet hours: "today" is the reader's today."""
+    out = render(Kind.REVIEW_DUE_TODAY, {"participant": "Jo", "due_date": "2026-03-10"},
+                 today=date.fromisoformat(read_on))
+    assert out.subject == subject
+    assert sentence in out.text
+
+
+def test_a_reminder_counts_the_days_left_when_it_is_read() -> None:
+    context = {"participant": "Jo", "due_date": "2026-03-13", "days_before": 3}
+    assert "due on Friday 13 March 2026, in 3 days." in render(
+        Kind.REVIEW_REMINDER, context, today=date(2026, 3, 10)).text
+    assert "due on Friday 13 March 2026, in 2 days." in render(
+        Kind.REVIEW_REMINDER, context, today=date(2026, 3, 11)).text
+
+
+def test_a_goal_target_date_credits_nobody_with_setting_it() -> None:
+    """The goal may be the court's or the agency's: the message does not say Jo set it."""
+    out = render(Kind.GOAL_TARGET_DATE, {"participant": "Jo", "goal_title": "40 hours of"
+                                         " community service", "target_date": "2026-03-10"},
+                 today=date(2026, 3, 10))
+    assert out.subject == 'Target date today for Jo\'s goal "40 hours of community service"'
+    assert ('The target date for the goal "40 hours of community service" in Jo\'s plan is'
+            " today\n(Tuesday 10 March 2026).") in out.text
+    assert "Jo set" not in out.text

@@ -626,6 +626,7 @@ class Dispatcher:
             case Send(address, for_participant):
                 try:
                     rendered = render(row.kind, row.context, row.case_id,
+                                      today=self._readers_today(who, now),
                                       for_participant=for_participant)
                 except (ValueError, KeyError, OSError) as error:
                     return Outcome(row.id, "dead", False, row.attempts,
@@ -646,6 +647,11 @@ class Dispatcher:
                 await store.fan_out(self._pool, row, children,
                                     self._settings.message_id_domain, now)
         return None
+
+    def _readers_today(self, who: Recipient, now: datetime) -> date:
+        """The date where the reader is (the schedule's zone for a reader without one)."""
+        zone = reader_zone(who.prefs.timezone) if who.prefs else None
+        return now.astimezone(zone or ZoneInfo(self._timing.notices_zone)).date()
 
     async def _into_digest(self, row: Row, zone: str, now: datetime) -> None:
         for skip in range(7):
@@ -670,7 +676,9 @@ class Dispatcher:
             outcome = Outcome(digest.id, "dead", False, digest.attempts,
                               error=f"no email address on file for {digest.recipient}")
         else:
-            rendered = render_digest([render(i.kind, i.context, i.case_id) for i in items])
+            today = self._readers_today(who, now)
+            rendered = render_digest([render(i.kind, i.context, i.case_id, today=today)
+                                      for i in items])
             sent = await self._send(digest, rendered, who.address)
             if sent is None:
                 return None

@@ -40,18 +40,43 @@ def _nice_date(value: Any) -> str:
     return f"{day:%A} {day.day} {day:%B %Y}"
 
 
-def template_values(context: dict[str, Any], case_id: object | None) -> dict[str, str]:
-    """Every placeholder a template may use, as plain text."""
+def _day(value: Any) -> date | None:
+    return date.fromisoformat(str(value)) if value else None
+
+
+def _when(day: date | None, today: date) -> str:
+    """A day as the reader counts it on the day they read the message (a notice may wait in a
+    digest or out quiet hours, so it is never worded when it is scheduled)."""
+    if day is None:
+        return ""
+    days = (day - today).days
+    named = {0: "today", 1: "tomorrow", -1: "yesterday"}
+    if days in named:
+        return named[days]
+    return f"in {days} days" if days > 0 else f"{-days} days ago"
+
+
+def _is_or_was(day: date | None, today: date) -> str:
+    return "was" if day is not None and day < today else "is"
+
+
+def template_values(context: dict[str, Any], case_id: object | None,
+                    today: date) -> dict[str, str]:
+    """Every placeholder a template may use, as plain text; ``today`` is the reader's date."""
     participant = str(context.get("participant") or "the participant")
     words = context.get("in_their_words")
     title = str(context.get("goal_title") or "")
     toward = words or title
     note = context.get("note")
+    due, target = _day(context.get("due_date")), _day(context.get("target_date"))
     return {
         "participant": participant,
         "due_date": _nice_date(context.get("due_date")),
+        "due_when": _when(due, today),
+        "due_is": _is_or_was(due, today),
         "target_date": _nice_date(context.get("target_date")),
-        "days_before": str(context.get("days_before", "")),
+        "target_when": _when(target, today),
+        "target_is": _is_or_was(target, today),
         "grace_days": str(context.get("grace_days", "")),
         "case_manager": str(context.get("case_manager") or "not recorded"),
         "description": str(context.get("description") or ""),
@@ -84,9 +109,10 @@ def _done_line(owner: object, participant: str, step: str) -> str:
 
 
 def render(kind: str, context: dict[str, Any], case_id: object | None = None,
-           *, for_participant: bool = False) -> Rendered:
+           *, today: date, for_participant: bool = False) -> Rendered:
+    """The message for a notice read on ``today`` (the reader's local date)."""
     name = f"{kind}_participant" if for_participant else kind
-    values = template_values(context, case_id)
+    values = template_values(context, case_id, today)
     first, _, text = _template(f"{name}.txt").safe_substitute(values).partition("\n")
     subject = " ".join(first.removeprefix("Subject:").split())
     escaped = {k: html.escape(v) for k, v in values.items()}
