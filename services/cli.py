@@ -123,7 +123,8 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Offline, on a machine that runs no Casetrail service: reads no service settings."""
     from services.records.export.signing import load_public_key
     from services.records.export.verify import MalformedExport, summary, verify_export
 
@@ -362,6 +363,9 @@ def cmd_mail(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.run is cmd_verify:
+        verdict: int = cmd_verify(args)
+        return verdict
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     try:
         return run(args, Settings())

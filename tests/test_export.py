@@ -12,6 +12,8 @@ import io
 import json
 import os
 import sys
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +154,47 @@ async def test_pdf_export_is_a_signed_document_that_verifies(
     trailer = json.loads(signature_line.removeprefix(b"%casetrail-signature "))
     assert trailer["export"]["case_id"] == case_id
     assert trailer["events"] == 5
-    assert set(trailer) == {"export", "events", "signature"}  # nothing unsigned
+    assert set(trailer) == {"export", "events", "chain", "signature"}  # nothing unsigned
+    assert trailer["chain"]["valid"] is True
     report = verify_bytes(raw, public_key(key_file))
     assert report.ok
-    assert report.chain is None
+    assert report.chain is not None
+    assert report.chain.events_checked == 5
     code, out = run_verify(tmp_path, raw, "--public-key", f"{key_file}.pub", capsys=capsys)
     assert code == 0, out
-    assert "chain:     not in a PDF" in out
+    assert "as the service found it when it made this PDF" in out
+
+
+async def test_a_pdf_of_a_case_whose_stored_events_were_altered_does_not_verify(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+        fresh_database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Printed pages cannot be rechained by a verifier: the service checks the chain as it
+    lays the events out and signs what it found, so an altered row is not laundered into a
+    verified PDF (the JSON Lines export of the same case already failed)."""
+    db = await asyncpg.connect(fresh_database_url)
+    try:  # only a superuser bypassing the append-only trigger can do this
+        async with db.transaction():
+            await db.execute("SET LOCAL session_replication_role = replica")
+            await db.execute("UPDATE records.events SET data = data || '{\"added\": \"later\"}'"
+                             " WHERE stream_id = $1 AND version = 3", uuid.UUID(case_id))
+    finally:
+        await db.close()
+    raw = await export(client, token(sub="cm-1"), case_id, "?format=pdf")
+    report = verify_bytes(raw, public_key(key_file))
+    assert not report.ok
+    assert report.chain is not None
+    assert report.chain.broken_at_version == 3
+    code, out = run_verify(tmp_path, raw, "--public-key", f"{key_file}.pub", capsys=capsys)
+    assert code == 1
+    assert "chain:     BROKEN at version 3" in out
+    # and the signed state cannot be edited back to intact
+    document, _, signature_line = raw.rstrip(b"\n").rpartition(b"\n")
+    trailer = json.loads(signature_line.removeprefix(b"%casetrail-signature "))
+    trailer["chain"] = {"valid": True, "events_checked": 5, "head_hash": "0" * 64,
+                        "first_broken_link": None}
+    relabelled = (document + b"\n%casetrail-signature " + json.dumps(trailer).encode()
+                  + b"\n")
+    assert verify_bytes(relabelled, public_key(key_file)).digest_matches is False
 
 
 async def test_an_altered_pdf_or_its_header_fails(
@@ -301,6 +337,66 @@ async def test_what_is_not_an_export_is_refused_by_name(
     raw = await export(client, token(sub="cm-1"), case_id)
     with pytest.raises(MalformedExport, match=message):
         verify_export(cut(lines(raw)))
+
+
+def _with_header(raw: bytes, **changes: Any) -> bytes:
+    out = lines(raw)
+    return json.dumps({**json.loads(out[0]), **changes}).encode() + b"\n" + b"".join(out[1:])
+
+
+def _with_first_event(raw: bytes, **changes: Any) -> bytes:
+    out = lines(raw)
+    event = {**json.loads(out[1]), **changes}
+    return out[0] + json.dumps(event).encode() + b"\n" + b"".join(out[2:])
+
+
+DEEP = json.loads("[" * 600 + "]" * 600)  # under the JSON parser's limit, over the chain's
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda raw: _with_header(raw, exported_by="mallory"), "exported_by is not an object"),
+    (lambda raw: _with_header(raw, exported_by={"sub": 7}), "exported_by is not an object"),
+    (lambda raw: _with_first_event(raw, recorded_at="0001-01-01T00:00:00+01:00"),
+     "recorded_at"),
+    (lambda raw: _with_first_event(raw, recorded_at="9999-12-31T23:59:59-05:00"),
+     "recorded_at"),
+    (lambda raw: _with_first_event(raw, data={"x": DEEP}), "nested too deeply"),
+])
+async def test_crafted_files_are_refused_by_name_not_with_a_traceback(
+        client: TestClient, token: TokenFactory, case_id: str, change: Any, message: str,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = await export(client, token(sub="cm-1"), case_id)
+    with pytest.raises(MalformedExport, match=message):
+        verify_export(lines(change(raw)))
+    code, out = run_verify(tmp_path, change(raw), capsys=capsys)
+    assert (code, out.splitlines()[-1]) == (1, "NOT VERIFIED")
+
+
+async def test_what_a_file_says_cannot_pass_for_the_verdict_on_screen(
+        client: TestClient, token: TokenFactory, case_id: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Text from the file is shown with its control characters escaped: a role holding line
+    breaks, a fake all-clear and the terminal code that hides what follows prints as one
+    line of visible characters."""
+    raw = await export(client, token(sub="cm-1"), case_id)
+    fake = "x)\nchain:     intact\nVERIFIED\n\x1b[8m"
+    forged = _with_header(raw, exported_by={"sub": "cm-1", "role": fake})
+    code, out = run_verify(tmp_path, forged, capsys=capsys)
+    assert code == 1
+    assert "\x1b" not in out
+    assert "VERIFIED" not in out.splitlines()[:-1]
+    assert out.splitlines()[-1] == "NOT VERIFIED"
+    assert "\\nVERIFIED\\n\\x1b[8m" in out
+
+
+def test_verify_needs_no_service_settings(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A court's machine runs no Casetrail service: a stray setting must not stop a check."""
+    monkeypatch.setenv("RECORDS_PORT", "not-a-port")
+    code, out = run_verify(tmp_path, b"", capsys=capsys)
+    assert code == 1
+    assert "empty" in out
 
 
 async def test_the_cli_answers_bad_files_and_keys_without_a_traceback(
@@ -450,7 +546,7 @@ def test_without_a_system_font_the_pdf_falls_back_to_the_bundled_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import UTC, datetime
 
-    from services.records.chain import ChainLink
+    from services.records.chain import GENESIS_HASH, ChainLink
     from services.records.export import pdf
     from services.records.export.formats import ExportHeader
 
@@ -458,8 +554,9 @@ def test_without_a_system_font_the_pdf_falls_back_to_the_bundled_one(
     header = ExportHeader("case-1", "agency-a", 1, 1, datetime(2026, 3, 2, tzinfo=UTC),
                           {"sub": "sup-1", "role": "supervisor"})
     renderer = pdf.PdfRenderer(header)
-    renderer.add([ChainLink("case-1", 1, "e-1", "NoteAdded", 1, {"text": "Zoë, 名前, Ωmega"},
-                            {}, datetime(2026, 3, 2, tzinfo=UTC), "0" * 64, "a" * 64)])
+    link = ChainLink("case-1", 1, "e-1", "NoteAdded", 1, {"text": "Zoë, 名前, Ωmega"}, {},
+                     datetime(2026, 3, 2, tzinfo=UTC), GENESIS_HASH)
+    renderer.add([replace(link, hash=link.compute_hash())])
     raw = b"".join(pdf.signed_pdf(renderer, header, load_signer(None)))
     renderer.close()
     assert b"Vera" in raw

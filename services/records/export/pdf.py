@@ -5,7 +5,9 @@ hash, so a reader can match it against the JSON Lines or CSV export of the same 
 document is rendered into a spooled temporary file (reportlab keeps a document's pages until
 it is saved) and then handed out in chunks; the signature follows it as a PDF comment line
 after ``%%EOF`` (readers ignore it), over the digest of the document's bytes followed by the
-canonical JSON of the export header, which a PDF has no line of its own for.
+canonical JSON of the export header, which a PDF has no line of its own for, and of the state
+of the hash chain as the service found it while laying the events out (a verifier cannot
+recompute the chain from printed pages).
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
-from services.records.chain import ChainLink, format_timestamp
+from services.records.chain import (
+    ChainCheck,
+    ChainLink,
+    ChainReport,
+    canonical_bytes,
+    format_timestamp,
+)
 from services.records.export.formats import (
     PDF_TRAILER_PREFIX,
     ExportHeader,
@@ -69,16 +77,25 @@ class PdfRenderer:
         self._y = 0.0
         self._page = 0
         self.events = 0
+        # A PDF prints events for people and no verifier can recompute its chain, so the
+        # service checks the chain as it lays the events out and signs what it found.
+        self._chain = ChainCheck(header.first_version)
         self._new_page()
         self._title()
 
     def add(self, links: list[ChainLink]) -> None:
         for link in links:
+            self._chain.add(link)
             self._event(link)
             self.events += 1
 
+    @property
+    def chain(self) -> ChainReport:
+        return self._chain.report()
+
     def finish(self) -> IO[bytes]:
         """The rendered document, rewound; the renderer is done."""
+        self._chain_section()
         self._canvas.save()
         self._file.seek(0)
         return self._file
@@ -96,6 +113,19 @@ class PdfRenderer:
                      f"{h.exported_by.get('sub')} ({h.exported_by.get('role')})",
                      "Check it with: casetrail verify FILE --public-key AGENCY-KEY.pem", ""):
             self._line(text)
+
+    def _chain_section(self) -> None:
+        chain = self.chain
+        if not self.events:
+            text = "Hash chain: no events in this export."
+        elif chain.valid:
+            text = (f"Hash chain: intact, checked by the service as it made this export;"
+                    f" head {chain.head_hash}.")
+        else:
+            text = (f"Hash chain: BROKEN at version {chain.broken_at_version}"
+                    f" ({chain.problem}). From that version on, what this export shows is"
+                    " not what was recorded.")
+        self._line(text, size=10)
 
     def _event(self, link: ChainLink) -> None:
         actor = link.metadata.get("actor") or {}
@@ -143,9 +173,12 @@ def signed_pdf(renderer: PdfRenderer, header: ExportHeader,
         digest.update(b"\n")
         yield b"\n"
     header_dict = header.as_dict()
+    chain = renderer.chain.as_dict()
     digest.update(header_digest_bytes(header_dict))
-    # only what the signature vouches for (the header is in the digest, the count is checked
-    # against it); the head hash is printed with the last event, on the signed pages
-    trailer = {"export": header_dict, "events": renderer.events,
+    digest.update(canonical_bytes(chain))
+    # only what the signature vouches for (the header and the chain's state are in the
+    # digest, the count is checked against the header); the head hash is printed on the
+    # signed pages
+    trailer = {"export": header_dict, "events": renderer.events, "chain": chain,
                "signature": signature_block(signer, digest.digest())}
     yield PDF_TRAILER_PREFIX + json_line(trailer) + b"\n"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.records.chain import ChainCheck, ChainLink, ChainReport
+from services.records.chain import ChainCheck, ChainLink, ChainReport, canonical_bytes
 from services.records.export import fhir
 from services.records.export.formats import (
     CHAIN_FIELDS,
@@ -92,14 +92,20 @@ def _read_chain(reader: _Lines, header: dict[str, Any],
         events += 1
         if link.stream_id != header.get("case_id"):
             problems.append(f"line {reader.number}: an event of another case ({link.stream_id})")
-        check.add(link)
+        try:
+            check.add(link)
+        except OverflowError as error:  # its time cannot be written in the canonical form
+            raise MalformedExport(f"line {reader.number}: recorded_at is out of range") from error
+        except RecursionError as error:
+            raise MalformedExport(f"line {reader.number}: data nested too deeply") from error
     return check.report(), events, problems
 
 
 def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
-    """A PDF: every byte but the signature line, then its header (carried in that line), make
-    the digest; the events are printed for people, so the chain is left to the JSON Lines or
-    CSV export of the same versions."""
+    """A PDF: every byte but the signature line, then its header and the chain's state as the
+    service found it (both carried in that line), make the digest. The events are printed for
+    people, so the chain itself is the service's word, signed; the JSON Lines or CSV export of
+    the same versions lets anyone recompute it."""
     while reader.next_content() is not None:
         pass
     line = reader.last or b""
@@ -117,9 +123,34 @@ def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
     problems = [] if events == _promised_events(header) else [
         f"the header promises versions {header['first_version']} to {header['last_version']};"
         f" the signature line counts {events} events"]
+    chain = None
+    if "chain" in trailer:  # absent from PDFs made before the service checked the chain
+        reader.digest.update(canonical_bytes(trailer["chain"]))
+        chain = _pdf_chain(trailer["chain"])
+        if chain.valid and chain.events_checked != events:
+            problems.append(f"the chain's state counts {chain.events_checked} events, the"
+                            f" signature line {events}")
     digest = reader.digest.digest()
-    return _report(ExportFormat.PDF, header, events, None,
+    return _report(ExportFormat.PDF, header, events, chain,
                    _signed(trailer["signature"], digest=digest), digest, trusted_key, problems)
+
+
+def _pdf_chain(found: Any) -> ChainReport:
+    """The chain's state a PDF's signature line carries (``ChainReport.as_dict``)."""
+    broken = found.get("first_broken_link") if isinstance(found, dict) else None
+    if (not isinstance(found, dict) or type(found.get("valid")) is not bool
+            or type(found.get("events_checked")) is not int
+            or not isinstance(found.get("head_hash"), str)
+            or (broken is None) != found["valid"]
+            or (broken is not None and not (
+                isinstance(broken, dict) and type(broken.get("version")) is int
+                and isinstance(broken.get("event_id"), str)
+                and isinstance(broken.get("problem"), str)))):
+        raise MalformedExport("the signature line's chain is not a chain report")
+    if broken is None:
+        return ChainReport(True, found["events_checked"], found["head_hash"])
+    return ChainReport(False, found["events_checked"], found["head_hash"], broken["version"],
+                       broken["event_id"], broken["problem"])
 
 
 @dataclass(frozen=True)
@@ -225,7 +256,7 @@ def _jws(signature: dict[str, Any]) -> _Signed:
         return _Signed(f"sha256:{_b64url(encoded_payload).hex()}", public_key,
                        _b64url(encoded_signature),
                        f"{encoded_header}.{encoded_payload}".encode())
-    except (ValueError, KeyError, TypeError) as error:  # MalformedExport included
+    except (ValueError, KeyError, TypeError, RecursionError) as error:  # MalformedExport too
         if isinstance(error, MalformedExport):
             raise
         raise MalformedExport(f"the signature is not a compact JWS ({error})") from error
@@ -284,6 +315,9 @@ def _checked_header(header: Any, where: str = "line 1") -> dict[str, Any]:
     if header.get("format_version") != FORMAT_VERSION:
         raise MalformedExport(f"{where}: format_version {header.get('format_version')!r} is "
                               f"not one this verifier reads ({FORMAT_VERSION})")
+    by = header.get("exported_by")
+    if not isinstance(by, dict) or not all(isinstance(by.get(k), str) for k in ("sub", "role")):
+        raise MalformedExport(f"{where}: exported_by is not an object with a sub and a role")
     return header
 
 
@@ -422,20 +456,24 @@ def summary(report: ExportReport) -> list[str]:
              f" {report.export_format.value}, exported {header.get('exported_at')}"
              f" by {by.get('sub')} ({by.get('role')})",
              f"events:    {report.events} ({_versions(header)})"]
+    checked_by = (" (as the service found it when it made this PDF, signed; the JSON Lines"
+                  " export of the same versions lets you recompute it)"
+                  if report.export_format is ExportFormat.PDF else "")
     if chain is None:
-        lines.append("chain:     not in a PDF, which prints each event's hash for people; the"
-                     " JSON Lines or CSV export of the same versions carries the chain")
+        lines.append("chain:     not checked: this PDF was made before the service signed the"
+                     " chain's state; the JSON Lines or CSV export of the same versions"
+                     " carries the chain")
     elif report.events == 0:
         lines.append("chain:     no events in this export")
     elif not chain.valid:
         lines.append(f"chain:     BROKEN at version {chain.broken_at_version} (event"
-                     f" {chain.broken_event_id}): {chain.problem}")
+                     f" {chain.broken_event_id}): {chain.problem}{checked_by}")
     elif header.get("first_version") != 1 and report.events:
         lines.append(f"chain:     intact from version {header.get('first_version')}; earlier"
                      " events are outside this export, so its first prev_hash is taken as"
-                     " given (the signature covers it)")
+                     f" given (the signature covers it){checked_by}")
     else:
-        lines.append(f"chain:     intact, head {chain.head_hash}")
+        lines.append(f"chain:     intact, head {chain.head_hash}{checked_by}")
     lines.append("digest:    " + ("matches the content" if report.digest_matches
                                   else "DOES NOT MATCH the content"))
     trust = {None: "not compared with a trusted key (pass --public-key to check who signed)",
@@ -449,4 +487,10 @@ def summary(report: ExportReport) -> list[str]:
         lines.append("VERIFIED (intact, but its origin is unchecked: pass --public-key)")
     else:
         lines.append("VERIFIED")
-    return lines
+    return [_visible(line) for line in lines]
+
+
+def _visible(text: str) -> str:
+    """Text from the file as plain characters: a line break, a terminal code or a bidi
+    override in it must not print a verdict of its own or hide the real one."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
