@@ -570,3 +570,42 @@ async def test_a_csv_version_cell_that_is_a_digit_but_no_number_is_refused_by_na
     rows[2] = b"\xc2\xb2" + rows[2][1:]  # version 1 written as a superscript two
     with pytest.raises(MalformedExport, match="line 3: version is not a whole number"):
         verify_export(rows)
+
+
+def test_pdf_lines_never_run_off_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A web address or text in a script written without spaces is one long "word": it is
+    broken where the line ends, not printed past the page's edge."""
+    from datetime import UTC, datetime
+
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    from services.records.chain import GENESIS_HASH, ChainLink
+    from services.records.export import pdf
+    from services.records.export.formats import ExportHeader
+
+    header = ExportHeader("case-1", "agency-a", 1, 1, datetime(2026, 3, 2, tzinfo=UTC),
+                          {"sub": "sup-1", "role": "supervisor"})
+    renderer = pdf.PdfRenderer(header)
+    drawn: list[tuple[float, str, float]] = []
+    canvas = renderer._canvas
+    draw = canvas.drawString
+
+    def recording(x: float, y: float, text: str) -> None:
+        drawn.append((x, text, canvas._fontsize))
+        draw(x, y, text)
+
+    monkeypatch.setattr(canvas, "drawString", recording)
+    url = "https://example.org/" + "housing-support/" * 20 + "END-OF-URL"
+    link = ChainLink("case-1", 1, "e-1", "NoteAdded", 1,
+                     {"text": f"Jo found {url}", "words": "我们一起找到了住房" * 30}, {},
+                     datetime(2026, 3, 2, tzinfo=UTC), GENESIS_HASH)
+    renderer.add([replace(link, hash=link.compute_hash())])
+    raw = b"".join(pdf.signed_pdf(renderer, header, load_signer(None)))
+    renderer.close()
+    font = renderer._font
+    assert all(x + stringWidth(text, font, size) <= A4[0] - 50 + 0.01
+               for x, text, size in drawn), max(
+        (x + stringWidth(t, font, s), t) for x, t, s in drawn)
+    assert "".join(t for _, t, _ in drawn).count("END-OF-URL") == 1
+    assert verify_bytes(raw).ok

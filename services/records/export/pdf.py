@@ -22,6 +22,7 @@ from typing import IO
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.utils import simpleSplit
 from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
@@ -141,12 +142,35 @@ class PdfRenderer:
         self._line("")
 
     def _line(self, text: str, *, size: float = _SIZE, indent: float = 0.0) -> None:
-        for part in simpleSplit(text, self._font, size, self._width - indent) or [""]:
+        for part in self._wrapped(text, size, self._width - indent):
             if self._y < _MARGIN + _LEADING:
                 self._new_page()
             self._canvas.setFont(self._font, size)
             self._canvas.drawString(_MARGIN + indent, self._y, part)
             self._y -= max(_LEADING, size + 3)
+
+    def _wrapped(self, text: str, size: float, width: float) -> list[str]:
+        """Lines that fit ``width``: split at spaces, and a word longer than a line (a web
+        address, text in a script written without spaces) broken where the line ends."""
+        lines: list[str] = []
+        for line in simpleSplit(text, self._font, size, width) or [""]:
+            while stringWidth(line, self._font, size) > width and len(line) > 1:
+                fits = self._fitting(line, size, width)
+                lines.append(line[:fits])
+                line = line[fits:]
+            lines.append(line)
+        return lines
+
+    def _fitting(self, text: str, size: float, width: float) -> int:
+        """How many of ``text``'s first characters fit ``width`` (at least one)."""
+        low, high = 1, len(text)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if stringWidth(text[:middle], self._font, size) <= width:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def _new_page(self) -> None:
         if self._page:
