@@ -1,6 +1,7 @@
 """Export rate and the records service's memory while it streams a signed export.
 
     .venv/bin/python -m bench.export [--events 1000 50000] [--format jsonl|csv|pdf|fhir]
+                                     [--note-chars 24]
 
 For each size, one case with that many events (notes, chained by the event store), exported
 (JSON Lines by default) through `casetrail records` by a client that reads and drops the stream; the
@@ -31,8 +32,9 @@ from services.records.store.events import EventStore, NewEvent
 CHUNK = 500  # events per append while filling
 
 
-async def fill(database_url: str, sizes: list[int]) -> list[str]:
-    """One case per size, each with that many events; its plan row by a rebuild."""
+async def fill(database_url: str, sizes: list[int], note_chars: int = 0) -> list[str]:
+    """One case per size, each with that many events (notes padded to ``note_chars``); its
+    plan row by a rebuild."""
     await migrate(database_url)
     pool = await create_pool(database_url, max_size=2)
     try:
@@ -45,7 +47,7 @@ async def fill(database_url: str, sizes: list[int]) -> list[str]:
             case_id = uuid4()
             events = [NewEvent(uuid4(), "CaseOpened", 1, opened)]
             events += [NewEvent(uuid4(), "NoteAdded", 1, {"note_id": str(uuid4()),
-                                                           "text": f"Met at the library ({n})"})
+                                                           "text": _note(n, note_chars)})
                        for n in range(size - 1)]
             for start in range(0, size, CHUNK):
                 await store.append(case_id, events[start:start + CHUNK],
@@ -55,6 +57,11 @@ async def fill(database_url: str, sizes: list[int]) -> list[str]:
         return case_ids
     finally:
         await pool.close()
+
+
+def _note(n: int, chars: int) -> str:
+    text = f"Met at the library ({n})."
+    return (text + " We talked about the workshop" * (chars // 28 + 1))[:max(chars, len(text))]
 
 
 def resident_kib(pid: int) -> int:
@@ -92,10 +99,10 @@ async def export_once(url: str, token: str, case_id: str, pid: int,
     return received, elapsed, peak
 
 
-async def main(sizes: list[int], export_format: str) -> None:
+async def main(sizes: list[int], export_format: str, note_chars: int) -> None:
     with postgres_server() as server:
         async with scratch_database(server) as database_url:
-            case_ids = await fill(database_url, sizes)
+            case_ids = await fill(database_url, sizes, note_chars)
             secret = secrets.token_urlsafe(32)
             port = free_port()
             env = {**os.environ, "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": secret,
@@ -116,7 +123,7 @@ async def main(sizes: list[int], export_format: str) -> None:
             finally:
                 service.terminate()
                 await service.wait()
-    print(f"format: {export_format}")
+    print(f"format: {export_format}, notes of {note_chars or 'about 25'} characters")
     print(f"{'events':>8}{'MB':>8}{'seconds':>9}{'events/s':>10}"
           f"{'RSS before MiB':>16}{'peak MiB':>10}{'growth MiB':>12}")
     for size, received, elapsed, before, peak in rows:
@@ -128,5 +135,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, nargs="+", default=[1000, 50000])
     parser.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "pdf", "fhir"])
+    parser.add_argument("--note-chars", type=int, default=0,
+                        help="pad each note to this many characters")
     options = parser.parse_args()
-    asyncio.run(main(options.events, options.format))
+    asyncio.run(main(options.events, options.format, options.note_chars))

@@ -243,6 +243,23 @@ async def test_a_pdf_of_a_history_too_long_to_read_is_refused(
                              headers=headers)).status == 200
 
 
+async def test_a_pdf_of_few_but_long_events_is_refused_by_its_size(
+        client: TestClient, token: TokenFactory, case_id: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendering memory grows with the text, not the count: 10,000 notes of 3,900 characters
+    took 116 MiB while one PDF rendered, so the text a PDF lays out is bounded too."""
+    monkeypatch.setattr(queries, "MAX_PDF_TEXT_BYTES", 5_000)
+    await add_notes(client, token, case_id, ["Jo spoke about the workshop. " * 40] * 4)
+    headers = bearer(token(sub="cm-1"))
+    response = await client.get(f"/v1/cases/{case_id}/export?format=pdf", headers=headers)
+    assert response.status == 422
+    problem = await response.json()
+    assert problem["type"].endswith("/export-too-large")
+    assert "text" in problem["detail"]
+    assert (await client.get(f"/v1/cases/{case_id}/export?format=jsonl",
+                             headers=headers)).status == 200
+
+
 def _edit_event(raw: bytes, version: int, change: Any) -> bytes:
     """The export with event ``version`` changed by ``change`` (a JSON Lines export)."""
     out = lines(raw)

@@ -50,6 +50,9 @@ EXPORT_PAGE = 500  # events read per query while an export streams
 # A PDF is laid out in memory (about 1.5 KB per event) and is read by people: 10,000 events
 # are ~15 MB and ~550 pages; longer histories are exported as JSON Lines or CSV.
 MAX_PDF_EVENTS = 10_000
+# reportlab holds a document's pages until it saves it: about 3 bytes of memory per byte of
+# event data laid out (docs/performance.md), so ~12 MiB at this bound
+MAX_PDF_TEXT_BYTES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -177,8 +180,8 @@ class CaseQueries:
                                    f"export format={export_format.value}", request_id)
         window = await self._window(who, case_id)
         first, last = (window.first + 1, window.last) if window else (1, stored.version)
-        if export_format is ExportFormat.PDF and last - first + 1 > MAX_PDF_EVENTS:
-            raise ExportTooLarge(last - first + 1)
+        if export_format is ExportFormat.PDF:
+            await self._fits_a_pdf(case_id, first, last)
         header = ExportHeader(str(case_id), stored.agency, first, last, self._clock(),
                               {"sub": who.sub, "role": who.role.value})
         if export_format is ExportFormat.PDF:
@@ -191,6 +194,15 @@ class CaseQueries:
         versions = f"v{first}-{last}" if first <= last else f"v{last}-unchanged"
         return CaseExport(f"case-{case_id}-{versions}.{export_format.file_suffix}",
                           export_format.media_type, chunks)
+
+    async def _fits_a_pdf(self, case_id: UUID, first: int, last: int) -> None:
+        if last - first + 1 > MAX_PDF_EVENTS:
+            raise ExportTooLarge(f"this history has {last - first + 1} events; a PDF export"
+                                 f" holds at most {MAX_PDF_EVENTS}")
+        size = await self._store.data_size(case_id, first, last)
+        if size > MAX_PDF_TEXT_BYTES:
+            raise ExportTooLarge(f"this history holds {size:,} bytes of text; a PDF export"
+                                 f" lays out at most {MAX_PDF_TEXT_BYTES:,}")
 
     async def _export_chunks(self, writer: ExportWriter, case_id: UUID, first: int,
                              last: int) -> AsyncGenerator[bytes, None]:
@@ -273,9 +285,8 @@ class CaseQueries:
 
 
 class ExportTooLarge(Exception):
-    def __init__(self, events: int) -> None:
-        super().__init__(f"this history has {events} events; a PDF export holds at most "
-                         f"{MAX_PDF_EVENTS}: export it as JSON Lines or CSV")
+    def __init__(self, why: str) -> None:
+        super().__init__(f"{why}: export it as JSON Lines or CSV")
 
 
 class VersionOutOfRange(Exception):

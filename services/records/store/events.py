@@ -411,6 +411,14 @@ class EventStore:
             "SELECT agency, version FROM records.streams WHERE stream_id = $1", stream_id)
         return None if row is None else StreamHead(stream_id, row["agency"], row["version"])
 
+    async def data_size(self, stream_id: UUID, first_version: int, last_version: int) -> int:
+        """Bytes of event data (as JSON text) in a version range of one stream."""
+        size: int = await self._pool.fetchval(
+            "SELECT coalesce(sum(octet_length(data::text)), 0) FROM records.events"
+            " WHERE stream_id = $1 AND version BETWEEN $2 AND $3",
+            stream_id, first_version, last_version)
+        return size
+
     async def read_stream(
         self,
         stream_id: UUID,
