@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from tests.conftest import FakeClock, TokenFactory
 from tests.notifier_helpers import (  # noqa: F401  (fixtures)
     NotifierRig,
@@ -39,32 +41,25 @@ async def overdue_handed_to_supervisor(rig: NotifierRig, records: Records, token
     return case, review
 
 
-async def test_a_review_held_withdraws_the_overdue_notice_already_handed_to_a_supervisor(
+@pytest.mark.parametrize("correction", ["held", "rescheduled"])
+async def test_a_review_held_or_moved_withdraws_the_overdue_notice_handed_to_a_supervisor(
         rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
-        clock: FakeClock) -> None:
+        clock: FakeClock, correction: str) -> None:
     case, review = await overdue_handed_to_supervisor(rig, records, token, clock)
     clock.now = datetime(2026, 5, 3, 10, 0, tzinfo=UTC)  # 03:00 in Los Angeles
-    await records.hold_review(case, review)
+    if correction == "held":
+        await records.hold_review(case, review)
+    else:
+        await records.call("POST", f"/v1/cases/{case}/reviews/{review}/reschedule",
+                           {"due_date": "2026-05-06", "reason": "Jo is away this week"})
     await rig.catch_up()
     clock.now = datetime(2026, 5, 3, 16, 0, tzinfo=UTC)  # 09:00 in Los Angeles
     await rig.dispatch()
     assert "sup-1@example.org" not in recipients_of(smtp)
     [withdrawn] = await rig.rows(kind="review_overdue", recipient="sup-1")
     assert withdrawn["status"] == "cancelled"
-    assert "ReviewHeld" in withdrawn["last_error"]
-
-
-async def test_a_review_rescheduled_withdraws_the_overdue_notice_handed_to_a_supervisor(
-        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
-        clock: FakeClock) -> None:
-    case, review = await overdue_handed_to_supervisor(rig, records, token, clock)
-    clock.now = datetime(2026, 5, 3, 10, 0, tzinfo=UTC)
-    await records.call("POST", f"/v1/cases/{case}/reviews/{review}/reschedule",
-                       {"due_date": "2026-05-06", "reason": "Jo is away this week"})
-    await rig.catch_up()
-    clock.now = datetime(2026, 5, 3, 16, 0, tzinfo=UTC)
-    await rig.dispatch()
-    assert "sup-1@example.org" not in recipients_of(smtp)
+    assert ("ReviewHeld" if correction == "held" else "ReviewScheduled") in \
+        withdrawn["last_error"]
 
 
 async def test_a_nudge_back_after_a_reopening_reaches_the_next_digest(
