@@ -410,6 +410,52 @@ async def test_an_idempotency_key_covers_the_query_string_too(cm: CaseApi,
     assert await event_count(fresh_pool) == count
 
 
+async def test_an_idempotency_key_belongs_to_the_path_it_was_first_sent_to(
+        cm: CaseApi, fresh_pool: asyncpg.Pool) -> None:
+    """The same key and body sent to another case is another request: replaying the first
+    case's answer would lose the second note silently."""
+    first, second = await cm.open_case(), await cm.open_case()
+    headers = {"Idempotency-Key": "note-1"}
+    answer = await cm.call("POST", f"/v1/cases/{first}/notes", {"text": "Jo called"},
+                           headers=headers, expect=201)
+    assert answer["case_id"] == first
+    count = await event_count(fresh_pool)
+    elsewhere = await cm.call("POST", f"/v1/cases/{second}/notes", {"text": "Jo called"},
+                              headers=headers, expect=422)
+    assert elsewhere["type"].endswith("idempotency-key-reused")
+    assert await event_count(fresh_pool) == count
+
+
+async def test_an_explicit_null_and_a_missing_field_are_different_requests(
+        cm: CaseApi, fresh_pool: asyncpg.Pool) -> None:
+    """A PATCH with "due_date": null clears the date, one without it leaves the date: under
+    one key they are two requests, not a retry."""
+    case_id = await cm.open_case()
+    goal = await cm.goal(case_id)
+    step = await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal}/steps",
+                         {"description": "Call the landlord", "owner": "participant",
+                          "due_date": "2026-03-20"}, expect=201)
+    headers = {"Idempotency-Key": "clear-date"}
+    path = f"/v1/cases/{case_id}/steps/{step['id']}"
+    change = {"description": "Call the landlord together", "reason": "no date for now"}
+    await cm.call("PATCH", path, {**change, "due_date": None}, headers=headers, expect=200)
+    count = await event_count(fresh_pool)
+    other = await cm.call("PATCH", path, change, headers=headers, expect=422)
+    assert other["type"].endswith("idempotency-key-reused")
+    assert await event_count(fresh_pool) == count
+
+
+async def test_a_replayed_answer_says_it_is_one(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    headers = {**bearer(cm.token), "Idempotency-Key": "note-replay"}
+    path = f"/v1/cases/{case_id}/notes"
+    first = await cm.client.post(path, json={"text": "Jo called"}, headers=headers)
+    assert "Idempotent-Replayed" not in first.headers
+    again = await cm.client.post(path, json={"text": "Jo called"}, headers=headers)
+    assert again.status == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
 async def test_opening_a_case_is_idempotent_too(cm: CaseApi, fresh_pool: asyncpg.Pool) -> None:
     body = {"participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"}
     headers = {"Idempotency-Key": "open-ana"}
@@ -545,6 +591,19 @@ async def test_verify_names_the_first_broken_link_of_a_tampered_case(
     assert report["valid"] is False
     assert report["first_broken_link"]["version"] == 2
     assert report["first_broken_link"]["problem"]
+
+
+async def test_a_caseload_listing_never_shows_another_agencys_cases(
+        cm: CaseApi, client: TestClient, token: TokenFactory) -> None:
+    """Not to that agency's supervisor, nor to a case manager there whose id happens to be
+    the same as the one whose caseload it is."""
+    await cm.open_case()
+    for who in (token(role="supervisor", sub="sup-b", agency="agency-b"),
+                token(sub="cm-1", agency="agency-b")):
+        response = await client.get("/v1/cases", headers=bearer(who))
+        assert response.status == 200
+        assert (await response.json())["cases"] == []
+    assert len((await cm.call("GET", "/v1/cases", expect=200))["cases"]) == 1
 
 
 async def test_caseload_lists_next_review_and_overdue_steps(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from services.records.chain import GENESIS_HASH
+from services.records.chain import GENESIS_HASH, ChainCheck, ChainLink
 from services.records.store.events import (
     EventStore,
     IdempotencyClaim,
@@ -210,6 +212,52 @@ async def test_hash_chain_verifies_and_names_the_first_broken_link(pool: asyncpg
     assert report.broken_at_version == 3
     assert report.problem == "hash does not match the event's content"
     assert report.events_checked == 2
+
+
+@pytest.mark.parametrize("path", ["{actor,sub}", "{reason}", "{agency}"])
+async def test_who_and_why_are_in_the_hash_too(pool: asyncpg.Pool, path: str) -> None:
+    """An event's metadata (who recorded it, why, for which agency) is chained like its data:
+    rewriting the actor or the reason breaks the link."""
+    store, stream = EventStore(pool), uuid.uuid4()
+    for version in range(2):
+        await store.append(stream, [note()], expected_version=version, agency=AGENCY,
+                           metadata={**META, "reason": "agreed with Jo"})
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(
+            f"UPDATE records.events SET metadata = jsonb_set(metadata, '{path}',"
+            " '\"someone-else\"') WHERE stream_id = $1 AND version = 2", stream)
+    report = await store.verify(stream)
+    assert not report.valid
+    assert report.broken_at_version == 2
+
+
+def test_the_hash_of_an_event_is_fixed_for_every_verifier() -> None:
+    """A reference vector: courts recompute hashes with their own tools from decision 0002's
+    description, so the canonical form must never drift (this fails if it does)."""
+    link = ChainLink(
+        "6f1c2a9e-5b7d-4c3e-9a1f-2d8e7b6c5a40", 1, "0b7e4c1d-2a3f-4e5d-8c9b-1a2b3c4d5e6f",
+        "NoteAdded", 1, {"note_id": "n-1", "text": "Zoë met the landlord — a small win."},
+        {"actor": {"sub": "cm-1", "role": "case_manager"}, "agency": AGENCY,
+         "reason": None}, datetime(2026, 3, 2, 9, 30, 0, 123456, tzinfo=UTC), GENESIS_HASH)
+    assert link.canonical() == (
+        '{"data":{"note_id":"n-1","text":"Zoë met the landlord — a small win."},'
+        '"event_id":"0b7e4c1d-2a3f-4e5d-8c9b-1a2b3c4d5e6f","metadata":{"actor":{"role":'
+        '"case_manager","sub":"cm-1"},"agency":"agency-a","reason":null},'
+        '"prev_hash":"' + GENESIS_HASH + '","recorded_at":"2026-03-02T09:30:00.123456Z",'
+        '"schema_version":1,"stream_id":"6f1c2a9e-5b7d-4c3e-9a1f-2d8e7b6c5a40",'
+        '"type":"NoteAdded","version":1}').encode()
+    assert link.compute_hash() == hashlib.sha256(link.canonical()).hexdigest()
+
+
+def test_a_chain_starts_at_the_genesis_hash() -> None:
+    """A first event whose prev_hash is anything else is not the start of a chain (only an
+    audit window's export starts later, anchored by its first event)."""
+    link = ChainLink("s", 1, "e", "NoteAdded", 1, {}, {}, datetime(2026, 3, 2, tzinfo=UTC),
+                     "f" * 64)
+    check = ChainCheck()
+    check.add(replace(link, hash=link.compute_hash()))
+    assert check.report().broken_at_version == 1
 
 
 async def test_verify_notices_a_removed_event(pool: asyncpg.Pool) -> None:

@@ -81,6 +81,31 @@ async def test_a_late_commit_is_not_skipped(fresh_pool: asyncpg.Pool) -> None:
     assert (await read_feed(fresh_pool, end, 10)).held_back == 0
 
 
+async def test_an_older_transaction_with_a_later_position_is_read_in_commit_order(
+        fresh_pool: asyncpg.Pool) -> None:
+    """T1 takes its transaction id first but its position last (T2 appends and commits in
+    between): pages of one event must follow (transaction, position), or the checkpoint
+    after T2's event passes T1's and T1's event is never read."""
+    slow = await fresh_pool.acquire()
+    try:
+        tx = slow.transaction()
+        await tx.start()
+        await slow.fetchval("SELECT pg_current_xact_id()")  # the older transaction id
+        fast = await EventStore(fresh_pool).append(uuid.uuid4(), [note()], expected_version=0,
+                                                   agency=AGENCY, metadata=META)
+        late = uuid.uuid4()
+        await slow.execute(
+            "INSERT INTO records.events (stream_id, version, event_id, type, schema_version,"
+            " data, metadata, agency, recorded_at, prev_hash, hash)"
+            " VALUES ($1, 1, $2, 'NoteAdded', 1, '{}', '{}', $3, now(), '', '')",
+            uuid.uuid4(), late, AGENCY)
+        await tx.commit()
+    finally:
+        await fresh_pool.release(slow)
+    seen, _ = await drain(fresh_pool, limit=1, expect=2)
+    assert seen == [late, fast.events[0].event_id]
+
+
 async def test_concurrent_writers_and_a_following_reader_see_every_event_once(
         fresh_pool: asyncpg.Pool) -> None:
     store = EventStore(fresh_pool)
