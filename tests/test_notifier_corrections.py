@@ -158,3 +158,32 @@ async def test_a_reminder_read_in_the_next_mornings_digest_counts_the_days_left_
     [digest] = smtp.received
     text = digest.get_payload()[0].get_payload(decode=True).decode()
     assert "due on Friday 1 May 2026, in 2 days." in text
+
+
+@pytest.mark.parametrize("then", ["transfer", "close"])
+async def test_a_celebration_waiting_to_retry_follows_a_transfer_and_ends_with_the_case(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock, then: str) -> None:
+    """A small win the mail server put off (451) waits as `failed`: a transfer sends it to the
+    new case manager, a closing cancels it, like a notice not yet tried."""
+    await rig.set_prefs("cm-1", token())
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    case = await records.open_case()
+    await records.complete(case, await records.step(case, await records.goal(case)))
+    await rig.catch_up()
+    smtp.replies = ["451 try again later"]
+    await rig.dispatch()
+    [win] = await rig.rows(kind="small_win")
+    assert win["status"] == "failed"
+    if then == "transfer":
+        await records.transfer(case, "cm-2", token=token(role="supervisor", sub="sup-1"))
+    else:
+        await records.close(case)
+    await rig.catch_up()
+    clock.advance(hours=2)
+    await rig.dispatch()
+    [after] = await rig.rows(kind="small_win")
+    if then == "transfer":
+        assert (after["status"], recipients_of(smtp)) == ("sent", ["cm-2@example.org"])
+    else:
+        assert (after["status"], smtp.received) == ("cancelled", [])

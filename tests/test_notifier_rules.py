@@ -308,9 +308,10 @@ def test_backoff_grows_with_jitter_and_stops_at_attempts_or_horizon() -> None:
     assert policy.next_attempt(2, T0, T0 + timedelta(minutes=59), rng) is None
 
 
-@pytest.mark.parametrize(("code", "outcome"), [(250, "sent"), (421, "transient"),
-                                               (451, "transient"), (550, "permanent"),
-                                               (554, "permanent"), (None, "transient")])
+@pytest.mark.parametrize(("code", "outcome"), [
+    (250, "sent"), (421, "transient"), (451, "transient"), (452, "transient"),
+    (500, "permanent"), (501, "permanent"), (503, "permanent"), (530, "permanent"),
+    (550, "permanent"), (554, "permanent"), (None, "transient")])
 def test_smtp_replies_are_classified(code: int | None, outcome: str) -> None:
     assert classify(code, "x").outcome == outcome
 
@@ -375,6 +376,9 @@ def test_participants_hear_only_when_opted_in_with_an_address() -> None:
     assert isinstance(decide(milestone, Recipient(opted_in, None), T0, stale_after=STALE), Dead)
     assert decide(milestone, Recipient(opted_in, "jo@example.org"), T0, stale_after=STALE) == \
         Send("jo@example.org", for_participant=True)
+    opted_out = prefs(role="participant", celebrations=False)
+    assert isinstance(decide(milestone, Recipient(opted_out, "jo@example.org"), T0,
+                             stale_after=STALE), Cancel)
 
 
 def test_quiet_hours_defer_to_their_end_in_the_recipients_time_zone() -> None:
