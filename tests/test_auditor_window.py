@@ -199,6 +199,14 @@ async def test_open_ended_windows(scene: Scene) -> None:
     assert diff[0] == 200
 
 
+async def test_a_window_holds_the_events_recorded_at_its_very_edges(scene: Scene) -> None:
+    """A court order "from 2 March 09:00 to 3 March 09:00" includes what was recorded at
+    exactly those moments."""
+    edges = scene.auditor(scene.times[1], scene.times[2])
+    history = await scene.get("{c}/history", edges)
+    assert [e["version"] for e in history[1]["events"]] == [2, 3]
+
+
 @pytest.mark.parametrize("path", ["{c}", "{c}?as_of_version=1", "{c}/history",
                                   "{c}/diff?from_version=0&to_version=1", "{c}/verify"])
 async def test_a_window_that_closed_before_the_case_opened_sees_no_case(scene: Scene,

@@ -241,6 +241,8 @@ def test_requirement_progress_and_reversal() -> None:
     case = new_case()
     requirement_id = requirement(case)
     req_status(case, requirement_id, "in_progress")
+    with pytest.raises(d.RuleViolation, match="reversal"):  # started, then back to pending
+        req_status(case, requirement_id, "pending")
     req_status(case, requirement_id, "met")
     with pytest.raises(d.RuleViolation, match="reversal"):
         req_status(case, requirement_id, "in_progress")

@@ -201,6 +201,12 @@ def test_rescheduling_moves_the_same_review() -> None:
     with pytest.raises(d.RuleViolation):
         case.execute(d.RescheduleReview(first, api.RescheduleReviewInput(
             due_date=date(2025, 1, 1), reason="typo")))
+    with pytest.raises(d.RuleViolation):  # the day before today is already past
+        case.execute(d.RescheduleReview(first, api.RescheduleReviewInput(
+            due_date=TODAY - timedelta(days=1), reason="typo")))
+    [today] = case.execute(d.RescheduleReview(first, api.RescheduleReviewInput(
+        due_date=TODAY, reason="Jo can come in today")))
+    assert isinstance(today, ev.ReviewScheduled)
 
 
 def test_reviews_are_scheduled_again_after_reopening_and_reagreeing() -> None:

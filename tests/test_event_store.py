@@ -304,6 +304,8 @@ async def test_reads_by_version_and_by_time(pool: asyncpg.Pool) -> None:
     assert [e.version for e in await store.read_stream(stream, up_to_version=2)] == [1, 2]
     as_of = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
     assert [e.version for e in await store.read_stream(stream, up_to_time=as_of)] == [1, 2]
+    stamped = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # version 2's own time: it is in
+    assert [e.version for e in await store.read_stream(stream, up_to_time=stamped)] == [1, 2]
     assert await store.read_stream(stream, up_to_time=as_of - timedelta(days=1)) == []
     assert [e.version for e in await store.read_stream(stream, limit=1)] == [1]
 
