@@ -162,6 +162,24 @@ def test_every_event_type_declares_which_fields_are_checked() -> None:
             assert field in model_fields, f"{event_type}.{field}"
 
 
+# what staff write in their own words; the participant's own words (in_their_words, the
+# statement on agreeing) are theirs and never checked
+STAFF_TEXT = {"reason", "description", "title", "why_it_matters", "override_reason", "note",
+              "summary", "text"}
+# copies, for subscribers, of text checked when it was first written
+SNAPSHOTS = {("ActionStepCompleted", "description"), ("GoalStatusChanged", "title")}
+
+
+@pytest.mark.parametrize("event_type", sorted(ev.EVENT_TYPES))
+def test_every_field_of_staff_text_is_checked(event_type: str, guide: d.LanguageGuide) -> None:
+    fields = {f for f in set(ev.EVENT_TYPES[event_type].model_fields) & STAFF_TEXT
+              if (event_type, f) not in SNAPSHOTS}
+    assert set(d.CHECKED_FIELDS[event_type]) == fields
+    event = ev.EVENT_TYPES[event_type].model_construct(
+        **dict.fromkeys(fields, "the offender was non-compliant"))
+    assert {w.field for w in d.warnings_for([event], guide)} == fields
+
+
 def test_warnings_come_from_the_staff_text_of_recorded_events(guide: d.LanguageGuide) -> None:
     case = d.InMemoryCase(uuid4(), d.DecisionContext(today=date(2025, 6, 1)),
                           datetime(2025, 6, 1, tzinfo=UTC))

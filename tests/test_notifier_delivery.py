@@ -375,6 +375,27 @@ async def test_two_instances_send_each_notice_once(
     assert {r["attempts"] for r in attempts} == {1}
 
 
+async def test_claims_made_at_the_same_moment_share_out_the_rows(
+        rig: NotifierRig, clock: FakeClock) -> None:
+    """Two instances' claims held at a lock and let go together: each row goes to one of them
+    (FOR UPDATE SKIP LOCKED), none to both, and together they take all that is due."""
+    pool = rig.notifier.pool
+    async with pool.acquire() as conn:
+        await insert_notices(conn, due_notices(50), "test", clock(), clock())
+    async with pool.acquire() as holder:
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("LOCK TABLE notifier.notifications IN EXCLUSIVE MODE")
+        claims = [asyncio.create_task(claim_due(pool, owner=owner, now=clock(), limit=30,
+                                                lease=timedelta(minutes=2), digests=False))
+                  for owner in ("first", "second")]
+        await asyncio.sleep(0.2)  # both statements are waiting at the lock
+        await lock.commit()
+        first, second = await asyncio.gather(*claims)
+    assert {r.id for r in first}.isdisjoint({r.id for r in second})
+    assert len(first) + len(second) == 50
+
+
 async def test_a_lease_left_by_a_crashed_instance_is_taken_over_when_it_expires(
         rig: NotifierRig, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
     await rig.set_prefs("cm-1", token())
