@@ -378,6 +378,28 @@ async def test_crafted_files_are_refused_by_name_not_with_a_traceback(
     assert (code, out.splitlines()[-1]) == (1, "NOT VERIFIED")
 
 
+@pytest.mark.parametrize(("chain", "message"), [
+    (DEEP, "not a chain report"),
+    ({"valid": True, "events_checked": 5, "head_hash": "h", "first_broken_link": DEEP},
+     "not a chain report"),
+    ({"valid": False, "events_checked": 2, "head_hash": "h", "first_broken_link": None},
+     "not a chain report"),
+    ({"valid": 1, "events_checked": 5, "head_hash": "h", "first_broken_link": None},
+     "not a chain report")])
+async def test_a_pdf_whose_chain_state_is_crafted_is_refused_by_name(
+        client: TestClient, token: TokenFactory, case_id: str, chain: Any, message: str,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = await export(client, token(sub="cm-1"), case_id, "?format=pdf")
+    document, _, signature_line = raw.rstrip(b"\n").rpartition(b"\n")
+    trailer = json.loads(signature_line.removeprefix(b"%casetrail-signature "))
+    crafted = (document + b"\n%casetrail-signature "
+               + json.dumps({**trailer, "chain": chain}).encode() + b"\n")
+    with pytest.raises(MalformedExport, match=message):
+        verify_bytes(crafted)
+    code, out = run_verify(tmp_path, crafted, capsys=capsys)
+    assert (code, out.splitlines()[-1]) == (1, "NOT VERIFIED")
+
+
 async def test_what_a_file_says_cannot_pass_for_the_verdict_on_screen(
         client: TestClient, token: TokenFactory, case_id: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,7 +42,7 @@ class ExportReport:
     export_format: ExportFormat
     header: dict[str, Any]
     events: int
-    chain: ChainReport | None  # None: a PDF, which carries no machine-readable chain
+    chain: ChainReport | None  # None: a PDF made before the service signed its chain's state
     digest_matches: bool
     signature_valid: bool
     key_id: str
@@ -125,8 +125,8 @@ def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
         f" the signature line counts {events} events"]
     chain = None
     if "chain" in trailer:  # absent from PDFs made before the service checked the chain
-        reader.digest.update(canonical_bytes(trailer["chain"]))
         chain = _pdf_chain(trailer["chain"])
+        reader.digest.update(canonical_bytes(chain.as_dict()))  # only the checked fields
         if chain.valid and chain.events_checked != events:
             problems.append(f"the chain's state counts {chain.events_checked} events, the"
                             f" signature line {events}")
@@ -137,20 +137,22 @@ def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
 
 def _pdf_chain(found: Any) -> ChainReport:
     """The chain's state a PDF's signature line carries (``ChainReport.as_dict``)."""
-    broken = found.get("first_broken_link") if isinstance(found, dict) else None
-    if (not isinstance(found, dict) or type(found.get("valid")) is not bool
-            or type(found.get("events_checked")) is not int
-            or not isinstance(found.get("head_hash"), str)
-            or (broken is None) != found["valid"]
-            or (broken is not None and not (
-                isinstance(broken, dict) and type(broken.get("version")) is int
-                and isinstance(broken.get("event_id"), str)
-                and isinstance(broken.get("problem"), str)))):
+    if not (isinstance(found, dict)
+            and _typed(found, valid=bool, events_checked=int, head_hash=str)):
         raise MalformedExport("the signature line's chain is not a chain report")
-    if broken is None:
+    broken = found.get("first_broken_link")
+    if found["valid"] and broken is None:
         return ChainReport(True, found["events_checked"], found["head_hash"])
+    if found["valid"] or not (isinstance(broken, dict)
+                              and _typed(broken, version=int, event_id=str, problem=str)):
+        raise MalformedExport("the signature line's chain is not a chain report")
     return ChainReport(False, found["events_checked"], found["head_hash"], broken["version"],
                        broken["event_id"], broken["problem"])
+
+
+def _typed(found: dict[str, Any], **kinds: type) -> bool:
+    """Whether each named field holds a value of exactly its kind (JSON's, not a subclass)."""
+    return all(type(found.get(name)) is kind for name, kind in kinds.items())
 
 
 @dataclass(frozen=True)
