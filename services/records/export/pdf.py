@@ -154,23 +154,18 @@ class PdfRenderer:
         address, text in a script written without spaces) broken where the line ends."""
         lines: list[str] = []
         for line in simpleSplit(text, self._font, size, width) or [""]:
-            while stringWidth(line, self._font, size) > width and len(line) > 1:
-                fits = self._fitting(line, size, width)
-                lines.append(line[:fits])
-                line = line[fits:]
-            lines.append(line)
+            if stringWidth(line, self._font, size) <= width:
+                lines.append(line)
+                continue
+            start, used = 0, 0.0
+            for end, char in enumerate(line):
+                wide = stringWidth(char, self._font, size)  # reportlab does not kern
+                if used + wide > width and end > start:
+                    lines.append(line[start:end])
+                    start, used = end, 0.0
+                used += wide
+            lines.append(line[start:])
         return lines
-
-    def _fitting(self, text: str, size: float, width: float) -> int:
-        """How many of ``text``'s first characters fit ``width`` (at least one)."""
-        low, high = 1, len(text)
-        while low < high:
-            middle = (low + high + 1) // 2
-            if stringWidth(text[:middle], self._font, size) <= width:
-                low = middle
-            else:
-                high = middle - 1
-        return low
 
     def _new_page(self) -> None:
         if self._page:
