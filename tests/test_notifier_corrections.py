@@ -187,3 +187,18 @@ async def test_a_celebration_waiting_to_retry_follows_a_transfer_and_ends_with_t
         assert (after["status"], recipients_of(smtp)) == ("sent", ["cm-2@example.org"])
     else:
         assert (after["status"], smtp.received) == ("cancelled", [])
+
+
+async def test_days_are_counted_from_the_readers_own_date_not_the_servers(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """09:00 on 28 April in Auckland is still 27 April in UTC: the reminder counts from the
+    reader's date (3 days to Friday 1 May), not the server's (4)."""
+    await rig.set_prefs("cm-1", token(), timezone="Pacific/Auckland")
+    await records.agree(await records.open_case())  # review due Friday 1 May
+    await rig.catch_up()
+    clock.now = datetime(2026, 4, 27, 21, 0, tzinfo=UTC)
+    await rig.dispatch()  # claimed early: the reader's moment came before the schedule's
+    [reminder] = smtp.received
+    text = reminder.get_payload()[0].get_payload(decode=True).decode()
+    assert "due on Friday 1 May 2026, in 3 days." in text

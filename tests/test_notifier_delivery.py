@@ -375,25 +375,21 @@ async def test_two_instances_send_each_notice_once(
     assert {r["attempts"] for r in attempts} == {1}
 
 
-async def test_claims_made_at_the_same_moment_share_out_the_rows(
+async def test_a_claim_passes_over_rows_another_claim_holds_without_waiting(
         rig: NotifierRig, clock: FakeClock) -> None:
-    """Two instances' claims held at a lock and let go together: each row goes to one of them
-    (FOR UPDATE SKIP LOCKED), none to both, and together they take all that is due."""
+    """FOR UPDATE SKIP LOCKED: while one instance's claim is still open, another takes the
+    rows it does not hold, at once, and none that it does."""
     pool = rig.notifier.pool
     async with pool.acquire() as conn:
-        await insert_notices(conn, due_notices(50), "test", clock(), clock())
-    async with pool.acquire() as holder:
-        lock = holder.transaction()
-        await lock.start()
-        await holder.execute("LOCK TABLE notifier.notifications IN EXCLUSIVE MODE")
-        claims = [asyncio.create_task(claim_due(pool, owner=owner, now=clock(), limit=30,
-                                                lease=timedelta(minutes=2), digests=False))
-                  for owner in ("first", "second")]
-        await asyncio.sleep(0.2)  # both statements are waiting at the lock
-        await lock.commit()
-        first, second = await asyncio.gather(*claims)
+        await insert_notices(conn, due_notices(50), "test", clock(), cause_recorded_at=clock())
+    async with pool.acquire() as holder, holder.transaction():
+        first = await claim_due(holder, owner="first", now=clock(), limit=30,
+                                lease=timedelta(minutes=2), digests=False)
+        async with asyncio.timeout(5):  # plain FOR UPDATE would wait for the holder
+            second = await claim_due(pool, owner="second", now=clock(), limit=30,
+                                     lease=timedelta(minutes=2), digests=False)
     assert {r.id for r in first}.isdisjoint({r.id for r in second})
-    assert len(first) + len(second) == 50
+    assert (len(first), len(second)) == (30, 20)
 
 
 async def test_a_lease_left_by_a_crashed_instance_is_taken_over_when_it_expires(
