@@ -115,11 +115,11 @@ async def dispatch_throughput(app: web.Application, sink: TimingSink, count: int
     case_id = uuid4()
     notices = [Notice(f"bench:{case_id}:{n}", Kind.REVIEW_REMINDER, case_id, "bench",
                       RecipientRole.CASE_MANAGER, "cm-bench", due,
-                      {"participant": f"Person {n}", "due_date": "2026-06-01",
-                       "days_before": 3}) for n in range(count)]
+                      {"participant": f"Person {n}", "due_date": "2026-06-01"})
+               for n in range(count)]
     before = sink.count
     async with notifier.pool.acquire() as conn:  # called for at their due time
-        await insert_notices(conn, notices, "bench.casetrail", due, due)
+        await insert_notices(conn, notices, "bench.casetrail", due, cause_recorded_at=due)
     started = time.perf_counter()
     notifier.poke()
     await sink.wait_for(lambda: sink.count - before >= count, 600)

@@ -336,7 +336,7 @@ async def test_a_message_that_cannot_be_rendered_is_a_counted_and_logged_dead_le
     [notice] = due_notices(1)
     async with rig.notifier.pool.acquire() as conn:  # a context its template cannot fill
         await insert_notices(conn, [replace(notice, context={"due_date": "the 2nd"})], "test",
-                             clock(), clock())
+                             clock(), cause_recorded_at=clock())
     with structlog.testing.capture_logs() as logs:
         assert await rig.dispatch() == 1
     [row] = await rig.rows()
@@ -365,7 +365,8 @@ async def test_two_instances_send_each_notice_once(
                            NOTIFIER_DISPATCH_BATCH=7)
     await rig.set_prefs("cm-1", token())
     async with rig.notifier.pool.acquire() as conn:
-        await insert_notices(conn, due_notices(150), "test", clock(), clock())
+        await insert_notices(conn, due_notices(150), "test", clock(),
+                             cause_recorded_at=clock())
     handled = await asyncio.gather(rig.dispatch(), other.dispatch(), rig.dispatch())
     assert sum(handled) == 150
     ids = [m["Message-ID"] for m in smtp.received]
@@ -397,7 +398,8 @@ async def test_a_lease_left_by_a_crashed_instance_is_taken_over_when_it_expires(
     await rig.set_prefs("cm-1", token())
     pool = rig.notifier.pool
     async with pool.acquire() as conn:
-        await insert_notices(conn, due_notices(1), "test", clock(), clock())
+        await insert_notices(conn, due_notices(1), "test", clock(),
+                             cause_recorded_at=clock())
     [claimed] = await claim_due(pool, owner="crashed", now=clock(), limit=10,
                                 lease=timedelta(minutes=2), digests=False)
     assert await rig.dispatch() == 0
@@ -426,7 +428,7 @@ async def test_a_slow_mail_server_never_lets_a_second_instance_send_the_same_not
             None, True), "test", datetime.now(UTC))
         async with first.pool.acquire() as conn:
             now = datetime.now(UTC)
-            await insert_notices(conn, due_notices(8, due=now), "test", now, now)
+            await insert_notices(conn, due_notices(8, due=now), "test", now, cause_recorded_at=now)
         done = asyncio.Event()
 
         async def keep_dispatching() -> int:
@@ -465,7 +467,8 @@ async def test_an_instance_whose_lease_ran_out_can_neither_send_nor_record(
     await rig.set_prefs("cm-1", token())
     pool = rig.notifier.pool
     async with pool.acquire() as conn:
-        await insert_notices(conn, due_notices(1), "test", clock(), clock())
+        await insert_notices(conn, due_notices(1), "test", clock(),
+                             cause_recorded_at=clock())
     [late] = await claim_due(pool, owner="late", now=clock(), limit=10,
                              lease=timedelta(minutes=2), digests=False)
     clock.advance(minutes=3)
@@ -561,7 +564,8 @@ async def test_a_notice_scheduled_after_that_days_digest_went_waits_for_the_next
     clock.now = datetime(2026, 3, 3, 8, 30, tzinfo=UTC)
     async with rig.notifier.pool.acquire() as conn:
         await insert_notices(conn, due_notices(1, datetime(2026, 3, 3, 9, 0, tzinfo=UTC)),
-                             "test", clock(), clock())
+                             "test", clock(),
+                             cause_recorded_at=clock())
     assert await rig.notifier.dispatcher.send_digests() == 0  # and it returns
     [late] = await rig.rows(kind="review_due_today")
     assert (late["status"], late["digest_id"], late["claim_token"]) == ("scheduled", None, None)
@@ -663,7 +667,7 @@ async def test_a_fault_while_handling_a_row_is_a_failed_attempt_retried_until_de
     [notice] = due_notices(1)
     async with rig.notifier.pool.acquire() as conn:
         await insert_notices(conn, [replace(notice, context={"due_date": "the 2nd"})], "test",
-                             clock(), clock())
+                             clock(), cause_recorded_at=clock())
     await rig.dispatch()  # into the digest
     [digest] = await rig.rows(kind="daily_digest")
     clock.now = digest["due_at"]  # type: ignore[assignment]
@@ -738,7 +742,8 @@ async def test_a_row_is_never_put_off_to_a_moment_that_has_come(
         rig: NotifierRig, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
     await rig.set_prefs("cm-1", token())
     async with rig.notifier.pool.acquire() as conn:
-        await insert_notices(conn, due_notices(1), "test", clock(), clock())
+        await insert_notices(conn, due_notices(1), "test", clock(),
+                             cause_recorded_at=clock())
     [claimed] = await claim_due(rig.notifier.pool, owner=rig.notifier.instance, now=clock(),
                                 limit=10, lease=timedelta(minutes=2), digests=False)
     await rig.notifier.dispatcher.release(claimed, clock() - timedelta(hours=1))

@@ -451,7 +451,7 @@ ASSUMED_PRONOUN = re.compile(r"\b(he|she|his|her|hers|him|they|them|their|theirs
 
 
 def test_every_kind_renders_person_first_text_and_escaped_html() -> None:
-    context = {"participant": "Jo <b>", "due_date": "2026-05-01", "days_before": 3,
+    context = {"participant": "Jo <b>", "due_date": "2026-05-01",
                "description": "Call the housing office", "goal_title": "A home",
                "in_their_words": "A place of my own", "target_date": "2026-06-01",
                "case_manager": "cm-1", "grace_days": 2}
@@ -486,7 +486,7 @@ def test_days_are_worded_as_the_reader_counts_them_on_the_day_they_read(
 
 
 def test_a_reminder_counts_the_days_left_when_it_is_read() -> None:
-    context = {"participant": "Jo", "due_date": "2026-03-13", "days_before": 3}
+    context = {"participant": "Jo", "due_date": "2026-03-13"}
     assert "due on Friday 13 March 2026, in 3 days." in render(
         Kind.REVIEW_REMINDER, context, today=date(2026, 3, 10)).text
     assert "due on Friday 13 March 2026, in 2 days." in render(

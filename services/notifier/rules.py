@@ -139,8 +139,7 @@ def review_notices(case: CaseModel, review: Review, rules: RuleSettings) -> list
     if before is not None and rules.still_ahead_somewhere(before, review.scheduled_at):
         notices.append(_to_manager(
             case, f"review_reminder:{base}:{rules.reminder_days_before}d",
-            Kind.REVIEW_REMINDER, before,
-            {**context, "days_before": rules.reminder_days_before}))
+            Kind.REVIEW_REMINDER, before, context))
     on_the_day = rules.at_send_time(due)
     if on_the_day is not None and rules.still_ahead_somewhere(on_the_day, review.scheduled_at):
         notices.append(_to_manager(case, f"review_due_today:{base}", Kind.REVIEW_DUE_TODAY,

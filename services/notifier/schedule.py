@@ -24,7 +24,11 @@ from schemas import events as ev
 from services.notifier.casemodel import RELEVANT_TYPES, CaseModel, FeedItem, evolve
 from services.notifier.rules import Notice, RuleSettings, event_notices, timed_notices
 from services.notifier.store.cases import advance_checkpoint, load_cases, save_case
-from services.notifier.store.notifications import insert_notices, reconcile_case
+from services.notifier.store.notifications import (
+    insert_notices,
+    reconcile_case,
+    rename_participant,
+)
 
 log = structlog.get_logger("casetrail.notifier")
 FEED_CHECKPOINT = "records-feed"
@@ -103,10 +107,11 @@ async def _apply_event(page: _Page, item: FeedItem) -> None:
     page.applied += 1
     page.celebrations += len(outcome.celebrations)
     await insert_notices(page.conn, outcome.celebrations, page.domain, page.now,
-                         item.recorded_at)
+                         cause_recorded_at=item.recorded_at)
+    if case is not None and case.participant_called != after.participant_called:
+        await rename_participant(page.conn, after.case_id, after.participant_called, page.now)
     await reconcile_case(page.conn, after.case_id, outcome.timed,
-                         case_manager=after.case_manager,
-                         participant=after.participant_called, closed=after.status == "closed",
+                         case_manager=after.case_manager, closed=after.status == "closed",
                          reason=f"{item.type} (case version {item.version})",
                          domain=page.domain, now=page.now, cause_recorded_at=item.recorded_at)
 
