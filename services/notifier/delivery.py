@@ -181,9 +181,14 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
         return FanOut(who.members)
     if row.recipient_role == RecipientRole.PARTICIPANT:
         return _participant_decision(who, now)
-    prefs = who.prefs
-    if prefs is None or not who.address:
+    if who.prefs is None or not who.address:
         return Dead(f"no email address on file for {row.recipient}: {_set_it(row)}")
+    return _for_reader(row, who.prefs, who.address, now, timing)
+
+
+def _for_reader(row: Row, prefs: Preferences, address: str, now: datetime,
+                timing: DatedTiming | None) -> Decision:
+    """A notice to one reader with an address: their preferences, zone and hours decide."""
     if row.kind in CELEBRATIONS and not prefs.celebrations:
         return Cancel(f"celebrations are turned off in {row.recipient}'s preferences")
     if reader_zone(prefs.timezone) is None:  # stored before names were checked
@@ -197,7 +202,7 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
         return ToDigest(now, prefs.timezone)
     if moment is not None and now < moment:  # the reader's zone is behind the schedule's
         return Defer(moment)
-    return _quiet_or_send(prefs, who.address, now)
+    return _quiet_or_send(prefs, address, now)
 
 
 def _passed_before_called_for(row: Row, moment: datetime) -> bool:
