@@ -135,18 +135,18 @@ class DatedTiming:
     def of(cls, s: NotifierSettings) -> DatedTiming:
         return cls(s.timezone, s.digest_time)
 
-    def moment(self, row: Row, reader_zone: str, at: time | None = None) -> datetime:
+    def moment(self, row: Row, zone_name: str, at: time | None = None) -> datetime:
         """The notice's wall-clock time in the schedule's zone (or ``at`` o'clock on its day),
-        as a moment in the reader's zone."""
+        as a moment in the reader's zone ``zone_name``."""
         local = row.due_at.astimezone(ZoneInfo(self.notices_zone)).replace(tzinfo=None)
         wall = local if at is None else datetime.combine(local.date(), at)
-        return wall.replace(tzinfo=ZoneInfo(reader_zone)).astimezone(UTC)
+        return wall.replace(tzinfo=ZoneInfo(zone_name)).astimezone(UTC)
 
-    def due_by(self, reader_zone: str, now: datetime, at: time | None = None) -> datetime:
+    def due_by(self, zone_name: str, now: datetime, at: time | None = None) -> datetime:
         """The latest due time (the schedule's) of a dated notice whose ``moment`` in
-        ``reader_zone`` has come by ``now``: its wall-clock time in the schedule's zone (or
+        ``zone_name`` has come by ``now``: its wall-clock time in the schedule's zone (or
         ``at`` o'clock on its day) is the reader's wall-clock time now, or earlier."""
-        local_now = now.astimezone(ZoneInfo(reader_zone)).replace(tzinfo=None)
+        local_now = now.astimezone(ZoneInfo(zone_name)).replace(tzinfo=None)
         schedule = ZoneInfo(self.notices_zone)
         if at is None:
             return local_now.replace(tzinfo=schedule).astimezone(UTC)

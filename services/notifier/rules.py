@@ -79,10 +79,10 @@ class RuleSettings:
         return datetime.combine(moved, self.send_time, tzinfo=ZoneInfo(self.timezone))
 
     def still_ahead_somewhere(self, moment: datetime, now: datetime) -> bool:
-        """Whether ``moment``'s wall-clock time (in the schedule's zone) is still to come on
-        its day for a reader somewhere: readers get dated notices at their own local time."""
-        wall = moment.astimezone(ZoneInfo(self.timezone)).replace(tzinfo=None)
-        return wall.replace(tzinfo=UTC) + LAST_OFFSET_BEHIND_UTC > now
+        """Whether the wall-clock time of ``moment`` (from ``at_send_time``, so in the
+        schedule's zone) is still to come on its day for a reader somewhere: readers get dated
+        notices at their own local time."""
+        return moment.replace(tzinfo=UTC) + LAST_OFFSET_BEHIND_UTC > now
 
 
 @dataclass(frozen=True)

@@ -33,15 +33,15 @@ def _template(name: str) -> Template:
     return Template((TEMPLATES / name).read_text(encoding="utf-8"))
 
 
-def _nice_date(value: Any) -> str:
-    if not value:
-        return ""
-    day = date.fromisoformat(str(value))
-    return f"{day:%A} {day.day} {day:%B %Y}"
+_NAMED_DAYS = {0: "today", 1: "tomorrow", -1: "yesterday"}
 
 
 def _day(value: Any) -> date | None:
     return date.fromisoformat(str(value)) if value else None
+
+
+def _nice_date(day: date | None) -> str:
+    return "" if day is None else f"{day:%A} {day.day} {day:%B %Y}"
 
 
 def _when(day: date | None, today: date) -> str:
@@ -50,9 +50,8 @@ def _when(day: date | None, today: date) -> str:
     if day is None:
         return ""
     days = (day - today).days
-    named = {0: "today", 1: "tomorrow", -1: "yesterday"}
-    if days in named:
-        return named[days]
+    if days in _NAMED_DAYS:
+        return _NAMED_DAYS[days]
     return f"in {days} days" if days > 0 else f"{-days} days ago"
 
 
@@ -71,10 +70,10 @@ def template_values(context: dict[str, Any], case_id: object | None,
     due, target = _day(context.get("due_date")), _day(context.get("target_date"))
     return {
         "participant": participant,
-        "due_date": _nice_date(context.get("due_date")),
+        "due_date": _nice_date(due),
         "due_when": _when(due, today),
         "due_is": _is_or_was(due, today),
-        "target_date": _nice_date(context.get("target_date")),
+        "target_date": _nice_date(target),
         "target_when": _when(target, today),
         "target_is": _is_or_was(target, today),
         "grace_days": str(context.get("grace_days", "")),
