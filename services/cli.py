@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casetrail", description="Casetrail: run the services, migrate, issue development"
                                       " tokens, verify exports.")
-    parser.set_defaults(connects=False)
+    parser.set_defaults(connects=False, reads_settings=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run everything locally (embedded PostgreSQL if needed)")
@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the export file (JSON Lines, CSV, PDF or FHIR)")
     verify.add_argument("--public-key", metavar="FILE",
                         help="the agency's Ed25519 public key (PEM) the signature must match")
-    verify.set_defaults(run=None)
+    # offline, on a court's machine that runs no Casetrail service
+    verify.set_defaults(run=cmd_verify, reads_settings=False)
 
     mail = sub.add_parser("mail", help="list the mail the development catcher caught")
     mail.add_argument("--dir", help="the catcher's folder (default: <CASETRAIL_DEV_DIR>/mail)")
@@ -363,8 +364,9 @@ def cmd_mail(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.run is None:  # verify: offline, on a machine that runs no Casetrail service
-        return cmd_verify(args)
+    if not args.reads_settings:
+        offline: Callable[[argparse.Namespace], int] = args.run
+        return offline(args)
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     try:
         return run(args, Settings())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -167,14 +168,11 @@ def _identity(claims: dict[str, Any], name: str) -> str:
     must be what the records accept as an identifier: a NUL or a lone surrogate used to reach
     PostgreSQL and answer 500."""
     value = claims[name]
-    try:
-        valid = isinstance(value, str) and bool(_IDENTIFIER.validate_python(value))
-    except ValidationError:
-        valid = False
-    if not valid:
-        raise AuthError(f"{name} must be an identifier of 1-{MAX_IDENTIFIER} characters, without"
-                        " surrounding spaces, control characters or invalid Unicode")
-    return str(value)
+    if isinstance(value, str):
+        with suppress(ValidationError):
+            return str(_IDENTIFIER.validate_python(value))
+    raise AuthError(f"{name} must be an identifier of 1-{MAX_IDENTIFIER} characters, without"
+                    " surrounding spaces, control characters or invalid Unicode")
 
 
 def _window_bound(claims: dict[str, Any], name: str) -> datetime | None:

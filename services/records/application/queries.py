@@ -180,11 +180,10 @@ class CaseQueries:
                                    f"export format={export_format.value}", request_id)
         window = await self._window(who, case_id)
         first, last = (window.first + 1, window.last) if window else (1, stored.version)
-        if export_format is ExportFormat.PDF:
-            await self._fits_a_pdf(case_id, first, last)
         header = ExportHeader(str(case_id), stored.agency, first, last, self._clock(),
                               {"sub": who.sub, "role": who.role.value})
         if export_format is ExportFormat.PDF:
+            await self._fits_a_pdf(case_id, first, last)  # refused before anything streams
             chunks = self._pdf_chunks(header, case_id, first, last)
         elif export_format is ExportFormat.FHIR:
             chunks = self._fhir_chunks(FhirWriter(header), stored, case_id, first, last)

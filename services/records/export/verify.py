@@ -453,7 +453,7 @@ def _versions(header: dict[str, Any]) -> str:
 def summary(report: ExportReport) -> list[str]:
     """The report as a person reads it, ending with the verdict."""
     header, chain = report.header, report.chain
-    by = header.get("exported_by") or {}
+    by = header["exported_by"]  # an object with a sub and a role (_checked_header)
     lines = [f"export:    case {header.get('case_id')} (agency {header.get('agency')}),"
              f" {report.export_format.value}, exported {header.get('exported_at')}"
              f" by {by.get('sub')} ({by.get('role')})",

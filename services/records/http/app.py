@@ -40,15 +40,9 @@ from services.records.export.signing import load_signer
 from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics
 from services.records.projections import rebuild
+from services.records.store.checkpoint import START, BadCheckpoint, Checkpoint
 from services.records.store.events import Clock, EventStore, utc_now
-from services.records.store.feed import (
-    START,
-    BadCheckpoint,
-    Checkpoint,
-    FeedWaiter,
-    feed_event_json,
-    read_feed_waiting,
-)
+from services.records.store.feed import FeedWaiter, feed_event_json, read_feed_waiting
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "store" / "migrations"
 SCHEMA = "records"

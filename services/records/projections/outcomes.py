@@ -57,6 +57,8 @@ class OutcomeFact:
 Found = tuple[str, dict[str, Any]]  # the fact's kind and its details
 Reader = Callable[[Any, PlanState], Found | None]
 CASE_LIFE = ("case_opened", "case_closed", "case_reopened")
+# read by load_due_reviews alone
+REVIEW_KINDS = ("review_due", "review_held")
 
 
 def _case_life(kind: str) -> Reader:
@@ -136,11 +138,12 @@ async def clear_facts(conn: asyncpg.Connection) -> None:
 async def load_facts(pool: asyncpg.Pool, agency: str, since: date,
                      until: date) -> list[OutcomeFact]:
     """The agency's facts from ``since`` through ``until``, and its case-life facts (opened,
-    closed, reopened) from the start: case-months need the cases open as the period began."""
+    closed, reopened) from the start: case-months need the cases open as the period began.
+    Review facts are left to ``load_due_reviews``."""
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM records.outcome_facts WHERE agency = $1 AND occurred_on <= $3"
-        " AND (occurred_on >= $2 OR kind = ANY($4::text[]))"
-        " ORDER BY case_id, version", agency, since, until, list(CASE_LIFE))
+        " AND (occurred_on >= $2 OR kind = ANY($4::text[])) AND kind <> ALL($5::text[])"
+        " ORDER BY case_id, version", agency, since, until, list(CASE_LIFE), list(REVIEW_KINDS))
     return [OutcomeFact(**dict(row)) for row in rows]
 
 

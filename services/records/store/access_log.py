@@ -47,8 +47,8 @@ async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
         " what, request_id FROM records.access_log WHERE agency = $1"
         f" AND ($2::uuid IS NULL OR case_id = $2) AND {committed_after('id', 3)}"
         " ORDER BY transaction_id, id LIMIT $5",
-        agency, case_id, str(after.transaction_id), after.position, limit)
-    return [(Checkpoint(int(r["tx"]), r["id"]),
+        agency, case_id, *after.parameters(), limit)
+    return [(Checkpoint.of_row(r, "id"),
              {"id": r["id"], "at": r["at"].isoformat(), "actor_sub": r["actor_sub"],
               "actor_role": r["actor_role"], "case_id": str(r["case_id"]),
               "action": r["action"], "what": r["what"], "request_id": r["request_id"]})

@@ -13,6 +13,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _CHECKPOINT = re.compile(r"^([0-9]{1,20}):([0-9]{1,20})$")
 _BIGINT_MAX = 2**63 - 1
@@ -29,6 +30,15 @@ class Checkpoint:
 
     transaction_id: int
     position: int
+
+    def parameters(self) -> tuple[str, int]:
+        """The two query parameters ``after_checkpoint`` takes."""
+        return str(self.transaction_id), self.position
+
+    @classmethod
+    def of_row(cls, row: Any, position_column: str) -> Checkpoint:
+        """The place of a row read with its transaction id as ``tx``."""
+        return cls(int(row["tx"]), row[position_column])
 
     def encode(self) -> str:
         raw = f"{self.transaction_id}:{self.position}".encode()

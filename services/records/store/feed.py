@@ -55,10 +55,9 @@ async def _read_events(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> Fee
         f"SELECT transaction_id::text AS tx, {_EVENT_COLUMNS} FROM records.events"
         f" WHERE {committed_after('global_position', 1)}"
         " ORDER BY transaction_id, global_position LIMIT $3",
-        str(after.transaction_id), after.position, limit,
+        *after.parameters(), limit,
     )
-    events = [FeedEvent(_recorded(r), Checkpoint(int(r["tx"]), r["global_position"]))
-              for r in rows]
+    events = [FeedEvent(_recorded(r), Checkpoint.of_row(r, "global_position")) for r in rows]
     return FeedPage(events, events[-1].checkpoint if events else after)
 
 
@@ -69,7 +68,7 @@ async def _with_held_back(pool: asyncpg.Pool, page: FeedPage, limit: int) -> Fee
     held = await pool.fetchrow(
         "SELECT count(*) AS events, min(recorded_at) AS since FROM records.events"
         f" WHERE {after_checkpoint('global_position', 1)} AND transaction_id >= {HORIZON}",
-        str(page.checkpoint.transaction_id), page.checkpoint.position)
+        *page.checkpoint.parameters())
     assert held is not None  # an aggregate always answers one row
     return FeedPage(page.events, page.checkpoint, held["events"], held["since"])
 
