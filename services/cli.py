@@ -21,7 +21,6 @@ from pydantic import ValidationError
 
 from services.common.auth import Role, dev_secret, issue_token
 from services.common.database import MigrationError
-from services.common.http import SERVER_OPTIONS, new_event_loop
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
 
@@ -145,8 +144,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
-
+    from services.common.server import serve
     from services.records.http.app import create_app
 
     if not settings.database_url:
@@ -155,10 +153,9 @@ def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
         return _fail("set CASETRAIL_JWT_SECRET, CASETRAIL_JWT_PUBLIC_KEY_FILE or"
                      " CASETRAIL_JWKS_FILE")
     configure_logging(settings.log_level)
-    web.run_app(create_app(settings), host=args.host or settings.records_host,
-                port=settings.records_port if args.port is None else args.port, print=None,
-                loop=new_event_loop(),
-                reuse_port=args.reuse_port or None, **SERVER_OPTIONS)
+    serve(create_app(settings), host=args.host or settings.records_host,
+          port=settings.records_port if args.port is None else args.port,
+          reuse_port=args.reuse_port or None)
     return 0
 
 
@@ -193,13 +190,14 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
                    smtp_port: int) -> None:
     from aiohttp import web
 
+    from services.common.server import ServiceRunner
     from services.notifier.cli import start_dev_notifier
     from services.records.demo import load_demo
     from services.records.http.app import RECORDS, create_app
     from services.records.store.events import utc_now
 
     app = create_app(settings)
-    runner = web.AppRunner(app, **SERVER_OPTIONS)
+    runner = ServiceRunner(app)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     records = app[RECORDS]

@@ -479,16 +479,6 @@ class Api:
                 "</body></html>")
 
 
-# aiohttp refuses a header over 8190 bytes with a plain-text 400 before the app sees it; an
-# auditor's token naming the cases of a court order (about 50 bytes a case) outgrows that
-# at some 150 cases.
-MAX_HEADER_BYTES = 64 * 1024
-# What every server of ours is started with (web.run_app / web.AppRunner): JSON access lines,
-# and the header limit above.
-SERVER_OPTIONS: dict[str, Any] = {"access_log_class": JsonAccessLogger,
-                                  "max_field_size": MAX_HEADER_BYTES}
-
-
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where it is installed (Linux, macOS): a faster loop and socket transport."""
     try:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.common.http import SERVER_OPTIONS, new_event_loop
 from services.common.logs import configure_logging
+from services.common.server import ServiceRunner, serve
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.mailbox import MailCatcher, format_listing
 from services.notifier.settings import NotifierSettings
@@ -41,9 +41,8 @@ def run_notifier(settings: NotifierSettings | None = None, *, host: str | None =
               file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    web.run_app(create_app(settings), host=host or settings.host,
-                port=settings.port if port is None else port,
-                print=None, loop=new_event_loop(), **SERVER_OPTIONS)
+    serve(create_app(settings), host=host or settings.host,
+          port=settings.port if port is None else port)
     return 0
 
 
@@ -87,7 +86,7 @@ async def start_dev_notifier(*, database_url: str, jwt_secret: str, records_url:
         "RECORDS_URL": records_url, "SMTP_HOST": host, "SMTP_PORT": smtp_port,
         "NOTIFIER_HOST": host, "NOTIFIER_PORT": port,
         "NOTIFIER_DEV_MAIL_DIR": str(mail_dir)})
-    runner = web.AppRunner(create_app(settings), **SERVER_OPTIONS)
+    runner = ServiceRunner(create_app(settings))
     await runner.setup()
     context = runner.app[NOTIFIER]
     for agency, user, role in recipients:

@@ -1,0 +1,130 @@
+"""Starting our HTTP servers: aiohttp's runner, with a problem body for every error aiohttp
+answers itself, before any middleware of ours runs.
+
+aiohttp's HTTP parser refuses a malformed request (a request line or header past its limit, an
+unknown method, a ``Content-Encoding`` it cannot decode) with a plain-text 400 and logs it as an
+error with a traceback. A client that sent it gets the same RFC 9457 body as every other refusal,
+and the operations log gets one line at ``info``: a client's mistake is not the service's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from contextlib import suppress
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from services.common.http import JsonAccessLogger, new_event_loop
+from services.common.problems import PROBLEM_TYPE_BASE
+
+# aiohttp's default refuses a header over 8190 bytes; an auditor's token naming the cases of a
+# court order (about 50 bytes a case) outgrows that at some 150 cases.
+MAX_HEADER_BYTES = 64 * 1024
+# what aiohttp answers itself: (problem kind, title)
+_OWN_ANSWERS = {400: ("malformed-request", "Bad request"), 500: ("internal", "Internal error"),
+                504: ("timeout", "Timed out")}
+# aiohttp's messages quote what it could not read (a query, a header's value); the log keeps
+# no query or header values, so neither does the detail (the client has what it sent).
+_QUOTED = re.compile(r"""(bytearray\(|b?['"]).*$""", re.DOTALL)
+_INSTALL_ADVICE = re.compile(r"\.?\s*Please install.*$", re.DOTALL)
+log = structlog.get_logger("casetrail.http")
+
+
+def parser_problem(status: int, message: str | None) -> dict[str, Any]:
+    """The body for an error aiohttp answers itself. No ``instance``: the request line may be
+    the very thing that could not be read."""
+    kind, title = _OWN_ANSWERS.get(status, ("http-error", HTTPStatus(status).phrase))
+    body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + kind, "title": title, "status": status}
+    if status >= 500:
+        body["detail"] = "the error was logged"
+    elif detail := _unquoted(message or ""):
+        body["detail"] = detail
+    return body
+
+
+def _unquoted(message: str) -> str:
+    return _INSTALL_ADVICE.sub("", _QUOTED.sub("", message)).strip().rstrip(":").strip()
+
+
+class _ProblemRequestHandler(RequestHandler):
+    __slots__ = ()
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: too late for another answer
+            raise ConnectionError("the answer had begun; no problem body can follow it")
+        problem = parser_problem(status, message)
+        if status >= 500:
+            self.log_exception("Error handling request", exc_info=exc)
+        else:
+            log.info("malformed request refused", status=status, detail=problem.get("detail"))
+        response = web.Response(status=status, text=json.dumps(problem),
+                                content_type="application/problem+json")
+        response.force_close()
+        return response
+
+
+class _ProblemServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ServiceRunner(web.AppRunner):
+    """An AppRunner with our access log, header limit and problem bodies; every server of
+    ours starts on one (tests through aiohttp's test client use its own runner)."""
+
+    def __init__(self, app: web.Application, *, handle_signals: bool = False) -> None:
+        super().__init__(app, handle_signals=handle_signals, access_log_class=JsonAccessLogger,
+                         max_field_size=MAX_HEADER_BYTES)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _ProblemServer  # aiohttp builds the Server; we build its handlers
+        return server
+
+
+async def _serve_until_stopped(app: web.Application, host: str, port: int,
+                               reuse_port: bool | None) -> None:
+    runner = ServiceRunner(app, handle_signals=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def serve(app: web.Application, *, host: str, port: int, reuse_port: bool | None = None) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then shut it down cleanly (web.run_app's loop,
+    on a ServiceRunner)."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_serve_until_stopped(app, host, port, reuse_port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main.done():
+            main.cancel()
+            with suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        _cancel_the_rest(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _cancel_the_rest(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
