@@ -650,6 +650,27 @@ async def test_transfer_moves_the_case_to_another_caseload(client: TestClient,
     assert (await cm2.plan(case_id))["case_manager"] == "cm-2"
 
 
+async def test_a_retried_transfer_gets_its_original_answer(client: TestClient,
+                                                           token: TokenFactory,
+                                                           fresh_pool: asyncpg.Pool) -> None:
+    """The answer to a transfer was lost and the case manager who sent it resends it: the
+    case is no longer theirs, yet the retry is the same request and answers as it did. The
+    key is looked up before anything is decided; deciding first would answer 403."""
+    cm1 = CaseApi(client, token(sub="cm-1"))
+    case_id = await cm1.open_case()
+    path, body = f"/v1/cases/{case_id}/transfer", {"case_manager": "cm-2",
+                                                   "reason": "Jo moved across town"}
+    headers = {**bearer(cm1.token), "Idempotency-Key": "transfer-jo"}
+    first = await client.post(path, json=body, headers=headers)
+    assert first.status == 200
+    count = await event_count(fresh_pool)
+    again = await client.post(path, json=body, headers=headers)
+    assert again.status == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == await first.json()
+    assert await event_count(fresh_pool) == count
+
+
 async def test_metrics_count_appended_events_and_lost_races(cm: CaseApi,
                                                            client: TestClient) -> None:
     case_id = await cm.open_case()

@@ -206,6 +206,8 @@ class CaseCommands:
         return state
 
     async def execute(self, request: WriteRequest) -> WriteOutcome:
+        # A recorded key answers before anything is decided: a retried transfer is no longer
+        # the sender's case to write, and deciding it first would answer 403.
         if (replayed := await self._replay_of(request)) is not None:
             return replayed
         try:
