@@ -179,3 +179,17 @@ async def test_supervisor_and_auditor_reads_are_logged(client: TestClient, token
     rows = await db.fetch("SELECT actor_sub, action FROM records.access_log ORDER BY id")
     assert [(r["actor_sub"], r["action"]) for r in rows] == [("sup-1", "read_plan"),
                                                              ("court-1", "audit")]
+
+
+async def test_a_supervisors_head_on_a_case_is_a_logged_read(client: TestClient,
+                                                            token: TokenFactory,
+                                                            db: asyncpg.Pool) -> None:
+    """HEAD shows no plan, but it does show that the case exists and its version (ETag):
+    a read of the case, logged as GET's is."""
+    case_id = await CaseApi(client, token(sub="cm-1")).open_case()
+    answer = await client.head(f"/v1/cases/{case_id}",
+                               headers=bearer(token(role="supervisor", sub="sup-1")))
+    assert (answer.status, answer.headers["ETag"]) == (200, '"1"')
+    rows = await db.fetch("SELECT actor_sub, action, case_id FROM records.access_log")
+    assert [(r["actor_sub"], r["action"], str(r["case_id"])) for r in rows] == [
+        ("sup-1", "read_plan", case_id)]
