@@ -80,6 +80,25 @@ def test_a_step_can_be_owned_by_a_recorded_support() -> None:
     assert refused.value.code == "unknown_support"
 
 
+def test_a_step_stays_revisable_after_its_support_is_removed() -> None:
+    """Maria moved away: her step keeps her as its owner, and its date and wording can still
+    change; naming her again as a new owner is what is refused."""
+    case, goal = new_case()
+    support = uuid4()
+    case.execute(d.AddSupport(support, api.SupportInput(name="Maria (sister)")))
+    step = add_step(case, goal, owner="support", support_id=str(support))
+    case.execute(d.RemoveSupport(support, api.RemovalReason(reason="Maria moved away")))
+    [event] = case.execute(d.ReviseActionStep(step, api.StepRevision(
+        description="Book the theory test online", due_date=date(2025, 5, 2))))
+    assert isinstance(event, ev.ActionStepRevised)
+    assert (event.support_id, event.support_name, event.cleared) == (None, None, ())
+    assert (steps(case)[step].support_id, steps(case)[step].support_name) == (
+        support, "Maria (sister)")
+    with pytest.raises(d.RuleViolation) as refused:
+        case.execute(d.ReviseActionStep(step, api.StepRevision(support_id=support)))
+    assert refused.value.code == "unknown_support"
+
+
 def test_support_fields_only_apply_to_support_owned_steps() -> None:
     case, goal = new_case()
     with pytest.raises(d.RuleViolation) as refused:

@@ -336,18 +336,13 @@ def _revise_step(state: PlanState, cmd: c.ReviseActionStep, ctx: DecisionContext
     step = _step(state, cmd.step_id)
     changes = cmd.body.changes()
     owner = changes.get("owner", step.owner)
-    if owner == "support":
-        if "support_id" in changes:
-            support_id = changes["support_id"]
-            support_name = changes.get("support_name")
-        elif "support_name" in changes or step.owner != "support":
-            support_id, support_name = None, changes.get("support_name")
-        else:
-            support_id, support_name = step.support_id, step.support_name
-    else:
-        support_name, support_id = changes.get("support_name"), changes.get("support_id")
-    changes["support_name"], changes["support_id"] = _support_owner(state, owner, support_name,
-                                                                    support_id)
+    # A support who has since been removed still owns the steps they took on: only a newly
+    # named owner is checked, so those steps stay revisable.
+    keeps_its_support = (owner == step.owner == "support"
+                         and not {"support_id", "support_name"} & changes.keys())
+    if not keeps_its_support:
+        changes["support_name"], changes["support_id"] = _support_owner(
+            state, owner, changes.get("support_name"), changes.get("support_id"))
     if "strength_ids" in changes:
         changes["strength_ids"] = _unique(changes["strength_ids"])
         _check_strengths(state, (s for s in changes["strength_ids"]
