@@ -43,6 +43,14 @@ BAD_TOKENS = {
     "numeric sub": jwt.encode(claims(sub=7), JWT_SECRET, algorithm="HS256"),
     "bad cases": jwt.encode(claims(cases=["nope"]), JWT_SECRET, algorithm="HS256"),
     "alg none": jwt.encode(claims(), None, algorithm="none"),
+    # times no calendar holds: PyJWT accepts them, and reading them overflowed (500)
+    "exp past any calendar": jwt.encode(claims(exp=10**400), JWT_SECRET, algorithm="HS256"),
+    "window past any calendar": jwt.encode(
+        claims(role="auditor", cases=[str(uuid.uuid4())], window_to=10**400), JWT_SECRET,
+        algorithm="HS256"),
+    "window before any calendar": jwt.encode(
+        claims(role="auditor", cases=[str(uuid.uuid4())], window_from=-(10**400)),
+        JWT_SECRET, algorithm="HS256"),
 }
 
 

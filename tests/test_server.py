@@ -114,6 +114,19 @@ async def test_the_server_still_serves_after_a_malformed_request(
     assert status == 200, body
 
 
+async def test_a_token_that_is_not_utf8_is_401_not_500(
+        records: tuple[int, asyncpg.Pool]) -> None:
+    """aiohttp reads header bytes that are not UTF-8 as lone surrogates, on which PyJWT raised
+    an error of its own kind (500)."""
+    port, _ = records
+    status, headers, body = await _exchange(
+        port, b"GET /v1/cases HTTP/1.1\r\nHost: casetrail\r\nConnection: close\r\n"
+        b"Authorization: Bearer \xff\xfe.e30.x\r\n\r\n")
+    assert status == 401, body
+    assert headers["content-type"].startswith("application/problem+json")
+    assert json.loads(body)["type"].endswith("/unauthorized")
+
+
 async def test_an_auditor_token_naming_300_cases_fits_in_a_header(
         records: tuple[int, asyncpg.Pool], token: TokenFactory) -> None:
     """A court order can name hundreds of cases; aiohttp's default (8190 bytes) refused the

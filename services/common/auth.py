@@ -7,7 +7,7 @@ signatures against a public key or a JWKS file, so the services never hold a sig
 from __future__ import annotations
 
 import json
-import math
+import re
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -60,6 +60,7 @@ class Principal:
 
 _ASYMMETRIC = ["RS256", "ES256", "EdDSA"]
 _VERIFIED_CACHE_SIZE = 10_000
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", re.ASCII)
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(ExactUserId)
 
 
@@ -111,6 +112,8 @@ class TokenVerifier:
         return principal
 
     def _verify(self, token: str) -> tuple[Principal, float]:
+        if not _COMPACT_JWS.fullmatch(token):  # PyJWT raises no PyJWTError on non-ASCII
+            raise AuthError("the token is not a JWT (three base64url parts joined by dots)")
         try:
             key, algorithms = self._key_for(token)
             claims = jwt.decode(
@@ -122,7 +125,9 @@ class TokenVerifier:
             raise AuthError("token has expired") from error
         except jwt.PyJWTError as error:
             raise AuthError(f"token rejected: {error}") from error
-        return principal_from_claims(claims), float(claims["exp"])
+        expires = _numeric_date(claims, "exp")
+        assert expires is not None  # required above
+        return principal_from_claims(claims), expires.timestamp()
 
 
 def _algorithm_of(public_key_pem: str) -> str:
@@ -151,8 +156,8 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         cases = frozenset(UUID(str(c)) for c in raw_cases)
     except ValueError as error:
         raise AuthError("cases must be a list of case ids") from error
-    window_from = _window_bound(claims, "window_from")
-    window_to = _window_bound(claims, "window_to")
+    window_from = _numeric_date(claims, "window_from")
+    window_to = _numeric_date(claims, "window_to")
     if window_from is not None and window_to is not None and window_from > window_to:
         raise AuthError("window_from must not be later than window_to")
     if role is Role.AUDITOR and window_from is None and window_to is None:
@@ -175,13 +180,14 @@ def _identity(claims: dict[str, Any], name: str) -> str:
                     " surrounding spaces, control characters or invalid Unicode")
 
 
-def _window_bound(claims: dict[str, Any], name: str) -> datetime | None:
-    """A window claim is a NumericDate (Unix seconds) like ``exp``; anything else makes the
-    token invalid rather than silently widening or breaking the auditor's scope."""
+def _numeric_date(claims: dict[str, Any], name: str) -> datetime | None:
+    """A time claim (``exp``, the audit window) is a NumericDate, Unix seconds; anything else,
+    or a time no calendar holds, makes the token invalid rather than silently widening or
+    breaking its scope."""
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthError(f"{name} must be a time in Unix seconds")
     try:
         return datetime.fromtimestamp(value, UTC)
