@@ -168,6 +168,22 @@ async def test_bad_if_match_is_400(setup: Any, header: str) -> None:
     assert problem["status"] == 400
 
 
+@pytest.mark.parametrize("spelled", [
+    lambda v: f'W/"{v}"',  # a weak tag never matches (RFC 9110 13.1.1); the case's are strong
+    lambda v: '"' + "".join(chr(0x0660 + int(d)) for d in str(v)) + '"',  # Arabic-Indic
+    lambda v: '"' + "".join(chr(0xFF10 + int(d)) for d in str(v)) + '"',  # fullwidth
+], ids=["weak", "arabic-indic digits", "fullwidth digits"])
+async def test_if_match_is_the_current_version_in_ascii_digits_or_refused(
+        setup: Any, spelled: Any) -> None:
+    """Each of these named the current version to a lax reader, and the write went through."""
+    client, pool, case, headers = setup
+    current = (await (await client.get(f"/v1/cases/{case.id}", headers=headers)).json())
+    problem = await _expect_refused(client, pool, "POST", f"/v1/cases/{case.id}/notes",
+                                    {**headers, "If-Match": spelled(current["version"])},
+                                    b'{"text": "hi"}', "application/json")
+    assert problem["type"].endswith("/bad-if-match")
+
+
 @pytest.mark.parametrize("key", ["", "a" * 201, "has space", "tab\tkey"])
 async def test_bad_idempotency_keys_are_400(setup: Any, key: str) -> None:
     client, pool, case, headers = setup

@@ -50,7 +50,8 @@ log = structlog.get_logger("casetrail.records")
 
 _IDEMPOTENCY_NAMESPACE = UUID("5b8f3c1e-6d0a-4c47-9a8e-2f1b7c9d4e60")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-_ETAG = re.compile(r'^(?:W/)?"?(\d{1,9})"?$')
+# the strong tag the case answers with, or its bare number; a weak tag never matches
+_ETAG = re.compile(r'^"?([0-9]{1,9})"?$')
 _TRACE_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
