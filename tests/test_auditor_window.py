@@ -215,6 +215,26 @@ async def test_a_window_that_closed_before_the_case_opened_sees_no_case(scene: S
     assert (await scene.get(path, early))[0] == 404
 
 
+async def test_a_write_tells_an_auditor_no_more_than_a_read(scene: Scene) -> None:
+    """The window closed before the case opened, so reads answer 404; a write to it answered
+    403 "may not write", and to a named case that does not exist 404: the difference told the
+    auditor the case exists. Both are refused alike now, and nothing is written."""
+    missing = str(uuid.uuid4())
+    early = scene.token(role="auditor", sub="court-1", cases=[scene.case_id, missing],
+                        window_from=scene.times[0] - 10 * DAY, window_to=scene.times[0] - DAY)
+    answers = []
+    for case in (scene.case_id, missing):
+        for path, body in ((f"/v1/cases/{case}/notes", {"text": "hello"}),
+                           (f"/v1/cases/{case}/transfer", {"case_manager": "cm-2",
+                                                           "reason": "court order"})):
+            response = await scene.client.post(path, json=body, headers=bearer(early))
+            problem = await response.json()
+            answers.append((response.status, problem["detail"]))
+    assert answers[:2] == answers[2:], answers
+    assert {status for status, _ in answers} == {403}
+    assert await scene.db.fetchval("SELECT max(version) FROM records.events") == 4
+
+
 @pytest.mark.parametrize("path", ["{c}", "{c}/history", "{c}/verify",
                                   "{c}/diff?from_version=1&to_version=2"])
 async def test_a_case_the_auditor_does_not_name_is_404_whatever_the_window(scene: Scene,

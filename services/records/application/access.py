@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from uuid import UUID
 
 from services.common.auth import Principal, Role
 
@@ -63,6 +64,16 @@ def authorize(who: Principal, action: Action, case: CaseFacts) -> None:
         Action.TRANSFER: owner or who.role is Role.SUPERVISOR,
     }.get(action, False)
     if not allowed:
+        raise Forbidden(_why(who, action))
+
+
+def refuse_named_case_writer(who: Principal, action: Action, case_id: UUID) -> None:
+    """Auditors and participants never write to a case: they are refused from their token
+    alone, before the case is read, so a write tells them nothing a read would not (that a
+    named case exists outside an auditor's window, where reads answer 404)."""
+    if who.role in _NAMED_CASES_ONLY:
+        if case_id not in who.cases:
+            raise NotVisible
         raise Forbidden(_why(who, action))
 
 

@@ -27,6 +27,7 @@ from services.records.application.access import (
     NotVisible,
     authorize,
     authorize_open,
+    refuse_named_case_writer,
 )
 from services.records.application.language import LanguageGuides
 from services.records.application.policy import AgencyPolicies
@@ -266,11 +267,11 @@ class CaseCommands:
                 raise NotVisible
             authorize_open(request.who, request.command.body.case_manager)
             return
+        action = Action.TRANSFER if isinstance(request.command, TransferCase) else Action.WRITE
+        refuse_named_case_writer(request.who, action, request.case_id)
         if state is None:
             raise NotVisible
-        facts = CaseFacts(state.case_id, state.agency, state.case_manager)
-        action = Action.TRANSFER if isinstance(request.command, TransferCase) else Action.WRITE
-        authorize(request.who, action, facts)
+        authorize(request.who, action, CaseFacts(state.case_id, state.agency, state.case_manager))
 
     def _context(self, request: WriteRequest, state: PlanState | None) -> DecisionContext:
         # The agency's policy is snapshotted into CaseOpened; later decisions on the case use
