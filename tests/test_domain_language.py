@@ -47,6 +47,9 @@ def test_check_names_the_field_term_and_a_person_first_suggestion(
         ("an ex-offender program", ["ex-offender"]),  # the longer term only
         ("non compliant again", ["non-compliant"]),
         ("she failed   to attend", ["failed to"]),
+        ("Jo fails to report and keeps failing to call", ["fails to", "failing to"]),
+        ("they fail to see it", ["fail to"]),
+        ("Jo was non\u2013compliant, then non\u2014compliant", ["non-compliant"]),  # dashes
         ("i know how that feels", ["I know"]),
         ("I knowingly chose this", []),
         ("unmanipulative", []),
@@ -165,7 +168,7 @@ def test_every_event_type_declares_which_fields_are_checked() -> None:
 # what staff write in their own words; the participant's own words (in_their_words, the
 # statement on agreeing) are theirs and never checked
 STAFF_TEXT = {"reason", "description", "title", "why_it_matters", "override_reason", "note",
-              "summary", "text"}
+              "summary", "text", "relationship"}
 # copies, for subscribers, of text checked when it was first written
 SNAPSHOTS = {("ActionStepCompleted", "description"), ("GoalStatusChanged", "title")}
 

@@ -44,7 +44,7 @@ CHECKED_FIELDS: dict[str, tuple[str, ...]] = {
     "ActionStepRevised": ("description", "reason"),
     "ActionStepStatusChanged": ("reason",),
     "ActionStepCompleted": ("note",),
-    "SupportAdded": ("description",),
+    "SupportAdded": ("relationship", "description"),
     "SupportRemoved": ("reason",),
     "RequirementRecorded": ("title", "description"),
     "RequirementStatusChanged": ("reason",),
@@ -62,7 +62,7 @@ def _atoms(term: str) -> list[str]:
     atoms: list[str] = []
     for piece in re.split(r"(\s+|-)", term.strip()):
         if piece == "-":
-            atoms.append(r"[-\u2010\u2011\s]")
+            atoms.append(r"[-\u2010-\u2015\u2212\s]")  # hyphens, dashes, minus, a space
         elif piece.isspace():
             atoms.append(r"\s+")
         else:
