@@ -48,6 +48,8 @@ def test_a_file_overrides_what_it_names_and_keeps_the_defaults_for_the_rest(
     ({"max_active_goals": 0}, "max_active_goals"),
     ({"review_interval_days": {"high": 400}}, "review_interval_days.high"),
     ({"review_interval_days": {"urgent": 7}}, "review_interval_days.urgent"),
+    ({"review_interval_days": {"high": 120, "low": 14}}, "at least as often: high 120"),
+    ({"review_interval_days": {"moderate": 100}}, "moderate 100, low 90"),
     ({"max_goals": 2}, "max_goals"),
     ({"timezone": "Mars/Olympus"}, "timezone"),
     ({"timezone": "../etc/passwd"}, "timezone"),

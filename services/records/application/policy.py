@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.events import TimeZoneName
 from services.common.settings import ConfigurationError
@@ -34,6 +34,15 @@ class ReviewIntervalDays(_PolicyFilePart):
     high: int = Field(DEFAULT_POLICY.review_days_high, ge=1, le=366)
     moderate: int = Field(DEFAULT_POLICY.review_days_moderate, ge=1, le=366)
     low: int = Field(DEFAULT_POLICY.review_days_low, ge=1, le=366)
+
+    @model_validator(mode="after")
+    def _higher_risk_reviewed_no_less_often(self) -> ReviewIntervalDays:
+        """Rule 6: more often for higher risk. Checked here, not in AgencyPolicy, so the
+        policies recorded in past CaseOpened events always read back."""
+        if not self.high <= self.moderate <= self.low:
+            raise ValueError(f"higher risk must be reviewed at least as often: high {self.high},"
+                             f" moderate {self.moderate}, low {self.low} days")
+        return self
 
 
 class PolicyFile(_PolicyFilePart):
