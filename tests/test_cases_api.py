@@ -637,6 +637,33 @@ async def test_caseload_lists_next_review_and_overdue_steps(
     assert len(only_cm2["cases"]) == 1
 
 
+async def test_overdue_steps_are_those_of_active_goals_of_an_open_case(
+        cm: CaseApi, clock: FakeClock) -> None:
+    """A goal paused, set aside or reached has no step to chase, nor has a closed case: they
+    were counted as overdue, though no one could work on them (the notifier never nudged)."""
+    case_id = await cm.open_case()
+    yesterday = (clock.now.date() - timedelta(days=1)).isoformat()
+    goals = {status: await cm.goal(case_id, title=f"a goal, {status}")
+             for status in ("active", "paused", "discontinued")}
+    for goal in goals.values():
+        await cm.step(case_id, goal, due_date=yesterday)
+
+    async def overdue() -> int:
+        listing = await cm.call("GET", "/v1/cases", expect=200)
+        return int(next(c for c in listing["cases"]
+                        if c["case_id"] == case_id)["overdue_steps"])
+
+    assert await overdue() == 3
+    for status in ("paused", "discontinued"):
+        await cm.call("POST", f"/v1/cases/{case_id}/goals/{goals[status]}/status",
+                      {"status": status, "reason": "Jo chose to focus on work first"},
+                      expect=200)
+    assert await overdue() == 1
+    await cm.call("POST", f"/v1/cases/{case_id}/close", {"reason": "Jo moved away"},
+                  expect=200)
+    assert await overdue() == 0
+
+
 async def test_transfer_moves_the_case_to_another_caseload(client: TestClient,
                                                            token: TokenFactory) -> None:
     cm1 = CaseApi(client, token(sub="cm-1"))

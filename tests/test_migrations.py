@@ -15,6 +15,8 @@ from services.common.database import (
     pending_migrations,
 )
 from services.records.http.app import MIGRATIONS, migrate
+from tests.conftest import ClientFactory, TokenFactory
+from tests.records_api import CaseApi
 
 SCHEMA = "scratch_migrations"
 
@@ -83,3 +85,38 @@ def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path, names: li
         write(tmp_path, name, "SELECT 1;")
     with pytest.raises(MigrationError):
         load_migrations(tmp_path)
+
+
+
+async def test_migration_0010_recounts_overdue_steps_as_the_projection_now_does(
+        make_records_client: ClientFactory, fresh_database_url: str,
+        token: TokenFactory) -> None:
+    """Rows written before 0010 kept every open step's date; the migration recomputes them
+    from each plan's own document, to what the projection now writes."""
+    cm = CaseApi(await make_records_client(fresh_database_url), token())
+    for close in (False, True):
+        case_id = await cm.open_case()
+        for status in ("active", "paused", "discontinued", "achieved"):
+            goal = await cm.goal(case_id, title=f"a goal, {status}")
+            await cm.step(case_id, goal, due_date="2030-01-15")
+            if status != "active":
+                await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal}/status",
+                              {"status": status, "reason": "Jo chose another focus"},
+                              expect=200)
+        if close:
+            await cm.call("POST", f"/v1/cases/{case_id}/close", {"reason": "Jo moved"},
+                          expect=200)
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        projected = await conn.fetch(
+            "SELECT case_id, open_step_due_dates FROM records.plans ORDER BY case_id")
+        assert sorted(len(r["open_step_due_dates"]) for r in projected) == [0, 1]
+        await conn.execute(  # as rows written before 0010 had them
+            "UPDATE records.plans SET open_step_due_dates = ARRAY(SELECT (s->>'due_date')::date"
+            " FROM jsonb_array_elements(view->'goals') g, jsonb_array_elements(g->'steps') s"
+            " WHERE s->>'status' IN ('not_started', 'in_progress') ORDER BY 1)")
+        await conn.execute((MIGRATIONS / "0010_overdue_steps_of_active_goals.sql").read_text())
+        assert await conn.fetch("SELECT case_id, open_step_due_dates FROM records.plans"
+                                " ORDER BY case_id") == projected
+    finally:
+        await conn.close()

@@ -53,12 +53,21 @@ def plan_row(state: PlanState) -> dict[str, Any]:
         "status": state.status, "case_manager": state.case_manager,
         "risk_level": state.risk_level, "participant_name": state.participant.name,
         "next_review_due": pending.due_date if pending is not None else None,
-        "open_step_due_dates": sorted(
-            step.due_date for step in state.steps.values()
-            if step.status in _OPEN_STEP and step.due_date is not None),
+        "open_step_due_dates": _open_step_due_dates(state),
         "active_goals": state.active_goal_count, "opened_at": state.opened_at,
         "updated_at": state.updated_at, "view": plan_document(state),
     }
+
+
+def _open_step_due_dates(state: PlanState) -> list[date]:
+    """Due dates of the work still to do: open steps of active goals of an open case (a
+    goal paused, set aside or reached, or a closed case, has no step to chase; the notifier
+    nudges on the same steps)."""
+    if state.status == "closed":
+        return []
+    return sorted(step.due_date for step in state.steps.values()
+                  if step.status in _OPEN_STEP and step.due_date is not None
+                  and state.goals[step.goal_id].status == "active")
 
 
 def plan_upsert(state: PlanState) -> CoWrite:
