@@ -476,10 +476,12 @@ class ActionStepStatusChanged(EventPayload):
 
 
 class ActionStepCompleted(EventPayload):
-    """A small win. ``description`` and ``owner`` are snapshots for the celebration."""
+    """A small win. ``description`` and ``owner`` are snapshots for the celebration.
+    ``note`` is what was said of the completion; ``reason`` why a step's status was set
+    to completed by hand (required from ``no_longer_needed``: a reversal)."""
 
     event_type: ClassVar[str] = "ActionStepCompleted"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
 
     step_id: UUID
     goal_id: UUID
@@ -487,6 +489,7 @@ class ActionStepCompleted(EventPayload):
     owner: StepOwner
     from_status: StepStatus
     note: Text | None = None
+    reason: Text | None = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,13 +14,21 @@ History
     manager, a named support) to route reminders and to report who carries the steps, so v2
     splits it into ``owner`` (participant | case_manager | support) and ``support_name``
     (and an optional ``support_id`` link to a recorded support, unknown to v1 events).
+
+``ActionStepCompleted`` v1 -> v2
+    v1 had one free-text field, ``note``, for what was said of a completion and for the
+    reason a step's status was set to completed, the reason required from
+    ``no_longer_needed``. So a reversal's reason read as a note: a celebration quoted it, and
+    history showed the reversal without one. v2 adds ``reason``; a v1 completion from
+    ``no_longer_needed`` (only a status change with a reason could record one) has its note
+    moved there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,12 +79,38 @@ def upcast_action_step_added_v1(data: dict[str, Any]) -> dict[str, Any]:
     return new
 
 
+class ActionStepCompletedV1(BaseModel):
+    """ActionStepCompleted as recorded before schema version 2 (no ``reason``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="ActionStepCompleted")
+
+    step_id: UUID
+    goal_id: UUID
+    description: str = Field(min_length=1, max_length=4000)
+    owner: Literal["participant", "case_manager", "support"]
+    from_status: Literal["not_started", "in_progress", "completed", "cannot_be_done_yet",
+                         "no_longer_needed"]
+    note: str | None = Field(None, min_length=1, max_length=4000)
+
+
+def upcast_action_step_completed_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 ``note`` -> v2 ``reason`` for a reversal from no_longer_needed, else kept."""
+    new = ActionStepCompletedV1.model_validate(data).model_dump(mode="json")
+    reversal = new["from_status"] == "no_longer_needed"
+    new["reason"] = new["note"] if reversal else None
+    if reversal:
+        new["note"] = None
+    return new
+
+
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("ActionStepAdded", 1): upcast_action_step_added_v1,
+    ("ActionStepCompleted", 1): upcast_action_step_completed_v1,
 }
 
 LEGACY_MODELS: dict[tuple[str, int], type[BaseModel]] = {
     ("ActionStepAdded", 1): ActionStepAddedV1,
+    ("ActionStepCompleted", 1): ActionStepCompletedV1,
 }
 
 

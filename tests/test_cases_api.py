@@ -484,6 +484,23 @@ async def test_an_idempotency_key_never_replays_another_agencys_answer(
         (uuid.UUID(theirs["case_id"]), "a:b"), (uuid.UUID(mine["case_id"]), "a")]
 
 
+async def test_a_step_set_back_to_completed_shows_its_reason_in_history(cm: CaseApi) -> None:
+    case_id = await cm.open_case()
+    step = await cm.step(case_id, await cm.goal(case_id))
+    path = f"/v1/cases/{case_id}/steps/{step}/status"
+    await cm.call("POST", path, {"status": "no_longer_needed", "reason": "Agency closed"},
+                  expect=200)
+    answer = await cm.call("POST", path, {"status": "completed",
+                                          "reason": "Marked by mistake: Jo had called"},
+                           expect=200)
+    [event] = answer["events"]
+    assert (event["type"], event["reason"]) == ("ActionStepCompleted",
+                                                "Marked by mistake: Jo had called")
+    assert event["data"]["note"] is None
+    history = await cm.call("GET", f"/v1/cases/{case_id}/history?after_version=4", expect=200)
+    assert [e["reason"] for e in history["events"]] == ["Marked by mistake: Jo had called"]
+
+
 async def test_history_pages_with_actor_reason_and_time(cm: CaseApi) -> None:
     case_id = await cm.open_case()
     strength = await cm.strength(case_id)

@@ -187,6 +187,23 @@ def test_reopening_a_completed_step_needs_a_reason() -> None:
     assert steps(case)[step].completed_at is None
 
 
+def test_a_completion_by_status_records_its_reason_as_a_reason_not_a_note() -> None:
+    """Setting a step no longer needed back to completed needs a reason: it is recorded as
+    the event's reason (history shows it), never as the completion's note (a celebration
+    quotes the note)."""
+    case, goal = new_case()
+    step = add_step(case, goal)
+    step_status(case, step, "no_longer_needed", reason="Got a lift share instead")
+    [event] = step_status(case, step, "completed", reason="Marked by mistake: Ray had called")
+    assert isinstance(event, ev.ActionStepCompleted)
+    assert (event.reason, event.note) == ("Marked by mistake: Ray had called", None)
+    assert steps(case)[step].completion_note is None
+    other = add_step(case, goal)
+    [done] = case.execute(d.CompleteActionStep(other, api.StepCompleteInput(note="Went early")))
+    assert isinstance(done, ev.ActionStepCompleted)
+    assert (done.reason, done.note) == (None, "Went early")
+
+
 def test_no_longer_needed_needs_a_reason_and_blocks_plain_completion() -> None:
     case, goal = new_case()
     step = add_step(case, goal)

@@ -226,6 +226,21 @@ def test_a_completed_step_is_a_small_win_in_the_participants_words() -> None:
     assert "I want to use my hands" in text
 
 
+def test_a_small_win_never_quotes_the_reason_a_step_was_set_completed() -> None:
+    """A reason is staff's account of a correction ("marked by mistake"), not something said
+    about the win."""
+    case = opened()
+    goal_id, step_id = _goal_and_step(case)
+    case.add(ev.ActionStepCompleted(step_id=step_id, goal_id=goal_id,
+                                    description="Visit the job centre", owner="participant",
+                                    from_status="no_longer_needed",
+                                    reason="Marked no longer needed by mistake"))
+    [win] = case.notices
+    rendered = render(win.kind, win.context, case.case_id, today=T0.date())
+    assert "Jo completed the step" in rendered.text
+    assert "by mistake" not in rendered.text + rendered.html
+
+
 @pytest.mark.parametrize(("owner", "sentence"), [
     ("participant", 'Jo completed the step "Send the referral".'),
     ("case_manager", 'The step "Send the referral" in Jo\'s plan is done; the case manager'

@@ -195,6 +195,22 @@ def test_v2_payload_reads_without_upcasting() -> None:
     assert (event.owner, event.support_name) == ("support", "Aunt May")
 
 
+@pytest.mark.parametrize(("from_status", "note", "reason"), [
+    ("no_longer_needed", None, "Marked by mistake"),  # only a reversal's reason was there
+    ("in_progress", "Marked by mistake", None),
+])
+def test_v1_action_step_completed_moves_a_reversals_reason_out_of_its_note(
+        from_status: str, note: str | None, reason: str | None) -> None:
+    assert events.ActionStepCompleted.schema_version == 2
+    data = {"step_id": str(uuid4()), "goal_id": str(uuid4()), "description": "Call Sam",
+            "owner": "participant", "from_status": from_status, "note": "Marked by mistake"}
+    event = parse_event("ActionStepCompleted", 1, dict(data))
+    assert isinstance(event, events.ActionStepCompleted)
+    assert (event.note, event.reason) == (note, reason)
+    with pytest.raises(InvalidEventData):  # v1 had no reason
+        parse_event("ActionStepCompleted", 1, {**data, "reason": "x"})
+
+
 # --------------------------------------------------------------------------------------------
 # request bodies
 # --------------------------------------------------------------------------------------------

@@ -354,10 +354,11 @@ def _revise_step(state: PlanState, cmd: c.ReviseActionStep, ctx: DecisionContext
                                  cleared=tuple(cleared), reason=cmd.body.reason)]
 
 
-def _completed(step: StepState, note: str | None) -> ev.ActionStepCompleted:
+def _completed(step: StepState, *, note: str | None = None,
+               reason: str | None = None) -> ev.ActionStepCompleted:
     return ev.ActionStepCompleted(step_id=step.step_id, goal_id=step.goal_id,
                                   description=step.description, owner=step.owner,
-                                  from_status=step.status, note=note)
+                                  from_status=step.status, note=note, reason=reason)
 
 
 def _check_goal_worked_on(state: PlanState, step: StepState) -> None:
@@ -383,7 +384,7 @@ def _change_step_status(state: PlanState, cmd: c.ChangeActionStepStatus,
     elif old in ("completed", "no_longer_needed") or (old, new) == ("in_progress", "not_started"):
         _require_reason(reason, f"to change a step that was {old} (a reversal)")
     if new == "completed":
-        return [_completed(step, reason)]
+        return [_completed(step, reason=reason)]
     return [ev.ActionStepStatusChanged(step_id=step.step_id, goal_id=step.goal_id,
                                        from_status=old, status=new, reason=reason)]
 
@@ -396,7 +397,7 @@ def _complete_step(state: PlanState, cmd: c.CompleteActionStep, ctx: DecisionCon
     if step.status == "no_longer_needed":
         raise InvalidTransition("step_no_longer_needed", "This step was marked no longer "
                                 "needed; change its status with a reason to complete it.")
-    return [_completed(step, cmd.body.note)]
+    return [_completed(step, note=cmd.body.note)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ CHECKED_FIELDS: dict[str, tuple[str, ...]] = {
     "ActionStepAdded": ("description",),
     "ActionStepRevised": ("description", "reason"),
     "ActionStepStatusChanged": ("reason",),
-    "ActionStepCompleted": ("note",),
+    "ActionStepCompleted": ("note", "reason"),
     "SupportAdded": ("relationship", "description"),
     "SupportRemoved": ("reason",),
     "RequirementRecorded": ("title", "description"),
