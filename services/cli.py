@@ -11,10 +11,10 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, suppress
+from contextlib import AsyncExitStack, ExitStack, suppress
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from pydantic import ValidationError
@@ -23,6 +23,9 @@ from services.common.auth import Role, dev_secret, issue_token
 from services.common.database import MigrationError
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    from services.notifier.cli import DevNotifier
 
 
 def dev_export_key(dev_dir: Path) -> Path:
@@ -51,6 +54,8 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     secret = _jwt_secret(settings)
     if not secret:
         return _fail("set CASETRAIL_JWT_SECRET (or run `casetrail dev` once to make a dev secret)")
+    if len(secret.encode()) < 32:  # the services would refuse every token it signs
+        raise ConfigurationError("CASETRAIL_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
     cases = [c for c in (args.cases or "").split(",") if c]
     try:
         window_from = _window_bound(args.window_from, "--window-from", end_of_day=False)
@@ -190,38 +195,51 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
                    smtp_port: int) -> None:
     from aiohttp import web
 
-    from services.common.server import ServiceRunner
+    from services.common.server import ServiceRunner, host_and_port, http_url, listening
     from services.notifier.cli import start_dev_notifier
     from services.records.demo import load_demo
     from services.records.http.app import RECORDS, create_app
     from services.records.store.events import utc_now
 
-    app = create_app(settings)
-    runner = ServiceRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    records = app[RECORDS]
     assert settings.database_url
     assert settings.jwt_secret
-    # the notifier first: it sends only what falls due once its schema exists (demo included)
-    notifier = await start_dev_notifier(
-        database_url=settings.database_url, jwt_secret=settings.jwt_secret,
-        records_url=f"http://{host}:{port}", mail_dir=settings.dev_data_dir / "mail",
-        host=host, port=notifier_port, smtp_port=smtp_port,
-        recipients=[("demo-agency", "cm-demo", "case_manager"),
-                    ("demo-agency", "sup-demo", "supervisor")])
-    if await load_demo(records.commands, utc_now):
-        print("Loaded the demo caseload (agency demo-agency, case manager cm-demo).")
+    # asked for before the banner says how to stop: a `kill` right after it stops cleanly too
+    stop = _stop_requested()
+    async with AsyncExitStack() as started:  # closed in reverse: the notifier, then records
+        app = create_app(settings)
+        runner = ServiceRunner(app)
+        await runner.setup()
+        started.push_async_callback(runner.cleanup)
+        await listening(web.TCPSite(runner, host, port).start(), "--port, or RECORDS_PORT")
+        # the notifier first: it sends only what falls due once its schema exists (demo too)
+        notifier = await start_dev_notifier(
+            database_url=settings.database_url, jwt_secret=settings.jwt_secret,
+            records_url=http_url(host, port), mail_dir=settings.dev_data_dir / "mail",
+            host=host, port=notifier_port, smtp_port=smtp_port,
+            recipients=[("demo-agency", "cm-demo", "case_manager"),
+                        ("demo-agency", "sup-demo", "supervisor")])
+        started.push_async_callback(notifier.stop)
+        if await load_demo(app[RECORDS].commands, utc_now):
+            print("Loaded the demo caseload (agency demo-agency, case manager cm-demo).")
+        print(_banner(settings, http_url(host, port), notifier,
+                      host_and_port(host, smtp_port)), flush=True)
+        try:
+            await stop.wait()
+        finally:
+            print("Stopping…", flush=True)
+
+
+def _banner(settings: Settings, records: str, notifier: DevNotifier, smtp: str) -> str:
     assert settings.jwt_secret
     token = issue_token(settings.jwt_secret, sub="cm-demo", role=Role.CASE_MANAGER,
                         agency="demo-agency")
     supervisor = issue_token(settings.jwt_secret, sub="sup-demo", role=Role.SUPERVISOR,
                              agency="demo-agency")
-    print(f"""
+    return f"""
 Casetrail is running.
-  records   http://{host}:{port}      (API list: http://{host}:{port}/docs)
+  records   {records}      (API list: {records}/docs)
   notifier  {notifier.url}      (notifications: {notifier.url}/v1/notifications)
-  mail      {notifier.url}/mail   caught by a local SMTP server on {host}:{smtp_port};
+  mail      {notifier.url}/mail   caught by a local SMTP server on {smtp};
             .eml files in {notifier.mail_dir}  (or run `casetrail mail`)
   database  {settings.database_url}
 
@@ -231,19 +249,13 @@ Supervisor token (sup-demo):
   export SUPERVISOR_TOKEN={supervisor}
 Exports are signed with {settings.export_signing_key_file}; check one with
   casetrail verify EXPORT --public-key {settings.export_signing_key_file}.pub
-Try:  curl -s -H "Authorization: Bearer $TOKEN" http://{host}:{port}/v1/cases
+Try:  curl -s -H "Authorization: Bearer $TOKEN" {records}/v1/cases
 Stop with Ctrl-C.
-""", flush=True)
-    try:
-        await _until_told_to_stop()
-    finally:
-        print("Stopping…", flush=True)
-        await notifier.stop()
-        await runner.cleanup()
+"""
 
 
-async def _until_told_to_stop() -> None:
-    """Until SIGTERM or SIGHUP (a `kill`, a closed terminal); Ctrl-C cancels the wait. Either
+def _stop_requested() -> asyncio.Event:
+    """Set on SIGTERM or SIGHUP (a `kill`, a closed terminal); Ctrl-C cancels the wait. Either
     way the caller stops the services and then the embedded PostgreSQL, which would otherwise
     outlive `casetrail dev`."""
     stop = asyncio.Event()
@@ -252,7 +264,7 @@ async def _until_told_to_stop() -> None:
         if hasattr(signal, name):
             with suppress(NotImplementedError):  # no signal handlers on Windows' loop
                 loop.add_signal_handler(getattr(signal, name), stop.set)
-    await stop.wait()
+    return stop
 
 
 def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
@@ -379,9 +391,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # the database unreachable or refusing us, the port taken: said in one line, not a
         # traceback an operator must read from the bottom up
-        hint = (" (choose another port with --port, or RECORDS_PORT / NOTIFIER_PORT)"
-                if isinstance(error, OSError) and error.errno == errno.EADDRINUSE else "")
-        return _fail(f"could not start: {error}{hint}")
+        return _fail(f"could not start: {error}{_port_hint(error, args.command)}")
+
+
+def _port_hint(error: Exception, command: str) -> str:
+    from services.common.server import PortTaken
+
+    if isinstance(error, PortTaken):
+        return f" (choose another port with {error.choose})"
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        variable = "NOTIFIER_PORT" if command == "notifier" else "RECORDS_PORT"
+        return f" (choose another port with --port, or {variable})"
+    return ""
 
 
 _SECRET_SETTING = re.compile(r"SECRET|PASSWORD|TOKEN|KEY|URL|DSN", re.IGNORECASE)

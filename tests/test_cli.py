@@ -18,6 +18,7 @@ import jwt
 import pytest
 
 from services.common.auth import issue_token, principal_from_claims
+from services.common.settings import Settings
 from tests.conftest import JWT_SECRET, free_port
 
 CASETRAIL = [sys.executable, "-m", "services.cli"]
@@ -56,6 +57,14 @@ def test_token_refuses_bad_input(tmp_path: Path) -> None:
                     env={"CASETRAIL_JWT_SECRET": "", "CASETRAIL_DEV_DIR": str(tmp_path)})
     assert no_secret.returncode == 2
     assert "CASETRAIL_JWT_SECRET" in no_secret.stderr
+
+
+def test_token_refuses_a_secret_the_services_would_refuse() -> None:
+    result = run("token", "--sub", "x", "--role", "supervisor", "--agency", "a",
+                 env={"CASETRAIL_JWT_SECRET": "s3cret-but-short"})
+    assert (result.returncode, result.stdout, result.stderr.strip()) == (
+        2, "", "casetrail: configuration: CASETRAIL_JWT_SECRET must be at least 32 bytes"
+               " (RFC 7518 3.2)")
 
 
 AUDITOR = ("token", "--sub", "court-1", "--role", "auditor", "--agency", "agency-a")
@@ -259,6 +268,21 @@ def test_a_setting_the_service_cannot_start_with_is_said_in_one_line(
         "CASETRAIL_JWT_SECRET": JWT_SECRET, setting: value})
     assert (result.returncode, result.stderr.strip()) == (2, f"casetrail: {said}")
     assert "s3cret" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["records", "notifier", "dev"])
+def test_a_log_level_nobody_knows_is_said_in_one_line(command: str, tmp_path: Path) -> None:
+    result = run(command, "--port", "0", env={
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/unused",
+        "CASETRAIL_JWT_SECRET": JWT_SECRET, "CASETRAIL_DEV_DIR": str(tmp_path),
+        "CASETRAIL_LOG_LEVEL": "verbose"})
+    assert (result.returncode, result.stderr.strip()) == (
+        2, "casetrail: configuration: CASETRAIL_LOG_LEVEL: Input should be 'debug', 'info',"
+           " 'warning', 'error' or 'critical' (given 'verbose')")
+
+
+def test_the_log_level_is_read_in_any_case() -> None:
+    assert Settings.model_validate({"CASETRAIL_LOG_LEVEL": "WARNING"}).log_level == "warning"
 
 
 def test_an_auditor_token_naming_many_cases_reaches_the_service(

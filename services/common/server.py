@@ -10,8 +10,10 @@ and the operations log gets one line at ``info``: a client's mistake is not the 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import re
+from collections.abc import Awaitable
 from contextlib import suppress
 from http import HTTPStatus
 from typing import Any
@@ -20,6 +22,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+from yarl import URL
 
 from services.common.http import JsonAccessLogger, new_event_loop
 from services.common.problems import PROBLEM_TYPE_BASE
@@ -89,6 +92,35 @@ class ServiceRunner(web.AppRunner):
         server = await super()._make_server()
         server.__class__ = _ProblemServer  # aiohttp builds the Server; we build its handlers
         return server
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 address in brackets (``http://[::1]:8080``)."""
+    return str(URL.build(scheme="http", host=host, port=port))
+
+
+def host_and_port(host: str, port: int) -> str:
+    """``host:port`` as a person would type it, an IPv6 address in brackets."""
+    return URL.build(scheme="http", host=host, port=port).raw_authority
+
+
+class PortTaken(OSError):
+    """A port something else listens on; ``choose`` names the flag and variable that pick
+    another (where several servers start, the message must say which one)."""
+
+    def __init__(self, error: OSError, choose: str) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.choose = choose
+
+
+async def listening(start: Awaitable[None], choose: str) -> None:
+    """Await a server's start; a port already in use raises PortTaken naming ``choose``."""
+    try:
+        await start
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise PortTaken(error, choose) from error
+        raise
 
 
 async def _serve_until_stopped(app: web.Application, host: str, port: int,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,7 +24,13 @@ class ServiceSettings(BaseSettings):
     jwks_file: Path | None = Field(default=None, alias="CASETRAIL_JWKS_FILE")
     jwt_audience: str | None = Field(default=None, alias="CASETRAIL_JWT_AUDIENCE")
     jwt_issuer: str | None = Field(default=None, alias="CASETRAIL_JWT_ISSUER")
-    log_level: str = Field(default="info", alias="CASETRAIL_LOG_LEVEL")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", alias="CASETRAIL_LOG_LEVEL")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
 
 class Settings(ServiceSettings):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from services.common.logs import configure_logging
-from services.common.server import ServiceRunner, serve
+from services.common.server import ServiceRunner, http_url, listening, serve
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.mailbox import MailCatcher, format_listing
 from services.notifier.settings import NotifierSettings
@@ -80,18 +81,23 @@ async def start_dev_notifier(*, database_url: str, jwt_secret: str, records_url:
     so the demo's notices have somewhere to go.
     """
     catcher = MailCatcher(mail_dir, host, smtp_port)
-    await catcher.start()
-    settings = NotifierSettings.model_validate({
-        "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": jwt_secret,
-        "RECORDS_URL": records_url, "SMTP_HOST": host, "SMTP_PORT": smtp_port,
-        "NOTIFIER_HOST": host, "NOTIFIER_PORT": port,
-        "NOTIFIER_DEV_MAIL_DIR": str(mail_dir)})
-    runner = ServiceRunner(create_app(settings))
-    await runner.setup()
-    context = runner.app[NOTIFIER]
-    for agency, user, role in recipients:
-        await directory.upsert(context.pool, Preferences(
-            agency, user, role, f"{user}@casetrail.local", "immediate", "UTC", None, None,
-            True), "casetrail-dev", context.clock())
-    await web.TCPSite(runner, host, port).start()
-    return DevNotifier(runner, catcher, f"http://{host}:{port}")
+    async with AsyncExitStack() as started:  # a later start failing stops what had started
+        await listening(catcher.start(), "--smtp-port, or SMTP_PORT")
+        started.push_async_callback(catcher.stop)
+        settings = NotifierSettings.model_validate({
+            "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": jwt_secret,
+            "RECORDS_URL": records_url, "SMTP_HOST": host, "SMTP_PORT": smtp_port,
+            "NOTIFIER_HOST": host, "NOTIFIER_PORT": port,
+            "NOTIFIER_DEV_MAIL_DIR": str(mail_dir)})
+        runner = ServiceRunner(create_app(settings))
+        await runner.setup()
+        started.push_async_callback(runner.cleanup)
+        context = runner.app[NOTIFIER]
+        for agency, user, role in recipients:
+            await directory.upsert(context.pool, Preferences(
+                agency, user, role, f"{user}@casetrail.local", "immediate", "UTC", None, None,
+                True), "casetrail-dev", context.clock())
+        await listening(web.TCPSite(runner, host, port).start(),
+                        "--notifier-port, or NOTIFIER_PORT")
+        started.pop_all()
+    return DevNotifier(runner, catcher, http_url(host, port))
