@@ -20,7 +20,7 @@ from services.records.application.language import LanguageGuides
 from services.records.domain import DomainError, PlanState
 from services.records.domain import commands as cmd
 from services.records.projections.rebuild import rebuild_projections
-from services.records.store.events import EventStore
+from services.records.store.events import EventStore, NewEvent
 from tests.conftest import ClientFactory, FakeClock, TokenFactory
 from tests.records_api import CaseApi
 from tests.test_cli import run
@@ -250,3 +250,33 @@ async def test_an_event_newer_than_this_code_is_named_not_a_bare_500(
     assert f"case {case_id}: NoteAdded (schema_version 99)" in rebuilt.stderr
     assert "Traceback" not in rebuilt.stderr
     assert await fresh_pool.fetchval("SELECT count(*) FROM records.plans") == plans
+
+
+async def test_events_naming_items_the_case_does_not_hold_do_not_stop_a_rebuild(
+        make_records_client: ClientFactory, fresh_database_url: str, fresh_pool: asyncpg.Pool,
+        token: TokenFactory) -> None:
+    """Imported or legacy events may name a goal or step the case never had: they change only
+    the version (0101), record no win or take-back, and the rebuild goes on (it stopped with
+    a KeyError)."""
+    cm = CaseApi(await make_records_client(fresh_database_url), token())
+    case_id = UUID(await cm.open_case())
+    goal, step = str(uuid4()), str(uuid4())
+    odd = [("GoalStatusChanged", 1, {"goal_id": goal, "title": "Find work",
+                                     "from_status": "active", "status": "achieved"}),
+           ("ActionStepAdded", 2, {"step_id": step, "goal_id": goal, "description": "Call",
+                                   "owner": "participant", "due_date": "2030-01-15"}),
+           ("ActionStepCompleted", 2, {"step_id": str(uuid4()), "goal_id": goal,
+                                       "description": "Call", "owner": "participant",
+                                       "from_status": "in_progress"}),
+           ("ActionStepStatusChanged", 1, {"step_id": str(uuid4()), "goal_id": goal,
+                                           "from_status": "completed",
+                                           "status": "in_progress", "reason": "by mistake"})]
+    await EventStore(fresh_pool).append(
+        case_id, [NewEvent(uuid4(), kind, version, data) for kind, version, data in odd],
+        expected_version=1, agency="agency-a", metadata={"actor": {"sub": "importer"}})
+    stats = await rebuild_projections(fresh_pool)
+    assert stats.cases == 1
+    assert await fresh_pool.fetchval(
+        "SELECT version FROM records.plans WHERE case_id = $1", case_id) == 5
+    assert [r["kind"] for r in await fresh_pool.fetch(
+        "SELECT kind FROM records.outcome_facts ORDER BY version")] == ["case_opened"]

@@ -72,8 +72,13 @@ def _agreed(e: ev.PlanAgreed, after: PlanState) -> Found:
     return "plan_agreed", {"agreed": agreed, "co_created": agreed and theirs}
 
 
+# Events naming an item the case does not hold (imported, or older than a rule) record no
+# fact: one odd event must not stop a rebuild, nor count a win or a take-back never made.
+
 def _goal_status(e: ev.GoalStatusChanged, after: PlanState) -> Found | None:
-    goal = after.goals[e.goal_id]
+    goal = after.goals.get(e.goal_id)
+    if goal is None:
+        return None
     if e.status == "achieved":
         days = (after.updated_at.date() - goal.set_at.date()).days
         return "goal_achieved", {"domain": goal.domain, "days": days}
@@ -94,9 +99,11 @@ _READERS: dict[type[ev.EventPayload], Reader] = {
     ev.CaseOpened: _case_life("case_opened"), ev.CaseClosed: _case_life("case_closed"),
     ev.CaseReopened: _case_life("case_reopened"), ev.PlanAgreed: _agreed,
     ev.GoalStatusChanged: _goal_status,
-    ev.ActionStepCompleted: lambda e, after: ("step_completed", {}),
+    ev.ActionStepCompleted: lambda e, after: (
+        ("step_completed", {}) if e.step_id in after.steps else None),
     ev.ActionStepStatusChanged: lambda e, after: (
-        ("step_uncompleted", {}) if e.from_status == "completed" else None),
+        ("step_uncompleted", {}) if e.from_status == "completed" and e.step_id in after.steps
+        else None),
     ev.ReviewHeld: _review_held,
     ev.ReviewScheduled: _review_due,
 }

@@ -65,9 +65,10 @@ def _open_step_due_dates(state: PlanState) -> list[date]:
     nudges on the same steps)."""
     if state.status == "closed":
         return []
+    active = {goal_id for goal_id, goal in state.goals.items() if goal.status == "active"}
     return sorted(step.due_date for step in state.steps.values()
                   if step.status in _OPEN_STEP and step.due_date is not None
-                  and state.goals[step.goal_id].status == "active")
+                  and step.goal_id in active)
 
 
 def plan_upsert(state: PlanState) -> CoWrite:
