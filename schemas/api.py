@@ -592,7 +592,8 @@ class GoalsAchievedView(View):
     by_domain: dict[str, int]
     reversed: int = Field(description="goals taken back from achieved in the period")
     median_days_to_achievement: float | None = Field(
-        description="from the goal being set to its achievement; null when none")
+        description="from the goal being set to its achievement, over the period's"
+                    " achievements not taken back in it; null when none")
 
 
 class SmallWinsView(View):

@@ -6,7 +6,10 @@ of agency-b that must not count; the period asked for is days 0-59 (2026-03-02 t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -102,8 +105,10 @@ async def test_the_period_figures(scene: Scene) -> None:
         "agency": "agency-a", "from": "2026-03-02", "to": "2026-04-30",
         "cases_open": 4, "case_months": round(case_months, 2),
         "co_creation": {"agreements": 4, "agreed": 3, "co_created": 1, "rate": 0.3333},
+        # B's goal was achieved on day 30 and taken back on day 31: neither its domain nor
+        # its 30 days count, only A's 20
         "goals_achieved": {"total": 1, "by_domain": {"employment": 1}, "reversed": 1,
-                           "median_days_to_achievement": 25},
+                           "median_days_to_achievement": 20},
         "small_wins": {"steps_completed": 1, "reversed": 0,
                        "per_case_month": round(1 / case_months, 4)},
         # due in the period: D's, on day 30, held late on day 45 (A's and B's fall due on
@@ -249,3 +254,81 @@ async def test_reviews_never_held_count_against_the_rate_and_cancelled_ones_do_n
     again = await client.get(f"/v1/analytics/outcomes{PERIOD}",
                              headers=bearer(token(role="analyst", sub="an-1")))
     assert (await again.json())["reviews"]["not_held"] == 1
+
+
+async def test_a_take_back_cancels_the_achievement_it_takes_back(
+        make_records_client: ClientFactory, fresh_database_url: str,
+        token: TokenFactory) -> None:
+    """An achieved goal's domain was revised, then the goal taken back: the take-back was
+    subtracted from the new domain (employment 1, housing -1) and, once achieved again, the
+    goal counted in its old one; its first days stayed in the median."""
+    clock = FakeClock()
+    client = await make_records_client(fresh_database_url, clock=clock)
+    cm = CaseApi(client, token(sub="cm-1"))
+    scene = Scene(client, token, fresh_database_url)
+    case_id = await cm.open_case()
+    goal = await cm.goal(case_id)  # employment
+    clock.advance(days=5)
+    await _status(cm, case_id, goal, "achieved")
+    clock.advance(days=1)
+    await cm.call("PATCH", f"/v1/cases/{case_id}/goals/{goal}", {"domain": "housing"},
+                  expect=200)
+    clock.advance(days=1)
+    await _status(cm, case_id, goal, "active", reason="the job offer fell through")
+    march = (await scene.outcomes("?from=2026-03-01&to=2026-03-31"))[1]["goals_achieved"]
+    assert march == {"total": 0, "by_domain": {}, "reversed": 1,
+                     "median_days_to_achievement": None}
+    clock.advance(days=23)  # day 30
+    await _status(cm, case_id, goal, "achieved")
+    both = (await scene.outcomes("?from=2026-03-01&to=2026-04-30"))[1]["goals_achieved"]
+    assert both == {"total": 1, "by_domain": {"housing": 1}, "reversed": 1,
+                    "median_days_to_achievement": 30}
+
+
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+async def test_reviews_are_counted_in_the_agencys_own_days(
+        make_records_client: ClientFactory, fresh_database_url: str, token: TokenFactory,
+        tmp_path: Path) -> None:
+    """Due dates are the agency's days; the facts and "today" were UTC's. In Honolulu two
+    reviews due today were counted as missed while the day still ran; in Auckland a review
+    missed on the 1st, its case closed the next local morning (still the 1st in UTC),
+    counted for nothing."""
+    for agency, zone in (("agency-hnl", "Pacific/Honolulu"), ("agency-akl", "Pacific/Auckland")):
+        (tmp_path / f"{agency}.json").write_text(json.dumps({"timezone": zone}))
+    clock = FakeClock(_utc("2026-03-02T09:00:00"))
+    client = await make_records_client(fresh_database_url, clock=clock,
+                                       CASETRAIL_POLICY_DIR=str(tmp_path))
+    scene = Scene(client, token, fresh_database_url)
+    hnl = CaseApi(client, token(sub="cm-1", agency="agency-hnl"))
+    akl = CaseApi(client, token(sub="cm-1", agency="agency-akl"))
+    cases = {}
+    for name, api in (("h1", hnl), ("h2", hnl), ("k1", akl)):
+        cases[name] = await api.open_case()
+        await api.goal(cases[name])
+        await api.agree(cases[name])
+    assert (await hnl.plan(cases["h1"]))["next_review"]["due_date"] == "2026-04-30"
+    assert (await akl.plan(cases["k1"]))["next_review"]["due_date"] == "2026-05-01"
+
+    async def reviews(agency: str, period: str) -> dict[str, Any]:
+        status, body = await scene.outcomes(period, agency=agency)
+        assert status == 200, body
+        return dict(body["reviews"])
+
+    clock.now = _utc("2026-05-01T06:00:00")  # 20:00 on 30 April in Honolulu
+    april = "?from=2026-04-01&to=2026-04-30"
+    assert (await reviews("agency-hnl", april))["due"] == 0  # both may still be held today
+    await _hold_review(hnl, cases["h1"])  # on its day: on time
+    await hnl.call("POST", f"/v1/cases/{cases['h2']}/close", {"reason": "Moved away"},
+                   expect=200)  # on its due day, not held: the close cancelled it
+    assert await reviews("agency-hnl", april) == {
+        "due": 1, "held": 1, "on_time": 1, "not_held": 0, "on_time_rate": 1.0}
+
+    clock.now = _utc("2026-05-01T22:00:00")  # 10:00 on 2 May in Auckland: the 1st has passed
+    await akl.call("POST", f"/v1/cases/{cases['k1']}/close", {"reason": "Moved away"},
+                   expect=200)
+    clock.now = _utc("2026-05-05T00:00:00")
+    assert await reviews("agency-akl", "?from=2026-04-01&to=2026-05-31") == {
+        "due": 1, "held": 0, "on_time": 0, "not_held": 1, "on_time_rate": 0.0}

@@ -120,3 +120,42 @@ async def test_migration_0010_recounts_overdue_steps_as_the_projection_now_does(
                                 " ORDER BY case_id") == projected
     finally:
         await conn.close()
+
+
+async def test_migration_0011_dates_facts_in_agency_days_and_names_their_goals(
+        make_records_client: ClientFactory, fresh_database_url: str, token: TokenFactory,
+        tmp_path: Path) -> None:
+    """Facts written before 0011 had UTC days and no goal; the migration gives them what the
+    projection now writes."""
+    import json
+    from datetime import UTC, datetime
+
+    from tests.conftest import FakeClock
+
+    (tmp_path / "agency-akl.json").write_text(json.dumps({"timezone": "Pacific/Auckland"}))
+    clock = FakeClock(datetime(2026, 3, 2, 20, 0, tzinfo=UTC))  # already the 3rd in Auckland
+    client = await make_records_client(fresh_database_url, clock=clock,
+                                       CASETRAIL_POLICY_DIR=str(tmp_path))
+    for agency in ("agency-akl", "agency-a"):
+        cm = CaseApi(client, token(agency=agency))
+        case_id = await cm.open_case()
+        goal = await cm.goal(case_id)
+        for status in ("achieved", "active"):
+            await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal}/status",
+                          {"status": status, "reason": "it fell through"}, expect=200)
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        facts = "SELECT event_id, occurred_on, goal_id FROM records.outcome_facts ORDER BY 1"
+        projected = await conn.fetch(facts)
+        assert sum(r["goal_id"] is not None for r in projected) == 4
+        await conn.execute(  # as rows written before 0011 had them
+            "UPDATE records.outcome_facts f SET goal_id = NULL,"
+            " occurred_on = (e.recorded_at AT TIME ZONE 'UTC')::date"
+            " FROM records.events e WHERE e.event_id = f.event_id")
+        assert await conn.fetch(facts) != projected
+        sql = (MIGRATIONS / "0011_outcome_facts_local_days_and_goals.sql").read_text()
+        await conn.execute(sql.replace("ALTER TABLE records.outcome_facts ADD COLUMN goal_id"
+                                       " uuid;", ""))
+        assert await conn.fetch(facts) == projected
+    finally:
+        await conn.close()

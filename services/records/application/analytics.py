@@ -16,6 +16,7 @@ import asyncpg
 from schemas import api
 from services.common.auth import Principal
 from services.records.application.access import authorize_analytics
+from services.records.application.policy import AgencyPolicies
 from services.records.projections.outcomes import (
     DueReview,
     OutcomeFact,
@@ -29,14 +30,17 @@ DAYS_PER_MONTH = 365.25 / 12
 
 
 class OutcomeAnalytics:
-    def __init__(self, pool: asyncpg.Pool, clock: Clock) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, policies: AgencyPolicies) -> None:
         self._pool = pool
         self._clock = clock
+        self._policies = policies
 
     async def outcomes(self, who: Principal, since: date | None,
                        until: date | None) -> api.OutcomesView:
         authorize_analytics(who)
-        today = self._clock().date()
+        # the agency's today: facts and due dates are its days, and a review due today may
+        # still be held until its own midnight
+        today = self._policies.for_agency(who.agency).date_at(self._clock())
         until = until or today
         since = since or until - DEFAULT_PERIOD
         if since > until:  # only `from` was given, and it lies after today
@@ -100,15 +104,29 @@ def _co_creation(agreements: Iterable[OutcomeFact]) -> dict[str, object]:
 
 
 def _goals(period: list[OutcomeFact]) -> dict[str, object]:
-    achieved = [fact for fact in period if fact.kind == "goal_achieved"]
-    taken_back = [fact for fact in period if fact.kind == "goal_unachieved"]
+    """A take-back cancels its goal's achievement in the period, domain and days with it;
+    one of an achievement before the period is taken off in the goal's domain."""
+    standing: dict[object, list[OutcomeFact]] = {}  # the period's achievements, per goal
+    from_before: list[OutcomeFact] = []
+    reversed_ = 0
+    for fact in period:
+        if fact.kind == "goal_achieved":
+            standing.setdefault(fact.goal_id or fact.event_id, []).append(fact)
+        elif fact.kind == "goal_unachieved":
+            reversed_ += 1
+            won = standing.get(fact.goal_id) if fact.goal_id is not None else None
+            if won:
+                won.pop()
+            else:
+                from_before.append(fact)
+    achieved = [fact for facts in standing.values() for fact in facts]
     by_domain = Counter(str(fact.domain) for fact in achieved)
-    by_domain.subtract(str(fact.domain) for fact in taken_back)
+    by_domain.subtract(str(fact.domain) for fact in from_before)
     days = [fact.days for fact in achieved if fact.days is not None]
-    return {"total": len(achieved) - len(taken_back),
+    return {"total": len(achieved) - len(from_before),
             "by_domain": {domain: count for domain, count in sorted(by_domain.items())
                           if count},
-            "reversed": len(taken_back),
+            "reversed": reversed_,
             "median_days_to_achievement": statistics.median(days) if days else None}
 
 

@@ -118,7 +118,8 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
         app[RECORDS] = Records(
             settings, pool, store, waiter, app[METRICS],
             CaseCommands(store, guides, clock, app[METRICS].append_conflicts.inc, policies),
-            CaseQueries(pool, store, clock, signer, policies), OutcomeAnalytics(pool, clock))
+            CaseQueries(pool, store, clock, signer, policies),
+            OutcomeAnalytics(pool, clock, policies))
         yield
         await waiter.stop()
         await pool.close()

@@ -25,12 +25,12 @@ from services.records.projections.plans import Step
 from services.records.store.events import CoWrite
 
 _COLUMNS = ("event_id, case_id, version, agency, kind, occurred_on, domain, days, agreed,"
-            " co_created, on_time, review_id, due_on")
+            " co_created, on_time, review_id, due_on, goal_id")
 _INSERT_ROWS = f"""
 INSERT INTO records.outcome_facts ({_COLUMNS})
 SELECT * FROM jsonb_to_recordset($1::jsonb) AS f(event_id uuid, case_id uuid, version int,
     agency text, kind text, occurred_on date, domain text, days int, agreed boolean,
-    co_created boolean, on_time boolean, review_id uuid, due_on date)"""
+    co_created boolean, on_time boolean, review_id uuid, due_on date, goal_id uuid)"""
 _ON_CONFLICT = "\nON CONFLICT (event_id) DO NOTHING"
 _INSERT = _INSERT_ROWS + _ON_CONFLICT
 # As the co-write of a batch of appends: only the facts of cases whose append succeeded.
@@ -44,7 +44,7 @@ class OutcomeFact:
     version: int  # the event's: orders a case's facts
     agency: str
     kind: str
-    occurred_on: date
+    occurred_on: date  # the agency's date (its policy's time zone) of the event
     domain: str | None = None  # goal_achieved, goal_unachieved
     days: int | None = None  # goal_achieved: days from the goal being set
     agreed: bool | None = None  # plan_agreed: the participant agreed
@@ -52,6 +52,7 @@ class OutcomeFact:
     on_time: bool | None = None  # review_held: held on or before its due date
     review_id: UUID | None = None  # review_due, review_held
     due_on: date | None = None  # review_due: the date it is due (the latest scheduling wins)
+    goal_id: UUID | None = None  # goal_achieved, goal_unachieved: pairs a take-back with its win
 
 
 Found = tuple[str, dict[str, Any]]  # the fact's kind and its details
@@ -80,10 +81,11 @@ def _goal_status(e: ev.GoalStatusChanged, after: PlanState) -> Found | None:
     if goal is None:
         return None
     if e.status == "achieved":
-        days = (after.updated_at.date() - goal.set_at.date()).days
-        return "goal_achieved", {"domain": goal.domain, "days": days}
+        local = after.policy.date_at
+        days = (local(after.updated_at) - local(goal.set_at)).days
+        return "goal_achieved", {"domain": goal.domain, "days": days, "goal_id": e.goal_id}
     if e.from_status == "achieved":
-        return "goal_unachieved", {"domain": goal.domain}
+        return "goal_unachieved", {"domain": goal.domain, "goal_id": e.goal_id}
     return None
 
 
@@ -118,7 +120,7 @@ def fact_of(payload: ev.EventPayload, after: PlanState, event_id: UUID) -> Outco
         return None
     kind, details = found
     return OutcomeFact(event_id, after.case_id, after.version, after.agency, kind,
-                       after.updated_at.date(), **details)
+                       after.policy.date_at(after.updated_at), **details)
 
 
 def facts_of(steps: Iterable[Step]) -> list[OutcomeFact]:
