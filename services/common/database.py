@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -21,6 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# How long a statement may go unanswered by default (the notifier: NOTIFIER_DB_COMMAND_TIMEOUT):
+# far above any statement of ours, so only a hung or unreachable server reaches it.
+COMMAND_TIMEOUT_SECONDS = 30.0
+READY_WITHIN_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -137,9 +142,24 @@ class DatabaseUnavailable(ConnectionError):
 async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
     """The pool's way to connect: a refusal is told apart from a failing statement."""
     try:
-        return await asyncpg.connect(*args, **kwargs)
+        conn = await asyncpg.connect(*args, **kwargs)
     except asyncpg.PostgresError as error:
         raise DatabaseUnavailable(str(error)) from error
+    keep_alive(conn)
+    return conn
+
+
+def keep_alive(conn: asyncpg.Connection) -> None:
+    """TCP keepalives (probes after 30 s idle, every 10 s, 3 unanswered: dead in about a
+    minute): without them a connection whose server vanished in a network partition, say the
+    LISTEN connection, waits for an answer for as long as the kernel keeps it (hours)."""
+    sock = conn._transport.get_extra_info("socket")  # asyncpg offers no option for it
+    if sock is None or sock.family == socket.AF_UNIX:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):  # Linux names; elsewhere the system's defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 # What a lost or refused database connection raises (as opposed to a statement's own error).
@@ -154,8 +174,8 @@ async def database_checks(pool: asyncpg.Pool, schema: str, folder: Path) -> dict
     """Readiness: the database answers within 2 s and the schema's migrations are current."""
     checks: dict[str, str] = {}
     try:
-        async with asyncio.timeout(2), pool.acquire() as conn:
-            pending = await pending_migrations(conn, schema, folder)
+        async with asyncio.timeout(READY_WITHIN_SECONDS):
+            pending = await _pending_or_drop(pool, schema, folder)
         checks["database"] = "ok"
         checks["migrations"] = "current" if not pending else f"pending: {', '.join(pending)}"
     except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
@@ -163,14 +183,53 @@ async def database_checks(pool: asyncpg.Pool, schema: str, folder: Path) -> dict
     return checks
 
 
+async def _pending_or_drop(pool: asyncpg.Pool, schema: str, folder: Path) -> list[str]:
+    conn = await pool.acquire()
+    try:
+        return await pending_migrations(conn, schema, folder)
+    except BaseException:
+        # a cancelled statement waits for the server to acknowledge the cancel, and a hung
+        # server never does: the connection is dropped instead, so readiness answers in time
+        conn.terminate()
+        raise
+    finally:
+        await pool.release(conn)
+
+
 def database_ready(checks: dict[str, str]) -> bool:
     return checks.get("database") == "ok" and checks.get("migrations") == "current"
 
 
-async def create_pool(dsn: str, *, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_keep_session,
-                                     connect=_connect, **kwargs)
-    assert pool is not None
+class _Pool(asyncpg.Pool):  # type: ignore[misc]
+    """A pool whose every acquire has a time limit (asyncpg's default is none), the one its
+    ``pool.fetch()`` and friends use too: it bounds waiting for a free connection, opening a
+    new one, and, when released, waiting for a cancelled statement's acknowledgement."""
+
+    def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=timeout or self._acquire_timeout)
+
+
+async def create_pool(dsn: str, *, max_size: int = 10,
+                      command_timeout: float | None = COMMAND_TIMEOUT_SECONDS,
+                      **kwargs: Any) -> asyncpg.Pool:
+    """A pool whose statements fail with TimeoutError (a 503 in a request) once the server
+    has not answered within ``command_timeout``; connecting and waiting for a connection are
+    limited to ``min(command_timeout, 10)`` s. A hung server thus costs a request at most
+    about twice the command timeout (asyncpg then waits as long for the cancel to be
+    acknowledged before dropping the connection), never forever. ``None``: no limit on
+    statements (a rebuild's may rightly run long)."""
+    waits = min(command_timeout or 10.0, 10.0)
+    # asyncpg.create_pool's defaults, but a Pool of ours
+    pool = _Pool(dsn, min_size=1, max_size=max_size, max_queries=50000,
+                 max_inactive_connection_lifetime=300.0, loop=None,
+                 connection_class=asyncpg.Connection, record_class=asyncpg.Record,
+                 reset=_keep_session, connect=_connect, acquire_timeout=waits,
+                 command_timeout=command_timeout, timeout=waits, **kwargs)
+    await pool
     return pool
 
 

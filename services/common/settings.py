@@ -41,6 +41,8 @@ class Settings(ServiceSettings):
     records_port: int = Field(default=8080, alias="RECORDS_PORT")
     max_body_bytes: int = Field(default=256 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
     db_pool_max: int = Field(default=10, alias="CASETRAIL_DB_POOL_MAX")
+    # seconds a statement may go unanswered before it fails (503): see create_pool
+    db_command_timeout: float = Field(default=30.0, gt=0, alias="CASETRAIL_DB_COMMAND_TIMEOUT")
     feed_max_wait_seconds: float = Field(default=30.0, alias="CASETRAIL_FEED_MAX_WAIT")
     language_guide_dir: Path | None = Field(default=None, alias="CASETRAIL_LANGUAGE_GUIDE_DIR")
     policy_dir: Path | None = Field(default=None, alias="CASETRAIL_POLICY_DIR")

@@ -47,6 +47,13 @@ Clock = Callable[[], datetime]
 _LEAST_WAIT = timedelta(minutes=1)
 _FRESH_SECONDS = 5.0  # a pooled SMTP connection used this recently is sent on without a NOOP
 _UTF8_HEADERS = policy.SMTPUTF8.clone(linesep="\n")
+# Recording a batch's outcomes while the database is unavailable: tried again after 0.2 s,
+# doubling up to 5 s, for up to 15 minutes (5 s once the process is stopping). Recording late is
+# safe: only rows still held under the batch's claim are written.
+_RECORD_FIRST_DELAY = 0.2
+_RECORD_MAX_DELAY = 5.0
+_RECORD_PATIENCE_SECONDS = 15 * 60.0
+SHUTDOWN_GRACE = 5.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,6 +470,7 @@ class Dispatcher:
         self._counters = {"sent": metrics.sent, "failed": metrics.failed, "dead": metrics.dead,
                           "cancelled": metrics.cancelled}
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
+        self._give_up_at: float | None = None
 
     async def close(self) -> None:
         await self._smtp.close()
@@ -554,22 +562,49 @@ class Dispatcher:
         """Handle rows claimed together (one claim token) and record their outcomes."""
         token = rows[0].claim_token
         assert token is not None
+        # the lease is kept until the outcomes are recorded, however long that takes
         keeper = asyncio.create_task(self._keep_claim(token))
         try:
             results = await self._handle_all(rows, digests=digests)
+            lost = await self._record(self._settle_all(rows, results), token)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+        if lost:
+            log.warning("another instance took these rows over before their outcome was"
+                        " recorded", notifications=[str(i) for i in lost])
+
+    def _settle_all(self, rows: Sequence[Row],
+                    results: Sequence[Outcome | BaseException | None]) -> list[Outcome]:
         settled = [(row, self._settled(row, r)) for row, r in zip(rows, results, strict=True)]
         outcomes = [(row, outcome) for row, outcome in settled if outcome is not None]
         for row, outcome in outcomes:
             self._report(row, outcome)
-        lost = await store.record_outcomes(
-            self._pool, [outcome for _, outcome in outcomes], self._clock(), token)
-        if lost:
-            log.warning("another instance took these rows over before their outcome was"
-                        " recorded", notifications=[str(i) for i in lost])
+        return [outcome for _, outcome in outcomes]
+
+    def shutting_down(self) -> None:
+        """The process stops: outcomes the database does not take within a short grace are
+        given up (and logged) rather than holding the stop."""
+        self._give_up_at = monotonic() + SHUTDOWN_GRACE
+
+    async def _record(self, outcomes: list[Outcome], token: UUID) -> list[UUID]:
+        """Record the outcomes, trying again with backoff while the database is unavailable:
+        mail that went out but was not recorded would go out again once its lease ran out."""
+        delay = _RECORD_FIRST_DELAY
+        patience_ends = monotonic() + _RECORD_PATIENCE_SECONDS
+        while True:
+            try:
+                return await store.record_outcomes(self._pool, outcomes, self._clock(), token)
+            except DATABASE_UNAVAILABLE as error:
+                give_up_at = min(patience_ends, self._give_up_at or patience_ends)
+                if monotonic() + delay > give_up_at:
+                    _log_unrecorded(outcomes, error)
+                    raise
+                log.warning("could not record what became of the notifications; trying"
+                            " again", error=repr(error), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECORD_MAX_DELAY)
 
     async def _handle_all(self, rows: Sequence[Row], *,
                           digests: bool) -> list[Outcome | BaseException | None]:
@@ -735,6 +770,13 @@ class Dispatcher:
         else:
             verdict = "cannot be sent"
         return replace(done, status="dead", error=f"{verdict}: {error}")
+
+
+def _log_unrecorded(outcomes: Sequence[Outcome], error: BaseException) -> None:
+    log.error("gave up recording what became of these notifications: the database was"
+              " unavailable; any marked sent here goes out again once its lease runs out",
+              error=repr(error),
+              notifications={str(o.row_id): o.status for o in outcomes})
 
 
 def without_addresses(text: str) -> str:

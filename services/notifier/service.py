@@ -18,7 +18,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from services.common.database import DATABASE_UNAVAILABLE
-from services.notifier.delivery import Dispatcher
+from services.notifier.delivery import SHUTDOWN_GRACE, Dispatcher
 from services.notifier.feed import FeedSubscriber
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import RuleSettings
@@ -74,9 +74,11 @@ class Notifier:
     async def stop(self) -> None:
         if self._scheduler is not None:
             self._scheduler.pause()
+            self.dispatcher.shutting_down()
             if self._running_jobs:
                 # let a dispatch in flight record what it sent (else it is sent again later)
-                await asyncio.wait(self._running_jobs, timeout=self.settings.smtp_timeout_seconds)
+                await asyncio.wait(self._running_jobs,
+                                   timeout=self.settings.smtp_timeout_seconds + SHUTDOWN_GRACE)
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         if self._feed_task is not None:

@@ -78,7 +78,8 @@ def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await migrate(database_url)
-        pool = await create_pool(database_url, max_size=settings.db_pool_max)
+        pool = await create_pool(database_url, max_size=settings.db_pool_max,
+                                 command_timeout=settings.db_command_timeout)
         history_began = await begin_history(pool, clock())
         notifier = Notifier(pool, settings, clock, app[METRICS], history_began)
         app[NOTIFIER] = Context(settings, pool, notifier, app[METRICS], clock)

@@ -76,7 +76,7 @@ async def migrate(database_url: str) -> list[str]:
 
 async def rebuild_projections(database_url: str) -> rebuild.RebuildStats:
     await migrate(database_url)
-    pool = await create_pool(database_url, max_size=2)
+    pool = await create_pool(database_url, max_size=2, command_timeout=None)  # may be long
     try:
         return await rebuild.rebuild_projections(pool)
     finally:
@@ -110,7 +110,8 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await migrate(database_url)
-        pool = await create_pool(database_url, max_size=settings.db_pool_max)
+        pool = await create_pool(database_url, max_size=settings.db_pool_max,
+                                 command_timeout=settings.db_command_timeout)
         waiter = FeedWaiter(database_url)
         await waiter.start()
         store = EventStore(pool, clock, on_appended=waiter.announce,

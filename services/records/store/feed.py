@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import structlog
 
+from services.common.database import DATABASE_UNAVAILABLE, keep_alive
 from services.records.store.checkpoint import (
     HORIZON,
     START,
@@ -25,6 +27,7 @@ from services.records.store.checkpoint import (
 from services.records.store.events import _EVENT_COLUMNS, RecordedEvent, _recorded
 
 NOTIFY_CHANNEL = "records_events"
+log = structlog.get_logger("casetrail.records.feed")
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,49 @@ class FeedWaiter:
         self._changed = asyncio.Event()
         self._notifying: asyncio.Task[None] | None = None
         self._notify_again = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def start(self) -> None:
-        self._conn = await asyncpg.connect(self._dsn)
-        await self._conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        await self._listen()
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self._dsn, timeout=10)
+        keep_alive(conn)
+        conn.add_termination_listener(self._on_lost)
+        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        self._conn = conn
+
+    def _on_lost(self, conn: object) -> None:
+        """The LISTEN connection is gone (a database restart, a network failure): listen
+        again on a new one, else other instances' appends wake nobody here any more."""
+        if conn is not self._conn or self._stopped:
+            return
+        self._conn = None
+        self._reconnecting = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        delay = 0.1
+        while not self._stopped:
+            try:
+                await self._listen()
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
+                log.warning("feed listener lost; reconnecting", error=repr(error),
+                            retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            log.info("feed listener reconnected")
+            self._wake()  # appends made while nobody listened
+            return
 
     async def stop(self) -> None:
-        if self._notifying is not None:
-            self._notifying.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._notifying
+        self._stopped = True
+        for task in (self._notifying, self._reconnecting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
@@ -130,7 +166,7 @@ class FeedWaiter:
             self._notify_again = False
             try:
                 await self._conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-            except (asyncpg.PostgresError, OSError):
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError):
                 return  # other instances fall back to their liveness re-check
             await asyncio.sleep(self.notify_interval_seconds)
 

@@ -1,0 +1,189 @@
+"""The services through a database that hangs, goes away or restarts: a TCP proxy of the
+test's own (tests/db_proxy.py) stands between one service and the real PostgreSQL, which is
+never touched."""
+
+# ruff: noqa: F811
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient
+
+from services.common.database import DATABASE_UNAVAILABLE
+from services.notifier.delivery import SHUTDOWN_GRACE
+from services.notifier.http.app import create_app as create_notifier
+from services.records.http.app import RECORDS
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
+from tests.db_proxy import DbProxy
+from tests.notifier_helpers import (  # noqa: F401
+    Records,
+    SmtpServer,
+    clock,
+    make_rig,
+    notifier_settings,
+    records,
+)
+
+
+@pytest.fixture
+async def proxy(fresh_database_url: str) -> AsyncIterator[DbProxy]:
+    started = await DbProxy(fresh_database_url).start()
+    yield started
+    await started.stop()
+
+
+async def timed(answer: Awaitable[int]) -> tuple[int, float]:
+    began = time.monotonic()
+    status = await answer
+    return status, time.monotonic() - began
+
+
+async def status_of(client: TestClient, method: str, path: str, **kwargs: object) -> int:
+    async with client.request(method, path, **kwargs) as response:
+        await response.read()
+        return response.status
+
+
+async def test_a_hung_database_gets_503s_in_bounded_time_not_hanging_requests(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], make_records_client: ClientFactory,
+        proxy: DbProxy, token: TokenFactory) -> None:
+    records = await make_records_client(proxy.url)
+    settings = notifier_settings(proxy.url, "http://127.0.0.1:9", 9,
+                                 NOTIFIER_DB_COMMAND_TIMEOUT=1)
+    notifier = await aiohttp_client(create_notifier(settings, background=False))
+    prefs = {"json": {"email": "cm-1@example.org", "delivery": "immediate", "timezone": "UTC",
+                      "celebrations": True}, "headers": bearer(token())}
+    assert await status_of(records, "GET", "/readyz") == 200
+    assert await status_of(notifier, "PUT", "/v1/preferences/cm-1", **prefs) == 200
+    proxy.hang()
+    async with asyncio.timeout(10):  # unbounded before: both waited for as long as it hung
+        ready, write = await asyncio.gather(
+            timed(status_of(records, "GET", "/readyz")),
+            timed(status_of(notifier, "PUT", "/v1/preferences/cm-1", **prefs)))
+    assert ready[0] == 503
+    assert ready[1] < 3.0
+    assert write[0] == 503
+    assert write[1] < 2 * 1 + 0.5  # twice the command timeout at most (create_pool)
+    proxy.resume()
+    assert await status_of(records, "GET", "/readyz") == 200
+    assert await status_of(notifier, "PUT", "/v1/preferences/cm-1", **prefs) == 200
+
+
+@dataclass
+class SmtpCuttingTheDatabase(SmtpServer):
+    """Takes a message, and before its 250 the notifier's database goes away (every
+    connection dropped, new ones refused) for ``outage`` seconds (None: for good)."""
+
+    proxy: DbProxy | None = None
+    outage: float | None = 1.0
+    back: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.proxy is not None and not self.received:
+            await self.proxy.refuse()
+            self.proxy.cut()
+            if self.outage is not None:
+                asyncio.get_running_loop().call_later(self.outage, self._restore)
+        return await super().handle_DATA(server, session, envelope)
+
+    def _restore(self) -> None:
+        async def restore() -> None:
+            assert self.proxy is not None
+            await self.proxy.start()
+            self.back.set()
+        asyncio.get_running_loop().create_task(restore())
+
+
+async def test_mail_sent_during_a_database_outage_is_recorded_once_it_is_back_not_resent(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], records: Records,
+        proxy: DbProxy, clock: FakeClock, token: TokenFactory) -> None:
+    smtp = await SmtpCuttingTheDatabase(proxy=proxy).start()
+    try:
+        rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
+        await rig.set_prefs("cm-1", token())
+        case = await records.open_case()
+        goal = await records.goal(case)
+        await records.complete(case, await records.step(case, goal))
+        await rig.catch_up()
+        async with asyncio.timeout(15):
+            with contextlib.suppress(*DATABASE_UNAVAILABLE):  # before: the outcome was lost
+                await rig.dispatch()
+            await smtp.back.wait()
+        clock.advance(seconds=rig.notifier.settings.lease_seconds + 60)
+        await rig.dispatch()  # any instance, once the lease has run out
+        [row] = await rig.rows(kind="small_win")
+        assert [m["Message-ID"] for m in smtp.received] == [row["message_id"]]
+        assert (row["status"], row["attempts"]) == ("sent", 1)
+    finally:
+        await smtp.stop()
+
+
+async def test_a_stopping_notifier_gives_up_recording_after_a_grace_and_says_what_it_lost(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], records: Records,
+        proxy: DbProxy, clock: FakeClock, token: TokenFactory) -> None:
+    smtp = await SmtpCuttingTheDatabase(proxy=proxy, outage=None).start()
+    try:
+        rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
+        await rig.set_prefs("cm-1", token())
+        case = await records.open_case()
+        goal = await records.goal(case)
+        await records.complete(case, await records.step(case, goal))
+        await rig.catch_up()
+        [row] = await rig.rows(kind="small_win")
+        with structlog.testing.capture_logs() as logs:
+            dispatching = asyncio.create_task(rig.dispatch())
+            await smtp.arrived.wait()
+            rig.notifier.dispatcher.shutting_down()
+            began = time.monotonic()
+            with pytest.raises(DATABASE_UNAVAILABLE):
+                await asyncio.wait_for(dispatching, SHUTDOWN_GRACE + 3)
+        assert time.monotonic() - began < SHUTDOWN_GRACE + 1
+        [gave_up] = [e for e in logs if e["log_level"] == "error"]
+        assert gave_up["notifications"] == {str(row["id"]): "sent"}
+        await proxy.start()  # for the teardown
+    finally:
+        await smtp.stop()
+
+
+async def feed_end(client: TestClient, headers: dict[str, str]) -> str:
+    async with client.get("/v1/events?limit=1000&wait=0", headers=headers) as response:
+        body = await response.json()
+    assert len(body["events"]) < 1000
+    return str(body["checkpoint"])
+
+
+async def test_an_instance_listens_again_once_its_database_connection_is_back(
+        make_records_client: ClientFactory, fresh_database_url: str, proxy: DbProxy,
+        token: TokenFactory, caplog: pytest.LogCaptureFixture) -> None:
+    a = await make_records_client(fresh_database_url)
+    b = await make_records_client(proxy.url)  # its pool and its LISTEN go through the proxy
+    b.app[RECORDS].waiter.liveness_seconds = 60  # only a NOTIFY can wake its long-poll
+    writer, reader = bearer(token()), bearer(token(role="service", sub="n", agency="*"))
+    case = {"participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"}
+    proxy.cut()  # as a database restart does
+    await asyncio.sleep(0.2)
+    for _ in range(2):  # before: each announcement failed on the closed LISTEN connection
+        assert await status_of(b, "POST", "/v1/cases", json=case, headers=writer) == 201
+    after = await feed_end(b, reader)
+
+    async def write_on_a() -> float:
+        await asyncio.sleep(0.3)
+        assert await status_of(a, "POST", "/v1/cases", json=case, headers=writer) == 201
+        return time.monotonic()
+
+    writing = asyncio.create_task(write_on_a())
+    async with b.get(f"/v1/events?after={after}&wait=5", headers=reader) as response:
+        events = (await response.json())["events"]
+    woken_after = time.monotonic() - await writing
+    assert len(events) == 1
+    assert woken_after < 1.0, "the long-poll was not woken by the other instance's append"
+    gc.collect()  # an unretrieved task exception is logged when the task is collected
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
