@@ -126,6 +126,37 @@ async def test_mail_sent_during_a_database_outage_is_recorded_once_it_is_back_no
         await smtp.stop()
 
 
+async def test_a_digest_sent_during_a_database_outage_is_recorded_once_it_is_back(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], records: Records,
+        proxy: DbProxy, clock: FakeClock, token: TokenFactory) -> None:
+    """The digest's notices share its fate in a write of their own: lost, the digest was
+    recorded as failed and sent again."""
+    smtp = await SmtpCuttingTheDatabase(proxy=proxy).start()
+    try:
+        rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
+        await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone="UTC")
+        case = await records.open_case()
+        goal = await records.goal(case)
+        for _ in range(2):
+            await records.complete(case, await records.step(case, goal))
+        await rig.catch_up()
+        await rig.dispatch()
+        [digest] = await rig.rows(kind="daily_digest")
+        clock.now = digest["due_at"]  # type: ignore[assignment]
+        async with asyncio.timeout(15):
+            with contextlib.suppress(*DATABASE_UNAVAILABLE):
+                await rig.notifier.dispatcher.send_digests()
+            await smtp.back.wait()
+        clock.advance(seconds=rig.notifier.settings.lease_seconds + 60)
+        await rig.notifier.dispatcher.send_digests()
+        [digest] = await rig.rows(kind="daily_digest")
+        assert [m["Message-ID"] for m in smtp.received] == [digest["message_id"]]
+        assert (digest["status"], digest["attempts"]) == ("sent", 1)
+        assert {r["status"] for r in await rig.rows(kind="small_win")} == {"sent"}
+    finally:
+        await smtp.stop()
+
+
 async def test_a_stopping_notifier_gives_up_recording_after_a_grace_and_says_what_it_lost(
         aiohttp_client: Callable[..., Awaitable[TestClient]], records: Records,
         proxy: DbProxy, clock: FakeClock, token: TokenFactory) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from email import policy
@@ -21,6 +21,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, parseaddr
 from time import monotonic
+from typing import TypeVar
 from urllib.parse import quote
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -47,6 +48,7 @@ Clock = Callable[[], datetime]
 _LEAST_WAIT = timedelta(minutes=1)
 _FRESH_SECONDS = 5.0  # a pooled SMTP connection used this recently is sent on without a NOOP
 _UTF8_HEADERS = policy.SMTPUTF8.clone(linesep="\n")
+T = TypeVar("T")
 # Recording a batch's outcomes while the database is unavailable: tried again after 0.2 s,
 # doubling up to 5 s, for up to 15 minutes (5 s once the process is stopping). Recording late is
 # safe: only rows still held under the batch's claim are written.
@@ -589,13 +591,20 @@ class Dispatcher:
         self._give_up_at = monotonic() + SHUTDOWN_GRACE
 
     async def _record(self, outcomes: list[Outcome], token: UUID) -> list[UUID]:
-        """Record the outcomes, trying again with backoff while the database is unavailable:
-        mail that went out but was not recorded would go out again once its lease ran out."""
+        """Record the outcomes: mail that went out but was not recorded would go out again
+        once its lease ran out."""
+        return await self._while_unavailable(
+            lambda: store.record_outcomes(self._pool, outcomes, self._clock(), token), outcomes)
+
+    async def _while_unavailable(self, write: Callable[[], Awaitable[T]],
+                                 outcomes: Sequence[Outcome]) -> T:
+        """``write`` the fate of mail already sent, trying again with backoff while the
+        database is unavailable (the claim's lease is kept meanwhile)."""
         delay = _RECORD_FIRST_DELAY
         patience_ends = monotonic() + _RECORD_PATIENCE_SECONDS
         while True:
             try:
-                return await store.record_outcomes(self._pool, outcomes, self._clock(), token)
+                return await write()
             except DATABASE_UNAVAILABLE as error:
                 give_up_at = min(patience_ends, self._give_up_at or patience_ends)
                 if monotonic() + delay > give_up_at:
@@ -723,7 +732,9 @@ class Dispatcher:
             if sent is None:
                 return None
             outcome = sent
-        await store.mark_digest_children(self._pool, digest.id, outcome, self._clock())
+        await self._while_unavailable(  # else a digest sent is sent again, as failed
+            lambda: store.mark_digest_children(self._pool, digest.id, outcome, self._clock()),
+            [outcome])
         return outcome
 
     async def _send(self, row: Row, rendered: Rendered, address: str) -> Outcome | None:
