@@ -24,6 +24,7 @@ from services.records.http.app import RECORDS
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.db_proxy import DbProxy
 from tests.notifier_helpers import (  # noqa: F401
+    NotifierRig,
     Records,
     SmtpServer,
     clock,
@@ -102,6 +103,14 @@ class SmtpCuttingTheDatabase(SmtpServer):
         asyncio.get_running_loop().create_task(restore())
 
 
+async def a_small_win_known_to(rig: NotifierRig, records: Records, steps: int = 1) -> None:
+    case = await records.open_case()
+    goal = await records.goal(case)
+    for _ in range(steps):
+        await records.complete(case, await records.step(case, goal))
+    await rig.catch_up()
+
+
 async def test_mail_sent_during_a_database_outage_is_recorded_once_it_is_back_not_resent(
         aiohttp_client: Callable[..., Awaitable[TestClient]], records: Records,
         proxy: DbProxy, clock: FakeClock, token: TokenFactory) -> None:
@@ -109,10 +118,7 @@ async def test_mail_sent_during_a_database_outage_is_recorded_once_it_is_back_no
     try:
         rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
         await rig.set_prefs("cm-1", token())
-        case = await records.open_case()
-        goal = await records.goal(case)
-        await records.complete(case, await records.step(case, goal))
-        await rig.catch_up()
+        await a_small_win_known_to(rig, records)
         async with asyncio.timeout(15):
             with contextlib.suppress(*DATABASE_UNAVAILABLE):  # before: the outcome was lost
                 await rig.dispatch()
@@ -135,11 +141,7 @@ async def test_a_digest_sent_during_a_database_outage_is_recorded_once_it_is_bac
     try:
         rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
         await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone="UTC")
-        case = await records.open_case()
-        goal = await records.goal(case)
-        for _ in range(2):
-            await records.complete(case, await records.step(case, goal))
-        await rig.catch_up()
+        await a_small_win_known_to(rig, records, steps=2)
         await rig.dispatch()
         [digest] = await rig.rows(kind="daily_digest")
         clock.now = digest["due_at"]  # type: ignore[assignment]
@@ -164,10 +166,7 @@ async def test_a_stopping_notifier_gives_up_recording_after_a_grace_and_says_wha
     try:
         rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
         await rig.set_prefs("cm-1", token())
-        case = await records.open_case()
-        goal = await records.goal(case)
-        await records.complete(case, await records.step(case, goal))
-        await rig.catch_up()
+        await a_small_win_known_to(rig, records)
         [row] = await rig.rows(kind="small_win")
         with structlog.testing.capture_logs() as logs:
             dispatching = asyncio.create_task(rig.dispatch())
