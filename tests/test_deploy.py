@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from services.cli import build_parser
+from services.common.database import READY_WITHIN_SECONDS
 from services.common.settings import Settings
 from services.notifier.http.app import api as notifier_api
 from services.notifier.metrics import NotifierMetrics
@@ -98,6 +99,9 @@ def test_ports_and_probes_agree_with_the_command(container: dict[str, Any]) -> N
         get = container[probe]["httpGet"]
         assert get["port"] == args.port
         assert "get" in SERVED_PATHS[container["args"][0]][get["path"]]
+    # /readyz answers within READY_WITHIN_SECONDS even when the database hangs: a probe
+    # timing out first (Kubernetes' default is 1 s) never sees the answer
+    assert container["readinessProbe"].get("timeoutSeconds", 1) > READY_WITHIN_SECONDS
 
 
 def test_the_kubernetes_service_reaches_the_records_pods() -> None:
