@@ -51,6 +51,8 @@ def test_check_names_the_field_term_and_a_person_first_suggestion(
         ("they fail to see it", ["fail to"]),
         ("Jo was non\u2013compliant, then non\u2014compliant", ["non-compliant"]),  # dashes
         ("i know how that feels", ["I know"]),
+        ("Told Jo I understand how you feel", ["I understand how you feel"]),
+        ("I understand the deadline", []),
         ("I knowingly chose this", []),
         ("unmanipulative", []),
         ("Convicted in 2019", []),
