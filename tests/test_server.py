@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from services.common.server import MAX_HEADER_BYTES, ServiceRunner
+from services.common.server import KEEPALIVE_SECONDS, MAX_HEADER_BYTES, ServiceRunner
 from services.notifier.http.app import create_app as create_notifier_app
 from services.records.http.app import create_app
 from tests.conftest import TokenFactory, bearer, free_port, make_settings
@@ -153,3 +153,16 @@ async def test_the_notifier_answers_a_malformed_request_with_a_problem(
     assert status == 400
     assert headers["content-type"].startswith("application/problem+json")
     assert json.loads(body)["type"].endswith("/malformed-request")
+
+
+
+async def test_an_idle_client_is_let_go_after_75_seconds_as_run_app_did() -> None:
+    """A bare AppRunner keeps an idle keep-alive connection for an hour."""
+    runner = ServiceRunner(web.Application())
+    await runner.setup()
+    try:
+        assert runner.server is not None
+        handler = runner.server()
+        assert handler.keepalive_timeout == KEEPALIVE_SECONDS == 75.0
+    finally:
+        await runner.cleanup()

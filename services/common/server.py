@@ -30,9 +30,9 @@ from services.common.problems import PROBLEM_TYPE_BASE
 # aiohttp's default refuses a header over 8190 bytes; an auditor's token naming the cases of a
 # court order (about 50 bytes a case) outgrows that at some 150 cases.
 MAX_HEADER_BYTES = 64 * 1024
+KEEPALIVE_SECONDS = 75.0
 # what aiohttp answers itself: (problem kind, title)
-_OWN_ANSWERS = {400: ("malformed-request", "Bad request"), 500: ("internal", "Internal error"),
-                504: ("timeout", "Timed out")}
+_OWN_ANSWERS = {400: ("malformed-request", "Bad request"), 500: ("internal", "Internal error")}
 # aiohttp's messages quote what it could not read (a query, a header's value); the log keeps
 # no query or header values, so neither does the detail (the client has what it sent).
 _QUOTED = re.compile(r"""(bytearray\(|b?['"]).*$""", re.DOTALL)
@@ -63,6 +63,7 @@ class _ProblemRequestHandler(RequestHandler):
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp: too late for another answer
+            self.log_exception("Error handling request after the answer began", exc_info=exc)
             raise ConnectionError("the answer had begun; no problem body can follow it")
         problem = parser_problem(status, message)
         if status >= 500:
@@ -85,8 +86,9 @@ class ServiceRunner(web.AppRunner):
     ours starts on one (tests through aiohttp's test client use its own runner)."""
 
     def __init__(self, app: web.Application, *, handle_signals: bool = False) -> None:
+        # keepalive_timeout: web.run_app's 75 s (a bare runner would keep an idle client an hour)
         super().__init__(app, handle_signals=handle_signals, access_log_class=JsonAccessLogger,
-                         max_field_size=MAX_HEADER_BYTES)
+                         max_field_size=MAX_HEADER_BYTES, keepalive_timeout=KEEPALIVE_SECONDS)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
