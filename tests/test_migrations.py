@@ -89,7 +89,7 @@ def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path, names: li
 
 
 async def test_migration_0010_recounts_overdue_steps_as_the_projection_now_does(
-        make_records_client: ClientFactory, fresh_database_url: str,
+        fresh_database_url: str, make_records_client: ClientFactory,
         token: TokenFactory) -> None:
     """Rows written before 0010 kept every open step's date; the migration recomputes them
     from each plan's own document, to what the projection now writes."""
@@ -123,34 +123,38 @@ async def test_migration_0010_recounts_overdue_steps_as_the_projection_now_does(
 
 
 async def test_migration_0011_dates_facts_in_agency_days_and_names_their_goals(
-        make_records_client: ClientFactory, fresh_database_url: str, token: TokenFactory,
+        fresh_database_url: str, make_records_client: ClientFactory, token: TokenFactory,
         tmp_path: Path) -> None:
     """Facts written before 0011 had UTC days and no goal; the migration gives them what the
-    projection now writes."""
+    projection now writes: the date, and an achievement's days, in the case's zone."""
     import json
     from datetime import UTC, datetime
 
     from tests.conftest import FakeClock
 
     (tmp_path / "agency-akl.json").write_text(json.dumps({"timezone": "Pacific/Auckland"}))
-    clock = FakeClock(datetime(2026, 3, 2, 20, 0, tzinfo=UTC))  # already the 3rd in Auckland
+    clock = FakeClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))  # 22:00 on the 2nd in Auckland
     client = await make_records_client(fresh_database_url, clock=clock,
                                        CASETRAIL_POLICY_DIR=str(tmp_path))
     for agency in ("agency-akl", "agency-a"):
         cm = CaseApi(client, token(agency=agency))
         case_id = await cm.open_case()
         goal = await cm.goal(case_id)
+        clock.advance(hours=3)  # 01:00 on the 3rd in Auckland: a day later there, not in UTC
         for status in ("achieved", "active"):
             await cm.call("POST", f"/v1/cases/{case_id}/goals/{goal}/status",
                           {"status": status, "reason": "it fell through"}, expect=200)
     conn = await asyncpg.connect(fresh_database_url)
     try:
-        facts = "SELECT event_id, occurred_on, goal_id FROM records.outcome_facts ORDER BY 1"
+        facts = ("SELECT event_id, occurred_on, goal_id, days FROM records.outcome_facts"
+                 " ORDER BY 1")
         projected = await conn.fetch(facts)
         assert sum(r["goal_id"] is not None for r in projected) == 4
+        assert sorted(r["days"] for r in projected if r["days"] is not None) == [0, 1]
         await conn.execute(  # as rows written before 0011 had them
             "UPDATE records.outcome_facts f SET goal_id = NULL,"
-            " occurred_on = (e.recorded_at AT TIME ZONE 'UTC')::date"
+            " occurred_on = (e.recorded_at AT TIME ZONE 'UTC')::date,"
+            " days = CASE WHEN f.kind = 'goal_achieved' THEN 0 END"
             " FROM records.events e WHERE e.event_id = f.event_id")
         assert await conn.fetch(facts) != projected
         sql = (MIGRATIONS / "0011_outcome_facts_local_days_and_goals.sql").read_text()
