@@ -22,8 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-# How long a statement may go unanswered by default (the notifier: NOTIFIER_DB_COMMAND_TIMEOUT):
-# far above any statement of ours, so only a hung or unreachable server reaches it.
+# How long a statement may go unanswered by default (CASETRAIL_DB_COMMAND_TIMEOUT,
+# NOTIFIER_DB_COMMAND_TIMEOUT): far above any statement of ours on its own, so a hung or
+# unreachable server reaches it, or a lock held that long (a projection rebuild on a large
+# database, which runs without the limit).
 COMMAND_TIMEOUT_SECONDS = 30.0
 READY_WITHIN_SECONDS = 2.0
 
@@ -219,8 +221,8 @@ async def create_pool(dsn: str, *, max_size: int = 10,
     """A pool whose statements fail with TimeoutError (a 503 in a request) once the server
     has not answered within ``command_timeout``; connecting and waiting for a connection are
     limited to ``min(command_timeout, 10)`` s. A hung server thus costs a request at most
-    about twice the command timeout (asyncpg then waits as long for the cancel to be
-    acknowledged before dropping the connection), never forever. ``None``: no limit on
+    about the command timeout and 10 s more (the wait for the cancel to be acknowledged is
+    bounded by the acquire limit), never forever. ``None``: no limit on
     statements (a rebuild's may rightly run long)."""
     waits = min(command_timeout or 10.0, 10.0)
     # asyncpg.create_pool's defaults, but a Pool of ours

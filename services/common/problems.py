@@ -91,8 +91,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem_response(Problem(error.status, title, detail, headers=headers), request)
     except DATABASE_UNAVAILABLE as error:
         log.warning("database unavailable", path=request.path, error=repr(error))
-        return problem_response(Problem(503, "Service unavailable",
-                                        "the database cannot be reached; try again shortly",
+        # a timeout is a statement unanswered: the server hung, or a lock held long (a
+        # projection rebuild), not necessarily unreachable
+        why = ("the database did not answer in time" if isinstance(error, TimeoutError)
+               else "the database cannot be reached")
+        return problem_response(Problem(503, "Service unavailable", f"{why}; try again shortly",
                                         kind="database-unavailable",
                                         headers={"Retry-After": "5"}), request)
     except Exception:
