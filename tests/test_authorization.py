@@ -167,6 +167,25 @@ async def test_case_managers_list_only_their_own_caseload(client: TestClient,
     assert response.status == 403
 
 
+async def test_an_auditors_write_is_refused_without_reading_the_case(
+        client: TestClient, token: TokenFactory, db: asyncpg.Pool) -> None:
+    """The answer comes from the token alone: a case whose events this code cannot read (one
+    of a newer schema) still answers the auditor 403, where reading it would fail."""
+    from uuid import UUID, uuid4
+
+    case_id = await CaseApi(client, token(sub="cm-1")).open_case()
+    await db.execute(
+        "INSERT INTO records.events (stream_id, version, event_id, type, schema_version, data,"
+        " metadata, agency, recorded_at, prev_hash, hash) VALUES ($1, 2, $2, 'NoteAdded', 99,"
+        " '{}', '{}', 'agency-a', now(), '', '')", UUID(case_id), uuid4())
+    await db.execute("UPDATE records.streams SET version = 2 WHERE stream_id = $1",
+                     UUID(case_id))
+    auditor = token(role="auditor", sub="court-1", cases=[case_id])
+    response = await client.post(f"/v1/cases/{case_id}/notes", json={"text": "hello"},
+                                 headers=bearer(auditor))
+    assert response.status == 403, await response.text()
+
+
 async def test_supervisor_and_auditor_reads_are_logged(client: TestClient, token: TokenFactory,
                                                        db: asyncpg.Pool) -> None:
     owner = CaseApi(client, token(sub="cm-1"))

@@ -207,6 +207,8 @@ class CaseCommands:
         return state
 
     async def execute(self, request: WriteRequest) -> WriteOutcome:
+        if not isinstance(request.command, OpenCase):  # auditors and participants: no read
+            refuse_named_case_writer(request.who, _action_of(request.command), request.case_id)
         # A recorded key answers before anything is decided: a retried transfer is no longer
         # the sender's case to write, and deciding it first would answer 403.
         if (replayed := await self._replay_of(request)) is not None:
@@ -267,11 +269,10 @@ class CaseCommands:
                 raise NotVisible
             authorize_open(request.who, request.command.body.case_manager)
             return
-        action = Action.TRANSFER if isinstance(request.command, TransferCase) else Action.WRITE
-        refuse_named_case_writer(request.who, action, request.case_id)
         if state is None:
             raise NotVisible
-        authorize(request.who, action, CaseFacts(state.case_id, state.agency, state.case_manager))
+        authorize(request.who, _action_of(request.command),
+                  CaseFacts(state.case_id, state.agency, state.case_manager))
 
     def _context(self, request: WriteRequest, state: PlanState | None) -> DecisionContext:
         # The agency's policy is snapshotted into CaseOpened; later decisions on the case use
@@ -328,6 +329,10 @@ class CaseCommands:
         return WriteOutcome(result.stream_id, result.version,
                             created_id(request.command, payloads), result.events,
                             warnings_for(payloads, guide), result.replayed)
+
+
+def _action_of(command: AnyCommand) -> Action:
+    return Action.TRANSFER if isinstance(command, TransferCase) else Action.WRITE
 
 
 def created_id(command: AnyCommand, payloads: list[EventPayload]) -> UUID | None:
