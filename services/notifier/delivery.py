@@ -483,7 +483,8 @@ class Dispatcher:
         handled."""
         handled: list[UUID] = []
         zones = await directory.timezones(self._pool, "immediate")
-        while early := await self._claim_dated_early(zones, "immediate", None, handled):
+        while not self._stopping and (
+                early := await self._claim_dated_early(zones, "immediate", None, handled)):
             handled += [row.id for row, _ in early]
             await self._handle_batch([row for row, _ in early], digests=False)
         return len(handled) + await self._drain(digests=False)
@@ -553,9 +554,9 @@ class Dispatcher:
 
     async def _drain(self, *, digests: bool) -> int:
         total = 0
-        while rows := await store.claim_due(
+        while not self._stopping and (rows := await store.claim_due(
                 self._pool, owner=self._owner, now=self._clock(),
-                limit=self._settings.dispatch_batch, lease=self._lease, digests=digests):
+                limit=self._settings.dispatch_batch, lease=self._lease, digests=digests)):
             await self._handle_batch(rows, digests=digests)
             total += len(rows)
         return total
@@ -586,9 +587,13 @@ class Dispatcher:
         return [outcome for _, outcome in outcomes]
 
     def shutting_down(self) -> None:
-        """The process stops: outcomes the database does not take within a short grace are
-        given up (and logged) rather than holding the stop."""
+        """The process stops: no new batch is claimed, and outcomes the database does not take
+        within a short grace are given up (and logged) rather than holding the stop."""
         self._give_up_at = monotonic() + SHUTDOWN_GRACE
+
+    @property
+    def _stopping(self) -> bool:
+        return self._give_up_at is not None
 
     async def _record(self, outcomes: list[Outcome], token: UUID) -> list[UUID]:
         """Record the outcomes: mail that went out but was not recorded would go out again
