@@ -112,9 +112,13 @@ class FeedWaiter:
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=10)
-        keep_alive(conn)
+        try:
+            keep_alive(conn)
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except BaseException:  # failed or cancelled (a stop) before it was ours to close
+            conn.terminate()
+            raise
         conn.add_termination_listener(self._on_lost)
-        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
         self._conn = conn
 
     def _on_lost(self, conn: object) -> None:
