@@ -20,8 +20,9 @@ History
     reason a step's status was set to completed, the reason required from
     ``no_longer_needed``. So a reversal's reason read as a note: a celebration quoted it, and
     history showed the reversal without one. v2 adds ``reason``; a v1 completion from
-    ``no_longer_needed`` (only a status change with a reason could record one) has its note
-    moved there.
+    ``no_longer_needed`` (where the reason was required, so the note is it) has its note
+    moved there. One through the status route from another status, with its optional
+    reason, cannot be told from a ``…/complete`` note and keeps it as a note.
 """
 
 from __future__ import annotations
