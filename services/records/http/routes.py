@@ -50,8 +50,10 @@ log = structlog.get_logger("casetrail.records")
 
 _IDEMPOTENCY_NAMESPACE = UUID("5b8f3c1e-6d0a-4c47-9a8e-2f1b7c9d4e60")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-# the strong tag the case answers with, or its bare number; a weak tag never matches
-_ETAG = re.compile(r'^"?([0-9]{1,9})"?$')
+# the strong tag the case answers with, or its bare number; a weak one (W/"3") is read too,
+# but If-Match compares strongly (RFC 9110 13.1.1), so it never matches: 412
+_ETAG = re.compile(r'^(W/)?"?([0-9]{1,9})"?$')
+_NO_VERSION = -1  # what a weak tag is compared as
 _TRACE_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
@@ -73,7 +75,7 @@ def if_match(request: web.Request) -> int | None:
         raise Problem(400, "Bad request", 'If-Match must be a case version such as "3"',
                       kind="bad-if-match", errors=[{"field": "header.If-Match",
                                                     "message": "not a version"}])
-    return int(match.group(1))
+    return _NO_VERSION if match.group(1) else int(match.group(2))
 
 
 def trace_id(request: web.Request, header: str) -> str | None:
