@@ -4,6 +4,7 @@ bad input (always a 4xx problem, never a 500) and the operational routes."""
 # ruff: noqa: F811
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,22 @@ async def test_the_schedule_of_a_case_shows_what_is_still_to_be_sent(
                         (token(role="supervisor", sub="s", agency="agency-b"), 404)]:
         response = await rig.client.get(f"/v1/schedule?case_id={case}", headers=bearer(who))
         assert response.status == status
+
+
+async def test_the_schedule_tells_no_one_outside_it_whether_a_case_exists(
+        rig: NotifierRig, records: Records, token: TokenFactory) -> None:
+    """Answered from the token first, as records answers: a real case the token does not
+    name and a case that does not exist get the same status (403 before, for the real one)."""
+    case = await records.open_case()
+    await rig.catch_up()
+    named = str(uuid.uuid4())
+    for who, status in [(token(role="participant", sub="jo", cases=[named]), 404),
+                        (token(role="auditor", sub="court-1", cases=[named]), 404),
+                        (token(role="analyst", sub="an-1"), 403)]:
+        answers = {(await rig.client.get(f"/v1/schedule?case_id={case_id}",
+                                         headers=bearer(who))).status
+                   for case_id in (case, str(uuid.uuid4()))}
+        assert answers == {status}, who
 
 
 async def readiness(rig: NotifierRig) -> tuple[int, dict[str, Any]]:

@@ -58,6 +58,8 @@ def _path_id(request: web.Request) -> UUID:
 
 
 _NO_MAIL_ROLES = (Role.SERVICE, Role.AUDITOR, Role.ANALYST)
+_SCHEDULE_READERS = Problem(403, "Forbidden", "the case manager and supervisors read the"
+                            " schedule", kind="forbidden")
 
 
 def _may_manage(who: Principal, user: str) -> None:
@@ -214,14 +216,17 @@ async def retry_notification(request: web.Request) -> web.Response:
 async def case_schedule(request: web.Request) -> web.Response:
     who = principal(request)
     query = parse_query(request, ScheduleQuery)
+    # decided from the token before the case is looked up, as records does (0004): a case a
+    # participant's or auditor's token does not name is 404 whether or not it exists
+    if who.role in (Role.PARTICIPANT, Role.AUDITOR) and query.case_id not in who.cases:
+        raise Problem(404, "Not found", "no such case", kind="not-found")
+    if who.role not in (Role.SUPERVISOR, Role.CASE_MANAGER):
+        raise _SCHEDULE_READERS
     facts = await case_facts(ctx(request).pool, query.case_id)
     if facts is None or facts["agency"] != who.agency:
         raise Problem(404, "Not found", "no such case", kind="not-found")
-    allowed = (who.role is Role.SUPERVISOR
-               or (who.role is Role.CASE_MANAGER and facts["case_manager"] == who.sub))
-    if not allowed:
-        raise Problem(403, "Forbidden", "the case manager and supervisors read the schedule",
-                      kind="forbidden")
+    if who.role is Role.CASE_MANAGER and facts["case_manager"] != who.sub:
+        raise _SCHEDULE_READERS
     rows = await store.list_rows(ctx(request).pool, store.Filter(
         who.agency, case_id=query.case_id, pending_only=True), limit=500)
     return json_response({"case_id": str(query.case_id), "case_manager": facts["case_manager"],
