@@ -680,3 +680,21 @@ def parse_event(event_type: str, schema_version: int,
 def dump_event(event: EventPayload) -> dict[str, Any]:
     """The JSON-ready ``data`` of an event (what the store writes in its ``data`` column)."""
     return event.model_dump(mode="json")
+
+
+def reason_of(event_type: str, schema_version: int, data: Mapping[str, Any],
+              metadata: Mapping[str, Any]) -> str | None:
+    """The reason a person reads for an event: the one recorded beside it, or, for an event
+    recorded before its type had a field for it (ActionStepCompleted v1), the one its upcast
+    payload holds. History, CSV, PDF and FHIR all show this one."""
+    if reason := metadata.get("reason"):
+        return str(reason)
+    cls = EVENT_TYPES.get(event_type)
+    if cls is None or not isinstance(schema_version, int) or schema_version >= cls.schema_version:
+        return None
+    try:
+        upcast_data = dump_event(parse_event(event_type, schema_version, data))
+    except EventDecodeError:
+        return None
+    found = upcast_data.get("reason") or upcast_data.get("override_reason")
+    return str(found) if found else None

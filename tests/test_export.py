@@ -138,6 +138,46 @@ async def test_a_csv_export_of_multi_line_and_formula_like_reasons_verifies(
     assert json.loads(events[2]["metadata"])["reason"] == "Jo is moving house.\nBack in May."
 
 
+async def test_a_reason_recorded_before_its_field_existed_is_shown_as_a_reason(
+        client: TestClient, token: TokenFactory, fresh_pool: asyncpg.Pool, key_file: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ActionStepCompleted v1 kept a reversal's reason as its note; v2 has a reason. The
+    readable reason (history, CSV, FHIR) is the upcast one, so a court sees old and new
+    reversals alike; the hashed cells stay as recorded."""
+    from uuid import UUID, uuid4
+
+    from services.records.projections.rebuild import rebuild_projections
+    from services.records.store.events import EventStore, NewEvent
+
+    cm = CaseApi(client, token(sub="cm-1"))
+    case = await cm.open_case()
+    goal = await cm.goal(case)
+    step = await cm.step(case, goal)
+    await cm.call("POST", f"/v1/cases/{case}/steps/{step}/status",
+                  {"status": "no_longer_needed", "reason": "Moved away"}, expect=200)
+    recorded = {"step_id": step, "goal_id": goal, "description": "Visit the job centre",
+                "owner": "participant", "from_status": "no_longer_needed",
+                "note": "Set aside in error"}
+    await EventStore(fresh_pool).append(
+        UUID(case), [NewEvent(uuid4(), "ActionStepCompleted", 1, recorded)],
+        expected_version=4, agency="agency-a",
+        metadata={"actor": {"sub": "cm-1", "role": "case_manager"}})
+    await rebuild_projections(fresh_pool)  # as an import would leave it
+    history = await cm.call("GET", f"/v1/cases/{case}/history?after_version=4", expect=200)
+    assert [e["reason"] for e in history["events"]] == ["Set aside in error"]
+    raw = await export(client, token(sub="cm-1"), case, "?format=csv")
+    rows = list(csv.reader(io.StringIO(raw.decode())))
+    [last] = [dict(zip(rows[1], row, strict=True)) for row in rows[2:-1]][-1:]
+    assert (last["schema_version"], last["reason"]) == ("1", "Set aside in error")
+    assert json.loads(last["data"]) == recorded  # the hashed cell, as recorded
+    fhir_bundle = json.loads(await export(client, token(sub="cm-1"), case, "?format=fhir"))
+    reasons = [r["resource"].get("reason") for r in fhir_bundle["entry"]
+               if r["resource"]["resourceType"] == "Provenance"]
+    assert reasons[-1] == [{"text": "Set aside in error"}]
+    code, out = run_verify(tmp_path, raw, "--public-key", str(key_file), capsys=capsys)
+    assert code == 0, out
+
+
 async def test_pdf_export_is_a_signed_document_that_verifies(
         client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,7 +18,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from schemas import api
-from schemas.events import EVENT_TYPES, EventPayload, ReviewScheduled, dump_event, parse_event
+from schemas.events import (
+    EVENT_TYPES,
+    EventPayload,
+    ReviewScheduled,
+    dump_event,
+    parse_event,
+    reason_of,
+)
 from services.common.auth import Principal
 from services.records.application.access import (
     Action,
@@ -112,7 +119,8 @@ def history_entry(event: RecordedEvent) -> api.EventView:
     return api.EventView(
         version=event.version, event_id=event.event_id, type=event.type,
         schema_version=schema_version, recorded_at=event.recorded_at,
-        actor=actor.get("sub"), role=actor.get("role"), reason=event.metadata.get("reason"),
+        actor=actor.get("sub"), role=actor.get("role"),
+        reason=reason_of(event.type, event.schema_version, event.data, event.metadata),
         data=data, recorded_as=recorded_as, prev_hash=event.prev_hash, hash=event.hash)
 
 

@@ -21,6 +21,7 @@ import hashlib
 import uuid
 from typing import Any
 
+from schemas.events import reason_of
 from services.records.chain import ChainLink, format_timestamp
 from services.records.export.formats import ExportHeader, event_fields, json_line
 from services.records.export.signing import ExportSigner
@@ -255,8 +256,8 @@ def provenance(link: ChainLink, care_plan_id: str) -> Resource:
         "activity": {"coding": [{"system": f"{BASE}/CodeSystem/event-type",
                                  "code": link.type}]},
         "agent": [agent]}
-    if link.metadata.get("reason"):
-        resource["reason"] = [{"text": link.metadata["reason"]}]
+    if reason := reason_of(link.type, link.schema_version, link.data, link.metadata):
+        resource["reason"] = [{"text": reason}]
     return resource
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from schemas.events import reason_of
 from services.records.chain import ChainLink, canonical_bytes, format_timestamp
 from services.records.export.signing import ExportSigner
 
@@ -144,7 +145,8 @@ class ExportWriter:
             return self._counted(json_line(fields) + b"\n")
         actor = link.metadata.get("actor") or {}
         readable = {"actor": _cell(actor.get("sub")), "role": _cell(actor.get("role")),
-                    "reason": _cell(link.metadata.get("reason")),
+                    "reason": _cell(reason_of(link.type, link.schema_version, link.data,
+                                              link.metadata)),
                     "data": json_line(link.data).decode(),
                     "metadata": json_line(link.metadata).decode()}
         return self._counted(csv_line([readable.get(column, fields.get(column))

@@ -26,6 +26,7 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
+from schemas.events import reason_of
 from services.records.chain import (
     ChainCheck,
     ChainLink,
@@ -133,8 +134,8 @@ class PdfRenderer:
         self._line(f"Version {link.version}  ·  {format_timestamp(link.recorded_at)}  ·  "
                    f"{link.type}", size=10)
         self._line(f"recorded by {actor.get('sub')} ({actor.get('role')})")
-        if link.metadata.get("reason"):
-            self._line(f"reason: {link.metadata['reason']}")
+        if reason := reason_of(link.type, link.schema_version, link.data, link.metadata):
+            self._line(f"reason: {reason}")
         for key, value in link.data.items():
             shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             self._line(f"{key}: {shown}", indent=12)
