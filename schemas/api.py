@@ -21,12 +21,12 @@ from schemas.events import (
     AgreementOutcome,
     CloseOutcome,
     DaysFrom,
-    Email,
     ExternalRef,
     GoalDomain,
     GoalSource,
     GoalStatus,
     InitialGoalStatus,
+    Mailbox,
     Name,
     Participation,
     Pronouns,
@@ -90,7 +90,7 @@ class ParticipantInput(Body):
     name: Name
     preferred_name: Name | None = None
     pronouns: Pronouns | None = None
-    email: Email | None = None
+    email: Mailbox | None = None
     external_ref: ExternalRef | None = None
 
 
@@ -104,7 +104,7 @@ class UpdateParticipant(_Revision):
     name: Name | SkipJsonSchema[None] = None
     preferred_name: Name | None = None
     pronouns: Pronouns | None = None
-    email: Email | None = None
+    email: Mailbox | None = None
     external_ref: ExternalRef | None = None
     reason: Text | None = None
 

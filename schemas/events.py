@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from email.utils import parseaddr
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 from uuid import UUID
@@ -135,6 +136,25 @@ Email: TypeAlias = Annotated[
                       pattern=r"^[^@\s]+@[^@\s]+$"),
     _CLEAN,
 ]
+_NOT_IN_A_PLAIN_ADDRESS = frozenset('<>,;:"()[]\\')
+
+
+def plain_mailbox(value: str) -> str:
+    """An address mail servers read back as itself. A comma, angle brackets or a display name
+    were accepted, and mail went elsewhere than the address shown (``jo,smith@x`` to ``jo``,
+    ``shown<other@y>`` to ``other@y``); so were invisible formatting characters."""
+    local, _, domain = value.rpartition("@")
+    if (parseaddr(value) != ("", value) or _NOT_IN_A_PLAIN_ADDRESS & set(value)
+            or any(unicodedata.category(c).startswith(("C", "Z")) for c in value)
+            or not 0 < len(local) <= 64 or ".." in value
+            or not domain or domain.startswith(".") or domain.endswith(".")):
+        raise ValueError("must be a plain address such as jo@example.org")
+    return value
+
+
+# What a person gives now (bodies): a plain address. Stored events keep the laxer Email they
+# were validated with, so an older address still reads.
+Mailbox: TypeAlias = Annotated[Email, AfterValidator(plain_mailbox)]
 WireDate: TypeAlias = Annotated[date, BeforeValidator(_iso_date)]
 WireDateTime: TypeAlias = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 

@@ -213,6 +213,22 @@ async def test_a_manual_retry_sends_a_dead_letter_however_late_with_a_fresh_budg
     assert {m["Message-ID"] for m in smtp.received} == {row["message_id"]}
 
 
+async def test_an_address_stored_before_addresses_were_checked_is_not_mailed(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    """"jo,smith@example.com" went to the mailbox "jo": such an entry, from before the check,
+    ends as a dead letter saying so, and nothing is sent."""
+    await rig.set_prefs("cm-1", token())
+    await rig.notifier.pool.execute("UPDATE notifier.directory SET email = $1",
+                                    "jo,smith@example.com")
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    row = await only_row(rig)
+    assert row["status"] == "dead"
+    assert "not a plain address" in str(row["last_error"])
+    assert smtp.received == []
+
+
 async def test_a_missing_address_is_reported_on_the_notification(
         rig: NotifierRig, records: Records, smtp: SmtpServer) -> None:
     await small_win(records)

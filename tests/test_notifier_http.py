@@ -120,6 +120,12 @@ BAD_BODIES: dict[str, Any] = {
     "bad quiet hours": {**GOOD, "quiet_hours": {"start": "25:00", "end": "07:00"}},
     "empty quiet hours": {**GOOD, "quiet_hours": {"start": "07:00", "end": "07:00"}},
     "bad email": {**GOOD, "email": "not an address"},
+    # each was accepted, and the mail went elsewhere than the address stored
+    "email with a comma": {**GOOD, "email": "jo,smith@example.com"},
+    "email hiding another": {**GOOD, "email": "shown-address<actual@elsewhere.example>"},
+    "email with a display name": {**GOOD, "email": '"Jo" jo@example.org'},
+    "email with a zero-width space": {**GOOD, "email": "jo\u200b@example.org"},
+    "email with a right-to-left override": {**GOOD, "email": "jo\u202e@example.org"},
     "celebrations not bool": {**GOOD, "celebrations": "yes"},
     "missing delivery": {k: v for k, v in GOOD.items() if k != "delivery"},
     "list body": [GOOD],

@@ -243,6 +243,8 @@ def test_request_bodies_strip_and_refuse_unknown_fields() -> None:
                          "risk_factors": ["x"] * 21}, "risk_factors"),
         (api.OpenCase, {"participant": {"name": "Sam", "email": "not-an-email"},
                         "case_manager": "cm", "risk_level": "low"}, "participant.email"),
+        (api.OpenCase, {"participant": {"name": "Sam", "email": "sam,jo@example.org"},
+                        "case_manager": "cm", "risk_level": "low"}, "participant.email"),
         (api.OpenCase, {"participant": {"name": "Sam"}, "case_manager": "cm",
                         "risk_level": "extreme"}, "risk_level"),
         (api.AgreementInput, {"participation": "email", "present": ["Sam"],

@@ -30,6 +30,7 @@ import aiosmtplib
 import asyncpg
 import structlog
 
+from schemas.events import plain_mailbox
 from services.common.database import DATABASE_UNAVAILABLE
 from services.common.http import labelled
 from services.notifier.metrics import NotifierMetrics
@@ -744,6 +745,11 @@ class Dispatcher:
 
     async def _send(self, row: Row, rendered: Rendered, address: str) -> Outcome | None:
         """Send the row's message, unless it is no longer ours to send (None)."""
+        try:
+            plain_mailbox(address)
+        except ValueError:  # stored before addresses were checked: mail would go elsewhere
+            return Outcome(row.id, "dead", False, row.attempts,
+                           error="the address on file is not a plain address; correct it")
         message = build_message(row, rendered, address, self._settings.mail_from, self._clock())
         async with self._slots:
             if not await store.confirm_claim(self._pool, row.id, row.claim_token,

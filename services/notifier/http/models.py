@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.events import Email, TimeZoneName
+from schemas.events import Mailbox, TimeZoneName
 from schemas.queries import QueryInt
 
 _HH_MM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -67,7 +67,7 @@ class QuietHours(Body):
 
 
 class PreferencesInput(Body):
-    email: Email | None
+    email: Mailbox | None
     delivery: Literal["immediate", "daily_digest"]
     timezone: TimeZoneName
     quiet_hours: QuietHours | None = None
