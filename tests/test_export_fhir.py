@@ -164,6 +164,7 @@ async def test_an_edited_resource_or_event_fails_and_a_forgery_fails_on_the_trus
                                         b'"lifecycleStatus":"active"'))
     assert restated.chain.valid  # a resource changed, no event did
     assert not restated.digest_matches
+    assert not restated.signature_valid  # over the bytes as they are, as for every format
     assert not restated.ok
     edited = verify_bytes(raw.replace(b"Write a CV", b"Write a letter"))
     assert not edited.chain.valid

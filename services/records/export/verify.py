@@ -201,8 +201,9 @@ def _verify_fhir(first: bytes, reader: _Lines, trusted_key: bytes | None) -> Exp
     trailer = {"events": counts.get(fhir.EVENTS_EXTENSION, {}).get("valueInteger"),
                "head_hash": counts.get(fhir.HEAD_HASH_EXTENSION, {}).get("valueString")}
     problems += _compare_counts(header, trailer, events, chain)
-    return _report(ExportFormat.FHIR, header, events, chain, _jws(signature),
-                   reader.digest.digest(), trusted_key, problems)
+    digest = reader.digest.digest()
+    return _report(ExportFormat.FHIR, header, events, chain, _jws(signature, digest=digest),
+                   digest, trusted_key, problems)
 
 
 def _fhir_header(line: bytes) -> dict[str, Any]:
@@ -245,8 +246,10 @@ def _fhir_signature(line: bytes | None, number: int) -> dict[str, Any]:
     return signature
 
 
-def _jws(signature: dict[str, Any]) -> _Signed:
-    """The Bundle's signature: a compact JWS, EdDSA, whose payload is the digest."""
+def _jws(signature: dict[str, Any], *, digest: bytes) -> _Signed:
+    """The Bundle's signature: a compact JWS, EdDSA, whose payload is the digest. It is
+    checked over the digest of the bytes as they are, as the other formats' are, not over
+    the one the file names: an edited Bundle's signature no longer holds either."""
     try:
         compact = _b64(signature, "data").decode("ascii")
         encoded_header, encoded_payload, encoded_signature = compact.split(".")
@@ -255,9 +258,9 @@ def _jws(signature: dict[str, Any]) -> _Signed:
         if header.get("alg") != "EdDSA":
             raise MalformedExport(f"the signature's algorithm is {header.get('alg')!r}, "
                                   "not EdDSA")
+        actual = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
         return _Signed(f"sha256:{_b64url(encoded_payload).hex()}", public_key,
-                       _b64url(encoded_signature),
-                       f"{encoded_header}.{encoded_payload}".encode())
+                       _b64url(encoded_signature), f"{encoded_header}.{actual}".encode())
     except (ValueError, KeyError, TypeError, RecursionError) as error:  # MalformedExport too
         if isinstance(error, MalformedExport):
             raise
