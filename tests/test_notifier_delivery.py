@@ -120,6 +120,12 @@ async def test_a_5xx_is_a_dead_letter_that_an_operator_can_retry(
     assert "example.org" not in str(logs)  # a participant's address stays out of the logs
     assert await rig.dispatch() == 0
     supervisor = token(role="supervisor", sub="sup-1")
+    # a retry takes no options: a body is refused, not ignored while the retry goes ahead
+    refused = await rig.client.post(f"/v1/notifications/{row['id']}/retry",
+                                    json={"to": "other@example.org"}, headers=bearer(supervisor))
+    assert (refused.status, (await refused.json())["type"].rsplit("/", 1)[1]) == (
+        400, "unexpected-body")
+    assert (await only_row(rig))["status"] == "dead"
     response = await rig.client.post(f"/v1/notifications/{row['id']}/retry",
                                      headers=bearer(supervisor))
     assert response.status == 202

@@ -337,6 +337,17 @@ def _taking_no_query(handler: RouteHandler) -> RouteHandler:
     return checked
 
 
+def _taking_no_body(handler: RouteHandler) -> RouteHandler:
+    """A write declared without a body refuses one (400) rather than ignoring it: options a
+    client thought it passed to a retry were dropped while the retry went ahead."""
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        if request.body_exists and (await request.read()).strip() not in (b"", b"{}"):
+            raise Problem(400, "Bad request", "this request takes no body", kind="unexpected-body")
+        return await handler(request)
+    return checked
+
+
 @dataclass
 class Api:
     """The one list of operations: routes are registered and OpenAPI is generated from it."""
@@ -357,6 +368,8 @@ class Api:
         def register(handler: RouteHandler) -> RouteHandler:
             handler.public = public  # type: ignore[attr-defined]
             served = handler if query is not None or public else _taking_no_query(handler)
+            if body is None and method not in ("GET", "HEAD"):
+                served = _taking_no_body(served)
             self.operations.append(Operation(
                 method, path, summary, served, body, query, response, status, public, tag,
                 media_types, head=method == "GET" and (head or public)))
