@@ -376,6 +376,12 @@ async def test_case_manager_ids_the_records_service_accepts_can_be_given_prefere
     padded = await rig.client.put("/v1/preferences/%20cm-1", json=GOOD,
                                   headers=bearer(token(role="supervisor", sub="sup-1")))
     assert padded.status == 400  # " cm-1" is not cm-1
+    supervisor = bearer(token(role="supervisor", sub="sup-1"))
+    for broken in ("x%FFy", "x%ED%A0%80y"):  # not UTF-8; an encoded lone surrogate
+        answer = await rig.client.put(f"/v1/preferences/{broken}", json=GOOD,
+                                      headers=supervisor)
+        assert answer.status == 400, broken  # it was the user "x%FFy" (x%25FFy)
+        assert (await answer.json())["type"].endswith("/bad-id")
     users = await rig.notifier.pool.fetch("SELECT user_id FROM notifier.directory")
     assert [r["user_id"] for r in users] == [manager]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import time
+from urllib.parse import unquote
 from uuid import UUID
 
 from aiohttp import web
@@ -40,8 +41,11 @@ _NOT_FOUND = Problem(404, "Not found", "no such notification", kind="not-found")
 
 def _path_user(request: web.Request) -> str:
     try:
-        return _USER.validate_python(request.match_info["user"])
-    except ValidationError as error:
+        # decoded strictly from the raw path: the router leaves a byte that is not UTF-8
+        # (x%FFy) as the text "%FF", which is then another user's id (x%25FFy)
+        user = unquote(request.rel_url.raw_parts[-1], errors="strict")
+        return _USER.validate_python(user)
+    except (ValidationError, UnicodeDecodeError) as error:
         raise Problem(400, "Bad request", "user must be a user id of 1-200 characters"
                       " (percent-encoded), without surrounding spaces or control characters",
                       kind="bad-id", errors=[{"field": "path.user", "message": "invalid"}]
