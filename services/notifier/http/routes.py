@@ -207,8 +207,10 @@ async def retry_notification(request: web.Request) -> web.Response:
                       kind="forbidden")
     c = ctx(request)
     if not await store.revive_dead(c.pool, row.id, c.clock()):
+        now = await store.get_row(c.pool, row.id)  # a retry racing this one may have won
+        status = now.status if now is not None else row.status
         raise Problem(409, "Conflict", f"only dead notifications are retried; this one is"
-                      f" {row.status}", kind="not-dead", status_now=row.status)
+                      f" {status}", kind="not-dead", status_now=status)
     c.notifier.poke()
     revived = await store.get_row(c.pool, row.id)
     assert revived is not None
