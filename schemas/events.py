@@ -713,8 +713,12 @@ def reason_of(event_type: str, schema_version: int, data: Mapping[str, Any],
     if cls is None or not isinstance(schema_version, int) or schema_version >= cls.schema_version:
         return None
     try:
-        upcast_data = dump_event(parse_event(event_type, schema_version, data))
+        return reason_in(dump_event(parse_event(event_type, schema_version, data)))
     except EventDecodeError:
         return None
-    found = upcast_data.get("reason") or upcast_data.get("override_reason")
+
+
+def reason_in(data: Mapping[str, Any]) -> str | None:
+    """The reason an event's data gives: its ``reason``, or the one for overriding a rule."""
+    found = data.get("reason") or data.get("override_reason")
     return str(found) if found else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import os
 import re
 import signal
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from pydantic import ValidationError
 
-from services.common.auth import Role, dev_secret, issue_token
+from services.common.auth import Role, check_secret, dev_secret, issue_token
 from services.common.database import MigrationError
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
@@ -54,8 +53,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     secret = _jwt_secret(settings)
     if not secret:
         return _fail("set CASETRAIL_JWT_SECRET (or run `casetrail dev` once to make a dev secret)")
-    if len(secret.encode()) < 32:  # the services would refuse every token it signs
-        raise ConfigurationError("CASETRAIL_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
+    check_secret(secret)  # the services would refuse every token it signs
     cases = [c for c in (args.cases or "").split(",") if c]
     try:
         window_from = _window_bound(args.window_from, "--window-from", end_of_day=False)
@@ -160,7 +158,7 @@ def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level)
     serve(create_app(settings), host=args.host or settings.records_host,
           port=settings.records_port if args.port is None else args.port,
-          reuse_port=args.reuse_port or None)
+          choose="--port, or RECORDS_PORT", reuse_port=args.reuse_port or None)
     return 0
 
 
@@ -211,17 +209,18 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
         await runner.setup()
         started.push_async_callback(runner.cleanup)
         await listening(web.TCPSite(runner, host, port).start(), "--port, or RECORDS_PORT")
+        records_url = http_url(host, port)
         # the notifier first: it sends only what falls due once its schema exists (demo too)
         notifier = await start_dev_notifier(
             database_url=settings.database_url, jwt_secret=settings.jwt_secret,
-            records_url=http_url(host, port), mail_dir=settings.dev_data_dir / "mail",
+            records_url=records_url, mail_dir=settings.dev_data_dir / "mail",
             host=host, port=notifier_port, smtp_port=smtp_port,
             recipients=[("demo-agency", "cm-demo", "case_manager"),
                         ("demo-agency", "sup-demo", "supervisor")])
         started.push_async_callback(notifier.stop)
         if await load_demo(app[RECORDS].commands, utc_now):
             print("Loaded the demo caseload (agency demo-agency, case manager cm-demo).")
-        print(_banner(settings, http_url(host, port), notifier,
+        print(_banner(settings, records_url, notifier,
                       host_and_port(host, smtp_port)), flush=True)
         try:
             await stop.wait()
@@ -391,18 +390,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # the database unreachable or refusing us, the port taken: said in one line, not a
         # traceback an operator must read from the bottom up
-        return _fail(f"could not start: {error}{_port_hint(error, args.command)}")
+        return _fail(f"could not start: {error}{_port_hint(error)}")
 
 
-def _port_hint(error: Exception, command: str) -> str:
+def _port_hint(error: Exception) -> str:
     from services.common.server import PortTaken
 
-    if isinstance(error, PortTaken):
-        return f" (choose another port with {error.choose})"
-    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
-        variable = "NOTIFIER_PORT" if command == "notifier" else "RECORDS_PORT"
-        return f" (choose another port with --port, or {variable})"
-    return ""
+    return f" (choose another port with {error.choose})" if isinstance(error, PortTaken) else ""
 
 
 _SECRET_SETTING = re.compile(r"SECRET|PASSWORD|TOKEN|KEY|URL|DSN", re.IGNORECASE)

@@ -64,6 +64,12 @@ _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", re.
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(ExactUserId)
 
 
+def check_secret(secret: str) -> None:
+    """An HS256 secret both the services and `casetrail token` accept."""
+    if len(secret.encode()) < 32:
+        raise ConfigurationError("CASETRAIL_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
+
+
 class TokenVerifier:
     def __init__(self, settings: ServiceSettings) -> None:
         self._audience = settings.jwt_audience
@@ -76,9 +82,8 @@ class TokenVerifier:
         self._jwks = (jwt.PyJWKSet.from_dict(json.loads(settings.jwks_file.read_text()))
                       if settings.jwks_file else None)
         self._verified: dict[str, tuple[Principal, float]] = {}
-        if self._secret is not None and len(self._secret.encode()) < 32:
-            raise ConfigurationError("CASETRAIL_JWT_SECRET must be at least 32 bytes"
-                                     " (RFC 7518 3.2)")
+        if self._secret is not None:
+            check_secret(self._secret)
         if not (self._secret or self._public_key or self._jwks):
             raise ConfigurationError("set CASETRAIL_JWT_SECRET, CASETRAIL_JWT_PUBLIC_KEY_FILE"
                                " or CASETRAIL_JWKS_FILE")

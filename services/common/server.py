@@ -126,22 +126,23 @@ async def listening(start: Awaitable[None], choose: str) -> None:
 
 
 async def _serve_until_stopped(app: web.Application, host: str, port: int,
-                               reuse_port: bool | None) -> None:
+                               reuse_port: bool | None, choose: str) -> None:
     runner = ServiceRunner(app, handle_signals=True)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        await listening(web.TCPSite(runner, host, port, reuse_port=reuse_port).start(), choose)
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
 
 
-def serve(app: web.Application, *, host: str, port: int, reuse_port: bool | None = None) -> None:
+def serve(app: web.Application, *, host: str, port: int, choose: str,
+          reuse_port: bool | None = None) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then shut it down cleanly (web.run_app's loop,
-    on a ServiceRunner)."""
+    on a ServiceRunner); ``choose`` names how to pick another port if this one is taken."""
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve_until_stopped(app, host, port, reuse_port))
+    main = loop.create_task(_serve_until_stopped(app, host, port, reuse_port, choose))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.database import COMMAND_TIMEOUT_SECONDS
+
 
 class ConfigurationError(ValueError):
     """A configuration file or setting the service cannot start with; the message names it."""
@@ -42,7 +44,8 @@ class Settings(ServiceSettings):
     max_body_bytes: int = Field(default=256 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
     db_pool_max: int = Field(default=10, alias="CASETRAIL_DB_POOL_MAX")
     # seconds a statement may go unanswered before it fails (503): see create_pool
-    db_command_timeout: float = Field(default=30.0, gt=0, alias="CASETRAIL_DB_COMMAND_TIMEOUT")
+    db_command_timeout: float = Field(default=COMMAND_TIMEOUT_SECONDS, gt=0,
+                                      alias="CASETRAIL_DB_COMMAND_TIMEOUT")
     feed_max_wait_seconds: float = Field(default=30.0, alias="CASETRAIL_FEED_MAX_WAIT")
     language_guide_dir: Path | None = Field(default=None, alias="CASETRAIL_LANGUAGE_GUIDE_DIR")
     policy_dir: Path | None = Field(default=None, alias="CASETRAIL_POLICY_DIR")

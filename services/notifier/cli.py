@@ -43,7 +43,7 @@ def run_notifier(settings: NotifierSettings | None = None, *, host: str | None =
         return 2
     configure_logging(settings.log_level)
     serve(create_app(settings), host=host or settings.host,
-          port=settings.port if port is None else port)
+          port=settings.port if port is None else port, choose="--port, or NOTIFIER_PORT")
     return 0
 
 

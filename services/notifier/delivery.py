@@ -33,6 +33,7 @@ import structlog
 from schemas.events import plain_mailbox
 from services.common.database import DATABASE_UNAVAILABLE
 from services.common.http import labelled
+from services.common.retry import doubling
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import CELEBRATIONS, DATED, HEADS_UP, Kind, Notice, RecipientRole
 from services.notifier.settings import NotifierSettings
@@ -606,12 +607,13 @@ class Dispatcher:
                                  outcomes: Sequence[Outcome]) -> T:
         """``write`` the fate of mail already sent, trying again with backoff while the
         database is unavailable (the claim's lease is kept meanwhile)."""
-        delay = _RECORD_FIRST_DELAY
+        delays = doubling(_RECORD_FIRST_DELAY, _RECORD_MAX_DELAY)
         patience_ends = monotonic() + _RECORD_PATIENCE_SECONDS
         while True:
             try:
                 return await write()
             except DATABASE_UNAVAILABLE as error:
+                delay = next(delays)
                 give_up_at = min(patience_ends, self._give_up_at or patience_ends)
                 if monotonic() + delay > give_up_at:
                     _log_unrecorded(outcomes, error)
@@ -619,7 +621,6 @@ class Dispatcher:
                 log.warning("could not record what became of the notifications; trying"
                             " again", error=repr(error), retry_in=delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RECORD_MAX_DELAY)
 
     async def _handle_all(self, rows: Sequence[Row], *,
                           digests: bool) -> list[Outcome | BaseException | None]:

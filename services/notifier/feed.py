@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from schemas.feed import FeedPage
 from services.common.auth import Role, issue_token
 from services.common.database import DATABASE_UNAVAILABLE
+from services.common.retry import doubling
 from services.common.settings import ConfigurationError
 from services.notifier.casemodel import FeedItem
 from services.notifier.metrics import NotifierMetrics
@@ -200,23 +201,24 @@ class FeedSubscriber:
         """Follow the feed until cancelled; back off (with jitter) while a page cannot be read
         or applied. The first read, and the first after a failure, does not wait: it tells at
         once whether the feed is readable (readiness), where a long-poll would hold that back."""
-        delay, wait = 0.5, 0.0
+        delays, wait = _backoff(), 0.0
         while True:
             try:
                 await self.step(wait)
-                delay, wait = 0.5, self._settings.feed_wait_seconds
+                delays, wait = _backoff(), self._settings.feed_wait_seconds
                 continue
             except (FeedError, *DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
+                delay = next(delays)
                 log.warning("feed read failed; retrying", error=str(error), retry_in=delay)
                 self._failed(error)
             except Exception as error:
                 # A bug met while applying a page must not end the subscription for good:
                 # the page is retried, and readiness and the metrics show it meanwhile.
+                delay = next(delays)
                 log.exception("feed page could not be applied; retrying", retry_in=delay)
                 self._failed(error)
             wait = 0.0
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 30.0)
 
     def _failed(self, error: Exception) -> None:
         self._metrics.feed_errors.inc()
@@ -225,3 +227,8 @@ class FeedSubscriber:
     def _mark_unhealthy(self, error: Exception) -> None:
         self.healthy, self.last_error = False, str(error) or type(error).__name__
         self._lag_at_least_since_last_read()
+
+
+def _backoff() -> Iterator[float]:
+    """The waits between tries while the feed cannot be read or applied (jittered by run)."""
+    return doubling(0.5, 30.0)

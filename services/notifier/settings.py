@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field
 
 from schemas.events import TimeZoneName
+from services.common.database import COMMAND_TIMEOUT_SECONDS
 from services.common.settings import ServiceSettings
 
 
@@ -22,7 +23,8 @@ class NotifierSettings(ServiceSettings):
     port: int = Field(default=8081, alias="NOTIFIER_PORT")
     db_pool_max: int = Field(default=10, alias="NOTIFIER_DB_POOL_MAX")
     # seconds a statement may go unanswered before it fails (503): see create_pool
-    db_command_timeout: float = Field(default=30.0, gt=0, alias="NOTIFIER_DB_COMMAND_TIMEOUT")
+    db_command_timeout: float = Field(default=COMMAND_TIMEOUT_SECONDS, gt=0,
+                                      alias="NOTIFIER_DB_COMMAND_TIMEOUT")
 
     smtp_host: str = Field(default="127.0.0.1", alias="SMTP_HOST")
     smtp_port: int = Field(default=1025, alias="SMTP_PORT")

@@ -24,6 +24,7 @@ from schemas.events import (
     ReviewScheduled,
     dump_event,
     parse_event,
+    reason_in,
     reason_of,
 )
 from services.common.auth import Principal
@@ -127,7 +128,7 @@ def history_entry(event: RecordedEvent) -> api.EventView:
 def to_new_event(payload: EventPayload) -> NewEvent:
     data = dump_event(payload)
     # read from the dumped data: a pydantic model answers a missing attribute slowly
-    reason = data.get("reason") or data.get("override_reason")
+    reason = reason_in(data)
     return NewEvent(uuid4(), payload.event_type, payload.schema_version, data,
                     {"reason": reason} if reason else {})
 

@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from services.common.database import DATABASE_UNAVAILABLE, keep_alive
+from services.common.retry import doubling
 from services.records.store.checkpoint import (
     HORIZON,
     START,
@@ -130,15 +131,15 @@ class FeedWaiter:
         self._reconnecting = asyncio.get_running_loop().create_task(self._listen_again())
 
     async def _listen_again(self) -> None:
-        delay = 0.1
-        while not self._stopped:
+        for delay in doubling(0.1, 5.0):
+            if self._stopped:
+                return
             try:
                 await self._listen()
             except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
                 log.warning("feed listener lost; reconnecting", error=repr(error),
                             retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             log.info("feed listener reconnected")
             self._wake()  # appends made while nobody listened
