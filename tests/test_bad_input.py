@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -31,8 +32,6 @@ async def setup(make_records_client: ClientFactory, fresh_database_url: str,
 
 def _bad_bodies(body: dict[str, Any]) -> dict[str, tuple[bytes | None, str]]:
     """Each kind of bad body, as raw bytes with a content type."""
-    import json
-
     first_text = next((k for k, v in body.items() if isinstance(v, str)), None)
     cases: dict[str, tuple[bytes | None, str]] = {
         "malformed json": (b'{"text": ', "application/json"),
@@ -157,6 +156,20 @@ async def test_a_body_full_of_errors_gets_a_bounded_answer(setup: Any) -> None:
                                     headers, json.dumps(body).encode(), "application/json")
     assert len(problem["errors"]) == 50
     assert "3000 in all" in problem["detail"]
+
+
+@pytest.mark.parametrize("email", ["sam,jo@example.org", "shown<other@elsewhere.example>",
+                                   "sam\u200b@example.org"])
+async def test_a_participant_address_that_is_not_plain_is_refused(setup: Any,
+                                                                   email: str) -> None:
+    """Mail to such an address goes elsewhere than the address shown (to "sam", say)."""
+    client, pool, _, headers = setup
+    problem = await _expect_refused(
+        client, pool, "POST", "/v1/cases", headers,
+        json.dumps({"participant": {"name": "Sam", "email": email}, "case_manager": "cm-1",
+                    "risk_level": "low"}).encode(), "application/json")
+    assert problem["status"] == 422
+    assert problem["errors"][0]["field"] == "body.participant.email"
 
 
 @pytest.mark.parametrize("header", ['"abc"', "W/", "-1", '"1" "2"', "9999999999"])
