@@ -3,7 +3,8 @@
 A write with ``If-Match`` is decided against exactly that version (a stale one fails with
 PreconditionFailed). A write without it is decided against the latest state; when another write
 lands first, the case is re-read and the command re-decided (the rules are checked again), so
-concurrent independent writes succeed or fail on their merits, never on timing.
+concurrent independent writes succeed or fail on their merits, never on timing: a write that
+keeps losing races to other instances ends by holding the case's head while it decides.
 """
 
 from __future__ import annotations
@@ -60,12 +61,16 @@ from services.records.store.events import (
     CoWrite,
     EventStore,
     IdempotencyClaim,
+    LockedStream,
     NewEvent,
     RecordedEvent,
     VersionConflict,
 )
 
 MAX_ATTEMPTS = 30
+# Races lost to other instances before a write holds the case's head while it decides: past
+# this, optimism only lets an instance that keeps winning starve it (503 on timing).
+EXCLUSIVE_AFTER = 3
 
 
 class PreconditionFailed(Exception):
@@ -205,11 +210,11 @@ class CaseCommands:
         self.case_locks = CaseLocks()
         self._on_conflict = on_conflict
 
-    async def load(self, case_id: UUID) -> PlanState | None:
+    async def load(self, case_id: UUID, locked: LockedStream | None = None) -> PlanState | None:
         """The case as the store has it now (caught up from the cached state, if any)."""
         cached = self._cache.get(case_id)
         newer = await self._store.read_stream(
-            case_id, after_version=cached.version if cached is not None else 0)
+            case_id, after_version=cached.version if cached is not None else 0, locked=locked)
         state = fold_recorded(newer, cached)
         if state is not None and newer:
             self._cache.put(state)
@@ -244,16 +249,20 @@ class CaseCommands:
         # a stale cache. Any refusal reached from the cache is re-decided on a fresh read.
         cached = self._cache.get(request.case_id)
         for attempt in range(MAX_ATTEMPTS):
-            state = cached if cached is not None else await self.load(request.case_id)
             try:
-                payloads = self._decide(request, state)
-            except (DomainError, Forbidden, NotVisible, PreconditionFailed):
-                if cached is None:
-                    raise
-                cached = None
-                continue
-            try:
-                result = await self._append(request, state, payloads)
+                if attempt >= EXCLUSIVE_AFTER:
+                    return await self._decide_and_append_holding_the_head(request)
+                state = cached if cached is not None else await self.load(request.case_id)
+                try:
+                    payloads = self._decide(request, state)
+                except (DomainError, Forbidden, NotVisible, PreconditionFailed):
+                    if cached is None:
+                        raise
+                    cached = None
+                    continue
+                outcome, written = await self._append(request, state, payloads)
+                self._remember(written)
+                return outcome
             except VersionConflict as conflict:
                 self._on_conflict()
                 if request.if_match is not None and cached is None:
@@ -261,9 +270,22 @@ class CaseCommands:
                 if cached is None:
                     await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 cached = None
-                continue
-            return self._outcome(request, result, None if result.replayed else payloads)
         raise TooMuchContention
+
+    async def _decide_and_append_holding_the_head(self, request: WriteRequest) -> WriteOutcome:
+        """Decide and append while holding the case's head: no other instance can land a
+        write in between, so this cannot lose the race (only a case opened meanwhile, or a
+        lock cycle PostgreSQL breaks, still raises VersionConflict)."""
+        async with self._store.locked(request.case_id) as stream:
+            state = await self.load(request.case_id, stream)
+            payloads = self._decide(request, state)
+            outcome, written = await self._append(request, state, payloads, stream)
+        self._remember(written)  # committed now: a state that never was is never cached
+        return outcome
+
+    def _remember(self, written: PlanState | None) -> None:
+        if written is not None:
+            self._cache.put(written)
 
     def _decide(self, request: WriteRequest, state: PlanState | None) -> list[EventPayload]:
         self._authorize(request, state)
@@ -299,7 +321,10 @@ class CaseCommands:
                                policy=policy)
 
     async def _append(self, request: WriteRequest, state: PlanState | None,
-                      payloads: list[EventPayload]) -> AppendResult:
+                      payloads: list[EventPayload],
+                      locked: LockedStream | None = None
+                      ) -> tuple[WriteOutcome, PlanState | None]:
+        """Append the decided events: the answer, and the state written (None: replayed)."""
         expected = state.version if state is not None else 0
         metadata: dict[str, Any] = {
             "actor": {"sub": request.who.sub, "role": request.who.role.value},
@@ -324,10 +349,10 @@ class CaseCommands:
         result = await self._store.append(
             request.case_id, [to_new_event(p) for p in payloads], expected_version=expected,
             agency=request.who.agency, metadata=metadata, idempotency=request.idempotency,
-            co_write=project)
-        if not result.replayed:
-            self._cache.put(written[0])
-        return result
+            co_write=project, locked=locked)
+        if result.replayed:
+            return self._outcome(request, result, None), None
+        return self._outcome(request, result, payloads), written[0]
 
     def _outcome(self, request: WriteRequest, result: AppendResult,
                  payloads: list[EventPayload] | None) -> WriteOutcome:

@@ -6,6 +6,7 @@ lives here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -13,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -23,6 +24,8 @@ from services.records.chain import GENESIS_HASH, ChainLink, ChainReport, verify_
 from services.records.store.group_commit import GroupCommit
 
 Clock = Callable[[], datetime]
+# what a statement runs on: the pool (any connection), or one connection (its transaction)
+Executor: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 
 def utc_now() -> datetime:
@@ -275,6 +278,26 @@ def _recorded(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
+class LockedStream:
+    """A stream whose head one open transaction holds (``EventStore.locked``): no other writer
+    can move it until that transaction ends, so an append from the version read through it
+    cannot lose a race. What it appended is remembered once the transaction has committed."""
+
+    def __init__(self, conn: asyncpg.Connection, stream_id: UUID) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.expected = 0
+        self.appended: list[AppendResult] = []
+
+    async def write(self, pending: _PendingAppend) -> list[asyncpg.Record]:
+        sql, args = _append_statement([pending])
+        return list(await self.conn.fetch(sql, *args))
+
+
+class _Deadlocked(Exception):
+    """PostgreSQL broke a lock cycle by aborting the locked stream's transaction."""
+
+
 class EventStore:
     def __init__(self, pool: asyncpg.Pool, clock: Clock = utc_now,
                  on_appended: Callable[[], None] = lambda: None,
@@ -299,6 +322,7 @@ class EventStore:
         metadata: dict[str, Any],
         idempotency: IdempotencyClaim | None = None,
         co_write: Callable[[list[RecordedEvent]], list[CoWrite]] | None = None,
+        locked: LockedStream | None = None,
     ) -> AppendResult:
         """Append ``events`` if the stream is at ``expected_version`` (0: a new stream).
 
@@ -306,30 +330,74 @@ class EventStore:
         from the expected version (only if it is still there), insert the chained events and
         write the rows ``co_write`` makes from the events about to be recorded (projections:
         read-your-writes). Each step happens only when the one before it did. Unkeyed appends
-        to different streams that arrive together share one statement (group commit).
+        to different streams that arrive together share one statement (group commit); with
+        ``locked`` (this stream's, from ``locked``) it runs in that transaction instead.
         Raises VersionConflict, IdempotencyKeyReused; a repeated key returns the original result.
         """
         if not events:
             raise ValueError("append needs at least one event")
-        prev_hash = await self._hash_at(stream_id, expected_version)
+        db: Executor = locked.conn if locked is not None else self._pool
+        prev_hash = await self._hash_at(stream_id, expected_version, db)
         provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
                                   metadata)
         pending = _pending(stream_id, expected_version, prev_hash, agency, provisional,
                            co_write(provisional) if co_write else [], idempotency)
-        inserted = await (self._write_keyed(pending) if idempotency is not None
-                          else self._group.submit(pending))
+        if locked is not None:
+            locked.expected = expected_version
+        inserted = await self._write(pending, locked)
         if inserted:
             positions = {r["version"]: r["global_position"] for r in inserted}
             recorded = [e.at_position(positions[e.version]) for e in provisional]
-            self._heads.remember(stream_id, recorded[-1].version, recorded[-1].hash)
-            self._on_appended()
-            return AppendResult(stream_id, recorded[-1].version, recorded)
+            result = AppendResult(stream_id, recorded[-1].version, recorded)
+            if locked is None:
+                self._appended(result)
+            else:  # remembered once its transaction commits
+                locked.appended.append(result)
+            return result
         if idempotency is not None:
-            replay = await self.find_idempotent(idempotency)
+            replay = await self.find_idempotent(idempotency, db)
             if replay is not None:
                 return replay
-        head = await self.head(stream_id)
+        head = await self.head(stream_id, db)
         raise VersionConflict(stream_id, expected_version, head.version if head else 0)
+
+    async def _write(self, pending: _PendingAppend,
+                     locked: LockedStream | None) -> list[asyncpg.Record]:
+        if locked is None:
+            return await (self._write_keyed(pending) if pending.claim is not None
+                          else self._group.submit(pending))
+        try:
+            return await locked.write(pending)
+        except asyncpg.DeadlockDetectedError as error:
+            raise _Deadlocked from error
+
+    def _appended(self, result: AppendResult) -> None:
+        last = result.events[-1]
+        self._heads.remember(result.stream_id, last.version, last.hash)
+        self._on_appended()
+
+    @contextlib.asynccontextmanager
+    async def locked(self, stream_id: UUID) -> AsyncIterator[LockedStream]:
+        """Hold ``stream_id``'s head in a transaction of its own for the block: reads and
+        appends through the LockedStream see and move a head nobody else can move meanwhile.
+        The transaction commits when the block ends, and rolls back when it raises.
+
+        Other writers of the stream wait, so this is for a writer that keeps losing races to
+        other instances (decision 0005), not for every write."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT 1 FROM records.streams WHERE stream_id = $1"
+                                   " FOR UPDATE", stream_id)
+                stream = LockedStream(conn, stream_id)
+                yield stream
+        except _Deadlocked:
+            # a keyed retry of the same request, elsewhere, held the key and waited for this
+            # head: a lost race like any other, decided again by the caller
+            head = await self.head(stream_id)
+            raise VersionConflict(stream_id, stream.expected,
+                                  head.version if head else 0) from None
+        for result in stream.appended:
+            self._appended(result)
 
     async def _write_batch(self, appends: list[_PendingAppend]) -> list[list[asyncpg.Record]]:
         """Each append's recorded rows (none: it lost its version race)."""
@@ -352,24 +420,29 @@ class EventStore:
             await transaction.start()
             try:
                 inserted = list(await conn.fetch(sql, *args))
+            except asyncpg.DeadlockDetectedError:
+                # with a writer holding this head (``locked``) while it waits for this key:
+                # a lost race, decided again by the caller
+                await transaction.rollback()
+                return []
             except BaseException:
                 await transaction.rollback()
                 raise
             await (transaction.commit() if inserted else transaction.rollback())
             return inserted
 
-    async def _hash_at(self, stream_id: UUID, version: int) -> str:
+    async def _hash_at(self, stream_id: UUID, version: int, db: Executor) -> str:
         """The hash of event ``version`` (immutable once written, so it is safe to cache)."""
         if version == 0:
             return GENESIS_HASH
         known = self._heads.hash_at(stream_id, version)
         if known is not None:
             return known
-        found = await self._pool.fetchval(
+        found = await db.fetchval(
             "SELECT hash FROM records.events WHERE stream_id = $1 AND version = $2",
             stream_id, version)
         if found is None:
-            head = await self.head(stream_id)
+            head = await self.head(stream_id, db)
             raise VersionConflict(stream_id, version, head.version if head else 0)
         return str(found)
 
@@ -391,23 +464,25 @@ class EventStore:
             prev_hash = digest
         return chained
 
-    async def find_idempotent(self, claim: IdempotencyClaim) -> AppendResult | None:
+    async def find_idempotent(self, claim: IdempotencyClaim,
+                              db: Executor | None = None) -> AppendResult | None:
         """The original result of an already-used key; IdempotencyKeyReused on another body."""
-        row = await self._pool.fetchrow(
+        db = db if db is not None else self._pool
+        row = await db.fetchrow(
             "SELECT fingerprint, stream_id, event_ids FROM records.idempotency_keys"
             " WHERE scope = $1 AND key = $2", claim.scope, claim.key)
         if row is None:
             return None
         if row["fingerprint"] != claim.fingerprint:
             raise IdempotencyKeyReused(claim.key)
-        rows = await self._pool.fetch(
+        rows = await db.fetch(
             f"SELECT {_EVENT_COLUMNS} FROM records.events WHERE event_id = ANY($1::uuid[])"
             " ORDER BY version", row["event_ids"])
         events = [_recorded(r) for r in rows]
         return AppendResult(row["stream_id"], events[-1].version, events, replayed=True)
 
-    async def head(self, stream_id: UUID) -> StreamHead | None:
-        row = await self._pool.fetchrow(
+    async def head(self, stream_id: UUID, db: Executor | None = None) -> StreamHead | None:
+        row = await (db if db is not None else self._pool).fetchrow(
             "SELECT agency, version FROM records.streams WHERE stream_id = $1", stream_id)
         return None if row is None else StreamHead(stream_id, row["agency"], row["version"])
 
@@ -427,13 +502,16 @@ class EventStore:
         up_to_version: int | None = None,
         up_to_time: datetime | None = None,
         limit: int | None = None,
+        locked: LockedStream | None = None,
     ) -> list[RecordedEvent]:
         """Events of one stream in version order, optionally bounded by version or time.
 
         Bounded by time, the events are those up to the last version recorded by then, not
         every event stamped earlier: instances stamp events with their own clocks, and one
-        running fast would otherwise leave a gap, folding into a plan that never existed."""
-        rows = await self._pool.fetch(
+        running fast would otherwise leave a gap, folding into a plan that never existed.
+        With ``locked``, read in its transaction."""
+        db: Executor = locked.conn if locked is not None else self._pool
+        rows = await db.fetch(
             f"SELECT {_EVENT_COLUMNS} FROM records.events WHERE stream_id = $1"
             " AND version > $2 AND ($3::int IS NULL OR version <= $3)"
             " AND ($4::timestamptz IS NULL OR version <= (SELECT max(version)"
