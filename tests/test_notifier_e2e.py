@@ -221,7 +221,7 @@ async def test_the_scheduled_digest_job_sends_what_a_digest_reader_is_owed(
         job.modify(next_run_time=datetime.now(UTC))
         async with asyncio.timeout(20):
             await smtp.arrived.wait()
-        assert smtp.subjects() == ["Your Casetrail summary: 1 update(s)"]
+        assert smtp.subjects() == ["Your Casetrail summary: 1 update"]
         [message] = smtp.received
         assert message["To"] == "sam@example.org"
         text = message.get_payload()[0].get_payload(decode=True).decode()  # type: ignore[index,union-attr]

@@ -56,6 +56,8 @@ class Step:
     description: str
     due_date: date | None
     status: str
+    owner: str | None = None  # None: stored before the notifier kept it
+    support_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ def _apply(case: CaseModel, item: FeedItem, p: ev.EventPayload) -> CaseModel:
         case ev.GoalStatusChanged():
             return _with_goal(case, p.goal_id, status=p.status, title=p.title)
         case ev.ActionStepAdded():
-            step = Step(p.step_id, p.goal_id, p.description, p.due_date, "not_started")
+            step = Step(p.step_id, p.goal_id, p.description, p.due_date, "not_started",
+                        p.owner, p.support_name)
             return replace(case, steps={**case.steps, p.step_id: step})
         case ev.ActionStepRevised():
             return _step_revised(case, p)
@@ -157,8 +160,10 @@ def _step_revised(case: CaseModel, p: ev.ActionStepRevised) -> CaseModel:
     if step is None:
         return case
     due = None if "due_date" in p.cleared else (p.due_date or step.due_date)
+    support = None if "support_name" in p.cleared else (p.support_name or step.support_name)
     return _with_step(case, p.step_id, description=p.description or step.description,
-                      due_date=due, goal_id=p.goal_id)
+                      due_date=due, goal_id=p.goal_id, owner=p.owner or step.owner,
+                      support_name=support)
 
 
 def _with_goal(case: CaseModel, goal_id: UUID, **changes: Any) -> CaseModel:

@@ -683,7 +683,8 @@ class Dispatcher:
                 try:
                     rendered = render(row.kind, row.context, row.case_id,
                                       today=self._readers_today(who, now),
-                                      for_participant=for_participant)
+                                      for_participant=for_participant,
+                                      plan_url=self._settings.plan_url)
                 except (ValueError, KeyError, OSError) as error:
                     return Outcome(row.id, "dead", False, row.attempts,
                                    error=f"could not render the message: {error!r}")
@@ -733,7 +734,8 @@ class Dispatcher:
                               error=f"no email address on file for {digest.recipient}")
         else:
             today = self._readers_today(who, now)
-            rendered = render_digest([render(i.kind, i.context, i.case_id, today=today)
+            rendered = render_digest([render(i.kind, i.context, i.case_id, today=today,
+                                             plan_url=self._settings.plan_url)
                                       for i in items])
             sent = await self._send(digest, rendered, who.address)
             if sent is None:

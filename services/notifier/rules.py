@@ -171,7 +171,15 @@ def step_nudges(case: CaseModel, step: Step, rules: RuleSettings) -> list[Notice
     return [_to_manager(case, f"step_nudge:{step.step_id}:{step.due_date.isoformat()}",
                         Kind.STEP_NUDGE, due_at, {
                             "step_id": str(step.step_id), "description": step.description,
-                            "due_date": step.due_date.isoformat(), **_goal_context(goal)})]
+                            "due_date": step.due_date.isoformat(), **_owner_context(step),
+                            **_goal_context(goal)})]
+
+
+def _owner_context(step: Step) -> dict[str, Any]:
+    """Who took the step on, when known (the nudge's wording follows it)."""
+    if step.owner is None:
+        return {}
+    return {"owner": step.owner, "support_name": step.support_name}
 
 
 def goal_target_notices(case: CaseModel, goal: Goal, rules: RuleSettings) -> list[Notice]:
@@ -205,6 +213,27 @@ def event_notices(case: CaseModel, item: FeedItem, payload: ev.EventPayload) -> 
     if isinstance(payload, ev.GoalStatusChanged) and payload.status == "achieved":
         return milestone(case, item, payload)
     return []
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """Celebrations of ``kind`` about one step or goal (``subject`` names the context field)
+    that the record no longer bears out: those still waiting are not sent."""
+
+    kind: Kind
+    subject: str
+    subject_id: UUID
+
+
+def withdrawn_celebrations(payload: ev.EventPayload) -> Withdrawal | None:
+    """A step no longer completed or a goal no longer achieved (a reversal, with its reason).
+    A completion or achievement recorded again later is a new event, celebrated anew."""
+    if isinstance(payload, ev.ActionStepStatusChanged) and payload.from_status == "completed":
+        return Withdrawal(Kind.SMALL_WIN, "step_id", payload.step_id)
+    if (isinstance(payload, ev.GoalStatusChanged) and payload.from_status == "achieved"
+            and payload.status != "achieved"):
+        return Withdrawal(Kind.MILESTONE, "goal_id", payload.goal_id)
+    return None
 
 
 def small_win(case: CaseModel, item: FeedItem, p: ev.ActionStepCompleted) -> Notice:

@@ -22,12 +22,20 @@ import structlog
 
 from schemas import events as ev
 from services.notifier.casemodel import RELEVANT_TYPES, CaseModel, FeedItem, evolve
-from services.notifier.rules import Notice, RuleSettings, event_notices, timed_notices
+from services.notifier.rules import (
+    Notice,
+    RuleSettings,
+    Withdrawal,
+    event_notices,
+    timed_notices,
+    withdrawn_celebrations,
+)
 from services.notifier.store.cases import advance_checkpoint, load_cases, save_case
 from services.notifier.store.notifications import (
     insert_notices,
     reconcile_case,
     rename_participant,
+    withdraw_celebrations,
 )
 
 log = structlog.get_logger("casetrail.notifier")
@@ -61,6 +69,7 @@ class _Outcome:
     case: CaseModel
     celebrations: list[Notice]
     timed: list[Notice]
+    withdrawn: Withdrawal | None
 
 
 async def apply_page(pool: asyncpg.Pool, items: Sequence[FeedItem], *, after: str,
@@ -101,19 +110,30 @@ async def _apply_event(page: _Page, item: FeedItem) -> None:
         return
     if outcome is None:
         return
-    after = outcome.case
-    page.cases[item.case_id] = after
+    page.cases[item.case_id] = outcome.case
     page.changed.add(item.case_id)
     page.applied += 1
     page.celebrations += len(outcome.celebrations)
+    await _write(page, case, item, outcome)
+
+
+async def _write(page: _Page, before: CaseModel | None, item: FeedItem,
+                 outcome: _Outcome) -> None:
+    """Store what one event did to its case's notices."""
+    after, reason = outcome.case, f"{item.type} (case version {item.version})"
+    if outcome.withdrawn is not None:
+        w = outcome.withdrawn
+        await withdraw_celebrations(page.conn, after.case_id, str(w.kind), w.subject,
+                                    w.subject_id, f"no longer called for after {reason}",
+                                    page.now)
     await insert_notices(page.conn, outcome.celebrations, page.domain, page.now,
                          cause_recorded_at=item.recorded_at)
-    if case is not None and case.participant_called != after.participant_called:
+    if before is not None and before.participant_called != after.participant_called:
         await rename_participant(page.conn, after.case_id, after.participant_called, page.now)
     await reconcile_case(page.conn, after.case_id, outcome.timed,
                          case_manager=after.case_manager, closed=after.status == "closed",
-                         reason=f"{item.type} (case version {item.version})",
-                         domain=page.domain, now=page.now, cause_recorded_at=item.recorded_at)
+                         reason=reason, domain=page.domain, now=page.now,
+                         cause_recorded_at=item.recorded_at)
 
 
 def _outcome(case: CaseModel | None, item: FeedItem, payload: ev.EventPayload,
@@ -122,7 +142,8 @@ def _outcome(case: CaseModel | None, item: FeedItem, payload: ev.EventPayload,
     after = evolve(case, item, payload)
     if after is None:
         return None
-    return _Outcome(after, event_notices(after, item, payload), timed_notices(after, rules))
+    return _Outcome(after, event_notices(after, item, payload), timed_notices(after, rules),
+                    withdrawn_celebrations(payload))
 
 
 def _skip(page: _Page, item: FeedItem, why: str, error: Exception) -> None:

@@ -5,12 +5,33 @@ from __future__ import annotations
 
 from datetime import time
 from pathlib import Path
+from string import Formatter
+from typing import Annotated, TypeAlias
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from schemas.events import TimeZoneName
 from services.common.database import COMMAND_TIMEOUT_SECONDS
 from services.common.settings import ServiceSettings
+
+
+def _plan_url(value: str) -> str:
+    """An absolute http(s) address with ``{case_id}`` once and nothing else to fill in, so
+    every staff email gets a link that opens (checked at start, like the time zone)."""
+    try:
+        fields = [f for _, f, _, _ in Formatter().parse(value) if f is not None]
+    except ValueError as error:
+        raise ValueError(f"NOTIFIER_PLAN_URL: {error}") from error
+    parts = urlsplit(value)
+    if fields != ["case_id"] or parts.scheme not in ("http", "https") or not parts.netloc \
+            or any(c.isspace() or c in "\"'`" for c in value):
+        raise ValueError("NOTIFIER_PLAN_URL must be an http(s) address holding {case_id} once,"
+                         " e.g. https://casetrail.example.org/cases/{case_id}")
+    return value
+
+
+PlanUrl: TypeAlias = Annotated[str, Field(max_length=500), AfterValidator(_plan_url)]
 
 
 class NotifierSettings(ServiceSettings):
@@ -60,5 +81,8 @@ class NotifierSettings(ServiceSettings):
     retry_max_seconds: float = Field(default=3600.0, ge=0, alias="NOTIFIER_RETRY_MAX_SECONDS")
     retry_horizon_seconds: float = Field(default=24 * 3600.0, gt=0,
                                          alias="NOTIFIER_RETRY_HORIZON_SECONDS")
+
+    # where staff open a case's plan (their records UI); unset: mail names the case id only
+    plan_url: PlanUrl | None = Field(default=None, alias="NOTIFIER_PLAN_URL")
 
     mail_dir: Path | None = Field(default=None, alias="NOTIFIER_DEV_MAIL_DIR")

@@ -26,6 +26,10 @@ class Rendered:
     subject: str
     text: str
     html: str
+    # what a digest shows of it: the first paragraph (one line) and which case, text and HTML
+    summary: str = ""
+    case_line: str = ""
+    case_html: str = ""
 
 
 @cache
@@ -59,8 +63,28 @@ def _is_or_was(day: date | None, today: date) -> str:
     return "was" if day is not None and day < today else "is"
 
 
+def plan_link(plan_url: str | None, case_id: object | None) -> str | None:
+    """The plan's address from ``NOTIFIER_PLAN_URL`` (a template with ``{case_id}``)."""
+    if not plan_url or case_id is None:
+        return None
+    return plan_url.replace("{case_id}", str(case_id))
+
+
+def _case_line(participant: str, case_id: object | None, link: str | None) -> str:
+    if link is not None:
+        return f"Open {participant}'s plan: {link}"
+    return f"Case {case_id}" if case_id else ""
+
+
+def _case_html(participant: str, case_id: object | None, link: str | None) -> str:
+    if link is None:
+        return html.escape(_case_line(participant, case_id, None))
+    return (f'<a href="{html.escape(link)}">'
+            f"Open {html.escape(participant)}&#x27;s plan</a>")
+
+
 def template_values(context: dict[str, Any], case_id: object | None,
-                    today: date) -> dict[str, str]:
+                    today: date, link: str | None = None) -> dict[str, str]:
     """Every placeholder a template may use, as plain text; ``today`` is the reader's date."""
     participant = str(context.get("participant") or "the participant")
     words = context.get("in_their_words")
@@ -86,7 +110,10 @@ def template_values(context: dict[str, Any], case_id: object | None,
         "note_line": f" Note: {_sentence(str(note))}" if note else "",
         "done_line": _done_line(context.get("owner"), participant,
                                 str(context.get("description") or "")),
-        "case_link": f"Case {case_id}" if case_id else "",
+        "owner_line": _owner_line(context.get("owner"), participant,
+                                  context.get("support_name")),
+        "check_in": _check_in(context.get("owner"), participant, context.get("support_name")),
+        "case_link": _case_line(participant, case_id, link),
     }
 
 
@@ -107,33 +134,78 @@ def _done_line(owner: object, participant: str, step: str) -> str:
     return f'{participant} completed the step "{step}".'
 
 
+def _owner_line(owner: object, participant: str, support: object) -> str:
+    """Whose step a nudge is about, when it is not the participant's."""
+    if owner == "case_manager":
+        return " The case manager took this step on."
+    if owner == "support":
+        who = f"{support}, one of {participant}'s supports," if support else \
+            f"One of {participant}'s supports"
+        return f" {who} took this step on."
+    return ""
+
+
+def _check_in(owner: object, participant: str, support: object) -> str:
+    """What a nudge suggests, for whoever took the step on."""
+    if owner == "case_manager":
+        return (f"Plans change, and that is fine: if the date no longer fits, agree a new one"
+                f" with {participant}.")
+    if owner == "support":
+        together = f"{participant} and {support}" if support else participant
+        return (f"Plans change, and that is fine: a quick check-in with {together} can show"
+                " what would help, or agree a new date that fits.")
+    return (f"Plans change, and that is fine: a quick check-in with {participant} can show what"
+            " support would help, or agree a new date that fits.")
+
+
 def render(kind: str, context: dict[str, Any], case_id: object | None = None,
-           *, today: date, for_participant: bool = False) -> Rendered:
-    """The message for a notice read on ``today`` (the reader's local date)."""
+           *, today: date, for_participant: bool = False,
+           plan_url: str | None = None) -> Rendered:
+    """The message for a notice read on ``today`` (the reader's local date). ``plan_url``:
+    ``NOTIFIER_PLAN_URL``; staff mail then links to the plan. A participant's mail carries
+    neither the link nor the case id: staff records are not theirs to open from an email."""
     name = f"{kind}_participant" if for_participant else kind
-    values = template_values(context, case_id, today)
+    link = None if for_participant else plan_link(plan_url, case_id)
+    values = template_values(context, case_id, today, link)
     first, _, text = _template(f"{name}.txt").safe_substitute(values).partition("\n")
     subject = " ".join(first.removeprefix("Subject:").split())
     escaped = {k: html.escape(v) for k, v in values.items()}
+    escaped["case_link"] = _case_html(values["participant"], case_id, link)
     body = _template(f"{name}.html").safe_substitute(escaped)
-    return _with_layout(subject, text, body)
+    page = _with_layout(subject, text, body)
+    return Rendered(page.subject, page.text, page.html, _summary(text),
+                    values["case_link"], escaped["case_link"])
 
 
 def render_digest(items: Sequence[Rendered]) -> Rendered:
-    text_items = "\n".join(f"- {item.subject}\n  {_first_line(item.text)}" for item in items)
-    html_items = "".join(f"<li><strong>{html.escape(item.subject)}</strong><br>"
-                         f"{html.escape(_first_line(item.text))}</li>" for item in items)
-    count = str(len(items))
+    text_items = "\n".join(_digest_text_item(item) for item in items)
+    html_items = "".join(_digest_html_item(item) for item in items)
+    count = len(items)
+    values = {"count": str(count), "updates": "update" if count == 1 else "updates"}
     first, _, text = _template("daily_digest.txt").safe_substitute(
-        count=count, items=text_items).partition("\n")
+        values, items=text_items).partition("\n")
     subject = first.removeprefix("Subject:").strip()
-    body = _template("daily_digest.html").safe_substitute(count=count, items=html_items)
+    body = _template("daily_digest.html").safe_substitute(values, items=html_items)
     return _with_layout(subject, text, body)
 
 
-def _first_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip() and line.strip() != "Hello,"]
-    return lines[0].strip() if lines else ""
+def _digest_text_item(item: Rendered) -> str:
+    lines = [f"- {item.subject}", f"  {item.summary}"]
+    return "\n".join(lines + ([f"  {item.case_line}"] if item.case_line else []))
+
+
+def _digest_html_item(item: Rendered) -> str:
+    case = f"<br>{item.case_html}" if item.case_html else ""
+    return (f"<li><strong>{html.escape(item.subject)}</strong><br>"
+            f"{html.escape(item.summary)}{case}</li>")
+
+
+def _summary(text: str) -> str:
+    """The first paragraph after the greeting, as one line: what the notice says, whole (a
+    template's first line broke off mid-sentence, dropping the case manager's name)."""
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    said = [p for p in paragraphs if p and not p.startswith("Hello")]
+    return said[0] if said else ""
 
 
 def _with_layout(subject: str, text: str, body: str) -> Rendered:

@@ -27,7 +27,8 @@ async def load_cases(conn: asyncpg.Connection, case_ids: Iterable[UUID]) -> dict
             g["goal_id"], g["title"], g["in_their_words"], g["status"], g["target_date"])
     for s in steps:
         cases[s["case_id"]].steps[s["step_id"]] = Step(
-            s["step_id"], s["goal_id"], s["description"], s["due_date"], s["status"])
+            s["step_id"], s["goal_id"], s["description"], s["due_date"], s["status"],
+            s["owner"], s["support_name"])
     for v in reviews:
         cases[v["case_id"]].reviews[v["review_id"]] = Review(
             v["review_id"], v["due_date"], v["scheduled_at"])
@@ -56,8 +57,10 @@ async def save_case(conn: asyncpg.Connection, case: CaseModel, now: datetime) ->
         [(case.case_id, g.goal_id, g.title, g.in_their_words, g.status, g.target_date)
          for g in case.goals.values()])
     await conn.executemany(
-        "INSERT INTO notifier.steps VALUES ($1, $2, $3, $4, $5, $6)",
-        [(case.case_id, s.step_id, s.goal_id, s.description, s.due_date, s.status)
+        "INSERT INTO notifier.steps (case_id, step_id, goal_id, description, due_date, status,"
+        " owner, support_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        [(case.case_id, s.step_id, s.goal_id, s.description, s.due_date, s.status, s.owner,
+          s.support_name)
          for s in case.steps.values()])
     await conn.executemany(
         "INSERT INTO notifier.reviews VALUES ($1, $2, $3, $4)",

@@ -173,6 +173,21 @@ async def rename_participant(conn: asyncpg.Connection, case_id: UUID, called: st
         case_id, called, now)
 
 
+async def withdraw_celebrations(conn: asyncpg.Connection, case_id: UUID, kind: str,
+                                subject: str, subject_id: UUID, reason: str,
+                                now: datetime) -> None:
+    """Cancel the case's waiting celebrations of ``kind`` whose context ``subject`` is
+    ``subject_id`` (a step taken back, a goal no longer achieved). Only on such a reversal, so
+    celebration rows are not locked on the usual path (see ``reconcile_case``); a claimed one
+    is left by its dispatcher, whose check before sending finds it no longer pending."""
+    await conn.execute(
+        "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"
+        " last_error = $5, lease_owner = NULL, lease_until = NULL, updated_at = $6"
+        " WHERE id IN (SELECT id FROM notifier.notifications WHERE case_id = $1 AND kind = $2"
+        " AND context->>$3 = $4 AND status IN ('scheduled', 'failed') ORDER BY id FOR UPDATE)",
+        case_id, kind, subject, str(subject_id), reason, now)
+
+
 async def _cancel_keys(conn: asyncpg.Connection, keys: Sequence[str], reason: str,
                        now: datetime) -> None:
     if keys:

@@ -1,0 +1,189 @@
+"""Celebrations celebrate what the record still says: a step completed and then reversed, or a
+goal achieved and then taken back, while its mail still waits (the notifier catching up, a
+mail server saying "try later", a digest), is not celebrated. Real records service, real
+PostgreSQL, real SMTP."""
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiohttp.test_utils import TestClient
+
+from services.notifier.schedule import FEED_CHECKPOINT
+from services.notifier.store.cases import reset_checkpoint
+from tests.conftest import FakeClock, TokenFactory
+from tests.notifier_helpers import (  # noqa: F401  (fixtures)
+    NotifierRig,
+    Records,
+    SmtpServer,
+    clock,
+    make_rig,
+    records,
+    rig,
+    smtp,
+)
+
+
+async def step_status(records: Records, case: str, step: str, status: str) -> None:
+    await records.call("POST", f"/v1/cases/{case}/steps/{step}/status",
+                       {"status": status, "reason": "recorded on the wrong step"})
+
+
+async def goal_status(records: Records, case: str, goal: str, status: str) -> None:
+    await records.call("POST", f"/v1/cases/{case}/goals/{goal}/status",
+                       {"status": status, "reason": "recorded too early"})
+
+
+async def opted_in_participant(rig: NotifierRig, records: Records,
+                               token: TokenFactory) -> tuple[str, str]:
+    """A case whose participant asked to hear of milestones, and one goal of it."""
+    await rig.set_prefs("cm-1", token())
+    case = await records.open_case()
+    await rig.set_prefs("jo", token(role="participant", sub="jo", cases=[case]), email=None)
+    return case, await records.goal(case, "Find steady work", "A job where I use my hands")
+
+
+async def test_a_small_win_taken_back_before_it_went_out_is_not_celebrated(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    case = await records.open_case()
+    step = await records.step(case, await records.goal(case))
+    await records.complete(case, step)
+    await step_status(records, case, step, "in_progress")
+    await rig.catch_up()
+    await rig.dispatch()
+    assert smtp.received == []
+    [win] = await rig.rows(kind="small_win")
+    assert win["status"] == "cancelled"
+    assert "ActionStepStatusChanged" in win["last_error"]
+
+
+async def test_a_small_win_waiting_to_retry_is_withdrawn_when_the_step_is_no_longer_needed(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    await rig.set_prefs("cm-1", token())
+    case = await records.open_case()
+    step = await records.step(case, await records.goal(case))
+    await records.complete(case, step)
+    await rig.catch_up()
+    smtp.replies = ["451 try again later"]
+    await rig.dispatch()
+    clock.advance(minutes=5)
+    await step_status(records, case, step, "no_longer_needed")
+    await rig.catch_up()
+    clock.advance(hours=2)
+    await rig.dispatch()
+    assert smtp.received == []
+    [win] = await rig.rows(kind="small_win")
+    assert win["status"] == "cancelled"
+
+
+async def test_a_step_completed_taken_back_and_completed_again_is_one_small_win(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-1", token())
+    case = await records.open_case()
+    step = await records.step(case, await records.goal(case))
+    await records.complete(case, step)
+    await step_status(records, case, step, "in_progress")
+    await records.complete(case, step, note="Went on Tuesday")
+    await rig.catch_up()
+    await rig.dispatch()
+    [win] = smtp.received
+    assert "Went on Tuesday" in win.get_payload()[0].get_payload(decode=True).decode()
+
+
+async def test_a_goal_taken_back_before_its_milestone_went_out_congratulates_nobody(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    case, goal = await opted_in_participant(rig, records, token)
+    await records.achieve(case, goal)
+    await goal_status(records, case, goal, "active")
+    await rig.catch_up()
+    await rig.dispatch()
+    assert smtp.received == []
+    rows = await rig.rows(kind="milestone")
+    assert [r["status"] for r in rows] == ["cancelled", "cancelled"]
+    assert all("GoalStatusChanged" in r["last_error"] for r in rows)
+
+
+async def test_a_goal_achieved_taken_back_and_achieved_again_is_celebrated_once(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    case, goal = await opted_in_participant(rig, records, token)
+    await records.achieve(case, goal)
+    await goal_status(records, case, goal, "active")
+    await records.achieve(case, goal)
+    await rig.catch_up()
+    await rig.dispatch()
+    assert sorted(m["To"] for m in smtp.received) == ["cm-1@example.org", "jo@example.org"]
+
+
+async def test_an_achievement_recorded_again_after_its_milestone_went_out_is_celebrated_again(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """The decision (0201): each achievement that stands when its mail goes out is celebrated;
+    the notifier cannot unsend the first, and the second is a new fact in the record."""
+    case, goal = await opted_in_participant(rig, records, token)
+    await records.achieve(case, goal)
+    await rig.catch_up()
+    await rig.dispatch()
+    clock.now = datetime(2026, 4, 2, 9, 0, tzinfo=UTC)
+    await goal_status(records, case, goal, "active")
+    clock.now = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+    await records.achieve(case, goal)
+    await rig.catch_up()
+    await rig.dispatch()
+    assert sorted(m["To"] for m in smtp.received) == ["cm-1@example.org"] * 2 + \
+        ["jo@example.org"] * 2
+    assert [r["status"] for r in await rig.rows(kind="milestone")] == ["sent"] * 4
+
+
+async def test_replaying_a_story_of_reversals_from_zero_sends_nothing_again(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """Completed (sent), taken back, completed again (sent), a goal achieved and taken back
+    before its mail went: replayed over the schema and into a new one, the same keys and due
+    times, and no second email."""
+    case, goal = await opted_in_participant(rig, records, token)
+    step = await records.step(case, goal)
+    await records.complete(case, step)
+    await rig.catch_up()
+    await rig.dispatch()
+    clock.advance(hours=1)
+    await step_status(records, case, step, "in_progress")
+    await records.complete(case, step, note="Done properly this time")
+    await records.achieve(case, goal)
+    await goal_status(records, case, goal, "active")
+    await rig.catch_up()
+    await rig.dispatch()
+    assert len(smtp.received) == 2  # the two small wins; the milestone was taken back first
+    schedule = {(r["key"], r["due_at"], r["status"]) for r in await rig.rows()}
+    await reset_checkpoint(rig.notifier.pool, FEED_CHECKPOINT, clock())
+    await rig.catch_up()
+    await rig.dispatch()
+    assert {(r["key"], r["due_at"], r["status"]) for r in await rig.rows()} == schedule
+    await rig.notifier.pool.execute("DROP SCHEMA notifier CASCADE")
+    clock.advance(hours=1)
+    rebuilt = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock)
+    await rebuilt.set_prefs("cm-1", token())
+    await rebuilt.catch_up()
+    await rebuilt.dispatch()
+    assert {(r["key"], r["due_at"]) for r in await rebuilt.rows()} == \
+        {(key, due) for key, due, _ in schedule}
+    assert len(smtp.received) == 2
+
+
+async def test_a_sent_small_win_links_to_the_plan_when_a_plan_url_is_set(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    linked = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                            NOTIFIER_PLAN_URL="https://casetrail.example.org/plans/{case_id}")
+    await linked.set_prefs("cm-1", token())
+    case = await records.open_case()
+    await records.complete(case, await records.step(case, await records.goal(case)))
+    await linked.catch_up()
+    await linked.dispatch()
+    [message] = smtp.received
+    text = message.get_payload()[0].get_payload(decode=True).decode()  # type: ignore[index,union-attr]
+    assert f"https://casetrail.example.org/plans/{case}" in text
