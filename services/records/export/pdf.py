@@ -8,6 +8,12 @@ after ``%%EOF`` (readers ignore it), over the digest of the document's bytes fol
 canonical JSON of the export header, which a PDF has no line of its own for, and of the state
 of the hash chain as the service found it while laying the events out (a verifier cannot
 recompute the chain from printed pages).
+
+Every script a participant writes in is set so it can be read: each character is drawn in the
+first font of a chain that has its glyph (DejaVu Sans or the bundled Vera, then reportlab's
+built-in CID fonts for Chinese, Japanese and Korean), Arabic is joined (arabic-reshaper), and a
+paragraph is wrapped in the order it was typed, then each line is put in display order by the
+Unicode bidirectional algorithm (python-bidi); a right-to-left paragraph is right-aligned.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from services.records.export.formats import (
     signature_block,
 )
 from services.records.export.signing import ExportSigner
+from services.records.export.typesetting import Line, Run, Typesetter
 
 _CHUNK = 1 << 16
 _SPOOL_BYTES = 4 << 20
@@ -72,6 +79,7 @@ class PdfRenderer:
         self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
             max_size=_SPOOL_BYTES)
         self._font = _font()
+        self._type = Typesetter(self._font)
         self._canvas = Canvas(self._file, pagesize=A4, pageCompression=1)
         self._canvas.setTitle(f"Case history {header.case_id}")
         self._canvas.setCreator("Casetrail")
@@ -135,37 +143,69 @@ class PdfRenderer:
                    f"{link.type}", size=10)
         self._line(f"recorded by {actor.get('sub')} ({actor.get('role')})")
         if reason := reason_of(link.type, link.schema_version, link.data, link.metadata):
-            self._line(f"reason: {reason}")
+            self._field("reason", reason)
         for key, value in link.data.items():
-            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-            self._line(f"{key}: {shown}", indent=12)
+            if isinstance(value, str):
+                self._field(key, value, indent=12)
+            else:  # JSON reads left to right, whatever its strings hold
+                self._line(f"{key}: {json.dumps(value, ensure_ascii=False)}", indent=12,
+                           right_to_left=False)
         self._line(f"hash {link.hash}", size=7)
         self._line("")
 
-    def _line(self, text: str, *, size: float = _SIZE, indent: float = 0.0) -> None:
-        for part in self._wrapped(text, size, self._width - indent):
-            if self._y < _MARGIN + _LEADING:
-                self._new_page()
-            self._canvas.setFont(self._font, size)
-            self._canvas.drawString(_MARGIN + indent, self._y, part)
-            self._y -= max(_LEADING, size + 3)
+    def _field(self, name: str, value: str, *, indent: float = 0.0) -> None:
+        """``name: value``; a value that opens right to left is set, right-aligned, under
+        its name."""
+        first = value.partition("\n")[0]
+        if self._type.right_to_left(first):
+            self._line(f"{name}:", indent=indent)
+            self._line(value, indent=indent)
+        else:
+            self._line(f"{name}: {value}", indent=indent)
 
-    def _wrapped(self, text: str, size: float, width: float) -> list[str]:
-        """Lines that fit ``width``: split at spaces, and a word longer than a line (a web
-        address, text in a script written without spaces) broken where the line ends."""
-        lines: list[str] = []
+    def _line(self, text: str, *, size: float = _SIZE, indent: float = 0.0,
+              right_to_left: bool | None = None) -> None:
+        """Each paragraph of ``text`` in lines that fit, each in its own direction unless
+        ``right_to_left`` says."""
+        width = self._width - indent
+        for paragraph in text.split("\n"):
+            for line in self._lines(paragraph, size, width, right_to_left):
+                self._draw(line, size, _MARGIN + indent, width)
+
+    def _lines(self, paragraph: str, size: float, width: float,
+               right_to_left: bool | None) -> list[Line]:
+        if self._type.plain(paragraph):
+            return [Line((Run(part, self._font, wide),), wide, False)
+                    for part, wide in self._wrapped(paragraph, size, width)]
+        return self._type.lines(paragraph, size, width, right_to_left)
+
+    def _draw(self, line: Line, size: float, left: float, width: float) -> None:
+        if self._y < _MARGIN + _LEADING:
+            self._new_page()
+        x = left + width - line.width if line.right_to_left else left
+        for run in line.runs:
+            self._canvas.setFont(run.font, size)
+            self._canvas.drawString(x, self._y, run.text)
+            x += run.width
+        self._y -= max(_LEADING, size + 3)
+
+    def _wrapped(self, text: str, size: float, width: float) -> list[tuple[str, float]]:
+        """Lines of left-to-right text the main font covers, with their widths, that fit
+        ``width``: split at spaces, and a word longer than a line (a web address) broken
+        where the line ends."""
+        lines: list[tuple[str, float]] = []
         for line in simpleSplit(text, self._font, size, width) or [""]:
-            if stringWidth(line, self._font, size) <= width:
-                lines.append(line)
+            if (wide := stringWidth(line, self._font, size)) <= width:
+                lines.append((line, wide))
                 continue
             start, used = 0, 0.0
             for end, char in enumerate(line):
                 wide = stringWidth(char, self._font, size)  # reportlab does not kern
                 if used + wide > width and end > start:
-                    lines.append(line[start:end])
+                    lines.append((line[start:end], used))
                     start, used = end, 0.0
                 used += wide
-            lines.append(line[start:])
+            lines.append((line[start:], used))
         return lines
 
     def _new_page(self) -> None:
