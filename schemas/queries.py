@@ -49,9 +49,23 @@ class NoQuery(_Query):
     revision) is refused, not silently dropped."""
 
 
+# A date-time whose offset's "+" arrived as a space: form encoding reads an unencoded "+" in
+# a query string as one, as a browser or curl sends ?as_of=2026-03-01T10:00:00+01:00
+_PLUS_READ_AS_SPACE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?)"
+    r" ([0-9]{2}:[0-9]{2})")
+
+
 class PlanQuery(_Query):
     as_of_version: QueryInt | None = Field(default=None, ge=1, le=10_000_000)
     as_of: WireDateTime | None = Field(default=None, description="RFC 3339 with a time zone")
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def plus_restored(cls, value: object) -> object:
+        if isinstance(value, str) and (match := _PLUS_READ_AS_SPACE.fullmatch(value)):
+            return f"{match[1]}+{match[2]}"
+        return value
 
     @field_validator("as_of")
     @classmethod

@@ -13,7 +13,9 @@ from uuid import UUID
 import asyncpg
 
 from schemas import api
+from schemas.events import NoteAdded
 from services.common.auth import Principal
+from services.common.jsonenc import encode_json
 from services.records.application.access import (
     Action,
     CaseFacts,
@@ -29,7 +31,8 @@ from services.records.application.access import (
 from services.records.application.cases import history_entry
 from services.records.application.policy import AgencyPolicies
 from services.records.chain import ChainReport
-from services.records.domain import plan_json
+from services.records.domain import PlanState, plan_json
+from services.records.domain.view import note_document
 from services.records.export.fhir import FhirWriter
 from services.records.export.formats import ExportFormat, ExportHeader, ExportWriter
 from services.records.export.pdf import PdfRenderer, signed_pdf
@@ -40,6 +43,7 @@ from services.records.projections.plans import (
     fold_recorded,
     list_caseload,
     load_plan,
+    replay,
 )
 from services.records.store.access_log import AccessLogEntry, list_entries, record_reads
 from services.records.store.checkpoint import Checkpoint
@@ -153,10 +157,7 @@ class CaseQueries:
         if not events or events[-1].version < to_version:
             raise VersionOutOfRange(events[-1].version if events else 0, "to_version")
         before = fold_recorded(events[:from_version])
-        after = fold_recorded(events[from_version:], before)
-        assert after is not None
-        old = json.loads(plan_json(before)) if before is not None else {}
-        new = json.loads(plan_json(after))
+        old, new = plan_documents_around(before, events[from_version:])
         return api.DiffView.model_validate({
             "case_id": case_id, "from_version": from_version, "to_version": to_version,
             "changes": diff_documents(old, new),
@@ -295,8 +296,35 @@ class VersionOutOfRange(Exception):
         self.parameter = parameter  # the query parameter that asked for too much
 
 
+def plan_documents_around(before: PlanState | None,
+                          events: list[RecordedEvent]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plan before and after ``events`` as JSON documents to diff ({} before the case
+    opened). The plan shows only the most recent notes, and notes are never removed: so
+    ``recent_notes`` holds, after, every note the events added (also those pushed out of the
+    recent ones since) and, before, none; a note leaving the recent ones is no change."""
+    after, added = before, []
+    for payload, _, after in replay(events, before):
+        if isinstance(payload, NoteAdded):
+            added += [note for note in after.notes if note.note_id == payload.note_id]
+    assert after is not None  # the events of a diff are never empty
+    old: dict[str, Any] = json.loads(plan_json(before)) if before is not None else {}
+    new: dict[str, Any] = json.loads(plan_json(after))
+    if old:
+        old["recent_notes"] = []
+    new["recent_notes"] = json.loads(encode_json([note_document(n) for n in added]))
+    return old, new
+
+
+# The plan's lists of items and the key naming each item: a diff matches items by it. (Read
+# by name: a plan read back from the database has its keys in another order, and a step also
+# holds its goal_id.)
+_ITEM_IDS = {"strengths": "strength_id", "goals": "goal_id", "steps": "step_id",
+             "supports": "support_id", "requirements": "requirement_id",
+             "reviews": "review_id", "recent_notes": "note_id"}
+
+
 def diff_documents(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
-    """Field-by-field changes between two JSON documents; lists of items match by their id."""
+    """Field-by-field changes between two plan documents; lists of items match by their id."""
     if isinstance(old, dict) and isinstance(new, dict):
         changes: list[dict[str, Any]] = []
         for key in sorted(set(old) | set(new)):
@@ -308,23 +336,18 @@ def diff_documents(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
             else:
                 changes += diff_documents(old[key], new[key], child)
         return changes
-    if isinstance(old, list) and isinstance(new, list) and _keyed(old) and _keyed(new):
-        return diff_documents(_by_id(old), _by_id(new), path)
+    id_key = _ITEM_IDS.get(path.rpartition(".")[2])
+    if id_key and _keyed(old, id_key) and _keyed(new, id_key):
+        return diff_documents(_by_id(old, id_key), _by_id(new, id_key), path)
     if old != new:
         return [{"path": path, "change": "changed", "from": old, "to": new}]
     return []
 
 
-def _item_id(item: dict[str, Any]) -> str | None:
-    for key, value in item.items():
-        if key == "id" or (key.endswith("_id") and key != "case_id" and isinstance(value, str)):
-            return str(value)
-    return None
+def _keyed(items: Any, id_key: str) -> bool:
+    return isinstance(items, list) and all(
+        isinstance(item, dict) and isinstance(item.get(id_key), str) for item in items)
 
 
-def _keyed(items: list[Any]) -> bool:
-    return all(isinstance(i, dict) and _item_id(i) is not None for i in items)
-
-
-def _by_id(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {str(_item_id(item)): item for item in items}
+def _by_id(items: list[dict[str, Any]], id_key: str) -> dict[str, Any]:
+    return {item[id_key]: item for item in items}

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from schemas.api import PlanView
 from services.common.jsonenc import encode_json
-from services.records.domain.state import PlanState, ReviewState, StepState
+from services.records.domain.state import NoteState, PlanState, ReviewState, StepState
 
 Document = dict[str, Any]
 
@@ -85,6 +85,12 @@ def _items(state: PlanState) -> Document:
     }
 
 
+def note_document(note: NoteState) -> Document:
+    """A note as the plan's ``recent_notes`` shows it."""
+    return {"note_id": note.note_id, "text": note.text, "goal_id": note.goal_id,
+            "recorded_at": note.recorded_at, "version": note.version}
+
+
 def _agreement(state: PlanState) -> Document | None:
     a = state.agreement
     if a is None:
@@ -120,11 +126,7 @@ def plan_document(state: PlanState) -> Document:
         "active_goal_count": state.active_goal_count,
         "max_active_goals": state.policy.max_active_goals,
         "reviews": [_review(r, state.pending_review_id) for r in state.reviews.values()],
-        "recent_notes": [
-            {"note_id": n.note_id, "text": n.text, "goal_id": n.goal_id,
-             "recorded_at": n.recorded_at, "version": n.version}
-            for n in state.notes
-        ],
+        "recent_notes": [note_document(n) for n in state.notes],
         "note_count": state.note_count,
         "closure": _closure(state),
     }
