@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from pydantic import ValidationError
 
-from services.common.auth import Role, check_secret, dev_secret, issue_token
+from services.common.auth import Role, check_secret, dev_secret, expected_claims, issue_token
 from services.common.database import MigrationError
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
@@ -70,7 +70,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     try:
         token = issue_token(secret, sub=args.sub, role=args.role, agency=args.agency,
                             cases=cases, ttl_seconds=args.ttl, window_from=window_from,
-                            window_to=window_to)
+                            window_to=window_to, extra=expected_claims(settings))
     except ValueError as error:
         return _fail(f"bad --cases or --role: {error}")
     print(token)
@@ -230,10 +230,11 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
 
 def _banner(settings: Settings, records: str, notifier: DevNotifier, smtp: str) -> str:
     assert settings.jwt_secret
+    claims = expected_claims(settings)
     token = issue_token(settings.jwt_secret, sub="cm-demo", role=Role.CASE_MANAGER,
-                        agency="demo-agency")
+                        agency="demo-agency", extra=claims)
     supervisor = issue_token(settings.jwt_secret, sub="sup-demo", role=Role.SUPERVISOR,
-                             agency="demo-agency")
+                             agency="demo-agency", extra=claims)
     return f"""
 Casetrail is running.
   records   {records}      (API list: {records}/docs)

@@ -70,6 +70,13 @@ def check_secret(secret: str) -> None:
         raise ConfigurationError("CASETRAIL_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
 
 
+def expected_claims(settings: ServiceSettings) -> dict[str, str]:
+    """The audience and issuer the services check, when set: a token this deployment signs
+    with its secret must carry them, or the services refuse it."""
+    claims = {"aud": settings.jwt_audience, "iss": settings.jwt_issuer}
+    return {name: value for name, value in claims.items() if value}
+
+
 class TokenVerifier:
     def __init__(self, settings: ServiceSettings) -> None:
         self._audience = settings.jwt_audience

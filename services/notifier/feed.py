@@ -21,7 +21,7 @@ import structlog
 from pydantic import ValidationError
 
 from schemas.feed import FeedPage
-from services.common.auth import Role, issue_token
+from services.common.auth import Role, expected_claims, issue_token
 from services.common.database import DATABASE_UNAVAILABLE
 from services.common.retry import doubling
 from services.common.settings import ConfigurationError
@@ -52,6 +52,7 @@ class FeedToken:
         self._file = settings.records_token_file
         self._fixed = settings.records_token
         self._secret = settings.jwt_secret
+        self._claims = expected_claims(settings)
         self._token = ""
         self._renew_at = 0.0
         if not (self._file or self._fixed or self._secret):
@@ -66,7 +67,8 @@ class FeedToken:
         if time.time() >= self._renew_at:
             assert self._secret is not None
             self._token = issue_token(self._secret, sub="notifier", role=Role.SERVICE,
-                                      agency="casetrail", ttl_seconds=_TOKEN_TTL)
+                                      agency="casetrail", ttl_seconds=_TOKEN_TTL,
+                                      extra=self._claims)
             self._renew_at = time.time() + _TOKEN_TTL / 2
         return self._token
 
