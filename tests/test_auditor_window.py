@@ -327,7 +327,8 @@ async def test_supervisors_export_their_agencys_access_log(scene: Scene) -> None
     first = await scene.get("/v1/access-log?limit=2", supervisor)
     assert first[0] == 200
     assert [(e["actor_sub"], e["action"], e["what"]) for e in first[1]["entries"]] == [
-        ("sup-1", "read_plan", "plan"), ("court-1", "audit", "history after_version=0 limit=100")]
+        ("sup-1", "read_plan", "plan"),
+        ("court-1", "audit", "history after_version=0 limit=100 window_versions=1-3")]
     assert first[1]["entries"][0]["case_id"] == scene.case_id
     rest = await scene.get(f"/v1/access-log?after={first[1]['next_after']}", supervisor)
     assert [e["actor_sub"] for e in rest[1]["entries"]] == ["court-1"]

@@ -82,17 +82,22 @@ class CaseQueries:
         self._policies = policies
 
     async def _allow(self, who: Principal, case_id: UUID, action: Action, what: str,
-                     request_id: str | None) -> StoredPlan:
-        """The case's current plan, once ``who`` may take ``action`` on it; an audited read is
-        logged with ``what`` was read."""
+                     request_id: str | None) -> tuple[StoredPlan, WindowVersions | None]:
+        """The case's current plan and the versions ``who``'s window shows (None: no window),
+        once ``who`` may take ``action`` on it. An audited read is logged with ``what`` was
+        read and, for a window, the versions it shows: the log does not keep the token."""
         stored = await load_plan(self._pool, case_id)
         if stored is None:
             raise NotVisible
         authorize(who, action, CaseFacts(case_id, stored.agency, stored.case_manager))
+        window = await self._window(who, case_id)
         if is_audited_read(who):
-            await record_reads(self._pool, [self._entry(who, case_id, action, what,
+            shown = f" window_versions={window.first}-{window.last}" if window else ""
+            await record_reads(self._pool, [self._entry(who, case_id, action, what + shown,
                                                         request_id)])
-        return stored
+        if window is not None and window.last == 0:
+            raise NotVisible  # the case did not exist yet when the window closed
+        return stored, window
 
     def _entry(self, who: Principal, case_id: UUID, action: Action, what: str,
                request_id: str | None) -> AccessLogEntry:
@@ -105,8 +110,6 @@ class CaseQueries:
             return None
         first, last = await versions_around_window(self._pool, case_id, who.window_from,
                                                    who.window_to)
-        if last == 0:
-            raise NotVisible  # the case did not exist yet when the window closed
         return WindowVersions(first, last)
 
     async def plan(self, who: Principal, case_id: UUID, *, as_of_version: int | None = None,
@@ -114,10 +117,9 @@ class CaseQueries:
         time_travel = as_of_version is not None or as_of is not None
         point = (f" as_of_version={as_of_version}" if as_of_version is not None
                  else f" as_of={as_of.isoformat()}" if as_of is not None else "")
-        stored = await self._allow(who, case_id,
-                                   Action.AUDIT if time_travel else Action.READ_PLAN,
-                                   f"plan{point}", request_id)
-        window = await self._window(who, case_id)
+        stored, window = await self._allow(who, case_id,
+                                           Action.AUDIT if time_travel else Action.READ_PLAN,
+                                           f"plan{point}", request_id)
         if window is not None:
             as_of_version, as_of = point_in_window(who, window, as_of_version, as_of)
             time_travel = True
@@ -133,9 +135,9 @@ class CaseQueries:
 
     async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
                       request_id: str | None = None) -> api.HistoryPage:
-        await self._allow(who, case_id, Action.AUDIT,
-                          f"history after_version={after_version} limit={limit}", request_id)
-        window = await self._window(who, case_id)
+        _, window = await self._allow(
+            who, case_id, Action.AUDIT, f"history after_version={after_version} limit={limit}",
+            request_id)
         up_to_version = None
         if window is not None:
             after_version, up_to_version = max(after_version, window.first), window.last
@@ -148,9 +150,9 @@ class CaseQueries:
 
     async def diff(self, who: Principal, case_id: UUID, from_version: int, to_version: int,
                    request_id: str | None = None) -> api.DiffView:
-        await self._allow(who, case_id, Action.AUDIT,
-                          f"diff from_version={from_version} to_version={to_version}", request_id)
-        window = await self._window(who, case_id)
+        _, window = await self._allow(
+            who, case_id, Action.AUDIT,
+            f"diff from_version={from_version} to_version={to_version}", request_id)
         if window is not None:
             check_diff_in_window(window, from_version, to_version)
         events = await self._store.read_stream(case_id, up_to_version=to_version)
@@ -165,8 +167,7 @@ class CaseQueries:
 
     async def verify(self, who: Principal, case_id: UUID,
                      request_id: str | None = None) -> ChainReport:
-        await self._allow(who, case_id, Action.AUDIT, "verify", request_id)
-        window = await self._window(who, case_id)
+        _, window = await self._allow(who, case_id, Action.AUDIT, "verify", request_id)
         # a windowed auditor gets the chain from its start through the window's last version:
         # everything they see depends on it, and nothing after the window is revealed
         return await self._store.verify(case_id,
@@ -177,9 +178,8 @@ class CaseQueries:
         """The case's history as a signed export: every event through the current version (a
         windowed auditor: the events recorded inside the window), read page by page as the
         answer streams, so memory stays flat however long the history."""
-        stored = await self._allow(who, case_id, Action.EXPORT,
-                                   f"export format={export_format.value}", request_id)
-        window = await self._window(who, case_id)
+        stored, window = await self._allow(who, case_id, Action.EXPORT,
+                                           f"export format={export_format.value}", request_id)
         first, last = (window.first + 1, window.last) if window else (1, stored.version)
         header = ExportHeader(str(case_id), stored.agency, first, last, self._clock(),
                               {"sub": who.sub, "role": who.role.value})
