@@ -536,7 +536,10 @@ async def test_time_travel_by_version_and_by_time(cm: CaseApi, clock: FakeClock)
     assert by_time["version"] == 2
     before_open = await cm.call("GET", f"/v1/cases/{case_id}?as_of=2020-01-01T00:00:00Z",
                                 expect=404)
-    assert before_open["status"] == 404
+    assert before_open["type"].endswith("not-yet-opened")
+    assert before_open["detail"] == ("the case was opened at 2026-03-02T09:00:00+00:00,"
+                                     " after that time")
+    assert [e["field"] for e in before_open["errors"]] == ["query.as_of"]
     beyond = await cm.call("GET", f"/v1/cases/{case_id}?as_of_version=4", expect=422)
     assert beyond["current_version"] == 3
     assert [e["field"] for e in beyond["errors"]] == ["query.as_of_version"]

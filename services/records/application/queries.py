@@ -128,10 +128,14 @@ class CaseQueries:
         state = fold_recorded(await self._store.read_stream(
             case_id, up_to_version=as_of_version, up_to_time=as_of))
         if state is None:
-            raise NotVisible  # the case did not exist yet at that point
+            raise NotYetOpened(await self._opened_at(case_id))
         if as_of_version is not None and state.version < as_of_version:
             raise VersionOutOfRange(state.version, "as_of_version")
         return PlanAnswer(state.version, json.loads(plan_json(state)))
+
+    async def _opened_at(self, case_id: UUID) -> datetime:
+        [opening] = await self._store.read_stream(case_id, up_to_version=1)
+        return opening.recorded_at
 
     async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
                       request_id: str | None = None) -> api.HistoryPage:
@@ -287,6 +291,14 @@ class CaseQueries:
 class ExportTooLarge(Exception):
     def __init__(self, why: str) -> None:
         super().__init__(f"{why}: export it as JSON Lines or CSV")
+
+
+class NotYetOpened(Exception):
+    """Time travel to before the case was opened, by someone who may read it."""
+
+    def __init__(self, opened_at: datetime) -> None:
+        super().__init__(f"the case was opened at {opened_at.isoformat()}, after that time")
+        self.opened_at = opened_at
 
 
 class VersionOutOfRange(Exception):

@@ -8,7 +8,11 @@ from schemas.events import EventDecodeError
 from services.common.problems import Handler, Problem
 from services.records.application.access import Forbidden, NotVisible
 from services.records.application.cases import PreconditionFailed, TooMuchContention
-from services.records.application.queries import ExportTooLarge, VersionOutOfRange
+from services.records.application.queries import (
+    ExportTooLarge,
+    NotYetOpened,
+    VersionOutOfRange,
+)
 from services.records.domain import DomainError
 from services.records.store.events import IdempotencyKeyReused
 
@@ -34,6 +38,9 @@ def _problem(error: Exception) -> Problem | None:
         case IdempotencyKeyReused():
             return Problem(422, "Invalid request", str(error), kind="idempotency-key-reused",
                            errors=[{"field": "header.Idempotency-Key", "message": str(error)}])
+        case NotYetOpened():
+            return Problem(404, "Not found", str(error), kind="not-yet-opened",
+                           errors=[{"field": "query.as_of", "message": str(error)}])
         case VersionOutOfRange():
             return Problem(422, "Invalid request", str(error), kind="version-out-of-range",
                            current_version=error.current_version,
