@@ -20,6 +20,7 @@ from reportlab.pdfbase.ttfonts import TTFont
 
 from services.cli import main
 from services.common.auth import TokenVerifier
+from services.common.server import SHUTDOWN_SECONDS
 from services.common.settings import ServiceSettings, Settings
 from services.notifier.feed import FeedToken
 from services.notifier.settings import NotifierSettings
@@ -159,3 +160,15 @@ def test_the_configuration_tables_name_every_setting_and_only_those(
             default = f"{field.default:g}" if isinstance(field.default, float) \
                 else str(field.default)
             assert f"`{default}`" in rows[field.alias], field.alias
+
+
+def test_every_pod_is_given_the_time_its_server_takes_to_stop() -> None:
+    # past terminationGracePeriodSeconds the kubelet kills the process: requests in flight
+    # get SHUTDOWN_SECONDS after the preStop pause, and closing the pool needs a moment more
+    for doc in (d for d in KUBERNETES if d["kind"] == "Deployment"):
+        pod = doc["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        pause = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+        paused = int(pause["command"][1]) if pause else 0
+        assert pod["terminationGracePeriodSeconds"] - paused >= SHUTDOWN_SECONDS + 5, doc[
+            "metadata"]["name"]

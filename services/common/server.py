@@ -31,6 +31,10 @@ from services.common.problems import PROBLEM_TYPE_BASE
 # court order (about 50 bytes a case) outgrows that at some 150 cases.
 MAX_HEADER_BYTES = 64 * 1024
 KEEPALIVE_SECONDS = 75.0
+# How long requests in flight (a long export) may finish after a stop signal: aiohttp's 60 s
+# outlasted the deployment's grace (deploy/kubernetes: 45 s less a 5 s preStop pause), so a
+# pod was killed mid-shutdown, before the pool and the feed listener were closed.
+SHUTDOWN_SECONDS = 35.0
 # what aiohttp answers itself: (problem kind, title)
 _OWN_ANSWERS = {400: ("malformed-request", "Bad request"), 500: ("internal", "Internal error")}
 # aiohttp's messages quote what it could not read (a query, a header's value); the log keeps
@@ -88,7 +92,8 @@ class ServiceRunner(web.AppRunner):
     def __init__(self, app: web.Application, *, handle_signals: bool = False) -> None:
         # keepalive_timeout: web.run_app's 75 s (a bare runner would keep an idle client an hour)
         super().__init__(app, handle_signals=handle_signals, access_log_class=JsonAccessLogger,
-                         max_field_size=MAX_HEADER_BYTES, keepalive_timeout=KEEPALIVE_SECONDS)
+                         max_field_size=MAX_HEADER_BYTES, keepalive_timeout=KEEPALIVE_SECONDS,
+                         shutdown_timeout=SHUTDOWN_SECONDS)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
