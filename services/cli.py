@@ -274,11 +274,15 @@ def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
 
     document = api.openapi()
     if args.check:
-        problems = openapi_drift(document)
+        problems = openapi_drift(document, OPENAPI_FILE)
         for line in problems:
             print(f"{line}; run `casetrail openapi` and commit it", file=sys.stderr)
         return 1 if problems else 0
-    changed = write_openapi(document)
+    try:
+        changed = write_openapi(document, OPENAPI_FILE)
+    except OSError as error:  # an installed package (a read-only image) is not a checkout
+        return _fail(f"cannot write {OPENAPI_FILE}: {error.strerror}; run it in a checkout,"
+                     " or serve the document at /openapi.json")
     print(f"{OPENAPI_FILE} {'written' if changed else 'up to date'}")
     return 0
 

@@ -364,3 +364,17 @@ def test_what_libraries_log_comes_out_as_json_too() -> None:
             "logger": "aiohttp.server"}.items() <= line.items()
     assert "ValueError: the cause" in line["exception"]
     assert ran.stderr == ""
+
+
+def test_openapi_where_the_file_cannot_be_written_is_a_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # an installed package in a read-only image is not a checkout: no traceback
+    from schemas import generate
+    from services.cli import main
+    monkeypatch.setattr(generate, "OPENAPI_FILE", tmp_path / "no-such-folder" / "openapi.json")
+    assert main(["openapi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("casetrail: cannot write ")
+    assert "/openapi.json" in err
+    assert "Traceback" not in err
