@@ -7,9 +7,17 @@ asyncpg's notices), so a log shipper never meets a line it cannot parse."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+# a local part without "/" or ":", so a path keeps its route and a URL its scheme and user
+# (postgresql://user:secret@host loses the secret, not the rest)
+_ADDRESS = re.compile(r"[\w.!#$%&*+=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)*")
+MASK = "[address]"
 
 
 class _Stdout:
@@ -23,6 +31,31 @@ class _Stdout:
         sys.stdout.flush()
 
 
+def without_addresses(text: str) -> str:
+    """``text`` with email addresses masked: SMTP replies quote the recipient, a user id may
+    be the person's address, and neither logs nor a case manager's screen are the place for
+    a participant's address."""
+    return _ADDRESS.sub(MASK, text) if "@" in text else text
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return without_addresses(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(item) for item in value]
+    return value
+
+
+def mask_addresses(_logger: Any, _method: str,
+                   event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Email addresses out of every line, the traceback included. They reach a log by paths
+    no call site controls: a user id the identity provider made of the person's address
+    (in a request's path), an SMTP reply, a library's error message."""
+    return {key: _masked(value) for key, value in event.items()}
+
+
 def configure_logging(level: str = "info", *, json_output: bool = True) -> None:
     numeric = logging.getLevelName(level.upper())
     renderer: structlog.typing.Processor = (structlog.processors.JSONRenderer() if json_output
@@ -33,7 +66,7 @@ def configure_logging(level: str = "info", *, json_output: bool = True) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*stamped, structlog.processors.format_exc_info, renderer],
+        processors=[*stamped, structlog.processors.format_exc_info, mask_addresses, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(_Stdout()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
@@ -42,7 +75,7 @@ def configure_logging(level: str = "info", *, json_output: bool = True) -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*stamped, structlog.stdlib.add_logger_name],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, renderer],
+                    structlog.processors.format_exc_info, mask_addresses, renderer],
     ))
     root = logging.getLogger()
     root.handlers = [handler]

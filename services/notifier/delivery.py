@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -33,6 +32,7 @@ import structlog
 from schemas.events import plain_mailbox
 from services.common.database import DATABASE_UNAVAILABLE
 from services.common.http import labelled
+from services.common.logs import without_addresses
 from services.common.retry import doubling
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import CELEBRATIONS, DATED, HEADS_UP, Kind, Notice, RecipientRole
@@ -45,7 +45,6 @@ from services.notifier.store.notifications import Outcome, Row
 from services.notifier.templates import Rendered, render, render_digest
 
 log = structlog.get_logger("casetrail.notifier.delivery")
-_ADDRESS = re.compile(r"[^\s<>@\"']+@[^\s<>@\"']+")
 Clock = Callable[[], datetime]
 _LEAST_WAIT = timedelta(minutes=1)
 _FRESH_SECONDS = 5.0  # a pooled SMTP connection used this recently is sent on without a NOOP
@@ -802,9 +801,3 @@ def _log_unrecorded(outcomes: Sequence[Outcome], error: BaseException) -> None:
               " unavailable; any marked sent here goes out again once its lease runs out",
               error=repr(error),
               notifications={str(o.row_id): o.status for o in outcomes})
-
-
-def without_addresses(text: str) -> str:
-    """``text`` with email addresses masked: SMTP replies often quote the recipient, and logs
-    are no place for a participant's address."""
-    return _ADDRESS.sub("[address]", text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import time
+from typing import Any
 from urllib.parse import unquote
 from uuid import UUID
 
@@ -17,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from schemas.events import ExactUserId
 from services.common.auth import Principal, Role
 from services.common.http import json_response, parse_body, parse_query, principal
+from services.common.logs import without_addresses
 from services.common.problems import Problem
 from services.notifier import mailbox
 from services.notifier.http.app import api, ctx
@@ -37,6 +39,21 @@ from services.notifier.store.directory import Preferences
 # the path; it once took only visible ASCII, so such a manager could never be given an address
 _USER = TypeAdapter(ExactUserId)
 _NOT_FOUND = Problem(404, "Not found", "no such notification", kind="not-found")
+
+
+def _shown(row: store.Row) -> dict[str, Any]:
+    """A notification as readers get it. SMTP replies quote the address they refused, and a
+    participant's own address is theirs and their supervisors' to read (preferences), not
+    their case manager's: an error keeps its code and reason, never the address."""
+    view = row.as_json()
+    if view["last_error"]:
+        view["last_error"] = without_addresses(view["last_error"])
+    return view
+
+
+def _shown_attempts(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**a, "error": without_addresses(a["error"]) if a["error"] else a["error"]}
+            for a in attempts]
 
 
 def _path_user(request: web.Request) -> str:
@@ -159,7 +176,7 @@ async def list_notifications(request: web.Request) -> web.Response:
     query = parse_query(request, NotificationsQuery)
     rows = await store.list_rows(ctx(request).pool, _listing_filter(principal(request), query),
                                  limit=query.limit, offset=query.offset)
-    return json_response({"notifications": [r.as_json() for r in rows],
+    return json_response({"notifications": [_shown(r) for r in rows],
                           "next_offset": query.offset + len(rows)
                           if len(rows) == query.limit else None})
 
@@ -194,7 +211,7 @@ async def _visible_row(request: web.Request) -> store.Row:
 async def get_notification(request: web.Request) -> web.Response:
     row = await _visible_row(request)
     attempts = await store.attempts_of(ctx(request).pool, row.id)
-    return json_response({**row.as_json(), "attempt_log": attempts})
+    return json_response({**_shown(row), "attempt_log": _shown_attempts(attempts)})
 
 
 @api.route("POST", "/v1/notifications/{notification_id}/retry",
@@ -214,7 +231,7 @@ async def retry_notification(request: web.Request) -> web.Response:
     c.notifier.poke()
     revived = await store.get_row(c.pool, row.id)
     assert revived is not None
-    return json_response(revived.as_json(), status=202)
+    return json_response(_shown(revived), status=202)
 
 
 @api.route("GET", "/v1/schedule", "what is still to be sent for a case, and when",
@@ -237,7 +254,7 @@ async def case_schedule(request: web.Request) -> web.Response:
         who.agency, case_id=query.case_id, pending_only=True), limit=500)
     return json_response({"case_id": str(query.case_id), "case_manager": facts["case_manager"],
                           "status": facts["status"],
-                          "pending": [r.as_json() for r in rows]})
+                          "pending": [_shown(r) for r in rows]})
 
 
 @api.route("GET", "/mail", "development only: the mail the local catcher caught", public=True,
