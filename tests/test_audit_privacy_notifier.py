@@ -4,14 +4,21 @@ only those who may read those preferences, never through a notification's error 
 # ruff: noqa: F811
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
-from tests.conftest import TokenFactory, bearer
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import (  # noqa: F401
     NotifierRig,
     Records,
     SmtpServer,
     clock,
+    make_rig,
     records,
     rig,
     smtp,
@@ -66,3 +73,38 @@ async def test_no_reader_gets_an_address_back_from_a_notification(
         listing = await _get(rig, f"/v1/notifications?case_id={case}", reader)
         assert listing["notifications"]
         assert PRIVATE not in str(listing)
+
+
+class ClockQuotingData(FakeClock):
+    """A clock whose next reading, once armed, fails with an error quoting case data, as a
+    library's error about an event may."""
+
+    armed = False
+
+    def __call__(self) -> datetime:
+        if self.armed:
+            self.armed = False
+            raise ValueError("cannot use 'Jo Rivera, jo.rivera@example.org'")
+        return super().__call__()
+
+
+async def test_the_public_readiness_check_never_quotes_a_failed_pages_error(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock) -> None:
+    faulty = ClockQuotingData(clock.now)
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, faulty)
+    await records.agree(await records.open_case())
+    faulty.armed = True
+    following = asyncio.create_task(rig.notifier.subscriber.run())
+    try:
+        async with asyncio.timeout(10):
+            while rig.notifier.subscriber.healthy or faulty.armed:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        ready = await rig.client.get("/readyz")  # the retry waits at least 0.25 s
+        feed = (await ready.json())["checks"]["feed"]
+        assert feed == ("last read failed: a feed page could not be applied (ValueError);"
+                        " the log has the details")
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following

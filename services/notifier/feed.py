@@ -218,7 +218,9 @@ class FeedSubscriber:
                 # the page is retried, and readiness and the metrics show it meanwhile.
                 delay = next(delays)
                 log.exception("feed page could not be applied; retrying", retry_in=delay)
-                self._failed(error)
+                # /readyz is public: an exception's text may quote the event's data
+                self._failed(RuntimeError(f"a feed page could not be applied"
+                                          f" ({type(error).__name__}); the log has the details"))
             wait = 0.0
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
