@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     records = sub.add_parser("records", help="run the records service")
     records.add_argument("--host", help="the address to listen on (RECORDS_HOST)")
-    records.add_argument("--port", type=int)
+    records.add_argument("--port", type=int, help="the port to listen on (RECORDS_PORT, 8080)")
     records.add_argument("--reuse-port", action="store_true",
                          help="let several records processes listen on this port (Linux"
                               " SO_REUSEPORT), so they share the machine's cores")
@@ -328,12 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.set_defaults(run=cmd_openapi)
 
     token = sub.add_parser("token", help="print a development token (HS256)")
-    token.add_argument("--sub", required=True)
-    token.add_argument("--role", required=True, choices=[r.value for r in Role])
-    token.add_argument("--agency", required=True)
+    token.add_argument("--sub", required=True, help="the user id the token is for")
+    token.add_argument("--role", required=True, choices=[r.value for r in Role],
+                       help="what the user may do (see README: Tokens, roles and tenancy)")
+    token.add_argument("--agency", required=True, help="the agency whose cases it reaches")
     token.add_argument("--cases", help="comma-separated case ids (participant, auditor)")
     token.add_argument("--ttl", type=_positive_seconds, default=8 * 3600,
-                       help="lifetime in seconds")
+                       help="lifetime in seconds (default 28800: 8 hours)")
     token.add_argument("--window-from", help="auditor: first moment of the record they see"
                        " (RFC 3339 date or date-time with a time zone)")
     token.add_argument("--window-to", help="auditor: last moment of the record they see"
@@ -342,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     notifier = sub.add_parser("notifier", help="run the notifier service")
     notifier.add_argument("--host", help="the address to listen on (NOTIFIER_HOST)")
-    notifier.add_argument("--port", type=int)
+    notifier.add_argument("--port", type=int,
+                          help="the port to listen on (NOTIFIER_PORT, 8081)")
     notifier.set_defaults(run=cmd_notifier, connects=True)
 
     verify = sub.add_parser("verify", help="check a signed export offline: its digest, its"

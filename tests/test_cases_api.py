@@ -538,7 +538,7 @@ async def test_time_travel_by_version_and_by_time(cm: CaseApi, clock: FakeClock)
                                 expect=404)
     assert before_open["type"].endswith("not-yet-opened")
     assert before_open["detail"] == ("the case was opened at 2026-03-02T09:00:00+00:00,"
-                                     " after that time")
+                                     " after the time asked for: ask for as_of from then on")
     assert [e["field"] for e in before_open["errors"]] == ["query.as_of"]
     beyond = await cm.call("GET", f"/v1/cases/{case_id}?as_of_version=4", expect=422)
     assert beyond["current_version"] == 3

@@ -232,7 +232,7 @@ def test_forward_moves_need_no_reason_but_going_back_does() -> None:
 def test_same_step_status_is_refused_and_unknown_step_not_found() -> None:
     case, goal = new_case()
     step = add_step(case, goal)
-    with pytest.raises(d.InvalidTransition, match="already not_started"):
+    with pytest.raises(d.InvalidTransition, match='already marked "not started"'):
         step_status(case, step, "not_started")
     with pytest.raises(d.NotFound) as refused:
         case.execute(d.CompleteActionStep(uuid4(), api.StepCompleteInput()))

@@ -164,9 +164,20 @@ def is_audited_read(who: Principal) -> bool:
     return who.role in {Role.SUPERVISOR, Role.AUDITOR}
 
 
+_CHANGES = {Action.WRITE, Action.TRANSFER}
+
+
 def _why(who: Principal, action: Action) -> str:
+    """What the role may do instead; it depends on the role and action only, never on the
+    case (auditors and participants are refused writes before the case is read)."""
     if who.role is Role.CASE_MANAGER:
-        return "this case is not on your caseload"
+        return "this case is not on your caseload; a supervisor can transfer it to you"
     if who.role in {Role.ANALYST, Role.SERVICE}:
         return f"the {who.role} role does not read individual cases"
-    return f"the {who.role} role may not {action.value.replace('_', ' ')} here"
+    if who.role is Role.SUPERVISOR:
+        return "supervisors read, audit and transfer a case; its case manager writes the plan"
+    if who.role is Role.AUDITOR:
+        return "auditors read a case; they never change it"
+    if action in _CHANGES:
+        return "participants read their plan; their case manager records changes with them"
+    return "participants read their own current plan; its history, diffs and exports are for staff"

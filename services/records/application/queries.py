@@ -130,7 +130,7 @@ class CaseQueries:
         if state is None:
             raise NotYetOpened(await self._opened_at(case_id))
         if as_of_version is not None and state.version < as_of_version:
-            raise VersionOutOfRange(state.version, "as_of_version")
+            raise VersionOutOfRange(state.version, "as_of_version", as_of_version)
         return PlanAnswer(state.version, json.loads(plan_json(state)))
 
     async def _opened_at(self, case_id: UUID) -> datetime:
@@ -161,7 +161,8 @@ class CaseQueries:
             check_diff_in_window(window, from_version, to_version)
         events = await self._store.read_stream(case_id, up_to_version=to_version)
         if not events or events[-1].version < to_version:
-            raise VersionOutOfRange(events[-1].version if events else 0, "to_version")
+            raise VersionOutOfRange(events[-1].version if events else 0, "to_version",
+                                    to_version)
         before = fold_recorded(events[:from_version])
         old, new = plan_documents_around(before, events[from_version:])
         return api.DiffView.model_validate({
@@ -297,13 +298,15 @@ class NotYetOpened(Exception):
     """Time travel to before the case was opened, by someone who may read it."""
 
     def __init__(self, opened_at: datetime) -> None:
-        super().__init__(f"the case was opened at {opened_at.isoformat()}, after that time")
+        super().__init__(f"the case was opened at {opened_at.isoformat()}, after the time"
+                         " asked for: ask for as_of from then on")
         self.opened_at = opened_at
 
 
 class VersionOutOfRange(Exception):
-    def __init__(self, current_version: int, parameter: str) -> None:
-        super().__init__(f"the case has {current_version} versions")
+    def __init__(self, current_version: int, parameter: str, asked: int) -> None:
+        super().__init__(f"{parameter} {asked} is past this case's latest version,"
+                         f" {current_version}: ask for {current_version} or lower")
         self.current_version = current_version
         self.parameter = parameter  # the query parameter that asked for too much
 

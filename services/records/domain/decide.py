@@ -66,6 +66,12 @@ def _require_reason(reason: str | None, why: str, field: str = "reason") -> str:
     return reason
 
 
+def _said(status: str) -> str:
+    """A status as a person reads it in a refusal: ``"cannot be done yet"``, not the API value
+    ``cannot_be_done_yet``."""
+    return '"' + status.replace("_", " ") + '"'
+
+
 def _unique(ids: Iterable[UUID]) -> tuple[UUID, ...]:
     return tuple(dict.fromkeys(ids))
 
@@ -296,7 +302,8 @@ def _change_goal_status(state: PlanState, cmd: c.ChangeGoalStatus,
     goal = _goal(state, cmd.goal_id)
     old, new, body = goal.status, cmd.body.status, cmd.body
     if old == new:
-        raise InvalidTransition("no_change", f"The goal is already {new}.", field="status")
+        raise InvalidTransition("no_change", f"The goal is already marked {_said(new)}.",
+                                field="status")
     if old == "discontinued" and new == "achieved":
         raise InvalidTransition("goal_discontinued", "A discontinued goal cannot be achieved; "
                                 "set it active again (with a reason) first.", field="status")
@@ -318,7 +325,8 @@ def _add_step(state: PlanState, cmd: c.AddActionStep, ctx: DecisionContext) -> E
     goal = _goal(state, cmd.goal_id)
     if goal.status in ("achieved", "discontinued"):
         raise InvalidTransition(f"goal_{goal.status}", f"The goal is {goal.status}; steps are "
-                                "added to goals still being worked on.")
+                                "added to goals still being worked on: set this goal active "
+                                "again (with a reason) first, or add the step to another goal.")
     _check_new_id(state.steps, cmd.step_id, "step")
     body = cmd.body
     support_name, support_id = _support_owner(state, body.owner, body.support_name,
@@ -378,11 +386,12 @@ def _change_step_status(state: PlanState, cmd: c.ChangeActionStepStatus,
     if old == new:
         if new == "completed":
             raise InvalidTransition("step_already_completed", "This step is already completed.")
-        raise InvalidTransition("no_change", f"The step is already {new}.", field="status")
+        raise InvalidTransition("no_change", f"The step is already marked {_said(new)}.",
+                                field="status")
     if new == "no_longer_needed":
         _require_reason(reason, "when a step is no longer needed")
     elif old in ("completed", "no_longer_needed") or (old, new) == ("in_progress", "not_started"):
-        _require_reason(reason, f"to change a step that was {old} (a reversal)")
+        _require_reason(reason, f"to change a step that was marked {_said(old)} (a reversal)")
     if new == "completed":
         return [_completed(step, reason=reason)]
     return [ev.ActionStepStatusChanged(step_id=step.step_id, goal_id=step.goal_id,
@@ -439,11 +448,13 @@ def _change_requirement_status(state: PlanState, cmd: c.ChangeRequirementStatus,
                        f"There is no requirement {cmd.requirement_id} in this plan.")
     old, new, reason = requirement.status, cmd.body.status, cmd.body.reason
     if old == new:
-        raise InvalidTransition("no_change", f"The requirement is already {new}.", field="status")
+        raise InvalidTransition("no_change", f"The requirement is already marked {_said(new)}.",
+                                field="status")
     if new in ("not_met", "waived"):
-        _require_reason(reason, f"to record a requirement as {new}")
+        _require_reason(reason, f"to record a requirement as {_said(new)}")
     elif old in ("met", "not_met", "waived") or (old, new) == ("in_progress", "pending"):
-        _require_reason(reason, f"to change a requirement that was {old} (a reversal)")
+        _require_reason(reason, f"to change a requirement that was marked {_said(old)}"
+                                " (a reversal)")
     return [ev.RequirementStatusChanged(requirement_id=cmd.requirement_id, from_status=old,
                                         status=new, reason=reason)]
 
@@ -480,8 +491,13 @@ def _pending(state: PlanState, review_id: UUID) -> None:
     if review.held:
         raise InvalidTransition("review_already_held",
                                 f"This review was already held on {review.held_on}.")
+    if state.pending_review_id is None:  # closing the case cancelled it
+        raise InvalidTransition("review_not_pending", "This review was cancelled when the case "
+                                "was closed; agreeing the plan with the participant again "
+                                "schedules the next review.")
     if state.pending_review_id != review_id:
-        raise InvalidTransition("review_not_pending", "This is not the review now scheduled.")
+        raise InvalidTransition("review_not_pending", "This is not the review now scheduled; "
+                                f"the next review is {state.pending_review_id}.")
 
 
 def _hold_review(state: PlanState, cmd: c.HoldReview, ctx: DecisionContext) -> Events:
@@ -515,8 +531,8 @@ def _reschedule_review(state: PlanState, cmd: c.RescheduleReview,
     _pending(state, cmd.review_id)
     body = cmd.body
     if body.due_date < ctx.today:
-        raise RuleViolation("due_date_in_past", "A review is rescheduled to today or later.",
-                            field="due_date")
+        raise RuleViolation("due_date_in_past", f"A review can be moved to today "
+                            f"({ctx.today}) or a later date.", field="due_date")
     if state.reviews[cmd.review_id].due_date == body.due_date:
         raise InvalidTransition("no_change", "The review is already due on that date.",
                                 field="due_date")

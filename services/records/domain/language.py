@@ -119,8 +119,8 @@ class GuideTerm:
         return cls(
             term=term,
             suggestion=suggestion,
-            message=message or (f'"{term}" describes a person by a deficit; '
-                                f"consider person-first language: {suggestion}."),
+            message=message or (f'"{term}" can label a person by a deficit; consider '
+                                f"person-first, strengths-based wording: {suggestion}."),
         )
 
 
