@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,3 +213,21 @@ async def test_a_supervisors_head_on_a_case_is_a_logged_read(client: TestClient,
     rows = await db.fetch("SELECT actor_sub, action, case_id FROM records.access_log")
     assert [(r["actor_sub"], r["action"], str(r["case_id"])) for r in rows] == [
         ("sup-1", "read_plan", case_id)]
+
+
+@pytest.mark.parametrize("role", ["analyst", "service"])
+async def test_a_role_that_reads_no_case_learns_nothing_of_which_cases_exist(
+        client: TestClient, token: TokenFactory, role: str) -> None:
+    """403 for every case id, real, made up or another agency's: a 403 for a real case beside
+    a 404 for a made-up id told an analyst which ids exist."""
+    owner = CaseApi(client, token(sub="cm-1"))
+    real = await owner.open_case()
+    elsewhere = await CaseApi(client, token(sub="cm-1", agency="agency-b")).open_case()
+    headers = bearer(token(role=role, sub="x-1"))
+    for case_id in (real, elsewhere, str(uuid.uuid4())):
+        for path in ("", "/history", "/verify", "/export?format=csv"):
+            response = await client.get(f"/v1/cases/{case_id}{path}", headers=headers)
+            assert response.status == 403, (case_id, path)
+        response = await client.post(f"/v1/cases/{case_id}/notes", json={"text": "x"},
+                                     headers=headers)
+        assert response.status == 403, case_id

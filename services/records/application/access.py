@@ -43,6 +43,8 @@ class CaseFacts:
 
 
 _NAMED_CASES_ONLY = {Role.PARTICIPANT, Role.AUDITOR}
+_NO_CASES = {Role.ANALYST, Role.SERVICE}
+_CHANGES = {Action.WRITE, Action.TRANSFER}
 
 
 def check_visible(who: Principal, case: CaseFacts) -> None:
@@ -67,11 +69,15 @@ def authorize(who: Principal, action: Action, case: CaseFacts) -> None:
         raise Forbidden(_why(who, action))
 
 
-def refuse_named_case_writer(who: Principal, action: Action, case_id: UUID) -> None:
-    """Auditors and participants never write to a case: they are refused from their token
-    alone, before the case is read, so a write tells them nothing a read would not (that a
-    named case exists outside an auditor's window, where reads answer 404)."""
-    if who.role in _NAMED_CASES_ONLY:
+def refuse_from_token(who: Principal, action: Action, case_id: UUID) -> None:
+    """Refusals the token alone decides, before the case is read, so that the answer is the
+    same whether the case exists or not: analysts and the service read no individual case (a
+    403 for a real case beside a 404 for a made-up id told an analyst which ids exist), and
+    auditors and participants never write (a write told an auditor that a named case exists
+    outside their window, where reads answer 404)."""
+    if who.role in _NO_CASES:
+        raise Forbidden(_why(who, action))
+    if who.role in _NAMED_CASES_ONLY and action in _CHANGES:
         if case_id not in who.cases:
             raise NotVisible
         raise Forbidden(_why(who, action))
@@ -163,8 +169,6 @@ def is_audited_read(who: Principal) -> bool:
     """Reads by supervisors and auditors are themselves recorded in the access log."""
     return who.role in {Role.SUPERVISOR, Role.AUDITOR}
 
-
-_CHANGES = {Action.WRITE, Action.TRANSFER}
 
 
 def _why(who: Principal, action: Action) -> str:

@@ -36,7 +36,7 @@ from services.records.application.access import (
     NotVisible,
     authorize,
     authorize_open,
-    refuse_named_case_writer,
+    refuse_from_token,
 )
 from services.records.application.language import LanguageGuides
 from services.records.application.policy import AgencyPolicies
@@ -221,8 +221,8 @@ class CaseCommands:
         return state
 
     async def execute(self, request: WriteRequest) -> WriteOutcome:
-        if not isinstance(request.command, OpenCase):  # auditors and participants: no read
-            refuse_named_case_writer(request.who, _action_of(request.command), request.case_id)
+        if not isinstance(request.command, OpenCase):  # decided before the case is read
+            refuse_from_token(request.who, _action_of(request.command), request.case_id)
         # A recorded key answers before anything is decided: a retried transfer is no longer
         # the sender's case to write, and deciding it first would answer 403.
         if (replayed := await self._replay_of(request)) is not None:

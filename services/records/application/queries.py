@@ -27,6 +27,7 @@ from services.records.application.access import (
     check_diff_in_window,
     is_audited_read,
     point_in_window,
+    refuse_from_token,
 )
 from services.records.application.cases import history_entry
 from services.records.application.policy import AgencyPolicies
@@ -86,6 +87,7 @@ class CaseQueries:
         """The case's current plan and the versions ``who``'s window shows (None: no window),
         once ``who`` may take ``action`` on it. An audited read is logged with ``what`` was
         read and, for a window, the versions it shows: the log does not keep the token."""
+        refuse_from_token(who, action, case_id)
         stored = await load_plan(self._pool, case_id)
         if stored is None:
             raise NotVisible
