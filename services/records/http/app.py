@@ -40,7 +40,12 @@ from services.records.export.signing import load_signer
 from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics
 from services.records.projections import rebuild
-from services.records.store.checkpoint import START, BadCheckpoint, Checkpoint
+from services.records.store.checkpoint import (
+    START,
+    BadCheckpoint,
+    Checkpoint,
+    check_transaction_ids,
+)
 from services.records.store.events import Clock, EventStore, utc_now
 from services.records.store.feed import FeedWaiter, feed_event_json, read_feed_waiting
 
@@ -71,7 +76,14 @@ def records(request: web.Request) -> Records:
 
 
 async def migrate(database_url: str) -> list[str]:
-    return await migrate_schema(database_url, SCHEMA, MIGRATIONS)
+    """Apply the records migrations, then check the database is one the feed can serve."""
+    applied = await migrate_schema(database_url, SCHEMA, MIGRATIONS)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await check_transaction_ids(conn)
+    finally:
+        await conn.close()
+    return applied
 
 
 async def rebuild_projections(database_url: str) -> rebuild.RebuildStats:

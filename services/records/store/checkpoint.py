@@ -15,6 +15,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
+from services.common.database import MigrationError
+
 _CHECKPOINT = re.compile(r"^([0-9]{1,20}):([0-9]{1,20})$")
 _BIGINT_MAX = 2**63 - 1
 
@@ -76,3 +80,30 @@ def committed_after(position_column: str, first_parameter: int) -> str:
     """Rows after a checkpoint, up to the oldest open transaction: those a reader may have."""
     return (f"{after_checkpoint(position_column, first_parameter)}"
             f" AND transaction_id < {HORIZON}")
+
+
+class TransactionIdsAhead(MigrationError):
+    """The database's rows carry transaction ids this PostgreSQL cluster has not reached."""
+
+
+async def check_transaction_ids(conn: asyncpg.Connection) -> None:
+    """Refuse a database restored into another cluster (pg_dump and pg_restore, logical
+    replication): its rows keep the old cluster's transaction ids, and where this cluster's
+    counter is behind, every reader in commit order would hold them back until the counter
+    passed them, and order the rows written meanwhile before them (a notifier's checkpoint
+    from before the move would skip those). An upgrade audit found the feed silently serving
+    only what was written after such a move."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT transaction_id FROM records.events ORDER BY transaction_id DESC"
+        " LIMIT 1)::text AS newest, pg_snapshot_xmax(pg_current_snapshot())::text AS next")
+    if row["newest"] is None or int(row["newest"]) < int(row["next"]):
+        return
+    newest = int(row["newest"])
+    raise TransactionIdsAhead(
+        f"this database's events carry transaction ids up to {newest}, ahead of this"
+        f" PostgreSQL cluster ({row['next']}): it was copied from another cluster by a dump or"
+        " logical replication. The feed orders events by those ids, so it would hold them"
+        " back. Stop this cluster and advance its counter past them (pg_resetwal"
+        f" --epoch={newest >> 32} --next-transaction-id={(newest & 0xFFFFFFFF) + 1}), or move"
+        " databases with pg_upgrade or a physical replica, which keep the counter"
+        " (deploy/README.md, Upgrading)")

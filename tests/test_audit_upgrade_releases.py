@@ -1,0 +1,384 @@
+"""Upgrading a database written by an earlier release, from that release's own data.
+
+Each fixture under ``tests/fixtures/upgrade/`` is a ``pg_dump --inserts`` of the ``records``
+and ``notifier`` schemas that an earlier release's services wrote through their HTTP APIs
+(cases with goals, steps completed and taken back, reviews held and moved, notes, transfers,
+closes and reopens; notices sent, waiting and failed), made portable by renumbering its
+transaction ids (``tests/fixtures/upgrade/README.md`` says how). Each test loads one into an
+empty database, migrates it with this code and checks what an operator relies on: the record
+and its hash chains are untouched, every case reads, the projections a migration leaves differ
+from a rebuild only where ``deploy/README.md`` says the release needs one, and the notifier
+sends what was waiting without sending anything again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from services import cli
+from services.common.database import with_database
+from services.notifier.http.app import migrate as migrate_notifier
+from services.records.http.app import migrate as migrate_records
+from services.records.projections.rebuild import rebuild_projections
+from services.records.store.checkpoint import TransactionIdsAhead
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
+from tests.notifier_helpers import SmtpServer, make_rig
+
+FIXTURES = Path(__file__).parent / "fixtures" / "upgrade"
+# after the fixtures' last write (10:11 UTC): what failed then is due for its retry
+AFTER_UPGRADE = datetime(2026, 12, 6, 10, 30, tzinfo=UTC)
+
+
+class Release:
+    def __init__(self, name: str, records_pending: list[str], notifier_pending: list[str],
+                 facts_needing_rebuild: set[str]) -> None:
+        self.name = name
+        self.records_pending = records_pending
+        self.notifier_pending = notifier_pending
+        # outcome-fact kinds the release's code did not write: only a rebuild derives them
+        self.facts_needing_rebuild = facts_needing_rebuild
+
+
+RELEASES = [
+    Release("release-2026-11-23",
+            ["0005_events_owner_privileges.sql", "0006_access_log_what.sql",
+             "0007_access_log_commit_order.sql", "0008_outcome_review_due.sql",
+             "0009_drop_events_stream_time.sql", "0010_overdue_steps_of_active_goals.sql",
+             "0011_outcome_facts_local_days_and_goals.sql"],
+            ["0005_cause_recorded_at.sql", "0006_step_owner.sql"],
+            {"review_due", "step_uncompleted"}),
+    Release("release-2026-12-06-tenth-session",
+            ["0010_overdue_steps_of_active_goals.sql",
+             "0011_outcome_facts_local_days_and_goals.sql"],
+            ["0006_step_owner.sql"], set()),
+]
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def _load(database_url: str, release: Release) -> None:
+    sql = gzip.decompress((FIXTURES / f"{release.name}.sql.gz").read_bytes()).decode()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=RELEASES, ids=lambda r: r.name)
+def release(request: pytest.FixtureRequest) -> Release:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def old_database_url(postgres_server_url: str, release: Release) -> Iterator[str]:
+    """An empty database (no migrations of this code) holding the release's dump."""
+    name = f"casetrail_upgrade_{secrets.token_hex(4)}"
+    asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    url = with_database(postgres_server_url, name)
+    asyncio.run(_load(url, release))
+    yield url
+    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def old_pool(old_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(old_database_url, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+async def _rows(pool: asyncpg.Pool, sql: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in await pool.fetch(sql)]
+
+
+EVENTS = ("SELECT global_position, transaction_id::text AS tx, stream_id, version, event_id,"
+          " type, schema_version, data, metadata, recorded_at, prev_hash, hash"
+          " FROM records.events ORDER BY global_position")
+PLANS = "SELECT * FROM records.plans ORDER BY case_id"
+FACTS = "SELECT * FROM records.outcome_facts ORDER BY event_id, kind"
+
+
+async def _cases(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    return await _rows(pool, "SELECT case_id, agency, case_manager, version,"
+                             " view::text AS view FROM records.plans ORDER BY case_id")
+
+
+# --------------------------------------------------------------------------- the record itself
+
+
+async def test_migrating_applies_each_pending_migration_once_and_leaves_the_record_untouched(
+        old_database_url: str, old_pool: asyncpg.Pool, release: Release) -> None:
+    events_before = await _rows(old_pool, EVENTS)
+    assert await migrate_records(old_database_url) == release.records_pending
+    assert await migrate_notifier(old_database_url) == release.notifier_pending
+    assert await migrate_records(old_database_url) == []
+    assert await migrate_notifier(old_database_url) == []
+    assert await _rows(old_pool, EVENTS) == events_before
+
+
+async def test_every_case_reads_verifies_and_shows_its_whole_history_after_the_upgrade(
+        old_database_url: str, old_pool: asyncpg.Pool, make_records_client: ClientFactory,
+        token: TokenFactory) -> None:
+    await migrate_records(old_database_url)
+    client = await make_records_client(old_database_url)
+    for case in await _cases(old_pool):
+        auth = bearer(token(role="supervisor", sub="sup-1", agency=case["agency"]))
+        path = f"/v1/cases/{case['case_id']}"
+        verify = await (await client.get(f"{path}/verify", headers=auth)).json()
+        head = await old_pool.fetchval("SELECT hash FROM records.events WHERE stream_id = $1"
+                                       " ORDER BY version DESC LIMIT 1", case["case_id"])
+        assert verify["valid"] is True, verify
+        assert verify["first_broken_link"] is None
+        assert (verify["events_checked"], verify["head_hash"]) == (case["version"], head)
+        history = await client.get(f"{path}/history?limit=500", headers=auth)
+        assert history.status == 200, await history.text()
+        assert [e["version"] for e in (await history.json())["events"]] == \
+            list(range(1, case["version"] + 1))
+        for version in range(1, case["version"] + 1):  # every event folds, upcast or not
+            as_of = await client.get(f"{path}?as_of_version={version}", headers=auth)
+            assert as_of.status == 200, (version, await as_of.text())
+
+
+# --------------------------------------------------------------------------- projections
+
+
+def _completed_from_no_longer_needed_v1(events: list[dict[str, Any]]) -> set[str]:
+    """Steps whose completion in force is a v1 event from no_longer_needed: its note was the
+    reason the status route required, which the v1 -> v2 upcaster moves to ``reason``."""
+    last: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e["type"] in ("ActionStepCompleted", "ActionStepStatusChanged"):
+            last[json.loads(e["data"])["step_id"]] = e
+    return {step for step, e in last.items()
+            if e["type"] == "ActionStepCompleted" and e["schema_version"] == 1
+            and json.loads(e["data"])["from_status"] == "no_longer_needed"}
+
+
+def _view_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{path}.{key}")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                walk(x, y, f"{path}[{i}]")
+        elif a != b:
+            found.append(f"{path}: {a!r} -> {b!r}")
+
+    walk(old, new, "")
+    return found
+
+
+def _documented_view_change(old: dict[str, Any], new: dict[str, Any],
+                            events: list[dict[str, Any]]) -> list[str]:
+    """What in a plan document changed for a documented reason: a v1 reversal's reason is no
+    longer a completion note (ActionStepCompleted v2), and a closed case's review reads as
+    cancelled (2026-12-06: the view shows a closed case's review as cancelled)."""
+    moved = _completed_from_no_longer_needed_v1(events)
+    closed = any(e["type"] == "CaseClosed" for e in events)
+    expected = json.loads(json.dumps(old))
+    for goal in expected["goals"]:
+        for step in goal["steps"]:
+            if step["step_id"] in moved:
+                step["completion_note"] = None
+    if closed:
+        for review, now in zip(expected["reviews"], new["reviews"], strict=True):
+            if (review["status"], now["status"]) == ("scheduled", "cancelled"):
+                review["status"] = "cancelled"
+    return _view_differences(expected, new)
+
+
+async def test_a_rebuild_changes_only_what_the_release_notes_say_needs_one(
+        old_database_url: str, old_pool: asyncpg.Pool, release: Release) -> None:
+    """Plans: rebuilt documents equal the migrated ones but for the documented changes (so
+    the rebuild after the roll is needed, and no more than that); caseload columns (0010) and
+    the re-dated facts (0011, an Auckland agency among them) equal a rebuild's exactly."""
+    await migrate_records(old_database_url)
+    plans, facts = await _rows(old_pool, PLANS), await _rows(old_pool, FACTS)
+    events = await _rows(old_pool, EVENTS)
+    await rebuild_projections(old_pool)
+    rebuilt_plans, rebuilt_facts = await _rows(old_pool, PLANS), await _rows(old_pool, FACTS)
+
+    assert [{k: v for k, v in p.items() if k != "view"} for p in plans] == \
+        [{k: v for k, v in p.items() if k != "view"} for p in rebuilt_plans]
+    stale_notes = 0
+    for migrated, rebuilt in zip(plans, rebuilt_plans, strict=True):
+        old, new = json.loads(migrated["view"]), json.loads(rebuilt["view"])
+        case_events = [e for e in events if e["stream_id"] == migrated["case_id"]]
+        assert _documented_view_change(old, new, case_events) == []
+        stale_notes += sum(1 for d in _view_differences(old, new) if "completion_note" in d)
+    assert stale_notes > 0  # the fixture holds what the rebuild is for
+
+    by_key = {(f["event_id"], f["kind"]): f for f in facts}
+    rebuilt_by_key = {(f["event_id"], f["kind"]): f for f in rebuilt_facts}
+    assert set(by_key) <= set(rebuilt_by_key)
+    assert {k[1] for k in set(rebuilt_by_key) - set(by_key)} == release.facts_needing_rebuild
+    for key, fact in by_key.items():
+        differs = {c for c in fact if fact[c] != rebuilt_by_key[key][c]}
+        # review_held facts name their review only when written by 0008's code
+        assert differs <= ({"review_id"} if release.facts_needing_rebuild else set()), key
+
+
+async def test_analytics_after_the_upgrade_and_rebuild_match_the_record_and_a_second_rebuild(
+        old_database_url: str, old_pool: asyncpg.Pool, make_records_client: ClientFactory,
+        token: TokenFactory) -> None:
+    await migrate_records(old_database_url)
+    await rebuild_projections(old_pool)
+    client = await make_records_client(old_database_url)
+    auth = bearer(token(role="analyst", sub="an-1", agency="agency-a"))
+    query = "/v1/analytics/outcomes?from=2026-01-01&to=2026-12-31"
+    first = await (await client.get(query, headers=auth)).json()
+    await rebuild_projections(old_pool)
+    assert await (await client.get(query, headers=auth)).json() == first
+
+    count = "SELECT count(*) FROM records.events e JOIN records.plans p ON p.case_id =" \
+            " e.stream_id WHERE p.agency = 'agency-a' AND e.type = $1"
+    agreements = await old_pool.fetchval(count, "PlanAgreed")
+    assert first["co_creation"]["agreements"] == agreements > 0
+    reviews = first["reviews"]  # those fallen due by today: the fixtures' are all ahead
+    assert reviews["on_time"] <= reviews["held"] <= reviews["due"]
+    assert first["goals_achieved"]["total"] == await old_pool.fetchval(
+        "SELECT count(*) FROM records.plans p, jsonb_array_elements(p.view->'goals') g"
+        " WHERE p.agency = 'agency-a' AND g->>'status' = 'achieved'")
+
+
+# --------------------------------------------------------------------------- notifier
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpServer]:
+    server = await SmtpServer().start()
+    yield server
+    await server.stop()
+
+
+async def test_the_upgraded_notifier_sends_what_was_waiting_and_nothing_again(
+        old_database_url: str, old_pool: asyncpg.Pool, make_records_client: ClientFactory,
+        aiohttp_client: Callable[..., Awaitable[TestClient]], smtp: SmtpServer,
+        token: TokenFactory) -> None:
+    notices = "SELECT id, key, status, message_id FROM notifier.notifications ORDER BY key"
+    before = await _rows(old_pool, notices)
+    sent = {n["message_id"] for n in before if n["status"] == "sent"}
+    failed = {n["message_id"] for n in before if n["status"] == "failed"}
+    assert sent  # the fixture holds both
+    assert failed
+    await migrate_records(old_database_url)
+    await migrate_notifier(old_database_url)
+    clock = FakeClock(AFTER_UPGRADE)
+    records = await make_records_client(old_database_url, clock=clock)
+    rig = await make_rig(aiohttp_client, old_database_url, records, smtp, clock,
+                         NOTIFIER_RETRY_ATTEMPTS=8)
+
+    assert await rig.catch_up() == 0  # the checkpoint the old notifier left holds
+    await rig.dispatch()
+    received = [str(m["Message-ID"]) for m in smtp.received]
+    assert len(received) == len(set(received))
+    assert not set(received) & sent
+    assert failed <= set(received)
+    after = {n["key"]: n for n in await _rows(old_pool, notices)}
+    assert all(after[n["key"]]["status"] == "sent" for n in before if n["status"] == "sent")
+
+    # a step completed after the upgrade is celebrated once, as before
+    step = await old_pool.fetchrow(
+        "SELECT p.case_id, p.case_manager, s->>'step_id' AS step_id FROM records.plans p,"
+        " jsonb_array_elements(p.view->'goals') g, jsonb_array_elements(g->'steps') s"
+        " WHERE p.status = 'open' AND p.agency = 'agency-a' AND g->>'status' = 'active'"
+        " AND s->>'status' = 'not_started' ORDER BY 1, 3 LIMIT 1")
+    auth = bearer(token(sub=step["case_manager"]))
+    done = await records.post(f"/v1/cases/{step['case_id']}/steps/{step['step_id']}/complete",
+                              json={"note": "Done after the upgrade"}, headers=auth)
+    assert done.status == 200, await done.text()
+    before_new = len(smtp.received)
+    assert await rig.catch_up() >= 1
+    await rig.dispatch()
+    await rig.catch_up()
+    await rig.dispatch()
+    wins = [m for m in smtp.received[before_new:] if "small win" in str(m["Subject"]).lower()]
+    assert len(wins) == 1
+
+
+# --------------------------------------------------------------------------- moving the database
+
+# A cluster's transaction ids run on (xid8 counts wraparound epochs): pg_dump/pg_restore or
+# logical replication into a new cluster keeps the stored transaction_id values while the new
+# cluster's counter starts low. Here the dump comes from a cluster five epochs on.
+EPOCHS_AHEAD = 5 << 32
+
+
+@pytest.fixture
+def restored_database_url(postgres_server_url: str) -> Iterator[str]:
+    name = f"casetrail_restored_{secrets.token_hex(4)}"
+    asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    url = with_database(postgres_server_url, name)
+    sql = gzip.decompress((FIXTURES / f"{RELEASES[1].name}.sql.gz").read_bytes()).decode()
+    asyncio.run(_load_sql(url, re.sub(
+        r"^(INSERT INTO records\.(?:events|access_log) OVERRIDING SYSTEM VALUE VALUES \(.*?')"
+        r"(1\d{3})('[,)])", lambda m: f"{m[1]}{int(m[2]) + EPOCHS_AHEAD}{m[3]}", sql,
+        flags=re.MULTILINE)))
+    yield url
+    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _load_sql(database_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _visible_to_the_feed(conn: asyncpg.Connection, position: int) -> None:
+    """The feed holds an event back while an older transaction anywhere on the server is
+    open (other test runs share it): wait until the one just written is past that."""
+    async with asyncio.timeout(30):
+        while await conn.fetchval(  # noqa: ASYNC110  (polling the database)
+                "SELECT transaction_id >= pg_snapshot_xmin(pg_current_snapshot())"
+                " FROM records.events WHERE global_position = $1", position):
+            await asyncio.sleep(0.02)
+
+
+async def test_a_database_restored_into_another_cluster_is_refused_with_the_way_out(
+        restored_database_url: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its events keep the old cluster's transaction ids, which the feed orders and holds
+    back by: served as it is, the feed held every restored event back and ordered the new
+    ones before them (a notifier's checkpoint from before the move would skip those)."""
+    with pytest.raises(TransactionIdsAhead, match="pg_resetwal --epoch=5 "):
+        await migrate_records(restored_database_url)
+    monkeypatch.setenv("DATABASE_URL", restored_database_url)
+    assert await asyncio.to_thread(cli.main, ["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("casetrail: migrations: this database's events carry transaction ids")
+    assert "Traceback" not in err
+
+
+async def test_the_transaction_id_check_passes_an_ordinary_database(
+        fresh_database_url: str, make_records_client: ClientFactory,
+        token: TokenFactory) -> None:
+    client = await make_records_client(fresh_database_url)
+    case = {"participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"}
+    opened = await client.post("/v1/cases", json=case, headers=bearer(token()))
+    assert opened.status == 201
+    assert await migrate_records(fresh_database_url) == []  # the check runs after migrating
