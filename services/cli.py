@@ -121,6 +121,13 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         stats = asyncio.run(rebuild_projections(settings.database_url))
     except UnreadableStream as error:
         return _fail(f"nothing rebuilt: {error}")
+    except KeyboardInterrupt:
+        # the rebuild is one transaction: an interrupt leaves nothing half-rebuilt, but one
+        # arriving just after the commit cannot be told apart from one before it
+        print("casetrail: interrupted: the projections are as they were, or fully rebuilt"
+              " if it had just finished, never half; run rebuild-projections again to be"
+              " sure", file=sys.stderr)
+        return 130
     print(f"rebuilt {stats.cases} cases from {stats.events} events")
     return 0
 

@@ -378,3 +378,12 @@ def test_openapi_where_the_file_cannot_be_written_is_a_one_line_error(
     assert err.startswith("casetrail: cannot write ")
     assert "/openapi.json" in err
     assert "Traceback" not in err
+
+
+def test_a_database_url_that_is_not_one_is_a_one_line_configuration_error() -> None:
+    result = run("migrate", env={"DATABASE_URL": "nonsense:secret@db"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("casetrail: configuration: DATABASE_URL: ")
+    assert "postgresql://" in result.stderr
+    assert "secret" not in result.stderr  # a URL may hold a password: never echoed
+    assert "Traceback" not in result.stderr

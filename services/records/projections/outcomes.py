@@ -140,7 +140,9 @@ async def insert_facts(conn: asyncpg.Connection, rows: bytes) -> None:
 
 
 async def clear_facts(conn: asyncpg.Connection) -> None:
-    await conn.execute("LOCK TABLE records.outcome_facts IN ACCESS EXCLUSIVE MODE")
+    """EXCLUSIVE, as ``clear_plans``: appends wait for the rebuild, analytics go on reading
+    the old facts until it commits."""
+    await conn.execute("LOCK TABLE records.outcome_facts IN EXCLUSIVE MODE")
     await conn.execute("DELETE FROM records.outcome_facts")
 
 

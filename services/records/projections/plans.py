@@ -155,7 +155,11 @@ def fold_recorded(events: list[RecordedEvent], state: PlanState | None = None) -
 
 
 async def clear_plans(conn: asyncpg.Connection) -> None:
-    await conn.execute("LOCK TABLE records.plans IN ACCESS EXCLUSIVE MODE")
+    """Empty the plans for a rebuild in ``conn``'s transaction. EXCLUSIVE, not ACCESS
+    EXCLUSIVE: appends wait for the rebuild, but reads go on seeing the old rows until it
+    commits (with ACCESS EXCLUSIVE every plan read and caseload listing waited for the whole
+    rebuild, and answered 503 once it took longer than the command timeout)."""
+    await conn.execute("LOCK TABLE records.plans IN EXCLUSIVE MODE")
     await conn.execute("DELETE FROM records.plans")
 
 
