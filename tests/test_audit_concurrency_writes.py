@@ -140,15 +140,18 @@ async def _lock_cycle(pool: asyncpg.Pool, store: EventStore, other: EventStore) 
             await asyncio.sleep(0.01)
         raise AssertionError("the keyed append never waited for the held head")
 
+    head_taken = asyncio.Event()
+
     async def holder() -> AppendResult:
         async with store.locked(stream) as held:
+            head_taken.set()
             await waiting_for_the_head()
             return await store.append(stream, attempt(), expected_version=1,
                                       agency="agency-a", metadata=meta, idempotency=claim,
                                       locked=held)
 
     async def retry_elsewhere() -> AppendResult:
-        await asyncio.sleep(0.1)  # after the holder took the head
+        await head_taken.wait()  # a fixed sleep lost the race to a slow holder
         return await other.append(stream, attempt(), expected_version=1, agency="agency-a",
                                   metadata=meta, idempotency=claim)
 
@@ -375,3 +378,29 @@ async def test_a_keyed_write_refused_by_the_rules_is_decided_again_when_retried(
                           headers=key, expect=201)
     assert again == landed
 
+
+
+async def test_a_held_head_of_a_case_opened_meanwhile_by_another_is_a_lost_race(
+        fresh_pool: asyncpg.Pool) -> None:
+    """A keyed append through a held head that finds the case opened by another instance
+    (the one race a held head can still lose) left its key claimed in its transaction, and
+    read that claim back as a replay with no events: IndexError, a 500."""
+    store = EventStore(fresh_pool)
+    stream = uuid.uuid4()
+    meta = {"actor": {"sub": "cm-1", "role": "case_manager"}}
+    claim = IdempotencyClaim("agency-a:cm-1", "open-" + uuid.uuid4().hex, "same request")
+
+    def opening(text: str) -> list[NewEvent]:
+        return [NewEvent(uuid.uuid4(), "NoteAdded", 1, {"text": text})]
+
+    async def open_while_held() -> None:
+        async with store.locked(stream) as held:
+            await EventStore(fresh_pool).append(stream, opening("elsewhere"), expected_version=0,
+                                                agency="agency-a", metadata=meta)
+            await store.append(stream, opening("held"), expected_version=0, agency="agency-a",
+                               metadata=meta, idempotency=claim, locked=held)
+
+    with pytest.raises(VersionConflict):
+        await open_while_held()
+    assert await store.find_idempotent(claim) is None
+    assert [e.data["text"] for e in await store.read_stream(stream)] == ["elsewhere"]

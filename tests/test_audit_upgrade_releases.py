@@ -382,3 +382,23 @@ async def test_the_transaction_id_check_passes_an_ordinary_database(
     opened = await client.post("/v1/cases", json=case, headers=bearer(token()))
     assert opened.status == 201
     assert await migrate_records(fresh_database_url) == []  # the check runs after migrating
+
+
+async def test_the_way_out_names_a_transaction_id_pg_resetwal_takes(
+        fresh_database_url: str) -> None:
+    """Newest id at the last of an epoch: "one past it" is the next epoch's first normal id
+    (3), not the 33-bit 4294967296 pg_resetwal refuses."""
+    await migrate_records(fresh_database_url)
+    last_of_epoch = (5 << 32) + 0xFFFFFFFF
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO records.events (stream_id, version, event_id, type, schema_version,"
+            " data, metadata, agency, recorded_at, prev_hash, hash, transaction_id)"
+            " VALUES (gen_random_uuid(), 1, gen_random_uuid(), 'NoteAdded', 1, '{}', '{}',"
+            " 'agency-a', now(), '', '', $1::text::xid8)", str(last_of_epoch))
+    finally:
+        await conn.close()
+    with pytest.raises(TransactionIdsAhead,
+                       match=r"pg_resetwal --epoch=6 --next-transaction-id=3\)"):
+        await migrate_records(fresh_database_url)

@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 
 # a local part without "/" or ":", so a path keeps its route and a URL its scheme and user
-# (postgresql://user:secret@host loses the secret, not the rest)
+# (postgresql://user:secret@db:5432/x reads postgresql://user:[address]:5432/x: the secret
+# goes, and the host with it)
 _ADDRESS = re.compile(r"[\w.!#$%&*+=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)*")
 MASK = "[address]"
 

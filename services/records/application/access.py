@@ -170,7 +170,6 @@ def is_audited_read(who: Principal) -> bool:
     return who.role in {Role.SUPERVISOR, Role.AUDITOR}
 
 
-
 def _why(who: Principal, action: Action) -> str:
     """What the role may do instead; it depends on the role and action only, never on the
     case (auditors and participants are refused writes before the case is read)."""

@@ -9,11 +9,9 @@ canonical JSON of the export header, which a PDF has no line of its own for, and
 of the hash chain as the service found it while laying the events out (a verifier cannot
 recompute the chain from printed pages).
 
-Every script a participant writes in is set so it can be read: each character is drawn in the
-first font of a chain that has its glyph (DejaVu Sans or the bundled Vera, then reportlab's
-built-in CID fonts for Chinese, Japanese and Korean), Arabic is joined (arabic-reshaper), and a
-paragraph is wrapped in the order it was typed, then each line is put in display order by the
-Unicode bidirectional algorithm (python-bidi); a right-to-left paragraph is right-aligned.
+Text is set in DejaVu Sans where the system has it, else reportlab's Vera; a paragraph with
+characters that font lacks (Chinese, Japanese, Korean) or with right-to-left text is set by
+``typesetting`` (``Typesetter.plain`` tells which).
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ async def rebuild_projections(pool: asyncpg.Pool, batch_size: int = 500) -> Rebu
 
     The table locks make concurrent appends wait for the rebuild to commit; their own writes
     then land on top (a plan row carries the newer version; a fact is keyed by its event).
-    Plan reads go on, from the old rows, meanwhile; analytics wait (the facts' lock is ACCESS
-    EXCLUSIVE).
+    Reads (plans, caseloads, analytics) go on answering from the old rows meanwhile: both
+    locks are EXCLUSIVE, which readers pass.
     """
     events = cases = 0
     async with pool.acquire() as conn, conn.transaction():

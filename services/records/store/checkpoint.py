@@ -103,7 +103,13 @@ async def check_transaction_ids(conn: asyncpg.Connection) -> None:
         f"this database's events carry transaction ids up to {newest}, ahead of this"
         f" PostgreSQL cluster ({row['next']}): it was copied from another cluster by a dump or"
         " logical replication. The feed orders events by those ids, so it would hold them"
-        " back. Stop this cluster and advance its counter past them (pg_resetwal"
-        f" --epoch={newest >> 32} --next-transaction-id={(newest & 0xFFFFFFFF) + 1}), or move"
-        " databases with pg_upgrade or a physical replica, which keep the counter"
+        f" back. Stop this cluster and advance its counter past them ({_resetwal(newest + 1)}),"
+        " or move databases with pg_upgrade or a physical replica, which keep the counter"
         " (deploy/README.md, Upgrading)")
+
+
+def _resetwal(following: int) -> str:
+    """The pg_resetwal that sets the counter to ``following`` (a full 64-bit id): the epoch
+    and a 32-bit id, which is never one of the special ids 0-2."""
+    epoch, xid = following >> 32, following & 0xFFFFFFFF
+    return f"pg_resetwal --epoch={epoch} --next-transaction-id={max(xid, 3)}"

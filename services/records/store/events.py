@@ -290,8 +290,19 @@ class LockedStream:
         self.appended: list[AppendResult] = []
 
     async def write(self, pending: _PendingAppend) -> list[asyncpg.Record]:
+        """The append, in a savepoint rolled back when it recorded nothing: as in
+        ``_write_keyed``, a claimed key must not outlive an append that lost (to the case
+        being opened meanwhile), or it reads back as a replay with no events."""
         sql, args = _append_statement([pending])
-        return list(await self.conn.fetch(sql, *args))
+        savepoint = self.conn.transaction()
+        await savepoint.start()
+        try:
+            inserted = list(await self.conn.fetch(sql, *args))
+        except BaseException:
+            await savepoint.rollback()
+            raise
+        await (savepoint.commit() if inserted else savepoint.rollback())
+        return inserted
 
 
 class _Deadlocked(Exception):
