@@ -347,6 +347,8 @@ class EventStore:
         """
         if not events:
             raise ValueError("append needs at least one event")
+        if locked is not None and locked.stream_id != stream_id:
+            raise ValueError("a held head is appended to its own stream only")
         db: Executor = locked.conn if locked is not None else self._pool
         prev_hash = await self._hash_at(stream_id, expected_version, db)
         provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
