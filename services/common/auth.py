@@ -60,6 +60,11 @@ class Principal:
 
 _ASYMMETRIC = ["RS256", "ES256", "EdDSA"]
 _VERIFIED_CACHE_SIZE = 10_000
+# The cache also holds at most this many characters of token: a principal costs about three
+# times its token's length (an auditor's named cases), and a token may fill the 64 KiB header
+# limit, so 10,000 of the largest came to some 2 GiB. Ordinary tokens (a few hundred
+# characters) still get their 10,000 places.
+_VERIFIED_CACHE_CHARS = 4 << 20
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", re.ASCII)
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(ExactUserId)
 
@@ -89,6 +94,7 @@ class TokenVerifier:
         self._jwks = (jwt.PyJWKSet.from_dict(json.loads(settings.jwks_file.read_text()))
                       if settings.jwks_file else None)
         self._verified: dict[str, tuple[Principal, float]] = {}
+        self._verified_chars = 0
         if self._secret is not None:
             check_secret(self._secret)
         if not (self._secret or self._public_key or self._jwks):
@@ -115,13 +121,25 @@ class TokenVerifier:
         """The token's principal; a token verified before is answered from memory until it
         expires (a client sends the same token with every request)."""
         cached = self._verified.get(token)
-        if cached is not None and cached[1] > time.time():
-            return cached[0]
+        if cached is not None:
+            if cached[1] > time.time():
+                return cached[0]
+            self._forget(token)  # expired: verified again below, which refuses it
         principal, expires = self._verify(token)
-        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
-            self._verified.pop(next(iter(self._verified)))
-        self._verified[token] = (principal, expires)
+        self._remember(token, principal, expires)
         return principal
+
+    def _remember(self, token: str, principal: Principal, expires: float) -> None:
+        """Cache a verified token, forgetting the oldest past either bound."""
+        self._verified[token] = (principal, expires)
+        self._verified_chars += len(token)
+        while (len(self._verified) > _VERIFIED_CACHE_SIZE
+               or self._verified_chars > _VERIFIED_CACHE_CHARS):
+            self._forget(next(iter(self._verified)))
+
+    def _forget(self, token: str) -> None:
+        del self._verified[token]
+        self._verified_chars -= len(token)
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         if not _COMPACT_JWS.fullmatch(token):  # PyJWT raises no PyJWTError on non-ASCII

@@ -143,23 +143,46 @@ class StateCache:
 
     Safe with several service instances: a cached state is only a starting point, caught up
     from the store before deciding, and the append itself checks the version.
+
+    Bounded by count and by weight (``_weight``): a state keeps every note id its case has
+    had, so by count alone the cache grew with the histories of the busiest cases. The state
+    written last stays, whatever its weight: it is the one being written to.
     """
 
-    def __init__(self, capacity: int = 2000) -> None:
+    def __init__(self, capacity: int = 2000, max_weight: int = 400_000) -> None:
         self._capacity = capacity
-        self._states: OrderedDict[UUID, PlanState] = OrderedDict()
+        self._max_weight = max_weight  # about 26 MiB (bench/soak.py, docs/performance.md)
+        self._states: OrderedDict[UUID, tuple[PlanState, int]] = OrderedDict()
+        self._weight = 0
 
     def get(self, case_id: UUID) -> PlanState | None:
-        state = self._states.get(case_id)
-        if state is not None:
-            self._states.move_to_end(case_id)
-        return state
+        held = self._states.get(case_id)
+        if held is None:
+            return None
+        self._states.move_to_end(case_id)
+        return held[0]
 
     def put(self, state: PlanState) -> None:
-        self._states[state.case_id] = state
-        self._states.move_to_end(state.case_id)
-        while len(self._states) > self._capacity:
-            self._states.popitem(last=False)
+        self._drop(state.case_id)
+        weight = _weight(state)
+        self._states[state.case_id] = (state, weight)
+        self._weight += weight
+        while len(self._states) > 1 and (len(self._states) > self._capacity
+                                         or self._weight > self._max_weight):
+            self._drop(next(iter(self._states)))
+
+    def _drop(self, case_id: UUID) -> None:
+        held = self._states.pop(case_id, None)
+        if held is not None:
+            self._weight -= held[1]
+
+
+def _weight(state: PlanState) -> int:
+    """About what a state holds, in ids (some 65 bytes each, measured): every note id of its
+    case, and its items."""
+    return (1 + len(state.note_ids) + len(state.strengths) + len(state.goals)
+            + len(state.steps) + len(state.supports) + len(state.requirements)
+            + len(state.reviews))
 
 
 class CaseLocks:
