@@ -49,11 +49,23 @@ def _masked(value: Any) -> Any:
     return value
 
 
+def _has_address(value: Any) -> bool:
+    if isinstance(value, str):
+        return "@" in value
+    if isinstance(value, dict):
+        return any(_has_address(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_address(item) for item in value)
+    return False
+
+
 def mask_addresses(_logger: Any, _method: str,
                    event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Email addresses out of every line, the traceback included. They reach a log by paths
     no call site controls: a user id the identity provider made of the person's address
     (in a request's path), an SMTP reply, a library's error message."""
+    if not any(_has_address(value) for value in event.values()):
+        return event  # every request logs a line: most hold no "@" at all
     return {key: _masked(value) for key, value in event.items()}
 
 
