@@ -7,6 +7,7 @@ import asyncio
 import email
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.message import Message
 from typing import Any
 
@@ -229,6 +230,20 @@ class NotifierRig:
                                          headers=bearer(token))
         assert response.status == 200, await response.text()
         return await response.json()
+
+
+class ClockFailingOnce(FakeClock):
+    """A clock whose next reading, once armed, raises ``error``: something unforeseen while
+    applying a page."""
+
+    failures_left = 0
+    error: Exception = RuntimeError("unforeseen")
+
+    def __call__(self) -> datetime:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise self.error
+        return super().__call__()
 
 
 RigFactory = Callable[..., Awaitable[NotifierRig]]

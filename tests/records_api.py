@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import bearer
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 
 PARTICIPANT = {"name": "Jordan Rivera", "preferred_name": "Jo", "pronouns": "they/them",
                "email": "jo@example.org"}
@@ -67,3 +68,23 @@ class CaseApi:
 
 async def event_count(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM records.events"))
+
+
+# Fixtures shared by the records test modules (imported there by name): a records service on
+# the test's own database, its clock injected, and the owning case manager's client.
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def client(make_records_client: ClientFactory, fresh_database_url: str,
+                 clock: FakeClock) -> TestClient:
+    return await make_records_client(fresh_database_url, clock=clock)
+
+
+@pytest.fixture
+def cm(client: TestClient, token: TokenFactory) -> CaseApi:
+    return CaseApi(client, token())

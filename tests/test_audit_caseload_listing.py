@@ -1,5 +1,6 @@
 """`GET /v1/cases` as a supervisor and a case manager use it (an audit): paging while cases
 change between pages, `review_due_before` at its edges, filters combined, the access log."""
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -7,22 +8,15 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ClientFactory, FakeClock, TokenFactory
-from tests.records_api import CaseApi
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def client(make_records_client: ClientFactory, fresh_database_url: str,
-                 clock: FakeClock) -> TestClient:
-    return await make_records_client(fresh_database_url, clock=clock)
+from tests.conftest import FakeClock, TokenFactory
+from tests.records_api import (  # noqa: F401  (fixtures are found by name)
+    CaseApi,
+    client,
+    clock,
+    cm,
+)
 
 
 async def agreed_case(cm: CaseApi, risk_level: str, case_manager: str = "cm-1") -> tuple[str,

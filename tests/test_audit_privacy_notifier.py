@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import (  # noqa: F401
+    ClockFailingOnce,
     NotifierRig,
     Records,
     SmtpServer,
@@ -75,30 +75,18 @@ async def test_no_reader_gets_an_address_back_from_a_notification(
         assert PRIVATE not in str(listing)
 
 
-class ClockQuotingData(FakeClock):
-    """A clock whose next reading, once armed, fails with an error quoting case data, as a
-    library's error about an event may."""
-
-    armed = False
-
-    def __call__(self) -> datetime:
-        if self.armed:
-            self.armed = False
-            raise ValueError("cannot use 'Jo Rivera, jo.rivera@example.org'")
-        return super().__call__()
-
-
 async def test_the_public_readiness_check_never_quotes_a_failed_pages_error(
         aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
         records: Records, smtp: SmtpServer, clock: FakeClock) -> None:
-    faulty = ClockQuotingData(clock.now)
+    faulty = ClockFailingOnce(clock.now)
+    faulty.error = ValueError("cannot use 'Jo Rivera, jo.rivera@example.org'")  # as a library may
     rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, faulty)
     await records.agree(await records.open_case())
-    faulty.armed = True
+    faulty.failures_left = 1
     following = asyncio.create_task(rig.notifier.subscriber.run())
     try:
         async with asyncio.timeout(10):
-            while rig.notifier.subscriber.healthy or faulty.armed:  # noqa: ASYNC110
+            while rig.notifier.subscriber.healthy or faulty.failures_left:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         ready = await rig.client.get("/readyz")  # the retry waits at least 0.25 s
         feed = (await ready.json())["checks"]["feed"]

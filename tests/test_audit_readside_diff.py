@@ -1,5 +1,6 @@
 """The read side as a supervisor or a court uses it: time travel, diffs and history agree
 with the plan as it was read live, and a diff tells what changed, never more or less."""
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -10,26 +11,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from services.records.application.queries import diff_documents
-from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
-from tests.records_api import CaseApi
+from tests.conftest import FakeClock, TokenFactory, bearer
+from tests.records_api import (  # noqa: F401  (fixtures are found by name)
+    CaseApi,
+    client,
+    clock,
+    cm,
+)
 
 pytestmark = pytest.mark.usefixtures("fresh_database_url")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def client(make_records_client: ClientFactory, fresh_database_url: str,
-                 clock: FakeClock) -> TestClient:
-    return await make_records_client(fresh_database_url, clock=clock)
-
-
-@pytest.fixture
-def cm(client: TestClient, token: TokenFactory) -> CaseApi:
-    return CaseApi(client, token())
 
 
 async def _note(cm: CaseApi, case_id: str, text: str) -> str:

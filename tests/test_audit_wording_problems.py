@@ -1,41 +1,27 @@
 """What a refusal says to the person who reads it: statuses in words, not API values such as
 "cannot_be_done_yet", and a way to put things right."""
+# ruff: noqa: F811
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from uuid import UUID, uuid4
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from schemas import api
 from services.records import domain as d
-from tests.conftest import ClientFactory, FakeClock, TokenFactory
-from tests.records_api import CaseApi
+from tests.conftest import TokenFactory
+from tests.records_api import (  # noqa: F401  (fixtures are found by name)
+    CaseApi,
+    client,
+    clock,
+    cm,
+)
+from tests.test_domain_steps import TODAY, add_step, new_case
 
-TODAY = date(2025, 4, 10)
-CTX = d.DecisionContext(today=TODAY, actor=d.Actor("cm-1", "case_manager"))
 SNAKE_CASE = re.compile(r"\b[a-z]+_[a-z_]+\b")
-
-
-def new_case() -> tuple[d.InMemoryCase, UUID]:
-    case = d.InMemoryCase(uuid4(), CTX, datetime(2025, 4, 10, 9, tzinfo=UTC))
-    case.execute(d.OpenCase("agency-a", api.OpenCase.model_validate(
-        {"participant": {"name": "Ray"}, "case_manager": "cm-1", "risk_level": "low"})))
-    goal = uuid4()
-    case.execute(d.SetGoal(goal, api.GoalInput(title="Get a driving licence", domain="other",
-                                               source="participant",
-                                               in_their_words="drive to work")))
-    return case, goal
-
-
-def add_step(case: d.InMemoryCase, goal: UUID) -> UUID:
-    step = uuid4()
-    case.execute(d.AddActionStep(step, goal, api.StepInput(description="Book the theory test",
-                                                          owner="participant")))
-    return step
 
 
 def refusal(case: d.InMemoryCase, command: d.Command) -> d.DomainError:
@@ -128,22 +114,6 @@ def test_a_review_moved_into_the_past_says_what_date_it_can_take() -> None:
 # --------------------------------------------------------------------------------------------
 # over HTTP
 # --------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def client(make_records_client: ClientFactory, fresh_database_url: str,
-                 clock: FakeClock) -> TestClient:
-    return await make_records_client(fresh_database_url, clock=clock)
-
-
-@pytest.fixture
-def cm(client: TestClient, token: TokenFactory) -> CaseApi:
-    return CaseApi(client, token())
-
 
 async def test_a_version_past_the_latest_says_which_versions_there_are(cm: CaseApi) -> None:
     """A case with one version answered "the case has 1 versions", and did not say what to

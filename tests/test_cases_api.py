@@ -1,4 +1,5 @@
 """The plan API end to end: building a plan with a participant, rules, versions, time travel."""
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -14,26 +15,16 @@ from aiohttp.test_utils import TestClient
 
 from services.records.http.app import RECORDS
 from services.records.store.events import EventStore, NewEvent
-from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
-from tests.records_api import CaseApi, event_count
+from tests.conftest import FakeClock, TokenFactory, bearer
+from tests.records_api import (  # noqa: F401  (fixtures are found by name)
+    CaseApi,
+    client,
+    clock,
+    cm,
+    event_count,
+)
 
 pytestmark = pytest.mark.usefixtures("fresh_database_url")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def client(make_records_client: ClientFactory, fresh_database_url: str,
-                 clock: FakeClock) -> TestClient:
-    return await make_records_client(fresh_database_url, clock=clock)
-
-
-@pytest.fixture
-def cm(client: TestClient, token: TokenFactory) -> CaseApi:
-    return CaseApi(client, token())
 
 
 async def test_opening_a_case_answers_201_with_location_and_etag(client: TestClient,

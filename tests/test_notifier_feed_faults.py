@@ -23,6 +23,7 @@ from services.notifier.store.cases import load_checkpoint
 from services.records.store.events import EventStore, NewEvent
 from tests.conftest import FakeClock
 from tests.notifier_helpers import (  # noqa: F401
+    ClockFailingOnce,
     NotifierRig,
     Records,
     SmtpServer,
@@ -100,19 +101,6 @@ async def test_an_event_whose_rules_fail_is_left_out_and_the_page_goes_on(
     assert await rig.rows(case_id=UUID(failing)) == []
     assert len(await rig.rows(case_id=UUID(other))) == 4
     assert await load_checkpoint(rig.notifier.pool, FEED_CHECKPOINT) == page.checkpoint
-
-
-class ClockFailingOnce(FakeClock):
-    """A clock whose next reading, once armed, raises: something unforeseen while applying a
-    page."""
-
-    failures_left = 0
-
-    def __call__(self) -> datetime:
-        if self.failures_left:
-            self.failures_left -= 1
-            raise RuntimeError("unforeseen")
-        return super().__call__()
 
 
 async def test_a_page_that_fails_to_apply_is_retried_and_the_subscription_lives_on(
