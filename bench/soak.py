@@ -46,8 +46,9 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from bench.common import free_port, postgres_server, scratch_database, wait_ready
-from bench.export import fill
+from bench.export import fill, resident_kib
 from services.common.auth import issue_token
+from services.common.settings import ServiceSettings
 
 AGENCY = "bench"  # bench.export.fill's agency: the long case belongs to it
 MANAGERS = 50
@@ -116,6 +117,7 @@ def serve(service: str) -> None:
 
     stats = Path(os.environ[STATS_ENV])
     port = int(os.environ["SOAK_PORT"])
+    settings: ServiceSettings
     if service == "records":
         from services.common.settings import Settings
         from services.records.http.app import create_app
@@ -127,10 +129,9 @@ def serve(service: str) -> None:
         from services.notifier.http.app import create_app as create_notifier
         from services.notifier.settings import NotifierSettings
 
-        notifier_settings = NotifierSettings()
+        settings = notifier_settings = NotifierSettings()
         app = create_notifier(notifier_settings)
         app.on_startup.append(_sampled(app, _notifier_figures, stats))
-        settings = notifier_settings  # type: ignore[assignment]
     configure_logging(settings.log_level)
     serve_app(app, host="127.0.0.1", port=port, choose="SOAK_PORT")
 
@@ -162,20 +163,12 @@ class Service:
 
     def figures(self) -> dict[str, Any]:
         pid = self.process.pid
-        found: dict[str, Any] = {"rss_mib": _rss_kib(pid) / 1024,
+        found: dict[str, Any] = {"rss_mib": resident_kib(pid) / 1024,
                                  "fds": len(os.listdir(f"/proc/{pid}/fd")),
                                  "deleted_fds": self.deleted_fds()}
         with contextlib.suppress(OSError, ValueError):  # not written yet, or being replaced
             found.update(json.loads(self.stats.read_text()))
         return found
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def _deleted(pid: int, fd: str) -> bool:
@@ -308,9 +301,8 @@ async def _sample_until(done: asyncio.Event, started: float, load: Load,
     last_time, last_requests = started, 0
     watcher = asyncio.create_task(_watch_deleted_fds(services))
     while not done.is_set():
-        with_timeout = asyncio.create_task(done.wait())
-        await asyncio.wait({with_timeout}, timeout=every)
-        with_timeout.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), every)
         now = time.perf_counter()
         rate = (load.requests - last_requests) / max(now - last_time, 1e-9)
         last_time, last_requests = now, load.requests
@@ -376,8 +368,8 @@ async def main(options: argparse.Namespace) -> None:
                         services.append(await _start("notifier", env, folder))
                         await _preferences(services[1].url, load)
                     await _soak(options, load, services, database_url, sink)
-                finally:  # before the database goes
-                    for service in services:
+                finally:  # before the database goes; the notifier before the feed it reads
+                    for service in reversed(services):
                         await _stop(service)
     finally:
         smtp.stop()

@@ -97,10 +97,9 @@ class ActionStepCompletedV1(BaseModel):
 def upcast_action_step_completed_v1(data: dict[str, Any]) -> dict[str, Any]:
     """v1 ``note`` -> v2 ``reason`` for a reversal from no_longer_needed, else kept."""
     new = ActionStepCompletedV1.model_validate(data).model_dump(mode="json")
-    reversal = new["from_status"] == "no_longer_needed"
-    new["reason"] = new["note"] if reversal else None
-    if reversal:
-        new["note"] = None
+    new["reason"] = None
+    if new["from_status"] == "no_longer_needed":
+        new["reason"], new["note"] = new["note"], None
     return new
 
 

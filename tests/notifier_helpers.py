@@ -102,6 +102,12 @@ class SmtpServer:
         return [m for m in self.received if m["To"] == address]
 
 
+def text_of(message: Message) -> str:
+    """The plain-text part of a message as sent (text first, then HTML)."""
+    part = message.get_payload()[0]  # type: ignore[index]
+    return str(part.get_payload(decode=True).decode())  # type: ignore[union-attr]
+
+
 def notifier_settings(database_url: str, records_url: str, smtp_port: int,
                       **overrides: object) -> NotifierSettings:
     values: dict[str, object] = {

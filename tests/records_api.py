@@ -66,8 +66,8 @@ class CaseApi:
             "outcome": outcome}, expect=201)
 
 
-async def event_count(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval("SELECT count(*) FROM records.events"))
+async def event_count(db: asyncpg.Pool | asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM records.events"))
 
 
 # Fixtures shared by the records test modules (imported there by name): a records service on

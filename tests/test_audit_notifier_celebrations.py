@@ -23,6 +23,7 @@ from tests.notifier_helpers import (  # noqa: F401  (fixtures)
     records,
     rig,
     smtp,
+    text_of,
 )
 
 
@@ -36,6 +37,16 @@ async def goal_status(records: Records, case: str, goal: str, status: str) -> No
                        {"status": status, "reason": "recorded too early"})
 
 
+async def a_completed_step(rig: NotifierRig, records: Records,
+                           token: TokenFactory) -> tuple[str, str]:
+    """A case whose case manager hears of small wins, and a step of it completed."""
+    await rig.set_prefs("cm-1", token())
+    case = await records.open_case()
+    step = await records.step(case, await records.goal(case))
+    await records.complete(case, step)
+    return case, step
+
+
 async def opted_in_participant(rig: NotifierRig, records: Records,
                                token: TokenFactory) -> tuple[str, str]:
     """A case whose participant asked to hear of milestones, and one goal of it."""
@@ -47,10 +58,7 @@ async def opted_in_participant(rig: NotifierRig, records: Records,
 
 async def test_a_small_win_taken_back_before_it_went_out_is_not_celebrated(
         rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
-    await rig.set_prefs("cm-1", token())
-    case = await records.open_case()
-    step = await records.step(case, await records.goal(case))
-    await records.complete(case, step)
+    case, step = await a_completed_step(rig, records, token)
     await step_status(records, case, step, "in_progress")
     await rig.catch_up()
     await rig.dispatch()
@@ -63,10 +71,7 @@ async def test_a_small_win_taken_back_before_it_went_out_is_not_celebrated(
 async def test_a_small_win_waiting_to_retry_is_withdrawn_when_the_step_is_no_longer_needed(
         rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
         clock: FakeClock) -> None:
-    await rig.set_prefs("cm-1", token())
-    case = await records.open_case()
-    step = await records.step(case, await records.goal(case))
-    await records.complete(case, step)
+    case, step = await a_completed_step(rig, records, token)
     await rig.catch_up()
     smtp.replies = ["451 try again later"]
     await rig.dispatch()
@@ -82,16 +87,13 @@ async def test_a_small_win_waiting_to_retry_is_withdrawn_when_the_step_is_no_lon
 
 async def test_a_step_completed_taken_back_and_completed_again_is_one_small_win(
         rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
-    await rig.set_prefs("cm-1", token())
-    case = await records.open_case()
-    step = await records.step(case, await records.goal(case))
-    await records.complete(case, step)
+    case, step = await a_completed_step(rig, records, token)
     await step_status(records, case, step, "in_progress")
     await records.complete(case, step, note="Went on Tuesday")
     await rig.catch_up()
     await rig.dispatch()
     [win] = smtp.received
-    assert "Went on Tuesday" in win.get_payload()[0].get_payload(decode=True).decode()
+    assert "Went on Tuesday" in text_of(win)
 
 
 async def test_a_goal_taken_back_before_its_milestone_went_out_congratulates_nobody(
@@ -185,5 +187,4 @@ async def test_a_sent_small_win_links_to_the_plan_when_a_plan_url_is_set(
     await linked.catch_up()
     await linked.dispatch()
     [message] = smtp.received
-    text = message.get_payload()[0].get_payload(decode=True).decode()  # type: ignore[index,union-attr]
-    assert f"https://casetrail.example.org/plans/{case}" in text
+    assert f"https://casetrail.example.org/plans/{case}" in text_of(message)

@@ -5,7 +5,6 @@ first sentence and says which case it is about, and an optional link to the plan
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from email.message import Message
 from uuid import UUID, uuid4
 
 import pytest
@@ -22,6 +21,7 @@ from tests.notifier_helpers import (  # noqa: F401  (fixtures)
     records,
     rig,
     smtp,
+    text_of,
 )
 
 TODAY = date(2026, 5, 3)
@@ -30,11 +30,6 @@ OVERDUE = {"participant": "Jo", "review_id": "r", "due_date": "2026-05-01", "gra
 WIN = {"participant": "Jo", "step_id": "s", "description": "Call the landlord",
        "owner": "participant", "goal_title": "Keep my flat"}
 PLAN_URL = "https://casetrail.example.org/plans/{case_id}?tab=plan&x=<y>"
-
-
-def text_of(message: Message) -> str:
-    part = message.get_payload()[0]  # type: ignore[index]
-    return str(part.get_payload(decode=True).decode())  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("count", "subject"), [(1, "Your Casetrail summary: 1 update"),

@@ -1,27 +1,24 @@
 """The access log says which part of a case an auditor was shown, not only what was asked."""
 
+# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
-from tests.records_api import CaseApi
+from tests.conftest import FakeClock, TokenFactory, bearer
+from tests.records_api import (  # noqa: F401  (fixtures are found by name)
+    CaseApi,
+    client,
+    clock,
+    cm,
+)
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-async def db(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
-    assert pool is not None
-    yield pool
-    await pool.close()
 
 
 async def _logged(db: asyncpg.Pool) -> list[str]:
@@ -39,15 +36,12 @@ async def _logged(db: asyncpg.Pool) -> list[str]:
     ("/export?format=csv", "export format=csv window_versions=1-3"),
 ])
 async def test_an_auditors_read_is_logged_with_the_versions_the_window_showed(
-        make_records_client: ClientFactory, fresh_database_url: str, token: TokenFactory,
-        db: asyncpg.Pool, read: str, what: str) -> None:
+        clock: FakeClock, client: TestClient, cm: CaseApi, token: TokenFactory,
+        fresh_pool: asyncpg.Pool, read: str, what: str) -> None:
     """A plain plan read by a court answers the plan as its window closed, and its history the
     window's events only; the entry said `plan` or `history …`, so a supervisor reading the
     log could not tell which versions the court was shown (the window is in the token, which
     the log does not keep)."""
-    clock = FakeClock()
-    client: TestClient = await make_records_client(fresh_database_url, clock=clock)
-    cm = CaseApi(client, token())
     case_id = await cm.open_case()
     times = [clock.now]
     for n in range(3):
@@ -60,18 +54,16 @@ async def test_an_auditors_read_is_logged_with_the_versions_the_window_showed(
     assert response.status in (200, 403), await response.text()
     await response.read()
     for _ in range(100):  # the entry commits with the read; the export's as it begins
-        if await _logged(db):
+        if await _logged(fresh_pool):
             break
         await asyncio.sleep(0.02)
-    assert await _logged(db) == [what]
+    assert await _logged(fresh_pool) == [what]
 
 
 async def test_a_supervisors_entries_stay_as_they_were(
-        make_records_client: ClientFactory, fresh_database_url: str, token: TokenFactory,
-        db: asyncpg.Pool) -> None:
-    client: TestClient = await make_records_client(fresh_database_url)
-    case_id = await CaseApi(client, token()).open_case()
+        client: TestClient, cm: CaseApi, token: TokenFactory, fresh_pool: asyncpg.Pool) -> None:
+    case_id = await cm.open_case()
     supervisor = CaseApi(client, token(role="supervisor", sub="sup-1"))
     await supervisor.plan(case_id)
     await supervisor.call("GET", f"/v1/cases/{case_id}/history", expect=200)
-    assert await _logged(db) == ["plan", "history after_version=0 limit=100"]
+    assert await _logged(fresh_pool) == ["plan", "history after_version=0 limit=100"]

@@ -1,6 +1,7 @@
 """`casetrail rebuild-projections` while the records service runs and writes arrive, and
 interrupted half-way (an operator's audit)."""
 
+# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,13 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from services.records.projections.rebuild import rebuild_projections
-from tests.conftest import ClientFactory, TokenFactory
-from tests.records_api import CaseApi
+from tests.conftest import TokenFactory
+from tests.records_api import (  # noqa: F401  (fixtures are found by name)
+    CaseApi,
+    client,
+    clock,
+    cm,
+)
 from tests.test_cli import CASETRAIL
 from tests.test_rebuild import snapshot
 
@@ -42,14 +48,11 @@ async def wait_until_blocked_on_facts(pool: asyncpg.Pool) -> None:
 
 
 async def test_reads_answer_from_the_old_plans_while_a_rebuild_runs_and_writes_land_after(
-        make_records_client: ClientFactory, fresh_database_url: str, fresh_pool: asyncpg.Pool,
-        token: TokenFactory) -> None:
+        cm: CaseApi, fresh_pool: asyncpg.Pool, token: TokenFactory) -> None:
     """A rebuild locked the plans against readers too: every plan read and caseload listing
     waited for the whole rebuild, and answered 503 once it ran past the command timeout (30
     s: about 400,000 events on the audit machine). Reads now see the old rows until the
     rebuild commits; writes wait for it, land on top, and the projection keeps them."""
-    client = await make_records_client(fresh_database_url)
-    cm = CaseApi(client, token())
     case_id = await cm.open_case()
     await cm.goal(case_id)
     before = await cm.plan(case_id)
@@ -81,11 +84,9 @@ async def test_reads_answer_from_the_old_plans_while_a_rebuild_runs_and_writes_l
 
 
 async def test_an_interrupted_rebuild_leaves_the_projections_whole_and_says_so(
-        make_records_client: ClientFactory, fresh_database_url: str, fresh_pool: asyncpg.Pool,
-        token: TokenFactory) -> None:
+        cm: CaseApi, fresh_database_url: str, fresh_pool: asyncpg.Pool) -> None:
     """Ctrl-C half-way (the plans cleared in its transaction, the facts not yet) printed a
     40-line traceback and did not say what state the projections were left in."""
-    cm = CaseApi(await make_records_client(fresh_database_url), token())
     for _ in range(3):
         await cm.goal(await cm.open_case())
     before = await snapshot(fresh_pool)

@@ -11,6 +11,7 @@ from a rebuild only where ``deploy/README.md`` says the release needs one, and t
 sends what was waiting without sending anything again.
 """
 
+# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,8 @@ from services.notifier.http.app import migrate as migrate_notifier
 from services.records.http.app import migrate as migrate_records
 from services.records.projections.rebuild import rebuild_projections
 from services.records.store.checkpoint import TransactionIdsAhead
-from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
-from tests.notifier_helpers import SmtpServer, make_rig
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, _admin, bearer
+from tests.notifier_helpers import SmtpServer, make_rig, smtp  # noqa: F401  (a fixture)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upgrade"
 # after the fixtures' last write (10:11 UTC): what failed then is due for its retry
@@ -66,21 +67,18 @@ RELEASES = [
 ]
 
 
-async def _admin(server_url: str, statement: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
+def _dump(release: Release) -> str:
+    return gzip.decompress((FIXTURES / f"{release.name}.sql.gz").read_bytes()).decode()
 
 
-async def _load(database_url: str, release: Release) -> None:
-    sql = gzip.decompress((FIXTURES / f"{release.name}.sql.gz").read_bytes()).decode()
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+def _database_holding(server_url: str, prefix: str, sql: str) -> Iterator[str]:
+    """An empty database (no migrations of this code) holding ``sql``, dropped after."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    url = with_database(server_url, name)
+    asyncio.run(_admin(url, sql))
+    yield url
+    asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=RELEASES, ids=lambda r: r.name)
@@ -90,13 +88,7 @@ def release(request: pytest.FixtureRequest) -> Release:
 
 @pytest.fixture
 def old_database_url(postgres_server_url: str, release: Release) -> Iterator[str]:
-    """An empty database (no migrations of this code) holding the release's dump."""
-    name = f"casetrail_upgrade_{secrets.token_hex(4)}"
-    asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
-    url = with_database(postgres_server_url, name)
-    asyncio.run(_load(url, release))
-    yield url
-    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield from _database_holding(postgres_server_url, "casetrail_upgrade", _dump(release))
 
 
 @pytest.fixture
@@ -267,13 +259,6 @@ async def test_analytics_after_the_upgrade_and_rebuild_match_the_record_and_a_se
 # --------------------------------------------------------------------------- notifier
 
 
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpServer]:
-    server = await SmtpServer().start()
-    yield server
-    await server.stop()
-
-
 async def test_the_upgraded_notifier_sends_what_was_waiting_and_nothing_again(
         old_database_url: str, old_pool: asyncpg.Pool, make_records_client: ClientFactory,
         aiohttp_client: Callable[..., Awaitable[TestClient]], smtp: SmtpServer,
@@ -329,34 +314,11 @@ EPOCHS_AHEAD = 5 << 32
 
 @pytest.fixture
 def restored_database_url(postgres_server_url: str) -> Iterator[str]:
-    name = f"casetrail_restored_{secrets.token_hex(4)}"
-    asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
-    url = with_database(postgres_server_url, name)
-    sql = gzip.decompress((FIXTURES / f"{RELEASES[1].name}.sql.gz").read_bytes()).decode()
-    asyncio.run(_load_sql(url, re.sub(
+    moved = re.sub(
         r"^(INSERT INTO records\.(?:events|access_log) OVERRIDING SYSTEM VALUE VALUES \(.*?')"
-        r"(1\d{3})('[,)])", lambda m: f"{m[1]}{int(m[2]) + EPOCHS_AHEAD}{m[3]}", sql,
-        flags=re.MULTILINE)))
-    yield url
-    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _load_sql(database_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def _visible_to_the_feed(conn: asyncpg.Connection, position: int) -> None:
-    """The feed holds an event back while an older transaction anywhere on the server is
-    open (other test runs share it): wait until the one just written is past that."""
-    async with asyncio.timeout(30):
-        while await conn.fetchval(  # noqa: ASYNC110  (polling the database)
-                "SELECT transaction_id >= pg_snapshot_xmin(pg_current_snapshot())"
-                " FROM records.events WHERE global_position = $1", position):
-            await asyncio.sleep(0.02)
+        r"(1\d{3})('[,)])", lambda m: f"{m[1]}{int(m[2]) + EPOCHS_AHEAD}{m[3]}",
+        _dump(RELEASES[1]), flags=re.MULTILINE)
+    yield from _database_holding(postgres_server_url, "casetrail_restored", moved)
 
 
 async def test_a_database_restored_into_another_cluster_is_refused_with_the_way_out(

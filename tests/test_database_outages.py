@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import pytest
 import structlog
 from aiohttp.test_utils import TestClient
@@ -32,6 +33,7 @@ from tests.notifier_helpers import (  # noqa: F401
     notifier_settings,
     records,
 )
+from tests.records_api import CaseApi, event_count
 
 
 @pytest.fixture
@@ -103,6 +105,14 @@ class SmtpCuttingTheDatabase(SmtpServer):
         asyncio.get_running_loop().create_task(restore())
 
 
+@pytest.fixture
+async def smtp(proxy: DbProxy) -> AsyncIterator[SmtpCuttingTheDatabase]:
+    server = SmtpCuttingTheDatabase(proxy=proxy)
+    await server.start()
+    yield server
+    await server.stop()
+
+
 async def a_small_win_known_to(rig: NotifierRig, records: Records, steps: int = 1) -> None:
     case = await records.open_case()
     goal = await records.goal(case)
@@ -113,74 +123,66 @@ async def a_small_win_known_to(rig: NotifierRig, records: Records, steps: int = 
 
 async def test_mail_sent_during_a_database_outage_is_recorded_once_it_is_back_not_resent(
         aiohttp_client: Callable[..., Awaitable[TestClient]], records: Records,
-        proxy: DbProxy, clock: FakeClock, token: TokenFactory) -> None:
-    smtp = await SmtpCuttingTheDatabase(proxy=proxy).start()
-    try:
-        rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
-        await rig.set_prefs("cm-1", token())
-        await a_small_win_known_to(rig, records)
-        async with asyncio.timeout(15):
-            with contextlib.suppress(*DATABASE_UNAVAILABLE):  # before: the outcome was lost
-                await rig.dispatch()
-            await smtp.back.wait()
-        clock.advance(seconds=rig.notifier.settings.lease_seconds + 60)
-        await rig.dispatch()  # any instance, once the lease has run out
-        [row] = await rig.rows(kind="small_win")
-        assert [m["Message-ID"] for m in smtp.received] == [row["message_id"]]
-        assert (row["status"], row["attempts"]) == ("sent", 1)
-    finally:
-        await smtp.stop()
+        proxy: DbProxy, smtp: SmtpCuttingTheDatabase, clock: FakeClock,
+        token: TokenFactory) -> None:
+    rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
+    await rig.set_prefs("cm-1", token())
+    await a_small_win_known_to(rig, records)
+    async with asyncio.timeout(15):
+        with contextlib.suppress(*DATABASE_UNAVAILABLE):  # before: the outcome was lost
+            await rig.dispatch()
+        await smtp.back.wait()
+    clock.advance(seconds=rig.notifier.settings.lease_seconds + 60)
+    await rig.dispatch()  # any instance, once the lease has run out
+    [row] = await rig.rows(kind="small_win")
+    assert [m["Message-ID"] for m in smtp.received] == [row["message_id"]]
+    assert (row["status"], row["attempts"]) == ("sent", 1)
 
 
 async def test_a_digest_sent_during_a_database_outage_is_recorded_once_it_is_back(
         aiohttp_client: Callable[..., Awaitable[TestClient]], records: Records,
-        proxy: DbProxy, clock: FakeClock, token: TokenFactory) -> None:
+        proxy: DbProxy, smtp: SmtpCuttingTheDatabase, clock: FakeClock,
+        token: TokenFactory) -> None:
     """The digest's notices share its fate in a write of their own: lost, the digest was
     recorded as failed and sent again."""
-    smtp = await SmtpCuttingTheDatabase(proxy=proxy).start()
-    try:
-        rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
-        await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone="UTC")
-        await a_small_win_known_to(rig, records, steps=2)
-        await rig.dispatch()
-        [digest] = await rig.rows(kind="daily_digest")
-        clock.now = digest["due_at"]  # type: ignore[assignment]
-        async with asyncio.timeout(15):
-            with contextlib.suppress(*DATABASE_UNAVAILABLE):
-                await rig.notifier.dispatcher.send_digests()
-            await smtp.back.wait()
-        clock.advance(seconds=rig.notifier.settings.lease_seconds + 60)
-        await rig.notifier.dispatcher.send_digests()
-        [digest] = await rig.rows(kind="daily_digest")
-        assert [m["Message-ID"] for m in smtp.received] == [digest["message_id"]]
-        assert (digest["status"], digest["attempts"]) == ("sent", 1)
-        assert {r["status"] for r in await rig.rows(kind="small_win")} == {"sent"}
-    finally:
-        await smtp.stop()
+    rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone="UTC")
+    await a_small_win_known_to(rig, records, steps=2)
+    await rig.dispatch()
+    [digest] = await rig.rows(kind="daily_digest")
+    clock.now = digest["due_at"]  # type: ignore[assignment]
+    async with asyncio.timeout(15):
+        with contextlib.suppress(*DATABASE_UNAVAILABLE):
+            await rig.notifier.dispatcher.send_digests()
+        await smtp.back.wait()
+    clock.advance(seconds=rig.notifier.settings.lease_seconds + 60)
+    await rig.notifier.dispatcher.send_digests()
+    [digest] = await rig.rows(kind="daily_digest")
+    assert [m["Message-ID"] for m in smtp.received] == [digest["message_id"]]
+    assert (digest["status"], digest["attempts"]) == ("sent", 1)
+    assert {r["status"] for r in await rig.rows(kind="small_win")} == {"sent"}
 
 
 async def test_a_stopping_notifier_gives_up_recording_after_a_grace_and_says_what_it_lost(
         aiohttp_client: Callable[..., Awaitable[TestClient]], records: Records,
-        proxy: DbProxy, clock: FakeClock, token: TokenFactory) -> None:
-    smtp = await SmtpCuttingTheDatabase(proxy=proxy, outage=None).start()
-    try:
-        rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
-        await rig.set_prefs("cm-1", token())
-        await a_small_win_known_to(rig, records)
-        [row] = await rig.rows(kind="small_win")
-        with structlog.testing.capture_logs() as logs:
-            dispatching = asyncio.create_task(rig.dispatch())
-            await smtp.arrived.wait()
-            rig.notifier.dispatcher.shutting_down()
-            began = time.monotonic()
-            with pytest.raises(DATABASE_UNAVAILABLE):
-                await asyncio.wait_for(dispatching, SHUTDOWN_GRACE + 3)
-        assert time.monotonic() - began < SHUTDOWN_GRACE + 1
-        [gave_up] = [e for e in logs if e["log_level"] == "error"]
-        assert gave_up["notifications"] == {str(row["id"]): "sent"}
-        await proxy.start()  # for the teardown
-    finally:
-        await smtp.stop()
+        proxy: DbProxy, smtp: SmtpCuttingTheDatabase, clock: FakeClock,
+        token: TokenFactory) -> None:
+    smtp.outage = None  # the database stays away
+    rig = await make_rig(aiohttp_client, proxy.url, records.client, smtp, clock)
+    await rig.set_prefs("cm-1", token())
+    await a_small_win_known_to(rig, records)
+    [row] = await rig.rows(kind="small_win")
+    with structlog.testing.capture_logs() as logs:
+        dispatching = asyncio.create_task(rig.dispatch())
+        await smtp.arrived.wait()
+        rig.notifier.dispatcher.shutting_down()
+        began = time.monotonic()
+        with pytest.raises(DATABASE_UNAVAILABLE):
+            await asyncio.wait_for(dispatching, SHUTDOWN_GRACE + 3)
+    assert time.monotonic() - began < SHUTDOWN_GRACE + 1
+    [gave_up] = [e for e in logs if e["log_level"] == "error"]
+    assert gave_up["notifications"] == {str(row["id"]): "sent"}
+    await proxy.start()  # for the teardown
 
 
 async def feed_end(client: TestClient, headers: dict[str, str], events: int) -> str:
@@ -230,10 +232,6 @@ async def test_a_write_waiting_too_long_on_a_lock_is_a_503_saying_so(
         token: TokenFactory) -> None:
     """A rebuild holds the projections for its whole run: a write waiting longer than the
     command timeout is told the database did not answer in time (not that it is down)."""
-    import asyncpg
-
-    from tests.records_api import CaseApi, event_count
-
     client = await make_records_client(fresh_database_url, CASETRAIL_DB_COMMAND_TIMEOUT=1)
     cm = CaseApi(client, token())
     case_id = await cm.open_case()
@@ -246,6 +244,6 @@ async def test_a_write_waiting_too_long_on_a_lock_is_a_503_saying_so(
             problem = await response.json()
         assert (response.status, response.headers["Retry-After"]) == (503, "5")
         assert problem["detail"] == "the database did not answer in time; try again shortly"
-        assert await event_count(conn) == 1  # type: ignore[arg-type]
+        assert await event_count(conn) == 1
     finally:
         await conn.close()

@@ -819,23 +819,21 @@ async def test_an_smtp_outage_is_retried_until_the_horizon_with_the_default_sett
 
 async def test_a_stopping_notifier_claims_no_new_batch(
         aiohttp_client: Callable[..., Awaitable[TestClient]], records: Records,
-        fresh_database_url: str, clock: FakeClock, token: TokenFactory) -> None:
+        smtp: SmtpServer, fresh_database_url: str, clock: FakeClock,
+        token: TokenFactory) -> None:
     """Told to stop while it sends, the dispatcher finishes that batch and claims no other:
     a batch begun after the stop's grace would be sent with nothing left to record it."""
-    smtp = await SmtpServer(delay=0.3).start()
-    try:
-        rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
-                             NOTIFIER_DISPATCH_BATCH=1)
-        await rig.set_prefs("cm-1", token())
-        for step in ("Call the landlord", "Open a bank account"):
-            await small_win(records, step)
-        await rig.catch_up()
-        dispatching = asyncio.create_task(rig.dispatch())
-        await smtp.arrived.wait()
-        rig.notifier.dispatcher.shutting_down()
-        assert await dispatching == 1
-        statuses = sorted(str(r["status"]) for r in await rig.rows(kind="small_win"))
-        assert statuses == ["scheduled", "sent"]
-        assert len(smtp.received) == 1
-    finally:
-        await smtp.stop()
+    smtp.delay = 0.3
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                         NOTIFIER_DISPATCH_BATCH=1)
+    await rig.set_prefs("cm-1", token())
+    for step in ("Call the landlord", "Open a bank account"):
+        await small_win(records, step)
+    await rig.catch_up()
+    dispatching = asyncio.create_task(rig.dispatch())
+    await smtp.arrived.wait()
+    rig.notifier.dispatcher.shutting_down()
+    assert await dispatching == 1
+    statuses = sorted(str(r["status"]) for r in await rig.rows(kind="small_win"))
+    assert statuses == ["scheduled", "sent"]
+    assert len(smtp.received) == 1

@@ -155,7 +155,6 @@ async def test_the_notifier_answers_a_malformed_request_with_a_problem(
     assert json.loads(body)["type"].endswith("/malformed-request")
 
 
-
 async def test_an_idle_client_is_let_go_after_75_seconds_as_run_app_did() -> None:
     """A bare AppRunner keeps an idle keep-alive connection for an hour."""
     runner = ServiceRunner(web.Application())

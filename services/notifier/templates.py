@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from functools import cache
 from pathlib import Path
@@ -172,9 +172,8 @@ def render(kind: str, context: dict[str, Any], case_id: object | None = None,
     escaped = {k: html.escape(v) for k, v in values.items()}
     escaped["case_link"] = _case_html(values["participant"], case_id, link)
     body = _template(f"{name}.html").safe_substitute(escaped)
-    page = _with_layout(subject, text, body)
-    return Rendered(page.subject, page.text, page.html, _summary(text),
-                    values["case_link"], escaped["case_link"])
+    return replace(_with_layout(subject, text, body), summary=_summary(text),
+                   case_line=values["case_link"], case_html=escaped["case_link"])
 
 
 def render_digest(items: Sequence[Rendered]) -> Rendered:

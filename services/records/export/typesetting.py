@@ -198,16 +198,16 @@ class Typesetter:
             text = str(get_display(_isolates_as_embeddings(_marks_first(text)),
                                    base_dir="R" if right_to_left else "L"))
         runs = []
-        for font, chars in itertools.groupby(self._visible(text), lambda c: self._font(c, han)):
+        for font, chars in itertools.groupby(filter(self._drawn, text),
+                                             lambda c: self._font(c, han)):
             run = "".join(chars)
             runs.append(Run(run, font, sum(self._advance(c, han) for c in run) * size))
         return Line(tuple(runs), sum(run.width for run in runs), right_to_left)
 
-    def _visible(self, text: str) -> Iterator[str]:
-        """The characters to draw: format characters the font has no glyph for (bidi
+    def _drawn(self, char: str) -> bool:
+        """Whether the character is drawn: format characters the font has no glyph for (bidi
         controls, joiners) are invisible by definition and would print as boxes."""
-        return (c for c in text
-                if c in self._glyphs or unicodedata.category(c) != "Cf")
+        return char in self._glyphs or unicodedata.category(char) != "Cf"
 
     def _font(self, char: str, han: str) -> str:
         if char in self._glyphs:
@@ -221,8 +221,7 @@ class Typesetter:
         if key not in self._advances:
             if font != self.main and font not in pdfmetrics.getRegisteredFontNames():
                 pdfmetrics.registerFont(UnicodeCIDFont(font))
-            visible = char in self._glyphs or unicodedata.category(char) != "Cf"
-            self._advances[key] = stringWidth(char, font, 1.0) if visible else 0.0
+            self._advances[key] = stringWidth(char, font, 1.0) if self._drawn(char) else 0.0
         return self._advances[key]
 
     def _shaped(self, text: str) -> str:

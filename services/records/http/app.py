@@ -13,10 +13,10 @@ from aiohttp import web
 from schemas.feed import FeedPage, FeedQuery, Health
 from services.common.auth import Role, TokenVerifier
 from services.common.database import (
+    apply_migrations,
     create_pool,
     database_checks,
     database_ready,
-    migrate_schema,
 )
 from services.common.http import (
     REQUEST_SECONDS,
@@ -77,9 +77,9 @@ def records(request: web.Request) -> Records:
 
 async def migrate(database_url: str) -> list[str]:
     """Apply the records migrations, then check the database is one the feed can serve."""
-    applied = await migrate_schema(database_url, SCHEMA, MIGRATIONS)
     conn = await asyncpg.connect(database_url)
     try:
+        applied = await apply_migrations(conn, SCHEMA, MIGRATIONS)
         await check_transaction_ids(conn)
     finally:
         await conn.close()

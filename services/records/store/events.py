@@ -290,19 +290,33 @@ class LockedStream:
         self.appended: list[AppendResult] = []
 
     async def write(self, pending: _PendingAppend) -> list[asyncpg.Record]:
-        """The append, in a savepoint rolled back when it recorded nothing: as in
-        ``_write_keyed``, a claimed key must not outlive an append that lost (to the case
-        being opened meanwhile), or it reads back as a replay with no events."""
-        sql, args = _append_statement([pending])
-        savepoint = self.conn.transaction()
-        await savepoint.start()
+        """The append, in a savepoint (``_write_alone``): a claimed key must not outlive an
+        append that lost (to the case being opened meanwhile), or it reads back as a replay
+        with no events."""
         try:
-            inserted = list(await self.conn.fetch(sql, *args))
-        except BaseException:
-            await savepoint.rollback()
-            raise
-        await (savepoint.commit() if inserted else savepoint.rollback())
-        return inserted
+            return await _write_alone(self.conn, pending)
+        except asyncpg.DeadlockDetectedError as error:
+            raise _Deadlocked from error
+
+
+async def _write_alone(conn: asyncpg.Connection, pending: _PendingAppend) -> list[asyncpg.Record]:
+    """One append in a transaction of its own (a savepoint inside one already open), rolled
+    back when it recorded nothing.
+
+    The idempotency claim comes first in the statement (a concurrent request with the same
+    key waits on it), so when the version check then fails the claim would be left behind
+    without events.
+    """
+    sql, args = _append_statement([pending])
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        inserted = list(await conn.fetch(sql, *args))
+    except BaseException:
+        await transaction.rollback()
+        raise
+    await (transaction.commit() if inserted else transaction.rollback())
+    return inserted
 
 
 class _Deadlocked(Exception):
@@ -376,13 +390,10 @@ class EventStore:
 
     async def _write(self, pending: _PendingAppend,
                      locked: LockedStream | None) -> list[asyncpg.Record]:
-        if locked is None:
-            return await (self._write_keyed(pending) if pending.claim is not None
-                          else self._group.submit(pending))
-        try:
+        if locked is not None:
             return await locked.write(pending)
-        except asyncpg.DeadlockDetectedError as error:
-            raise _Deadlocked from error
+        return await (self._write_keyed(pending) if pending.claim is not None
+                      else self._group.submit(pending))
 
     def _appended(self, result: AppendResult) -> None:
         last = result.events[-1]
@@ -421,28 +432,14 @@ class EventStore:
         return [by_stream[a.stream_id] for a in appends]
 
     async def _write_keyed(self, pending: _PendingAppend) -> list[asyncpg.Record]:
-        """A keyed append, alone in its transaction, rolled back when it recorded nothing.
-
-        The idempotency claim comes first in the statement (a concurrent request with the same
-        key waits on it), so when the version check then fails the claim would be left
-        behind without events.
-        """
-        sql, args = _append_statement([pending])
+        """A keyed append, alone in its transaction (``_write_alone``)."""
         async with self._pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
             try:
-                inserted = list(await conn.fetch(sql, *args))
+                return await _write_alone(conn, pending)
             except asyncpg.DeadlockDetectedError:
                 # with a writer holding this head (``locked``) while it waits for this key:
                 # a lost race, decided again by the caller
-                await transaction.rollback()
                 return []
-            except BaseException:
-                await transaction.rollback()
-                raise
-            await (transaction.commit() if inserted else transaction.rollback())
-            return inserted
 
     async def _hash_at(self, stream_id: UUID, version: int, db: Executor) -> str:
         """The hash of event ``version`` (immutable once written, so it is safe to cache)."""
