@@ -217,7 +217,7 @@ async def test_a_supervisors_head_on_a_case_is_a_logged_read(client: TestClient,
 
 @pytest.mark.parametrize("role", ["analyst", "service"])
 async def test_a_role_that_reads_no_case_learns_nothing_of_which_cases_exist(
-        client: TestClient, token: TokenFactory, role: str) -> None:
+        client: TestClient, token: TokenFactory, db: asyncpg.Pool, role: str) -> None:
     """403 for every case id, real, made up or another agency's: a 403 for a real case beside
     a 404 for a made-up id told an analyst which ids exist."""
     owner = CaseApi(client, token(sub="cm-1"))
@@ -228,6 +228,8 @@ async def test_a_role_that_reads_no_case_learns_nothing_of_which_cases_exist(
         for path in ("", "/history", "/verify", "/export?format=csv"):
             response = await client.get(f"/v1/cases/{case_id}{path}", headers=headers)
             assert response.status == 403, (case_id, path)
+        before = await event_count(db)
         response = await client.post(f"/v1/cases/{case_id}/notes", json={"text": "x"},
                                      headers=headers)
         assert response.status == 403, case_id
+        assert await event_count(db) == before, case_id
