@@ -9,12 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import signal
 import socket
+import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
+import psutil
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -157,3 +163,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def dev_dir() -> Iterator[Path]:
+    """A folder for ``casetrail dev``; any PostgreSQL a failing test leaves running in it is
+    stopped. It lies outside pytest's own temporary root on purpose: run as root, the embedded
+    PostgreSQL opens every folder above its data to its own system user, and any pytest
+    starting meanwhile (a parallel run, of this project or another) closes
+    /tmp/pytest-of-root again, so initdb or pg_ctl failed with "Permission denied"."""
+    folder = Path(tempfile.mkdtemp(prefix="casetrail-test-dev-"))
+    yield folder / "dev"
+    for pid in postgres_of(folder / "dev" / "pgdata"):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+            if not gone(pid, seconds=15):
+                os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def gone(pid: int, seconds: float = 10) -> bool:
+    """The process ended (PostgreSQL removes postmaster.pid a moment before it exits)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def postgres_of(pgdata: Path) -> list[int]:
+    """The postmasters serving ``pgdata`` (its path is on their command line)."""
+    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "postgres"
+            and str(pgdata.resolve()) in " ".join(p.info["cmdline"] or [])]

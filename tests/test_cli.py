@@ -125,12 +125,12 @@ def test_migrate_applies_then_reports_current(fresh_database_url: str) -> None:
     assert "already current" in result.stdout
 
 
-def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
+def test_dev_starts_its_own_database_when_none_is_given(dev_dir: Path) -> None:
     """The fresh-machine path: no DATABASE_URL, an embedded PostgreSQL, a working service."""
     port, notifier_port, smtp_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in {"DATABASE_URL", "CASETRAIL_JWT_SECRET"}}
-    env["CASETRAIL_DEV_DIR"] = str(tmp_path / "dev")
+    env["CASETRAIL_DEV_DIR"] = str(dev_dir)
     env["RECORDS_PORT"] = str(port)  # ports come from the environment when no flag says
     process = subprocess.Popen([*CASETRAIL, "dev", "--notifier-port",
                                 str(notifier_port), "--smtp-port", str(smtp_port)], env=env,
@@ -149,7 +149,7 @@ def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as answer:
             assert answer.status == 200
         token = output.split("export TOKEN=")[1].split()[0]
-        secret = (tmp_path / "dev" / "jwt-secret").read_text().strip()
+        secret = (dev_dir / "jwt-secret").read_text().strip()
         assert jwt.decode(token, secret, algorithms=["HS256"])["role"] == "case_manager"
         assert "Loaded the demo caseload" in output
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/cases",
@@ -163,7 +163,7 @@ def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
         # The notifier celebrates the demo's small wins and nudges about its overdue step
         # (written after the notifier started, so no earlier notifier can have sent it); the
         # local catcher keeps the mail.
-        mail_dir = tmp_path / "dev" / "mail"
+        mail_dir = dev_dir / "mail"
         deadline = time.monotonic() + 60
         expected = ("A small win for", "Checking in on a step in")
         while not _caught(mail_dir, expected) and time.monotonic() < deadline:
@@ -173,12 +173,12 @@ def test_dev_starts_its_own_database_when_none_is_given(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{notifier_port}/mail",
                                     timeout=10) as page:
             assert page.status == 200
-        assert list((tmp_path / "dev" / "pgdata").rglob("postmaster.pid"))
+        assert list((dev_dir / "pgdata").rglob("postmaster.pid"))
     finally:
         process.terminate()  # SIGTERM, as `kill` or a closing terminal sends
         process.wait(timeout=30)
     # the embedded PostgreSQL stopped with it, instead of running on, orphaned
-    assert not list((tmp_path / "dev" / "pgdata").rglob("postmaster.pid"))
+    assert not list((dev_dir / "pgdata").rglob("postmaster.pid"))
 
 
 def _caught(mail_dir: Path, subject_starts: tuple[str, ...]) -> bool:

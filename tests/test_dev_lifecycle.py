@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 
 import psutil
 import pytest
 
 from services.common.server import host_and_port, http_url
-from tests.conftest import free_port
+from tests.conftest import free_port, gone, postgres_of
 
 CASETRAIL = [sys.executable, "-m", "services.cli"]
 READY = "Stop with Ctrl-C"
@@ -78,38 +75,6 @@ def _postmaster_pid(pgdata: Path) -> int | None:
         return None
 
 
-def _gone(pid: int, seconds: float = 10) -> bool:
-    """The process ended (PostgreSQL removes postmaster.pid a moment before it exits)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _postgres_of(pgdata: Path) -> list[int]:
-    """The postmasters serving ``pgdata`` (its path is on their command line)."""
-    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
-            if p.info["name"] == "postgres"
-            and str(pgdata.resolve()) in " ".join(p.info["cmdline"] or [])]
-
-
-@pytest.fixture
-def dev_dir(tmp_path: Path) -> Iterator[Path]:
-    """The dev folder; any PostgreSQL a failing test leaves running in it is stopped."""
-    folder = tmp_path / "dev"
-    yield folder
-    for pid in _postgres_of(folder / "pgdata"):
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
-            if not _gone(pid, seconds=15):
-                os.kill(pid, signal.SIGKILL)
-
-
 def test_dev_stops_its_postgres_after_an_earlier_run_was_killed(dev_dir: Path) -> None:
     """A SIGKILLed run leaves its PostgreSQL running (nothing can stop it); the next run uses
     that server and, stopped in the ordinary way, stops it: it used to leave it running, since
@@ -132,8 +97,8 @@ def test_dev_stops_its_postgres_after_an_earlier_run_was_killed(dev_dir: Path) -
         again.process.terminate()
         again.finish()
     assert not (dev_dir / "pgdata" / "postmaster.pid").exists(), again.output
-    assert _gone(orphan)
-    assert _postgres_of(dev_dir / "pgdata") == []
+    assert gone(orphan)
+    assert postgres_of(dev_dir / "pgdata") == []
 
 
 @pytest.mark.parametrize(("flag", "choose"), [
@@ -153,7 +118,7 @@ def test_dev_with_a_port_taken_names_it_and_stops_what_had_started(
     assert f"(choose another port with {choose})" in dev.output, dev.output
     assert "Traceback" not in dev.output
     assert not (dev_dir / "pgdata" / "postmaster.pid").exists()
-    assert _postgres_of(dev_dir / "pgdata") == []
+    assert postgres_of(dev_dir / "pgdata") == []
 
 
 @pytest.mark.parametrize(("host", "url", "typed"), [
