@@ -188,3 +188,75 @@ async def test_a_sent_small_win_links_to_the_plan_when_a_plan_url_is_set(
     await linked.dispatch()
     [message] = smtp.received
     assert f"https://casetrail.example.org/plans/{case}" in text_of(message)
+
+
+async def revise(records: Records, case: str, what: str, changes: dict[str, str]) -> None:
+    await records.call("PATCH", f"/v1/cases/{case}/{what}",
+                       {**changes, "reason": "worded as Jo said it"})
+
+
+async def test_a_celebration_still_waiting_names_the_step_and_goal_as_they_now_read(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """A small win and a milestone waiting in the case manager's next digest, and the
+    participant's own milestone held back by their quiet hours: the step and the goal were
+    reworded meanwhile, and each message quotes them as the plan now reads."""
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    case = await records.open_case()
+    await rig.set_prefs("jo", token(role="participant", sub="jo", cases=[case]),
+                        quiet_hours={"start": "08:00", "end": "12:00"})
+    goal = await records.goal(case, "Find work", "A job")
+    step = await records.step(case, goal, "Call about work")
+    await records.complete(case, step)
+    await records.achieve(case, goal)
+    await rig.catch_up()
+    await rig.dispatch()  # 09:00: into Tuesday's digest; Jo's quiet hours end at 12:00
+    clock.now = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    await revise(records, case, f"steps/{step}", {"description": "Call the bakery on Main St"})
+    await revise(records, case, f"goals/{goal}", {"title": "Work at the bakery",
+                                                  "in_their_words": "Baking bread again"})
+    await rig.catch_up()
+    clock.now = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    await rig.dispatch()
+    clock.now = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+    await rig.notifier.dispatcher.send_digests()
+    assert sorted(m["To"] for m in smtp.received) == ["cm-1@example.org", "jo@example.org"]
+    sent = "\n".join(str(m["Subject"]) + text_of(m) for m in smtp.received)
+    for now_reads in ("Call the bakery on Main St", "Work at the bakery", "Baking bread again"):
+        assert now_reads in sent
+    for read_before in ("Call about work", "Find work", '"A job"'):
+        assert read_before not in sent
+
+
+async def test_replaying_a_story_of_rewordings_from_zero_rebuilds_the_same_celebrations(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """A step and a goal reworded after their small win and milestone were scheduled (on a
+    later feed page): replayed over the schema and into an empty one (in one page), the same
+    rows, words included, and nothing is sent twice."""
+    await rig.set_prefs("cm-1", token())
+    case = await records.open_case()
+    goal = await records.goal(case, "Find work", "A job")
+    step = await records.step(case, goal, "Call about work")
+    await records.complete(case, step)
+    await records.achieve(case, goal)
+    await rig.catch_up()
+    await revise(records, case, f"steps/{step}", {"description": "Call the bakery on Main St"})
+    await revise(records, case, f"goals/{goal}", {"title": "Work at the bakery"})
+    await rig.catch_up()
+    built = await rig.snapshot()
+    assert sum("Call the bakery on Main St" in str(row) for row in built) == 1
+    await reset_checkpoint(rig.notifier.pool, FEED_CHECKPOINT, clock())
+    await rig.catch_up()
+    assert await rig.snapshot() == built
+    await rig.dispatch()
+    assert len(smtp.received) == 2  # the small win and the milestone; Jo did not opt in
+    await rig.notifier.pool.execute("DROP SCHEMA notifier CASCADE")
+    clock.advance(hours=1)
+    rebuilt = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock)
+    await rebuilt.set_prefs("cm-1", token())
+    await rebuilt.catch_up()
+    assert await rebuilt.snapshot() == built
+    await rebuilt.dispatch()
+    assert len(smtp.received) == 2

@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+import asyncpg
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import FakeClock, TokenFactory, bearer
+from services.common.auth import issue_token
+from services.notifier.rules import Kind, Notice, RecipientRole
+from services.notifier.store.notifications import insert_notices
+from tests.conftest import JWT_SECRET, FakeClock, TokenFactory, bearer, free_port
 from tests.notifier_helpers import (  # noqa: F401
     ClockFailingOnce,
     NotifierRig,
@@ -23,6 +33,7 @@ from tests.notifier_helpers import (  # noqa: F401
     rig,
     smtp,
 )
+from tests.test_cli import CASETRAIL
 
 PRIVATE = "jo.private.inbox@example.net"
 
@@ -96,3 +107,57 @@ async def test_the_public_readiness_check_never_quotes_a_failed_pages_error(
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await following
+
+
+async def test_a_dead_letter_quoting_an_address_is_logged_masked_by_the_running_notifier(
+        fresh_database_url: str, fresh_pool: asyncpg.Pool, smtp: SmtpServer) -> None:
+    """The log a running notifier writes (`casetrail notifier`, configured as in production):
+    the mail server's refusal quotes the address, the dead-letter warning keeps the reason and
+    masks the address."""
+    smtp.replies = ["550 5.1.1 <cm-1@example.org>: no such mailbox"]
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": fresh_database_url, "CASETRAIL_JWT_SECRET": JWT_SECRET,
+           "CASETRAIL_LOG_LEVEL": "info", "RECORDS_URL": f"http://127.0.0.1:{free_port()}",
+           "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port)}
+    process = await asyncio.create_subprocess_exec(
+        *CASETRAIL, "notifier", "--port", str(port), env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            await _until_up(http)
+            manager = issue_token(JWT_SECRET, sub="cm-1", role="case_manager", agency="agency-a")
+            answer = await http.put("/v1/preferences/cm-1", headers=bearer(manager), json={
+                "email": "cm-1@example.org", "delivery": "immediate", "timezone": "UTC",
+                "celebrations": True})
+            assert answer.status == 200, await answer.text()
+        now = datetime.now(UTC)
+        async with fresh_pool.acquire() as conn:
+            await insert_notices(conn, [Notice(
+                f"small_win:{uuid.uuid4()}", Kind.SMALL_WIN, uuid.uuid4(), "agency-a",
+                RecipientRole.CASE_MANAGER, "cm-1", now,
+                {"participant": "Jo", "description": "Visit the job centre"})],
+                "test", now, cause_recorded_at=now)
+        async with asyncio.timeout(30):
+            while await fresh_pool.fetchval(  # noqa: ASYNC110  (the running notifier's work)
+                    "SELECT status FROM notifier.notifications") != "dead":
+                await asyncio.sleep(0.05)
+    finally:
+        process.terminate()
+        output = (await asyncio.wait_for(process.communicate(), 30))[0].decode()
+    [dead] = [line for line in map(json.loads, output.splitlines())
+              if line["event"] == "notification dead-lettered"]
+    assert (dead["level"], dead["smtp_code"]) == ("warning", 550)
+    assert dead["reason"] == "refused permanently: 550: 5.1.1 <[address]>: no such mailbox"
+    assert "example.org" not in output
+
+
+async def _until_up(http: aiohttp.ClientSession) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                async with http.get("/healthz") as answer:
+                    if answer.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)

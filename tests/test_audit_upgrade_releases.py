@@ -58,12 +58,12 @@ RELEASES = [
              "0007_access_log_commit_order.sql", "0008_outcome_review_due.sql",
              "0009_drop_events_stream_time.sql", "0010_overdue_steps_of_active_goals.sql",
              "0011_outcome_facts_local_days_and_goals.sql"],
-            ["0005_cause_recorded_at.sql", "0006_step_owner.sql"],
+            ["0005_cause_recorded_at.sql", "0006_step_owner.sql", "0007_directory_kinds.sql"],
             {"review_due", "step_uncompleted"}),
     Release("release-2026-12-06-tenth-session",
             ["0010_overdue_steps_of_active_goals.sql",
              "0011_outcome_facts_local_days_and_goals.sql"],
-            ["0006_step_owner.sql"], set()),
+            ["0006_step_owner.sql", "0007_directory_kinds.sql"], set()),
 ]
 
 

@@ -17,6 +17,7 @@ from tests.notifier_helpers import (  # noqa: F401  (fixtures)
     records,
     rig,
     smtp,
+    text_of,
 )
 
 
@@ -203,3 +204,32 @@ async def test_days_are_counted_from_the_readers_own_date_not_the_servers(
     [reminder] = smtp.received
     text = reminder.get_payload()[0].get_payload(decode=True).decode()
     assert "due on Friday 1 May 2026, in 3 days." in text
+
+
+
+@pytest.mark.parametrize("transferred", ["before it fell due", "after it was handed on"])
+async def test_the_supervisors_overdue_notice_names_the_case_manager_after_a_transfer(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock, transferred: str) -> None:
+    """The supervisor (in Los Angeles: their copy waits for 09:00 there) reads who manages the
+    case now, as the new case manager's own notice does, however far the notice had gone."""
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    supervisor = token(role="supervisor", sub="sup-1")
+    if transferred == "before it fell due":
+        await rig.set_prefs("cm-1", token())
+        await rig.set_prefs("sup-1", supervisor, timezone="America/Los_Angeles")
+        case = await records.open_case()
+        await records.agree(case)  # review due Friday 1 May
+        await records.transfer(case, "cm-2", token=supervisor)
+        await rig.catch_up()
+        clock.now = datetime(2026, 5, 3, 9, 0, tzinfo=UTC)
+        await rig.dispatch()
+    else:
+        case, _ = await overdue_handed_to_supervisor(rig, records, token, clock)
+        clock.now = datetime(2026, 5, 3, 10, 0, tzinfo=UTC)
+        await records.transfer(case, "cm-2", token=supervisor)
+        await rig.catch_up()
+    clock.now = datetime(2026, 5, 3, 16, 0, tzinfo=UTC)  # 09:00 in Los Angeles
+    await rig.dispatch()
+    [to_supervisor] = smtp.to("sup-1@example.org")
+    assert "(case manager: cm-2)" in text_of(to_supervisor)

@@ -15,6 +15,7 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient
 
+from services.common.logs import mask_addresses
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.rules import Kind, Notice, RecipientRole
 from services.notifier.settings import NotifierSettings
@@ -24,6 +25,7 @@ from services.notifier.store.notifications import (
     Outcome,
     claim_due,
     confirm_claim,
+    fan_out,
     insert_notices,
     record_outcomes,
 )
@@ -108,7 +110,9 @@ async def test_a_5xx_is_a_dead_letter_that_an_operator_can_retry(
     await small_win(records)
     await rig.catch_up()
     smtp.replies = ["550 5.1.1 <cm-1@example.org>: no such mailbox"]
-    with structlog.testing.capture_logs() as logs:
+    # as the configured log writes them: one processor masks every line's addresses
+    # (tests/test_audit_privacy_notifier.py reads a running notifier's own output)
+    with structlog.testing.capture_logs([mask_addresses]) as logs:
         await rig.dispatch()
     row = await only_row(rig)
     assert (row["status"], row["attempts"], row["last_code"]) == ("dead", 1, 550)
@@ -521,12 +525,41 @@ async def test_a_transfer_takes_a_notice_out_of_the_old_managers_digest(
     assert await rig.notifier.dispatcher.send_digests() == 0
 
 
-async def test_a_notice_claimed_before_a_transfer_goes_to_the_new_manager_not_the_old(
+async def test_a_transfer_takes_a_review_reminder_out_of_the_old_managers_digest(
         rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
         token: TokenFactory) -> None:
+    """A dated notice is re-addressed by the schedule's own reconciling, not only by the
+    transfer's move of celebrations: it too must leave the old manager's digest."""
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    case = await records.open_case()
+    await records.agree(case)  # review due Friday 1 May: the reminder on Tuesday 28 April
+    await rig.catch_up()
+    clock.now = datetime(2026, 4, 28, 9, 0, tzinfo=UTC)
+    await rig.dispatch()  # into cm-1's digest of Wednesday
+    assert (await only_row(rig, "review_reminder"))["digest_id"] is not None
+    await records.transfer(case, "cm-2")
+    await rig.catch_up()
+    await rig.dispatch()
+    clock.now = datetime(2026, 4, 29, 8, 0, tzinfo=UTC)
+    await rig.notifier.dispatcher.send_digests()
+    assert [m["To"] for m in smtp.received] == ["cm-2@example.org"]
+    reminder = await only_row(rig, "review_reminder")
+    assert (reminder["recipient"], reminder["status"]) == ("cm-2", "sent")
+
+
+@pytest.mark.parametrize("kind", ["small_win", "review_reminder"])
+async def test_a_notice_claimed_before_a_transfer_goes_to_the_new_manager_not_the_old(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
+        token: TokenFactory, kind: str) -> None:
     await rig.set_prefs("cm-1", token())
     await rig.set_prefs("cm-2", token(sub="cm-2"))
-    case = await small_win(records)
+    if kind == "small_win":
+        case = await small_win(records)
+    else:
+        case = await records.open_case()
+        await records.agree(case)  # the reminder: Tuesday 28 April, 09:00
+        clock.now = datetime(2026, 4, 28, 9, 0, tzinfo=UTC)
     await rig.catch_up()
     pool = rig.notifier.pool
     [held] = await claim_due(pool, owner="slow", now=clock(), limit=10,
@@ -536,8 +569,35 @@ async def test_a_notice_claimed_before_a_transfer_goes_to_the_new_manager_not_th
     assert not await confirm_claim(pool, held.id, held.claim_token, clock() + timedelta(1))
     assert await rig.dispatch() == 1  # no need to wait out the old claim's lease
     assert [m["To"] for m in smtp.received] == ["cm-2@example.org"]
-    row = await only_row(rig)
+    row = await only_row(rig, kind)
     assert (row["recipient"], row["status"]) == ("cm-2", "sent")
+
+
+async def test_an_overdue_notice_claimed_before_a_transfer_is_handed_on_naming_the_new_manager(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
+        token: TokenFactory) -> None:
+    """An instance held the supervisors' overdue notice when the transfer landed: what it then
+    hands on to each supervisor must not carry the earlier case manager's name."""
+    supervisor = token(role="supervisor", sub="sup-1")
+    await rig.set_prefs("sup-1", supervisor)
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    case = await records.open_case()
+    await records.agree(case)  # review due Friday 1 May, overdue on 3 May
+    await rig.catch_up()
+    clock.now = datetime(2026, 5, 3, 9, 0, tzinfo=UTC)
+    pool = rig.notifier.pool
+    [held] = [row for row in await claim_due(pool, owner="slow", now=clock(), limit=10,
+                                             lease=timedelta(minutes=2), digests=False)
+              if row.recipient_role == "supervisors"]
+    await records.transfer(case, "cm-2", token=supervisor)
+    await rig.catch_up()
+    # what the slow instance does next with the row it loaded: hand it on to each supervisor
+    await fan_out(pool, held, [Notice(f"{held.key}:sup-1", Kind(held.kind), held.case_id,
+                                      held.agency, RecipientRole.USER, "sup-1", held.due_at,
+                                      held.context)], "test", clock())
+    await rig.dispatch()
+    [to_supervisor] = smtp.to("sup-1@example.org")
+    assert "(case manager: cm-2)" in _text(to_supervisor)
 
 
 def _text(message: Any) -> str:

@@ -30,7 +30,13 @@ from services.notifier.delivery import (
     next_local_time,
     quiet_until,
 )
-from services.notifier.rules import Kind, RuleSettings, event_notices, timed_notices
+from services.notifier.rules import (
+    Kind,
+    RuleSettings,
+    event_notices,
+    reworded_celebrations,
+    timed_notices,
+)
 from services.notifier.settings import NotifierSettings
 from services.notifier.store.directory import Preferences
 from services.notifier.store.notifications import Row
@@ -224,6 +230,35 @@ def test_a_completed_step_is_a_small_win_in_the_participants_words() -> None:
     assert "Jo completed the step \"Visit the job centre\"" in text
     assert "Note: Went with my sister.\n" in text  # ended as a sentence
     assert "I want to use my hands" in text
+
+
+def test_rewording_a_step_or_its_goal_rewords_their_celebrations_and_nothing_else() -> None:
+    case = opened()
+    goal_id, step_id = _goal_and_step(case)
+    case.add(ev.ActionStepCompleted(step_id=step_id, goal_id=goal_id,
+                                    description="Visit the job centre", owner="participant",
+                                    from_status="in_progress"))
+    [win] = case.notices
+
+    def after(payload: ev.EventPayload) -> list[tuple[Kind, str, dict[str, Any]]]:
+        before = case.state
+        case.add(payload)
+        assert before is not None
+        assert case.state is not None
+        return [(r.kind, r.subject, r.words)
+                for r in reworded_celebrations(before, case.state)]
+
+    [(kind, subject, words)] = after(ev.ActionStepRevised(
+        step_id=step_id, goal_id=goal_id, description="Visit the job centre on Main St"))
+    assert (kind, subject) == (Kind.SMALL_WIN, "step_id")
+    assert {**win.context, **words} == {**win.context,
+                                        "description": "Visit the job centre on Main St"}
+    reworded = after(ev.GoalRevised(goal_id=goal_id, in_their_words="Work with my hands"))
+    assert [(k, s, w["in_their_words"]) for k, s, w in reworded] == [
+        (Kind.SMALL_WIN, "step_id", "Work with my hands"),
+        (Kind.MILESTONE, "goal_id", "Work with my hands")]
+    assert after(ev.ActionStepRevised(step_id=step_id, goal_id=goal_id,
+                                      due_date=date(2026, 4, 2))) == []
 
 
 def test_a_small_win_never_quotes_the_reason_a_step_was_set_completed() -> None:

@@ -236,6 +236,41 @@ def withdrawn_celebrations(payload: ev.EventPayload) -> Withdrawal | None:
     return None
 
 
+@dataclass(frozen=True)
+class Rewording:
+    """Celebrations of ``kind`` about one step or goal (``subject`` names the context field)
+    still waiting quote it as the plan now reads: ``words`` replace those in their context."""
+
+    kind: Kind
+    subject: str
+    subject_id: UUID
+    words: dict[str, Any]
+
+
+def reworded_celebrations(before: CaseModel, after: CaseModel) -> list[Rewording]:
+    """A step or goal reworded (ActionStepRevised, GoalRevised): a small win or milestone of
+    it still waiting (quiet hours, a digest, a retry) names it as it now reads, not as it read
+    when it was completed or achieved."""
+    found = []
+    for step in after.steps.values():
+        words = _step_words(after, step)
+        was = before.steps.get(step.step_id)
+        if was is not None and words != _step_words(before, was):
+            found.append(Rewording(Kind.SMALL_WIN, "step_id", step.step_id, words))
+    for goal in after.goals.values():
+        words = _goal_context(goal)
+        if goal.goal_id in before.goals and words != _goal_context(before.goals[goal.goal_id]):
+            found.append(Rewording(Kind.MILESTONE, "goal_id", goal.goal_id, words))
+    return found
+
+
+def _step_words(case: CaseModel, step: Step) -> dict[str, Any]:
+    """What a small win says of its step: the step, who took it on and its goal."""
+    owner = {"owner": step.owner} if step.owner is not None else {}
+    return {"description": step.description, **owner,
+            **_goal_context(case.goals.get(step.goal_id))}
+
+
 def small_win(case: CaseModel, item: FeedItem, p: ev.ActionStepCompleted) -> Notice:
     context = {"step_id": str(p.step_id), "description": p.description, "owner": p.owner,
                "note": p.note, **_goal_context(case.goals.get(p.goal_id))}

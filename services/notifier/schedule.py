@@ -24,17 +24,21 @@ from schemas import events as ev
 from services.notifier.casemodel import RELEVANT_TYPES, CaseModel, FeedItem, evolve
 from services.notifier.rules import (
     Notice,
+    Rewording,
     RuleSettings,
     Withdrawal,
     event_notices,
+    reworded_celebrations,
     timed_notices,
     withdrawn_celebrations,
 )
 from services.notifier.store.cases import advance_checkpoint, load_cases, save_case
 from services.notifier.store.notifications import (
+    follow_transfer,
     insert_notices,
     reconcile_case,
     rename_participant,
+    reword_celebrations,
     withdraw_celebrations,
 )
 
@@ -70,6 +74,7 @@ class _Outcome:
     celebrations: list[Notice]
     timed: list[Notice]
     withdrawn: Withdrawal | None
+    reworded: list[Rewording]
 
 
 async def apply_page(pool: asyncpg.Pool, items: Sequence[FeedItem], *, after: str,
@@ -126,14 +131,18 @@ async def _write(page: _Page, before: CaseModel | None, item: FeedItem,
         await withdraw_celebrations(page.conn, after.case_id, str(w.kind), w.subject,
                                     w.subject_id, f"no longer called for after {reason}",
                                     page.now)
+    for r in outcome.reworded:
+        await reword_celebrations(page.conn, after.case_id, str(r.kind), r.subject,
+                                  r.subject_id, r.words, page.now)
     await insert_notices(page.conn, outcome.celebrations, page.domain, page.now,
                          cause_recorded_at=item.recorded_at)
     if before is not None and before.participant_called != after.participant_called:
         await rename_participant(page.conn, after.case_id, after.participant_called, page.now)
+    if before is not None and before.case_manager != after.case_manager:
+        await follow_transfer(page.conn, after.case_id, after.case_manager, page.now)
     await reconcile_case(page.conn, after.case_id, outcome.timed,
-                         case_manager=after.case_manager, closed=after.status == "closed",
-                         reason=reason, domain=page.domain, now=page.now,
-                         cause_recorded_at=item.recorded_at)
+                         closed=after.status == "closed", reason=reason, domain=page.domain,
+                         now=page.now, cause_recorded_at=item.recorded_at)
 
 
 def _outcome(case: CaseModel | None, item: FeedItem, payload: ev.EventPayload,
@@ -143,7 +152,8 @@ def _outcome(case: CaseModel | None, item: FeedItem, payload: ev.EventPayload,
     if after is None:
         return None
     return _Outcome(after, event_notices(after, item, payload), timed_notices(after, rules),
-                    withdrawn_celebrations(payload))
+                    withdrawn_celebrations(payload),
+                    reworded_celebrations(case, after) if case is not None else [])
 
 
 def _skip(page: _Page, item: FeedItem, why: str, error: Exception) -> None:

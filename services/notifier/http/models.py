@@ -78,6 +78,13 @@ class PreferencesInput(Body):
                                      description="participants: the cases they belong to")
 
 
+class PreferencesQuery(Body):
+    role: DirectoryRole | None = Field(
+        default=None, description="which of the user's entries (a staff member's and a"
+        " participant's may share an id): for a supervisor reading another's; your own is"
+        " the one of your token")
+
+
 class PreferencesView(BaseModel):
     user: str
     agency: str

@@ -26,6 +26,7 @@ from services.notifier.http.models import (
     NotificationsQuery,
     NotificationView,
     PreferencesInput,
+    PreferencesQuery,
     PreferencesView,
     ScheduleQuery,
 )
@@ -33,7 +34,7 @@ from services.notifier.rules import participant_recipient
 from services.notifier.store import directory
 from services.notifier.store import notifications as store
 from services.notifier.store.cases import case_facts
-from services.notifier.store.directory import Preferences
+from services.notifier.store.directory import PARTICIPANT, STAFF, Preferences, kind_of
 
 # the ids the records service accepts for case managers (María López, say), percent-encoded in
 # the path; it once took only visible ASCII, so such a manager could never be given an address
@@ -92,17 +93,28 @@ def _may_manage(who: Principal, user: str) -> None:
                       " those of their agency", kind="forbidden")
 
 
+def _entry_kind(who: Principal, user: str, role: str | None, stored: dict[str, Preferences],
+                field: str) -> str:
+    """Which of the user id's entries (a staff member's, a participant's) a request is about:
+    the caller's own, of their token's kind (its role cannot be changed); for a supervisor,
+    the one ``role`` names, else the one stored (the staff one when there are both)."""
+    if who.sub == user and not (who.role is Role.SUPERVISOR and role == Role.PARTICIPANT):
+        if role is not None and role != who.role.value:
+            raise Problem(422, "Invalid request", "your role comes from your token",
+                          kind="validation", errors=[{"field": field,
+                                                      "message": f"your role is {who.role}"}])
+        return kind_of(who.role.value)
+    if role is not None:
+        return kind_of(role)
+    return PARTICIPANT if PARTICIPANT in stored and STAFF not in stored else STAFF
+
+
 def _directory_entry(who: Principal, user: str, body: PreferencesInput,
-                     stored: Preferences | None) -> Preferences:
-    """The entry a PUT makes. Optional fields left out of the body keep their stored values
-    (``quiet_hours: null`` clears them): a supervisor changing someone's address must not
-    silently reset their role or cases."""
-    own = who.sub == user
+                     stored: Preferences | None, *, own: bool) -> Preferences:
+    """The entry a PUT makes (``own``: the caller's). Optional fields left out of the body
+    keep their stored values (``quiet_hours: null`` clears them): a supervisor changing
+    someone's address must not silently reset their role or cases."""
     given = body.model_fields_set
-    if own and body.role is not None and body.role != who.role.value:
-        raise Problem(422, "Invalid request", "your role comes from your token",
-                      kind="validation", errors=[{"field": "body.role",
-                                                  "message": f"your role is {who.role}"}])
     role = who.role.value if own else (
         body.role or (stored.role if stored else "case_manager"))
     cases = tuple(body.cases) if body.cases is not None else (stored.cases if stored else ())
@@ -133,19 +145,23 @@ async def put_preferences(request: web.Request) -> web.Response:
     user = _path_user(request)
     _may_manage(who, user)
     body = await parse_body(request, PreferencesInput)
-    stored = await directory.get(ctx(request).pool, who.agency, user)
-    entry = _directory_entry(who, user, body, stored)
+    stored = await directory.entries(ctx(request).pool, who.agency, user)
+    kind = _entry_kind(who, user, body.role, stored, "body.role")
+    own = who.sub == user and kind == kind_of(who.role.value)
+    entry = _directory_entry(who, user, body, stored.get(kind), own=own)
     await directory.upsert(ctx(request).pool, entry, who.sub, ctx(request).clock())
     return json_response(entry.as_json())
 
 
 @api.route("GET", "/v1/preferences/{user}", "read a recipient's preferences",
-           response=PreferencesView, tag="notifier")
+           query=PreferencesQuery, response=PreferencesView, tag="notifier")
 async def get_preferences(request: web.Request) -> web.Response:
     who = principal(request)
     user = _path_user(request)
     _may_manage(who, user)
-    found = await directory.get(ctx(request).pool, who.agency, user)
+    query = parse_query(request, PreferencesQuery)
+    stored = await directory.entries(ctx(request).pool, who.agency, user)
+    found = stored.get(_entry_kind(who, user, query.role, stored, "query.role"))
     if found is None:
         raise Problem(404, "Not found", f"no preferences for {user}", kind="not-found")
     return json_response(found.as_json())

@@ -1,4 +1,8 @@
-"""SQL of preferences, which double as the notifier's directory (user, agency, role)."""
+"""SQL of preferences, which double as the notifier's directory (user, agency, role).
+
+A user id may name two entries, a staff member's and a participant's: ids are the identity
+provider's, and the two kinds are kept apart (the key holds the kind, derived from the role in
+the table itself: migration 0007)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,12 @@ from uuid import UUID
 import asyncpg
 
 Db: TypeAlias = Any  # asyncpg.Connection or asyncpg.Pool (asyncpg ships no types)
+STAFF, PARTICIPANT = "staff", "participant"
+
+
+def kind_of(role: str) -> str:
+    """Which of a user id's entries a role's is (as the table derives its ``kind``)."""
+    return PARTICIPANT if role == "participant" else STAFF
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,7 @@ async def upsert(db: Db, prefs: Preferences, updated_by: str, now: datetime) -> 
                                            quiet_start, quiet_end, celebrations, cases,
                                            updated_by, updated_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::uuid[], $11, $12)
-           ON CONFLICT (agency, user_id) DO UPDATE SET role = EXCLUDED.role,
+           ON CONFLICT (agency, kind, user_id) DO UPDATE SET role = EXCLUDED.role,
              email = EXCLUDED.email, delivery = EXCLUDED.delivery,
              timezone = EXCLUDED.timezone, quiet_start = EXCLUDED.quiet_start,
              quiet_end = EXCLUDED.quiet_end, celebrations = EXCLUDED.celebrations,
@@ -58,19 +68,22 @@ async def upsert(db: Db, prefs: Preferences, updated_by: str, now: datetime) -> 
         now)
 
 
-async def get(db: Db, agency: str, user_id: str) -> Preferences | None:
-    row = await db.fetchrow("SELECT * FROM notifier.directory WHERE agency = $1"
-                            " AND user_id = $2", agency, user_id)
-    return Preferences.of(row) if row else None
+async def entries(db: Db, agency: str, user_id: str) -> dict[str, Preferences]:
+    """The user id's entries, by kind (``STAFF``, ``PARTICIPANT``)."""
+    rows = await db.fetch("SELECT * FROM notifier.directory WHERE agency = $1"
+                          " AND user_id = $2", agency, user_id)
+    return {r["kind"]: Preferences.of(r) for r in rows}
 
 
 async def users(db: Db, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Preferences]:
+    """The staff entries of (agency, user id) pairs: notices to a user are staff mail."""
     if not keys:
         return {}
     agencies, ids = zip(*sorted(keys), strict=True)
     rows = await db.fetch(
         "SELECT d.* FROM notifier.directory d JOIN unnest($1::text[], $2::text[]) AS k(a, u)"
-        " ON d.agency = k.a AND d.user_id = k.u", list(agencies), list(ids))
+        " ON d.agency = k.a AND d.user_id = k.u WHERE d.kind = 'staff'",
+        list(agencies), list(ids))
     return {(r["agency"], r["user_id"]): Preferences.of(r) for r in rows}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 from uuid import UUID, uuid4, uuid5
@@ -108,11 +108,13 @@ def _json_equal(stored: str, wanted: dict[str, Any]) -> bool:
 
 
 async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Sequence[Notice],
-                         *, case_manager: str, closed: bool, reason: str, domain: str,
-                         now: datetime, cause_recorded_at: datetime) -> None:
+                         *, closed: bool, reason: str, domain: str, now: datetime,
+                         cause_recorded_at: datetime) -> None:
     """Make the case's pending timed notices equal ``desired``: cancel what is no longer
-    called for, move or re-date what changed, add what is new. Sent ones are history.
-    ``cause_recorded_at``: when the event that asks for this was recorded."""
+    called for, re-date what changed, add what is new; a closed case's pending notices of
+    every kind end with it. Sent ones are history. A transfer is followed before this
+    (``follow_transfer``). ``cause_recorded_at``: when the event that asks for this was
+    recorded."""
     # Lock only the timed rows (those handed on to each supervisor too), in id order:
     # record_outcomes updates in id order, so the two cannot deadlock on them. Celebration rows
     # stay unlocked: the dispatcher claims them with SKIP LOCKED and would otherwise pass over
@@ -133,12 +135,13 @@ async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Seque
         await _redate(conn, changed, now, cause_recorded_at)
     await insert_notices(conn, [n for k, n in wanted.items() if k not in existing], domain, now,
                          cause_recorded_at=cause_recorded_at)
-    await _follow_case(conn, case_id, case_manager, closed, reason, now)
+    if closed:
+        await _end_with_case(conn, case_id, reason, now)
 
 
 async def _redate(conn: asyncpg.Connection, changed: Sequence[Notice], now: datetime,
                   cause_recorded_at: datetime) -> None:
-    """A re-dated notice is a new call for it; a moved or revived one keeps its cause's time.
+    """A re-dated notice is a new call for it; a revived one keeps its cause's time.
     A revived one leaves the digest it sat in when it was cancelled (that one has gone out or
     been given up), so it is decided afresh when due."""
     await conn.executemany(
@@ -188,6 +191,19 @@ async def withdraw_celebrations(conn: asyncpg.Connection, case_id: UUID, kind: s
         case_id, kind, subject, str(subject_id), reason, now)
 
 
+async def reword_celebrations(conn: asyncpg.Connection, case_id: UUID, kind: str,
+                              subject: str, subject_id: UUID, words: Mapping[str, Any],
+                              now: datetime) -> None:
+    """The case's waiting celebrations of ``kind`` whose context ``subject`` is ``subject_id``
+    take ``words`` (the step or goal as the plan now reads). Only on a rewording, so
+    celebration rows are not locked on the usual path (see ``reconcile_case``)."""
+    await conn.execute(
+        "UPDATE notifier.notifications SET context = context || $5::jsonb, updated_at = $6"
+        " WHERE id IN (SELECT id FROM notifier.notifications WHERE case_id = $1 AND kind = $2"
+        " AND context->>$3 = $4 AND status IN ('scheduled', 'failed') ORDER BY id FOR UPDATE)",
+        case_id, kind, subject, str(subject_id), json.dumps(words), now)
+
+
 async def _cancel_keys(conn: asyncpg.Connection, keys: Sequence[str], reason: str,
                        now: datetime) -> None:
     if keys:
@@ -198,25 +214,39 @@ async def _cancel_keys(conn: asyncpg.Connection, keys: Sequence[str], reason: st
             list(keys), reason, now)
 
 
-async def _follow_case(conn: asyncpg.Connection, case_id: UUID, case_manager: str,
-                       closed: bool, reason: str, now: datetime) -> None:
-    """Pending notices of any kind follow a transfer and end with the case.
-
-    A moved notice also leaves any claim on it: the instance holding it loaded the old
-    manager's address, and its check just before sending must now fail."""
+async def _end_with_case(conn: asyncpg.Connection, case_id: UUID, reason: str,
+                         now: datetime) -> None:
+    """Pending notices of every kind end with the case."""
     await conn.execute(
-        "UPDATE notifier.notifications SET recipient = $2, updated_at = $3,"
-        " claim_token = NULL, lease_owner = NULL, lease_until = NULL,"
-        " digest_id = NULL, not_before = CASE WHEN digest_id IS NULL THEN not_before"
-        " ELSE due_at END"  # out of the old manager's digest: the new one's preferences apply
-        " WHERE case_id = $1 AND recipient_role = 'case_manager' AND recipient <> $2"
-        " AND status IN ('scheduled', 'failed')", case_id, case_manager, now)
-    if closed:
-        await conn.execute(
-            "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"
-            " last_error = $2, updated_at = $3"
-            " WHERE case_id = $1 AND status IN ('scheduled', 'failed')",
-            case_id, f"the case was closed ({reason})", now)
+        "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"
+        " last_error = $2, updated_at = $3"
+        " WHERE case_id = $1 AND status IN ('scheduled', 'failed')",
+        case_id, f"the case was closed ({reason})", now)
+
+
+async def follow_transfer(conn: asyncpg.Connection, case_id: UUID, case_manager: str,
+                          now: datetime) -> None:
+    """Every pending notice of the case follows its transfer to ``case_manager``: those
+    addressed to the case manager go to the new one (out of the old one's digest: the new
+    one's preferences apply), and those naming the case manager (the overdue notices, the
+    copies handed on to each supervisor included) name the new one.
+
+    Each leaves any claim on it: the instance holding it loaded it for the old manager, and
+    its check just before sending must now fail. Rows are locked in id order, as
+    ``reconcile_case`` and the dispatcher's outcomes lock them."""
+    await conn.execute(
+        "UPDATE notifier.notifications SET"
+        " recipient = CASE WHEN recipient_role = 'case_manager' THEN $2 ELSE recipient END,"
+        " context = CASE WHEN context ? 'case_manager'"
+        " THEN jsonb_set(context, '{case_manager}', to_jsonb($2::text)) ELSE context END,"
+        " digest_id = CASE WHEN recipient_role = 'case_manager' THEN NULL ELSE digest_id END,"
+        " not_before = CASE WHEN recipient_role = 'case_manager' AND digest_id IS NOT NULL"
+        " THEN due_at ELSE not_before END,"
+        " claim_token = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $3"
+        " WHERE id IN (SELECT id FROM notifier.notifications WHERE case_id = $1"
+        " AND status IN ('scheduled', 'failed') AND ((recipient_role = 'case_manager'"
+        " AND recipient <> $2) OR context->>'case_manager' <> $2) ORDER BY id FOR UPDATE)",
+        case_id, case_manager, now)
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,6 +290,7 @@ async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, li
            due AS (
              SELECT n.id, d.timezone FROM notifier.notifications n
              JOIN notifier.directory d ON d.agency = n.agency AND d.user_id = n.recipient
+                                        AND d.kind = 'staff'
              JOIN reader r ON r.timezone = d.timezone
              WHERE n.status = 'scheduled' AND n.digest_id IS NULL AND n.attempts = 0
                AND n.recipient_role IN ('case_manager', 'user')
@@ -401,17 +432,23 @@ async def attach_to_digest(pool: asyncpg.Pool, row: Row, digest: Notice, domain:
 
 async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], domain: str,
                   now: datetime) -> None:
-    """Replace a notice addressed to a group by one notice per member, due now (children are
-    keyed by parent and member, so an instance that took the parent over adds no others)."""
+    """Replace a notice addressed to a group by one notice per member, due now, while the
+    parent is still held under its claim (else whoever holds it now hands it on). Children
+    carry the parent's context as it is when handed on, not as ``parent`` was loaded: a
+    transfer or a new name may have changed it since (and they are keyed by parent and
+    member, so a later hand-on adds no others)."""
     async with pool.acquire() as conn, conn.transaction():
-        await insert_notices(conn, children, domain, now,
-                             cause_recorded_at=parent.cause_recorded_at, parent_id=parent.id)
-        await conn.execute(
+        context = await conn.fetchval(
             "UPDATE notifier.notifications SET status = 'sent', sent_at = $2, last_error = $3,"
             " lease_owner = NULL, lease_until = NULL, claim_token = NULL, updated_at = $2"
-            " WHERE id = $1 AND claim_token = $4",
+            " WHERE id = $1 AND claim_token = $4 RETURNING context::text",
             parent.id, now, "handed on to " + ", ".join(c.recipient for c in children),
             parent.claim_token)
+        if context is None:
+            return
+        await insert_notices(conn, [replace(c, context=json.loads(context)) for c in children],
+                             domain, now, cause_recorded_at=parent.cause_recorded_at,
+                             parent_id=parent.id)
 
 
 async def release(pool: asyncpg.Pool, row: Row, not_before: datetime, now: datetime) -> None:
