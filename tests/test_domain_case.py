@@ -55,6 +55,17 @@ def test_opening_without_a_policy_snapshots_the_defaults() -> None:
                                              .ReviewIntervals(high=30, moderate=60, low=90))
 
 
+def test_the_opened_case_holds_the_participant_and_the_agency() -> None:
+    opened_at = datetime(2025, 5, 5, 9, tzinfo=UTC)
+    state = d.evolve(None, ev.CaseOpened(
+        participant=ev.Participant(name="Alex Rivera", external_ref="Docket 2025-77"),
+        case_manager="cm-1", risk_level="low", agency="agency-b"),
+        version=1, recorded_at=opened_at, case_id=uuid4())
+    assert (state.agency, state.opened_at, state.updated_at) == ("agency-b", opened_at,
+                                                                 opened_at)
+    assert state.participant.external_ref == "Docket 2025-77"
+
+
 def test_a_case_cannot_be_opened_twice() -> None:
     case = new_case()
     with pytest.raises(d.InvalidTransition) as refused:
@@ -102,8 +113,10 @@ def test_closing_and_reopening() -> None:
     assert (state(case).status, state(case).closure_outcome) == ("closed", "completed")
     [event] = case.execute(d.ReopenCase(api.ReopenInput(reason="New court order")))
     assert isinstance(event, ev.CaseReopened)
-    assert state(case).status == "open"
-    assert state(case).closed_at is None
+    assert event.reason == "New court order"
+    reopened = state(case)
+    assert (reopened.status, reopened.closed_at) == ("open", None)
+    assert (reopened.closure_reason, reopened.closure_outcome) == (None, None)
     case.execute(d.AddNote(uuid4(), api.NoteInput(text="Back in touch")))
 
 
@@ -151,6 +164,15 @@ def test_participant_update_records_changes_and_clears() -> None:
         "Alex Rivera", "he/him", None)
 
 
+def test_participant_update_that_only_clears_a_detail_is_recorded_with_its_reason() -> None:
+    case = new_case()
+    [event] = case.execute(d.UpdateParticipantDetails(api.UpdateParticipant.model_validate(
+        {"email": None, "reason": "Lex closed that mailbox"})))
+    assert isinstance(event, ev.ParticipantDetailsUpdated)
+    assert (event.cleared, event.reason) == (("email",), "Lex closed that mailbox")
+    assert state(case).participant.email is None
+
+
 def test_participant_update_that_changes_nothing_is_refused() -> None:
     case = new_case()
     with pytest.raises(d.InvalidTransition, match="Nothing would change"):
@@ -172,15 +194,36 @@ def test_strengths_are_recorded_revised_and_removed_with_a_reason() -> None:
         {"in_their_words": None})))
     assert isinstance(revised, ev.StrengthRevised)
     assert revised.cleared == ("in_their_words",)
+    assert state(case).strengths[strength].in_their_words is None
     [removed] = case.execute(d.RemoveStrength(strength, api.RemovalReason(reason="Duplicate")))
     assert isinstance(removed, ev.StrengthRemoved)
+    assert removed.reason == "Duplicate"
     assert state(case).strengths[strength].removed
-    with pytest.raises(d.InvalidTransition):
+    assert state(case).strengths[strength].removal_reason == "Duplicate"
+    with pytest.raises(d.InvalidTransition) as refused:
         case.execute(d.RemoveStrength(strength, api.RemovalReason(reason="again")))
-    with pytest.raises(d.InvalidTransition):
+    assert refused.value.code == "strength_removed"
+    with pytest.raises(d.InvalidTransition) as refused:
         case.execute(d.ReviseStrength(strength, api.StrengthRevision(description="x")))
-    with pytest.raises(d.NotFound):
+    assert refused.value.code == "strength_removed"
+    with pytest.raises(d.NotFound) as not_found:
         case.execute(d.RemoveStrength(uuid4(), api.RemovalReason(reason="x")))
+    assert not_found.value.code == "strength_not_found"
+
+
+def test_revising_a_strength_records_the_new_wording_and_the_reason() -> None:
+    case = new_case()
+    strength = uuid4()
+    case.execute(d.RecordStrength(strength, api.StrengthInput(
+        category="skill", description="Fixes bikes")))
+    [event] = case.execute(d.ReviseStrength(strength, api.StrengthRevision(
+        description="Fixes bikes for the neighbours' kids", reason="Lex told us more")))
+    assert isinstance(event, ev.StrengthRevised)
+    assert (event.description, event.category, event.cleared, event.reason) == (
+        "Fixes bikes for the neighbours' kids", None, (), "Lex told us more")
+    revised = state(case).strengths[strength]
+    assert (revised.category, revised.description) == ("skill",
+                                                       "Fixes bikes for the neighbours' kids")
 
 
 def test_removal_reason_is_required_at_the_edge() -> None:
@@ -192,12 +235,29 @@ def test_supports_are_added_and_removed_once() -> None:
     case = new_case()
     support = uuid4()
     case.execute(d.AddSupport(support, api.SupportInput(name="Sam", relationship="friend")))
-    case.execute(d.RemoveSupport(support, api.RemovalReason(reason="Moved away")))
+    [removed] = case.execute(d.RemoveSupport(support, api.RemovalReason(reason="Moved away")))
+    assert isinstance(removed, ev.SupportRemoved)
+    assert removed.reason == "Moved away"
     assert state(case).supports[support].removal_reason == "Moved away"
-    with pytest.raises(d.InvalidTransition):
+    with pytest.raises(d.InvalidTransition) as refused:
         case.execute(d.RemoveSupport(support, api.RemovalReason(reason="again")))
-    with pytest.raises(d.NotFound):
+    assert refused.value.code == "support_removed"
+    with pytest.raises(d.NotFound) as not_found:
         case.execute(d.RemoveSupport(uuid4(), api.RemovalReason(reason="x")))
+    assert not_found.value.code == "support_not_found"
+
+
+def test_a_support_is_recorded_with_who_they_are_and_how_to_reach_them() -> None:
+    case = new_case()
+    [event] = case.execute(d.AddSupport(uuid4(), api.SupportInput(
+        name="Pastor Kim", kind="community", relationship="pastor", contact="555-0142",
+        description="Runs the Tuesday meal")))
+    assert isinstance(event, ev.SupportAdded)
+    assert (event.name, event.kind, event.relationship, event.contact, event.description) == (
+        "Pastor Kim", "community", "pastor", "555-0142", "Runs the Tuesday meal")
+    support = state(case).supports[event.support_id]
+    assert (support.kind, support.relationship, support.contact, support.description) == (
+        "community", "pastor", "555-0142", "Runs the Tuesday meal")
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +287,19 @@ def test_requirements_stay_distinct_from_goals() -> None:
     assert (item.status, item.source, item.due_date) == ("pending", "court", date(2025, 8, 1))
 
 
+def test_a_requirement_records_its_source_reference_and_description() -> None:
+    case = new_case()
+    [event] = case.execute(d.RecordRequirement(uuid4(), api.RequirementInput(
+        title="Weekly group", description="Thursday evenings at the centre", source="agency",
+        reference="Policy 4.2")))
+    assert isinstance(event, ev.RequirementRecorded)
+    assert (event.description, event.source, event.reference) == (
+        "Thursday evenings at the centre", "agency", "Policy 4.2")
+    item = state(case).requirements[event.requirement_id]
+    assert (item.description, item.source, item.reference) == (
+        "Thursday evenings at the centre", "agency", "Policy 4.2")
+
+
 @pytest.mark.parametrize("new", ["waived", "not_met"])
 def test_waiving_or_not_meeting_a_requirement_needs_a_reason(new: str) -> None:
     case = new_case()
@@ -235,6 +308,20 @@ def test_waiving_or_not_meeting_a_requirement_needs_a_reason(new: str) -> None:
         req_status(case, requirement_id, new)
     req_status(case, requirement_id, new, reason="Judge modified the order")
     assert state(case).requirements[requirement_id].status == new
+    assert state(case).requirements[requirement_id].status_reason == "Judge modified the order"
+
+
+@pytest.mark.parametrize("old", ["waived", "not_met"])
+def test_a_requirement_waived_or_not_met_changes_again_only_with_a_reason(old: str) -> None:
+    case = new_case()
+    requirement_id = requirement(case)
+    req_status(case, requirement_id, old, reason="Judge modified the order")
+    with pytest.raises(d.RuleViolation, match="reversal") as refused:
+        req_status(case, requirement_id, "in_progress")
+    assert (refused.value.code, refused.value.field) == ("reason_required", "reason")
+    req_status(case, requirement_id, "in_progress", reason="The order was reinstated")
+    item = state(case).requirements[requirement_id]
+    assert (item.status, item.status_reason) == ("in_progress", "The order was reinstated")
 
 
 def test_requirement_progress_and_reversal() -> None:
@@ -246,10 +333,12 @@ def test_requirement_progress_and_reversal() -> None:
     req_status(case, requirement_id, "met")
     with pytest.raises(d.RuleViolation, match="reversal"):
         req_status(case, requirement_id, "in_progress")
-    with pytest.raises(d.InvalidTransition):
+    with pytest.raises(d.InvalidTransition) as refused:
         req_status(case, requirement_id, "met")
-    with pytest.raises(d.NotFound):
+    assert (refused.value.code, refused.value.field) == ("no_change", "status")
+    with pytest.raises(d.NotFound) as not_found:
         req_status(case, uuid4(), "met")
+    assert not_found.value.code == "requirement_not_found"
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,15 +355,51 @@ def test_notes_are_counted_and_may_link_to_a_known_goal_only() -> None:
     assert len(state(case).notes) == 10
     with pytest.raises(d.RuleViolation) as refused:
         case.execute(d.AddNote(uuid4(), api.NoteInput(text="x", goal_id=uuid4())))
-    assert refused.value.field == "goal_id"
+    assert (refused.value.code, refused.value.field) == ("unknown_goal", "goal_id")
+    goal = uuid4()
+    case.execute(d.SetGoal(goal, api.GoalInput(title="Job", domain="employment",
+                                               source="agency")))
+    [event] = case.execute(d.AddNote(uuid4(), api.NoteInput(text="Called the depot",
+                                                            goal_id=goal)))
+    assert isinstance(event, ev.NoteAdded)
+    assert event.goal_id == goal
+    assert state(case).notes[-1].goal_id == goal
 
 
-def test_a_created_id_cannot_be_reused() -> None:
+CREATES: dict[str, Any] = {
+    "strength": lambda item: d.RecordStrength(item, api.StrengthInput(
+        category="skill", description="Welding")),
+    "goal": lambda item: d.SetGoal(item, api.GoalInput(title="Job", domain="employment",
+                                                       source="agency")),
+    "support": lambda item: d.AddSupport(item, api.SupportInput(name="Pastor Kim")),
+    "requirement": lambda item: d.RecordRequirement(item, api.RequirementInput(
+        title="Monthly check-in")),
+    "note": lambda item: d.AddNote(item, api.NoteInput(text="first")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CREATES))
+def test_a_created_id_cannot_be_reused(kind: str) -> None:
+    """A second item under an id already used would overwrite the first in the plan."""
     case = new_case()
-    note = uuid4()
-    case.execute(d.AddNote(note, api.NoteInput(text="first")))
+    item = uuid4()
+    case.execute(CREATES[kind](item))
+    version = case.version
     with pytest.raises(d.InvalidTransition) as refused:
-        case.execute(d.AddNote(note, api.NoteInput(text="second")))
+        case.execute(CREATES[kind](item))
+    assert refused.value.code == "duplicate_id"
+    assert f"already has a {kind} {item}" in refused.value.detail
+    assert case.version == version
+
+
+def test_a_step_id_cannot_be_reused() -> None:
+    case = new_case()
+    goal, step = uuid4(), uuid4()
+    case.execute(CREATES["goal"](goal))
+    add = d.AddActionStep(step, goal, api.StepInput(description="Call", owner="participant"))
+    case.execute(add)
+    with pytest.raises(d.InvalidTransition, match=f"already has a step {step}") as refused:
+        case.execute(add)
     assert refused.value.code == "duplicate_id"
 
 

@@ -76,6 +76,22 @@ def test_the_override_reason_lets_a_fourth_goal_in_and_is_recorded() -> None:
     assert isinstance(event, ev.GoalSet)
     assert event.override_reason == "Court added a condition at the hearing"
     assert state(case).active_goal_count == 4
+    assert state(case).goals[event.goal_id].override_reason == (
+        "Court added a condition at the hearing")
+
+
+def test_a_goal_keeps_its_override_reason_through_later_status_changes() -> None:
+    """The plan still shows why a goal went over the cap after it is paused and resumed."""
+    case = new_case()
+    for _ in range(3):
+        set_goal(case)
+    goal = set_goal(case, override_reason="Court added a condition at the hearing")
+    [paused] = status(case, goal, "paused")
+    assert isinstance(paused, ev.GoalStatusChanged)
+    assert paused.override_reason is None  # no override happened on pausing
+    status(case, goal, "active", override_reason="The hearing date is close")
+    status(case, goal, "paused")
+    assert state(case).goals[goal].override_reason == "The hearing date is close"
 
 
 def test_an_override_is_not_recorded_when_the_cap_was_not_reached() -> None:
@@ -163,9 +179,33 @@ def test_court_and_agency_goals_do_not_need_in_their_words() -> None:
 def test_their_words_cannot_be_cleared_from_a_participant_goal() -> None:
     case = new_case()
     goal = set_goal(case, source="participant", in_their_words="my own place")
-    with pytest.raises(d.RuleViolation, match="own"):
+    with pytest.raises(d.RuleViolation, match="own") as refused:
         case.execute(d.ReviseGoal(goal, api.GoalRevision.model_validate(
             {"in_their_words": None})))
+    assert (refused.value.code, refused.value.field) == ("in_their_words_required",
+                                                         "in_their_words")
+    assert state(case).goals[goal].in_their_words == "my own place"
+
+
+def test_a_participant_goal_is_revised_in_their_words_too() -> None:
+    case = new_case()
+    goal = set_goal(case, source="participant", in_their_words="my own place")
+    [event] = case.execute(d.ReviseGoal(goal, api.GoalRevision(
+        title="A flat near my work", in_their_words="a place near my job")))
+    assert isinstance(event, ev.GoalRevised)
+    assert (event.title, event.in_their_words, event.cleared) == (
+        "A flat near my work", "a place near my job", ())
+    assert state(case).goals[goal].in_their_words == "a place near my job"
+
+
+def test_words_given_with_a_court_goal_may_be_cleared() -> None:
+    case = new_case()
+    goal = set_goal(case, source="court", in_their_words="the judge's wording")
+    [event] = case.execute(d.ReviseGoal(goal, api.GoalRevision.model_validate(
+        {"in_their_words": None})))
+    assert isinstance(event, ev.GoalRevised)
+    assert event.cleared == ("in_their_words",)
+    assert state(case).goals[goal].in_their_words is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,10 +240,28 @@ def test_a_goal_cannot_link_to_a_removed_strength() -> None:
     case.execute(d.RemoveStrength(strength, api.RemovalReason(reason="Recorded twice")))
     with pytest.raises(d.RuleViolation) as refused:
         set_goal(case, strength_ids=[str(strength)])
-    assert refused.value.code == "strength_removed"
+    assert (refused.value.code, refused.value.field) == ("strength_removed", "strength_ids")
     goal = set_goal(case)
-    with pytest.raises(d.RuleViolation):
+    with pytest.raises(d.RuleViolation) as refused:
         case.execute(d.ReviseGoal(goal, api.GoalRevision(strength_ids=[strength])))
+    assert (refused.value.code, refused.value.field) == ("strength_removed", "strength_ids")
+
+
+def test_revising_a_goals_links_records_each_strength_and_risk_factor_once() -> None:
+    case = new_case()
+    first, second = record_strength(case), record_strength(case)
+    goal = set_goal(case, strength_ids=[str(first)], risk_factors=["peers"])
+    [event] = case.execute(d.ReviseGoal(goal, api.GoalRevision(
+        strength_ids=[first, second, second], risk_factors=["peers", "housing", "peers"])))
+    assert isinstance(event, ev.GoalRevised)
+    assert (event.strength_ids, event.risk_factors) == ((first, second), ("peers", "housing"))
+    revised = state(case).goals[goal]
+    assert (revised.strength_ids, revised.risk_factors) == ((first, second),
+                                                            ("peers", "housing"))
+    with pytest.raises(d.InvalidTransition) as refused:  # the same links, repeated
+        case.execute(d.ReviseGoal(goal, api.GoalRevision(
+            strength_ids=[first, second, first], risk_factors=["peers", "housing", "housing"])))
+    assert refused.value.code == "no_change"
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +287,7 @@ def test_a_discontinued_goal_cannot_be_achieved() -> None:
     status(case, goal, "discontinued", reason="No longer wanted")
     with pytest.raises(d.InvalidTransition) as refused:
         status(case, goal, "achieved", reason="but it was")
-    assert refused.value.code == "goal_discontinued"
+    assert (refused.value.code, refused.value.field) == ("goal_discontinued", "status")
 
 
 @pytest.mark.parametrize("reverse_to", ["active", "paused", "future"])
@@ -261,7 +319,18 @@ def test_pausing_needs_no_reason_and_same_status_is_refused() -> None:
     status(case, goal, "paused")
     with pytest.raises(d.InvalidTransition) as refused:
         status(case, goal, "paused")
-    assert refused.value.code == "no_change"
+    assert (refused.value.code, refused.value.field) == ("no_change", "status")
+
+
+def test_a_status_change_records_when_it_happened() -> None:
+    case = new_case()
+    goal = set_goal(case)
+    set_at = state(case).goals[goal].set_at
+    status(case, goal, "paused")
+    paused = state(case).goals[goal]
+    assert paused.set_at == set_at
+    assert paused.status_changed_at > set_at
+    assert paused.status_changed_at == state(case).updated_at
 
 
 def test_unknown_goal_is_not_found() -> None:
@@ -287,6 +356,7 @@ def test_the_same_goal_id_cannot_be_set_twice() -> None:
 def test_a_revision_records_only_what_changed() -> None:
     case = new_case()
     goal = set_goal(case, target_date="2025-09-01", why_it_matters="Rent")
+    assert state(case).goals[goal].why_it_matters == "Rent"
     [event] = case.execute(d.ReviseGoal(goal, api.GoalRevision.model_validate(
         {"title": "Steady work", "why_it_matters": "Rent and pride", "target_date": None,
          "reason": "Talked it over"})))
@@ -298,6 +368,15 @@ def test_a_revision_records_only_what_changed() -> None:
     goal_state = state(case).goals[goal]
     assert (goal_state.why_it_matters, goal_state.target_date) == ("Rent and pride", None)
     assert goal_state.title == "Steady work"
+
+
+def test_a_revision_that_only_changes_the_title_is_recorded() -> None:
+    case = new_case()
+    goal = set_goal(case)
+    [event] = case.execute(d.ReviseGoal(goal, api.GoalRevision(title="Steady night work")))
+    assert isinstance(event, ev.GoalRevised)
+    assert (event.title, event.cleared) == ("Steady night work", ())
+    assert state(case).goals[goal].title == "Steady night work"
 
 
 def test_a_revision_that_changes_nothing_is_refused() -> None:

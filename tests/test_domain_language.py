@@ -11,6 +11,7 @@ import pytest
 from schemas import api
 from schemas import events as ev
 from services.records import domain as d
+from services.records.domain.language import MAX_TERM
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def test_check_names_the_field_term_and_a_person_first_suggestion(
         ("addiction services referral", []),
         ("an offender", ["offender"]),
         ("an ex-offender program", ["ex-offender"]),  # the longer term only
+        ("an ex-offender, once an addict", ["ex-offender", "addict"]),
         ("non compliant again", ["non-compliant"]),
         ("she failed   to attend", ["failed to"]),
         ("Jo fails to report and keeps failing to call", ["fails to", "failing to"]),
@@ -70,6 +72,8 @@ def test_matching_is_on_word_boundaries(guide: d.LanguageGuide, text: str,
 
 def test_each_term_is_reported_once_per_field(guide: d.LanguageGuide) -> None:
     assert terms(guide.check("text", "addict, addict, addicts")) == ["addict"]
+    assert terms(guide.check("text", "addict, addict and an offender")) == ["addict",
+                                                                            "offender"]
 
 
 def test_an_agency_extends_replaces_and_removes_terms(guide: d.LanguageGuide) -> None:
@@ -87,6 +91,38 @@ def test_an_agency_extends_replaces_and_removes_terms(guide: d.LanguageGuide) ->
     assert terms(guide.check("text", "The client refused")) == ["refused"]
     assert guide.check("text", "offender")[0].suggestion != warning.suggestion
     assert len(agency.terms) == len(guide.terms)  # +1 client, -1 refused, offender replaced
+
+
+def test_an_agency_term_is_reported_with_the_agency_message(guide: d.LanguageGuide) -> None:
+    agency = guide.merge({"terms": [{"term": "client", "suggestion": "participant",
+                                     "message": "We say participant: they take part."}]})
+    [warning] = agency.check("text", "The client called")
+    assert (warning.suggestion, warning.message) == ("participant",
+                                                     "We say participant: they take part.")
+
+
+def test_an_agency_file_without_a_remove_list_only_adds_terms(guide: d.LanguageGuide) -> None:
+    agency = guide.merge({"terms": [{"term": "client", "suggestion": "participant"}]})
+    assert len(agency.terms) == len(guide.terms) + 1
+    assert terms(agency.check("text", "The client refused")) == ["client", "refused"]
+
+
+@pytest.mark.parametrize(("length", "accepted"), [(MAX_TERM, True), (MAX_TERM + 1, False)])
+def test_a_guide_term_is_at_most_100_characters(guide: d.LanguageGuide, length: int,
+                                                accepted: bool) -> None:
+    extension = {"terms": [{"term": "x" * length, "suggestion": "y"}]}
+    if accepted:
+        assert len(guide.merge(extension).terms) == len(guide.terms) + 1
+    else:
+        with pytest.raises(ValueError, match="at most 100 characters"):
+            guide.merge(extension)
+
+
+def test_a_longer_agency_term_is_reported_instead_of_the_base_term_it_extends(
+        guide: d.LanguageGuide) -> None:
+    agency = guide.merge({"terms": [{"term": "failed to attend", "suggestion": "did not come"}]})
+    assert terms(agency.check("text", "Jo failed to attend group")) == ["failed to attend"]
+    assert terms(agency.check("text", "Jo failed to call")) == ["failed to"]
 
 
 def test_guides_merge_with_guides_too(guide: d.LanguageGuide) -> None:
@@ -154,6 +190,11 @@ def test_malformed_guide_files_are_refused_clearly(guide: d.LanguageGuide,
         guide.merge(bad)
 
 
+def test_a_guide_that_is_not_an_object_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="language guide: expected a JSON object"):
+        d.LanguageGuide.from_data(["addict"])  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------------------------
 # warnings from recorded events
 # --------------------------------------------------------------------------------------------
@@ -207,6 +248,22 @@ def test_warnings_can_be_rebuilt_from_stored_events(guide: d.LanguageGuide) -> N
     rebuilt = ev.parse_event("NoteAdded", 1, stored)
     assert d.warnings_for([note], guide) == d.warnings_for([rebuilt], guide)
     assert terms(d.warnings_for([rebuilt], guide)) == ["manipulative", "non-compliant"]
+
+
+def test_a_revision_that_gives_only_a_reason_has_its_reason_checked(
+        guide: d.LanguageGuide) -> None:
+    revised = ev.StrengthRevised(strength_id=uuid4(), in_their_words="my own way",
+                                 reason="He is manipulative about it")
+    assert [(w.field, w.term) for w in d.warnings_for([revised], guide)] == [
+        ("reason", "manipulative")]
+
+
+def test_warnings_name_each_field_and_term_once_over_the_events(
+        guide: d.LanguageGuide) -> None:
+    notes = [ev.NoteAdded(note_id=uuid4(), text=text)
+             for text in ("Seemed resistant", "Still resistant", "An addict")]
+    assert [(w.field, w.term) for w in d.warnings_for(notes, guide)] == [
+        ("text", "resistant"), ("text", "addict")]
 
 
 def test_participant_statements_are_not_checked(guide: d.LanguageGuide) -> None:

@@ -132,18 +132,76 @@ def test_holding_the_pending_review_schedules_the_next_from_the_date_held() -> N
     assert state(case).reviews[first].held
 
 
+def test_a_review_held_records_the_summary_and_the_participants_own_words() -> None:
+    case = new_case()
+    first = uuid4()
+    agree(case, first)
+    held, _ = hold(case, first, summary="Signed the lease",
+                   participant_statement="I finally have my own key")
+    assert isinstance(held, ev.ReviewHeld)
+    assert (held.summary, held.participant_statement) == ("Signed the lease",
+                                                          "I finally have my own key")
+    review = state(case).reviews[first]
+    assert (review.held_on, review.summary, review.participant_statement) == (
+        TODAY, "Signed the lease", "I finally have my own key")
+
+
+def test_the_plan_as_it_stood_when_a_review_was_held_has_no_review_pending() -> None:
+    """Time travel can stop between the two events of holding a review."""
+    case = new_case()
+    first = uuid4()
+    agree(case, first)
+    hold(case, first)
+    as_held = d.fold(case.stream[:-1], case_id=case.case_id)
+    assert as_held is not None
+    assert isinstance(case.stream[-2][0], ev.ReviewHeld)
+    assert as_held.pending_review_id is None
+    view = d.plan_view(as_held)
+    assert view.next_review is None
+    assert [r.status for r in view.reviews] == ["held"]
+
+
 def test_held_on_defaults_to_today_and_cannot_be_in_the_future() -> None:
     case = new_case("low")
     first = uuid4()
     agree(case, first)
     with pytest.raises(d.RuleViolation) as refused:
         hold(case, first, held_on="2025-01-16")
-    assert refused.value.field == "held_on"
+    assert (refused.value.code, refused.value.field) == ("held_on_in_future", "held_on")
     held, scheduled = hold(case, first)
     assert isinstance(held, ev.ReviewHeld)
     assert isinstance(scheduled, ev.ReviewScheduled)
     assert held.held_on == TODAY
     assert scheduled.due_date == TODAY + timedelta(days=90)
+
+
+def test_a_review_is_not_recorded_as_held_before_it_was_scheduled() -> None:
+    """A mistyped year would schedule the next review in the past, overdue at once."""
+    case = new_case()
+    first = uuid4()
+    agree(case, first)
+    version = case.version
+    with pytest.raises(d.RuleViolation, match=f"scheduled on {TODAY}") as refused:
+        hold(case, first, held_on=str(TODAY - timedelta(days=1)))
+    assert (refused.value.code, refused.value.field) == ("held_on_before_scheduled",
+                                                         "held_on")
+    assert case.version == version
+    held, _ = hold(case, first, held_on=str(TODAY))
+    assert isinstance(held, ev.ReviewHeld)
+
+
+def test_a_review_id_already_used_is_refused() -> None:
+    case = new_case()
+    first = uuid4()
+    agree(case, first)
+    with pytest.raises(d.InvalidTransition, match=f"already has a review {first}") as refused:
+        hold(case, first, first)  # the next review under the id of the one held
+    assert refused.value.code == "duplicate_id"
+    case.execute(d.CloseCase(api.CloseInput(reason="Moved away")))
+    case.execute(d.ReopenCase(api.ReopenInput(reason="Came back")))
+    with pytest.raises(d.InvalidTransition) as refused:
+        agree(case, first)  # the first review again, after the closing cancelled it
+    assert refused.value.code == "duplicate_id"
 
 
 def test_a_review_cannot_be_held_twice() -> None:
@@ -159,8 +217,9 @@ def test_a_review_cannot_be_held_twice() -> None:
 def test_an_unknown_review_is_not_found() -> None:
     case = new_case()
     agree(case)
-    with pytest.raises(d.NotFound):
+    with pytest.raises(d.NotFound) as refused:
         hold(case, uuid4())
+    assert refused.value.code == "review_not_found"
 
 
 def test_only_the_pending_review_can_be_held() -> None:
@@ -171,6 +230,11 @@ def test_only_the_pending_review_can_be_held() -> None:
     assert state(case).pending_review_id is None  # closing cancels the pending review
     case.execute(d.ReopenCase(api.ReopenInput(reason="Came back")))
     with pytest.raises(d.InvalidTransition) as refused:
+        hold(case, first)
+    assert refused.value.code == "review_not_pending"
+    second = uuid4()
+    agree(case, second)
+    with pytest.raises(d.InvalidTransition, match=f"the next review is {second}") as refused:
         hold(case, first)
     assert refused.value.code == "review_not_pending"
 
@@ -191,19 +255,29 @@ def test_rescheduling_moves_the_same_review() -> None:
     case = new_case()
     first = uuid4()
     agree(case, first)
+    scheduled = state(case).reviews[first]
+    assert (scheduled.basis, scheduled.interval_days) == ("plan_agreed", 60)
     [event] = case.execute(d.RescheduleReview(first, api.RescheduleReviewInput(
         due_date=date(2025, 3, 1), reason="Participant in hospital")))
     assert isinstance(event, ev.ReviewScheduled)
     assert (event.review_id, event.basis, event.reason) == (first, "rescheduled",
                                                             "Participant in hospital")
-    assert state(case).pending_review is not None
-    assert state(case).pending_review.due_date == date(2025, 3, 1)  # type: ignore[union-attr]
+    moved = state(case).pending_review
+    assert moved is not None
+    assert (moved.review_id, moved.due_date, moved.basis, moved.interval_days) == (
+        first, date(2025, 3, 1), "rescheduled", None)
+    assert (moved.risk_level, moved.scheduled_at) == ("moderate", scheduled.scheduled_at)
     with pytest.raises(d.RuleViolation):
         case.execute(d.RescheduleReview(first, api.RescheduleReviewInput(
             due_date=date(2025, 1, 1), reason="typo")))
-    with pytest.raises(d.RuleViolation):  # the day before today is already past
-        case.execute(d.RescheduleReview(first, api.RescheduleReviewInput(
+    with pytest.raises(d.RuleViolation, match=f"today [(]{TODAY}[)]") as refused:
+        case.execute(d.RescheduleReview(first, api.RescheduleReviewInput(  # yesterday is past
             due_date=TODAY - timedelta(days=1), reason="typo")))
+    assert (refused.value.code, refused.value.field) == ("due_date_in_past", "due_date")
+    with pytest.raises(d.InvalidTransition) as unchanged:
+        case.execute(d.RescheduleReview(first, api.RescheduleReviewInput(
+            due_date=date(2025, 3, 1), reason="Same day")))
+    assert (unchanged.value.code, unchanged.value.field) == ("no_change", "due_date")
     [today] = case.execute(d.RescheduleReview(first, api.RescheduleReviewInput(
         due_date=TODAY, reason="Jo can come in today")))
     assert isinstance(today, ev.ReviewScheduled)

@@ -77,7 +77,20 @@ def test_a_step_can_be_owned_by_a_recorded_support() -> None:
         support, "Maria (sister)")
     with pytest.raises(d.RuleViolation) as refused:
         add_step(case, goal, owner="support", support_id=str(uuid4()))
-    assert refused.value.code == "unknown_support"
+    assert (refused.value.code, refused.value.field) == ("unknown_support", "support_id")
+
+
+def test_renaming_the_support_of_a_step_unlinks_the_recorded_support() -> None:
+    """A step moved from Maria (a recorded support) to a coach named in words is no longer
+    linked to Maria."""
+    case, goal = new_case()
+    support = uuid4()
+    case.execute(d.AddSupport(support, api.SupportInput(name="Maria (sister)")))
+    step = add_step(case, goal, owner="support", support_id=str(support))
+    [event] = case.execute(d.ReviseActionStep(step, api.StepRevision(support_name="Coach Lee")))
+    assert isinstance(event, ev.ActionStepRevised)
+    assert (event.support_name, event.cleared) == ("Coach Lee", ("support_id",))
+    assert (steps(case)[step].support_name, steps(case)[step].support_id) == ("Coach Lee", None)
 
 
 def test_a_step_stays_revisable_after_its_support_is_removed() -> None:
@@ -103,7 +116,33 @@ def test_support_fields_only_apply_to_support_owned_steps() -> None:
     case, goal = new_case()
     with pytest.raises(d.RuleViolation) as refused:
         add_step(case, goal, owner="participant", support_name="Uncle Joe")
-    assert refused.value.code == "support_not_owner"
+    assert (refused.value.code, refused.value.field) == ("support_not_owner", "support_name")
+    with pytest.raises(d.RuleViolation) as refused:
+        add_step(case, goal, owner="case_manager", support_id=str(uuid4()))
+    assert (refused.value.code, refused.value.field) == ("support_not_owner", "support_id")
+
+
+def test_the_steps_of_a_discontinued_goal_are_only_set_aside() -> None:
+    """Completing a step of a goal set aside would be celebrated as a small win toward it:
+    its steps can only become no longer needed."""
+    case, goal = new_case()
+    step, other = add_step(case, goal), add_step(case, goal)
+    case.execute(d.ChangeGoalStatus(goal, api.GoalStatusInput(
+        status="discontinued", reason="Ray chose to take the bus")))
+    version = case.version
+    refused_writes: list[d.Command] = [
+        d.CompleteActionStep(step, api.StepCompleteInput()),
+        *(d.ChangeActionStepStatus(step, api.StepStatusInput(status=new))
+          for new in ("completed", "in_progress"))]
+    for command in refused_writes:
+        with pytest.raises(d.InvalidTransition) as refused:
+            case.execute(command)
+        assert refused.value.code == "goal_discontinued"
+    assert case.version == version
+    [event] = step_status(case, other, "no_longer_needed", reason="Taking the bus instead")
+    assert isinstance(event, ev.ActionStepStatusChanged)
+    assert (event.status, event.reason) == ("no_longer_needed", "Taking the bus instead")
+    assert steps(case)[step].status == "not_started"
 
 
 @pytest.mark.parametrize(("goal_status", "reason"), [("achieved", None),
@@ -136,6 +175,42 @@ def test_a_step_links_only_to_live_strengths() -> None:
         add_step(case, goal, strength_ids=[str(uuid4())])
 
 
+def record_strength(case: d.InMemoryCase) -> UUID:
+    strength = uuid4()
+    case.execute(d.RecordStrength(strength, api.StrengthInput(
+        category="skill", description="Drove a forklift at the depot")))
+    return strength
+
+
+def test_a_step_builds_on_recorded_strengths_each_once() -> None:
+    case, goal = new_case()
+    strength = record_strength(case)
+    [event] = case.execute(d.AddActionStep(uuid4(), goal, api.StepInput(
+        description="Ask the depot for a reference", owner="participant",
+        strength_ids=[strength, strength])))
+    assert isinstance(event, ev.ActionStepAdded)
+    assert event.strength_ids == (strength,)
+    assert steps(case)[event.step_id].strength_ids == (strength,)
+
+
+def test_a_step_revision_checks_only_the_strengths_it_newly_links() -> None:
+    """A link to a strength removed since stays revisable; linking a removed one anew is
+    refused."""
+    case, goal = new_case()
+    kept, added, gone = record_strength(case), record_strength(case), record_strength(case)
+    step = add_step(case, goal, strength_ids=[str(kept)])
+    for strength in (kept, gone):
+        case.execute(d.RemoveStrength(strength, api.RemovalReason(reason="Recorded twice")))
+    [event] = case.execute(d.ReviseActionStep(step, api.StepRevision(
+        strength_ids=[kept, added, added])))
+    assert isinstance(event, ev.ActionStepRevised)
+    assert event.strength_ids == (kept, added)
+    assert steps(case)[step].strength_ids == (kept, added)
+    with pytest.raises(d.RuleViolation) as refused:
+        case.execute(d.ReviseActionStep(step, api.StepRevision(strength_ids=[kept, gone])))
+    assert (refused.value.code, refused.value.field) == ("strength_removed", "strength_ids")
+
+
 # --------------------------------------------------------------------------------------------
 # completion: a small win
 # --------------------------------------------------------------------------------------------
@@ -161,8 +236,9 @@ def test_a_step_cannot_be_completed_twice() -> None:
     with pytest.raises(d.InvalidTransition) as refused:
         case.execute(d.CompleteActionStep(step, api.StepCompleteInput()))
     assert refused.value.code == "step_already_completed"
-    with pytest.raises(d.InvalidTransition):
+    with pytest.raises(d.InvalidTransition) as refused:
         step_status(case, step, "completed")
+    assert refused.value.code == "step_already_completed"
 
 
 def test_the_status_form_of_completion_also_records_a_completion() -> None:
@@ -177,14 +253,15 @@ def test_the_status_form_of_completion_also_records_a_completion() -> None:
 def test_reopening_a_completed_step_needs_a_reason() -> None:
     case, goal = new_case()
     step = add_step(case, goal)
-    case.execute(d.CompleteActionStep(step, api.StepCompleteInput()))
+    case.execute(d.CompleteActionStep(step, api.StepCompleteInput(note="Passed!")))
     with pytest.raises(d.RuleViolation) as refused:
         step_status(case, step, "in_progress")
     assert refused.value.code == "reason_required"
     [event] = step_status(case, step, "in_progress", reason="Test date was cancelled")
     assert isinstance(event, ev.ActionStepStatusChanged)
     assert (event.from_status, event.status) == ("completed", "in_progress")
-    assert steps(case)[step].completed_at is None
+    assert event.reason == "Test date was cancelled"
+    assert (steps(case)[step].completed_at, steps(case)[step].completion_note) == (None, None)
 
 
 def test_a_completion_by_status_records_its_reason_as_a_reason_not_a_note() -> None:
@@ -232,11 +309,12 @@ def test_forward_moves_need_no_reason_but_going_back_does() -> None:
 def test_same_step_status_is_refused_and_unknown_step_not_found() -> None:
     case, goal = new_case()
     step = add_step(case, goal)
-    with pytest.raises(d.InvalidTransition, match='already marked "not started"'):
+    with pytest.raises(d.InvalidTransition, match='already marked "not started"') as refused:
         step_status(case, step, "not_started")
-    with pytest.raises(d.NotFound) as refused:
+    assert (refused.value.code, refused.value.field) == ("no_change", "status")
+    with pytest.raises(d.NotFound) as not_found:
         case.execute(d.CompleteActionStep(uuid4(), api.StepCompleteInput()))
-    assert refused.value.code == "step_not_found"
+    assert not_found.value.code == "step_not_found"
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,9 +327,10 @@ def test_moving_a_step_from_a_support_to_the_participant_clears_the_support() ->
     step = add_step(case, goal, owner="support", support_name="Uncle Joe",
                     due_date="2025-05-01")
     [event] = case.execute(d.ReviseActionStep(step, api.StepRevision.model_validate(
-        {"owner": "participant", "due_date": "2025-05-08"})))
+        {"owner": "participant", "due_date": "2025-05-08", "reason": "Joe is working away"})))
     assert isinstance(event, ev.ActionStepRevised)
     assert (event.owner, event.due_date) == ("participant", date(2025, 5, 8))
+    assert event.reason == "Joe is working away"
     assert event.cleared == ("support_name",)
     state = steps(case)[step]
     assert (state.owner, state.support_name, state.due_date) == ("participant", None,

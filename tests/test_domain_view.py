@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -68,6 +67,7 @@ def test_the_plan_view_shows_the_current_plan() -> None:
     assert set(dumped) >= BRIEF_KEYS
     assert view.case_id == case.case_id
     assert view.version == case.version == 14
+    assert (view.agency, view.opened_at) == ("agency-a", START + timedelta(seconds=1))
     assert (view.status, view.case_manager, view.risk_level) == ("open", "cm-1", "high")
     assert view.participant.pronouns == "she/her"
     assert [s.strength_id for s in view.strengths] == [ids["kept"]]
@@ -147,6 +147,36 @@ def test_a_stream_must_start_with_case_opened_and_name_its_case() -> None:
         d.evolve(state, opened, version=2, recorded_at=START)
 
 
+def test_the_view_hides_a_steps_links_to_removed_strengths() -> None:
+    case, ids = scenario()
+    step = uuid4()
+    case.execute(d.AddActionStep(step, ids["goal"], api.StepInput(
+        description="Show the tutor my welding", owner="participant",
+        strength_ids=[ids["kept"]])))
+    assert case.state is not None
+    [shown] = [s for s in d.plan_view(case.state).goals[0].steps if s.step_id == step]
+    assert shown.strength_ids == [ids["kept"]]
+    case.execute(d.RemoveStrength(ids["kept"], api.RemovalReason(reason="Recorded twice")))
+    assert case.state is not None
+    [shown] = [s for s in d.plan_view(case.state).goals[0].steps if s.step_id == step]
+    assert shown.strength_ids == []
+    assert case.state.steps[step].strength_ids == (ids["kept"],)  # kept in the record
+
+
+def test_the_view_lists_each_review_as_held_scheduled_or_cancelled() -> None:
+    case, ids = scenario()
+    assert case.state is not None
+    assert [r.status for r in d.plan_view(case.state).reviews] == ["scheduled"]
+    case.execute(d.HoldReview(ids["review"], uuid4(), api.ReviewHeldInput()))
+    view = d.plan_view(case.state)
+    assert [r.status for r in view.reviews] == ["held", "scheduled"]
+    assert view.next_review is not None
+    assert (view.next_review.review_id, view.next_review.status) == (view.reviews[1].review_id,
+                                                                     "scheduled")
+    case.execute(d.CloseCase(api.CloseInput(reason="Moved", outcome="moved")))
+    assert [r.status for r in d.plan_view(case.state).reviews] == ["held", "cancelled"]
+
+
 def test_a_closed_case_view_shows_the_closure_and_no_pending_review() -> None:
     case, _ = scenario()
     case.execute(d.CloseCase(api.CloseInput(reason="Moved", outcome="moved")))
@@ -158,18 +188,21 @@ def test_a_closed_case_view_shows_the_closure_and_no_pending_review() -> None:
     assert (view.closure.reason, view.closure.outcome) == ("Moved", "moved")
 
 
-def test_folding_100k_events_over_2000_streams_is_fast() -> None:
+def test_one_stream_folds_alike_under_every_case_id_it_is_read_as() -> None:
+    """Folding keeps nothing between streams: the same 50 events read as two cases give two
+    plans, each with its own id and every event. (How fast folding is, is measured by
+    bench/rebuild.py, not asserted here.)"""
     case, _ = scenario()
-    # ~50 events per stream: the scenario plus notes and step moves on the same plan
     for index in range(36):
         case.execute(d.AddNote(uuid4(), api.NoteInput(text=f"check-in {index}")))
     stream = case.stream
     assert len(stream) == 50
-    started = time.perf_counter()
-    states = [d.fold(stream, case_id=uuid4()) for _ in range(2000)]
-    elapsed = time.perf_counter() - started
-    assert all(s is not None and s.version == 50 for s in states)
-    assert elapsed < 5.0, f"folding 100,000 events took {elapsed:.2f}s"
+    first, second = uuid4(), uuid4()
+    one, other = d.fold(stream, case_id=first), d.fold(stream, case_id=second)
+    assert one is not None
+    assert other is not None
+    assert (one.case_id, one.version, other.case_id, other.version) == (first, 50, second, 50)
+    assert d.plan_json(one).replace(str(first), str(second)) == d.plan_json(other)
 
 
 # --------------------------------------------------------------------------------------------
