@@ -504,13 +504,21 @@ FieldChange = Annotated[FieldAdded | FieldRemoved | FieldChanged, Field(discrimi
 
 
 class DiffView(View):
-    """What changed in the plan between two versions, field by field, and the events between."""
+    """What changed in the plan between two versions, field by field, and the events between:
+    every change, and the events up to a history page's maximum (500); past that,
+    ``events_truncated`` is true and ``/history?after_version=<next_after_version>`` lists
+    the rest (through ``to_version`` and on)."""
 
     case_id: UUID
     from_version: int
     to_version: int
     changes: list[FieldChange]
     events: list[EventView]
+    events_truncated: bool = False
+    next_after_version: int | None = Field(default=None,
+                                           description="null when ``events`` holds every event"
+                                           " of the range; otherwise the version of the last"
+                                           " one listed, to pass as history's after_version")
 
 
 class BrokenLinkView(View):
@@ -546,10 +554,13 @@ class CaseSummary(View):
 
 
 class CaseloadPage(View):
-    """A page of a caseload by case id; pass ``next_after`` as ``after`` for the next page."""
+    """A page of a caseload in the order asked (by case id unless ``order=next_review``);
+    pass ``next_after`` as ``after``, with the same order, for the next page."""
 
     cases: list[CaseSummary]
-    next_after: UUID | None
+    next_after: str | None = Field(description="null on the last page; the last case's id in "
+                                   "the id order, <YYYY-MM-DD or ->~<case id> in order="
+                                   "next_review")
 
 
 class AccessLogEntryView(View):
@@ -581,25 +592,33 @@ class CoCreationView(View):
     """Plans agreed in the period, and how many were made with the participant: agreed with at
     least one goal the participant named (``source`` participant) among the goals agreed."""
 
-    agreements: int = Field(description="PlanAgreed events, whatever the participant answered")
-    agreed: int
-    co_created: int
+    agreements: int | None = Field(
+        description="PlanAgreed events, whatever the participant answered")
+    agreed: int | None
+    co_created: int | None
     rate: float | None = Field(description="co_created / agreed; null when none was agreed")
 
 
 class GoalsAchievedView(View):
-    total: int = Field(description="achievements recorded in the period, less reversals")
-    by_domain: dict[str, int]
-    reversed: int = Field(description="goals taken back from achieved in the period")
+    total: int | None = Field(
+        description="achievements recorded in the period, less reversals: the listed domains"
+                    " and other_withheld add up to it")
+    by_domain: dict[str, int] = Field(
+        description="by the goal's domain; a domain whose count is withheld is not named"
+                    " (naming it would tell it was not zero) but added to other_withheld")
+    other_withheld: int | None = Field(
+        description="achievements in the domains left out of by_domain, with no names: 0 when"
+                    " every domain with achievements is listed")
+    reversed: int | None = Field(description="goals taken back from achieved in the period")
     median_days_to_achievement: float | None = Field(
         description="from the goal being set to its achievement, over the period's"
                     " achievements not taken back in it; null when none")
 
 
 class SmallWinsView(View):
-    steps_completed: int = Field(description="completed in the period, less completions"
-                                 " taken back in it")
-    reversed: int = Field(description="steps moved back from completed in the period")
+    steps_completed: int | None = Field(description="completed in the period, less completions"
+                                        " taken back in it")
+    reversed: int | None = Field(description="steps moved back from completed in the period")
     per_case_month: float | None = Field(
         description="steps completed per month of open cases; null when no case was open")
 
@@ -608,15 +627,18 @@ class ReviewsView(View):
     """The reviews that fell due in the period (by today; a case closed before its review fell
     due cancelled it), against the date in force: a rescheduled review is due on its new date."""
 
-    due: int = Field(description="reviews due in the period, up to yesterday, or held already")
-    held: int = Field(description="of those, held (on time or late)")
-    on_time: int = Field(description="held on or before the date they were due")
-    not_held: int = Field(description="due, and not held as of today")
+    due: int | None = Field(
+        description="reviews due in the period, up to yesterday, or held already")
+    held: int | None = Field(description="of those, held (on time or late)")
+    on_time: int | None = Field(description="held on or before the date they were due")
+    not_held: int | None = Field(description="due, and not held as of today")
     on_time_rate: float | None = Field(description="on_time / due; null when none fell due")
 
 
 class OutcomesView(View):
-    """What works, across the agency's plans in a period: aggregates only, no person named."""
+    """What works, across the agency's plans in a period: aggregates only, no person named.
+    A figure too small to show without singling people out is withheld: null, and named in
+    ``withheld`` (decision 0011)."""
 
     model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True,
                               validate_by_alias=True)
@@ -624,8 +646,17 @@ class OutcomesView(View):
     agency: str
     period_from: date = Field(alias="from")
     period_to: date = Field(alias="to")
-    cases_open: int = Field(description="cases open on at least one day of the period")
-    case_months: float = Field(description="days cases were open in the period, in months")
+    min_cell: int = Field(
+        description="the agency's minimum cell size k: a count is shown when it is 0, or at"
+                    " least k from at least k participants' cases; 1 shows every figure")
+    withheld: list[str] = Field(
+        description="the figures withheld, as paths (\"goals_achieved.total\"): each is null,"
+                    " not zero, and a rate or median built on one is withheld with it;"
+                    " \"goals_achieved.by_domain\" means some domains are left out of it."
+                    " A null figure not listed here had nothing to be computed from")
+    cases_open: int | None = Field(description="cases open on at least one day of the period")
+    case_months: float | None = Field(
+        description="days cases were open in the period, in months")
     co_creation: CoCreationView
     goals_achieved: GoalsAchievedView
     small_wins: SmallWinsView

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal, Self, TypeAlias
 from uuid import UUID
@@ -12,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -82,17 +84,88 @@ class PlanQuery(_Query):
         return self
 
 
+CaseloadOrder: TypeAlias = Literal["case_id", "next_review"]
+_REVIEW_CURSOR = re.compile(r"(-|[0-9]{4}-[0-9]{2}-[0-9]{2})~([0-9a-fA-F-]{36})")
+
+
+@dataclass(frozen=True)
+class CaseloadCursor:
+    """Where a caseload page ended: its last case and, in the review order, that case's next
+    review date (None: no review). On the wire the case id alone in the id order, and
+    ``<date or ->~<case id>`` in the review order: the order's sort key."""
+
+    case_id: UUID
+    review_due: date | None = None
+
+    def encode(self, order: CaseloadOrder) -> str:
+        if order == "case_id":
+            return str(self.case_id)
+        due = self.review_due.isoformat() if self.review_due is not None else "-"
+        return f"{due}~{self.case_id}"
+
+    @classmethod
+    def parse(cls, order: CaseloadOrder, raw: str) -> CaseloadCursor:
+        review = _REVIEW_CURSOR.fullmatch(raw)
+        if order == "case_id":
+            if review is not None:
+                raise ValueError("this is a cursor of order=next_review: ask with that order,"
+                                 " or leave after out to start from the first page")
+            return cls(_case_id(raw))
+        if review is None:
+            raise ValueError("must be the next_after of a page in order=next_review:"
+                             " <YYYY-MM-DD or ->~<case id>")
+        due, case_id = review.groups()
+        return cls(_case_id(case_id), None if due == "-" else _calendar_date(due))
+
+
+def _case_id(raw: str) -> UUID:
+    try:
+        return UUID(raw)
+    except ValueError as error:
+        raise ValueError("must be the next_after of an earlier page (a case id)") from error
+
+
+def _calendar_date(raw: str) -> date:
+    try:
+        return date.fromisoformat(raw)
+    except ValueError as error:
+        raise ValueError(f"{raw} is not a calendar date") from error
+
+
 class CaseloadQuery(_Query):
     case_manager: str | None = Field(default=None, min_length=1, max_length=200)
     status: Literal["open", "closed"] | None = None
     review_due_before: WireDate | None = None
-    after: UUID | None = Field(default=None, description="next_after of the previous page")
+    order: CaseloadOrder = Field(
+        default="case_id",
+        description="case_id (the default): by case id, which nothing changes, so paging "
+                    "shows every case once. next_review: soonest next review first (overdue "
+                    "ones first of all), cases with no review scheduled last, ties by case "
+                    "id; paging shows once every case whose next review did not move while "
+                    "the pages were read (one moved later may show again, one moved earlier "
+                    "not at all)")
+    after: str | None = Field(default=None, min_length=1, max_length=64,
+                              description="next_after of the previous page, in the same order")
     limit: QueryInt = Field(default=50, ge=1, le=200)
+
+    @field_validator("after")
+    @classmethod
+    def a_cursor_of_the_order(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and "order" in info.data:  # (a bad order is refused itself)
+            CaseloadCursor.parse(info.data["order"], value)
+        return value
+
+    def cursor(self) -> CaseloadCursor | None:
+        return CaseloadCursor.parse(self.order, self.after) if self.after is not None else None
+
+
+# the most events one answer lists: a history page, and the events a diff shows
+MAX_EVENTS_LISTED = 500
 
 
 class HistoryQuery(_Query):
     after_version: QueryInt = Field(default=0, ge=0, le=10_000_000)
-    limit: QueryInt = Field(default=100, ge=1, le=500)
+    limit: QueryInt = Field(default=100, ge=1, le=MAX_EVENTS_LISTED)
 
 
 class DiffQuery(_Query):

@@ -113,17 +113,25 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from services.records.http.app import rebuild_projections
-    from services.records.projections.rebuild import UnreadableStream
+    from services.records.projections.rebuild import NothingRebuilt
 
     if not settings.database_url:
         return _fail("set DATABASE_URL")
+    told: set[str] = set()
+
+    def waiting(why: str) -> None:
+        if why not in told:
+            told.add(why)
+            print(f"casetrail: {why}", file=sys.stderr)
+
     try:
-        stats = asyncio.run(rebuild_projections(settings.database_url))
-    except UnreadableStream as error:
+        stats = asyncio.run(rebuild_projections(settings.database_url, on_wait=waiting))
+    except NothingRebuilt as error:
         return _fail(f"nothing rebuilt: {error}")
     except KeyboardInterrupt:
-        # the rebuild is one transaction: an interrupt leaves nothing half-rebuilt, but one
-        # arriving just after the commit cannot be told apart from one before it
+        # the live projections change only in the rebuild's last transaction: an interrupt
+        # leaves nothing half-rebuilt, but one arriving just after its commit cannot be told
+        # apart from one before it
         print("casetrail: interrupted: the projections are as they were, or fully rebuilt"
               " if it had just finished, never half; run rebuild-projections again to be"
               " sure", file=sys.stderr)

@@ -53,6 +53,11 @@ def test_a_file_overrides_what_it_names_and_keeps_the_defaults_for_the_rest(
     ({"max_goals": 2}, "max_goals"),
     ({"timezone": "Mars/Olympus"}, "timezone"),
     ({"timezone": "../etc/passwd"}, "timezone"),
+    ({"analytics_min_cell": 0}, "analytics_min_cell: Input should be greater than or equal to 1"),
+    ({"analytics_min_cell": 101}, "analytics_min_cell: Input should be less than or equal to 100"),
+    ({"analytics_min_cell": "5"}, "analytics_min_cell: Input should be a valid integer"),
+    ({"analytics_min_cell": True}, "analytics_min_cell: Input should be a valid integer"),
+    ({"analytics_min_cell": 2.5}, "analytics_min_cell: Input should be a valid integer"),
     ([1, 2], "the file"),
 ])
 def test_a_malformed_policy_file_is_refused_naming_the_file_and_the_field(
@@ -62,6 +67,21 @@ def test_a_malformed_policy_file_is_refused_naming_the_file_and_the_field(
         AgencyPolicies(tmp_path)
     assert str(path) in str(refused.value)
     assert named in str(refused.value)
+
+
+def test_analytics_withhold_counts_under_5_unless_the_file_says_otherwise(
+        tmp_path: Path) -> None:
+    """Small-cell suppression (decision 0011): 5 by default; 1 shows every figure exactly."""
+    write_policy(tmp_path, "north", {"description": "North county"})
+    write_policy(tmp_path, "east", {"analytics_min_cell": 11})
+    write_policy(tmp_path, "lab", {"analytics_min_cell": 1})
+    write_policy(tmp_path, "wide", {"analytics_min_cell": 100})
+    policies = AgencyPolicies(tmp_path)
+    assert DEFAULT_POLICY.analytics_min_cell == 5
+    assert [policies.for_agency(agency).analytics_min_cell
+            for agency in ("north", "south", "east", "lab", "wide")] == [5, 5, 11, 1, 100]
+    with pytest.raises(ValueError, match="analytics_min_cell"):
+        AgencyPolicy(analytics_min_cell=0)
 
 
 def test_a_policy_folder_that_is_missing_or_misnamed_is_refused(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 Four cases of agency-a written over 70 days by an injected clock (day 0 is 2026-03-02), and one
 of agency-b that must not count; the period asked for is days 0-59 (2026-03-02 to 2026-04-30).
+Both agencies' policies set ``analytics_min_cell`` to 1, so those tests see every figure and
+check the arithmetic; agency-k3 withholds what fewer than 3 participants stand behind, and an
+agency without a file withholds below 5 (decision 0011).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from services.records.application.analytics import DAYS_PER_MONTH
 from services.records.projections.rebuild import rebuild_projections
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.records_api import PARTICIPANT, CaseApi, event_count
+from tests.test_agency_policy import write_policy
 
 PERIOD = "?from=2026-03-02&to=2026-04-30"
 
@@ -51,10 +55,19 @@ async def _hold_review(cm: CaseApi, case_id: str) -> None:
 
 
 @pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    for agency in ("agency-a", "agency-b"):
+        write_policy(tmp_path, agency, {"analytics_min_cell": 1})
+    write_policy(tmp_path, "agency-k3", {"analytics_min_cell": 3})
+    return tmp_path
+
+
+@pytest.fixture
 async def scene(make_records_client: ClientFactory, fresh_database_url: str,
-                token: TokenFactory) -> Scene:
+                token: TokenFactory, policy_dir: Path) -> Scene:
     clock = FakeClock()
-    client = await make_records_client(fresh_database_url, clock=clock)
+    client = await make_records_client(fresh_database_url, clock=clock,
+                                       CASETRAIL_POLICY_DIR=str(policy_dir))
     cm = CaseApi(client, token(sub="cm-1"))
     a, b, c = [await cm.open_case() for _ in range(3)]
     d = await cm.open_case(risk_level="high")
@@ -103,12 +116,12 @@ async def test_the_period_figures(scene: Scene) -> None:
     case_months = (60 + 41 + 60 + 60) / DAYS_PER_MONTH  # B closed on day 40: open that day
     assert body == {
         "agency": "agency-a", "from": "2026-03-02", "to": "2026-04-30",
-        "cases_open": 4, "case_months": round(case_months, 2),
+        "min_cell": 1, "withheld": [], "cases_open": 4, "case_months": round(case_months, 2),
         "co_creation": {"agreements": 4, "agreed": 3, "co_created": 1, "rate": 0.3333},
         # B's goal was achieved on day 30 and taken back on day 31: neither its domain nor
         # its 30 days count, only A's 20
-        "goals_achieved": {"total": 1, "by_domain": {"employment": 1}, "reversed": 1,
-                           "median_days_to_achievement": 20},
+        "goals_achieved": {"total": 1, "by_domain": {"employment": 1}, "other_withheld": 0,
+                           "reversed": 1, "median_days_to_achievement": 20},
         "small_wins": {"steps_completed": 1, "reversed": 0,
                        "per_case_month": round(1 / case_months, 4)},
         # due in the period: D's, on day 30, held late on day 45 (A's and B's fall due on
@@ -123,8 +136,8 @@ async def test_a_later_period_counts_only_its_own_facts(scene: Scene) -> None:
     assert status == 200
     assert body["cases_open"] == 3  # A, C and D; B was closed
     assert body["small_wins"]["steps_completed"] == 1
-    assert body["goals_achieved"] == {"total": 0, "by_domain": {}, "reversed": 0,
-                                      "median_days_to_achievement": None}
+    assert body["goals_achieved"] == {"total": 0, "by_domain": {}, "other_withheld": 0,
+                                      "reversed": 0, "median_days_to_achievement": None}
     assert body["co_creation"]["rate"] is None
     # A's and B's fell due on day 60 and were held before; D's next is due on day 75, after
     # today (day 70), and is not counted yet
@@ -220,13 +233,14 @@ async def test_bad_periods_are_4xx_problems_and_write_nothing(scene: Scene, quer
 
 async def test_reviews_never_held_count_against_the_rate_and_cancelled_ones_do_not(
         make_records_client: ClientFactory, fresh_database_url: str,
-        token: TokenFactory) -> None:
+        token: TokenFactory, policy_dir: Path) -> None:
     """Three high-risk plans agreed on day 0, each review due on day 30: one is never held,
     one is rescheduled to day 40 and held on day 38, and one case closes on day 10. Asked on
     day 70 about days 0-59, the missed review is due and not held, the rescheduled one is on
     time, and the closed case's review was cancelled, never missed."""
     clock = FakeClock()
-    client = await make_records_client(fresh_database_url, clock=clock)
+    client = await make_records_client(fresh_database_url, clock=clock,
+                                       CASETRAIL_POLICY_DIR=str(policy_dir))
     cm = CaseApi(client, token(sub="cm-1"))
     missed, moved, closed = [await cm.open_case(risk_level="high") for _ in range(3)]
     for case_id in (missed, moved, closed):
@@ -258,12 +272,13 @@ async def test_reviews_never_held_count_against_the_rate_and_cancelled_ones_do_n
 
 async def test_a_take_back_cancels_the_achievement_it_takes_back(
         make_records_client: ClientFactory, fresh_database_url: str,
-        token: TokenFactory) -> None:
+        token: TokenFactory, policy_dir: Path) -> None:
     """An achieved goal's domain was revised, then the goal taken back: the take-back was
     subtracted from the new domain (employment 1, housing -1) and, once achieved again, the
     goal counted in its old one; its first days stayed in the median."""
     clock = FakeClock()
-    client = await make_records_client(fresh_database_url, clock=clock)
+    client = await make_records_client(fresh_database_url, clock=clock,
+                                       CASETRAIL_POLICY_DIR=str(policy_dir))
     cm = CaseApi(client, token(sub="cm-1"))
     scene = Scene(client, token, fresh_database_url)
     case_id = await cm.open_case()
@@ -276,13 +291,13 @@ async def test_a_take_back_cancels_the_achievement_it_takes_back(
     clock.advance(days=1)
     await _status(cm, case_id, goal, "active", reason="the job offer fell through")
     march = (await scene.outcomes("?from=2026-03-01&to=2026-03-31"))[1]["goals_achieved"]
-    assert march == {"total": 0, "by_domain": {}, "reversed": 1,
+    assert march == {"total": 0, "by_domain": {}, "other_withheld": 0, "reversed": 1,
                      "median_days_to_achievement": None}
     clock.advance(days=23)  # day 30
     await _status(cm, case_id, goal, "achieved")
     both = (await scene.outcomes("?from=2026-03-01&to=2026-04-30"))[1]["goals_achieved"]
-    assert both == {"total": 1, "by_domain": {"housing": 1}, "reversed": 1,
-                    "median_days_to_achievement": 30}
+    assert both == {"total": 1, "by_domain": {"housing": 1}, "other_withheld": 0,
+                    "reversed": 1, "median_days_to_achievement": 30}
 
 
 def _utc(text: str) -> datetime:
@@ -297,7 +312,7 @@ async def test_reviews_are_counted_in_the_agencys_own_days(
     missed on the 1st, its case closed the next local morning (still the 1st in UTC),
     counted for nothing."""
     for agency, zone in (("agency-hnl", "Pacific/Honolulu"), ("agency-akl", "Pacific/Auckland")):
-        (tmp_path / f"{agency}.json").write_text(json.dumps({"timezone": zone}))
+        write_policy(tmp_path, agency, {"timezone": zone, "analytics_min_cell": 1})
     clock = FakeClock(_utc("2026-03-02T09:00:00"))
     client = await make_records_client(fresh_database_url, clock=clock,
                                        CASETRAIL_POLICY_DIR=str(tmp_path))
@@ -332,3 +347,187 @@ async def test_reviews_are_counted_in_the_agencys_own_days(
     clock.now = _utc("2026-05-05T00:00:00")
     assert await reviews("agency-akl", "?from=2026-04-01&to=2026-05-31") == {
         "due": 1, "held": 0, "on_time": 0, "not_held": 1, "on_time_rate": 0.0}
+
+
+# ------------------------------------------------------------------ small-cell suppression
+
+
+@dataclass
+class Agency:
+    """agency-k3 (k = 3) on a clock of the test's own: its case manager and its analysts."""
+
+    cm: CaseApi
+    scene: Scene
+    clock: FakeClock
+
+    async def outcomes(self, query: str = PERIOD) -> dict[str, Any]:
+        status, body = await self.scene.outcomes(query, agency="agency-k3")
+        assert status == 200, body
+        return dict(body)
+
+
+@pytest.fixture
+async def k3(make_records_client: ClientFactory, fresh_database_url: str, token: TokenFactory,
+             policy_dir: Path) -> Agency:
+    clock = FakeClock()
+    client = await make_records_client(fresh_database_url, clock=clock,
+                                       CASETRAIL_POLICY_DIR=str(policy_dir))
+    return Agency(CaseApi(client, token(sub="cm-1", agency="agency-k3")),
+                  Scene(client, token, fresh_database_url), clock)
+
+
+EVERY_FIGURE = [
+    "cases_open", "case_months", "co_creation.agreements", "co_creation.agreed",
+    "co_creation.co_created", "co_creation.rate", "goals_achieved.by_domain",
+    "goals_achieved.other_withheld", "goals_achieved.total", "goals_achieved.reversed",
+    "goals_achieved.median_days_to_achievement", "small_wins.steps_completed",
+    "small_wins.reversed", "small_wins.per_case_month", "reviews.due", "reviews.held",
+    "reviews.on_time", "reviews.not_held", "reviews.on_time_rate"]
+
+
+def _at(body: dict[str, Any], path: str) -> Any:
+    section, _, name = path.partition(".")
+    return body[section][name] if name else body[section]
+
+
+@pytest.mark.parametrize("participants", [2, 3])
+async def test_every_figure_is_withheld_below_k_participants_and_shown_from_k(
+        k3: Agency, participants: int) -> None:
+    """Each participant moves every figure by one: a high-risk plan agreed on day 0 with their
+    own goal; on day 10 two steps completed and one taken back, the goal achieved and a second
+    one achieved and taken back; the review held on its day (30), the next (day 60) not."""
+    cm, clock = k3.cm, k3.clock
+    cases = []
+    for _ in range(participants):
+        case_id = await cm.open_case(risk_level="high")
+        goal, other = await cm.goal(case_id), await cm.goal(case_id, "Learn to drive")
+        steps = [await cm.step(case_id, goal), await cm.step(case_id, goal, "Write a CV")]
+        await cm.agree(case_id)
+        cases.append((case_id, goal, other, steps))
+    clock.advance(days=10)
+    for case_id, goal, other, steps in cases:
+        for step in steps:
+            await cm.call("POST", f"/v1/cases/{case_id}/steps/{step}/complete", {}, expect=200)
+        await cm.call("POST", f"/v1/cases/{case_id}/steps/{steps[1]}/status",
+                      {"status": "in_progress", "reason": "ticked by mistake"}, expect=200)
+        await _status(cm, case_id, goal, "achieved")
+        await _status(cm, case_id, other, "achieved")
+        await _status(cm, case_id, other, "active", reason="the lessons were not finished")
+    clock.advance(days=20)
+    for case_id, *_ in cases:
+        await _hold_review(cm, case_id)
+    clock.advance(days=40)  # day 70: asking about days 0-69
+    body = await k3.outcomes("?from=2026-03-02&to=2026-05-10")
+    if participants < 3:
+        assert body["withheld"] == EVERY_FIGURE
+        assert all(_at(body, path) is None for path in EVERY_FIGURE if "by_domain" not in path)
+        assert body["goals_achieved"]["by_domain"] == {}
+        assert "employment" not in json.dumps(body)
+        return
+    case_months = 3 * 70 / DAYS_PER_MONTH
+    assert body == {
+        "agency": "agency-k3", "from": "2026-03-02", "to": "2026-05-10", "min_cell": 3,
+        "withheld": [], "cases_open": 3, "case_months": round(case_months, 2),
+        "co_creation": {"agreements": 3, "agreed": 3, "co_created": 3, "rate": 1.0},
+        "goals_achieved": {"total": 3, "by_domain": {"employment": 3}, "other_withheld": 0,
+                           "reversed": 3, "median_days_to_achievement": 10},
+        "small_wins": {"steps_completed": 3, "reversed": 3,
+                       "per_case_month": round(3 / case_months, 4)},
+        "reviews": {"due": 6, "held": 3, "on_time": 3, "not_held": 3, "on_time_rate": 0.5},
+    }
+
+
+async def test_an_agency_without_a_minimum_in_its_policy_withholds_below_5(
+        scene: Scene) -> None:
+    cm = CaseApi(scene.client, scene.token(sub="cm-1", agency="agency-c"))
+    for _ in range(4):
+        await cm.open_case()
+    _, four = await scene.outcomes("", agency="agency-c")
+    assert (four["min_cell"], four["cases_open"], four["case_months"]) == (5, None, None)
+    # the zeros stand: nothing else happened, and nobody is singled out by a zero
+    assert four["withheld"] == ["cases_open", "case_months", "small_wins.per_case_month"]
+    assert four["co_creation"] == {"agreements": 0, "agreed": 0, "co_created": 0, "rate": None}
+    await cm.open_case()
+    _, five = await scene.outcomes("", agency="agency-c")
+    assert (five["cases_open"], five["withheld"]) == (5, [])
+
+
+async def test_a_withheld_domain_is_not_named_and_the_total_does_not_give_it_away(
+        k3: Agency) -> None:
+    """Employment 3, education 4, housing 1 (k = 3). Housing alone would be the total less the
+    listed domains: the smallest listed domain joins it, unnamed, in other_withheld (4)."""
+    for domain, participants in (("employment", 3), ("education", 4), ("housing", 1)):
+        for _ in range(participants):
+            case_id = await k3.cm.open_case()
+            await _status(k3.cm, case_id, await k3.cm.goal(case_id, domain=domain), "achieved")
+    body = await k3.outcomes()
+    assert body["goals_achieved"] == {"total": 8, "by_domain": {"education": 4},
+                                      "other_withheld": 4, "reversed": 0,
+                                      "median_days_to_achievement": 0}
+    assert body["withheld"] == ["goals_achieved.by_domain"]
+    assert "housing" not in json.dumps(body)
+
+
+async def test_take_backs_of_earlier_achievements_show_no_count_below_zero(k3: Agency) -> None:
+    """Three goals achieved in March are taken back in April, when four others are achieved:
+    April nets housing 4, employment -3, total 1. A count below zero is withheld (shown, it
+    would give the total away: 4 - 3); housing stays listed, and with employment withheld
+    alone, other_withheld and the total are withheld too."""
+    march = []
+    for _ in range(3):
+        case_id = await k3.cm.open_case()
+        goal = await k3.cm.goal(case_id)
+        await _status(k3.cm, case_id, goal, "achieved")
+        march.append((case_id, goal))
+    k3.clock.advance(days=30)  # 1 April
+    for case_id, goal in march:
+        await _status(k3.cm, case_id, goal, "active", reason="the job offer fell through")
+    for _ in range(4):
+        case_id = await k3.cm.open_case()
+        await _status(k3.cm, case_id, await k3.cm.goal(case_id, domain="housing"), "achieved")
+    body = await k3.outcomes("?from=2026-04-01&to=2026-04-30")
+    assert body["goals_achieved"] == {"total": None, "by_domain": {"housing": 4},
+                                      "other_withheld": None, "reversed": 3,
+                                      "median_days_to_achievement": 0}
+    assert body["withheld"] == ["goals_achieved.by_domain", "goals_achieved.other_withheld",
+                                "goals_achieved.total"]
+    assert "employment" not in json.dumps(body)
+
+
+async def test_many_small_wins_of_one_participant_still_single_them_out(k3: Agency) -> None:
+    """Three cases open, one participant completes three steps: three wins, one person."""
+    cases = [await k3.cm.open_case() for _ in range(3)]
+    goal = await k3.cm.goal(cases[0])
+    for description in ("Call the agency", "Write a CV", "Visit the job centre"):
+        step = await k3.cm.step(cases[0], goal, description)
+        await k3.cm.call("POST", f"/v1/cases/{cases[0]}/steps/{step}/complete", {}, expect=200)
+    body = await k3.outcomes()
+    assert body["cases_open"] == 3
+    assert body["small_wins"] == {"steps_completed": None, "reversed": 0,
+                                  "per_case_month": None}
+    assert body["withheld"] == ["small_wins.steps_completed", "small_wins.per_case_month"]
+
+
+async def test_two_counts_shown_together_give_away_no_small_difference(k3: Agency) -> None:
+    """Five plans talked through, four agreed with the participant's goal: 5 and 4 side by
+    side would tell of the one participant who did not agree. Four reviews due, three held on
+    time: 4 and 3 would tell of the one not held. The wider count stays; the narrower ones,
+    and the rates built on them, are withheld."""
+    cases = []
+    for i in range(5):
+        case_id = await k3.cm.open_case(risk_level="high")
+        await k3.cm.goal(case_id)
+        await k3.cm.agree(case_id, outcome="agreed" if i < 4 else "did_not_agree")
+        cases.append(case_id)
+    k3.clock.advance(days=30)
+    for case_id in cases[:3]:
+        await _hold_review(k3.cm, case_id)
+    k3.clock.advance(days=1)
+    body = await k3.outcomes()
+    assert body["co_creation"] == {"agreements": 5, "agreed": None, "co_created": None,
+                                   "rate": None}
+    assert body["reviews"] == {"due": 4, "held": None, "on_time": None, "not_held": None,
+                               "on_time_rate": None}
+    assert body["withheld"] == [
+        "co_creation.agreed", "co_creation.co_created", "co_creation.rate", "reviews.held",
+        "reviews.on_time", "reviews.not_held", "reviews.on_time_rate"]

@@ -57,12 +57,12 @@ RELEASES = [
             ["0005_events_owner_privileges.sql", "0006_access_log_what.sql",
              "0007_access_log_commit_order.sql", "0008_outcome_review_due.sql",
              "0009_drop_events_stream_time.sql", "0010_overdue_steps_of_active_goals.sql",
-             "0011_outcome_facts_local_days_and_goals.sql"],
+             "0011_outcome_facts_local_days_and_goals.sql", "0012_caseload_by_review.sql"],
             ["0005_cause_recorded_at.sql", "0006_step_owner.sql", "0007_directory_kinds.sql"],
             {"review_due", "step_uncompleted"}),
     Release("release-2026-12-06-tenth-session",
             ["0010_overdue_steps_of_active_goals.sql",
-             "0011_outcome_facts_local_days_and_goals.sql"],
+             "0011_outcome_facts_local_days_and_goals.sql", "0012_caseload_by_review.sql"],
             ["0006_step_owner.sql", "0007_directory_kinds.sql"], set()),
 ]
 
@@ -235,10 +235,11 @@ async def test_a_rebuild_changes_only_what_the_release_notes_say_needs_one(
 
 async def test_analytics_after_the_upgrade_and_rebuild_match_the_record_and_a_second_rebuild(
         old_database_url: str, old_pool: asyncpg.Pool, make_records_client: ClientFactory,
-        token: TokenFactory) -> None:
+        token: TokenFactory, tmp_path: Path) -> None:
     await migrate_records(old_database_url)
     await rebuild_projections(old_pool)
-    client = await make_records_client(old_database_url)
+    (tmp_path / "agency-a.json").write_text('{"analytics_min_cell": 1}')  # every figure exact
+    client = await make_records_client(old_database_url, CASETRAIL_POLICY_DIR=str(tmp_path))
     auth = bearer(token(role="analyst", sub="an-1", agency="agency-a"))
     query = "/v1/analytics/outcomes?from=2026-01-01&to=2026-12-31"
     first = await (await client.get(query, headers=auth)).json()

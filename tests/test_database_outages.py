@@ -230,8 +230,9 @@ async def test_an_instance_listens_again_once_its_database_connection_is_back(
 async def test_a_write_waiting_too_long_on_a_lock_is_a_503_saying_so(
         fresh_database_url: str, make_records_client: ClientFactory,
         token: TokenFactory) -> None:
-    """A rebuild holds the projections for its whole run: a write waiting longer than the
-    command timeout is told the database did not answer in time (not that it is down)."""
+    """Anything holding the projections (an operator's lock, a rebuild's last transaction
+    held up): a write waiting longer than the command timeout is told the database did not
+    answer in time (not that it is down)."""
     client = await make_records_client(fresh_database_url, CASETRAIL_DB_COMMAND_TIMEOUT=1)
     cm = CaseApi(client, token())
     case_id = await cm.open_case()

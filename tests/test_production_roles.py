@@ -196,7 +196,7 @@ async def test_every_capability_works_as_the_records_role(
             response = await client.get(path, headers=supervisor)
             assert response.status == 200, (path, await response.text())
         outcomes = await (await client.get("/v1/analytics/outcomes", headers=supervisor)).json()
-        assert outcomes["goals_achieved"]["total"] == 1
+        assert "goals_achieved.total" in outcomes["withheld"]  # 1, under the default k of 5
         service = bearer(token(role="service", sub="notifier"))
         feed = await client.get("/v1/events?wait=0", headers=service)
         assert feed.status == 200, await feed.text()

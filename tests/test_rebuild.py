@@ -158,7 +158,10 @@ async def play(database_url: str, cases: list[list[Move]]) -> tuple[set[str], in
     return accepted, refused
 
 
-async def snapshot(pool: asyncpg.Pool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+Rows = list[dict[str, Any]]
+
+
+async def snapshot(pool: asyncpg.Pool | asyncpg.Connection) -> tuple[Rows, Rows]:
     """The plans, and the outcome facts."""
     rows = await pool.fetch("SELECT * FROM records.plans ORDER BY case_id")
     facts = await pool.fetch("SELECT * FROM records.outcome_facts ORDER BY event_id")

@@ -3,11 +3,12 @@
 A file overrides what it names and keeps the defaults for the rest, in the shape of the
 ``policy`` recorded in ``CaseOpened``::
 
-    {"max_active_goals": 2, "review_interval_days": {"high": 14}, "timezone": "America/Chicago"}
+    {"max_active_goals": 2, "review_interval_days": {"high": 14}, "timezone": "America/Chicago",
+     "analytics_min_cell": 11}
 
 An agency without a file gets the defaults (3 active goals; reviews after 30, 60, 90 days for
-high, moderate, low risk). A case is held to the policy in force when it was opened
-(docs/decisions/0102-agency-policy.md).
+high, moderate, low risk; analytics withhold counts under 5). A case is held to the policy in
+force when it was opened (docs/decisions/0102-agency-policy.md).
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ class PolicyFile(_PolicyFilePart):
     max_active_goals: int = Field(DEFAULT_POLICY.max_active_goals, ge=1, le=20)
     review_interval_days: ReviewIntervalDays = ReviewIntervalDays()
     timezone: TimeZoneName = DEFAULT_POLICY.timezone
+    analytics_min_cell: int = Field(DEFAULT_POLICY.analytics_min_cell, ge=1, le=100)
 
     def to_policy(self) -> AgencyPolicy:
         days = self.review_interval_days
         return AgencyPolicy(max_active_goals=self.max_active_goals, review_days_high=days.high,
                             review_days_moderate=days.moderate, review_days_low=days.low,
-                            timezone=self.timezone)
+                            timezone=self.timezone,
+                            analytics_min_cell=self.analytics_min_cell)
 
 
 class AgencyPolicies:

@@ -14,6 +14,7 @@ import asyncpg
 
 from schemas import api
 from schemas.events import NoteAdded
+from schemas.queries import MAX_EVENTS_LISTED, CaseloadCursor, CaseloadOrder
 from services.common.auth import Principal
 from services.common.jsonenc import encode_json
 from services.records.application.access import (
@@ -33,6 +34,7 @@ from services.records.application.cases import history_entry
 from services.records.application.policy import AgencyPolicies
 from services.records.chain import ChainReport
 from services.records.domain import PlanState, plan_json
+from services.records.domain.state import NoteState
 from services.records.domain.view import note_document
 from services.records.export.fhir import FhirWriter
 from services.records.export.formats import ExportFormat, ExportHeader, ExportWriter
@@ -156,21 +158,28 @@ class CaseQueries:
 
     async def diff(self, who: Principal, case_id: UUID, from_version: int, to_version: int,
                    request_id: str | None = None) -> api.DiffView:
+        """Every change between the two versions, and the events between up to a history
+        page's maximum. The stream is folded page by page: a diff near the end of a long
+        history held the whole of it in memory at once."""
         _, window = await self._allow(
             who, case_id, Action.AUDIT,
             f"diff from_version={from_version} to_version={to_version}", request_id)
         if window is not None:
             check_diff_in_window(window, from_version, to_version)
-        events = await self._store.read_stream(case_id, up_to_version=to_version)
-        if not events or events[-1].version < to_version:
-            raise VersionOutOfRange(events[-1].version if events else 0, "to_version",
-                                    to_version)
-        before = fold_recorded(events[:from_version])
-        old, new = plan_documents_around(before, events[from_version:])
+        plans = PlanAcross(await self._state_at(case_id, from_version))
+        listed: list[RecordedEvent] = []
+        async for events in self._export_pages(case_id, from_version + 1, to_version):
+            plans.add(events)
+            listed += events[:MAX_EVENTS_LISTED - len(listed)]
+        if plans.version < to_version:
+            raise VersionOutOfRange(plans.version, "to_version", to_version)
+        old, new = plans.documents()
+        truncated = len(listed) < to_version - from_version
         return api.DiffView.model_validate({
             "case_id": case_id, "from_version": from_version, "to_version": to_version,
             "changes": diff_documents(old, new),
-            "events": [history_entry(e) for e in events[from_version:]]})
+            "events": [history_entry(e) for e in listed], "events_truncated": truncated,
+            "next_after_version": listed[-1].version if truncated else None})
 
     async def verify(self, who: Principal, case_id: UUID,
                      request_id: str | None = None) -> ChainReport:
@@ -228,12 +237,16 @@ class CaseQueries:
         yield writer.trailer(self._signer)
 
     async def _view_at(self, case_id: UUID, version: int) -> dict[str, Any]:
-        """The plan's view at ``version``, folded page by page."""
+        state = await self._state_at(case_id, version)
+        assert state is not None  # a visible case has its opening event
+        return dict(json.loads(plan_json(state)))
+
+    async def _state_at(self, case_id: UUID, version: int) -> PlanState | None:
+        """The plan's state at ``version`` (None at 0), folded page by page."""
         state = None
         async for events in self._export_pages(case_id, 1, version):
             state = fold_recorded(events, state)
-        assert state is not None  # a visible case has its opening event
-        return dict(json.loads(plan_json(state)))
+        return state
 
     async def _pdf_chunks(self, header: ExportHeader, case_id: UUID, first: int,
                           last: int) -> AsyncGenerator[bytes, None]:
@@ -272,23 +285,27 @@ class CaseQueries:
                 "checkpoint": reached.encode()}
 
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
-                       review_due_before: date | None, after: UUID | None, limit: int,
+                       review_due_before: date | None, order: CaseloadOrder,
+                       after: CaseloadCursor | None, limit: int,
                        request_id: str | None = None) -> api.CaseloadPage:
         manager = authorize_listing(who, case_manager)
         rows = await list_caseload(self._pool, CaseloadFilter(
             who.agency, manager, status, review_due_before,
-            self._policies.for_agency(who.agency).date_at(self._clock()), after,
+            self._policies.for_agency(who.agency).date_at(self._clock()), order, after,
             limit + 1))
-        page, more = rows[:limit], len(rows) > limit
+        cases = [api.CaseSummary.model_validate(row) for row in rows[:limit]]
         if is_audited_read(who):  # a listing shows each case's participant and progress
             asked = {"case_manager": case_manager, "status": status,
-                     "review_due_before": review_due_before}
+                     "review_due_before": review_due_before,
+                     "order": order if order != "case_id" else None}
             what = " ".join(["caseload", *(f"{k}={v}" for k, v in asked.items() if v)])
             await record_reads(self._pool, [
-                self._entry(who, row["case_id"], Action.LIST, what, request_id)
-                for row in page])
-        return api.CaseloadPage(cases=[api.CaseSummary.model_validate(row) for row in page],
-                                next_after=page[-1]["case_id"] if more else None)
+                self._entry(who, case.case_id, Action.LIST, what, request_id)
+                for case in cases])
+        last = CaseloadCursor(cases[-1].case_id, cases[-1].next_review_due) \
+            if len(rows) > limit else None
+        return api.CaseloadPage(cases=cases,
+                                next_after=last.encode(order) if last is not None else None)
 
 
 class ExportTooLarge(Exception):
@@ -313,23 +330,37 @@ class VersionOutOfRange(Exception):
         self.parameter = parameter  # the query parameter that asked for too much
 
 
-def plan_documents_around(before: PlanState | None,
-                          events: list[RecordedEvent]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The plan before and after ``events`` as JSON documents to diff ({} before the case
-    opened). The plan shows only the most recent notes, and notes are never removed: so
-    ``recent_notes`` holds, after, every note the events added (also those pushed out of the
-    recent ones since) and, before, none; a note leaving the recent ones is no change."""
-    after, added = before, []
-    for payload, _, after in replay(events, before):
-        if isinstance(payload, NoteAdded):
-            added += [note for note in after.notes if note.note_id == payload.note_id]
-    assert after is not None  # the events of a diff are never empty
-    old: dict[str, Any] = json.loads(plan_json(before)) if before is not None else {}
-    new: dict[str, Any] = json.loads(plan_json(after))
-    if old:
-        old["recent_notes"] = []
-    new["recent_notes"] = json.loads(encode_json([note_document(n) for n in added]))
-    return old, new
+class PlanAcross:
+    """The plan before and after a range of events, fed in pages, as JSON documents to diff
+    ({} before the case opened). The plan shows only the most recent notes, and notes are
+    never removed: so ``recent_notes`` holds, after, every note the events added (also those
+    pushed out of the recent ones since) and, before, none; a note leaving the recent ones is
+    no change."""
+
+    def __init__(self, before: PlanState | None) -> None:
+        self._before = self._after = before
+        self._added: list[NoteState] = []
+
+    def add(self, events: list[RecordedEvent]) -> None:
+        for payload, _, state in replay(events, self._after):
+            self._after = state
+            if isinstance(payload, NoteAdded):
+                self._added += [note for note in state.notes if note.note_id == payload.note_id]
+
+    @property
+    def version(self) -> int:
+        """The last version folded (0: none)."""
+        return self._after.version if self._after is not None else 0
+
+    def documents(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        assert self._after is not None  # the events of a diff are never empty
+        old: dict[str, Any] = json.loads(plan_json(self._before)) \
+            if self._before is not None else {}
+        new: dict[str, Any] = json.loads(plan_json(self._after))
+        if old:
+            old["recent_notes"] = []
+        new["recent_notes"] = json.loads(encode_json([note_document(n) for n in self._added]))
+        return old, new
 
 
 # The plan's lists of items and the key naming each item: a diff matches items by it. (Read

@@ -18,10 +18,15 @@ class AgencyPolicy:
     review_days_moderate: int = 60
     review_days_low: int = 90
     timezone: str = "UTC"  # IANA name: the agency's dates are days there
+    # analytics withhold a count that fewer participants stand behind (decision 0011); the
+    # agency's current choice, never snapshotted: it governs answers, not a case's rules
+    analytics_min_cell: int = 5
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_active_goals <= 20:
             raise ValueError("max_active_goals must be between 1 and 20")
+        if not 1 <= self.analytics_min_cell <= 100:
+            raise ValueError("analytics_min_cell must be between 1 and 100")
         for days in (self.review_days_high, self.review_days_moderate, self.review_days_low):
             if not 1 <= days <= 366:
                 raise ValueError("review intervals must be between 1 and 366 days")

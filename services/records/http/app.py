@@ -86,11 +86,12 @@ async def migrate(database_url: str) -> list[str]:
     return applied
 
 
-async def rebuild_projections(database_url: str) -> rebuild.RebuildStats:
+async def rebuild_projections(database_url: str,
+                              on_wait: rebuild.OnWait = rebuild.quietly) -> rebuild.RebuildStats:
     await migrate(database_url)
     pool = await create_pool(database_url, max_size=2, command_timeout=None)  # may be long
     try:
-        return await rebuild.rebuild_projections(pool)
+        return await rebuild.rebuild_projections(pool, on_wait=on_wait)
     finally:
         await pool.close()
 

@@ -236,8 +236,8 @@ async def list_cases(request: web.Request) -> web.Response:
     query = parse_query(request, CaseloadQuery)
     page = await records(request).queries.caseload(
         principal(request), case_manager=query.case_manager, status=query.status,
-        review_due_before=query.review_due_before, after=query.after, limit=query.limit,
-        request_id=request.get(REQUEST_ID_KEY))
+        review_due_before=query.review_due_before, order=query.order, after=query.cursor(),
+        limit=query.limit, request_id=request.get(REQUEST_ID_KEY))
     return json_response(page)
 
 

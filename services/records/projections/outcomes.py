@@ -6,7 +6,8 @@ days since it was set) or taken back from achieved, a small win (a completed ste
 taken back, a review
 held (on time or not), and the case opening, closing and reopening (for case-months). Written
 in the same transaction as the events (a co-write) and rebuilt from them with the plans. All
-SQL touching ``records.outcome_facts`` lives here.
+SQL touching ``records.outcome_facts`` lives here, but for the rebuild's swap
+(``projections/shadow.py``).
 """
 
 from __future__ import annotations
@@ -22,17 +23,25 @@ import asyncpg
 from schemas import events as ev
 from services.records.domain import PlanState
 from services.records.projections.plans import Step
+from services.records.projections.shadow import Projection
 from services.records.store.events import CoWrite
 
 _COLUMNS = ("event_id, case_id, version, agency, kind, occurred_on, domain, days, agreed,"
             " co_created, on_time, review_id, due_on, goal_id")
-_INSERT_ROWS = f"""
-INSERT INTO records.outcome_facts ({_COLUMNS})
+
+
+def _insert_into(table: str) -> str:
+    """Facts into ``table`` (the facts, or a rebuild's shadow of them), given as one JSON
+    array of rows in $1."""
+    return f"""
+INSERT INTO {table} ({_COLUMNS})
 SELECT * FROM jsonb_to_recordset($1::jsonb) AS f(event_id uuid, case_id uuid, version int,
     agency text, kind text, occurred_on date, domain text, days int, agreed boolean,
     co_created boolean, on_time boolean, review_id uuid, due_on date, goal_id uuid)"""
+
+
+_INSERT_ROWS = _insert_into("records.outcome_facts")
 _ON_CONFLICT = "\nON CONFLICT (event_id) DO NOTHING"
-_INSERT = _INSERT_ROWS + _ON_CONFLICT
 # As the co-write of a batch of appends: only the facts of cases whose append succeeded.
 _INSERT_WHEN_APPENDED = _INSERT_ROWS + "\nWHERE f.case_id IN {appended}" + _ON_CONFLICT
 
@@ -134,16 +143,8 @@ def facts_insert(facts: list[OutcomeFact]) -> list[CoWrite]:
     return [CoWrite(_INSERT_WHEN_APPENDED, asdict(fact)) for fact in facts]
 
 
-async def insert_facts(conn: asyncpg.Connection, rows: bytes) -> None:
-    """Write facts given as a JSON array of rows (the rebuild)."""
-    await conn.execute(_INSERT, rows.decode())
-
-
-async def clear_facts(conn: asyncpg.Connection) -> None:
-    """EXCLUSIVE, as ``clear_plans``: appends wait for the rebuild, analytics go on reading
-    the old facts until it commits."""
-    await conn.execute("LOCK TABLE records.outcome_facts IN EXCLUSIVE MODE")
-    await conn.execute("DELETE FROM records.outcome_facts")
+# What a rebuild writes to (projections/shadow.py).
+FACTS = Projection("records.outcome_facts", "event_id", _insert_into)
 
 
 async def load_facts(pool: asyncpg.Pool, agency: str, since: date,
@@ -162,6 +163,7 @@ async def load_facts(pool: asyncpg.Pool, agency: str, since: date,
 class DueReview:
     """A review as it stands today: when it is due, and whether it was held (on time)."""
 
+    case_id: UUID  # who the figure rests on: analytics count participants, never name them
     due_on: date
     held: bool
     on_time: bool
@@ -178,7 +180,8 @@ async def load_due_reviews(pool: asyncpg.Pool, agency: str, since: date,
             SELECT DISTINCT ON (review_id) review_id, case_id, version, due_on
             FROM records.outcome_facts WHERE agency = $1 AND kind = 'review_due'
             ORDER BY review_id, version DESC)
-        SELECT l.due_on, h.event_id IS NOT NULL AS held, coalesce(h.on_time, false) AS on_time
+        SELECT l.case_id, l.due_on, h.event_id IS NOT NULL AS held,
+               coalesce(h.on_time, false) AS on_time
         FROM latest l
         LEFT JOIN records.outcome_facts h
             ON h.agency = $1 AND h.review_id = l.review_id AND h.kind = 'review_held'
@@ -188,4 +191,4 @@ async def load_due_reviews(pool: asyncpg.Pool, agency: str, since: date,
             WHERE c.case_id = l.case_id AND c.kind = 'case_closed' AND c.version > l.version
               AND c.occurred_on <= l.due_on AND (h.version IS NULL OR c.version < h.version))
         """, agency, since, until)
-    return [DueReview(r["due_on"], r["held"], r["on_time"]) for r in rows]
+    return [DueReview(**dict(row)) for row in rows]

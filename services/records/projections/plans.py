@@ -1,7 +1,8 @@
 """The current-plan projection (one row per case), which is also the caseload index.
 
 Written in the same transaction as the events it reflects (read-your-writes) and rebuilt from
-the events by ``projections.rebuild``. All SQL touching ``records.plans`` lives here.
+the events by ``projections.rebuild``. All SQL touching ``records.plans`` lives here, but for
+the rebuild's swap, which ``projections/shadow.py`` does alike for every projection table.
 """
 
 from __future__ import annotations
@@ -16,19 +17,27 @@ from uuid import UUID
 import asyncpg
 
 from schemas.events import EventPayload, parse_event
+from schemas.queries import CaseloadCursor, CaseloadOrder
 from services.records.domain import PlanState, evolve, plan_document
+from services.records.projections.shadow import Projection
 from services.records.store.events import CoWrite, RecordedEvent
 
 _COLUMNS = ("case_id, agency, version, status, case_manager, risk_level, participant_name,"
             " next_review_due, open_step_due_dates, active_goals, opened_at, updated_at, view")
 
-# Plan rows arrive as one JSON array (an object per case) in $1.
-_INSERT_ROWS = f"""
-INSERT INTO records.plans ({_COLUMNS})
+
+def _insert_into(table: str) -> str:
+    """Plan rows into ``table`` (the plans, or a rebuild's shadow of them), given as one JSON
+    array (an object per case) in $1."""
+    return f"""
+INSERT INTO {table} ({_COLUMNS})
 SELECT * FROM jsonb_to_recordset($1::jsonb) AS p(case_id uuid, agency text, version int,
     status text, case_manager text, risk_level text, participant_name text,
     next_review_due date, open_step_due_dates date[], active_goals int,
     opened_at timestamptz, updated_at timestamptz, view jsonb)"""
+
+
+_INSERT_ROWS = _insert_into("records.plans")
 _ON_CONFLICT = """
 ON CONFLICT (case_id) DO UPDATE SET
     agency = EXCLUDED.agency, version = EXCLUDED.version, status = EXCLUDED.status,
@@ -38,8 +47,7 @@ ON CONFLICT (case_id) DO UPDATE SET
     opened_at = EXCLUDED.opened_at, updated_at = EXCLUDED.updated_at, view = EXCLUDED.view
 WHERE records.plans.version < EXCLUDED.version
 """
-_UPSERT = _INSERT_ROWS + _ON_CONFLICT
-# The same upsert as the co-write of a batch of appends: only the cases whose append succeeded.
+# The co-write of a batch of appends: only the cases whose append succeeded.
 _UPSERT_WHEN_APPENDED = _INSERT_ROWS + "\nWHERE p.case_id IN {appended}" + _ON_CONFLICT
 
 _OPEN_STEP = {"not_started", "in_progress"}
@@ -100,24 +108,51 @@ class CaseloadFilter:
     status: str | None
     review_due_before: date | None
     today: date
-    after_case_id: UUID | None
+    order: CaseloadOrder
+    after: CaseloadCursor | None
     limit: int
 
 
+# The review order's sort key: no review sorts after every date. Written exactly as migration
+# 0012's indexes are, so that a page reads one index range in order.
+_REVIEW_KEY = "coalesce(next_review_due, 'infinity'::date)"
+_ORDER_BY = {"case_id": "case_id", "next_review": f"{_REVIEW_KEY}, case_id"}
+
+
+def caseload_statement(query: CaseloadFilter) -> tuple[str, list[Any]]:
+    """The listing's SQL and arguments. Only the filters asked for are in it, so that even a
+    prepared statement's generic plan reads the index for them."""
+    args: list[Any] = [query.today, query.agency]
+    where = ["agency = $2"]
+
+    def condition(sql: str, *values: Any) -> None:
+        where.append(sql.format(*(f"${len(args) + n}" for n in range(1, len(values) + 1))))
+        args.extend(values)
+
+    if query.case_manager is not None:
+        condition("case_manager = {}", query.case_manager)
+    if query.status is not None:
+        condition("status = {}", query.status)
+    if query.review_due_before is not None:
+        condition(f"{_REVIEW_KEY} < {{}}", query.review_due_before)
+    if query.after is not None and query.order == "next_review":
+        condition(f"({_REVIEW_KEY}, case_id) > (coalesce({{}}::date, 'infinity'::date), {{}})",
+                  query.after.review_due, query.after.case_id)
+    elif query.after is not None:
+        condition("case_id > {}", query.after.case_id)
+    args.append(query.limit)
+    return ("SELECT case_id, version, status, case_manager, risk_level, participant_name,"
+            " next_review_due, active_goals, updated_at,"
+            " (SELECT count(*) FROM unnest(open_step_due_dates) d WHERE d < $1) AS overdue_steps"
+            f" FROM records.plans WHERE {' AND '.join(where)}"
+            f" ORDER BY {_ORDER_BY[query.order]} LIMIT ${len(args)}", args)
+
+
 async def list_caseload(pool: asyncpg.Pool, query: CaseloadFilter) -> list[dict[str, Any]]:
-    """One page of cases (by case id), each with next review due and overdue step count."""
-    rows = await pool.fetch(
-        "SELECT case_id, version, status, case_manager, risk_level, participant_name,"
-        " next_review_due, active_goals, updated_at,"
-        " (SELECT count(*) FROM unnest(open_step_due_dates) d WHERE d < $5) AS overdue_steps"
-        " FROM records.plans WHERE agency = $1"
-        " AND ($2::text IS NULL OR case_manager = $2)"
-        " AND ($3::text IS NULL OR status = $3)"
-        " AND ($4::date IS NULL OR next_review_due < $4)"
-        " AND ($6::uuid IS NULL OR case_id > $6)"
-        " ORDER BY case_id LIMIT $7",
-        query.agency, query.case_manager, query.status, query.review_due_before, query.today,
-        query.after_case_id, query.limit)
+    """One page of cases in ``query.order``, each with next review due and overdue step
+    count."""
+    sql, args = caseload_statement(query)
+    rows = await pool.fetch(sql, *args)
     return [{
         "case_id": str(r["case_id"]), "version": r["version"], "status": r["status"],
         "case_manager": r["case_manager"], "risk_level": r["risk_level"],
@@ -154,15 +189,5 @@ def fold_recorded(events: list[RecordedEvent], state: PlanState | None = None) -
     return folded
 
 
-async def clear_plans(conn: asyncpg.Connection) -> None:
-    """Empty the plans for a rebuild in ``conn``'s transaction. EXCLUSIVE, not ACCESS
-    EXCLUSIVE: appends wait for the rebuild, but reads go on seeing the old rows until it
-    commits (with ACCESS EXCLUSIVE every plan read and caseload listing waited for the whole
-    rebuild, and answered 503 once it took longer than the command timeout)."""
-    await conn.execute("LOCK TABLE records.plans IN EXCLUSIVE MODE")
-    await conn.execute("DELETE FROM records.plans")
-
-
-async def upsert_plans(conn: asyncpg.Connection, rows: bytes) -> None:
-    """Write plan rows given as a JSON array (the rebuild)."""
-    await conn.execute(_UPSERT, rows.decode())
+# What a rebuild writes to (projections/shadow.py).
+PLANS = Projection("records.plans", "case_id", _insert_into)

@@ -1,17 +1,57 @@
-"""Rebuilding every projection from the events: `casetrail rebuild-projections`."""
+"""Rebuilding every projection from the events while writes go on: `casetrail rebuild-projections`.
+
+The plans and the outcome facts are folded into shadows of them (``projections/shadow.py``)
+in two phases (decision 0014):
+
+1. Unlocked: every stream is folded, a batch of streams at a time, each batch read in one
+   statement, keeping the version each stream was folded to. Appends go on meanwhile, so
+   the streams that moved are folded again, round after round, until a round finds little
+   to do (or ``ROUNDS`` have passed: writes may outpace the folding).
+2. Locked, briefly, in one transaction: the live tables EXCLUSIVE (reads go on with the old
+   rows, appends wait), the streams whose head moved since their fold folded again, and the
+   live rows made the shadows'. The lock is waited for ``LOCK_WAIT`` at most: a transaction
+   that holds a live table (an append stuck in flight, an open psql session) would otherwise
+   keep every append queued behind the rebuild's request; the rebuild steps aside instead,
+   catches up again and tries once more.
+
+The live tables change only in phase 2's transaction: an interrupted rebuild leaves them as
+they were, a finished one as rebuilt, never half of either.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
 from schemas.events import EventDecodeError
 from services.common.jsonenc import encode_json
-from services.records.projections.outcomes import clear_facts, facts_of, insert_facts
-from services.records.projections.plans import clear_plans, plan_row, replay, upsert_plans
-from services.records.store.events import every_stream
+from services.records.projections.outcomes import FACTS, facts_of
+from services.records.projections.plans import PLANS, plan_row, replay
+from services.records.store.events import stream_heads, streams_of
+
+PROJECTIONS = (PLANS, FACTS)
+# Events folded per batch: bounds a batch's memory (one case may hold thousands of events),
+# and the work left for phase 2: a round that folds fewer ends phase 1.
+BATCH_EVENTS = 5_000
+ROUNDS = 5
+LOCK_WAIT = 0.5  # seconds: the longest an append waits on the rebuild's lock request
+# Two rebuilds of one database take turns (advisory locks are per database).
+_TURN = int.from_bytes(hashlib.sha256(b"casetrail-rebuild-projections").digest()[:8], "big",
+                       signed=True)
+
+
+OnWait = Callable[[str], None]  # told why, when the rebuild waits
+
+
+def quietly(why: str) -> None:
+    """Waits unannounced."""
 
 
 @dataclass(frozen=True)
@@ -20,46 +60,130 @@ class RebuildStats:
     cases: int
 
 
-class UnreadableStream(Exception):
-    """A case holds an event this code cannot decode; nothing was rebuilt."""
+class NothingRebuilt(Exception):
+    """The rebuild stopped before changing anything, for the reason given."""
 
 
-async def rebuild_projections(pool: asyncpg.Pool, batch_size: int = 500) -> RebuildStats:
-    """Recompute the plans and the outcome facts from the events, atomically: readers see the
-    old projections or the new, never half of either.
-
-    The table locks make concurrent appends wait for the rebuild to commit; their own writes
-    then land on top (a plan row carries the newer version; a fact is keyed by its event).
-    Reads (plans, caseloads, analytics) go on answering from the old rows meanwhile: both
-    locks are EXCLUSIVE, which readers pass.
-    """
-    events = cases = 0
-    async with pool.acquire() as conn, conn.transaction():
-        await clear_plans(conn)
-        await clear_facts(conn)
-        plans: list[dict[str, Any]] = []
-        facts: list[dict[str, Any]] = []
-        async for stream in every_stream(conn):
-            try:
-                steps = list(replay(stream))
-            except EventDecodeError as error:
-                raise UnreadableStream(f"case {stream[0].stream_id}: {error}") from error
-            events += len(stream)
-            if not steps:
-                continue
-            plans.append(plan_row(steps[-1][2]))
-            facts += [asdict(fact) for fact in facts_of(steps)]
-            cases += 1
-            if len(plans) >= batch_size or len(facts) >= batch_size:
-                await _write(conn, plans, facts)
-                plans, facts = [], []
-        await _write(conn, plans, facts)
-    return RebuildStats(events, cases)
+class UnreadableStream(NothingRebuilt):
+    """A case holds an event this code cannot decode."""
 
 
-async def _write(conn: asyncpg.Connection, plans: list[dict[str, Any]],
-                 facts: list[dict[str, Any]]) -> None:
-    if plans:
-        await upsert_plans(conn, encode_json(plans))
-    if facts:
-        await insert_facts(conn, encode_json(facts))
+async def rebuild_projections(pool: asyncpg.Pool, *, batch_events: int = BATCH_EVENTS,
+                              on_wait: OnWait = quietly) -> RebuildStats:
+    """Recompute the plans and the outcome facts from the events; appends wait only for
+    phase 2. ``on_wait`` is told why, whenever the rebuild waits: for another rebuild of the
+    same database to finish (rebuilds take turns), or for a transaction holding the live
+    tables to end."""
+    folded: dict[UUID, int] = {}  # stream: the version its shadow rows were folded to
+    async with _session(pool, on_wait) as conn:
+        for _ in range(ROUNDS):
+            if await _catch_up(conn, folded, batch_events) < batch_events:
+                break
+        while not await _swap_in(conn, folded, batch_events):
+            on_wait("a transaction holds the projection tables; the rebuild lets the writes"
+                    " waiting behind it go first and tries again")
+            await asyncio.sleep(LOCK_WAIT)
+            await _catch_up(conn, folded, batch_events)
+    return RebuildStats(events=sum(folded.values()), cases=len(folded))
+
+
+async def _swap_in(conn: asyncpg.Connection, folded: dict[UUID, int],
+                   batch_events: int) -> bool:
+    """Phase 2; False, having changed nothing, when the live tables were not locked within
+    ``LOCK_WAIT``."""
+    caught_up = dict(folded)  # the shadows' changes roll back with the transaction; so must this
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = {int(LOCK_WAIT * 1000)}")
+            for projection in PROJECTIONS:
+                await projection.lock(conn)
+            await _catch_up(conn, caught_up, batch_events)
+            for projection in PROJECTIONS:
+                await projection.swap_in(conn)
+    except asyncpg.LockNotAvailableError:
+        return False
+    folded.update(caught_up)
+    return True
+
+
+@contextlib.asynccontextmanager
+async def _session(pool: asyncpg.Pool, on_wait: OnWait) -> AsyncIterator[asyncpg.Connection]:
+    """A connection holding the rebuild's turn and its shadows, both session state that
+    PostgreSQL drops with the session: closed, not handed back to the pool, when the rebuild
+    fails or is interrupted, so that none of it outlives the rebuild."""
+    async with pool.acquire() as conn:
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _TURN):
+                on_wait("another rebuild of this database is running; this one waits for it"
+                        " to finish, then rebuilds")
+                await conn.execute("SELECT pg_advisory_lock($1)", _TURN)
+            await _create_shadows(conn)
+            yield conn
+            for projection in PROJECTIONS:
+                await projection.drop_shadow(conn)
+            await conn.execute("SELECT pg_advisory_unlock($1)", _TURN)
+        except BaseException:
+            conn.terminate()
+            raise
+
+
+async def _create_shadows(conn: asyncpg.Connection) -> None:
+    try:
+        for projection in PROJECTIONS:
+            await projection.create_shadow(conn)
+    except asyncpg.InsufficientPrivilegeError as error:
+        raise NothingRebuilt(f"{error}; the rebuild folds into temporary tables: grant"
+                             " TEMPORARY on the database to this role") from error
+
+
+async def _catch_up(conn: asyncpg.Connection, folded: dict[UUID, int],
+                    batch_events: int) -> int:
+    """Fold every stream whose head is not at the version it was folded to (the first time,
+    every stream); the events folded."""
+    heads = await stream_heads(conn)
+    behind = [stream_id for stream_id, version in sorted(heads.items())
+              if folded.get(stream_id) != version]
+    events = 0
+    for batch in _batches(behind, heads, batch_events):
+        events += await _fold(conn, batch, folded)
+    return events
+
+
+def _batches(stream_ids: list[UUID], heads: dict[UUID, int],
+             batch_events: int) -> Iterator[list[UUID]]:
+    batch: list[UUID] = []
+    size = 0
+    for stream_id in stream_ids:
+        batch.append(stream_id)
+        size += heads[stream_id]
+        if size >= batch_events:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+async def _fold(conn: asyncpg.Connection, stream_ids: list[UUID],
+                folded: dict[UUID, int]) -> int:
+    """Fold these streams, as they are now, into the shadows, in place of an earlier fold's
+    rows; the events folded."""
+    plans: list[dict[str, Any]] = []
+    facts: list[dict[str, Any]] = []
+    events = 0
+    for stream in await streams_of(conn, stream_ids):
+        try:
+            steps = list(replay(stream))
+        except EventDecodeError as error:
+            raise UnreadableStream(f"case {stream[0].stream_id}: {error}") from error
+        plans.append(plan_row(steps[-1][2]))
+        facts += [vars(fact) for fact in facts_of(steps)]  # asdict's deep copies took 30%
+        events += len(stream)
+    again = [stream_id for stream_id in stream_ids if stream_id in folded]
+    async with conn.transaction():
+        for projection, rows in ((PLANS, plans), (FACTS, facts)):
+            if again:
+                await projection.forget(conn, again)
+            if rows:
+                await projection.write_shadow(conn, encode_json(rows))
+    folded.update((row["case_id"], row["version"]) for row in plans)
+    return events

@@ -541,19 +541,21 @@ class EventStore:
         return verify_links(e.link() for e in events)
 
 
-async def every_stream(conn: asyncpg.Connection) -> AsyncIterator[list[RecordedEvent]]:
-    """Every stream's events, one stream at a time, read with a server-side cursor.
+async def stream_heads(db: Executor) -> dict[UUID, int]:
+    """Every stream's head version: how far a rebuild must fold it."""
+    rows = await db.fetch("SELECT stream_id, version FROM records.streams")
+    return {row["stream_id"]: row["version"] for row in rows}
 
-    Takes a connection, not the pool: a cursor lives inside its caller's transaction.
-    """
-    current: list[RecordedEvent] = []
-    async for row in conn.cursor(
-            f"SELECT {_EVENT_COLUMNS} FROM records.events ORDER BY stream_id, version",
-            prefetch=2000):
+
+async def streams_of(db: Executor, stream_ids: Sequence[UUID]) -> list[list[RecordedEvent]]:
+    """The events of ``stream_ids``, read in one statement (so as of one moment), one list per
+    stream in stream id order."""
+    streams: list[list[RecordedEvent]] = []
+    for row in await db.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM records.events WHERE stream_id = ANY($1::uuid[])"
+            " ORDER BY stream_id, version", stream_ids):
         event = _recorded(row)
-        if current and current[0].stream_id != event.stream_id:
-            yield current
-            current = []
-        current.append(event)
-    if current:
-        yield current
+        if not streams or streams[-1][0].stream_id != event.stream_id:
+            streams.append([])
+        streams[-1].append(event)
+    return streams
