@@ -200,3 +200,13 @@ def postgres_of(pgdata: Path) -> list[int]:
     return [p.pid for p in psutil.process_iter(["name", "cmdline"])
             if p.info["name"] == "postgres"
             and str(pgdata.resolve()) in " ".join(p.info["cmdline"] or [])]
+
+
+async def wait_until(pool: asyncpg.Pool, condition: str, *args: object) -> None:
+    """Wait (up to 20 s) until the SQL ``condition`` holds: another session got as far as a
+    lock, a table appeared or went."""
+    for _ in range(400):
+        if await pool.fetchval(condition, *args):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: {condition} {args}")

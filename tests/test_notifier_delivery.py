@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -29,7 +28,7 @@ from services.notifier.store.notifications import (
     insert_notices,
     record_outcomes,
 )
-from tests.conftest import FakeClock, TokenFactory, bearer
+from tests.conftest import FakeClock, TokenFactory, bearer, wait_until
 from tests.notifier_helpers import (  # noqa: F401
     NotifierRig,
     Records,
@@ -40,7 +39,11 @@ from tests.notifier_helpers import (  # noqa: F401
     records,
     rig,
     smtp,
+    text_of,
 )
+
+WAITING_ON_ROWS = ("SELECT count(*) >= $1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()")
 
 
 async def small_win(records: Records, description: str = "Visit the job centre") -> str:
@@ -597,11 +600,52 @@ async def test_an_overdue_notice_claimed_before_a_transfer_is_handed_on_naming_t
                                       held.context)], "test", clock())
     await rig.dispatch()
     [to_supervisor] = smtp.to("sup-1@example.org")
-    assert "(case manager: cm-2)" in _text(to_supervisor)
+    assert "(case manager: cm-2)" in text_of(to_supervisor)
 
 
-def _text(message: Any) -> str:
-    return str(message.get_payload()[0].get_payload(decode=True).decode())
+@pytest.mark.parametrize(("change", "read"), [("transfer", "(case manager: cm-2)"),
+                                              ("new name", "review with Sam ")])
+async def test_a_change_landing_while_a_notice_is_handed_on_reaches_the_copies_it_writes(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
+        token: TokenFactory, change: str, read: str) -> None:
+    """An instance was handing the supervisors' overdue notice on (writing a copy for each
+    supervisor as the notice then read) while the feed applied a transfer or a new name, which
+    waited for it: the change must still reach those copies, written after it began."""
+    supervisor = token(role="supervisor", sub="sup-1")
+    await rig.set_prefs("sup-1", supervisor)
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    case = await records.open_case()
+    await records.agree(case)  # review due Friday 1 May, overdue on 3 May
+    await rig.catch_up()
+    clock.now = datetime(2026, 5, 3, 9, 0, tzinfo=UTC)
+    pool = rig.notifier.pool
+    [held] = [row for row in await claim_due(pool, owner="slow", now=clock(), limit=10,
+                                             lease=timedelta(minutes=2), digests=False)
+              if row.recipient_role == "supervisors"]
+    if change == "transfer":
+        await records.transfer(case, "cm-2", token=supervisor)
+    else:
+        await records.call("PATCH", f"/v1/cases/{case}/participant",
+                           {"preferred_name": "Sam", "reason": "Sam asked to be called Sam"})
+    await rig.feed_shows_every_event()
+    children = [Notice(f"{held.key}:sup-1", Kind(held.kind), held.case_id, held.agency,
+                       RecipientRole.USER, "sup-1", held.due_at, held.context)]
+    async with pool.acquire() as blocker:
+        parent_held = blocker.transaction()  # so that the hand-on is under way when the feed
+        await parent_held.start()            # comes to the notice
+        await blocker.execute("SELECT FROM notifier.notifications WHERE id = $1 FOR UPDATE",
+                              held.id)
+        handing_on = asyncio.create_task(fan_out(pool, held, children, "test", clock()))
+        await wait_until(pool, WAITING_ON_ROWS, 1)
+        applying = asyncio.create_task(rig.notifier.subscriber.catch_up())
+        await wait_until(pool, WAITING_ON_ROWS, 2)  # the feed waits behind the hand-on
+        await parent_held.commit()
+    await asyncio.gather(handing_on, applying)
+    await rig.dispatch()
+    [to_supervisor] = smtp.to("sup-1@example.org")
+    assert read in text_of(to_supervisor)
+
+
 
 
 @pytest.mark.parametrize(("delivery", "zone", "sent_at"), [
@@ -626,7 +670,7 @@ async def test_a_review_due_today_reaches_its_reader_that_day_at_their_local_tim
     while arrived is None and clock.now < datetime(2026, 5, 3, tzinfo=UTC):
         await rig.dispatch()  # what the service's jobs do, hour by hour
         await rig.notifier.dispatcher.send_digests()
-        if any("due today (Friday 1 May 2026)" in _text(m) for m in smtp.received):
+        if any("due today (Friday 1 May 2026)" in text_of(m) for m in smtp.received):
             arrived = clock.now
         clock.advance(hours=1)
     assert str(arrived) == sent_at

@@ -22,7 +22,7 @@ from services.records.projections.outcomes import facts_insert, facts_of
 from services.records.projections.plans import plan_upsert, replay
 from services.records.projections.rebuild import rebuild_projections
 from services.records.store.events import CoWrite, EventStore, NewEvent, RecordedEvent
-from tests.conftest import ClientFactory, FakeClock, TokenFactory
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, wait_until
 from tests.records_api import (  # noqa: F401  (fixtures are found by name)
     CaseApi,
     client,
@@ -34,6 +34,7 @@ from tests.test_audit_rebuild_live import (
     HERE,
     PROMPT_SECONDS,
     facts_held,
+    rebuild_again_and_compare,
     wait_until_blocked_on_facts,
 )
 from tests.test_cli import CASETRAIL
@@ -229,14 +230,6 @@ async def streams_held(pool: asyncpg.Pool) -> AsyncIterator[None]:
         yield
 
 
-async def wait_for(pool: asyncpg.Pool, condition: str, *args: Any) -> None:
-    for _ in range(400):
-        if await pool.fetchval(condition, *args):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never: {condition} {args}")
-
-
 SHADOWS_MADE = "SELECT count(*) = 2 FROM pg_class WHERE relname = ANY($1::text[])"
 WAITING_ON = (f"SELECT EXISTS (SELECT FROM pg_locks WHERE {HERE} AND NOT granted"
               " AND relation = $1::text::regclass)")
@@ -262,19 +255,14 @@ async def test_a_rebuild_killed_in_either_phase_leaves_the_projections_whole_and
             *CASETRAIL, "rebuild-projections", stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, env={**os.environ, "DATABASE_URL": fresh_database_url})
         try:
-            await wait_for(fresh_pool, SHADOWS_MADE, list(SHADOWS))
-            await wait_for(fresh_pool, WAITING_ON, f"records.{table}")
+            await wait_until(fresh_pool, SHADOWS_MADE, list(SHADOWS))
+            await wait_until(fresh_pool, WAITING_ON, f"records.{table}")
         finally:
             process.send_signal(signal.SIGKILL)
             await process.wait()
-    await wait_for(fresh_pool, LEFT_NOTHING, list(SHADOWS))
+    await wait_until(fresh_pool, LEFT_NOTHING, list(SHADOWS))
     assert await snapshot(fresh_pool) == before
-    again = await asyncio.to_thread(subprocess.run, [*CASETRAIL, "rebuild-projections"],
-                                    capture_output=True, text=True, timeout=60,
-                                    env={**os.environ, "DATABASE_URL": fresh_database_url})
-    assert again.returncode == 0, again.stderr
-    assert "rebuilt 3 cases from 6 events" in again.stdout
-    assert await snapshot(fresh_pool) == before
+    await rebuild_again_and_compare(fresh_database_url, fresh_pool, before)
 
 
 async def test_two_rebuilds_at_once_take_turns(
@@ -288,7 +276,7 @@ async def test_two_rebuilds_at_once_take_turns(
         first = asyncio.create_task(rebuild_projections(fresh_pool, on_wait=waits[0].append))
         await wait_until_blocked_on_facts(fresh_pool)
         second = asyncio.create_task(rebuild_projections(fresh_pool, on_wait=waits[1].append))
-        await wait_for(fresh_pool, WAITING_FOR_TURN)
+        await wait_until(fresh_pool, WAITING_FOR_TURN)
         await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Jo fixed a bike"},
                       expect=201)
     first_stats, second_stats = await asyncio.gather(first, second)
@@ -310,7 +298,7 @@ async def test_the_command_line_says_when_it_waits_for_another_rebuild(
         process = await asyncio.create_subprocess_exec(
             *CASETRAIL, "rebuild-projections", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, "DATABASE_URL": fresh_database_url})
-        await wait_for(fresh_pool, WAITING_FOR_TURN)
+        await wait_until(fresh_pool, WAITING_FOR_TURN)
     await first
     output, errors = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, errors

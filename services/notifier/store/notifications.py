@@ -168,12 +168,25 @@ async def rename_participant(conn: asyncpg.Connection, case_id: UUID, called: st
     """Every pending notice of the case, celebrations included, calls the participant by the
     name they go by now. Rows are locked in id order, as ``reconcile_case`` and the
     dispatcher's outcomes lock them."""
+    await _wait_for_hand_ons(conn, case_id)
     await conn.execute(
         "UPDATE notifier.notifications SET context = jsonb_set(context, '{participant}',"
         " to_jsonb($2::text)), updated_at = $3 WHERE id IN (SELECT id"
         " FROM notifier.notifications WHERE case_id = $1 AND status IN ('scheduled', 'failed')"
         " AND context->>'participant' <> $2 ORDER BY id FOR UPDATE)",
         case_id, called, now)
+
+
+async def _wait_for_hand_ons(conn: asyncpg.Connection, case_id: UUID) -> None:
+    """Wait for any hand-on of the case's notices to supervisors under way (``fan_out``),
+    before a statement changes what the case's notices say. The hand-on holds the notice while
+    it writes a copy for each supervisor; a change read in a statement begun before those
+    copies existed would not see them (an audit found them naming the earlier case manager).
+    The statement after this one does."""
+    await conn.execute(
+        "SELECT FROM notifier.notifications WHERE case_id = $1"
+        " AND recipient_role = 'supervisors' AND status IN ('scheduled', 'failed')"
+        " ORDER BY id FOR UPDATE", case_id)
 
 
 async def withdraw_celebrations(conn: asyncpg.Connection, case_id: UUID, kind: str,
@@ -234,6 +247,7 @@ async def follow_transfer(conn: asyncpg.Connection, case_id: UUID, case_manager:
     Each leaves any claim on it: the instance holding it loaded it for the old manager, and
     its check just before sending must now fail. Rows are locked in id order, as
     ``reconcile_case`` and the dispatcher's outcomes lock them."""
+    await _wait_for_hand_ons(conn, case_id)
     await conn.execute(
         "UPDATE notifier.notifications SET"
         " recipient = CASE WHEN recipient_role = 'case_manager' THEN $2 ELSE recipient END,"
