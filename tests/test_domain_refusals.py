@@ -4,28 +4,13 @@ own app, so it names statuses in words and, where there is one, the way on."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime
 from uuid import UUID, uuid4
 
 import pytest
 
 from schemas import api
 from services.records import domain as d
-
-TODAY = date(2025, 6, 2)
-
-
-def new_case() -> tuple[d.InMemoryCase, UUID]:
-    """An open case with one active goal, set by the participant."""
-    case = d.InMemoryCase(uuid4(), d.DecisionContext(today=TODAY),
-                          datetime(2025, 6, 2, 9, tzinfo=UTC))
-    case.execute(d.OpenCase("agency-a", api.OpenCase.model_validate(
-        {"participant": {"name": "Sam"}, "case_manager": "cm-1", "risk_level": "low"})))
-    goal = uuid4()
-    case.execute(d.SetGoal(goal, api.GoalInput(title="Steady work", domain="employment",
-                                               source="participant",
-                                               in_their_words="my own paycheck")))
-    return case, goal
+from tests.test_domain_steps import new_case
 
 
 def goal_input(**fields: object) -> api.GoalInput:

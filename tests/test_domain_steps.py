@@ -11,6 +11,7 @@ import pytest
 from schemas import api
 from schemas import events as ev
 from services.records import domain as d
+from tests.test_domain_goals import record_strength
 
 TODAY = date(2025, 4, 10)
 CTX = d.DecisionContext(today=TODAY, actor=d.Actor("cm-1", "case_manager"))
@@ -173,13 +174,6 @@ def test_a_step_links_only_to_live_strengths() -> None:
     case, goal = new_case()
     with pytest.raises(d.RuleViolation, match="no strength"):
         add_step(case, goal, strength_ids=[str(uuid4())])
-
-
-def record_strength(case: d.InMemoryCase) -> UUID:
-    strength = uuid4()
-    case.execute(d.RecordStrength(strength, api.StrengthInput(
-        category="skill", description="Drove a forklift at the depot")))
-    return strength
 
 
 def test_a_step_builds_on_recorded_strengths_each_once() -> None:

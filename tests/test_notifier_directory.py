@@ -119,3 +119,15 @@ async def _entries(database_url: str) -> list[dict[str, Any]]:
     finally:
         await conn.close()
     return [dict(r) for r in rows]
+
+
+@pytest.mark.parametrize(("query", "status"), [
+    ("role=", 422), ("role=Participant", 422), ("role=participant&role=supervisor", 400),
+    ("role=%00participant", 400), ("colour=red", 422), ("role=" + "x" * 5000, 422)])
+async def test_a_role_query_that_names_no_entry_is_a_clear_4xx(
+        rig: NotifierRig, token: TokenFactory, query: str, status: int) -> None:
+    supervisor = token(role="supervisor", sub="sup-1")
+    await rig.set_prefs("cm-1", token())
+    refused = await rig.client.get(f"/v1/preferences/cm-1?{query}", headers=bearer(supervisor))
+    assert refused.status == status, await refused.text()
+    assert refused.content_type == "application/problem+json"
