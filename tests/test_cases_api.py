@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.records.application import queries
 from services.records.http.app import RECORDS
 from services.records.store.events import EventStore, NewEvent
 from tests.conftest import FakeClock, TokenFactory, bearer
@@ -559,6 +560,34 @@ async def test_time_travel_by_time_reads_a_plan_that_existed_when_clocks_disagre
     clock.advance(minutes=-20)
     await cm.strength(other)  # 09:10: the opening event is the one "in the future"
     assert (await cm.plan(other, as_of="2026-03-02T09:15:00Z"))["version"] == 2
+
+
+@pytest.mark.parametrize("page", [1, 2, 3])
+async def test_time_travel_folded_in_small_pages_reads_the_plan_read_at_once(
+        cm: CaseApi, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, page: int) -> None:
+    """Time travel reads the stream a page (EXPORT_PAGE events) at a time, as exports and
+    diffs do, so a long history is never held whole: any page size gives the same plans, by
+    version and by time, across the clocks' disagreement too."""
+    case_id = await cm.open_case(risk_level="high")  # 09:00
+    goal = await cm.goal(case_id)
+    clock.advance(hours=1)  # an instance running an hour fast: 10:00
+    step = await cm.step(case_id, goal, due_date="2026-03-20")
+    clock.advance(minutes=-30)  # 09:30
+    await cm.strength(case_id, description="Good with numbers")
+    await cm.call("POST", f"/v1/cases/{case_id}/steps/{step}/complete", {}, expect=200)
+    clock.advance(hours=2)
+    await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "A good week"}, expect=201)
+    points = [f"as_of_version={v}" for v in range(1, 7)] + [
+        f"as_of=2026-03-02T{t}Z" for t in ("09:00:00", "09:15:00", "09:45:00", "12:00:00")]
+
+    async def plans() -> list[Any]:
+        return [await cm.call("GET", f"/v1/cases/{case_id}?{point}", expect=200)
+                for point in points]
+
+    read_at_once = await plans()
+    assert [p["version"] for p in read_at_once] == [1, 2, 3, 4, 5, 6, 2, 2, 5, 6]
+    monkeypatch.setattr(queries, "EXPORT_PAGE", page)
+    assert await plans() == read_at_once
 
 
 async def test_diff_lists_what_changed_field_by_field(cm: CaseApi) -> None:

@@ -129,8 +129,9 @@ class CaseQueries:
             time_travel = True
         if not time_travel:
             return PlanAnswer(stored.version, stored.view)
-        state = fold_recorded(await self._store.read_stream(
-            case_id, up_to_version=as_of_version, up_to_time=as_of))
+        state = None
+        async for events in self._pages(case_id, 1, as_of_version, up_to_time=as_of):
+            state = fold_recorded(events, state)
         if state is None:
             raise NotYetOpened(await self._opened_at(case_id))
         if as_of_version is not None and state.version < as_of_version:
@@ -168,7 +169,7 @@ class CaseQueries:
             check_diff_in_window(window, from_version, to_version)
         plans = PlanAcross(await self._state_at(case_id, from_version))
         listed: list[RecordedEvent] = []
-        async for events in self._export_pages(case_id, from_version + 1, to_version):
+        async for events in self._pages(case_id, from_version + 1, to_version):
             plans.add(events)
             listed += events[:MAX_EVENTS_LISTED - len(listed)]
         if plans.version < to_version:
@@ -223,7 +224,7 @@ class CaseQueries:
     async def _export_chunks(self, writer: ExportWriter, case_id: UUID, first: int,
                              last: int) -> AsyncGenerator[bytes, None]:
         yield writer.header()
-        async for events in self._export_pages(case_id, first, last):
+        async for events in self._pages(case_id, first, last):
             yield b"".join(writer.event(event.link()) for event in events)
         yield writer.trailer(self._signer)
 
@@ -232,7 +233,7 @@ class CaseQueries:
         """The plan as of the last version exported, as resources, then the events."""
         view = stored.view if stored.version == last else await self._view_at(case_id, last)
         yield writer.opening(view)
-        async for events in self._export_pages(case_id, first, last):
+        async for events in self._pages(case_id, first, last):
             yield b"".join(writer.event(event.link()) for event in events)
         yield writer.trailer(self._signer)
 
@@ -244,7 +245,7 @@ class CaseQueries:
     async def _state_at(self, case_id: UUID, version: int) -> PlanState | None:
         """The plan's state at ``version`` (None at 0), folded page by page."""
         state = None
-        async for events in self._export_pages(case_id, 1, version):
+        async for events in self._pages(case_id, 1, version):
             state = fold_recorded(events, state)
         return state
 
@@ -254,7 +255,7 @@ class CaseQueries:
         then handed out with its signature line."""
         renderer = await asyncio.to_thread(PdfRenderer, header)
         try:
-            async for events in self._export_pages(case_id, first, last):
+            async for events in self._pages(case_id, first, last):
                 await asyncio.to_thread(renderer.add, [event.link() for event in events])
             chunks = signed_pdf(renderer, header, self._signer)
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
@@ -262,15 +263,22 @@ class CaseQueries:
         finally:
             renderer.close()
 
-    async def _export_pages(self, case_id: UUID, first: int,
-                            last: int) -> AsyncGenerator[list[RecordedEvent], None]:
+    async def _pages(self, case_id: UUID, first: int, last: int | None, *,
+                     up_to_time: datetime | None = None,
+                     ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """The stream's events from version ``first`` through ``last`` (None: through the
+        last recorded by ``up_to_time``, or the head), a page at a time: a long history is
+        never held in memory whole."""
         after = first - 1
-        while after < last:
+        while last is None or after < last:
             events = await self._store.read_stream(case_id, after_version=after,
-                                                   up_to_version=last, limit=EXPORT_PAGE)
+                                                   up_to_version=last, up_to_time=up_to_time,
+                                                   limit=EXPORT_PAGE)
             if not events:
                 return
             yield events
+            if len(events) < EXPORT_PAGE:
+                return
             after = events[-1].version
 
     async def access_log(self, who: Principal, *, case_id: UUID | None, after: Checkpoint,
