@@ -46,7 +46,7 @@ def test_a_digest_item_keeps_its_whole_first_paragraph_and_names_its_case() -> N
     digest = render_digest([render("review_overdue", OVERDUE, case_id, today=TODAY)])
     assert "has not been recorded yet (case manager: cm-7)." in digest.text
     assert f"Case {case_id}" in digest.text
-    assert "(case manager: cm-7)." in digest.html
+    assert '(case manager: <span dir="auto">cm-7</span>).' in digest.html
     assert f"Case {case_id}" in digest.html
 
 
@@ -56,10 +56,11 @@ def test_with_a_plan_url_staff_mail_links_to_the_plan() -> None:
     url = f"https://casetrail.example.org/plans/{case_id}?tab=plan&x=<y>"
     assert f"Open Jo's plan: {url}" in rendered.text
     assert ('<a href="https://casetrail.example.org/plans/'
-            f'{case_id}?tab=plan&amp;x=&lt;y&gt;">Open Jo&#x27;s plan</a>') in rendered.html
+            f'{case_id}?tab=plan&amp;x=&lt;y&gt;">Open <span dir="auto">Jo</span>&#x27;s plan</a>'
+            ) in rendered.html
     digest = render_digest([rendered])
     assert url in digest.text
-    assert "Open Jo&#x27;s plan</a>" in digest.html
+    assert 'Open <span dir="auto">Jo</span>&#x27;s plan</a>' in digest.html
 
 
 def test_without_a_plan_url_the_case_id_stays_the_reference() -> None:
@@ -85,6 +86,23 @@ def test_a_participants_mail_carries_no_case_id_and_no_staff_link() -> None:
 def test_a_plan_url_that_cannot_make_a_working_link_stops_the_notifier(url: str) -> None:
     with pytest.raises(ValidationError, match="NOTIFIER_PLAN_URL"):
         NotifierSettings.model_validate({"NOTIFIER_PLAN_URL": url})
+
+
+@pytest.mark.parametrize("sender", ["Équipe, Nord <notices@example.org>",
+                                    "notices", "Notices <notices@exämple.org>",
+                                    "Notices <>", "a@b@example.org"])
+def test_a_sender_mail_cannot_go_out_from_stops_the_notifier(sender: str) -> None:
+    """An unquoted comma in the name left an envelope sender that is not an address (every
+    send failed and, retried, became a dead letter); a non-ASCII domain cannot be an
+    envelope sender at all."""
+    with pytest.raises(ValidationError, match="NOTIFIER_FROM"):
+        NotifierSettings.model_validate({"NOTIFIER_FROM": sender})
+
+
+@pytest.mark.parametrize("sender", ['"Équipe, Nord" <notices@example.org>',
+                                    "notices@example.org", "Casetrail <notices@casetrail.local>"])
+def test_a_sender_with_a_quoted_or_no_name_is_kept_as_given(sender: str) -> None:
+    assert NotifierSettings.model_validate({"NOTIFIER_FROM": sender}).mail_from == sender
 
 
 def test_a_plan_url_is_optional_and_kept_as_given() -> None:
@@ -141,3 +159,17 @@ async def test_a_nudge_speaks_to_whoever_took_the_step_on(
         in texts["Drive Jo to the interview"]
     assert "quick check-in with Jo can show what support would help" in texts["Update my CV"]
     assert "took this step on" not in texts["Update my CV"]
+
+
+def test_a_right_to_left_name_is_set_apart_and_free_text_is_escaped_in_html() -> None:
+    """An Arabic or Hebrew name inside an English sentence took the words after it ("'s plan
+    review") into its own direction; each value from the record is isolated (dir="auto")."""
+    context = {**OVERDUE, "participant": "محمد", "case_manager": "cm-7 & <b>"}
+    rendered = render("review_overdue", context, uuid4(), today=TODAY)
+    assert 'with <span dir="auto">محمد</span> was due' in rendered.html
+    assert '<span dir="auto">cm-7 &amp; &lt;b&gt;</span>' in rendered.html
+    assert "<b>" not in rendered.html
+    assert "محمد" in rendered.text
+    assert 'dir="auto"' not in rendered.text
+    assert "src=" not in rendered.html  # nothing to fetch
+    assert "http" not in rendered.html

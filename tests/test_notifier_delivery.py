@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -941,3 +943,45 @@ async def test_a_stopping_notifier_claims_no_new_batch(
     statuses = sorted(str(r["status"]) for r in await rig.rows(kind="small_win"))
     assert statuses == ["scheduled", "sent"]
     assert len(smtp.received) == 1
+
+
+async def test_a_message_is_marked_automatic_and_well_formed_as_mail_clients_read_it(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+        records: Records, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
+    """RFC 3834: an out-of-office reply to a notice would go back to the notifier's sender;
+    and a sender named outside ASCII encodes only the name (the address once went into the
+    encoded word, which no client could read as an address)."""
+    rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                         NOTIFIER_FROM='"Équipe Casetrail, Nord" <notices@casetrail.local>')
+    await rig.set_prefs("cm-1", token())
+    await small_win(records)
+    await rig.catch_up()
+    await rig.dispatch()
+    [message] = smtp.received
+    assert message["Auto-Submitted"] == "auto-generated"
+    assert message["X-Auto-Response-Suppress"] == "All"
+    modern = email.message_from_bytes(smtp.raw[0], policy=email.policy.default)
+    assert modern["From"].addresses[0].display_name == "Équipe Casetrail, Nord"
+    assert modern["From"].addresses[0].addr_spec == "notices@casetrail.local"
+    assert [p.get_content_type() for p in modern.iter_parts()] == ["text/plain", "text/html"]
+    assert all(p.get_content_charset() == "utf-8" for p in modern.iter_parts())
+    assert modern["Date"].datetime == clock.now
+
+
+@pytest.mark.parametrize("description", ["Call the landlord\nabout the rent",
+                                         "Read https://example.org/" + "a" * 1500])
+async def test_a_subject_from_free_text_is_one_line_within_the_length_mail_allows(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        description: str) -> None:
+    """A step written over two lines cut the subject at the line break and began the body
+    with the rest; a long word (an address) made a header line longer than the 998 bytes
+    SMTP allows (RFC 5322 2.1.1)."""
+    await rig.set_prefs("cm-1", token())
+    await small_win(records, description)
+    await rig.catch_up()
+    await rig.dispatch()
+    [message] = smtp.received
+    modern = email.message_from_bytes(smtp.raw[0], policy=email.policy.default)
+    assert modern["Subject"] == "A small win for Jo: " + " ".join(description.split())
+    assert text_of(message).startswith("Hello,")
+    assert max(len(line) for line in smtp.raw[0].splitlines()) <= 998

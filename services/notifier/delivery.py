@@ -18,7 +18,7 @@ from email import policy
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.utils import format_datetime, parseaddr
+from email.utils import format_datetime, formataddr, parseaddr
 from time import monotonic
 from typing import TypeVar
 from urllib.parse import quote
@@ -48,6 +48,7 @@ Clock = Callable[[], datetime]
 _LEAST_WAIT = timedelta(minutes=1)
 _FRESH_SECONDS = 5.0  # a pooled SMTP connection used this recently is sent on without a NOOP
 _UTF8_HEADERS = policy.SMTPUTF8.clone(linesep="\n")
+_LONGEST_WORD = 64  # a longer word in a Subject is encoded, so the header folds within it
 T = TypeVar("T")
 # Recording a batch's outcomes while the database is unavailable: tried again after 0.2 s,
 # doubling up to 5 s, for up to 15 minutes (5 s once the process is stopping). Recording late is
@@ -433,21 +434,34 @@ def build_message(row: Row, rendered: Rendered, address: str, sender: str,
     """The message as bytes (compat32 email classes: several times cheaper than
     EmailMessage's header registry, which matters at thousands of messages a minute)."""
     message = MIMEMultipart("alternative")
-    message["From"] = sender
+    message["From"] = formataddr(parseaddr(sender), charset="utf-8")
     message["To"] = address
-    message["Subject"] = Header(rendered.subject, "utf-8").encode() \
-        if not rendered.subject.isascii() else rendered.subject
+    plain = address.isascii()
+    # with SMTPUTF8 (a non-ASCII address) the policy below folds the Subject itself
+    message["Subject"] = _subject(rendered.subject) if plain else rendered.subject
     message["Message-ID"] = row.message_id
     message["Date"] = format_datetime(now)
+    # RFC 3834, and Exchange's own flag: no out-of-office or other automatic reply to a notice
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Auto-Response-Suppress"] = "All"
     message["X-Casetrail-Notification"] = str(row.id)
     message["X-Casetrail-Kind"] = row.kind
     message.attach(MIMEText(rendered.text, "plain", "utf-8"))
     message.attach(MIMEText(rendered.html, "html", "utf-8"))
-    if address.isascii():
+    if plain:
         return message.as_bytes()
     # sent with SMTPUTF8 (RFC 6532): the address stays UTF-8 in To, which an encoded word
     # (RFC 2047) may not carry
     return message.as_bytes(policy=_UTF8_HEADERS)
+
+
+def _subject(subject: str) -> str:
+    """The Subject as header text: encoded words (RFC 2047) for non-ASCII, and for a word too
+    long to fold at a space (a pasted address), which could make a line longer than the 998
+    bytes SMTP allows: servers refuse such a message outright."""
+    if subject.isascii() and all(len(word) <= _LONGEST_WORD for word in subject.split()):
+        return subject
+    return Header(subject, "utf-8", header_name="Subject").encode()
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ override host and port)."""
 from __future__ import annotations
 
 from datetime import time
+from email.utils import parseaddr
 from pathlib import Path
 from string import Formatter
 from typing import Annotated, TypeAlias
@@ -34,6 +35,23 @@ def _plan_url(value: str) -> str:
 PlanUrl: TypeAlias = Annotated[str, Field(max_length=500), AfterValidator(_plan_url)]
 
 
+def _sender(value: str) -> str:
+    """A From header whose address can be the envelope sender: checked at start, since with
+    an unquoted comma in the name, or no address at all, every send failed and was retried
+    into a dead letter."""
+    _, address = parseaddr(value)
+    local, at, domain = address.rpartition("@")
+    if not (at and local and domain and "@" not in local and address.isascii()
+            and not any(c.isspace() for c in address)):
+        raise ValueError("NOTIFIER_FROM must be an address, with a name or not, e.g."
+                         ' notices@example.org or "Casetrail, North" <notices@example.org>'
+                         " (quote a name holding a comma; the address in ASCII)")
+    return value
+
+
+Sender: TypeAlias = Annotated[str, Field(max_length=500), AfterValidator(_sender)]
+
+
 class NotifierSettings(ServiceSettings):
     max_body_bytes: int = Field(default=64 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
 
@@ -53,7 +71,8 @@ class NotifierSettings(ServiceSettings):
     smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD")
     smtp_starttls: bool = Field(default=False, alias="SMTP_STARTTLS")
     smtp_timeout_seconds: float = Field(default=10.0, alias="SMTP_TIMEOUT")
-    mail_from: str = Field(default="Casetrail <notices@casetrail.local>", alias="NOTIFIER_FROM")
+    mail_from: Sender = Field(default="Casetrail <notices@casetrail.local>",
+                              alias="NOTIFIER_FROM")
     message_id_domain: str = Field(default="casetrail.local", alias="NOTIFIER_MESSAGE_ID_DOMAIN")
 
     feed_page_size: int = Field(default=200, ge=1, le=1000, alias="NOTIFIER_FEED_PAGE_SIZE")

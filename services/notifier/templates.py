@@ -1,8 +1,8 @@
 """Text and HTML bodies from the files in templates/ (person-first, strengths-based wording).
 
 A ``.txt`` template starts with a ``Subject:`` line; the ``.html`` template is the body inside
-layout.html. Values are escaped for HTML; templates are ``string.Template`` files, so they hold
-no logic: the few optional sentences are built here.
+layout.html. Values are escaped and set apart (dir="auto") for HTML; templates are
+``string.Template`` files, so they hold no logic: the few optional sentences are built here.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class Rendered:
     summary: str = ""
     case_line: str = ""
     case_html: str = ""
+    subject_html: str = ""
+    summary_html: str = ""
 
 
 @cache
@@ -38,6 +40,23 @@ def _template(name: str) -> Template:
 
 
 _NAMED_DAYS = {0: "today", 1: "tomorrow", -1: "yesterday"}
+# Values from the record are marked while a message is built: the text part drops the marks;
+# the HTML part escapes everything and sets each value apart (dir="auto"), so a right-to-left
+# name inside an English sentence keeps its own direction and does not carry the words around
+# it. Stored text never holds NUL, so the marks cannot be forged.
+_OPEN, _CLOSE = "\x00[", "\x00]"
+
+
+def _mark(value: object) -> str:
+    return f"{_OPEN}{value}{_CLOSE}"
+
+
+def _as_text(marked: str) -> str:
+    return marked.replace(_OPEN, "").replace(_CLOSE, "")
+
+
+def _as_html(marked: str) -> str:
+    return html.escape(marked).replace(_OPEN, '<span dir="auto">').replace(_CLOSE, "</span>")
 
 
 def _day(value: Any) -> date | None:
@@ -78,19 +97,22 @@ def _case_line(participant: str, case_id: object | None, link: str | None) -> st
 
 def _case_html(participant: str, case_id: object | None, link: str | None) -> str:
     if link is None:
-        return html.escape(_case_line(participant, case_id, None))
-    return (f'<a href="{html.escape(link)}">'
-            f"Open {html.escape(participant)}&#x27;s plan</a>")
+        return _as_html(_case_line(participant, case_id, None))
+    words = _as_html(f"Open {participant}'s plan")
+    return f'<a href="{html.escape(link)}">{words}</a>'
 
 
 def template_values(context: dict[str, Any], case_id: object | None,
                     today: date, link: str | None = None) -> dict[str, str]:
-    """Every placeholder a template may use, as plain text; ``today`` is the reader's date."""
-    participant = str(context.get("participant") or "the participant")
-    words = context.get("in_their_words")
-    title = str(context.get("goal_title") or "")
+    """Every placeholder a template may use, its values from the record marked (``_mark``);
+    ``today`` is the reader's date."""
+    participant = _mark(context.get("participant") or "the participant")
+    words = _mark(context["in_their_words"]) if context.get("in_their_words") else None
+    title = _mark(context["goal_title"]) if context.get("goal_title") else ""
     toward = words or title
     note = context.get("note")
+    step = _mark(context["description"]) if context.get("description") else ""
+    support = _mark(context["support_name"]) if context.get("support_name") else None
     due, target = _day(context.get("due_date")), _day(context.get("target_date"))
     return {
         "participant": participant,
@@ -101,18 +123,16 @@ def template_values(context: dict[str, Any], case_id: object | None,
         "target_when": _when(target, today),
         "target_is": _is_or_was(target, today),
         "grace_days": str(context.get("grace_days", "")),
-        "case_manager": str(context.get("case_manager") or "not recorded"),
-        "description": str(context.get("description") or ""),
+        "case_manager": _mark(context.get("case_manager") or "not recorded"),
+        "description": step,
         "goal_title": title,
-        "achievement": str(words or title),
+        "achievement": words or title,
         "words_line": f' In {participant}\'s words: "{words}".' if words else "",
         "goal_line": f' It is a step toward "{toward}".' if toward else "",
-        "note_line": f" Note: {_sentence(str(note))}" if note else "",
-        "done_line": _done_line(context.get("owner"), participant,
-                                str(context.get("description") or "")),
-        "owner_line": _owner_line(context.get("owner"), participant,
-                                  context.get("support_name")),
-        "check_in": _check_in(context.get("owner"), participant, context.get("support_name")),
+        "note_line": f" Note: {_mark(_sentence(str(note)))}" if note else "",
+        "done_line": _done_line(context.get("owner"), participant, step),
+        "owner_line": _owner_line(context.get("owner"), participant, support),
+        "check_in": _check_in(context.get("owner"), participant, support),
         "case_link": _case_line(participant, case_id, link),
     }
 
@@ -167,13 +187,15 @@ def render(kind: str, context: dict[str, Any], case_id: object | None = None,
     name = f"{kind}_participant" if for_participant else kind
     link = None if for_participant else plan_link(plan_url, case_id)
     values = template_values(context, case_id, today, link)
-    first, _, text = _template(f"{name}.txt").safe_substitute(values).partition("\n")
-    subject = " ".join(first.removeprefix("Subject:").split())
-    escaped = {k: html.escape(v) for k, v in values.items()}
+    subject, text = _subject_and_text(_template(f"{name}.txt"), values)
+    escaped = {k: _as_html(v) for k, v in values.items()}
     escaped["case_link"] = _case_html(values["participant"], case_id, link)
     body = _template(f"{name}.html").safe_substitute(escaped)
-    return replace(_with_layout(subject, text, body), summary=_summary(text),
-                   case_line=values["case_link"], case_html=escaped["case_link"])
+    summary = _summary(text)
+    return replace(_with_layout(_as_text(subject), _as_text(text), body),
+                   summary=_as_text(summary), case_line=_as_text(values["case_link"]),
+                   case_html=escaped["case_link"], subject_html=_as_html(subject),
+                   summary_html=_as_html(summary))
 
 
 def render_digest(items: Sequence[Rendered]) -> Rendered:
@@ -181,11 +203,19 @@ def render_digest(items: Sequence[Rendered]) -> Rendered:
     html_items = "".join(_digest_html_item(item) for item in items)
     count = len(items)
     values = {"count": str(count), "updates": "update" if count == 1 else "updates"}
-    first, _, text = _template("daily_digest.txt").safe_substitute(
-        values, items=text_items).partition("\n")
-    subject = first.removeprefix("Subject:").strip()
+    subject, text = _subject_and_text(_template("daily_digest.txt"), {**values,
+                                                                      "items": text_items})
     body = _template("daily_digest.html").safe_substitute(values, items=html_items)
     return _with_layout(subject, text, body)
+
+
+def _subject_and_text(template: Template, values: dict[str, str]) -> tuple[str, str]:
+    """The Subject line and the text body. The template is split before values go in: a step
+    written over two lines once cut the subject at its line break and began the body with the
+    rest."""
+    first, _, body = template.template.partition("\n")
+    subject = Template(first.removeprefix("Subject:")).safe_substitute(values)
+    return " ".join(subject.split()), Template(body).safe_substitute(values)
 
 
 def _digest_text_item(item: Rendered) -> str:
@@ -195,8 +225,7 @@ def _digest_text_item(item: Rendered) -> str:
 
 def _digest_html_item(item: Rendered) -> str:
     case = f"<br>{item.case_html}" if item.case_html else ""
-    return (f"<li><strong>{html.escape(item.subject)}</strong><br>"
-            f"{html.escape(item.summary)}{case}</li>")
+    return f"<li><strong>{item.subject_html}</strong><br>{item.summary_html}{case}</li>"
 
 
 def _summary(text: str) -> str:
