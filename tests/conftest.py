@@ -202,7 +202,8 @@ def postgres_of(pgdata: Path) -> list[int]:
             and str(pgdata.resolve()) in " ".join(p.info["cmdline"] or [])]
 
 
-async def wait_until(pool: asyncpg.Pool, condition: str, *args: object) -> None:
+async def wait_until(pool: asyncpg.Pool | asyncpg.Connection, condition: str,
+                     *args: object) -> None:
     """Wait (up to 20 s) until the SQL ``condition`` holds: another session got as far as a
     lock, a table appeared or went."""
     for _ in range(400):

@@ -9,8 +9,9 @@ agency without a file withholds below 5 (decision 0011).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from services.records.application.analytics import DAYS_PER_MONTH
+from services.records.projections.outcomes import _COLUMNS, OutcomeFact
 from services.records.projections.rebuild import rebuild_projections
-from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer, wait_until
 from tests.records_api import PARTICIPANT, CaseApi, event_count
 from tests.test_agency_policy import write_policy
 
@@ -531,3 +533,37 @@ async def test_two_counts_shown_together_give_away_no_small_difference(k3: Agenc
     assert body["withheld"] == [
         "co_creation.agreed", "co_creation.co_created", "co_creation.rate", "reviews.held",
         "reviews.on_time", "reviews.not_held", "reviews.on_time_rate"]
+
+
+def test_the_facts_columns_are_read_in_the_order_of_the_facts_fields() -> None:
+    """load_facts builds each fact from its row by position (bench/reads.py: a year of a
+    20,000-case agency is ~200,000 facts)."""
+    assert _COLUMNS.split(", ") == [field.name for field in fields(OutcomeFact)]
+
+
+async def test_an_instance_computes_one_outcomes_answer_at_a_time(scene: Scene) -> None:
+    """A year of a 20,000-case agency holds ~140 MiB while it is summed (bench/reads.py):
+    asked by several analysts at once, a pod of 512 MiB would be killed. The second ask
+    waits for the first instead of loading its facts beside it; both are answered."""
+    _, alone = await scene.outcomes()
+    holder = await asyncpg.connect(scene.database_url)
+    watcher = await asyncpg.connect(scene.database_url)  # outside the holder's transaction,
+    try:  # whose view of pg_stat_activity would stay as it first read it
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE records.outcome_facts IN ACCESS EXCLUSIVE MODE")
+            first = asyncio.create_task(scene.outcomes())
+            await wait_until(watcher, WAITING_ON_FACTS)
+            second = asyncio.create_task(scene.outcomes(role="supervisor"))
+            for _ in range(20):  # long enough for the second to reach the table, were it let
+                await asyncio.sleep(0.05)
+                assert await watcher.fetchval(ASKING_FOR_FACTS) == 1
+        assert [await first, await second] == [(200, alone), (200, alone)]
+    finally:
+        await holder.close()
+        await watcher.close()
+
+
+ASKING_FOR_FACTS = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND query LIKE '%FROM records.outcome_facts%' AND pid <> pg_backend_pid()"
+                    " AND state = 'active'")
+WAITING_ON_FACTS = f"SELECT ({ASKING_FOR_FACTS}) = 1"
