@@ -24,6 +24,7 @@ from services.notifier.store import directory
 from services.notifier.store.directory import Preferences
 from services.notifier.store.notifications import (
     Outcome,
+    Row,
     claim_due,
     confirm_claim,
     fan_out,
@@ -578,11 +579,11 @@ async def test_a_notice_claimed_before_a_transfer_goes_to_the_new_manager_not_th
     assert (row["recipient"], row["status"]) == ("cm-2", "sent")
 
 
-async def test_an_overdue_notice_claimed_before_a_transfer_is_handed_on_naming_the_new_manager(
-        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
-        token: TokenFactory) -> None:
-    """An instance held the supervisors' overdue notice when the transfer landed: what it then
-    hands on to each supervisor must not carry the earlier case manager's name."""
+async def supervisors_overdue_notice_held(
+        rig: NotifierRig, records: Records, clock: FakeClock,
+        token: TokenFactory) -> tuple[str, str, Row]:
+    """A case whose review went overdue on 3 May, and the supervisors' overdue notice as a
+    slow instance claimed it (sup-1 and cm-2 have addresses); the supervisor's token."""
     supervisor = token(role="supervisor", sub="sup-1")
     await rig.set_prefs("sup-1", supervisor)
     await rig.set_prefs("cm-2", token(sub="cm-2"))
@@ -590,10 +591,20 @@ async def test_an_overdue_notice_claimed_before_a_transfer_is_handed_on_naming_t
     await records.agree(case)  # review due Friday 1 May, overdue on 3 May
     await rig.catch_up()
     clock.now = datetime(2026, 5, 3, 9, 0, tzinfo=UTC)
-    pool = rig.notifier.pool
-    [held] = [row for row in await claim_due(pool, owner="slow", now=clock(), limit=10,
-                                             lease=timedelta(minutes=2), digests=False)
+    [held] = [row for row in await claim_due(rig.notifier.pool, owner="slow", now=clock(),
+                                             limit=10, lease=timedelta(minutes=2),
+                                             digests=False)
               if row.recipient_role == "supervisors"]
+    return supervisor, case, held
+
+
+async def test_an_overdue_notice_claimed_before_a_transfer_is_handed_on_naming_the_new_manager(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
+        token: TokenFactory) -> None:
+    """An instance held the supervisors' overdue notice when the transfer landed: what it then
+    hands on to each supervisor must not carry the earlier case manager's name."""
+    supervisor, case, held = await supervisors_overdue_notice_held(rig, records, clock, token)
+    pool = rig.notifier.pool
     await records.transfer(case, "cm-2", token=supervisor)
     await rig.catch_up()
     # what the slow instance does next with the row it loaded: hand it on to each supervisor
@@ -613,17 +624,8 @@ async def test_a_change_landing_while_a_notice_is_handed_on_reaches_the_copies_i
     """An instance was handing the supervisors' overdue notice on (writing a copy for each
     supervisor as the notice then read) while the feed applied a transfer or a new name, which
     waited for it: the change must still reach those copies, written after it began."""
-    supervisor = token(role="supervisor", sub="sup-1")
-    await rig.set_prefs("sup-1", supervisor)
-    await rig.set_prefs("cm-2", token(sub="cm-2"))
-    case = await records.open_case()
-    await records.agree(case)  # review due Friday 1 May, overdue on 3 May
-    await rig.catch_up()
-    clock.now = datetime(2026, 5, 3, 9, 0, tzinfo=UTC)
+    supervisor, case, held = await supervisors_overdue_notice_held(rig, records, clock, token)
     pool = rig.notifier.pool
-    [held] = [row for row in await claim_due(pool, owner="slow", now=clock(), limit=10,
-                                             lease=timedelta(minutes=2), digests=False)
-              if row.recipient_role == "supervisors"]
     if change == "transfer":
         await records.transfer(case, "cm-2", token=supervisor)
     else:
