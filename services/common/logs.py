@@ -18,7 +18,7 @@ import structlog
 # (postgresql://user:secret@db:5432/x reads postgresql://user:[address]:5432/x: the secret
 # goes, and the host with it)
 _ADDRESS = re.compile(r"[\w.!#$%&*+=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)*")
-MASK = "[address]"
+_MASK = "[address]"
 
 
 class _Stdout:
@@ -36,7 +36,7 @@ def without_addresses(text: str) -> str:
     """``text`` with email addresses masked: SMTP replies quote the recipient, a user id may
     be the person's address, and neither logs nor a case manager's screen are the place for
     a participant's address."""
-    return _ADDRESS.sub(MASK, text) if "@" in text else text
+    return _ADDRESS.sub(_MASK, text) if "@" in text else text
 
 
 def _masked(value: Any) -> Any:

@@ -429,12 +429,18 @@ async def _close(client: aiosmtplib.SMTP | None) -> None:
             client.close()
 
 
+def from_header(mail_from: str) -> str:
+    """``NOTIFIER_FROM`` as a From header: only a non-ASCII name is encoded, not the address."""
+    return formataddr(parseaddr(mail_from), charset="utf-8")
+
+
 def build_message(row: Row, rendered: Rendered, address: str, sender: str,
                   now: datetime) -> bytes:
     """The message as bytes (compat32 email classes: several times cheaper than
-    EmailMessage's header registry, which matters at thousands of messages a minute)."""
+    EmailMessage's header registry, which matters at thousands of messages a minute);
+    ``sender``: the From header (``from_header``)."""
     message = MIMEMultipart("alternative")
-    message["From"] = formataddr(parseaddr(sender), charset="utf-8")
+    message["From"] = sender
     message["To"] = address
     plain = address.isascii()
     # with SMTPUTF8 (a non-ASCII address) the policy below folds the Subject itself
@@ -482,6 +488,7 @@ class Dispatcher:
         self._retry = RetryPolicy.of(settings)
         self._timing = DatedTiming.of(settings)
         self._smtp = SmtpSender(settings)
+        self._from = from_header(settings.mail_from)  # once, not for every message
         self._unknown_zones: set[str] = set()
         self._counters = {"sent": metrics.sent, "failed": metrics.failed, "dead": metrics.dead,
                           "cancelled": metrics.cancelled}
@@ -765,7 +772,7 @@ class Dispatcher:
         except ValueError:  # stored before addresses were checked: mail would go elsewhere
             return Outcome(row.id, "dead", False, row.attempts,
                            error="the address on file is not a plain address; correct it")
-        message = build_message(row, rendered, address, self._settings.mail_from, self._clock())
+        message = build_message(row, rendered, address, self._from, self._clock())
         async with self._slots:
             if not await store.confirm_claim(self._pool, row.id, row.claim_token,
                                              self._clock() + self._lease):

@@ -82,7 +82,7 @@ def _is_or_was(day: date | None, today: date) -> str:
     return "was" if day is not None and day < today else "is"
 
 
-def plan_link(plan_url: str | None, case_id: object | None) -> str | None:
+def _plan_link(plan_url: str | None, case_id: object | None) -> str | None:
     """The plan's address from ``NOTIFIER_PLAN_URL`` (a template with ``{case_id}``)."""
     if not plan_url or case_id is None:
         return None
@@ -185,7 +185,7 @@ def render(kind: str, context: dict[str, Any], case_id: object | None = None,
     ``NOTIFIER_PLAN_URL``; staff mail then links to the plan. A participant's mail carries
     neither the link nor the case id: staff records are not theirs to open from an email."""
     name = f"{kind}_participant" if for_participant else kind
-    link = None if for_participant else plan_link(plan_url, case_id)
+    link = None if for_participant else _plan_link(plan_url, case_id)
     values = template_values(context, case_id, today, link)
     subject, text = _subject_and_text(_template(f"{name}.txt"), values)
     escaped = {k: _as_html(v) for k, v in values.items()}

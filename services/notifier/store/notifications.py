@@ -189,6 +189,13 @@ async def _wait_for_hand_ons(conn: asyncpg.Connection, case_id: UUID) -> None:
         " ORDER BY id FOR UPDATE", case_id)
 
 
+# The case ($1)'s waiting celebrations of a kind ($2) about one step or goal (context field $3
+# is $4), locked in id order
+_CELEBRATIONS_OF = ("SELECT id FROM notifier.notifications WHERE case_id = $1 AND kind = $2"
+                    " AND context->>$3 = $4 AND status IN ('scheduled', 'failed')"
+                    " ORDER BY id FOR UPDATE")
+
+
 async def withdraw_celebrations(conn: asyncpg.Connection, case_id: UUID, kind: str,
                                 subject: str, subject_id: UUID, reason: str,
                                 now: datetime) -> None:
@@ -199,9 +206,7 @@ async def withdraw_celebrations(conn: asyncpg.Connection, case_id: UUID, kind: s
     await conn.execute(
         "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"
         " last_error = $5, lease_owner = NULL, lease_until = NULL, updated_at = $6"
-        " WHERE id IN (SELECT id FROM notifier.notifications WHERE case_id = $1 AND kind = $2"
-        " AND context->>$3 = $4 AND status IN ('scheduled', 'failed') ORDER BY id FOR UPDATE)",
-        case_id, kind, subject, str(subject_id), reason, now)
+        f" WHERE id IN ({_CELEBRATIONS_OF})", case_id, kind, subject, str(subject_id), reason, now)
 
 
 async def reword_celebrations(conn: asyncpg.Connection, case_id: UUID, kind: str,
@@ -212,8 +217,7 @@ async def reword_celebrations(conn: asyncpg.Connection, case_id: UUID, kind: str
     celebration rows are not locked on the usual path (see ``reconcile_case``)."""
     await conn.execute(
         "UPDATE notifier.notifications SET context = context || $5::jsonb, updated_at = $6"
-        " WHERE id IN (SELECT id FROM notifier.notifications WHERE case_id = $1 AND kind = $2"
-        " AND context->>$3 = $4 AND status IN ('scheduled', 'failed') ORDER BY id FOR UPDATE)",
+        f" WHERE id IN ({_CELEBRATIONS_OF})",
         case_id, kind, subject, str(subject_id), json.dumps(words), now)
 
 

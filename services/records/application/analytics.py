@@ -151,9 +151,11 @@ class Disclosure:
         rest = list(small)
         joining = sorted((domain for domain in nets if nets[domain].count and domain not in small),
                          key=lambda domain: (nets[domain].count, domain))
-        while joining and not self._shows_as_rest(_sum(nets[domain] for domain in rest)):
+        while not self._shows_as_rest(_sum(nets[domain] for domain in rest)):
+            if not joining:
+                return small
             rest.append(joining.pop(0))
-        return rest if self._shows_as_rest(_sum(nets[domain] for domain in rest)) else small
+        return rest
 
     def _shows_as_rest(self, rest: Cell) -> bool:
         # a 0 would read as "every domain listed"

@@ -129,9 +129,7 @@ class CaseQueries:
             time_travel = True
         if not time_travel:
             return PlanAnswer(stored.version, stored.view)
-        state = None
-        async for events in self._pages(case_id, 1, as_of_version, up_to_time=as_of):
-            state = fold_recorded(events, state)
+        state = await self._state_at(case_id, as_of_version, up_to_time=as_of)
         if state is None:
             raise NotYetOpened(await self._opened_at(case_id))
         if as_of_version is not None and state.version < as_of_version:
@@ -242,10 +240,12 @@ class CaseQueries:
         assert state is not None  # a visible case has its opening event
         return dict(json.loads(plan_json(state)))
 
-    async def _state_at(self, case_id: UUID, version: int) -> PlanState | None:
-        """The plan's state at ``version`` (None at 0), folded page by page."""
+    async def _state_at(self, case_id: UUID, version: int | None, *,
+                        up_to_time: datetime | None = None) -> PlanState | None:
+        """The plan's state at ``version`` (None: the last recorded by ``up_to_time``, or the
+        head), folded page by page; None before the case was opened."""
         state = None
-        async for events in self._pages(case_id, 1, version):
+        async for events in self._pages(case_id, 1, version, up_to_time=up_to_time):
             state = fold_recorded(events, state)
         return state
 

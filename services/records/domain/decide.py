@@ -120,8 +120,6 @@ def _diff(current: object, changes: Mapping[str, Any]) -> tuple[dict[str, Any], 
     values: dict[str, Any] = {}
     cleared: list[str] = []
     for name, value in changes.items():
-        if isinstance(value, list):
-            value = tuple(value)
         if getattr(current, name) == value:
             continue
         if value is None:
