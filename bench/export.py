@@ -18,6 +18,8 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from uuid import uuid4
 
 import aiohttp
@@ -72,31 +74,39 @@ def resident_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def export_once(url: str, token: str, case_id: str, pid: int,
-                      export_format: str) -> tuple[int, float, int]:
-    """Bytes, seconds, and the largest resident memory (KiB) seen while it streamed."""
-    peak = resident_kib(pid)
+@asynccontextmanager
+async def peak_resident(pid: int) -> AsyncIterator[list[int]]:
+    """The largest resident memory (KiB) of ``pid`` seen while the block runs, in ``[0]``."""
+    peak = [resident_kib(pid)]
     done = asyncio.Event()
 
     async def sample() -> None:
-        nonlocal peak
         while not done.is_set():
-            peak = max(peak, resident_kib(pid))
+            peak[0] = max(peak[0], resident_kib(pid))
             await asyncio.sleep(0.02)
 
     sampler = asyncio.create_task(sample())
+    try:
+        yield peak
+    finally:
+        done.set()
+        await sampler
+
+
+async def export_once(url: str, token: str, case_id: str, pid: int,
+                      export_format: str) -> tuple[int, float, int]:
+    """Bytes, seconds, and the largest resident memory (KiB) seen while it streamed."""
     received = 0
-    started = time.perf_counter()
-    async with aiohttp.ClientSession() as session, session.get(
-            f"{url}/v1/cases/{case_id}/export?format={export_format}",
-            headers={"Authorization": f"Bearer {token}"}) as response:
-        assert response.status == 200, await response.text()
-        async for chunk in response.content.iter_chunked(1 << 16):
-            received += len(chunk)
-    elapsed = time.perf_counter() - started
-    done.set()
-    await sampler
-    return received, elapsed, peak
+    async with peak_resident(pid) as peak:
+        started = time.perf_counter()
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{url}/v1/cases/{case_id}/export?format={export_format}",
+                headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200, await response.text()
+            async for chunk in response.content.iter_chunked(1 << 16):
+                received += len(chunk)
+        elapsed = time.perf_counter() - started
+    return received, elapsed, peak[0]
 
 
 async def main(sizes: list[int], export_format: str, note_chars: int) -> None:

@@ -31,8 +31,6 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from uuid import uuid4
@@ -41,7 +39,7 @@ import aiohttp
 import asyncpg
 
 from bench.common import free_port, percentile, postgres_server, scratch_database, wait_ready
-from bench.export import resident_kib
+from bench.export import peak_resident, resident_kib
 from bench.rebuild import one_case
 from schemas.queries import CaseloadCursor
 from services.common.auth import issue_token
@@ -207,25 +205,6 @@ class Figures:
     p50: float
     p99: float
     growth_kib: int
-
-
-@asynccontextmanager
-async def peak_resident(pid: int) -> AsyncIterator[list[int]]:
-    """The largest resident memory (KiB) of ``pid`` seen while the block runs, in ``[0]``."""
-    peak = [resident_kib(pid)]
-    done = asyncio.Event()
-
-    async def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_kib(pid))
-            await asyncio.sleep(0.02)
-
-    sampler = asyncio.create_task(sample())
-    try:
-        yield peak
-    finally:
-        done.set()
-        await sampler
 
 
 def _rows(body: dict[str, object]) -> int:

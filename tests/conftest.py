@@ -32,6 +32,9 @@ from services.records.http.app import create_app, migrate
 
 JWT_SECRET = "test-secret-" + secrets.token_hex(16)
 
+# The shared fixtures of the records and notifier test modules, found by name without an import.
+pytest_plugins = ["tests.records_api", "tests.notifier_helpers"]
+
 
 async def _admin(server_url: str, *statements: str) -> None:
     conn = await asyncpg.connect(server_url)
@@ -109,6 +112,11 @@ class FakeClock:
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:

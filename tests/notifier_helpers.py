@@ -264,12 +264,7 @@ async def make_rig(aiohttp_client: Callable[..., Awaitable[TestClient]], databas
     return NotifierRig(client, clock)
 
 
-# Fixtures shared by the notifier test modules (imported there by name).
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+# Fixtures shared by the notifier test modules (registered in conftest.py, found by name).
 
 
 @pytest.fixture

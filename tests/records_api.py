@@ -70,13 +70,9 @@ async def event_count(db: asyncpg.Pool | asyncpg.Connection) -> int:
     return int(await db.fetchval("SELECT count(*) FROM records.events"))
 
 
-# Fixtures shared by the records test modules (imported there by name): a records service on
-# the test's own database, its clock injected, and the owning case manager's client.
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+# Fixtures shared by the records test modules (registered in conftest.py, found by name): a
+# records service on the test's own database, its clock injected, and the owning case manager's
+# client.
 
 
 @pytest.fixture

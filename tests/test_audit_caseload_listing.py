@@ -1,6 +1,5 @@
 """`GET /v1/cases` as a supervisor and a case manager use it (an audit): paging while cases
 change between pages, `review_due_before` at its edges, filters combined, the access log."""
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -11,12 +10,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import FakeClock, TokenFactory
-from tests.records_api import (  # noqa: F401  (fixtures are found by name)
-    CaseApi,
-    client,
-    clock,
-    cm,
-)
+from tests.records_api import CaseApi
 
 
 async def agreed_case(cm: CaseApi, risk_level: str, case_manager: str = "cm-1") -> tuple[str,

@@ -2,7 +2,6 @@
 goal achieved and then taken back, while its mail still waits (the notifier catching up, a
 mail server saying "try later", a digest), is not celebrated. Real records service, real
 PostgreSQL, real SMTP."""
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -14,17 +13,7 @@ from aiohttp.test_utils import TestClient
 from services.notifier.schedule import FEED_CHECKPOINT
 from services.notifier.store.cases import reset_checkpoint
 from tests.conftest import FakeClock, TokenFactory
-from tests.notifier_helpers import (  # noqa: F401  (fixtures)
-    NotifierRig,
-    Records,
-    SmtpServer,
-    clock,
-    make_rig,
-    records,
-    rig,
-    smtp,
-    text_of,
-)
+from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig, text_of
 
 
 async def step_status(records: Records, case: str, step: str, status: str) -> None:

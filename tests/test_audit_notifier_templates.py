@@ -1,6 +1,5 @@
 """The mail as its reader gets it: a digest that counts in words, keeps each notice's whole
 first sentence and says which case it is about, and an optional link to the plan."""
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -13,16 +12,7 @@ from pydantic import ValidationError
 from services.notifier.settings import NotifierSettings
 from services.notifier.templates import render, render_digest
 from tests.conftest import FakeClock, TokenFactory
-from tests.notifier_helpers import (  # noqa: F401  (fixtures)
-    NotifierRig,
-    Records,
-    SmtpServer,
-    clock,
-    records,
-    rig,
-    smtp,
-    text_of,
-)
+from tests.notifier_helpers import NotifierRig, Records, SmtpServer, text_of
 
 TODAY = date(2026, 5, 3)
 OVERDUE = {"participant": "Jo", "review_id": "r", "due_date": "2026-05-01", "grace_days": 2,

@@ -1,7 +1,6 @@
 """Privacy audit of the notifier API: an address a person gave in their own preferences reaches
 only those who may read those preferences, never through a notification's error or attempts."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -22,17 +21,7 @@ from services.common.auth import issue_token
 from services.notifier.rules import Kind, Notice, RecipientRole
 from services.notifier.store.notifications import insert_notices
 from tests.conftest import JWT_SECRET, FakeClock, TokenFactory, bearer, free_port
-from tests.notifier_helpers import (  # noqa: F401
-    ClockFailingOnce,
-    NotifierRig,
-    Records,
-    SmtpServer,
-    clock,
-    make_rig,
-    records,
-    rig,
-    smtp,
-)
+from tests.notifier_helpers import ClockFailingOnce, NotifierRig, Records, SmtpServer, make_rig
 from tests.test_cli import CASETRAIL
 
 PRIVATE = "jo.private.inbox@example.net"

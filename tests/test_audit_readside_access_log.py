@@ -1,6 +1,5 @@
 """The access log says which part of a case an auditor was shown, not only what was asked."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -11,12 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import FakeClock, TokenFactory, bearer
-from tests.records_api import (  # noqa: F401  (fixtures are found by name)
-    CaseApi,
-    client,
-    clock,
-    cm,
-)
+from tests.records_api import CaseApi
 
 HOUR = timedelta(hours=1)
 

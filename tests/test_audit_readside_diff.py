@@ -1,6 +1,5 @@
 """The read side as a supervisor or a court uses it: time travel, diffs and history agree
 with the plan as it was read live, and a diff tells what changed, never more or less."""
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -12,12 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from services.records.application.queries import diff_documents
 from tests.conftest import FakeClock, TokenFactory, bearer
-from tests.records_api import (  # noqa: F401  (fixtures are found by name)
-    CaseApi,
-    client,
-    clock,
-    cm,
-)
+from tests.records_api import CaseApi
 
 pytestmark = pytest.mark.usefixtures("fresh_database_url")
 

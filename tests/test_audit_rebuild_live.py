@@ -1,7 +1,6 @@
 """`casetrail rebuild-projections` while the records service runs and writes arrive, and
 interrupted half-way (an operator's audit)."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -15,12 +14,7 @@ import asyncpg
 
 from services.records.projections.rebuild import rebuild_projections
 from tests.conftest import TokenFactory
-from tests.records_api import (  # noqa: F401  (fixtures are found by name)
-    CaseApi,
-    client,
-    clock,
-    cm,
-)
+from tests.records_api import CaseApi
 from tests.test_cli import CASETRAIL
 from tests.test_rebuild import Rows, snapshot
 

@@ -11,7 +11,6 @@ from a rebuild only where ``deploy/README.md`` says the release needs one, and t
 sends what was waiting without sending anything again.
 """
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +34,7 @@ from services.records.http.app import migrate as migrate_records
 from services.records.projections.rebuild import rebuild_projections
 from services.records.store.checkpoint import TransactionIdsAhead
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, _admin, bearer
-from tests.notifier_helpers import SmtpServer, make_rig, smtp  # noqa: F401  (a fixture)
+from tests.notifier_helpers import SmtpServer, make_rig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upgrade"
 # after the fixtures' last write (10:11 UTC): what failed then is due for its retry

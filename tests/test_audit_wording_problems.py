@@ -1,6 +1,5 @@
 """What a refusal says to the person who reads it: statuses in words, not API values such as
 "cannot_be_done_yet", and a way to put things right."""
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -13,12 +12,7 @@ import pytest
 from schemas import api
 from services.records import domain as d
 from tests.conftest import TokenFactory
-from tests.records_api import (  # noqa: F401  (fixtures are found by name)
-    CaseApi,
-    client,
-    clock,
-    cm,
-)
+from tests.records_api import CaseApi
 from tests.test_domain_steps import TODAY, add_step, new_case
 
 SNAKE_CASE = re.compile(r"\b[a-z]+_[a-z_]+\b")

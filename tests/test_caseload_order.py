@@ -1,7 +1,6 @@
 """`GET /v1/cases?order=next_review`: the caseload by urgency (soonest review first, overdue
 ones first of all, cases with no review last, ties by case id), paged by a cursor that carries
 the review date; and what that paging promises while reviews move between pages."""
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -19,13 +18,7 @@ from aiohttp.test_utils import TestClient
 from schemas.queries import CaseloadCursor
 from services.records.projections.plans import CaseloadFilter, caseload_statement
 from tests.conftest import FakeClock, TokenFactory
-from tests.records_api import (  # noqa: F401  (fixtures are found by name)
-    CaseApi,
-    client,
-    clock,
-    cm,
-    event_count,
-)
+from tests.records_api import CaseApi, event_count
 from tests.test_audit_caseload_listing import agreed_case, listed
 
 

@@ -1,5 +1,4 @@
 """The plan API end to end: building a plan with a participant, rules, versions, time travel."""
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -17,13 +16,7 @@ from services.records.application import queries
 from services.records.http.app import RECORDS
 from services.records.store.events import EventStore, NewEvent
 from tests.conftest import FakeClock, TokenFactory, bearer
-from tests.records_api import (  # noqa: F401  (fixtures are found by name)
-    CaseApi,
-    client,
-    clock,
-    cm,
-    event_count,
-)
+from tests.records_api import CaseApi, event_count
 
 pytestmark = pytest.mark.usefixtures("fresh_database_url")
 

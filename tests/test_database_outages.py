@@ -2,7 +2,6 @@
 test's own (tests/db_proxy.py) stands between one service and the real PostgreSQL, which is
 never touched."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -24,15 +23,7 @@ from services.notifier.http.app import create_app as create_notifier
 from services.records.http.app import RECORDS
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.db_proxy import DbProxy
-from tests.notifier_helpers import (  # noqa: F401
-    NotifierRig,
-    Records,
-    SmtpServer,
-    clock,
-    make_rig,
-    notifier_settings,
-    records,
-)
+from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig, notifier_settings
 from tests.records_api import CaseApi, event_count
 
 

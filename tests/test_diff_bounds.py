@@ -1,6 +1,5 @@
 """A diff over a long range: its `events` stop at a history page's maximum and say where
 `/history` continues, while `changes` stay complete; the stream is folded page by page."""
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -10,12 +9,7 @@ import pytest
 
 from schemas.queries import MAX_EVENTS_LISTED
 from services.records.application import queries
-from tests.records_api import (  # noqa: F401  (fixtures are found by name)
-    CaseApi,
-    client,
-    clock,
-    cm,
-)
+from tests.records_api import CaseApi
 
 
 async def notes(cm: CaseApi, case_id: str, count: int) -> list[str]:

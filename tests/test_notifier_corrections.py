@@ -1,6 +1,5 @@
 """Later events correct what is still waiting to be sent, wherever it waits: handed on to each
 supervisor, inside a digest, or held back by quiet hours."""
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -9,16 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.conftest import FakeClock, TokenFactory
-from tests.notifier_helpers import (  # noqa: F401  (fixtures)
-    NotifierRig,
-    Records,
-    SmtpServer,
-    clock,
-    records,
-    rig,
-    smtp,
-    text_of,
-)
+from tests.notifier_helpers import NotifierRig, Records, SmtpServer, text_of
 
 
 def recipients_of(smtp: SmtpServer) -> list[str]:

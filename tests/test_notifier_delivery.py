@@ -1,7 +1,6 @@
 """Delivery against a real SMTP server (aiosmtpd in this process): success, 4xx then success,
 5xx, server down then back, dead letters, preferences, digests and two instances at once."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -32,16 +31,12 @@ from services.notifier.store.notifications import (
     record_outcomes,
 )
 from tests.conftest import FakeClock, TokenFactory, bearer, wait_until
-from tests.notifier_helpers import (  # noqa: F401
+from tests.notifier_helpers import (
     NotifierRig,
     Records,
     SmtpServer,
-    clock,
     make_rig,
     notifier_settings,
-    records,
-    rig,
-    smtp,
     text_of,
 )
 

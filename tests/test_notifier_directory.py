@@ -2,7 +2,6 @@
 provider, and a participant's may be the very id a staff member has (numbered from 1 in each
 system, say). Real notifier API over HTTP, real records service, real PostgreSQL and SMTP."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,16 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from services.notifier.http.app import migrate as migrate_notifier
 from tests.conftest import FakeClock, TokenFactory, bearer
-from tests.notifier_helpers import (  # noqa: F401  (fixtures)
-    NotifierRig,
-    Records,
-    SmtpServer,
-    clock,
-    make_rig,
-    records,
-    rig,
-    smtp,
-)
+from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig
 from tests.test_audit_upgrade_releases import RELEASES, _database_holding, _dump
 
 PARTICIPANTS_OWN = "their.own@example.net"

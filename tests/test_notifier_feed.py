@@ -1,7 +1,6 @@
 """Following the records feed: the schedule it builds, idempotent replays, crash recovery and
 two instances reading at once. Real records service over HTTP, real PostgreSQL."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import ast
@@ -21,17 +20,7 @@ from services.notifier.service import rule_settings
 from services.notifier.store.cases import load_checkpoint, reset_checkpoint
 from services.records.store.events import EventStore, NewEvent
 from tests.conftest import FakeClock, TokenFactory
-from tests.notifier_helpers import (  # noqa: F401
-    NotifierRig,
-    Records,
-    SmtpServer,
-    clock,
-    free_port,
-    make_rig,
-    records,
-    rig,
-    smtp,
-)
+from tests.notifier_helpers import NotifierRig, Records, SmtpServer, free_port, make_rig
 
 
 def pending(rows: list[dict[str, object]]) -> dict[str, str]:

@@ -2,7 +2,6 @@
 counted), the rest of the feed goes on, and a failure applying a whole page is retried rather
 than ending the subscription. Real records service over HTTP, real PostgreSQL."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -22,17 +21,7 @@ from services.notifier.service import rule_settings
 from services.notifier.store.cases import load_checkpoint
 from services.records.store.events import EventStore, NewEvent
 from tests.conftest import FakeClock
-from tests.notifier_helpers import (  # noqa: F401
-    ClockFailingOnce,
-    NotifierRig,
-    Records,
-    SmtpServer,
-    clock,
-    make_rig,
-    records,
-    rig,
-    smtp,
-)
+from tests.notifier_helpers import ClockFailingOnce, NotifierRig, Records, SmtpServer, make_rig
 
 MODERATE_REVIEW_DUE = date(2026, 5, 1)  # agreed on the clock's first day, moderate risk
 

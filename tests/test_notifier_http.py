@@ -1,7 +1,6 @@
 """The notifier's HTTP API: preferences and who may set them, listings, the schedule, tenancy,
 bad input (always a 4xx problem, never a 500) and the operational routes."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import uuid
@@ -15,17 +14,13 @@ from aiohttp.test_utils import TestClient
 
 from services.notifier.feed import FeedError
 from tests.conftest import FakeClock, TokenFactory, bearer
-from tests.notifier_helpers import (  # noqa: F401
+from tests.notifier_helpers import (
     PARTICIPANT,
     NotifierRig,
     Records,
     SmtpServer,
-    clock,
     free_port,
     make_rig,
-    records,
-    rig,
-    smtp,
 )
 
 GOOD = {"email": "sam@example.org", "delivery": "immediate", "timezone": "Europe/Berlin",

@@ -25,13 +25,7 @@ from services.notifier.http.app import migrate as migrate_notifier
 from services.records.http.app import migrate as migrate_records
 from services.records.projections.rebuild import rebuild_projections
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
-from tests.notifier_helpers import (  # noqa: F401  (fixtures)
-    Records,
-    SmtpServer,
-    clock,
-    make_rig,
-    smtp,
-)
+from tests.notifier_helpers import Records, SmtpServer, make_rig
 from tests.records_api import CaseApi
 
 ROLES_SQL = Path(__file__).resolve().parent.parent / "deploy" / "production-roles.sql"
@@ -279,7 +273,7 @@ async def feed_shows_every_event(owner_url: str) -> None:
 async def test_the_notifier_works_as_the_notifier_role_beside_records_as_its_own(
         aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
         make_records_client: ClientFactory, roles: Roles, token: TokenFactory,
-        smtp: SmtpServer, clock: FakeClock) -> None:  # noqa: F811
+        smtp: SmtpServer, clock: FakeClock) -> None:
     records = Records(await make_records_client(roles.records_url, clock=clock), token())
     rig = await make_rig(aiohttp_client, roles.notifier_url, records.client, smtp, clock)
     await rig.set_prefs("cm-1", token())  # the directory

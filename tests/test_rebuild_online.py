@@ -23,13 +23,7 @@ from services.records.projections.plans import plan_upsert, replay
 from services.records.projections.rebuild import rebuild_projections
 from services.records.store.events import CoWrite, EventStore, NewEvent, RecordedEvent
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, wait_until
-from tests.records_api import (  # noqa: F401  (fixtures are found by name)
-    CaseApi,
-    client,
-    clock,
-    cm,
-    event_count,
-)
+from tests.records_api import CaseApi, event_count
 from tests.test_audit_rebuild_live import (
     HERE,
     PROMPT_SECONDS,
