@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from services.records.application import queries
 from services.records.http.app import RECORDS
+from services.records.store import events as events_module
 from services.records.store.events import EventStore, NewEvent
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.records_api import CaseApi, event_count
@@ -558,7 +558,7 @@ async def test_time_travel_by_time_reads_a_plan_that_existed_when_clocks_disagre
 @pytest.mark.parametrize("page", [1, 2, 3])
 async def test_time_travel_folded_in_small_pages_reads_the_plan_read_at_once(
         cm: CaseApi, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, page: int) -> None:
-    """Time travel reads the stream a page (EXPORT_PAGE events) at a time, as exports and
+    """Time travel reads the stream a page (READ_PAGE events) at a time, as exports and
     diffs do, so a long history is never held whole: any page size gives the same plans, by
     version and by time, across the clocks' disagreement too."""
     case_id = await cm.open_case(risk_level="high")  # 09:00
@@ -579,7 +579,7 @@ async def test_time_travel_folded_in_small_pages_reads_the_plan_read_at_once(
 
     read_at_once = await plans()
     assert [p["version"] for p in read_at_once] == [1, 2, 3, 4, 5, 6, 2, 2, 5, 6]
-    monkeypatch.setattr(queries, "EXPORT_PAGE", page)
+    monkeypatch.setattr(events_module, "READ_PAGE", page)
     assert await plans() == read_at_once
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.queries import MAX_EVENTS_LISTED
 from services.records.application import queries
+from services.records.store import events as events_module
 from tests.records_api import CaseApi
 
 
@@ -73,7 +74,7 @@ async def test_a_short_diff_is_answered_whole(cm: CaseApi) -> None:
 @pytest.mark.parametrize("page", [1, 2, 3])
 async def test_a_diff_folded_in_small_pages_is_the_diff_read_at_once(
         cm: CaseApi, monkeypatch: pytest.MonkeyPatch, page: int) -> None:
-    """The stream is read page by page (EXPORT_PAGE events at a time), both up to
+    """The stream is read page by page (READ_PAGE events at a time), both up to
     ``from_version`` and through the range: any page size gives the same answer."""
     case_id = await cm.open_case(risk_level="high")
     strength = await cm.strength(case_id)
@@ -86,7 +87,7 @@ async def test_a_diff_folded_in_small_pages_is_the_diff_read_at_once(
     await notes(cm, case_id, 2)
     ranges = [(0, 11), (1, 11), (3, 9), (4, 5), (6, 10), (10, 11)]
     whole = {r: await diff(cm, case_id, *r) for r in ranges}
-    monkeypatch.setattr(queries, "EXPORT_PAGE", page)
+    monkeypatch.setattr(events_module, "READ_PAGE", page)
     assert {r: await diff(cm, case_id, *r) for r in ranges} == whole
 
 
@@ -97,7 +98,7 @@ async def test_the_events_stop_at_the_cap_wherever_the_pages_fall(
     whole = await diff(cm, case_id, 1, 10)
     monkeypatch.setattr(queries, "MAX_EVENTS_LISTED", 4)
     for page in (1, 3, 4, 5, 500):
-        monkeypatch.setattr(queries, "EXPORT_PAGE", page)
+        monkeypatch.setattr(events_module, "READ_PAGE", page)
         capped = await diff(cm, case_id, 1, 10)
         assert capped["events"] == whole["events"][:4], page
         assert (capped["events_truncated"], capped["next_after_version"]) == (True, 5), page

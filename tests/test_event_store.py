@@ -7,16 +7,19 @@ import hashlib
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
 from services.records.chain import GENESIS_HASH, ChainCheck, ChainLink
+from services.records.store import events as events_module
 from services.records.store.events import (
     EventStore,
     IdempotencyClaim,
     IdempotencyKeyReused,
     NewEvent,
+    RecordedEvent,
     VersionConflict,
 )
 from tests.conftest import FakeClock
@@ -212,6 +215,40 @@ async def test_hash_chain_verifies_and_names_the_first_broken_link(pool: asyncpg
     assert report.broken_at_version == 3
     assert report.problem == "hash does not match the event's content"
     assert report.events_checked == 2
+
+
+@pytest.mark.parametrize("tampered", [None, 2, 3, 7])
+async def test_verify_walks_the_stream_a_page_at_a_time(
+        pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, tampered: int | None) -> None:
+    """A long history is checked without holding it whole: no read brings more than a page,
+    and any page size names the same first broken link as one read of everything."""
+    store, stream = EventStore(pool), uuid.uuid4()
+    for version in range(8):
+        await store.append(stream, [note(f"entry {version}")], expected_version=version,
+                           agency=AGENCY, metadata=META)
+    if tampered is not None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(
+                "UPDATE records.events SET data = jsonb_set(data, '{text}', '\"rewritten\"')"
+                " WHERE stream_id = $1 AND version = $2", stream, tampered)
+    whole = await store.verify(stream)
+    windowed = await store.verify(stream, up_to_version=6)
+    pages: list[int] = []
+    read_stream = store.read_stream
+
+    async def counted(*args: Any, **kwargs: Any) -> list[RecordedEvent]:
+        events = await read_stream(*args, **kwargs)
+        pages.append(len(events))
+        return events
+
+    monkeypatch.setattr(store, "read_stream", counted)
+    monkeypatch.setattr(events_module, "READ_PAGE", 3)
+    assert await store.verify(stream) == whole
+    assert await store.verify(stream, up_to_version=6) == windowed
+    assert max(pages) <= 3
+    assert whole.valid is (tampered is None)
+    assert windowed.events_checked == (6 if tampered in (None, 7) else tampered - 1)
 
 
 @pytest.mark.parametrize("path", ["{actor,sub}", "{reason}", "{agency}"])

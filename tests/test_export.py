@@ -29,6 +29,7 @@ from services.common.settings import ConfigurationError
 from services.records.application import queries
 from services.records.export.signing import ExportSigner, load_signer
 from services.records.export.verify import MalformedExport, verify_export
+from services.records.store import events as events_module
 from tests.conftest import (
     JWT_SECRET,
     ClientFactory,
@@ -259,7 +260,7 @@ async def test_an_altered_pdf_or_its_header_fails(
 async def test_a_pdf_streams_every_page_of_a_long_history(
         client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queries, "EXPORT_PAGE", 7)
+    monkeypatch.setattr(events_module, "READ_PAGE", 7)
     await add_notes(client, token, case_id,
                     [f"Note {n}: Zoë spoke about «the workshop» " * 3 for n in range(120)])
     raw = await export(client, token(sub="cm-1"), case_id, "?format=pdf")
@@ -486,7 +487,7 @@ async def test_the_cli_answers_bad_files_and_keys_without_a_traceback(
 async def test_exports_stream_in_pages_and_stop_at_the_version_they_started_at(
         client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queries, "EXPORT_PAGE", 2)
+    monkeypatch.setattr(events_module, "READ_PAGE", 2)
     await add_notes(client, token, case_id, [f"note {n}" for n in range(6)])
     raw = await export(client, token(sub="cm-1"), case_id)
     report = verify_bytes(raw, public_key(key_file))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -170,12 +170,3 @@ class ChainCheck:
             return self._broken
         return ChainReport(True, self._checked, self._expected_prev or GENESIS_HASH)
 
-
-def verify_links(links: Iterable[ChainLink]) -> ChainReport:
-    """Recompute the chain in version order and name the first link that does not hold."""
-    check = ChainCheck()
-    for link in links:
-        check.add(link)
-        if check.broken:
-            break
-    return check.report()

@@ -53,7 +53,6 @@ from services.records.store.checkpoint import Checkpoint
 from services.records.store.events import Clock, EventStore, RecordedEvent
 from services.records.store.windows import versions_around_window
 
-EXPORT_PAGE = 500  # events read per query while an export streams
 # A PDF is laid out in memory (about 1.5 KB per event) and is read by people: 10,000 events
 # are ~15 MB and ~550 pages; longer histories are exported as JSON Lines or CSV.
 MAX_PDF_EVENTS = 10_000
@@ -167,7 +166,7 @@ class CaseQueries:
             check_diff_in_window(window, from_version, to_version)
         plans = PlanAcross(await self._state_at(case_id, from_version))
         listed: list[RecordedEvent] = []
-        async for events in self._pages(case_id, from_version + 1, to_version):
+        async for events in self._store.pages(case_id, from_version + 1, to_version):
             plans.add(events)
             listed += events[:MAX_EVENTS_LISTED - len(listed)]
         if plans.version < to_version:
@@ -222,7 +221,7 @@ class CaseQueries:
     async def _export_chunks(self, writer: ExportWriter, case_id: UUID, first: int,
                              last: int) -> AsyncGenerator[bytes, None]:
         yield writer.header()
-        async for events in self._pages(case_id, first, last):
+        async for events in self._store.pages(case_id, first, last):
             yield b"".join(writer.event(event.link()) for event in events)
         yield writer.trailer(self._signer)
 
@@ -231,7 +230,7 @@ class CaseQueries:
         """The plan as of the last version exported, as resources, then the events."""
         view = stored.view if stored.version == last else await self._view_at(case_id, last)
         yield writer.opening(view)
-        async for events in self._pages(case_id, first, last):
+        async for events in self._store.pages(case_id, first, last):
             yield b"".join(writer.event(event.link()) for event in events)
         yield writer.trailer(self._signer)
 
@@ -245,7 +244,7 @@ class CaseQueries:
         """The plan's state at ``version`` (None: the last recorded by ``up_to_time``, or the
         head), folded page by page; None before the case was opened."""
         state = None
-        async for events in self._pages(case_id, 1, version, up_to_time=up_to_time):
+        async for events in self._store.pages(case_id, 1, version, up_to_time=up_to_time):
             state = fold_recorded(events, state)
         return state
 
@@ -255,31 +254,13 @@ class CaseQueries:
         then handed out with its signature line."""
         renderer = await asyncio.to_thread(PdfRenderer, header)
         try:
-            async for events in self._pages(case_id, first, last):
+            async for events in self._store.pages(case_id, first, last):
                 await asyncio.to_thread(renderer.add, [event.link() for event in events])
             chunks = signed_pdf(renderer, header, self._signer)
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
                 yield chunk
         finally:
             renderer.close()
-
-    async def _pages(self, case_id: UUID, first: int, last: int | None, *,
-                     up_to_time: datetime | None = None,
-                     ) -> AsyncGenerator[list[RecordedEvent], None]:
-        """The stream's events from version ``first`` through ``last`` (None: through the
-        last recorded by ``up_to_time``, or the head), a page at a time: a long history is
-        never held in memory whole."""
-        after = first - 1
-        while last is None or after < last:
-            events = await self._store.read_stream(case_id, after_version=after,
-                                                   up_to_version=last, up_to_time=up_to_time,
-                                                   limit=EXPORT_PAGE)
-            if not events:
-                return
-            yield events
-            if len(events) < EXPORT_PAGE:
-                return
-            after = events[-1].version
 
     async def access_log(self, who: Principal, *, case_id: UUID | None, after: Checkpoint,
                          limit: int) -> dict[str, Any]:

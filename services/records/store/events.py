@@ -20,7 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from services.common.jsonenc import encode_json
-from services.records.chain import GENESIS_HASH, ChainLink, ChainReport, verify_links
+from services.records.chain import GENESIS_HASH, ChainCheck, ChainLink, ChainReport
 from services.records.store.group_commit import GroupCommit
 
 Clock = Callable[[], datetime]
@@ -264,6 +264,7 @@ def _row(event: RecordedEvent) -> dict[str, Any]:
             "recorded_at": event.recorded_at, "prev_hash": event.prev_hash, "hash": event.hash}
 
 
+READ_PAGE = 500  # events per query where a whole stream is walked: exports, diffs, verify
 _EVENT_COLUMNS = ("global_position, stream_id, version, event_id, type, schema_version, data,"
                   " metadata, agency, recorded_at, prev_hash, hash")
 
@@ -534,11 +535,34 @@ class EventStore:
             self._heads.remember(stream_id, events[-1].version, events[-1].hash)
         return events
 
+    async def pages(self, stream_id: UUID, first: int = 1, last: int | None = None, *,
+                    up_to_time: datetime | None = None,
+                    ) -> AsyncIterator[list[RecordedEvent]]:
+        """The stream's events from version ``first`` through ``last`` (None: through the
+        last recorded by ``up_to_time``, or the head), ``READ_PAGE`` at a time: a long
+        history is never held in memory whole."""
+        after = first - 1
+        while last is None or after < last:
+            events = await self.read_stream(stream_id, after_version=after,
+                                            up_to_version=last, up_to_time=up_to_time,
+                                            limit=READ_PAGE)
+            if not events:
+                return
+            yield events
+            if len(events) < READ_PAGE:
+                return
+            after = events[-1].version
+
     async def verify(self, stream_id: UUID, *, up_to_version: int | None = None) -> ChainReport:
         """Recompute the stream's chain from the stored rows (from the first event, through
-        ``up_to_version`` when given); names the first broken link."""
-        events = await self.read_stream(stream_id, up_to_version=up_to_version)
-        return verify_links(e.link() for e in events)
+        ``up_to_version`` when given), a page at a time; names the first broken link."""
+        check = ChainCheck()
+        async for events in self.pages(stream_id, last=up_to_version):
+            for event in events:
+                check.add(event.link())
+            if check.broken:
+                break
+        return check.report()
 
 
 async def stream_heads(db: Executor) -> dict[UUID, int]:
