@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 _CHUNK = 64 * 1024
 
@@ -14,8 +14,14 @@ _CHUNK = 64 * 1024
 class DbProxy:
     def __init__(self, database_url: str) -> None:
         parts = urlsplit(database_url)
-        self._parts = parts
-        self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        query = dict(parse_qsl(parts.query))
+        host = query.pop("host", None) or parts.hostname or "127.0.0.1"
+        port = int(query.pop("port", None) or parts.port or 5432)
+        # the proxy's URL names only the proxy: a host or port left in the query would win
+        self._parts = parts._replace(query=urlencode(query))
+        # an embedded server (no DATABASE_URL) listens on a Unix socket in its data folder
+        self._socket = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
+        self._target = (host, port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,7 +79,9 @@ class DbProxy:
         self._writers.add(writer)
         await self._flowing.wait()
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            up_reader, up_writer = await (
+                asyncio.open_unix_connection(self._socket) if self._socket is not None
+                else asyncio.open_connection(*self._target))
         except OSError:
             writer.close()
             return
