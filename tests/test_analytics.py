@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from services.records.application.analytics import DAYS_PER_MONTH
-from services.records.projections.outcomes import _COLUMNS, OutcomeFact
 from services.records.projections.rebuild import rebuild_projections
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer, wait_until
 from tests.records_api import PARTICIPANT, CaseApi, event_count
@@ -535,16 +534,11 @@ async def test_two_counts_shown_together_give_away_no_small_difference(k3: Agenc
         "reviews.on_time", "reviews.not_held", "reviews.on_time_rate"]
 
 
-def test_the_facts_columns_are_read_in_the_order_of_the_facts_fields() -> None:
-    """load_facts builds each fact from its row by position (bench/reads.py: a year of a
-    20,000-case agency is ~200,000 facts)."""
-    assert _COLUMNS.split(", ") == [field.name for field in fields(OutcomeFact)]
-
-
 async def test_an_instance_computes_one_outcomes_answer_at_a_time(scene: Scene) -> None:
-    """A year of a 20,000-case agency holds ~140 MiB while it is summed (bench/reads.py):
-    asked by several analysts at once, a pod of 512 MiB would be killed. The second ask
-    waits for the first instead of loading its facts beside it; both are answered."""
+    """An answer holds a pool connection while the database scans the agency's facts: asked
+    by several analysts at once, an instance queues them on one connection instead of taking
+    one each from case managers' writes. The second ask waits for the first; both are
+    answered."""
     _, alone = await scene.outcomes()
     holder = await asyncpg.connect(scene.database_url)
     watcher = await asyncpg.connect(scene.database_url)  # outside the holder's transaction,

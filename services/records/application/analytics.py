@@ -7,11 +7,10 @@ to show without singling people out is withheld (small-cell suppression, decisio
 from __future__ import annotations
 
 import asyncio
-import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
-from itertools import groupby
 from typing import NamedTuple, TypeVar
 from uuid import UUID
 
@@ -22,10 +21,13 @@ from services.common.auth import Principal
 from services.records.application.access import authorize_analytics
 from services.records.application.policy import AgencyPolicies
 from services.records.projections.outcomes import (
-    DueReview,
-    OutcomeFact,
-    load_due_reviews,
-    load_facts,
+    CaseOutcomes,
+    CaseReviews,
+    GoalEvent,
+    LifeEvent,
+    case_outcomes,
+    case_reviews,
+    reading,
 )
 from services.records.store.events import Clock
 
@@ -39,9 +41,10 @@ class OutcomeAnalytics:
         self._pool = pool
         self._clock = clock
         self._policies = policies
-        # A year of a large agency's facts is held while it is summed (~140 MiB for 20,000
-        # cases, bench/reads.py): one answer at a time, so that several analysts asking at
-        # once wait their turn instead of taking the instance past its memory limit.
+        # One answer at a time. Not for memory any more (an answer holds its cases' ids, a few
+        # MiB for 20,000 cases, not the period's facts): each answer takes a pool connection
+        # for its whole read and a scan of the agency's facts from the database, so analysts
+        # asking at once take one connection from the case managers' writes, not one each.
         self._one_at_a_time = asyncio.Lock()
 
     async def outcomes(self, who: Principal, since: date | None,
@@ -56,10 +59,22 @@ class OutcomeAnalytics:
         if since > until:  # only `from` was given, and it lies after today
             until = since
         async with self._one_at_a_time:
-            facts = await load_facts(self._pool, who.agency, since, until)
-            reviews = await load_due_reviews(self._pool, who.agency, since, min(until, today))
-            return summarize(who.agency, since, until, facts, reviews, today=today,
-                             min_cell=policy.analytics_min_cell)
+            totals = await read_totals(self._pool, who.agency, since, until, today=today)
+        return summarize(who.agency, since, until, totals, min_cell=policy.analytics_min_cell)
+
+
+async def read_totals(pool: asyncpg.Pool, agency: str, since: date, until: date, *,
+                      today: date) -> Totals:
+    """The agency's totals from ``since`` through ``until``, added up a case at a time as the
+    cases are read. Days after ``today`` have not happened: no case was open on them."""
+    lived_until = min(until, today)
+    totals = Totals(since, lived_until)
+    async with reading(pool) as conn:
+        async for case in case_outcomes(conn, agency, since, until):
+            totals.add_case(case)
+        async for reviews in case_reviews(conn, agency, since, lived_until, today):
+            totals.add_reviews(reviews)
+    return totals
 
 
 @dataclass(frozen=True)
@@ -68,12 +83,6 @@ class Cell:
 
     count: int = 0
     cases: frozenset[UUID] = frozenset()
-
-    @classmethod
-    def of(cls, case_ids: Iterable[UUID]) -> Cell:
-        """One item counted per id given: several may be one participant's."""
-        ids = list(case_ids)
-        return cls(len(ids), frozenset(ids))
 
     def __add__(self, other: Cell) -> Cell:
         return Cell(self.count + other.count, self.cases | other.cases)
@@ -162,26 +171,92 @@ class Disclosure:
         return rest.count != 0 and self.safe(rest)
 
 
-def summarize(agency: str, since: date, until: date, facts: list[OutcomeFact],
-              reviews: list[DueReview], *, today: date, min_cell: int) -> api.OutcomesView:
-    """The period's figures from the agency's facts (case life from the start, the rest from
-    ``since``), ordered by case and version, and the reviews due in it. Days after ``today``
-    have not happened: no case was open on them. Figures too small to show at ``min_cell``
-    are withheld."""
-    period = [fact for fact in facts if since <= fact.occurred_on <= until]
-    lived_until = min(until, today)
-    days_open = {case_id: _days_open(list(life), since, lived_until)
-                 for case_id, life in groupby(facts, key=lambda fact: fact.case_id)}
-    case_months = sum(days_open.values()) / DAYS_PER_MONTH
+class Tally:
+    """A Cell counted a case at a time: items, and the cases they came from."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.cases: set[UUID] = set()
+
+    def add(self, case_id: UUID, items: int = 1) -> None:
+        if items:
+            self.count += items
+            self.cases.add(case_id)
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.count, frozenset(self.cases))
+
+
+@dataclass
+class Totals:
+    """A period's counts, and the cases behind each, added up one case at a time: what the
+    figures are built from, without the facts (case life from the start, the rest from
+    ``since``). Days after ``lived_until`` count for no case."""
+
+    since: date
+    lived_until: date
+    days_open: int = 0
+    cases_open: Tally = field(default_factory=Tally)
+    not_agreed: Tally = field(default_factory=Tally)
+    agreed: Tally = field(default_factory=Tally)  # with no goal in the participant's name
+    co_created: Tally = field(default_factory=Tally)
+    steps_completed: Tally = field(default_factory=Tally)
+    steps_uncompleted: Tally = field(default_factory=Tally)
+    standing: dict[str, Tally] = field(default_factory=dict)  # achievements not taken back
+    from_before: dict[str, Tally] = field(default_factory=dict)  # take-backs of earlier ones
+    cancelled: Tally = field(default_factory=Tally)  # the period's achievements taken back in it
+    taken_back: Tally = field(default_factory=Tally)  # every take-back in the period
+    timed: Tally = field(default_factory=Tally)  # standing achievements with their days
+    days_to_achievement: Counter[int] = field(default_factory=Counter)
+    reviews_not_held: Tally = field(default_factory=Tally)
+    reviews_late: Tally = field(default_factory=Tally)
+    reviews_on_time: Tally = field(default_factory=Tally)
+
+    def add_case(self, case: CaseOutcomes) -> None:
+        case_id = case.case_id
+        days = _days_open(case.life, self.since, self.lived_until)
+        if days:
+            self.days_open += days
+            self.cases_open.add(case_id)
+        self.not_agreed.add(case_id, case.not_agreed)
+        self.agreed.add(case_id, case.agreed)
+        self.co_created.add(case_id, case.co_created)
+        self.steps_completed.add(case_id, case.steps_completed)
+        self.steps_uncompleted.add(case_id, case.steps_uncompleted)
+        if case.goals:
+            self._add_goals(case_id, _achievements(case.goals))
+
+    def _add_goals(self, case_id: UUID, found: Achievements) -> None:
+        for won in found.standing:
+            self.standing.setdefault(str(won.domain), Tally()).add(case_id)
+            if won.days is not None:
+                self.timed.add(case_id)
+                self.days_to_achievement[won.days] += 1
+        for taken in found.from_before:
+            self.from_before.setdefault(str(taken.domain), Tally()).add(case_id)
+        self.cancelled.add(case_id, len(found.cancelled))
+        self.taken_back.add(case_id, len(found.taken_back))
+
+    def add_reviews(self, reviews: CaseReviews) -> None:
+        self.reviews_not_held.add(reviews.case_id, reviews.not_held)
+        self.reviews_late.add(reviews.case_id, reviews.late)
+        self.reviews_on_time.add(reviews.case_id, reviews.on_time)
+
+
+def summarize(agency: str, since: date, until: date, totals: Totals, *,
+              min_cell: int) -> api.OutcomesView:
+    """The period's figures from its totals. Figures too small to show at ``min_cell`` are
+    withheld."""
+    case_months = totals.days_open / DAYS_PER_MONTH
     shown = Disclosure(min_cell)
-    cases_open = shown.count("cases_open",
-                             Cell.of(case for case, days in days_open.items() if days > 0))
+    cases_open = shown.count("cases_open", totals.cases_open.cell)
     months = shown.built_on("case_months", round(case_months, 2), cases_open)
     sections = {
-        "co_creation": _co_creation(shown, [f for f in period if f.kind == "plan_agreed"]),
-        "goals_achieved": _goals(shown, _achievements(period)),
-        "small_wins": _small_wins(shown, period, case_months, months),
-        "reviews": _reviews(shown, reviews, today),
+        "co_creation": _co_creation(shown, totals),
+        "goals_achieved": _goals(shown, totals),
+        "small_wins": _small_wins(shown, totals, case_months, months),
+        "reviews": _reviews(shown, totals),
     }
     return api.OutcomesView.model_validate({
         "agency": agency, "from": since, "to": until, "min_cell": min_cell,
@@ -190,7 +265,7 @@ def summarize(agency: str, since: date, until: date, facts: list[OutcomeFact],
     })
 
 
-def _days_open(life: list[OutcomeFact], since: date, until: date) -> int:
+def _days_open(life: Iterable[LifeEvent], since: date, until: date) -> int:
     """Days of [since, until] on which the case was open, walking its openings and closings;
     the day it closed counts (it was open that day), once even if it reopened that day."""
     days = 0
@@ -213,14 +288,8 @@ def _overlap(start: date, end: date, since: date, until: date) -> int:
     return max(0, (min(end, until + timedelta(days=1)) - max(start, since)).days)
 
 
-def _cell(facts: Iterable[OutcomeFact]) -> Cell:
-    return Cell.of(fact.case_id for fact in facts)
-
-
-def _co_creation(shown: Disclosure, agreements: list[OutcomeFact]) -> dict[str, object]:
-    parts = (_cell(fact for fact in agreements if not fact.agreed),
-             _cell(fact for fact in agreements if fact.agreed and not fact.co_created),
-             _cell(fact for fact in agreements if fact.co_created))
+def _co_creation(shown: Disclosure, totals: Totals) -> dict[str, object]:
+    parts = (totals.not_agreed.cell, totals.agreed.cell, totals.co_created.cell)
     counts = shown.nested("co_creation", ("agreements", "agreed", "co_created"), parts)
     rate = _ratio(parts[2].count, parts[1].count + parts[2].count)
     return {**counts, "rate": shown.built_on("co_creation.rate", rate, counts["co_created"],
@@ -228,20 +297,26 @@ def _co_creation(shown: Disclosure, agreements: list[OutcomeFact]) -> dict[str, 
 
 
 class Achievements(NamedTuple):
-    standing: list[OutcomeFact]  # the period's achievements not taken back in it
-    cancelled: list[OutcomeFact]  # the period's achievements taken back in it
-    from_before: list[OutcomeFact]  # take-backs of achievements from before the period
-    taken_back: list[OutcomeFact]  # every take-back in the period
+    """One case's goal facts of the period, each achievement paired with its take-back."""
+
+    standing: list[GoalEvent]  # the period's achievements not taken back in it
+    cancelled: list[GoalEvent]  # the period's achievements taken back in it
+    from_before: list[GoalEvent]  # take-backs of achievements from before the period
+    taken_back: list[GoalEvent]  # every take-back in the period
 
 
-def _achievements(period: list[OutcomeFact]) -> Achievements:
+def _achievements(goals: Iterable[GoalEvent]) -> Achievements:
     """A take-back cancels its goal's achievement in the period, domain and days with it;
-    one of an achievement before the period is taken off in the goal's domain."""
-    standing: dict[object, list[OutcomeFact]] = {}  # the period's achievements, per goal
+    one of an achievement before the period is taken off in the goal's domain. A goal is one
+    case's: its achievements and take-backs are paired within the case."""
+    standing: dict[UUID, list[GoalEvent]] = {}  # the period's achievements, per goal
     found = Achievements([], [], [], [])
-    for fact in period:
+    for fact in goals:
         if fact.kind == "goal_achieved":
-            standing.setdefault(fact.goal_id or fact.event_id, []).append(fact)
+            if fact.goal_id is None:  # named no goal: nothing can take it back
+                found.standing.append(fact)
+            else:
+                standing.setdefault(fact.goal_id, []).append(fact)
         elif fact.kind == "goal_unachieved":
             found.taken_back.append(fact)
             won = standing.get(fact.goal_id) if fact.goal_id is not None else None
@@ -253,34 +328,58 @@ def _achievements(period: list[OutcomeFact]) -> Achievements:
     return found
 
 
-def _goals(shown: Disclosure, found: Achievements) -> dict[str, object]:
-    def net(domain: str | None = None) -> Cell:
-        def kept(facts: list[OutcomeFact]) -> Cell:
-            return _cell(fact for fact in facts if domain in (None, str(fact.domain)))
-        return kept(found.standing).less(kept(found.from_before))
+def _goals(shown: Disclosure, totals: Totals) -> dict[str, object]:
+    def net(domain: str) -> Cell:
+        return _cell_in(totals.standing, domain).less(_cell_in(totals.from_before, domain))
 
-    domains = {str(fact.domain) for fact in found.standing + found.from_before}
+    domains = sorted(totals.standing.keys() | totals.from_before.keys())
     by_domain, other = shown.domains("goals_achieved", {domain: net(domain) for domain in domains})
-    total = shown.count("goals_achieved.total", net(), unless=other is None)
+    standing = _sum(tally.cell for tally in totals.standing.values())
+    from_before = _sum(tally.cell for tally in totals.from_before.values())
+    total = shown.count("goals_achieved.total", standing.less(from_before),
+                        unless=other is None)
     # side by side, the total and the take-backs add up to the achievements of the period
-    recorded = _cell(found.standing + found.cancelled)
-    reversed_ = shown.count("goals_achieved.reversed", _cell(found.taken_back),
+    recorded = standing + totals.cancelled.cell
+    reversed_ = shown.count("goals_achieved.reversed", totals.taken_back.cell,
                             unless=total is not None and not shown.safe(recorded))
-    timed = [(fact.case_id, fact.days) for fact in found.standing if fact.days is not None]
-    median = statistics.median(days for _, days in timed) if timed else None
+    median = _median(totals.days_to_achievement)
     return {"total": total, "by_domain": by_domain, "other_withheld": other,
             "reversed": reversed_,
             "median_days_to_achievement": shown.show(
                 "goals_achieved.median_days_to_achievement", median,
-                shown.safe(Cell.of(case for case, _ in timed)))}
+                shown.safe(totals.timed.cell))}
 
 
-def _small_wins(shown: Disclosure, period: list[OutcomeFact], case_months: float,
+def _cell_in(by_domain: dict[str, Tally], domain: str) -> Cell:
+    tally = by_domain.get(domain)
+    return tally.cell if tally is not None else Cell()
+
+
+def _median(counted: Counter[int]) -> float | None:
+    """``statistics.median`` of the values counted (an int when their number is odd), without
+    listing them: memory follows the distinct values, not the achievements."""
+    size = counted.total()
+    if not size:
+        return None
+    low, high = _at_rank(counted, (size - 1) // 2), _at_rank(counted, size // 2)
+    return low if size % 2 else (low + high) / 2
+
+
+def _at_rank(counted: Counter[int], rank: int) -> int:
+    """The value at 0-based ``rank`` of the values counted, in order."""
+    seen = 0
+    for value in sorted(counted):
+        seen += counted[value]
+        if rank < seen:
+            return value
+    raise ValueError(rank)
+
+
+def _small_wins(shown: Disclosure, totals: Totals, case_months: float,
                 months: float | None) -> dict[str, object]:
     """Steps completed in the period, less completions taken back in it (a step moved back
     from completed)."""
-    completed = _cell(fact for fact in period if fact.kind == "step_completed")
-    uncompleted = _cell(fact for fact in period if fact.kind == "step_uncompleted")
+    completed, uncompleted = totals.steps_completed.cell, totals.steps_uncompleted.cell
     net = shown.count("small_wins.steps_completed", completed.less(uncompleted))
     # side by side, the two add up to the steps completed in the period
     reversed_ = shown.count("small_wins.reversed", uncompleted,
@@ -291,17 +390,15 @@ def _small_wins(shown: Disclosure, period: list[OutcomeFact], case_months: float
                                              months)}
 
 
-def _reviews(shown: Disclosure, reviews: list[DueReview], today: date) -> dict[str, object]:
-    """Reviews that fell due in the period: held on time, held late, or not held yet. One due
-    today and not held yet may still be held today: it is not counted until tomorrow."""
-    counted = [r for r in reviews if r.held or r.due_on < today]
-    not_held = Cell.of(r.case_id for r in counted if not r.held)
-    late = Cell.of(r.case_id for r in counted if r.held and not r.on_time)
-    on_time = Cell.of(r.case_id for r in counted if r.on_time)
+def _reviews(shown: Disclosure, totals: Totals) -> dict[str, object]:
+    """Reviews that fell due in the period: held on time, held late, or not held yet (one due
+    today is not counted until tomorrow: ``case_reviews``)."""
+    not_held = totals.reviews_not_held.cell
+    late, on_time = totals.reviews_late.cell, totals.reviews_on_time.cell
     counts = shown.nested("reviews", ("due", "held", "on_time"), (not_held, late, on_time))
     # due less held: shown with both, its size checked with theirs
     missed = shown.built_on("reviews.not_held", not_held.count, counts["due"], counts["held"])
-    rate = _ratio(on_time.count, len(counted))
+    rate = _ratio(on_time.count, not_held.count + late.count + on_time.count)
     return {**counts, "not_held": missed, "on_time_rate": shown.built_on(
         "reviews.on_time_rate", rate, counts["on_time"], counts["due"])}
 

@@ -12,10 +12,11 @@ SQL touching ``records.outcome_facts`` lives here, but for the rebuild's swap
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -67,8 +68,6 @@ class OutcomeFact:
 Found = tuple[str, dict[str, Any]]  # the fact's kind and its details
 Reader = Callable[[Any, PlanState], Found | None]
 CASE_LIFE = ("case_opened", "case_closed", "case_reopened")
-# read by load_due_reviews alone
-REVIEW_KINDS = ("review_due", "review_held")
 
 
 def _case_life(kind: str) -> Reader:
@@ -147,49 +146,128 @@ def facts_insert(facts: list[OutcomeFact]) -> list[CoWrite]:
 FACTS = Projection("records.outcome_facts", "event_id", _insert_into)
 
 
-async def load_facts(pool: asyncpg.Pool, agency: str, since: date,
-                     until: date) -> list[OutcomeFact]:
-    """The agency's facts from ``since`` through ``until``, and its case-life facts (opened,
-    closed, reopened) from the start: case-months need the cases open as the period began.
-    Review facts are left to ``load_due_reviews``."""
-    rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM records.outcome_facts WHERE agency = $1 AND occurred_on <= $3"
-        " AND (occurred_on >= $2 OR kind = ANY($4::text[])) AND kind <> ALL($5::text[])"
-        " ORDER BY case_id, version", agency, since, until, list(CASE_LIFE), list(REVIEW_KINDS))
-    # positional (_COLUMNS lists the fields in order): half the time of keywords from a dict
-    return [OutcomeFact(*row) for row in rows]
+# How many rows (one a case) a read of the figures fetches at a time: an answer holds this many,
+# however many facts the agency has. Tests lower it to read across many fetches.
+READ_BATCH = 500
+
+# Facts counted, their order not mattering (in the period): plans agreed, small wins and their
+# take-backs; and facts walked in order: the case life (from the start), goals achieved and
+# taken back (in the period).
+_COUNTED = ("plan_agreed", "step_completed", "step_uncompleted")
+_GOAL_KINDS = ("goal_achieved", "goal_unachieved")
+
+
+class LifeEvent(NamedTuple):
+    kind: str  # case_opened, case_closed, case_reopened
+    occurred_on: date
+
+
+class GoalEvent(NamedTuple):
+    kind: str  # goal_achieved, goal_unachieved
+    goal_id: UUID | None
+    domain: str | None
+    days: int | None  # goal_achieved: days from the goal being set
 
 
 @dataclass(frozen=True)
-class DueReview:
-    """A review as it stands today: when it is due, and whether it was held (on time)."""
+class CaseOutcomes:
+    """One case's facts of a period: counted where their order does not matter, in the order
+    of its events where it does."""
 
-    case_id: UUID  # who the figure rests on: analytics count participants, never name them
-    due_on: date
-    held: bool
-    on_time: bool
+    case_id: UUID
+    not_agreed: int  # plans talked through that the participant did not agree to
+    agreed: int  # agreed, none of the agreed goals in the participant's name
+    co_created: int
+    steps_completed: int
+    steps_uncompleted: int  # completions taken back
+    life: tuple[LifeEvent, ...]  # from the start
+    goals: tuple[GoalEvent, ...]
 
 
-async def load_due_reviews(pool: asyncpg.Pool, agency: str, since: date,
-                           until: date) -> list[DueReview]:
-    """The agency's reviews due from ``since`` through ``until`` (the latest scheduling of
-    each), except those whose case closed before they fell due: closing cancels a pending
-    review, and a cancelled review was never missed."""
-    rows = await pool.fetch(
-        """
-        WITH latest AS (
-            SELECT DISTINCT ON (review_id) review_id, case_id, version, due_on
-            FROM records.outcome_facts WHERE agency = $1 AND kind = 'review_due'
-            ORDER BY review_id, version DESC)
-        SELECT l.case_id, l.due_on, h.event_id IS NOT NULL AS held,
-               coalesce(h.on_time, false) AS on_time
-        FROM latest l
-        LEFT JOIN records.outcome_facts h
-            ON h.agency = $1 AND h.review_id = l.review_id AND h.kind = 'review_held'
-        WHERE l.due_on BETWEEN $2 AND $3
-          AND NOT EXISTS (
-            SELECT FROM records.outcome_facts c
-            WHERE c.case_id = l.case_id AND c.kind = 'case_closed' AND c.version > l.version
-              AND c.occurred_on <= l.due_on AND (h.version IS NULL OR c.version < h.version))
-        """, agency, since, until)
-    return [DueReview(**dict(row)) for row in rows]
+def _in_order(column: str, kinds: str) -> str:
+    return f"array_agg({column} ORDER BY version) FILTER (WHERE kind = ANY({kinds}::text[]))"
+
+
+# One row a case, summed by the database: the service never holds the period's facts.
+_CASE_OUTCOMES = f"""
+SELECT case_id,
+       count(*) FILTER (WHERE kind = 'plan_agreed' AND agreed IS NOT TRUE),
+       count(*) FILTER (WHERE kind = 'plan_agreed' AND agreed AND co_created IS NOT TRUE),
+       count(*) FILTER (WHERE kind = 'plan_agreed' AND co_created),
+       count(*) FILTER (WHERE kind = 'step_completed'),
+       count(*) FILTER (WHERE kind = 'step_uncompleted'),
+       {_in_order("kind", "$5")}, {_in_order("occurred_on", "$5")},
+       {_in_order("kind", "$6")}, {_in_order("goal_id", "$6")},
+       {_in_order("domain", "$6")}, {_in_order("days", "$6")}
+FROM records.outcome_facts
+WHERE agency = $1 AND kind = ANY($4::text[]) AND occurred_on <= $3
+  AND (occurred_on >= $2 OR kind = ANY($5::text[]))
+GROUP BY case_id"""
+
+
+@asynccontextmanager
+async def reading(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """One connection and one snapshot for the reads of an answer (its cursors need a
+    transaction): the cases and their reviews as they stood at one moment."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                        readonly=True):
+        yield conn
+
+
+async def case_outcomes(conn: asyncpg.Connection, agency: str, since: date,
+                        until: date) -> AsyncIterator[CaseOutcomes]:
+    """The agency's cases with facts from ``since`` through ``until``, or case-life facts
+    (opened, closed, reopened) from the start: case-months need the cases open as the period
+    began. ``READ_BATCH`` cases at a time, in no order. Review facts are left to
+    ``case_reviews``."""
+    async for row in conn.cursor(_CASE_OUTCOMES, agency, since, until,
+                                 list(_COUNTED + CASE_LIFE + _GOAL_KINDS), list(CASE_LIFE),
+                                 list(_GOAL_KINDS), prefetch=READ_BATCH):
+        life_kinds, life_days, goal_kinds, goal_ids, domains, days = row[6:]
+        yield CaseOutcomes(
+            row[0], row[1], row[2], row[3], row[4], row[5],
+            tuple(map(LifeEvent, life_kinds, life_days)) if life_kinds else (),
+            tuple(map(GoalEvent, goal_kinds, goal_ids, domains, days)) if goal_kinds else ())
+
+
+@dataclass(frozen=True)
+class CaseReviews:
+    """One case's reviews due in a period, as they stand today."""
+
+    case_id: UUID  # who the figures rest on: analytics count participants, never name them
+    not_held: int  # due before today and not held
+    late: int  # held after the date they were due
+    on_time: int  # held on or before it
+
+
+# The reviews due from $2 through $3 (the latest scheduling of each), except those whose case
+# closed before they fell due: closing cancels a pending review, and a cancelled review was
+# never missed. One due today ($4) and not held yet may still be held today: not counted.
+_CASE_REVIEWS = """
+WITH latest AS (
+    SELECT DISTINCT ON (review_id) review_id, case_id, version, due_on
+    FROM records.outcome_facts WHERE agency = $1 AND kind = 'review_due'
+    ORDER BY review_id, version DESC),
+due AS (
+    SELECT l.case_id, l.due_on, h.event_id IS NOT NULL AS held,
+           coalesce(h.on_time, false) AS on_time
+    FROM latest l
+    LEFT JOIN records.outcome_facts h
+        ON h.agency = $1 AND h.review_id = l.review_id AND h.kind = 'review_held'
+    WHERE l.due_on BETWEEN $2 AND $3
+      AND NOT EXISTS (
+        SELECT FROM records.outcome_facts c
+        WHERE c.case_id = l.case_id AND c.kind = 'case_closed' AND c.version > l.version
+          AND c.occurred_on <= l.due_on AND (h.version IS NULL OR c.version < h.version)))
+SELECT case_id, count(*) FILTER (WHERE NOT held AND due_on < $4),
+       count(*) FILTER (WHERE held AND NOT on_time), count(*) FILTER (WHERE on_time)
+FROM due GROUP BY case_id"""
+
+
+async def case_reviews(conn: asyncpg.Connection, agency: str, since: date, until: date,
+                       today: date) -> AsyncIterator[CaseReviews]:
+    """Per case, the agency's reviews due from ``since`` through ``until``, ``READ_BATCH``
+    cases at a time."""
+    async for row in conn.cursor(_CASE_REVIEWS, agency, since, until, today,
+                                 prefetch=READ_BATCH):
+        yield CaseReviews(*row)
