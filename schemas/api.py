@@ -564,7 +564,8 @@ class CaseloadPage(View):
 
 
 class AccessLogEntryView(View):
-    """One read of a case by a supervisor or an auditor."""
+    """One read of a case by a supervisor or an auditor, or an attempt refused on a case of
+    the reader's own agency."""
 
     id: int
     at: datetime
@@ -576,6 +577,11 @@ class AccessLogEntryView(View):
                              " from_version=2 to_version=5\" (null on entries written before"
                              " it was recorded)")
     request_id: str | None
+    refused: str | None = Field(
+        default=None, description="null when the read was let through; otherwise why it was"
+        " refused: \"not named in the token\" (an auditor asking for a case of the agency"
+        " the token does not name, answered 404) or \"outside the audit window\" (null on"
+        " entries written before refusals were marked)")
 
 
 class AccessLogPage(View):
@@ -683,7 +689,7 @@ class Problem(BaseModel):
     status: int
     detail: str | None = None
     instance: str | None = None
-    errors: list[FieldError] = Field(default_factory=list)
+    errors: list[FieldError]  # always there: empty when no one field is to blame
 
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (

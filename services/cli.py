@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from schemas.events import MAX_IDENTIFIER, ExactUserId
 from services.common.auth import Role, check_secret, dev_secret, expected_claims, issue_token
 from services.common.database import MigrationError
 from services.common.logs import configure_logging
@@ -49,11 +50,18 @@ def _jwt_secret(settings: Settings) -> str | None:
     return local.read_text().strip() if local.exists() else None
 
 
+# the roles whose tokens reach only the cases they name (services/records/application/access.py)
+_NAMED_CASES_ROLES = frozenset({Role.PARTICIPANT, Role.AUDITOR})
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(ExactUserId)  # the services' rule for sub, agency
+
+
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     secret = _jwt_secret(settings)
     if not secret:
         return _fail("set CASETRAIL_JWT_SECRET (or run `casetrail dev` once to make a dev secret)")
     check_secret(secret)  # the services would refuse every token it signs
+    if refusal := _identity_refusal(args):
+        return _fail(refusal)
     cases = [c for c in (args.cases or "").split(",") if c]
     try:
         window_from = _window_bound(args.window_from, "--window-from", end_of_day=False)
@@ -67,6 +75,8 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
                      " --window-to or both (a --window-to of today covers it all so far)")
     if window_from and window_to and window_from > window_to:
         return _fail("--window-from must not be later than --window-to")
+    if refusal := _cases_refusal(Role(args.role), cases):
+        return _fail(refusal)
     try:
         token = issue_token(secret, sub=args.sub, role=args.role, agency=args.agency,
                             cases=cases, ttl_seconds=args.ttl, window_from=window_from,
@@ -75,6 +85,28 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(f"bad --cases or --role: {error}")
     print(token)
     return 0
+
+
+def _identity_refusal(args: argparse.Namespace) -> str | None:
+    """Why the services would refuse a token with this --sub or --agency (they answer 401)."""
+    for flag, value in (("--sub", args.sub), ("--agency", args.agency)):
+        try:
+            _IDENTIFIER.validate_python(value)
+        except ValidationError:
+            return (f"{flag} must be an identifier of 1-{MAX_IDENTIFIER} characters, without"
+                    " surrounding spaces, control characters or invalid Unicode")
+    return None
+
+
+def _cases_refusal(role: Role, cases: list[str]) -> str | None:
+    """A participant or auditor token naming no case reads nothing; another role's token
+    reaches cases by its role and agency, and ignores any it names."""
+    if role in _NAMED_CASES_ROLES and not cases:
+        return f"{role} tokens reach only the cases they name: give --cases ID[,ID…]"
+    if cases and role not in _NAMED_CASES_ROLES:
+        return "--cases names the cases of participant and auditor tokens; other roles reach" \
+               " cases through their role and agency"
+    return None
 
 
 def _window_bound(raw: str | None, flag: str, *, end_of_day: bool) -> datetime | None:
@@ -347,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", required=True, choices=[r.value for r in Role],
                        help="what the user may do (see README: Tokens, roles and tenancy)")
     token.add_argument("--agency", required=True, help="the agency whose cases it reaches")
-    token.add_argument("--cases", help="comma-separated case ids (participant, auditor)")
+    token.add_argument("--cases", help="comma-separated case ids: required for participant"
+                       " and auditor tokens, which reach only the cases they name")
     token.add_argument("--ttl", type=_positive_seconds, default=8 * 3600,
                        help="lifetime in seconds (default 28800: 8 hours)")
     token.add_argument("--window-from", help="auditor: first moment of the record they see"
@@ -393,7 +426,24 @@ def cmd_mail(args: argparse.Namespace, settings: Settings) -> int:
     return print_caught_mail(Path(args.dir) if args.dir else settings.dev_data_dir / "mail")
 
 
+# what a shell reports for a command a closed pipe stopped (128 + SIGPIPE), as `yes | head`
+EXIT_PIPE_CLOSED = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a reader that stops early (`casetrail mail | head`) ends it quietly."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe prints a traceback
+    except BrokenPipeError:
+        # nothing more can be said to the reader; the output left in the buffer must not be
+        # flushed at exit into the closed pipe either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if not args.reads_settings:
         offline: Callable[[argparse.Namespace], int] = args.run

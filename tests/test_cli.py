@@ -67,7 +67,8 @@ def test_token_refuses_a_secret_the_services_would_refuse() -> None:
                " (RFC 7518 3.2)")
 
 
-AUDITOR = ("token", "--sub", "court-1", "--role", "auditor", "--agency", "agency-a")
+AUDITOR = ("token", "--sub", "court-1", "--role", "auditor", "--agency", "agency-a",
+           "--cases", "7b0c5d7e-2c1a-4a8e-9f51-0c6f1d2b3a4e")
 
 
 @pytest.mark.parametrize(("flags", "window_from", "window_to"), [

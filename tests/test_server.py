@@ -91,7 +91,7 @@ async def test_what_the_http_parser_refuses_is_a_problem_and_writes_nothing(
     assert headers["content-type"].startswith("application/problem+json")
     problem = json.loads(body)
     assert problem == {"type": "https://casetrail.dev/problems/malformed-request",
-                       "title": "Bad request", "status": 400, "detail": detail}
+                       "title": "Bad request", "status": 400, "detail": detail, "errors": []}
     assert await event_count(pool) == before
     logged = capsys.readouterr()
     assert "malformed request refused" in logged.out

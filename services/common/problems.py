@@ -37,8 +37,7 @@ class Problem(Exception):
                                 "status": self.status, "instance": instance}
         if self.detail:
             body["detail"] = self.detail
-        if self.errors:
-            body["errors"] = self.errors
+        body["errors"] = self.errors  # always a list, empty when no field is to blame
         body.update(self.extra)
         return body
 

@@ -48,7 +48,8 @@ def parser_problem(status: int, message: str | None) -> dict[str, Any]:
     """The body for an error aiohttp answers itself. No ``instance``: the request line may be
     the very thing that could not be read."""
     kind, title = _OWN_ANSWERS.get(status, ("http-error", HTTPStatus(status).phrase))
-    body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + kind, "title": title, "status": status}
+    body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + kind, "title": title, "status": status,
+                            "errors": []}
     if status >= 500:
         body["detail"] = "the error was logged"
     elif detail := _unquoted(message or ""):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.notifier.rules import Kind
+from services.notifier.schedule import SKIP_REASONS
+
 
 class NotifierMetrics:
     def __init__(self) -> None:
@@ -32,3 +35,14 @@ class NotifierMetrics:
         self.request_seconds = Histogram("casetrail_http_request_seconds",
                                          "HTTP request latency", ["method", "route", "status"],
                                          registry=r)
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        """Every series a counter will have, listed at 0 from the start: one first seen at 1
+        shows no increase, so an ``increase()`` alert would miss the first dead letter of each
+        kind after every restart."""
+        for counter in (self.sent, self.failed, self.dead, self.cancelled):
+            for kind in Kind:
+                counter.labels(kind.value)
+        for why in SKIP_REASONS:
+            self.feed_skipped.labels(why)

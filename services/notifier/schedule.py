@@ -45,12 +45,17 @@ from services.notifier.store.notifications import (
 log = structlog.get_logger("casetrail.notifier")
 FEED_CHECKPOINT = "records-feed"
 
+# why a feed event is left out (counted by casetrail_notifier_feed_events_skipped_total)
+UNDECODABLE = "undecodable"
+RULE_ERROR = "rule_error"
+SKIP_REASONS = (UNDECODABLE, RULE_ERROR)
+
 
 @dataclass(frozen=True)
 class PageResult:
     applied: int
     celebrations: int
-    skipped: dict[str, int]  # events left out, by why: "undecodable" or "rule_error"
+    skipped: dict[str, int]  # events left out, by why: one of SKIP_REASONS
 
 
 @dataclass
@@ -105,13 +110,13 @@ async def _apply_event(page: _Page, item: FeedItem) -> None:
     try:
         payload = item.payload()
     except ev.EventDecodeError as error:
-        _skip(page, item, "undecodable", error)
+        _skip(page, item, UNDECODABLE, error)
         return
     try:
         outcome = _outcome(case, item, payload, page.rules)
     except Exception as error:
         # The next bug in the rules must cost one event's notices, not every agency's feed.
-        _skip(page, item, "rule_error", error)
+        _skip(page, item, RULE_ERROR, error)
         return
     if outcome is None:
         return
