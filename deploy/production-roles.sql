@@ -51,7 +51,8 @@ GRANT SELECT, INSERT, UPDATE ON notifier.cases, notifier.directory, notifier.not
     TO casetrail_notifier;
 GRANT SELECT, INSERT, DELETE ON notifier.goals, notifier.steps, notifier.reviews
     TO casetrail_notifier;                                                   -- rewritten per case
-GRANT SELECT, INSERT ON notifier.attempts, notifier.history TO casetrail_notifier;
+GRANT SELECT, INSERT ON notifier.attempts, notifier.history, notifier.access_log
+    TO casetrail_notifier;
 GRANT SELECT ON notifier.schema_migrations TO casetrail_notifier;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA notifier TO casetrail_notifier;
 

@@ -56,13 +56,16 @@ RELEASES = [
             ["0005_events_owner_privileges.sql", "0006_access_log_what.sql",
              "0007_access_log_commit_order.sql", "0008_outcome_review_due.sql",
              "0009_drop_events_stream_time.sql", "0010_overdue_steps_of_active_goals.sql",
-             "0011_outcome_facts_local_days_and_goals.sql", "0012_caseload_by_review.sql"],
-            ["0005_cause_recorded_at.sql", "0006_step_owner.sql", "0007_directory_kinds.sql"],
+             "0011_outcome_facts_local_days_and_goals.sql", "0012_caseload_by_review.sql",
+             "0013_access_log_refused.sql"],
+            ["0005_cause_recorded_at.sql", "0006_step_owner.sql", "0007_directory_kinds.sql",
+             "0008_access_log.sql"],
             {"review_due", "step_uncompleted"}),
     Release("release-2026-12-06-tenth-session",
             ["0010_overdue_steps_of_active_goals.sql",
-             "0011_outcome_facts_local_days_and_goals.sql", "0012_caseload_by_review.sql"],
-            ["0006_step_owner.sql", "0007_directory_kinds.sql"], set()),
+             "0011_outcome_facts_local_days_and_goals.sql", "0012_caseload_by_review.sql",
+             "0013_access_log_refused.sql"],
+            ["0006_step_owner.sql", "0007_directory_kinds.sql", "0008_access_log.sql"], set()),
 ]
 
 

@@ -126,3 +126,37 @@ class NotificationView(BaseModel):
     message_id: str
     sent_at: str | None
     digest_id: UUID | None
+
+
+class AccessLogQuery(Body):
+    """As the records service's access-log query."""
+
+    case_id: UUID | None = None
+    after: str | None = Field(default=None, min_length=1, max_length=64,
+                              description="next_after or checkpoint of an earlier page")
+    limit: QueryInt = Field(default=100, ge=1, le=500)
+
+
+class AccessLogEntryView(BaseModel):
+    """One read of a case's data here by a supervisor."""
+
+    id: int
+    at: str
+    actor_sub: str
+    actor_role: str
+    case_id: UUID | None = Field(description="the case shown; null only for a participant's"
+                                 " preferences that name no case")
+    participant: str | None = Field(description="whose preferences were read, if any")
+    action: Literal["read", "list"]
+    what: str = Field(description="which read, e.g. \"schedule\", \"notifications"
+                      " status=dead\", \"notification <id>\", \"preferences\"")
+    request_id: str | None
+
+
+class AccessLogPage(BaseModel):
+    """A page of the agency's notifier access log in commit order; pass ``next_after`` as
+    ``after`` for the next page, or ``checkpoint`` later to read only what was written since."""
+
+    entries: list[AccessLogEntryView]
+    next_after: str | None
+    checkpoint: str

@@ -1,11 +1,14 @@
-"""The notifier API: preferences, notifications, schedule, dead-letter retry, dev mail page.
+"""The notifier API: preferences, notifications, schedule, dead-letter retry, the access log,
+dev mail page.
 
 Tenancy as in the records service: everything is scoped to the caller's agency, and a case or
-notification of another agency answers 404.
+notification of another agency answers 404. As there, a supervisor's reads of a case's data are
+written to an access log (docs/decisions/0203).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import time
 from typing import Any
@@ -17,12 +20,15 @@ from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import ExactUserId
 from services.common.auth import Principal, Role
+from services.common.checkpoint import checkpoint_after
 from services.common.http import json_response, parse_body, parse_query, principal
 from services.common.logs import without_addresses
-from services.common.problems import Problem
+from services.common.problems import REQUEST_ID_KEY, Problem
 from services.notifier import mailbox
 from services.notifier.http.app import api, ctx
 from services.notifier.http.models import (
+    AccessLogPage,
+    AccessLogQuery,
     NotificationsQuery,
     NotificationView,
     PreferencesInput,
@@ -31,8 +37,9 @@ from services.notifier.http.models import (
     ScheduleQuery,
 )
 from services.notifier.rules import participant_recipient
-from services.notifier.store import directory
+from services.notifier.store import access_log, directory
 from services.notifier.store import notifications as store
+from services.notifier.store.access_log import Read
 from services.notifier.store.cases import case_facts
 from services.notifier.store.directory import PARTICIPANT, STAFF, Preferences, kind_of
 
@@ -77,6 +84,23 @@ def _path_id(request: web.Request) -> UUID:
         raise Problem(400, "Bad request", "notification_id must be a UUID", kind="bad-id",
                       errors=[{"field": "path.notification_id", "message": "not a UUID"}]
                       ) from error
+
+
+# whose reads of a case are logged: the brief's "every read of a case by supervisor or
+# auditor" (auditors read nothing here today; a case manager's own reads are not audited,
+# as in records)
+_AUDITED_ROLES = (Role.SUPERVISOR, Role.AUDITOR)
+
+
+async def _log_read(request: web.Request, action: str, what: str,
+                    case_ids: Sequence[UUID | None], participant: str | None = None) -> None:
+    """An audited reader's read, one entry per case it showed (none: nothing to log)."""
+    who = principal(request)
+    if who.role in _AUDITED_ROLES:
+        c = ctx(request)
+        await access_log.record_read(c.pool, Read(
+            c.clock(), who.agency, who.sub, who.role.value, action, what,
+            request.get(REQUEST_ID_KEY), participant), case_ids)
 
 
 _NO_MAIL_ROLES = (Role.SERVICE, Role.AUDITOR, Role.ANALYST)
@@ -164,6 +188,9 @@ async def get_preferences(request: web.Request) -> web.Response:
     found = stored.get(_entry_kind(who, user, query.role, stored, "query.role"))
     if found is None:
         raise Problem(404, "Not found", f"no preferences for {user}", kind="not-found")
+    if found.role == Role.PARTICIPANT.value:  # their address: a read of their cases
+        what = f"preferences role={query.role}" if query.role else "preferences"
+        await _log_read(request, "read", what, found.cases or (None,), participant=user)
     return json_response(found.as_json())
 
 
@@ -192,6 +219,10 @@ async def list_notifications(request: web.Request) -> web.Response:
     query = parse_query(request, NotificationsQuery)
     rows = await store.list_rows(ctx(request).pool, _listing_filter(principal(request), query),
                                  limit=query.limit, offset=query.offset)
+    asked = {"recipient": query.recipient, "status": query.status, "kind": query.kind}
+    await _log_read(request, "list",
+                    " ".join(["notifications", *(f"{k}={v}" for k, v in asked.items() if v)]),
+                    list(dict.fromkeys(r.case_id for r in rows if r.case_id is not None)))
     return json_response({"notifications": [_shown(r) for r in rows],
                           "next_offset": query.offset + len(rows)
                           if len(rows) == query.limit else None})
@@ -226,6 +257,8 @@ async def _visible_row(request: web.Request) -> store.Row:
            response=NotificationView, tag="notifier")
 async def get_notification(request: web.Request) -> web.Response:
     row = await _visible_row(request)
+    await _log_read(request, "read", f"notification {row.id}",
+                    [row.case_id] if row.case_id is not None else [])
     attempts = await store.attempts_of(ctx(request).pool, row.id)
     return json_response({**_shown(row), "attempt_log": _shown_attempts(attempts)})
 
@@ -266,11 +299,33 @@ async def case_schedule(request: web.Request) -> web.Response:
         raise Problem(404, "Not found", "no such case", kind="not-found")
     if who.role is Role.CASE_MANAGER and facts["case_manager"] != who.sub:
         raise _SCHEDULE_READERS
+    await _log_read(request, "read", "schedule", [query.case_id])
     rows = await store.list_rows(ctx(request).pool, store.Filter(
         who.agency, case_id=query.case_id, pending_only=True), limit=500)
     return json_response({"case_id": str(query.case_id), "case_manager": facts["case_manager"],
                           "status": facts["status"],
                           "pending": [_shown(r) for r in rows]})
+
+
+@api.route("GET", "/v1/access-log", "who read which case's data here (supervisors, own"
+           " agency)", query=AccessLogQuery, response=AccessLogPage, tag="notifier")
+async def read_access_log(request: web.Request) -> web.Response:
+    """As records' access log: supervisors only, their agency's entries, in commit order;
+    reading it is not itself a read of a case."""
+    who = principal(request)
+    query = parse_query(request, AccessLogQuery)
+    if who.role is not Role.SUPERVISOR:
+        raise Problem(403, "Forbidden", f"the {who.role} role does not read the access log",
+                      kind="forbidden")
+    after = checkpoint_after(query.after)
+    rows = await access_log.list_entries(ctx(request).pool, agency=who.agency,
+                                         case_id=query.case_id, after=after,
+                                         limit=query.limit + 1)
+    page, more = rows[:query.limit], len(rows) > query.limit
+    reached = page[-1][0] if page else after
+    return json_response({"entries": [entry for _, entry in page],
+                          "next_after": reached.encode() if more else None,
+                          "checkpoint": reached.encode()})
 
 
 @api.route("GET", "/mail", "development only: the mail the local catcher caught", public=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -16,11 +16,14 @@ from schemas import api
 from schemas.events import NoteAdded
 from schemas.queries import MAX_EVENTS_LISTED, CaseloadCursor, CaseloadOrder
 from services.common.auth import Principal
+from services.common.checkpoint import Checkpoint
 from services.common.jsonenc import encode_json
 from services.records.application.access import (
     Action,
     CaseFacts,
+    Forbidden,
     NotVisible,
+    OutsideWindow,
     WindowVersions,
     authorize,
     authorize_access_log,
@@ -49,7 +52,6 @@ from services.records.projections.plans import (
     replay,
 )
 from services.records.store.access_log import AccessLogEntry, list_entries, record_reads
-from services.records.store.checkpoint import Checkpoint
 from services.records.store.events import Clock, EventStore, RecordedEvent
 from services.records.store.windows import versions_around_window
 
@@ -59,6 +61,30 @@ MAX_PDF_EVENTS = 10_000
 # reportlab holds a document's pages until it saves it: about 3 bytes of memory per byte of
 # event data laid out (docs/performance.md): +14 MiB measured at this bound
 MAX_PDF_TEXT_BYTES = 4_000_000
+
+
+# Why an audited read was refused, as the access log says it (docs/decisions/0004).
+REFUSED_NOT_NAMED = "not named in the token"
+REFUSED_OUTSIDE_WINDOW = "outside the audit window"
+REFUSED_ROLE = "not allowed for the role"
+
+# Refuses (OutsideWindow) a read asking for what a window does not show.
+WindowCheck = Callable[[WindowVersions], object]
+
+
+def _why_refused(refusal: Exception) -> str:
+    """Inside the agency, a case is invisible to an auditor only when the token does not
+    name it; a refusal of the role itself is not reached by a read today."""
+    return REFUSED_NOT_NAMED if isinstance(refusal, NotVisible) else REFUSED_ROLE
+
+
+def _check_window(window: WindowVersions | None, within: WindowCheck | None) -> None:
+    if window is None:
+        return
+    if window.last == 0:
+        raise NotVisible  # the case did not exist yet when the window closed
+    if within is not None:
+        within(window)
 
 
 @dataclass(frozen=True)
@@ -84,28 +110,45 @@ class CaseQueries:
         self._policies = policies
 
     async def _allow(self, who: Principal, case_id: UUID, action: Action, what: str,
-                     request_id: str | None) -> tuple[StoredPlan, WindowVersions | None]:
+                     request_id: str | None, *, within: WindowCheck | None = None
+                     ) -> tuple[StoredPlan, WindowVersions | None]:
         """The case's current plan and the versions ``who``'s window shows (None: no window),
-        once ``who`` may take ``action`` on it. An audited read is logged with ``what`` was
-        read and, for a window, the versions it shows: the log does not keep the token."""
+        once ``who`` may take ``action`` on it (``within`` refuses what the window does not
+        show). An audited read is logged with ``what`` was read and, for a window, the
+        versions it shows: the log does not keep the token. One refused on a case of the
+        reader's own agency is logged too, with why (docs/decisions/0004)."""
         refuse_from_token(who, action, case_id)
         stored = await load_plan(self._pool, case_id)
         if stored is None:
             raise NotVisible
-        authorize(who, action, CaseFacts(case_id, stored.agency, stored.case_manager))
+        try:
+            authorize(who, action, CaseFacts(case_id, stored.agency, stored.case_manager))
+        except (NotVisible, Forbidden) as refusal:
+            if stored.agency == who.agency:  # another agency's case is not this log's to name
+                await self._log_read(who, case_id, action, what, request_id,
+                                     refused=_why_refused(refusal))
+            raise
         window = await self._window(who, case_id)
-        if is_audited_read(who):
-            shown = f" window_versions={window.first}-{window.last}" if window else ""
-            await record_reads(self._pool, [self._entry(who, case_id, action, what + shown,
-                                                        request_id)])
-        if window is not None and window.last == 0:
-            raise NotVisible  # the case did not exist yet when the window closed
+        shown = f" window_versions={window.first}-{window.last}" if window else ""
+        try:
+            _check_window(window, within)
+        except (NotVisible, OutsideWindow):
+            await self._log_read(who, case_id, action, what + shown, request_id,
+                                 refused=REFUSED_OUTSIDE_WINDOW)
+            raise
+        await self._log_read(who, case_id, action, what + shown, request_id)
         return stored, window
 
+    async def _log_read(self, who: Principal, case_id: UUID, action: Action, what: str,
+                        request_id: str | None, *, refused: str | None = None) -> None:
+        if is_audited_read(who):
+            await record_reads(self._pool, [self._entry(who, case_id, action, what, request_id,
+                                                        refused)])
+
     def _entry(self, who: Principal, case_id: UUID, action: Action, what: str,
-               request_id: str | None) -> AccessLogEntry:
+               request_id: str | None, refused: str | None = None) -> AccessLogEntry:
         return AccessLogEntry(self._clock(), who.agency, who.sub, who.role.value, case_id,
-                              action.value, what, request_id)
+                              action.value, what, request_id, refused)
 
     async def _window(self, who: Principal, case_id: UUID) -> WindowVersions | None:
         """The versions a windowed (auditor) token sees; None for a token without a window."""
@@ -120,9 +163,9 @@ class CaseQueries:
         time_travel = as_of_version is not None or as_of is not None
         point = (f" as_of_version={as_of_version}" if as_of_version is not None
                  else f" as_of={as_of.isoformat()}" if as_of is not None else "")
-        stored, window = await self._allow(who, case_id,
-                                           Action.AUDIT if time_travel else Action.READ_PLAN,
-                                           f"plan{point}", request_id)
+        stored, window = await self._allow(
+            who, case_id, Action.AUDIT if time_travel else Action.READ_PLAN, f"plan{point}",
+            request_id, within=lambda shown: point_in_window(who, shown, as_of_version, as_of))
         if window is not None:
             as_of_version, as_of = point_in_window(who, window, as_of_version, as_of)
             time_travel = True
@@ -159,11 +202,10 @@ class CaseQueries:
         """Every change between the two versions, and the events between up to a history
         page's maximum. The stream is folded page by page: a diff near the end of a long
         history held the whole of it in memory at once."""
-        _, window = await self._allow(
+        await self._allow(
             who, case_id, Action.AUDIT,
-            f"diff from_version={from_version} to_version={to_version}", request_id)
-        if window is not None:
-            check_diff_in_window(window, from_version, to_version)
+            f"diff from_version={from_version} to_version={to_version}", request_id,
+            within=lambda shown: check_diff_in_window(shown, from_version, to_version))
         plans = PlanAcross(await self._state_at(case_id, from_version))
         listed: list[RecordedEvent] = []
         async for events in self._store.pages(case_id, from_version + 1, to_version):

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from schemas.feed import FeedPage, FeedQuery, Health
 from services.common.auth import Role, TokenVerifier
+from services.common.checkpoint import checkpoint_after
 from services.common.database import (
     apply_migrations,
     create_pool,
@@ -40,12 +41,7 @@ from services.records.export.signing import load_signer
 from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics
 from services.records.projections import rebuild
-from services.records.store.checkpoint import (
-    START,
-    BadCheckpoint,
-    Checkpoint,
-    check_transaction_ids,
-)
+from services.records.store.checkpoint import check_transaction_ids
 from services.records.store.events import Clock, EventStore, utc_now
 from services.records.store.feed import FeedWaiter, feed_event_json, read_feed_waiting
 
@@ -165,15 +161,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 api.add_operations_routes(lambda request: records(request).metrics.registry)
-
-
-def checkpoint_after(token: str | None) -> Checkpoint:
-    """The ``after`` of a page read in commit order (the feed, the access log)."""
-    try:
-        return Checkpoint.decode(token) if token else START
-    except BadCheckpoint as error:
-        raise Problem(400, "Bad request", str(error), kind="bad-checkpoint",
-                      errors=[{"field": "query.after", "message": str(error)}]) from error
 
 
 @api.route("GET", "/v1/events", "the global event feed (long-poll); service role only",

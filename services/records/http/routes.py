@@ -30,6 +30,7 @@ from schemas.queries import (
     PlanQuery,
     RemovalQuery,
 )
+from services.common.checkpoint import checkpoint_after
 from services.common.http import (
     json_response,
     labelled,
@@ -43,7 +44,7 @@ from services.records.application.cases import WriteRequest
 from services.records.domain import commands as cmd
 from services.records.export.formats import ExportFormat
 from services.records.http.app import api as registry
-from services.records.http.app import checkpoint_after, records
+from services.records.http.app import records
 from services.records.store.events import IdempotencyClaim
 
 log = structlog.get_logger("casetrail.records")

@@ -1,5 +1,5 @@
 """The access log: who read which case, when. Supervisors' and auditors' reads are part of
-the record, and the log can be exported page by page."""
+the record, refused attempts too, and the log can be exported page by page."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.records.store.checkpoint import Checkpoint, committed_after
+from services.common.checkpoint import Checkpoint, committed_after
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,11 @@ class AccessLogEntry:
     action: str
     what: str
     request_id: str | None
+    refused: str | None = None  # why the read was refused; None: it was let through
 
 
 _INSERT = ("INSERT INTO records.access_log (at, agency, actor_sub, actor_role, case_id, action,"
-           " what, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+           " what, request_id, refused) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
 
 
 async def record_reads(pool: asyncpg.Pool, entries: list[AccessLogEntry]) -> None:
@@ -34,7 +35,7 @@ async def record_reads(pool: asyncpg.Pool, entries: list[AccessLogEntry]) -> Non
     if entries:
         await pool.executemany(_INSERT, [
             (e.at, e.agency, e.actor_sub, e.actor_role, e.case_id, e.action, e.what,
-             e.request_id) for e in entries])
+             e.request_id, e.refused) for e in entries])
 
 
 async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
@@ -44,12 +45,13 @@ async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
     the checkpoints never skips one (the feed's rule, docs/decisions/0003)."""
     rows = await pool.fetch(
         "SELECT transaction_id::text AS tx, id, at, actor_sub, actor_role, case_id, action,"
-        " what, request_id FROM records.access_log WHERE agency = $1"
+        " what, request_id, refused FROM records.access_log WHERE agency = $1"
         f" AND ($2::uuid IS NULL OR case_id = $2) AND {committed_after('id', 3)}"
         " ORDER BY transaction_id, id LIMIT $5",
         agency, case_id, *after.parameters(), limit)
     return [(Checkpoint.of_row(r, "id"),
              {"id": r["id"], "at": r["at"].isoformat(), "actor_sub": r["actor_sub"],
               "actor_role": r["actor_role"], "case_id": str(r["case_id"]),
-              "action": r["action"], "what": r["what"], "request_id": r["request_id"]})
+              "action": r["action"], "what": r["what"], "request_id": r["request_id"],
+              "refused": r["refused"]})
             for r in rows]

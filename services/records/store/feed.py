@@ -15,9 +15,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from services.common.database import DATABASE_UNAVAILABLE, keep_alive
-from services.common.retry import doubling
-from services.records.store.checkpoint import (
+from services.common.checkpoint import (
     HORIZON,
     START,
     BadCheckpoint,
@@ -25,6 +23,8 @@ from services.records.store.checkpoint import (
     after_checkpoint,
     committed_after,
 )
+from services.common.database import DATABASE_UNAVAILABLE, keep_alive
+from services.common.retry import doubling
 from services.records.store.events import _EVENT_COLUMNS, RecordedEvent, _recorded
 
 NOTIFY_CHANNEL = "records_events"

@@ -1,0 +1,90 @@
+"""Places in commit order, for readers that must never skip a row: the records feed, the
+access logs of both services.
+
+Rows commit out of the order their ids were taken, so a reader paging by id alone passes
+over one that commits late. Rows are read in (writing transaction id, position) order, and
+only those whose transaction id is below ``pg_snapshot_xmin(pg_current_snapshot())``: every
+transaction that could still commit has a larger id, so nothing can later appear behind a
+checkpoint already handed out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.problems import Problem
+
+_CHECKPOINT = re.compile(r"^([0-9]{1,20}):([0-9]{1,20})$")
+_BIGINT_MAX = 2**63 - 1
+
+
+class BadCheckpoint(ValueError):
+    pass
+
+
+@dataclass(frozen=True, order=True)
+class Checkpoint:
+    """A place in commit order: the writing transaction's id, then the row's own position
+    (an event's global_position, an access-log entry's id). Handed out as an opaque token."""
+
+    transaction_id: int
+    position: int
+
+    def parameters(self) -> tuple[str, int]:
+        """The two query parameters ``after_checkpoint`` takes."""
+        return str(self.transaction_id), self.position
+
+    @classmethod
+    def of_row(cls, row: Any, position_column: str) -> Checkpoint:
+        """The place of a row read with its transaction id as ``tx``."""
+        return cls(int(row["tx"]), row[position_column])
+
+    def encode(self) -> str:
+        raw = f"{self.transaction_id}:{self.position}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Checkpoint:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+            raise BadCheckpoint("checkpoint is not one this service handed out") from error
+        match = _CHECKPOINT.match(raw)
+        if match is None or len(token) > 64:
+            raise BadCheckpoint("checkpoint is not one this service handed out")
+        transaction_id, position = int(match.group(1)), int(match.group(2))
+        if max(transaction_id, position) > _BIGINT_MAX:
+            raise BadCheckpoint("checkpoint is not one this service handed out")
+        return cls(transaction_id, position)
+
+
+START = Checkpoint(0, 0)
+
+
+HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"  # the oldest transaction still open
+
+
+def after_checkpoint(position_column: str, first_parameter: int) -> str:
+    """The WHERE condition for rows after a checkpoint given as two parameters (its
+    transaction id as text, then its position)."""
+    tx, position = f"${first_parameter}", f"${first_parameter + 1}"
+    return f"(transaction_id, {position_column}) > ({tx}::text::xid8, {position}::bigint)"
+
+
+def committed_after(position_column: str, first_parameter: int) -> str:
+    """Rows after a checkpoint, up to the oldest open transaction: those a reader may have."""
+    return (f"{after_checkpoint(position_column, first_parameter)}"
+            f" AND transaction_id < {HORIZON}")
+
+
+def checkpoint_after(token: str | None) -> Checkpoint:
+    """The ``after`` of a page read in commit order, as a query gave it (none: the start)."""
+    try:
+        return Checkpoint.decode(token) if token else START
+    except BadCheckpoint as error:
+        raise Problem(400, "Bad request", str(error), kind="bad-checkpoint",
+                      errors=[{"field": "query.after", "message": str(error)}]) from error
