@@ -53,6 +53,7 @@ NOTIFIER_TABLES = {
     "notifications": {"SELECT", "INSERT", "UPDATE"},
     "attempts": {"SELECT", "INSERT"},
     "history": {"SELECT", "INSERT"},
+    "access_log": {"SELECT", "INSERT"},
     "schema_migrations": {"SELECT"},
 }
 

@@ -12,7 +12,7 @@ import re
 import socket
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,13 +119,56 @@ async def _create_migrations_table(conn: asyncpg.Connection, schema: str) -> Non
     )
 
 
-async def migrate_schema(database_url: str, schema: str, folder: Path) -> list[str]:
-    """Apply ``schema``'s pending migrations over a connection of its own."""
+async def migrate_schema(database_url: str, schema: str, folder: Path,
+                         commit_ordered: Mapping[str, str]) -> list[str]:
+    """Apply ``schema``'s pending migrations over a connection of its own, then check that
+    its ``commit_ordered`` tables hold no transaction id ahead of this cluster."""
     conn = await asyncpg.connect(database_url)
     try:
-        return await apply_migrations(conn, schema, folder)
+        applied = await apply_migrations(conn, schema, folder)
+        await check_transaction_ids(conn, commit_ordered)
+        return applied
     finally:
         await conn.close()
+
+
+class TransactionIdsAhead(MigrationError):
+    """The database's rows carry transaction ids this PostgreSQL cluster has not reached."""
+
+
+async def check_transaction_ids(conn: asyncpg.Connection,
+                                commit_ordered: Mapping[str, str]) -> None:
+    """Refuse a database restored into another cluster (pg_dump and pg_restore, logical
+    replication). Tables read in commit order (``services/common/checkpoint.py``: the feed,
+    the access logs), each given with the indexed column its newest row is found by, keep the
+    old cluster's transaction ids; where this cluster's counter is behind, their readers would
+    hold those rows back until the counter passed them, and order the rows written meanwhile
+    before them (a checkpoint from before the move would skip those). An upgrade audit found
+    the feed silently serving only what was written after such a move."""
+    if not commit_ordered:
+        return
+    newest_of = ", ".join(f"(SELECT transaction_id FROM {table} ORDER BY {column} DESC LIMIT 1)"
+                          for table, column in commit_ordered.items())
+    row = await conn.fetchrow(f"SELECT greatest({newest_of})::text AS newest,"
+                              " pg_snapshot_xmax(pg_current_snapshot())::text AS next")
+    if row["newest"] is None or int(row["newest"]) < int(row["next"]):
+        return
+    newest = int(row["newest"])
+    raise TransactionIdsAhead(
+        f"this database's rows ({', '.join(commit_ordered)}) carry transaction ids up to"
+        f" {newest}, ahead of this PostgreSQL cluster ({row['next']}): it was copied from"
+        " another cluster by a dump or logical replication. The feed and the access logs"
+        " are read in the order of those ids, so they would hold these rows back. Stop this"
+        f" cluster and advance its counter past them ({_resetwal(newest + 1)}), or move"
+        " databases with pg_upgrade or a physical replica, which keep the counter"
+        " (deploy/README.md, Upgrading)")
+
+
+def _resetwal(following: int) -> str:
+    """The pg_resetwal that sets the counter to ``following`` (a full 64-bit id): the epoch
+    and a 32-bit id, which is never one of the special ids 0-2."""
+    epoch, xid = following >> 32, following & 0xFFFFFFFF
+    return f"pg_resetwal --epoch={epoch} --next-transaction-id={max(xid, 3)}"
 
 
 async def pending_migrations(conn: asyncpg.Connection, schema: str, folder: Path) -> list[str]:

@@ -59,7 +59,8 @@ def ctx(request: web.Request) -> Context:
 
 
 async def migrate(database_url: str) -> list[str]:
-    return await migrate_schema(database_url, SCHEMA, MIGRATIONS)
+    return await migrate_schema(database_url, SCHEMA, MIGRATIONS,
+                                {"notifier.access_log": "id"})  # read in commit order
 
 
 def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,

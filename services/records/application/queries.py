@@ -21,7 +21,6 @@ from services.common.jsonenc import encode_json
 from services.records.application.access import (
     Action,
     CaseFacts,
-    Forbidden,
     NotVisible,
     OutsideWindow,
     WindowVersions,
@@ -66,16 +65,9 @@ MAX_PDF_TEXT_BYTES = 4_000_000
 # Why an audited read was refused, as the access log says it (docs/decisions/0004).
 REFUSED_NOT_NAMED = "not named in the token"
 REFUSED_OUTSIDE_WINDOW = "outside the audit window"
-REFUSED_ROLE = "not allowed for the role"
 
 # Refuses (OutsideWindow) a read asking for what a window does not show.
 WindowCheck = Callable[[WindowVersions], object]
-
-
-def _why_refused(refusal: Exception) -> str:
-    """Inside the agency, a case is invisible to an auditor only when the token does not
-    name it; a refusal of the role itself is not reached by a read today."""
-    return REFUSED_NOT_NAMED if isinstance(refusal, NotVisible) else REFUSED_ROLE
 
 
 def _check_window(window: WindowVersions | None, within: WindowCheck | None) -> None:
@@ -123,10 +115,12 @@ class CaseQueries:
             raise NotVisible
         try:
             authorize(who, action, CaseFacts(case_id, stored.agency, stored.case_manager))
-        except (NotVisible, Forbidden) as refusal:
-            if stored.agency == who.agency:  # another agency's case is not this log's to name
+        except NotVisible:
+            # inside the agency, a case is invisible to an auditor only when the token does
+            # not name it; another agency's case is not this log's to name
+            if stored.agency == who.agency:
                 await self._log_read(who, case_id, action, what, request_id,
-                                     refused=_why_refused(refusal))
+                                     refused=REFUSED_NOT_NAMED)
             raise
         window = await self._window(who, case_id)
         shown = f" window_versions={window.first}-{window.last}" if window else ""

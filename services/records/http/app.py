@@ -14,10 +14,10 @@ from schemas.feed import FeedPage, FeedQuery, Health
 from services.common.auth import Role, TokenVerifier
 from services.common.checkpoint import checkpoint_after
 from services.common.database import (
-    apply_migrations,
     create_pool,
     database_checks,
     database_ready,
+    migrate_schema,
 )
 from services.common.http import (
     REQUEST_SECONDS,
@@ -41,7 +41,6 @@ from services.records.export.signing import load_signer
 from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics
 from services.records.projections import rebuild
-from services.records.store.checkpoint import check_transaction_ids
 from services.records.store.events import Clock, EventStore, utc_now
 from services.records.store.feed import FeedWaiter, feed_event_json, read_feed_waiting
 
@@ -71,15 +70,14 @@ def records(request: web.Request) -> Records:
     return request.app[RECORDS]
 
 
+# read in commit order (the feed, the access log), each with the column its newest row is
+# found by through an index
+COMMIT_ORDERED = {"records.events": "transaction_id", "records.access_log": "id"}
+
+
 async def migrate(database_url: str) -> list[str]:
     """Apply the records migrations, then check the database is one the feed can serve."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        applied = await apply_migrations(conn, SCHEMA, MIGRATIONS)
-        await check_transaction_ids(conn)
-    finally:
-        await conn.close()
-    return applied
+    return await migrate_schema(database_url, SCHEMA, MIGRATIONS, COMMIT_ORDERED)
 
 
 async def rebuild_projections(database_url: str,

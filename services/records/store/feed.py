@@ -1,8 +1,9 @@
 """The global feed: every event once, in one order that never changes, with a checkpoint.
 
 Events are read in commit order, (writing transaction id, global_position), up to the oldest
-open transaction (``store/checkpoint.py``), so nothing can later appear behind a checkpoint
-already handed out. The cost: a long-running writer holds the feed back until it ends.
+open transaction (``services/common/checkpoint.py``), so nothing can later appear behind a
+checkpoint already handed out. The cost: a long-running writer holds the feed back until it
+ends.
 """
 
 from __future__ import annotations
