@@ -54,6 +54,12 @@ class Principal:
         return case_id in self.cases
 
     @property
+    def reads_audited(self) -> bool:
+        """Supervisors' and auditors' reads of a case are themselves logged (the brief's
+        Security section), in each service's access log."""
+        return self.role in (Role.SUPERVISOR, Role.AUDITOR)
+
+    @property
     def has_window(self) -> bool:
         return self.window_from is not None or self.window_to is not None
 

@@ -14,12 +14,13 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from services.common.problems import Problem
 
 _CHECKPOINT = re.compile(r"^([0-9]{1,20}):([0-9]{1,20})$")
 _BIGINT_MAX = 2**63 - 1
+T = TypeVar("T")
 
 
 class BadCheckpoint(ValueError):
@@ -79,6 +80,18 @@ def committed_after(position_column: str, first_parameter: int) -> str:
     """Rows after a checkpoint, up to the oldest open transaction: those a reader may have."""
     return (f"{after_checkpoint(position_column, first_parameter)}"
             f" AND transaction_id < {HORIZON}")
+
+
+def commit_order_page(rows: list[tuple[Checkpoint, T]], after: Checkpoint,
+                      limit: int) -> dict[str, Any]:
+    """A page of ``limit`` entries from ``rows`` (up to ``limit + 1`` read after ``after``,
+    each with its place): where to go on from, while there is more, and where a later read
+    resumes."""
+    page, more = rows[:limit], len(rows) > limit
+    reached = page[-1][0] if page else after
+    return {"entries": [entry for _, entry in page],
+            "next_after": reached.encode() if more else None,
+            "checkpoint": reached.encode()}
 
 
 def checkpoint_after(token: str | None) -> Checkpoint:

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import ExactUserId
 from services.common.auth import Principal, Role
-from services.common.checkpoint import checkpoint_after
+from services.common.checkpoint import checkpoint_after, commit_order_page
 from services.common.http import json_response, parse_body, parse_query, principal
 from services.common.logs import without_addresses
 from services.common.problems import REQUEST_ID_KEY, Problem
@@ -86,17 +86,11 @@ def _path_id(request: web.Request) -> UUID:
                       ) from error
 
 
-# whose reads of a case are logged: the brief's "every read of a case by supervisor or
-# auditor" (auditors read nothing here today; a case manager's own reads are not audited,
-# as in records)
-_AUDITED_ROLES = (Role.SUPERVISOR, Role.AUDITOR)
-
-
 async def _log_read(request: web.Request, action: str, what: str,
                     case_ids: Sequence[UUID | None], participant: str | None = None) -> None:
     """An audited reader's read, one entry per case it showed (none: nothing to log)."""
     who = principal(request)
-    if who.role in _AUDITED_ROLES:
+    if who.reads_audited:
         c = ctx(request)
         await access_log.record_read(c.pool, Read(
             c.clock(), who.agency, who.sub, who.role.value, action, what,
@@ -321,11 +315,7 @@ async def read_access_log(request: web.Request) -> web.Response:
     rows = await access_log.list_entries(ctx(request).pool, agency=who.agency,
                                          case_id=query.case_id, after=after,
                                          limit=query.limit + 1)
-    page, more = rows[:query.limit], len(rows) > query.limit
-    reached = page[-1][0] if page else after
-    return json_response({"entries": [entry for _, entry in page],
-                          "next_after": reached.encode() if more else None,
-                          "checkpoint": reached.encode()})
+    return json_response(commit_order_page(rows, after, query.limit))
 
 
 @api.route("GET", "/mail", "development only: the mail the local catcher caught", public=True,

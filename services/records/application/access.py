@@ -165,11 +165,6 @@ def _describe_window(who: Principal) -> str:
     return f"from {start} to {end}"
 
 
-def is_audited_read(who: Principal) -> bool:
-    """Reads by supervisors and auditors are themselves recorded in the access log."""
-    return who.role in {Role.SUPERVISOR, Role.AUDITOR}
-
-
 def _why(who: Principal, action: Action) -> str:
     """What the role may do instead; it depends on the role and action only, never on the
     case (auditors and participants are refused writes before the case is read)."""

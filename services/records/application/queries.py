@@ -16,7 +16,7 @@ from schemas import api
 from schemas.events import NoteAdded
 from schemas.queries import MAX_EVENTS_LISTED, CaseloadCursor, CaseloadOrder
 from services.common.auth import Principal
-from services.common.checkpoint import Checkpoint
+from services.common.checkpoint import Checkpoint, commit_order_page
 from services.common.jsonenc import encode_json
 from services.records.application.access import (
     Action,
@@ -28,7 +28,6 @@ from services.records.application.access import (
     authorize_access_log,
     authorize_listing,
     check_diff_in_window,
-    is_audited_read,
     point_in_window,
     refuse_from_token,
 )
@@ -135,7 +134,7 @@ class CaseQueries:
 
     async def _log_read(self, who: Principal, case_id: UUID, action: Action, what: str,
                         request_id: str | None, *, refused: str | None = None) -> None:
-        if is_audited_read(who):
+        if who.reads_audited:
             await record_reads(self._pool, [self._entry(who, case_id, action, what, request_id,
                                                         refused)])
 
@@ -303,11 +302,7 @@ class CaseQueries:
         authorize_access_log(who)
         rows = await list_entries(self._pool, agency=who.agency, case_id=case_id, after=after,
                                   limit=limit + 1)
-        page, more = rows[:limit], len(rows) > limit
-        reached = page[-1][0] if page else after
-        return {"entries": [entry for _, entry in page],
-                "next_after": reached.encode() if more else None,
-                "checkpoint": reached.encode()}
+        return commit_order_page(rows, after, limit)
 
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
                        review_due_before: date | None, order: CaseloadOrder,
@@ -319,7 +314,7 @@ class CaseQueries:
             self._policies.for_agency(who.agency).date_at(self._clock()), order, after,
             limit + 1))
         cases = [api.CaseSummary.model_validate(row) for row in rows[:limit]]
-        if is_audited_read(who):  # a listing shows each case's participant and progress
+        if who.reads_audited:  # a listing shows each case's participant and progress
             asked = {"case_manager": case_manager, "status": status,
                      "review_due_before": review_due_before,
                      "order": order if order != "case_id" else None}

@@ -42,7 +42,12 @@ from services.records.http.errors import records_errors_middleware
 from services.records.http.metrics import METRICS, RecordsMetrics
 from services.records.projections import rebuild
 from services.records.store.events import Clock, EventStore, utc_now
-from services.records.store.feed import FeedWaiter, feed_event_json, read_feed_waiting
+from services.records.store.feed import (
+    COMMIT_ORDERED,
+    FeedWaiter,
+    feed_event_json,
+    read_feed_waiting,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "store" / "migrations"
 SCHEMA = "records"
@@ -68,11 +73,6 @@ api = Api(title="Casetrail records", version="1")
 
 def records(request: web.Request) -> Records:
     return request.app[RECORDS]
-
-
-# read in commit order (the feed, the access log), each with the column its newest row is
-# found by through an index
-COMMIT_ORDERED = {"records.events": "transaction_id", "records.access_log": "id"}
 
 
 async def migrate(database_url: str) -> list[str]:
