@@ -109,17 +109,16 @@ class CaseQueries:
         versions it shows: the log does not keep the token. One refused on a case of the
         reader's own agency is logged too, with why (docs/decisions/0004)."""
         refuse_from_token(who, action, case_id)
-        stored = await load_plan(self._pool, case_id)
-        if stored is None:
+        stored = await load_plan(self._pool, case_id, who.agency)
+        if stored is None:  # unknown, or another agency's: not this log's to name
             raise NotVisible
         try:
             authorize(who, action, CaseFacts(case_id, stored.agency, stored.case_manager))
         except NotVisible:
             # inside the agency, a case is invisible to an auditor only when the token does
-            # not name it; another agency's case is not this log's to name
-            if stored.agency == who.agency:
-                await self._log_read(who, case_id, action, what, request_id,
-                                     refused=REFUSED_NOT_NAMED)
+            # not name it
+            await self._log_read(who, case_id, action, what, request_id,
+                                 refused=REFUSED_NOT_NAMED)
             raise
         window = await self._window(who, case_id)
         shown = f" window_versions={window.first}-{window.last}" if window else ""
