@@ -13,7 +13,9 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -397,6 +399,11 @@ def _with_first_event(raw: bytes, **changes: Any) -> bytes:
     return out[0] + json.dumps(event).encode() + b"\n" + b"".join(out[2:])
 
 
+def _respelled_first_time(raw: bytes, spell: Callable[[datetime], str]) -> bytes:
+    recorded_at = json.loads(lines(raw)[1])["recorded_at"]
+    return _with_first_event(raw, recorded_at=spell(datetime.fromisoformat(recorded_at)))
+
+
 DEEP = json.loads("[" * 600 + "]" * 600)  # under the JSON parser's limit, over the chain's
 
 
@@ -408,6 +415,12 @@ DEEP = json.loads("[" * 600 + "]" * 600)  # under the JSON parser's limit, over 
     (lambda raw: _with_first_event(raw, recorded_at="9999-12-31T23:59:59-05:00"),
      "recorded_at"),
     (lambda raw: _with_first_event(raw, data={"x": DEEP}), "nested too deeply"),
+    # the same instant spelled otherwise: the hash is over the canonical spelling, and a time
+    # without a zone would be read in the local time of whoever checks
+    (lambda raw: _respelled_first_time(raw, lambda t: t.astimezone(timezone(timedelta(hours=1)))
+                                       .isoformat()), "canonical"),
+    (lambda raw: _respelled_first_time(raw, lambda t: t.replace(tzinfo=None).isoformat()),
+     "canonical"),
 ])
 async def test_crafted_files_are_refused_by_name_not_with_a_traceback(
         client: TestClient, token: TokenFactory, case_id: str, change: Any, message: str,

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.records.chain import ChainCheck, ChainLink, ChainReport, canonical_bytes
+from services.records.chain import (
+    ChainCheck,
+    ChainLink,
+    ChainReport,
+    canonical_bytes,
+    format_timestamp,
+)
 from services.records.export import fhir
 from services.records.export.formats import (
     CHAIN_FIELDS,
@@ -94,8 +100,6 @@ def _read_chain(reader: _Lines, header: dict[str, Any],
             problems.append(f"line {reader.number}: an event of another case ({link.stream_id})")
         try:
             check.add(link)
-        except OverflowError as error:  # its time cannot be written in the canonical form
-            raise MalformedExport(f"line {reader.number}: recorded_at is out of range") from error
         except RecursionError as error:
             raise MalformedExport(f"line {reader.number}: data nested too deeply") from error
     return check.report(), events, problems
@@ -359,10 +363,21 @@ def _link(fields: dict[str, Any], number: int) -> ChainLink:
 
 
 def _time(value: Any, where: str) -> datetime:
+    """The time as the export writes it, in the canonical spelling the hash is over; any
+    other spelling is refused, so a check never depends on the checker (a time without a
+    zone would be read in their local time)."""
     try:
-        return datetime.fromisoformat(str(value))
+        moment = datetime.fromisoformat(str(value))
     except ValueError as error:
         raise MalformedExport(f"{where}: recorded_at is not an RFC 3339 time") from error
+    try:
+        canonical = moment.tzinfo is not None and format_timestamp(moment) == value
+    except OverflowError as error:  # in UTC, before year 1 or after 9999
+        raise MalformedExport(f"{where}: recorded_at is out of range") from error
+    if not canonical:
+        raise MalformedExport(f"{where}: recorded_at is not in the canonical form"
+                              " YYYY-MM-DDTHH:MM:SS.ffffffZ (docs/export-format.md)")
+    return moment
 
 
 def _trailer(export_format: ExportFormat, line: bytes | None, number: int) -> dict[str, Any]:
