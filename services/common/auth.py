@@ -97,8 +97,7 @@ class TokenVerifier:
                             if settings.jwt_public_key_file else None)
         self._public_algorithm = (_algorithm_of(self._public_key)
                                   if self._public_key is not None else None)
-        self._jwks = (jwt.PyJWKSet.from_dict(json.loads(settings.jwks_file.read_text()))
-                      if settings.jwks_file else None)
+        self._jwks = _public_key_set(settings.jwks_file) if settings.jwks_file else None
         self._verified: dict[str, tuple[Principal, float]] = {}
         self._verified_chars = 0
         if self._secret is not None:
@@ -152,18 +151,36 @@ class TokenVerifier:
             raise AuthError("the token is not a JWT (three base64url parts joined by dots)")
         try:
             key, algorithms = self._key_for(token)
+            # PyJWT's default with no audience configured: a token naming one is refused (it
+            # was minted for another application)
             claims = jwt.decode(
                 token, key, algorithms=algorithms, audience=self._audience, issuer=self._issuer,
-                options={"require": ["exp", "sub", "role", "agency"],
-                         "verify_aud": self._audience is not None},
+                options={"require": ["exp", "sub", "role", "agency"]},
             )
         except jwt.ExpiredSignatureError as error:
             raise AuthError("token has expired") from error
+        except jwt.InvalidAudienceError as error:
+            if self._audience is None:
+                raise AuthError("token names an audience, and this service is configured with"
+                                " none: set CASETRAIL_JWT_AUDIENCE") from error
+            raise AuthError(f"token rejected: {error}") from error
         except jwt.PyJWTError as error:
             raise AuthError(f"token rejected: {error}") from error
         expires = _numeric_date(claims, "exp")
         assert expires is not None  # required above
         return principal_from_claims(claims), expires.timestamp()
+
+
+def _public_key_set(path: Path) -> jwt.PyJWKSet:
+    """The identity provider's public keys. A symmetric (``oct``) key there would let anyone
+    who can read the file sign tokens, so it stops the start."""
+    document = json.loads(path.read_text())
+    keys = document.get("keys") if isinstance(document, dict) else None
+    for key in keys if isinstance(keys, list) else []:
+        if isinstance(key, dict) and key.get("kty") == "oct":
+            raise ConfigurationError(f"CASETRAIL_JWKS_FILE holds a symmetric (oct) key,"
+                                     f" {key.get('kid')!r}: it must hold public keys only")
+    return jwt.PyJWKSet.from_dict(document)
 
 
 def _algorithm_of(public_key_pem: str) -> str:

@@ -42,6 +42,14 @@ _UUID4_SET = 0x8000 << 48 | 0x4000 << 64
 _PLACEHOLDER = re.compile(r"{[_a-zA-Z][_a-zA-Z0-9]*}")
 _COMPONENT_REF = "#/components/schemas/{model}"
 _Refs = dict[tuple[type[BaseModel], JsonSchemaMode], JsonSchemaValue]
+# Every answer: no cache (a browser's, a proxy's) keeps a case's data, and no browser reads a
+# JSON answer or a mail's raw text as HTML.
+PROTECTIVE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+# The HTML pages (/docs, the notifier's /mail) load nothing and run no script. /mail shows a
+# caught message in a sandboxed srcdoc frame, which inherits this policy: the message's <style>
+# and the frame's style attribute need inline styles.
+HTML_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none';"
+               " form-action 'none'; frame-ancestors 'none'")
 
 
 @web.middleware
@@ -122,11 +130,25 @@ def labelled(metric: MetricT, *values: str) -> MetricT:
     return cast(MetricT, _labelled(metric, values))
 
 
+async def protect_answer(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the protective headers on every answer, a streamed export's
+    too (a middleware sees it only after it was sent). A handler's own Cache-Control stays."""
+    headers = response.headers
+    for name, value in PROTECTIVE_HEADERS.items():
+        headers.setdefault(name, value)
+    if response.content_type == "text/html":
+        headers.setdefault("Content-Security-Policy", HTML_POLICY)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     route_handler = request.match_info.route.handler
     if getattr(route_handler, "public", False) or request.match_info.http_exception:
         return await handler(request)
+    if len(request.headers.getall("Authorization", ())) > 1:
+        # which one counts is a guess, and a proxy in front may have guessed the other one
+        raise Problem(400, "Bad request", "send one Authorization header, not several",
+                      kind="bad-authorization")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -434,6 +456,9 @@ class Api:
                                 headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def add_routes(self, app: web.Application) -> None:
+        """Serve the operations on ``app``, every answer with the protective headers."""
+        if protect_answer not in app.on_response_prepare:
+            app.on_response_prepare.append(protect_answer)
         trees: dict[str, RouteTree] = {}
         for op in self.operations:
             methods = (op.method, "HEAD") if op.head else (op.method,)

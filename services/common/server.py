@@ -20,16 +20,27 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from yarl import URL
 
-from services.common.http import JsonAccessLogger, new_event_loop
+from services.common.http import PROTECTIVE_HEADERS, JsonAccessLogger, new_event_loop
 from services.common.problems import PROBLEM_TYPE_BASE
 
 # aiohttp's default refuses a header over 8190 bytes; an auditor's token naming the cases of a
-# court order (about 50 bytes a case) outgrows that at some 150 cases.
+# court order (about 50 bytes a case) outgrows that at some 150 cases. aiohttp's limit is per
+# header, so every header may be that long: the two bounds below keep one request's head small.
 MAX_HEADER_BYTES = 64 * 1024
+# A browser sends about 20 headers and proxies and tracing add up to some 30 (X-Forwarded-*,
+# Via, traceparent, B3, X-Envoy-*); Apache, Envoy and Tomcat refuse past 100 by default.
+MAX_HEADERS = 100
+# The request line and all headers together: the Authorization header at its limit and 32 KiB
+# for the rest (nginx's default for a whole request head). aiohttp bounds only each header and
+# their number: 128 of 64 KiB, held twice (bytes and text), came to some 15 MiB a connection.
+MAX_REQUEST_HEAD_BYTES = MAX_HEADER_BYTES + 32 * 1024
 KEEPALIVE_SECONDS = 75.0
 # How long requests in flight (a long export) may finish after a stop signal: aiohttp's 60 s
 # outlasted the deployment's grace (deploy/kubernetes: 45 s less a 5 s preStop pause), so a
@@ -62,7 +73,91 @@ def _unquoted(message: str) -> str:
 
 
 class _ProblemRequestHandler(RequestHandler):
-    __slots__ = ()
+    """aiohttp's connection handler, answering its own refusals with a problem body and
+    bounding what the parser holds of a request besides its body: the head, and a chunked
+    body's trailers (headers after the body, read like headers and as long)."""
+
+    __slots__ = ("_beside_body", "_body", "_chunked", "_head_bytes", "_refused")
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_bytes = 0  # of the request head being read
+        self._body: StreamReader = EMPTY_PAYLOAD  # of the last request whose head was read
+        self._chunked = False  # that body is chunked
+        self._beside_body = 0  # its bytes that were not body: chunk sizes, trailers
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._reading_head():
+            self._take_head(data)
+        elif self._chunked:
+            self._take_chunked(data)
+        else:
+            self._parse(data)
+
+    def _reading_head(self) -> bool:
+        return (not self._upgraded and self._payload_parser is None
+                and not (self._force_close or self._close) and self._body.is_eof())
+
+    def _take_head(self, data: bytes) -> None:
+        room = MAX_REQUEST_HEAD_BYTES - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            self._parse(data)
+        elif self._parse(data[:room]):  # the parser is never given more head than the bound
+            self.data_received(data[room:])
+        else:
+            self._refuse_head()
+
+    def _take_chunked(self, data: bytes) -> None:
+        read_before = self._body.total_bytes
+        if not self._parse(data) and not self._body.is_eof():
+            # piece by piece, not in sum: a compressed body's decoded bytes must not hide
+            # trailers
+            self._beside_body += max(0, len(data) - (self._body.total_bytes - read_before))
+            self._check_beside_body()
+
+    def _parse(self, data: bytes) -> bool:
+        """Feed aiohttp's parser; whether a request head was completed (the counts restart)."""
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count == before:
+            return False
+        message, self._body = self._messages[-1] if self._messages else (None, EMPTY_PAYLOAD)
+        self._chunked = isinstance(message, RawRequestMessage) and message.chunked
+        self._head_bytes = 0
+        # the piece the head ended in may hold trailers already: what it held besides body
+        # counts, the head's end with it
+        self._beside_body = max(0, len(data) - self._body.total_bytes) if self._chunked else 0
+        self._check_beside_body()
+        return True
+
+    def _check_beside_body(self) -> None:
+        if self._chunked and self._beside_body > MAX_REQUEST_HEAD_BYTES and not self._refused:
+            self._refuse_chunked()
+
+    def _refuse_head(self) -> None:
+        """Answer 400 as aiohttp answers a header past its limit; read nothing more."""
+        self._refused = True
+        error = BadHttpMessage(f"the request headers came to more than"
+                               f" {MAX_REQUEST_HEAD_BYTES} bytes")
+        self._messages.append((_ErrInfo(status=400, exc=error, message=error.message),
+                               EMPTY_PAYLOAD))
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _refuse_chunked(self) -> None:
+        """Read nothing more. A handler reading the body, now or once its turn comes, fails
+        to (400, nothing written); after an answer, the wait for the body's end is over."""
+        self._refused = True
+        # the end first: it wakes a wait for it without an error, where aiohttp, draining the
+        # body of a request already answered, would log the error as unhandled
+        self._body.feed_eof()
+        self._body.set_exception(RequestPayloadError(
+            f"the request carried more than {MAX_REQUEST_HEAD_BYTES} bytes besides its body"))
+        self.close()
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
@@ -76,7 +171,8 @@ class _ProblemRequestHandler(RequestHandler):
         else:
             log.info("malformed request refused", status=status, detail=problem.get("detail"))
         response = web.Response(status=status, text=json.dumps(problem),
-                                content_type="application/problem+json")
+                                content_type="application/problem+json",
+                                headers=PROTECTIVE_HEADERS)  # no app: its signal never runs
         response.force_close()
         return response
 
@@ -93,8 +189,8 @@ class ServiceRunner(web.AppRunner):
     def __init__(self, app: web.Application, *, handle_signals: bool = False) -> None:
         # keepalive_timeout: web.run_app's 75 s (a bare runner would keep an idle client an hour)
         super().__init__(app, handle_signals=handle_signals, access_log_class=JsonAccessLogger,
-                         max_field_size=MAX_HEADER_BYTES, keepalive_timeout=KEEPALIVE_SECONDS,
-                         shutdown_timeout=SHUTDOWN_SECONDS)
+                         max_field_size=MAX_HEADER_BYTES, max_headers=MAX_HEADERS,
+                         keepalive_timeout=KEEPALIVE_SECONDS, shutdown_timeout=SHUTDOWN_SECONDS)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

@@ -38,7 +38,12 @@ _TOKEN_TTL = 3600
 
 
 class FeedError(RuntimeError):
-    pass
+    """The feed could not be read. The message, for the log, may quote an address or the
+    reply; ``summary`` says what went wrong without either, for the public /readyz."""
+
+    def __init__(self, detail: str, summary: str) -> None:
+        super().__init__(detail)
+        self.summary = summary
 
 
 class FeedToken:
@@ -81,9 +86,10 @@ class FeedToken:
         try:
             found = path.read_text().strip()
         except (OSError, UnicodeError) as error:
-            raise FeedError(f"cannot read RECORDS_TOKEN_FILE {path}: {error}") from error
+            raise FeedError(f"cannot read RECORDS_TOKEN_FILE {path}: {error}",
+                            "RECORDS_TOKEN_FILE unreadable") from error
         if not found:
-            raise FeedError(f"RECORDS_TOKEN_FILE {path} is empty")
+            raise FeedError(f"RECORDS_TOKEN_FILE {path} is empty", "RECORDS_TOKEN_FILE empty")
         return found
 
 
@@ -140,10 +146,12 @@ class FeedSubscriber:
                 if response.status == 401:
                     self._token.refused()
                 if response.status != 200:
-                    raise FeedError(f"feed answered {response.status}: {body[:300]!r}")
+                    raise FeedError(f"feed answered {response.status}: {body[:300]!r}",
+                                    f"feed answered {response.status}")
             page = FeedPage.model_validate_json(body)
         except (aiohttp.ClientError, TimeoutError, ValidationError) as error:
-            raise FeedError(f"feed unreachable or unreadable: {error}") from error
+            raise FeedError(f"feed unreachable or unreadable: {error}",
+                            _failed_read(error)) from error
         return Page(_items(page), page.checkpoint, page.held_back_since)
 
     async def step(self, wait: float) -> int:
@@ -152,7 +160,7 @@ class FeedSubscriber:
         try:
             page = await self.fetch(after, wait)
         except FeedError as error:
-            self._mark_unhealthy(error)
+            self._mark_unhealthy(error.summary)
             raise
         self.healthy, self.last_error = True, None
         if not page.items:
@@ -212,25 +220,40 @@ class FeedSubscriber:
             except (FeedError, *DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
                 delay = next(delays)
                 log.warning("feed read failed; retrying", error=str(error), retry_in=delay)
-                self._failed(error)
+                # /readyz is public: the log has the message, which may name a host or database
+                self._failed(error.summary if isinstance(error, FeedError) else
+                             f"the notifier's database failed ({type(error).__name__});"
+                             " the log has the details")
             except Exception as error:
                 # A bug met while applying a page must not end the subscription for good:
                 # the page is retried, and readiness and the metrics show it meanwhile.
                 delay = next(delays)
                 log.exception("feed page could not be applied; retrying", retry_in=delay)
                 # /readyz is public: an exception's text may quote the event's data
-                self._failed(RuntimeError(f"a feed page could not be applied"
-                                          f" ({type(error).__name__}); the log has the details"))
+                self._failed(f"a feed page could not be applied ({type(error).__name__});"
+                             " the log has the details")
             wait = 0.0
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
-    def _failed(self, error: Exception) -> None:
+    def _failed(self, summary: str) -> None:
         self._metrics.feed_errors.inc()
-        self._mark_unhealthy(error)
+        self._mark_unhealthy(summary)
 
-    def _mark_unhealthy(self, error: Exception) -> None:
-        self.healthy, self.last_error = False, str(error) or type(error).__name__
+    def _mark_unhealthy(self, summary: str) -> None:
+        """``summary`` is shown on the public /readyz: what failed, never where or the text."""
+        self.healthy, self.last_error = False, summary
         self._lag_at_least_since_last_read()
+
+
+def _failed_read(error: Exception) -> str:
+    """What a failed request for a page comes to, without the address aiohttp's message names."""
+    if isinstance(error, TimeoutError):
+        return "feed did not answer in time"
+    if isinstance(error, aiohttp.ClientConnectionError):
+        return "feed unreachable"
+    if isinstance(error, ValidationError):
+        return "feed sent a page that could not be read"
+    return f"feed answer could not be read ({type(error).__name__})"
 
 
 def _backoff() -> Iterator[float]:
