@@ -373,6 +373,23 @@ async def test_two_authorization_headers_are_a_400_problem(
     assert (await client.get("/v1/cases", headers={"Authorization": good})).status == 200
 
 
+async def test_a_write_with_two_authorization_headers_writes_nothing(
+        cm: CaseApi, fresh_database_url: str, token: TokenFactory) -> None:
+    case_id = await cm.open_case()
+    good = f"Bearer {token()}"  # the owning case manager's
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        before = await event_count(conn)
+        response = await cm.client.post(
+            f"/v1/cases/{case_id}/notes", json={"text": "Met at the library"},
+            headers=CIMultiDict([("Authorization", good), ("Authorization", good)]))
+        assert response.status == 400
+        assert (await response.json())["type"].endswith("/bad-authorization")
+        assert await event_count(conn) == before
+    finally:
+        await conn.close()
+
+
 # X6: the public readiness check names a category, never an address or a reply's text
 
 
