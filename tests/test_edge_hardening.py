@@ -29,7 +29,6 @@ from services.common.server import (
     MAX_HEADER_BYTES,
     MAX_HEADERS,
     MAX_REQUEST_HEAD_BYTES,
-    ServiceRunner,
 )
 from services.common.settings import ConfigurationError
 from services.notifier.feed import FeedError
@@ -37,6 +36,7 @@ from services.records.http.app import create_app
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer, free_port, make_settings
 from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig
 from tests.records_api import CaseApi, event_count
+from tests.test_server import _exchange, _served
 
 _HEAD = b"GET /healthz HTTP/1.1\r\nHost: casetrail\r\n"
 # what a browser sends and proxies and tracing add on the way: the limits must never bite these
@@ -58,14 +58,6 @@ _ORDINARY = [
 ]
 
 
-async def _served(app: web.Application) -> tuple[ServiceRunner, int]:
-    runner = ServiceRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
-
-
 @pytest.fixture
 async def served(fresh_database_url: str) -> AsyncIterator[tuple[int, asyncpg.Pool]]:
     """The records service as `casetrail records` serves it (ServiceRunner, a real socket)."""
@@ -74,23 +66,6 @@ async def served(fresh_database_url: str) -> AsyncIterator[tuple[int, asyncpg.Po
     yield port, pool
     await pool.close()
     await runner.cleanup()
-
-
-async def _answer_to(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send raw bytes, then read the answer up to the server's close. The request need not be
-    whole: a server that waits for the rest of it fails the test here."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in
-               (line.partition(":") for line in header_lines)}
-    return int(status_line.split()[1]), headers, body
 
 
 def _malformed(status: int, headers: dict[str, str], body: bytes) -> dict[str, Any]:
@@ -113,7 +88,7 @@ async def test_more_headers_than_the_limit_are_refused_before_the_request_ends(
     port, pool = served
     before = await event_count(pool)
     many = b"".join(b"X-Filler-%d: a\r\n" % n for n in range(MAX_HEADERS + 2))
-    problem = _malformed(*await _answer_to(port, _HEAD + many))
+    problem = _malformed(*await _exchange(port, _HEAD + many))
     assert problem["detail"] == "Too many headers received"
     assert await event_count(pool) == before
 
@@ -127,7 +102,7 @@ async def test_headers_adding_up_past_the_limit_are_refused_before_they_are_read
     padding = b"".join(b"X-Padding-%d: %s\r\n" % (n, field)
                        for n in range(MAX_REQUEST_HEAD_BYTES // len(field) + 1))
     assert len(padding) > MAX_REQUEST_HEAD_BYTES
-    problem = _malformed(*await _answer_to(port, _HEAD + padding))  # no blank line: unfinished
+    problem = _malformed(*await _exchange(port, _HEAD + padding))  # no blank line: unfinished
     assert problem["detail"] == (f"the request headers came to more than"
                                  f" {MAX_REQUEST_HEAD_BYTES} bytes")
 
@@ -145,7 +120,7 @@ async def test_trailers_of_a_chunked_body_adding_up_past_the_limit_are_refused(
     request = (b"POST /v1/cases HTTP/1.1\r\nHost: casetrail\r\nAuthorization: Bearer %s\r\n"
                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"2\r\n{}\r\n0\r\n" % token().encode()) + trailers  # never finished
-    status, _, body = await _answer_to(port, request)
+    status, _, body = await _exchange(port, request)
     assert status == 400, body
     problem = json.loads(body)
     assert problem["type"].endswith("/malformed-body")
@@ -154,7 +129,7 @@ async def test_trailers_of_a_chunked_body_adding_up_past_the_limit_are_refused(
     assert await event_count(pool) == before
     # answered before its body was read (no token): the connection ends, no error is logged
     anonymous = request.replace(b"Authorization: Bearer ", b"X-Unused: ")
-    status, _, body = await _answer_to(port, anonymous)
+    status, _, body = await _exchange(port, anonymous)
     assert status == 401, body
     assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}]
 
@@ -184,7 +159,7 @@ async def test_a_300_case_auditor_token_still_fits_beside_a_browsers_and_proxies
     lines = [f"Authorization: Bearer {auditor}", *_ORDINARY]
     request = (f"GET /v1/cases/{cases[0]} HTTP/1.1\r\nHost: casetrail\r\nConnection: close\r\n"
                + "".join(f"{line}\r\n" for line in lines) + "\r\n").encode()
-    status, _, body = await _answer_to(port, request)
+    status, _, body = await _exchange(port, request)
     assert status == 404, body  # read as the auditor, who may see it: it does not exist
     assert json.loads(body)["type"].endswith("/not-found")
 
