@@ -16,10 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from schemas.events import MAX_IDENTIFIER, ExactUserId
-from services.common.auth import Role, check_secret, dev_secret, expected_claims, issue_token
+from services.common.auth import (
+    NAMED_CASES_ROLES,
+    AuthError,
+    Role,
+    check_secret,
+    dev_secret,
+    expected_claims,
+    identity,
+    issue_token,
+)
 from services.common.database import MigrationError
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
@@ -50,9 +58,6 @@ def _jwt_secret(settings: Settings) -> str | None:
     return local.read_text().strip() if local.exists() else None
 
 
-# the roles whose tokens reach only the cases they name (services/records/application/access.py)
-_NAMED_CASES_ROLES = frozenset({Role.PARTICIPANT, Role.AUDITOR})
-_IDENTIFIER: TypeAdapter[str] = TypeAdapter(ExactUserId)  # the services' rule for sub, agency
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,21 +94,20 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 def _identity_refusal(args: argparse.Namespace) -> str | None:
     """Why the services would refuse a token with this --sub or --agency (they answer 401)."""
-    for flag, value in (("--sub", args.sub), ("--agency", args.agency)):
+    for name in ("sub", "agency"):
         try:
-            _IDENTIFIER.validate_python(value)
-        except ValidationError:
-            return (f"{flag} must be an identifier of 1-{MAX_IDENTIFIER} characters, without"
-                    " surrounding spaces, control characters or invalid Unicode")
+            identity(vars(args), name)
+        except AuthError as error:
+            return f"--{error}"
     return None
 
 
 def _cases_refusal(role: Role, cases: list[str]) -> str | None:
     """A participant or auditor token naming no case reads nothing; another role's token
     reaches cases by its role and agency, and ignores any it names."""
-    if role in _NAMED_CASES_ROLES and not cases:
+    if role in NAMED_CASES_ROLES and not cases:
         return f"{role} tokens reach only the cases they name: give --cases ID[,ID…]"
-    if cases and role not in _NAMED_CASES_ROLES:
+    if cases and role not in NAMED_CASES_ROLES:
         return "--cases names the cases of participant and auditor tokens; other roles reach" \
                " cases through their role and agency"
     return None

@@ -35,6 +35,10 @@ class Role(StrEnum):
     SERVICE = "service"
 
 
+# the roles whose tokens reach only the cases they name
+NAMED_CASES_ROLES = frozenset({Role.PARTICIPANT, Role.AUDITOR})
+
+
 class AuthError(Exception):
     """The request does not carry a token we accept; the message says why."""
 
@@ -201,7 +205,7 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         role = Role(claims["role"])
     except ValueError as error:
         raise AuthError(f"unknown role {claims['role']!r}") from error
-    sub, agency = _identity(claims, "sub"), _identity(claims, "agency")
+    sub, agency = identity(claims, "sub"), identity(claims, "agency")
     raw_cases = claims.get("cases", [])
     if not isinstance(raw_cases, list):
         raise AuthError("cases must be a list of case ids")
@@ -221,7 +225,7 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     return Principal(sub, role, agency, cases, window_from, window_to)
 
 
-def _identity(claims: dict[str, Any], name: str) -> str:
+def identity(claims: dict[str, Any], name: str) -> str:
     """``sub`` and ``agency`` are recorded with every event and every audited read, so they
     must be what the records accept as an identifier: a NUL or a lone surrogate used to reach
     PostgreSQL and answer 500."""

@@ -145,11 +145,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     route_handler = request.match_info.route.handler
     if getattr(route_handler, "public", False) or request.match_info.http_exception:
         return await handler(request)
-    if len(request.headers.getall("Authorization", ())) > 1:
+    sent = request.headers.getall("Authorization", ())
+    if len(sent) > 1:
         # which one counts is a guess, and a proxy in front may have guessed the other one
         raise Problem(400, "Bad request", "send one Authorization header, not several",
                       kind="bad-authorization")
-    header = request.headers.get("Authorization", "")
+    header = sent[0] if sent else ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Problem(401, "Unauthorized", "send a bearer token: Authorization: Bearer <jwt>",

@@ -32,9 +32,13 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extra = extra
 
-    def body(self, instance: str) -> dict[str, Any]:
+    def body(self, instance: str | None) -> dict[str, Any]:
+        """The problem+json body; ``instance`` None leaves it out (a request whose line could
+        not be read)."""
         body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + self.kind, "title": self.title,
-                                "status": self.status, "instance": instance}
+                                "status": self.status}
+        if instance is not None:
+            body["instance"] = instance
         if self.detail:
             body["detail"] = self.detail
         body["errors"] = self.errors  # always a list, empty when no field is to blame

@@ -28,7 +28,7 @@ from aiohttp.web_request import BaseRequest
 from yarl import URL
 
 from services.common.http import PROTECTIVE_HEADERS, JsonAccessLogger, new_event_loop
-from services.common.problems import PROBLEM_TYPE_BASE
+from services.common.problems import Problem
 
 # aiohttp's default refuses a header over 8190 bytes; an auditor's token naming the cases of a
 # court order (about 50 bytes a case) outgrows that at some 150 cases. aiohttp's limit is per
@@ -59,13 +59,8 @@ def parser_problem(status: int, message: str | None) -> dict[str, Any]:
     """The body for an error aiohttp answers itself. No ``instance``: the request line may be
     the very thing that could not be read."""
     kind, title = _OWN_ANSWERS.get(status, ("http-error", HTTPStatus(status).phrase))
-    body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + kind, "title": title, "status": status,
-                            "errors": []}
-    if status >= 500:
-        body["detail"] = "the error was logged"
-    elif detail := _unquoted(message or ""):
-        body["detail"] = detail
-    return body
+    detail = "the error was logged" if status >= 500 else _unquoted(message or "")
+    return Problem(status, title, detail, kind=kind).body(None)
 
 
 def _unquoted(message: str) -> str:

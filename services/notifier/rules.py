@@ -251,6 +251,8 @@ def reworded_celebrations(before: CaseModel, after: CaseModel) -> list[Rewording
     """A step or goal reworded (ActionStepRevised, GoalRevised): a small win or milestone of
     it still waiting (quiet hours, a digest, a retry) names it as it now reads, not as it read
     when it was completed or achieved."""
+    if before.steps is after.steps and before.goals is after.goals:
+        return []  # evolve makes new dicts only for what an event changed: most change neither
     found = []
     for step in after.steps.values():
         words = _step_words(after, step)

@@ -128,15 +128,6 @@ class NotificationView(BaseModel):
     digest_id: UUID | None
 
 
-class AccessLogQuery(Body):
-    """As the records service's access-log query."""
-
-    case_id: UUID | None = None
-    after: str | None = Field(default=None, min_length=1, max_length=64,
-                              description="next_after or checkpoint of an earlier page")
-    limit: QueryInt = Field(default=100, ge=1, le=500)
-
-
 class AccessLogEntryView(BaseModel):
     """One read of a case's data here by a supervisor."""
 

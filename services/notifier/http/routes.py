@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import ExactUserId
+from schemas.queries import AccessLogQuery
 from services.common.auth import Principal, Role
 from services.common.checkpoint import checkpoint_after, commit_order_page
 from services.common.http import json_response, parse_body, parse_query, principal
@@ -28,7 +29,6 @@ from services.notifier import mailbox
 from services.notifier.http.app import api, ctx
 from services.notifier.http.models import (
     AccessLogPage,
-    AccessLogQuery,
     NotificationsQuery,
     NotificationView,
     PreferencesInput,
@@ -213,10 +213,11 @@ async def list_notifications(request: web.Request) -> web.Response:
     query = parse_query(request, NotificationsQuery)
     rows = await store.list_rows(ctx(request).pool, _listing_filter(principal(request), query),
                                  limit=query.limit, offset=query.offset)
-    asked = {"recipient": query.recipient, "status": query.status, "kind": query.kind}
-    await _log_read(request, "list",
-                    " ".join(["notifications", *(f"{k}={v}" for k, v in asked.items() if v)]),
-                    list(dict.fromkeys(r.case_id for r in rows if r.case_id is not None)))
+    if principal(request).reads_audited:
+        asked = {"recipient": query.recipient, "status": query.status, "kind": query.kind}
+        await _log_read(request, "list",
+                        " ".join(["notifications", *(f"{k}={v}" for k, v in asked.items() if v)]),
+                        list(dict.fromkeys(r.case_id for r in rows if r.case_id is not None)))
     return json_response({"notifications": [_shown(r) for r in rows],
                           "next_offset": query.offset + len(rows)
                           if len(rows) == query.limit else None})

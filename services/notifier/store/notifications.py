@@ -464,7 +464,8 @@ async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], d
             parent.claim_token)
         if context is None:
             return
-        await insert_notices(conn, [replace(c, context=json.loads(context)) for c in children],
+        shared = json.loads(context)  # inserting only reads it
+        await insert_notices(conn, [replace(c, context=shared) for c in children],
                              domain, now, cause_recorded_at=parent.cause_recorded_at,
                              parent_id=parent.id)
 

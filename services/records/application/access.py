@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
-from services.common.auth import Principal, Role
+from services.common.auth import NAMED_CASES_ROLES, Principal, Role
 
 
 class Action(StrEnum):
@@ -42,7 +42,6 @@ class CaseFacts:
     case_manager: str
 
 
-_NAMED_CASES_ONLY = {Role.PARTICIPANT, Role.AUDITOR}
 _NO_CASES = {Role.ANALYST, Role.SERVICE}
 _CHANGES = {Action.WRITE, Action.TRANSFER}
 
@@ -50,7 +49,7 @@ _CHANGES = {Action.WRITE, Action.TRANSFER}
 def check_visible(who: Principal, case: CaseFacts) -> None:
     if case.agency != who.agency:
         raise NotVisible
-    if who.role in _NAMED_CASES_ONLY and case.case_id not in who.cases:
+    if who.role in NAMED_CASES_ROLES and case.case_id not in who.cases:
         raise NotVisible
 
 
@@ -77,7 +76,7 @@ def refuse_from_token(who: Principal, action: Action, case_id: UUID) -> None:
     outside their window, where reads answer 404)."""
     if who.role in _NO_CASES:
         raise Forbidden(_why(who, action))
-    if who.role in _NAMED_CASES_ONLY and action in _CHANGES:
+    if who.role in NAMED_CASES_ROLES and action in _CHANGES:
         if case_id not in who.cases:
             raise NotVisible
         raise Forbidden(_why(who, action))

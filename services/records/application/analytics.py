@@ -206,7 +206,6 @@ class Totals:
     standing: dict[str, Tally] = field(default_factory=dict)  # achievements not taken back
     from_before: dict[str, Tally] = field(default_factory=dict)  # take-backs of earlier ones
     cancelled: Tally = field(default_factory=Tally)  # the period's achievements taken back in it
-    taken_back: Tally = field(default_factory=Tally)  # every take-back in the period
     timed: Tally = field(default_factory=Tally)  # standing achievements with their days
     days_to_achievement: Counter[int] = field(default_factory=Counter)
     reviews_not_held: Tally = field(default_factory=Tally)
@@ -236,7 +235,6 @@ class Totals:
         for taken in found.from_before:
             self.from_before.setdefault(str(taken.domain), Tally()).add(case_id)
         self.cancelled.add(case_id, len(found.cancelled))
-        self.taken_back.add(case_id, len(found.taken_back))
 
     def add_reviews(self, reviews: CaseReviews) -> None:
         self.reviews_not_held.add(reviews.case_id, reviews.not_held)
@@ -302,7 +300,6 @@ class Achievements(NamedTuple):
     standing: list[GoalEvent]  # the period's achievements not taken back in it
     cancelled: list[GoalEvent]  # the period's achievements taken back in it
     from_before: list[GoalEvent]  # take-backs of achievements from before the period
-    taken_back: list[GoalEvent]  # every take-back in the period
 
 
 def _achievements(goals: Iterable[GoalEvent]) -> Achievements:
@@ -310,7 +307,7 @@ def _achievements(goals: Iterable[GoalEvent]) -> Achievements:
     one of an achievement before the period is taken off in the goal's domain. A goal is one
     case's: its achievements and take-backs are paired within the case."""
     standing: dict[UUID, list[GoalEvent]] = {}  # the period's achievements, per goal
-    found = Achievements([], [], [], [])
+    found = Achievements([], [], [])
     for fact in goals:
         if fact.kind == "goal_achieved":
             if fact.goal_id is None:  # named no goal: nothing can take it back
@@ -318,7 +315,6 @@ def _achievements(goals: Iterable[GoalEvent]) -> Achievements:
             else:
                 standing.setdefault(fact.goal_id, []).append(fact)
         elif fact.kind == "goal_unachieved":
-            found.taken_back.append(fact)
             won = standing.get(fact.goal_id) if fact.goal_id is not None else None
             if won:
                 found.cancelled.append(won.pop())
@@ -329,18 +325,18 @@ def _achievements(goals: Iterable[GoalEvent]) -> Achievements:
 
 
 def _goals(shown: Disclosure, totals: Totals) -> dict[str, object]:
-    def net(domain: str) -> Cell:
-        return _cell_in(totals.standing, domain).less(_cell_in(totals.from_before, domain))
-
-    domains = sorted(totals.standing.keys() | totals.from_before.keys())
-    by_domain, other = shown.domains("goals_achieved", {domain: net(domain) for domain in domains})
-    standing = _sum(tally.cell for tally in totals.standing.values())
-    from_before = _sum(tally.cell for tally in totals.from_before.values())
+    won = {domain: tally.cell for domain, tally in totals.standing.items()}
+    lost = {domain: tally.cell for domain, tally in totals.from_before.items()}
+    nets = {domain: won.get(domain, Cell()).less(lost.get(domain, Cell()))
+            for domain in sorted(won.keys() | lost.keys())}
+    by_domain, other = shown.domains("goals_achieved", nets)
+    standing, from_before = _sum(won.values()), _sum(lost.values())
     total = shown.count("goals_achieved.total", standing.less(from_before),
                         unless=other is None)
-    # side by side, the total and the take-backs add up to the achievements of the period
+    # side by side, the total and the take-backs add up to the achievements of the period;
+    # every take-back cancelled an achievement of the period or one from before it
     recorded = standing + totals.cancelled.cell
-    reversed_ = shown.count("goals_achieved.reversed", totals.taken_back.cell,
+    reversed_ = shown.count("goals_achieved.reversed", totals.cancelled.cell + from_before,
                             unless=total is not None and not shown.safe(recorded))
     median = _median(totals.days_to_achievement)
     return {"total": total, "by_domain": by_domain, "other_withheld": other,
@@ -348,11 +344,6 @@ def _goals(shown: Disclosure, totals: Totals) -> dict[str, object]:
             "median_days_to_achievement": shown.show(
                 "goals_achieved.median_days_to_achievement", median,
                 shown.safe(totals.timed.cell))}
-
-
-def _cell_in(by_domain: dict[str, Tally], domain: str) -> Cell:
-    tally = by_domain.get(domain)
-    return tally.cell if tally is not None else Cell()
 
 
 def _median(counted: Counter[int]) -> float | None:
