@@ -1,13 +1,14 @@
 """Export rate and the records service's memory while it streams a signed export.
 
-    .venv/bin/python -m bench.export [--events 1000 50000] [--format jsonl|csv|pdf|fhir]
-                                     [--note-chars 24]
+    .venv/bin/python -m bench.export [--events 1000 50000]
+                                     [--format jsonl|csv|pdf|fhir|verify] [--note-chars 24]
 
 For each size, one case with that many events (notes, chained by the event store), exported
 (JSON Lines by default) through `casetrail records` by a client that reads and drops the stream; the
 service's resident memory is sampled every 20 ms during the export. Constant memory means the
-growth does not follow the number of events. Uses DATABASE_URL's server when set, otherwise an
-embedded PostgreSQL.
+growth does not follow the number of events. ``--format verify`` reads the case's chain check
+(`GET …/verify`) instead, which walks the same history. Uses DATABASE_URL's server when set,
+otherwise an embedded PostgreSQL.
 """
 
 from __future__ import annotations
@@ -100,13 +101,17 @@ async def export_once(url: str, token: str, case_id: str, pid: int,
     async with peak_resident(pid) as peak:
         started = time.perf_counter()
         async with aiohttp.ClientSession() as session, session.get(
-                f"{url}/v1/cases/{case_id}/export?format={export_format}",
+                f"{url}/v1/cases/{case_id}/{_read_of(export_format)}",
                 headers={"Authorization": f"Bearer {token}"}) as response:
             assert response.status == 200, await response.text()
             async for chunk in response.content.iter_chunked(1 << 16):
                 received += len(chunk)
         elapsed = time.perf_counter() - started
     return received, elapsed, peak[0]
+
+
+def _read_of(export_format: str) -> str:
+    return "verify" if export_format == "verify" else f"export?format={export_format}"
 
 
 async def main(sizes: list[int], export_format: str, note_chars: int) -> None:
@@ -144,7 +149,8 @@ async def main(sizes: list[int], export_format: str, note_chars: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, nargs="+", default=[1000, 50000])
-    parser.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "pdf", "fhir"])
+    parser.add_argument("--format", default="jsonl",
+                        choices=["jsonl", "csv", "pdf", "fhir", "verify"])
     parser.add_argument("--note-chars", type=int, default=0,
                         help="pad each note to this many characters")
     options = parser.parse_args()
