@@ -28,7 +28,8 @@ BAD_TOKENS = {
     "garbage": "not-a-jwt",
     "wrong secret": jwt.encode(claims(), "another-secret-that-is-long-enough-32b",
                                algorithm="HS256"),
-    "expired": jwt.encode(claims(exp=int(time.time()) - 10), JWT_SECRET, algorithm="HS256"),
+    # past the 30 s leeway for clock skew (CASETRAIL_JWT_LEEWAY_SECONDS)
+    "expired": jwt.encode(claims(exp=int(time.time()) - 60), JWT_SECRET, algorithm="HS256"),
     "no exp": jwt.encode(claims(exp=None), JWT_SECRET, algorithm="HS256"),
     "no agency": jwt.encode(claims(agency=None), JWT_SECRET, algorithm="HS256"),
     "unknown role": jwt.encode(claims(role="offender"), JWT_SECRET, algorithm="HS256"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,13 +97,15 @@ class TokenVerifier:
     def __init__(self, settings: ServiceSettings) -> None:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
+        self._leeway = settings.jwt_leeway_seconds
         self._secret = settings.jwt_secret
         self._public_key = (settings.jwt_public_key_file.read_text()
                             if settings.jwt_public_key_file else None)
         self._public_algorithm = (_algorithm_of(self._public_key)
                                   if self._public_key is not None else None)
         self._jwks = _public_key_set(settings.jwks_file) if settings.jwks_file else None
-        self._verified: dict[str, tuple[Principal, float]] = {}
+        # least recently used first: a burst of other tokens must not push out the ones in use
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._verified_chars = 0
         if self._secret is not None:
             check_secret(self._secret)
@@ -128,10 +131,11 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Principal:
         """The token's principal; a token verified before is answered from memory until it
-        expires (a client sends the same token with every request)."""
+        expires, leeway included (a client sends the same token with every request)."""
         cached = self._verified.get(token)
         if cached is not None:
             if cached[1] > time.time():
+                self._verified.move_to_end(token)
                 return cached[0]
             self._forget(token)  # expired: verified again below, which refuses it
         principal, expires = self._verify(token)
@@ -139,7 +143,7 @@ class TokenVerifier:
         return principal
 
     def _remember(self, token: str, principal: Principal, expires: float) -> None:
-        """Cache a verified token, forgetting the oldest past either bound."""
+        """Cache a verified token, forgetting the least recently used past either bound."""
         self._verified[token] = (principal, expires)
         self._verified_chars += len(token)
         while (len(self._verified) > _VERIFIED_CACHE_SIZE
@@ -159,7 +163,7 @@ class TokenVerifier:
             # was minted for another application)
             claims = jwt.decode(
                 token, key, algorithms=algorithms, audience=self._audience, issuer=self._issuer,
-                options={"require": ["exp", "sub", "role", "agency"]},
+                leeway=self._leeway, options={"require": ["exp", "sub", "role", "agency"]},
             )
         except jwt.ExpiredSignatureError as error:
             raise AuthError("token has expired") from error
@@ -170,9 +174,9 @@ class TokenVerifier:
             raise AuthError(f"token rejected: {error}") from error
         except jwt.PyJWTError as error:
             raise AuthError(f"token rejected: {error}") from error
-        expires = _numeric_date(claims, "exp")
-        assert expires is not None  # required above
-        return principal_from_claims(claims), expires.timestamp()
+        _numeric_date(claims, "exp")  # refuses an exp no calendar holds (required above)
+        # PyJWT takes the token while int(exp) > now - leeway; the cache keeps it that long
+        return principal_from_claims(claims), int(claims["exp"]) + self._leeway
 
 
 def _public_key_set(path: Path) -> jwt.PyJWKSet:

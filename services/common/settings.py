@@ -26,6 +26,9 @@ class ServiceSettings(BaseSettings):
     jwks_file: Path | None = Field(default=None, alias="CASETRAIL_JWKS_FILE")
     jwt_audience: str | None = Field(default=None, alias="CASETRAIL_JWT_AUDIENCE")
     jwt_issuer: str | None = Field(default=None, alias="CASETRAIL_JWT_ISSUER")
+    # how far the identity provider's clock may differ from ours, on exp, nbf and iat
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300,
+                                    alias="CASETRAIL_JWT_LEEWAY_SECONDS")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info", alias="CASETRAIL_LOG_LEVEL")
 
