@@ -587,11 +587,18 @@ class AccessLogEntryView(View):
 class AccessLogPage(View):
     """A page of the agency's access log in the order the entries were committed; pass
     ``next_after`` as ``after`` for the next page. ``checkpoint`` is where this answer
-    ended: pass it as ``after`` later to read only the entries written since."""
+    ended: pass it as ``after`` later to read only the entries written since. A page with
+    ``next_after`` null is the end of the log only when ``held_back`` is 0."""
 
     entries: list[AccessLogEntryView]
     next_after: str | None
     checkpoint: str
+    held_back: int = Field(0, description="on a page with next_after null: committed entries"
+                           " after it not handed out yet, because an older transaction on the"
+                           " database server is still open; they follow, in order, once it"
+                           " ends (ask again with checkpoint as after)")
+    held_back_since: datetime | None = Field(None, description="when the oldest held-back"
+                                             " entry was written")
 
 
 class CoCreationView(View):

@@ -94,7 +94,11 @@ def authorize_open(who: Principal, case_manager: str) -> None:
 
 
 def authorize_listing(who: Principal, case_manager: str | None) -> str | None:
-    """The case manager filter the listing must apply (None: the whole agency)."""
+    """The case manager filter the listing must apply (None: the whole agency). A token
+    limited to a time window may not list: the listing shows every case as it is now."""
+    if who.has_window and who.role in {Role.SUPERVISOR, Role.CASE_MANAGER}:
+        raise Forbidden("this token sees cases only as they were inside its time window;"
+                        " the caseload listing shows them as they are now: read each case")
     if who.role is Role.SUPERVISOR:
         return case_manager
     if who.role is Role.CASE_MANAGER:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -49,7 +49,13 @@ from services.records.projections.plans import (
     load_plan,
     replay,
 )
-from services.records.store.access_log import AccessLogEntry, list_entries, record_reads
+from services.records.store.access_log import (
+    AccessLogEntry,
+    HeldBack,
+    held_back,
+    list_entries,
+    record_reads,
+)
 from services.records.store.events import Clock, EventStore, RecordedEvent
 from services.records.store.windows import versions_around_window
 
@@ -67,6 +73,9 @@ REFUSED_OUTSIDE_WINDOW = "outside the audit window"
 
 # Refuses (OutsideWindow) a read asking for what a window does not show.
 WindowCheck = Callable[[WindowVersions], object]
+# Refuses (a 4xx) a read the record cannot answer, given the case's current plan and the
+# versions a window shows (None: no window): it is refused before anything is logged.
+AnswerCheck = Callable[[StoredPlan, WindowVersions | None], Awaitable[None]]
 
 
 def _check_window(window: WindowVersions | None, within: WindowCheck | None) -> None:
@@ -76,6 +85,12 @@ def _check_window(window: WindowVersions | None, within: WindowCheck | None) -> 
         raise NotVisible  # the case did not exist yet when the window closed
     if within is not None:
         within(window)
+
+
+def _exported(stored: StoredPlan, window: WindowVersions | None) -> tuple[int, int]:
+    """The versions an export holds: every one through the current version, or for a window
+    the events recorded inside it."""
+    return (window.first + 1, window.last) if window else (1, stored.version)
 
 
 @dataclass(frozen=True)
@@ -101,13 +116,16 @@ class CaseQueries:
         self._policies = policies
 
     async def _allow(self, who: Principal, case_id: UUID, action: Action, what: str,
-                     request_id: str | None, *, within: WindowCheck | None = None
+                     request_id: str | None, *, within: WindowCheck | None = None,
+                     answerable: AnswerCheck | None = None
                      ) -> tuple[StoredPlan, WindowVersions | None]:
         """The case's current plan and the versions ``who``'s window shows (None: no window),
         once ``who`` may take ``action`` on it (``within`` refuses what the window does not
         show). An audited read is logged with ``what`` was read and, for a window, the
         versions it shows: the log does not keep the token. One refused on a case of the
-        reader's own agency is logged too, with why (docs/decisions/0004)."""
+        reader's own agency is logged too, with why (docs/decisions/0004); one the record
+        cannot answer (``answerable``: past its latest version, a PDF too long) is not a
+        read, and is not logged."""
         refuse_from_token(who, action, case_id)
         stored = await load_plan(self._pool, case_id, who.agency)
         if stored is None:  # unknown, or another agency's: not this log's to name
@@ -128,8 +146,21 @@ class CaseQueries:
             await self._log_read(who, case_id, action, what + shown, request_id,
                                  refused=REFUSED_OUTSIDE_WINDOW)
             raise
+        if answerable is not None:
+            await answerable(stored, window)
         await self._log_read(who, case_id, action, what + shown, request_id)
         return stored, window
+
+    def _recorded_by(self, case_id: UUID, parameter: str, version: int | None) -> AnswerCheck:
+        """Refuses a read of a version past the case's latest (VersionOutOfRange)."""
+        async def check(stored: StoredPlan, window: WindowVersions | None) -> None:
+            if version is None or version <= stored.version:
+                return  # the plan is never ahead of the events
+            head = await self._store.head(case_id)
+            latest = head.version if head is not None else 0
+            if version > latest:
+                raise VersionOutOfRange(latest, parameter, version)
+        return check
 
     async def _log_read(self, who: Principal, case_id: UUID, action: Action, what: str,
                         request_id: str | None, *, refused: str | None = None) -> None:
@@ -157,7 +188,8 @@ class CaseQueries:
                  else f" as_of={as_of.isoformat()}" if as_of is not None else "")
         stored, window = await self._allow(
             who, case_id, Action.AUDIT if time_travel else Action.READ_PLAN, f"plan{point}",
-            request_id, within=lambda shown: point_in_window(who, shown, as_of_version, as_of))
+            request_id, within=lambda shown: point_in_window(who, shown, as_of_version, as_of),
+            answerable=self._recorded_by(case_id, "as_of_version", as_of_version))
         if window is not None:
             as_of_version, as_of = point_in_window(who, window, as_of_version, as_of)
             time_travel = True
@@ -166,8 +198,6 @@ class CaseQueries:
         state = await self._state_at(case_id, as_of_version, up_to_time=as_of)
         if state is None:
             raise NotYetOpened(await self._opened_at(case_id))
-        if as_of_version is not None and state.version < as_of_version:
-            raise VersionOutOfRange(state.version, "as_of_version", as_of_version)
         return PlanAnswer(state.version, json.loads(plan_json(state)))
 
     async def _opened_at(self, case_id: UUID) -> datetime:
@@ -197,14 +227,13 @@ class CaseQueries:
         await self._allow(
             who, case_id, Action.AUDIT,
             f"diff from_version={from_version} to_version={to_version}", request_id,
-            within=lambda shown: check_diff_in_window(shown, from_version, to_version))
+            within=lambda shown: check_diff_in_window(shown, from_version, to_version),
+            answerable=self._recorded_by(case_id, "to_version", to_version))
         plans = PlanAcross(await self._state_at(case_id, from_version))
         listed: list[RecordedEvent] = []
         async for events in self._store.pages(case_id, from_version + 1, to_version):
             plans.add(events)
             listed += events[:MAX_EVENTS_LISTED - len(listed)]
-        if plans.version < to_version:
-            raise VersionOutOfRange(plans.version, "to_version", to_version)
         old, new = plans.documents()
         truncated = len(listed) < to_version - from_version
         return api.DiffView.model_validate({
@@ -226,13 +255,17 @@ class CaseQueries:
         """The case's history as a signed export: every event through the current version (a
         windowed auditor: the events recorded inside the window), read page by page as the
         answer streams, so memory stays flat however long the history."""
+        async def fits(stored: StoredPlan, window: WindowVersions | None) -> None:
+            if export_format is ExportFormat.PDF:  # refused before anything streams
+                await self._fits_a_pdf(case_id, *_exported(stored, window))
+
         stored, window = await self._allow(who, case_id, Action.EXPORT,
-                                           f"export format={export_format.value}", request_id)
-        first, last = (window.first + 1, window.last) if window else (1, stored.version)
+                                           f"export format={export_format.value}", request_id,
+                                           answerable=fits)
+        first, last = _exported(stored, window)
         header = ExportHeader(str(case_id), stored.agency, first, last, self._clock(),
                               {"sub": who.sub, "role": who.role.value})
         if export_format is ExportFormat.PDF:
-            await self._fits_a_pdf(case_id, first, last)  # refused before anything streams
             chunks = self._pdf_chunks(header, case_id, first, last)
         elif export_format is ExportFormat.FHIR:
             chunks = self._fhir_chunks(FhirWriter(header), stored, case_id, first, last)
@@ -298,10 +331,15 @@ class CaseQueries:
 
     async def access_log(self, who: Principal, *, case_id: UUID | None, after: Checkpoint,
                          limit: int) -> dict[str, Any]:
+        """A page of the agency's log; one that caught up also says what an open
+        transaction still holds back, so that it is not taken for the whole log."""
         authorize_access_log(who)
         rows = await list_entries(self._pool, agency=who.agency, case_id=case_id, after=after,
                                   limit=limit + 1)
-        return commit_order_page(rows, after, limit)
+        page = commit_order_page(rows, after, limit)
+        held = HeldBack(0, None) if page["next_after"] is not None else await held_back(
+            self._pool, agency=who.agency, case_id=case_id, after=rows[-1][0] if rows else after)
+        return {**page, "held_back": held.entries, "held_back_since": held.since}
 
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
                        review_due_before: date | None, order: CaseloadOrder,
@@ -365,11 +403,6 @@ class PlanAcross:
             self._after = state
             if isinstance(payload, NoteAdded):
                 self._added += [note for note in state.notes if note.note_id == payload.note_id]
-
-    @property
-    def version(self) -> int:
-        """The last version folded (0: none)."""
-        return self._after.version if self._after is not None else 0
 
     def documents(self) -> tuple[dict[str, Any], dict[str, Any]]:
         assert self._after is not None  # the events of a diff are never empty

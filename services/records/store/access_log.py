@@ -10,7 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.common.checkpoint import Checkpoint, committed_after
+from services.common.checkpoint import HORIZON, Checkpoint, after_checkpoint, committed_after
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,28 @@ async def record_reads(pool: asyncpg.Pool, entries: list[AccessLogEntry]) -> Non
         await pool.executemany(_INSERT, [
             (e.at, e.agency, e.actor_sub, e.actor_role, e.case_id, e.action, e.what,
              e.request_id, e.refused) for e in entries])
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """Committed entries after a checkpoint that an older, still open transaction keeps back,
+    and when the oldest of them was written (None: there are none)."""
+
+    entries: int
+    since: datetime | None
+
+
+async def held_back(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
+                    after: Checkpoint) -> HeldBack:
+    """What ``list_entries`` does not hand out yet after ``after`` (the feed's
+    ``held_back``, docs/decisions/0003)."""
+    row = await pool.fetchrow(
+        "SELECT count(*) AS entries, min(at) AS since FROM records.access_log"
+        " WHERE agency = $1 AND ($2::uuid IS NULL OR case_id = $2)"
+        f" AND {after_checkpoint('id', 3)} AND transaction_id >= {HORIZON}",
+        agency, case_id, *after.parameters())
+    assert row is not None  # an aggregate always answers one row
+    return HeldBack(row["entries"], row["since"])
 
 
 async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
