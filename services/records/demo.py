@@ -139,8 +139,17 @@ async def _sam(plan: _Plan) -> None:
 
 
 async def _marcus(plan: _Plan) -> None:
-    """A closed case."""
+    """A closed case: the plan Marcus agreed to, completed with the goal he set."""
     await plan.open("moderate")
-    await plan.strengths(("past_success", "Finished a welding course in 2023", None))
-    await plan.do(cmd.CloseCase(body=api.CloseInput(reason="Plan completed; Marcus moved on",
-                                                    outcome="completed")))
+    (course,) = await plan.strengths(
+        ("past_success", "Finished a welding course in 2023", "I stuck with it to the end"))
+    work = await plan.goal("Work as a welder", "employment", "I want to use my welding ticket",
+                           [course])
+    applying = await plan.step(work, "Apply to three fabrication shops", "participant", 7)
+    await plan.agree("Welding is what I'm good at. Let's get me working.")
+    await plan.do(cmd.CompleteActionStep(applying, api.StepCompleteInput(
+        note="Marcus had two interviews the same week")))
+    await plan.do(cmd.ChangeGoalStatus(work, api.GoalStatusInput(status="achieved")))
+    await plan.do(cmd.CloseCase(body=api.CloseInput(
+        reason="Plan completed: Marcus started as a welder at a fabrication shop",
+        outcome="completed")))
