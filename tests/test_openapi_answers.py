@@ -8,12 +8,14 @@ table covers every operation, and that the committed schemas/openapi.json is wha
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator
 
@@ -119,6 +121,21 @@ async def _case_with_every_item(api: CaseApi) -> dict[str, str]:
             "review_id": plan["next_review"]["review_id"]}
 
 
+async def _settled_answer(client: TestClient, call: Call, ids: dict[str, str],
+                          token: str) -> tuple[ClientResponse, Any]:
+    """The answer to ``call``, asked again, as a reader would, while a page in commit order
+    (the feed, the access log) says that a transaction open anywhere on the database server
+    (another test run's, say) still holds back what it should list."""
+    for _ in range(100):
+        response = await client.request(call.method, call.path.format(**ids) + call.query,
+                                        json=call.body, headers=bearer(token))
+        answer = await response.json()
+        if not (isinstance(answer, dict) and answer.get("held_back")):
+            break
+        await asyncio.sleep(0.1)
+    return response, answer
+
+
 def _declared_schema(document: dict[str, Any], call: Call) -> dict[str, Any]:
     operation = document["paths"][call.path][call.method.lower()]
     content = operation["responses"][str(call.status)]["content"]
@@ -148,10 +165,7 @@ async def test_a_real_answer_matches_its_declared_response_schema(
                                            if call.role != "case_manager" else "cm-1"))
     for method, path, body in call.before:
         await caller.call(method, path.format(**ids), body, expect=200)
-    response = await records_client.request(
-        call.method, call.path.format(**ids) + call.query, json=call.body,
-        headers=bearer(caller.token))
-    answer = await response.json()
+    response, answer = await _settled_answer(records_client, call, ids, caller.token)
     assert response.status == call.status, answer
     assert all(answer[name] for name in call.filled), answer
     document = await _served_document(records_client)
