@@ -28,7 +28,7 @@ from services.common.auth import (
     identity,
     issue_token,
 )
-from services.common.database import MigrationError
+from services.common.database import COMMAND_TIMEOUT_SECONDS, MigrationError
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings
 
@@ -161,7 +161,8 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
             print(f"casetrail: {why}", file=sys.stderr)
 
     try:
-        stats = asyncio.run(rebuild_projections(settings.database_url, on_wait=waiting))
+        stats = asyncio.run(rebuild_projections(settings.database_url, on_wait=waiting,
+                                                lock_timeout=args.lock_timeout))
     except NothingRebuilt as error:
         return _fail(f"nothing rebuilt: {error}")
     except KeyboardInterrupt:
@@ -372,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=cmd_migrate, connects=True)
 
     rebuild = sub.add_parser("rebuild-projections", help="recompute read models from events")
+    rebuild.add_argument("--lock-timeout", type=_positive_seconds, metavar="SECONDS",
+                         default=int(COMMAND_TIMEOUT_SECONDS),
+                         help="how long to wait for a table another session holds locked"
+                              " before stopping, having changed nothing (default %(default)s:"
+                              " the services' own statement limit)")
     rebuild.set_defaults(run=cmd_rebuild, connects=True)
 
     openapi = sub.add_parser("openapi", help="write schemas/openapi.json from the records routes")

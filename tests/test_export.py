@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable
@@ -23,12 +24,14 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.common import wait_ready
 from bench.export import fill
 from services.cli import main as casetrail
 from services.common.settings import ConfigurationError
 from services.records.application import queries
+from services.records.export import fhir
 from services.records.export.signing import ExportSigner, load_signer
 from services.records.export.verify import MalformedExport, verify_export
 from services.records.store import events as events_module
@@ -53,6 +56,15 @@ from tests.export_helpers import (  # noqa: F401  (fixtures are found by name)
     verify_bytes,
 )
 from tests.records_api import CaseApi, event_count
+from tests.test_export_format_doc import (
+    RESIGN,
+    Refused,
+    raw_key_from_pem,
+    resign_csv,
+    resign_fhir,
+    resign_jsonl,
+)
+from tests.test_export_format_doc import verify as verify_by_the_document
 
 
 async def test_jsonl_export_carries_every_event_and_verifies(
@@ -691,3 +703,153 @@ def test_pdf_lines_never_run_off_the_page(monkeypatch: pytest.MonkeyPatch) -> No
         (x + stringWidth(t, font, s), t) for x, t, s in drawn)
     assert "".join(t for _, t, _ in drawn).count("END-OF-URL") == 1
     assert verify_bytes(raw).ok
+
+
+# --------------------------------------------------------------------------------------------
+# Files signed again with the agency's key: `casetrail verify` refuses what the document
+# (docs/export-format.md) says a verifier refuses, as the document's own verifier does
+# --------------------------------------------------------------------------------------------
+
+QUERIES = {"jsonl": "", "csv": "?format=csv", "pdf": "?format=pdf", "fhir": "?format=fhir"}
+KEY_ID_OF_NO_KEY = "0123456789abcdef"
+RECORDED_EVENT = re.compile(
+    re.escape(f'{{"url":"{fhir.EVENT_EXTENSION}","valueString":"').encode()
+    + rb'(?:[^"\\]|\\.)*"}')
+
+
+def _line(raw: bytes, index: int, change: Callable[[bytes], bytes]) -> bytes:
+    out = lines(raw)
+    out[index] = change(out[index])
+    return b"".join(out)
+
+
+def _last_line(raw: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    return _line(raw, -1, change)
+
+
+def _first_provenance(raw: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    index = next(n for n, line in enumerate(lines(raw)) if b'"resourceType":"Provenance"' in line)
+    return _line(raw, index, change)
+
+
+def _published(key_file: Path) -> bytes:
+    """The agency's public key as a court gets it: the PEM beside the private key."""
+    return raw_key_from_pem(Path(f"{key_file}.pub").read_bytes())
+
+
+def _emptied_naming_a_head(raw: bytes, key: Ed25519PrivateKey) -> bytes:
+    """The export as an empty window would be, its trailer naming a head_hash all the same."""
+    out = lines(raw)
+    header = json.loads(out[0])
+    header["first_version"] = header["last_version"] + 1
+    trailer = {"events": 0, "head_hash": json.loads(out[-2])["hash"], "signature": {}}
+    return resign_jsonl(json.dumps(header).encode() + b"\n" + json.dumps(trailer).encode()
+                        + b"\n", key)
+
+
+class _MisnamingSigner(ExportSigner):
+    @property
+    def key_id(self) -> str:
+        return KEY_ID_OF_NO_KEY
+
+
+def _resign_fhir_naming_another_key(raw: bytes, key: Ed25519PrivateKey) -> bytes:
+    out = lines(raw)
+    signature = json.loads(b"{" + out[-1].removeprefix(b"],"))["signature"]
+    digest = hashlib.sha256(b"".join(out[:-1])).digest()
+    signature["data"] = base64.b64encode(
+        fhir.jws(_MisnamingSigner(key), digest).encode()).decode()
+    return b"".join(out[:-1]) + fhir.TRAILER_START + json.dumps(signature).encode() + b"}\n"
+
+
+Tamper = Callable[[bytes, Ed25519PrivateKey], bytes]
+# (the format, the change, what `casetrail verify` says)
+RESIGNED_BUT_REFUSED: list[tuple[str, Tamper, str]] = [
+    ("jsonl", lambda raw, key: resign_jsonl(_line(
+        raw, 4, lambda line: b'{"type":"CaseClosed",' + line[1:]), key),
+     "line 5: not valid JSON (an object repeats the key 'type')"),
+    ("jsonl", lambda raw, key: resign_jsonl(_line(
+        raw, 0, lambda line: b'{"last_version":2,' + line[1:]), key),
+     "line 1: not valid JSON (an object repeats the key 'last_version')"),
+    ("jsonl", lambda raw, key: resign_jsonl(_line(
+        raw, 4, lambda line: line[:-2] + b',"note":"added later"}\n'), key),
+     "line 5: the event holds fields besides its ten: note"),
+    ("jsonl", lambda raw, key: _last_line(resign_jsonl(raw, key), lambda line: line.replace(
+        b'"algorithm":"Ed25519"', b'"algorithm":"Ed448"')),
+     "the signature's algorithm is 'Ed448', not Ed25519"),
+    ("jsonl", lambda raw, key: _last_line(resign_jsonl(raw, key), lambda line: re.sub(
+        rb'"key_id":"[0-9a-f]+"', f'"key_id":"{KEY_ID_OF_NO_KEY}"'.encode(), line)),
+     f"problem:   the signature names key {KEY_ID_OF_NO_KEY}, but its public key is"),
+    ("jsonl", _emptied_naming_a_head,
+     "problem:   the signature line names a head_hash; the export holds no events"),
+    ("jsonl", lambda raw, key: resign_jsonl(raw, key)[:-1],
+     "line 7: the file does not end with a line break (the export is cut short)"),
+    ("csv", lambda raw, key: resign_csv(_line(
+        raw, 3, lambda row: row.replace(b",cm-1,case_manager,", b",cm-7,case_manager,")), key),
+     "line 4: the actor cell is not the metadata's"),
+    ("csv", lambda raw, key: resign_csv(_line(
+        raw, 6, lambda row: row.replace(b",recorded twice,", b",recorded once,")), key),
+     "line 7: the reason cell is not the metadata's"),
+    ("csv", lambda raw, key: resign_csv(b"".join(
+        line[:-1] + b",note\n" if 1 <= n < len(lines(raw)) - 1 else line
+        for n, line in enumerate(lines(raw))), key),
+     "line 2: the column names are not version,recorded_at,type,"),
+    ("pdf", lambda raw, key: _last_line(raw, lambda line: line.replace(
+        b'"first_broken_link":null}', b'"first_broken_link":null,"note":"checked by hand"}')),
+     "the signature line's chain is not a chain report"),
+    ("pdf", lambda raw, key: _last_line(raw, lambda line: line.replace(
+        b' {"export":{', b' {"export":{"last_version":99,')),
+     "not valid JSON (an object repeats the key 'last_version')"),
+    ("fhir", lambda raw, key: resign_fhir(_first_provenance(
+        raw, lambda line: RECORDED_EVENT.sub(lambda found: found[0] + b"," + found[0], line)),
+        key), f"the extension {fhir.EVENT_EXTENSION} appears more than once"),
+    ("fhir", lambda raw, key: resign_fhir(_first_provenance(
+        raw, lambda line: line.replace(b'\\"stream_id\\"', b'\\"note\\":1,\\"stream_id\\"',
+                                       1)), key),
+     "the event holds fields besides its ten: note"),
+    ("fhir", lambda raw, key: resign_fhir(_line(raw, 2, lambda line: line[1:]), key),
+     "line 3: every entry but the first starts with a comma"),
+    ("fhir", lambda raw, key: _last_line(resign_fhir(raw, key), lambda line: line.replace(
+        b"}\n", b',"type":"document"}\n')),
+     "the Bundle repeats the key 'type'"),
+    ("fhir", lambda raw, key: _last_line(resign_fhir(raw, key), lambda line: line.replace(
+        b'"sigFormat":"application/jose"', b'"sigFormat":"application/pkcs7-signature"')),
+     "the signature is not a JWS"),
+    ("fhir", _resign_fhir_naming_another_key,
+     f"problem:   the signature names key {KEY_ID_OF_NO_KEY}, but its public key is"),
+]
+
+
+@pytest.mark.parametrize(("fmt", "tamper", "message"), RESIGNED_BUT_REFUSED,
+                         ids=[f"{fmt}-{n}" for n, (fmt, _, _) in enumerate(RESIGNED_BUT_REFUSED)])
+async def test_a_file_signed_again_is_refused_where_the_document_refuses_it(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path, fmt: str,
+        tamper: Tamper, message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`casetrail verify` read a repeated key's last value and passed fields the document
+    says no export holds, a chain report with fields of its own, an algorithm or key_id
+    that is not the key's: a key holder could make a file the document's verifier refuses
+    and `casetrail verify` called VERIFIED. Both refuse it now."""
+    raw = await export(client, token(sub="cm-1"), case_id, QUERIES[fmt])
+    agency_key = load_signer(key_file).private_key
+    tampered = tamper(raw, agency_key)
+    assert tampered != raw
+    with pytest.raises(Refused):
+        verify_by_the_document(tampered, _published(key_file))
+    code, out = run_verify(tmp_path, tampered, "--public-key", f"{key_file}.pub",
+                           capsys=capsys)
+    assert message in out
+    assert (code, out.splitlines()[-1]) == (1, "NOT VERIFIED")
+
+
+@pytest.mark.parametrize("fmt", QUERIES)
+async def test_a_genuine_export_signed_again_unchanged_still_verifies(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path, fmt: str,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The signing again in the test above changes nothing by itself."""
+    raw = await export(client, token(sub="cm-1"), case_id, QUERIES[fmt])
+    for exported in (raw, RESIGN[fmt](raw, load_signer(key_file).private_key)):
+        verify_by_the_document(exported, _published(key_file))
+        code, out = run_verify(tmp_path, exported, "--public-key", f"{key_file}.pub",
+                               capsys=capsys)
+        assert (code, out.splitlines()[-1]) == (0, "VERIFIED"), out

@@ -337,14 +337,14 @@ def verify_fhir(raw: bytes, trusted_key: bytes) -> Verified:
 
 
 def chain_report(found: Any) -> dict[str, Any]:
-    """Section 10: the four fields of the chain report, the part of D they make."""
-    if not isinstance(found, dict):
-        raise Refused("the signature line has no chain report")
-    report = {name: found.get(name) for name in CHAIN_FIELDS}
-    broken = report["first_broken_link"]
-    if isinstance(broken, dict):
-        report["first_broken_link"] = {name: broken.get(name) for name in BROKEN_LINK_FIELDS}
-    return report
+    """Section 10: the four fields of the chain report, the part of D they make, and no
+    others (which would be outside D)."""
+    if not isinstance(found, dict) or set(found) != set(CHAIN_FIELDS):
+        raise Refused("the signature line has no chain report of exactly its four fields")
+    broken = found["first_broken_link"]
+    if isinstance(broken, dict) and set(broken) != set(BROKEN_LINK_FIELDS):
+        raise Refused("the chain report's first_broken_link is not exactly its three fields")
+    return found
 
 
 def verify_pdf(raw: bytes, trusted_key: bytes) -> Verified:

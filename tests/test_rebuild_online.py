@@ -20,7 +20,7 @@ import pytest
 from bench.rebuild import one_case
 from services.records.projections.outcomes import facts_insert, facts_of
 from services.records.projections.plans import plan_upsert, replay
-from services.records.projections.rebuild import rebuild_projections
+from services.records.projections.rebuild import LockWaitTimedOut, rebuild_projections
 from services.records.store.events import CoWrite, EventStore, NewEvent, RecordedEvent
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, wait_until
 from tests.records_api import CaseApi, event_count
@@ -300,3 +300,97 @@ async def test_the_command_line_says_when_it_waits_for_another_rebuild(
                                " one waits for it to finish, then rebuilds\n")
     assert output.decode() == "rebuilt 1 cases from 1 events\n"
 
+
+
+@asynccontextmanager
+async def held(pool: asyncpg.Pool, table: str, mode: str) -> AsyncIterator[int]:
+    """Another session holding ``table`` in ``mode`` in an open transaction (a psql session,
+    a stuck client); yields its process id."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
+        yield conn.get_server_pid()
+
+
+# (the table held, the mode it is held in, what the rebuild was doing when it gave up)
+HELD_PAST_THE_BOUND = [
+    ("records.plans", "ACCESS EXCLUSIVE", "to read records.streams, records.events,"
+     " records.plans, records.outcome_facts"),  # a bare LOCK TABLE: it makes its shadows
+    ("records.streams", "ACCESS EXCLUSIVE", "to read records.streams"),  # phase 1
+    ("records.outcome_facts", "ROW EXCLUSIVE", "to lock records.outcome_facts EXCLUSIVE"),
+]
+
+
+@pytest.mark.parametrize(("table", "mode", "doing"), HELD_PAST_THE_BOUND,
+                         ids=["shadows", "phase-1", "phase-2"])
+async def test_a_table_held_past_the_lock_timeout_stops_the_rebuild_having_changed_nothing(
+        cm: CaseApi, fresh_database_url: str, fresh_pool: asyncpg.Pool, table: str,
+        mode: str, doing: str) -> None:
+    """A session holding a table the rebuild needs kept it waiting without limit, silently
+    in phase 1. It now stops after ``lock_timeout``, naming the table and who holds it,
+    with the projections and events as they were (here one plan row is missing, which a
+    finished rebuild would restore); once the table is free, a rebuild finishes."""
+    cases = [await cm.open_case() for _ in range(3)]
+    for case_id in cases:
+        await cm.goal(case_id)
+    await fresh_pool.execute("DELETE FROM records.plans WHERE case_id = $1", cases[0])
+    before, events = await snapshot(fresh_pool), await event_count(fresh_pool)
+    async with held(fresh_pool, table, mode) as holder:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(LockWaitTimedOut) as stopped:
+            await asyncio.wait_for(rebuild_projections(fresh_pool, lock_timeout=1), 20)
+        waited = asyncio.get_running_loop().time() - started
+    message = str(stopped.value)
+    assert message.startswith(f"waited 1 s (--lock-timeout) {doing}")
+    assert f"process {holder} (idle in transaction) holds {table} in" in message
+    assert "nothing was changed, the projections are as they were" in message
+    assert 1 <= waited < 10
+    assert await snapshot(fresh_pool) == before
+    assert await event_count(fresh_pool) == events
+    await wait_until(fresh_pool, LEFT_NOTHING, list(SHADOWS))
+    assert (await rebuild_projections(fresh_pool, lock_timeout=1)).cases == 3
+    assert len((await snapshot(fresh_pool))[0]) == 3
+    await rebuild_and_compare(fresh_database_url)
+
+
+@pytest.mark.parametrize(("table", "mode", "said"), [
+    ("records.outcome_facts", "ROW EXCLUSIVE",
+     "waited 1 s (--lock-timeout) to lock records.outcome_facts EXCLUSIVE: process {holder}"
+     " (idle in transaction) holds records.outcome_facts in RowExclusiveLock; nothing was"
+     " changed, the projections are as they were. End that session's transaction, or run"
+     " again with a longer --lock-timeout"),
+    # the command line checks the migrations first, which reads the events
+    ("records.events", "ACCESS EXCLUSIVE",
+     "waited 1 s (--lock-timeout) to check the records migrations (records.schema_migrations,"
+     " records.events, records.access_log, or another migration running): another session"
+     " holds a lock it needs; nothing was changed, the projections are as they were."),
+], ids=["phase-2", "migrations"])
+async def test_the_command_line_stops_at_its_lock_timeout_and_says_nothing_changed(
+        cm: CaseApi, fresh_database_url: str, fresh_pool: asyncpg.Pool, table: str,
+        mode: str, said: str) -> None:
+    await cm.goal(await cm.open_case())
+    before = await snapshot(fresh_pool)
+    command = [*CASETRAIL, "rebuild-projections", "--lock-timeout", "1"]
+    env = {**os.environ, "DATABASE_URL": fresh_database_url}
+    async with held(fresh_pool, table, mode) as holder:
+        stopped = await asyncio.to_thread(subprocess.run, command, capture_output=True,
+                                          text=True, timeout=60, env=env)
+    assert stopped.returncode == 2, stopped.stderr
+    assert stopped.stdout == ""
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.splitlines()[-1].startswith(
+        "casetrail: nothing rebuilt: " + said.format(holder=holder))
+    assert await snapshot(fresh_pool) == before
+    again = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True,
+                                    timeout=60, env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "rebuilt 1 cases from 2 events\n"
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "soon"])
+def test_a_lock_timeout_that_is_not_a_positive_number_of_seconds_is_refused(
+        seconds: str) -> None:
+    refused = subprocess.run([*CASETRAIL, "rebuild-projections", "--lock-timeout", seconds],
+                             capture_output=True, text=True, timeout=60, check=False,
+                             env={**os.environ, "DATABASE_URL": "postgresql://nowhere/x"})
+    assert refused.returncode == 2
+    assert "argument --lock-timeout" in refused.stderr

@@ -120,10 +120,15 @@ async def _create_migrations_table(conn: asyncpg.Connection, schema: str) -> Non
 
 
 async def migrate_schema(database_url: str, schema: str, folder: Path,
-                         commit_ordered: Mapping[str, str]) -> list[str]:
+                         commit_ordered: Mapping[str, str],
+                         lock_timeout: float | None = None) -> list[str]:
     """Apply ``schema``'s pending migrations over a connection of its own, then check that
-    its ``commit_ordered`` tables hold no transaction id ahead of this cluster."""
-    conn = await asyncpg.connect(database_url)
+    its ``commit_ordered`` tables hold no transaction id ahead of this cluster. With
+    ``lock_timeout`` (seconds), a wait for a lock longer than that fails, having changed
+    nothing, with asyncpg.LockNotAvailableError."""
+    settings = ({} if lock_timeout is None
+                else {"lock_timeout": str(max(int(lock_timeout * 1000), 1))})
+    conn = await asyncpg.connect(database_url, server_settings=settings)
     try:
         applied = await apply_migrations(conn, schema, folder)
         await check_transaction_ids(conn, commit_ordered)

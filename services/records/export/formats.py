@@ -102,7 +102,7 @@ def csv_line(cells: list[Any]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _cell(text: str | None) -> str | None:
+def readable_cell(text: str | None) -> str | None:
     """Free text for a readable CSV cell: on one line (the export is read line by line; the
     exact text stays in the metadata cell, which the hash covers) and never read by a
     spreadsheet as a formula."""
@@ -144,9 +144,10 @@ class ExportWriter:
         if self._format is ExportFormat.JSONL:
             return self._counted(json_line(fields) + b"\n")
         actor = link.metadata.get("actor") or {}
-        readable = {"actor": _cell(actor.get("sub")), "role": _cell(actor.get("role")),
-                    "reason": _cell(reason_of(link.type, link.schema_version, link.data,
-                                              link.metadata)),
+        readable = {"actor": readable_cell(actor.get("sub")),
+                    "role": readable_cell(actor.get("role")),
+                    "reason": readable_cell(reason_of(link.type, link.schema_version,
+                                                      link.data, link.metadata)),
                     "data": json_line(link.data).decode(),
                     "metadata": json_line(link.metadata).decode()}
         return self._counted(csv_line([readable.get(column, fields.get(column))

@@ -3,7 +3,10 @@
 Reads the export once, line by line (constant memory), and trusts nothing in it: the digest is
 recomputed from the bytes, every event's hash from its fields, and the signature is checked
 against the public key the verifier trusts (or, without one, the key the export names, which
-proves integrity but not origin).
+proves integrity but not origin). It refuses what docs/export-format.md says a verifier
+refuses, even in a file signed again with the agency's key: JSON with a repeated key or a
+fraction, an event with fields besides its ten, readable CSV cells that are not the
+metadata's, a chain report with fields of its own, a key_id that is not its key's.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import binascii
 import csv
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,6 +32,7 @@ from services.records.chain import (
 from services.records.export import fhir
 from services.records.export.formats import (
     CHAIN_FIELDS,
+    CSV_COLUMNS,
     CSV_HEADER_CELL,
     CSV_TRAILER_CELL,
     EXPORT_KIND,
@@ -35,6 +40,7 @@ from services.records.export.formats import (
     PDF_TRAILER_PREFIX,
     ExportFormat,
     header_digest_bytes,
+    readable_cell,
 )
 from services.records.export.signing import key_id, signature_holds
 
@@ -139,15 +145,20 @@ def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
                    _signed(trailer["signature"], digest=digest), digest, trusted_key, problems)
 
 
+_CHAIN_REPORT_FIELDS = {"valid", "events_checked", "head_hash", "first_broken_link"}
+_BROKEN_LINK_FIELDS = {"version", "event_id", "problem"}
+
+
 def _pdf_chain(found: Any) -> ChainReport:
-    """The chain's state a PDF's signature line carries (``ChainReport.as_dict``)."""
-    if not (isinstance(found, dict)
+    """The chain's state a PDF's signature line carries (``ChainReport.as_dict``), and nothing
+    else: D covers only these fields, so any other would be the file's unsigned word."""
+    if not (isinstance(found, dict) and set(found) == _CHAIN_REPORT_FIELDS
             and _typed(found, valid=bool, events_checked=int, head_hash=str)):
         raise MalformedExport("the signature line's chain is not a chain report")
     broken = found.get("first_broken_link")
     if found["valid"] and broken is None:
         return ChainReport(True, found["events_checked"], found["head_hash"])
-    if found["valid"] or not (isinstance(broken, dict)
+    if found["valid"] or not (isinstance(broken, dict) and set(broken) == _BROKEN_LINK_FIELDS
                               and _typed(broken, version=int, event_id=str, problem=str)):
         raise MalformedExport("the signature line's chain is not a chain report")
     return ChainReport(False, found["events_checked"], found["head_hash"], broken["version"],
@@ -167,22 +178,30 @@ class _Signed:
     public_key: bytes
     value: bytes
     message: bytes
+    key_id: str  # the key it names, which must be its public key's
 
 
 def _signed(signature: dict[str, Any], *, digest: bytes) -> _Signed:
     """A signature block of JSON Lines, CSV or PDF: made over the digest itself."""
+    if signature.get("algorithm") != "Ed25519":
+        raise MalformedExport(f"the signature's algorithm is {signature.get('algorithm')!r},"
+                              " not Ed25519")
     return _Signed(str(signature.get("digest")), _b64(signature, "public_key"),
-                   _b64(signature, "value"), digest)
+                   _b64(signature, "value"), digest, str(signature.get("key_id")))
 
 
 def _report(export_format: ExportFormat, header: dict[str, Any], events: int,
             chain: ChainReport | None, signed: _Signed, digest: bytes,
             trusted_key: bytes | None, problems: list[str]) -> ExportReport:
+    signer = key_id(signed.public_key)
+    if signed.key_id != signer:
+        problems.append(f"the signature names key {signed.key_id}, but its public key is"
+                        f" {signer}")
     return ExportReport(
         export_format, header, events, chain,
         digest_matches=signed.digest == f"sha256:{digest.hex()}",
         signature_valid=signature_holds(signed.public_key, signed.value, signed.message),
-        key_id=key_id(signed.public_key),
+        key_id=signer,
         key_trusted=None if trusted_key is None else trusted_key == signed.public_key,
         problems=problems)
 
@@ -195,51 +214,68 @@ def _report(export_format: ExportFormat, header: dict[str, Any], events: int,
 def _verify_fhir(first: bytes, reader: _Lines, trusted_key: bytes | None) -> ExportReport:
     """A FHIR Bundle: its header rides in the Bundle's meta, each event in its Provenance,
     and the signature is a JWS over the digest of every line before the last."""
-    header = _fhir_header(first)
+    opening, header = _fhir_header(first)
     chain, events, problems = _read_chain(
         reader, header, lambda line: _fhir_event(line, reader.number))
-    signature = _fhir_signature(reader.last, reader.number)
-    extensions = signature.get("extension")
-    counts = {ext.get("url"): ext for ext in (extensions if isinstance(extensions, list) else [])
-              if isinstance(ext, dict)}
-    trailer = {"events": counts.get(fhir.EVENTS_EXTENSION, {}).get("valueInteger"),
-               "head_hash": counts.get(fhir.HEAD_HASH_EXTENSION, {}).get("valueString")}
+    closing, signature = _fhir_signature(reader.last, reader.number)
+    repeated = sorted((set(opening) | {"entry"}) & set(closing))
+    if repeated:
+        raise MalformedExport(f"the Bundle repeats the key {repeated[0]!r}")
+    where = f"line {reader.number}"
+    trailer = {
+        "events": (_extension(signature, fhir.EVENTS_EXTENSION, where) or {}).get(
+            "valueInteger"),
+        "head_hash": (_extension(signature, fhir.HEAD_HASH_EXTENSION, where) or {}).get(
+            "valueString")}
     problems += _compare_counts(header, trailer, events, chain)
     digest = reader.digest.digest()
     return _report(ExportFormat.FHIR, header, events, chain, _jws(signature, digest=digest),
                    digest, trusted_key, problems)
 
 
-def _fhir_header(line: bytes) -> dict[str, Any]:
+def _fhir_header(line: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Bundle's members before its entries, and the export header in its meta."""
     if not line.endswith(fhir.OPENING_END):
         raise MalformedExport("line 1: the Bundle's opening does not end with its entries")
     bundle = _json(line[:-len(fhir.OPENING_END)] + b"}", 1)
     meta = bundle.get("meta") if isinstance(bundle, dict) else None
-    extensions = meta.get("extension") if isinstance(meta, dict) else None
-    for extension in extensions if isinstance(extensions, list) else []:
-        if isinstance(extension, dict) and extension.get("url") == fhir.HEADER_EXTENSION:
-            return _checked_header(_json(str(extension.get("valueString")).encode(), 1))
-    raise MalformedExport(f"line 1: the Bundle's meta holds no {EXPORT_KIND} header")
+    extension = _extension(meta, fhir.HEADER_EXTENSION, "line 1")
+    if extension is None:
+        raise MalformedExport(f"line 1: the Bundle's meta holds no {EXPORT_KIND} header")
+    return bundle, _checked_header(_json(str(extension.get("valueString")).encode(), 1))
 
 
 def _fhir_event(line: bytes, number: int) -> ChainLink | None:
     """The event a Provenance entry carries; None for the plan's other resources."""
+    if line.startswith(b",") != (number > 2):  # the Bundle is one JSON document
+        raise MalformedExport(f"line {number}: every entry but the first starts with a comma,"
+                              " and only those")
     entry = _json(line.removeprefix(b","), number)
     resource = entry.get("resource") if isinstance(entry, dict) else None
     if not isinstance(resource, dict):
         raise MalformedExport(f"line {number}: not a Bundle entry")
     if resource.get("resourceType") != "Provenance":
         return None
-    extensions = resource.get("extension")
-    for extension in extensions if isinstance(extensions, list) else []:
-        if isinstance(extension, dict) and extension.get("url") == fhir.EVENT_EXTENSION:
-            fields = _json(str(extension.get("valueString")).encode(), number)
-            if isinstance(fields, dict):
-                return _link(fields, number)
-    raise MalformedExport(f"line {number}: a Provenance without its recorded event")
+    extension = _extension(resource, fhir.EVENT_EXTENSION, f"line {number}")
+    fields = None if extension is None else _json(
+        str(extension.get("valueString")).encode(), number)
+    if not isinstance(fields, dict):
+        raise MalformedExport(f"line {number}: a Provenance without its recorded event")
+    return _link(fields, number)
 
 
-def _fhir_signature(line: bytes | None, number: int) -> dict[str, Any]:
+def _extension(element: Any, url: str, where: str) -> dict[str, Any] | None:
+    """The element's extension of ``url``, which it holds once at most."""
+    extensions = element.get("extension") if isinstance(element, dict) else None
+    found = [extension for extension in extensions if isinstance(extension, dict)
+             and extension.get("url") == url] if isinstance(extensions, list) else []
+    if len(found) > 1:
+        raise MalformedExport(f"{where}: the extension {url} appears more than once")
+    return found[0] if found else None
+
+
+def _fhir_signature(line: bytes | None, number: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Bundle's members after its entries, and its signature."""
     if line is None or not line.startswith(fhir.TRAILER_START):
         raise MalformedExport(f"line {number}: the last line is not the signature"
                               " (the export is cut short)")
@@ -247,7 +283,10 @@ def _fhir_signature(line: bytes | None, number: int) -> dict[str, Any]:
     signature = closing.get("signature") if isinstance(closing, dict) else None
     if not isinstance(signature, dict):
         raise MalformedExport(f"line {number}: the signature line holds no signature")
-    return signature
+    if signature.get("sigFormat") != "application/jose":
+        raise MalformedExport(f"line {number}: the signature is not a JWS (sigFormat"
+                              f" {signature.get('sigFormat')!r})")
+    return closing, signature
 
 
 def _jws(signature: dict[str, Any], *, digest: bytes) -> _Signed:
@@ -257,15 +296,17 @@ def _jws(signature: dict[str, Any], *, digest: bytes) -> _Signed:
     try:
         compact = _b64(signature, "data").decode("ascii")
         encoded_header, encoded_payload, encoded_signature = compact.split(".")
-        header = json.loads(_b64url(encoded_header))
+        header = _strict_json(_b64url(encoded_header))
         public_key = _b64url(header["jwk"]["x"])
-        if header.get("alg") != "EdDSA":
-            raise MalformedExport(f"the signature's algorithm is {header.get('alg')!r}, "
-                                  "not EdDSA")
+        if header.get("alg") != "EdDSA" or header["jwk"].get("crv") != "Ed25519":
+            raise MalformedExport(f"the signature's algorithm is {header.get('alg')!r} over"
+                                  f" {header['jwk'].get('crv')!r}, not EdDSA over Ed25519")
         actual = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
         return _Signed(f"sha256:{_b64url(encoded_payload).hex()}", public_key,
-                       _b64url(encoded_signature), f"{encoded_header}.{actual}".encode())
-    except (ValueError, KeyError, TypeError, RecursionError) as error:  # MalformedExport too
+                       _b64url(encoded_signature), f"{encoded_header}.{actual}".encode(),
+                       str(header.get("kid")))
+    except (ValueError, KeyError, TypeError, AttributeError,
+            RecursionError) as error:  # MalformedExport too
         if isinstance(error, MalformedExport):
             raise
         raise MalformedExport(f"the signature is not a compact JWS ({error})") from error
@@ -293,6 +334,9 @@ class _Lines:
         if following is None:
             self.last = self._pending
             self.number += 1
+            if self.last is not None and not self.last.endswith(b"\n"):
+                raise MalformedExport(f"line {self.number}: the file does not end with a line"
+                                      " break (the export is cut short)")
             return None
         line, self._pending = self._pending, following
         assert line is not None
@@ -312,9 +356,8 @@ def _header(line: bytes, reader: _Lines) -> tuple[ExportFormat, dict[str, Any]]:
     if columns is None:
         raise MalformedExport("line 2: the column names are missing")
     reader.columns = _csv_cells(columns, 2)
-    missing = [name for name in CHAIN_FIELDS if name not in reader.columns]
-    if missing:
-        raise MalformedExport(f"line 2: columns missing: {', '.join(missing)}")
+    if reader.columns != list(CSV_COLUMNS):
+        raise MalformedExport(f"line 2: the column names are not {','.join(CSV_COLUMNS)}")
     return ExportFormat.CSV, header
 
 
@@ -333,24 +376,44 @@ def _checked_header(header: Any, where: str = "line 1") -> dict[str, Any]:
 def _event(export_format: ExportFormat, line: bytes, number: int,
            columns: list[str]) -> ChainLink:
     if export_format is ExportFormat.JSONL:
-        fields = _json(line, number)
-        if not isinstance(fields, dict):
+        event = _json(line, number)
+        if not isinstance(event, dict):
             raise MalformedExport(f"line {number}: not an event object")
-    else:
-        cells = _csv_cells(line, number)
-        if len(cells) != len(columns):
-            raise MalformedExport(f"line {number}: {len(cells)} cells for {len(columns)} columns")
-        fields = dict(zip(columns, cells, strict=True))
-        for name in ("version", "schema_version"):
-            value = fields[name]
-            fields[name] = int(value) if value.isascii() and value.isdigit() else value
-        fields["data"] = _json(fields["data"].encode(), number)
-        fields["metadata"] = _json(fields["metadata"].encode(), number)
-    return _link(fields, number)
+        return _link(event, number)
+    cells = _csv_cells(line, number)
+    if len(cells) != len(columns):
+        raise MalformedExport(f"line {number}: {len(cells)} cells for {len(columns)} columns")
+    row = dict(zip(columns, cells, strict=True))
+    fields: dict[str, Any] = {name: row[name] for name in CHAIN_FIELDS}
+    for name in ("version", "schema_version"):
+        value = fields[name]
+        fields[name] = int(value) if value.isascii() and value.isdigit() else value
+    fields["data"] = _json(fields["data"].encode(), number)
+    fields["metadata"] = _json(fields["metadata"].encode(), number)
+    link = _link(fields, number)
+    _check_readable(row, link.metadata, number)
+    return link
+
+
+def _check_readable(row: dict[str, str], metadata: Mapping[str, Any], number: int) -> None:
+    """The cells written for people are the metadata's, as the export writes them (the
+    reason only where the metadata holds one: docs/export-format.md, section 8)."""
+    actor = metadata.get("actor")
+    actor = actor if isinstance(actor, dict) else {}
+    expected = {"actor": actor.get("sub"), "role": actor.get("role")}
+    if metadata.get("reason"):
+        expected["reason"] = metadata["reason"]
+    for column, value in expected.items():
+        if row[column] != (readable_cell(str(value)) if value is not None else ""):
+            raise MalformedExport(f"line {number}: the {column} cell is not the metadata's")
 
 
 def _link(fields: dict[str, Any], number: int) -> ChainLink:
     where = f"line {number}"
+    extra = sorted(set(fields) - set(CHAIN_FIELDS))
+    if extra:
+        raise MalformedExport(f"{where}: the event holds fields besides its ten:"
+                              f" {', '.join(extra)}")
     try:
         return ChainLink(
             str(fields["stream_id"]), _int_field(fields, "version", where),
@@ -399,13 +462,16 @@ def _trailer(export_format: ExportFormat, line: bytes | None, number: int) -> di
 def _compare_counts(header: dict[str, Any], trailer: dict[str, Any], events: int,
                     chain: ChainReport) -> list[str]:
     problems = []
-    if trailer.get("events") != events:
-        problems.append(f"the signature line counts {trailer.get('events')} events;"
+    counted = trailer.get("events")
+    if type(counted) is not int or counted != events:
+        problems.append(f"the signature line counts {counted} events;"
                         f" the export holds {events}")
     if events != _promised_events(header):
         problems.append(f"the header promises versions {header['first_version']} to "
                         f"{header['last_version']}; the export holds {events} events")
-    if chain.valid and events and trailer.get("head_hash") != chain.head_hash:
+    if not events and trailer.get("head_hash") is not None:
+        problems.append("the signature line names a head_hash; the export holds no events")
+    elif chain.valid and events and trailer.get("head_hash") != chain.head_hash:
         problems.append("the signature line's head_hash is not the last event's hash")
     return problems
 
@@ -418,15 +484,30 @@ def _promised_events(header: dict[str, Any]) -> int:
 
 def _json(raw: bytes, number: int) -> Any:
     try:
-        return json.loads(raw, parse_float=_no_fractions, parse_constant=_no_fractions)
+        return _strict_json(raw)
     except ValueError as error:  # MalformedExport included
         raise MalformedExport(f"line {number}: not valid JSON ({error})") from error
     except RecursionError as error:
         raise MalformedExport(f"line {number}: JSON nested too deeply") from error
 
 
+def _strict_json(raw: bytes) -> Any:
+    """JSON as the service writes it: no fractions, no non-numbers, no repeated keys (of
+    which a reader would take one value or another: docs/export-format.md, section 2)."""
+    return json.loads(raw, parse_float=_no_fractions, parse_constant=_no_fractions,
+                      object_pairs_hook=_no_repeated_keys)
+
+
 def _no_fractions(text: str) -> Any:
     raise MalformedExport(f"{text} is not a whole number; recorded events hold none")
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        repeated = next(key for key, times in Counter(k for k, _ in pairs).items() if times > 1)
+        raise MalformedExport(f"an object repeats the key {repeated!r}")
+    return found
 
 
 def _csv_cells(line: bytes, number: int) -> list[str]:

@@ -75,17 +75,25 @@ def records(request: web.Request) -> Records:
     return request.app[RECORDS]
 
 
-async def migrate(database_url: str) -> list[str]:
+async def migrate(database_url: str, lock_timeout: float | None = None) -> list[str]:
     """Apply the records migrations, then check the database is one the feed can serve."""
-    return await migrate_schema(database_url, SCHEMA, MIGRATIONS, COMMIT_ORDERED)
+    return await migrate_schema(database_url, SCHEMA, MIGRATIONS, COMMIT_ORDERED, lock_timeout)
 
 
 async def rebuild_projections(database_url: str,
-                              on_wait: rebuild.OnWait = rebuild.quietly) -> rebuild.RebuildStats:
-    await migrate(database_url)
+                              on_wait: rebuild.OnWait = rebuild.quietly,
+                              lock_timeout: float = rebuild.LOCK_TIMEOUT,
+                              ) -> rebuild.RebuildStats:
+    try:
+        await migrate(database_url, lock_timeout)
+    except asyncpg.LockNotAvailableError as error:
+        raise rebuild.lock_wait_timed_out(
+            lock_timeout, "to check the records migrations (records.schema_migrations,"
+            f" {', '.join(COMMIT_ORDERED)}, or another migration running)") from error
     pool = await create_pool(database_url, max_size=2, command_timeout=None)  # may be long
     try:
-        return await rebuild.rebuild_projections(pool, on_wait=on_wait)
+        return await rebuild.rebuild_projections(pool, on_wait=on_wait,
+                                                 lock_timeout=lock_timeout)
     finally:
         await pool.close()
 

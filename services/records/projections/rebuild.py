@@ -14,8 +14,13 @@ in two phases (decision 0014):
    keep every append queued behind the rebuild's request; the rebuild steps aside instead,
    catches up again and tries once more.
 
-The live tables change only in phase 2's transaction: an interrupted rebuild leaves them as
-they were, a finished one as rebuilt, never half of either.
+No wait for a lock another session holds lasts longer than ``lock_timeout``: a phase 1
+statement waits that long at most (PostgreSQL's ``lock_timeout``), and phase 2 stops trying
+once that long has passed since its first try. The rebuild then stops with
+``LockWaitTimedOut``, naming the table and who holds it.
+
+The live tables change only in phase 2's transaction: an interrupted or stopped rebuild leaves
+them as they were, a finished one as rebuilt, never half of either.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +37,12 @@ from uuid import UUID
 import asyncpg
 
 from schemas.events import EventDecodeError
+from services.common.database import COMMAND_TIMEOUT_SECONDS
 from services.common.jsonenc import encode_json
 from services.records.projections.outcomes import FACTS, facts_of
 from services.records.projections.plans import PLANS, plan_row, replay
-from services.records.store.events import stream_heads, streams_of
+from services.records.projections.shadow import Projection
+from services.records.store.events import REBUILD_READS, stream_heads, streams_of
 
 PROJECTIONS = (PLANS, FACTS)
 # Events folded per batch: bounds a batch's memory (one case may hold thousands of events),
@@ -42,6 +50,11 @@ PROJECTIONS = (PLANS, FACTS)
 BATCH_EVENTS = 5_000
 ROUNDS = 5
 LOCK_WAIT = 0.5  # seconds: the longest an append waits on the rebuild's lock request
+# Seconds the rebuild waits, at most, for a lock another session holds. The services' writes
+# hold a projection for milliseconds and give up on a statement after the command timeout;
+# a lock held longer is a session outside them (psql, a migration, a stuck client), which
+# would not end by itself: the rebuild says so instead of waiting for it.
+LOCK_TIMEOUT = COMMAND_TIMEOUT_SECONDS
 # Two rebuilds of one database take turns (advisory locks are per database).
 _TURN = int.from_bytes(hashlib.sha256(b"casetrail-rebuild-projections").digest()[:8], "big",
                        signed=True)
@@ -68,59 +81,150 @@ class UnreadableStream(NothingRebuilt):
     """A case holds an event this code cannot decode."""
 
 
+class LockWaitTimedOut(NothingRebuilt):
+    """A table the rebuild needs stayed locked by another session past ``lock_timeout``."""
+
+
+@dataclass(frozen=True)
+class _Need:
+    """A lock the rebuild takes: why, on which tables, and the modes that, held by another
+    session, make it wait."""
+
+    what: str
+    tables: tuple[str, ...]
+    blocked_by: tuple[str, ...]
+
+
+# Phase 1 reads the events and makes its shadows LIKE the live tables (ACCESS SHARE): only
+# ACCESS EXCLUSIVE (a migration, VACUUM FULL, a bare LOCK TABLE) makes it wait.
+_READ_TABLES = (*REBUILD_READS, *(projection.table for projection in PROJECTIONS))
+_READING = _Need(f"to read {', '.join(_READ_TABLES)}", _READ_TABLES, ("AccessExclusiveLock",))
+_OTHER_THAN_READS = ("RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
+                     "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock",
+                     "AccessExclusiveLock")
+
+
+def _locking(projection: Projection) -> _Need:
+    """Phase 2's EXCLUSIVE lock of a live table: any session writing to it makes it wait."""
+    return _Need(f"to lock {projection.table} EXCLUSIVE", (projection.table,),
+                 _OTHER_THAN_READS)
+
+
 async def rebuild_projections(pool: asyncpg.Pool, *, batch_events: int = BATCH_EVENTS,
-                              on_wait: OnWait = quietly) -> RebuildStats:
+                              on_wait: OnWait = quietly,
+                              lock_timeout: float = LOCK_TIMEOUT) -> RebuildStats:
     """Recompute the plans and the outcome facts from the events; appends wait only for
     phase 2. ``on_wait`` is told why, whenever the rebuild waits: for another rebuild of the
     same database to finish (rebuilds take turns), or for a transaction holding the live
-    tables to end."""
+    tables to end. Raises LockWaitTimedOut, having changed nothing, when a table it needs
+    stays locked by another session for ``lock_timeout`` seconds."""
     folded: dict[UUID, int] = {}  # stream: the version its shadow rows were folded to
-    async with _session(pool, on_wait) as conn:
-        for _ in range(ROUNDS):
-            if await _catch_up(conn, folded, batch_events) < batch_events:
-                break
-        while not await _swap_in(conn, folded, batch_events):
-            on_wait("a transaction holds the projection tables; the rebuild lets the writes"
-                    " waiting behind it go first and tries again")
-            await asyncio.sleep(LOCK_WAIT)
-            await _catch_up(conn, folded, batch_events)
+    async with _session(pool, on_wait, lock_timeout) as conn:
+        async with _bounded(conn, _READING, lock_timeout):
+            for _ in range(ROUNDS):
+                if await _catch_up(conn, folded, batch_events) < batch_events:
+                    break
+        await _swap_in_when_free(conn, folded, batch_events, on_wait, lock_timeout)
     return RebuildStats(events=sum(folded.values()), cases=len(folded))
 
 
-async def _swap_in(conn: asyncpg.Connection, folded: dict[UUID, int],
-                   batch_events: int) -> bool:
-    """Phase 2; False, having changed nothing, when the live tables were not locked within
-    ``LOCK_WAIT``."""
+async def _swap_in_when_free(conn: asyncpg.Connection, folded: dict[UUID, int],
+                             batch_events: int, on_wait: OnWait, lock_timeout: float) -> None:
+    """Phase 2, tried until it gets its locks or ``lock_timeout`` has passed since the first
+    try."""
+    attempt_wait = min(LOCK_WAIT, lock_timeout)
+    give_up_at = time.monotonic() + lock_timeout
+    while (held := await _swap_in(conn, folded, batch_events, attempt_wait)) is not None:
+        if time.monotonic() >= give_up_at:
+            raise await _timed_out(conn, held, lock_timeout)
+        on_wait("a transaction holds the projection tables; the rebuild lets the writes"
+                " waiting behind it go first and tries again")
+        await asyncio.sleep(attempt_wait)
+        async with _bounded(conn, _READING, lock_timeout):
+            await _catch_up(conn, folded, batch_events)
+
+
+async def _swap_in(conn: asyncpg.Connection, folded: dict[UUID, int], batch_events: int,
+                   attempt_wait: float) -> _Need | None:
+    """Phase 2; the lock it did not get within ``attempt_wait``, having changed nothing, or
+    None once swapped in."""
     caught_up = dict(folded)  # the shadows' changes roll back with the transaction; so must this
+    need = _READING
     try:
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = {int(LOCK_WAIT * 1000)}")
+            await conn.execute(f"SET LOCAL lock_timeout = {_milliseconds(attempt_wait)}")
             for projection in PROJECTIONS:
+                need = _locking(projection)
                 await projection.lock(conn)
+            need = _READING
             await _catch_up(conn, caught_up, batch_events)
             for projection in PROJECTIONS:
                 await projection.swap_in(conn)
     except asyncpg.LockNotAvailableError:
-        return False
+        return need
     folded.update(caught_up)
-    return True
+    return None
 
 
 @contextlib.asynccontextmanager
-async def _session(pool: asyncpg.Pool, on_wait: OnWait) -> AsyncIterator[asyncpg.Connection]:
+async def _bounded(conn: asyncpg.Connection, need: _Need,
+                   lock_timeout: float) -> AsyncIterator[None]:
+    """Statements that wait for ``need`` under the session's ``lock_timeout``: past it, the
+    rebuild stops, naming what it waited for."""
+    try:
+        yield
+    except asyncpg.LockNotAvailableError as error:
+        raise await _timed_out(conn, need, lock_timeout) from error
+
+
+async def _timed_out(conn: asyncpg.Connection, need: _Need,
+                     lock_timeout: float) -> LockWaitTimedOut:
+    """The stop, with the sessions holding the lock as PostgreSQL shows them now."""
+    holders = await conn.fetch(
+        "SELECT l.relation::regclass::text AS table_name, l.mode, l.pid, a.state"
+        " FROM pg_locks AS l LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid"
+        " WHERE l.granted AND l.pid <> pg_backend_pid()"
+        "   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "   AND l.relation = ANY($1::regclass[]) AND l.mode = ANY($2::text[])"
+        " ORDER BY l.pid, table_name", list(need.tables), list(need.blocked_by))
+    held = "; ".join(f"process {row['pid']}" + (f" ({row['state']})" if row["state"] else "")
+                     + f" holds {row['table_name']} in {row['mode']}" for row in holders)
+    return lock_wait_timed_out(lock_timeout, need.what, held or "another session holds it")
+
+
+def lock_wait_timed_out(lock_timeout: float, doing: str,
+                        held: str = "another session holds a lock it needs") -> LockWaitTimedOut:
+    return LockWaitTimedOut(
+        f"waited {lock_timeout:g} s (--lock-timeout) {doing}: {held}; nothing was changed,"
+        " the projections are as they were. End that session's transaction, or run again"
+        " with a longer --lock-timeout")
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)  # 0 would mean no limit at all
+
+
+@contextlib.asynccontextmanager
+async def _session(pool: asyncpg.Pool, on_wait: OnWait,
+                   lock_timeout: float) -> AsyncIterator[asyncpg.Connection]:
     """A connection holding the rebuild's turn and its shadows, both session state that
     PostgreSQL drops with the session: closed, not handed back to the pool, when the rebuild
-    fails or is interrupted, so that none of it outlives the rebuild."""
+    fails or is interrupted, so that none of it outlives the rebuild. Its statements wait
+    ``lock_timeout`` at most for a lock, except for the turn: a rebuild ahead ends by itself,
+    its own waits bounded too."""
     async with pool.acquire() as conn:
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _TURN):
                 on_wait("another rebuild of this database is running; this one waits for it"
                         " to finish, then rebuilds")
                 await conn.execute("SELECT pg_advisory_lock($1)", _TURN)
-            await _create_shadows(conn)
+            await conn.execute(f"SET lock_timeout = {_milliseconds(lock_timeout)}")
+            async with _bounded(conn, _READING, lock_timeout):
+                await _create_shadows(conn)
             yield conn
             for projection in PROJECTIONS:
                 await projection.drop_shadow(conn)
+            await conn.execute("RESET lock_timeout")  # the pool hands connections on as they are
             await conn.execute("SELECT pg_advisory_unlock($1)", _TURN)
         except BaseException:
             conn.terminate()

@@ -565,6 +565,10 @@ class EventStore:
         return check.report()
 
 
+# What stream_heads and streams_of read: a rebuild names them when a lock on them holds it up.
+REBUILD_READS = ("records.streams", "records.events")
+
+
 async def stream_heads(db: Executor) -> dict[UUID, int]:
     """Every stream's head version: how far a rebuild must fold it."""
     rows = await db.fetch("SELECT stream_id, version FROM records.streams")
