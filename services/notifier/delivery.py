@@ -46,6 +46,7 @@ from services.notifier.templates import Rendered, render, render_digest
 log = structlog.get_logger("casetrail.notifier.delivery")
 Clock = Callable[[], datetime]
 _LEAST_WAIT = timedelta(minutes=1)
+_A_MOMENT = timedelta(microseconds=1)
 _FRESH_SECONDS = 5.0  # a pooled SMTP connection used this recently is sent on without a NOOP
 _UTF8_HEADERS = policy.SMTPUTF8.clone(linesep="\n")
 _LONGEST_WORD = 64  # a longer word in a Subject is encoded, so the header folds within it
@@ -291,6 +292,13 @@ def wall_time_after(now: datetime, day: date, at: time, zone: ZoneInfo) -> datet
     first, second = (datetime.combine(day, at, tzinfo=zone).replace(fold=fold).astimezone(UTC)
                      for fold in (0, 1))
     return first if first > now else second
+
+
+def put_off_until(row: Row, until: datetime) -> datetime:
+    """When a row put off is looked at again: ``until``, but a microsecond later when that is
+    its due time, since ``not_before`` equal to ``due_at`` marks a row never put off, which
+    the early claim (``claim_dated_early``) took again, and put off again, every second."""
+    return until + _A_MOMENT if until == row.due_at else until
 
 
 def next_local_time(zone_name: str, at: time, now: datetime, skip_days: int = 0) -> datetime:
@@ -713,7 +721,7 @@ class Dispatcher:
             case Dead(reason):
                 return Outcome(row.id, "dead", False, row.attempts, error=reason)
             case Defer(until):
-                await self.release(row, until)
+                await self.release(row, put_off_until(row, until))
             case ToDigest(_, zone):
                 await self._into_digest(row, zone, now)
             case FanOut(members):

@@ -79,8 +79,10 @@ class NotifierSettings(ServiceSettings):
     feed_wait_seconds: float = Field(default=25.0, ge=0, le=60, alias="NOTIFIER_FEED_WAIT")
 
     reminder_days_before: int = Field(default=3, ge=1, le=60, alias="NOTIFIER_REMINDER_DAYS")
-    overdue_grace_days: int = Field(default=2, ge=0, le=60, alias="NOTIFIER_OVERDUE_GRACE_DAYS")
-    nudge_days_after: int = Field(default=1, ge=0, le=60, alias="NOTIFIER_NUDGE_DAYS_AFTER")
+    # at least a day: with 0 the review was "not yet recorded" and the step "had" its date at
+    # 09:00 on the very day, in the same minute as "due today"
+    overdue_grace_days: int = Field(default=2, ge=1, le=60, alias="NOTIFIER_OVERDUE_GRACE_DAYS")
+    nudge_days_after: int = Field(default=1, ge=1, le=60, alias="NOTIFIER_NUDGE_DAYS_AFTER")
     send_time: time = Field(default=time(9, 0), alias="NOTIFIER_SEND_TIME")
     # checked at start: with a name no zone has, every dated rule fails and its events are
     # skipped past the checkpoint for good

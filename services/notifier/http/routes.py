@@ -167,7 +167,8 @@ async def put_preferences(request: web.Request) -> web.Response:
     kind = _entry_kind(who, user, body.role, stored, "body.role")
     own = who.sub == user and kind == kind_of(who.role.value)
     entry = _directory_entry(who, user, body, stored.get(kind), own=own)
-    await directory.upsert(ctx(request).pool, entry, who.sub, ctx(request).clock())
+    await directory.save(ctx(request).pool, entry, stored.get(kind), who.sub,
+                         ctx(request).clock())
     return json_response(entry.as_json())
 
 

@@ -13,6 +13,9 @@ from uuid import UUID
 
 import asyncpg
 
+from services.notifier.rules import RecipientRole, participant_recipient
+from services.notifier.store.notifications import decide_afresh
+
 Db: TypeAlias = Any  # asyncpg.Connection or asyncpg.Pool (asyncpg ships no types)
 STAFF, PARTICIPANT = "staff", "participant"
 
@@ -34,6 +37,19 @@ class Preferences:
     quiet_end: time | None
     celebrations: bool
     cases: tuple[UUID, ...] = ()
+
+    @property
+    def how_and_when(self) -> tuple[object, ...]:
+        """What decides how and when a waiting notice reaches this reader."""
+        return (self.delivery, self.timezone, self.quiet_start, self.quiet_end,
+                self.celebrations)
+
+    @property
+    def addressed_as(self) -> tuple[list[str], list[str]]:
+        """The recipient roles and recipients of the notices this entry decides."""
+        if kind_of(self.role) == PARTICIPANT:
+            return [RecipientRole.PARTICIPANT], [participant_recipient(c) for c in self.cases]
+        return [RecipientRole.CASE_MANAGER, RecipientRole.USER], [self.user_id]
 
     @classmethod
     def of(cls, r: asyncpg.Record) -> Preferences:
@@ -66,6 +82,19 @@ async def upsert(db: Db, prefs: Preferences, updated_by: str, now: datetime) -> 
         prefs.agency, prefs.user_id, prefs.role, prefs.email, prefs.delivery, prefs.timezone,
         prefs.quiet_start, prefs.quiet_end, prefs.celebrations, list(prefs.cases), updated_by,
         now)
+
+
+async def save(pool: asyncpg.Pool, prefs: Preferences, stored: Preferences | None,
+               updated_by: str, now: datetime) -> None:
+    """Store an entry (``stored``: the one it replaces). When how or when the reader hears
+    changes, what waits for them is decided afresh with it, in the same transaction: a notice
+    put off to 09:00 in the zone they just left, or waiting in the digest they just gave up,
+    used to keep its old moment (and reached them on the day after its own)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await upsert(conn, prefs, updated_by, now)
+        if stored is not None and stored.how_and_when != prefs.how_and_when:
+            roles, recipients = prefs.addressed_as
+            await decide_afresh(conn, prefs.agency, roles, recipients, now)
 
 
 async def entries(db: Db, agency: str, user_id: str) -> dict[str, Preferences]:

@@ -478,6 +478,33 @@ async def release(pool: asyncpg.Pool, row: Row, not_before: datetime, now: datet
         " WHERE id = $1 AND claim_token = $4", row.id, not_before, now, row.claim_token)
 
 
+async def decide_afresh(conn: asyncpg.Connection, agency: str, roles: Sequence[str],
+                       recipients: Sequence[str], now: datetime) -> None:
+    """A reader's preferences changed (delivery, time zone, quiet hours, celebrations): what
+    waits for them under the old ones is decided afresh under the new ones, as if it had just
+    fallen due. That is a notice or digest put off (to a moment in their old zone, the end of
+    their old quiet hours) and a notice in a digest no one is sending yet: it leaves the
+    digest, which, left empty, is given up when due. Rows being handled, retries and a digest
+    being sent are left alone (the digest sends what it holds, once). The reader's open
+    digests are locked first, as ``attach_to_digest`` locks one, so none is claimed for
+    sending meanwhile."""
+    await conn.execute(
+        "SELECT FROM notifier.notifications WHERE agency = $1 AND recipient = ANY($2::text[])"
+        " AND kind = 'daily_digest' AND status = 'scheduled' AND attempts = 0"
+        " AND lease_until IS NULL ORDER BY id FOR UPDATE", agency, list(recipients))
+    await conn.execute(
+        "UPDATE notifier.notifications SET not_before = due_at, digest_id = NULL,"
+        " updated_at = $4 WHERE id IN (SELECT n.id FROM notifier.notifications n"
+        " WHERE n.agency = $1 AND n.recipient = ANY($3::text[])"
+        " AND n.recipient_role = ANY($2::text[]) AND n.status = 'scheduled'"
+        " AND (n.lease_until IS NULL OR n.lease_until < $4)"
+        " AND (n.digest_id IS NULL AND n.not_before <> n.due_at"
+        " OR EXISTS (SELECT FROM notifier.notifications d WHERE d.id = n.digest_id"
+        " AND d.status = 'scheduled' AND d.attempts = 0 AND d.lease_until IS NULL))"
+        " ORDER BY n.id FOR UPDATE OF n)",
+        agency, list(roles), list(recipients), now)
+
+
 # --------------------------------------------------------------------------------------------
 # reading and operator actions
 # --------------------------------------------------------------------------------------------
