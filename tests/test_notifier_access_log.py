@@ -13,9 +13,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from tests.conftest import TokenFactory, bearer
 from tests.notifier_helpers import NotifierRig, Records
+
+OTHER_CASE = "7b0c5d7e-2c1a-4a8e-9f51-0c6f1d2b3a4e"  # a case no test opens
 
 
 async def _settled(rig: NotifierRig) -> None:
@@ -40,6 +43,15 @@ async def _log(rig: NotifierRig, token: str, query: str = "") -> dict[str, Any]:
     status, page = await _get(rig, f"/v1/access-log{query}", token)
     assert status == 200, page
     return dict(page)
+
+
+async def _undocumented(rig: NotifierRig, page: dict[str, Any]) -> list[str]:
+    """How ``page`` differs from the AccessLogPage of the notifier's served OpenAPI document."""
+    document = await (await rig.client.get("/openapi.json")).json()
+    schema = document["components"]["schemas"]["AccessLogPage"]
+    validator = Draft202012Validator({**schema, "components": document["components"]})
+    missing = {"held_back", "held_back_since"} - set(schema["required"])
+    return [e.message for e in validator.iter_errors(page)] + sorted(missing)
 
 
 async def _count(rig: NotifierRig) -> int:
@@ -149,7 +161,7 @@ async def test_the_log_pages_in_commit_order_and_resumes_from_its_checkpoint(
     await _get(rig, f"/v1/notifications?case_id={case}", supervisor)
     since = await _log(rig, supervisor, f"?after={rest['checkpoint']}")
     assert [e["what"] for e in since["entries"]] == ["notifications"]
-    other = await _log(rig, supervisor, "?case_id=7b0c5d7e-2c1a-4a8e-9f51-0c6f1d2b3a4e")
+    other = await _log(rig, supervisor, f"?case_id={OTHER_CASE}")
     assert other["entries"] == []
 
 
@@ -170,6 +182,45 @@ async def test_an_entry_committed_late_is_not_skipped(
         await late.commit()
     rest = await _log(rig, supervisor, f"?after={page['checkpoint']}")
     assert [e["actor_sub"] for e in rest["entries"]] == ["sup-2", "sup-1"]
+
+
+async def test_a_page_held_back_by_an_open_transaction_says_so(
+        rig: NotifierRig, records: Records, token: TokenFactory) -> None:
+    """The log is handed out only up to the oldest open transaction on the server. A page
+    caught up with that horizon answered `next_after: null` and nothing else, so a supervisor
+    exporting it while any write transaction was open took an export missing the latest
+    reads for the whole log; it now says what waits, as records' log does (0006)."""
+    case, _ = await _scene(rig, records, token)
+    supervisor = token(role="supervisor", sub="sup-1")
+    async with rig.notifier.pool.acquire() as held, held.transaction():
+        await held.execute("SELECT pg_current_xact_id()")  # an open write transaction
+        rig.clock.advance(minutes=5)
+        read_at = rig.clock.now.isoformat()
+        assert (await _get(rig, f"/v1/schedule?case_id={case}", supervisor))[0] == 200
+        status, page = await _get(rig, "/v1/access-log", supervisor)
+        assert status == 200, page
+        assert (page["entries"], page["next_after"]) == ([], None)
+        assert (page["held_back"], page["held_back_since"]) == (1, read_at)
+        assert await _undocumented(rig, page) == []
+        other_case = (await _get(rig, f"/v1/access-log?case_id={OTHER_CASE}", supervisor))[1]
+        assert (other_case["held_back"], other_case["held_back_since"]) == (0, None)
+        elsewhere = token(role="supervisor", sub="sup-9", agency="agency-b")
+        assert (await _get(rig, "/v1/access-log", elsewhere))[1]["held_back"] == 0
+    page = await _log(rig, supervisor, f"?after={page['checkpoint']}")
+    assert [e["what"] for e in page["entries"]] == ["schedule"]
+    assert (page["next_after"], page["held_back"], page["held_back_since"]) == (None, 0, None)
+
+
+async def test_a_full_page_does_not_count_what_is_held_back(
+        rig: NotifierRig, records: Records, token: TokenFactory) -> None:
+    """Counting is for a page that caught up: a full page says where to go on instead."""
+    case, _ = await _scene(rig, records, token)
+    supervisor = token(role="supervisor", sub="sup-1")
+    for _ in range(3):
+        await _get(rig, f"/v1/schedule?case_id={case}", supervisor)
+    page = await _log(rig, supervisor, "?limit=2")
+    assert (len(page["entries"]), page["held_back"], page["held_back_since"]) == (2, 0, None)
+    assert page["next_after"] is not None
 
 
 @pytest.mark.parametrize("query", ["after=x", "after=-1", "after=eDp5", "limit=0",

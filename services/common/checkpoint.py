@@ -13,8 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
 
 from services.common.problems import Problem
 
@@ -82,6 +87,28 @@ def committed_after(position_column: str, first_parameter: int) -> str:
             f" AND transaction_id < {HORIZON}")
 
 
+@dataclass(frozen=True)
+class HeldBack:
+    """Committed entries after a checkpoint that an older, still open transaction keeps back,
+    and when the oldest of them was written (None: there are none)."""
+
+    entries: int
+    since: datetime | None
+
+
+async def access_log_held_back(pool: asyncpg.Pool, table: str, *, agency: str,
+                               case_id: UUID | None, after: Checkpoint) -> HeldBack:
+    """What an access log (``records.access_log``, ``notifier.access_log``: the same columns)
+    does not hand out yet after ``after``, as the feed's ``held_back`` (docs/decisions/0003)."""
+    row = await pool.fetchrow(
+        f"SELECT count(*) AS entries, min(at) AS since FROM {table}"
+        " WHERE agency = $1 AND ($2::uuid IS NULL OR case_id = $2)"
+        f" AND {after_checkpoint('id', 3)} AND transaction_id >= {HORIZON}",
+        agency, case_id, *after.parameters())
+    assert row is not None  # an aggregate always answers one row
+    return HeldBack(row["entries"], row["since"])
+
+
 def commit_order_page(rows: list[tuple[Checkpoint, T]], after: Checkpoint,
                       limit: int) -> dict[str, Any]:
     """A page of ``limit`` entries from ``rows`` (up to ``limit + 1`` read after ``after``,
@@ -101,3 +128,16 @@ def checkpoint_after(token: str | None) -> Checkpoint:
     except BadCheckpoint as error:
         raise Problem(400, "Bad request", str(error), kind="bad-checkpoint",
                       errors=[{"field": "query.after", "message": str(error)}]) from error
+
+
+async def access_log_page(rows: list[tuple[Checkpoint, T]], after: Checkpoint, limit: int,
+                          held_back: Callable[[Checkpoint], Awaitable[HeldBack]]
+                          ) -> dict[str, Any]:
+    """``commit_order_page`` for an access log; a page that caught up also says what an open
+    transaction still holds back after it (``held_back``, asked from its last entry), so that
+    it is not taken for the whole log."""
+    page = commit_order_page(rows, after, limit)
+    held = HeldBack(0, None) if page["next_after"] is not None \
+        else await held_back(rows[-1][0] if rows else after)
+    return {**page, "held_back": held.entries, "held_back_since": held.since}
+

@@ -146,8 +146,15 @@ class AccessLogEntryView(BaseModel):
 
 class AccessLogPage(BaseModel):
     """A page of the agency's notifier access log in commit order; pass ``next_after`` as
-    ``after`` for the next page, or ``checkpoint`` later to read only what was written since."""
+    ``after`` for the next page, or ``checkpoint`` later to read only what was written since.
+    A page with ``next_after`` null is the end of the log only when ``held_back`` is 0."""
 
     entries: list[AccessLogEntryView]
     next_after: str | None
     checkpoint: str
+    held_back: int = Field(description="on a page with next_after null: committed entries"
+                           " after it not handed out yet, because an older transaction on the"
+                           " database server is still open; they follow, in order, once it"
+                           " ends (ask again with checkpoint as after)")
+    held_back_since: str | None = Field(description="when the oldest held-back entry was"
+                                        " written")

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from schemas.events import ExactUserId
 from schemas.queries import AccessLogQuery
 from services.common.auth import Principal, Role
-from services.common.checkpoint import checkpoint_after, commit_order_page
+from services.common.checkpoint import access_log_page, checkpoint_after
 from services.common.http import json_response, parse_body, parse_query, principal
 from services.common.logs import without_addresses
 from services.common.problems import REQUEST_ID_KEY, Problem
@@ -307,17 +307,20 @@ async def case_schedule(request: web.Request) -> web.Response:
            " agency)", query=AccessLogQuery, response=AccessLogPage, tag="notifier")
 async def read_access_log(request: web.Request) -> web.Response:
     """As records' access log: supervisors only, their agency's entries, in commit order;
-    reading it is not itself a read of a case."""
+    reading it is not itself a read of a case. A page that caught up also says what an open
+    transaction still holds back, so that it is not taken for the whole log."""
     who = principal(request)
     query = parse_query(request, AccessLogQuery)
     if who.role is not Role.SUPERVISOR:
         raise Problem(403, "Forbidden", f"the {who.role} role does not read the access log",
                       kind="forbidden")
-    after = checkpoint_after(query.after)
-    rows = await access_log.list_entries(ctx(request).pool, agency=who.agency,
-                                         case_id=query.case_id, after=after,
-                                         limit=query.limit + 1)
-    return json_response(commit_order_page(rows, after, query.limit))
+    after, pool = checkpoint_after(query.after), ctx(request).pool
+    rows = await access_log.list_entries(pool, agency=who.agency, case_id=query.case_id,
+                                         after=after, limit=query.limit + 1)
+    page = await access_log_page(rows, after, query.limit, lambda last: access_log.held_back(
+        pool, agency=who.agency, case_id=query.case_id, after=last))
+    since = page["held_back_since"]
+    return json_response({**page, "held_back_since": since.isoformat() if since else None})
 
 
 @api.route("GET", "/mail", "development only: the mail the local catcher caught", public=True,

@@ -12,7 +12,12 @@ from uuid import UUID
 
 import asyncpg
 
-from services.common.checkpoint import Checkpoint, committed_after
+from services.common.checkpoint import (
+    Checkpoint,
+    HeldBack,
+    access_log_held_back,
+    committed_after,
+)
 
 
 @dataclass(frozen=True)
@@ -58,3 +63,11 @@ async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
               "participant": r["participant"], "action": r["action"], "what": r["what"],
               "request_id": r["request_id"]})
             for r in rows]
+
+
+async def held_back(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
+                    after: Checkpoint) -> HeldBack:
+    """What ``list_entries`` does not hand out yet after ``after``, as records' log says it
+    (docs/decisions/0006)."""
+    return await access_log_held_back(pool, "notifier.access_log", agency=agency,
+                                      case_id=case_id, after=after)

@@ -16,7 +16,7 @@ from schemas import api
 from schemas.events import NoteAdded
 from schemas.queries import MAX_EVENTS_LISTED, CaseloadCursor, CaseloadOrder
 from services.common.auth import Principal
-from services.common.checkpoint import Checkpoint, commit_order_page
+from services.common.checkpoint import Checkpoint, access_log_page
 from services.common.jsonenc import encode_json
 from services.records.application.access import (
     Action,
@@ -51,7 +51,6 @@ from services.records.projections.plans import (
 )
 from services.records.store.access_log import (
     AccessLogEntry,
-    HeldBack,
     held_back,
     list_entries,
     record_reads,
@@ -336,10 +335,8 @@ class CaseQueries:
         authorize_access_log(who)
         rows = await list_entries(self._pool, agency=who.agency, case_id=case_id, after=after,
                                   limit=limit + 1)
-        page = commit_order_page(rows, after, limit)
-        held = HeldBack(0, None) if page["next_after"] is not None else await held_back(
-            self._pool, agency=who.agency, case_id=case_id, after=rows[-1][0] if rows else after)
-        return {**page, "held_back": held.entries, "held_back_since": held.since}
+        return await access_log_page(rows, after, limit, lambda last: held_back(
+            self._pool, agency=who.agency, case_id=case_id, after=last))
 
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
                        review_due_before: date | None, order: CaseloadOrder,

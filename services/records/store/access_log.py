@@ -10,7 +10,12 @@ from uuid import UUID
 
 import asyncpg
 
-from services.common.checkpoint import HORIZON, Checkpoint, after_checkpoint, committed_after
+from services.common.checkpoint import (
+    Checkpoint,
+    HeldBack,
+    access_log_held_back,
+    committed_after,
+)
 
 
 @dataclass(frozen=True)
@@ -38,26 +43,12 @@ async def record_reads(pool: asyncpg.Pool, entries: list[AccessLogEntry]) -> Non
              e.request_id, e.refused) for e in entries])
 
 
-@dataclass(frozen=True)
-class HeldBack:
-    """Committed entries after a checkpoint that an older, still open transaction keeps back,
-    and when the oldest of them was written (None: there are none)."""
-
-    entries: int
-    since: datetime | None
-
-
 async def held_back(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
                     after: Checkpoint) -> HeldBack:
     """What ``list_entries`` does not hand out yet after ``after`` (the feed's
     ``held_back``, docs/decisions/0003)."""
-    row = await pool.fetchrow(
-        "SELECT count(*) AS entries, min(at) AS since FROM records.access_log"
-        " WHERE agency = $1 AND ($2::uuid IS NULL OR case_id = $2)"
-        f" AND {after_checkpoint('id', 3)} AND transaction_id >= {HORIZON}",
-        agency, case_id, *after.parameters())
-    assert row is not None  # an aggregate always answers one row
-    return HeldBack(row["entries"], row["since"])
+    return await access_log_held_back(pool, "records.access_log", agency=agency,
+                                      case_id=case_id, after=after)
 
 
 async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
