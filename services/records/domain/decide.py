@@ -6,7 +6,7 @@ The practice rules of the brief are enforced here (docs/decisions/0101-plan-doma
 2. participant goals carry ``in_their_words``; a plan is agreed only through PlanAgreed;
 3. goals and steps link only to recorded, not removed, strengths;
 4. steps have owners (a support-owned step names the support) and a completion event;
-5. removals, discontinuations, reversals and overrides need a reason;
+5. removals, discontinuations, reversals and overrides need a reason, in words;
 6. agreeing schedules the first review and holding a review the next, by risk level;
 7. (language) is advisory and computed from the events by ``language.warnings_for``.
 
@@ -48,7 +48,9 @@ def decide(state: PlanState | None, command: c.Command, ctx: DecisionContext) ->
     handler = _DECIDERS.get(type(command))
     if handler is None:
         raise TypeError(f"decide() does not know the command {type(command).__name__}")
-    return handler(state, command, ctx)
+    events = handler(state, command, ctx)
+    _check_reasons_have_words(events)
+    return events
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,6 +66,26 @@ def _require_reason(reason: str | None, why: str, field: str = "reason") -> str:
     if not reason:
         raise RuleViolation("reason_required", f"A reason is required {why}.", field=field)
     return reason
+
+
+def _has_words(text: str | None) -> bool:
+    """Whether ``text`` holds a letter or a digit, in any script: "." or "-" fills a required
+    field and says nothing (rules 2 and 5)."""
+    return text is not None and any(char.isalnum() for char in text)
+
+
+# The fields that record why something was done, in every event and in the body it came from.
+_REASON_FIELDS = ("reason", "override_reason")
+
+
+def _check_reasons_have_words(events: Events) -> None:
+    """Rule 5: every reason recorded says why, in words."""
+    for event in events:
+        for field in (name for name in _REASON_FIELDS if name in type(event).model_fields):
+            reason = getattr(event, field)
+            if reason is not None and not _has_words(reason):
+                raise RuleViolation("reason_required", f"A reason is written in words: "
+                                    f"\"{reason}\" does not say why.", field=field)
 
 
 def _said(status: str) -> str:
@@ -159,10 +181,14 @@ def _support_owner(state: PlanState, owner: str, support_name: str | None,
         return None, None
     if support_id is not None:
         support = state.supports.get(support_id)
-        if support is None or support.removed:
+        if support is None:
             raise RuleViolation("unknown_support",
                                 f"There is no support {support_id} in this plan.",
                                 field="support_id")
+        if support.removed:
+            raise RuleViolation("unknown_support", f"{support.name} was removed from this plan's "
+                                "supports; name another support, or give the step to the "
+                                "participant or the case manager.", field="support_id")
         return support_name or support.name, support_id
     if support_name is None:
         raise RuleViolation("support_required", "Name the support who owns this step "
@@ -260,7 +286,7 @@ def _remove_strength(state: PlanState, cmd: c.RemoveStrength, ctx: DecisionConte
 def _set_goal(state: PlanState, cmd: c.SetGoal, ctx: DecisionContext) -> Events:
     _check_new_id(state.goals, cmd.goal_id, "goal")
     body = cmd.body
-    if body.source == "participant" and not body.in_their_words:
+    if body.source == "participant" and not _has_words(body.in_their_words):
         raise RuleViolation("in_their_words_required", "A participant's goal records what they "
                             "want in their own words (in_their_words).", field="in_their_words")
     strength_ids = _unique(body.strength_ids)
@@ -285,9 +311,11 @@ def _revise_goal(state: PlanState, cmd: c.ReviseGoal, ctx: DecisionContext) -> E
     if "risk_factors" in changes:
         changes["risk_factors"] = tuple(dict.fromkeys(changes["risk_factors"]))
     values, cleared = _diff(goal, changes)
-    if goal.source == "participant" and "in_their_words" in cleared:
+    their_words_lost = "in_their_words" in cleared or (
+        "in_their_words" in values and not _has_words(values["in_their_words"]))
+    if goal.source == "participant" and their_words_lost:
         raise RuleViolation("in_their_words_required", "A participant's goal keeps their own "
-                            "words; revise in_their_words instead of clearing it.",
+                            "words; revise in_their_words, in words, instead of clearing it.",
                             field="in_their_words")
     if not values and not cleared:
         raise _no_change("goal")

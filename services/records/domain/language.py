@@ -1,9 +1,10 @@
 """Rule 7, strengths-based documentation: the language guide is data, checking it is pure.
 
 The guide lists deficit or dehumanising terms with person-first suggestions. Matching is
-case-insensitive on word boundaries, a space in a term matches any run of whitespace, a hyphen
-matches a hyphen or whitespace, and a plural ``s``/``es`` is accepted ("addicts"). Where terms
-overlap ("ex-offender" and "offender") only the longest match is reported.
+case-insensitive on word boundaries, a space or a hyphen in a term matches any run of
+whitespace, hyphens and dashes (people write "substance-abuse" as often as "substance abuse"),
+and a plural ``s``/``es`` is accepted ("addicts"). Where terms overlap ("ex-offender" and
+"offender") only the longest match is reported.
 
 A write always succeeds; its answer carries the warnings. They are computed from the recorded
 events (:func:`warnings_for`), so an idempotent replay rebuilds exactly the same warnings.
@@ -57,14 +58,16 @@ CHECKED_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# hyphens, dashes, minus and white space: what joins the words of a term, however written
+_JOINER = r"[-\u2010-\u2015\u2212\s]+"
+
+
 def _atoms(term: str) -> list[str]:
-    """The term as regex fragments, one per character (a run of whitespace is one)."""
+    """The term as regex fragments, one per character (a run of spaces and hyphens is one)."""
     atoms: list[str] = []
-    for piece in re.split(r"(\s+|-)", term.strip()):
-        if piece == "-":
-            atoms.append(r"[-\u2010-\u2015\u2212\s]")  # hyphens, dashes, minus, a space
-        elif piece.isspace():
-            atoms.append(r"\s+")
+    for index, piece in enumerate(re.split(r"([\s-]+)", term.strip())):
+        if index % 2:  # a captured run of spaces and hyphens
+            atoms.append(_JOINER)
         else:
             atoms.extend(re.escape(char) for char in piece)
     return atoms
