@@ -261,6 +261,10 @@ def _participant_decision(who: Recipient, now: datetime) -> Decision:
         return Cancel("the participant has not opted in to hear about their milestones")
     if not who.address:
         return Dead("the participant opted in but no email address is on file")
+    if reader_zone(prefs.timezone) is None:  # stored before names were checked
+        return Dead(f"the time zone {prefs.timezone!r} in the participant's preferences is"
+                    " not one this notifier knows: set it with PUT /v1/preferences/"
+                    f"{quote(prefs.user_id, safe='')}")
     return _quiet_or_send(prefs, who.address, now, for_participant=True)
 
 
