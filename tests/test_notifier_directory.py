@@ -121,3 +121,40 @@ async def test_a_role_query_that_names_no_entry_is_a_clear_4xx(
     refused = await rig.client.get(f"/v1/preferences/cm-1?{query}", headers=bearer(supervisor))
     assert refused.status == status, await refused.text()
     assert refused.content_type == "application/problem+json"
+
+
+async def entry_count(rig: NotifierRig) -> int:
+    count: int = await rig.notifier.pool.fetchval("SELECT count(*) FROM notifier.directory")
+    return count
+
+
+@pytest.mark.parametrize("who", ["supervisor", "participant naming no case"])
+async def test_a_participant_entry_naming_no_case_is_refused_and_stores_nothing(
+        rig: NotifierRig, token: TokenFactory, who: str) -> None:
+    """A participant hears only of their own case's milestones: an entry with no case could
+    never be sent anything, yet said they had opted in."""
+    caller, body = ((token(role="supervisor", sub="sup-1"), {"role": "participant", "cases": []})
+                    if who == "supervisor" else (token(role="participant", sub="jo", cases=[]), {}))
+    response = await rig.client.put("/v1/preferences/jo", headers=bearer(caller), json={
+        "email": PARTICIPANTS_OWN, "delivery": "immediate", "timezone": "UTC",
+        "celebrations": True, **body})
+    problem = await response.json()
+    assert response.status == 422, problem
+    assert [e["field"] for e in problem["errors"]] == ["body.cases"]
+    assert await entry_count(rig) == 0
+
+
+async def test_a_case_named_twice_is_stored_once(rig: NotifierRig, token: TokenFactory) -> None:
+    participant = token(role="participant", sub="jo", cases=[JOS_CASE])
+    stored = await rig.set_prefs("jo", participant, cases=[JOS_CASE, JOS_CASE])
+    assert stored["cases"] == [JOS_CASE]
+    assert (await preferences(rig, participant, "/v1/preferences/jo"))["cases"] == [JOS_CASE]
+
+
+async def test_reading_someone_elses_preferences_is_refused_saying_reading(
+        rig: NotifierRig, token: TokenFactory) -> None:
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    response = await rig.client.get("/v1/preferences/cm-2", headers=bearer(token()))
+    problem = await response.json()
+    assert response.status == 403, problem
+    assert "read and set your own" in problem["detail"], problem

@@ -107,8 +107,8 @@ def _may_manage(who: Principal, user: str) -> None:
         raise Problem(403, "Forbidden", f"the notifier sends nothing to the {who.role} role,"
                       " so it keeps no preferences for it", kind="forbidden")
     if who.sub != user and who.role is not Role.SUPERVISOR:
-        raise Problem(403, "Forbidden", "you may set your own preferences; supervisors set"
-                      " those of their agency", kind="forbidden")
+        raise Problem(403, "Forbidden", "you may read and set your own preferences;"
+                      " supervisors those of their agency", kind="forbidden")
 
 
 def _entry_kind(who: Principal, user: str, role: str | None, stored: dict[str, Preferences],
@@ -135,13 +135,19 @@ def _directory_entry(who: Principal, user: str, body: PreferencesInput,
     given = body.model_fields_set
     role = who.role.value if own else (
         body.role or (stored.role if stored else "case_manager"))
-    cases = tuple(body.cases) if body.cases is not None else (stored.cases if stored else ())
+    cases = tuple(sorted(set(body.cases))) if body.cases is not None \
+        else (stored.cases if stored else ())
     if own and who.role is Role.PARTICIPANT:
         if body.cases is not None and not set(cases) <= who.cases:
             raise Problem(422, "Invalid request", "participants name only their own cases",
                           kind="validation", errors=[{"field": "body.cases",
                                                       "message": "not your case"}])
         cases = tuple(sorted(who.cases)) if body.cases is None else cases
+    if role == Role.PARTICIPANT.value and not cases:  # nothing could ever be sent to it
+        raise Problem(422, "Invalid request", "a participant's preferences name the cases"
+                      " they belong to: they hear of those cases' milestones",
+                      kind="validation", errors=[{"field": "body.cases",
+                                                  "message": "name at least one case"}])
     if role == Role.PARTICIPANT.value and body.delivery == "daily_digest":
         raise Problem(422, "Invalid request", "participants hear of each milestone as it"
                       " happens; daily digests are for staff", kind="validation",
