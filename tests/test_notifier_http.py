@@ -92,7 +92,8 @@ async def test_participants_cannot_choose_a_daily_digest(rig: NotifierRig,
     assert (status, body["errors"][0]["field"]) == (422, "body.delivery")
     supervisor = token(role="supervisor", sub="sup-1")
     assert (await put(rig, "jo", supervisor, {**digest, "role": "participant"}))[0] == 422
-    assert (await put(rig, "jo", supervisor, {**GOOD, "role": "participant", "cases": [case]}))[0] == 200
+    entry = {**GOOD, "role": "participant", "cases": [case]}
+    assert (await put(rig, "jo", supervisor, entry))[0] == 200
     assert (await put(rig, "jo", supervisor, digest))[0] == 422  # stored role: participant
 
 
