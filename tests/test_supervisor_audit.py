@@ -13,7 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from services.records.application import queries
-from tests.conftest import FakeClock, TokenFactory, bearer
+from services.records.http.app import RECORDS
+from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.records_api import CaseApi
 
 
@@ -143,3 +144,77 @@ async def test_a_token_with_a_window_does_not_list_the_caseload_as_it_is_now(
     listing = await cm.call("GET", "/v1/cases", token=token(role="supervisor", sub="sup-1"),
                             expect=200)
     assert [case["case_id"] for case in listing["cases"]] == [case_id]
+
+
+async def _held_back_entries(db: asyncpg.Pool) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM records.access_log"
+        " WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())"))
+
+
+async def _until_nothing_held_back(db: asyncpg.Pool) -> None:
+    """Until no transaction older than the log's entries is open on the server (other test
+    runs share it)."""
+    for _ in range(1500):
+        if not await _held_back_entries(db):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("access-log entries still held back after 30 s: inconclusive")
+
+
+async def _waiters_queued(pool: asyncpg.Pool, count: int) -> None:
+    """Until ``count`` acquires wait for the pool's one connection (asyncpg serves them in
+    the order they came)."""
+    for _ in range(500):
+        # asyncpg's queue of waiting acquires, read only, to order the test
+        if len(pool._queue._getters) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} acquires never queued")
+
+
+async def test_an_access_log_page_never_says_complete_while_missing_an_entry(
+        make_records_client: ClientFactory, fresh_database_url: str, fresh_pool: asyncpg.Pool,
+        token: TokenFactory, clock: FakeClock) -> None:
+    """docs/decisions/0006: "The log is complete through now only when held_back is 0".
+    The page's entries and its held_back were read by two statements, each with a snapshot of
+    its own: an entry committed before the request, held back by an older transaction when
+    the entries were read, and released when that transaction ended before held_back was
+    counted, was in neither, and the page said it was the whole log without it (a review
+    found it). Here the old transaction ends while the request waits for the pool's one
+    connection a second time, as it did between the two statements; both now come from one
+    snapshot, taken before."""
+    client = await make_records_client(fresh_database_url, clock=clock,
+                                       CASETRAIL_DB_POOL_MAX="1")
+    cm = CaseApi(client, token())
+    supervisor = token(role="supervisor", sub="sup-1")
+    case_id = await cm.open_case()
+    await _until_nothing_held_back(fresh_pool)
+    app_pool = client.app[RECORDS].pool
+    older = await fresh_pool.acquire()
+    try:
+        open_transaction = older.transaction()
+        await open_transaction.start()
+        await older.execute("SELECT pg_current_xact_id()")  # a write transaction, open
+        await cm.call("GET", f"/v1/cases/{case_id}", token=supervisor, expect=200)
+        assert await _held_back_entries(fresh_pool) == 1  # the supervisor's read, committed
+        only_connection = await app_pool.acquire()
+        request = asyncio.create_task(client.get("/v1/access-log", headers=bearer(supervisor)))
+        await _waiters_queued(app_pool, 1)  # the request's list_entries
+        between = asyncio.ensure_future(app_pool.acquire())
+        await _waiters_queued(app_pool, 2)
+        await app_pool.release(only_connection)
+        connection = await between  # list_entries has run: the entry was held back then
+        await open_transaction.commit()
+        await _until_nothing_held_back(fresh_pool)
+        await app_pool.release(connection)  # now held_back is counted
+        response = await request
+        page = await response.json()
+    finally:
+        await fresh_pool.release(older)
+    assert response.status == 200, page
+    assert page["next_after"] is None
+    said_complete = page["held_back"] == 0
+    assert not (said_complete and page["entries"] == []), (
+        "the page says it is the whole log (held_back 0) and leaves out the supervisor's"
+        f" read committed before it was asked for: {page}")

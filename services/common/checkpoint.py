@@ -26,6 +26,8 @@ from services.common.problems import Problem
 _CHECKPOINT = re.compile(r"^([0-9]{1,20}):([0-9]{1,20})$")
 _BIGINT_MAX = 2**63 - 1
 T = TypeVar("T")
+# Reads an access log's entries after a checkpoint over the connection given.
+ReadEntries = Callable[[asyncpg.Connection], Awaitable[list[tuple["Checkpoint", T]]]]
 
 
 class BadCheckpoint(ValueError):
@@ -96,11 +98,11 @@ class HeldBack:
     since: datetime | None
 
 
-async def access_log_held_back(pool: asyncpg.Pool, table: str, *, agency: str,
-                               case_id: UUID | None, after: Checkpoint) -> HeldBack:
+async def _held_back(conn: asyncpg.Connection, table: str, *, agency: str,
+                     case_id: UUID | None, after: Checkpoint) -> HeldBack:
     """What an access log (``records.access_log``, ``notifier.access_log``: the same columns)
     does not hand out yet after ``after``, as the feed's ``held_back`` (docs/decisions/0003)."""
-    row = await pool.fetchrow(
+    row = await conn.fetchrow(
         f"SELECT count(*) AS entries, min(at) AS since FROM {table}"
         " WHERE agency = $1 AND ($2::uuid IS NULL OR case_id = $2)"
         f" AND {after_checkpoint('id', 3)} AND transaction_id >= {HORIZON}",
@@ -130,14 +132,18 @@ def checkpoint_after(token: str | None) -> Checkpoint:
                       errors=[{"field": "query.after", "message": str(error)}]) from error
 
 
-async def access_log_page(rows: list[tuple[Checkpoint, T]], after: Checkpoint, limit: int,
-                          held_back: Callable[[Checkpoint], Awaitable[HeldBack]]
-                          ) -> dict[str, Any]:
-    """``commit_order_page`` for an access log; a page that caught up also says what an open
-    transaction still holds back after it (``held_back``, asked from its last entry), so that
-    it is not taken for the whole log."""
-    page = commit_order_page(rows, after, limit)
-    held = HeldBack(0, None) if page["next_after"] is not None \
-        else await held_back(rows[-1][0] if rows else after)
+async def access_log_page(pool: asyncpg.Pool, table: str, read: ReadEntries[T], *,
+                          agency: str, case_id: UUID | None, after: Checkpoint,
+                          limit: int) -> dict[str, Any]:
+    """``commit_order_page`` of an access log (``read``: up to ``limit + 1`` entries after
+    ``after``); a page that caught up also says what an open transaction still holds back
+    after it, so that it is not taken for the whole log. Both come from one snapshot: read
+    apart, an entry the transaction released in between was in neither, and the page said it
+    was the whole log without it (a review found it)."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                        readonly=True):
+        rows = await read(conn)
+        page = commit_order_page(rows, after, limit)
+        held = HeldBack(0, None) if page["next_after"] is not None else await _held_back(
+            conn, table, agency=agency, case_id=case_id, after=rows[-1][0] if rows else after)
     return {**page, "held_back": held.entries, "held_back_since": held.since}
-

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from schemas.events import ExactUserId
 from schemas.queries import AccessLogQuery
 from services.common.auth import Principal, Role
-from services.common.checkpoint import access_log_page, checkpoint_after
+from services.common.checkpoint import checkpoint_after
 from services.common.http import json_response, parse_body, parse_query, principal
 from services.common.logs import without_addresses
 from services.common.problems import REQUEST_ID_KEY, Problem
@@ -320,11 +320,9 @@ async def read_access_log(request: web.Request) -> web.Response:
     if who.role is not Role.SUPERVISOR:
         raise Problem(403, "Forbidden", f"the {who.role} role does not read the access log",
                       kind="forbidden")
-    after, pool = checkpoint_after(query.after), ctx(request).pool
-    rows = await access_log.list_entries(pool, agency=who.agency, case_id=query.case_id,
-                                         after=after, limit=query.limit + 1)
-    page = await access_log_page(rows, after, query.limit, lambda last: access_log.held_back(
-        pool, agency=who.agency, case_id=query.case_id, after=last))
+    after = checkpoint_after(query.after)
+    page = await access_log.read_page(ctx(request).pool, agency=who.agency,
+                                      case_id=query.case_id, after=after, limit=query.limit)
     since = page["held_back_since"]
     return json_response({**page, "held_back_since": since.isoformat() if since else None})
 

@@ -12,12 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.common.checkpoint import (
-    Checkpoint,
-    HeldBack,
-    access_log_held_back,
-    committed_after,
-)
+from services.common.checkpoint import Checkpoint, access_log_page, committed_after
 
 
 @dataclass(frozen=True)
@@ -46,11 +41,12 @@ async def record_read(pool: asyncpg.Pool, read: Read, case_ids: Sequence[UUID | 
             read.participant, read.action, read.what, read.request_id)
 
 
-async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
-                       after: Checkpoint, limit: int) -> list[tuple[Checkpoint, dict[str, Any]]]:
+async def list_entries(db: asyncpg.Pool | asyncpg.Connection, *, agency: str,
+                       case_id: UUID | None, after: Checkpoint, limit: int
+                       ) -> list[tuple[Checkpoint, dict[str, Any]]]:
     """One agency's entries in commit order after ``after``, each with the cursor to continue
     from; only those no open transaction can precede (the feed's rule, decision 0003)."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         "SELECT transaction_id::text AS tx, id, at, actor_sub, actor_role, case_id,"
         " participant, action, what, request_id FROM notifier.access_log"
         " WHERE agency = $1 AND ($2::uuid IS NULL OR case_id = $2)"
@@ -65,9 +61,11 @@ async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
             for r in rows]
 
 
-async def held_back(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
-                    after: Checkpoint) -> HeldBack:
-    """What ``list_entries`` does not hand out yet after ``after``, as records' log says it
-    (docs/decisions/0006)."""
-    return await access_log_held_back(pool, "notifier.access_log", agency=agency,
-                                      case_id=case_id, after=after)
+async def read_page(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
+                    after: Checkpoint, limit: int) -> dict[str, Any]:
+    """A page of ``limit`` of the agency's entries after ``after`` (``access_log_page``)."""
+    return await access_log_page(
+        pool, "notifier.access_log",
+        lambda conn: list_entries(conn, agency=agency, case_id=case_id, after=after,
+                                  limit=limit + 1),
+        agency=agency, case_id=case_id, after=after, limit=limit)

@@ -16,7 +16,7 @@ from schemas import api
 from schemas.events import NoteAdded
 from schemas.queries import MAX_EVENTS_LISTED, CaseloadCursor, CaseloadOrder
 from services.common.auth import Principal
-from services.common.checkpoint import Checkpoint, access_log_page
+from services.common.checkpoint import Checkpoint
 from services.common.jsonenc import encode_json
 from services.records.application.access import (
     Action,
@@ -49,12 +49,7 @@ from services.records.projections.plans import (
     load_plan,
     replay,
 )
-from services.records.store.access_log import (
-    AccessLogEntry,
-    held_back,
-    list_entries,
-    record_reads,
-)
+from services.records.store.access_log import AccessLogEntry, read_page, record_reads
 from services.records.store.events import Clock, EventStore, RecordedEvent
 from services.records.store.windows import versions_around_window
 
@@ -333,10 +328,8 @@ class CaseQueries:
         """A page of the agency's log; one that caught up also says what an open
         transaction still holds back, so that it is not taken for the whole log."""
         authorize_access_log(who)
-        rows = await list_entries(self._pool, agency=who.agency, case_id=case_id, after=after,
-                                  limit=limit + 1)
-        return await access_log_page(rows, after, limit, lambda last: held_back(
-            self._pool, agency=who.agency, case_id=case_id, after=last))
+        return await read_page(self._pool, agency=who.agency, case_id=case_id, after=after,
+                               limit=limit)
 
     async def caseload(self, who: Principal, *, case_manager: str | None, status: str | None,
                        review_due_before: date | None, order: CaseloadOrder,

@@ -10,12 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.common.checkpoint import (
-    Checkpoint,
-    HeldBack,
-    access_log_held_back,
-    committed_after,
-)
+from services.common.checkpoint import Checkpoint, access_log_page, committed_after
 
 
 @dataclass(frozen=True)
@@ -43,20 +38,13 @@ async def record_reads(pool: asyncpg.Pool, entries: list[AccessLogEntry]) -> Non
              e.request_id, e.refused) for e in entries])
 
 
-async def held_back(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
-                    after: Checkpoint) -> HeldBack:
-    """What ``list_entries`` does not hand out yet after ``after`` (the feed's
-    ``held_back``, docs/decisions/0003)."""
-    return await access_log_held_back(pool, "records.access_log", agency=agency,
-                                      case_id=case_id, after=after)
-
-
-async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
-                       after: Checkpoint, limit: int) -> list[tuple[Checkpoint, dict[str, Any]]]:
+async def list_entries(db: asyncpg.Pool | asyncpg.Connection, *, agency: str,
+                       case_id: UUID | None, after: Checkpoint, limit: int
+                       ) -> list[tuple[Checkpoint, dict[str, Any]]]:
     """One agency's entries in commit order after ``after``, each with the checkpoint to
     continue from. Only entries no open transaction can precede are handed out, so following
     the checkpoints never skips one (the feed's rule, docs/decisions/0003)."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         "SELECT transaction_id::text AS tx, id, at, actor_sub, actor_role, case_id, action,"
         " what, request_id, refused FROM records.access_log WHERE agency = $1"
         f" AND ($2::uuid IS NULL OR case_id = $2) AND {committed_after('id', 3)}"
@@ -68,3 +56,13 @@ async def list_entries(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
               "action": r["action"], "what": r["what"], "request_id": r["request_id"],
               "refused": r["refused"]})
             for r in rows]
+
+
+async def read_page(pool: asyncpg.Pool, *, agency: str, case_id: UUID | None,
+                    after: Checkpoint, limit: int) -> dict[str, Any]:
+    """A page of ``limit`` of the agency's entries after ``after`` (``access_log_page``)."""
+    return await access_log_page(
+        pool, "records.access_log",
+        lambda conn: list_entries(conn, agency=agency, case_id=case_id, after=after,
+                                  limit=limit + 1),
+        agency=agency, case_id=case_id, after=after, limit=limit)
