@@ -286,7 +286,7 @@ async def test_the_schedule_tells_no_one_outside_it_whether_a_case_exists(
     await rig.catch_up()
     named = str(uuid.uuid4())
     for who, status in [(token(role="participant", sub="jo", cases=[named]), 404),
-                        (token(role="auditor", sub="court-1", cases=[named]), 404),
+                        (token(role="auditor", sub="court-1", cases=[named]), 403),  # window
                         (token(role="analyst", sub="an-1"), 403)]:
         answers = {(await rig.client.get(f"/v1/schedule?case_id={case_id}",
                                          headers=bearer(who))).status

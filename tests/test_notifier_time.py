@@ -6,14 +6,17 @@ injected clock, the way the service's jobs do: dispatch, then the digest run, st
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from services.notifier.store import directory
+from services.notifier.store.directory import Preferences
 from services.notifier.store.notifications import claim_due
-from tests.conftest import FakeClock, TokenFactory
+from tests.conftest import FakeClock, TokenFactory, bearer, wait_until
 from tests.notifier_helpers import (
     NotifierRig,
     Records,
@@ -224,6 +227,75 @@ async def test_changing_only_an_address_leaves_waiting_notices_where_they_are(
     assert str(due_today["not_before"]) == "2026-05-01 19:00:00+00:00"  # 09:00 in Honolulu
     assert await rig.dispatch() == 0
 
+
+
+async def _waiters_queued(pool: Any, count: int) -> None:
+    """Until ``count`` acquires wait for the pool's one connection (asyncpg serves them in
+    the order they came)."""
+    for _ in range(500):
+        # asyncpg's queue of waiting acquires, read only, to order the test
+        if len(pool._queue._getters) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} acquires never queued")
+
+
+async def test_a_change_is_measured_against_the_entry_it_replaces_not_an_older_one(
+        aiohttp_client: Any, fresh_database_url: str, records: Records, smtp: SmtpServer,
+        token: TokenFactory, clock: FakeClock) -> None:
+    """Two notifier instances. One takes a PUT giving cm-1 a new address (no quiet hours, as
+    stored) and reads the stored entry; the other then sets quiet hours, and its dispatcher
+    puts a small win off to their end. The first PUT, stored last, clears the quiet hours
+    again, and must hand the small win back: it compared with the entry it had read before
+    (no quiet hours either), saw no change, and the win waited for quiet hours the reader no
+    longer had. The first instance's pool has one connection, which orders the steps."""
+    first = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                           NOTIFIER_DB_POOL_MAX=1)
+    second = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock)
+    await first.set_prefs("cm-1", token())
+    case = await records.open_case()
+    goal = await records.goal(case)
+    await records.complete(case, await records.step(case, goal, "Call the landlord"))
+    await first.catch_up()
+    pool = first.notifier.pool
+    only_connection = await pool.acquire()
+    prefs = {"email": "cm-1@elsewhere.example.org", "delivery": "immediate",
+             "timezone": "UTC", "celebrations": True}
+    put = asyncio.create_task(first.client.put("/v1/preferences/cm-1", json=prefs,
+                                               headers=bearer(token())))
+    await _waiters_queued(pool, 1)  # the PUT's read of the stored entry
+    between = asyncio.ensure_future(pool.acquire())
+    await _waiters_queued(pool, 2)
+    await pool.release(only_connection)
+    connection = await between  # the PUT has read the entry, and waits to store its own
+    await second.set_prefs("cm-1", token(), quiet_hours={"start": "08:00", "end": "12:00"})
+    assert await second.dispatch() == 1  # 09:00: quiet, put off to 12:00
+    await pool.release(connection)
+    response = await put
+    assert response.status == 200, await response.text()
+    assert await first.dispatch() == 1
+    assert len(smtp.received) == 1, "the small win still waits for the quiet hours' end"
+
+
+async def test_a_first_entry_stored_while_another_request_stores_one_replaces_it(
+        rig: NotifierRig, token: TokenFactory, fresh_pool: Any) -> None:
+    """Two first entries for one reader at once: the PUT finds no entry to lock, waits for
+    the other one to be stored, and then replaces it as any change does."""
+    async with fresh_pool.acquire() as other, other.transaction():
+        await directory.upsert(other, Preferences(
+            "agency-a", "cm-1", "case_manager", "cm-1@example.org", "daily_digest", "UTC",
+            None, None, True), "sup-1", rig.clock.now)
+        put = asyncio.create_task(rig.client.put(
+            "/v1/preferences/cm-1", headers=bearer(token()),
+            json={"email": "cm-1@elsewhere.example.org", "delivery": "immediate",
+                  "timezone": "UTC", "celebrations": True}))
+        await wait_until(fresh_pool, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE"
+                         " datname = current_database() AND wait_event_type = 'Lock')")
+    response = await put
+    assert response.status == 200, await response.text()
+    stored = await directory.entries(fresh_pool, "agency-a", "cm-1")
+    assert (stored["staff"].email, stored["staff"].delivery) == (
+        "cm-1@elsewhere.example.org", "immediate")
 
 # --------------------------------------------------------------------------------------------
 # overdue notices and nudges: after the day, as the reader counts days

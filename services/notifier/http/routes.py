@@ -8,6 +8,7 @@ written to an access log (docs/decisions/0203).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import time
@@ -22,7 +23,7 @@ from schemas.events import ExactUserId
 from schemas.queries import AccessLogQuery
 from services.common.auth import Principal, Role
 from services.common.checkpoint import checkpoint_after
-from services.common.http import json_response, parse_body, parse_query, principal
+from services.common.http import RouteHandler, json_response, parse_body, parse_query, principal
 from services.common.logs import without_addresses
 from services.common.problems import REQUEST_ID_KEY, Problem
 from services.notifier import mailbox
@@ -47,6 +48,25 @@ from services.notifier.store.directory import PARTICIPANT, STAFF, Preferences, k
 # the path; it once took only visible ASCII, so such a manager could never be given an address
 _USER = TypeAdapter(ExactUserId)
 _NOT_FOUND = Problem(404, "Not found", "no such notification", kind="not-found")
+
+
+_WINDOW_REFUSED = Problem(
+    403, "Forbidden", "this token sees cases only as they were inside its time window; the"
+    " notifier holds them as they are now: read the record as it was from the records"
+    " service, or ask here with a token without a window", kind="forbidden")
+
+
+def _refusing_windows(handler: RouteHandler) -> RouteHandler:
+    """Everything the notifier answers shows cases as they are now (their notices, schedule,
+    directory, who read them), so a token with a time window (decision 0006) is refused
+    from the token alone, before anything is looked up: the answer is the same for a case
+    its window hides and for one that does not exist."""
+    @functools.wraps(handler)
+    async def refusing(request: web.Request) -> web.StreamResponse:
+        if principal(request).has_window:
+            raise _WINDOW_REFUSED
+        return await handler(request)
+    return refusing
 
 
 def _shown(row: store.Row) -> dict[str, Any]:
@@ -164,6 +184,7 @@ def _directory_entry(who: Principal, user: str, body: PreferencesInput,
 @api.route("PUT", "/v1/preferences/{user}", "set a recipient's preferences (own; supervisors:"
            " their agency's)", body=PreferencesInput, response=PreferencesView,
            tag="notifier")
+@_refusing_windows
 async def put_preferences(request: web.Request) -> web.Response:
     who = principal(request)
     user = _path_user(request)
@@ -173,13 +194,13 @@ async def put_preferences(request: web.Request) -> web.Response:
     kind = _entry_kind(who, user, body.role, stored, "body.role")
     own = who.sub == user and kind == kind_of(who.role.value)
     entry = _directory_entry(who, user, body, stored.get(kind), own=own)
-    await directory.save(ctx(request).pool, entry, stored.get(kind), who.sub,
-                         ctx(request).clock())
+    await directory.save(ctx(request).pool, entry, who.sub, ctx(request).clock())
     return json_response(entry.as_json())
 
 
 @api.route("GET", "/v1/preferences/{user}", "read a recipient's preferences",
            query=PreferencesQuery, response=PreferencesView, tag="notifier")
+@_refusing_windows
 async def get_preferences(request: web.Request) -> web.Response:
     who = principal(request)
     user = _path_user(request)
@@ -216,6 +237,7 @@ def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
 
 @api.route("GET", "/v1/notifications", "notifications, filtered by recipient, case, status",
            query=NotificationsQuery, tag="notifier")
+@_refusing_windows
 async def list_notifications(request: web.Request) -> web.Response:
     query = parse_query(request, NotificationsQuery)
     rows = await store.list_rows(ctx(request).pool, _listing_filter(principal(request), query),
@@ -257,6 +279,7 @@ async def _visible_row(request: web.Request) -> store.Row:
 
 @api.route("GET", "/v1/notifications/{notification_id}", "one notification with its attempts",
            response=NotificationView, tag="notifier")
+@_refusing_windows
 async def get_notification(request: web.Request) -> web.Response:
     row = await _visible_row(request)
     await _log_read(request, "read", f"notification {row.id}",
@@ -267,6 +290,7 @@ async def get_notification(request: web.Request) -> web.Response:
 
 @api.route("POST", "/v1/notifications/{notification_id}/retry",
            "send a dead letter again (same Message-ID)", tag="notifier")
+@_refusing_windows
 async def retry_notification(request: web.Request) -> web.Response:
     who = principal(request)
     row = await _visible_row(request)
@@ -287,6 +311,7 @@ async def retry_notification(request: web.Request) -> web.Response:
 
 @api.route("GET", "/v1/schedule", "what is still to be sent for a case, and when",
            query=ScheduleQuery, tag="notifier")
+@_refusing_windows
 async def case_schedule(request: web.Request) -> web.Response:
     who = principal(request)
     query = parse_query(request, ScheduleQuery)
@@ -311,6 +336,7 @@ async def case_schedule(request: web.Request) -> web.Response:
 
 @api.route("GET", "/v1/access-log", "who read which case's data here (supervisors, own"
            " agency)", query=AccessLogQuery, response=AccessLogPage, tag="notifier")
+@_refusing_windows
 async def read_access_log(request: web.Request) -> web.Response:
     """As records' access log: supervisors only, their agency's entries, in commit order;
     reading it is not itself a read of a case. A page that caught up also says what an open

@@ -67,34 +67,63 @@ class Preferences:
                 "cases": [str(c) for c in self.cases]}
 
 
-async def upsert(db: Db, prefs: Preferences, updated_by: str, now: datetime) -> None:
-    await db.execute(
-        """INSERT INTO notifier.directory (agency, user_id, role, email, delivery, timezone,
+_INSERT = """INSERT INTO notifier.directory (agency, user_id, role, email, delivery, timezone,
                                            quiet_start, quiet_end, celebrations, cases,
                                            updated_by, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::uuid[], $11, $12)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::uuid[], $11, $12)"""
+
+
+def _values(prefs: Preferences, updated_by: str, now: datetime) -> tuple[object, ...]:
+    return (prefs.agency, prefs.user_id, prefs.role, prefs.email, prefs.delivery,
+            prefs.timezone, prefs.quiet_start, prefs.quiet_end, prefs.celebrations,
+            list(prefs.cases), updated_by, now)
+
+
+async def upsert(db: Db, prefs: Preferences, updated_by: str, now: datetime) -> None:
+    await db.execute(
+        _INSERT + """
            ON CONFLICT (agency, kind, user_id) DO UPDATE SET role = EXCLUDED.role,
              email = EXCLUDED.email, delivery = EXCLUDED.delivery,
              timezone = EXCLUDED.timezone, quiet_start = EXCLUDED.quiet_start,
              quiet_end = EXCLUDED.quiet_end, celebrations = EXCLUDED.celebrations,
              cases = EXCLUDED.cases, updated_by = EXCLUDED.updated_by,
              updated_at = EXCLUDED.updated_at""",
-        prefs.agency, prefs.user_id, prefs.role, prefs.email, prefs.delivery, prefs.timezone,
-        prefs.quiet_start, prefs.quiet_end, prefs.celebrations, list(prefs.cases), updated_by,
-        now)
+        *_values(prefs, updated_by, now))
 
 
-async def save(pool: asyncpg.Pool, prefs: Preferences, stored: Preferences | None,
-               updated_by: str, now: datetime) -> None:
-    """Store an entry (``stored``: the one it replaces). When how or when the reader hears
-    changes, what waits for them is decided afresh with it, in the same transaction: a notice
-    put off to 09:00 in the zone they just left, or waiting in the digest they just gave up,
-    used to keep its old moment (and reached them on the day after its own)."""
+async def save(pool: asyncpg.Pool, prefs: Preferences, updated_by: str,
+               now: datetime) -> None:
+    """Store an entry. When how or when the reader hears changes, what waits for them is
+    decided afresh with it, in the same transaction: a notice put off to 09:00 in the zone
+    they just left, or waiting in the digest they just gave up, used to keep its old moment
+    (and reached them on the day after its own). The entry replaced is the one locked here:
+    compared with one read before the transaction, a change stored meanwhile (and notices
+    put off under it) went unseen (0203)."""
     async with pool.acquire() as conn, conn.transaction():
+        replaced = await _locked(conn, prefs)
+        if replaced is None and await _inserted(conn, prefs, updated_by, now):
+            return  # a first entry: nothing was decided under one before
+        replaced = replaced or await _locked(conn, prefs)  # one a change at once just stored
         await upsert(conn, prefs, updated_by, now)
-        if stored is not None and stored.how_and_when != prefs.how_and_when:
+        if replaced is not None and replaced.how_and_when != prefs.how_and_when:
             roles, recipients = prefs.addressed_as
             await decide_afresh(conn, prefs.agency, roles, recipients, now)
+
+
+async def _locked(conn: asyncpg.Connection, prefs: Preferences) -> Preferences | None:
+    """The stored entry ``prefs`` replaces, locked until the transaction ends."""
+    row = await conn.fetchrow("SELECT * FROM notifier.directory WHERE agency = $1"
+                              " AND kind = $2 AND user_id = $3 FOR UPDATE",
+                              prefs.agency, kind_of(prefs.role), prefs.user_id)
+    return Preferences.of(row) if row else None
+
+
+async def _inserted(conn: asyncpg.Connection, prefs: Preferences, updated_by: str,
+                    now: datetime) -> bool:
+    """Stored as a first entry; False when another was committed meanwhile (waited for)."""
+    return bool(await conn.fetchval(
+        _INSERT + " ON CONFLICT (agency, kind, user_id) DO NOTHING RETURNING true",
+        *_values(prefs, updated_by, now)))
 
 
 async def entries(db: Db, agency: str, user_id: str) -> dict[str, Preferences]:

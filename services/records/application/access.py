@@ -45,6 +45,19 @@ class CaseFacts:
 _NO_CASES = {Role.ANALYST, Role.SERVICE}
 _CHANGES = {Action.WRITE, Action.TRANSFER}
 
+# A window narrows a token to the record as it was inside it (decision 0006): whatever shows
+# cases as they are now, or changes them, is refused from the token alone, so that the answer
+# is the same for a case the window hides and for one that does not exist.
+_WINDOW = "this token sees cases only as they were inside its time window"
+_WINDOW_NEVER_WRITES = ("it reads the record as it was and never changes it: write with a"
+                        " token without a window")
+
+
+def refuse_window(who: Principal, why: str) -> None:
+    """403 for a token with a time window, saying why (``why``) and what to use instead."""
+    if who.has_window:
+        raise Forbidden(f"{_WINDOW}; {why}")
+
 
 def check_visible(who: Principal, case: CaseFacts) -> None:
     if case.agency != who.agency:
@@ -73,8 +86,9 @@ def refuse_from_token(who: Principal, action: Action, case_id: UUID) -> None:
     same whether the case exists or not: analysts and the service read no individual case (a
     403 for a real case beside a 404 for a made-up id told an analyst which ids exist),
     auditors and participants never write (a write told an auditor that a named case exists
-    outside their window, where reads answer 404), and a participant reaches only the cases
-    their token names (reading another first made its 404 slower than a made-up id's).
+    outside their window, where reads answer 404), a token with a time window never writes
+    (a case manager's wrote to a case its window hides), and a participant reaches only the
+    cases their token names (reading another first made its 404 slower than a made-up id's).
     Auditors' reads of cases not named are still looked up: their refusals are logged."""
     if who.role in _NO_CASES:
         raise Forbidden(_why(who, action))
@@ -84,25 +98,24 @@ def refuse_from_token(who: Principal, action: Action, case_id: UUID) -> None:
         if case_id not in who.cases:
             raise NotVisible
         raise Forbidden(_why(who, action))
+    if action in _CHANGES:
+        refuse_window(who, _WINDOW_NEVER_WRITES)
 
 
 def authorize_open(who: Principal, case_manager: str) -> None:
     """Case managers open cases on their own caseload; supervisors on any of the agency's."""
-    if who.role is Role.SUPERVISOR:
-        return
-    if who.role is Role.CASE_MANAGER and case_manager == who.sub:
-        return
-    if who.role is Role.CASE_MANAGER:
+    if who.role not in {Role.SUPERVISOR, Role.CASE_MANAGER}:
+        raise Forbidden(f"the {who.role} role does not open cases")
+    refuse_window(who, _WINDOW_NEVER_WRITES)
+    if who.role is Role.CASE_MANAGER and case_manager != who.sub:
         raise Forbidden("case managers open cases on their own caseload")
-    raise Forbidden(f"the {who.role} role does not open cases")
 
 
 def authorize_listing(who: Principal, case_manager: str | None) -> str | None:
     """The case manager filter the listing must apply (None: the whole agency). A token
     limited to a time window may not list: the listing shows every case as it is now."""
-    if who.has_window and who.role in {Role.SUPERVISOR, Role.CASE_MANAGER}:
-        raise Forbidden("this token sees cases only as they were inside its time window;"
-                        " the caseload listing shows them as they are now: read each case")
+    if who.role in {Role.SUPERVISOR, Role.CASE_MANAGER}:
+        refuse_window(who, "the caseload listing shows them as they are now: read each case")
     if who.role is Role.SUPERVISOR:
         return case_manager
     if who.role is Role.CASE_MANAGER:
@@ -116,6 +129,8 @@ def authorize_access_log(who: Principal) -> None:
     """The access log is exported by the agency's supervisors; it names who read which case."""
     if who.role is not Role.SUPERVISOR:
         raise Forbidden(f"the {who.role} role does not read the access log")
+    refuse_window(who, "the access log names the cases read up to now, those it hides"
+                       " included: export it with a token without a window")
 
 
 def authorize_analytics(who: Principal) -> None:
@@ -123,6 +138,8 @@ def authorize_analytics(who: Principal) -> None:
     supervisors."""
     if who.role not in {Role.ANALYST, Role.SUPERVISOR}:
         raise Forbidden(f"the {who.role} role does not read outcome analytics")
+    refuse_window(who, "outcome analytics count the agency's cases in any period, up to"
+                       " now: ask with a token without a window")
 
 
 class OutsideWindow(Forbidden):
