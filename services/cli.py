@@ -346,6 +346,19 @@ def _positive_seconds(text: str) -> int:
     return seconds
 
 
+# A day: far longer than any session the rebuild should wait for, and well inside what
+# PostgreSQL's lock_timeout takes (2147483647 ms, about 24.8 days), which refuses more.
+LOCK_TIMEOUT_MAX_SECONDS = 86_400
+
+
+def _lock_timeout_seconds(text: str) -> int:
+    seconds = _positive_seconds(text)
+    if seconds > LOCK_TIMEOUT_MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {LOCK_TIMEOUT_MAX_SECONDS} seconds (a day)")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casetrail", description="Casetrail: run the services, migrate, issue development"
@@ -373,11 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=cmd_migrate, connects=True)
 
     rebuild = sub.add_parser("rebuild-projections", help="recompute read models from events")
-    rebuild.add_argument("--lock-timeout", type=_positive_seconds, metavar="SECONDS",
+    rebuild.add_argument("--lock-timeout", type=_lock_timeout_seconds, metavar="SECONDS",
                          default=int(COMMAND_TIMEOUT_SECONDS),
                          help="how long to wait for a table another session holds locked"
-                              " before stopping, having changed nothing (default %(default)s:"
-                              " the services' own statement limit)")
+                              " before stopping, having changed nothing (default"
+                              " %(default)s, whatever CASETRAIL_DB_COMMAND_TIMEOUT says; at"
+                              f" most {LOCK_TIMEOUT_MAX_SECONDS}, a day)")
     rebuild.set_defaults(run=cmd_rebuild, connects=True)
 
     openapi = sub.add_parser("openapi", help="write schemas/openapi.json from the records routes")

@@ -31,7 +31,9 @@ from bench.export import fill
 from services.cli import main as casetrail
 from services.common.settings import ConfigurationError
 from services.records.application import queries
+from services.records.chain import canonical_bytes
 from services.records.export import fhir
+from services.records.export.formats import PDF_TRAILER_PREFIX, signature_block
 from services.records.export.signing import ExportSigner, load_signer
 from services.records.export.verify import MalformedExport, verify_export
 from services.records.store import events as events_module
@@ -839,6 +841,91 @@ async def test_a_file_signed_again_is_refused_where_the_document_refuses_it(
     code, out = run_verify(tmp_path, tampered, "--public-key", f"{key_file}.pub",
                            capsys=capsys)
     assert message in out
+    assert (code, out.splitlines()[-1]) == (1, "NOT VERIFIED")
+
+
+CLERKS_NOTE = b'"note":"checked against the paper file by the court clerk"'
+SIGNED_BY = b'"signed_by":"the agency director"'
+COURT_EXTENSION = b'{"url":"https://court.example/checked","valueString":"by the clerk"}'
+UNSIGNED = "which nothing signs"
+# (the format, what in the signature line, replaced by what, what `casetrail verify` says)
+UNSIGNED_ADDITIONS: list[tuple[str, bytes, bytes, str]] = [
+    ("jsonl", b"}}\n", b"}," + CLERKS_NOTE + b"}\n",
+     f"line 7: the signature line holds fields besides events, head_hash, signature, {UNSIGNED}:"
+     " note"),
+    ("jsonl", b"}}\n", b"," + SIGNED_BY + b"}}\n",
+     "the signature block holds fields besides algorithm, digest, value, public_key, key_id,"
+     f" {UNSIGNED}: signed_by"),
+    ("csv", b'}}"\n', b"}," + CLERKS_NOTE.replace(b'"', b'""') + b'}"\n',
+     f"line 8: the signature line holds fields besides events, head_hash, signature, {UNSIGNED}:"
+     " note"),
+    ("csv", b'}}"\n', b"," + SIGNED_BY.replace(b'"', b'""') + b'}}"\n',
+     f"the signature block holds fields besides algorithm, digest, value, public_key, key_id,"
+     f" {UNSIGNED}: signed_by"),
+    ("pdf", b"}}\n", b"}," + CLERKS_NOTE + b"}\n",
+     f"the signature line holds fields besides export, events, chain, signature, {UNSIGNED}:"
+     " note"),
+    ("pdf", b"}}\n", b"," + SIGNED_BY + b"}}\n",
+     "the signature block holds fields besides algorithm, digest, value, public_key, key_id,"
+     f" {UNSIGNED}: signed_by"),
+    ("fhir", b"}}\n", b"}," + CLERKS_NOTE + b"}\n",
+     f"the Bundle after its entries holds fields besides signature, {UNSIGNED}: note"),
+    ("fhir", b"]}}\n", b"]," + SIGNED_BY + b"}}\n",
+     "Bundle.signature is not as the service writes it, and nothing signs it: signed_by"),
+    ("fhir", b"]}}\n", b"," + COURT_EXTENSION + b"]}}\n",
+     "Bundle.signature is not as the service writes it, and nothing signs it: extension"),
+    ("fhir", b'"display":"Casetrail records service"', b'"display":"the court clerk"',
+     "Bundle.signature is not as the service writes it, and nothing signs it: who"),
+]
+
+
+@pytest.mark.parametrize(("fmt", "found", "changed", "message"), UNSIGNED_ADDITIONS,
+                         ids=[f"{fmt}-{n}" for n, (fmt, *_) in enumerate(UNSIGNED_ADDITIONS)])
+async def test_an_export_with_unsigned_words_added_to_its_trailer_is_not_verified(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path, fmt: str,
+        found: bytes, changed: bytes, message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The signature line is outside the digest (a PDF's header and chain report aside), and
+    `casetrail verify` read only the fields it checks from it: words added there, with no
+    key at all (here, that the court clerk checked the file), were VERIFIED. A verifier
+    refuses a file the service could not have written (docs/export-format.md, section 13);
+    both refuse it now."""
+    raw = await export(client, token(sub="cm-1"), case_id, QUERIES[fmt])
+    tampered = _last_line(raw, lambda line: line.replace(found, changed))
+    assert tampered != raw
+    with pytest.raises(Refused):
+        verify_by_the_document(tampered, _published(key_file))
+    code, out = run_verify(tmp_path, tampered, "--public-key", f"{key_file}.pub",
+                           capsys=capsys)
+    assert message in out
+    assert (code, out.splitlines()[-1]) == (1, "NOT VERIFIED")
+
+
+def _as_the_first_release_wrote_it(raw: bytes, signer: ExportSigner) -> bytes:
+    """A PDF as the release of 2026-11-23 signed it: no chain report, a head_hash beside
+    the count, and D over the document and the canonical header alone."""
+    document, last = b"".join(lines(raw)[:-1]), lines(raw)[-1]
+    line = json.loads(last.removeprefix(PDF_TRAILER_PREFIX))
+    head = line.pop("chain")["head_hash"]
+    digest = hashlib.sha256(document + canonical_bytes(line["export"])).digest()
+    early = {"export": line["export"], "events": line["events"], "head_hash": head,
+             "signature": signature_block(signer, digest)}
+    return document + PDF_TRAILER_PREFIX + json.dumps(early).encode() + b"\n"
+
+
+async def test_a_pdf_of_the_first_release_still_verifies_and_takes_no_words_added(
+        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """That release's signature line held a head_hash, which nothing checked; refusing
+    fields besides those a signature line holds must not refuse its genuine PDFs."""
+    raw = await export(client, token(sub="cm-1"), case_id, QUERIES["pdf"])
+    early = _as_the_first_release_wrote_it(raw, load_signer(key_file))
+    code, out = run_verify(tmp_path, early, "--public-key", f"{key_file}.pub", capsys=capsys)
+    assert (code, out.splitlines()[-1]) == (0, "VERIFIED"), out
+    assert "chain:     not checked: this PDF was made before" in out
+    added = early.replace(b"}}\n", b"}," + CLERKS_NOTE + b"}\n")
+    code, out = run_verify(tmp_path, added, "--public-key", f"{key_file}.pub", capsys=capsys)
+    assert "the signature line holds fields besides export, events, head_hash, signature" in out
     assert (code, out.splitlines()[-1]) == (1, "NOT VERIFIED")
 
 

@@ -190,6 +190,7 @@ def _resign(raw: bytes, signer: Any) -> bytes:
     signature = json.loads(b"{" + last.removeprefix(b"],"))["signature"]
     digest = hashlib.sha256(b"".join(lines(raw)[:-1])).digest()
     signature["data"] = base64.b64encode(fhir.jws(signer, digest).encode()).decode()
+    signature["who"]["identifier"]["value"] = signer.key_id  # as the service names its key
     return fhir.TRAILER_START + json.dumps(signature).encode() + b"}\n"
 
 

@@ -57,9 +57,16 @@ FHIR_BASE = "https://casetrail.org/fhir/StructureDefinition/"
 FHIR_HEADER, FHIR_EVENT = f"{FHIR_BASE}export-header", f"{FHIR_BASE}recorded-event"
 FHIR_EVENTS, FHIR_HEAD_HASH = f"{FHIR_BASE}export-events", f"{FHIR_BASE}export-head-hash"
 FHIR_BUNDLE_START, FHIR_TRAILER_START = b'{"resourceType":"Bundle"', b'],"signature":'
+FHIR_SIGNATURE_TYPE = {"system": "urn:iso-astm:E1762-95:2013",
+                       "code": "1.2.840.10065.1.12.1.14", "display": "Source Signature"}
+FHIR_SIGNER = "Casetrail records service"
+FHIR_KEY_SYSTEM = "https://casetrail.org/fhir/sid/export-key"
 PDF_PREFIX = b"%casetrail-signature "
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 CHAIN_FIELDS = ("valid", "events_checked", "head_hash", "first_broken_link")
+TRAILER_FIELDS = ("events", "head_hash", "signature")  # section 5
+SIGNATURE_FIELDS = ("algorithm", "digest", "value", "public_key", "key_id")
+PDF_LINE_FIELDS = ("export", "events", "chain", "signature")  # section 10
 BROKEN_LINK_FIELDS = ("version", "event_id", "problem")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t")
 # section 8: the line boundaries of Python's str.splitlines
@@ -142,6 +149,13 @@ def b64url(text: str) -> bytes:
         raise Refused("not base64url") from error
 
 
+def only_fields(found: dict[str, Any], fields: tuple[str, ...], what: str) -> dict[str, Any]:
+    """Sections 5, 9, 10: the signature line is outside D, so no field besides its own."""
+    if set(found) - set(fields):
+        raise Refused(f"{what} holds unsigned fields: {sorted(set(found) - set(fields))}")
+    return found
+
+
 def split_signature_line(raw: bytes) -> tuple[bytes, bytes]:
     """Sections 2 and 6 step 1: the body and the last line (without its LF), split at LF."""
     if not raw.endswith(b"\n"):
@@ -152,6 +166,7 @@ def split_signature_line(raw: bytes) -> tuple[bytes, bytes]:
 
 def check_signed(digest: bytes, block: dict[str, Any], trusted_key: bytes) -> None:
     """Section 6, steps 2 to 4 (section 5: the signature is of the 32 raw bytes of D)."""
+    only_fields(block, SIGNATURE_FIELDS, "the signature block")
     if block.get("algorithm") != "Ed25519":
         raise Refused("not an Ed25519 signature")
     if block.get("digest") != f"sha256:{digest.hex()}":
@@ -228,7 +243,7 @@ def verify_jsonl(raw: bytes, trusted_key: bytes) -> Verified:
     """Section 7."""
     body, last = split_signature_line(raw)
     lines = body.split(b"\n")[:-1]
-    trailer = json_object(last, "the trailer")
+    trailer = only_fields(json_object(last, "the trailer"), TRAILER_FIELDS, "the trailer")
     check_signed(hashlib.sha256(body).digest(), trailer.get("signature") or {}, trusted_key)
     header = json_object(lines[0], "the header")
     events = [json_object(line, "an event") for line in lines[1:]]
@@ -275,7 +290,8 @@ def verify_csv(raw: bytes, trusted_key: bytes) -> Verified:
     label, trailer_text = csv_cells(last)
     if label != CSV_TRAILER:
         raise Refused("cut short: the last row is not the signature")
-    trailer = json_object(trailer_text, "the trailer")
+    trailer = only_fields(json_object(trailer_text, "the trailer"), TRAILER_FIELDS,
+                          "the trailer")
     check_signed(hashlib.sha256(body).digest(), trailer.get("signature") or {}, trusted_key)
     label, header_text = csv_cells(lines[0])
     if label != CSV_HEADER or ",".join(csv_cells(lines[1])) != CSV_COLUMNS:
@@ -333,7 +349,26 @@ def verify_fhir(raw: bytes, trusted_key: bytes) -> Verified:
               if entry["resource"].get("resourceType") == "Provenance"]
     count = extension(signature.get("extension"), FHIR_EVENTS) or {}
     head = extension(signature.get("extension"), FHIR_HEAD_HASH) or {}
-    return verified(header, events, count.get("valueInteger"), head.get("valueString"))
+    result = verified(header, events, count.get("valueInteger"), head.get("valueString"))
+    only_fields(json_object(b"{" + last.removeprefix(b"],"), "the last line"), ("signature",),
+                "the Bundle after its entries")
+    check_signature_element(signature, result, trusted_key)
+    return result
+
+
+def check_signature_element(signature: dict[str, Any], result: Verified,
+                            trusted_key: bytes) -> None:
+    """Section 9: Bundle.signature is outside D, so it holds exactly what section 9 lists."""
+    counts = [{"url": FHIR_EVENTS, "valueInteger": len(result.events)}]
+    if result.events:
+        counts.append({"url": FHIR_HEAD_HASH, "valueString": result.head_hash})
+    expected = {"type": [FHIR_SIGNATURE_TYPE], "when": result.header.get("exported_at"),
+                "who": {"display": FHIR_SIGNER,
+                        "identifier": {"system": FHIR_KEY_SYSTEM, "value": key_id(trusted_key)}},
+                "sigFormat": "application/jose", "data": signature.get("data"),
+                "extension": counts}
+    if signature != expected:
+        raise Refused("Bundle.signature holds what section 9 does not list (unsigned)")
 
 
 def chain_report(found: Any) -> dict[str, Any]:
@@ -352,7 +387,8 @@ def verify_pdf(raw: bytes, trusted_key: bytes) -> Verified:
     document, last = split_signature_line(raw)
     if not last.startswith(PDF_PREFIX):
         raise Refused("cut short: the last line is not the signature")
-    line = json_object(last[len(PDF_PREFIX):], "the signature line")
+    line = only_fields(json_object(last[len(PDF_PREFIX):], "the signature line"),
+                       PDF_LINE_FIELDS, "the signature line")
     header, chain = line.get("export") or {}, chain_report(line.get("chain"))
     digest = hashlib.sha256(document + canonical(header) + canonical(chain)).digest()
     check_signed(digest, line.get("signature") or {}, trusted_key)
@@ -683,7 +719,9 @@ def test_every_name_this_verifier_relies_on_is_in_the_document() -> None:
              *(f"`{name}`" for name in (*EVENT_FIELDS, *CHAIN_FIELDS, *BROKEN_LINK_FIELDS)),
              *(f"`{start}`" for start in FORMULA_STARTS if start != "\t"), "` ↵ `",
              "U+000B", "U+000C", "U+001C", "U+001D", "U+001E", "U+0085", "U+2028", "U+2029",
-             "first 16 hex digits", "`last_version + 1`"]
+             "first 16 hex digits", "`last_version + 1`", FHIR_SIGNER, FHIR_KEY_SYSTEM,
+             *(f"`{name}`" for name in (*TRAILER_FIELDS, *SIGNATURE_FIELDS, *PDF_LINE_FIELDS)),
+             *FHIR_SIGNATURE_TYPE.values()]
     assert [name for name in names if name not in text] == []
 
 

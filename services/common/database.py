@@ -58,7 +58,8 @@ def load_migrations(folder: Path) -> list[Migration]:
     return migrations
 
 
-def _lock_key(schema: str) -> int:
+def migration_lock_key(schema: str) -> int:
+    """The advisory lock by which migrations of ``schema`` take turns."""
     return int.from_bytes(hashlib.sha256(f"casetrail-migrate:{schema}".encode()).digest()[:8],
                           "big", signed=True)
 
@@ -73,7 +74,7 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, folder: Path) 
     """
     migrations = load_migrations(folder)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", migration_lock_key(schema))
         applied = await _applied_checksums(conn, schema)
         for migration in migrations:
             if migration.version in applied and applied[migration.version] != migration.checksum:

@@ -278,6 +278,19 @@ def jws(signer: ExportSigner, digest: bytes) -> str:
     return f"{signing_input}.{_b64url(signer.sign(signing_input.encode()))}"
 
 
+def signature_element(key_id: str, exported_at: str, data: str, events: Any,
+                      head_hash: Any) -> dict[str, Any]:
+    """``Bundle.signature``: the JWS (``data``) and the counts. The verifier rebuilds it from
+    the file's own values to refuse any other: the line is outside the digest."""
+    return {"type": [SOURCE_SIGNATURE], "when": exported_at,
+            "who": {"display": "Casetrail records service",
+                    "identifier": {"system": f"{BASE}/sid/export-key", "value": key_id}},
+            "sigFormat": "application/jose", "data": data,
+            "extension": [{"url": EVENTS_EXTENSION, "valueInteger": events},
+                          *([{"url": HEAD_HASH_EXTENSION, "valueString": head_hash}]
+                            if head_hash else [])]}
+
+
 class FhirWriter:
     """Encodes one FHIR export, line by line, keeping the digest of every byte it gave out."""
 
@@ -313,16 +326,10 @@ class FhirWriter:
 
     def trailer(self, signer: ExportSigner) -> bytes:
         """The signature line; nothing may be written after it."""
-        signature = {
-            "type": [SOURCE_SIGNATURE], "when": format_timestamp(self._header.exported_at),
-            "who": {"display": "Casetrail records service",
-                    "identifier": {"system": f"{BASE}/sid/export-key",
-                                   "value": signer.key_id}},
-            "sigFormat": "application/jose",
-            "data": base64.b64encode(jws(signer, self._digest.digest()).encode()).decode(),
-            "extension": [{"url": EVENTS_EXTENSION, "valueInteger": self._events},
-                          *([{"url": HEAD_HASH_EXTENSION, "valueString": self._head_hash}]
-                            if self._head_hash else [])]}
+        signature = signature_element(
+            signer.key_id, format_timestamp(self._header.exported_at),
+            base64.b64encode(jws(signer, self._digest.digest()).encode()).decode(),
+            self._events, self._head_hash)
         return TRAILER_START + json_line(signature) + b"}\n"
 
     @staticmethod

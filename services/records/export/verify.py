@@ -6,7 +6,8 @@ against the public key the verifier trusts (or, without one, the key the export 
 proves integrity but not origin). It refuses what docs/export-format.md says a verifier
 refuses, even in a file signed again with the agency's key: JSON with a repeated key or a
 fraction, an event with fields besides its ten, readable CSV cells that are not the
-metadata's, a chain report with fields of its own, a key_id that is not its key's.
+metadata's, a chain report with fields of its own, a key_id that is not its key's, and a
+signature line (outside the digest) holding anything the service does not write there.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
     trailer = _json(line[len(PDF_TRAILER_PREFIX):], reader.number)
     if not isinstance(trailer, dict) or not isinstance(trailer.get("signature"), dict):
         raise MalformedExport(f"line {reader.number}: the signature line holds no signature")
+    _only_fields(trailer, _PDF_TRAILER_FIELDS if "chain" in trailer
+                 else _FIRST_PDF_TRAILER_FIELDS, f"line {reader.number}: the signature line")
     header = _checked_header(trailer.get("export"), "the signature line's export")
     reader.digest.update(header_digest_bytes(header))
     events = trailer.get("events")
@@ -147,6 +150,14 @@ def _verify_pdf(reader: _Lines, trusted_key: bytes | None) -> ExportReport:
 
 _CHAIN_REPORT_FIELDS = {"valid", "events_checked", "head_hash", "first_broken_link"}
 _BROKEN_LINK_FIELDS = {"version", "event_id", "problem"}
+# What the signature line holds; it is outside the digest, so a field besides these would be
+# the file's unsigned word (docs/export-format.md, section 13).
+_TRAILER_FIELDS = ("events", "head_hash", "signature")
+_PDF_TRAILER_FIELDS = ("export", "events", "chain", "signature")
+# A PDF of the release of 2026-11-23: no chain, and a head_hash that nothing checks (its
+# chain is not checked either: the summary says so)
+_FIRST_PDF_TRAILER_FIELDS = ("export", "events", "head_hash", "signature")
+_SIGNATURE_FIELDS = ("algorithm", "digest", "value", "public_key", "key_id")
 
 
 def _pdf_chain(found: Any) -> ChainReport:
@@ -163,6 +174,13 @@ def _pdf_chain(found: Any) -> ChainReport:
         raise MalformedExport("the signature line's chain is not a chain report")
     return ChainReport(False, found["events_checked"], found["head_hash"], broken["version"],
                        broken["event_id"], broken["problem"])
+
+
+def _only_fields(found: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+    extra = sorted(set(found) - set(fields))
+    if extra:
+        raise MalformedExport(f"{where} holds fields besides {', '.join(fields)}, which"
+                              f" nothing signs: {', '.join(extra)}")
 
 
 def _typed(found: dict[str, Any], **kinds: type) -> bool:
@@ -183,6 +201,7 @@ class _Signed:
 
 def _signed(signature: dict[str, Any], *, digest: bytes) -> _Signed:
     """A signature block of JSON Lines, CSV or PDF: made over the digest itself."""
+    _only_fields(signature, _SIGNATURE_FIELDS, "the signature block")
     if signature.get("algorithm") != "Ed25519":
         raise MalformedExport(f"the signature's algorithm is {signature.get('algorithm')!r},"
                               " not Ed25519")
@@ -222,6 +241,7 @@ def _verify_fhir(first: bytes, reader: _Lines, trusted_key: bytes | None) -> Exp
     if repeated:
         raise MalformedExport(f"the Bundle repeats the key {repeated[0]!r}")
     where = f"line {reader.number}"
+    _only_fields(closing, ("signature",), f"{where}: the Bundle after its entries")
     trailer = {
         "events": (_extension(signature, fhir.EVENTS_EXTENSION, where) or {}).get(
             "valueInteger"),
@@ -229,8 +249,25 @@ def _verify_fhir(first: bytes, reader: _Lines, trusted_key: bytes | None) -> Exp
             "valueString")}
     problems += _compare_counts(header, trailer, events, chain)
     digest = reader.digest.digest()
-    return _report(ExportFormat.FHIR, header, events, chain, _jws(signature, digest=digest),
-                   digest, trusted_key, problems)
+    signed = _jws(signature, digest=digest)
+    problems += _as_written(signature, header, trailer, key_id(signed.public_key), where)
+    return _report(ExportFormat.FHIR, header, events, chain, signed, digest, trusted_key,
+                   problems)
+
+
+def _as_written(signature: dict[str, Any], header: dict[str, Any], trailer: dict[str, Any],
+                signer: str, where: str) -> list[str]:
+    """What in ``Bundle.signature`` is not as the service writes it for this header, key and
+    counts: the line is outside the digest, so anything else would be the file's unsigned
+    word (a problem, as a key_id that is not the key's is, so the key's verdict still
+    shows)."""
+    expected = fhir.signature_element(signer, str(header.get("exported_at")),
+                                      str(signature.get("data")), trailer["events"],
+                                      trailer["head_hash"])
+    differing = sorted(name for name in set(signature) | set(expected)
+                       if signature.get(name) != expected.get(name))
+    return [f"{where}: Bundle.signature is not as the service writes it, and nothing signs"
+            f" it: {', '.join(differing)}"] if differing else []
 
 
 def _fhir_header(line: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -456,6 +493,7 @@ def _trailer(export_format: ExportFormat, line: bytes | None, number: int) -> di
     if not isinstance(trailer, dict) or not isinstance(trailer.get("signature"), dict):
         raise MalformedExport(f"line {number}: the last line is not the signature"
                               " (the export is cut short)")
+    _only_fields(trailer, _TRAILER_FIELDS, f"line {number}: the signature line")
     return trailer
 
 

@@ -18,6 +18,7 @@ from services.common.database import (
     database_checks,
     database_ready,
     migrate_schema,
+    migration_lock_key,
 )
 from services.common.http import (
     REQUEST_SECONDS,
@@ -84,14 +85,14 @@ async def rebuild_projections(database_url: str,
                               on_wait: rebuild.OnWait = rebuild.quietly,
                               lock_timeout: float = rebuild.LOCK_TIMEOUT,
                               ) -> rebuild.RebuildStats:
-    try:
-        await migrate(database_url, lock_timeout)
-    except asyncpg.LockNotAvailableError as error:
-        raise rebuild.lock_wait_timed_out(
-            lock_timeout, "to check the records migrations (records.schema_migrations,"
-            f" {', '.join(COMMIT_ORDERED)}, or another migration running)") from error
     pool = await create_pool(database_url, max_size=2, command_timeout=None)  # may be long
     try:
+        try:
+            await migrate(database_url, lock_timeout)
+        except asyncpg.LockNotAvailableError as error:
+            raise await rebuild.migrations_check_timed_out(
+                pool, lock_timeout, (f"{SCHEMA}.schema_migrations", *COMMIT_ORDERED),
+                (migration_lock_key(SCHEMA), "the records migrations' turn")) from error
         return await rebuild.rebuild_projections(pool, on_wait=on_wait,
                                                  lock_timeout=lock_timeout)
     finally:

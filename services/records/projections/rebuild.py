@@ -88,11 +88,12 @@ class LockWaitTimedOut(NothingRebuilt):
 @dataclass(frozen=True)
 class _Need:
     """A lock the rebuild takes: why, on which tables, and the modes that, held by another
-    session, make it wait."""
+    session, make it wait; and the advisory lock it waits for, if any."""
 
     what: str
     tables: tuple[str, ...]
     blocked_by: tuple[str, ...]
+    advisory: tuple[int, str] | None = None  # the key, and what to call it
 
 
 # Phase 1 reads the events and makes its shadows LIKE the live tables (ACCESS SHARE): only
@@ -180,24 +181,38 @@ async def _bounded(conn: asyncpg.Connection, need: _Need,
 async def _timed_out(conn: asyncpg.Connection, need: _Need,
                      lock_timeout: float) -> LockWaitTimedOut:
     """The stop, with the sessions holding the lock as PostgreSQL shows them now."""
+    key, name = need.advisory or (None, "")
     holders = await conn.fetch(
-        "SELECT l.relation::regclass::text AS table_name, l.mode, l.pid, a.state"
+        "SELECT coalesce(l.relation::regclass::text, $4) AS table_name, l.mode, l.pid,"
+        "       a.state"
         " FROM pg_locks AS l LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid"
         " WHERE l.granted AND l.pid <> pg_backend_pid()"
         "   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        "   AND l.relation = ANY($1::regclass[]) AND l.mode = ANY($2::text[])"
-        " ORDER BY l.pid, table_name", list(need.tables), list(need.blocked_by))
+        "   AND ((l.relation = ANY(SELECT to_regclass(t) FROM unnest($1::text[]) AS t)"
+        "         AND l.mode = ANY($2::text[]))"
+        # a bigint advisory key is shown as its high and low 32 bits
+        "        OR (l.locktype = 'advisory' AND l.objsubid = 1"
+        "            AND ((l.classid::bigint << 32) | l.objid::bigint) = $3::bigint))"
+        " ORDER BY l.pid, table_name", list(need.tables), list(need.blocked_by), key, name)
     held = "; ".join(f"process {row['pid']}" + (f" ({row['state']})" if row["state"] else "")
                      + f" holds {row['table_name']} in {row['mode']}" for row in holders)
-    return lock_wait_timed_out(lock_timeout, need.what, held or "another session holds it")
-
-
-def lock_wait_timed_out(lock_timeout: float, doing: str,
-                        held: str = "another session holds a lock it needs") -> LockWaitTimedOut:
     return LockWaitTimedOut(
-        f"waited {lock_timeout:g} s (--lock-timeout) {doing}: {held}; nothing was changed,"
-        " the projections are as they were. End that session's transaction, or run again"
-        " with a longer --lock-timeout")
+        f"waited {lock_timeout:g} s (--lock-timeout) {need.what}:"
+        f" {held or 'another session holds a lock it needs'}; nothing was changed, the"
+        " projections are as they were. End that session's transaction, or run again with a"
+        " longer --lock-timeout")
+
+
+async def migrations_check_timed_out(pool: asyncpg.Pool, lock_timeout: float,
+                                     tables: tuple[str, ...],
+                                     turn: tuple[int, str]) -> LockWaitTimedOut:
+    """The stop when the migrations check, which reads ``tables`` (ACCESS SHARE) after
+    taking the migrations' ``turn`` (an advisory lock), waited ``lock_timeout``: the
+    sessions holding either, read from another connection (the check's own is gone)."""
+    need = _Need(f"to check the records migrations ({', '.join(tables)}, or another"
+                 " migration running)", tables, ("AccessExclusiveLock",), turn)
+    async with pool.acquire() as conn:
+        return await _timed_out(conn, need, lock_timeout)
 
 
 def _milliseconds(seconds: float) -> int:
