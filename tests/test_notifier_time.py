@@ -25,6 +25,7 @@ from tests.notifier_helpers import (
     notifier_settings,
     text_of,
 )
+from tests.pg_waits import until_waiters_queued
 
 DUE_TODAY = "due today (Friday 1 May 2026)"  # the review agreed on 2 March, due 60 days later
 
@@ -229,17 +230,6 @@ async def test_changing_only_an_address_leaves_waiting_notices_where_they_are(
 
 
 
-async def _waiters_queued(pool: Any, count: int) -> None:
-    """Until ``count`` acquires wait for the pool's one connection (asyncpg serves them in
-    the order they came)."""
-    for _ in range(500):
-        # asyncpg's queue of waiting acquires, read only, to order the test
-        if len(pool._queue._getters) >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{count} acquires never queued")
-
-
 async def test_a_change_is_measured_against_the_entry_it_replaces_not_an_older_one(
         aiohttp_client: Any, fresh_database_url: str, records: Records, smtp: SmtpServer,
         token: TokenFactory, clock: FakeClock) -> None:
@@ -263,9 +253,9 @@ async def test_a_change_is_measured_against_the_entry_it_replaces_not_an_older_o
              "timezone": "UTC", "celebrations": True}
     put = asyncio.create_task(first.client.put("/v1/preferences/cm-1", json=prefs,
                                                headers=bearer(token())))
-    await _waiters_queued(pool, 1)  # the PUT's read of the stored entry
+    await until_waiters_queued(pool, 1)  # the PUT's read of the stored entry
     between = asyncio.ensure_future(pool.acquire())
-    await _waiters_queued(pool, 2)
+    await until_waiters_queued(pool, 2)
     await pool.release(only_connection)
     connection = await between  # the PUT has read the entry, and waits to store its own
     await second.set_prefs("cm-1", token(), quiet_hours={"start": "08:00", "end": "12:00"})

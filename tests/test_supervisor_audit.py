@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from services.records.application import queries
 from services.records.http.app import RECORDS
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
+from tests.pg_waits import held_back_entries, until_nothing_held_back, until_waiters_queued
 from tests.records_api import CaseApi
 
 
@@ -27,18 +28,6 @@ async def _export_log(client: TestClient, supervisor: str) -> dict[str, Any]:
     response = await client.get("/v1/access-log", headers=bearer(supervisor))
     assert response.status == 200, await response.text()
     return dict(await response.json())
-
-
-async def _settled(db: asyncpg.Pool) -> None:
-    """Until no transaction older than the log's entries is open on the server (other test
-    runs share it)."""
-    for _ in range(1500):
-        if not await db.fetchval(
-                "SELECT count(*) FROM records.access_log"
-                " WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())"):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("access-log entries still held back after 30 s")
 
 
 async def test_an_access_log_page_held_back_by_an_open_transaction_says_so(
@@ -57,7 +46,7 @@ async def test_an_access_log_page_held_back_by_an_open_transaction_says_so(
         page = await _export_log(client, supervisor)
         assert (page["entries"], page["next_after"]) == ([], None)
         assert (page["held_back"], page["held_back_since"]) == (1, "2026-03-02T09:05:00Z")
-    await _settled(fresh_pool)
+    await until_nothing_held_back(fresh_pool)
     page = await _export_log(client, supervisor)
     assert [e["what"] for e in page["entries"]] == ["plan"]
     assert (page["held_back"], page["held_back_since"]) == (0, None)
@@ -70,7 +59,7 @@ async def test_a_full_page_does_not_count_what_is_held_back(
     case_id = await cm.open_case()
     for _ in range(3):
         await cm.call("GET", f"/v1/cases/{case_id}", token=supervisor, expect=200)
-    await _settled(fresh_pool)
+    await until_nothing_held_back(fresh_pool)
     response = await client.get("/v1/access-log?limit=2", headers=bearer(supervisor))
     page = await response.json()
     assert (len(page["entries"]), page["held_back"]) == (2, 0)
@@ -146,33 +135,6 @@ async def test_a_token_with_a_window_does_not_list_the_caseload_as_it_is_now(
     assert [case["case_id"] for case in listing["cases"]] == [case_id]
 
 
-async def _held_back_entries(db: asyncpg.Pool) -> int:
-    return int(await db.fetchval(
-        "SELECT count(*) FROM records.access_log"
-        " WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())"))
-
-
-async def _until_nothing_held_back(db: asyncpg.Pool) -> None:
-    """Until no transaction older than the log's entries is open on the server (other test
-    runs share it)."""
-    for _ in range(1500):
-        if not await _held_back_entries(db):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("access-log entries still held back after 30 s: inconclusive")
-
-
-async def _waiters_queued(pool: asyncpg.Pool, count: int) -> None:
-    """Until ``count`` acquires wait for the pool's one connection (asyncpg serves them in
-    the order they came)."""
-    for _ in range(500):
-        # asyncpg's queue of waiting acquires, read only, to order the test
-        if len(pool._queue._getters) >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{count} acquires never queued")
-
-
 async def test_an_access_log_page_never_says_complete_while_missing_an_entry(
         make_records_client: ClientFactory, fresh_database_url: str, fresh_pool: asyncpg.Pool,
         token: TokenFactory, clock: FakeClock) -> None:
@@ -189,7 +151,7 @@ async def test_an_access_log_page_never_says_complete_while_missing_an_entry(
     cm = CaseApi(client, token())
     supervisor = token(role="supervisor", sub="sup-1")
     case_id = await cm.open_case()
-    await _until_nothing_held_back(fresh_pool)
+    await until_nothing_held_back(fresh_pool)
     app_pool = client.app[RECORDS].pool
     older = await fresh_pool.acquire()
     try:
@@ -197,16 +159,16 @@ async def test_an_access_log_page_never_says_complete_while_missing_an_entry(
         await open_transaction.start()
         await older.execute("SELECT pg_current_xact_id()")  # a write transaction, open
         await cm.call("GET", f"/v1/cases/{case_id}", token=supervisor, expect=200)
-        assert await _held_back_entries(fresh_pool) == 1  # the supervisor's read, committed
+        assert await held_back_entries(fresh_pool) == 1  # the supervisor's read, committed
         only_connection = await app_pool.acquire()
         request = asyncio.create_task(client.get("/v1/access-log", headers=bearer(supervisor)))
-        await _waiters_queued(app_pool, 1)  # the request's list_entries
+        await until_waiters_queued(app_pool, 1)  # the request's list_entries
         between = asyncio.ensure_future(app_pool.acquire())
-        await _waiters_queued(app_pool, 2)
+        await until_waiters_queued(app_pool, 2)
         await app_pool.release(only_connection)
         connection = await between  # list_entries has run: the entry was held back then
         await open_transaction.commit()
-        await _until_nothing_held_back(fresh_pool)
+        await until_nothing_held_back(fresh_pool)
         await app_pool.release(connection)  # now held_back is counted
         response = await request
         page = await response.json()

@@ -8,7 +8,6 @@ that token answers 404: the case did not exist inside the window."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -18,21 +17,10 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import NotifierRig, Records
+from tests.pg_waits import until_nothing_held_back
 from tests.records_api import PARTICIPANT, CaseApi
 
 WINDOW = "time window"  # every refusal of a window says so
-
-
-async def _until_nothing_held_back(db: asyncpg.Pool) -> None:
-    """Until no transaction older than the log's entries is open on the server (other test
-    runs share it)."""
-    for _ in range(1500):
-        if not await db.fetchval(
-                "SELECT count(*) FROM records.access_log"
-                " WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())"):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("access-log entries still held back after 30 s: inconclusive")
 
 
 async def _answer(client: TestClient, method: str, path: str, token: str,
@@ -62,7 +50,7 @@ async def test_a_windowed_supervisor_reads_no_case_the_window_does_not_show_in_t
     await cm.call("GET", f"/v1/cases/{case_id}", token=supervisor, expect=200)
     windowed = token(role="supervisor", sub="sup-1", window_to=start)
     assert (await client.get(f"/v1/cases/{case_id}", headers=bearer(windowed))).status == 404
-    await _until_nothing_held_back(fresh_pool)
+    await until_nothing_held_back(fresh_pool)
     for query in ("", f"?case_id={case_id}"):
         status, detail = await _answer(client, "GET", f"/v1/access-log{query}", windowed)
         assert status == 403, detail
