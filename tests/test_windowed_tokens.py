@@ -118,6 +118,20 @@ async def test_a_windowed_token_reads_no_outcome_analytics(
                           token(role=role, sub="someone")))[0] == 200
 
 
+
+async def test_a_windowed_service_token_reads_no_event_feed(
+        cm: CaseApi, client: TestClient, token: TokenFactory, clock: FakeClock) -> None:
+    """The feed hands out every event up to now, those after the window included."""
+    end = clock.now
+    clock.advance(days=1)
+    await cm.open_case()
+    windowed = token(role="service", sub="notifier", agency="*", window_to=end)
+    status, detail = await _answer(client, "GET", "/v1/events?wait=0", windowed)
+    assert (status, WINDOW in detail) == (403, True), detail
+    page = await cm.call("GET", "/v1/events?wait=0",
+                         token=token(role="service", sub="notifier", agency="*"), expect=200)
+    assert len(page["events"]) == 1
+
 # --------------------------------------------------------------------------------------------
 # notifier
 # --------------------------------------------------------------------------------------------

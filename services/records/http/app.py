@@ -33,6 +33,7 @@ from services.common.http import (
 )
 from services.common.problems import Problem, problem_middleware
 from services.common.settings import ConfigurationError, Settings
+from services.records.application.access import refuse_window
 from services.records.application.analytics import OutcomeAnalytics
 from services.records.application.cases import CaseCommands
 from services.records.application.language import LanguageGuides
@@ -176,6 +177,8 @@ async def event_feed(request: web.Request) -> web.Response:
     if principal(request).role is not Role.SERVICE:
         raise Problem(403, "Forbidden", "the event feed is for the service role",
                       kind="forbidden")
+    refuse_window(principal(request), "the feed hands out every event up to now: read it"
+                  " with a token without a window")
     query = parse_query(request, FeedQuery)
     after = checkpoint_after(query.after)
     ctx = records(request)
