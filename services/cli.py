@@ -58,8 +58,6 @@ def _jwt_secret(settings: Settings) -> str | None:
     return local.read_text().strip() if local.exists() else None
 
 
-
-
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     secret = _jwt_secret(settings)
     if not secret:

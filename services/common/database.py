@@ -58,6 +58,11 @@ def load_migrations(folder: Path) -> list[Migration]:
     return migrations
 
 
+def milliseconds(seconds: float) -> int:
+    """A wait in seconds as PostgreSQL's ``lock_timeout`` takes it: 0 would mean no limit."""
+    return max(int(seconds * 1000), 1)
+
+
 def migration_lock_key(schema: str) -> int:
     """The advisory lock by which migrations of ``schema`` take turns."""
     return int.from_bytes(hashlib.sha256(f"casetrail-migrate:{schema}".encode()).digest()[:8],
@@ -127,8 +132,7 @@ async def migrate_schema(database_url: str, schema: str, folder: Path,
     its ``commit_ordered`` tables hold no transaction id ahead of this cluster. With
     ``lock_timeout`` (seconds), a wait for a lock longer than that fails, having changed
     nothing, with asyncpg.LockNotAvailableError."""
-    settings = ({} if lock_timeout is None
-                else {"lock_timeout": str(max(int(lock_timeout * 1000), 1))})
+    settings = {} if lock_timeout is None else {"lock_timeout": str(milliseconds(lock_timeout))}
     conn = await asyncpg.connect(database_url, server_settings=settings)
     try:
         applied = await apply_migrations(conn, schema, folder)

@@ -174,10 +174,11 @@ api.add_operations_routes(lambda request: records(request).metrics.registry)
 @api.route("GET", "/v1/events", "the global event feed (long-poll); service role only",
            query=FeedQuery, response=FeedPage, tag="feed")
 async def event_feed(request: web.Request) -> web.Response:
-    if principal(request).role is not Role.SERVICE:
+    who = principal(request)
+    if who.role is not Role.SERVICE:
         raise Problem(403, "Forbidden", "the event feed is for the service role",
                       kind="forbidden")
-    refuse_window(principal(request), "the feed hands out every event up to now: read it"
+    refuse_window(who, "the feed hands out every event up to now: read it"
                   " with a token without a window")
     query = parse_query(request, FeedQuery)
     after = checkpoint_after(query.after)

@@ -37,7 +37,7 @@ from uuid import UUID
 import asyncpg
 
 from schemas.events import EventDecodeError
-from services.common.database import COMMAND_TIMEOUT_SECONDS
+from services.common.database import COMMAND_TIMEOUT_SECONDS, milliseconds
 from services.common.jsonenc import encode_json
 from services.records.projections.outcomes import FACTS, facts_of
 from services.records.projections.plans import PLANS, plan_row, replay
@@ -153,7 +153,7 @@ async def _swap_in(conn: asyncpg.Connection, folded: dict[UUID, int], batch_even
     need = _READING
     try:
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = {_milliseconds(attempt_wait)}")
+            await conn.execute(f"SET LOCAL lock_timeout = {milliseconds(attempt_wait)}")
             for projection in PROJECTIONS:
                 need = _locking(projection)
                 await projection.lock(conn)
@@ -215,10 +215,6 @@ async def migrations_check_timed_out(pool: asyncpg.Pool, lock_timeout: float,
         return await _timed_out(conn, need, lock_timeout)
 
 
-def _milliseconds(seconds: float) -> int:
-    return max(int(seconds * 1000), 1)  # 0 would mean no limit at all
-
-
 @contextlib.asynccontextmanager
 async def _session(pool: asyncpg.Pool, on_wait: OnWait,
                    lock_timeout: float) -> AsyncIterator[asyncpg.Connection]:
@@ -233,7 +229,7 @@ async def _session(pool: asyncpg.Pool, on_wait: OnWait,
                 on_wait("another rebuild of this database is running; this one waits for it"
                         " to finish, then rebuilds")
                 await conn.execute("SELECT pg_advisory_lock($1)", _TURN)
-            await conn.execute(f"SET lock_timeout = {_milliseconds(lock_timeout)}")
+            await conn.execute(f"SET lock_timeout = {milliseconds(lock_timeout)}")
             async with _bounded(conn, _READING, lock_timeout):
                 await _create_shadows(conn)
             yield conn
