@@ -22,6 +22,7 @@ from schemas.events import (
     CloseOutcome,
     DaysFrom,
     ExternalRef,
+    GivenUserId,
     GoalDomain,
     GoalSource,
     GoalStatus,
@@ -40,7 +41,6 @@ from schemas.events import (
     SupportKind,
     Text,
     Title,
-    UserId,
     WireDate,
 )
 
@@ -96,7 +96,7 @@ class ParticipantInput(Body):
 
 class OpenCase(Body):
     participant: ParticipantInput
-    case_manager: UserId
+    case_manager: GivenUserId
     risk_level: RiskLevel
 
 
@@ -259,7 +259,7 @@ class NoteInput(Body):
 
 
 class TransferInput(Body):
-    case_manager: UserId
+    case_manager: GivenUserId
     reason: Text
 
 
@@ -300,6 +300,10 @@ class StrengthView(View):
     recorded_at: datetime
 
 
+_STATUS_REASON = ("the reason recorded with the change to `status`; null when that change "
+                  "gave none, or the status is the first one")
+
+
 class StepView(View):
     step_id: UUID
     goal_id: UUID
@@ -309,6 +313,7 @@ class StepView(View):
     support_id: UUID | None = None
     due_date: date | None = None
     status: StepStatus
+    status_reason: str | None = Field(None, description=_STATUS_REASON)
     strength_ids: list[UUID]
     added_at: datetime
     completed_at: datetime | None = None
@@ -329,6 +334,7 @@ class GoalView(View):
     override_reason: str | None = None
     set_at: datetime
     status_changed_at: datetime
+    status_reason: str | None = Field(None, description=_STATUS_REASON)
     achieved_at: datetime | None = None
     steps: list[StepView]
 
@@ -638,12 +644,15 @@ class SmallWinsView(View):
 
 class ReviewsView(View):
     """The reviews that fell due in the period (by today; a case closed before its review fell
-    due cancelled it), against the date in force: a rescheduled review is due on its new date."""
+    due cancelled it), against the date in force: a review rescheduled by its due date is due on
+    its new date; one rescheduled after that date had passed was missed, and stays due on it."""
 
     due: int | None = Field(
-        description="reviews due in the period, up to yesterday, or held already")
+        description="reviews due in the period up to yesterday, and those due today that were"
+                    " held already; one held early is counted from the day it was due")
     held: int | None = Field(description="of those, held (on time or late)")
-    on_time: int | None = Field(description="held on or before the date they were due")
+    on_time: int | None = Field(description="held on or before the date they were due; never"
+                                            " one missed and rescheduled")
     not_held: int | None = Field(description="due, and not held as of today")
     on_time_rate: float | None = Field(description="on_time / due; null when none fell due")
 

@@ -121,9 +121,21 @@ def _as_given(value: Any) -> Any:
     return value
 
 
+def _shown_as_written(value: str) -> str:
+    """A user id is shown in events, access logs and the exports a court reads: a control or
+    formatting character (U+200B zero-width space, U+202E right-to-left override) would hide
+    in it, or show the text around it reversed."""
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+        raise ValueError("no control or formatting characters (such as U+200B or U+202E)")
+    return value
+
+
+# A user id given to the API (a body's case manager). Events keep UserId, so that those
+# recorded before this rule (0004) still read.
+GivenUserId: TypeAlias = Annotated[UserId, AfterValidator(_shown_as_written)]
 # A user id that names someone exactly as given: a token's sub and agency, a user in a path.
 # UserId strips " cm-1" to cm-1, right for a body, wrong for an identity.
-ExactUserId: TypeAlias = Annotated[UserId, BeforeValidator(_as_given)]
+ExactUserId: TypeAlias = Annotated[GivenUserId, BeforeValidator(_as_given)]
 Pronouns: TypeAlias = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), _CLEAN
 ]

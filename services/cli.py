@@ -214,7 +214,7 @@ def cmd_records(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from services.common.database import embedded_postgres
-    from services.notifier.settings import NotifierSettings
+    from services.notifier.settings import NotifierPorts
 
     configure_logging(settings.log_level, json_output=False)
     secret = settings.jwt_secret or dev_secret(settings.dev_data_dir)
@@ -229,7 +229,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         dev_settings = settings.model_copy(update={"database_url": database_url,
                                                    "jwt_secret": secret,
                                                    "export_signing_key_file": export_key})
-        notifier = NotifierSettings()
+        notifier = NotifierPorts()
         with suppress(KeyboardInterrupt):
             asyncio.run(_run_dev(
                 dev_settings, args.host,

@@ -22,10 +22,13 @@ from pathlib import Path
 import asyncpg
 import psutil
 import pytest
+import structlog
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from services.common.auth import issue_token
 from services.common.database import embedded_postgres, with_database
+from services.common.server import ServiceRunner
 from services.common.settings import Settings
 from services.notifier.http.app import migrate as migrate_notifier
 from services.records.http.app import create_app, migrate
@@ -43,6 +46,23 @@ async def _admin(server_url: str, *statements: str) -> None:
             await conn.execute(statement)
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _loggers_never_cached() -> Iterator[None]:
+    """A service started in the test process (`cli.main(["records"])`) configures logging as
+    in production, caching each logger on first use; a logger cached before the next such
+    start kept that start's processors, out of reach of structlog.testing.capture_logs, and
+    a later test's capture saw nothing (only in the whole suite's order). Here no logger is
+    cached: each use reads the configuration of the moment."""
+    configure = structlog.configure
+
+    def uncached(**settings: object) -> None:
+        configure(**{**settings, "cache_logger_on_first_use": False})  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(structlog, "configure", uncached)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -171,6 +191,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def serve(app: web.Application) -> tuple[ServiceRunner, int]:
+    """``app`` served as the services serve it (ServiceRunner, a real socket), and its port."""
+    runner = ServiceRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+@pytest.fixture
+async def served_records(fresh_database_url: str) -> AsyncIterator[tuple[int, asyncpg.Pool]]:
+    """The records service on a real socket (for raw HTTP), and a pool on its database."""
+    runner, port = await serve(create_app(make_settings(fresh_database_url)))
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=1)
+    yield port, pool
+    await pool.close()
+    await runner.cleanup()
 
 
 @pytest.fixture

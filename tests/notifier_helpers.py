@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import email
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -275,13 +277,35 @@ async def smtp() -> AsyncIterator[SmtpServer]:
 
 
 @pytest.fixture
-async def records(make_records_client: ClientFactory, fresh_database_url: str,
+async def records(fresh_database_url: str, make_records_client: ClientFactory,
                   clock: FakeClock, token: TokenFactory) -> Records:
     client = await make_records_client(fresh_database_url, clock=clock)
     return Records(client, token())
 
 
 @pytest.fixture
-async def rig(aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
+async def rig(fresh_database_url: str, aiohttp_client: Callable[..., Awaitable[TestClient]],
               records: Records, smtp: SmtpServer, clock: FakeClock) -> NotifierRig:
     return await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock)
+
+
+PUBLIC_URL = "https://notices.agency.example"
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    """A secret that signs unsubscribe links (NOTIFIER_LINK_SECRET_FILE)."""
+    path = tmp_path / "link-secret"
+    path.write_text(secrets.token_urlsafe(48) + "\n")
+    return path
+
+
+@pytest.fixture
+async def linked(fresh_database_url: str, aiohttp_client: Callable[..., Awaitable[TestClient]],
+                 records: Records, smtp: SmtpServer, clock: FakeClock,
+                 secret_file: Path) -> NotifierRig:
+    """A notifier with a public address, so a participant's mail carries the unsubscribe
+    link and the link's routes take it."""
+    return await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
+                          NOTIFIER_PUBLIC_URL=PUBLIC_URL,
+                          NOTIFIER_LINK_SECRET_FILE=str(secret_file))

@@ -9,20 +9,21 @@ import asyncpg
 
 
 async def held_back_entries(db: asyncpg.Pool, table: str = "records.access_log") -> int:
-    """Committed access-log entries an open transaction still holds back."""
+    """Committed rows of ``table`` (an access log, the events) an open transaction still holds
+    back from pages read in commit order."""
     return int(await db.fetchval(
         f"SELECT count(*) FROM {table}"
         " WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())"))
 
 
 async def until_nothing_held_back(db: asyncpg.Pool, table: str = "records.access_log") -> None:
-    """Until no transaction older than the log's entries is open on the server (other test
-    runs share it)."""
+    """Until no transaction older than ``table``'s rows is open on the server (other test runs
+    share it)."""
     for _ in range(1500):
         if not await held_back_entries(db, table):
             return
         await asyncio.sleep(0.02)
-    raise AssertionError("access-log entries still held back after 30 s: inconclusive")
+    raise AssertionError(f"rows of {table} still held back after 30 s: inconclusive")
 
 
 async def until_waiters_queued(pool: Any, count: int) -> None:

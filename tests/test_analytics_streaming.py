@@ -52,13 +52,25 @@ _REFERENCE_FACTS = (
     f"SELECT {_COLUMNS} FROM records.outcome_facts WHERE agency = $1 AND occurred_on <= $3"
     " AND (occurred_on >= $2 OR kind = ANY($4::text[])) AND kind <> ALL($5::text[])"
     " ORDER BY case_id, version")
+# A review is due on its latest scheduling's date, unless a reschedule was recorded on a day
+# after the date then in force: then on that date, missed, never on time (decision 0011).
 _REFERENCE_REVIEWS = """
-    WITH latest AS (
-        SELECT DISTINCT ON (review_id) review_id, case_id, version, due_on
-        FROM records.outcome_facts WHERE agency = $1 AND kind = 'review_due'
-        ORDER BY review_id, version DESC)
+    WITH scheduled AS (
+        SELECT f.review_id, f.case_id, f.version, f.occurred_on, f.due_on,
+               (SELECT p.due_on FROM records.outcome_facts p
+                WHERE p.agency = $1 AND p.kind = 'review_due' AND p.review_id = f.review_id
+                  AND p.version < f.version ORDER BY p.version DESC LIMIT 1) AS was_due
+        FROM records.outcome_facts f WHERE f.agency = $1 AND f.kind = 'review_due'),
+    latest AS (
+        SELECT DISTINCT ON (review_id) review_id, case_id, version,
+               coalesce((SELECT m.was_due FROM scheduled m WHERE m.review_id = s.review_id
+                         AND m.occurred_on > m.was_due ORDER BY m.version LIMIT 1),
+                        due_on) AS due_on,
+               EXISTS (SELECT FROM scheduled m WHERE m.review_id = s.review_id
+                       AND m.occurred_on > m.was_due) AS missed
+        FROM scheduled s ORDER BY review_id, version DESC)
     SELECT l.case_id, l.due_on, h.event_id IS NOT NULL AS held,
-           coalesce(h.on_time, false) AS on_time
+           coalesce(h.on_time, false) AND NOT l.missed AS on_time
     FROM latest l
     LEFT JOIN records.outcome_facts h
         ON h.agency = $1 AND h.review_id = l.review_id AND h.kind = 'review_held'

@@ -179,8 +179,8 @@ async def test_a_stopping_notifier_gives_up_recording_after_a_grace_and_says_wha
 async def feed_end(client: TestClient, headers: dict[str, str], events: int) -> str:
     """The checkpoint after the first `events` events. The feed holds an event back while
     any older transaction of the server is open (another database's included), so it is
-    read until they are all there."""
-    deadline = time.monotonic() + 10
+    read until they are all there (for up to 30 s, as tests/pg_waits.py waits; 10 s before)."""
+    deadline = time.monotonic() + 30
     while True:
         async with client.get("/v1/events?limit=1000&wait=1", headers=headers) as response:
             body = await response.json()

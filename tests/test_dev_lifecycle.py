@@ -26,10 +26,11 @@ class Dev:
     """One `casetrail dev` process with its output read as it comes (a hung process fails the
     test at a deadline instead of hanging it)."""
 
-    def __init__(self, dev_dir: Path, *flags: str) -> None:
+    def __init__(self, dev_dir: Path, *flags: str, **extra_env: str) -> None:
         env = {k: v for k, v in os.environ.items()
                if k not in {"DATABASE_URL", "CASETRAIL_JWT_SECRET"}}
         env["CASETRAIL_DEV_DIR"] = str(dev_dir)
+        env.update(extra_env)
         self.process = subprocess.Popen([*CASETRAIL, "dev", *flags], env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
@@ -119,6 +120,22 @@ def test_dev_with_a_port_taken_names_it_and_stops_what_had_started(
     assert "Traceback" not in dev.output
     assert not (dev_dir / "pgdata" / "postmaster.pid").exists()
     assert postgres_of(dev_dir / "pgdata") == []
+
+
+def test_dev_does_not_stop_for_a_real_mail_servers_settings(dev_dir: Path) -> None:
+    """Dev's notifier mails its own catcher, so a production-like environment's mail server
+    settings are not its own: a login without TLS to another host stopped dev at start,
+    before anything ran. Here it gets as far as the records port, taken on purpose."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        dev = Dev(dev_dir, *_flags(port=taken.getsockname()[1]),
+                  SMTP_HOST="smtp.example.org", SMTP_USERNAME="notices",
+                  SMTP_PASSWORD="not-in-clear", SMTP_TIMEOUT="0")
+        code = dev.finish(seconds=90)
+    assert code == 2, dev.output
+    assert "address already in use" in dev.output.lower(), dev.output
+    assert "SMTP_" not in dev.output, dev.output
 
 
 @pytest.mark.parametrize(("host", "url", "typed"), [

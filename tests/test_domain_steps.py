@@ -96,7 +96,9 @@ def test_renaming_the_support_of_a_step_unlinks_the_recorded_support() -> None:
 
 def test_a_step_stays_revisable_after_its_support_is_removed() -> None:
     """Maria moved away: her step keeps her as its owner, and its date and wording can still
-    change; naming her again as a new owner is what is refused."""
+    change (a body sending her back with them, echoing the whole step, too); naming a
+    removed support as a new owner is what is refused, and naming her alone changes
+    nothing."""
     case, goal = new_case()
     support = uuid4()
     case.execute(d.AddSupport(support, api.SupportInput(name="Maria (sister)")))
@@ -108,8 +110,18 @@ def test_a_step_stays_revisable_after_its_support_is_removed() -> None:
     assert (event.support_id, event.support_name, event.cleared) == (None, None, ())
     assert (steps(case)[step].support_id, steps(case)[step].support_name) == (
         support, "Maria (sister)")
-    with pytest.raises(d.RuleViolation) as refused:
+    [echoed] = case.execute(d.ReviseActionStep(step, api.StepRevision(
+        support_id=support, support_name="Maria (sister)", due_date=date(2025, 5, 9))))
+    assert isinstance(echoed, ev.ActionStepRevised)
+    assert echoed.due_date == date(2025, 5, 9)
+    with pytest.raises(d.InvalidTransition) as unchanged:
         case.execute(d.ReviseActionStep(step, api.StepRevision(support_id=support)))
+    assert unchanged.value.code == "no_change"
+    other = uuid4()
+    case.execute(d.AddSupport(other, api.SupportInput(name="Sam (friend)")))
+    case.execute(d.RemoveSupport(other, api.RemovalReason(reason="Sam moved away")))
+    with pytest.raises(d.RuleViolation) as refused:
+        case.execute(d.ReviseActionStep(step, api.StepRevision(support_id=other)))
     assert refused.value.code == "unknown_support"
 
 

@@ -36,7 +36,7 @@ from services.records.http.app import create_app
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer, free_port, make_settings
 from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig
 from tests.records_api import CaseApi, event_count
-from tests.test_server import _exchange, _served
+from tests.test_server import _exchange
 
 _HEAD = b"GET /healthz HTTP/1.1\r\nHost: casetrail\r\n"
 # what a browser sends and proxies and tracing add on the way: the limits must never bite these
@@ -58,16 +58,6 @@ _ORDINARY = [
 ]
 
 
-@pytest.fixture
-async def served(fresh_database_url: str) -> AsyncIterator[tuple[int, asyncpg.Pool]]:
-    """The records service as `casetrail records` serves it (ServiceRunner, a real socket)."""
-    runner, port = await _served(create_app(make_settings(fresh_database_url)))
-    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=1)
-    yield port, pool
-    await pool.close()
-    await runner.cleanup()
-
-
 def _malformed(status: int, headers: dict[str, str], body: bytes) -> dict[str, Any]:
     assert status == 400, body
     assert headers["content-type"].startswith("application/problem+json")
@@ -82,10 +72,10 @@ def _malformed(status: int, headers: dict[str, str], body: bytes) -> dict[str, A
 
 
 async def test_more_headers_than_the_limit_are_refused_before_the_request_ends(
-        served: tuple[int, asyncpg.Pool]) -> None:
+        served_records: tuple[int, asyncpg.Pool]) -> None:
     """aiohttp's default let 128 headers of 64 KiB each through: 8 MiB held per request. The
     head is never finished here; the answer comes anyway."""
-    port, pool = served
+    port, pool = served_records
     before = await event_count(pool)
     many = b"".join(b"X-Filler-%d: a\r\n" % n for n in range(MAX_HEADERS + 2))
     problem = _malformed(*await _exchange(port, _HEAD + many))
@@ -94,10 +84,10 @@ async def test_more_headers_than_the_limit_are_refused_before_the_request_ends(
 
 
 async def test_headers_adding_up_past_the_limit_are_refused_before_they_are_read(
-        served: tuple[int, asyncpg.Pool]) -> None:
+        served_records: tuple[int, asyncpg.Pool]) -> None:
     """Each header under the per-header limit, together past the request's: refused once the
     limit is reached, without waiting for (or holding) the rest."""
-    port, _ = served
+    port, _ = served_records
     field = b"a" * (MAX_HEADER_BYTES - 100)
     padding = b"".join(b"X-Padding-%d: %s\r\n" % (n, field)
                        for n in range(MAX_REQUEST_HEAD_BYTES // len(field) + 1))
@@ -108,11 +98,11 @@ async def test_headers_adding_up_past_the_limit_are_refused_before_they_are_read
 
 
 async def test_trailers_of_a_chunked_body_adding_up_past_the_limit_are_refused(
-        served: tuple[int, asyncpg.Pool], token: TokenFactory,
+        served_records: tuple[int, asyncpg.Pool], token: TokenFactory,
         caplog: pytest.LogCaptureFixture) -> None:
     """Trailers (headers after a chunked body) are read like headers, each up to the
     per-header limit: 90 of them held 11 MiB per connection, past the bound on the head."""
-    port, pool = served
+    port, pool = served_records
     before = await event_count(pool)
     field = b"a" * (MAX_HEADER_BYTES - 100)
     trailers = b"".join(b"X-Trailer-%d: %s\r\n" % (n, field)
@@ -134,9 +124,9 @@ async def test_trailers_of_a_chunked_body_adding_up_past_the_limit_are_refused(
     assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}]
 
 
-async def test_a_chunked_body_is_still_taken(served: tuple[int, asyncpg.Pool],
+async def test_a_chunked_body_is_still_taken(served_records: tuple[int, asyncpg.Pool],
                                              token: TokenFactory) -> None:
-    port, _ = served
+    port, _ = served_records
     opening = json.dumps({"participant": {"name": "Jordan Rivera"}, "case_manager": "cm-1",
                           "risk_level": "moderate"}).encode()
 
@@ -152,8 +142,8 @@ async def test_a_chunked_body_is_still_taken(served: tuple[int, asyncpg.Pool],
 
 
 async def test_a_300_case_auditor_token_still_fits_beside_a_browsers_and_proxies_headers(
-        served: tuple[int, asyncpg.Pool], token: TokenFactory) -> None:
-    port, _ = served
+        served_records: tuple[int, asyncpg.Pool], token: TokenFactory) -> None:
+    port, _ = served_records
     cases = [str(uuid.uuid4()) for _ in range(300)]
     auditor = token(role="auditor", sub="court-1", cases=cases)
     lines = [f"Authorization: Bearer {auditor}", *_ORDINARY]
@@ -165,10 +155,10 @@ async def test_a_300_case_auditor_token_still_fits_beside_a_browsers_and_proxies
 
 
 async def test_a_request_after_a_long_body_is_not_counted_as_head(
-        served: tuple[int, asyncpg.Pool], token: TokenFactory) -> None:
+        served_records: tuple[int, asyncpg.Pool], token: TokenFactory) -> None:
     """The bound counts a request's head, not its body: a body past the head limit, then a
     second request on the same connection, are both answered."""
-    port, _ = served
+    port, _ = served_records
     note = json.dumps({"text": "n" * (MAX_REQUEST_HEAD_BYTES * 2)}).encode()
     first = (b"POST /v1/cases/%s/notes HTTP/1.1\r\nHost: casetrail\r\n"
              b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
 import pytest
@@ -93,7 +94,8 @@ async def test_an_upgrade_keeps_every_entry_and_a_participant_then_gets_one_of_t
         ("cm-1", "staff"), ("cm-2", "staff"), ("sup-1", "staff"), ("cm-9", "staff"),
         ("jo", "participant")}
     rig = await make_rig(aiohttp_client, upgraded_database_url, records.client, smtp, clock)
-    await rig.set_prefs("cm-1", token(role="participant", sub="cm-1", cases=[JOS_CASE]),
+    # a case of their own: Jo's is on Jo's entry, and a case reaches one participant
+    await rig.set_prefs("cm-1", token(role="participant", sub="cm-1", cases=[str(uuid4())]),
                         email=PARTICIPANTS_OWN)
     staff = await preferences(rig, token())
     assert (staff["role"], staff["email"]) == ("case_manager", "cm-1@example.org")

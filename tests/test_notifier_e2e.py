@@ -1,5 +1,10 @@
 """End to end with every loop running: an append on the records service becomes an email
-in the development mail catcher, listed by `casetrail mail` and the /mail page."""
+in the development mail catcher, listed by `casetrail mail` and the /mail page.
+
+A test that runs the notifier's loops asks for `fresh_database_url` before `aiohttp_client`:
+fixtures are torn down in reverse, so the notifier stops before its database is dropped (the
+other way round its jobs met a dropped database for the stop's grace, seconds a test, with
+misleading connection errors in the log)."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from services.notifier.cli import print_caught_mail, run_notifier, start_dev_not
 from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.mailbox import list_caught
 from services.notifier.settings import NotifierSettings
-from tests.conftest import JWT_SECRET, ClientFactory, TokenFactory, bearer, free_port
+from tests.conftest import JWT_SECRET, ClientFactory, FakeClock, TokenFactory, bearer, free_port
 from tests.notifier_helpers import Records, SmtpServer, notifier_settings
 
 
@@ -122,8 +127,8 @@ async def sent_small_wins(pool: asyncpg.Pool) -> int:
 
 
 async def test_two_running_notifiers_send_each_celebration_once(
-        aiohttp_client: Callable[..., Awaitable[TestClient]], make_records_client: ClientFactory,
-        fresh_database_url: str, token: TokenFactory) -> None:
+        fresh_database_url: str, aiohttp_client: Callable[..., Awaitable[TestClient]],
+        make_records_client: ClientFactory, token: TokenFactory) -> None:
     records_client = await make_records_client(fresh_database_url)
     records = Records(records_client, token())
     smtp = await SmtpServer().start()
@@ -152,8 +157,8 @@ async def test_two_running_notifiers_send_each_celebration_once(
 
 
 async def test_a_new_event_wakes_the_notifier_long_before_its_long_poll_ends(
-        aiohttp_client: Callable[..., Awaitable[TestClient]], make_records_client: ClientFactory,
-        fresh_database_url: str, token: TokenFactory) -> None:
+        fresh_database_url: str, aiohttp_client: Callable[..., Awaitable[TestClient]],
+        make_records_client: ClientFactory, token: TokenFactory) -> None:
     """The feed is long-polled for 60 s and dispatch runs every 60 s: only the long-poll
     answering as soon as the event is visible, and the page poking dispatch, can bring the mail
     within the 20 s allowed (it takes about a second or less)."""
@@ -184,20 +189,23 @@ async def test_a_new_event_wakes_the_notifier_long_before_its_long_poll_ends(
 
 
 async def test_the_scheduled_digest_job_sends_what_a_digest_reader_is_owed(
-        aiohttp_client: Callable[..., Awaitable[TestClient]], make_records_client: ClientFactory,
-        fresh_database_url: str, token: TokenFactory) -> None:
+        fresh_database_url: str, aiohttp_client: Callable[..., Awaitable[TestClient]],
+        make_records_client: ClientFactory, token: TokenFactory, clock: FakeClock) -> None:
     """Digests go out through the job APScheduler runs every minute; here it is run at once
-    through the scheduler, with the digest time set a few seconds ahead on the real clock."""
-    records_client = await make_records_client(fresh_database_url)
+    through the scheduler, once the injected clock (both services') reaches the digest time.
+    The digest time was a few seconds ahead on the real clock: a notice that reached the
+    notifier later than that (a loaded machine, or another run's open transaction holding the
+    feed back) went into tomorrow's digest and the test failed."""
+    records_client = await make_records_client(fresh_database_url, clock=clock)
     records = Records(records_client, token())
     smtp = await SmtpServer().start()
     try:
-        digest_time = (datetime.now(UTC) + timedelta(seconds=6)).time().replace(microsecond=0)
+        digest_time = (clock.now + timedelta(hours=1)).time()
         settings = notifier_settings(fresh_database_url,
                                      str(records_client.make_url("")).rstrip("/"), smtp.port,
                                      NOTIFIER_FEED_WAIT=1, NOTIFIER_DISPATCH_INTERVAL=0.2,
                                      NOTIFIER_DIGEST_TIME=digest_time.isoformat())
-        notifier = await aiohttp_client(create_app(settings))
+        notifier = await aiohttp_client(create_app(settings, clock=clock))
         response = await notifier.put("/v1/preferences/cm-1", json={
             "email": "sam@example.org", "delivery": "daily_digest", "timezone": "UTC",
             "celebrations": True}, headers=bearer(token()))
@@ -206,20 +214,20 @@ async def test_the_scheduled_digest_job_sends_what_a_digest_reader_is_owed(
         goal = await records.goal(case)
         await records.complete(case, await records.step(case, goal, "Call the landlord"))
         pool = notifier.app[NOTIFIER].pool
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(60):  # the feed waits out other runs' open transactions
             while (due := await pool.fetchval(  # noqa: ASYNC110  (polling the database)
                     "SELECT due_at FROM notifier.notifications"
                     " WHERE kind = 'daily_digest'")) is None:
                 await asyncio.sleep(0.05)
-        assert due - datetime.now(UTC) < timedelta(seconds=6)  # today's, not tomorrow's
-        await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+        assert due == datetime.combine(clock.now.date(), digest_time, UTC)  # today's
         assert smtp.received == []
         scheduler = notifier.app[NOTIFIER].notifier._scheduler
         assert scheduler is not None
         job = scheduler.get_job("digests")
         assert str(job.trigger) == "cron[second='0']"  # every minute
-        job.modify(next_run_time=datetime.now(UTC))
-        async with asyncio.timeout(20):
+        clock.now = due
+        job.modify(next_run_time=datetime.now(UTC))  # the scheduler runs on the real clock
+        async with asyncio.timeout(60):
             await smtp.arrived.wait()
         assert smtp.subjects() == ["Your Casetrail summary: 1 update"]
         [message] = smtp.received

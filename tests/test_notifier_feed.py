@@ -119,7 +119,9 @@ async def test_transfer_moves_pending_notices_and_closing_cancels_them(
     await rig.catch_up()
     rows = await rig.rows()
     by_role = {(r["recipient_role"], r["recipient"]) for r in rows if r["status"] == "scheduled"}
-    assert by_role == {("case_manager", "cm-2"), ("supervisors", "supervisors")}
+    # and the handover, addressed to cm-2 by name (a later transfer withdraws it)
+    assert by_role == {("case_manager", "cm-2"), ("supervisors", "supervisors"),
+                       ("user", "cm-2")}
     assert any(r["kind"] == "small_win" and r["recipient"] == "cm-2" for r in rows)
     await records.call("POST", f"/v1/cases/{case}/close", {"reason": "plan completed"},
                        token=token(sub="cm-2"))

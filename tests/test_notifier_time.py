@@ -233,10 +233,10 @@ async def test_changing_only_an_address_leaves_waiting_notices_where_they_are(
 async def test_a_change_is_measured_against_the_entry_it_replaces_not_an_older_one(
         aiohttp_client: Any, fresh_database_url: str, records: Records, smtp: SmtpServer,
         token: TokenFactory, clock: FakeClock) -> None:
-    """Two notifier instances. One takes a PUT giving cm-1 a new address (no quiet hours, as
-    stored) and reads the stored entry; the other then sets quiet hours, and its dispatcher
-    puts a small win off to their end. The first PUT, stored last, clears the quiet hours
-    again, and must hand the small win back: it compared with the entry it had read before
+    """Two notifier instances. One takes a PUT giving cm-1 a new address and no quiet hours
+    (``null``, as stored) and reads the stored entry; the other then sets quiet hours, and its
+    dispatcher puts a small win off to their end. The first PUT, stored last, clears the quiet
+    hours again, and must hand the small win back: it compared with the entry it had read before
     (no quiet hours either), saw no change, and the win waited for quiet hours the reader no
     longer had. The first instance's pool has one connection, which orders the steps."""
     first = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
@@ -250,7 +250,7 @@ async def test_a_change_is_measured_against_the_entry_it_replaces_not_an_older_o
     pool = first.notifier.pool
     only_connection = await pool.acquire()
     prefs = {"email": "cm-1@elsewhere.example.org", "delivery": "immediate",
-             "timezone": "UTC", "celebrations": True}
+             "timezone": "UTC", "celebrations": True, "quiet_hours": None}
     put = asyncio.create_task(first.client.put("/v1/preferences/cm-1", json=prefs,
                                                headers=bearer(token())))
     await until_waiters_queued(pool, 1)  # the PUT's read of the stored entry

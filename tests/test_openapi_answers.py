@@ -125,8 +125,9 @@ async def _settled_answer(client: TestClient, call: Call, ids: dict[str, str],
                           token: str) -> tuple[ClientResponse, Any]:
     """The answer to ``call``, asked again, as a reader would, while a page in commit order
     (the feed, the access log) says that a transaction open anywhere on the database server
-    (another test run's, say) still holds back what it should list."""
-    for _ in range(100):
+    (another test run's, say) still holds back what it should list: for up to 30 s, as
+    tests/pg_waits.py waits (10 s before, short for a transaction of a loaded run)."""
+    for _ in range(300):
         response = await client.request(call.method, call.path.format(**ids) + call.query,
                                         json=call.body, headers=bearer(token))
         answer = await response.json()

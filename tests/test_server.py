@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,27 +15,9 @@ from aiohttp import web
 
 from services.common.server import KEEPALIVE_SECONDS, MAX_HEADER_BYTES, ServiceRunner
 from services.notifier.http.app import create_app as create_notifier_app
-from services.records.http.app import create_app
-from tests.conftest import TokenFactory, bearer, free_port, make_settings
+from tests.conftest import TokenFactory, bearer, serve
 from tests.notifier_helpers import notifier_settings
 from tests.records_api import event_count
-
-
-async def _served(app: web.Application) -> tuple[ServiceRunner, int]:
-    runner = ServiceRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
-
-
-@pytest.fixture
-async def records(fresh_database_url: str) -> AsyncIterator[tuple[int, asyncpg.Pool]]:
-    runner, port = await _served(create_app(make_settings(fresh_database_url)))
-    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=1)
-    yield port, pool
-    await pool.close()
-    await runner.cleanup()
 
 
 async def _exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -82,9 +63,9 @@ MALFORMED = {  # name: (request, the problem's detail)
 
 @pytest.mark.parametrize(("request_bytes", "detail"), MALFORMED.values(), ids=MALFORMED.keys())
 async def test_what_the_http_parser_refuses_is_a_problem_and_writes_nothing(
-        records: tuple[int, asyncpg.Pool], request_bytes: bytes, detail: str,
+        served_records: tuple[int, asyncpg.Pool], request_bytes: bytes, detail: str,
         capsys: pytest.CaptureFixture[str]) -> None:
-    port, pool = records
+    port, pool = served_records
     before = await event_count(pool)
     status, headers, body = await _exchange(port, request_bytes)
     assert status == 400
@@ -99,15 +80,15 @@ async def test_what_the_http_parser_refuses_is_a_problem_and_writes_nothing(
 
 
 async def test_a_malformed_request_is_logged_as_the_clients_not_as_an_error(
-        records: tuple[int, asyncpg.Pool], caplog: pytest.LogCaptureFixture) -> None:
-    port, _ = records
+        served_records: tuple[int, asyncpg.Pool], caplog: pytest.LogCaptureFixture) -> None:
+    port, _ = served_records
     await _exchange(port, MALFORMED["header name with a space"][0])
     assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}]
 
 
 async def test_the_server_still_serves_after_a_malformed_request(
-        records: tuple[int, asyncpg.Pool]) -> None:
-    port, _ = records
+        served_records: tuple[int, asyncpg.Pool]) -> None:
+    port, _ = served_records
     await _exchange(port, MALFORMED["not HTTP at all"][0])
     status, _, body = await _exchange(
         port, b"GET /healthz HTTP/1.1\r\nHost: casetrail\r\nConnection: close\r\n\r\n")
@@ -115,10 +96,10 @@ async def test_the_server_still_serves_after_a_malformed_request(
 
 
 async def test_a_token_that_is_not_utf8_is_401_not_500(
-        records: tuple[int, asyncpg.Pool]) -> None:
+        served_records: tuple[int, asyncpg.Pool]) -> None:
     """aiohttp reads header bytes that are not UTF-8 as lone surrogates, on which PyJWT raised
     an error of its own kind (500)."""
-    port, _ = records
+    port, _ = served_records
     status, headers, body = await _exchange(
         port, b"GET /v1/cases HTTP/1.1\r\nHost: casetrail\r\nConnection: close\r\n"
         b"Authorization: Bearer \xff\xfe.e30.x\r\n\r\n")
@@ -128,10 +109,10 @@ async def test_a_token_that_is_not_utf8_is_401_not_500(
 
 
 async def test_an_auditor_token_naming_300_cases_fits_in_a_header(
-        records: tuple[int, asyncpg.Pool], token: TokenFactory) -> None:
+        served_records: tuple[int, asyncpg.Pool], token: TokenFactory) -> None:
     """A court order can name hundreds of cases; aiohttp's default (8190 bytes) refused the
     token at about 150."""
-    port, _ = records
+    port, _ = served_records
     cases = [str(uuid.uuid4()) for _ in range(300)]
     auditor = token(role="auditor", sub="court-1", cases=cases)
     assert len(auditor) > 8190
@@ -145,7 +126,7 @@ async def test_an_auditor_token_naming_300_cases_fits_in_a_header(
 async def test_the_notifier_answers_a_malformed_request_with_a_problem(
         fresh_database_url: str) -> None:
     settings = notifier_settings(fresh_database_url, "http://127.0.0.1:9", smtp_port=9)
-    runner, port = await _served(create_notifier_app(settings))
+    runner, port = await serve(create_notifier_app(settings))
     try:
         status, headers, body = await _exchange(port, MALFORMED["request line past 8 KiB"][0])
     finally:

@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import TypeAdapter, ValidationError
@@ -42,6 +43,11 @@ NAMED_CASES_ROLES = frozenset({Role.PARTICIPANT, Role.AUDITOR})
 
 class AuthError(Exception):
     """The request does not carry a token we accept; the message says why."""
+
+
+# How both services begin refusing a token with a time window what shows cases as they are
+# now (decision 0006); each adds why, and what to use instead.
+WINDOW_SEES_THE_PAST = "this token sees cases only as they were inside its time window"
 
 
 @dataclass(frozen=True)
@@ -181,19 +187,54 @@ class TokenVerifier:
 
 def _public_key_set(path: Path) -> jwt.PyJWKSet:
     """The identity provider's public keys. A symmetric (``oct``) key there would let anyone
-    who can read the file sign tokens, so it stops the start."""
-    document = json.loads(path.read_text())
-    keys = document.get("keys") if isinstance(document, dict) else None
-    for key in keys if isinstance(keys, list) else []:
-        if isinstance(key, dict) and key.get("kty") == "oct":
-            raise ConfigurationError(f"CASETRAIL_JWKS_FILE holds a symmetric (oct) key,"
-                                     f" {key.get('kid')!r}: it must hold public keys only")
-    return jwt.PyJWKSet.from_dict(document)
+    who can read the file sign tokens, so it stops the start; so does a key of ``alg: none``
+    or a file of no key that verifies. Other keys PyJWT cannot use (an encryption key beside
+    the signing ones) are passed over, as PyJWT does."""
+    try:
+        document = json.loads(path.read_text())
+    except ValueError as error:
+        raise ConfigurationError(f"CASETRAIL_JWKS_FILE is not JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise ConfigurationError('CASETRAIL_JWKS_FILE must hold a JSON object: {"keys": [...]}')
+    keys = document.get("keys")
+    if not isinstance(keys, list) or not all(isinstance(key, dict) for key in keys):
+        raise ConfigurationError('CASETRAIL_JWKS_FILE must hold {"keys": [...]}, a list of'
+                                 " JSON objects (one per key)")
+    unusable = [_unusable(key) for key in keys]
+    try:
+        return jwt.PyJWKSet.from_dict(document)
+    except jwt.PyJWKSetError as error:
+        named = "; ".join(why for why in unusable if why) or "it holds no key"
+        raise ConfigurationError(f"CASETRAIL_JWKS_FILE holds no key that verifies tokens:"
+                                 f" {named}") from error
+
+
+def _unusable(key: dict[str, Any]) -> str | None:
+    """Why PyJWT cannot verify with the JWKS ``key`` (None: it can)."""
+    named = f"key {key.get('kid')!r} (alg {key.get('alg')!r})"
+    if not all(isinstance(key.get(name, ""), str) for name in ("kty", "alg", "kid")):
+        # PyJWT fails on such a key with a TypeError, a traceback at start
+        raise ConfigurationError(f"CASETRAIL_JWKS_FILE: {named}: kty, alg and kid are strings")
+    if key.get("kty") == "oct":
+        raise ConfigurationError(f"CASETRAIL_JWKS_FILE holds a symmetric (oct) key,"
+                                 f" {key.get('kid')!r}: it must hold public keys only")
+    try:
+        jwt.PyJWK(key)
+    except NotImplementedError as error:  # "none": PyJWT raises this, not a PyJWTError
+        raise ConfigurationError(f"CASETRAIL_JWKS_FILE: {named} verifies no signature;"
+                                 " remove it") from error
+    except jwt.PyJWTError:  # its message repeats the whole key
+        return f"{named} is not one PyJWT verifies with"
+    return None
 
 
 def _algorithm_of(public_key_pem: str) -> str:
     """The one signing algorithm a public key verifies (RS256, ES256 or EdDSA)."""
-    key = serialization.load_pem_public_key(public_key_pem.encode())
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise ConfigurationError(f"CASETRAIL_JWT_PUBLIC_KEY_FILE holds no PEM public key this"
+                                 f" service reads: {error}") from error
     if isinstance(key, rsa.RSAPublicKey):
         return "RS256"
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
@@ -232,13 +273,14 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
 def identity(claims: dict[str, Any], name: str) -> str:
     """``sub`` and ``agency`` are recorded with every event and every audited read, so they
     must be what the records accept as an identifier: a NUL or a lone surrogate used to reach
-    PostgreSQL and answer 500."""
+    PostgreSQL and answer 500, and a right-to-left override was recorded as the actor."""
     value = claims[name]
     if isinstance(value, str):
         with suppress(ValidationError):
             return str(_IDENTIFIER.validate_python(value))
     raise AuthError(f"{name} must be an identifier of 1-{MAX_IDENTIFIER} characters, without"
-                    " surrounding spaces, control characters or invalid Unicode")
+                    " surrounding spaces, control or formatting characters (such as U+200B or"
+                    " U+202E) or invalid Unicode")
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> datetime | None:

@@ -132,12 +132,45 @@ def labelled(metric: MetricT, *values: str) -> MetricT:
 
 async def protect_answer(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """``on_response_prepare``: the protective headers on every answer, a streamed export's
-    too (a middleware sees it only after it was sent). A handler's own Cache-Control stays."""
+    too (a middleware sees it only after it was sent). A handler's own Cache-Control stays.
+    An encoded body the handler left unread is read no further."""
     headers = response.headers
     for name, value in PROTECTIVE_HEADERS.items():
         headers.setdefault(name, value)
     if response.content_type == "text/html":
         headers.setdefault("Content-Security-Policy", HTML_POLICY)
+    if _encoded_body_left_unread(request):
+        _stop_reading_body(request, response)
+
+
+def _encoded_body_left_unread(request: web.BaseRequest) -> bool:
+    return "Content-Encoding" in request.headers and not request.content.is_eof()
+
+
+def _stop_reading_body(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """After the answer aiohttp reads what is left of an unread body; one that does not decode
+    fails there and is logged as an unhandled exception (error level, a traceback), on any
+    route that answers without reading the body (/healthz, a read, a 401). Nothing more of it
+    is read, so the connection cannot carry another request: it closes after this answer."""
+    request.content.feed_eof()
+    response.force_close()
+    # aiohttp chose the Connection header before this hook runs, from keep-alive as it was
+    response.headers["Connection"] = "close"
+
+
+# Headers that say how to write (which version, which retry, which trace): one value each.
+# Given twice, the first counted and the second was dropped, while a proxy or cache in front
+# may key on the other one (an Idempotency-Key is a structured field item, RFC 8941, which two
+# lines joined into a list no longer are). aiohttp itself refuses RFC 9110's singletons twice.
+ONCE_ONLY_HEADERS = ("Idempotency-Key", "If-Match", "X-Correlation-Id", "X-Causation-Id")
+
+
+def refuse_repeated_headers(request: web.Request) -> None:
+    for name in ONCE_ONLY_HEADERS:
+        if len(request.headers.getall(name, ())) > 1:
+            raise Problem(400, "Bad request", f"send one {name} header, not several",
+                          kind="repeated-header", errors=[{"field": f"header.{name}",
+                                                           "message": "given more than once"}])
 
 
 @web.middleware
@@ -150,6 +183,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         # which one counts is a guess, and a proxy in front may have guessed the other one
         raise Problem(400, "Bad request", "send one Authorization header, not several",
                       kind="bad-authorization")
+    refuse_repeated_headers(request)
     header = sent[0] if sent else ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -177,12 +211,20 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
     if request.content_type != "application/json":
         raise Problem(415, "Unsupported media type", "send the body as application/json",
                       kind="unsupported-media-type")
+    return parse_json_bytes(await read_body(request), model)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body; one that cannot be read is a 400 problem."""
     try:
-        raw = await request.read()
+        return await request.read()
     except RequestPayloadError as error:  # e.g. Content-Encoding: gzip on a plain body
+        # aiohttp reads what is left of a body after the answer: it would fail again and be
+        # logged as an unhandled exception (error level, a traceback). Nothing more of this
+        # body is read, so the connection cannot carry another request: it closes.
+        request.content.feed_eof()
         raise Problem(400, "Bad request", f"the body could not be read: {error.__cause__ or error}",
-                      kind="malformed-body") from error
-    return parse_json_bytes(raw, model)
+                      kind="malformed-body", closes_connection=True) from error
 
 
 class _KeyGivenTwice(ValueError):
@@ -247,8 +289,9 @@ def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:
     for key in request.query:
         values = request.query.getall(key)
         if len(values) > 1:
-            raise Problem(400, "Bad request", f"query parameter {key!r} given more than once",
-                          kind="bad-query")
+            raise Problem(400, "Bad request", f"query parameter {key!r} given more than once;"
+                          " give it once", kind="bad-query",
+                          errors=[{"field": f"query.{key}", "message": "given more than once"}])
         if any(ord(char) < 0x20 or char == "\x7f" for char in values[0]):
             raise Problem(400, "Bad request", f"query parameter {key!r} holds control characters",
                           kind="bad-query", errors=[{"field": f"query.{key}",
@@ -402,7 +445,7 @@ def _taking_no_body(handler: RouteHandler) -> RouteHandler:
     client thought it passed to a retry were dropped while the retry went ahead."""
     @functools.wraps(handler)
     async def checked(request: web.Request) -> web.StreamResponse:
-        if request.body_exists and (await request.read()).strip() not in (b"", b"{}"):
+        if request.body_exists and (await read_body(request)).strip() not in (b"", b"{}"):
             raise Problem(400, "Bad request", "this request takes no body", kind="unexpected-body")
         return await handler(request)
     return checked
@@ -420,15 +463,16 @@ class Api:
               query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
               status: int = 200, public: bool = False, tag: str = "records",
               media_types: tuple[str, ...] = ("application/json",), head: bool = False,
-              ) -> Callable[[RouteHandler], RouteHandler]:
+              form: bool = False) -> Callable[[RouteHandler], RouteHandler]:
         """Register a handler; ``response`` is the model its success answer is built from
         (``media_types`` name the answer's types when it is not JSON). A public GET also
         answers HEAD, and so does one registered with ``head``: not an audited read, a
-        stream or a long-poll, where a HEAD would log a read or wait while showing nothing."""
+        stream or a long-poll, where a HEAD would log a read or wait while showing nothing.
+        ``form``: the handler reads and checks a body that is no JSON model (a form)."""
         def register(handler: RouteHandler) -> RouteHandler:
             handler.public = public  # type: ignore[attr-defined]
             served = handler if query is not None or public else _taking_no_query(handler)
-            if body is None and method not in ("GET", "HEAD"):
+            if body is None and not form and method not in ("GET", "HEAD"):
                 served = _taking_no_body(served)
             self.operations.append(Operation(
                 method, path, summary, served, body, query, response, status, public, tag,

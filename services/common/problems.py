@@ -22,7 +22,8 @@ class Problem(Exception):
 
     def __init__(self, status: int, title: str, detail: str | None = None, *,
                  kind: str | None = None, errors: Sequence[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+                 headers: dict[str, str] | None = None, closes_connection: bool = False,
+                 **extra: Any) -> None:
         super().__init__(detail or title)
         self.status = status
         self.title = title
@@ -30,6 +31,7 @@ class Problem(Exception):
         self.kind = kind or title.lower().replace(" ", "-")
         self.errors = list(errors or [])
         self.headers = headers or {}
+        self.closes_connection = closes_connection  # answered with Connection: close
         self.extra = extra
 
     def body(self, instance: str | None) -> dict[str, Any]:
@@ -50,8 +52,11 @@ def problem_response(problem: Problem, request: web.Request) -> web.Response:
     body = problem.body(request.path)
     if request_id := request.get(REQUEST_ID_KEY):
         body["request_id"] = request_id
-    return web.Response(status=problem.status, text=json.dumps(body, default=str),
-                        content_type="application/problem+json", headers=problem.headers)
+    response = web.Response(status=problem.status, text=json.dumps(body, default=str),
+                            content_type="application/problem+json", headers=problem.headers)
+    if problem.closes_connection:
+        response.force_close()
+    return response
 
 
 MAX_LISTED_ERRORS = 50  # a body of 20,000 unknown keys once answered with a 2 MB list
@@ -75,6 +80,19 @@ _STATUS_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _detail_of(error: web.HTTPException, request: web.Request) -> str | None:
+    """What aiohttp's own refusal says, in words: its text is only "405: Method Not Allowed",
+    which the problem left out, so a 405 or a path served by no route said nothing."""
+    if error.text and not error.text.startswith(str(error.status)):
+        return error.text
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        return (f"{request.method} is not taken at this path; it takes"
+                f" {', '.join(sorted(error.allowed_methods))}")
+    if isinstance(error, web.HTTPNotFound):
+        return "nothing is served at this path; the routes are listed at /openapi.json"
+    return None
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a problem body; an unexpected one is logged and hidden."""
@@ -88,10 +106,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if error.status < 400:
             raise
         title = _STATUS_TITLES.get(error.status, error.reason)
-        detail = error.text if error.text and not error.text.startswith(str(error.status)) \
-            else None
         headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
-        return problem_response(Problem(error.status, title, detail, headers=headers), request)
+        return problem_response(Problem(error.status, title, _detail_of(error, request),
+                                        headers=headers), request)
     except DATABASE_UNAVAILABLE as error:
         log.warning("database unavailable", path=request.path, error=repr(error))
         # a timeout is a statement unanswered: the server hung, or a lock held long (a

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.database import COMMAND_TIMEOUT_SECONDS
@@ -15,10 +16,28 @@ class ConfigurationError(ValueError):
     """A configuration file or setting the service cannot start with; the message names it."""
 
 
+# A setting left blank (`NAME=`, as an env file or a compose file writes one given no value)
+# is one not set: it takes its default. Read as given, a blank file or folder was the working
+# folder, a blank audience refused every token, a blank number stopped the start.
+SETTINGS_CONFIG = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True,
+                                     env_ignore_empty=True)
+
+
+# Left blank, these would take their default and check nothing: a secret store or template
+# that lost the value would quietly accept every token's audience or issuer.
+_CHECKS_NEVER_BLANK = {"jwt_audience": "CASETRAIL_JWT_AUDIENCE",
+                       "jwt_issuer": "CASETRAIL_JWT_ISSUER"}
+
+
+def blank_is_unset(value: Any) -> Any:
+    """For a setting where blanks alone (`SMTP_USERNAME="  "`) cannot be meant either."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class ServiceSettings(BaseSettings):
     """What both services read the same way: the database, token verification, logging."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+    model_config = SETTINGS_CONFIG
 
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     jwt_secret: str | None = Field(default=None, alias="CASETRAIL_JWT_SECRET")
@@ -31,6 +50,23 @@ class ServiceSettings(BaseSettings):
                                     alias="CASETRAIL_JWT_LEEWAY_SECONDS")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info", alias="CASETRAIL_LOG_LEVEL")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_check_left_blank(cls, given: Any) -> Any:
+        """A blank audience or issuer is refused, not taken for none: blank, it used to refuse
+        every token, and unset it would check nothing (fail closed, not open)."""
+        if not isinstance(given, dict):
+            return given
+        for field, name in _CHECKS_NEVER_BLANK.items():
+            value = given.get(name, given.get(field))
+            if value is None:  # an empty variable does not reach here: env_ignore_empty
+                value = os.environ.get(name)
+            if isinstance(value, str) and not value.strip():
+                raise ValueError(f"{name} is set but blank: set the {field[4:]} your identity"
+                                 f" provider writes in its tokens, or leave {name} out to check"
+                                 " none")
+        return given
 
     @field_validator("database_url")
     @classmethod

@@ -35,9 +35,18 @@ class FeedItem:
     data: dict[str, Any]
     agency: str
     recorded_at: datetime
+    actor: str | None = None  # who wrote the event (``actor_of`` its metadata), when known
 
     def payload(self) -> ev.EventPayload:
         return ev.parse_event(self.type, self.schema_version, self.data)
+
+
+def actor_of(metadata: dict[str, Any]) -> str | None:
+    """The user id of whoever wrote an event, from the feed event's metadata; None when the
+    metadata does not say (an event written by another system)."""
+    actor = metadata.get("actor")
+    sub = actor.get("sub") if isinstance(actor, dict) else None
+    return sub if isinstance(sub, str) and sub else None
 
 
 @dataclass(frozen=True)

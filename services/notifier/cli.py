@@ -84,7 +84,7 @@ async def start_dev_notifier(*, database_url: str, jwt_secret: str, records_url:
     async with AsyncExitStack() as started:  # a later start failing stops what had started
         await listening(catcher.start(), "--smtp-port, or SMTP_PORT")
         started.push_async_callback(catcher.stop)
-        settings = NotifierSettings.model_validate({
+        settings = NotifierSettings.for_mail_catcher({
             "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": jwt_secret,
             "RECORDS_URL": records_url, "SMTP_HOST": host, "SMTP_PORT": smtp_port,
             "NOTIFIER_HOST": host, "NOTIFIER_PORT": port,

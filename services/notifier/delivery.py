@@ -1,9 +1,12 @@
 """Delivery: claim due rows, decide per recipient, send by SMTP, record every attempt.
 
-Retries: 4xx replies and connection failures are retried with exponential backoff and jitter
-until the attempts or the horizon run out; 5xx replies fail at once. Either way the row ends
-``dead`` with the reason (a dead letter, revived by POST /v1/notifications/{id}/retry). Every
-attempt reuses the row's Message-ID, so a receiving system can recognise a resend.
+Retries: 4xx replies, connection failures and a refusal of this notifier's session (its
+greeting, EHLO and HELO, STARTTLS, the login, the sender) are retried with exponential backoff
+and jitter until the attempts or the horizon run out; a 5xx refusing the recipient or the
+message fails at once. Either way the row ends ``dead`` with the reason (a dead letter, revived
+by POST /v1/notifications/{id}/retry). Every attempt reuses the row's Message-ID, so a receiving
+system can recognise a resend. A round of dispatch that could not get a session opens no new
+connection, nor do the rounds after it for half the first retry delay.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -33,9 +38,10 @@ from schemas.events import plain_mailbox
 from services.common.database import DATABASE_UNAVAILABLE
 from services.common.http import labelled
 from services.common.retry import doubling
+from services.notifier.links import Entry, UnsubscribeLinks
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import CELEBRATIONS, DATED, HEADS_UP, Kind, Notice, RecipientRole
-from services.notifier.settings import NotifierSettings
+from services.notifier.settings import NotifierSettings, smtp_tls_context
 from services.notifier.store import directory
 from services.notifier.store import notifications as store
 from services.notifier.store.cases import case_facts
@@ -165,6 +171,20 @@ class DatedTiming:
         next_day = datetime.combine(last_day + timedelta(days=1), time(0), tzinfo=schedule)
         return next_day.astimezone(UTC) - timedelta(microseconds=1)
 
+    def days_ahead(self, now: datetime) -> list[store.Day]:
+        """The schedule's days a notice claimed early at ``now`` may be due on. A dated
+        notice's digest is that of its day there: ``moment`` keeps the wall-clock date."""
+        schedule = ZoneInfo(self.notices_zone)
+        day = now.astimezone(schedule).date()
+        last = (now + store.EARLY_CLAIM_SPAN).astimezone(schedule).date()
+        days: list[store.Day] = []
+        while day <= last:
+            starts, ends = (datetime.combine(d, time(0), tzinfo=schedule).astimezone(UTC)
+                            for d in (day, day + timedelta(days=1)))
+            days.append(store.Day(day.isoformat(), starts, ends))
+            day += timedelta(days=1)
+        return days
+
 
 @dataclass(frozen=True)
 class Recipient:
@@ -186,15 +206,26 @@ def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
     if _too_late(row, now, stale_after):
         return Cancel(f"too late to be useful: it was due {row.due_at.isoformat()}")
     if row.recipient_role == RecipientRole.SUPERVISORS:
-        if not who.members:
-            return Dead(f"no supervisor of agency {row.agency} in the directory: add one"
-                        " with PUT /v1/preferences/{user} and role supervisor")
-        return FanOut(who.members)
+        return _to_supervisors(row, who)
     if row.recipient_role == RecipientRole.PARTICIPANT:
         return _participant_decision(who, now)
     if who.prefs is None or not who.address:
-        return Dead(f"no email address on file for {row.recipient}: {_set_it(row)}")
+        return Dead(f"{store.NO_ADDRESS_FOR}{row.recipient}: {_set_it(row)}")
     return _for_reader(row, who.prefs, who.address, now, timing)
+
+
+def _to_supervisors(row: Row, who: Recipient) -> Decision:
+    """A copy for each supervisor but the one who is the case's manager: they have the case
+    manager's copy, the same notice, and got it twice."""
+    if not who.members:
+        return Dead(f"{store.NO_SUPERVISOR_OF}{row.agency} in the directory: add one"
+                    " with PUT /v1/preferences/{user} and role supervisor")
+    manager = row.context.get("case_manager")
+    others = tuple(member for member in who.members if member != manager)
+    if not others:
+        return Cancel(f"the agency's only supervisor, {manager}, is the case manager and has"
+                      " the case manager's copy")
+    return FanOut(others)
 
 
 def _for_reader(row: Row, prefs: Preferences, address: str, now: datetime,
@@ -203,8 +234,8 @@ def _for_reader(row: Row, prefs: Preferences, address: str, now: datetime,
     if row.kind in CELEBRATIONS and not prefs.celebrations:
         return Cancel(f"celebrations are turned off in {row.recipient}'s preferences")
     if reader_zone(prefs.timezone) is None:  # stored before names were checked
-        return Dead(f"the time zone {prefs.timezone!r} in {row.recipient}'s preferences is not"
-                    f" one this notifier knows: {_set_it(row)}")
+        return Dead(f"{store.UNKNOWN_ZONE}{prefs.timezone!r} in {row.recipient}'s preferences"
+                    f" is not one this notifier knows: {_set_it(row)}")
     moment = timing.moment(row, prefs.timezone) if timing and row.kind in DATED else None
     if moment is not None and _passed_before_called_for(row, moment):
         return Cancel(f"its moment for {row.recipient} ({moment.isoformat()}) had passed when"
@@ -257,13 +288,16 @@ def _too_late(row: Row, now: datetime, stale_after: timedelta) -> bool:
 
 def _participant_decision(who: Recipient, now: datetime) -> Decision:
     prefs = who.prefs
-    if prefs is None or not prefs.celebrations:
-        return Cancel("the participant has not opted in to hear about their milestones")
+    if prefs is None:
+        return Cancel(store.NOT_OPTED_IN)
+    if not prefs.celebrations:
+        return Cancel(store.CELEBRATIONS_OFF)
     if not who.address:
-        return Dead("the participant opted in but no email address is on file")
+        return Dead(f"{store.PARTICIPANT_NO_ADDRESS}: set it with"
+                    f" PUT /v1/preferences/{quote(prefs.user_id, safe='')}")
     if reader_zone(prefs.timezone) is None:  # stored before names were checked
-        return Dead(f"the time zone {prefs.timezone!r} in the participant's preferences is"
-                    " not one this notifier knows: set it with PUT /v1/preferences/"
+        return Dead(f"{store.UNKNOWN_ZONE}{prefs.timezone!r} in the participant's preferences"
+                    " is not one this notifier knows: set it with PUT /v1/preferences/"
                     f"{quote(prefs.user_id, safe='')}")
     return _quiet_or_send(prefs, who.address, now, for_participant=True)
 
@@ -317,7 +351,7 @@ def next_local_time(zone_name: str, at: time, now: datetime, skip_days: int = 0)
 
 def digest_notice(row: Row, zone_name: str, at: datetime) -> Notice:
     local_day = at.astimezone(ZoneInfo(zone_name)).date().isoformat()
-    return Notice(f"daily_digest:{row.agency}:{row.recipient}:{local_day}", Kind.DAILY_DIGEST,
+    return Notice(store.digest_key(row.agency, row.recipient, local_day), Kind.DAILY_DIGEST,
                   None, row.agency, RecipientRole.USER, row.recipient, at)
 
 
@@ -333,7 +367,112 @@ class SmtpResult:
     detail: str
 
 
+_SMTP_CODES = range(200, 600)
+_UNREADABLE = -1  # aiosmtplib's code for an answer that is not an SMTP reply
+
+
+def _not_smtp(code: int, detail: str) -> str:
+    """An answer with no SMTP reply code (aiosmtplib's -1, with the line it could not read) or
+    with one SMTP has not: it used to be recorded as the server's code ("-1: Malformed SMTP
+    response line: …")."""
+    said = (detail.removeprefix("Malformed SMTP response line:") if code == _UNREADABLE
+            else f"{code} {detail}")
+    return f'the mail server\'s answer was not SMTP: "{" ".join(said.split())}"'
+
+
+def no_reply(error: BaseException, host: str, port: int, timeout: float) -> str:
+    """Why no reply came, in words a person reads: it used to be the exception as Python
+    prints it ("SMTPConnectError: … [Errno 111] Connect call failed ('127.0.0.1', 25)")."""
+    server = f"the mail server {host}:{port}"
+    cause = error.__cause__
+    if isinstance(tls := cause if isinstance(cause, ssl.SSLError) else error, ssl.SSLError):
+        return f"TLS with {server} failed: {_tls_failure(tls)}"
+    if isinstance(cause, socket.gaierror):
+        return f"could not find {server}: {cause.strerror or 'its name is not known'}"
+    if isinstance(cause, ConnectionRefusedError):
+        return f"{server} refused the connection"
+    if isinstance(error, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return f"{server} did not answer within {timeout:g} s"
+    if isinstance(cause, aiosmtplib.SMTPServerDisconnected):  # it read "no address answered"
+        return f"{server} closed the connection before answering"
+    if isinstance(cause, OSError):  # unreachable, say; no strerror: each address failed
+        return f"could not connect to {server}: {cause.strerror or 'no address of it answered'}"
+    if isinstance(error, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+        return f"{server} closed the connection before answering"
+    if _no_login_offered(error):  # its words name STARTTLS too, and it read like the next
+        return (f"{server} does not offer a login (AUTH), which SMTP_USERNAME asks for: check"
+                " SMTP_TLS and SMTP_STARTTLS (servers often offer it only inside TLS), or unset"
+                " SMTP_USERNAME and SMTP_PASSWORD if it takes none")
+    if _no_starttls_offered(error):
+        return f"{server} does not offer STARTTLS, which SMTP_STARTTLS asks for"
+    if isinstance(error, aiosmtplib.SMTPException):  # the client's own, before any reply
+        return f"{server}: {error.message}"
+    return f"{type(error).__name__}: {error}"  # an address the client cannot encode, say
+
+
+def _tls_failure(error: ssl.SSLError) -> str:
+    """Why TLS failed. An untrusted certificate, with implicit TLS (SMTP_TLS), used to read
+    "could not connect to …: [SSL: CERTIFICATE_VERIFY_FAILED] … (_ssl.c:1006)"."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"its certificate is not trusted ({error.verify_message}); SMTP_CA_FILE names"
+                " the authorities to trust, the system's when unset")
+    return (error.reason or "").replace("_", " ").lower() or error.strerror or "unknown"
+
+
+def _no_login_offered(error: BaseException) -> bool:
+    """aiosmtplib's own error when a login is set and the server offers none it can use."""
+    said = _clients_own_words(error)
+    return "AUTH extension" in said or "authentication method" in said
+
+
+def _no_starttls_offered(error: BaseException) -> bool:
+    return "STARTTLS" in _clients_own_words(error)
+
+
+def _clients_own_words(error: BaseException) -> str:
+    """What aiosmtplib said of an error of its own, not a server's reply; "" for any other."""
+    if (isinstance(error, aiosmtplib.SMTPException)
+            and not isinstance(error, aiosmtplib.SMTPResponseException)):
+        return error.message
+    return ""
+
+
+_CHECK_THE_HOST = "check SMTP_HOST and SMTP_PORT, and ask the mail server's operator"
+_CHECK_THE_SENDER = ("check NOTIFIER_FROM is an address this server lets this notifier send"
+                     " from, and the login (SMTP_USERNAME) if it asks for one")
+# 552 at MAIL refuses the message's size (the client gives SIZE there when the server offers
+# it, RFC 1870), not the sender
+_SIZE_EXCEEDED = 552
+
+
+def _session_refusal(error: aiosmtplib.SMTPResponseException,
+                    starttls: bool) -> str | None:
+    """What a 5xx refusing this notifier's session says is wrong and what to check; None for a
+    refusal of the recipient or of the message. A session refusal is the same for every
+    notice while it lasts (a blocked address, a password rotated, a relay rule changed): it
+    made a dead letter of each notice tried, a whole morning's reminders within seconds."""
+    words = " ".join(error.message.split())
+    if isinstance(error, aiosmtplib.SMTPConnectResponseError):
+        return (f"the mail server refused this notifier's session at its greeting ({words}):"
+                f" it may be refusing this host's address for now; {_CHECK_THE_HOST}")
+    if isinstance(error, aiosmtplib.SMTPHeloError):
+        return (f"the mail server refused this notifier's EHLO and HELO ({words}): it may not"
+                f" take the name this host gives itself; {_CHECK_THE_HOST}")
+    if isinstance(error, aiosmtplib.SMTPAuthenticationError):
+        return (f"the mail server refused the login ({words}): check SMTP_USERNAME and"
+                " SMTP_PASSWORD")
+    if isinstance(error, aiosmtplib.SMTPSenderRefused) and error.code != _SIZE_EXCEEDED:
+        return f"the mail server refused the sender, NOTIFIER_FROM ({words}): {_CHECK_THE_SENDER}"
+    if type(error) is aiosmtplib.SMTPResponseException and starttls:  # STARTTLS's own reply
+        return (f"the mail server refused STARTTLS ({words}): check SMTP_STARTTLS, and"
+                " SMTP_PORT (SMTP_TLS for a server that speaks TLS from the first byte,"
+                " usually port 465)")
+    return None
+
+
 def classify(code: int | None, detail: str) -> SmtpResult:
+    if code is not None and code not in _SMTP_CODES:
+        return SmtpResult(None, "transient", f"no reply: {_not_smtp(code, detail)}")
     if code is not None and 200 <= code < 300:
         return SmtpResult(code, "sent", detail)
     if code is not None and 500 <= code < 600:
@@ -341,6 +480,10 @@ def classify(code: int | None, detail: str) -> SmtpResult:
     return SmtpResult(code, "transient", detail)
 
 
+_NOT_TRIED = "; not tried for this notice: {} moments before"
+_REFUSED_SESSION = "the mail server refused this notifier's session"
+_NO_SESSION_OPENED = "this notifier could not open a session with the mail server"
+_CLIENT_FAILURES = (aiosmtplib.SMTPException, OSError, TimeoutError, UnicodeError)
 _NO_SMTPUTF8 = ("the address is not plain ASCII and the mail server does not offer SMTPUTF8"
                 " (RFC 6531), so it cannot take it: give an ASCII address, or use a mail server"
                 " that offers SMTPUTF8")
@@ -348,27 +491,59 @@ _NO_SMTPUTF8 = ("the address is not plain ASCII and the mail server does not off
 
 class SmtpSender:
     """Sends over a small pool of kept-open SMTP connections (one message per connection at a
-    time); a connection that fails in any way is closed and replaced."""
+    time); a connection that fails in any way is closed and replaced. Once a round of dispatch
+    could not get a session (a connection, its greeting, EHLO or HELO, STARTTLS, the login) or
+    had it refused at the sender, it opens no new connection for half the first retry delay
+    (``round_begins``)."""
 
     def __init__(self, settings: NotifierSettings) -> None:
         self._settings = settings
         self._sender = parseaddr(settings.mail_from)[1]
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # with when it became idle
+        self._tls = smtp_tls_context(settings.smtp_ca_file)
+        self._no_session: SmtpResult | None = None  # why there is no session now, if so
+        self._round_at: datetime | None = None
+        self._held_until: datetime | None = None
+        # the soonest a notice held back is retried (RetryPolicy: half the delay is fixed)
+        self._hold_for = timedelta(seconds=settings.retry_base_seconds / 2)
+
+    def round_begins(self, now: datetime) -> None:
+        """A round of dispatch or of digests begins: new connections may be tried again once
+        the hold is over. A hold for one round still opened a connection a second (rounds
+        come every second, the digest job's between them): 3,600 failed logins an hour."""
+        self._round_at = now
+        if self._held_until is None or now >= self._held_until:
+            self._no_session = self._held_until = None
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """A new connection: TLS from the first byte (SMTP_TLS) or after STARTTLS
+        (SMTP_STARTTLS), the certificate checked either way, then the login if one is set
+        (the settings allow a login without TLS only to a relay on this host), and EHLO (or
+        HELO) when neither said it: all of the session that is the same for every notice, so
+        a failure here holds the round (``send``)."""
         s = self._settings
         client = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port,
-                                 timeout=s.smtp_timeout_seconds, start_tls=s.smtp_starttls,
+                                 timeout=s.smtp_timeout_seconds, use_tls=s.smtp_tls,
+                                 start_tls=s.smtp_starttls, tls_context=self._tls,
                                  username=s.smtp_username, password=s.smtp_password)
         await client.connect()
+        try:
+            if client.is_ehlo_or_helo_needed:
+                await _greet(client)
+        except BaseException:
+            client.close()
+            raise
         return client
 
-    async def _ready_client(self) -> aiosmtplib.SMTP:
-        """A pooled connection still open, else a new one. An idle connection the server
-        closed is found out here, before a message is given to it, so a connection lost
-        during a send means the message may have arrived, and it is not resent at once. One
-        idle for a while must answer a NOOP first; one just used is taken as it is (a NOOP
-        before every message cost a quarter of the dispatch rate in bench/notify.py)."""
+    async def _ready_client(self) -> aiosmtplib.SMTP | None:
+        """A pooled connection still open, else a new one; None when this round could not get
+        a session (a new connection would meet the same: a batch of 100 made 100 failed logins
+        in a tight loop, and 100 connections to a server saying "too many connections"). An
+        idle connection the server closed is found out here, before a message is given to it,
+        so a connection lost during a send means the message may have arrived, and it is not
+        resent at once. One idle for a while must answer a NOOP first; one just used is taken
+        as it is (a NOOP before every message cost a quarter of the dispatch rate in
+        bench/notify.py)."""
         while self._idle:
             client, idle_since = self._idle.pop()
             if not client.is_connected:
@@ -380,16 +555,20 @@ class SmtpSender:
                 return client
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 client.close()
-        return await self._connect()
+        return None if self._no_session is not None else await self._connect()
 
     def _keep(self, client: aiosmtplib.SMTP) -> None:
         self._idle.append((client, monotonic()))
 
     async def send(self, message: bytes, address: str) -> SmtpResult:
-        client: aiosmtplib.SMTP | None = None
         try:
             client = await self._ready_client()
-            options = await _mail_options(client, address)
+        except _CLIENT_FAILURES as error:  # no session: a new connection would fare the same
+            return self._hold(_unsent(self._failure(error), _NO_SESSION_REPLY))
+        if client is None:
+            return self._held()
+        try:
+            options = _mail_options(client, address)
             if options is None:
                 self._keep(client)
                 return SmtpResult(None, "permanent", _NO_SMTPUTF8)
@@ -397,35 +576,124 @@ class SmtpSender:
                                                 mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as error:
             await _close(client)
-            refusal = error.recipients[0]
-            return classify(refusal.code, refusal.message)
+            return _unsent(self._refusal(error.recipients[0]), _unasked_reply("RCPT"))
         except aiosmtplib.SMTPResponseException as error:
             await _close(client)
-            return classify(error.code, error.message)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError, UnicodeError) as error:
+            return _unsent(self._refusal(error), _unasked_reply(_step_of(error)))
+        except _CLIENT_FAILURES as error:
             # no reply, a connection lost mid-message, an address the client cannot encode:
             # an attempt that failed, recorded and retried; the connection, in a state
             # unknown, is dropped rather than pooled
             _drop(client)
-            return classify(None, f"no reply: {type(error).__name__}: {error}")
+            return self._failure(error)
         except BaseException:
             _drop(client)  # a fault of ours: the dispatcher records it (Dispatcher._settled)
             raise
         self._keep(client)
         return classify(250, response)
 
+    def _refusal(self, error: aiosmtplib.SMTPResponseException) -> SmtpResult:
+        """The server's refusal: of this notifier's session (retried, and no new connection
+        this round), else as its code says."""
+        result = classify(error.code, error.message)
+        if result.outcome == "permanent" and (
+                what := _session_refusal(error, self._settings.smtp_starttls)) is not None:
+            result = self._hold(SmtpResult(error.code, "transient", what))
+        return result
+
+    def _failure(self, error: BaseException) -> SmtpResult:
+        """A refusal, the one a timeout hid, or no reply."""
+        if isinstance(error, aiosmtplib.SMTPResponseException):
+            return self._refusal(error)
+        if (refused := _refusal_behind(error)) is not None:
+            return self._refusal(refused)
+        s = self._settings
+        return classify(None, "no reply: " + no_reply(error, s.smtp_host, s.smtp_port,
+                                                     s.smtp_timeout_seconds))
+
+    def _hold(self, failure: SmtpResult) -> SmtpResult:
+        self._no_session = failure
+        if self._round_at is not None:
+            self._held_until = self._round_at + self._hold_for
+        return failure
+
+    def _held(self) -> SmtpResult:
+        """Why this round has no session, for a notice not tried because of it."""
+        failure = self._no_session
+        assert failure is not None
+        why = _REFUSED_SESSION if failure.code is not None else _NO_SESSION_OPENED
+        return replace(failure, detail=failure.detail + _NOT_TRIED.format(why))
+
     async def close(self) -> None:
-        while self._idle:
-            await _close(self._idle.pop()[0])
+        """QUIT every pooled connection at once: one after another, a server that never
+        answers QUIT held a stop for SMTP_TIMEOUT per connection (80 s by default)."""
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_close(client) for client, _ in idle))
 
 
-async def _mail_options(client: aiosmtplib.SMTP, address: str) -> list[str] | None:
+def _unsent(failure: SmtpResult, words: str) -> SmtpResult:
+    """A reply aiosmtplib raised is no message taken, whatever its code: it raises a reply a step
+    does not ask for, and a 2xx (250 to the login, which asks for 235; 251 to MAIL; 250 to
+    DATA, which asks for 354) was taken for the message accepted, the notice recorded sent and
+    none gone out. ``words`` say so around the reply's own."""
+    if failure.outcome != "sent":
+        return failure
+    return replace(failure, outcome="transient", detail=words.format(failure.detail))
+
+
+_NO_SESSION_REPLY = "the mail server's reply does not open the session ({})"
+
+
+def _unasked_reply(step: str) -> str:
+    # a 2xx but not 250 at the end of the data raises as one at DATA's start does, and there
+    # the message may have been taken (a retry then sends it again, with its Message-ID)
+    fate = "may not have been sent" if step == "DATA" else "was not sent"
+    return (f"the mail server's reply to {step} is not the one it asks for, so the message"
+            f" {fate} ({{}}); it is tried again")
+
+
+def _step_of(error: aiosmtplib.SMTPResponseException) -> str:
+    if isinstance(error, aiosmtplib.SMTPSenderRefused):
+        return "MAIL"
+    return "DATA" if isinstance(error, aiosmtplib.SMTPDataError) else "the message's transaction"
+
+
+def _mail_options(client: aiosmtplib.SMTP, address: str) -> list[str] | None:
     """The MAIL options ``address`` needs; None when this server cannot take it."""
     if address.isascii():
         return []
-    if client.is_ehlo_or_helo_needed:
-        await client.ehlo()  # its answer lists the server's extensions
+    # the EHLO's answer, on connecting (SmtpSender._connect), listed the server's extensions
     return ["SMTPUTF8"] if client.supports_extension("smtputf8") else None
+
+
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO, then HELO if EHLO is refused (as aiosmtplib does before a message): a refused
+    EHLO alone is no refusal of the session."""
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
+
+
+def _refusal_behind(error: BaseException) -> aiosmtplib.SMTPResponseException | None:
+    """The server's refusal a timeout hid, if any: after a refusal aiosmtplib resets the
+    envelope (RSET), and a server that never answers that raised the timeout in the
+    refusal's place; a 550 became "no reply", retried for a day. A refused EHLO is not one:
+    the client then says HELO, and a HELO unanswered is no reply (taken for the EHLO's 502,
+    it was a dead letter at the first try)."""
+    if not isinstance(error, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return None
+    seen = error.__context__
+    while seen is not None and not isinstance(seen, aiosmtplib.SMTPException):
+        seen = seen.__context__  # the timeout's own cause, raised on the way
+    if isinstance(seen, aiosmtplib.SMTPRecipientsRefused):
+        return seen.recipients[0]
+    if (isinstance(seen, aiosmtplib.SMTPResponseException)
+            and not isinstance(seen, aiosmtplib.SMTPHeloError)):
+        return seen
+    return None
 
 
 def _drop(client: aiosmtplib.SMTP | None) -> None:
@@ -446,11 +714,26 @@ def from_header(mail_from: str) -> str:
     return formataddr(parseaddr(mail_from), charset="utf-8")
 
 
+# SMTP's limit on a line (RFC 5321): a URL cannot be folded, so a longer header is left out
+_LONGEST_LINE = 998
+
+
+def unsubscribe_headers(url: str | None) -> dict[str, str]:
+    """The one-click unsubscribe headers (RFC 2369, RFC 8058) of a participant's mail; none
+    without a link, or for a link too long for one line (two ids of 200 characters outside
+    ASCII): the link in the body still serves."""
+    if url is None or len(f"List-Unsubscribe: <{url}>") > _LONGEST_LINE:
+        return {}
+    return {"List-Unsubscribe": f"<{url}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
 def build_message(row: Row, rendered: Rendered, address: str, sender: str,
-                  now: datetime) -> bytes:
+                  now: datetime, unsubscribe_url: str | None = None) -> bytes:
     """The message as bytes (compat32 email classes: several times cheaper than
     EmailMessage's header registry, which matters at thousands of messages a minute);
-    ``sender``: the From header (``from_header``)."""
+    ``sender``: the From header (``from_header``); ``unsubscribe_url``: a participant's
+    one-click link (staff mail has none: it is work mail)."""
     message = MIMEMultipart("alternative")
     message["From"] = sender
     message["To"] = address
@@ -464,6 +747,8 @@ def build_message(row: Row, rendered: Rendered, address: str, sender: str,
     message["X-Auto-Response-Suppress"] = "All"
     message["X-Casetrail-Notification"] = str(row.id)
     message["X-Casetrail-Kind"] = row.kind
+    for name, value in unsubscribe_headers(unsubscribe_url).items():
+        message[name] = value
     message.attach(MIMEText(rendered.text, "plain", "utf-8"))
     message.attach(MIMEText(rendered.html, "html", "utf-8"))
     if plain:
@@ -501,6 +786,7 @@ class Dispatcher:
         self._timing = DatedTiming.of(settings)
         self._smtp = SmtpSender(settings)
         self._from = from_header(settings.mail_from)  # once, not for every message
+        self._links = UnsubscribeLinks.of(settings.public_url, settings.link_secret_file)
         self._unknown_zones: set[str] = set()
         self._counters = {"sent": metrics.sent, "failed": metrics.failed, "dead": metrics.dead,
                           "cancelled": metrics.cancelled}
@@ -514,6 +800,7 @@ class Dispatcher:
         """Handle every notice due now (digests excepted), first the dated notices whose
         moment has come in their reader's zone ahead of the schedule's; the number of rows
         handled."""
+        self._smtp.round_begins(self._clock())
         handled: list[UUID] = []
         zones = await directory.timezones(self._pool, "immediate")
         while not self._stopping and (
@@ -523,6 +810,7 @@ class Dispatcher:
         return len(handled) + await self._drain(digests=False)
 
     async def send_digests(self) -> int:
+        self._smtp.round_begins(self._clock())
         await self._gather_todays_notices()
         return await self._drain(digests=True)
 
@@ -539,7 +827,8 @@ class Dispatcher:
                 if not await store.attach_to_digest(self._pool, row, digest,
                                                     self._settings.message_id_domain,
                                                     self._clock()):
-                    # that day's digest has gone: the notice takes the usual path
+                    # that day's digest is being looked at or sent: the notice takes the
+                    # usual path (once the digest has gone, the claim leaves the notice out)
                     await self.release(row, row.not_before)
                     passed_over.append(row.id)
 
@@ -552,9 +841,11 @@ class Dispatcher:
         due_by = {zone: by for zone, by in self._due_by(zones, now, at).items() if by > now}
         if not due_by:
             return []
+        digest_days = self._timing.days_ahead(now) if delivery == "daily_digest" else []
         return await store.claim_dated_early(
             self._pool, owner=self._owner, now=now, limit=self._settings.dispatch_batch,
-            lease=self._lease, delivery=delivery, due_by=due_by, passed_over=passed_over)
+            lease=self._lease, delivery=delivery, due_by=due_by, passed_over=passed_over,
+            digest_days=digest_days)
 
     def _due_by(self, zones: Sequence[str], now: datetime, at: time | None) -> dict[str, datetime]:
         """``DatedTiming.due_by`` for each zone this Python knows. A reader whose zone it does
@@ -711,15 +1002,17 @@ class Dispatcher:
         match decide(row, who, now, stale_after=stale, history_began=self._history_began,
                      timing=self._timing):
             case Send(address, for_participant):
+                unsubscribe = self._unsubscribe_url(who) if for_participant else None
                 try:
                     rendered = render(row.kind, row.context, row.case_id,
                                       today=self._readers_today(who, now),
                                       for_participant=for_participant,
-                                      plan_url=self._settings.plan_url)
+                                      plan_url=self._settings.plan_url,
+                                      unsubscribe_url=unsubscribe)
                 except (ValueError, KeyError, OSError) as error:
                     return Outcome(row.id, "dead", False, row.attempts,
                                    error=f"could not render the message: {error!r}")
-                return await self._send(row, rendered, address)
+                return await self._send(row, rendered, address, unsubscribe)
             case Cancel(reason):
                 return Outcome(row.id, "cancelled", False, row.attempts, error=reason)
             case Dead(reason):
@@ -735,6 +1028,12 @@ class Dispatcher:
                 await store.fan_out(self._pool, row, children,
                                     self._settings.message_id_domain, now)
         return None
+
+    def _unsubscribe_url(self, who: Recipient) -> str | None:
+        """The participant's one-click link, naming the entry that decided this mail."""
+        if self._links is None or who.prefs is None:
+            return None
+        return self._links.url(Entry(who.prefs.agency, who.prefs.user_id))
 
     def _readers_today(self, who: Recipient, now: datetime) -> date:
         """The date where the reader is (the schedule's zone for a reader without one)."""
@@ -762,7 +1061,7 @@ class Dispatcher:
             return None
         if not who.address:
             outcome = Outcome(digest.id, "dead", False, digest.attempts,
-                              error=f"no email address on file for {digest.recipient}")
+                              error=f"{store.NO_ADDRESS_FOR}{digest.recipient}")
         else:
             today = self._readers_today(who, now)
             rendered = render_digest([render(i.kind, i.context, i.case_id, today=today,
@@ -777,15 +1076,21 @@ class Dispatcher:
             [outcome])
         return outcome
 
-    async def _send(self, row: Row, rendered: Rendered, address: str) -> Outcome | None:
+    async def _send(self, row: Row, rendered: Rendered, address: str,
+                    unsubscribe_url: str | None = None) -> Outcome | None:
         """Send the row's message, unless it is no longer ours to send (None)."""
         try:
             plain_mailbox(address)
         except ValueError:  # stored before addresses were checked: mail would go elsewhere
             return Outcome(row.id, "dead", False, row.attempts,
-                           error="the address on file is not a plain address; correct it")
-        message = build_message(row, rendered, address, self._from, self._clock())
+                           error=f"{store.NOT_A_PLAIN_ADDRESS}; correct it")
+        message = build_message(row, rendered, address, self._from, self._clock(),
+                                unsubscribe_url)
         async with self._slots:
+            if self._stopping:  # what is sent now may not be recorded before the stop ends
+                with contextlib.suppress(*DATABASE_UNAVAILABLE):  # else its lease runs out
+                    await store.release(self._pool, row, row.not_before, self._clock())
+                return None
             if not await store.confirm_claim(self._pool, row.id, row.claim_token,
                                              self._clock() + self._lease):
                 log.info("not sending: the row was taken over or cancelled while it waited",

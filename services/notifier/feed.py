@@ -25,7 +25,7 @@ from services.common.auth import Role, expected_claims, issue_token
 from services.common.database import DATABASE_UNAVAILABLE
 from services.common.retry import doubling
 from services.common.settings import ConfigurationError
-from services.notifier.casemodel import FeedItem
+from services.notifier.casemodel import FeedItem, actor_of
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import RuleSettings
 from services.notifier.schedule import FEED_CHECKPOINT, PageResult, apply_page
@@ -102,7 +102,8 @@ class Page:
 
 def _items(page: FeedPage) -> list[FeedItem]:
     return [FeedItem(e.checkpoint, e.case_id, e.version, e.event_id, e.type, e.schema_version,
-                     e.data, e.agency, e.recorded_at) for e in page.events]
+                     e.data, e.agency, e.recorded_at, actor_of(e.metadata))
+            for e in page.events]
 
 
 class FeedSubscriber:

@@ -7,7 +7,8 @@ Two families:
   reconciled with it, so a review held, a transfer, a closure or a revised date simply
   changes the answer.
 * celebrations follow from one event (a step completed, a goal achieved) and are keyed by
-  that event, so replaying the feed finds them already there.
+  that event, so replaying the feed finds them already there. So does the handover a case
+  manager gets when a case is transferred to them.
 
 Keys are deterministic: a notice has the same key however often the feed is replayed, and the
 key names the date it is about, so a rescheduled review is a new notice, never a resend.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid5
 from zoneinfo import ZoneInfo
 
 from schemas import events as ev
@@ -34,6 +35,7 @@ class Kind(StrEnum):
     GOAL_TARGET_DATE = "goal_target_date"
     SMALL_WIN = "small_win"
     MILESTONE = "milestone"
+    CASE_TRANSFERRED = "case_transferred"
     DAILY_DIGEST = "daily_digest"
 
 
@@ -48,6 +50,9 @@ OPEN_STEP_STATUSES = frozenset({"not_started", "in_progress"})
 LAST_OFFSET_BEHIND_UTC = timedelta(hours=12)
 # Days far enough from the calendar's ends that a moment on them converts to UTC and back.
 SCHEDULABLE_DAYS = (date(1900, 1, 1), date(9998, 12, 31))
+# A handover lists this many steps past their dates at most, and says how many more there are.
+HANDOVER_STEPS = 5
+_READER_REFS = UUID("5b0e7c52-6a43-4d0e-9d55-1f3c2a7e9b61")
 
 
 class RecipientRole(StrEnum):
@@ -83,6 +88,9 @@ class RuleSettings:
         schedule's zone) is still to come on its day for a reader somewhere: readers get dated
         notices at their own local time."""
         return moment.replace(tzinfo=UTC) + LAST_OFFSET_BEHIND_UTC > now
+
+
+DEFAULT_RULES = RuleSettings()
 
 
 @dataclass(frozen=True)
@@ -204,14 +212,20 @@ def _goal_context(goal: Goal | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def event_notices(case: CaseModel, item: FeedItem, payload: ev.EventPayload) -> list[Notice]:
-    """Celebrations of the event, sent as soon as possible (never for a closed case)."""
+def event_notices(case: CaseModel, item: FeedItem, payload: ev.EventPayload,
+                  rules: RuleSettings = DEFAULT_RULES) -> list[Notice]:
+    """What the event itself calls for, sent as soon as possible (never for a closed case):
+    celebrations, and the handover of a transferred case. ``rules``: for the day in the
+    schedule's zone the handover counts overdue from."""
     if case.status != "open":
         return []
     if isinstance(payload, ev.ActionStepCompleted):
         return [small_win(case, item, payload)]
     if isinstance(payload, ev.GoalStatusChanged) and payload.status == "achieved":
         return milestone(case, item, payload)
+    if (isinstance(payload, ev.CaseTransferred)
+            and payload.to_case_manager != payload.from_case_manager):
+        return [handover(case, item, payload, rules)]
     return []
 
 
@@ -227,7 +241,12 @@ class Withdrawal:
 
 def withdrawn_celebrations(payload: ev.EventPayload) -> Withdrawal | None:
     """A step no longer completed or a goal no longer achieved (a reversal, with its reason).
-    A completion or achievement recorded again later is a new event, celebrated anew."""
+    A completion or achievement recorded again later is a new event, celebrated anew.
+    A case transferred on: the handover to the case manager handing it on, if still waiting,
+    is no longer theirs to read."""
+    if isinstance(payload, ev.CaseTransferred):
+        return Withdrawal(Kind.CASE_TRANSFERRED, "reader_ref",
+                          reader_ref(payload.from_case_manager))
     if isinstance(payload, ev.ActionStepStatusChanged) and payload.from_status == "completed":
         return Withdrawal(Kind.SMALL_WIN, "step_id", payload.step_id)
     if (isinstance(payload, ev.GoalStatusChanged) and payload.from_status == "achieved"
@@ -295,3 +314,55 @@ def milestone(case: CaseModel, item: FeedItem, p: ev.GoalStatusChanged) -> list[
                             {"participant": case.participant_called, **context})
     return [replace(to_manager, source_event=item.event_id),
             replace(to_participant, source_event=item.event_id)]
+
+
+# --------------------------------------------------------------------------------------------
+# the handover of a transferred case
+# --------------------------------------------------------------------------------------------
+
+
+def reader_ref(user_id: str) -> UUID:
+    """A handover's reader as a UUID: a waiting handover is withdrawn by a UUID in its
+    context (``Withdrawal``), and a user id is not one."""
+    return uuid5(_READER_REFS, user_id)
+
+
+def handover(case: CaseModel, item: FeedItem, p: ev.CaseTransferred,
+             rules: RuleSettings) -> Notice:
+    """The case manager a case is transferred to hears, at the transfer, who handed it on and
+    why, the next plan review and what was past its date that day in the schedule's zone.
+    The overdue notice and the nudges may have gone to the one who left, and are not sent
+    again. Addressed to that person by name (not to whoever holds the case later): a later
+    transfer withdraws it if still waiting."""
+    day = item.recorded_at.astimezone(ZoneInfo(rules.timezone)).date()
+    context = {"participant": case.participant_called, "from_case_manager": p.from_case_manager,
+               "transferred_by": item.actor, "reason": p.reason, **_needs_attention(case, day),
+               "reader_ref": str(reader_ref(p.to_case_manager))}
+    return Notice(f"case_transferred:{item.event_id}", Kind.CASE_TRANSFERRED, case.case_id,
+                  case.agency, RecipientRole.USER, p.to_case_manager, item.recorded_at, context,
+                  source_event=item.event_id)
+
+
+def _needs_attention(case: CaseModel, day: date) -> dict[str, Any]:
+    """The next plan review and whether it was overdue on ``day``, and the steps past their
+    dates then (the first few, and how many in all)."""
+    review = min(case.reviews.values(), key=lambda r: r.due_date, default=None)
+    late = _steps_past(case, day)
+    return {"review_due": review.due_date.isoformat() if review else None,
+            "review_overdue": review is not None and review.due_date < day,
+            "overdue_steps": [{"step_id": str(s.step_id), "description": s.description,
+                               "due_date": s.due_date.isoformat() if s.due_date else None}
+                              for s in late[:HANDOVER_STEPS]],
+            "overdue_step_count": len(late)}
+
+
+def _steps_past(case: CaseModel, day: date) -> list[Step]:
+    """Open steps of active goals whose date was before ``day``, soonest first (as the
+    caseload counts overdue steps, and as a nudge would be sent for each)."""
+    def active(step: Step) -> bool:
+        goal = case.goals.get(step.goal_id)
+        return goal is None or goal.status == "active"
+
+    late = [s for s in case.steps.values() if s.due_date is not None and s.due_date < day
+            and s.status in OPEN_STEP_STATUSES and active(s)]
+    return sorted(late, key=lambda s: (s.due_date or day, s.description))

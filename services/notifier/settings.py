@@ -3,18 +3,22 @@ override host and port)."""
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, TypeAlias
+from typing import Annotated, Any, TypeAlias
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings
 
 from schemas.events import TimeZoneName
 from services.common.database import COMMAND_TIMEOUT_SECONDS
-from services.common.settings import ServiceSettings
+from services.common.settings import SETTINGS_CONFIG, ServiceSettings, blank_is_unset
+from services.notifier.links import read_secret
 
 
 def _plan_url(value: str) -> str:
@@ -35,6 +39,22 @@ def _plan_url(value: str) -> str:
 PlanUrl: TypeAlias = Annotated[str, Field(max_length=500), AfterValidator(_plan_url)]
 
 
+def _public_url(value: str) -> str:
+    """An absolute http(s) base address, with no query or fragment for the link's path to
+    land in: checked at start, so that no participant is mailed a link that cannot open."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
+            or parts.fragment or not value.isascii() \
+            or any(c.isspace() or c in "\"'`<>{}" for c in value):
+        raise ValueError("NOTIFIER_PUBLIC_URL must be the http(s) address a participant's"
+                         " browser reaches this notifier at, without a query, e.g."
+                         " https://notices.agency.example")
+    return value.rstrip("/")
+
+
+PublicUrl: TypeAlias = Annotated[str, Field(max_length=200), AfterValidator(_public_url)]
+
+
 def _sender(value: str) -> str:
     """A From header whose address can be the envelope sender: checked at start, since with
     an unquoted comma in the name, or no address at all, every send failed and was retried
@@ -52,25 +72,68 @@ def _sender(value: str) -> str:
 Sender: TypeAlias = Annotated[str, Field(max_length=500), AfterValidator(_sender)]
 
 
-class NotifierSettings(ServiceSettings):
+def smtp_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """How the mail server's certificate is checked, always (there is no setting to skip it):
+    it must be signed by an authority trusted here and name the host. Trusted: the
+    authorities in ``ca_file`` alone when given (a private authority), else the system's."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError:
+        raise ValueError(f"{ca_file} holds no certificate in PEM") from None
+    except OSError as error:
+        raise ValueError(f"{ca_file} cannot be read ({error.strerror})") from None
+    if ca_file is not None and not context.cert_store_stats()["x509"]:
+        raise ValueError(f"{ca_file} holds no certificate in PEM")
+    return context
+
+
+def on_this_host(host: str) -> bool:
+    """A loopback address, or the name ``localhost`` (RFC 6761 keeps it on loopback)."""
+    if host.lower().removesuffix(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class NotifierPorts(BaseSettings):
+    """The notifier's port and its mail server's: all that `casetrail dev` takes from the
+    environment for its notifier, whose mail server is its own catcher (no login, no TLS). A
+    real mail server's settings there stopped dev at start (a password without TLS); its
+    notifier's settings are made with `NotifierSettings.for_mail_catcher`."""
+
+    model_config = SETTINGS_CONFIG
+
+    port: int = Field(default=8081, alias="NOTIFIER_PORT")
+    smtp_port: int = Field(default=1025, alias="SMTP_PORT")
+
+
+class NotifierSettings(ServiceSettings, NotifierPorts):
     max_body_bytes: int = Field(default=64 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
 
     records_url: str = Field(default="http://127.0.0.1:8080", alias="RECORDS_URL")
     records_token: str | None = Field(default=None, alias="RECORDS_TOKEN")
     records_token_file: Path | None = Field(default=None, alias="RECORDS_TOKEN_FILE")
     host: str = Field(default="127.0.0.1", alias="NOTIFIER_HOST")
-    port: int = Field(default=8081, alias="NOTIFIER_PORT")
     db_pool_max: int = Field(default=10, alias="NOTIFIER_DB_POOL_MAX")
     # seconds a statement may go unanswered before it fails (503): see create_pool
     db_command_timeout: float = Field(default=COMMAND_TIMEOUT_SECONDS, gt=0,
                                       alias="NOTIFIER_DB_COMMAND_TIMEOUT")
 
     smtp_host: str = Field(default="127.0.0.1", alias="SMTP_HOST")
-    smtp_port: int = Field(default=1025, alias="SMTP_PORT")
-    smtp_username: str | None = Field(default=None, alias="SMTP_USERNAME")
-    smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD")
+    # TLS from the first byte (SMTPS, usually port 465); SMTP_STARTTLS: upgrade a plain
+    # connection (usually port 587) and fail if the server cannot
+    smtp_tls: bool = Field(default=False, alias="SMTP_TLS")
     smtp_starttls: bool = Field(default=False, alias="SMTP_STARTTLS")
-    smtp_timeout_seconds: float = Field(default=10.0, alias="SMTP_TIMEOUT")
+    # PEM bundle of the authorities to trust for the mail server; unset: the system's
+    smtp_ca_file: Path | None = Field(default=None, alias="SMTP_CA_FILE")
+    # after the TLS settings: their checks below read them
+    smtp_username: str | None = Field(default=None, alias="SMTP_USERNAME")
+    smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD",
+                                      validate_default=True)
+    # seconds each reply may take; checked at start: with 0 every connection timed out at once
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, alias="SMTP_TIMEOUT")
     mail_from: Sender = Field(default="Casetrail <notices@casetrail.local>",
                               alias="NOTIFIER_FROM")
     message_id_domain: str = Field(default="casetrail.local", alias="NOTIFIER_MESSAGE_ID_DOMAIN")
@@ -106,4 +169,93 @@ class NotifierSettings(ServiceSettings):
     # where staff open a case's plan (their records UI); unset: mail names the case id only
     plan_url: PlanUrl | None = Field(default=None, alias="NOTIFIER_PLAN_URL")
 
+    # signs the unsubscribe links in a participant's mail (read at start, at least 32 bytes)
+    link_secret_file: Path | None = Field(default=None, alias="NOTIFIER_LINK_SECRET_FILE")
+    # where a participant's browser reaches this notifier; unset: their mail has no
+    # unsubscribe link (after the secret: its check below reads it)
+    public_url: PublicUrl | None = Field(default=None, alias="NOTIFIER_PUBLIC_URL")
+
     mail_dir: Path | None = Field(default=None, alias="NOTIFIER_DEV_MAIL_DIR")
+
+    @classmethod
+    def for_mail_catcher(cls, values: dict[str, Any]) -> NotifierSettings:
+        """The settings of `casetrail dev`'s notifier, whose mail server is its own catcher
+        (``values`` give its host and port): a real mail server's TLS, login, bundle and
+        timeout in the environment are not its own. They used to be taken for the catcher's:
+        SMTP_TLS=true made every send to it fail, SMTP_CA_FILE stopped dev's start."""
+        catcher = {str(f.alias): f.default for f in cls.model_fields.values()
+                   if str(f.alias).startswith("SMTP_")}
+        return cls.model_validate({**catcher, **values})
+
+    # Checks of one setting against those above it (field validators, not a model validator:
+    # an error then names that setting, and the CLI does not echo every setting's value).
+
+    @field_validator("smtp_username", "smtp_password", mode="before")
+    @classmethod
+    def _blank_is_no_login(cls, value: Any) -> Any:
+        # as a login it would be sent: empty strings for a server to refuse
+        return blank_is_unset(value)
+
+    @field_validator("smtp_starttls")
+    @classmethod
+    def _one_kind_of_tls(cls, starttls: bool, info: ValidationInfo) -> bool:
+        if starttls and info.data.get("smtp_tls"):
+            raise ValueError("SMTP_TLS and SMTP_STARTTLS are both true: set SMTP_TLS for a"
+                             " server that speaks TLS from the first byte (usually port 465),"
+                             " or SMTP_STARTTLS for one that upgrades a plain connection"
+                             " (usually port 587), not both")
+        return starttls
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _usable_bundle_for_tls(cls, ca_file: Path | None,
+                               info: ValidationInfo) -> Path | None:
+        """Without TLS the bundle was ignored without a word: the operator believed the
+        certificate checked against their authority while mail went in clear."""
+        if ca_file is None:
+            return None
+        smtp_tls_context(ca_file)
+        if not (info.data.get("smtp_tls") or info.data.get("smtp_starttls")):
+            raise ValueError("SMTP_CA_FILE is set but neither SMTP_TLS nor SMTP_STARTTLS: mail"
+                             " would go in clear and no certificate would be checked; set"
+                             " SMTP_TLS=true (TLS from the first byte, port 465) or"
+                             " SMTP_STARTTLS=true (port 587), or remove SMTP_CA_FILE")
+        return ca_file
+
+    @field_validator("link_secret_file")
+    @classmethod
+    def _usable_secret(cls, secret_file: Path | None) -> Path | None:
+        if secret_file is not None:
+            read_secret(secret_file)
+        return secret_file
+
+    @field_validator("public_url")
+    @classmethod
+    def _links_are_signed(cls, public_url: str | None, info: ValidationInfo) -> str | None:
+        """A link with nothing to sign it would be refused when followed; a secret file that
+        failed its own check has already said so (it is then missing from ``info.data``)."""
+        if public_url is not None and "link_secret_file" in info.data \
+                and info.data["link_secret_file"] is None:
+            raise ValueError("NOTIFIER_PUBLIC_URL is set but NOTIFIER_LINK_SECRET_FILE is not:"
+                             " set it to a file holding at least 32 random bytes (e.g. made"
+                             " with `openssl rand -base64 48`), which signs the unsubscribe"
+                             " links in participants' mail, or unset NOTIFIER_PUBLIC_URL")
+        return public_url
+
+    @field_validator("smtp_password")
+    @classmethod
+    def _never_in_clear(cls, password: str | None, info: ValidationInfo) -> str | None:
+        """A login only inside TLS, but to a relay on this host: there the password does not
+        leave the machine (nor, in a container, its network namespace)."""
+        if (info.data.get("smtp_username") is None) != (password is None):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD go together: set both for a"
+                             " mail server that takes a login, or neither")
+        host = str(info.data.get("smtp_host", ""))
+        if password is not None and not (info.data.get("smtp_tls")
+                                         or info.data.get("smtp_starttls")
+                                         or on_this_host(host)):
+            raise ValueError(f"SMTP_USERNAME and SMTP_PASSWORD are set but neither SMTP_TLS"
+                             f" nor SMTP_STARTTLS: the password would go to {host} in clear;"
+                             " set SMTP_TLS=true (TLS from the first byte, usually port 465)"
+                             " or SMTP_STARTTLS=true (usually port 587)")
+        return password

@@ -134,7 +134,97 @@ def template_values(context: dict[str, Any], case_id: object | None,
         "owner_line": _owner_line(context.get("owner"), participant, support),
         "check_in": _check_in(context.get("owner"), participant, support),
         "case_link": _case_line(participant, case_id, link),
+        **_handover_values(context, participant, today),
     }
+
+
+_AS_TRANSFERRED = "when the case was transferred"
+
+
+def _handover_values(context: dict[str, Any], participant: str,
+                     today: date) -> dict[str, str]:
+    """The sentences of a handover (``case_transferred``): who handed the case on and why,
+    and what in the plan may need attention first, as the notifier knew it at the transfer
+    (the notice may be read days later, in a digest)."""
+    handed_on_by = context.get("from_case_manager")
+    by = context.get("transferred_by")
+    reason = context.get("reason")
+    return {
+        "from_case_manager": _mark(handed_on_by or "the previous case manager"),
+        "by_line": f" by {_mark(by)}" if by and by != handed_on_by else "",
+        "reason_line": f" The reason given: {_mark(_sentence(str(reason)))}" if reason else "",
+        "attention_line": _attention_line(context),
+        "review_line": _review_line(context, participant, today),
+        "steps_block": _steps_block_text(_LateSteps.of(context)),
+    }
+
+
+def _attention_line(context: dict[str, Any]) -> str:
+    """What a digest shows of a handover, beside who handed it on: how much is past its
+    date (the rest of the message says which)."""
+    review = _day(context.get("review_due"))
+    count = int(context.get("overdue_step_count") or 0)
+    needs = [f"the plan review due on {_nice_date(review)}"] if context.get(
+        "review_overdue") else []
+    if count:
+        needs.append(f"{count} step{'s' if count > 1 else ''} past the hoped-for date")
+    if not needs:
+        return f" Nothing in the plan was past its date {_AS_TRANSFERRED}."
+    return f" What may need attention first: {' and '.join(needs)}."
+
+
+def _review_line(context: dict[str, Any], participant: str, today: date) -> str:
+    review = _day(context.get("review_due"))
+    if review is None:
+        return f"No plan review was scheduled {_AS_TRANSFERRED}."
+    when = f"{_nice_date(review)} ({_when(review, today)})"
+    if not context.get("review_overdue"):
+        is_or_was = _is_or_was(review, today)
+        return f"The next plan review with {participant} {is_or_was} due on {when}."
+    return (f"The plan review with {participant} was due on {when} and had not been recorded"
+            f" {_AS_TRANSFERRED}. If it took place, recording it keeps the plan current; if"
+            " not, finding a time together soon is a good first step.")
+
+
+@dataclass(frozen=True)
+class _LateSteps:
+    """The steps past their dates a handover lists (each marked, and its date in words),
+    and how many more the plan holds."""
+
+    listed: list[tuple[str, str]]
+    more: int
+
+    @classmethod
+    def of(cls, context: dict[str, Any]) -> _LateSteps:
+        steps = context.get("overdue_steps") or []
+        listed = [(_mark(step["description"]), _nice_date(_day(step.get("due_date"))))
+                  for step in steps]
+        return cls(listed, int(context.get("overdue_step_count") or 0) - len(listed))
+
+    @property
+    def more_line(self) -> str:
+        return f"and {self.more} more in the plan" if self.more > 0 else ""
+
+
+_STEPS_HEADING = f"Steps past the hoped-for date {_AS_TRANSFERRED}:"
+
+
+def _steps_block_text(late: _LateSteps) -> str:
+    if not late.listed:
+        return ""
+    lines = [f'"{step}" (hoped-for date: {day})' for step, day in late.listed]
+    lines += [late.more_line] if late.more_line else []
+    return "".join([f"\n\n{_STEPS_HEADING}", *(f"\n- {line}" for line in lines)])
+
+
+def _steps_block_html(late: _LateSteps) -> str:
+    if not late.listed:
+        return ""
+    items = [f"<q>{_as_html(step)}</q> (hoped-for date: {html.escape(day)})"
+             for step, day in late.listed]
+    items += [html.escape(late.more_line)] if late.more_line else []
+    listed = "".join(f"<li>{item}</li>" for item in items)
+    return f"\n<p>{html.escape(_STEPS_HEADING)}</p>\n<ul>{listed}</ul>"
 
 
 def _sentence(text: str) -> str:
@@ -178,18 +268,41 @@ def _check_in(owner: object, participant: str, support: object) -> str:
             " support would help, or agree a new date that fits.")
 
 
+_STOP_ASKING = "tell your case manager"
+
+
+def _stop_ways(unsubscribe_url: str | None) -> str:
+    """How a participant stops their mail, after turning celebrations off themselves: asking
+    their case manager, and the one-click link when this notifier has a public address."""
+    if unsubscribe_url is None:
+        return f"or {_STOP_ASKING}."
+    return f"{_STOP_ASKING}, or open this link:\n{unsubscribe_url}"
+
+
+def _stop_ways_html(unsubscribe_url: str | None) -> str:
+    if unsubscribe_url is None:
+        return html.escape(_stop_ways(None))
+    return (f'{_STOP_ASKING}, or <a href="{html.escape(unsubscribe_url)}">stop them with'
+            " this link</a>.")
+
+
 def render(kind: str, context: dict[str, Any], case_id: object | None = None,
            *, today: date, for_participant: bool = False,
-           plan_url: str | None = None) -> Rendered:
+           plan_url: str | None = None, unsubscribe_url: str | None = None) -> Rendered:
     """The message for a notice read on ``today`` (the reader's local date). ``plan_url``:
     ``NOTIFIER_PLAN_URL``; staff mail then links to the plan. A participant's mail carries
-    neither the link nor the case id: staff records are not theirs to open from an email."""
+    neither the link nor the case id: staff records are not theirs to open from an email.
+    ``unsubscribe_url``: the participant's one-click link (``links.py``), offered beside
+    asking their case manager."""
     name = f"{kind}_participant" if for_participant else kind
     link = None if for_participant else _plan_link(plan_url, case_id)
     values = template_values(context, case_id, today, link)
+    values["stop_ways"] = _stop_ways(unsubscribe_url)
     subject, text = _subject_and_text(_template(f"{name}.txt"), values)
     escaped = {k: _as_html(v) for k, v in values.items()}
     escaped["case_link"] = _case_html(values["participant"], case_id, link)
+    escaped["stop_ways"] = _stop_ways_html(unsubscribe_url)
+    escaped["steps_block"] = _steps_block_html(_LateSteps.of(context))
     body = _template(f"{name}.html").safe_substitute(escaped)
     summary = _summary(text)
     return replace(_with_layout(_as_text(subject), _as_text(text), body),

@@ -30,6 +30,7 @@ from services.common.http import request_id_middleware as request_ids
 from services.common.problems import problem_middleware
 from services.common.settings import ConfigurationError
 from services.notifier.feed import FeedSubscriber
+from services.notifier.links import UnsubscribeLinks
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.service import Notifier, utc_now
 from services.notifier.settings import NotifierSettings
@@ -47,6 +48,7 @@ class Context:
     notifier: Notifier
     metrics: NotifierMetrics
     clock: Clock
+    links: UnsubscribeLinks | None = None  # None: no NOTIFIER_PUBLIC_URL, no links taken
 
 
 NOTIFIER = web.AppKey("notifier", Context)
@@ -70,6 +72,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
     if not settings.database_url:
         raise ConfigurationError("DATABASE_URL is not set")
     database_url = settings.database_url
+    links = _links(settings)
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[request_ids, request_metrics_middleware, problem_middleware,
                                        auth_middleware])
@@ -83,7 +86,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
                                  command_timeout=settings.db_command_timeout)
         history_began = await begin_history(pool, clock())
         notifier = Notifier(pool, settings, clock, app[METRICS], history_began)
-        app[NOTIFIER] = Context(settings, pool, notifier, app[METRICS], clock)
+        app[NOTIFIER] = Context(settings, pool, notifier, app[METRICS], clock, links)
         if background:
             await notifier.start()
         yield
@@ -95,6 +98,13 @@ def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
 
     api.add_routes(app)
     return app
+
+
+def _links(settings: NotifierSettings) -> UnsubscribeLinks | None:
+    try:
+        return UnsubscribeLinks.of(settings.public_url, settings.link_secret_file)
+    except ValueError as error:  # the file changed since the settings read it
+        raise ConfigurationError(f"NOTIFIER_LINK_SECRET_FILE: {error}") from error
 
 
 @api.route("GET", "/healthz", "the process is up", response=Health, public=True, tag="ops")

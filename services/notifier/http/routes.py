@@ -1,5 +1,5 @@
 """The notifier API: preferences, notifications, schedule, dead-letter retry, the access log,
-dev mail page.
+a participant's one-click unsubscribe link, dev mail page.
 
 Tenancy as in the records service: everything is scoped to the caller's agency, and a case or
 notification of another agency answers 404. As there, a supervisor's reads of a case's data are
@@ -11,22 +11,32 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import time
+from datetime import time, timedelta
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 from uuid import UUID
 
+import asyncpg
+import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import ExactUserId
 from schemas.queries import AccessLogQuery
-from services.common.auth import Principal, Role
+from services.common.auth import WINDOW_SEES_THE_PAST, Principal, Role
 from services.common.checkpoint import checkpoint_after
-from services.common.http import RouteHandler, json_response, parse_body, parse_query, principal
+from services.common.http import (
+    RouteHandler,
+    json_response,
+    parse_body,
+    parse_query,
+    principal,
+)
 from services.common.logs import without_addresses
 from services.common.problems import REQUEST_ID_KEY, Problem
 from services.notifier import mailbox
+from services.notifier.http import pages
 from services.notifier.http.app import api, ctx
 from services.notifier.http.models import (
     AccessLogPage,
@@ -37,7 +47,8 @@ from services.notifier.http.models import (
     PreferencesView,
     ScheduleQuery,
 )
-from services.notifier.rules import participant_recipient
+from services.notifier.links import UNSUBSCRIBE_PATH
+from services.notifier.rules import Kind, participant_recipient
 from services.notifier.store import access_log, directory
 from services.notifier.store import notifications as store
 from services.notifier.store.access_log import Read
@@ -47,13 +58,14 @@ from services.notifier.store.directory import PARTICIPANT, STAFF, Preferences, k
 # the ids the records service accepts for case managers (María López, say), percent-encoded in
 # the path; it once took only visible ASCII, so such a manager could never be given an address
 _USER = TypeAdapter(ExactUserId)
+log = structlog.get_logger("casetrail.notifier.http")
 _NOT_FOUND = Problem(404, "Not found", "no such notification", kind="not-found")
 
 
 _WINDOW_REFUSED = Problem(
-    403, "Forbidden", "this token sees cases only as they were inside its time window; the"
-    " notifier holds them as they are now: read the record as it was from the records"
-    " service, or ask here with a token without a window", kind="forbidden")
+    403, "Forbidden", f"{WINDOW_SEES_THE_PAST}; the notifier holds them as they are now: read"
+    " the record as it was from the records service, or ask here with a token without a"
+    " window", kind="forbidden")
 
 
 def _refusing_windows(handler: RouteHandler) -> RouteHandler:
@@ -147,14 +159,31 @@ def _entry_kind(who: Principal, user: str, role: str | None, stored: dict[str, P
     return PARTICIPANT if PARTICIPANT in stored and STAFF not in stored else STAFF
 
 
+def _own_role(who: Principal, stored: Preferences | None) -> str:
+    """The role of the caller's own entry: their token's, but a supervisor stays one with
+    the case_manager token they write their own cases with (0004); only a supervisor
+    changes a role. That token took them off the supervisors' overdue notices."""
+    if who.role is Role.CASE_MANAGER and stored is not None \
+            and stored.role == Role.SUPERVISOR.value:
+        return stored.role
+    return who.role.value
+
+
+def _first_role(kind: str) -> str:
+    """The role of a first entry of ``kind`` whose body names none. The kind was chosen from
+    the entries read before the PUT's transaction: one removed meanwhile left a participant
+    entry to be made as a case manager's, refused as another's (a 500)."""
+    return Role.PARTICIPANT.value if kind == PARTICIPANT else Role.CASE_MANAGER.value
+
+
 def _directory_entry(who: Principal, user: str, body: PreferencesInput,
-                     stored: Preferences | None, *, own: bool) -> Preferences:
+                     stored: Preferences | None, *, own: bool, kind: str) -> Preferences:
     """The entry a PUT makes (``own``: the caller's). Optional fields left out of the body
     keep their stored values (``quiet_hours: null`` clears them): a supervisor changing
     someone's address must not silently reset their role or cases."""
     given = body.model_fields_set
-    role = who.role.value if own else (
-        body.role or (stored.role if stored else "case_manager"))
+    role = _own_role(who, stored) if own else (
+        body.role or (stored.role if stored else _first_role(kind)))
     cases = tuple(sorted(set(body.cases))) if body.cases is not None \
         else (stored.cases if stored else ())
     if own and who.role is Role.PARTICIPANT:
@@ -162,7 +191,10 @@ def _directory_entry(who: Principal, user: str, body: PreferencesInput,
             raise Problem(422, "Invalid request", "participants name only their own cases",
                           kind="validation", errors=[{"field": "body.cases",
                                                       "message": "not your case"}])
-        cases = tuple(sorted(who.cases)) if body.cases is None else cases
+        # left out: the cases they chose before (a change of quiet hours put back a case they
+        # had left out); a first entry, or one naming none, takes their token's
+        if body.cases is None and not cases:
+            cases = tuple(sorted(who.cases))
     if role == Role.PARTICIPANT.value and not cases:  # nothing could ever be sent to it
         raise Problem(422, "Invalid request", "a participant's preferences name the cases"
                       " they belong to: they hear of those cases' milestones",
@@ -193,27 +225,168 @@ async def put_preferences(request: web.Request) -> web.Response:
     stored = await directory.entries(ctx(request).pool, who.agency, user)
     kind = _entry_kind(who, user, body.role, stored, "body.role")
     own = who.sub == user and kind == kind_of(who.role.value)
-    entry = _directory_entry(who, user, body, stored.get(kind), own=own)
-    await directory.save(ctx(request).pool, entry, who.sub, ctx(request).clock())
-    return json_response(entry.as_json())
+    entry_of = functools.partial(_directory_entry, who, user, body, own=own, kind=kind)
+    entry_of(stored.get(kind))  # refused here when it can be, before any lock is taken
+    # made again of the entry as locked: one read before may have changed since (0203)
+    c = ctx(request)
+    try:
+        saved = await directory.save(c.pool, (who.agency, kind, user), entry_of, who.sub,
+                                     c.clock(),
+                                     recent=timedelta(hours=c.settings.stale_after_hours))
+    except directory.CaseOnAnotherEntry as error:
+        raise _case_elsewhere(who, error) from error
+    if saved.dead_letters_rescheduled:
+        log.info("dead_letters_rescheduled", user=user, count=saved.dead_letters_rescheduled)
+    if saved.milestones_rescheduled or saved.dead_letters_rescheduled:
+        c.notifier.poke()
+    return json_response(saved.entry.as_json())
+
+
+def _case_elsewhere(who: Principal, error: directory.CaseOnAnotherEntry) -> Problem:
+    """A participant is not told whose entry holds their case: that is another person's id."""
+    if who.role is Role.PARTICIPANT:
+        detail = ("your case's milestones already go to another person's preferences, so"
+                  " they cannot come to you too: ask your case manager to put it right")
+    else:
+        detail = (f"{error}: a case's milestones reach one participant; take it off that"
+                  f" entry first (PUT it without the case, or DELETE"
+                  f" /v1/preferences/{quote(error.user_id, safe='')}?role=participant)")
+    return Problem(409, "Conflict", detail, kind="case-on-another-entry")
+
+
+@api.route("DELETE", "/v1/preferences/{user}", "take a recipient out of the directory (own;"
+           " supervisors: their agency's)", query=PreferencesQuery, tag="notifier")
+@_refusing_windows
+async def delete_preferences(request: web.Request) -> web.Response:
+    who, key, _, _ = await _entry_asked_for(request)
+    c = ctx(request)
+    removed = await directory.remove(c.pool, key, c.clock())
+    if removed is None:
+        raise _no_entry(key)
+    log.info("preferences_removed", user=removed.user_id, role=removed.role, by=who.sub,
+             by_role=who.role.value)
+    return web.Response(status=204)
+
+
+async def _entry_asked_for(request: web.Request) -> tuple[
+        Principal, directory.EntryKey, Preferences | None, PreferencesQuery]:
+    """The entry a GET or DELETE names (its key, and the entry as stored, if any), once the
+    caller may manage it."""
+    who = principal(request)
+    user = _path_user(request)
+    _may_manage(who, user)
+    query = parse_query(request, PreferencesQuery)
+    stored = await directory.entries(ctx(request).pool, who.agency, user)
+    kind = _entry_kind(who, user, query.role, stored, "query.role")
+    return who, (who.agency, kind, user), stored.get(kind), query
+
+
+def _no_entry(key: directory.EntryKey) -> Problem:
+    return Problem(404, "Not found", f"no preferences for {key[2]}", kind="not-found")
 
 
 @api.route("GET", "/v1/preferences/{user}", "read a recipient's preferences",
            query=PreferencesQuery, response=PreferencesView, tag="notifier")
 @_refusing_windows
 async def get_preferences(request: web.Request) -> web.Response:
-    who = principal(request)
-    user = _path_user(request)
-    _may_manage(who, user)
-    query = parse_query(request, PreferencesQuery)
-    stored = await directory.entries(ctx(request).pool, who.agency, user)
-    found = stored.get(_entry_kind(who, user, query.role, stored, "query.role"))
+    _, key, found, query = await _entry_asked_for(request)
     if found is None:
-        raise Problem(404, "Not found", f"no preferences for {user}", kind="not-found")
+        raise _no_entry(key)
     if found.role == Role.PARTICIPANT.value:  # their address: a read of their cases
         what = f"preferences role={query.role}" if query.role else "preferences"
-        await _log_read(request, "read", what, found.cases or (None,), participant=user)
+        await _log_read(request, "read", what, found.cases or (None,), participant=found.user_id)
     return json_response(found.as_json())
+
+
+# A participant's one-click unsubscribe link (RFC 8058; links.py, 0203). No token: it is
+# followed from a mail. The link names one participant entry and is signed; any other is 404.
+
+_LINK_NOT_VALID = ("this unsubscribe link is not valid: it may have been copied only in part,"
+                   " or the preferences it names no longer exist; ask your case manager to stop"
+                   " these emails")
+_ONE_CLICK = ("List-Unsubscribe", "One-Click")
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+_UNSUBSCRIBE = UNSUBSCRIBE_PATH + "{token}"
+
+
+class _EntryGone(LookupError):
+    """The entry a link names was removed while the request ran."""
+
+
+async def _linked_entry(request: web.Request) -> Preferences | None:
+    """The participant entry the link names, if this notifier signed it and it still exists
+    (only that agency's entries are looked at)."""
+    c = ctx(request)
+    named = c.links.entry(request.match_info["token"]) if c.links is not None else None
+    if named is None:
+        return None
+    return (await directory.entries(c.pool, named.agency, named.user_id)).get(PARTICIPANT)
+
+
+def _not_valid(request: web.Request) -> web.Response:
+    """404: a page for a browser, else a problem (a mail provider's POST, a script)."""
+    if pages.prefers_html(",".join(request.headers.getall("Accept", ()))):
+        return pages.not_valid()
+    raise Problem(404, "Not found", _LINK_NOT_VALID, kind="not-found")
+
+
+async def _one_click_form(request: web.Request) -> None:
+    """The body of an unsubscribe POST: the one-click form, or an empty one (the page's)."""
+    if not request.body_exists:
+        return
+    if request.content_type not in _FORMS:
+        raise Problem(415, "Unsupported media type", "send List-Unsubscribe=One-Click as a"
+                      " form (application/x-www-form-urlencoded), or no body",
+                      kind="unsupported-media-type")
+    try:
+        fields = list((await request.post()).items())
+    # LookupError: an unknown charset; RuntimeError: aiohttp's multipart reader on an unknown
+    # Content-Transfer-Encoding (it answered 500)
+    except (ValueError, LookupError, RuntimeError, RequestPayloadError) as error:
+        raise Problem(400, "Bad request", f"the form could not be read: {error}",
+                      kind="malformed-body") from error
+    if fields not in ([], [_ONE_CLICK]):
+        raise Problem(400, "Bad request", "the form holds List-Unsubscribe=One-Click and"
+                      " nothing else (RFC 8058), or nothing", kind="malformed-body",
+                      errors=[{"field": "body", "message": "not the one-click form"}])
+
+
+def _celebrations_off(stored: Preferences | None) -> Preferences:
+    if stored is None:
+        raise _EntryGone
+    return replace(stored, celebrations=False)
+
+
+@api.route("GET", _UNSUBSCRIBE, "a participant's unsubscribe link, opened: a page with a"
+           " button that confirms (changes nothing)", public=True, tag="notifier",
+           media_types=("text/html",))
+async def unsubscribe_page(request: web.Request) -> web.Response:
+    entry = await _linked_entry(request)
+    if entry is None:
+        return _not_valid(request)
+    return pages.confirm() if entry.celebrations else pages.already_off()
+
+
+@api.route("POST", _UNSUBSCRIBE, "a participant's unsubscribe link, confirmed (one click,"
+           " RFC 8058): celebrations off for that participant", public=True, tag="notifier",
+           media_types=("text/html",), form=True)
+async def unsubscribe(request: web.Request) -> web.Response:
+    """As a PUT turning celebrations off (``directory.save``: what waits for them is decided
+    afresh), recorded as updated by the participant through the link. A second one answers
+    the same and writes nothing."""
+    entry = await _linked_entry(request)
+    if entry is None:
+        return _not_valid(request)
+    await _one_click_form(request)
+    if entry.celebrations:
+        c = ctx(request)
+        try:
+            await directory.save(c.pool, (entry.agency, PARTICIPANT, entry.user_id),
+                                 _celebrations_off, f"{entry.user_id} (unsubscribe link)",
+                                 c.clock(), recent=timedelta(hours=c.settings.stale_after_hours))
+        except _EntryGone:
+            return _not_valid(request)
+    return pages.done()
 
 
 def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
@@ -264,17 +437,37 @@ def _addressed_to(who: Principal, row: store.Row) -> bool:
 async def _visible_row(request: web.Request) -> store.Row:
     """The notification named in the path, if the caller may see it (else 404)."""
     who = principal(request)
-    row_id = _path_id(request)
-    row = await store.get_row(ctx(request).pool, row_id)
-    if row is None or (who.role is not Role.SERVICE and row.agency != who.agency):
-        raise _NOT_FOUND
-    if who.role in (Role.SERVICE, Role.SUPERVISOR) or _addressed_to(who, row):
+    row = await _agency_row(request)
+    if _sees_as_reader(who, row):
         return row
-    if who.role is Role.CASE_MANAGER and row.case_id is not None:
-        facts = await case_facts(ctx(request).pool, row.case_id)
-        if facts is not None and facts["case_manager"] == who.sub:
-            return row
+    # the case is read only when it decides: a case manager sees the notices of their cases
+    if who.role is Role.CASE_MANAGER and _manages(who, await _facts_of(request, row)):
+        return row
     raise _NOT_FOUND
+
+
+async def _agency_row(request: web.Request) -> store.Row:
+    """The notification named in the path, if it is of the caller's agency (else 404)."""
+    who = principal(request)
+    # the service role serves every agency; any other reads only its own agency's rows
+    agency = None if who.role is Role.SERVICE else who.agency
+    row = await store.get_row(ctx(request).pool, _path_id(request), agency)
+    if row is None:
+        raise _NOT_FOUND
+    return row
+
+
+async def _facts_of(request: web.Request, row: store.Row) -> asyncpg.Record | None:
+    return await case_facts(ctx(request).pool, row.case_id) if row.case_id is not None else None
+
+
+def _sees_as_reader(who: Principal, row: store.Row) -> bool:
+    return who.role in (Role.SERVICE, Role.SUPERVISOR) or _addressed_to(who, row)
+
+
+def _manages(who: Principal, facts: asyncpg.Record | None) -> bool:
+    return (who.role is Role.CASE_MANAGER and facts is not None
+            and facts["case_manager"] == who.sub)
 
 
 @api.route("GET", "/v1/notifications/{notification_id}", "one notification with its attempts",
@@ -293,20 +486,49 @@ async def get_notification(request: web.Request) -> web.Response:
 @_refusing_windows
 async def retry_notification(request: web.Request) -> web.Response:
     who = principal(request)
-    row = await _visible_row(request)
-    if who.role not in (Role.SUPERVISOR, Role.SERVICE) and not _addressed_to(who, row):
-        raise Problem(403, "Forbidden", "supervisors and the recipient retry dead letters",
-                      kind="forbidden")
+    row = await _agency_row(request)
+    # the case read once: it decides who may see and retry the notice, and whether it is sent
+    facts = await _facts_of(request, row)
+    if not (_sees_as_reader(who, row) or _manages(who, facts)):
+        raise _NOT_FOUND
+    if not _may_retry(who, row, facts):
+        raise Problem(403, "Forbidden", "supervisors, the recipient and the case's manager (of"
+                      " a notice to its case manager) retry dead letters", kind="forbidden")
+    if facts is not None and facts["status"] == "closed":
+        raise Problem(409, "Conflict", "the case is closed: its notices were cancelled when it"
+                      " closed, and this one is not sent again", kind="case-closed")
+    _refuse_a_handover_moved_on(row, facts)
     c = ctx(request)
-    if not await store.revive_dead(c.pool, row.id, c.clock()):
-        now = await store.get_row(c.pool, row.id)  # a retry racing this one may have won
+    if await store.taken_back(c.pool, row):
+        raise Problem(409, "Conflict", "what it celebrates was taken back since: this"
+                      f" {row.kind.replace('_', ' ')} is not sent", kind="taken-back")
+    revived = await store.revive_dead(c.pool, row.id, c.clock())
+    if revived is None:
+        # a retry racing this one may have won
+        now = await store.get_row(c.pool, row.id, row.agency)
         status = now.status if now is not None else row.status
         raise Problem(409, "Conflict", f"only dead notifications are retried; this one is"
                       f" {status}", kind="not-dead", status_now=status)
     c.notifier.poke()
-    revived = await store.get_row(c.pool, row.id)
-    assert revived is not None
     return json_response(_shown(revived), status=202)
+
+
+def _may_retry(who: Principal, row: store.Row, facts: asyncpg.Record | None) -> bool:
+    """A notice to the case manager goes, retried, to the case's manager now (after a
+    transfer: not to the one who left), so they may retry it too; they were refused."""
+    return _sees_as_reader(who, row) or (row.recipient_role == "case_manager"
+                                         and _manages(who, facts))
+
+
+def _refuse_a_handover_moved_on(row: store.Row, facts: asyncpg.Record | None) -> None:
+    """A handover is its reader's only while they hold the case: a further transfer withdraws
+    one still waiting, and a dead one retried after it told the one who had left of a case no
+    longer theirs to read."""
+    if (row.kind == Kind.CASE_TRANSFERRED and facts is not None
+            and facts["case_manager"] != row.recipient):
+        # the case manager now is not named: the caller may be the one who left
+        raise Problem(409, "Conflict", f"the case has been transferred on since: this handover"
+                      f" to {row.recipient} is not sent", kind="transferred-on")
 
 
 @api.route("GET", "/v1/schedule", "what is still to be sent for a case, and when",

@@ -6,18 +6,27 @@ the table itself: migration 0007)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, time
-from typing import Any, TypeAlias
+from datetime import datetime, time, timedelta
+from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
 import asyncpg
 
 from services.notifier.rules import RecipientRole, participant_recipient
-from services.notifier.store.notifications import decide_afresh
+from services.notifier.store.notifications import (
+    MENDED_BY_A_PARTICIPANTS_ADDRESS,
+    MENDED_BY_A_SUPERVISOR,
+    MENDED_BY_AN_ADDRESS,
+    decide_afresh,
+    send_mended,
+    send_missed_milestones,
+)
 
 Db: TypeAlias = Any  # asyncpg.Connection or asyncpg.Pool (asyncpg ships no types)
 STAFF, PARTICIPANT = "staff", "participant"
+EntryKey: TypeAlias = tuple[str, str, str]  # agency, kind, user id: one entry
 
 
 def kind_of(role: str) -> str:
@@ -67,6 +76,9 @@ class Preferences:
                 "cases": [str(c) for c in self.cases]}
 
 
+MakeEntry: TypeAlias = Callable[[Preferences | None], Preferences]  # of the one stored
+
+
 _INSERT = """INSERT INTO notifier.directory (agency, user_id, role, email, delivery, timezone,
                                            quiet_start, quiet_end, celebrations, cases,
                                            updated_by, updated_at)
@@ -91,30 +103,170 @@ async def upsert(db: Db, prefs: Preferences, updated_by: str, now: datetime) -> 
         *_values(prefs, updated_by, now))
 
 
-async def save(pool: asyncpg.Pool, prefs: Preferences, updated_by: str,
-               now: datetime) -> None:
-    """Store an entry. When how or when the reader hears changes, what waits for them is
-    decided afresh with it, in the same transaction: a notice put off to 09:00 in the zone
-    they just left, or waiting in the digest they just gave up, used to keep its old moment
-    (and reached them on the day after its own). The entry replaced is the one locked here:
-    compared with one read before the transaction, a change stored meanwhile (and notices
-    put off under it) went unseen (0203)."""
+@dataclass(frozen=True)
+class Saved:
+    entry: Preferences
+    milestones_rescheduled: int  # missed ones this change lets the participant hear of
+    dead_letters_rescheduled: int = 0  # those this entry gives what they lacked (send_mended)
+
+
+def newly_heard_cases(replaced: Preferences | None, prefs: Preferences) -> list[UUID]:
+    """The cases whose milestones a participant's entry hears of and the one it replaces did
+    not: all of them on a first opt-in or with celebrations turned back on, else the cases
+    added. A staff entry hears of no participant's milestones."""
+    if kind_of(prefs.role) != PARTICIPANT or not prefs.celebrations:
+        return []
+    before = set(replaced.cases) if replaced is not None and replaced.celebrations else set()
+    return [case for case in prefs.cases if case not in before]
+
+
+async def save(pool: asyncpg.Pool, key: EntryKey, make: MakeEntry, updated_by: str,
+               now: datetime, *, recent: timedelta) -> Saved:
+    """Store the entry ``make`` makes of the one stored under ``key`` (None: none yet), as
+    read and locked in this transaction; ``make`` may refuse (raise), and nothing is written.
+    A request's left-out fields were filled from the entry read before it waited for the
+    lock, so of two partial changes at once the second undid the first (0203).
+
+    When how or when the reader hears changes, what waits for them is decided afresh with
+    it, in the same transaction: a notice put off to 09:00 in the zone they just left, or
+    waiting in the digest they just gave up, used to keep its old moment (and reached them on
+    the day after its own). The entry replaced is the one locked here: compared with one read
+    before the transaction, a change stored meanwhile (and notices put off under it) went
+    unseen (0203).
+
+    A participant who now hears of milestones they did not (``newly_heard_cases``) is sent
+    those cancelled for it within ``recent`` (the staleness window), in the same transaction:
+    one opting in minutes after the goal that made them opt in never heard of it (0203).
+
+    Tried again when PostgreSQL ends it to break a deadlock: the feed, taking back a goal or
+    closing a case, locks such milestones and may then want this entry (it answered 500).
+
+    Refused (``CaseOnAnotherEntry``, nothing written) when a participant's entry would name a
+    case another participant's entry names: a case's milestones reach one person, and a
+    typo in a supervisor's PUT sent one participant's to another (0203).
+
+    Dead letters that asked for what the entry gives are scheduled again, in the same
+    transaction (``send_what_it_mends``): a case manager added on their second day never got
+    their first day's notices until someone retried each (0203)."""
+    return await _retried(lambda: _save(pool, key, make, updated_by, now, recent))
+
+
+async def remove(pool: asyncpg.Pool, key: EntryKey, now: datetime) -> Preferences | None:
+    """Take the entry under ``key`` out of the directory (None: there was none). What waits
+    for that reader is decided afresh in the same transaction, as when their preferences
+    change (``save``): with no entry, it is a dead letter saying no address is on file, or
+    for a participant a milestone they no longer hear of."""
+    async def removing() -> Preferences | None:
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("DELETE FROM notifier.directory WHERE agency = $1"
+                                      " AND kind = $2 AND user_id = $3 RETURNING *", *key)
+            if row is None:
+                return None
+            removed = Preferences.of(row)
+            roles, recipients = removed.addressed_as
+            await decide_afresh(conn, removed.agency, roles, recipients, now)
+            return removed
+    return await _retried(removing)
+
+
+class CaseOnAnotherEntry(Exception):
+    def __init__(self, case_id: UUID, user_id: str) -> None:
+        super().__init__(f"case {case_id} is on the preferences of participant {user_id}")
+        self.case_id, self.user_id = case_id, user_id
+
+
+async def _retried(work: Callable[[], Awaitable[_T]]) -> _T:
+    """``work``'s transaction, tried again when PostgreSQL ends it to break a deadlock."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            return await work()
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+_ATTEMPTS = 5
+_T = TypeVar("_T")
+
+
+async def _save(pool: asyncpg.Pool, key: EntryKey, make: MakeEntry, updated_by: str,
+                now: datetime, recent: timedelta) -> Saved:
     async with pool.acquire() as conn, conn.transaction():
-        replaced = await _locked(conn, prefs)
-        if replaced is None and await _inserted(conn, prefs, updated_by, now):
-            return  # a first entry: nothing was decided under one before
-        replaced = replaced or await _locked(conn, prefs)  # one a change at once just stored
-        await upsert(conn, prefs, updated_by, now)
-        if replaced is not None and replaced.how_and_when != prefs.how_and_when:
-            roles, recipients = prefs.addressed_as
-            await decide_afresh(conn, prefs.agency, roles, recipients, now)
+        replaced = await _locked(conn, key)
+        prefs = _made(make, replaced, key)
+        await _refuse_cases_on_other_entries(conn, prefs, replaced)
+        if replaced is None and not await _inserted(conn, prefs, updated_by, now):
+            replaced = await _locked(conn, key)  # one a change at once just stored
+            prefs = _made(make, replaced, key)
+            await _refuse_cases_on_other_entries(conn, prefs, replaced)
+        if replaced is not None:  # else a first entry: nothing was decided under one before
+            await upsert(conn, prefs, updated_by, now)
+            if replaced.how_and_when != prefs.how_and_when:
+                roles, recipients = prefs.addressed_as
+                await decide_afresh(conn, prefs.agency, roles, recipients, now)
+        cases = newly_heard_cases(replaced, prefs)
+        missed = await send_missed_milestones(
+            conn, prefs.agency, [participant_recipient(c) for c in cases], now - recent,
+            now) if cases else 0
+        return Saved(prefs, missed, await send_what_it_mends(conn, prefs, now))
 
 
-async def _locked(conn: asyncpg.Connection, prefs: Preferences) -> Preferences | None:
-    """The stored entry ``prefs`` replaces, locked until the transaction ends."""
+async def send_what_it_mends(conn: asyncpg.Connection, prefs: Preferences,
+                             now: datetime) -> int:
+    """The dead letters the entry mends, scheduled again (``send_mended``): an entry with an
+    address, those to that reader (a participant: their cases' milestones) that died for
+    want of an entry, an address, a plain address or a time zone this notifier knows (a PUT
+    stores only plain addresses and known zones); a supervisor's entry, with or without
+    one, the agency's notices to supervisors that found none. Looked for on every such
+    save, not only when the address changes: a notice decided under the entry read just
+    before an earlier save died after it. What still lacks something dies again, for the
+    reason it then has. Returns how many."""
+    mended = 0
+    if prefs.email is not None:
+        roles, recipients = prefs.addressed_as
+        reasons = MENDED_BY_AN_ADDRESS if kind_of(prefs.role) == STAFF \
+            else MENDED_BY_A_PARTICIPANTS_ADDRESS
+        mended += await send_mended(conn, prefs.agency, roles, recipients, reasons, now)
+    if prefs.role == "supervisor":
+        group = [RecipientRole.SUPERVISORS]  # the group is its own recipient (rules)
+        mended += await send_mended(conn, prefs.agency, group, group, MENDED_BY_A_SUPERVISOR,
+                                    now)
+    return mended
+
+
+async def _refuse_cases_on_other_entries(conn: asyncpg.Connection, prefs: Preferences,
+                                         replaced: Preferences | None) -> None:
+    """Each case the entry adds is locked for the transaction (in one order, sorted, so two
+    entries naming the same case at once take turns and the second sees the first), then
+    looked up on the others. A case the entry already named is not: entries stored before
+    the check that share one keep changing (turning celebrations off, say)."""
+    added = sorted(set(prefs.cases) - set(replaced.cases if replaced else ()))
+    if kind_of(prefs.role) != PARTICIPANT or not added:
+        return
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || c::text, 0))"
+                       " FROM unnest($2::uuid[]) AS c", prefs.agency, added)
+    other = await conn.fetchrow(
+        "SELECT user_id, (SELECT c FROM unnest(cases) AS c WHERE c = ANY($3::uuid[]) LIMIT 1)"
+        " AS case_id FROM notifier.directory WHERE agency = $1 AND kind = 'participant'"
+        " AND user_id <> $2 AND cases && $3::uuid[] ORDER BY user_id LIMIT 1",
+        prefs.agency, prefs.user_id, added)
+    if other is not None:
+        raise CaseOnAnotherEntry(other["case_id"], other["user_id"])
+
+
+def _made(make: MakeEntry, stored: Preferences | None, key: EntryKey) -> Preferences:
+    """The entry ``make`` makes, which must be the one under ``key`` (the row locked)."""
+    prefs = make(stored)
+    if (prefs.agency, kind_of(prefs.role), prefs.user_id) != key:
+        raise ValueError(f"an entry made for {key} is another's: {prefs.user_id}, {prefs.role}")
+    return prefs
+
+
+async def _locked(conn: asyncpg.Connection, key: EntryKey) -> Preferences | None:
+    """The stored entry under ``key``, locked until the transaction ends."""
     row = await conn.fetchrow("SELECT * FROM notifier.directory WHERE agency = $1"
-                              " AND kind = $2 AND user_id = $3 FOR UPDATE",
-                              prefs.agency, kind_of(prefs.role), prefs.user_id)
+                              " AND kind = $2 AND user_id = $3 FOR UPDATE", *key)
     return Preferences.of(row) if row else None
 
 

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4, uuid5
 
 import asyncpg
 
-from services.notifier.rules import DATED, Notice, RecipientRole
+from services.notifier.rules import DATED, Kind, Notice, RecipientRole
 
 _ID_NAMESPACE = UUID("0f6c1c55-93e4-4f57-bb8e-2a4f3f1f7a10")
 PENDING = ("scheduled", "failed")
@@ -82,7 +82,9 @@ INSERT INTO notifier.notifications
   (id, key, kind, case_id, agency, recipient_role, recipient, due_at, not_before, status,
    message_id, context, source_event, parent_id, created_at, updated_at, cause_recorded_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 'scheduled', $9, $10::jsonb, $11, $12, $13, $13, $14)
-ON CONFLICT (key) DO NOTHING"""
+ON CONFLICT DO NOTHING"""
+# No conflict target: the id is derived from the key, so both are unique, and a second
+# insert racing the first past the key's check would fail on the id's index instead.
 
 
 def _insert_args(n: Notice, domain: str, now: datetime, cause_recorded_at: datetime | None,
@@ -203,6 +205,8 @@ async def withdraw_celebrations(conn: asyncpg.Connection, case_id: UUID, kind: s
     ``subject_id`` (a step taken back, a goal no longer achieved). Only on such a reversal, so
     celebration rows are not locked on the usual path (see ``reconcile_case``); a claimed one
     is left by its dispatcher, whose check before sending finds it no longer pending."""
+    if kind == Kind.MILESTONE:
+        await _end_unheard_milestones(conn, case_id, now, goal_id=subject_id)
     await conn.execute(
         "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"
         " last_error = $5, lease_owner = NULL, lease_until = NULL, updated_at = $6"
@@ -234,6 +238,7 @@ async def _cancel_keys(conn: asyncpg.Connection, keys: Sequence[str], reason: st
 async def _end_with_case(conn: asyncpg.Connection, case_id: UUID, reason: str,
                          now: datetime) -> None:
     """Pending notices of every kind end with the case."""
+    await _end_unheard_milestones(conn, case_id, now)
     await conn.execute(
         "UPDATE notifier.notifications SET status = 'cancelled', cancelled_by_case = true,"
         " last_error = $2, updated_at = $3"
@@ -290,21 +295,51 @@ async def claim_due(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int
     return sorted((Row.of(r) for r in rows), key=lambda r: (r.not_before, r.key))
 
 
+EARLY_CLAIM_SPAN = timedelta(hours=26)  # the furthest ahead of its due time a notice is owed
+
+
+@dataclass(frozen=True)
+class Day:
+    """A day of the schedule's zone (``YYYY-MM-DD``) and when it begins and ends, in UTC."""
+
+    name: str
+    starts: datetime
+    ends: datetime
+
+
+def digest_key(agency: str, recipient: str, day: str) -> str:
+    """The key of a reader's digest of a local day (one per reader per day)."""
+    return f"daily_digest:{agency}:{recipient}:{day}"
+
+
 async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int,
                             lease: timedelta, delivery: str, due_by: Mapping[str, datetime],
-                            passed_over: Sequence[UUID]) -> list[tuple[Row, str]]:
+                            passed_over: Sequence[UUID],
+                            digest_days: Sequence[Day] = ()) -> list[tuple[Row, str]]:
     """Lease the dated notices of readers who take ``delivery`` whose moment has come before
     the schedule's time: a reader in time zone ``z`` is owed those due by ``due_by[z]``
     (``DatedTiming.due_by``); readers in a zone not named there are left out. ``passed_over``
     rows are left out, and so are rows already put off to a later time (their reader's quiet
     hours): the usual path takes them then. Each row comes with its reader's time zone.
 
+    ``digest_days``: the schedule's days the notices may be due on, for digest readers. A
+    notice whose reader's digest of its day has gone (tried, or given up) is left out too: it
+    cannot join that digest, and takes the usual path when due. It used to be claimed and
+    given back by every digest run (each minute, on every instance) until then. One whose
+    digest is being looked at right now is claimed: a digest put off to the end of quiet
+    hours takes more.
+
     The zones are worked out in Python, not with ``AT TIME ZONE`` here: one reader's zone the
-    database server did not know made this statement fail, and so every instance's dispatch."""
+    database server did not know made this statement fail, and so every instance's dispatch.
+    So is the window's end: PostgreSQL adds an interval's day in the session's time zone, so
+    ``now + '1 day 02:00'`` was 25 or 27 hours on a day that zone's clocks changed."""
     zones = list(due_by)
     rows = await pool.fetch(
         """WITH reader AS (
              SELECT * FROM unnest($6::text[], $7::timestamptz[]) AS r(timezone, due_by)),
+           day AS (
+             SELECT * FROM unnest($12::text[], $13::timestamptz[], $14::timestamptz[])
+               AS s(name, starts, ends)),
            due AS (
              SELECT n.id, d.timezone FROM notifier.notifications n
              JOIN notifier.directory d ON d.agency = n.agency AND d.user_id = n.recipient
@@ -313,17 +348,24 @@ async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, li
              WHERE n.status = 'scheduled' AND n.digest_id IS NULL AND n.attempts = 0
                AND n.recipient_role IN ('case_manager', 'user')
                AND n.kind = ANY($8::text[]) AND NOT (n.id = ANY($9::uuid[]))
-               AND n.not_before > $1 AND n.not_before < $1 + interval '26 hours'
+               AND n.not_before > $1 AND n.not_before < $11
                AND n.not_before = n.due_at  -- not yet put off (quiet hours, say)
                AND n.due_at <= r.due_by
                AND (n.lease_until IS NULL OR n.lease_until < $1)
                AND d.delivery = $10
+               AND NOT EXISTS (  -- the reader's digest of its day has gone (digest_key)
+                 SELECT FROM day s JOIN notifier.notifications g
+                   ON g.key = 'daily_digest:' || n.agency || ':' || n.recipient || ':' || s.name
+                 WHERE n.due_at >= s.starts AND n.due_at < s.ends
+                   AND NOT (g.status = 'scheduled' AND g.attempts = 0))
              ORDER BY n.not_before LIMIT $2 FOR UPDATE OF n SKIP LOCKED)
            UPDATE notifier.notifications n SET lease_owner = $3, lease_until = $4,
                                                claim_token = $5, updated_at = $1
            FROM due WHERE n.id = due.id RETURNING n.*, due.timezone AS reader_timezone""",
         now, limit, owner, now + lease, uuid4(), zones, [due_by[z] for z in zones],
-        list(DATED), list(passed_over), delivery)
+        list(DATED), list(passed_over), delivery, now + EARLY_CLAIM_SPAN,
+        [d.name for d in digest_days], [d.starts for d in digest_days],
+        [d.ends for d in digest_days])
     return [(Row.of(r), r["reader_timezone"]) for r in rows]
 
 
@@ -505,6 +547,162 @@ async def decide_afresh(conn: asyncpg.Connection, agency: str, roles: Sequence[s
         agency, list(roles), list(recipients), now)
 
 
+# Why delivery did not send a participant's milestone when they had not opted in, or had turned
+# celebrations off (delivery's ``_participant_decision`` records these words): the ones an
+# opt-in brings back (0203). Matched by the words, as no column says why a row was cancelled.
+NOT_OPTED_IN = "the participant has not opted in to hear about their milestones"
+CELEBRATIONS_OFF = "the participant turned celebrations off in their preferences"
+NOT_HEARD_OF = (NOT_OPTED_IN, CELEBRATIONS_OFF)
+
+
+async def _end_unheard_milestones(conn: asyncpg.Connection, case_id: UUID, now: datetime,
+                                  goal_id: UUID | None = None) -> None:
+    """The case's participant milestones (of one goal) cancelled as not heard of are ended by
+    a take-back or a closing too, as a waiting one is: a later opt-in does not send them
+    (``send_missed_milestones``), even once the case is reopened. Their reason stays: it is
+    why they were not sent then. Locked in id order, before what waits is cancelled, so an
+    opt-in at the same moment either waits for this and sees it, or goes first and has its
+    milestone cancelled with what waits."""
+    await conn.execute(
+        "UPDATE notifier.notifications SET cancelled_by_case = true, updated_at = $4"
+        " WHERE id IN (SELECT id FROM notifier.notifications WHERE case_id = $1"
+        " AND kind = 'milestone' AND recipient_role = 'participant' AND status = 'cancelled'"
+        " AND NOT cancelled_by_case AND last_error = ANY($2::text[])"
+        " AND ($3::text IS NULL OR context->>'goal_id' = $3) ORDER BY id FOR UPDATE)",
+        case_id, list(NOT_HEARD_OF), str(goal_id) if goal_id is not None else None, now)
+
+
+async def send_missed_milestones(conn: asyncpg.Connection, agency: str,
+                                 recipients: Sequence[str], since: datetime,
+                                 now: datetime) -> int:
+    """A participant now hears of milestones they did not (a first opt-in, celebrations back
+    on, a case added): those of ``recipients`` (their cases) cancelled for that reason and
+    achieved at ``since`` or later are scheduled again, now, with their own Message-ID, when
+    the record still bears them out: not ended by a take-back or closing since
+    (``_end_unheard_milestones``), the case open, the goal still achieved, and the goal's
+    latest milestone. Never another's notices, nor one cancelled for another reason. Returns
+    how many.
+
+    The rows are locked first and the case read after, in a statement of its own: it sees
+    what a take-back or closing committed while the lock waited."""
+    held = await conn.fetch(
+        "SELECT id FROM notifier.notifications WHERE agency = $1 AND recipient = ANY($2::text[])"
+        " AND due_at >= $3 AND recipient_role = 'participant' AND kind = 'milestone'"
+        " AND status = 'cancelled' AND NOT cancelled_by_case AND last_error = ANY($4::text[])"
+        " ORDER BY id FOR UPDATE", agency, list(recipients), since, list(NOT_HEARD_OF))
+    if not held:
+        return 0
+    result: str = await conn.execute(
+        "UPDATE notifier.notifications n SET status = 'scheduled', not_before = $2,"
+        " last_error = NULL, digest_id = NULL, lease_owner = NULL, lease_until = NULL,"
+        " claim_token = NULL, updated_at = $2"
+        " FROM notifier.cases c, notifier.goals g"
+        " WHERE n.id = ANY($1::uuid[]) AND n.status = 'cancelled'"
+        " AND c.case_id = n.case_id AND c.status = 'open'"
+        " AND g.case_id = n.case_id AND g.goal_id::text = n.context->>'goal_id'"
+        " AND g.status = 'achieved'"
+        " AND NOT EXISTS (SELECT FROM notifier.notifications later"
+        " WHERE later.case_id = n.case_id AND later.kind = 'milestone'"
+        " AND later.recipient_role = 'participant'"
+        " AND later.context->>'goal_id' = n.context->>'goal_id'"
+        " AND (later.due_at, later.id) > (n.due_at, n.id))",
+        [r["id"] for r in held], now)
+    return int(result.split()[-1])
+
+
+async def lock_cases_to_read(conn: asyncpg.Connection, case_ids: Sequence[UUID]) -> None:
+    """Wait for the feed to be done with these cases, and hold it off them until this
+    transaction ends (in id order, as the feed takes them: ``lock_cases_to_write``). What
+    brings a dead letter back reads a case's manager and status, and the feed moves and
+    cancels only waiting notices: read before the feed committed a transfer or a closing, a
+    revived notice went to the one who had left, or of a closed case (an audit staged both)."""
+    await _lock_cases(conn, case_ids, "SHARE")
+
+
+async def lock_cases_to_write(conn: asyncpg.Connection, case_ids: Sequence[UUID]) -> None:
+    """The feed's lock on the cases of a page, before it touches any of their notices."""
+    await _lock_cases(conn, case_ids, "NO KEY UPDATE")
+
+
+async def _lock_cases(conn: asyncpg.Connection, case_ids: Sequence[UUID], mode: str) -> None:
+    await conn.execute("SELECT FROM notifier.cases WHERE case_id = ANY($1::uuid[])"
+                       f" ORDER BY case_id FOR {mode}", sorted(set(case_ids)))
+
+
+# Why delivery made a dead letter of a notice that an entry in the directory mends: the fixed
+# start of each reason, written by delivery and matched by ``send_mended`` (0203). Matched by
+# the words, as no column says why a row died.
+NO_ADDRESS_FOR = "no email address on file for "  # then whom (no entry, or no address)
+NOT_A_PLAIN_ADDRESS = "the address on file is not a plain address"  # stored before the check
+UNKNOWN_ZONE = "the time zone "  # then which, whose, "is not one this notifier knows"
+NO_SUPERVISOR_OF = "no supervisor of agency "  # then which, "in the directory"
+PARTICIPANT_NO_ADDRESS = "the participant opted in but no email address is on file"
+MENDED_BY_AN_ADDRESS = (NO_ADDRESS_FOR, NOT_A_PLAIN_ADDRESS, UNKNOWN_ZONE)
+MENDED_BY_A_PARTICIPANTS_ADDRESS = (PARTICIPANT_NO_ADDRESS, NOT_A_PLAIN_ADDRESS, UNKNOWN_ZONE)
+MENDED_BY_A_SUPERVISOR = (NO_SUPERVISOR_OF,)
+DIGEST_MENDED = ("not sent: the directory now gives what it lacked, and its notices were"
+                 " scheduled again, each as its reader now takes it")
+
+# the agency's ($1) dead rows in roles $2 to recipients $3 that died for one of the reasons
+# (prefixes of ``last_error``) an entry mends ($4)
+_DEAD_FOR = ("SELECT id, kind, case_id FROM notifier.notifications WHERE agency = $1"
+             " AND recipient = ANY($3::text[]) AND recipient_role = ANY($2::text[])"
+             " AND status = 'dead' AND EXISTS (SELECT FROM unnest($4::text[]) AS why"
+             " WHERE starts_with(last_error, why))")
+
+
+async def send_mended(conn: asyncpg.Connection, agency: str, roles: Sequence[str],
+                      recipients: Sequence[str], reasons: Sequence[str], now: datetime) -> int:
+    """An entry in the directory now gives what delivery found missing: the dead letters of
+    ``agency`` to ``recipients`` in ``roles`` that died for one of ``reasons``
+    (prefixes of ``last_error``) are scheduled again, now, with their own Message-ID, and the
+    dispatcher decides them afresh, as any notice falling due: one too late to be useful is
+    cancelled (not a person's retry: none is sent however late). The notices of a digest that
+    died so leave it and go the same way; the digest is given up, saying why. Not one a retry
+    of it would be refused for (the case closed, a handover transferred on, a celebration taken
+    back), nor one to a case manager of a case someone else manages now; one naming the case's
+    manager names the one now, as a waiting notice follows a transfer. Never one that died
+    for another reason. Returns how many.
+
+    The cases are locked first (``lock_cases_to_read``), then the digests, then the notices
+    (each in id order), as a retry of a digest locks them; the cases are read after, in a
+    statement of their own: it sees what a closing or take-back committed while the locks
+    waited. Its tries before it died do not count: one that had been tried (a 451, say) was
+    sent however late, as only a person's retry is."""
+    dead = await conn.fetch(_DEAD_FOR, agency, list(roles), list(recipients), list(reasons))
+    digests = [r["id"] for r in dead if r["kind"] == Kind.DAILY_DIGEST]
+    items = await conn.fetch("SELECT id, case_id FROM notifier.notifications"
+                             " WHERE digest_id = ANY($1::uuid[])", digests) if digests else []
+    notices = [r for r in dead if r["kind"] != Kind.DAILY_DIGEST] + items
+    if not notices and not digests:
+        return 0
+    await lock_cases_to_read(conn, [r["case_id"] for r in notices if r["case_id"] is not None])
+    digests = await _locked_dead(conn, digests)
+    notices_now = await _locked_dead(conn, [r["id"] for r in notices])
+    result: str = await conn.execute(
+        "UPDATE notifier.notifications SET status = 'scheduled', not_before = $2,"
+        " last_error = NULL, digest_id = NULL, lease_owner = NULL, lease_until = NULL,"
+        " attempts_before_revival = attempts,"  # its own retries, and judged late as untried
+        f" claim_token = NULL, updated_at = $2, context = {_NAMING_MANAGER_NOW}"
+        " WHERE id IN (SELECT i.id"
+        " FROM notifier.notifications i LEFT JOIN notifier.cases c ON c.case_id = i.case_id"
+        " WHERE i.id = ANY($1::uuid[]) AND i.status = 'dead'"
+        f" AND ({_WHY_NOT_SENT_AGAIN}) IS NULL"
+        " AND (i.recipient_role <> 'case_manager' OR c.case_manager = i.recipient))",
+        notices_now, now)
+    await conn.execute(
+        "UPDATE notifier.notifications SET status = 'cancelled', last_error = $2,"
+        " updated_at = $3 WHERE id = ANY($1::uuid[])", digests, DIGEST_MENDED, now)
+    return int(result.split()[-1])
+
+
+async def _locked_dead(conn: asyncpg.Connection, ids: Sequence[UUID]) -> list[UUID]:
+    """Those of ``ids`` still dead, locked in id order."""
+    return [r["id"] for r in await conn.fetch(
+        "SELECT id FROM notifier.notifications WHERE id = ANY($1::uuid[]) AND status = 'dead'"
+        " ORDER BY id FOR UPDATE", list(ids))]
+
+
 # --------------------------------------------------------------------------------------------
 # reading and operator actions
 # --------------------------------------------------------------------------------------------
@@ -551,8 +749,13 @@ async def list_rows(db: Db, f: Filter, *, limit: int, offset: int = 0) -> list[R
     return [Row.of(r) for r in rows]
 
 
-async def get_row(db: Db, row_id: UUID) -> Row | None:
-    r = await db.fetchrow("SELECT * FROM notifier.notifications WHERE id = $1", row_id)
+async def get_row(db: Db, row_id: UUID, agency: str | None) -> Row | None:
+    """The notification, if it is ``agency``'s (None: any agency's, for the service role).
+    Another agency's row is not read at all: answered as fast as an unknown id, it cannot be
+    told apart by timing (an audit measured it being fetched and parsed before the agency was
+    compared), as the records service's ``load_plan`` does."""
+    r = await db.fetchrow("SELECT * FROM notifier.notifications WHERE id = $1"
+                          " AND ($2::text IS NULL OR agency = $2)", row_id, agency)
     return Row.of(r) if r else None
 
 
@@ -565,20 +768,122 @@ async def attempts_of(db: Db, row_id: UUID) -> list[dict[str, Any]]:
             for r in rows]
 
 
-async def revive_dead(db: Db, row_id: UUID, now: datetime) -> bool:
+# What a celebration is of, still so as the feed last told it: a step completed, a goal achieved.
+_STILL_CELEBRATED = {
+    "small_win": "SELECT status = 'completed' FROM notifier.steps"
+                 " WHERE case_id = $1 AND step_id::text = $2",
+    "milestone": "SELECT status = 'achieved' FROM notifier.goals"
+                 " WHERE case_id = $1 AND goal_id::text = $2",
+}
+_CELEBRATED = {"small_win": "step_id", "milestone": "goal_id"}
+
+
+async def taken_back(db: Db, row: Row) -> bool:
+    """Whether ``row`` celebrates a step no longer completed or a goal no longer achieved: a
+    take-back withdraws a celebration still waiting, not a dead one, which a retry sent."""
+    query = _STILL_CELEBRATED.get(row.kind)
+    subject = row.context.get(_CELEBRATED.get(row.kind, ""))
+    if query is None or subject is None:
+        return False
+    return await db.fetchval(query, row.case_id, str(subject)) is not True
+
+
+# the case manager of the notification's case as the feed last told it
+_MANAGER_NOW = ("SELECT c.case_manager FROM notifier.cases c"
+                " WHERE c.case_id = notifier.notifications.case_id")
+
+
+async def revive_dead(pool: asyncpg.Pool, row_id: UUID, now: datetime) -> Row | None:
     """Send a dead letter again, now: a fresh retry budget, the same Message-ID, and its
-    staleness counted from now (a person asked for it, however late it is)."""
-    updated = await db.fetchval(
+    staleness counted from now (a person asked for it, however late it is). It goes as the
+    case now reads, as every notice waiting does (``follow_transfer``): to the case's manager
+    now, naming them. A retry after a transfer went to the case manager who had left.
+    A digest's notices go as their cases now read too (``_revive_digest_items``); a digest
+    with none left is given up at once. Returns the row as revived; None when it was not
+    dead. The cases are locked first (``lock_cases_to_read``), then the rows."""
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_cases_to_read(conn, [r["case_id"] for r in await conn.fetch(
+            "SELECT case_id FROM notifier.notifications WHERE (id = $1 OR digest_id = $1)"
+            " AND case_id IS NOT NULL", row_id)])
+        updated = await conn.fetchrow(
+            f"UPDATE notifier.notifications SET {_REVIVED}, {_ADDRESSED_NOW}"
+            " WHERE id = $1 AND status = 'dead' RETURNING *", row_id, now)
+        if updated is None:
+            return None
+        revived = Row.of(updated)
+        if revived.kind != Kind.DAILY_DIGEST:
+            return revived
+        return await _revive_digest_items(conn, revived, now)
+
+
+# a notice's context naming the case's manager now, where it names one
+_NAMING_MANAGER_NOW = (
+    "CASE WHEN context ? 'case_manager' THEN jsonb_set(context, '{case_manager}',"
+    f" to_jsonb(coalesce(({_MANAGER_NOW}), context->>'case_manager'))) ELSE context END")
+# a notice to the case manager addressed to the case's manager now, and naming them
+_ADDRESSED_NOW = ("recipient = CASE WHEN recipient_role = 'case_manager'"
+                  f" THEN coalesce(({_MANAGER_NOW}), recipient) ELSE recipient END,"
+                  f" context = {_NAMING_MANAGER_NOW}")
+# a dead letter a person retries ($2: now): a fresh budget, due now, out of any digest
+_REVIVED = ("status = 'scheduled', not_before = $2, first_attempt_at = NULL, digest_id = NULL,"
+            " lease_owner = NULL, lease_until = NULL, claim_token = NULL, revived_at = $2,"
+            " attempts_before_revival = attempts, updated_at = $2")
+
+# Why a dead notice ``i`` of case ``c`` is not sent again: what a retry of it alone is refused
+# for (the retry route: case-closed, transferred-on, taken-back), or NULL.
+_WHY_NOT_SENT_AGAIN = """CASE
+  WHEN c.status = 'closed' THEN 'the case is closed'
+  WHEN i.kind = 'case_transferred' AND c.case_manager <> i.recipient
+    THEN 'the case has been transferred on since'
+  WHEN i.kind = 'small_win' AND i.context ? 'step_id' AND NOT EXISTS (
+      SELECT FROM notifier.steps s WHERE s.case_id = i.case_id
+        AND s.step_id::text = i.context->>'step_id' AND s.status = 'completed')
+    OR i.kind = 'milestone' AND i.context ? 'goal_id' AND NOT EXISTS (
+      SELECT FROM notifier.goals g WHERE g.case_id = i.case_id
+        AND g.goal_id::text = i.context->>'goal_id' AND g.status = 'achieved')
+    THEN 'what it celebrates was taken back since'
+  END"""
+
+# the dead notices of a revived digest ($1), each with why it is not sent again (or NULL)
+_NOT_SENT_AGAIN = f"""
+SELECT i.id, {_WHY_NOT_SENT_AGAIN} AS reason
+FROM notifier.notifications i JOIN notifier.cases c ON c.case_id = i.case_id
+WHERE i.digest_id = $1 AND i.status = 'dead'"""
+
+
+NOTHING_LEFT_AT_RETRY = ("nothing left to send: each of its notices is now another case"
+                         " manager's, or is not sent again")
+
+
+async def _revive_digest_items(conn: asyncpg.Connection, digest: Row, now: datetime) -> Row:
+    """The dead notices of a revived ``digest`` go as their cases now read. One a retry of
+    it alone would be refused for stays dead, out of the digest, saying why. One addressed to
+    the case manager of a case another manages now goes to them, out of the digest and due
+    now, so their preferences decide how (as ``follow_transfer`` moves a waiting one). The
+    rest go with the digest again, naming the case's manager now. With none left, the digest
+    is given up: it is not sent empty. Locked in id order, as the dispatcher's outcomes lock
+    rows."""
+    await conn.execute("SELECT FROM notifier.notifications WHERE digest_id = $1"
+                       " AND status = 'dead' ORDER BY id FOR UPDATE", digest.id)
+    await conn.execute(
+        "UPDATE notifier.notifications n SET digest_id = NULL, updated_at = $2,"
+        " last_error = 'not sent again with its digest: ' || why.reason"
+        f" FROM ({_NOT_SENT_AGAIN}) why WHERE n.id = why.id AND why.reason IS NOT NULL",
+        digest.id, now)
+    await conn.execute(
+        f"UPDATE notifier.notifications SET {_REVIVED}, {_ADDRESSED_NOW}"
+        " WHERE digest_id = $1 AND status = 'dead' AND recipient_role = 'case_manager'"
+        f" AND recipient <> coalesce(({_MANAGER_NOW}), recipient)", digest.id, now)
+    kept: str = await conn.execute(
         "UPDATE notifier.notifications SET status = 'scheduled', not_before = $2,"
-        " first_attempt_at = NULL, digest_id = NULL, lease_owner = NULL, lease_until = NULL,"
-        " claim_token = NULL, revived_at = $2, attempts_before_revival = attempts,"
-        " updated_at = $2"
-        " WHERE id = $1 AND status = 'dead' RETURNING 1", row_id, now)
-    if updated is not None:
-        await db.execute(
-            "UPDATE notifier.notifications SET status = 'scheduled', not_before = $2,"
-            " updated_at = $2 WHERE digest_id = $1 AND status = 'dead'", row_id, now)
-    return updated is not None
+        f" updated_at = $2, context = {_NAMING_MANAGER_NOW}"
+        " WHERE digest_id = $1 AND status = 'dead'", digest.id, now)
+    if int(kept.split()[-1]):
+        return digest
+    given_up = await conn.fetchrow(
+        "UPDATE notifier.notifications SET status = 'cancelled', last_error = $2,"
+        " updated_at = $3 WHERE id = $1 RETURNING *", digest.id, NOTHING_LEFT_AT_RETRY, now)
+    return Row.of(given_up)
 
 
 async def counts_by_status(db: Db) -> dict[str, int]:

@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
-from services.common.auth import NAMED_CASES_ROLES, Principal, Role
+from services.common.auth import NAMED_CASES_ROLES, WINDOW_SEES_THE_PAST, Principal, Role
 
 
 class Action(StrEnum):
@@ -48,7 +48,6 @@ _CHANGES = {Action.WRITE, Action.TRANSFER}
 # A window narrows a token to the record as it was inside it (decision 0006): whatever shows
 # cases as they are now, or changes them, is refused from the token alone, so that the answer
 # is the same for a case the window hides and for one that does not exist.
-_WINDOW = "this token sees cases only as they were inside its time window"
 _WINDOW_NEVER_WRITES = ("it reads the record as it was and never changes it: write with a"
                         " token without a window")
 
@@ -56,7 +55,7 @@ _WINDOW_NEVER_WRITES = ("it reads the record as it was and never changes it: wri
 def refuse_window(who: Principal, why: str) -> None:
     """403 for a token with a time window, saying why (``why``) and what to use instead."""
     if who.has_window:
-        raise Forbidden(f"{_WINDOW}; {why}")
+        raise Forbidden(f"{WINDOW_SEES_THE_PAST}; {why}")
 
 
 def check_visible(who: Principal, case: CaseFacts) -> None:

@@ -382,8 +382,9 @@ def _small_wins(shown: Disclosure, totals: Totals, case_months: float,
 
 
 def _reviews(shown: Disclosure, totals: Totals) -> dict[str, object]:
-    """Reviews that fell due in the period: held on time, held late, or not held yet (one due
-    today is not counted until tomorrow: ``case_reviews``)."""
+    """Reviews that fell due in the period by their date in force: held on time, held late,
+    or not held yet (one due today is not counted until tomorrow; one moved after its date had
+    passed stays due on that date, missed: ``case_reviews``)."""
     not_held = totals.reviews_not_held.cell
     late, on_time = totals.reviews_late.cell, totals.reviews_on_time.cell
     counts = shown.nested("reviews", ("due", "held", "on_time"), (not_held, late, on_time))

@@ -234,12 +234,14 @@ class CaseCommands:
         self._on_conflict = on_conflict
 
     async def load(self, case_id: UUID, locked: LockedStream | None = None) -> PlanState | None:
-        """The case as the store has it now (caught up from the cached state, if any)."""
-        cached = self._cache.get(case_id)
-        newer = await self._store.read_stream(
-            case_id, after_version=cached.version if cached is not None else 0, locked=locked)
-        state = fold_recorded(newer, cached)
-        if state is not None and newer:
+        """The case as the store has it now (caught up from the cached state, if any), folded
+        a page at a time: read whole, a long history cost its size in memory on every write
+        the cache missed."""
+        cached = state = self._cache.get(case_id)
+        first = cached.version + 1 if cached is not None else 1
+        async for newer in self._store.pages(case_id, first, locked=locked):
+            state = fold_recorded(newer, state)
+        if state is not None and state is not cached:
             self._cache.put(state)
         return state
 

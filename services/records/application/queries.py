@@ -48,6 +48,7 @@ from services.records.projections.plans import (
     list_caseload,
     load_plan,
     replay,
+    store_refolded_view,
 )
 from services.records.store.access_log import AccessLogEntry, read_page, record_reads
 from services.records.store.events import Clock, EventStore, RecordedEvent
@@ -111,7 +112,7 @@ class CaseQueries:
 
     async def _allow(self, who: Principal, case_id: UUID, action: Action, what: str,
                      request_id: str | None, *, within: WindowCheck | None = None,
-                     answerable: AnswerCheck | None = None
+                     answerable: AnswerCheck | None = None, with_view: bool = False
                      ) -> tuple[StoredPlan, WindowVersions | None]:
         """The case's current plan and the versions ``who``'s window shows (None: no window),
         once ``who`` may take ``action`` on it (``within`` refuses what the window does not
@@ -119,9 +120,10 @@ class CaseQueries:
         versions it shows: the log does not keep the token. One refused on a case of the
         reader's own agency is logged too, with why (docs/decisions/0004); one the record
         cannot answer (``answerable``: past its latest version, a PDF too long) is not a
-        read, and is not logged."""
+        read, and is not logged. The plan's document is read only ``with_view``: it holds
+        every goal and step the case ever had, and a read of the history does not need it."""
         refuse_from_token(who, action, case_id)
-        stored = await load_plan(self._pool, case_id, who.agency)
+        stored = await load_plan(self._pool, case_id, who.agency, with_view=with_view)
         if stored is None:  # unknown, or another agency's: not this log's to name
             raise NotVisible
         try:
@@ -183,16 +185,20 @@ class CaseQueries:
         stored, window = await self._allow(
             who, case_id, Action.AUDIT if time_travel else Action.READ_PLAN, f"plan{point}",
             request_id, within=lambda shown: point_in_window(who, shown, as_of_version, as_of),
-            answerable=self._recorded_by(case_id, "as_of_version", as_of_version))
+            answerable=self._recorded_by(case_id, "as_of_version", as_of_version),
+            with_view=not (time_travel or who.has_window))
         if window is not None:
             as_of_version, as_of = point_in_window(who, window, as_of_version, as_of)
             time_travel = True
-        if not time_travel:
+        if not time_travel and stored.view is not None:
             return PlanAnswer(stored.version, stored.view)
         state = await self._state_at(case_id, as_of_version, up_to_time=as_of)
         if state is None:
             raise NotYetOpened(await self._opened_at(case_id))
-        return PlanAnswer(state.version, json.loads(plan_json(state)))
+        document = plan_json(state)
+        if not time_travel:  # the stored document was in an older shape (``load_plan``)
+            await store_refolded_view(self._pool, case_id, state.version, document)
+        return PlanAnswer(state.version, json.loads(document))
 
     async def _opened_at(self, case_id: UUID) -> datetime:
         [opening] = await self._store.read_stream(case_id, up_to_version=1)
@@ -255,14 +261,17 @@ class CaseQueries:
 
         stored, window = await self._allow(who, case_id, Action.EXPORT,
                                            f"export format={export_format.value}", request_id,
-                                           answerable=fits)
+                                           answerable=fits,
+                                           with_view=export_format is ExportFormat.FHIR
+                                           and not who.has_window)
         first, last = _exported(stored, window)
         header = ExportHeader(str(case_id), stored.agency, first, last, self._clock(),
                               {"sub": who.sub, "role": who.role.value})
         if export_format is ExportFormat.PDF:
             chunks = self._pdf_chunks(header, case_id, first, last)
         elif export_format is ExportFormat.FHIR:
-            chunks = self._fhir_chunks(FhirWriter(header), stored, case_id, first, last)
+            current = stored.view if stored.version == last else None
+            chunks = self._fhir_chunks(FhirWriter(header), current, case_id, first, last)
         else:
             chunks = self._export_chunks(ExportWriter(export_format, header), case_id, first,
                                          last)
@@ -286,11 +295,13 @@ class CaseQueries:
             yield b"".join(writer.event(event.link()) for event in events)
         yield writer.trailer(self._signer)
 
-    async def _fhir_chunks(self, writer: FhirWriter, stored: StoredPlan, case_id: UUID,
-                           first: int, last: int) -> AsyncGenerator[bytes, None]:
-        """The plan as of the last version exported, as resources, then the events."""
-        view = stored.view if stored.version == last else await self._view_at(case_id, last)
-        yield writer.opening(view)
+    async def _fhir_chunks(self, writer: FhirWriter, current: dict[str, Any] | None,
+                           case_id: UUID, first: int, last: int) -> AsyncGenerator[bytes, None]:
+        """The plan as of the last version exported (``current``: its document when read
+        already), as resources, then the events."""
+        yield writer.opening(current if current is not None
+                             else await self._view_at(case_id, last))
+        current = None  # a large plan is not held while the history streams
         async for events in self._store.pages(case_id, first, last):
             yield b"".join(writer.event(event.link()) for event in events)
         yield writer.trailer(self._signer)

@@ -4,6 +4,7 @@ The practice rules of the brief are enforced here (docs/decisions/0101-plan-doma
 
 1. at most ``max_active_goals`` active goals unless ``override_reason`` (recorded in the event);
 2. participant goals carry ``in_their_words``; a plan is agreed only through PlanAgreed;
+   every free text a body gives is in words (``words.check_body_words``);
 3. goals and steps link only to recorded, not removed, strengths;
 4. steps have owners (a support-owned step names the support) and a completion event;
 5. removals, discontinuations, reversals and overrides need a reason, in words;
@@ -21,11 +22,15 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from pydantic import BaseModel
+
+from schemas import api
 from schemas import events as ev
 from services.records.domain import commands as c
 from services.records.domain.errors import InvalidTransition, NotFound, RuleViolation
 from services.records.domain.policy import AgencyPolicy, DecisionContext
 from services.records.domain.state import GoalState, PlanState, StepState
+from services.records.domain.words import check_body_words, has_words
 
 Events = list[ev.EventPayload]
 
@@ -35,6 +40,13 @@ def decide(state: PlanState | None, command: c.Command, ctx: DecisionContext) ->
 
     Raises NotFound, InvalidTransition or RuleViolation (all DomainError) when refused.
     """
+    events = _decided(state, command, ctx)
+    # after the plan's own refusals, so that those keep their codes (in_their_words_required)
+    check_body_words(_body(command), recorded=_revised_item(state, command))
+    return events
+
+
+def _decided(state: PlanState | None, command: c.Command, ctx: DecisionContext) -> Events:
     if isinstance(command, c.OpenCase):
         if state is not None:
             raise InvalidTransition("case_exists", "This case is already open; a closed case "
@@ -43,8 +55,7 @@ def decide(state: PlanState | None, command: c.Command, ctx: DecisionContext) ->
     if state is None:
         raise NotFound("case_not_found", "There is no such case.")
     if state.status == "closed" and not isinstance(command, c.ReopenCase):
-        raise InvalidTransition("case_closed", "This case is closed; reopen it (with a reason) "
-                                "before changing the plan.")
+        raise _closed_refusal(command)
     handler = _DECIDERS.get(type(command))
     if handler is None:
         raise TypeError(f"decide() does not know the command {type(command).__name__}")
@@ -58,20 +69,50 @@ def decide(state: PlanState | None, command: c.Command, ctx: DecisionContext) ->
 # --------------------------------------------------------------------------------------------
 
 
+def _closed_refusal(command: c.Command) -> InvalidTransition:
+    """Any write but reopen on a closed case; a transfer changes who holds the case, not the
+    plan, and closing it again changes nothing, so each is told in its own words."""
+    if isinstance(command, c.CloseCase):
+        return InvalidTransition("case_closed", "This case is closed already; nothing was"
+                                 " changed.")
+    if isinstance(command, c.TransferCase):
+        return InvalidTransition("case_closed", "This case is closed: reopen it (with a reason)"
+                                 " before transferring it to another case manager.")
+    return InvalidTransition("case_closed", "This case is closed; reopen it (with a reason) "
+                             "before changing the plan.")
+
+
 def _policy(state: PlanState, ctx: DecisionContext) -> AgencyPolicy:
     return ctx.policy if ctx.policy is not None else state.policy
+
+
+def _body(command: c.Command) -> BaseModel:
+    body = getattr(command, "body", None)
+    if not isinstance(body, BaseModel):
+        raise TypeError(f"the command {type(command).__name__} carries no body")
+    return body
+
+
+def _revised_item(state: PlanState | None, command: c.Command) -> object:
+    """The item a revision revises, whose texts sent back unchanged are not new text (None for
+    any other command). Called once ``_decided`` has found the item."""
+    if state is None:
+        return None
+    if isinstance(command, c.UpdateParticipantDetails):
+        return state.participant
+    if isinstance(command, c.ReviseStrength):
+        return state.strengths[command.strength_id]
+    if isinstance(command, c.ReviseGoal):
+        return state.goals[command.goal_id]
+    if isinstance(command, c.ReviseActionStep):
+        return state.steps[command.step_id]
+    return None
 
 
 def _require_reason(reason: str | None, why: str, field: str = "reason") -> str:
     if not reason:
         raise RuleViolation("reason_required", f"A reason is required {why}.", field=field)
     return reason
-
-
-def _has_words(text: str | None) -> bool:
-    """Whether ``text`` holds a letter or a digit, in any script: "." or "-" fills a required
-    field and says nothing (rules 2 and 5)."""
-    return text is not None and any(char.isalnum() for char in text)
 
 
 # The fields that record why something was done, in every event and in the body it came from.
@@ -83,7 +124,7 @@ def _check_reasons_have_words(events: Events) -> None:
     for event in events:
         for field in (name for name in _REASON_FIELDS if name in type(event).model_fields):
             reason = getattr(event, field)
-            if reason is not None and not _has_words(reason):
+            if reason is not None and not has_words(reason):
                 raise RuleViolation("reason_required", f"A reason is written in words: "
                                     f"\"{reason}\" does not say why.", field=field)
 
@@ -105,9 +146,9 @@ def _check_strengths(state: PlanState, ids: Iterable[UUID], field: str = "streng
             raise RuleViolation("unknown_strength",
                                 f"There is no strength {strength_id} in this plan.", field=field)
         if strength.removed:
-            raise RuleViolation("strength_removed",
-                                f"The strength {strength_id} was removed from this plan.",
-                                field=field)
+            raise RuleViolation("strength_removed", f"The strength {strength_id} was removed"
+                                " from this plan; leave it out, or record it again and name"
+                                " the new one.", field=field)
 
 
 def _check_new_id(items: Mapping[UUID, Any], item_id: UUID, what: str) -> None:
@@ -189,7 +230,12 @@ def _support_owner(state: PlanState, owner: str, support_name: str | None,
             raise RuleViolation("unknown_support", f"{support.name} was removed from this plan's "
                                 "supports; name another support, or give the step to the "
                                 "participant or the case manager.", field="support_id")
-        return support_name or support.name, support_id
+        if support_name is not None and support_name.casefold() != support.name.casefold():
+            raise RuleViolation("support_name_mismatch", f"The support {support_id} is "
+                                f"{support.name}: leave support_name out to give the step to "
+                                "them, or give only support_name to name someone else.",
+                                field="support_name")
+        return support.name, support_id
     if support_name is None:
         raise RuleViolation("support_required", "Name the support who owns this step "
                             "(support_name or support_id).", field="support_name")
@@ -260,8 +306,9 @@ def _live_strength(state: PlanState, strength_id: UUID) -> None:
     if strength is None:
         raise NotFound("strength_not_found", f"There is no strength {strength_id} in this plan.")
     if strength.removed:
-        raise InvalidTransition("strength_removed",
-                                f"The strength {strength_id} was removed from this plan.")
+        raise InvalidTransition("strength_removed", f"The strength {strength_id} was removed"
+                                " from this plan; to use it again, record it as a new"
+                                " strength.")
 
 
 def _revise_strength(state: PlanState, cmd: c.ReviseStrength, ctx: DecisionContext) -> Events:
@@ -286,7 +333,7 @@ def _remove_strength(state: PlanState, cmd: c.RemoveStrength, ctx: DecisionConte
 def _set_goal(state: PlanState, cmd: c.SetGoal, ctx: DecisionContext) -> Events:
     _check_new_id(state.goals, cmd.goal_id, "goal")
     body = cmd.body
-    if body.source == "participant" and not _has_words(body.in_their_words):
+    if body.source == "participant" and not has_words(body.in_their_words):
         raise RuleViolation("in_their_words_required", "A participant's goal records what they "
                             "want in their own words (in_their_words).", field="in_their_words")
     strength_ids = _unique(body.strength_ids)
@@ -312,7 +359,7 @@ def _revise_goal(state: PlanState, cmd: c.ReviseGoal, ctx: DecisionContext) -> E
         changes["risk_factors"] = tuple(dict.fromkeys(changes["risk_factors"]))
     values, cleared = _diff(goal, changes)
     their_words_lost = "in_their_words" in cleared or (
-        "in_their_words" in values and not _has_words(values["in_their_words"]))
+        "in_their_words" in values and not has_words(values["in_their_words"]))
     if goal.source == "participant" and their_words_lost:
         raise RuleViolation("in_their_words_required", "A participant's goal keeps their own "
                             "words; revise in_their_words, in words, instead of clearing it.",
@@ -371,9 +418,11 @@ def _revise_step(state: PlanState, cmd: c.ReviseActionStep, ctx: DecisionContext
     changes = cmd.body.changes()
     owner = changes.get("owner", step.owner)
     # A support who has since been removed still owns the steps they took on: only a newly
-    # named owner is checked, so those steps stay revisable.
-    keeps_its_support = (owner == step.owner == "support"
-                         and not {"support_id", "support_name"} & changes.keys())
+    # named owner is checked, so those steps stay revisable (a body sending the step's own
+    # support back unchanged, echoing the whole step, names no new one).
+    named = {k for k in ("support_id", "support_name") if k in changes
+             and changes[k] != getattr(step, k)}
+    keeps_its_support = owner == step.owner == "support" and not named
     if not keeps_its_support:
         changes["support_name"], changes["support_id"] = _support_owner(
             state, owner, changes.get("support_name"), changes.get("support_id"))
@@ -496,6 +545,7 @@ def _agree(state: PlanState, cmd: c.AgreePlan, ctx: DecisionContext) -> Events:
         raise InvalidTransition("plan_has_no_goals", "A plan needs at least one active goal "
                                 "before the participant is asked to agree to it.")
     body = cmd.body
+    _check_voice_recorded(body)
     out: Events = [ev.PlanAgreed(participation=body.participation, present=tuple(body.present),
                                  participant_statement=body.participant_statement,
                                  outcome=body.outcome, goal_ids=active)]
@@ -510,17 +560,38 @@ def _agree(state: PlanState, cmd: c.AgreePlan, ctx: DecisionContext) -> Events:
     return out
 
 
+def _check_voice_recorded(body: api.AgreementInput) -> None:
+    """Rule 2: an agreement (or a disagreement) records what the participant said and who was
+    there, in words: a statement of "." agreed a plan and scheduled its review on nothing."""
+    if not has_words(body.participant_statement):
+        raise RuleViolation("participant_statement_required", "Record what the participant "
+                            "said about the plan, in words (participant_statement).",
+                            field="participant_statement")
+    if not all(has_words(name) for name in body.present):
+        raise RuleViolation("present_required", "Name each person who was present, in words "
+                            "(present).", field="present")
+
+
+_AGREE_AGAIN = "agreeing the plan with the participant again schedules the next review."
+
+
+def _next_review(state: PlanState) -> str:
+    """What to do instead of acting on a review already held."""
+    if state.pending_review_id is None:  # closing the case cancelled the next one
+        return _AGREE_AGAIN
+    return f"the next review is {state.pending_review_id}: hold or reschedule that one."
+
+
 def _pending(state: PlanState, review_id: UUID) -> None:
     review = state.reviews.get(review_id)
     if review is None:
         raise NotFound("review_not_found", f"There is no review {review_id} in this plan.")
     if review.held:
-        raise InvalidTransition("review_already_held",
-                                f"This review was already held on {review.held_on}.")
+        raise InvalidTransition("review_already_held", f"This review was already held on"
+                                f" {review.held_on}; {_next_review(state)}")
     if state.pending_review_id is None:  # closing the case cancelled it
         raise InvalidTransition("review_not_pending", "This review was cancelled when the case "
-                                "was closed; agreeing the plan with the participant again "
-                                "schedules the next review.")
+                                f"was closed; {_AGREE_AGAIN}")
     if state.pending_review_id != review_id:
         raise InvalidTransition("review_not_pending", "This is not the review now scheduled; "
                                 f"the next review is {state.pending_review_id}.")

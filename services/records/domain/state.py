@@ -54,6 +54,8 @@ class StepState:
     strength_ids: tuple[UUID, ...]
     added_at: datetime
     status: ev.StepStatus = "not_started"
+    # the reason recorded with the change to ``status``; None when it gave none
+    status_reason: str | None = None
     completed_at: datetime | None = None
     completion_note: str | None = None
 
@@ -72,6 +74,8 @@ class GoalState:
     risk_factors: tuple[str, ...]
     set_at: datetime
     status_changed_at: datetime
+    # the reason recorded with the change to ``status``; None when it gave none
+    status_reason: str | None = None
     override_reason: str | None = None
     achieved_at: datetime | None = None
     step_ids: tuple[UUID, ...] = ()
@@ -306,7 +310,7 @@ def _goal_status(s: PlanState, e: ev.GoalStatusChanged, v: int, at: datetime) ->
     if item is None:
         return {}
     item = _replace(
-        item, status=e.status, status_changed_at=at,
+        item, status=e.status, status_changed_at=at, status_reason=e.reason,
         achieved_at=at if e.status == "achieved" else None,
         override_reason=e.override_reason if e.override_reason else item.override_reason,
     )
@@ -340,7 +344,8 @@ def _step_status(s: PlanState, e: ev.ActionStepStatusChanged, v: int, at: dateti
     item = s.steps.get(e.step_id)
     if item is None:
         return {}
-    item = _replace(item, status=e.status, completed_at=None, completion_note=None)
+    item = _replace(item, status=e.status, status_reason=e.reason, completed_at=None,
+                    completion_note=None)
     return {"steps": _with(s.steps, e.step_id, item)}
 
 
@@ -348,7 +353,8 @@ def _step_completed(s: PlanState, e: ev.ActionStepCompleted, v: int, at: datetim
     item = s.steps.get(e.step_id)
     if item is None:
         return {}
-    item = _replace(item, status="completed", completed_at=at, completion_note=e.note)
+    item = _replace(item, status="completed", status_reason=e.reason, completed_at=at,
+                    completion_note=e.note)
     return {"steps": _with(s.steps, e.step_id, item)}
 
 

@@ -23,7 +23,7 @@ def _step(step: StepState, live_strengths: set[UUID]) -> Document:
     return {
         "step_id": step.step_id, "goal_id": step.goal_id, "description": step.description,
         "owner": step.owner, "support_name": step.support_name, "support_id": step.support_id,
-        "due_date": step.due_date, "status": step.status,
+        "due_date": step.due_date, "status": step.status, "status_reason": step.status_reason,
         "strength_ids": [sid for sid in step.strength_ids if sid in live_strengths],
         "added_at": step.added_at, "completed_at": step.completed_at,
         "completion_note": step.completion_note,
@@ -54,7 +54,7 @@ def _goals(state: PlanState) -> list[Document]:
             "strength_ids": [sid for sid in g.strength_ids if sid in live_strengths],
             "risk_factors": list(g.risk_factors), "override_reason": g.override_reason,
             "set_at": g.set_at, "status_changed_at": g.status_changed_at,
-            "achieved_at": g.achieved_at,
+            "status_reason": g.status_reason, "achieved_at": g.achieved_at,
             "steps": [_step(steps[sid], live_strengths) for sid in g.step_ids if sid in steps],
         }
         for g in state.goals.values()

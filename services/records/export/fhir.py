@@ -123,6 +123,8 @@ def goal_resource(goal: dict[str, Any], patient: str) -> Resource:
         "expressedBy": ({"reference": patient} if goal["source"] == "participant"
                         else {"display": goal["source"]}),
     }
+    if goal["status_reason"]:
+        resource["statusReason"] = goal["status_reason"]
     if status == "achieved":
         resource["achievementStatus"] = {"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/goal-achievement",
@@ -207,6 +209,8 @@ def _step_activity(step: dict[str, Any], goal: dict[str, Any], patient: str) -> 
                               "description": step["description"],
                               "goal": [{"reference": urn(goal["goal_id"])}],
                               "performer": [owner]}
+    if step["status_reason"]:
+        detail["statusReason"] = {"text": step["status_reason"]}
     if step["due_date"]:
         detail["scheduledPeriod"] = {"end": step["due_date"]}
     return {"detail": detail}

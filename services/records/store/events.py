@@ -264,7 +264,8 @@ def _row(event: RecordedEvent) -> dict[str, Any]:
             "recorded_at": event.recorded_at, "prev_hash": event.prev_hash, "hash": event.hash}
 
 
-READ_PAGE = 500  # events per query where a whole stream is walked: exports, diffs, verify
+# events per query where a whole stream is walked: exports, diffs, verify, a write's fold
+READ_PAGE = 500
 _EVENT_COLUMNS = ("global_position, stream_id, version, event_id, type, schema_version, data,"
                   " metadata, agency, recorded_at, prev_hash, hash")
 
@@ -536,16 +537,16 @@ class EventStore:
         return events
 
     async def pages(self, stream_id: UUID, first: int = 1, last: int | None = None, *,
-                    up_to_time: datetime | None = None,
+                    up_to_time: datetime | None = None, locked: LockedStream | None = None,
                     ) -> AsyncIterator[list[RecordedEvent]]:
         """The stream's events from version ``first`` through ``last`` (None: through the
         last recorded by ``up_to_time``, or the head), ``READ_PAGE`` at a time: a long
-        history is never held in memory whole."""
+        history is never held in memory whole. With ``locked``, read in its transaction."""
         after = first - 1
         while last is None or after < last:
             events = await self.read_stream(stream_id, after_version=after,
                                             up_to_version=last, up_to_time=up_to_time,
-                                            limit=READ_PAGE)
+                                            limit=READ_PAGE, locked=locked)
             if not events:
                 return
             yield events
