@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 import jwt
@@ -24,41 +25,45 @@ def claims(**overrides: object) -> dict[str, object]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-BAD_TOKENS = {
-    "garbage": "not-a-jwt",
-    "wrong secret": jwt.encode(claims(), "another-secret-that-is-long-enough-32b",
-                               algorithm="HS256"),
+def _signed(*, key: object = JWT_SECRET, algorithm: str = "HS256",
+            **overrides: object) -> Callable[[], str]:
+    return lambda: jwt.encode(claims(**overrides), key, algorithm=algorithm)  # type: ignore[arg-type]
+
+
+# Minted when a test runs: a token minted at import expired before its test ran late in a
+# long suite (CI, 2026-12-07).
+BAD_TOKENS: dict[str, Callable[[], str]] = {
+    "garbage": lambda: "not-a-jwt",
+    "wrong secret": _signed(key="another-secret-that-is-long-enough-32b"),
     # past the 30 s leeway for clock skew (CASETRAIL_JWT_LEEWAY_SECONDS)
-    "expired": jwt.encode(claims(exp=int(time.time()) - 60), JWT_SECRET, algorithm="HS256"),
-    "no exp": jwt.encode(claims(exp=None), JWT_SECRET, algorithm="HS256"),
-    "no agency": jwt.encode(claims(agency=None), JWT_SECRET, algorithm="HS256"),
-    "unknown role": jwt.encode(claims(role="offender"), JWT_SECRET, algorithm="HS256"),
-    "empty sub": jwt.encode(claims(sub=""), JWT_SECRET, algorithm="HS256"),
+    "expired": lambda: jwt.encode(claims(exp=int(time.time()) - 60), JWT_SECRET,
+                                  algorithm="HS256"),
+    "no exp": _signed(exp=None),
+    "no agency": _signed(agency=None),
+    "unknown role": _signed(role="offender"),
+    "empty sub": _signed(sub=""),
     # each of these reached PostgreSQL as the actor of an audited read or a write: 500
-    "NUL in sub": jwt.encode(claims(sub="cm\u00001"), JWT_SECRET, algorithm="HS256"),
-    "lone surrogate in agency": jwt.encode(claims(agency="a\udc00"), JWT_SECRET,
-                                           algorithm="HS256"),
-    "spaces around sub": jwt.encode(claims(sub=" cm-1 "), JWT_SECRET, algorithm="HS256"),
-    "control character in sub": jwt.encode(claims(sub="cm\t1"), JWT_SECRET, algorithm="HS256"),
-    "overlong agency": jwt.encode(claims(agency="a" * 201), JWT_SECRET, algorithm="HS256"),
-    "numeric sub": jwt.encode(claims(sub=7), JWT_SECRET, algorithm="HS256"),
-    "bad cases": jwt.encode(claims(cases=["nope"]), JWT_SECRET, algorithm="HS256"),
-    "alg none": jwt.encode(claims(), None, algorithm="none"),
+    "NUL in sub": _signed(sub="cm\u00001"),
+    "lone surrogate in agency": _signed(agency="a\udc00"),
+    "spaces around sub": _signed(sub=" cm-1 "),
+    "control character in sub": _signed(sub="cm\t1"),
+    "overlong agency": _signed(agency="a" * 201),
+    "numeric sub": _signed(sub=7),
+    "bad cases": _signed(cases=["nope"]),
+    "alg none": _signed(key=None, algorithm="none"),
     # times no calendar holds: PyJWT accepts them, and reading them overflowed (500)
-    "exp past any calendar": jwt.encode(claims(exp=10**400), JWT_SECRET, algorithm="HS256"),
-    "window past any calendar": jwt.encode(
-        claims(role="auditor", cases=[str(uuid.uuid4())], window_to=10**400), JWT_SECRET,
-        algorithm="HS256"),
-    "window before any calendar": jwt.encode(
-        claims(role="auditor", cases=[str(uuid.uuid4())], window_from=-(10**400)),
-        JWT_SECRET, algorithm="HS256"),
+    "exp past any calendar": _signed(exp=10**400),
+    "window past any calendar": _signed(role="auditor", cases=[str(uuid.uuid4())],
+                                        window_to=10**400),
+    "window before any calendar": _signed(role="auditor", cases=[str(uuid.uuid4())],
+                                          window_from=-(10**400)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BAD_TOKENS))
 async def test_bad_tokens_are_refused_with_a_problem(records_client: TestClient,
                                                      name: str) -> None:
-    response = await records_client.get("/v1/events", headers=bearer(BAD_TOKENS[name]))
+    response = await records_client.get("/v1/events", headers=bearer(BAD_TOKENS[name]()))
     assert response.status == 401
     assert response.content_type == "application/problem+json"
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -67,9 +72,8 @@ async def test_bad_tokens_are_refused_with_a_problem(records_client: TestClient,
     assert body["detail"]
 
 
-IDENTITY_TOKENS = {name: BAD_TOKENS[name] for name in (
-    "NUL in sub", "lone surrogate in agency", "spaces around sub", "control character in sub",
-    "overlong agency")}
+IDENTITY_TOKENS = ("NUL in sub", "lone surrogate in agency", "spaces around sub",
+                   "control character in sub", "overlong agency")
 
 
 @pytest.mark.parametrize("name", sorted(IDENTITY_TOKENS))
@@ -77,7 +81,7 @@ async def test_a_write_under_a_token_with_an_unstorable_identity_is_401_and_writ
         make_records_client: ClientFactory, fresh_database_url: str, fresh_pool: asyncpg.Pool,
         name: str) -> None:
     client = await make_records_client(fresh_database_url)
-    claims_of = jwt.decode(IDENTITY_TOKENS[name], JWT_SECRET, algorithms=["HS256"])
+    claims_of = jwt.decode(BAD_TOKENS[name](), JWT_SECRET, algorithms=["HS256"])
     token = jwt.encode({**claims_of, "role": "supervisor"}, JWT_SECRET, algorithm="HS256")
     response = await client.post("/v1/cases", headers=bearer(token), json={
         "participant": {"name": "Ana"}, "case_manager": "cm-1", "risk_level": "low"})
