@@ -494,23 +494,30 @@ async def retry_notification(request: web.Request) -> web.Response:
     if not _may_retry(who, row, facts):
         raise Problem(403, "Forbidden", "supervisors, the recipient and the case's manager (of"
                       " a notice to its case manager) retry dead letters", kind="forbidden")
-    if facts is not None and facts["status"] == "closed":
-        raise Problem(409, "Conflict", "the case is closed: its notices were cancelled when it"
-                      " closed, and this one is not sent again", kind="case-closed")
-    _refuse_a_handover_moved_on(row, facts)
+    await _refuse_what_is_not_sent_again(request, row, facts)
     c = ctx(request)
-    if await store.taken_back(c.pool, row):
-        raise Problem(409, "Conflict", "what it celebrates was taken back since: this"
-                      f" {row.kind.replace('_', ' ')} is not sent", kind="taken-back")
     revived = await store.revive_dead(c.pool, row.id, c.clock())
     if revived is None:
-        # a retry racing this one may have won
+        # a retry racing this one won, or the feed changed the case since it was read
         now = await store.get_row(c.pool, row.id, row.agency)
+        if now is not None and now.status == "dead":
+            await _refuse_what_is_not_sent_again(request, now, await _facts_of(request, now))
         status = now.status if now is not None else row.status
         raise Problem(409, "Conflict", f"only dead notifications are retried; this one is"
                       f" {status}", kind="not-dead", status_now=status)
     c.notifier.poke()
     return json_response(_shown(revived), status=202)
+
+
+async def _refuse_what_is_not_sent_again(request: web.Request, row: store.Row,
+                                         facts: asyncpg.Record | None) -> None:
+    if facts is not None and facts["status"] == "closed":
+        raise Problem(409, "Conflict", "the case is closed: its notices were cancelled when it"
+                      " closed, and this one is not sent again", kind="case-closed")
+    _refuse_a_handover_moved_on(row, facts)
+    if await store.taken_back(ctx(request).pool, row):
+        raise Problem(409, "Conflict", "what it celebrates was taken back since: this"
+                      f" {row.kind.replace('_', ' ')} is not sent", kind="taken-back")
 
 
 def _may_retry(who: Principal, row: store.Row, facts: asyncpg.Record | None) -> bool:

@@ -800,14 +800,20 @@ async def revive_dead(pool: asyncpg.Pool, row_id: UUID, now: datetime) -> Row | 
     now, naming them. A retry after a transfer went to the case manager who had left.
     A digest's notices go as their cases now read too (``_revive_digest_items``); a digest
     with none left is given up at once. Returns the row as revived; None when it was not
-    dead. The cases are locked first (``lock_cases_to_read``), then the rows."""
+    dead, or when a retry of it is refused now (``_WHY_NOT_SENT_AGAIN``). The cases are
+    locked first (``lock_cases_to_read``), then the rows: what the caller checked before
+    may have changed while it waited (the feed committing a closing: the retry sent a closed
+    case's letter)."""
     async with pool.acquire() as conn, conn.transaction():
         await lock_cases_to_read(conn, [r["case_id"] for r in await conn.fetch(
             "SELECT case_id FROM notifier.notifications WHERE (id = $1 OR digest_id = $1)"
             " AND case_id IS NOT NULL", row_id)])
         updated = await conn.fetchrow(
             f"UPDATE notifier.notifications SET {_REVIVED}, {_ADDRESSED_NOW}"
-            " WHERE id = $1 AND status = 'dead' RETURNING *", row_id, now)
+            " WHERE id = (SELECT i.id FROM notifier.notifications i"
+            " LEFT JOIN notifier.cases c ON c.case_id = i.case_id"
+            f" WHERE i.id = $1 AND i.status = 'dead' AND ({_WHY_NOT_SENT_AGAIN}) IS NULL)"
+            " RETURNING *", row_id, now)
         if updated is None:
             return None
         revived = Row.of(updated)
