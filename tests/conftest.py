@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -187,10 +188,28 @@ def make_records_client(aiohttp_client: Callable[..., Awaitable[TestClient]]) ->
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, chosen at random below the
+    range the kernel hands out to outgoing connections: one from that range (what binding
+    port 0 gives) was taken by a connection of another test's before the test bound it
+    (EADDRINUSE, with two test workers and a suite beside them)."""
+    below = _outgoing_ports_start()
+    for _ in range(200):
+        port = random.randrange(10_000, below)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in 10000-{below}")
+
+
+def _outgoing_ports_start() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default; elsewhere, a range most systems leave alone
+    return max(low, 11_000)
 
 
 async def serve(app: web.Application) -> tuple[ServiceRunner, int]:
