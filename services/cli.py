@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import re
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -43,6 +44,17 @@ def dev_export_key(dev_dir: Path) -> Path:
     path = dev_dir / "export-signing-key.pem"
     if not path.exists():
         write_key_pair(path)
+    return path
+
+
+def dev_link_secret(dev_dir: Path) -> Path:
+    """The development secret signing the unsubscribe links in participants' mail, made on
+    first use (owner-only, as a production secret file would be)."""
+    path = dev_dir / "link-secret"
+    if not path.exists():
+        dev_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48) + "\n")
     return path
 
 
@@ -264,6 +276,7 @@ async def _run_dev(settings: Settings, host: str, port: int, notifier_port: int,
         notifier = await start_dev_notifier(
             database_url=settings.database_url, jwt_secret=settings.jwt_secret,
             records_url=records_url, mail_dir=settings.dev_data_dir / "mail",
+            link_secret_file=dev_link_secret(settings.dev_data_dir),
             host=host, port=notifier_port, smtp_port=smtp_port,
             recipients=[("demo-agency", "cm-demo", "case_manager"),
                         ("demo-agency", "sup-demo", "supervisor")])

@@ -9,6 +9,7 @@ misleading connection errors in the log)."""
 from __future__ import annotations
 
 import asyncio
+import email
 import html
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -43,8 +44,8 @@ async def test_a_completed_step_arrives_as_mail_in_the_dev_catcher(
     dev = await start_dev_notifier(
         database_url=fresh_database_url, jwt_secret=JWT_SECRET,
         records_url=str(records_client.make_url("")).rstrip("/"), mail_dir=tmp_path / "mail",
-        port=free_port(), smtp_port=free_port(),
-        recipients=[("agency-a", "cm-1", "case_manager")])
+        link_secret_file=cli.dev_link_secret(tmp_path), port=free_port(),
+        smtp_port=free_port(), recipients=[("agency-a", "cm-1", "case_manager")])
     try:
         async with aiohttp.ClientSession(dev.url) as http:
             case = await records.open_case()
@@ -65,6 +66,46 @@ async def test_a_completed_step_arrives_as_mail_in_the_dev_catcher(
         await dev.stop()
     assert print_caught_mail(dev.mail_dir) == 0
     assert "cm-1@casetrail.local" in capsys.readouterr().out
+
+
+async def test_a_participants_mail_in_dev_carries_an_unsubscribe_link_that_works(
+        make_records_client: ClientFactory, fresh_database_url: str, token: TokenFactory,
+        tmp_path: Path) -> None:
+    """`casetrail dev` showed no unsubscribe link (NOTIFIER_PUBLIC_URL was unset): a newcomer
+    never saw what a participant's mail carries. It links to the dev notifier, signed with a
+    secret kept, owner-only, beside the dev data."""
+    records_client = await make_records_client(fresh_database_url)
+    records = Records(records_client, token())
+    secret = cli.dev_link_secret(tmp_path)
+    assert cli.dev_link_secret(tmp_path) == secret  # kept across runs
+    assert secret.stat().st_mode & 0o777 == 0o600
+    dev = await start_dev_notifier(
+        database_url=fresh_database_url, jwt_secret=JWT_SECRET,
+        records_url=str(records_client.make_url("")).rstrip("/"), mail_dir=tmp_path / "mail",
+        link_secret_file=secret, port=free_port(), smtp_port=free_port())
+    try:
+        async with aiohttp.ClientSession() as http:
+            case = await records.open_case()
+            jo = bearer(token(role="participant", sub="jo", cases=[case]))
+            prefs = {"email": "jo@example.org", "delivery": "immediate", "timezone": "UTC",
+                     "celebrations": True}
+            put = await http.put(f"{dev.url}/v1/preferences/jo", json=prefs, headers=jo)
+            assert put.status == 200, await put.text()
+            await records.achieve(case, await records.goal(case))
+            await wait_for_mail(dev.mail_dir, 1)
+            [caught] = list_caught(dev.mail_dir)
+            with (dev.mail_dir / caught.file).open("rb") as handle:
+                mail = email.message_from_binary_file(handle)
+            link = " ".join(str(mail["List-Unsubscribe"]).split())
+            assert link.startswith(f"<{dev.url}/v1/unsubscribe/"), link
+            clicked = await http.post(link[1:-1], data="List-Unsubscribe=One-Click",
+                                      headers={"Content-Type":
+                                               "application/x-www-form-urlencoded"})
+            assert clicked.status == 200, await clicked.text()
+            stored = await http.get(f"{dev.url}/v1/preferences/jo", headers=jo)
+            assert (await stored.json())["celebrations"] is False
+    finally:
+        await dev.stop()
 
 
 def test_run_notifier_explains_missing_configuration(

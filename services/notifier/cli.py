@@ -71,14 +71,16 @@ class DevNotifier:
 
 
 async def start_dev_notifier(*, database_url: str, jwt_secret: str, records_url: str,
-                             mail_dir: Path, host: str = "127.0.0.1", port: int = 8081,
+                             mail_dir: Path, link_secret_file: Path,
+                             host: str = "127.0.0.1", port: int = 8081,
                              smtp_port: int = 1025,
                              recipients: Sequence[tuple[str, str, str]] = ()) -> DevNotifier:
     """For `casetrail dev`: a local SMTP catcher writing .eml files into ``mail_dir`` and the
     notifier (reading the feed at ``records_url``) sending to it; mail is listed at /mail.
 
     ``recipients``: (agency, user, role) given a development address ``<user>@casetrail.local``
-    so the demo's notices have somewhere to go.
+    so the demo's notices have somewhere to go. A participant's mail carries an unsubscribe
+    link to this notifier, signed with ``link_secret_file``, as in production.
     """
     catcher = MailCatcher(mail_dir, host, smtp_port)
     async with AsyncExitStack() as started:  # a later start failing stops what had started
@@ -88,6 +90,8 @@ async def start_dev_notifier(*, database_url: str, jwt_secret: str, records_url:
             "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": jwt_secret,
             "RECORDS_URL": records_url, "SMTP_HOST": host, "SMTP_PORT": smtp_port,
             "NOTIFIER_HOST": host, "NOTIFIER_PORT": port,
+            "NOTIFIER_PUBLIC_URL": http_url(host, port),
+            "NOTIFIER_LINK_SECRET_FILE": str(link_secret_file),
             "NOTIFIER_DEV_MAIL_DIR": str(mail_dir)})
         runner = ServiceRunner(create_app(settings))
         await runner.setup()
