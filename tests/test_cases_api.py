@@ -543,15 +543,18 @@ async def test_time_travel_by_time_reads_a_plan_that_existed_when_clocks_disagre
     await cm.goal(case_id)
     clock.advance(minutes=-30)  # the next write, on an instance with the right time: 09:30
     await cm.strength(case_id, description="Good with numbers")
+    clock.advance(minutes=30)  # read later (a time still to come is refused): 10:00
     at_0945 = await cm.plan(case_id, as_of="2026-03-02T09:45:00Z")
     assert at_0945["version"] == 3
     assert len(at_0945["goals"]) == 1
     assert len(at_0945["strengths"]) == 1
     at_0915 = await cm.plan(case_id, as_of="2026-03-02T09:15:00Z")
     assert (at_0915["version"], at_0915["goals"]) == (1, [])
+    clock.advance(minutes=-30)
     other = await cm.open_case()  # 09:30
     clock.advance(minutes=-20)
     await cm.strength(other)  # 09:10: the opening event is the one "in the future"
+    clock.advance(hours=1)  # read later
     assert (await cm.plan(other, as_of="2026-03-02T09:15:00Z"))["version"] == 2
 
 
@@ -570,6 +573,7 @@ async def test_time_travel_folded_in_small_pages_reads_the_plan_read_at_once(
     await cm.call("POST", f"/v1/cases/{case_id}/steps/{step}/complete", {}, expect=200)
     clock.advance(hours=2)
     await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "A good week"}, expect=201)
+    clock.advance(hours=1)  # read later (a time still to come is refused)
     points = [f"as_of_version={v}" for v in range(1, 7)] + [
         f"as_of=2026-03-02T{t}Z" for t in ("09:00:00", "09:15:00", "09:45:00", "12:00:00")]
 

@@ -185,7 +185,7 @@ class CaseQueries:
         stored, window = await self._allow(
             who, case_id, Action.AUDIT if time_travel else Action.READ_PLAN, f"plan{point}",
             request_id, within=lambda shown: point_in_window(who, shown, as_of_version, as_of),
-            answerable=self._recorded_by(case_id, "as_of_version", as_of_version),
+            answerable=self._answerable_at(case_id, as_of_version, as_of),
             with_view=not (time_travel or who.has_window))
         if window is not None:
             as_of_version, as_of = point_in_window(who, window, as_of_version, as_of)
@@ -200,9 +200,29 @@ class CaseQueries:
             await store_refolded_view(self._pool, case_id, state.version, document)
         return PlanAnswer(state.version, json.loads(document))
 
+    def _answerable_at(self, case_id: UUID, as_of_version: int | None,
+                       as_of: datetime | None) -> AnswerCheck:
+        """Refuses a point the record has no answer for yet: a version past the latest, a
+        time still to come (NotYetHappened: answered with the plan of now, the same
+        question got another plan after the next write, and the log could not say which
+        was shown), a time before the first event (NotYetOpened)."""
+        by_version = self._recorded_by(case_id, "as_of_version", as_of_version)
+
+        async def check(stored: StoredPlan, window: WindowVersions | None) -> None:
+            await by_version(stored, window)
+            if as_of is None:
+                return
+            now = self._clock()
+            if as_of > now:
+                raise NotYetHappened(as_of, now)
+            if as_of < (opened := await self._opened_at(case_id)):
+                raise NotYetOpened(opened)
+        return check
+
     async def _opened_at(self, case_id: UUID) -> datetime:
-        [opening] = await self._store.read_stream(case_id, up_to_version=1)
-        return opening.recorded_at
+        first = await self._store.first_recorded_at(case_id)
+        assert first is not None  # only asked of a case whose plan was read
+        return first
 
     async def history(self, who: Principal, case_id: UUID, *, after_version: int, limit: int,
                       request_id: str | None = None) -> api.HistoryPage:
@@ -378,6 +398,15 @@ class NotYetOpened(Exception):
         super().__init__(f"the case was opened at {opened_at.isoformat()}, after the time"
                          " asked for: ask for as_of from then on")
         self.opened_at = opened_at
+
+
+class NotYetHappened(Exception):
+    """Time travel to a time still to come: its plan is not known yet."""
+
+    def __init__(self, as_of: datetime, now: datetime) -> None:
+        super().__init__(f"as_of {as_of.isoformat()} is later than now ({now.isoformat()}):"
+                         " the plan at that time is not known yet; read the plan without"
+                         " as_of for the plan now")
 
 
 class VersionOutOfRange(Exception):

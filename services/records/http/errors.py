@@ -10,6 +10,7 @@ from services.records.application.access import Forbidden, NotVisible
 from services.records.application.cases import PreconditionFailed, TooMuchContention
 from services.records.application.queries import (
     ExportTooLarge,
+    NotYetHappened,
     NotYetOpened,
     VersionOutOfRange,
 )
@@ -40,6 +41,9 @@ def _problem(error: Exception) -> Problem | None:
                            errors=[{"field": "header.Idempotency-Key", "message": str(error)}])
         case NotYetOpened():
             return Problem(404, "Not found", str(error), kind="not-yet-opened",
+                           errors=[{"field": "query.as_of", "message": str(error)}])
+        case NotYetHappened():
+            return Problem(422, "Invalid request", str(error), kind="as-of-in-the-future",
                            errors=[{"field": "query.as_of", "message": str(error)}])
         case VersionOutOfRange():
             return Problem(422, "Invalid request", str(error), kind="version-out-of-range",

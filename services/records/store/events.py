@@ -498,6 +498,13 @@ class EventStore:
             "SELECT agency, version FROM records.streams WHERE stream_id = $1", stream_id)
         return None if row is None else StreamHead(stream_id, row["agency"], row["version"])
 
+    async def first_recorded_at(self, stream_id: UUID) -> datetime | None:
+        """The earliest ``recorded_at`` of a stream: the first moment an ``as_of`` answers
+        (instances stamp with their own clocks, so it need not be the opening's)."""
+        first: datetime | None = await self._pool.fetchval(
+            "SELECT min(recorded_at) FROM records.events WHERE stream_id = $1", stream_id)
+        return first
+
     async def data_size(self, stream_id: UUID, first_version: int, last_version: int) -> int:
         """Bytes of event data (as JSON text) in a version range of one stream."""
         size: int = await self._pool.fetchval(
