@@ -810,9 +810,10 @@ async def revive_dead(pool: asyncpg.Pool, row_id: UUID, now: datetime) -> Row | 
             " AND case_id IS NOT NULL", row_id)])
         updated = await conn.fetchrow(
             f"UPDATE notifier.notifications SET {_REVIVED}, {_ADDRESSED_NOW}"
-            " WHERE id = (SELECT i.id FROM notifier.notifications i"
-            " LEFT JOIN notifier.cases c ON c.case_id = i.case_id"
-            f" WHERE i.id = $1 AND i.status = 'dead' AND ({_WHY_NOT_SENT_AGAIN}) IS NULL)"
+            # status again outside: a retry waiting on this row's lock rechecks only these
+            " WHERE id = $1 AND status = 'dead' AND id IN (SELECT i.id"
+            " FROM notifier.notifications i LEFT JOIN notifier.cases c ON c.case_id = i.case_id"
+            f" WHERE i.id = $1 AND ({_WHY_NOT_SENT_AGAIN}) IS NULL)"
             " RETURNING *", row_id, now)
         if updated is None:
             return None
