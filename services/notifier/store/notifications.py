@@ -526,10 +526,13 @@ async def decide_afresh(conn: asyncpg.Connection, agency: str, roles: Sequence[s
     waits for them under the old ones is decided afresh under the new ones, as if it had just
     fallen due. That is a notice or digest put off (to a moment in their old zone, the end of
     their old quiet hours) and a notice in a digest no one is sending yet: it leaves the
-    digest, which, left empty, is given up when due. Rows being handled, retries and a digest
-    being sent are left alone (the digest sends what it holds, once). The reader's open
-    digests are locked first, as ``attach_to_digest`` locks one, so none is claimed for
-    sending meanwhile."""
+    digest, which, left empty, is removed. Kept to be given up when due, it held its key, the
+    reader's local day (``digest_key``): the digest of that day in a new zone joined it at
+    the old zone's hour (03:00 in New York for a London 08:00), or, once it was given up,
+    went on to the next day, and a review's "due today" arrived the day after (an audit).
+    Rows being handled, retries and a digest being sent are left alone (the digest sends
+    what it holds, once). The reader's open digests are locked first, as
+    ``attach_to_digest`` locks one, so none is claimed for sending meanwhile."""
     await conn.execute(
         "SELECT FROM notifier.notifications WHERE agency = $1 AND recipient = ANY($2::text[])"
         " AND kind = 'daily_digest' AND status = 'scheduled' AND attempts = 0"
@@ -545,6 +548,12 @@ async def decide_afresh(conn: asyncpg.Connection, agency: str, roles: Sequence[s
         " AND d.status = 'scheduled' AND d.attempts = 0 AND d.lease_until IS NULL))"
         " ORDER BY n.id FOR UPDATE OF n)",
         agency, list(roles), list(recipients), now)
+    await conn.execute(
+        "DELETE FROM notifier.notifications g WHERE g.agency = $1"
+        " AND g.recipient = ANY($2::text[]) AND g.kind = 'daily_digest'"
+        " AND g.status = 'scheduled' AND g.attempts = 0 AND g.lease_until IS NULL"
+        " AND NOT EXISTS (SELECT FROM notifier.notifications i WHERE i.digest_id = g.id)",
+        agency, list(recipients))
 
 
 # Why delivery did not send a participant's milestone when they had not opted in, or had turned
