@@ -326,10 +326,28 @@ def wall_time_after(now: datetime, day: date, at: time, zone: ZoneInfo) -> datet
     """``at`` o'clock on ``day`` in ``zone``, as a moment after ``now`` if it can be one. On the
     night clocks go back, a time in the repeated hour comes twice: once the first has passed,
     the second is meant (taking the first made quiet hours end before they began, and the
-    dispatcher claimed the row again and again)."""
+    dispatcher claimed the row again and again). On the night they jump forward, a time in
+    the skipped hour never shows: the moment they jump past it is meant (read with the offset
+    from before the jump, quiet hours ending at 02:30 in New York ended at 03:30)."""
     first, second = (datetime.combine(day, at, tzinfo=zone).replace(fold=fold).astimezone(UTC)
                      for fold in (0, 1))
+    if first > second:  # skipped: fold 0 reads the offset before the jump, fold 1 after it
+        return _jump_between(second, first, zone)
     return first if first > now else second
+
+
+def _jump_between(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
+    """The moment between ``before`` and ``after`` (UTC, an hour or so apart) at which
+    ``zone``'s offset changes, to the second (offsets change on whole seconds)."""
+    offset_after = after.astimezone(zone).utcoffset()
+    low, high = 0, int((after - before).total_seconds())
+    while low < high:
+        middle = (low + high) // 2
+        if (before + timedelta(seconds=middle)).astimezone(zone).utcoffset() == offset_after:
+            high = middle
+        else:
+            low = middle + 1
+    return before + timedelta(seconds=low)
 
 
 def put_off_until(row: Row, until: datetime) -> datetime:
