@@ -1059,8 +1059,15 @@ class Dispatcher:
         return now.astimezone(zone or ZoneInfo(self._timing.notices_zone)).date()
 
     async def _into_digest(self, row: Row, zone: str, now: datetime) -> None:
+        """Into the reader's next digest; a dated notice into that of its day where the
+        reader is (``moment``, as one claimed early goes), unless that one has gone by: for
+        a reader far behind the schedule's zone, the next digest after its due time was on
+        the day before its day (a step's nudge on the step's own day)."""
+        start = now
+        if row.kind in DATED:
+            start = max(now, self._timing.moment(row, zone, self._timing.digest_time))
         for skip in range(7):
-            at = next_local_time(zone, self._settings.digest_time, now, skip)
+            at = next_local_time(zone, self._timing.digest_time, start, skip)
             notice = digest_notice(row, zone, at)
             if await store.attach_to_digest(self._pool, row, notice,
                                             self._settings.message_id_domain, now):
