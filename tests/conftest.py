@@ -192,24 +192,31 @@ def free_port() -> int:
     range the kernel hands out to outgoing connections: one from that range (what binding
     port 0 gives) was taken by a connection of another test's before the test bound it
     (EADDRINUSE, with two test workers and a suite beside them)."""
-    below = _outgoing_ports_start()
+    low, high = _unassigned_ports()
     for _ in range(200):
-        port = random.randrange(10_000, below)
+        port = random.randrange(low, high)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise AssertionError(f"no free port in 10000-{below}")
+    raise AssertionError(f"no free port in {low}-{high}")
 
 
-def _outgoing_ports_start() -> int:
+def _unassigned_ports() -> tuple[int, int]:
+    """Ports the kernel does not hand out to outgoing connections: below its range, or above
+    it when few lie below (a range starting at 1024)."""
     try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768  # Linux's default; elsewhere, a range most systems leave alone
-    return max(low, 11_000)
+        first, last = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+                          .split()[:2])
+    except (OSError, ValueError):
+        return 10_000, 32_768  # below Linux's default range; elsewhere, ports most leave alone
+    if first - 10_000 >= 5_000:
+        return 10_000, first
+    if 65_536 - (last + 1) >= 1_000:
+        return last + 1, 65_536
+    return 10_000, 65_536  # no room outside it: a port in it, as binding port 0 would give
 
 
 async def serve(app: web.Application) -> tuple[ServiceRunner, int]:

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from tests.conftest import free_port
+
 _CHUNK = 64 * 1024
 
 
@@ -39,6 +41,10 @@ class DbProxy:
         return urlunsplit(self._parts._replace(netloc=netloc))
 
     async def start(self) -> DbProxy:
+        """Listen, on the port of the first start again after ``refuse`` (the URL names it).
+        Not port 0: that is the kernel's range for outgoing connections, and one could take
+        the port while the proxy was down."""
+        self.port = self.port or free_port()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

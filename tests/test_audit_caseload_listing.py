@@ -125,8 +125,8 @@ async def test_paging_shows_each_case_once_while_cases_change_between_pages(
 async def listings_logged(supervisor: CaseApi, expected: int) -> Counter[str]:
     """The cases the access log shows listed. The log hands out only entries no open
     transaction can precede, and the PostgreSQL server these tests share may hold one open a
-    moment longer, anywhere on it (decision 0003)."""
-    for _ in range(100):
+    moment longer, anywhere on it (decision 0003): up to 30 s, as ``tests/pg_waits.py``."""
+    for _ in range(300):
         log = await supervisor.call("GET", "/v1/access-log?limit=500", expect=200)
         logged = Counter(e["case_id"] for e in log["entries"] if e["action"] == "list")
         if sum(logged.values()) >= expected:

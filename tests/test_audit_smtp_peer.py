@@ -366,7 +366,7 @@ async def test_closing_does_not_wait_in_turn_for_each_quit_a_server_never_answer
     loop = asyncio.get_running_loop()
     started = loop.time()
     await rig.notifier.dispatcher.close()
-    assert loop.time() - started < 1.9
+    assert loop.time() - started < 3.0  # one after another: 4 s; at once: 1 s and a busy loop
 
 
 async def test_a_stopping_notifier_sends_nothing_more_from_its_batch(

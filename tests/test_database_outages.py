@@ -63,9 +63,10 @@ async def test_a_hung_database_gets_503s_in_bounded_time_not_hanging_requests(
             timed(status_of(records, "GET", "/readyz")),
             timed(status_of(notifier, "PUT", "/v1/preferences/cm-1", **prefs)))
     assert ready[0] == 503
-    assert ready[1] < 3.0
+    # bounds with room for a busy machine (two test workers share its two cores)
+    assert ready[1] < 2 + 1.5  # the readiness check's limit
     assert write[0] == 503
-    assert write[1] < 1 + 1 + 0.5  # the command timeout, then at most the acquire limit
+    assert write[1] < 1 + 1 + 1.5  # the command timeout, then at most the acquire limit
     proxy.resume()
     assert await status_of(records, "GET", "/readyz") == 200
     assert await status_of(notifier, "PUT", "/v1/preferences/cm-1", **prefs) == 200

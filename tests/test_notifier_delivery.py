@@ -447,15 +447,16 @@ async def test_a_lease_left_by_a_crashed_instance_is_taken_over_when_it_expires(
 async def test_a_slow_mail_server_never_lets_a_second_instance_send_the_same_notice(
         aiohttp_client: Callable[..., Awaitable[TestClient]], fresh_database_url: str,
         records: Records, token: TokenFactory) -> None:
-    """Real time: one instance claims every row, the server takes 0.5 s a message over one
-    connection, so the batch (4 s) outlasts the 2 s lease twice over while a second instance
+    """Real time: one instance claims every row, the server takes 1 s a message over one
+    connection, so the batch (8 s) outlasts the 4 s lease twice over while a second instance
     keeps looking for due work. (A 1 s lease, renewed every third of it, failed here once in a
-    full run on a loaded 2-core machine: a stall of over 0.67 s let the lease lapse.)"""
-    slow = await SmtpServer(delay=0.5).start()
+    full run on a loaded 2-core machine: a stall of over 0.67 s let the lease lapse; with two
+    test workers, 2 s left a margin of 1.33 s, now 2.67 s.)"""
+    slow = await SmtpServer(delay=1.0).start()
     try:
         settings = notifier_settings(
             fresh_database_url, str(records.client.make_url("")).rstrip("/"), slow.port,
-            NOTIFIER_LEASE_SECONDS=2, NOTIFIER_SMTP_CONNECTIONS=1)
+            NOTIFIER_LEASE_SECONDS=4, NOTIFIER_SMTP_CONNECTIONS=1)
         first, second = [(await aiohttp_client(create_app(settings, background=False)))
                          .app[NOTIFIER].notifier for _ in range(2)]
         await directory.upsert(first.pool, Preferences(
