@@ -19,6 +19,22 @@ from tests.test_audit_notifier_s18 import (
 from tests.test_audit_smtp_peer import small_win
 
 
+async def retry_with_the_feed_held(rig: NotifierRig, token: TokenFactory, clock: FakeClock,
+                                   database_url: str, case: str,
+                                   row_id: object) -> tuple[int, str]:
+    """A supervisor's retry of ``row_id``, sent while the feed applies the case's new events
+    (``feed_held_at_the_case``); then whatever is owed is delivered. The retry's answer."""
+    answers: list[tuple[int, str]] = []
+
+    async def a_supervisor_retries() -> None:
+        answers.append(await post_retry(rig, token, row_id))
+
+    await feed_held_at_the_case(rig, database_url, case, a_supervisor_retries)
+    await deliver(rig, clock)
+    [answer] = answers
+    return answer
+
+
 async def test_a_retry_racing_the_feed_closing_the_case_is_refused_and_sends_nothing(
         rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
         clock: FakeClock, fresh_database_url: str) -> None:
@@ -30,15 +46,9 @@ async def test_a_retry_racing_the_feed_closing_the_case_is_refused_and_sends_not
     dead = await step_of(rig, "Visit the job centre")
     assert dead["status"] == "dead"
     await records.close(case)
-    answers: list[tuple[int, str]] = []
 
-    async def a_supervisor_retries() -> None:
-        answers.append(await post_retry(rig, token, dead["id"]))
-
-    await feed_held_at_the_case(rig, fresh_database_url, case, a_supervisor_retries)
-    await deliver(rig, clock)
-
-    [(status, text)] = answers
+    status, text = await retry_with_the_feed_held(rig, token, clock, fresh_database_url, case,
+                                                  dead["id"])
     assert status == 409, text
     assert json.loads(text)["type"].endswith("/case-closed")
     assert told(smtp.received, "Visit the job centre") == 0
@@ -61,15 +71,9 @@ async def test_a_retry_of_a_handover_racing_the_feed_transferring_the_case_on_is
     await rig.dispatch()
     [dead] = await rig.rows(kind="case_transferred", status="dead")
     await records.transfer(case, "cm-3", token=supervisor)
-    answers: list[tuple[int, str]] = []
 
-    async def a_supervisor_retries() -> None:
-        answers.append(await post_retry(rig, token, dead["id"]))
-
-    await feed_held_at_the_case(rig, fresh_database_url, case, a_supervisor_retries)
-    await deliver(rig, clock)
-
-    [(status, text)] = answers
+    status, text = await retry_with_the_feed_held(rig, token, clock, fresh_database_url, case,
+                                                  dead["id"])
     assert status == 409, text
     assert json.loads(text)["type"].endswith("/transferred-on")
     assert smtp.to("cm-2@example.org") == []
