@@ -819,7 +819,8 @@ async def revive_dead(pool: asyncpg.Pool, row_id: UUID, now: datetime) -> Row | 
             " AND case_id IS NOT NULL", row_id)])
         updated = await conn.fetchrow(
             f"UPDATE notifier.notifications SET {_REVIVED}, {_ADDRESSED_NOW}"
-            # status again outside: a retry waiting on this row's lock rechecks only these
+            # the status outside the subquery too: a retry that waited for this row's lock
+            # rechecks only the outer conditions (two retries at once both revived it)
             " WHERE id = $1 AND status = 'dead' AND id IN (SELECT i.id"
             " FROM notifier.notifications i LEFT JOIN notifier.cases c ON c.case_id = i.case_id"
             f" WHERE i.id = $1 AND ({_WHY_NOT_SENT_AGAIN}) IS NULL)"
