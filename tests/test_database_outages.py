@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 import structlog
@@ -242,3 +243,29 @@ async def test_a_write_waiting_too_long_on_a_lock_is_a_503_saying_so(
         assert await event_count(conn) == 1
     finally:
         await conn.close()
+
+
+async def test_an_export_whose_database_goes_away_mid_answer_ends_cut_short(
+        make_records_client: ClientFactory, fresh_database_url: str, proxy: DbProxy,
+        token: TokenFactory) -> None:
+    """The export's 200 has begun when its database goes away: no problem can follow it, and
+    one written after it left the client waiting for the rest until its own timeout. The
+    download must end, cut short (such a file never verifies). The first page of events is
+    held by a lock taken here (nothing reads them before the answer begins), so the
+    connection is cut while the export waits for it."""
+    case_id = await CaseApi(await make_records_client(fresh_database_url), token()).open_case()
+    reader = await make_records_client(proxy.url)
+    admin = await asyncpg.connect(fresh_database_url)
+    try:
+        async with admin.transaction():
+            await admin.execute("LOCK TABLE records.events IN ACCESS EXCLUSIVE MODE")
+            async with asyncio.timeout(20), reader.get(
+                    f"/v1/cases/{case_id}/export", headers=bearer(token())) as response:
+                assert response.status == 200
+                assert b'"export"' in await response.content.readline()  # the header
+                proxy.cut()
+                await proxy.refuse()
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+    finally:
+        await admin.close()

@@ -111,6 +111,16 @@ def _marks_first(text: str) -> str:
     return "".join(out)
 
 
+def _classed(text: str) -> str:
+    """``text`` with each character this Python's Unicode data gives no bidi class (one
+    assigned after it, a recent emoji such as U+1FA77) as U+FFFD: python-bidi asserts on
+    them, and a PDF with one beside Hebrew or Arabic ended mid-answer. No font here draws
+    them anyway."""
+    if all(unicodedata.bidirectional(char) for char in text):
+        return text
+    return "".join(char if unicodedata.bidirectional(char) else "\ufffd" for char in text)
+
+
 def _isolates_as_embeddings(text: str) -> str:
     """Directional isolates (LRI, RLI, FSI, PDI) as the embeddings they refine: python-bidi's
     Python implementation predates them and refuses them; an FSI takes the direction of the
@@ -195,7 +205,7 @@ class Typesetter:
     def _display(self, text: str, han: str, size: float, right_to_left: bool,
                  bidi: bool) -> Line:
         if bidi:  # wrapped in logical order, displayed in visual order
-            text = str(get_display(_isolates_as_embeddings(_marks_first(text)),
+            text = str(get_display(_isolates_as_embeddings(_marks_first(_classed(text))),
                                    base_dir="R" if right_to_left else "L"))
         runs = []
         for font, chars in itertools.groupby(filter(self._drawn, text),

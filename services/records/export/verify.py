@@ -424,7 +424,12 @@ def _event(export_format: ExportFormat, line: bytes, number: int,
     fields: dict[str, Any] = {name: row[name] for name in CHAIN_FIELDS}
     for name in ("version", "schema_version"):
         value = fields[name]
-        fields[name] = int(value) if value.isascii() and value.isdigit() else value
+        if value.isascii() and value.isdigit():
+            try:
+                fields[name] = int(value)
+            except ValueError as error:  # past Python's 4,300 digits: no version has them
+                raise MalformedExport(f"line {number}: the {name} cell is too long to be"
+                                      " one") from error
     fields["data"] = _json(fields["data"].encode(), number)
     fields["metadata"] = _json(fields["metadata"].encode(), number)
     link = _link(fields, number)
@@ -532,8 +537,30 @@ def _json(raw: bytes, number: int) -> Any:
 def _strict_json(raw: bytes) -> Any:
     """JSON as the service writes it: no fractions, no non-numbers, no repeated keys (of
     which a reader would take one value or another: docs/export-format.md, section 2)."""
-    return json.loads(raw, parse_float=_no_fractions, parse_constant=_no_fractions,
-                      object_pairs_hook=_no_repeated_keys)
+    found = json.loads(raw, parse_float=_no_fractions, parse_constant=_no_fractions,
+                       object_pairs_hook=_no_repeated_keys)
+    if b"\\u" in raw:  # an escape may spell half a surrogate pair: no UTF-8 text holds one
+        _no_lone_surrogates(found)
+    return found
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    """Strings as UTF-8 can hold them: JSON lets ``\\ud800`` stand alone, and the chain's
+    encoding of it failed (a traceback, not NOT VERIFIED)."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as error:
+            raise MalformedExport("a string holds half a surrogate pair (an escape from"
+                                  " \\ud800 to \\udfff standing alone), which no text"
+                                  " the service writes holds") from error
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_lone_surrogates(key)
+            _no_lone_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_lone_surrogates(item)
 
 
 def _no_fractions(text: str) -> Any:

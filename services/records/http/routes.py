@@ -300,12 +300,20 @@ async def export_case(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'attachment; filename="{export.filename}"'})
     await response.prepare(request)
     async with aclosing(export.chunks) as chunks:
-        async for chunk in chunks:
-            try:
-                await response.write(chunk)
-            except ConnectionResetError:  # the client went away: stop reading the case
-                log.info("export_abandoned", case_id=str(case_id))
-                return response
+        try:
+            async for chunk in chunks:
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:  # the client went away: stop reading the case
+                    log.info("export_abandoned", case_id=str(case_id))
+                    return response
+        except Exception:
+            # the 200 has begun: a problem cannot follow it (one written after it left the
+            # client waiting for the rest). Cut short, the download fails and never verifies.
+            log.exception("export_cut_short", case_id=str(case_id))
+            if request.transport is not None:
+                request.transport.close()
+            return response
     await response.write_eof()
     return response
 
