@@ -255,7 +255,9 @@ async def test_after_a_storm_the_chains_hold_and_the_projection_is_the_fold(
         verified = await apis[n % 3].call("GET", f"/v1/cases/{case}/verify", expect=200)
         assert verified["first_broken_link"] is None, verified
         history = await apis[0].call("GET", f"/v1/cases/{case}/history?limit=500", expect=200)
-        assert (await apis[2].plan(case))["version"] == history["events"][-1]["version"]
+        plan = await apis[2].plan(case)
+        assert plan["version"] == history["events"][-1]["version"], (case, plan["version"], [
+            (e["version"], e["type"]) for e in history["events"][-3:]])
     await rebuild_and_compare(fresh_database_url)
 
 
