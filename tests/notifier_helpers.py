@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -21,6 +21,10 @@ from services.notifier.http.app import NOTIFIER, create_app
 from services.notifier.service import Notifier
 from services.notifier.settings import NotifierSettings
 from services.notifier.store.notifications import schedule_snapshot
+
+if TYPE_CHECKING:
+    from tests.test_audit_smtp_peer import Peer
+
 from tests.conftest import (
     JWT_SECRET,
     ClientFactory,
@@ -309,3 +313,13 @@ async def linked(fresh_database_url: str, aiohttp_client: Callable[..., Awaitabl
     return await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock,
                           NOTIFIER_PUBLIC_URL=PUBLIC_URL,
                           NOTIFIER_LINK_SECRET_FILE=str(secret_file))
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Peer]:
+    """A scripted SMTP peer (``tests/test_audit_smtp_peer.py``, where its own tests are)."""
+    from tests.test_audit_smtp_peer import Peer
+
+    server = await Peer().start()
+    yield server
+    await server.stop()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from email.message import Message
 from typing import Any
@@ -36,13 +36,6 @@ NO_ADDRESS = "no email address on file for cm-1"
 WAITING = ("SELECT count(*) >= $1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
            " WHERE NOT l.granted AND a.datname = current_database()")
 DIGEST_READER = {"delivery": "daily_digest"}
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[Peer]:
-    server = await Peer().start()
-    yield server
-    await server.stop()
 
 
 def supervisor(token: TokenFactory) -> str:

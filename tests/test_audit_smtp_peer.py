@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import email
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
@@ -160,13 +160,6 @@ async def peer_rig(aiohttp_client: Callable[..., Awaitable[TestClient]], databas
                          **{"SMTP_TIMEOUT": 0.5, **overrides})
     await rig.set_prefs("cm-1", token())
     return rig
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[Peer]:
-    server = await Peer().start()
-    yield server
-    await server.stop()
 
 
 async def attempts_of(rig: NotifierRig, row_id: object) -> list[tuple[int | None, str]]:

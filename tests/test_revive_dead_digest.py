@@ -7,7 +7,6 @@ something taken back."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,13 +20,6 @@ from tests.test_audit_smtp_peer import Peer, peer_rig
 LANDLORD, BANK = "Call the landlord", "Open a bank account"
 REFUSED = "550 5.2.1 mailbox disabled"
 OVERDUE_DAY = datetime(2026, 5, 3, 9, 0, tzinfo=UTC)  # a review due 1 May, two days' grace
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[Peer]:
-    server = await Peer().start()
-    yield server
-    await server.stop()
 
 
 @dataclass

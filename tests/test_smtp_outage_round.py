@@ -10,7 +10,7 @@ goes on."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,13 +67,6 @@ OUTAGES = {
     "a silent greeting": Outage(
         {"GREETING": [HANG] * BATCH}, None,
         "no reply: the mail server 127.0.0.1:{port} did not answer within 0.5 s")}
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[Peer]:
-    server = await Peer().start()
-    yield server
-    await server.stop()
 
 
 async def batch_rig(aiohttp_client: Callable[..., Awaitable[Client]], database_url: str,

@@ -5,7 +5,7 @@ though it never went out. It is a failed attempt, retried with the same Message-
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -13,13 +13,6 @@ from aiohttp.test_utils import TestClient
 from tests.conftest import FakeClock, TokenFactory
 from tests.notifier_helpers import Records
 from tests.test_audit_smtp_peer import Peer, attempts_of, one_notice, peer_rig, small_win
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[Peer]:
-    server = await Peer().start()
-    yield server
-    await server.stop()
 
 
 @pytest.mark.parametrize(("stage", "reply"), [

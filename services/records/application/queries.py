@@ -215,8 +215,8 @@ class CaseQueries:
             now = self._clock()
             if as_of > now:
                 raise NotYetHappened(as_of, now)
-            if as_of < (opened := await self._opened_at(case_id)):
-                raise NotYetOpened(opened)
+            if not await self._store.recorded_by(case_id, as_of):
+                raise NotYetOpened(await self._opened_at(case_id))
         return check
 
     async def _opened_at(self, case_id: UUID) -> datetime:

@@ -498,6 +498,14 @@ class EventStore:
             "SELECT agency, version FROM records.streams WHERE stream_id = $1", stream_id)
         return None if row is None else StreamHead(stream_id, row["agency"], row["version"])
 
+    async def recorded_by(self, stream_id: UUID, moment: datetime) -> bool:
+        """Whether any event of the stream was recorded at or before ``moment`` (an ``as_of``
+        answers): read in version order, it stops at the first, usually the opening."""
+        found: bool = await self._pool.fetchval(
+            "SELECT EXISTS (SELECT FROM records.events WHERE stream_id = $1"
+            " AND recorded_at <= $2)", stream_id, moment)
+        return found
+
     async def first_recorded_at(self, stream_id: UUID) -> datetime | None:
         """The earliest ``recorded_at`` of a stream: the first moment an ``as_of`` answers
         (instances stamp with their own clocks, so it need not be the opening's)."""
