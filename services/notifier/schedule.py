@@ -36,7 +36,6 @@ from services.notifier.store.cases import advance_checkpoint, load_cases, save_c
 from services.notifier.store.notifications import (
     follow_transfer,
     insert_notices,
-    lock_cases_to_write,
     reconcile_case,
     rename_participant,
     reword_celebrations,
@@ -95,7 +94,6 @@ async def apply_page(pool: asyncpg.Pool, items: Sequence[FeedItem], *, after: st
     async with pool.acquire() as conn, conn.transaction():
         if not await advance_checkpoint(conn, FEED_CHECKPOINT, after, checkpoint, now):
             return None
-        await lock_cases_to_write(conn, [i.case_id for i in items])
         page = _Page(conn, await load_cases(conn, (i.case_id for i in items)), rules, domain,
                      now)
         for item in items:

@@ -48,7 +48,7 @@ from services.notifier.http.models import (
     ScheduleQuery,
 )
 from services.notifier.links import UNSUBSCRIBE_PATH
-from services.notifier.rules import Kind, participant_recipient
+from services.notifier.rules import participant_recipient
 from services.notifier.store import access_log, directory
 from services.notifier.store import notifications as store
 from services.notifier.store.access_log import Read
@@ -487,21 +487,20 @@ async def get_notification(request: web.Request) -> web.Response:
 async def retry_notification(request: web.Request) -> web.Response:
     who = principal(request)
     row = await _agency_row(request)
-    # the case read once: it decides who may see and retry the notice, and whether it is sent
+    # the case read once: it decides who may see and retry the notice
     facts = await _facts_of(request, row)
     if not (_sees_as_reader(who, row) or _manages(who, facts)):
         raise _NOT_FOUND
     if not _may_retry(who, row, facts):
         raise Problem(403, "Forbidden", "supervisors, the recipient and the case's manager (of"
                       " a notice to its case manager) retry dead letters", kind="forbidden")
-    await _refuse_what_is_not_sent_again(request, row, facts)
     c = ctx(request)
+    await _refuse_what_is_not_sent_again(c.pool, row)
     revived = await store.revive_dead(c.pool, row.id, c.clock())
     if revived is None:
-        # a retry racing this one won, or the feed changed the case since it was read
+        # the feed changed the case since it was read, or a retry racing this one won
+        await _refuse_what_is_not_sent_again(c.pool, row)
         now = await store.get_row(c.pool, row.id, row.agency)
-        if now is not None and now.status == "dead":
-            await _refuse_what_is_not_sent_again(request, now, await _facts_of(request, now))
         status = now.status if now is not None else row.status
         raise Problem(409, "Conflict", f"only dead notifications are retried; this one is"
                       f" {status}", kind="not-dead", status_now=status)
@@ -509,15 +508,21 @@ async def retry_notification(request: web.Request) -> web.Response:
     return json_response(_shown(revived), status=202)
 
 
-async def _refuse_what_is_not_sent_again(request: web.Request, row: store.Row,
-                                         facts: asyncpg.Record | None) -> None:
-    if facts is not None and facts["status"] == "closed":
-        raise Problem(409, "Conflict", "the case is closed: its notices were cancelled when it"
-                      " closed, and this one is not sent again", kind="case-closed")
-    _refuse_a_handover_moved_on(row, facts)
-    if await store.taken_back(ctx(request).pool, row):
-        raise Problem(409, "Conflict", "what it celebrates was taken back since: this"
-                      f" {row.kind.replace('_', ' ')} is not sent", kind="taken-back")
+async def _refuse_what_is_not_sent_again(pool: asyncpg.Pool, row: store.Row) -> None:
+    """409 when a retry of ``row`` is not sent, for the reason the store gives
+    (``store.why_not_sent_again``, the check ``revive_dead`` makes again under its lock)."""
+    match await store.why_not_sent_again(pool, row.id):
+        case store.CASE_CLOSED:
+            raise Problem(409, "Conflict", "the case is closed: its notices were cancelled when"
+                          " it closed, and this one is not sent again", kind="case-closed")
+        case store.TRANSFERRED_ON:
+            # a handover is its reader's only while they hold the case; the case manager now
+            # is not named: the caller may be the one who left
+            raise Problem(409, "Conflict", f"the case has been transferred on since: this"
+                          f" handover to {row.recipient} is not sent", kind="transferred-on")
+        case store.TAKEN_BACK:
+            raise Problem(409, "Conflict", "what it celebrates was taken back since: this"
+                          f" {row.kind.replace('_', ' ')} is not sent", kind="taken-back")
 
 
 def _may_retry(who: Principal, row: store.Row, facts: asyncpg.Record | None) -> bool:
@@ -525,17 +530,6 @@ def _may_retry(who: Principal, row: store.Row, facts: asyncpg.Record | None) -> 
     transfer: not to the one who left), so they may retry it too; they were refused."""
     return _sees_as_reader(who, row) or (row.recipient_role == "case_manager"
                                          and _manages(who, facts))
-
-
-def _refuse_a_handover_moved_on(row: store.Row, facts: asyncpg.Record | None) -> None:
-    """A handover is its reader's only while they hold the case: a further transfer withdraws
-    one still waiting, and a dead one retried after it told the one who had left of a case no
-    longer theirs to read."""
-    if (row.kind == Kind.CASE_TRANSFERRED and facts is not None
-            and facts["case_manager"] != row.recipient):
-        # the case manager now is not named: the caller may be the one who left
-        raise Problem(409, "Conflict", f"the case has been transferred on since: this handover"
-                      f" to {row.recipient} is not sent", kind="transferred-on")
 
 
 @api.route("GET", "/v1/schedule", "what is still to be sent for a case, and when",

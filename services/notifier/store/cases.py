@@ -12,8 +12,11 @@ from services.notifier.casemodel import CaseModel, Goal, Review, Step
 
 
 async def load_cases(conn: asyncpg.Connection, case_ids: Iterable[UUID]) -> dict[UUID, CaseModel]:
-    ids = list(set(case_ids))
-    rows = await conn.fetch("SELECT * FROM notifier.cases WHERE case_id = ANY($1::uuid[])", ids)
+    """The feed's cases of a page, locked for the transaction (in id order) before it touches
+    any of their notices: what brings a dead letter back waits for it (``lock_cases_to_read``)."""
+    ids = sorted(set(case_ids))
+    rows = await conn.fetch("SELECT * FROM notifier.cases WHERE case_id = ANY($1::uuid[])"
+                            " ORDER BY case_id FOR NO KEY UPDATE", ids)
     goals = await conn.fetch("SELECT * FROM notifier.goals WHERE case_id = ANY($1::uuid[])", ids)
     steps = await conn.fetch("SELECT * FROM notifier.steps WHERE case_id = ANY($1::uuid[])", ids)
     reviews = await conn.fetch("SELECT * FROM notifier.reviews WHERE case_id = ANY($1::uuid[])",

@@ -621,21 +621,12 @@ async def send_missed_milestones(conn: asyncpg.Connection, agency: str,
 
 async def lock_cases_to_read(conn: asyncpg.Connection, case_ids: Sequence[UUID]) -> None:
     """Wait for the feed to be done with these cases, and hold it off them until this
-    transaction ends (in id order, as the feed takes them: ``lock_cases_to_write``). What
+    transaction ends (in id order, as the feed takes them: ``cases.load_cases``). What
     brings a dead letter back reads a case's manager and status, and the feed moves and
     cancels only waiting notices: read before the feed committed a transfer or a closing, a
     revived notice went to the one who had left, or of a closed case (an audit staged both)."""
-    await _lock_cases(conn, case_ids, "SHARE")
-
-
-async def lock_cases_to_write(conn: asyncpg.Connection, case_ids: Sequence[UUID]) -> None:
-    """The feed's lock on the cases of a page, before it touches any of their notices."""
-    await _lock_cases(conn, case_ids, "NO KEY UPDATE")
-
-
-async def _lock_cases(conn: asyncpg.Connection, case_ids: Sequence[UUID], mode: str) -> None:
     await conn.execute("SELECT FROM notifier.cases WHERE case_id = ANY($1::uuid[])"
-                       f" ORDER BY case_id FOR {mode}", sorted(set(case_ids)))
+                       " ORDER BY case_id FOR SHARE", sorted(set(case_ids)))
 
 
 # Why delivery made a dead letter of a notice that an entry in the directory mends: the fixed
@@ -777,26 +768,6 @@ async def attempts_of(db: Db, row_id: UUID) -> list[dict[str, Any]]:
             for r in rows]
 
 
-# What a celebration is of, still so as the feed last told it: a step completed, a goal achieved.
-_STILL_CELEBRATED = {
-    "small_win": "SELECT status = 'completed' FROM notifier.steps"
-                 " WHERE case_id = $1 AND step_id::text = $2",
-    "milestone": "SELECT status = 'achieved' FROM notifier.goals"
-                 " WHERE case_id = $1 AND goal_id::text = $2",
-}
-_CELEBRATED = {"small_win": "step_id", "milestone": "goal_id"}
-
-
-async def taken_back(db: Db, row: Row) -> bool:
-    """Whether ``row`` celebrates a step no longer completed or a goal no longer achieved: a
-    take-back withdraws a celebration still waiting, not a dead one, which a retry sent."""
-    query = _STILL_CELEBRATED.get(row.kind)
-    subject = row.context.get(_CELEBRATED.get(row.kind, ""))
-    if query is None or subject is None:
-        return False
-    return await db.fetchval(query, row.case_id, str(subject)) is not True
-
-
 # the case manager of the notification's case as the feed last told it
 _MANAGER_NOW = ("SELECT c.case_manager FROM notifier.cases c"
                 " WHERE c.case_id = notifier.notifications.case_id")
@@ -846,20 +817,36 @@ _REVIVED = ("status = 'scheduled', not_before = $2, first_attempt_at = NULL, dig
             " lease_owner = NULL, lease_until = NULL, claim_token = NULL, revived_at = $2,"
             " attempts_before_revival = attempts, updated_at = $2")
 
+# Why a dead notice is not sent again, as ``_WHY_NOT_SENT_AGAIN`` says it
+CASE_CLOSED = "the case is closed"
+TRANSFERRED_ON = "the case has been transferred on since"
+TAKEN_BACK = "what it celebrates was taken back since"
+
 # Why a dead notice ``i`` of case ``c`` is not sent again: what a retry of it alone is refused
-# for (the retry route: case-closed, transferred-on, taken-back), or NULL.
-_WHY_NOT_SENT_AGAIN = """CASE
-  WHEN c.status = 'closed' THEN 'the case is closed'
+# for (the retry route: case-closed, transferred-on, taken-back), or NULL. A take-back
+# withdraws a celebration still waiting, not a dead one; a further transfer, a handover still
+# waiting; closing, what waits.
+_WHY_NOT_SENT_AGAIN = f"""CASE
+  WHEN c.status = 'closed' THEN '{CASE_CLOSED}'
   WHEN i.kind = 'case_transferred' AND c.case_manager <> i.recipient
-    THEN 'the case has been transferred on since'
+    THEN '{TRANSFERRED_ON}'
   WHEN i.kind = 'small_win' AND i.context ? 'step_id' AND NOT EXISTS (
       SELECT FROM notifier.steps s WHERE s.case_id = i.case_id
         AND s.step_id::text = i.context->>'step_id' AND s.status = 'completed')
     OR i.kind = 'milestone' AND i.context ? 'goal_id' AND NOT EXISTS (
       SELECT FROM notifier.goals g WHERE g.case_id = i.case_id
         AND g.goal_id::text = i.context->>'goal_id' AND g.status = 'achieved')
-    THEN 'what it celebrates was taken back since'
+    THEN '{TAKEN_BACK}'
   END"""
+
+
+async def why_not_sent_again(db: Db, row_id: UUID) -> str | None:
+    """What a retry of the notification ``row_id`` is refused for now (CASE_CLOSED,
+    TRANSFERRED_ON, TAKEN_BACK), or None."""
+    why: str | None = await db.fetchval(
+        f"SELECT {_WHY_NOT_SENT_AGAIN} FROM notifier.notifications i"
+        " LEFT JOIN notifier.cases c ON c.case_id = i.case_id WHERE i.id = $1", row_id)
+    return why
 
 # the dead notices of a revived digest ($1), each with why it is not sent again (or NULL)
 _NOT_SENT_AGAIN = f"""
