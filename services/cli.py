@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import os
 import re
-import secrets
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from services.common.auth import (
     Role,
     check_secret,
     dev_secret,
+    dev_secret_file,
     expected_claims,
     identity,
     issue_token,
@@ -48,14 +48,8 @@ def dev_export_key(dev_dir: Path) -> Path:
 
 
 def dev_link_secret(dev_dir: Path) -> Path:
-    """The development secret signing the unsubscribe links in participants' mail, made on
-    first use (owner-only, as a production secret file would be)."""
-    path = dev_dir / "link-secret"
-    if not path.exists():
-        dev_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(48) + "\n")
-    return path
+    """The development secret signing the unsubscribe links in participants' mail."""
+    return dev_secret_file(dev_dir, "link-secret", 48)
 
 
 def _fail(message: str) -> int:

@@ -324,12 +324,18 @@ def _unix_seconds(moment: datetime) -> int | float:
 
 
 def dev_secret(data_dir: Path) -> str:
-    """A per-checkout development secret, made once and kept in the dev data folder."""
+    """The per-checkout development token secret."""
+    return dev_secret_file(data_dir, "jwt-secret").read_text().strip()
+
+
+def dev_secret_file(data_dir: Path, name: str, size: int = 32) -> Path:
+    """A development secret of ``size`` random bytes, made once and kept in the dev data
+    folder, readable by its owner only (as a production secret file would be)."""
     import secrets
 
-    path = data_dir / "jwt-secret"
+    path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(size))
+    return path

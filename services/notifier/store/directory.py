@@ -6,10 +6,10 @@ the table itself: migration 0007)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -20,6 +20,7 @@ from services.notifier.store.notifications import (
     MENDED_BY_A_SUPERVISOR,
     MENDED_BY_AN_ADDRESS,
     decide_afresh,
+    retried_on_deadlock,
     send_mended,
     send_missed_milestones,
 )
@@ -148,7 +149,7 @@ async def save(pool: asyncpg.Pool, key: EntryKey, make: MakeEntry, updated_by: s
     Dead letters that asked for what the entry gives are scheduled again, in the same
     transaction (``send_what_it_mends``): a case manager added on their second day never got
     their first day's notices until someone retried each (0203)."""
-    return await _retried(lambda: _save(pool, key, make, updated_by, now, recent))
+    return await retried_on_deadlock(lambda: _save(pool, key, make, updated_by, now, recent))
 
 
 async def remove(pool: asyncpg.Pool, key: EntryKey, now: datetime) -> Preferences | None:
@@ -166,28 +167,13 @@ async def remove(pool: asyncpg.Pool, key: EntryKey, now: datetime) -> Preference
             roles, recipients = removed.addressed_as
             await decide_afresh(conn, removed.agency, roles, recipients, now)
             return removed
-    return await _retried(removing)
+    return await retried_on_deadlock(removing)
 
 
 class CaseOnAnotherEntry(Exception):
     def __init__(self, case_id: UUID, user_id: str) -> None:
         super().__init__(f"case {case_id} is on the preferences of participant {user_id}")
         self.case_id, self.user_id = case_id, user_id
-
-
-async def _retried(work: Callable[[], Awaitable[_T]]) -> _T:
-    """``work``'s transaction, tried again when PostgreSQL ends it to break a deadlock."""
-    for attempt in range(_ATTEMPTS):
-        try:
-            return await work()
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-            if attempt == _ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-_ATTEMPTS = 5
-_T = TypeVar("_T")
 
 
 async def _save(pool: asyncpg.Pool, key: EntryKey, make: MakeEntry, updated_by: str,

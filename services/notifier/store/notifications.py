@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 from uuid import UUID, uuid4, uuid5
 
 import asyncpg
@@ -409,11 +409,19 @@ async def record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now: 
     (another instance took them over) are left alone and returned. Retried on deadlock: a
     message that went out but was not recorded would be sent again once its lease ran out."""
     ordered = sorted(outcomes, key=lambda o: o.row_id)
-    for attempt in range(5):
+    return await retried_on_deadlock(lambda: _record_outcomes(pool, ordered, now, token))
+
+
+_T = TypeVar("_T")
+
+
+async def retried_on_deadlock(work: Callable[[], Awaitable[_T]], attempts: int = 5) -> _T:
+    """``work``'s transaction, tried again when PostgreSQL ends it to break a deadlock."""
+    for attempt in range(attempts):
         try:
-            return await _record_outcomes(pool, ordered, now, token)
+            return await work()
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-            if attempt == 4:
+            if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
