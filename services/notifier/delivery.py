@@ -714,9 +714,8 @@ def _refusal_behind(error: BaseException) -> aiosmtplib.SMTPResponseException | 
     return None
 
 
-def _drop(client: aiosmtplib.SMTP | None) -> None:
-    if client is not None:
-        client.close()
+def _drop(client: aiosmtplib.SMTP) -> None:
+    client.close()
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:
@@ -793,7 +792,8 @@ def _subject(subject: str) -> str:
 class Dispatcher:
     def __init__(self, pool: asyncpg.Pool, settings: NotifierSettings, clock: Clock,
                  metrics: NotifierMetrics, owner: str, rng: random.Random | None = None,
-                 history_began: datetime | None = None) -> None:
+                 history_began: datetime | None = None,
+                 links: UnsubscribeLinks | None = None) -> None:
         self._pool = pool
         self._settings = settings
         self._clock = clock
@@ -804,7 +804,7 @@ class Dispatcher:
         self._timing = DatedTiming.of(settings)
         self._smtp = SmtpSender(settings)
         self._from = from_header(settings.mail_from)  # once, not for every message
-        self._links = UnsubscribeLinks.of(settings.public_url, settings.link_secret_file)
+        self._links = links  # read and checked once, by the app (None: no links)
         self._unknown_zones: set[str] = set()
         self._counters = {"sent": metrics.sent, "failed": metrics.failed, "dead": metrics.dead,
                           "cancelled": metrics.cancelled}

@@ -20,6 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from services.common.database import DATABASE_UNAVAILABLE
 from services.notifier.delivery import SHUTDOWN_GRACE, Dispatcher
 from services.notifier.feed import FeedSubscriber
+from services.notifier.links import UnsubscribeLinks
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.rules import RuleSettings
 from services.notifier.settings import NotifierSettings
@@ -39,7 +40,8 @@ def rule_settings(s: NotifierSettings) -> RuleSettings:
 
 class Notifier:
     def __init__(self, pool: asyncpg.Pool, settings: NotifierSettings, clock: Clock,
-                 metrics: NotifierMetrics, history_began: datetime | None = None) -> None:
+                 metrics: NotifierMetrics, history_began: datetime | None = None,
+                 links: UnsubscribeLinks | None = None) -> None:
         self.instance = f"notifier-{uuid.uuid4().hex[:8]}"
         self.settings = settings
         self.pool = pool
@@ -47,7 +49,7 @@ class Notifier:
         self.subscriber = FeedSubscriber(pool, settings, rule_settings(settings), clock,
                                          metrics, on_new_work=self.poke)
         self.dispatcher = Dispatcher(pool, settings, clock, metrics, self.instance,
-                                     history_began=history_began)
+                                     history_began=history_began, links=links)
         self._scheduler: AsyncIOScheduler | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self._dispatching = False

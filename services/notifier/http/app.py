@@ -85,7 +85,7 @@ def create_app(settings: NotifierSettings, *, clock: Clock = utc_now,
         pool = await create_pool(database_url, max_size=settings.db_pool_max,
                                  command_timeout=settings.db_command_timeout)
         history_began = await begin_history(pool, clock())
-        notifier = Notifier(pool, settings, clock, app[METRICS], history_began)
+        notifier = Notifier(pool, settings, clock, app[METRICS], history_began, links)
         app[NOTIFIER] = Context(settings, pool, notifier, app[METRICS], clock, links)
         if background:
             await notifier.start()
