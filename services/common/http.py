@@ -133,18 +133,21 @@ def labelled(metric: MetricT, *values: str) -> MetricT:
 async def protect_answer(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """``on_response_prepare``: the protective headers on every answer, a streamed export's
     too (a middleware sees it only after it was sent). A handler's own Cache-Control stays.
-    An encoded body the handler left unread is read no further."""
+    A body that failed to read, or an encoded one the handler left unread, is read no
+    further."""
     headers = response.headers
     for name, value in PROTECTIVE_HEADERS.items():
         headers.setdefault(name, value)
     if response.content_type == "text/html":
         headers.setdefault("Content-Security-Policy", HTML_POLICY)
-    if _encoded_body_left_unread(request):
+    if _body_unreadable(request):
         _stop_reading_body(request, response)
 
 
-def _encoded_body_left_unread(request: web.BaseRequest) -> bool:
-    return "Content-Encoding" in request.headers and not request.content.is_eof()
+def _body_unreadable(request: web.BaseRequest) -> bool:
+    body = request.content
+    return body.exception() is not None or (
+        "Content-Encoding" in request.headers and not body.is_eof())
 
 
 def _stop_reading_body(request: web.BaseRequest, response: web.StreamResponse) -> None:
@@ -219,12 +222,9 @@ async def read_body(request: web.Request) -> bytes:
     try:
         return await request.read()
     except RequestPayloadError as error:  # e.g. Content-Encoding: gzip on a plain body
-        # aiohttp reads what is left of a body after the answer: it would fail again and be
-        # logged as an unhandled exception (error level, a traceback). Nothing more of this
-        # body is read, so the connection cannot carry another request: it closes.
-        request.content.feed_eof()
+        # the connection closes after this answer (protect_answer)
         raise Problem(400, "Bad request", f"the body could not be read: {error.__cause__ or error}",
-                      kind="malformed-body", closes_connection=True) from error
+                      kind="malformed-body") from error
 
 
 class _KeyGivenTwice(ValueError):

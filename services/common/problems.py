@@ -22,8 +22,7 @@ class Problem(Exception):
 
     def __init__(self, status: int, title: str, detail: str | None = None, *,
                  kind: str | None = None, errors: Sequence[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None, closes_connection: bool = False,
-                 **extra: Any) -> None:
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail or title)
         self.status = status
         self.title = title
@@ -31,7 +30,6 @@ class Problem(Exception):
         self.kind = kind or title.lower().replace(" ", "-")
         self.errors = list(errors or [])
         self.headers = headers or {}
-        self.closes_connection = closes_connection  # answered with Connection: close
         self.extra = extra
 
     def body(self, instance: str | None) -> dict[str, Any]:
@@ -52,11 +50,8 @@ def problem_response(problem: Problem, request: web.Request) -> web.Response:
     body = problem.body(request.path)
     if request_id := request.get(REQUEST_ID_KEY):
         body["request_id"] = request_id
-    response = web.Response(status=problem.status, text=json.dumps(body, default=str),
-                            content_type="application/problem+json", headers=problem.headers)
-    if problem.closes_connection:
-        response.force_close()
-    return response
+    return web.Response(status=problem.status, text=json.dumps(body, default=str),
+                        content_type="application/problem+json", headers=problem.headers)
 
 
 MAX_LISTED_ERRORS = 50  # a body of 20,000 unknown keys once answered with a 2 MB list
