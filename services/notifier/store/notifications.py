@@ -15,6 +15,9 @@ from services.notifier.rules import DATED, Kind, Notice, RecipientRole
 
 _ID_NAMESPACE = UUID("0f6c1c55-93e4-4f57-bb8e-2a4f3f1f7a10")
 PENDING = ("scheduled", "failed")
+# back in the schedule, due now ($2), out of any digest, unclaimed
+_RESCHEDULED_NOW = ("status = 'scheduled', not_before = $2, digest_id = NULL, lease_owner = NULL,"
+                    " lease_until = NULL, claim_token = NULL, updated_at = $2")
 Db: TypeAlias = Any  # asyncpg.Connection or asyncpg.Pool (asyncpg ships no types)
 
 
@@ -610,9 +613,7 @@ async def send_missed_milestones(conn: asyncpg.Connection, agency: str,
     if not held:
         return 0
     result: str = await conn.execute(
-        "UPDATE notifier.notifications n SET status = 'scheduled', not_before = $2,"
-        " last_error = NULL, digest_id = NULL, lease_owner = NULL, lease_until = NULL,"
-        " claim_token = NULL, updated_at = $2"
+        f"UPDATE notifier.notifications n SET {_RESCHEDULED_NOW}, last_error = NULL"
         " FROM notifier.cases c, notifier.goals g"
         " WHERE n.id = ANY($1::uuid[]) AND n.status = 'cancelled'"
         " AND c.case_id = n.case_id AND c.status = 'open'"
@@ -688,10 +689,9 @@ async def send_mended(conn: asyncpg.Connection, agency: str, roles: Sequence[str
     digests = await _locked_dead(conn, digests)
     notices_now = await _locked_dead(conn, [r["id"] for r in notices])
     result: str = await conn.execute(
-        "UPDATE notifier.notifications SET status = 'scheduled', not_before = $2,"
-        " last_error = NULL, digest_id = NULL, lease_owner = NULL, lease_until = NULL,"
+        f"UPDATE notifier.notifications SET {_RESCHEDULED_NOW}, last_error = NULL,"
         " attempts_before_revival = attempts,"  # its own retries, and judged late as untried
-        f" claim_token = NULL, updated_at = $2, context = {_NAMING_MANAGER_NOW}"
+        f" context = {_NAMING_MANAGER_NOW}"
         " WHERE id IN (SELECT i.id"
         " FROM notifier.notifications i LEFT JOIN notifier.cases c ON c.case_id = i.case_id"
         " WHERE i.id = ANY($1::uuid[]) AND i.status = 'dead'"
@@ -821,9 +821,8 @@ _ADDRESSED_NOW = ("recipient = CASE WHEN recipient_role = 'case_manager'"
                   f" THEN coalesce(({_MANAGER_NOW}), recipient) ELSE recipient END,"
                   f" context = {_NAMING_MANAGER_NOW}")
 # a dead letter a person retries ($2: now): a fresh budget, due now, out of any digest
-_REVIVED = ("status = 'scheduled', not_before = $2, first_attempt_at = NULL, digest_id = NULL,"
-            " lease_owner = NULL, lease_until = NULL, claim_token = NULL, revived_at = $2,"
-            " attempts_before_revival = attempts, updated_at = $2")
+_REVIVED = (f"{_RESCHEDULED_NOW}, first_attempt_at = NULL, revived_at = $2,"
+            " attempts_before_revival = attempts")
 
 # Why a dead notice is not sent again, as ``_WHY_NOT_SENT_AGAIN`` says it
 CASE_CLOSED = "the case is closed"
