@@ -255,9 +255,10 @@ class CaseCommands:
         try:
             async with self.case_locks.hold(request.case_id):
                 return await self._decide_and_append(request)
-        except (DomainError, PreconditionFailed, TooMuchContention):
+        except (DomainError, Forbidden, NotVisible, PreconditionFailed, TooMuchContention):
             # a retry that raced its original: decided against the state the original left
-            # (its item id already taken, the version moved), it is still the same request
+            # (its item id already taken, the version moved, the case transferred away from
+            # its sender), it is still the same request
             if (replayed := await self._replay_of(request)) is None:
                 raise
             return replayed
