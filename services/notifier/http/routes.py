@@ -12,7 +12,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import time, timedelta
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, unquote
 from uuid import UUID
 
@@ -495,23 +495,16 @@ async def retry_notification(request: web.Request) -> web.Response:
         raise Problem(403, "Forbidden", "supervisors, the recipient and the case's manager (of"
                       " a notice to its case manager) retry dead letters", kind="forbidden")
     c = ctx(request)
-    await _refuse_what_is_not_sent_again(c.pool, row)
     revived = await store.revive_dead(c.pool, row.id, c.clock())
-    if revived is None:
-        # the feed changed the case since it was read, or a retry racing this one won
-        await _refuse_what_is_not_sent_again(c.pool, row)
-        now = await store.get_row(c.pool, row.id, row.agency)
-        status = now.status if now is not None else row.status
-        raise Problem(409, "Conflict", f"only dead notifications are retried; this one is"
-                      f" {status}", kind="not-dead", status_now=status)
+    if isinstance(revived, store.NotRevived):
+        _refuse(revived, row)
     c.notifier.poke()
     return json_response(_shown(revived), status=202)
 
 
-async def _refuse_what_is_not_sent_again(pool: asyncpg.Pool, row: store.Row) -> None:
-    """409 when a retry of ``row`` is not sent, for the reason the store gives
-    (``store.why_not_sent_again``, the check ``revive_dead`` makes again under its lock)."""
-    match await store.why_not_sent_again(pool, row.id):
+def _refuse(not_revived: store.NotRevived, row: store.Row) -> NoReturn:
+    """The retry's refusal, as ``revive_dead`` found the notification under its locks."""
+    match not_revived.why:
         case store.CASE_CLOSED:
             raise Problem(409, "Conflict", "the case is closed: its notices were cancelled when"
                           " it closed, and this one is not sent again", kind="case-closed")
@@ -523,6 +516,10 @@ async def _refuse_what_is_not_sent_again(pool: asyncpg.Pool, row: store.Row) -> 
         case store.TAKEN_BACK:
             raise Problem(409, "Conflict", "what it celebrates was taken back since: this"
                           f" {row.kind.replace('_', ' ')} is not sent", kind="taken-back")
+    if not_revived.status is None:
+        raise _NOT_FOUND
+    raise Problem(409, "Conflict", f"only dead notifications are retried; this one is"
+                  f" {not_revived.status}", kind="not-dead", status_now=not_revived.status)
 
 
 def _may_retry(who: Principal, row: store.Row, facts: asyncpg.Record | None) -> bool:

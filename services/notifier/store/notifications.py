@@ -781,17 +781,28 @@ _MANAGER_NOW = ("SELECT c.case_manager FROM notifier.cases c"
                 " WHERE c.case_id = notifier.notifications.case_id")
 
 
-async def revive_dead(pool: asyncpg.Pool, row_id: UUID, now: datetime) -> Row | None:
+@dataclass(frozen=True)
+class NotRevived:
+    """Why a dead letter was not sent again: its status as the retry found it (None: gone,
+    an emptied digest removed), and, still dead, what a retry of it is refused for
+    (``_WHY_NOT_SENT_AGAIN``)."""
+
+    status: str | None
+    why: str | None
+
+
+async def revive_dead(pool: asyncpg.Pool, row_id: UUID, now: datetime) -> Row | NotRevived:
     """Send a dead letter again, now: a fresh retry budget, the same Message-ID, and its
     staleness counted from now (a person asked for it, however late it is). It goes as the
     case now reads, as every notice waiting does (``follow_transfer``): to the case's manager
     now, naming them. A retry after a transfer went to the case manager who had left.
     A digest's notices go as their cases now read too (``_revive_digest_items``); a digest
-    with none left is given up at once. Returns the row as revived; None when it was not
-    dead, or when a retry of it is refused now (``_WHY_NOT_SENT_AGAIN``). The cases are
-    locked first (``lock_cases_to_read``), then the rows: what the caller checked before
-    may have changed while it waited (the feed committing a closing: the retry sent a closed
-    case's letter)."""
+    with none left is given up at once. Returns the row as revived, or why not: it was not
+    dead, or a retry of it is refused (``_WHY_NOT_SENT_AGAIN``), as the locked rows read. The
+    cases are locked first (``lock_cases_to_read``), then the rows: the feed may commit a
+    closing while a retry waits (the retry sent a closed case's letter), and a reopening
+    after it (a second look, outside the lock, found nothing refused, and the retry answered
+    that a dead letter was not dead)."""
     async with pool.acquire() as conn, conn.transaction():
         await lock_cases_to_read(conn, [r["case_id"] for r in await conn.fetch(
             "SELECT case_id FROM notifier.notifications WHERE (id = $1 OR digest_id = $1)"
@@ -805,7 +816,11 @@ async def revive_dead(pool: asyncpg.Pool, row_id: UUID, now: datetime) -> Row | 
             f" WHERE i.id = $1 AND ({_WHY_NOT_SENT_AGAIN}) IS NULL)"
             " RETURNING *", row_id, now)
         if updated is None:
-            return None
+            found = await conn.fetchrow(
+                f"SELECT i.status, CASE WHEN i.status = 'dead' THEN {_WHY_NOT_SENT_AGAIN} END"
+                " AS why FROM notifier.notifications i"
+                " LEFT JOIN notifier.cases c ON c.case_id = i.case_id WHERE i.id = $1", row_id)
+            return NotRevived(None, None) if found is None else NotRevived(*found)
         revived = Row.of(updated)
         if revived.kind != Kind.DAILY_DIGEST:
             return revived
@@ -846,14 +861,6 @@ _WHY_NOT_SENT_AGAIN = f"""CASE
     THEN '{TAKEN_BACK}'
   END"""
 
-
-async def why_not_sent_again(db: Db, row_id: UUID) -> str | None:
-    """What a retry of the notification ``row_id`` is refused for now (CASE_CLOSED,
-    TRANSFERRED_ON, TAKEN_BACK), or None."""
-    why: str | None = await db.fetchval(
-        f"SELECT {_WHY_NOT_SENT_AGAIN} FROM notifier.notifications i"
-        " LEFT JOIN notifier.cases c ON c.case_id = i.case_id WHERE i.id = $1", row_id)
-    return why
 
 # the dead notices of a revived digest ($1), each with why it is not sent again (or NULL)
 _NOT_SENT_AGAIN = f"""
