@@ -77,6 +77,35 @@ async def test_a_digest_reader_who_corrects_their_zone_gets_it_at_08_00_in_the_n
     assert len(went) == 1
 
 
+async def test_a_digest_emptied_after_one_of_its_cases_closed_still_frees_its_day(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """As above, with a second case whose small win sat in the same London digest and was
+    cancelled there when the case closed. The cancelled notice still pointed at the digest,
+    so the digest, emptied by the change of zone, could not be removed: it kept the day, and
+    the small win still reached the reader at 03:00 in New York (a known limit of the
+    nineteenth session)."""
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone="Europe/London")
+    clock.now = datetime(2026, 3, 2, 20, 0, tzinfo=UTC)  # 20:00 in London
+    staying, closing = await records.open_case(), await records.open_case()
+    for case, step in ((staying, "Call the landlord"), (closing, "Visit the library")):
+        await records.complete(case, await records.step(case, await records.goal(case), step))
+    await rig.catch_up()
+    await rig.dispatch()
+    [digest] = await rig.rows(kind="daily_digest")
+    await records.close(closing)
+    await rig.catch_up()
+    [cancelled] = await rig.rows(kind="small_win", status="cancelled")
+    assert cancelled["digest_id"] == digest["id"]  # the shape this test is about
+    clock.now = datetime(2026, 3, 2, 21, 0, tzinfo=UTC)  # 16:00 in New York
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest", timezone="America/New_York")
+    went = await run_jobs(rig, smtp, clock, datetime(2026, 3, 4, tzinfo=UTC))
+    arrived = [local(at, "America/New_York").isoformat() for at, text in went
+               if "Call the landlord" in text]
+    assert arrived == ["2026-03-03T08:00:00-05:00"], "the digest came at 03:00 in New York"
+    assert not [text for _, text in went if "Visit the library" in text]
+
+
 async def test_a_review_due_today_is_in_that_mornings_digest_after_a_move_west(
         rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
         clock: FakeClock) -> None:

@@ -541,6 +541,7 @@ async def decide_afresh(conn: asyncpg.Connection, agency: str, roles: Sequence[s
     reader's local day (``digest_key``): the digest of that day in a new zone joined it at
     the old zone's hour (03:00 in New York for a London 08:00), or, once it was given up,
     went on to the next day, and a review's "due today" arrived the day after (an audit).
+    A notice cancelled while in it (its case closed) lets it go too.
     Rows being handled, retries and a digest being sent are left alone (the digest sends
     what it holds, once). The reader's open digests are locked first, as
     ``attach_to_digest`` locks one, so none is claimed for sending meanwhile."""
@@ -559,12 +560,18 @@ async def decide_afresh(conn: asyncpg.Connection, agency: str, roles: Sequence[s
         " AND d.status = 'scheduled' AND d.attempts = 0 AND d.lease_until IS NULL))"
         " ORDER BY n.id FOR UPDATE OF n)",
         agency, list(roles), list(recipients), now)
-    await conn.execute(
-        "DELETE FROM notifier.notifications g WHERE g.agency = $1"
+    emptied = await conn.fetch(
+        "SELECT g.id FROM notifier.notifications g WHERE g.agency = $1"
         " AND g.recipient = ANY($2::text[]) AND g.kind = 'daily_digest'"
         " AND g.status = 'scheduled' AND g.attempts = 0 AND g.lease_until IS NULL"
-        " AND NOT EXISTS (SELECT FROM notifier.notifications i WHERE i.digest_id = g.id)",
-        agency, list(recipients))
+        " AND NOT EXISTS (SELECT FROM notifier.notifications i WHERE i.digest_id = g.id"
+        " AND i.status <> 'cancelled')", agency, list(recipients))
+    # a notice cancelled in it (its case closed) was never sent with it: it lets it go
+    await conn.execute(
+        "UPDATE notifier.notifications SET digest_id = NULL, updated_at = $2"
+        " WHERE digest_id = ANY($1::uuid[])", [r["id"] for r in emptied], now)
+    await conn.execute("DELETE FROM notifier.notifications WHERE id = ANY($1::uuid[])",
+                       [r["id"] for r in emptied])
 
 
 # Why delivery did not send a participant's milestone when they had not opted in, or had turned
