@@ -198,11 +198,9 @@ class Recipient:
 def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
            history_began: datetime | None = None,
            timing: DatedTiming | None = None) -> Decision:
-    if _before_history(row, history_began):
-        assert history_began is not None
-        return Cancel(f"not sent: it fell due before this notifier's record of what it sent"
-                      f" begins ({history_began.isoformat()}), so whether it went out before"
-                      " cannot be known")
+    if (unknown := _maybe_sent_before_history(row, history_began,
+                                              _earliest_send(row, who, timing))) is not None:
+        return unknown
     if _too_late(row, now, stale_after):
         return Cancel(f"too late to be useful: it was due {row.due_at.isoformat()}")
     if row.recipient_role == RecipientRole.SUPERVISORS:
@@ -266,15 +264,31 @@ def reader_zone(name: str) -> ZoneInfo | None:
         return None
 
 
-def _before_history(row: Row, history_began: datetime | None) -> bool:
-    """Called for and due before the notifier's schema began keeping its record (say it was
-    wiped and the feed replayed): it may have gone out already, so it is not sent again. One
-    first called for after that (a step written today with yesterday's date) is sent, and so
-    is a manual retry."""
-    return (history_began is not None and row.due_at < history_began
-            and (row.cause_recorded_at is None or row.cause_recorded_at < history_began)
-            and row.attempts == 0 and row.revived_at is None
-            and row.kind != Kind.DAILY_DIGEST)
+def _maybe_sent_before_history(row: Row, history_began: datetime | None,
+                               earliest_send: datetime) -> Cancel | None:
+    """Called for, and sendable from ``earliest_send``, before the notifier's schema began
+    keeping its record (say it was wiped and the feed replayed): it may have gone out
+    already, so it is not sent again. One first called for after that (a step written today
+    with yesterday's date) is sent, and so is a manual retry."""
+    if (history_began is None or earliest_send >= history_began
+            or (row.cause_recorded_at is not None and row.cause_recorded_at >= history_began)
+            or row.attempts or row.revived_at is not None or row.kind == Kind.DAILY_DIGEST):
+        return None
+    return Cancel(f"not sent: it fell due before this notifier's record of what it sent"
+                  f" begins ({history_began.isoformat()}), so whether it went out before"
+                  " cannot be known")
+
+
+def _earliest_send(row: Row, who: Recipient, timing: DatedTiming | None) -> datetime:
+    """The first moment ``row`` could go to its reader: its due time, or, for a dated notice,
+    its moment where the reader is (a reader ahead of the schedule's zone is served early),
+    or the digest of its day there (``Dispatcher._gather_todays_notices``)."""
+    prefs = who.prefs
+    if (row.kind not in DATED or timing is None or prefs is None
+            or reader_zone(prefs.timezone) is None):
+        return row.due_at
+    at = timing.digest_time if prefs.delivery == "daily_digest" else None
+    return min(row.due_at, timing.moment(row, prefs.timezone, at))
 
 
 def _too_late(row: Row, now: datetime, stale_after: timedelta) -> bool:
@@ -841,7 +855,12 @@ class Dispatcher:
         zones = await directory.timezones(self._pool, "daily_digest")
         while early := await self._claim_dated_early(zones, "daily_digest", at, passed_over):
             for row, zone in early:
-                digest = digest_notice(row, zone, self._timing.moment(row, zone, at))
+                moment = self._timing.moment(row, zone, at)
+                unknown = _maybe_sent_before_history(row, self._history_began, moment)
+                if unknown is not None:
+                    await self._cancel_claimed(row, unknown)
+                    continue
+                digest = digest_notice(row, zone, moment)
                 if not await store.attach_to_digest(self._pool, row, digest,
                                                     self._settings.message_id_domain,
                                                     self._clock()):
@@ -849,6 +868,12 @@ class Dispatcher:
                     # usual path (once the digest has gone, the claim leaves the notice out)
                     await self.release(row, row.not_before)
                     passed_over.append(row.id)
+
+    async def _cancel_claimed(self, row: Row, cancel: Cancel) -> None:
+        assert row.claim_token is not None
+        outcome = Outcome(row.id, "cancelled", False, row.attempts, error=cancel.reason)
+        await self._record([outcome], row.claim_token)
+        self._report(row, outcome)
 
     async def _claim_dated_early(self, zones: Sequence[str], delivery: str, at: time | None,
                                  passed_over: Sequence[UUID]) -> list[tuple[Row, str]]:
