@@ -64,7 +64,7 @@ def _check_text(value: str) -> str:
     return value
 
 
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII: ``\d`` takes any script's
 
 
 def _iso_date(value: Any) -> Any:

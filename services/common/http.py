@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -28,7 +28,13 @@ from yarl import URL
 from schemas.api import Problem as ProblemBody
 from schemas.queries import NoQuery
 from services.common.auth import AuthError, Principal, TokenVerifier
-from services.common.problems import REQUEST_ID_KEY, Handler, Problem, validation_problem
+from services.common.problems import (
+    REQUEST_ID_KEY,
+    Handler,
+    Problem,
+    problem_response,
+    validation_problem,
+)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -219,12 +225,44 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
 
 async def read_body(request: web.Request) -> bytes:
     """The request's body; one that cannot be read is a 400 problem."""
+    _refuse_transfer_codings(request)
     try:
         return await request.read()
     except RequestPayloadError as error:  # e.g. Content-Encoding: gzip on a plain body
         # the connection closes after this answer (protect_answer)
         raise Problem(400, "Bad request", f"the body could not be read: {error.__cause__ or error}",
                       kind="malformed-body") from error
+    except ConnectionResetError as error:
+        # the client went away before its body ended: a client's doing, not the database's
+        # (an OSError, it was answered and logged as "database unavailable", 503)
+        raise Problem(400, "Bad request", "the connection closed before the body ended",
+                      kind="body-incomplete") from error
+
+
+def _refuse_transfer_codings(request: web.Request) -> None:
+    """Only ``chunked`` is taken as a transfer coding. aiohttp checks only that the last one is
+    chunked, and read ``gzip, chunked`` as plain chunks: a body the sender, or a proxy that
+    decodes it, never meant (RFC 9112 6.1 suggests 501; bad input is a 4xx here)."""
+    codings = request.headers.get("Transfer-Encoding")
+    if codings is not None and codings.strip().lower() != "chunked":
+        raise Problem(400, "Bad request", "the only transfer coding taken is chunked; send the"
+                      " body plain, or compressed with Content-Encoding", kind="transfer-coding",
+                      errors=[{"field": "header.Transfer-Encoding", "message": "not chunked"}])
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` answered as aiohttp does; any other expectation refused with
+    a problem body (aiohttp's own refusal is plain text, sent before any middleware runs)."""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer's own output has not begun
+        return None
+    return problem_response(Problem(417, "Expectation failed", "the only expectation taken is"
+                                    " 100-continue", kind="expectation-failed",
+                                    errors=[{"field": "header.Expect",
+                                             "message": "not 100-continue"}]), request)
 
 
 class _KeyGivenTwice(ValueError):
@@ -256,8 +294,13 @@ def _decode(raw: bytes) -> Any:
     return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
 
 
+# ``\u0000`` in a JSON string: after an even number of backslashes (an odd one escapes the
+# backslash: ``"\\u0000"`` is the text ``\u0000``, a note may quote it)
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def parse_json_bytes(raw: bytes, model: type[ModelT]) -> ModelT:
-    if b"\\u0000" in raw:
+    if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):
         raise Problem(400, "Bad request", "text may not contain NUL characters",
                       kind="malformed-body")
     try:
@@ -510,14 +553,15 @@ class Api:
             prefix = RouteTree.prefix_of(op.path)
             if prefix is None:
                 for method in methods:
-                    app.router.add_route(method, op.path, op.handler)
+                    app.router.add_route(method, op.path, op.handler,
+                                         expect_handler=expect_continue)
                 continue
             if prefix not in trees:
                 trees[prefix] = RouteTree(prefix)
                 app.router.register_resource(trees[prefix])
             resource = trees[prefix].add_resource(op.path)
             for method in methods:  # HEAD: the GET's headers, no body (aiohttp drops it)
-                resource.add_route(method, op.handler)
+                resource.add_route(method, op.handler, expect_handler=expect_continue)
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3.1 document: request bodies in pydantic's validation schema, answers in

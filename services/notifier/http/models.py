@@ -20,7 +20,8 @@ from pydantic import (
 from schemas.events import GivenUserId, Mailbox, TimeZoneName
 from schemas.queries import QueryInt
 
-_HH_MM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+# ASCII digits only: ``\d`` took any script's, which ``time.fromisoformat`` then refused (500)
+_HH_MM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 # the roles the notifier writes to; auditors, analysts and services receive nothing
 DirectoryRole = Literal["case_manager", "supervisor", "participant"]
 Status = Literal["scheduled", "sent", "failed", "dead", "cancelled"]
@@ -52,7 +53,7 @@ class QuietHours(Body):
     @field_validator("start", "end")
     @classmethod
     def _hh_mm(cls, value: str) -> str:
-        if not _HH_MM.match(value):
+        if not _HH_MM.fullmatch(value):
             raise ValueError("use 24-hour HH:MM, for example 21:30")
         return value
 

@@ -118,8 +118,23 @@ def idempotency(request: web.Request, body: BaseModel) -> IdempotencyClaim | Non
     who = principal(request)
     canonical = body.model_dump_json(exclude_unset=True)
     fingerprint = hashlib.sha256(
-        f"{request.method} {request.path_qs}\n{canonical}".encode()).hexdigest()
+        f"{request.method} {_canonical_path_qs(request)}\n{canonical}".encode()).hexdigest()
     return IdempotencyClaim(idempotency_scope(who.agency, who.sub), key, fingerprint)
+
+
+def _canonical_path_qs(request: web.Request) -> str:
+    """The path with each id as the service reads it (``str(UUID(...))``): a retry spelling
+    the case id in capitals, which addresses the same case, was refused as another write
+    under the same key. Lower-case ids read as they are spelled, as fingerprints always had."""
+    path = "/".join(_canonical_segment(segment) for segment in request.path.split("/"))
+    return f"{path}?{request.query_string}" if request.query_string else path
+
+
+def _canonical_segment(segment: str) -> str:
+    try:
+        return str(UUID(segment))
+    except ValueError:
+        return segment
 
 
 def idempotency_scope(agency: str, sub: str) -> str:
