@@ -211,7 +211,7 @@ def test_every_event_type_declares_which_fields_are_checked() -> None:
 # what staff write in their own words; the participant's own words (in_their_words, the
 # statement on agreeing) are theirs and never checked
 STAFF_TEXT = {"reason", "description", "title", "why_it_matters", "override_reason", "note",
-              "summary", "text", "relationship"}
+              "summary", "text", "relationship", "contact"}
 # copies, for subscribers, of text checked when it was first written
 SNAPSHOTS = {("ActionStepCompleted", "description"), ("GoalStatusChanged", "title")}
 

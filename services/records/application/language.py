@@ -16,7 +16,7 @@ from services.records.domain import LanguageGuide, load_base_guide
 SETTING = "CASETRAIL_LANGUAGE_GUIDE_DIR"
 # The base guide's own keys; anything else in an agency file is most likely a typo ("term"),
 # which would otherwise silently extend nothing.
-_KEYS = {"version", "description", "terms", "remove"}
+_KEYS = {"version", "description", "terms", "remove", "not_flagged"}
 
 
 class LanguageGuides:

@@ -11,7 +11,9 @@ events (:func:`warnings_for`), so an idempotent replay rebuilds exactly the same
 
 The participant's own words (``in_their_words``, ``participant_statement``) are recorded
 verbatim and are not checked: the guide is for how staff document, not for correcting how a
-person speaks about their own life.
+person speaks about their own life. Nor are words a writer quotes (in double quotes, "…",
+“…”, „…“ or «…»), which are most often the participant's. Phrases that hold a term but say
+nothing of a person ("Alcoholics Anonymous", "water-resistant") are listed as ``not_flagged``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ CHECKED_FIELDS: dict[str, tuple[str, ...]] = {
     "ActionStepRevised": ("description", "reason"),
     "ActionStepStatusChanged": ("reason",),
     "ActionStepCompleted": ("note", "reason"),
-    "SupportAdded": ("relationship", "description"),
+    "SupportAdded": ("relationship", "contact", "description"),
     "SupportRemoved": ("reason",),
     "RequirementRecorded": ("title", "description"),
     "RequirementStatusChanged": ("reason",),
@@ -60,6 +62,14 @@ CHECKED_FIELDS: dict[str, tuple[str, ...]] = {
 
 # hyphens, dashes, minus and white space: what joins the words of a term, however written
 _JOINER = r"[-\u2010-\u2015\u2212\s]+"
+# an apostrophe however written: phones and word processors curl it
+_APOSTROPHE = "['\u2019\u02bc]"
+# invisible characters a pasted text may carry inside a word (a soft hyphen from a hyphenated
+# report, a zero-width space): "offen\u00adder" reads as "offender" on every screen
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))
+# what a writer quotes: the participant's own words, which the guide leaves as they are
+_QUOTED = re.compile(r'"[^"]*"|\u201c[^\u201d]*\u201d|\u201e[^\u201c\u201d]*[\u201c\u201d]'
+                     r"|\u00ab[^\u00bb]*\u00bb")
 
 
 def _atoms(term: str) -> list[str]:
@@ -69,8 +79,14 @@ def _atoms(term: str) -> list[str]:
         if index % 2:  # a captured run of spaces and hyphens
             atoms.append(_JOINER)
         else:
-            atoms.extend(re.escape(char) for char in piece)
+            atoms.extend(_APOSTROPHE if char in "'\u2019\u02bc" else re.escape(char)
+                         for char in piece)
     return atoms
+
+
+def _staff_text(text: str) -> str:
+    """What of ``text`` the guide reads: the writer's own words, as a screen shows them."""
+    return _QUOTED.sub(" ", text.translate(_INVISIBLE))
 
 
 def _compile(term: str) -> re.Pattern[str]:
@@ -139,6 +155,25 @@ def _text(entry: Mapping[str, Any], key: str, limit: int, where: str) -> str:
     return value.strip()
 
 
+def _parse_not_flagged(data: Mapping[str, Any]) -> list[str]:
+    """Phrases holding a term that say nothing of a person ("Alcoholics Anonymous",
+    "water-resistant"): the text they cover is not read for terms."""
+    raw = data.get("not_flagged", [])
+    if not isinstance(raw, list) or not all(isinstance(p, str) and p.strip()
+                                           and len(p) <= MAX_TERM for p in raw):
+        raise ValueError(f"language guide: 'not_flagged' must be a list of phrases of at most"
+                         f" {MAX_TERM} characters")
+    return [p.strip() for p in raw]
+
+
+def _masking(phrases: Iterable[str]) -> re.Pattern[str] | None:
+    by_length = sorted(phrases, key=len, reverse=True)  # the longest phrase covers most
+    if not by_length:
+        return None
+    alternatives = "|".join("".join(_atoms(phrase)) for phrase in by_length)
+    return re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)", re.IGNORECASE)
+
+
 def _parse_terms(data: Mapping[str, Any]) -> list[GuideTerm]:
     raw = data.get("terms", [])
     if not isinstance(raw, list):
@@ -159,37 +194,49 @@ def _parse_terms(data: Mapping[str, Any]) -> list[GuideTerm]:
 
 
 class LanguageGuide:
-    """An immutable set of guide terms; ``merge`` returns a new, extended guide."""
+    """An immutable set of guide terms, and the phrases holding one that are not read for
+    them; ``merge`` returns a new, extended guide."""
 
-    __slots__ = ("_prefilter", "_terms")
+    __slots__ = ("_masking", "_not_flagged", "_prefilter", "_terms")
 
-    def __init__(self, terms: Iterable[GuideTerm] = ()) -> None:
+    def __init__(self, terms: Iterable[GuideTerm] = (), not_flagged: Iterable[str] = ()) -> None:
         by_key: dict[str, GuideTerm] = {}
         for term in terms:
             by_key[term.term.casefold()] = term
         self._terms: tuple[GuideTerm, ...] = tuple(by_key.values())
         self._prefilter = _prefilter(term.term for term in self._terms)
+        phrases = {phrase.casefold(): phrase for phrase in not_flagged}
+        self._not_flagged: tuple[str, ...] = tuple(phrases.values())
+        self._masking = _masking(self._not_flagged)
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> LanguageGuide:
-        """A guide from its JSON shape ``{"terms": [{"term", "suggestion", "message"?}]}``."""
+        """A guide from its JSON shape ``{"terms": [{"term", "suggestion", "message"?}],
+        "not_flagged"?: [phrase]}``."""
         if not isinstance(data, Mapping):
             raise ValueError("language guide: expected a JSON object")
-        return cls(_parse_terms(data))
+        return cls(_parse_terms(data), _parse_not_flagged(data))
 
     @property
     def terms(self) -> tuple[GuideTerm, ...]:
         return self._terms
 
+    @property
+    def not_flagged(self) -> tuple[str, ...]:
+        return self._not_flagged
+
     def merge(self, extension: Mapping[str, Any] | LanguageGuide) -> LanguageGuide:
         """This guide extended by an agency's: its terms are added (a term already present is
-        replaced by the agency's wording), and the terms in its ``remove`` list are dropped."""
+        replaced by the agency's wording), the terms in its ``remove`` list are dropped, and
+        its ``not_flagged`` phrases join this guide's."""
         if isinstance(extension, LanguageGuide):
             added, removed = list(extension.terms), set[str]()
+            not_flagged = list(extension.not_flagged)
         else:
             if not isinstance(extension, Mapping):
                 raise ValueError("language guide extension: expected a JSON object")
             added = _parse_terms(extension)
+            not_flagged = _parse_not_flagged(extension)
             remove = extension.get("remove", [])
             if not isinstance(remove, list) or not all(isinstance(t, str) for t in remove):
                 raise ValueError("language guide extension: 'remove' must be a list of terms")
@@ -198,11 +245,18 @@ class LanguageGuide:
         merged = [replacements.pop(t.term.casefold(), t) for t in self._terms
                   if t.term.casefold() not in removed]
         merged.extend(replacements.values())
-        return LanguageGuide(merged)
+        return LanguageGuide(merged, [*self._not_flagged, *not_flagged])
 
     def check(self, field: str, text: str) -> list[LanguageWarning]:
-        """Warnings for the guide terms found in ``text`` (one per term, in text order)."""
-        first = None if self._prefilter is None else self._prefilter.search(text)
+        """Warnings for the guide terms found in ``text`` (one per term, in text order): in
+        the writer's own words (``_staff_text``), outside the phrases not flagged."""
+        if self._prefilter is None:
+            return []
+        text = _staff_text(text)
+        first = self._prefilter.search(text)
+        if first is not None and self._masking is not None:
+            text = self._masking.sub(" ", text)
+            first = self._prefilter.search(text)
         if first is None:
             return []
         # no term matches before the first candidate; the patterns still see the text before it
