@@ -364,6 +364,17 @@ def _lock_timeout_seconds(text: str) -> int:
     return seconds
 
 
+def port_number(text: str) -> int:
+    """A port flag's value: 0 (any free port) to 65535. A larger one was taken modulo 65536."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casetrail", description="Casetrail: run the services, migrate, issue development"
@@ -373,15 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run everything locally (embedded PostgreSQL if needed)")
     dev.add_argument("--host", default="127.0.0.1", help="the address to listen on")
-    dev.add_argument("--port", type=int, help="records service port (RECORDS_PORT, 8080)")
-    dev.add_argument("--notifier-port", type=int, help="notifier port (NOTIFIER_PORT, 8081)")
-    dev.add_argument("--smtp-port", type=int,
+    dev.add_argument("--port", type=port_number, help="records service port (RECORDS_PORT, 8080)")
+    dev.add_argument("--notifier-port", type=port_number,
+                     help="notifier port (NOTIFIER_PORT, 8081)")
+    dev.add_argument("--smtp-port", type=port_number,
                      help="local mail catcher port (SMTP_PORT, 1025)")
     dev.set_defaults(run=cmd_dev, connects=True)
 
     records = sub.add_parser("records", help="run the records service")
     records.add_argument("--host", help="the address to listen on (RECORDS_HOST)")
-    records.add_argument("--port", type=int, help="the port to listen on (RECORDS_PORT, 8080)")
+    records.add_argument("--port", type=port_number,
+                         help="the port to listen on (RECORDS_PORT, 8080)")
     records.add_argument("--reuse-port", action="store_true",
                          help="let several records processes listen on this port (Linux"
                               " SO_REUSEPORT), so they share the machine's cores")
@@ -420,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     notifier = sub.add_parser("notifier", help="run the notifier service")
     notifier.add_argument("--host", help="the address to listen on (NOTIFIER_HOST)")
-    notifier.add_argument("--port", type=int,
+    notifier.add_argument("--port", type=port_number,
                           help="the port to listen on (NOTIFIER_PORT, 8081)")
     notifier.set_defaults(run=cmd_notifier, connects=True)
 

@@ -271,6 +271,18 @@ def test_a_setting_the_service_cannot_start_with_is_said_in_one_line(
     assert "s3cret" not in result.stderr
 
 
+@pytest.mark.parametrize(("command", "flag"), [
+    ("records", "--port"), ("notifier", "--port"), ("dev", "--port"),
+    ("dev", "--notifier-port"), ("dev", "--smtp-port")])
+def test_a_port_flag_past_65535_is_refused_not_taken_modulo(command: str, flag: str) -> None:
+    """--port 70000 used to listen on 4464 (70000 modulo 65536), saying nothing."""
+    result = run(command, flag, "70000", env={
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/unused",
+        "CASETRAIL_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 2
+    assert f"argument {flag}: a port is 0 to 65535, not 70000" in result.stderr
+
+
 @pytest.mark.parametrize("command", ["records", "notifier", "dev"])
 def test_a_log_level_nobody_knows_is_said_in_one_line(command: str, tmp_path: Path) -> None:
     result = run(command, "--port", "0", env={

@@ -65,11 +65,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     request[REQUEST_ID_KEY] = request_id
     _LOGGED_REQUEST_ID.set(request_id)
     try:
-        response = await handler(request)
+        return await handler(request)  # the answer carries it (protect_answer)
     finally:
         _LOGGED_REQUEST_ID.set(...)
-    response.headers["X-Request-Id"] = request_id
-    return response
 
 
 class JsonAccessLogger(AbstractAccessLogger):
@@ -137,13 +135,16 @@ def labelled(metric: MetricT, *values: str) -> MetricT:
 
 
 async def protect_answer(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: the protective headers on every answer, a streamed export's
-    too (a middleware sees it only after it was sent). A handler's own Cache-Control stays.
-    A body that failed to read, or an encoded one the handler left unread, is read no
-    further."""
+    """``on_response_prepare``: the protective headers and the request id on every answer, a
+    streamed export's too (a middleware sees it only after it was sent). A handler's own
+    Cache-Control stays. A body that failed to read, or an encoded one the handler left
+    unread, is read no further."""
     headers = response.headers
     for name, value in PROTECTIVE_HEADERS.items():
         headers.setdefault(name, value)
+    # set here, not after the handler: a streamed export has been sent by then
+    if request_id := request.get(REQUEST_ID_KEY):
+        headers["X-Request-Id"] = request_id
     if response.content_type == "text/html":
         headers.setdefault("Content-Security-Policy", HTML_POLICY)
     if _body_unreadable(request):

@@ -87,13 +87,13 @@ class Settings(ServiceSettings):
     override these."""
 
     records_host: str = Field(default="127.0.0.1", alias="RECORDS_HOST")
-    records_port: int = Field(default=8080, alias="RECORDS_PORT")
-    max_body_bytes: int = Field(default=256 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
-    db_pool_max: int = Field(default=10, alias="CASETRAIL_DB_POOL_MAX")
+    records_port: int = Field(default=8080, ge=0, le=65535, alias="RECORDS_PORT")  # 0: any free
+    max_body_bytes: int = Field(default=256 * 1024, ge=1, alias="CASETRAIL_MAX_BODY_BYTES")
+    db_pool_max: int = Field(default=10, ge=1, alias="CASETRAIL_DB_POOL_MAX")
     # seconds a statement may go unanswered before it fails (503): see create_pool
     db_command_timeout: float = Field(default=COMMAND_TIMEOUT_SECONDS, gt=0,
                                       alias="CASETRAIL_DB_COMMAND_TIMEOUT")
-    feed_max_wait_seconds: float = Field(default=30.0, alias="CASETRAIL_FEED_MAX_WAIT")
+    feed_max_wait_seconds: float = Field(default=30.0, ge=0, alias="CASETRAIL_FEED_MAX_WAIT")
     language_guide_dir: Path | None = Field(default=None, alias="CASETRAIL_LANGUAGE_GUIDE_DIR")
     policy_dir: Path | None = Field(default=None, alias="CASETRAIL_POLICY_DIR")
     dev_data_dir: Path = Field(default=Path(".casetrail"), alias="CASETRAIL_DEV_DIR")

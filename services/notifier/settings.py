@@ -105,18 +105,18 @@ class NotifierPorts(BaseSettings):
 
     model_config = SETTINGS_CONFIG
 
-    port: int = Field(default=8081, alias="NOTIFIER_PORT")
-    smtp_port: int = Field(default=1025, alias="SMTP_PORT")
+    port: int = Field(default=8081, ge=0, le=65535, alias="NOTIFIER_PORT")  # 0: any free port
+    smtp_port: int = Field(default=1025, ge=1, le=65535, alias="SMTP_PORT")
 
 
 class NotifierSettings(ServiceSettings, NotifierPorts):
-    max_body_bytes: int = Field(default=64 * 1024, alias="CASETRAIL_MAX_BODY_BYTES")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1, alias="CASETRAIL_MAX_BODY_BYTES")
 
     records_url: str = Field(default="http://127.0.0.1:8080", alias="RECORDS_URL")
     records_token: str | None = Field(default=None, alias="RECORDS_TOKEN")
     records_token_file: Path | None = Field(default=None, alias="RECORDS_TOKEN_FILE")
     host: str = Field(default="127.0.0.1", alias="NOTIFIER_HOST")
-    db_pool_max: int = Field(default=10, alias="NOTIFIER_DB_POOL_MAX")
+    db_pool_max: int = Field(default=10, ge=1, alias="NOTIFIER_DB_POOL_MAX")
     # seconds a statement may go unanswered before it fails (503): see create_pool
     db_command_timeout: float = Field(default=COMMAND_TIMEOUT_SECONDS, gt=0,
                                       alias="NOTIFIER_DB_COMMAND_TIMEOUT")

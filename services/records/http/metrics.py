@@ -23,7 +23,8 @@ class RecordsMetrics:
             "casetrail_append_conflicts_total", "appends that lost a race and were retried",
             registry=self.registry)
         self.append_batch_size = Histogram(
-            "casetrail_append_batch_size", "appends written together in one statement",
+            "casetrail_append_batch_size", "appends sent together in one statement (one that lost"
+            " its version race counts again when retried)",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
 
 
