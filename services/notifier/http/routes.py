@@ -389,6 +389,9 @@ async def unsubscribe(request: web.Request) -> web.Response:
     return pages.done()
 
 
+_NOTIFICATION_READERS = (Role.SERVICE, Role.SUPERVISOR, Role.CASE_MANAGER, Role.PARTICIPANT)
+
+
 def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
     base = store.Filter(who.agency, query.recipient, query.case_id, query.status, query.kind)
     match who.role:
@@ -403,9 +406,18 @@ def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
                 raise Problem(422, "Invalid request", "participants list by one of their cases",
                               kind="validation", errors=[{"field": "query.case_id",
                                                           "message": "name your case"}])
-            return replace(base, recipient=participant_recipient(query.case_id))
-    raise Problem(403, "Forbidden", f"the {who.role} role does not read notifications",
-                  kind="forbidden")
+            own = participant_recipient(query.case_id)
+            # another recipient named: none of the participant's notices is theirs (it was
+            # dropped, and the list claimed the participant's notices matched it)
+            return replace(base, recipient=own if query.recipient in (None, own) else "")
+    raise _refused_reader(who)
+
+
+def _refused_reader(who: Principal) -> Problem:
+    """403 for a role that reads no notification (analysts: aggregates only), decided from
+    the token before any row is looked up, as the records service refuses them a case."""
+    return Problem(403, "Forbidden", f"the {who.role} role does not read notifications",
+                   kind="forbidden")
 
 
 @api.route("GET", "/v1/notifications", "notifications, filtered by recipient, case, status",
@@ -427,11 +439,12 @@ async def list_notifications(request: web.Request) -> web.Response:
 
 def _addressed_to(who: Principal, row: store.Row) -> bool:
     """A participant's notices are addressed to their case (``participant:<case>``), a staff
-    member's to their user id."""
+    member's to their user id: only a notice to one person (a user id may spell a group's
+    recipient, ``supervisors``, or a participant's)."""
     if who.role is Role.PARTICIPANT:
         return (row.case_id is not None and row.case_id in who.cases
                 and row.recipient == participant_recipient(row.case_id))
-    return row.recipient == who.sub
+    return row.recipient == who.sub and row.recipient_role in store.TO_ONE_STAFF_MEMBER
 
 
 async def _visible_row(request: web.Request) -> store.Row:
@@ -449,6 +462,8 @@ async def _visible_row(request: web.Request) -> store.Row:
 async def _agency_row(request: web.Request) -> store.Row:
     """The notification named in the path, if it is of the caller's agency (else 404)."""
     who = principal(request)
+    if who.role not in _NOTIFICATION_READERS:
+        raise _refused_reader(who)
     # the service role serves every agency; any other reads only its own agency's rows
     agency = None if who.role is Role.SERVICE else who.agency
     row = await store.get_row(ctx(request).pool, _path_id(request), agency)
