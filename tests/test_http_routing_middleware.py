@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from services.common import http
-from services.common.http import request_id_middleware
+from services.common.http import protect_answer, request_id_middleware
 from services.common.problems import problem_middleware
 
 MakeClient = Callable[[web.Application], Awaitable[TestClient]]
@@ -29,6 +29,7 @@ async def crash(request: web.Request) -> web.Response:
 @pytest.fixture
 async def client(aiohttp_client: MakeClient) -> TestClient:
     app = web.Application(middlewares=[request_id_middleware, problem_middleware])
+    app.on_response_prepare.append(protect_answer)  # it puts the request id on the answer
     app.router.add_get("/context", context)
     app.router.add_get("/crash", crash)
     return await aiohttp_client(app)
