@@ -115,6 +115,12 @@ class ChainReport:
     broken_event_id: str | None = None
     problem: str | None = None
 
+    def broken_after(self, problem: str, at_version: int | None = None) -> ChainReport:
+        """This valid chain, found wanting as a whole: broken at ``at_version`` (the version
+        after its last link when not given), an event it does not hold."""
+        version = self.events_checked + 1 if at_version is None else at_version
+        return ChainReport(False, self.events_checked, self.head_hash, version, None, problem)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "valid": self.valid,
@@ -158,12 +164,26 @@ class ChainCheck:
         elif link.compute_hash() != link.hash:
             problem = "hash does not match the event's content"
         if problem is not None:
-            self._broken = ChainReport(False, self._checked, expected_prev, link.version,
-                                       link.event_id, problem)
+            self._break(link, expected_prev, problem)
             return
         self._checked += 1
         self._expected_prev = link.hash
         self._expected_version += 1
+
+    def add_stored(self, link: ChainLink) -> None:
+        """``add`` for a link read from the event store, where content with no canonical form
+        (a fraction, nesting past what the encoder takes) was put by hand, not by the service:
+        the link is broken there. A file being verified is malformed instead (``add`` raises)."""
+        try:
+            self.add(link)
+        except (TypeError, ValueError, RecursionError):
+            expected_prev = link.prev_hash if self._expected_prev is None else self._expected_prev
+            self._break(link, expected_prev, "the event holds what its canonical form cannot"
+                                             " encode; the service never writes that")
+
+    def _break(self, link: ChainLink, expected_prev: str, problem: str) -> None:
+        self._broken = ChainReport(False, self._checked, expected_prev, link.version,
+                                   link.event_id, problem)
 
     def report(self) -> ChainReport:
         if self._broken is not None:

@@ -264,11 +264,11 @@ class CaseQueries:
 
     async def verify(self, who: Principal, case_id: UUID,
                      request_id: str | None = None) -> ChainReport:
-        _, window = await self._allow(who, case_id, Action.AUDIT, "verify", request_id)
+        stored, window = await self._allow(who, case_id, Action.AUDIT, "verify", request_id)
         # a windowed auditor gets the chain from its start through the window's last version:
         # everything they see depends on it, and nothing after the window is revealed
-        return await self._store.verify(case_id,
-                                        up_to_version=window.last if window else None)
+        return await self._store.verify(case_id, up_to_version=window.last if window else None,
+                                        plan_version=stored.version)
 
     async def export(self, who: Principal, case_id: UUID, export_format: ExportFormat,
                      request_id: str | None = None) -> CaseExport:

@@ -93,7 +93,7 @@ class PdfRenderer:
 
     def add(self, links: list[ChainLink]) -> None:
         for link in links:
-            self._chain.add(link)
+            self._chain.add_stored(link)
             self._event(link)
             self.events += 1
 
