@@ -19,10 +19,8 @@ and If-Match stale and current.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import unicodedata
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +29,9 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from services.records.http.app import RECORDS
 from tests.conftest import TokenFactory, bearer
 from tests.records_api import PARTICIPANT, CaseApi, event_count
+from tests.test_cases_api import racing  # held at the case until all have arrived
 
 pytestmark = pytest.mark.usefixtures("fresh_database_url")
 
@@ -219,23 +217,6 @@ async def change_the_case_afterwards(client: TestClient, token: TokenFactory,
                           {"case_manager": "cm-9", "reason": "Caseload balance"}, expect=200)
     if plan["status"] == "open":
         await newcomer.call("POST", f"{base}/close", {"reason": "Jo moved away"}, expect=200)
-
-
-async def racing(cm: CaseApi, pool: asyncpg.Pool, *requests: Awaitable[Answer]) -> list[Answer]:
-    """Send ``requests`` while appends are held up, and let the first through only once every
-    one has looked for its Idempotency-Key and waits for its turn at its case (as
-    tests/test_cases_api.py does)."""
-    locks = cm.client.app[RECORDS].commands.case_locks
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("LOCK TABLE records.streams IN EXCLUSIVE MODE")  # reads go on
-        sent = asyncio.gather(*requests)
-        for _ in range(3000):  # up to 30 s
-            if locks.writers() == len(requests):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError(f"only {locks.writers()} of {len(requests)} writes arrived")
-    return list(await sent)
 
 
 def kind(answer: Answer) -> str:
