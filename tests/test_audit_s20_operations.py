@@ -32,6 +32,7 @@ from services.common.auth import issue_token
 from tests.conftest import JWT_SECRET, ClientFactory, FakeClock, TokenFactory, bearer, free_port
 from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig
 from tests.records_api import CaseApi
+from tests.test_cli import _ready
 
 CASETRAIL = [sys.executable, "-m", "services.cli"]
 HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -66,17 +67,6 @@ def _request(url: str, headers: dict[str, str] | None = None,
             return answer.status, dict(answer.headers), answer.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
-
-
-def _ready(port: int, path: str, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
-                if answer.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.2)
-    return False
 
 
 def _service_env(database_url: str, **extra: str) -> dict[str, str]:
@@ -332,7 +322,7 @@ def test_every_records_log_line_is_json_and_ids_match_headers_and_problems(
     token = issue_token(JWT_SECRET, sub="sup-1", role="supervisor", agency="agency-a")
     answers: list[tuple[int, dict[str, str], bytes]] = []
     try:
-        assert _ready(port, "/readyz", time.monotonic() + 60)
+        assert _ready(port, time.monotonic() + 60, "/readyz")
         base = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {token}"}
         answers.append(_request(f"{base}/healthz", {"X-Request-Id": "probe-1"}))
@@ -465,7 +455,7 @@ async def test_sigterm_answers_a_long_poll_and_stops_records_cleanly(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     feed_token = issue_token(JWT_SECRET, sub="notifier", role="service", agency="casetrail")
     try:
-        assert await asyncio.to_thread(_ready, port, "/readyz", time.monotonic() + 60)
+        assert await asyncio.to_thread(_ready, port, time.monotonic() + 60, "/readyz")
         poll = asyncio.create_task(asyncio.to_thread(
             _request, f"http://127.0.0.1:{port}/v1/events?wait=30",
             {"Authorization": f"Bearer {feed_token}"}))
@@ -496,7 +486,7 @@ def test_sigterm_stops_the_notifier_cleanly(fresh_database_url: str) -> None:
                                env=_service_env(fresh_database_url), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
-        assert _ready(port, "/healthz", time.monotonic() + 60)
+        assert _ready(port, time.monotonic() + 60, "/healthz")
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
