@@ -188,8 +188,8 @@ class TokenVerifier:
 def _public_key_set(path: Path) -> jwt.PyJWKSet:
     """The identity provider's public keys. A symmetric (``oct``) key there would let anyone
     who can read the file sign tokens, so it stops the start; so does a key of ``alg: none``
-    or a file of no key that verifies. Other keys PyJWT cannot use (an encryption key beside
-    the signing ones) are passed over, as PyJWT does."""
+    or a file of no key that verifies. Other keys are passed over: one published for
+    encryption, and one PyJWT cannot use."""
     try:
         document = json.loads(path.read_text())
     except ValueError as error:
@@ -200,13 +200,27 @@ def _public_key_set(path: Path) -> jwt.PyJWKSet:
     if not isinstance(keys, list) or not all(isinstance(key, dict) for key in keys):
         raise ConfigurationError('CASETRAIL_JWKS_FILE must hold {"keys": [...]}, a list of'
                                  " JSON objects (one per key)")
-    unusable = [_unusable(key) for key in keys]
+    unusable = [_unusable(key) or _not_for_signatures(key) for key in keys]
+    signing = [key for key, why in zip(keys, unusable, strict=True) if why is None]
     try:
-        return jwt.PyJWKSet.from_dict(document)
+        return jwt.PyJWKSet.from_dict({**document, "keys": signing})
     except jwt.PyJWKSetError as error:
         named = "; ".join(why for why in unusable if why) or "it holds no key"
         raise ConfigurationError(f"CASETRAIL_JWKS_FILE holds no key that verifies tokens:"
                                  f" {named}") from error
+
+
+def _not_for_signatures(key: dict[str, Any]) -> str | None:
+    """Why the JWKS ``key`` is not one to verify signatures with (None: it is). A key the
+    provider publishes for encryption (RFC 7517 4.2 and 4.3: ``use`` other than ``sig``, or
+    ``key_ops`` without ``verify``) verified tokens: whatever decrypts with it could sign."""
+    use, operations = key.get("use"), key.get("key_ops")
+    for_encryption = use is not None and use != "sig"
+    not_to_verify = operations is not None and (not isinstance(operations, list)
+                                                or "verify" not in operations)
+    if for_encryption or not_to_verify:
+        return f"key {key.get('kid')!r} is published for {use or operations!r}, not to verify"
+    return None
 
 
 def _unusable(key: dict[str, Any]) -> str | None:
