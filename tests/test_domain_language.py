@@ -273,3 +273,20 @@ def test_participant_statements_are_not_checked(guide: d.LanguageGuide) -> None:
                          participant_statement="I know", summary="Seemed resistant")
     assert [(w.field, w.term) for w in d.warnings_for([agreed, held], guide)] == [
         ("summary", "resistant")]
+
+
+@pytest.mark.parametrize(("text", "flagged"), [
+    # an inch mark is no quotation: the writer's words after it are read
+    ('Jo is 5\'10" and resistant; she said "ok"', ["resistant"]),
+    ('6" taller and "resistant" he said; manipulative', ["manipulative"]),
+    # what a quote leaves out joins no words into a term
+    ('frequent "x" flyer', []),
+    ("Goes to Alcoholics Anonymous, and that frequent flyer joke", ["frequent flyer"]),
+    ('Jo said "I know I can", and I know it too', ["I know"]),
+], ids=["inch-mark", "inch-mark-then-quote", "quote-between-words", "phrase-not-flagged",
+        "quoted-then-own"])
+def test_only_what_the_writer_quotes_is_left_out(guide: d.LanguageGuide, text: str,
+                                                 flagged: list[str]) -> None:
+    """A review's cases: a straight quote pairs only around words, within a line, and what
+    a quote or a phrase not flagged leaves in the text is no word and no joiner."""
+    assert [w.term for w in guide.check("text", text)] == flagged

@@ -63,13 +63,19 @@ CHECKED_FIELDS: dict[str, tuple[str, ...]] = {
 # hyphens, dashes, minus and white space: what joins the words of a term, however written
 _JOINER = r"[-\u2010-\u2015\u2212\s]+"
 # an apostrophe however written: phones and word processors curl it
-_APOSTROPHE = "['\u2019\u02bc]"
+_APOSTROPHES = "'\u2019\u02bc"
 # invisible characters a pasted text may carry inside a word (a soft hyphen from a hyphenated
 # report, a zero-width space): "offen\u00adder" reads as "offender" on every screen
-_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))
-# what a writer quotes: the participant's own words, which the guide leaves as they are
-_QUOTED = re.compile(r'"[^"]*"|\u201c[^\u201d]*\u201d|\u201e[^\u201c\u201d]*[\u201c\u201d]'
+_INVISIBLE = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff]")
+# what a writer quotes: the participant's own words, which the guide leaves as they are. A
+# straight quote opens only before a word and closes only after one, within a line: an inch
+# mark (5'10") must not pair with the next quote and hide the writer's words between them
+_QUOTED = re.compile(r'(?<!\w)"(?=\w)[^"\n]{0,300}(?<=\S)"(?!\w)'
+                     r"|\u201c[^\u201d]*\u201d|\u201e[^\u201c\u201d]*[\u201c\u201d]"
                      r"|\u00ab[^\u00bb]*\u00bb")
+# what a quote or a phrase not flagged leaves in the text: no word, and no joiner either, so
+# the words around it cannot make a term together ('frequent "x" flyer')
+_GAP = "\ufffc"
 
 
 def _atoms(term: str) -> list[str]:
@@ -79,14 +85,14 @@ def _atoms(term: str) -> list[str]:
         if index % 2:  # a captured run of spaces and hyphens
             atoms.append(_JOINER)
         else:
-            atoms.extend(_APOSTROPHE if char in "'\u2019\u02bc" else re.escape(char)
+            atoms.extend(f"[{_APOSTROPHES}]" if char in _APOSTROPHES else re.escape(char)
                          for char in piece)
     return atoms
 
 
 def _staff_text(text: str) -> str:
     """What of ``text`` the guide reads: the writer's own words, as a screen shows them."""
-    return _QUOTED.sub(" ", text.translate(_INVISIBLE))
+    return _QUOTED.sub(_GAP, _INVISIBLE.sub("", text))
 
 
 def _compile(term: str) -> re.Pattern[str]:
@@ -255,7 +261,7 @@ class LanguageGuide:
         text = _staff_text(text)
         first = self._prefilter.search(text)
         if first is not None and self._masking is not None:
-            text = self._masking.sub(" ", text)
+            text = self._masking.sub(_GAP, text)
             first = self._prefilter.search(text)
         if first is None:
             return []
