@@ -123,14 +123,18 @@ def idempotency(request: web.Request, body: BaseModel) -> IdempotencyClaim | Non
 
 
 def _canonical_path_qs(request: web.Request) -> str:
-    """The path with each id as the service reads it (``str(UUID(...))``): a retry spelling
-    the case id in capitals, which addresses the same case, was refused as another write
-    under the same key. Lower-case ids read as they are spelled, as fingerprints always had."""
+    """``request.path_qs`` (the decoded path and the query as sent) with each id as the
+    service reads it (``str(UUID(...))``): a retry spelling the case id in capitals, which
+    addresses the same case, was refused as another write under the same key. Lower-case ids
+    read as spelled, so fingerprints recorded before still match."""
     path = "/".join(_canonical_segment(segment) for segment in request.path.split("/"))
-    return f"{path}?{request.query_string}" if request.query_string else path
+    query = request.rel_url.raw_query_string
+    return f"{path}?{query}" if query else path
 
 
 def _canonical_segment(segment: str) -> str:
+    if len(segment) < 32:  # no UUID is shorter: the path's words are not parsed
+        return segment
     try:
         return str(UUID(segment))
     except ValueError:
