@@ -1271,6 +1271,8 @@ async def test_expect_100_continue_is_honoured_and_another_expectation_is_a_prob
     assert await event_count(pool) == before + 1
     assert status == 417, body
     assert _is_problem(status, headers, body), (headers, body)
+    # answered before any middleware, it still carries a request id, in the body and header
+    assert json.loads(body)["request_id"] == headers["x-request-id"], (headers, body)
 
 
 @pytest.mark.parametrize(("header", "value"), [

@@ -60,9 +60,7 @@ HTML_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none';"
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else new_request_id()
-    request[REQUEST_ID_KEY] = request_id
+    request_id = _assign_request_id(request)
     _LOGGED_REQUEST_ID.set(request_id)
     try:
         return await handler(request)  # the answer carries it (protect_answer)
@@ -87,6 +85,14 @@ class JsonAccessLogger(AbstractAccessLogger):
                        method=request.method, path=request.path, status=response.status,
                        bytes=response.body_length, duration_ms=round(time * 1000, 2),
                        remote=request.remote)
+
+
+def _assign_request_id(request: web.Request) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is a sound one, else a new one;
+    its log lines, problem body and answer carry it."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID_KEY] = incoming if _REQUEST_ID.match(incoming) else new_request_id()
+    return request[REQUEST_ID_KEY]
 
 
 def new_request_id() -> str:
@@ -260,6 +266,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer's own output has not begun
         return None
+    _assign_request_id(request)  # answered before any middleware runs
     return problem_response(Problem(417, "Expectation failed", "the only expectation taken is"
                                     " 100-continue", kind="expectation-failed",
                                     errors=[{"field": "header.Expect",
