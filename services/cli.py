@@ -364,15 +364,24 @@ def _lock_timeout_seconds(text: str) -> int:
     return seconds
 
 
-def port_number(text: str) -> int:
-    """A port flag's value: 0 (any free port) to 65535. A larger one was taken modulo 65536."""
+def _port(text: str, least: int) -> int:
     try:
         port = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    if not least <= port <= 65535:  # a larger one was taken modulo 65536
+        raise argparse.ArgumentTypeError(f"a port is {least} to 65535, not {port}")
     return port
+
+
+def _any_port(text: str) -> int:
+    """A service's own port: 0 lets the system choose one."""
+    return _port(text, 0)
+
+
+def _named_port(text: str) -> int:
+    """A port ``casetrail dev`` also names in the URLs it gives the services: not 0."""
+    return _port(text, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,16 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run everything locally (embedded PostgreSQL if needed)")
     dev.add_argument("--host", default="127.0.0.1", help="the address to listen on")
-    dev.add_argument("--port", type=port_number, help="records service port (RECORDS_PORT, 8080)")
-    dev.add_argument("--notifier-port", type=port_number,
+    dev.add_argument("--port", type=_named_port, help="records service port (RECORDS_PORT, 8080)")
+    dev.add_argument("--notifier-port", type=_named_port,
                      help="notifier port (NOTIFIER_PORT, 8081)")
-    dev.add_argument("--smtp-port", type=port_number,
+    dev.add_argument("--smtp-port", type=_named_port,
                      help="local mail catcher port (SMTP_PORT, 1025)")
     dev.set_defaults(run=cmd_dev, connects=True)
 
     records = sub.add_parser("records", help="run the records service")
     records.add_argument("--host", help="the address to listen on (RECORDS_HOST)")
-    records.add_argument("--port", type=port_number,
+    records.add_argument("--port", type=_any_port,
                          help="the port to listen on (RECORDS_PORT, 8080)")
     records.add_argument("--reuse-port", action="store_true",
                          help="let several records processes listen on this port (Linux"
@@ -433,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     notifier = sub.add_parser("notifier", help="run the notifier service")
     notifier.add_argument("--host", help="the address to listen on (NOTIFIER_HOST)")
-    notifier.add_argument("--port", type=port_number,
+    notifier.add_argument("--port", type=_any_port,
                           help="the port to listen on (NOTIFIER_PORT, 8081)")
     notifier.set_defaults(run=cmd_notifier, connects=True)
 

@@ -271,21 +271,29 @@ def test_a_setting_the_service_cannot_start_with_is_said_in_one_line(
     assert "s3cret" not in result.stderr
 
 
-@pytest.mark.parametrize(("command", "flag"), [
-    ("records", "--port"), ("notifier", "--port"), ("dev", "--port"),
-    ("dev", "--notifier-port"), ("dev", "--smtp-port")])
-def test_a_port_flag_past_65535_is_refused_not_taken_modulo(command: str, flag: str) -> None:
+@pytest.mark.parametrize(("command", "flag", "value", "said"), [
+    ("records", "--port", "70000", "a port is 0 to 65535, not 70000"),
+    ("notifier", "--port", "70000", "a port is 0 to 65535, not 70000"),
+    ("dev", "--port", "70000", "a port is 1 to 65535, not 70000"),
+    ("dev", "--notifier-port", "70000", "a port is 1 to 65535, not 70000"),
+    ("dev", "--smtp-port", "70000", "a port is 1 to 65535, not 70000"),
+    # dev names its ports in the URLs it gives the services: "any free port" cannot be named
+    ("dev", "--notifier-port", "0", "a port is 1 to 65535, not 0"),
+])
+def test_a_port_flag_out_of_range_is_refused_not_taken_modulo(
+        command: str, flag: str, value: str, said: str) -> None:
     """--port 70000 used to listen on 4464 (70000 modulo 65536), saying nothing."""
-    result = run(command, flag, "70000", env={
+    result = run(command, flag, value, env={
         "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/unused",
         "CASETRAIL_JWT_SECRET": JWT_SECRET})
     assert result.returncode == 2
-    assert f"argument {flag}: a port is 0 to 65535, not 70000" in result.stderr
+    assert f"argument {flag}: {said}" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["records", "notifier", "dev"])
 def test_a_log_level_nobody_knows_is_said_in_one_line(command: str, tmp_path: Path) -> None:
-    result = run(command, "--port", "0", env={
+    port = "0" if command != "dev" else str(free_port())  # dev names its port in its URLs
+    result = run(command, "--port", port, env={
         "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/unused",
         "CASETRAIL_JWT_SECRET": JWT_SECRET, "CASETRAIL_DEV_DIR": str(tmp_path),
         "CASETRAIL_LOG_LEVEL": "verbose"})
