@@ -115,10 +115,28 @@ class ChainReport:
     broken_event_id: str | None = None
     problem: str | None = None
 
-    def broken_after(self, problem: str, at_version: int | None = None) -> ChainReport:
-        """This valid chain, found wanting as a whole: broken at ``at_version`` (the version
-        after its last link when not given), an event it does not hold."""
-        version = self.events_checked + 1 if at_version is None else at_version
+    def reaching(self, version: int) -> ChainReport:
+        """This report, broken where a valid chain stops short of ``version``."""
+        if not self.valid or self.events_checked >= version:
+            return self
+        return self._wanting(self.events_checked + 1, f"version {self.events_checked + 1} is"
+                             f" missing: the case's record stands at version {version}")
+
+    def ending_at(self, version: int, last_hash: str) -> ChainReport:
+        """This report, broken where a valid whole chain does not end at the case's head
+        (``version``, ``last_hash``): an append moves both in one transaction, so no event
+        lies past the head, and the last one's hash is the head's."""
+        if not self.valid:
+            return self
+        if self.events_checked > version:
+            return self._wanting(version + 1, f"version {version + 1} lies past the case's head"
+                                 f" (version {version}): no write put it there")
+        if self.events_checked == version and last_hash != self.head_hash:
+            return self._wanting(version, "the case's head names another hash for its last"
+                                          " event")
+        return self
+
+    def _wanting(self, version: int, problem: str) -> ChainReport:
         return ChainReport(False, self.events_checked, self.head_hash, version, None, problem)
 
     def as_dict(self) -> dict[str, Any]:
@@ -132,6 +150,18 @@ class ChainReport:
                 "problem": self.problem,
             },
         }
+
+
+def _hash_problem(link: ChainLink, *, stored: bool) -> str | None:
+    """What is wrong with the link's own hash, if anything."""
+    try:
+        computed = link.compute_hash()
+    except (TypeError, ValueError, RecursionError):
+        if not stored:
+            raise
+        return ("the event holds what its canonical form cannot encode; the service never"
+                " writes that")
+    return None if computed == link.hash else "hash does not match the event's content"
 
 
 class ChainCheck:
@@ -153,37 +183,34 @@ class ChainCheck:
         return self._broken is not None
 
     def add(self, link: ChainLink) -> None:
+        """The next link of a file being verified: content with no canonical form raises (the
+        file is malformed)."""
+        self._add(link, stored=False)
+
+    def add_stored(self, link: ChainLink) -> None:
+        """The next link as read from the event store, where content with no canonical form
+        (a fraction, nesting past what the encoder takes) was put by hand, not by the service:
+        the link is broken there."""
+        self._add(link, stored=True)
+
+    def _add(self, link: ChainLink, *, stored: bool) -> None:
         if self._broken is not None:
             return
         expected_prev = link.prev_hash if self._expected_prev is None else self._expected_prev
-        problem = None
         if link.version != self._expected_version:
-            problem = f"version {link.version} found where {self._expected_version} was expected"
+            problem: str | None = (f"version {link.version} found where"
+                                   f" {self._expected_version} was expected")
         elif link.prev_hash != expected_prev:
             problem = "prev_hash does not match the previous event's hash"
-        elif link.compute_hash() != link.hash:
-            problem = "hash does not match the event's content"
+        else:
+            problem = _hash_problem(link, stored=stored)
         if problem is not None:
-            self._break(link, expected_prev, problem)
+            self._broken = ChainReport(False, self._checked, expected_prev, link.version,
+                                       link.event_id, problem)
             return
         self._checked += 1
         self._expected_prev = link.hash
         self._expected_version += 1
-
-    def add_stored(self, link: ChainLink) -> None:
-        """``add`` for a link read from the event store, where content with no canonical form
-        (a fraction, nesting past what the encoder takes) was put by hand, not by the service:
-        the link is broken there. A file being verified is malformed instead (``add`` raises)."""
-        try:
-            self.add(link)
-        except (TypeError, ValueError, RecursionError):
-            expected_prev = link.prev_hash if self._expected_prev is None else self._expected_prev
-            self._break(link, expected_prev, "the event holds what its canonical form cannot"
-                                             " encode; the service never writes that")
-
-    def _break(self, link: ChainLink, expected_prev: str, problem: str) -> None:
-        self._broken = ChainReport(False, self._checked, expected_prev, link.version,
-                                   link.event_id, problem)
 
     def report(self) -> ChainReport:
         if self._broken is not None:

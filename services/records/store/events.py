@@ -112,6 +112,7 @@ class StreamHead:
     stream_id: UUID
     agency: str
     version: int
+    last_hash: str
 
 
 @dataclass(frozen=True)
@@ -282,17 +283,18 @@ def _recorded(row: asyncpg.Record) -> RecordedEvent:
 
 # what a stored document too deep to read stands for: its hash cannot match the recorded one,
 # so the chain check, an export and ``casetrail verify`` name the event as broken
-UNREADABLE = {"unreadable": "nested too deeply to be read; it was not written by the service"}
+_UNREADABLE = "nested too deeply to be read; it was not written by the service"
 
 
 def _stored_json(text: str) -> Any:
     """A stored jsonb document. One nested deeper than Python's parser goes was never written
     by the service (bodies that deep are refused), only by hand in the database: it reads as
-    ``UNREADABLE`` rather than failing every read of the case (a verify answered 500)."""
+    ``{"unreadable": ...}`` rather than failing every read of the case (a verify answered
+    500)."""
     try:
         return json.loads(text)
     except RecursionError:
-        return UNREADABLE
+        return {"unreadable": _UNREADABLE}
 
 
 class LockedStream:
@@ -517,8 +519,10 @@ class EventStore:
 
     async def head(self, stream_id: UUID, db: Executor | None = None) -> StreamHead | None:
         row = await (db if db is not None else self._pool).fetchrow(
-            "SELECT agency, version FROM records.streams WHERE stream_id = $1", stream_id)
-        return None if row is None else StreamHead(stream_id, row["agency"], row["version"])
+            "SELECT agency, version, last_hash FROM records.streams WHERE stream_id = $1",
+            stream_id)
+        return None if row is None else StreamHead(stream_id, row["agency"], row["version"],
+                                                   row["last_hash"])
 
     async def recorded_by(self, stream_id: UUID, moment: datetime) -> bool:
         """Whether any event of the stream was recorded at or before ``moment`` (an ``as_of``
@@ -598,7 +602,7 @@ class EventStore:
         A whole chain must also agree with the case: reach the version its head and plan
         (``plan_version``) stood at when the check began, and end where its head stands once
         the chain is read. A chain cut at its tail holds, link by link, and was called valid."""
-        before = await self._head_row(stream_id)
+        before = await self.head(stream_id) if up_to_version is None else None
         check = ChainCheck()
         async for events in self.pages(stream_id, last=up_to_version):
             for event in events:
@@ -606,40 +610,12 @@ class EventStore:
             if check.broken:
                 break
         report = check.report()
-        if not report.valid or up_to_version is not None:
-            return _reaching(report, up_to_version or 0)
-        report = _reaching(report, max(before["version"] if before else 0, plan_version))
-        if not report.valid:
-            return report
-        return _ending_at_head(report, await self._head_row(stream_id))
-
-    async def _head_row(self, stream_id: UUID) -> asyncpg.Record | None:
-        row: asyncpg.Record | None = await self._pool.fetchrow(
-            "SELECT version, last_hash FROM records.streams WHERE stream_id = $1", stream_id)
-        return row
-
-
-def _reaching(report: ChainReport, version: int) -> ChainReport:
-    """``report``, broken where it stops short of ``version``."""
-    if not report.valid or report.events_checked >= version:
-        return report
-    return report.broken_after(f"version {report.events_checked + 1} is missing: the case's"
-                               f" record stands at version {version}")
-
-
-def _ending_at_head(report: ChainReport, head: asyncpg.Record | None) -> ChainReport:
-    """A whole chain against the case's head, read after it: an append moves both in one
-    transaction, so no event lies past the head, and the last one's hash is the head's."""
-    stands_at = head["version"] if head is not None else 0
-    if report.events_checked > stands_at:
-        return report.broken_after(f"version {stands_at + 1} lies past the case's head"
-                                   f" (version {stands_at}): no write put it there",
-                                   at_version=stands_at + 1)
-    if head is not None and report.events_checked == stands_at \
-            and head["last_hash"] != report.head_hash:
-        return report.broken_after("the case's head names another hash for its last event",
-                                   at_version=stands_at)
-    return report
+        if up_to_version is not None:
+            return report.reaching(up_to_version)
+        report = report.reaching(max(before.version if before else 0, plan_version))
+        after = await self.head(stream_id)  # none: the case's head row is gone
+        return report.ending_at(after.version if after else 0,
+                                after.last_hash if after else GENESIS_HASH)
 
 
 # What stream_heads and streams_of read: a rebuild names them when a lock on them holds it up.
