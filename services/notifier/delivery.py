@@ -198,9 +198,9 @@ class Recipient:
 def decide(row: Row, who: Recipient, now: datetime, *, stale_after: timedelta,
            history_began: datetime | None = None,
            timing: DatedTiming | None = None) -> Decision:
-    if (unknown := _maybe_sent_before_history(row, history_began,
-                                              _earliest_send(row, who, timing))) is not None:
-        return unknown
+    if history_began is not None and _untried_and_called_for_before(row, history_began) \
+            and _earliest_send(row, who, timing) < history_began:
+        return _fate_unknown(history_began)
     if _too_late(row, now, stale_after):
         return Cancel(f"too late to be useful: it was due {row.due_at.isoformat()}")
     if row.recipient_role == RecipientRole.SUPERVISORS:
@@ -264,16 +264,18 @@ def reader_zone(name: str) -> ZoneInfo | None:
         return None
 
 
-def _maybe_sent_before_history(row: Row, history_began: datetime | None,
-                               earliest_send: datetime) -> Cancel | None:
-    """Called for, and sendable from ``earliest_send``, before the notifier's schema began
-    keeping its record (say it was wiped and the feed replayed): it may have gone out
-    already, so it is not sent again. One first called for after that (a step written today
-    with yesterday's date) is sent, and so is a manual retry."""
-    if (history_began is None or earliest_send >= history_began
-            or (row.cause_recorded_at is not None and row.cause_recorded_at >= history_began)
-            or row.attempts or row.revived_at is not None or row.kind == Kind.DAILY_DIGEST):
-        return None
+def _untried_and_called_for_before(row: Row, history_began: datetime) -> bool:
+    """A notice called for before the notifier's schema began keeping its record (say it
+    was wiped and the feed replayed), never tried since, nor retried by a person: if it
+    could be sent before then too (``_earliest_send``), it may have gone out already, and is
+    not sent again. One first called for after that (a step written today with yesterday's
+    date) is sent, and so is a manual retry."""
+    return ((row.cause_recorded_at is None or row.cause_recorded_at < history_began)
+            and not row.attempts and row.revived_at is None
+            and row.kind != Kind.DAILY_DIGEST)
+
+
+def _fate_unknown(history_began: datetime) -> Cancel:
     return Cancel(f"not sent: it fell due before this notifier's record of what it sent"
                   f" begins ({history_began.isoformat()}), so whether it went out before"
                   " cannot be known")
@@ -856,9 +858,10 @@ class Dispatcher:
         while early := await self._claim_dated_early(zones, "daily_digest", at, passed_over):
             for row, zone in early:
                 moment = self._timing.moment(row, zone, at)
-                unknown = _maybe_sent_before_history(row, self._history_began, moment)
-                if unknown is not None:
-                    await self._cancel_claimed(row, unknown)
+                began = self._history_began
+                if began is not None and _untried_and_called_for_before(row, began) \
+                        and moment < began:
+                    await self._cancel_claimed(row, _fate_unknown(began))
                     continue
                 digest = digest_notice(row, zone, moment)
                 if not await store.attach_to_digest(self._pool, row, digest,

@@ -414,8 +414,9 @@ def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
 
 
 def _refused_reader(who: Principal) -> Problem:
-    """403 for a role that reads no notification (analysts: aggregates only), decided from
-    the token before any row is looked up, as the records service refuses them a case."""
+    """403 for a role that reads no notification (an analyst reads aggregates only),
+    decided from the token before any row is looked up, as the records service refuses such
+    a role a case."""
     return Problem(403, "Forbidden", f"the {who.role} role does not read notifications",
                    kind="forbidden")
 

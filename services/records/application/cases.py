@@ -79,6 +79,10 @@ class PreconditionFailed(Exception):
         self.current_version = current_version
 
 
+# what deciding a write can refuse it for (a 4xx): the rules, authorization, If-Match
+_REFUSALS = (DomainError, Forbidden, NotVisible, PreconditionFailed)
+
+
 class TooMuchContention(Exception):
     """The case kept changing under us for MAX_ATTEMPTS tries (answered 503, Retry-After)."""
 
@@ -255,7 +259,7 @@ class CaseCommands:
         try:
             async with self.case_locks.hold(request.case_id):
                 return await self._decide_and_append(request)
-        except (DomainError, Forbidden, NotVisible, PreconditionFailed, TooMuchContention):
+        except (*_REFUSALS, TooMuchContention):
             # a retry that raced its original: decided against the state the original left
             # (its item id already taken, the version moved, the case transferred away from
             # its sender), it is still the same request
@@ -281,7 +285,7 @@ class CaseCommands:
                 state = cached if cached is not None else await self.load(request.case_id)
                 try:
                     payloads = self._decide(request, state)
-                except (DomainError, Forbidden, NotVisible, PreconditionFailed):
+                except _REFUSALS:
                     if cached is None:
                         raise
                     cached = None
