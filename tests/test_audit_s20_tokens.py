@@ -550,6 +550,9 @@ NOT_A_BEARER_TOKEN: dict[str, Callable[[str], bytes]] = {
     "another scheme": lambda t: f"Token {t}".encode(),
     "Basic credentials": lambda t: b"Basic " + base64.b64encode(b"cm-1:" + t.encode()),
     "the scheme alone": lambda t: b"Bearer",
+    # HTTP's optional white space is spaces and tabs only; a proxy may read others as token
+    "a no-break space before it": lambda t: f"Bearer \u00a0{t}".encode(),
+    "an ideographic space after it": lambda t: f"Bearer {t}\u3000".encode(),
 }
 
 
@@ -670,3 +673,15 @@ async def test_no_log_line_carries_a_refused_or_misplaced_token(
         for part in token.split(".")[1:]:
             if len(part) > 8:
                 assert part not in logged, name
+
+
+async def test_an_unsigned_algorithm_name_is_quoted_cut_short(
+        service_client: Clients) -> None:
+    """The header is unsigned: an ``alg`` of any length came back whole in the 401's detail
+    (4,000 characters here: the test server refuses longer headers before us)."""
+    token = _raw({"alg": "X" * 4_000, "typ": "JWT"}, _claims())
+    for service in ("records", "notifier"):
+        client = await service_client(service)
+        answer = await client.get(READ[service], headers=bearer(token))
+        assert answer.status == 401
+        assert len(await answer.read()) < 2_000, service

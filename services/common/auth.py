@@ -133,7 +133,8 @@ class TokenVerifier:
             return self._secret, ["HS256"]
         if algorithm in _ASYMMETRIC and self._public_algorithm:
             return self._public_key, [self._public_algorithm]
-        raise AuthError(f"tokens signed with {algorithm!r} are not accepted here")
+        # the header is unsigned: what it names is quoted cut short, not echoed whole
+        raise AuthError(f"tokens signed with {_shown(algorithm)} are not accepted here")
 
     def verify(self, token: str) -> Principal:
         """The token's principal; a token verified before is answered from memory until it
@@ -183,6 +184,11 @@ class TokenVerifier:
         _numeric_date(claims, "exp")  # refuses an exp no calendar holds (required above)
         # PyJWT takes the token while int(exp) > now - leeway; the cache keeps it that long
         return principal_from_claims(claims), int(claims["exp"]) + self._leeway
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _public_key_set(path: Path) -> jwt.PyJWKSet:

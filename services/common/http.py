@@ -202,11 +202,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     refuse_repeated_headers(request)
     header = sent[0] if sent else ""
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    # only the spaces and tabs HTTP allows around a value: a proxy in front may read other
+    # white space (U+00A0, U+3000) as part of the token
+    token = token.strip(" \t")
+    if scheme.lower() != "bearer" or not token:
         raise Problem(401, "Unauthorized", "send a bearer token: Authorization: Bearer <jwt>",
                       kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
     try:
-        request[PRINCIPAL] = request.app[VERIFIER].verify(token.strip())
+        request[PRINCIPAL] = request.app[VERIFIER].verify(token)
     except AuthError as error:
         raise Problem(401, "Unauthorized", str(error), kind="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from error
