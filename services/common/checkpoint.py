@@ -128,8 +128,22 @@ def checkpoint_after(token: str | None) -> Checkpoint:
     try:
         return Checkpoint.decode(token) if token else START
     except BadCheckpoint as error:
-        raise Problem(400, "Bad request", str(error), kind="bad-checkpoint",
-                      errors=[{"field": "query.after", "message": str(error)}]) from error
+        raise _refused(str(error)) from error
+
+
+async def refuse_ahead(conn: asyncpg.Connection, after: Checkpoint) -> None:
+    """A checkpoint past every transaction the database has begun was never handed out (one
+    forged, or kept from another cluster): read after it, every row up to it was skipped,
+    and the page said it had caught up (an audit of the feed)."""
+    if await conn.fetchval("SELECT $1::text::xid8 >= pg_snapshot_xmax(pg_current_snapshot())",
+                           str(after.transaction_id)):
+        raise _refused("checkpoint is not one this service handed out: it lies past every"
+                       " transaction of this database")
+
+
+def _refused(why: str) -> Problem:
+    return Problem(400, "Bad request", why, kind="bad-checkpoint",
+                   errors=[{"field": "query.after", "message": why}])
 
 
 async def access_log_page(pool: asyncpg.Pool, table: str, read: ReadEntries[T], *,
@@ -142,6 +156,7 @@ async def access_log_page(pool: asyncpg.Pool, table: str, read: ReadEntries[T], 
     was the whole log without it (a review found it)."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                         readonly=True):
+        await refuse_ahead(conn, after)
         rows = await read(conn)
         page = commit_order_page(rows, after, limit)
         held = HeldBack(0, None) if page["next_after"] is not None else await _held_back(

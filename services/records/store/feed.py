@@ -23,6 +23,7 @@ from services.common.checkpoint import (
     Checkpoint,
     after_checkpoint,
     committed_after,
+    refuse_ahead,
 )
 from services.common.database import DATABASE_UNAVAILABLE, keep_alive
 from services.common.retry import doubling
@@ -56,11 +57,11 @@ class FeedPage:
 
 
 async def read_feed(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPage:
-    return await _with_held_back(pool, await _read_events(pool, after, limit), limit)
+    return await read_feed_waiting(pool, None, after, limit, 0)
 
 
-async def _read_events(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> FeedPage:
-    rows = await pool.fetch(
+async def _read_events(conn: asyncpg.Connection, after: Checkpoint, limit: int) -> FeedPage:
+    rows = await conn.fetch(
         f"SELECT transaction_id::text AS tx, {_EVENT_COLUMNS} FROM records.events"
         f" WHERE {committed_after('global_position', 1)}"
         " ORDER BY transaction_id, global_position LIMIT $3",
@@ -70,11 +71,11 @@ async def _read_events(pool: asyncpg.Pool, after: Checkpoint, limit: int) -> Fee
     return FeedPage(events, events[-1].checkpoint if events else after)
 
 
-async def _with_held_back(pool: asyncpg.Pool, page: FeedPage, limit: int) -> FeedPage:
+async def _with_held_back(conn: asyncpg.Connection, page: FeedPage, limit: int) -> FeedPage:
     """The page, with what an open transaction holds back behind it once it has caught up."""
     if len(page.events) == limit:
         return page
-    held = await pool.fetchrow(
+    held = await conn.fetchrow(
         "SELECT count(*) AS events, min(recorded_at) AS since FROM records.events"
         f" WHERE {after_checkpoint('global_position', 1)} AND transaction_id >= {HORIZON}",
         *page.checkpoint.parameters())
@@ -203,22 +204,38 @@ class FeedWaiter:
         return True
 
 
-async def read_feed_waiting(pool: asyncpg.Pool, waiter: FeedWaiter, after: Checkpoint,
+async def read_feed_waiting(pool: asyncpg.Pool, waiter: FeedWaiter | None, after: Checkpoint,
                             limit: int, wait_seconds: float) -> FeedPage:
-    """Read the feed; when empty, wait up to ``wait_seconds`` for something to arrive."""
+    """Read the feed; when empty, wait up to ``wait_seconds`` for something to arrive (no
+    ``waiter``: not at all)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
     woken = False
     while True:
-        # what is held back is counted once, for the page handed out, not at every re-check
-        page = await _read_events(pool, after, limit)
         remaining = deadline - loop.time()
-        if page.events or remaining <= 0 or waiter.released:
-            return await _with_held_back(pool, page, limit)
-        # Woken but nothing visible yet: an older transaction still holds the horizon back.
+        last = waiter is None or remaining <= 0 or waiter.released
+        page = await _read_page(pool, after, limit, always_answer=last)
+        if page is not None:
+            return page
+        assert waiter is not None
+        # Nothing visible yet (woken, say, while an older transaction holds the horizon back)
         interval = waiter.recheck_seconds if woken else waiter.liveness_seconds
-        timeout = min(remaining, interval)
-        woken = await waiter.wait(timeout) or woken
+        woken = await waiter.wait(min(remaining, interval)) or woken
+
+
+async def _read_page(pool: asyncpg.Pool, after: Checkpoint, limit: int, *,
+                     always_answer: bool) -> FeedPage | None:
+    """The page after ``after``, and what is held back behind it, from one snapshot (read
+    apart, events committed in between were in neither, and a page behind them said it had
+    caught up); None when it is empty and need not be answered. What is held back is counted
+    only for a page handed out, not at every re-check."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                        readonly=True):
+        await refuse_ahead(conn, after)
+        page = await _read_events(conn, after, limit)
+        if not page.events and not always_answer:
+            return None
+        return await _with_held_back(conn, page, limit)
 
 
 def feed_event_json(item: FeedEvent) -> dict[str, object]:
