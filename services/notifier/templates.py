@@ -8,6 +8,7 @@ layout.html. Values are escaped and set apart (dir="auto") for HTML; templates a
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date
@@ -52,7 +53,19 @@ def _mark(value: object) -> str:
 
 
 def _as_text(marked: str) -> str:
-    return marked.replace(_OPEN, "").replace(_CLOSE, "")
+    """The plain text: marks dropped, and a value holding a bidi control (U+202E, say) set in
+    an isolate (FSI…PDI), which ends any override it opens: left bare, it reversed the rest of
+    the sentence and the Subject, where the HTML part's dir="auto" already contained it."""
+    return _MARKED.sub(_isolated_if_it_steers, marked)
+
+
+_MARKED = re.compile(re.escape(_OPEN) + "(.*?)" + re.escape(_CLOSE), re.DOTALL)
+_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def _isolated_if_it_steers(mark: re.Match[str]) -> str:
+    value = mark.group(1)
+    return f"\u2068{value}\u2069" if _BIDI_CONTROL.search(value) else value
 
 
 def _as_html(marked: str) -> str:
