@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import MAX_IDENTIFIER, ExactUserId
+from services.common.problems import quoted
 from services.common.settings import ConfigurationError, ServiceSettings
 
 
@@ -134,7 +135,7 @@ class TokenVerifier:
         if algorithm in _ASYMMETRIC and self._public_algorithm:
             return self._public_key, [self._public_algorithm]
         # the header is unsigned: what it names is quoted cut short, not echoed whole
-        raise AuthError(f"tokens signed with {_shown(algorithm)} are not accepted here")
+        raise AuthError(f"tokens signed with {quoted(algorithm, 40)} are not accepted here")
 
     def verify(self, token: str) -> Principal:
         """The token's principal; a token verified before is answered from memory until it
@@ -184,11 +185,6 @@ class TokenVerifier:
         _numeric_date(claims, "exp")  # refuses an exp no calendar holds (required above)
         # PyJWT takes the token while int(exp) > now - leeway; the cache keeps it that long
         return principal_from_claims(claims), int(claims["exp"]) + self._leeway
-
-
-def _shown(value: object, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _public_key_set(path: Path) -> jwt.PyJWKSet:

@@ -33,6 +33,7 @@ from services.common.problems import (
     Handler,
     Problem,
     problem_response,
+    quoted,
     validation_problem,
 )
 
@@ -317,7 +318,7 @@ def parse_json_bytes(raw: bytes, model: type[ModelT]) -> ModelT:
     try:
         document = _decode(raw or b"null")
     except _KeyGivenTwice as error:
-        raise Problem(400, "Bad request", f"body gives the key {_shown(error.key)} more than"
+        raise Problem(400, "Bad request", f"body gives the key {quoted(error.key)} more than"
                       " once; give each key once", kind="malformed-body") from error
     except RecursionError as error:
         raise Problem(400, "Bad request", "body is nested too deeply",
@@ -331,11 +332,6 @@ def parse_json_bytes(raw: bytes, model: type[ModelT]) -> ModelT:
         return model.model_validate(document)
     except ValidationError as error:
         raise validation_problem(error) from error
-
-
-def _shown(key: str, limit: int = 100) -> str:
-    """A key as a problem's detail quotes it: its repr, cut short (a key may be the whole body)."""
-    return repr(key) if len(key) <= limit else repr(key[:limit]) + "…"
 
 
 def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:

@@ -393,6 +393,7 @@ _NOTIFICATION_READERS = (Role.SERVICE, Role.SUPERVISOR, Role.CASE_MANAGER, Role.
 
 
 def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
+    _refuse_non_readers(who)
     base = store.Filter(who.agency, query.recipient, query.case_id, query.status, query.kind)
     match who.role:
         case Role.SERVICE:
@@ -410,15 +411,16 @@ def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
             # another recipient named: none of the participant's notices is theirs (it was
             # dropped, and the list claimed the participant's notices matched it)
             return replace(base, recipient=own if query.recipient in (None, own) else "")
-    raise _refused_reader(who)
+    raise AssertionError(f"{who.role} reads notifications but has no listing")
 
 
-def _refused_reader(who: Principal) -> Problem:
+def _refuse_non_readers(who: Principal) -> None:
     """403 for a role that reads no notification (an analyst reads aggregates only),
     decided from the token before any row is looked up, as the records service refuses such
     a role a case."""
-    return Problem(403, "Forbidden", f"the {who.role} role does not read notifications",
-                   kind="forbidden")
+    if who.role not in _NOTIFICATION_READERS:
+        raise Problem(403, "Forbidden", f"the {who.role} role does not read notifications",
+                      kind="forbidden")
 
 
 @api.route("GET", "/v1/notifications", "notifications, filtered by recipient, case, status",
@@ -463,8 +465,7 @@ async def _visible_row(request: web.Request) -> store.Row:
 async def _agency_row(request: web.Request) -> store.Row:
     """The notification named in the path, if it is of the caller's agency (else 404)."""
     who = principal(request)
-    if who.role not in _NOTIFICATION_READERS:
-        raise _refused_reader(who)
+    _refuse_non_readers(who)
     # the service role serves every agency; any other reads only its own agency's rows
     agency = None if who.role is Role.SERVICE else who.agency
     row = await store.get_row(ctx(request).pool, _path_id(request), agency)

@@ -210,13 +210,14 @@ async def read_feed_waiting(pool: asyncpg.Pool, waiter: FeedWaiter | None, after
     ``waiter``: not at all)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
-    woken = False
+    woken, first = False, True
     while True:
         remaining = deadline - loop.time()
         last = waiter is None or remaining <= 0 or waiter.released
-        page = await _read_page(pool, after, limit, always_answer=last)
+        page = await _read_page(pool, after, limit, always_answer=last, checking_after=first)
         if page is not None:
             return page
+        first = False
         assert waiter is not None
         # Nothing visible yet (woken, say, while an older transaction holds the horizon back)
         interval = waiter.recheck_seconds if woken else waiter.liveness_seconds
@@ -224,14 +225,16 @@ async def read_feed_waiting(pool: asyncpg.Pool, waiter: FeedWaiter | None, after
 
 
 async def _read_page(pool: asyncpg.Pool, after: Checkpoint, limit: int, *,
-                     always_answer: bool) -> FeedPage | None:
+                     always_answer: bool, checking_after: bool) -> FeedPage | None:
     """The page after ``after``, and what is held back behind it, from one snapshot (read
     apart, events committed in between were in neither, and a page behind them said it had
     caught up); None when it is empty and need not be answered. What is held back is counted
-    only for a page handed out, not at every re-check."""
+    only for a page handed out, and ``after`` checked only on the first read, not at every
+    re-check."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                         readonly=True):
-        await refuse_ahead(conn, after)
+        if checking_after:
+            await refuse_ahead(conn, after)
         page = await _read_events(conn, after, limit)
         if not page.events and not always_answer:
             return None
