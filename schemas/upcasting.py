@@ -23,6 +23,15 @@ History
     ``no_longer_needed`` (where the reason was required, so the note is it) has its note
     moved there. One through the status route from another status, with its optional
     reason, cannot be told from a ``…/complete`` note and keeps it as a note.
+
+Text a v1 model took that today's types do not
+    v1 text was checked for length only, so it may hold nothing but whitespace or line breaks,
+    which today's text types strip and then refuse. Every payload a v1 model accepts must
+    upcast, or one such event makes its whole case unreadable (and stops a rebuild): blank
+    optional text (a note) is read as absent, a blank description as
+    :data:`NO_DESCRIPTION`, a blank owner as the case manager's (an unowned step is the case
+    manager's to follow up, and the plan can name another owner later), and a support's name
+    has its runs of whitespace, line breaks included, set to one space.
 """
 
 from __future__ import annotations
@@ -61,21 +70,30 @@ _CASE_MANAGER_OWNERS = frozenset(
 )
 
 
-def _owner_key(owner: str) -> str:
-    return " ".join(owner.strip().lower().split())
+NO_DESCRIPTION = "(no description was recorded)"
+
+
+def _one_line(text: str) -> str:
+    """``text`` with each run of whitespace set to one space, "" when it holds nothing else."""
+    return " ".join(text.split())
+
+
+def _description(text: str) -> str:
+    return text if text.strip() else NO_DESCRIPTION
 
 
 def upcast_action_step_added_v1(data: dict[str, Any]) -> dict[str, Any]:
     """v1 ``owner`` free text -> v2 ``owner`` kind + ``support_name``."""
     old = ActionStepAddedV1.model_validate(data)
     new = old.model_dump(mode="json")
-    key = _owner_key(old.owner)
-    if key in _PARTICIPANT_OWNERS:
+    new["description"] = _description(old.description)
+    name = _one_line(old.owner)
+    if name.lower() in _PARTICIPANT_OWNERS:
         new["owner"], new["support_name"] = "participant", None
-    elif key in _CASE_MANAGER_OWNERS:
+    elif not name or name.lower() in _CASE_MANAGER_OWNERS:
         new["owner"], new["support_name"] = "case_manager", None
     else:
-        new["owner"], new["support_name"] = "support", old.owner.strip()
+        new["owner"], new["support_name"] = "support", name
     new["support_id"] = None
     return new
 
@@ -97,6 +115,9 @@ class ActionStepCompletedV1(BaseModel):
 def upcast_action_step_completed_v1(data: dict[str, Any]) -> dict[str, Any]:
     """v1 ``note`` -> v2 ``reason`` for a reversal from no_longer_needed, else kept."""
     new = ActionStepCompletedV1.model_validate(data).model_dump(mode="json")
+    new["description"] = _description(new["description"])
+    if new["note"] is not None and not new["note"].strip():
+        new["note"] = None
     new["reason"] = None
     if new["from_status"] == "no_longer_needed":
         new["reason"], new["note"] = new["note"], None
