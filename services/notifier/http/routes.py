@@ -392,7 +392,9 @@ async def unsubscribe(request: web.Request) -> web.Response:
 _NOTIFICATION_READERS = (Role.SERVICE, Role.SUPERVISOR, Role.CASE_MANAGER, Role.PARTICIPANT)
 
 
-def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
+def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter | None:
+    """What the caller may list under ``query``; None when no notice can match (a participant
+    naming another recipient: none of the participant's notices is theirs)."""
     _refuse_non_readers(who)
     base = store.Filter(who.agency, query.recipient, query.case_id, query.status, query.kind)
     match who.role:
@@ -408,9 +410,7 @@ def _listing_filter(who: Principal, query: NotificationsQuery) -> store.Filter:
                               kind="validation", errors=[{"field": "query.case_id",
                                                           "message": "name your case"}])
             own = participant_recipient(query.case_id)
-            # another recipient named: none of the participant's notices is theirs (it was
-            # dropped, and the list claimed the participant's notices matched it)
-            return replace(base, recipient=own if query.recipient in (None, own) else "")
+            return replace(base, recipient=own) if query.recipient in (None, own) else None
     raise AssertionError(f"{who.role} reads notifications but has no listing")
 
 
@@ -428,8 +428,9 @@ def _refuse_non_readers(who: Principal) -> None:
 @_refusing_windows
 async def list_notifications(request: web.Request) -> web.Response:
     query = parse_query(request, NotificationsQuery)
-    rows = await store.list_rows(ctx(request).pool, _listing_filter(principal(request), query),
-                                 limit=query.limit, offset=query.offset)
+    listed = _listing_filter(principal(request), query)
+    rows = [] if listed is None else await store.list_rows(
+        ctx(request).pool, listed, limit=query.limit, offset=query.offset)
     if principal(request).reads_audited:
         asked = {"recipient": query.recipient, "status": query.status, "kind": query.kind}
         await _log_read(request, "list",
