@@ -64,6 +64,20 @@ def _check_text(value: str) -> str:
     return value
 
 
+# a UUID as RFC 9562 spells it (dashed or not, either case, braces or urn:uuid: allowed, as
+# uuid.UUID reads them); uuid.UUID alone also takes any script's digits, signs, underscores
+# and dashes anywhere, which read a cursor of Arabic-Indic zeros as the nil id
+_UUID_TEXT = re.compile(r"(?:urn:uuid:)?(\{)?[0-9a-f]{8}(-?)[0-9a-f]{4}\2[0-9a-f]{4}\2[0-9a-f]{4}"
+                        r"\2[0-9a-f]{12}(?(1)\})", re.ASCII | re.IGNORECASE)
+
+
+def uuid_from_text(raw: str) -> UUID:
+    """The UUID ``raw`` spells; ValueError for any other text."""
+    if _UUID_TEXT.fullmatch(raw) is None:
+        raise ValueError(f"{raw!r} is not a UUID")
+    return UUID(raw)
+
+
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)  # ``\d`` alone takes any script's
 
 
@@ -84,7 +98,7 @@ def _iso_date(value: Any) -> Any:
 
 
 _RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
+    r"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:)(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
 
 def _rfc3339(value: Any) -> Any:
@@ -92,10 +106,19 @@ def _rfc3339(value: Any) -> Any:
     (pydantic alone would read a bare number as Unix seconds)."""
     if isinstance(value, datetime):
         return value
-    if isinstance(value, str) and _RFC3339.fullmatch(value):
-        return value
+    if isinstance(value, str) and (parts := _RFC3339.fullmatch(value)):
+        return _to_microseconds(*parts.groups())
     raise ValueError("expected an RFC 3339 date-time with a time zone, such as"
                      " 2026-03-01T09:00:00Z")
+
+
+def _to_microseconds(head: str, second: str, fraction: str | None, offset: str) -> str:
+    """The time as a ``datetime`` holds it: a fraction of any length (RFC 3339 sets none) cut
+    to microseconds, never rounded up into the next one; a leap second (``:60``) read as its
+    minute's last microsecond, the last moment a clock without leap seconds shows before it."""
+    if second == "60":
+        return f"{head}59.999999{offset}"
+    return f"{head}{second}.{fraction[:6]}{offset}" if fraction else f"{head}{second}{offset}"
 
 
 _CLEAN = AfterValidator(_check_text)

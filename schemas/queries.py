@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.events import DaysFrom, GivenUserId, WireDate, WireDateTime
+from schemas.events import DaysFrom, GivenUserId, WireDate, WireDateTime, uuid_from_text
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _DECIMAL = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
@@ -120,7 +120,7 @@ class CaseloadCursor:
 
 def _case_id(raw: str) -> UUID:
     try:
-        return UUID(raw)
+        return uuid_from_text(raw)
     except ValueError as error:
         raise ValueError("must be the next_after of an earlier page (a case id)") from error
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import time, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, NoReturn
 from urllib.parse import quote, unquote
 from uuid import UUID
@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import TypeAdapter, ValidationError
 
-from schemas.events import ExactUserId
+from schemas.events import ExactUserId, uuid_from_text
 from schemas.queries import AccessLogQuery
 from services.common.auth import WINDOW_SEES_THE_PAST, Principal, Role
 from services.common.checkpoint import checkpoint_after
@@ -36,6 +36,7 @@ from services.common.http import (
 from services.common.logs import without_addresses
 from services.common.problems import REQUEST_ID_KEY, Problem
 from services.notifier import mailbox
+from services.notifier.delivery import DatedTiming, expected_send, waits_for_its_moment
 from services.notifier.http import pages
 from services.notifier.http.app import api, ctx
 from services.notifier.http.models import (
@@ -81,14 +82,29 @@ def _refusing_windows(handler: RouteHandler) -> RouteHandler:
     return refusing
 
 
-def _shown(row: store.Row) -> dict[str, Any]:
+def _shown(row: store.Row, deliver_after: datetime | None = None) -> dict[str, Any]:
     """A notification as readers get it. SMTP replies quote the address they refused, and a
     participant's own address is theirs and their supervisors' to read (preferences), not
     their case manager's: an error keeps its code and reason, never the address."""
     view = row.as_json()
     if view["last_error"]:
         view["last_error"] = without_addresses(view["last_error"])
+    if deliver_after is not None:
+        view["deliver_after"] = deliver_after.isoformat()
     return view
+
+
+async def _shown_with_times(request: web.Request,
+                            rows: Sequence[store.Row]) -> list[dict[str, Any]]:
+    """The rows as readers get them, each waiting one with when it is to go to its reader
+    (``expected_send``): a dated notice goes at 09:00 where its reader is, not at its due
+    time in the schedule's zone."""
+    c = ctx(request)
+    readers = await directory.users(c.pool, {(r.agency, r.recipient) for r in rows
+                                             if waits_for_its_moment(r)})
+    timing = DatedTiming.of(c.settings)
+    return [_shown(r, expected_send(r, readers.get((r.agency, r.recipient)), timing))
+            for r in rows]
 
 
 def _shown_attempts(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,7 +127,7 @@ def _path_user(request: web.Request) -> str:
 
 def _path_id(request: web.Request) -> UUID:
     try:
-        return UUID(request.match_info["notification_id"])
+        return uuid_from_text(request.match_info["notification_id"])
     except ValueError as error:
         raise Problem(400, "Bad request", "notification_id must be a UUID", kind="bad-id",
                       errors=[{"field": "path.notification_id", "message": "not a UUID"}]
@@ -436,7 +452,7 @@ async def list_notifications(request: web.Request) -> web.Response:
         await _log_read(request, "list",
                         " ".join(["notifications", *(f"{k}={v}" for k, v in asked.items() if v)]),
                         list(dict.fromkeys(r.case_id for r in rows if r.case_id is not None)))
-    return json_response({"notifications": [_shown(r) for r in rows],
+    return json_response({"notifications": await _shown_with_times(request, rows),
                           "next_offset": query.offset + len(rows)
                           if len(rows) == query.limit else None})
 
@@ -496,7 +512,8 @@ async def get_notification(request: web.Request) -> web.Response:
     await _log_read(request, "read", f"notification {row.id}",
                     [row.case_id] if row.case_id is not None else [])
     attempts = await store.attempts_of(ctx(request).pool, row.id)
-    return json_response({**_shown(row), "attempt_log": _shown_attempts(attempts)})
+    [shown] = await _shown_with_times(request, [row])
+    return json_response({**shown, "attempt_log": _shown_attempts(attempts)})
 
 
 @api.route("POST", "/v1/notifications/{notification_id}/retry",
@@ -569,7 +586,7 @@ async def case_schedule(request: web.Request) -> web.Response:
         who.agency, case_id=query.case_id, pending_only=True), limit=500)
     return json_response({"case_id": str(query.case_id), "case_manager": facts["case_manager"],
                           "status": facts["status"],
-                          "pending": [_shown(r) for r in rows]})
+                          "pending": await _shown_with_times(request, rows)})
 
 
 @api.route("GET", "/v1/access-log", "who read which case's data here (supervisors, own"

@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from schemas import api
+from schemas.events import uuid_from_text
 from schemas.queries import (
     AccessLogQuery,
     CaseloadQuery,
@@ -61,7 +62,7 @@ _TRACE_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 def path_id(request: web.Request, name: str) -> UUID:
     raw = request.match_info[name]
     try:
-        return UUID(raw)
+        return uuid_from_text(raw)
     except ValueError as error:
         raise Problem(400, "Bad request", f"{name} must be a UUID", kind="bad-id",
                       errors=[{"field": f"path.{name}", "message": "not a UUID"}]) from error
@@ -136,7 +137,7 @@ def _canonical_segment(segment: str) -> str:
     if len(segment) < 32:  # no UUID is shorter: the path's words are not parsed
         return segment
     try:
-        return str(UUID(segment))
+        return str(uuid_from_text(segment))
     except ValueError:
         return segment
 

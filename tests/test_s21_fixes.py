@@ -1,0 +1,89 @@
+"""Defects the twenty-first session's audits found in how the records service and the notifier
+read what a client sends: ids spelt in other scripts' digits, and RFC 3339 times the services
+refused (fractions of more than nine digits, a leap second)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import FakeClock, TokenFactory, bearer
+from tests.notifier_helpers import NotifierRig
+from tests.records_api import CaseApi, event_count
+
+NIL_IN_ARABIC_INDIC_DIGITS = "\u0660" * 32
+NOT_UUIDS = [
+    pytest.param(NIL_IN_ARABIC_INDIC_DIGITS, id="arabic-indic-digits"),
+    pytest.param("\uff10" * 32, id="fullwidth-digits"),
+    pytest.param("+" + "0" * 31, id="a-sign"),
+    pytest.param("0_" + "0" * 30, id="an-underscore"),
+    pytest.param("----" + "0" * 32, id="dashes-out-of-place"),
+]
+
+
+async def _problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status == status, (response.status, await response.text())
+    assert response.content_type == "application/problem+json"
+    return dict(await response.json())
+
+
+@pytest.mark.parametrize("case_id", NOT_UUIDS)
+async def test_a_case_id_spelt_in_other_characters_is_refused_and_writes_nothing(
+        cm: CaseApi, client: TestClient, fresh_pool: asyncpg.Pool, case_id: str) -> None:
+    await cm.open_case()
+    before = await event_count(fresh_pool)
+    response = await client.post(f"/v1/cases/{case_id}/notes", json={"text": "Met at the library"},
+                                 headers=bearer(cm.token))
+    problem = await _problem(response, 400)
+    assert problem["errors"] == [{"field": "path.case_id", "message": "not a UUID"}]
+    assert await event_count(fresh_pool) == before
+
+
+@pytest.mark.parametrize("cursor", NOT_UUIDS)
+async def test_a_caseload_cursor_spelt_in_other_characters_is_refused(
+        cm: CaseApi, client: TestClient, cursor: str) -> None:
+    await cm.open_case()
+    response = await client.get("/v1/cases", params={"after": cursor}, headers=bearer(cm.token))
+    problem = await _problem(response, 422)
+    assert [error["field"] for error in problem["errors"]] == ["query.after"]
+
+
+@pytest.mark.parametrize("spelling", [
+    pytest.param(str.upper, id="capitals"),
+    pytest.param(lambda text: text.replace("-", ""), id="no-dashes"),
+    pytest.param(lambda text: "urn:uuid:" + text, id="urn"),
+])
+async def test_a_case_id_in_another_rfc_9562_spelling_still_names_the_case(
+        cm: CaseApi, spelling: Any) -> None:
+    case_id = await cm.open_case()
+    plan = await cm.call("GET", f"/v1/cases/{spelling(case_id)}", expect=200)
+    assert plan["case_id"] == case_id
+
+
+async def test_a_notification_id_spelt_in_other_characters_is_refused(
+        rig: NotifierRig, token: TokenFactory) -> None:
+    response = await rig.client.get(f"/v1/notifications/{NIL_IN_ARABIC_INDIC_DIGITS}",
+                                    headers=bearer(token(role="supervisor", sub="sup-1")))
+    problem = await _problem(response, 400)
+    assert problem["errors"] == [{"field": "path.notification_id", "message": "not a UUID"}]
+
+
+@pytest.mark.parametrize(("as_of", "shows_the_note"), [
+    pytest.param("2026-03-02T09:00:00.0000000000Z", True, id="ten-digit-fraction-at-the-note"),
+    pytest.param("2026-03-02T08:59:59.9999999999Z", False, id="ten-digit-fraction-just-before"),
+    pytest.param("2026-03-01T23:59:60Z", False, id="leap-second-before-the-note"),
+    pytest.param("2026-03-02T08:59:60Z", False, id="leap-second-ending-just-before-the-note"),
+])
+async def test_rfc_3339_times_of_any_fraction_and_leap_seconds_are_read(
+        cm: CaseApi, clock: FakeClock, as_of: str, shows_the_note: bool) -> None:
+    clock.now = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    case_id = await cm.open_case()
+    clock.now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Met at the library"}, expect=201)
+    clock.now = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    plan = await cm.call("GET", f"/v1/cases/{case_id}?as_of={as_of}", expect=200)
+    assert plan["version"] == (2 if shows_the_note else 1)
