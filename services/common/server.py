@@ -19,7 +19,7 @@ from http import HTTPStatus
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -47,6 +47,7 @@ KEEPALIVE_SECONDS = 75.0
 # pod was killed mid-shutdown, before the pool and the feed listener were closed.
 SHUTDOWN_SECONDS = 35.0
 # what aiohttp answers itself: (problem kind, title)
+_HTTP_1 = (HttpVersion10, HttpVersion11)
 _OWN_ANSWERS = {400: ("malformed-request", "Bad request"), 500: ("internal", "Internal error")}
 # aiohttp's messages quote what it could not read (a query, a header's value); the log keeps
 # no query or header values, so neither does the detail (the client has what it sent).
@@ -120,6 +121,8 @@ class _ProblemRequestHandler(RequestHandler):
         super().data_received(data)
         if self._request_count == before:
             return False
+        self._refuse_other_versions(self._request_count - before)
+        self._close_after_upgrade_offers(self._request_count - before)
         message, self._body = self._messages[-1] if self._messages else (None, EMPTY_PAYLOAD)
         self._chunked = isinstance(message, RawRequestMessage) and message.chunked
         self._head_bytes = 0
@@ -128,6 +131,32 @@ class _ProblemRequestHandler(RequestHandler):
         self._beside_body = max(0, len(data) - self._body.total_bytes) if self._chunked else 0
         self._check_beside_body()
         return True
+
+    def _refuse_other_versions(self, parsed: int) -> None:
+        """A request of another HTTP version than 1.0 or 1.1 is answered 400, and nothing
+        after it is read: aiohttp's parser takes ``HTTP/2.0`` and a bare request line
+        (HTTP/0.9) and aiohttp answered them 200 under that version, in HTTP/1 framing."""
+        for index in range(len(self._messages) - parsed, len(self._messages)):
+            message = self._messages[index][0]
+            if isinstance(message, RawRequestMessage) and message.version not in _HTTP_1:
+                while len(self._messages) > index:
+                    self._messages.pop()
+                error = BadHttpMessage("this service speaks HTTP/1.1 (and 1.0) only")
+                self._messages.append((_ErrInfo(status=400, exc=error, message=error.message),
+                                       EMPTY_PAYLOAD))
+                self._refused = True
+                return
+
+    def _close_after_upgrade_offers(self, parsed: int) -> None:
+        """A request offering another protocol (``Upgrade: h2c``, as ``curl --http2`` sends)
+        is answered in HTTP/1.1 and the connection then closed. We switch to no protocol, and
+        aiohttp's parser, declining, drops whatever followed the request in the same read: a
+        request pipelined after it waited for an answer that never came. Closed, the
+        connection tells its client to send that request again."""
+        for index in range(len(self._messages) - parsed, len(self._messages)):
+            message, payload = self._messages[index]
+            if isinstance(message, RawRequestMessage) and message.upgrade:
+                self._messages[index] = (message._replace(should_close=True), payload)
 
     def _check_beside_body(self) -> None:
         if self._chunked and self._beside_body > MAX_REQUEST_HEAD_BYTES and not self._refused:
