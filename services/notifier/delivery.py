@@ -147,10 +147,22 @@ class DatedTiming:
 
     notices_zone: str = "UTC"
     digest_time: time = time(8, 0)
+    send_time: time = time(9, 0)
 
     @classmethod
     def of(cls, s: NotifierSettings) -> DatedTiming:
-        return cls(s.timezone, s.digest_time)
+        return cls(s.timezone, s.digest_time, s.send_time)
+
+    @property
+    def claim_span(self) -> timedelta:
+        """The furthest ahead of its due time a dated notice is owed to a reader: the zones'
+        span (``EARLY_CLAIM_SPAN``), and, for a digest read earlier in the day than the send
+        time, that much more (with digests at 06:00 and notices at 09:00, a digest on
+        Kiritimati is 27 hours ahead of Honolulu's 09:00: an audit found "due today" left out
+        of it and sent two days late)."""
+        earlier = (datetime.combine(date.min, self.send_time)
+                   - datetime.combine(date.min, self.digest_time))
+        return store.EARLY_CLAIM_SPAN + max(earlier, timedelta(0))
 
     def moment(self, row: Row, zone_name: str, at: time | None = None) -> datetime:
         """The notice's wall-clock time in the schedule's zone (or ``at`` o'clock on its day),
@@ -176,7 +188,7 @@ class DatedTiming:
         notice's digest is that of its day there: ``moment`` keeps the wall-clock date."""
         schedule = ZoneInfo(self.notices_zone)
         day = now.astimezone(schedule).date()
-        last = (now + store.EARLY_CLAIM_SPAN).astimezone(schedule).date()
+        last = (now + self.claim_span).astimezone(schedule).date()
         days: list[store.Day] = []
         while day <= last:
             starts, ends = (datetime.combine(d, time(0), tzinfo=schedule).astimezone(UTC)
@@ -243,6 +255,30 @@ def _for_reader(row: Row, prefs: Preferences, address: str, now: datetime,
     if moment is not None and now < moment:  # the reader's zone is behind the schedule's
         return Defer(moment)
     return _quiet_or_send(prefs, address, now)
+
+
+def waits_for_its_moment(row: Row) -> bool:
+    """A dated notice to one staff member not yet looked at: it goes at its moment where its
+    reader is (``DatedTiming.moment``), not at its due time."""
+    return (row.status == "scheduled" and row.kind in DATED and row.digest_id is None
+            and row.not_before == row.due_at
+            and row.recipient_role in store.TO_ONE_STAFF_MEMBER)
+
+
+def expected_send(row: Row, prefs: Preferences | None, timing: DatedTiming) -> datetime:
+    """When ``row``, still waiting, is to go to its reader ``prefs``: for a dated notice not
+    yet looked at, its moment where they are (in their digest of its day for a digest
+    reader), past their quiet hours; otherwise when it is looked at next (``not_before``:
+    its due time, the end of quiet hours, a retry, its digest's time). A reader east of the
+    schedule's zone gets a dated notice before its due time: the schedule gave the due time
+    alone, hours after the mail went (an audit of the twenty-first session)."""
+    if not waits_for_its_moment(row) or prefs is None or reader_zone(prefs.timezone) is None:
+        return row.not_before
+    at = timing.digest_time if prefs.delivery == "daily_digest" else None
+    moment = timing.moment(row, prefs.timezone, at)
+    if _passed_before_called_for(row, moment):  # cancelled when looked at
+        return row.not_before
+    return quiet_until(prefs, moment) or moment
 
 
 def _passed_before_called_for(row: Row, moment: datetime) -> bool:
@@ -325,17 +361,57 @@ def _quiet_or_send(prefs: Preferences, address: str, now: datetime,
 
 
 def quiet_until(prefs: Preferences, now: datetime) -> datetime | None:
-    """The end of the recipient's quiet hours when ``now`` falls inside them."""
+    """The end of the recipient's quiet hours when ``now`` falls inside them: while their
+    clock reads inside them, or once they have begun and not yet ended. On the night clocks
+    go back the two differ: quiet hours that began at 01:30 hold through the second pass of
+    01:00-01:30 (read by the clock alone, mail went then: an audit of the twenty-first
+    session), and those ending at 01:30 hold until the clock passes 01:30 the second time."""
     if prefs.quiet_start is None or prefs.quiet_end is None:
         return None
     zone = ZoneInfo(prefs.timezone)
+    ends = [end for end in (_quiet_by_the_clock(prefs.quiet_start, prefs.quiet_end, now, zone),
+                            _quiet_since_begun(prefs.quiet_start, prefs.quiet_end, now, zone))
+            if end is not None]
+    return max(ends, default=None)
+
+
+def _quiet_by_the_clock(start: time, end: time, now: datetime, zone: ZoneInfo) -> datetime | None:
+    """The end of quiet hours the reader's clock reads ``now`` to be inside, else None."""
     local = now.astimezone(zone)
-    start, end, t = prefs.quiet_start, prefs.quiet_end, local.time().replace(tzinfo=None)
+    t = local.time().replace(tzinfo=None)
     inside = start <= t < end if start < end else (t >= start or t < end)
     if not inside:
         return None
     day = local.date() if t < end else local.date() + timedelta(days=1)
     return wall_time_after(now, day, end, zone)
+
+
+def _quiet_since_begun(start: time, end: time, now: datetime, zone: ZoneInfo) -> datetime | None:
+    """The end of the quiet hours that last began by ``now`` (their first moment: a start in
+    the repeated hour counts from its first pass), when it is still ahead, else None."""
+    today = now.astimezone(zone).date()
+    for day in (today, today - timedelta(days=1)):
+        began = _first_wall_time(day, start, zone)
+        if began <= now:
+            ends_on = day if start < end else day + timedelta(days=1)
+            ends = wall_time_after(began, ends_on, end, zone)
+            return ends if now < ends else None
+    return None
+
+
+def _first_wall_time(day: date, at: time, zone: ZoneInfo) -> datetime:
+    """The first moment ``zone``'s clock reads ``at`` on ``day``; for a time in the hour
+    clocks skip, the moment they jump past it."""
+    first, second = _both_readings(day, at, zone)
+    return _jump_between(second, first, zone) if first > second else first
+
+
+def _both_readings(day: date, at: time, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """``at`` o'clock on ``day`` read with the offset before a change of clocks (fold 0) and
+    after it (fold 1), as moments: the same moment on a day the clocks do not change there."""
+    first, second = (datetime.combine(day, at, tzinfo=zone).replace(fold=fold).astimezone(UTC)
+                     for fold in (0, 1))
+    return first, second
 
 
 def wall_time_after(now: datetime, day: date, at: time, zone: ZoneInfo) -> datetime:
@@ -345,8 +421,7 @@ def wall_time_after(now: datetime, day: date, at: time, zone: ZoneInfo) -> datet
     dispatcher claimed the row again and again). On the night they jump forward, a time in
     the skipped hour never shows: the moment they jump past it is meant (read with the offset
     from before the jump, quiet hours ending at 02:30 in New York ended at 03:30)."""
-    first, second = (datetime.combine(day, at, tzinfo=zone).replace(fold=fold).astimezone(UTC)
-                     for fold in (0, 1))
+    first, second = _both_readings(day, at, zone)
     if first > second:  # skipped: fold 0 reads the offset before the jump, fold 1 after it
         return _jump_between(second, first, zone)
     return first if first > now else second
@@ -891,7 +966,7 @@ class Dispatcher:
         return await store.claim_dated_early(
             self._pool, owner=self._owner, now=now, limit=self._settings.dispatch_batch,
             lease=self._lease, delivery=delivery, due_by=due_by, passed_over=passed_over,
-            digest_days=digest_days)
+            digest_days=digest_days, span=self._timing.claim_span)
 
     def _due_by(self, zones: Sequence[str], now: datetime, at: time | None) -> dict[str, datetime]:
         """``DatedTiming.due_by`` for each zone this Python knows. A reader whose zone it does

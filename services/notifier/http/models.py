@@ -24,7 +24,9 @@ from schemas.queries import QueryInt
 _HH_MM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 # the roles the notifier writes to; auditors, analysts and services receive nothing
 DirectoryRole = Literal["case_manager", "supervisor", "participant"]
-Status = Literal["scheduled", "sent", "failed", "dead", "cancelled"]
+# handed_on: a group's notice (``supervisors``) handed on as one notice per member, mailed to
+# no one itself (``Row.shown_status``)
+Status = Literal["scheduled", "sent", "failed", "dead", "cancelled", "handed_on"]
 
 
 def _has_control_character(value: str) -> bool:

@@ -15,6 +15,8 @@ from services.notifier.rules import DATED, Kind, Notice, RecipientRole
 
 _ID_NAMESPACE = UUID("0f6c1c55-93e4-4f57-bb8e-2a4f3f1f7a10")
 PENDING = ("scheduled", "failed")
+# shown for a group's notice handed on to its members (``Row.shown_status``)
+HANDED_ON = "handed_on"
 # the recipient roles of a notice to one staff member, named by their user id (a group's or a
 # participant's recipient, ``supervisors`` or ``participant:<case>``, may spell a user id too)
 TO_ONE_STAFF_MEMBER = (RecipientRole.CASE_MANAGER, RecipientRole.USER)
@@ -63,6 +65,16 @@ class Row:
     def attempts_since_revival(self) -> int:
         return self.attempts - self.attempts_before_revival
 
+    @property
+    def shown_status(self) -> str:
+        """The status readers are given: a group's notice handed on to its members is
+        ``handed_on``, though stored ``sent`` (the status the schema lets a finished row
+        have): nothing was mailed to the group, and its members' copies, listed under their
+        own ids, say what became of the mail."""
+        if self.status == "sent" and self.recipient_role == RecipientRole.SUPERVISORS:
+            return HANDED_ON
+        return self.status
+
     @classmethod
     def of(cls, r: asyncpg.Record) -> Row:
         return cls(r["id"], r["key"], r["kind"], r["case_id"], r["agency"], r["recipient_role"],
@@ -77,9 +89,11 @@ class Row:
                 "case_id": str(self.case_id) if self.case_id else None,
                 "recipient": self.recipient, "recipient_role": self.recipient_role,
                 "due_at": self.due_at.isoformat(), "deliver_after": self.not_before.isoformat(),
-                "status": self.status, "attempts": self.attempts, "last_code": self.last_code,
-                "last_error": self.last_error, "message_id": self.message_id,
-                "sent_at": self.sent_at.isoformat() if self.sent_at else None,
+                "status": self.shown_status, "attempts": self.attempts,
+                "last_code": self.last_code, "last_error": self.last_error,
+                "message_id": self.message_id,
+                "sent_at": self.sent_at.isoformat()
+                if self.sent_at and self.shown_status == "sent" else None,
                 "digest_id": str(self.digest_id) if self.digest_id else None}
 
 
@@ -301,7 +315,10 @@ async def claim_due(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int
     return sorted((Row.of(r) for r in rows), key=lambda r: (r.not_before, r.key))
 
 
-EARLY_CLAIM_SPAN = timedelta(hours=26)  # the furthest ahead of its due time a notice is owed
+# the furthest ahead of its due time a notice is owed to a reader in another zone (UTC+14
+# against UTC-12); a digest read before the send time adds the difference
+# (``DatedTiming.claim_span``)
+EARLY_CLAIM_SPAN = timedelta(hours=26)
 
 
 @dataclass(frozen=True)
@@ -320,13 +337,15 @@ def digest_key(agency: str, recipient: str, day: str) -> str:
 
 async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, limit: int,
                             lease: timedelta, delivery: str, due_by: Mapping[str, datetime],
-                            passed_over: Sequence[UUID],
-                            digest_days: Sequence[Day] = ()) -> list[tuple[Row, str]]:
+                            passed_over: Sequence[UUID], digest_days: Sequence[Day] = (),
+                            span: timedelta = EARLY_CLAIM_SPAN) -> list[tuple[Row, str]]:
     """Lease the dated notices of readers who take ``delivery`` whose moment has come before
     the schedule's time: a reader in time zone ``z`` is owed those due by ``due_by[z]``
     (``DatedTiming.due_by``); readers in a zone not named there are left out. ``passed_over``
     rows are left out, and so are rows already put off to a later time (their reader's quiet
     hours): the usual path takes them then. Each row comes with its reader's time zone.
+
+    Only notices due within ``span`` of now are looked at (``DatedTiming.claim_span``).
 
     ``digest_days``: the schedule's days the notices may be due on, for digest readers. A
     notice whose reader's digest of its day has gone (tried, or given up) is left out too: it
@@ -369,7 +388,7 @@ async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, li
                                                claim_token = $5, updated_at = $1
            FROM due WHERE n.id = due.id RETURNING n.*, due.timezone AS reader_timezone""",
         now, limit, owner, now + lease, uuid4(), zones, [due_by[z] for z in zones],
-        list(DATED), list(passed_over), delivery, now + EARLY_CLAIM_SPAN,
+        list(DATED), list(passed_over), delivery, now + span,
         [d.name for d in digest_days], [d.starts for d in digest_days],
         [d.ends for d in digest_days])
     return [(Row.of(r), r["reader_timezone"]) for r in rows]
@@ -507,13 +526,15 @@ async def attach_to_digest(pool: asyncpg.Pool, row: Row, digest: Notice, domain:
 async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], domain: str,
                   now: datetime) -> None:
     """Replace a notice addressed to a group by one notice per member, due now, while the
-    parent is still held under its claim (else whoever holds it now hands it on). Children
+    parent is still held under its claim (else whoever holds it now hands it on). The parent
+    ends stored ``sent`` with no ``sent_at`` and is shown ``handed_on`` (``Row.shown_status``):
+    it was mailed to no one. Children
     carry the parent's context as it is when handed on, not as ``parent`` was loaded: a
     transfer or a new name may have changed it since (and they are keyed by parent and
     member, so a later hand-on adds no others)."""
     async with pool.acquire() as conn, conn.transaction():
         context = await conn.fetchval(
-            "UPDATE notifier.notifications SET status = 'sent', sent_at = $2, last_error = $3,"
+            "UPDATE notifier.notifications SET status = 'sent', last_error = $3,"
             " lease_owner = NULL, lease_until = NULL, claim_token = NULL, updated_at = $2"
             " WHERE id = $1 AND claim_token = $4 RETURNING context::text",
             parent.id, now, "handed on to " + ", ".join(c.recipient for c in children),
@@ -750,9 +771,11 @@ async def list_rows(db: Db, f: Filter, *, limit: int, offset: int = 0) -> list[R
     if f.agency is not None:
         clauses.append(f"agency = {agency}")
     for column, value in (("recipient", f.recipient), ("case_id", f.case_id),
-                          ("status", f.status), ("kind", f.kind)):
+                          ("kind", f.kind)):
         if value is not None:
             clauses.append(f"{column} = {param(value)}")
+    if f.status is not None:
+        clauses.append(_shown_as(f.status, param))
     if f.pending_only:
         clauses.append("status IN ('scheduled', 'failed')")
     if f.visible_to_manager is not None:
@@ -765,9 +788,24 @@ async def list_rows(db: Db, f: Filter, *, limit: int, offset: int = 0) -> list[R
                        f" notifier.cases WHERE agency = {agency}"
                        f" AND case_manager = {manager})))")
     rows = await db.fetch(
-        f"SELECT * FROM notifier.notifications WHERE {' AND '.join(clauses)}"
+        f"SELECT * FROM notifier.notifications i WHERE {' AND '.join(clauses)}"
         f" ORDER BY due_at, key LIMIT {param(limit)} OFFSET {param(offset)}", *args)
     return [Row.of(r) for r in rows]
+
+
+# a group's notice handed on to its members (``Row.shown_status``), as ``i``, and its status
+# as readers are given it
+_HANDED_ON_ROW = "(i.status = 'sent' AND i.recipient_role = 'supervisors')"
+_SHOWN_STATUS = f"CASE WHEN {_HANDED_ON_ROW} THEN '{HANDED_ON}' ELSE i.status END"
+
+
+def _shown_as(status: str, param: Callable[[Any], str]) -> str:
+    """The condition of rows shown with ``status`` (``Row.shown_status``)."""
+    if status == HANDED_ON:
+        return _HANDED_ON_ROW
+    if status == "sent":
+        return f"i.status = 'sent' AND NOT {_HANDED_ON_ROW}"
+    return f"i.status = {param(status)}"
 
 
 async def get_row(db: Db, row_id: UUID, agency: str | None) -> Row | None:
@@ -830,7 +868,8 @@ async def revive_dead(pool: asyncpg.Pool, row_id: UUID, now: datetime) -> Row | 
             " RETURNING *", row_id, now)
         if updated is None:
             found = await conn.fetchrow(
-                f"SELECT i.status, CASE WHEN i.status = 'dead' THEN {_WHY_NOT_SENT_AGAIN} END"
+                f"SELECT {_SHOWN_STATUS} AS status,"
+                f" CASE WHEN i.status = 'dead' THEN {_WHY_NOT_SENT_AGAIN} END"
                 " AS why FROM notifier.notifications i"
                 " LEFT JOIN notifier.cases c ON c.case_id = i.case_id WHERE i.id = $1", row_id)
             if found is None:
