@@ -382,7 +382,8 @@ class CaseCommands:
             co_write=project, locked=locked)
         if result.replayed:
             return self._outcome(request, result, None), None
-        return self._outcome(request, result, payloads), written[0]
+        # the last projected: an append stamped again projects again (``EventStore.append``)
+        return self._outcome(request, result, payloads), written[-1]
 
     def _outcome(self, request: WriteRequest, result: AppendResult,
                  payloads: list[EventPayload] | None) -> WriteOutcome:

@@ -173,6 +173,9 @@ class CaseQueries:
         """The versions a windowed (auditor) token sees; None for a token without a window."""
         if not who.has_window:
             return None
+        if who.window_to is not None and who.window_to <= self._clock():
+            # a window closed in the past answers as of its end: the same each time
+            await self._store.answer_until(case_id, who.window_to)
         first, last = await versions_around_window(self._pool, case_id, who.window_from,
                                                    who.window_to)
         return WindowVersions(first, last)
@@ -215,6 +218,7 @@ class CaseQueries:
             now = self._clock()
             if as_of > now:
                 raise NotYetHappened(as_of, now)
+            await self._store.answer_until(case_id, as_of)
             if not await self._store.recorded_by(case_id, as_of):
                 raise NotYetOpened(await self._opened_at(case_id))
         return check

@@ -13,7 +13,7 @@ import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 from uuid import UUID
 
@@ -113,6 +113,7 @@ class StreamHead:
     agency: str
     version: int
     last_hash: str
+    answered_until: datetime | None = None  # see ``answer_until``
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ moved AS (
     FROM input i
     WHERE s.stream_id = i.stream_id AND i.expected > 0 AND s.version = i.expected
         AND s.last_hash = i.prev_hash AND s.agency = i.agency AND (SELECT ok FROM claimed)
+        AND (s.answered_until IS NULL OR s.answered_until < i.updated_at)
     RETURNING s.stream_id),
 created AS (
     INSERT INTO records.streams (stream_id, agency, version, last_hash, updated_at)
@@ -338,6 +340,21 @@ async def _write_alone(conn: asyncpg.Connection, pending: _PendingAppend) -> lis
     return inserted
 
 
+# Times an append refused for its stamp alone (a reader answered as of a later moment) is
+# stamped again; each takes another reader's answer in between, so a few are plenty.
+RESTAMPS = 3
+
+
+def _restamp_after(head: StreamHead | None, expected: int, prev_hash: str,
+                   stamped: datetime) -> datetime | None:
+    """When an append lost only to a reader answered as of its stamp or later (the head still
+    where the append expected it), the first moment it may be recorded at; else None."""
+    if (head is None or head.version != expected or head.last_hash != prev_hash
+            or head.answered_until is None or head.answered_until < stamped):
+        return None
+    return head.answered_until + timedelta(microseconds=1)
+
+
 class _Deadlocked(Exception):
     """PostgreSQL broke a lock cycle by aborting the locked stream's transaction."""
 
@@ -384,28 +401,38 @@ class EventStore:
             raise ValueError("a held head is appended to its own stream only")
         db: Executor = locked.conn if locked is not None else self._pool
         prev_hash = await self._hash_at(stream_id, expected_version, db)
-        provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
-                                  metadata)
-        pending = _pending(stream_id, expected_version, prev_hash, agency, provisional,
-                           co_write(provisional) if co_write else [], idempotency)
         if locked is not None:
             locked.expected = expected_version
-        inserted = await self._write(pending, locked)
-        if inserted:
-            positions = {r["version"]: r["global_position"] for r in inserted}
-            recorded = [e.at_position(positions[e.version]) for e in provisional]
-            result = AppendResult(stream_id, recorded[-1].version, recorded)
-            if locked is None:
-                self._appended(result)
-            else:  # remembered once its transaction commits
-                locked.appended.append(result)
-            return result
-        if idempotency is not None:
-            replay = await self.find_idempotent(idempotency, db)
-            if replay is not None:
-                return replay
-        head = await self.head(stream_id, db)
+        not_before = None
+        for _ in range(RESTAMPS + 1):
+            provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
+                                      metadata, not_before)
+            pending = _pending(stream_id, expected_version, prev_hash, agency, provisional,
+                               co_write(provisional) if co_write else [], idempotency)
+            inserted = await self._write(pending, locked)
+            if inserted:
+                return self._recorded(stream_id, provisional, inserted, locked)
+            if idempotency is not None:
+                replay = await self.find_idempotent(idempotency, db)
+                if replay is not None:
+                    return replay
+            head = await self.head(stream_id, db)
+            not_before = _restamp_after(head, expected_version, prev_hash,
+                                        provisional[0].recorded_at)
+            if not_before is None:
+                break
         raise VersionConflict(stream_id, expected_version, head.version if head else 0)
+
+    def _recorded(self, stream_id: UUID, provisional: list[RecordedEvent],
+                  inserted: list[asyncpg.Record], locked: LockedStream | None) -> AppendResult:
+        positions = {r["version"]: r["global_position"] for r in inserted}
+        recorded = [e.at_position(positions[e.version]) for e in provisional]
+        result = AppendResult(stream_id, recorded[-1].version, recorded)
+        if locked is None:
+            self._appended(result)
+        else:  # remembered once its transaction commits
+            locked.appended.append(result)
+        return result
 
     async def _write(self, pending: _PendingAppend,
                      locked: LockedStream | None) -> list[asyncpg.Record]:
@@ -483,9 +510,10 @@ class EventStore:
         return str(found)
 
     def _chain(self, stream_id: UUID, events: Sequence[NewEvent], version: int, prev_hash: str,
-               agency: str, metadata: dict[str, Any]) -> list[RecordedEvent]:
+               agency: str, metadata: dict[str, Any],
+               not_before: datetime | None = None) -> list[RecordedEvent]:
         """The events as they will be recorded (global positions are known only after)."""
-        recorded_at = self._clock()
+        recorded_at = self._clock() if not_before is None else max(self._clock(), not_before)
         chained = []
         for event in events:
             version += 1
@@ -519,10 +547,20 @@ class EventStore:
 
     async def head(self, stream_id: UUID, db: Executor | None = None) -> StreamHead | None:
         row = await (db if db is not None else self._pool).fetchrow(
-            "SELECT agency, version, last_hash FROM records.streams WHERE stream_id = $1",
-            stream_id)
+            "SELECT agency, version, last_hash, answered_until FROM records.streams"
+            " WHERE stream_id = $1", stream_id)
         return None if row is None else StreamHead(stream_id, row["agency"], row["version"],
-                                                   row["last_hash"])
+                                                   row["last_hash"], row["answered_until"])
+
+    async def answer_until(self, stream_id: UUID, moment: datetime) -> None:
+        """Let no event of the stream be recorded at or before ``moment`` from now on, before
+        a reader is answered as of it. Events are stamped before their append commits: one in
+        flight could otherwise land with an earlier time, and the same question would get
+        another answer. The update waits for an append holding the head; one not yet there
+        is refused by the append statement and stamped again after ``moment`` (``append``)."""
+        await self._pool.execute(
+            "UPDATE records.streams SET answered_until = $2 WHERE stream_id = $1"
+            " AND (answered_until IS NULL OR answered_until < $2)", stream_id, moment)
 
     async def recorded_by(self, stream_id: UUID, moment: datetime) -> bool:
         """Whether any event of the stream was recorded at or before ``moment`` (an ``as_of``
