@@ -741,3 +741,25 @@ async def test_a_write_stamped_before_a_moment_already_answered_is_stamped_again
     again = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Again"}, expect=201)
     assert again["version"] == 3  # the cached state is the one recorded
     assert await _get(client, f"/v1/cases/{case_id}?as_of={now}", supervisor) == before
+
+
+async def test_a_window_that_has_closed_shows_the_same_versions_after_a_later_write(
+    cm: CaseApi, client: TestClient, clock: FakeClock, token: TokenFactory
+) -> None:
+    """A court's window ending now has closed: a write stamped at the very moment it ends
+    (the same clock reading) would have joined it after the court was answered. It is
+    recorded after the window's end instead, and the court's answer stays."""
+    case_id = await cm.open_case()
+    clock.advance(minutes=10)
+    court = token(
+        role="auditor",
+        sub="court-1",
+        cases=[case_id],
+        window_from=clock.now - timedelta(days=1),
+        window_to=clock.now,
+    )
+    before = await _get(client, f"/v1/cases/{case_id}", court)
+    assert (before[0], before[2]) == (200, '"1"'), before
+    written = await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Called"}, expect=201)
+    assert written["events"][0]["recorded_at"] == _z(clock.now + US)
+    assert await _get(client, f"/v1/cases/{case_id}", court) == before
