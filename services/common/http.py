@@ -120,11 +120,14 @@ async def request_metrics_middleware(request: web.Request,
     """Observes each request's latency in the app's ``REQUEST_SECONDS`` histogram."""
     started = time.perf_counter()
     response = await handler(request)
+    _observe(request, response.status, time.perf_counter() - started)
+    return response
+
+
+def _observe(request: web.Request, status: int, seconds: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    labelled(request.app[REQUEST_SECONDS], request.method, route, str(response.status)).observe(
-        time.perf_counter() - started)
-    return response
+    labelled(request.app[REQUEST_SECONDS], request.method, route, str(status)).observe(seconds)
 
 
 MetricT = TypeVar("MetricT", bound=MetricWrapperBase)
@@ -270,11 +273,14 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer's own output has not begun
         return None
-    _assign_request_id(request)  # answered before any middleware runs
-    return problem_response(Problem(417, "Expectation failed", "the only expectation taken is"
-                                    " 100-continue", kind="expectation-failed",
-                                    errors=[{"field": "header.Expect",
-                                             "message": "not 100-continue"}]), request)
+    started = time.perf_counter()
+    _assign_request_id(request)  # answered before any middleware runs: their work done here
+    response = problem_response(Problem(417, "Expectation failed", "the only expectation taken"
+                                        " is 100-continue", kind="expectation-failed",
+                                        errors=[{"field": "header.Expect",
+                                                 "message": "not 100-continue"}]), request)
+    _observe(request, response.status, time.perf_counter() - started)
+    return response
 
 
 class _KeyGivenTwice(ValueError):

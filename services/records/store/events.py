@@ -367,6 +367,7 @@ class EventStore:
         self._pool = pool
         self._clock = clock
         self._on_appended = on_appended
+        self._on_batch = on_batch
         self._heads = _KnownHeads()
         self._group: GroupCommit[_PendingAppend, list[asyncpg.Record]] = GroupCommit(
             self._write_batch, key=lambda pending: pending.stream_id,
@@ -436,10 +437,11 @@ class EventStore:
 
     async def _write(self, pending: _PendingAppend,
                      locked: LockedStream | None) -> list[asyncpg.Record]:
-        if locked is not None:
-            return await locked.write(pending)
-        return await (self._write_keyed(pending) if pending.claim is not None
-                      else self._group.submit(pending))
+        if locked is None and pending.claim is None:
+            return await self._group.submit(pending)
+        self._on_batch(1)  # a statement of its own
+        return await (locked.write(pending) if locked is not None
+                      else self._write_keyed(pending))
 
     def _appended(self, result: AppendResult) -> None:
         last = result.events[-1]
