@@ -82,6 +82,16 @@ def _check_window(window: WindowVersions | None, within: WindowCheck | None) -> 
         within(window)
 
 
+def _settled_edge(who: Principal, now: datetime) -> datetime | None:
+    """The latest edge of ``who``'s window already past: the versions it shows up to there
+    must not change (its end; or its start while it is still open, as what came before the
+    window is what it shows first). None while neither has come."""
+    for edge in (who.window_to, who.window_from):
+        if edge is not None and edge <= now:
+            return edge
+    return None
+
+
 def _exported(stored: StoredPlan, window: WindowVersions | None) -> tuple[int, int]:
     """The versions an export holds: every one through the current version, or for a window
     the events recorded inside it."""
@@ -173,9 +183,9 @@ class CaseQueries:
         """The versions a windowed (auditor) token sees; None for a token without a window."""
         if not who.has_window:
             return None
-        if who.window_to is not None and who.window_to <= self._clock():
-            # a window closed in the past answers as of its end: the same each time
-            await self._store.answer_until(case_id, who.window_to)
+        if (settled := _settled_edge(who, self._clock())) is not None:
+            # the versions a window shows up to an edge in the past: the same each time
+            await self._store.answer_until(case_id, settled)
         first, last = await versions_around_window(self._pool, case_id, who.window_from,
                                                    who.window_to)
         return WindowVersions(first, last)
@@ -216,7 +226,8 @@ class CaseQueries:
             if as_of is None:
                 return
             now = self._clock()
-            if as_of > now:
+            # another instance, its clock ahead of this one's, may have answered it already
+            if as_of > now and not await self._store.answered_by(case_id, as_of):
                 raise NotYetHappened(as_of, now)
             await self._store.answer_until(case_id, as_of)
             if not await self._store.recorded_by(case_id, as_of):

@@ -340,11 +340,6 @@ async def _write_alone(conn: asyncpg.Connection, pending: _PendingAppend) -> lis
     return inserted
 
 
-# Times an append refused for its stamp alone (a reader answered as of a later moment) is
-# stamped again; each takes another reader's answer in between, so a few are plenty.
-RESTAMPS = 3
-
-
 def _restamp_after(head: StreamHead | None, expected: int, prev_hash: str,
                    stamped: datetime) -> datetime | None:
     """When an append lost only to a reader answered as of its stamp or later (the head still
@@ -405,7 +400,7 @@ class EventStore:
         if locked is not None:
             locked.expected = expected_version
         not_before = None
-        for _ in range(RESTAMPS + 1):
+        for _ in range(2):  # the second time stamped after a moment answered, head held
             provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
                                       metadata, not_before)
             pending = _pending(stream_id, expected_version, prev_hash, agency, provisional,
@@ -422,6 +417,15 @@ class EventStore:
                                         provisional[0].recorded_at)
             if not_before is None:
                 break
+            if locked is None:
+                # lost only to a reader answered as of its stamp or later: stamped again
+                # holding the head, where no reader can move that moment on meanwhile (one
+                # whose clock runs ahead could, again and again)
+                async with self.locked(stream_id) as held:
+                    return await self.append(
+                        stream_id, events, expected_version=expected_version, agency=agency,
+                        metadata=metadata, idempotency=idempotency, co_write=co_write,
+                        locked=held)
         raise VersionConflict(stream_id, expected_version, head.version if head else 0)
 
     def _recorded(self, stream_id: UUID, provisional: list[RecordedEvent],
@@ -554,12 +558,20 @@ class EventStore:
         return None if row is None else StreamHead(stream_id, row["agency"], row["version"],
                                                    row["last_hash"], row["answered_until"])
 
+    async def answered_by(self, stream_id: UUID, moment: datetime) -> bool:
+        """Whether a reader was answered as of ``moment`` or later (``answer_until``)."""
+        found: bool | None = await self._pool.fetchval(
+            "SELECT answered_until >= $2 FROM records.streams WHERE stream_id = $1",
+            stream_id, moment)
+        return bool(found)
+
     async def answer_until(self, stream_id: UUID, moment: datetime) -> None:
         """Let no event of the stream be recorded at or before ``moment`` from now on, before
         a reader is answered as of it. Events are stamped before their append commits: one in
         flight could otherwise land with an earlier time, and the same question would get
         another answer. The update waits for an append holding the head; one not yet there
-        is refused by the append statement and stamped again after ``moment`` (``append``)."""
+        is refused by the append statement and stamped again after ``moment``, holding the
+        head (``append``)."""
         await self._pool.execute(
             "UPDATE records.streams SET answered_until = $2 WHERE stream_id = $1"
             " AND (answered_until IS NULL OR answered_until < $2)", stream_id, moment)
