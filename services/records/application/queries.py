@@ -306,7 +306,9 @@ class CaseQueries:
             chunks = self._pdf_chunks(header, case_id, first, last)
         elif export_format is ExportFormat.FHIR:
             current = stored.view if stored.version == last else None
-            chunks = self._fhir_chunks(FhirWriter(header), current, case_id, first, last)
+            calendar = self._policies.for_agency(stored.agency).date_at
+            chunks = self._fhir_chunks(FhirWriter(header, calendar), current, case_id, first,
+                                       last)
         else:
             chunks = self._export_chunks(ExportWriter(export_format, header), case_id, first,
                                          last)

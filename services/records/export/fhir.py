@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from collections.abc import Callable
+from datetime import date, datetime
 from typing import Any
 
 from schemas.events import reason_of
@@ -80,11 +82,15 @@ def _complex(name: str, parts: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def plan_resources(view: dict[str, Any]) -> list[Resource]:
+# a moment's day on the agency's calendar (``AgencyPolicy.date_at``): FHIR dates are days
+Calendar = Callable[[datetime], date]
+
+
+def plan_resources(view: dict[str, Any], calendar: Calendar) -> list[Resource]:
     """The plan (its API view, as JSON) as FHIR resources, the Patient first."""
     case_id = str(view["case_id"])
     patient = urn(patient_id(case_id))
-    goals = [goal_resource(g, patient) for g in view["goals"]]
+    goals = [goal_resource(g, patient, calendar) for g in view["goals"]]
     team = care_team(view, patient) if view["supports"] else None
     return [patient_resource(view), care_plan(view, patient, team), *goals,
             *([team] if team else [])]
@@ -108,7 +114,13 @@ def patient_resource(view: dict[str, Any]) -> Resource:
     return resource
 
 
-def goal_resource(goal: dict[str, Any], patient: str) -> Resource:
+def _day(calendar: Calendar, moment: str) -> str:
+    return calendar(datetime.fromisoformat(moment)).isoformat()
+
+
+def goal_resource(goal: dict[str, Any], patient: str, calendar: Calendar) -> Resource:
+    """A goal; its days (set, status changed) are the agency's, as the plan's review dates
+    are: the UTC date was a day early for a goal set in the morning in Auckland."""
     status = goal["status"]
     resource: Resource = {
         "resourceType": "Goal", "id": str(goal["goal_id"]),
@@ -118,8 +130,8 @@ def goal_resource(goal: dict[str, Any], patient: str) -> Resource:
                                   "code": goal["domain"]}], "text": goal["domain"]}],
         "description": {"text": goal["title"]},
         "subject": {"reference": patient},
-        "startDate": str(goal["set_at"])[:10],
-        "statusDate": str(goal["status_changed_at"] or goal["set_at"])[:10],
+        "startDate": _day(calendar, goal["set_at"]),
+        "statusDate": _day(calendar, goal["status_changed_at"] or goal["set_at"]),
         "expressedBy": ({"reference": patient} if goal["source"] == "participant"
                         else {"display": goal["source"]}),
     }
@@ -181,7 +193,8 @@ def _plan_extensions(view: dict[str, Any]) -> list[dict[str, Any]]:
                  for s in view["strengths"]]
     requirements = [_complex("requirement", {
         "title": r["title"], "description": r["description"], "source": r["source"],
-        "reference": r["reference"], "dueDate": r["due_date"], "status": r["status"]})
+        "reference": r["reference"], "dueDate": r["due_date"], "status": r["status"],
+        "statusReason": r["status_reason"]})
         for r in view["requirements"]]
     return [_ext("risk-level", valueCode=view["risk_level"]), *strengths, *requirements]
 
@@ -192,13 +205,25 @@ _REVIEW_STATUS = {"held": "completed", "scheduled": "scheduled", "cancelled": "c
 def _activities(view: dict[str, Any], patient: str) -> list[dict[str, Any]]:
     steps = [_step_activity(step, goal, patient)
              for goal in view["goals"] for step in goal["steps"]]
-    reviews = [{"detail": {
+    reviews = [_review_activity(review, patient) for review in view["reviews"]]
+    return steps + reviews
+
+
+def _review_activity(review: dict[str, Any], patient: str) -> dict[str, Any]:
+    """A review; one held carries its summary and what the participant said as its progress,
+    dated the day it was held (they were left out: the participant's voice with them)."""
+    activity: dict[str, Any] = {"detail": {
         "kind": "Appointment", "code": {"text": "Plan review"},
         "status": _REVIEW_STATUS[review["status"]],
         "scheduledPeriod": {"start": review["due_date"], "end": review["due_date"]},
         "description": f"Review ({review['basis']}, {review['risk_level']} risk)"}}
-        for review in view["reviews"]]
-    return steps + reviews
+    if held_on := review["held_on"]:
+        summary, said = review["summary"], review["participant_statement"]
+        progress = [*([{"time": held_on, "text": summary}] if summary else []),
+                    *([{"authorReference": {"reference": patient}, "time": held_on,
+                        "text": said}] if said else [])]
+        activity["progress"] = progress or [{"time": held_on, "text": "Review held"}]
+    return activity
 
 
 def _step_activity(step: dict[str, Any], goal: dict[str, Any], patient: str) -> dict[str, Any]:
@@ -298,8 +323,9 @@ def signature_element(key_id: str, exported_at: str, data: str, events: Any,
 class FhirWriter:
     """Encodes one FHIR export, line by line, keeping the digest of every byte it gave out."""
 
-    def __init__(self, header: ExportHeader) -> None:
+    def __init__(self, header: ExportHeader, calendar: Calendar) -> None:
         self._header = header
+        self._calendar = calendar
         self._digest = hashlib.sha256()
         self._events = 0
         self._head_hash: str | None = None
@@ -319,7 +345,7 @@ class FhirWriter:
                   "type": "collection", "timestamp": format_timestamp(h.exported_at)}
         lines = [json_line(bundle)[:-1] + OPENING_END]
         lines += [(b"," if i else b"") + self._entry(resource) + b"\n"
-                  for i, resource in enumerate(plan_resources(view))]
+                  for i, resource in enumerate(plan_resources(view, self._calendar))]
         return self._counted(b"".join(lines))
 
     def event(self, link: ChainLink) -> bytes:
