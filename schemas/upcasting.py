@@ -30,8 +30,7 @@ Text a v1 model took that today's types do not
     upcast, or one such event makes its whole case unreadable (and stops a rebuild): blank
     optional text (a note) is read as absent, a blank description as
     :data:`NO_DESCRIPTION`, a blank owner as the case manager's (an unowned step is the case
-    manager's to follow up, and the plan can name another owner later), and a support's name
-    has its runs of whitespace, line breaks included, set to one space.
+    manager's to follow up, and the plan can name another owner later).
 """
 
 from __future__ import annotations
@@ -74,7 +73,8 @@ NO_DESCRIPTION = "(no description was recorded)"
 
 
 def _one_line(text: str) -> str:
-    """``text`` with each run of whitespace set to one space, "" when it holds nothing else."""
+    """``text`` with each run of whitespace set to one space, "" when it holds nothing else
+    (an owner's spelling is matched so; a support's name is kept as written)."""
     return " ".join(text.split())
 
 
@@ -87,13 +87,13 @@ def upcast_action_step_added_v1(data: dict[str, Any]) -> dict[str, Any]:
     old = ActionStepAddedV1.model_validate(data)
     new = old.model_dump(mode="json")
     new["description"] = _description(old.description)
-    name = _one_line(old.owner)
-    if name.lower() in _PARTICIPANT_OWNERS:
+    key = _one_line(old.owner).lower()
+    if key in _PARTICIPANT_OWNERS:
         new["owner"], new["support_name"] = "participant", None
-    elif not name or name.lower() in _CASE_MANAGER_OWNERS:
+    elif not key or key in _CASE_MANAGER_OWNERS:
         new["owner"], new["support_name"] = "case_manager", None
     else:
-        new["owner"], new["support_name"] = "support", name
+        new["owner"], new["support_name"] = "support", old.owner.strip()
     new["support_id"] = None
     return new
 

@@ -707,3 +707,23 @@ async def test_a_courts_window_opened_in_the_past_keeps_what_it_showed_after_a_w
         assert status == 200, now_shown
         assert [e["version"] for e in now_shown["events"]][:1] == [2], (node.name, now_shown)
         assert await node.get(f"/v1/cases/{case_id}?as_of_version=2", court) == at_note
+
+
+async def test_an_instance_answers_as_of_the_time_it_stamped_a_write_after_a_moment_answered(
+    fresh_database_url: str, make_records_client: ClientFactory, token: TokenFactory
+) -> None:
+    nodes = await _instances(make_records_client, fresh_database_url, ahead=4, behind=0)
+    """A write through the instance behind is stamped after the moment the instance ahead
+    answered, later than its own clock; asked as of that stamp (a client copying a write's
+    recorded_at), the instance that wrote it answers too: it refused it as still to come."""
+    ahead, behind = nodes["ahead"], nodes["behind"]
+    cm, supervisor = token(), token(role="supervisor", sub="sup-1")
+    status, opened, _ = await behind.open_case(cm)
+    case_id = opened["case_id"]
+    moment = ahead.clock.now
+    assert (await ahead.as_of(case_id, moment, supervisor))[0] == 200
+    status, written, _ = await behind.note(case_id, "Called the housing office", cm)
+    assert status == 201
+    stamp = _parse(written["events"][0]["recorded_at"])
+    answer = await behind.get(f"/v1/cases/{case_id}?as_of={_z(stamp)}", supervisor)
+    assert answer[0] == 200, answer

@@ -4,13 +4,15 @@ refused (fractions of more than nine digits, a leap second)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.records.store.events import CoWrite, EventStore, NewEvent, RecordedEvent
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import NotifierRig
 from tests.records_api import CaseApi, event_count
@@ -87,3 +89,39 @@ async def test_rfc_3339_times_of_any_fraction_and_leap_seconds_are_read(
     clock.now = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
     plan = await cm.call("GET", f"/v1/cases/{case_id}?as_of={as_of}", expect=200)
     assert plan["version"] == (2 if shows_the_note else 1)
+
+
+# --------------------------------------------------------------------------------------------
+# an append stamped at or before a moment a reader was answered as of
+# --------------------------------------------------------------------------------------------
+
+
+def _note() -> NewEvent:
+    return NewEvent(uuid4(), "NoteAdded", 1, {"note_id": str(uuid4()), "text": "Called"})
+
+
+async def test_an_append_behind_a_moment_answered_is_stamped_again_once(
+        pool: asyncpg.Pool) -> None:
+    """Its clock behind the moment an instance ahead answered: one statement refused, one
+    stamped one microsecond after that moment, projected once more; no third."""
+    clock = FakeClock()
+    batches: list[int] = []
+    store = EventStore(pool, clock, on_batch=batches.append)
+    stream = uuid4()
+    await store.append(stream, [_note()], expected_version=0, agency="agency-a", metadata={})
+    answered = clock.now + timedelta(seconds=5)
+    await store.answer_until(stream, answered)
+    batches.clear()
+    projected: list[list[RecordedEvent]] = []
+
+    def project(events: list[RecordedEvent]) -> list[CoWrite]:
+        projected.append(events)
+        return []
+
+    result = await store.append(stream, [_note()], expected_version=1, agency="agency-a",
+                                metadata={}, co_write=project)
+    assert result.version == 2
+    assert result.events[0].recorded_at == answered + timedelta(microseconds=1)
+    assert batches == [1, 1]
+    assert [events[0].recorded_at for events in projected] == [clock.now, answered
+                                                              + timedelta(microseconds=1)]

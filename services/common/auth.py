@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import TypeAdapter, ValidationError
 
-from schemas.events import MAX_IDENTIFIER, ExactUserId
+from schemas.events import MAX_IDENTIFIER, ExactUserId, uuid_from_text
 from services.common.problems import quoted
 from services.common.settings import ConfigurationError, ServiceSettings
 
@@ -271,7 +271,7 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if not isinstance(raw_cases, list):
         raise AuthError("cases must be a list of case ids")
     try:
-        cases = frozenset(UUID(str(c)) for c in raw_cases)
+        cases = frozenset(uuid_from_text(str(c)) for c in raw_cases)
     except ValueError as error:
         raise AuthError("cases must be a list of case ids") from error
     window_from = _numeric_date(claims, "window_from")
@@ -323,7 +323,7 @@ def issue_token(secret: str, *, sub: str, role: Role | str, agency: str,
     claims: dict[str, Any] = {"sub": sub, "role": str(Role(role)), "agency": agency,
                               "iat": now, "exp": now + ttl_seconds}
     if cases:
-        claims["cases"] = [str(UUID(c)) for c in cases]
+        claims["cases"] = [str(uuid_from_text(c)) for c in cases]
     if window_from is not None:
         claims["window_from"] = _unix_seconds(window_from)
     if window_to is not None:

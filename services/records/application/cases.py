@@ -295,7 +295,10 @@ class CaseCommands:
                 return outcome
             except VersionConflict as conflict:
                 self._on_conflict()
-                if request.if_match is not None and cached is None:
+                # lost with the head still at the version the client named (to a deadlock,
+                # or to readers moving the moment answered on): no failed precondition
+                if (request.if_match is not None and cached is None
+                        and conflict.current != conflict.expected):
                     raise PreconditionFailed(conflict.current) from conflict
                 if cached is None:
                     await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))

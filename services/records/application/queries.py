@@ -226,8 +226,8 @@ class CaseQueries:
             if as_of is None:
                 return
             now = self._clock()
-            # another instance, its clock ahead of this one's, may have answered it already
-            if as_of > now and not await self._store.answered_by(case_id, as_of):
+            # another instance, its clock ahead of this one's, may have settled it already
+            if as_of > now and not await self._store.settled_by(case_id, as_of):
                 raise NotYetHappened(as_of, now)
             await self._store.answer_until(case_id, as_of)
             if not await self._store.recorded_by(case_id, as_of):
@@ -306,15 +306,21 @@ class CaseQueries:
             chunks = self._pdf_chunks(header, case_id, first, last)
         elif export_format is ExportFormat.FHIR:
             current = stored.view if stored.version == last else None
-            calendar = self._policies.for_agency(stored.agency).date_at
-            chunks = self._fhir_chunks(FhirWriter(header, calendar), current, case_id, first,
-                                       last)
+            chunks = self._fhir_chunks(FhirWriter(header, await self._calendar(case_id)),
+                                       current, case_id, first, last)
         else:
             chunks = self._export_chunks(ExportWriter(export_format, header), case_id, first,
                                          last)
         versions = f"v{first}-{last}" if first <= last else f"v{last}-unchanged"
         return CaseExport(f"case-{case_id}-{versions}.{export_format.file_suffix}",
                           export_format.media_type, chunks)
+
+    async def _calendar(self, case_id: UUID) -> Callable[[datetime], date]:
+        """The case's calendar: the time zone of the policy it was opened under, which its
+        review dates keep (0102), not the agency's policy file of today."""
+        opened = await self._state_at(case_id, 1)
+        assert opened is not None  # only asked of a case whose plan was read
+        return opened.policy.date_at
 
     async def _fits_a_pdf(self, case_id: UUID, first: int, last: int) -> None:
         if last - first + 1 > MAX_PDF_EVENTS:

@@ -350,6 +350,13 @@ def _restamp_after(head: StreamHead | None, expected: int, prev_hash: str,
     return head.answered_until + timedelta(microseconds=1)
 
 
+# Times an append refused for its stamp alone (a reader answered as of a later moment) is
+# stamped again. Only readers whose clocks run ahead of this one's, asking about their "now"
+# again and again, could refuse it each time; past this it is a lost race like any other
+# (the caller decides again, and in the end holds the head, where readers wait).
+RESTAMPS = 3
+
+
 class _Deadlocked(Exception):
     """PostgreSQL broke a lock cycle by aborting the locked stream's transaction."""
 
@@ -400,7 +407,7 @@ class EventStore:
         if locked is not None:
             locked.expected = expected_version
         not_before = None
-        for _ in range(2):  # the second time stamped after a moment answered, head held
+        for _ in range(RESTAMPS + 1):
             provisional = self._chain(stream_id, events, expected_version, prev_hash, agency,
                                       metadata, not_before)
             pending = _pending(stream_id, expected_version, prev_hash, agency, provisional,
@@ -417,15 +424,6 @@ class EventStore:
                                         provisional[0].recorded_at)
             if not_before is None:
                 break
-            if locked is None:
-                # lost only to a reader answered as of its stamp or later: stamped again
-                # holding the head, where no reader can move that moment on meanwhile (one
-                # whose clock runs ahead could, again and again)
-                async with self.locked(stream_id) as held:
-                    return await self.append(
-                        stream_id, events, expected_version=expected_version, agency=agency,
-                        metadata=metadata, idempotency=idempotency, co_write=co_write,
-                        locked=held)
         raise VersionConflict(stream_id, expected_version, head.version if head else 0)
 
     def _recorded(self, stream_id: UUID, provisional: list[RecordedEvent],
@@ -558,11 +556,15 @@ class EventStore:
         return None if row is None else StreamHead(stream_id, row["agency"], row["version"],
                                                    row["last_hash"], row["answered_until"])
 
-    async def answered_by(self, stream_id: UUID, moment: datetime) -> bool:
-        """Whether a reader was answered as of ``moment`` or later (``answer_until``)."""
+    async def settled_by(self, stream_id: UUID, moment: datetime) -> bool:
+        """Whether the stream's record is settled through ``moment``, though it is later than
+        this instance's clock: a reader was answered as of it or later (``answer_until``), or
+        an event was recorded at or after it (by an instance whose clock runs ahead, or
+        stamped after a moment answered)."""
         found: bool | None = await self._pool.fetchval(
-            "SELECT answered_until >= $2 FROM records.streams WHERE stream_id = $1",
-            stream_id, moment)
+            "SELECT s.answered_until >= $2 OR EXISTS (SELECT FROM records.events e"
+            " WHERE e.stream_id = $1 AND e.recorded_at >= $2)"
+            " FROM records.streams s WHERE s.stream_id = $1", stream_id, moment)
         return bool(found)
 
     async def answer_until(self, stream_id: UUID, moment: datetime) -> None:
@@ -570,8 +572,8 @@ class EventStore:
         a reader is answered as of it. Events are stamped before their append commits: one in
         flight could otherwise land with an earlier time, and the same question would get
         another answer. The update waits for an append holding the head; one not yet there
-        is refused by the append statement and stamped again after ``moment``, holding the
-        head (``append``)."""
+        is refused by the append statement and stamped again after ``moment``
+        (``append``)."""
         await self._pool.execute(
             "UPDATE records.streams SET answered_until = $2 WHERE stream_id = $1"
             " AND (answered_until IS NULL OR answered_until < $2)", stream_id, moment)
