@@ -1138,6 +1138,39 @@ async def test_goal_dates_are_the_agencys_calendar_days(
     assert (exported["startDate"], exported["statusDate"]) == ("2026-03-03", "2026-03-03")
 
 
+async def test_goal_dates_keep_the_calendar_the_case_was_opened_under(
+    make_records_client: ClientFactory,
+    fresh_database_url: str,
+    key_file: Path,
+    token: TokenFactory,
+    tmp_path: Path,
+) -> None:
+    """A case is held to the policy it was opened under (0102), its review dates too: a
+    policy file that later moves the agency to Auckland does not move the days of a case
+    opened under UTC, in one export or between two."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    clock = FakeClock(datetime.fromisoformat("2026-03-02T12:00:00+00:00"))
+    opened_under_utc = await make_records_client(
+        fresh_database_url,
+        clock=clock,
+        CASETRAIL_EXPORT_SIGNING_KEY_FILE=str(key_file),
+        CASETRAIL_POLICY_DIR=str(policies),
+    )
+    case_id = await CaseApi(opened_under_utc, token(sub="cm-1")).open_case()
+    (policies / "agency-a.json").write_text(json.dumps({"timezone": "Pacific/Auckland"}))
+    client = await make_records_client(
+        fresh_database_url,
+        clock=clock,
+        CASETRAIL_EXPORT_SIGNING_KEY_FILE=str(key_file),
+        CASETRAIL_POLICY_DIR=str(policies),
+    )
+    await CaseApi(client, token(sub="cm-1")).goal(case_id)
+    bundle = json.loads(await fhir_export(client, token(**SUPERVISOR), case_id))
+    [exported] = resources(bundle, "Goal")
+    assert (exported["startDate"], exported["statusDate"]) == ("2026-03-02", "2026-03-02")
+
+
 async def test_a_bare_plan_with_cleared_details_and_no_agreement_keeps_the_rules(
     client: TestClient, clock: FakeClock, token: TokenFactory
 ) -> None:
