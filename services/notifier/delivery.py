@@ -361,42 +361,45 @@ def _quiet_or_send(prefs: Preferences, address: str, now: datetime,
 
 
 def quiet_until(prefs: Preferences, now: datetime) -> datetime | None:
-    """The end of the recipient's quiet hours when ``now`` falls inside them: while their
-    clock reads inside them, or once they have begun and not yet ended. On the night clocks
-    go back the two differ: quiet hours that began at 01:30 hold through the second pass of
-    01:00-01:30 (read by the clock alone, mail went then: an audit of the twenty-first
-    session), and those ending at 01:30 hold until the clock passes 01:30 the second time."""
+    """The end of the recipient's quiet hours when ``now`` falls inside them, else None.
+
+    A night of quiet hours runs from the first moment the reader's clock reads its start to
+    the last moment it reads its end, as one stretch: on the night clocks go back, quiet
+    hours beginning at 01:30 hold through the second pass of 01:00-01:30, and those ending at
+    01:30 until the second 01:30 (read by the clock alone, mail went out in between: audits
+    of the twenty-first session). A night that ends as the next begins (its end skipped, the
+    next start the jump) is one stretch with it."""
     if prefs.quiet_start is None or prefs.quiet_end is None:
         return None
     zone = ZoneInfo(prefs.timezone)
-    ends = [end for end in (_quiet_by_the_clock(prefs.quiet_start, prefs.quiet_end, now, zone),
-                            _quiet_since_begun(prefs.quiet_start, prefs.quiet_end, now, zone))
-            if end is not None]
-    return max(ends, default=None)
+    until = _end_of_night_around(prefs.quiet_start, prefs.quiet_end, now, zone)
+    if until is not None:
+        until = _end_of_night_around(prefs.quiet_start, prefs.quiet_end, until, zone) or until
+    return until
 
 
-def _quiet_by_the_clock(start: time, end: time, now: datetime, zone: ZoneInfo) -> datetime | None:
-    """The end of quiet hours the reader's clock reads ``now`` to be inside, else None."""
-    local = now.astimezone(zone)
-    t = local.time().replace(tzinfo=None)
-    inside = start <= t < end if start < end else (t >= start or t < end)
-    if not inside:
-        return None
-    day = local.date() if t < end else local.date() + timedelta(days=1)
-    return wall_time_after(now, day, end, zone)
-
-
-def _quiet_since_begun(start: time, end: time, now: datetime, zone: ZoneInfo) -> datetime | None:
-    """The end of the quiet hours that last began by ``now`` (their first moment: a start in
-    the repeated hour counts from its first pass), when it is still ahead, else None."""
+def _end_of_night_around(start: time, end: time, now: datetime,
+                         zone: ZoneInfo) -> datetime | None:
+    """The end of the night of quiet hours ``now`` falls in, else None."""
     today = now.astimezone(zone).date()
     for day in (today, today - timedelta(days=1)):
-        began = _first_wall_time(day, start, zone)
-        if began <= now:
+        if _first_wall_time(day, start, zone) <= now:  # the latest night begun by now
             ends_on = day if start < end else day + timedelta(days=1)
-            ends = wall_time_after(began, ends_on, end, zone)
+            next_begins = _first_wall_time(day + timedelta(days=1), start, zone)
+            ends = _last_wall_time(ends_on, end, zone, not_after=next_begins)
             return ends if now < ends else None
     return None
+
+
+def _last_wall_time(day: date, at: time, zone: ZoneInfo, *, not_after: datetime) -> datetime:
+    """The last moment ``zone``'s clock reads ``at`` on ``day`` (a time in the repeated hour:
+    its second pass; in the skipped hour: the jump), or its first pass where the second
+    would come after ``not_after`` (quiet hours of nearly a whole day, whose next night
+    begins in between)."""
+    first, second = _both_readings(day, at, zone)
+    if first > second:
+        return _jump_between(second, first, zone)
+    return second if second <= not_after else first
 
 
 def _first_wall_time(day: date, at: time, zone: ZoneInfo) -> datetime:
