@@ -381,6 +381,19 @@ async def test_a_request_line_of_another_http_version_gets_an_http_1_answer(
         assert answer.status == 200, answer
 
 
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
+async def test_a_write_of_another_http_version_is_refused_and_writes_nothing(
+    served: Served, version: bytes
+) -> None:
+    before = await served.state()
+    ex = await exchange(served.port, served.write().replace(b"HTTP/1.1", version, 1))
+    assert [a.status for a in ex.answers] == [400], ex
+    assert ex.answers[0].version in {"HTTP/1.0", "HTTP/1.1"}, ex.answers[0]
+    assert ex.answers[0].problem()["type"].endswith("/malformed-request"), ex.answers[0]
+    assert ex.closed
+    assert await served.state() == before
+
+
 # --------------------------------------------------------------------------------------------
 # M: methods
 # --------------------------------------------------------------------------------------------
