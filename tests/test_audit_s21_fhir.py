@@ -910,6 +910,44 @@ async def test_a_held_review_carries_when_it_was_held_and_the_participants_words
     )
     assert REVIEW_WORDS in plan_resources
     assert held["held_on"] in json.dumps(activity)
+    by_text = {note["text"]: note for note in activity["progress"]}
+    patient = next(
+        e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    assert by_text[REVIEW_WORDS]["authorReference"] == {"reference": patient}  # their voice
+    assert "authorReference" not in by_text["A good month"]  # the case manager's summary
+
+
+async def test_a_review_held_without_words_still_says_when(
+    make_records_client: ClientFactory,
+    fresh_database_url: str,
+    key_file: Path,
+    token: TokenFactory,
+    clock: FakeClock,
+) -> None:
+    """Summary and statement are optional: a review held without either still carries the
+    day it was held, and no empty element (FHIR forbids them)."""
+    client = await make_records_client(
+        fresh_database_url, clock=clock, CASETRAIL_EXPORT_SIGNING_KEY_FILE=str(key_file)
+    )
+    cm = CaseApi(client, token(sub="cm-1"))
+    case_id = await cm.open_case()
+    await cm.goal(case_id)
+    agreement = {"participation": "in_person", "present": ["Sam"], "participant_statement": "Yes"}
+    agreed = await cm.call("POST", f"/v1/cases/{case_id}/agreements", agreement, expect=201)
+    review = next(
+        e["data"]["review_id"] for e in agreed["events"] if e["type"] == "ReviewScheduled"
+    )
+    clock.advance(days=20)
+    await cm.call("POST", f"/v1/cases/{case_id}/reviews/{review}/held", {}, expect=200)
+    raw = await fhir_export(client, token(**SUPERVISOR), case_id)
+    [activity] = [
+        a
+        for a in one(json.loads(raw), "CarePlan")["activity"]
+        if a["detail"]["kind"] == "Appointment" and a["detail"]["status"] == "completed"
+    ]
+    assert activity["progress"] == [{"time": clock.now.date().isoformat(), "text": "Review held"}]
+    assert conformance(raw) == []
 
 
 async def test_a_closed_and_a_reopened_plan_keep_the_rules_and_the_plan(

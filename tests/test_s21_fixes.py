@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from schemas.events import _to_microseconds
 from services.records.store.events import CoWrite, EventStore, NewEvent, RecordedEvent
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import NotifierRig
@@ -125,3 +126,27 @@ async def test_an_append_behind_a_moment_answered_is_stamped_again_once(
     assert batches == [1, 1]
     assert [events[0].recorded_at for events in projected] == [clock.now, answered
                                                               + timedelta(microseconds=1)]
+
+
+async def test_an_append_holding_its_head_is_a_batch_of_one(pool: asyncpg.Pool) -> None:
+    """``casetrail_append_batch_size``: an append in a transaction holding the head (a writer
+    that kept losing races) is a statement of its own, as a keyed one is."""
+    batches: list[int] = []
+    store = EventStore(pool, FakeClock(), on_batch=batches.append)
+    stream = uuid4()
+    await store.append(stream, [_note()], expected_version=0, agency="agency-a", metadata={})
+    batches.clear()
+    async with store.locked(stream) as held:
+        await store.append(stream, [_note()], expected_version=1, agency="agency-a",
+                           metadata={}, locked=held)
+    assert batches == [1]
+
+
+@pytest.mark.parametrize(("fraction", "kept"), [
+    ("5000019", ".500001"),  # cut, never rounded up into the next microsecond
+    ("9999999999", ".999999"),
+    ("5", ".5"),
+])
+def test_a_fraction_of_any_length_is_cut_to_microseconds(fraction: str, kept: str) -> None:
+    assert _to_microseconds("2026-03-02T10:00:", "00", fraction, "Z") == \
+        f"2026-03-02T10:00:00{kept}Z"
