@@ -396,6 +396,8 @@ class EventStore:
         read-your-writes). Each step happens only when the one before it did. Unkeyed appends
         to different streams that arrive together share one statement (group commit); with
         ``locked`` (this stream's, from ``locked``) it runs in that transaction instead.
+        The head moves only for events stamped after the moment a reader was answered as of
+        (``answer_until``); refused for that alone, they are stamped again after it.
         Raises VersionConflict, IdempotencyKeyReused; a repeated key returns the original result.
         """
         if not events:
