@@ -121,8 +121,7 @@ class _ProblemRequestHandler(RequestHandler):
         super().data_received(data)
         if self._request_count == before:
             return False
-        self._refuse_other_versions(self._request_count - before)
-        self._close_after_upgrade_offers(self._request_count - before)
+        self._check_new_requests(self._request_count - before)
         message, self._body = self._messages[-1] if self._messages else (None, EMPTY_PAYLOAD)
         self._chunked = isinstance(message, RawRequestMessage) and message.chunked
         self._head_bytes = 0
@@ -132,13 +131,20 @@ class _ProblemRequestHandler(RequestHandler):
         self._check_beside_body()
         return True
 
-    def _refuse_other_versions(self, parsed: int) -> None:
-        """A request of another HTTP version than 1.0 or 1.1 is answered 400, and nothing
-        after it is read: aiohttp's parser takes ``HTTP/2.0`` and a bare request line
-        (HTTP/0.9) and aiohttp answered them 200 under that version, in HTTP/1 framing."""
+    def _check_new_requests(self, parsed: int) -> None:
+        """The requests just parsed, in order. One of another HTTP version than 1.0 or 1.1 is
+        answered 400, and nothing after it is read: aiohttp's parser takes ``HTTP/2.0`` and a
+        bare request line (HTTP/0.9), and aiohttp answered them 200 under that version, in
+        HTTP/1 framing. One offering another protocol (``Upgrade: h2c``, as ``curl --http2``
+        sends) is answered in HTTP/1.1 and the connection then closed: we switch to no
+        protocol, and aiohttp's parser, declining, drops whatever followed the request in the
+        same read, so a request pipelined after it waited for an answer that never came.
+        Closed, the connection tells its client to send that request again."""
         for index in range(len(self._messages) - parsed, len(self._messages)):
-            message = self._messages[index][0]
-            if isinstance(message, RawRequestMessage) and message.version not in _HTTP_1:
+            message, payload = self._messages[index]
+            if not isinstance(message, RawRequestMessage):
+                continue
+            if message.version not in _HTTP_1:
                 while len(self._messages) > index:
                     self._messages.pop()
                 error = BadHttpMessage("this service speaks HTTP/1.1 (and 1.0) only")
@@ -146,16 +152,7 @@ class _ProblemRequestHandler(RequestHandler):
                                        EMPTY_PAYLOAD))
                 self._refused = True
                 return
-
-    def _close_after_upgrade_offers(self, parsed: int) -> None:
-        """A request offering another protocol (``Upgrade: h2c``, as ``curl --http2`` sends)
-        is answered in HTTP/1.1 and the connection then closed. We switch to no protocol, and
-        aiohttp's parser, declining, drops whatever followed the request in the same read: a
-        request pipelined after it waited for an answer that never came. Closed, the
-        connection tells its client to send that request again."""
-        for index in range(len(self._messages) - parsed, len(self._messages)):
-            message, payload = self._messages[index]
-            if isinstance(message, RawRequestMessage) and message.upgrade:
+            if message.upgrade:
                 self._messages[index] = (message._replace(should_close=True), payload)
 
     def _check_beside_body(self) -> None:

@@ -396,24 +396,27 @@ def _last_wall_time(day: date, at: time, zone: ZoneInfo, *, not_after: datetime)
     its second pass; in the skipped hour: the jump), or its first pass where the second
     would come after ``not_after`` (quiet hours of nearly a whole day, whose next night
     begins in between)."""
-    first, second = _both_readings(day, at, zone)
-    if first > second:
-        return _jump_between(second, first, zone)
-    return second if second <= not_after else first
+    first, last = _wall_readings(day, at, zone)
+    return last if last <= not_after else first
 
 
 def _first_wall_time(day: date, at: time, zone: ZoneInfo) -> datetime:
     """The first moment ``zone``'s clock reads ``at`` on ``day``; for a time in the hour
     clocks skip, the moment they jump past it."""
-    first, second = _both_readings(day, at, zone)
-    return _jump_between(second, first, zone) if first > second else first
+    return _wall_readings(day, at, zone)[0]
 
 
-def _both_readings(day: date, at: time, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    """``at`` o'clock on ``day`` read with the offset before a change of clocks (fold 0) and
-    after it (fold 1), as moments: the same moment on a day the clocks do not change there."""
+def _wall_readings(day: date, at: time, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The first and the last moment ``zone``'s clock reads ``at`` on ``day``: the same
+    moment on a day the clocks do not change there; a time in the repeated hour its two
+    passes; a time in the skipped hour, which never shows, the moment they jump past it
+    (read with the offset from before the jump, quiet hours ending at 02:30 in New York ended
+    at 03:30)."""
     first, second = (datetime.combine(day, at, tzinfo=zone).replace(fold=fold).astimezone(UTC)
                      for fold in (0, 1))
+    if first > second:  # skipped: fold 0 reads the offset before the jump, fold 1 after it
+        jump = _jump_between(second, first, zone)
+        return jump, jump
     return first, second
 
 
@@ -422,12 +425,9 @@ def wall_time_after(now: datetime, day: date, at: time, zone: ZoneInfo) -> datet
     night clocks go back, a time in the repeated hour comes twice: once the first has passed,
     the second is meant (taking the first made quiet hours end before they began, and the
     dispatcher claimed the row again and again). On the night they jump forward, a time in
-    the skipped hour never shows: the moment they jump past it is meant (read with the offset
-    from before the jump, quiet hours ending at 02:30 in New York ended at 03:30)."""
-    first, second = _both_readings(day, at, zone)
-    if first > second:  # skipped: fold 0 reads the offset before the jump, fold 1 after it
-        return _jump_between(second, first, zone)
-    return first if first > now else second
+    the skipped hour never shows: the moment they jump past it is meant."""
+    first, last = _wall_readings(day, at, zone)
+    return first if first > now else last
 
 
 def _jump_between(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
