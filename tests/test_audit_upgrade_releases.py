@@ -63,16 +63,18 @@ RELEASES = [
              "0011_outcome_facts_local_days_and_goals.sql", "0012_caseload_by_review.sql",
              "0013_access_log_refused.sql", "0014_streams_answered_until.sql"],
             ["0005_cause_recorded_at.sql", "0006_step_owner.sql", "0007_directory_kinds.sql",
-             "0008_access_log.sql"],
+             "0008_access_log.sql", "0009_handed_on_status.sql"],
             {"review_due", "step_uncompleted"}),
     Release("release-2026-12-06-tenth-session",
             ["0010_overdue_steps_of_active_goals.sql",
              "0011_outcome_facts_local_days_and_goals.sql", "0012_caseload_by_review.sql",
              "0013_access_log_refused.sql", "0014_streams_answered_until.sql"],
-            ["0006_step_owner.sql", "0007_directory_kinds.sql", "0008_access_log.sql"], set()),
+            ["0006_step_owner.sql", "0007_directory_kinds.sql", "0008_access_log.sql",
+             "0009_handed_on_status.sql"], set()),
     Release("release-2026-12-06-thirteenth-session",
             ["0013_access_log_refused.sql", "0014_streams_answered_until.sql"],
-            ["0008_access_log.sql"], set(), plans_need_rebuild=False,
+            ["0008_access_log.sql", "0009_handed_on_status.sql"], set(),
+            plans_need_rebuild=False,
             after_upgrade=datetime(2026, 12, 6, 15, 30, tzinfo=UTC)),  # written at 15:09
 ]
 

@@ -89,11 +89,3 @@ def test_a_dated_notice_is_expected_at_its_readers_moment() -> None:
     ) == datetime(2026, 4, 30, 18, 0, tzinfo=UTC)
     assert expected_send(row("small_win", due), kiritimati, timing) == due
     assert expected_send(row("review_due_today", due), None, timing) == due
-
-
-def test_a_group_row_handed_on_is_not_shown_as_sent() -> None:
-    due = datetime(2026, 3, 8, 9, 0, tzinfo=UTC)
-    handed_on = row("review_overdue", due, role="supervisors", status="sent", sent_at=due)
-    assert (handed_on.as_json()["status"], handed_on.as_json()["sent_at"]) == ("handed_on", None)
-    mailed = row("review_overdue", due, status="sent", sent_at=due)
-    assert (mailed.as_json()["status"], mailed.as_json()["sent_at"]) == ("sent", due.isoformat())

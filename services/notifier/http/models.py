@@ -25,7 +25,7 @@ _HH_MM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 # the roles the notifier writes to; auditors, analysts and services receive nothing
 DirectoryRole = Literal["case_manager", "supervisor", "participant"]
 # handed_on: a group's notice (``supervisors``) handed on as one notice per member, mailed to
-# no one itself (``Row.shown_status``)
+# no one itself (``fan_out``)
 Status = Literal["scheduled", "sent", "failed", "dead", "cancelled", "handed_on"]
 
 

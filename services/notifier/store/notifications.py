@@ -15,7 +15,7 @@ from services.notifier.rules import DATED, Kind, Notice, RecipientRole
 
 _ID_NAMESPACE = UUID("0f6c1c55-93e4-4f57-bb8e-2a4f3f1f7a10")
 PENDING = ("scheduled", "failed")
-# shown for a group's notice handed on to its members (``Row.shown_status``)
+# a group's notice handed on as one notice per member (``fan_out``): mailed to no one itself
 HANDED_ON = "handed_on"
 # the recipient roles of a notice to one staff member, named by their user id (a group's or a
 # participant's recipient, ``supervisors`` or ``participant:<case>``, may spell a user id too)
@@ -65,16 +65,6 @@ class Row:
     def attempts_since_revival(self) -> int:
         return self.attempts - self.attempts_before_revival
 
-    @property
-    def shown_status(self) -> str:
-        """The status readers are given: a group's notice handed on to its members is
-        ``handed_on``, though stored ``sent`` (the status the schema lets a finished row
-        have): nothing was mailed to the group, and its members' copies, listed under their
-        own ids, say what became of the mail."""
-        if self.status == "sent" and self.recipient_role == RecipientRole.SUPERVISORS:
-            return HANDED_ON
-        return self.status
-
     @classmethod
     def of(cls, r: asyncpg.Record) -> Row:
         return cls(r["id"], r["key"], r["kind"], r["case_id"], r["agency"], r["recipient_role"],
@@ -89,11 +79,10 @@ class Row:
                 "case_id": str(self.case_id) if self.case_id else None,
                 "recipient": self.recipient, "recipient_role": self.recipient_role,
                 "due_at": self.due_at.isoformat(), "deliver_after": self.not_before.isoformat(),
-                "status": self.shown_status, "attempts": self.attempts,
+                "status": self.status, "attempts": self.attempts,
                 "last_code": self.last_code, "last_error": self.last_error,
                 "message_id": self.message_id,
-                "sent_at": self.sent_at.isoformat()
-                if self.sent_at and self.shown_status == "sent" else None,
+                "sent_at": self.sent_at.isoformat() if self.sent_at else None,
                 "digest_id": str(self.digest_id) if self.digest_id else None}
 
 
@@ -527,14 +516,12 @@ async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], d
                   now: datetime) -> None:
     """Replace a notice addressed to a group by one notice per member, due now, while the
     parent is still held under its claim (else whoever holds it now hands it on). The parent
-    ends stored ``sent`` with no ``sent_at`` and is shown ``handed_on`` (``Row.shown_status``):
-    it was mailed to no one. Children
-    carry the parent's context as it is when handed on, not as ``parent`` was loaded: a
-    transfer or a new name may have changed it since (and they are keyed by parent and
-    member, so a later hand-on adds no others)."""
+    ends ``handed_on``: it was mailed to no one. Children carry the parent's context as it is
+    when handed on, not as ``parent`` was loaded: a transfer or a new name may have changed it
+    since (and they are keyed by parent and member, so a later hand-on adds no others)."""
     async with pool.acquire() as conn, conn.transaction():
         context = await conn.fetchval(
-            "UPDATE notifier.notifications SET status = 'sent', last_error = $3,"
+            f"UPDATE notifier.notifications SET status = '{HANDED_ON}', last_error = $3,"
             " lease_owner = NULL, lease_until = NULL, claim_token = NULL, updated_at = $2"
             " WHERE id = $1 AND claim_token = $4 RETURNING context::text",
             parent.id, now, "handed on to " + ", ".join(c.recipient for c in children),
@@ -775,7 +762,7 @@ async def list_rows(db: Db, f: Filter, *, limit: int, offset: int = 0) -> list[R
         if value is not None:
             clauses.append(f"{column} = {param(value)}")
     if f.status is not None:
-        clauses.append(_shown_as(f.status, param))
+        clauses.append(f"status = {param(f.status)}")
     if f.pending_only:
         clauses.append("status IN ('scheduled', 'failed')")
     if f.visible_to_manager is not None:
@@ -791,21 +778,6 @@ async def list_rows(db: Db, f: Filter, *, limit: int, offset: int = 0) -> list[R
         f"SELECT * FROM notifier.notifications i WHERE {' AND '.join(clauses)}"
         f" ORDER BY due_at, key LIMIT {param(limit)} OFFSET {param(offset)}", *args)
     return [Row.of(r) for r in rows]
-
-
-# a group's notice handed on to its members (``Row.shown_status``), as ``i``, and its status
-# as readers are given it
-_HANDED_ON_ROW = "(i.status = 'sent' AND i.recipient_role = 'supervisors')"
-_SHOWN_STATUS = f"CASE WHEN {_HANDED_ON_ROW} THEN '{HANDED_ON}' ELSE i.status END"
-
-
-def _shown_as(status: str, param: Callable[[Any], str]) -> str:
-    """The condition of rows shown with ``status`` (``Row.shown_status``)."""
-    if status == HANDED_ON:
-        return _HANDED_ON_ROW
-    if status == "sent":
-        return f"i.status = 'sent' AND NOT {_HANDED_ON_ROW}"
-    return f"i.status = {param(status)}"
 
 
 async def get_row(db: Db, row_id: UUID, agency: str | None) -> Row | None:
@@ -868,7 +840,7 @@ async def revive_dead(pool: asyncpg.Pool, row_id: UUID, now: datetime) -> Row | 
             " RETURNING *", row_id, now)
         if updated is None:
             found = await conn.fetchrow(
-                f"SELECT {_SHOWN_STATUS} AS status,"
+                "SELECT i.status,"
                 f" CASE WHEN i.status = 'dead' THEN {_WHY_NOT_SENT_AGAIN} END"
                 " AS why FROM notifier.notifications i"
                 " LEFT JOIN notifier.cases c ON c.case_id = i.case_id WHERE i.id = $1", row_id)
