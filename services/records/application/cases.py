@@ -243,7 +243,13 @@ class CaseCommands:
         the cache missed."""
         cached = state = self._cache.get(case_id)
         first = cached.version + 1 if cached is not None else 1
-        async for newer in self._store.pages(case_id, first, locked=locked):
+        # up to the head, which every append moves: an event past it was never appended
+        # (forged into the table), and deciding on it answered 412 naming a version no read
+        # gives; the append then finds the record out of step (409)
+        head = await self._store.head(case_id, locked.conn if locked is not None else None)
+        if head is None:
+            return None
+        async for newer in self._store.pages(case_id, first, head.version, locked=locked):
             state = fold_recorded(newer, state)
         if state is not None and state is not cached:
             self._cache.put(state)

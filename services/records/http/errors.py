@@ -15,7 +15,7 @@ from services.records.application.queries import (
     VersionOutOfRange,
 )
 from services.records.domain import DomainError
-from services.records.store.events import IdempotencyKeyReused
+from services.records.store.events import IdempotencyKeyReused, RecordOutOfStep
 
 
 def _problem(error: Exception) -> Problem | None:
@@ -60,6 +60,14 @@ def _problem(error: Exception) -> Problem | None:
                            f"this case holds an event this version of the service cannot read:"
                            f" {error}. Run the version that wrote it.",
                            kind="unreadable-event")
+        case RecordOutOfStep():
+            # not the caller's fault either, and no retry mends it: said, not "internal"
+            return Problem(409, "Record out of step",
+                           f"this case's record holds an event its head (version"
+                           f" {error.head_version}) does not account for, which this service"
+                           f" never writes; no write can be recorded until it is looked into."
+                           f" GET /v1/cases/{error.stream_id}/verify names it.",
+                           kind="record-out-of-step")
         case TooMuchContention():
             return Problem(503, "Busy", "the case kept changing; try again",
                            kind="contention", headers={"Retry-After": "1"})

@@ -107,6 +107,18 @@ class StreamNotFound(StoreError):
     pass
 
 
+class RecordOutOfStep(StoreError):
+    """The stream holds an event its head does not account for: written into the table
+    without moving the head, as the service never does (by hand, or a forged event). No write
+    can land on it; ``verify`` names the event."""
+
+    def __init__(self, stream_id: UUID, head_version: int) -> None:
+        super().__init__(f"the record of stream {stream_id} holds an event past its head"
+                         f" (version {head_version})")
+        self.stream_id = stream_id
+        self.head_version = head_version
+
+
 @dataclass(frozen=True)
 class StreamHead:
     stream_id: UUID
@@ -426,6 +438,8 @@ class EventStore:
                                         provisional[0].recorded_at)
             if not_before is None:
                 break
+        if head is not None and head.version < expected_version:
+            raise RecordOutOfStep(stream_id, head.version)  # decided from events past the head
         raise VersionConflict(stream_id, expected_version, head.version if head else 0)
 
     def _recorded(self, stream_id: UUID, provisional: list[RecordedEvent],
@@ -441,11 +455,17 @@ class EventStore:
 
     async def _write(self, pending: _PendingAppend,
                      locked: LockedStream | None) -> list[asyncpg.Record]:
-        if locked is None and pending.claim is None:
-            return await self._group.submit(pending)
-        self._on_batch(1)  # a statement of its own
-        return await (locked.write(pending) if locked is not None
-                      else self._write_keyed(pending))
+        try:
+            if locked is None and pending.claim is None:
+                return await self._group.submit(pending)
+            self._on_batch(1)  # a statement of its own
+            return await (locked.write(pending) if locked is not None
+                          else self._write_keyed(pending))
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name != "events_stream_id_version_key":
+                raise
+            head = await self.head(pending.stream_id)
+            raise RecordOutOfStep(pending.stream_id, head.version if head else 0) from error
 
     def _appended(self, result: AppendResult) -> None:
         last = result.events[-1]
