@@ -6,11 +6,17 @@ row's JSON and the listing's SQL); every other reader took it for a mail that we
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
+
+from aiohttp.test_utils import TestClient
 
 from services.notifier.http.app import MIGRATIONS
 from tests.conftest import FakeClock, TokenFactory, bearer
-from tests.notifier_helpers import NotifierRig, Records, SmtpServer
+from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig, text_of
+
+Client = Callable[..., Awaitable[TestClient]]
 
 OLD_STATUS_CHECK = "CHECK (status IN ('scheduled', 'sent', 'failed', 'dead', 'cancelled'))"
 
@@ -71,3 +77,38 @@ async def test_migration_0009_stores_handed_on_what_the_earlier_code_stored_sent
     after = {r["id"]: r for r in await rig.rows(kind="review_overdue")}
     assert after == before
     assert sorted(r["status"] for r in after.values()) == ["handed_on", "sent", "sent", "sent"]
+
+
+async def test_a_days_digest_after_the_schema_is_rebuilt_has_its_own_message_id(
+        aiohttp_client: Client, fresh_database_url: str, rig: NotifierRig, records: Records,
+        smtp: SmtpServer, token: TokenFactory, clock: FakeClock) -> None:
+    """Tuesday's digest goes at 08:00 UTC. The schema is lost at 08:30 and rebuilt, and the
+    reader moves to New York, where it is still Tuesday before the digest time: a small win
+    then goes in a Tuesday digest again, another message, which carried the first one's
+    Message-ID (derived from the day's key alone), so mail clients dropped it as a copy."""
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    case = await records.open_case()
+    goal = await records.goal(case)
+    first = await records.step(case, goal, "Step 1")
+    second = await records.step(case, goal, "Step 2")
+    await records.complete(case, first)  # Monday 09:00: in Tuesday's digest
+    await rig.catch_up()
+    await rig.dispatch()
+    clock.now = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+    await rig.notifier.dispatcher.send_digests()
+    [tuesday] = smtp.received
+
+    await rig.notifier.pool.execute("DROP SCHEMA notifier CASCADE")
+    clock.now = datetime(2026, 3, 3, 8, 30, tzinfo=UTC)
+    again = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock)
+    await again.set_prefs("cm-1", token(), delivery="daily_digest",
+                          timezone="America/New_York")
+    await records.complete(case, second)
+    await again.catch_up()
+    await again.dispatch()
+    clock.now = datetime(2026, 3, 3, 13, 0, tzinfo=UTC)  # 08:00 in New York
+    await again.notifier.dispatcher.send_digests()
+    [_, new_york] = smtp.received
+    assert "Step 2" in text_of(new_york)
+    assert "Step 1" not in text_of(new_york)
+    assert new_york["Message-ID"] != tuesday["Message-ID"]

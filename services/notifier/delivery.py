@@ -944,7 +944,7 @@ class Dispatcher:
                 digest = digest_notice(row, zone, moment)
                 if not await store.attach_to_digest(self._pool, row, digest,
                                                     self._settings.message_id_domain,
-                                                    self._clock()):
+                                                    self._clock(), self._history_began):
                     # that day's digest is being looked at or sent: the notice takes the
                     # usual path (once the digest has gone, the claim leaves the notice out)
                     await self.release(row, row.not_before)
@@ -1176,7 +1176,8 @@ class Dispatcher:
             at = next_local_time(zone, self._timing.digest_time, start, skip)
             notice = digest_notice(row, zone, at)
             if await store.attach_to_digest(self._pool, row, notice,
-                                            self._settings.message_id_domain, now):
+                                            self._settings.message_id_domain, now,
+                                            self._history_began):
                 return
         raise RuntimeError(f"no open digest for {row.recipient} within a week")
 

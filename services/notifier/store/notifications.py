@@ -35,6 +35,16 @@ def message_id(row_id: UUID, domain: str) -> str:
     return f"<{row_id}@{domain}>"
 
 
+def digest_message_id(row_id: UUID, history_began: datetime | None, domain: str) -> str:
+    """A digest's Message-ID also names when this schema's record began. What a day's digest
+    holds is not in the feed: after the schema is lost and rebuilt, the day's digest may be
+    another message than the one already sent under its key, and mail clients drop a message
+    whose Message-ID they have seen."""
+    if history_began is None:
+        return message_id(row_id, domain)
+    return f"<{row_id}.{int(history_began.timestamp() * 1_000_000)}@{domain}>"
+
+
 @dataclass(frozen=True)
 class Row:
     id: UUID
@@ -97,10 +107,13 @@ ON CONFLICT DO NOTHING"""
 
 
 def _insert_args(n: Notice, domain: str, now: datetime, cause_recorded_at: datetime | None,
-                 parent_id: UUID | None = None) -> tuple[Any, ...]:
+                 parent_id: UUID | None = None, *,
+                 history_began: datetime | None = None) -> tuple[Any, ...]:
     row_id = notification_id(n.key)
+    message = (digest_message_id(row_id, history_began, domain) if n.kind == Kind.DAILY_DIGEST
+               else message_id(row_id, domain))
     return (row_id, n.key, str(n.kind), n.case_id, n.agency, str(n.recipient_role),
-            n.recipient, n.due_at, message_id(row_id, domain), json.dumps(n.context),
+            n.recipient, n.due_at, message, json.dumps(n.context),
             n.source_event, parent_id, now, cause_recorded_at)
 
 
@@ -493,11 +506,12 @@ async def digest_children(pool: asyncpg.Pool, digest_id: UUID) -> list[Row]:
 
 
 async def attach_to_digest(pool: asyncpg.Pool, row: Row, digest: Notice, domain: str,
-                           now: datetime) -> bool:
+                           now: datetime, history_began: datetime | None) -> bool:
     """Put ``row`` into the recipient's digest ``digest``; False when that digest is already
     being sent (the caller tries the next day's)."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(_INSERT, *_insert_args(digest, domain, now, now))
+        await conn.execute(_INSERT, *_insert_args(digest, domain, now, now,
+                                                  history_began=history_began))
         open_digest = await conn.fetchval(
             "SELECT id FROM notifier.notifications WHERE key = $1 AND status = 'scheduled'"
             " AND attempts = 0 AND lease_until IS NULL FOR UPDATE", digest.key)
