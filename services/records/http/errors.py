@@ -74,13 +74,30 @@ def _problem(error: Exception) -> Problem | None:
     return None
 
 
+# set on a removal whose reason came as ``?reason=``: a refusal of it names the query's field
+REASON_IN_QUERY = "casetrail.reason_in_query"
+
+
+def _naming_the_query(problem: Problem) -> Problem:
+    for error in problem.errors:
+        if error.get("field") == "body.reason":
+            error["field"] = "query.reason"
+    return problem
+
+
 @web.middleware
 async def records_errors_middleware(request: web.Request,
                                     handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except Problem as problem:
+        if request.get(REASON_IN_QUERY):
+            raise _naming_the_query(problem) from None
+        raise
     except Exception as error:
-        problem = _problem(error)
-        if problem is None:
+        refusal = _problem(error)
+        if refusal is None:
             raise
-        raise problem from error
+        if request.get(REASON_IN_QUERY):
+            _naming_the_query(refusal)
+        raise refusal from error

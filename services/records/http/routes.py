@@ -46,6 +46,7 @@ from services.records.domain import commands as cmd
 from services.records.export.formats import ExportFormat
 from services.records.http.app import api as registry
 from services.records.http.app import records
+from services.records.http.errors import REASON_IN_QUERY
 from services.records.store.events import IdempotencyClaim
 
 log = structlog.get_logger("casetrail.records")
@@ -157,6 +158,8 @@ Build = Callable[[web.Request, Any, NewIds], cmd.AnyCommand]
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     if request.method == "DELETE" and not request.can_read_body:
         query = parse_query(request, RemovalQuery)
+        if query.reason:
+            request[REASON_IN_QUERY] = True
         return parse_json_bytes(json.dumps({"reason": query.reason}).encode()
                                 if query.reason else b"{}", model)
     if request.method == "DELETE" and request.query:
