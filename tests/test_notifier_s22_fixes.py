@@ -6,6 +6,7 @@ row's JSON and the listing's SQL); every other reader took it for a mail that we
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from services.notifier.http.app import MIGRATIONS
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig, text_of
+from tests.test_notifier_access_log import _settled
 
 Client = Callable[..., Awaitable[TestClient]]
 
@@ -112,3 +114,22 @@ async def test_a_days_digest_after_the_schema_is_rebuilt_has_its_own_message_id(
     assert "Step 2" in text_of(new_york)
     assert "Step 1" not in text_of(new_york)
     assert new_york["Message-ID"] != tuesday["Message-ID"]
+
+
+async def test_a_supervisors_retry_is_logged_as_a_read_of_the_notification(
+        rig: NotifierRig, records: Records, token: TokenFactory) -> None:
+    """The answer shows the notification, or, refused, its status ("only dead notifications
+    are retried; this one is scheduled"): a read of the case, as its GET is logged."""
+    case = await records.open_case()
+    await records.agree(case)
+    await rig.catch_up()
+    [waiting, *_] = await rig.rows(case_id=uuid.UUID(case))
+    supervisor = token(role="supervisor", sub="sup-1")
+    response = await rig.client.post(f"/v1/notifications/{waiting['id']}/retry",
+                                     headers=bearer(supervisor))
+    assert response.status == 409, await response.text()
+    await _settled(rig)
+    log = await rig.client.get("/v1/access-log", headers=bearer(supervisor))
+    assert [(e["actor_sub"], e["case_id"], e["action"], e["what"])
+            for e in (await log.json())["entries"]] == [
+        ("sup-1", case, "read", f"notification {waiting['id']} retry")]

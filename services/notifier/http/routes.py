@@ -255,6 +255,7 @@ async def put_preferences(request: web.Request) -> web.Response:
         log.info("dead_letters_rescheduled", user=user, count=saved.dead_letters_rescheduled)
     if saved.milestones_rescheduled or saved.dead_letters_rescheduled:
         c.notifier.poke()
+    await _log_participant_entry_read(request, saved.entry)  # the answer shows it whole
     return json_response(saved.entry.as_json())
 
 
@@ -308,10 +309,18 @@ async def get_preferences(request: web.Request) -> web.Response:
     _, key, found, query = await _entry_asked_for(request)
     if found is None:
         raise _no_entry(key)
-    if found.role == Role.PARTICIPANT.value:  # their address: a read of their cases
-        what = f"preferences role={query.role}" if query.role else "preferences"
-        await _log_read(request, "read", what, found.cases or (None,), participant=found.user_id)
+    await _log_participant_entry_read(
+        request, found, f"preferences role={query.role}" if query.role else "preferences")
     return json_response(found.as_json())
+
+
+async def _log_participant_entry_read(request: web.Request, entry: Preferences,
+                                      what: str = "preferences") -> None:
+    """A participant's entry shown to an audited reader is a read of their cases: their
+    address, and the cases it names (a supervisor's PUT answers the stored ones too)."""
+    if entry.role == Role.PARTICIPANT.value:
+        await _log_read(request, "read", what, entry.cases or (None,),
+                        participant=entry.user_id)
 
 
 # A participant's one-click unsubscribe link (RFC 8058; links.py, 0203). No token: it is
@@ -529,6 +538,9 @@ async def retry_notification(request: web.Request) -> web.Response:
     if not _may_retry(who, row, facts):
         raise Problem(403, "Forbidden", "supervisors, the recipient and the case's manager (of"
                       " a notice to its case manager) retry dead letters", kind="forbidden")
+    # the answer shows the notification (or, refused, its status): a read like its GET's
+    await _log_read(request, "read", f"notification {row.id} retry",
+                    [row.case_id] if row.case_id is not None else [])
     c = ctx(request)
     revived = await store.revive_dead(c.pool, row.id, c.clock())
     if isinstance(revived, store.NotRevived):
