@@ -87,7 +87,8 @@ async def test_an_upgrade_keeps_every_entry_and_a_participant_then_gets_one_of_t
         records: Records, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
     before = await _entries(upgraded_database_url)
     assert await migrate_notifier(upgraded_database_url) == [
-        "0006_step_owner.sql", "0007_directory_kinds.sql", "0008_access_log.sql"]
+        "0006_step_owner.sql", "0007_directory_kinds.sql", "0008_access_log.sql",
+        "0009_handed_on_status.sql", "0010_recalled_at.sql"]
     after = await _entries(upgraded_database_url)
     assert [{k: v for k, v in e.items() if k != "kind"} for e in after] == before
     assert {(e["user_id"], e["kind"]) for e in after} == {

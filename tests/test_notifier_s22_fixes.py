@@ -6,6 +6,7 @@ row's JSON and the listing's SQL); every other reader took it for a mail that we
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -133,3 +134,30 @@ async def test_a_supervisors_retry_is_logged_as_a_read_of_the_notification(
     assert [(e["actor_sub"], e["case_id"], e["action"], e["what"])
             for e in (await log.json())["entries"]] == [
         ("sup-1", case, "read", f"notification {waiting['id']} retry")]
+
+
+async def test_a_notice_found_without_an_address_as_a_save_gives_one_is_sent(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory) -> None:
+    """cm-1 has no preferences yet; cm-2 has. A small win for each is claimed in one batch:
+    cm-1's is decided dead (no address), and while cm-2's waits on a slow mail server, cm-1
+    saves an address. The save looks for dead letters it mends before cm-1's is recorded
+    dead, so it stayed dead until cm-1 saved again."""
+    await rig.set_prefs("cm-2", token(sub="cm-2"))
+    for manager in ("cm-1", "cm-2"):
+        as_them = Records(records.client, token(sub=manager))
+        case = await as_them.open_case(case_manager=manager)
+        await as_them.complete(case, await as_them.step(case, await as_them.goal(case)))
+    await rig.catch_up()
+    smtp.delay = 1.0
+    dispatching = asyncio.create_task(rig.dispatch())
+    for _ in range(500):  # cm-1's was decided with cm-2's: the directory has been read
+        if smtp.sessions:
+            break
+        await asyncio.sleep(0.01)
+    await rig.set_prefs("cm-1", token())
+    await dispatching
+    await rig.dispatch()
+    [small_win] = await rig.rows(kind="small_win", recipient="cm-1")
+    assert (small_win["status"], small_win["last_error"]) == ("sent", None)
+    assert sorted(str(m["To"]) for m in smtp.received) == ["cm-1@example.org",
+                                                           "cm-2@example.org"]

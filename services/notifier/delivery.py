@@ -64,6 +64,9 @@ _RECORD_FIRST_DELAY = 0.2
 _RECORD_MAX_DELAY = 5.0
 _RECORD_PATIENCE_SECONDS = 15 * 60.0
 SHUTDOWN_GRACE = 5.0
+# why a dead letter died that an entry in the directory mends (``_look_again_at_the_dead``)
+_MENDABLE = (*store.MENDED_BY_AN_ADDRESS, *store.MENDED_BY_A_PARTICIPANTS_ADDRESS,
+             *store.MENDED_BY_A_SUPERVISOR)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,8 +287,8 @@ def expected_send(row: Row, prefs: Preferences | None, timing: DatedTiming) -> d
 def _passed_before_called_for(row: Row, moment: datetime) -> bool:
     """A reminder of a review scheduled after the reminder's moment for this reader: it is
     kept in the schedule for readers west of here, for whom it is still ahead."""
-    return (row.kind in HEADS_UP and row.cause_recorded_at is not None
-            and moment < row.cause_recorded_at)
+    called_for = row.last_called_for
+    return row.kind in HEADS_UP and called_for is not None and moment < called_for
 
 
 def _set_it(row: Row) -> str:
@@ -330,11 +333,14 @@ def _earliest_send(row: Row, who: Recipient, timing: DatedTiming | None) -> date
 
 
 def _too_late(row: Row, now: datetime, stale_after: timedelta) -> bool:
-    """Not yet tried and long past due. A manual retry restarts the clock: it is a person's
-    explicit decision to send it now."""
+    """Not yet tried, and long past due and long past the event that called for it (a
+    review held late schedules the next one already overdue; a step may be written with a
+    date already past: counted from the due time, their notices were cancelled as soon as
+    they were called for). A manual retry restarts the clock: it is a person's explicit
+    decision to send it now."""
     if row.attempts_since_revival > 0 or row.kind == Kind.DAILY_DIGEST:
         return False
-    since = max(row.due_at, row.revived_at or row.due_at)
+    since = max(t for t in (row.due_at, row.last_called_for, row.revived_at) if t is not None)
     return now - since > stale_after
 
 
@@ -1017,7 +1023,8 @@ class Dispatcher:
         keeper = asyncio.create_task(self._keep_claim(token))
         try:
             results = await self._handle_all(rows, digests=digests)
-            lost = await self._record(self._settle_all(rows, results), token)
+            outcomes = self._settle_all(rows, results)
+            lost = await self._record(outcomes, token)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -1025,6 +1032,24 @@ class Dispatcher:
         if lost:
             log.warning("another instance took these rows over before their outcome was"
                         " recorded", notifications=[str(i) for i in lost])
+        await self._look_again_at_the_dead(rows, outcomes, lost)
+
+    async def _look_again_at_the_dead(self, rows: Sequence[Row], outcomes: Sequence[Outcome],
+                                      lost: Sequence[UUID]) -> None:
+        """Dead letters just recorded for something the directory gives (an address, a
+        zone, a supervisor) are looked at again with the entries now stored: a save may
+        have committed it after they were decided, and looked for them before they were
+        recorded (``directory.mend_what_died_meanwhile``)."""
+        died = {o.row_id for o in outcomes if o.status == "dead" and o.row_id not in lost
+                and (o.error or "").startswith(_MENDABLE)}
+        if not died:
+            return
+        try:
+            await directory.mend_what_died_meanwhile(
+                self._pool, [r for r in rows if r.id in died], self._clock())
+        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
+            log.warning("could not look again at dead letters just recorded; the next save"
+                        " of their reader's preferences sends them", error=str(error))
 
     def _settle_all(self, rows: Sequence[Row],
                     results: Sequence[Outcome | BaseException | None]) -> list[Outcome]:

@@ -6,7 +6,8 @@ the table itself: migration 0007)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any, TypeAlias
@@ -19,6 +20,8 @@ from services.notifier.store.notifications import (
     MENDED_BY_A_PARTICIPANTS_ADDRESS,
     MENDED_BY_A_SUPERVISOR,
     MENDED_BY_AN_ADDRESS,
+    TO_ONE_STAFF_MEMBER,
+    Row,
     decide_afresh,
     retried_on_deadlock,
     send_mended,
@@ -179,6 +182,7 @@ class CaseOnAnotherEntry(Exception):
 async def _save(pool: asyncpg.Pool, key: EntryKey, make: MakeEntry, updated_by: str,
                 now: datetime, recent: timedelta) -> Saved:
     async with pool.acquire() as conn, conn.transaction():
+        await _take_turns_mending(conn, key[0])
         replaced = await _locked(conn, key)
         prefs = _made(make, replaced, key)
         await _refuse_cases_on_other_entries(conn, prefs, replaced)
@@ -219,6 +223,49 @@ async def send_what_it_mends(conn: asyncpg.Connection, prefs: Preferences,
         mended += await send_mended(conn, prefs.agency, group, group, MENDED_BY_A_SUPERVISOR,
                                     now)
     return mended
+
+
+async def _take_turns_mending(conn: asyncpg.Connection, agency: str) -> None:
+    """Saves of an agency's entries and delivery's second look at the dead letters it just
+    recorded (``mend_what_died_meanwhile``) take turns, for the transaction: whichever comes
+    second sees what the first committed."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                       f"casetrail-mend:{agency}")
+
+
+async def mend_what_died_meanwhile(pool: asyncpg.Pool, dead: Sequence[Row],
+                                   now: datetime) -> int:
+    """Send what the directory now mends of dead letters just recorded (``send_what_it_mends``,
+    for each entry they were addressed through, as now stored). Delivery read the directory
+    before a save committed what a notice lacked, and the save looked for dead letters to
+    mend before this one was recorded dead: it waited for the next save. Returns how many."""
+    mended = 0
+    for agency in sorted({row.agency for row in dead}):
+        rows = [r for r in dead if r.agency == agency]
+        mended += await retried_on_deadlock(functools.partial(_mend, pool, rows, now))
+    return mended
+
+
+async def _mend(pool: asyncpg.Pool, rows: Sequence[Row], now: datetime) -> int:
+    async with pool.acquire() as conn, conn.transaction():
+        await _take_turns_mending(conn, rows[0].agency)
+        return sum([await send_what_it_mends(conn, prefs, now)
+                    for prefs in await _entries_addressed(conn, rows)])
+
+
+async def _entries_addressed(conn: asyncpg.Connection, rows: Sequence[Row]) -> list[Preferences]:
+    """The entries, as stored now, through which ``rows`` (of one agency) reach their readers:
+    a staff member's, a participant's (by case), and one supervisor's for the group."""
+    agency = rows[0].agency
+    staff = {(agency, r.recipient) for r in rows if r.recipient_role in TO_ONE_STAFF_MEMBER}
+    found = list((await users(conn, staff)).values())
+    if any(r.recipient_role == RecipientRole.SUPERVISORS for r in rows):
+        found += (await supervisors(conn, agency))[:1]
+    cases = {r.case_id for r in rows if r.recipient_role == RecipientRole.PARTICIPANT}
+    for case_id in sorted(c for c in cases if c is not None):
+        participant = await participant_of(conn, agency, case_id)
+        found += [participant] if participant is not None else []
+    return found
 
 
 async def _refuse_cases_on_other_entries(conn: asyncpg.Connection, prefs: Preferences,

@@ -42,7 +42,7 @@ def digest_message_id(row_id: UUID, history_began: datetime | None, domain: str)
     whose Message-ID they have seen."""
     if history_began is None:
         return message_id(row_id, domain)
-    return f"<{row_id}.{int(history_began.timestamp() * 1_000_000)}@{domain}>"
+    return message_id(uuid5(row_id, history_began.isoformat()), domain)
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,14 @@ class Row:
     revived_at: datetime | None = None  # the last manual retry of it as a dead letter
     attempts_before_revival: int = 0
     cause_recorded_at: datetime | None = None  # None: recorded before the column existed
+    recalled_at: datetime | None = None  # called for again after the case cancelled it
+
+    @property
+    def last_called_for(self) -> datetime | None:
+        """When the notice was last called for: by its cause, or again after its case had
+        cancelled it."""
+        known = [t for t in (self.cause_recorded_at, self.recalled_at) if t is not None]
+        return max(known, default=None)
 
     @property
     def attempts_since_revival(self) -> int:
@@ -82,7 +90,7 @@ class Row:
                    r["last_code"], r["last_error"], r["message_id"], json.loads(r["context"]),
                    r["first_attempt_at"], r["sent_at"], r["digest_id"], r["parent_id"],
                    r["claim_token"], r["revived_at"], r["attempts_before_revival"],
-                   r["cause_recorded_at"])
+                   r["cause_recorded_at"], r["recalled_at"])
 
     def as_json(self) -> dict[str, Any]:
         return {"id": str(self.id), "key": self.key, "kind": self.kind,
@@ -99,32 +107,36 @@ class Row:
 _INSERT = """
 INSERT INTO notifier.notifications
   (id, key, kind, case_id, agency, recipient_role, recipient, due_at, not_before, status,
-   message_id, context, source_event, parent_id, created_at, updated_at, cause_recorded_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 'scheduled', $9, $10::jsonb, $11, $12, $13, $13, $14)
+   message_id, context, source_event, parent_id, created_at, updated_at, cause_recorded_at,
+   recalled_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 'scheduled', $9, $10::jsonb, $11, $12, $13, $13, $14,
+        $15)
 ON CONFLICT DO NOTHING"""
 # No conflict target: the id is derived from the key, so both are unique, and a second
 # insert racing the first past the key's check would fail on the id's index instead.
 
 
 def _insert_args(n: Notice, domain: str, now: datetime, cause_recorded_at: datetime | None,
-                 parent_id: UUID | None = None, *,
-                 history_began: datetime | None = None) -> tuple[Any, ...]:
+                 parent_id: UUID | None = None, *, history_began: datetime | None = None,
+                 recalled_at: datetime | None = None) -> tuple[Any, ...]:
     row_id = notification_id(n.key)
     message = (digest_message_id(row_id, history_began, domain) if n.kind == Kind.DAILY_DIGEST
                else message_id(row_id, domain))
     return (row_id, n.key, str(n.kind), n.case_id, n.agency, str(n.recipient_role),
             n.recipient, n.due_at, message, json.dumps(n.context),
-            n.source_event, parent_id, now, cause_recorded_at)
+            n.source_event, parent_id, now, cause_recorded_at, recalled_at)
 
 
 async def insert_notices(conn: asyncpg.Connection, notices: Sequence[Notice], domain: str,
                          now: datetime, *, cause_recorded_at: datetime | None,
-                         parent_id: UUID | None = None) -> None:
+                         parent_id: UUID | None = None,
+                         recalled_at: datetime | None = None) -> None:
     """Insert new notices; a key seen before is left as it is (replays add nothing).
     ``cause_recorded_at``: when the event that called for them was recorded."""
     if notices:
         await conn.executemany(_INSERT, [_insert_args(n, domain, now, cause_recorded_at,
-                                                      parent_id) for n in notices])
+                                                      parent_id, recalled_at=recalled_at)
+                                         for n in notices])
 
 
 def _json_equal(stored: str, wanted: dict[str, Any]) -> bool:
@@ -165,13 +177,17 @@ async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Seque
 
 async def _redate(conn: asyncpg.Connection, changed: Sequence[Notice], now: datetime,
                   cause_recorded_at: datetime) -> None:
-    """A re-dated notice is a new call for it; a revived one keeps its cause's time.
-    A revived one leaves the digest it sat in when it was cancelled (that one has gone out or
-    been given up), so it is decided afresh when due."""
+    """A re-dated notice is a new call for it; a revived one keeps its cause's time (an
+    earlier notifier may have sent it: 0200) and records when it was called for again
+    (``recalled_at``): whether it is stale, or its moment had passed, counts from then (a
+    reopened case's nudges came back only to be cancelled as too late). A revived one leaves
+    the digest it sat in when it was cancelled (that one has gone out or been given up), so
+    it is decided afresh when due."""
     await conn.executemany(
         "UPDATE notifier.notifications SET status = 'scheduled', recipient = $2, due_at = $3,"
         " not_before = $3, context = $4::jsonb, cancelled_by_case = false, last_error = NULL,"
         " digest_id = CASE WHEN status = 'cancelled' THEN NULL ELSE digest_id END,"
+        " recalled_at = CASE WHEN status = 'cancelled' THEN $6 ELSE recalled_at END,"
         " updated_at = $5, cause_recorded_at = CASE WHEN due_at = $3 THEN cause_recorded_at"
         " ELSE $6 END WHERE key = $1",
         [(n.key, n.recipient, n.due_at, json.dumps(n.context), now, cause_recorded_at)
@@ -545,7 +561,7 @@ async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], d
         shared = json.loads(context)  # inserting only reads it
         await insert_notices(conn, [replace(c, context=shared) for c in children],
                              domain, now, cause_recorded_at=parent.cause_recorded_at,
-                             parent_id=parent.id)
+                             parent_id=parent.id, recalled_at=parent.recalled_at)
 
 
 async def release(pool: asyncpg.Pool, row: Row, not_before: datetime, now: datetime) -> None:
