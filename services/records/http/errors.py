@@ -75,7 +75,7 @@ def _problem(error: Exception) -> Problem | None:
 
 
 # set on a removal whose reason came as ``?reason=``: a refusal of it names the query's field
-REASON_IN_QUERY = "casetrail.reason_in_query"
+REASON_IN_QUERY = web.RequestKey("reason_in_query", bool)
 
 
 def _naming_the_query(problem: Problem) -> Problem:
