@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from services.notifier.http.app import MIGRATIONS
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig, text_of
-from tests.test_notifier_access_log import _settled
+from tests.pg_waits import until_nothing_held_back
 
 Client = Callable[..., Awaitable[TestClient]]
 
@@ -129,7 +129,7 @@ async def test_a_supervisors_retry_is_logged_as_a_read_of_the_notification(
     response = await rig.client.post(f"/v1/notifications/{waiting['id']}/retry",
                                      headers=bearer(supervisor))
     assert response.status == 409, await response.text()
-    await _settled(rig)
+    await until_nothing_held_back(rig.notifier.pool, "notifier.access_log")
     log = await rig.client.get("/v1/access-log", headers=bearer(supervisor))
     assert [(e["actor_sub"], e["case_id"], e["action"], e["what"])
             for e in (await log.json())["entries"]] == [
