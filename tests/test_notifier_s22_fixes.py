@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from services.notifier.http.app import MIGRATIONS
@@ -71,9 +72,11 @@ async def test_migration_0009_stores_handed_on_what_the_earlier_code_stored_sent
     await _overdue_handed_on(rig, records, token, clock)
     before = {r["id"]: r for r in await rig.rows(kind="review_overdue")}
     async with rig.notifier.pool.acquire() as conn, conn.transaction():
-        await conn.execute(  # the schema and rows as the earlier code left them
+        await conn.execute(  # the schema and rows as the earlier code left them (before the
+            # twenty-first session, with the moment it was handed on as its sent_at)
             "ALTER TABLE notifier.notifications DROP CONSTRAINT notifications_status_check;"
-            " UPDATE notifier.notifications SET status = 'sent' WHERE status = 'handed_on';"
+            " UPDATE notifier.notifications SET status = 'sent', sent_at = updated_at"
+            " WHERE status = 'handed_on';"
             " ALTER TABLE notifier.notifications ADD CONSTRAINT notifications_status_check "
             + OLD_STATUS_CHECK)
         await conn.execute((MIGRATIONS / "0009_handed_on_status.sql").read_text())
@@ -161,3 +164,26 @@ async def test_a_notice_found_without_an_address_as_a_save_gives_one_is_sent(
     assert (small_win["status"], small_win["last_error"]) == ("sent", None)
     assert sorted(str(m["To"]) for m in smtp.received) == ["cm-1@example.org",
                                                            "cm-2@example.org"]
+
+
+@pytest.mark.parametrize(("column", "stored"), [
+    pytest.param("timezone", "Mars/Olympus_Mons", id="a-zone-stored-before-zones-were-checked"),
+    pytest.param("email", "jo,smith@example.com",
+                 id="an-address-stored-before-addresses-were-checked")])
+async def test_a_dead_letter_its_entry_still_cannot_mend_dies_once(
+        rig: NotifierRig, records: Records, token: TokenFactory, column: str,
+        stored: str) -> None:
+    """The second look at a dead letter (above) mended it under an entry that had not
+    changed: claimed again at once, it died again, hundreds of times within one dispatch,
+    which did not return (a review of this session's change)."""
+    await rig.set_prefs("cm-1", token())
+    await rig.notifier.pool.execute(f"UPDATE notifier.directory SET {column} = $1", stored)
+    case = await records.open_case()
+    await records.complete(case, await records.step(case, await records.goal(case)))
+    await rig.catch_up()
+    async with asyncio.timeout(20):
+        await rig.dispatch()
+    [small_win] = await rig.rows(kind="small_win")
+    assert (small_win["status"], small_win["attempts"]) == ("dead", 0)
+    samples = (await (await rig.client.get("/metrics")).text()).splitlines()
+    assert 'casetrail_notifications_dead_total{kind="small_win"} 1.0' in samples

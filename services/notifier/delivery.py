@@ -16,7 +16,7 @@ import contextlib
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from email import policy
@@ -1022,7 +1022,8 @@ class Dispatcher:
         # the lease is kept until the outcomes are recorded, however long that takes
         keeper = asyncio.create_task(self._keep_claim(token))
         try:
-            results = await self._handle_all(rows, digests=digests)
+            who = await self._recipients(rows)
+            results = await self._handle_all(rows, who, digests=digests)
             outcomes = self._settle_all(rows, results)
             lost = await self._record(outcomes, token)
         finally:
@@ -1032,9 +1033,10 @@ class Dispatcher:
         if lost:
             log.warning("another instance took these rows over before their outcome was"
                         " recorded", notifications=[str(i) for i in lost])
-        await self._look_again_at_the_dead(rows, outcomes, lost)
+        await self._look_again_at_the_dead(rows, who, outcomes, lost)
 
-    async def _look_again_at_the_dead(self, rows: Sequence[Row], outcomes: Sequence[Outcome],
+    async def _look_again_at_the_dead(self, rows: Sequence[Row], who: Mapping[UUID, Recipient],
+                                      outcomes: Sequence[Outcome],
                                       lost: Sequence[UUID]) -> None:
         """Dead letters just recorded for something the directory gives (an address, a
         zone, a supervisor) are looked at again with the entries now stored: a save may
@@ -1046,7 +1048,8 @@ class Dispatcher:
             return
         try:
             await directory.mend_what_died_meanwhile(
-                self._pool, [r for r in rows if r.id in died], self._clock())
+                self._pool, [(r, who[r.id].prefs) for r in rows if r.id in died],
+                self._clock())
         except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
             log.warning("could not look again at dead letters just recorded; the next save"
                         " of their reader's preferences sends them", error=str(error))
@@ -1093,9 +1096,8 @@ class Dispatcher:
                             " again", error=repr(error), retry_in=delay)
             await asyncio.sleep(delay)
 
-    async def _handle_all(self, rows: Sequence[Row], *,
+    async def _handle_all(self, rows: Sequence[Row], who: Mapping[UUID, Recipient], *,
                           digests: bool) -> list[Outcome | BaseException | None]:
-        who = await self._recipients(rows)
         handle = self._handle_digest if digests else self._handle
         # one row's failure must not lose the others' outcomes (they were sent)
         return await asyncio.gather(*(handle(row, who[row.id]) for row in rows),

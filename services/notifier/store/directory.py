@@ -20,7 +20,6 @@ from services.notifier.store.notifications import (
     MENDED_BY_A_PARTICIPANTS_ADDRESS,
     MENDED_BY_A_SUPERVISOR,
     MENDED_BY_AN_ADDRESS,
-    TO_ONE_STAFF_MEMBER,
     Row,
     decide_afresh,
     retried_on_deadlock,
@@ -233,39 +232,45 @@ async def _take_turns_mending(conn: asyncpg.Connection, agency: str) -> None:
                        f"casetrail-mend:{agency}")
 
 
-async def mend_what_died_meanwhile(pool: asyncpg.Pool, dead: Sequence[Row],
+async def mend_what_died_meanwhile(pool: asyncpg.Pool,
+                                   dead: Sequence[tuple[Row, Preferences | None]],
                                    now: datetime) -> int:
-    """Send what the directory now mends of dead letters just recorded (``send_what_it_mends``,
-    for each entry they were addressed through, as now stored). Delivery read the directory
-    before a save committed what a notice lacked, and the save looked for dead letters to
-    mend before this one was recorded dead: it waited for the next save. Returns how many."""
+    """Send what the directory now mends of dead letters just recorded, each with the entry
+    it was decided under (None: none). Delivery read the directory before a save committed
+    what a notice lacked, and the save looked for dead letters to mend before this one was
+    recorded dead: it waited for the next save. Only an entry saved since the decision
+    mends (``send_what_it_mends``, as the save would have): under the same entry the letter
+    would die again, claimed again at once. Each in a transaction of its own, as a save's.
+    Returns how many."""
     mended = 0
-    for agency in sorted({row.agency for row in dead}):
-        rows = [r for r in dead if r.agency == agency]
-        mended += await retried_on_deadlock(functools.partial(_mend, pool, rows, now))
+    for row, decided_under in dead:
+        mended += await retried_on_deadlock(
+            functools.partial(_mend, pool, row, decided_under, now))
     return mended
 
 
-async def _mend(pool: asyncpg.Pool, rows: Sequence[Row], now: datetime) -> int:
+async def _mend(pool: asyncpg.Pool, row: Row, decided_under: Preferences | None,
+                now: datetime) -> int:
     async with pool.acquire() as conn, conn.transaction():
-        await _take_turns_mending(conn, rows[0].agency)
-        return sum([await send_what_it_mends(conn, prefs, now)
-                    for prefs in await _entries_addressed(conn, rows)])
+        await _take_turns_mending(conn, row.agency)
+        if row.recipient_role == RecipientRole.SUPERVISORS:  # it died for want of one
+            if not await supervisors(conn, row.agency):
+                return 0
+            group = [RecipientRole.SUPERVISORS]
+            return await send_mended(conn, row.agency, group, group, MENDED_BY_A_SUPERVISOR,
+                                     now)
+        entry = await _entry_reaching(conn, row)
+        if entry is None or entry == decided_under:
+            return 0
+        return await send_what_it_mends(conn, entry, now)
 
 
-async def _entries_addressed(conn: asyncpg.Connection, rows: Sequence[Row]) -> list[Preferences]:
-    """The entries, as stored now, through which ``rows`` (of one agency) reach their readers:
-    a staff member's, a participant's (by case), and one supervisor's for the group."""
-    agency = rows[0].agency
-    staff = {(agency, r.recipient) for r in rows if r.recipient_role in TO_ONE_STAFF_MEMBER}
-    found = list((await users(conn, staff)).values())
-    if any(r.recipient_role == RecipientRole.SUPERVISORS for r in rows):
-        found += (await supervisors(conn, agency))[:1]
-    cases = {r.case_id for r in rows if r.recipient_role == RecipientRole.PARTICIPANT}
-    for case_id in sorted(c for c in cases if c is not None):
-        participant = await participant_of(conn, agency, case_id)
-        found += [participant] if participant is not None else []
-    return found
+async def _entry_reaching(conn: asyncpg.Connection, row: Row) -> Preferences | None:
+    """The entry, as stored now, through which ``row`` reaches its reader (one person)."""
+    if row.recipient_role == RecipientRole.PARTICIPANT:
+        return await participant_of(conn, row.agency, row.case_id) \
+            if row.case_id is not None else None
+    return (await users(conn, {(row.agency, row.recipient)})).get((row.agency, row.recipient))
 
 
 async def _refuse_cases_on_other_entries(conn: asyncpg.Connection, prefs: Preferences,

@@ -548,20 +548,22 @@ async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], d
     parent is still held under its claim (else whoever holds it now hands it on). The parent
     ends ``handed_on``: it was mailed to no one. Children carry the parent's context as it is
     when handed on, not as ``parent`` was loaded: a transfer or a new name may have changed it
-    since (and they are keyed by parent and member, so a later hand-on adds no others)."""
+    since, and so may a reopening its times called for (they are keyed by parent and member,
+    so a later hand-on adds no others)."""
     async with pool.acquire() as conn, conn.transaction():
-        context = await conn.fetchval(
+        handed = await conn.fetchrow(
             f"UPDATE notifier.notifications SET status = '{HANDED_ON}', last_error = $3,"
             " lease_owner = NULL, lease_until = NULL, claim_token = NULL, updated_at = $2"
-            " WHERE id = $1 AND claim_token = $4 RETURNING context::text",
+            " WHERE id = $1 AND claim_token = $4"
+            " RETURNING context::text, cause_recorded_at, recalled_at",
             parent.id, now, "handed on to " + ", ".join(c.recipient for c in children),
             parent.claim_token)
-        if context is None:
+        if handed is None:
             return
-        shared = json.loads(context)  # inserting only reads it
+        shared = json.loads(handed["context"])  # inserting only reads it
         await insert_notices(conn, [replace(c, context=shared) for c in children],
-                             domain, now, cause_recorded_at=parent.cause_recorded_at,
-                             parent_id=parent.id, recalled_at=parent.recalled_at)
+                             domain, now, cause_recorded_at=handed["cause_recorded_at"],
+                             parent_id=parent.id, recalled_at=handed["recalled_at"])
 
 
 async def release(pool: asyncpg.Pool, row: Row, not_before: datetime, now: datetime) -> None:
