@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import socket
 import ssl
@@ -1163,7 +1164,7 @@ class Dispatcher:
                 except (ValueError, KeyError, OSError) as error:
                     return Outcome(row.id, "dead", False, row.attempts,
                                    error=f"could not render the message: {error!r}")
-                return await self._send(row, rendered, address, unsubscribe)
+                return await self._send(row, _as_is(rendered), address, unsubscribe)
             case Cancel(reason):
                 return Outcome(row.id, "cancelled", False, row.attempts, error=reason)
             case Dead(reason):
@@ -1209,10 +1210,8 @@ class Dispatcher:
         raise RuntimeError(f"no open digest for {row.recipient} within a week")
 
     async def _handle_digest(self, digest: Row, who: Recipient) -> Outcome | None:
-        items = await store.digest_children(self._pool, digest.id)
-        if not items:
-            return Outcome(digest.id, "cancelled", False, digest.attempts,
-                           error="nothing left to send")
+        if not await store.digest_children(self._pool, digest.id):
+            return _nothing_left(digest)
         now = self._clock()
         quiet_end = quiet_until(who.prefs, now) if who.prefs is not None else None
         if quiet_end is not None:  # a digest waits out quiet hours like any message
@@ -1222,11 +1221,8 @@ class Dispatcher:
             outcome = Outcome(digest.id, "dead", False, digest.attempts,
                               error=f"{store.NO_ADDRESS_FOR}{digest.recipient}")
         else:
-            today = self._readers_today(who, now)
-            rendered = render_digest([render(i.kind, i.context, i.case_id, today=today,
-                                             plan_url=self._settings.plan_url)
-                                      for i in items])
-            sent = await self._send(digest, rendered, who.address)
+            sent = await self._send(digest, functools.partial(self._compose_digest, digest,
+                                                              who), who.address)
             if sent is None:
                 return None
             outcome = sent
@@ -1235,16 +1231,27 @@ class Dispatcher:
             [outcome])
         return outcome
 
-    async def _send(self, row: Row, rendered: Rendered, address: str,
-                    unsubscribe_url: str | None = None) -> Outcome | None:
-        """Send the row's message, unless it is no longer ours to send (None)."""
+    async def _compose_digest(self, digest: Row, who: Recipient) -> Rendered | Outcome:
+        """The digest as its notices read now: each may have been cancelled, or moved to
+        another reader, while the digest waited for a connection (it told a closed case's
+        and a transferred case's news, and notices taken back)."""
+        items = await store.digest_children(self._pool, digest.id)
+        if not items:
+            return _nothing_left(digest)
+        today = self._readers_today(who, self._clock())
+        return render_digest([render(i.kind, i.context, i.case_id, today=today,
+                                     plan_url=self._settings.plan_url) for i in items])
+
+    async def _send(self, row: Row, compose: Callable[[], Awaitable[Rendered | Outcome]],
+                    address: str, unsubscribe_url: str | None = None) -> Outcome | None:
+        """Send the row's message, unless it is no longer ours to send (None). It is
+        composed once the row is confirmed ours, just before it goes: only a message already
+        on its way goes as it was read (a composition may also find nothing left to say)."""
         try:
             plain_mailbox(address)
         except ValueError:  # stored before addresses were checked: mail would go elsewhere
             return Outcome(row.id, "dead", False, row.attempts,
                            error=f"{store.NOT_A_PLAIN_ADDRESS}; correct it")
-        message = build_message(row, rendered, address, self._from, self._clock(),
-                                unsubscribe_url)
         async with self._slots:
             if self._stopping:  # what is sent now may not be recorded before the stop ends
                 with contextlib.suppress(*DATABASE_UNAVAILABLE):  # else its lease runs out
@@ -1255,6 +1262,11 @@ class Dispatcher:
                 log.info("not sending: the row was taken over or cancelled while it waited",
                          notification=str(row.id))
                 return None
+            composed = await compose()
+            if isinstance(composed, Outcome):
+                return composed
+            message = build_message(row, composed, address, self._from, self._clock(),
+                                    unsubscribe_url)
             result = await self._smtp.send(message, address)
         return self._outcome(row, result)
 
@@ -1291,6 +1303,17 @@ class Dispatcher:
         else:
             verdict = "cannot be sent"
         return replace(done, status="dead", error=f"{verdict}: {error}")
+
+
+def _nothing_left(digest: Row) -> Outcome:
+    return Outcome(digest.id, "cancelled", False, digest.attempts, error="nothing left to send")
+
+
+def _as_is(rendered: Rendered) -> Callable[[], Awaitable[Rendered]]:
+    """A message composed already (a notice's own, rendered as it was claimed)."""
+    async def compose() -> Rendered:
+        return rendered
+    return compose
 
 
 def _log_unrecorded(outcomes: Sequence[Outcome], error: BaseException) -> None:
