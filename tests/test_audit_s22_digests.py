@@ -228,6 +228,38 @@ SUMMARY_2 = "Your Casetrail summary: 2 updates"
 CM1 = "cm-1@example.org"
 
 
+async def test_a_notice_told_in_a_digest_already_on_its_way_is_recorded_as_told(
+        aiohttp_client: Client, fresh_database_url: str, records: Records,
+        clock: FakeClock, token: TokenFactory) -> None:
+    """A digest at the mail server (held at DATA) when its notice's case closes: the mail told
+    it, so its row says sent, as a single notice's does in the same race (a review found it
+    recorded "the case was closed")."""
+    smtp = await GatedSmtp().start()
+    try:
+        rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock)
+        await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+        case, _ = await win(as_user(records, token, "cm-1"), "Told win")
+        await rig.catch_up()
+        await rig.dispatch()
+        clock.now = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+        smtp.held = True
+        sending = asyncio.create_task(rig.notifier.dispatcher.send_digests())
+        await asyncio.wait_for(smtp.entered.wait(), 10)
+        await records.close(case)
+        await rig.catch_up()
+        smtp.gate.set()
+        await asyncio.wait_for(sending, 30)
+    finally:
+        smtp.gate.set()
+        await smtp.stop()
+    [message] = smtp.received
+    assert "Told win" in text_of(message)
+    [item] = await rig.rows(kind="small_win")
+    [digest] = await rig.rows(kind="daily_digest")
+    assert digest["status"] == "sent"
+    assert (item["status"], item["last_error"]) == ("sent", None)
+
+
 async def test_switching_immediate_digest_immediate_loses_nothing_and_sends_nothing_twice(
         rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
         token: TokenFactory) -> None:

@@ -7,15 +7,18 @@ row's JSON and the listing's SQL); every other reader took it for a mail that we
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from services.notifier.http.app import MIGRATIONS
+from services.notifier.store import notifications as store
+from services.notifier.store.notifications import Row
 from tests.conftest import FakeClock, TokenFactory, bearer
 from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig, text_of
 from tests.pg_waits import until_nothing_held_back
@@ -187,3 +190,96 @@ async def test_a_dead_letter_its_entry_still_cannot_mend_dies_once(
     assert (small_win["status"], small_win["attempts"]) == ("dead", 0)
     samples = (await (await rig.client.get("/metrics")).text()).splitlines()
     assert 'casetrail_notifications_dead_total{kind="small_win"} 1.0' in samples
+
+
+# --- a notice the feed settles while a dispatcher holds it (a review of this session) -------
+# The dispatcher's claim and its handling of the batch are run one after the other, as
+# dispatch_due runs them, with the feed's page applied in between.
+
+
+async def _overdue_claimed(rig: NotifierRig, records: Records, token: TokenFactory,
+                           clock: FakeClock, *, supervisors: bool = True,
+                           ) -> tuple[str, str, list[Row]]:
+    if supervisors:
+        await rig.set_prefs("cm-1", token())
+        boss = token(role="supervisor", sub="sup-1")
+        await rig.set_prefs("sup-1", boss)
+        await rig.set_prefs("sup-2", boss, role="supervisor")
+    case = await records.open_case()
+    review = await records.agree(case)
+    await rig.catch_up()
+    clock.advance(days=62)  # two days past the review's due date: the overdue moment
+    rows = await store.claim_due(rig.notifier.pool, owner="a", now=clock(), limit=100,
+                                 lease=timedelta(minutes=5), digests=False)
+    assert {r.recipient_role for r in rows if r.kind == "review_overdue"} == {
+        "case_manager", "supervisors"}
+    return case, review, rows
+
+
+@pytest.mark.parametrize("settled_by", ["the case closed", "the review held"])
+async def test_a_group_notice_the_feed_cancelled_while_claimed_is_not_handed_on(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock, settled_by: str) -> None:
+    """The hand-on checked only the claim, so it wrote `handed_on` over `cancelled` and each
+    supervisor was told of a review not held, of a closed case, or one held."""
+    case, review, rows = await _overdue_claimed(rig, records, token, clock)
+    await (records.close(case) if settled_by == "the case closed"
+           else records.hold_review(case, review))
+    await rig.catch_up()
+    await rig.notifier.dispatcher._handle_batch(rows, digests=False)
+    for _ in range(3):
+        await rig.dispatch()
+    [group] = [r for r in await rig.rows(kind="review_overdue", recipient="supervisors")
+               if review in r["key"]]
+    assert group["status"] == "cancelled"
+    assert [m["To"] for m in smtp.received if "not yet recorded" in str(m["Subject"])] == []
+
+
+async def test_a_notice_the_feed_cancelled_while_claimed_keeps_that_fate(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """cm-1 has no preferences: the overdue notice dies for want of an address, decided after
+    the review was held. Recorded dead over `cancelled`, it was then mended by cm-1's first
+    save, and cm-1 was told a review they had held was not recorded."""
+    case, review, rows = await _overdue_claimed(rig, records, token, clock, supervisors=False)
+    [mine] = [r for r in rows if r.kind == "review_overdue" and r.recipient == "cm-1"]
+    await records.hold_review(case, review)
+    await rig.catch_up()
+    await rig.notifier.dispatcher._handle_batch(rows, digests=False)
+    [row] = await rig.rows(id=mine.id)
+    assert (row["status"], row["claim_token"]) == ("cancelled", None)
+    await rig.set_prefs("cm-1", token())
+    for _ in range(3):
+        await rig.dispatch()
+    [row] = await rig.rows(id=mine.id)
+    assert row["status"] == "cancelled"
+    assert [m["To"] for m in smtp.received if "not yet recorded" in str(m["Subject"])] == []
+
+
+async def test_a_notice_a_digest_cannot_render_dies_alone_and_the_digest_goes(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """One notice whose stored context cannot be rendered failed the whole digest at each
+    try until it died, and its other notices were left waiting in the dead digest for good
+    (nothing claims a notice in a digest)."""
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    case = await records.open_case()
+    goal = await records.goal(case)
+    for name in ("Good win", "Bad win"):
+        await records.complete(case, await records.step(case, goal, name))
+    await rig.catch_up()
+    await rig.dispatch()
+    await rig.notifier.pool.execute(
+        "UPDATE notifier.notifications SET context = context || '{\"due_date\": \"garbage\"}'"
+        " WHERE kind = 'small_win' AND context->>'description' = 'Bad win'")
+    clock.now = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+    await rig.notifier.dispatcher.send_digests()
+    [digest] = await rig.rows(kind="daily_digest")
+    assert digest["status"] == "sent"
+    [mail] = smtp.received
+    assert "Good win" in text_of(mail)
+    assert "Bad win" not in text_of(mail)
+    wins = {json.loads(r["context"])["description"]: r for r in await rig.rows(kind="small_win")}
+    assert wins["Good win"]["status"] == "sent"
+    assert wins["Bad win"]["status"] == "dead"
+    assert str(wins["Bad win"]["last_error"]).startswith("could not render the message")

@@ -1217,30 +1217,44 @@ class Dispatcher:
         if quiet_end is not None:  # a digest waits out quiet hours like any message
             await self.release(digest, quiet_end)
             return None
+        told: list[UUID] = []  # the notices the mail tells, once composed
         if not who.address:
             outcome = Outcome(digest.id, "dead", False, digest.attempts,
                               error=f"{store.NO_ADDRESS_FOR}{digest.recipient}")
         else:
-            sent = await self._send(digest, functools.partial(self._compose_digest, digest,
-                                                              who), who.address)
+            try:
+                sent = await self._send(digest, functools.partial(
+                    self._compose_digest, digest, who, told), who.address)
+            except Exception as error:  # as ``_settled`` takes it; its notices share its fate
+                sent = self._settled(digest, error)
             if sent is None:
                 return None
             outcome = sent
         await self._while_unavailable(  # else a digest sent is sent again, as failed
-            lambda: store.mark_digest_children(self._pool, digest.id, outcome, self._clock()),
+            lambda: store.mark_digest_children(self._pool, digest.id, outcome, told,
+                                               self._clock()),
             [outcome])
         return outcome
 
-    async def _compose_digest(self, digest: Row, who: Recipient) -> Rendered | Outcome:
-        """The digest as its notices read now: each may have been cancelled, or moved to
-        another reader, while the digest waited for a connection (it told a closed case's
-        and a transferred case's news, and notices taken back)."""
-        items = await store.digest_children(self._pool, digest.id)
-        if not items:
-            return _nothing_left(digest)
+    async def _compose_digest(self, digest: Row, who: Recipient,
+                              told: list[UUID]) -> Rendered | Outcome:
+        """The digest as its notices read now (each may have been cancelled, or moved to
+        another reader, while the digest waited for a connection: it told a closed case's
+        and a transferred case's news, and notices taken back); their ids go in ``told``. A
+        notice that cannot be rendered is a dead letter of its own, saying why (it made the
+        whole digest fail until it died, its other notices left waiting in it for good)."""
         today = self._readers_today(who, self._clock())
-        return render_digest([render(i.kind, i.context, i.case_id, today=today,
-                                     plan_url=self._settings.plan_url) for i in items])
+        parts: list[Rendered] = []
+        unreadable: list[tuple[UUID, str]] = []
+        for item in await store.digest_children(self._pool, digest.id):
+            try:
+                parts.append(render(item.kind, item.context, item.case_id, today=today,
+                                    plan_url=self._settings.plan_url))
+                told.append(item.id)
+            except (ValueError, KeyError, OSError) as error:
+                unreadable.append((item.id, f"could not render the message: {error!r}"))
+        await store.give_up_items(self._pool, unreadable, self._clock())
+        return render_digest(parts) if parts else _nothing_left(digest)
 
     async def _send(self, row: Row, compose: Callable[[], Awaitable[Rendered | Outcome]],
                     address: str, unsubscribe_url: str | None = None) -> Outcome | None:

@@ -344,7 +344,7 @@ async def supervisors(db: Db, agency: str) -> list[Preferences]:
 async def participant_of(db: Db, agency: str, case_id: UUID) -> Preferences | None:
     row = await db.fetchrow("SELECT * FROM notifier.directory WHERE agency = $1"
                             " AND role = 'participant' AND cases @> ARRAY[$2::uuid]"
-                            " ORDER BY updated_at DESC LIMIT 1", agency, case_id)
+                            " ORDER BY updated_at DESC, user_id LIMIT 1", agency, case_id)
     return Preferences.of(row) if row else None
 
 

@@ -469,6 +469,10 @@ async def retried_on_deadlock(work: Callable[[], Awaitable[_T]], attempts: int =
     raise AssertionError("unreachable")
 
 
+# in recording an outcome ($2) of a row: whether the outcome is its fate
+_STILL_OURS_TO_SETTLE = "(status IN ('scheduled', 'failed') OR $2 = 'sent')"
+
+
 async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now: datetime,
                            token: UUID) -> list[UUID]:
     if not outcomes:
@@ -481,15 +485,21 @@ async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now:
         ours = {r["id"] for r in held}
         lost = [o.row_id for o in outcomes if o.row_id not in ours]
         outcomes = [o for o in outcomes if o.row_id in ours]
+        # A row the feed settled while it was ours (its case closed, its review held: it is
+        # cancelled) keeps that fate, unless the mail went, which is recorded as it happened:
+        # recorded dead (no address) or failed, it was mended or retried and sent after all.
         await conn.executemany(
-            """UPDATE notifier.notifications SET status = $2,
-                 attempts = attempts + $3::int, last_code = $4, last_error = $5,
+            f"""UPDATE notifier.notifications SET
+                 status = CASE WHEN {_STILL_OURS_TO_SETTLE} THEN $2 ELSE status END,
+                 attempts = attempts + $3::int, last_code = $4,
+                 last_error = CASE WHEN {_STILL_OURS_TO_SETTLE} THEN $5 ELSE last_error END,
                  not_before = coalesce($6, not_before),
                  sent_at = CASE WHEN $2 = 'sent' THEN $7 ELSE sent_at END,
                  first_attempt_at = CASE WHEN $3::int = 1 THEN coalesce(first_attempt_at, $7)
                                          ELSE first_attempt_at END,
-                 cancelled_by_case = false, lease_owner = NULL, lease_until = NULL,
-                 claim_token = NULL, updated_at = $7
+                 cancelled_by_case = CASE WHEN {_STILL_OURS_TO_SETTLE} THEN false
+                                          ELSE cancelled_by_case END,
+                 lease_owner = NULL, lease_until = NULL, claim_token = NULL, updated_at = $7
                WHERE id = $1""",
             [(o.row_id, o.status, 1 if o.attempted else 0, o.code, o.error, o.not_before, now)
              for o in outcomes])
@@ -502,16 +512,33 @@ async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now:
 
 
 async def mark_digest_children(pool: asyncpg.Pool, digest_id: UUID, outcome: Outcome,
-                               now: datetime) -> None:
-    """The notices inside a digest share its fate once it is sent or given up."""
-    if outcome.status not in ("sent", "dead"):
-        return
-    await pool.execute(
-        "UPDATE notifier.notifications SET status = $2, last_code = $3, last_error = $4,"
-        " sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, updated_at = $5"
-        " WHERE digest_id = $1 AND status IN ('scheduled', 'failed')",
-        digest_id, outcome.status, outcome.code,
-        None if outcome.status == "sent" else f"digest not delivered: {outcome.error}", now)
+                               told: Sequence[UUID], now: datetime) -> None:
+    """The notices inside a digest share its fate once it is sent or given up: sent, those
+    the mail told (``told``) still in it (one the feed cancelled while the mail was on its way
+    was told all the same; one a transfer moved on to another reader goes to them too),
+    given up, those still waiting in it."""
+    if outcome.status == "sent":
+        await pool.execute(
+            "UPDATE notifier.notifications SET status = 'sent', last_code = $3,"
+            " last_error = NULL, cancelled_by_case = false, sent_at = $4, updated_at = $4"
+            " WHERE id = ANY($2::uuid[]) AND digest_id = $1",
+            digest_id, list(told), outcome.code, now)
+    elif outcome.status == "dead":
+        await pool.execute(
+            "UPDATE notifier.notifications SET status = 'dead', last_code = $2,"
+            " last_error = $3, updated_at = $4"
+            " WHERE digest_id = $1 AND status IN ('scheduled', 'failed')",
+            digest_id, outcome.code, f"digest not delivered: {outcome.error}", now)
+
+
+async def give_up_items(pool: asyncpg.Pool, items: Sequence[tuple[UUID, str]],
+                        now: datetime) -> None:
+    """Dead letters of notices in a digest that cannot go in it, each with why."""
+    if items:
+        await pool.executemany(
+            "UPDATE notifier.notifications SET status = 'dead', last_error = $2,"
+            " updated_at = $3 WHERE id = $1 AND status IN ('scheduled', 'failed')",
+            [(item_id, why, now) for item_id, why in items])
 
 
 async def digest_children(pool: asyncpg.Pool, digest_id: UUID) -> list[Row]:
@@ -545,7 +572,9 @@ async def attach_to_digest(pool: asyncpg.Pool, row: Row, digest: Notice, domain:
 async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], domain: str,
                   now: datetime) -> None:
     """Replace a notice addressed to a group by one notice per member, due now, while the
-    parent is still held under its claim (else whoever holds it now hands it on). The parent
+    parent is still held under its claim (else whoever holds it now hands it on) and still
+    pending (the feed may have cancelled it meanwhile: its case closed, its review held;
+    supervisors were told of both). The parent
     ends ``handed_on``: it was mailed to no one. Children carry the parent's context as it is
     when handed on, not as ``parent`` was loaded: a transfer or a new name may have changed it
     since, and so may a reopening its times called for (they are keyed by parent and member,
@@ -554,7 +583,7 @@ async def fan_out(pool: asyncpg.Pool, parent: Row, children: Sequence[Notice], d
         handed = await conn.fetchrow(
             f"UPDATE notifier.notifications SET status = '{HANDED_ON}', last_error = $3,"
             " lease_owner = NULL, lease_until = NULL, claim_token = NULL, updated_at = $2"
-            " WHERE id = $1 AND claim_token = $4"
+            " WHERE id = $1 AND claim_token = $4 AND status IN ('scheduled', 'failed')"
             " RETURNING context::text, cause_recorded_at, recalled_at",
             parent.id, now, "handed on to " + ", ".join(c.recipient for c in children),
             parent.claim_token)
