@@ -260,6 +260,40 @@ async def test_a_notice_told_in_a_digest_already_on_its_way_is_recorded_as_told(
     assert (item["status"], item["last_error"]) == ("sent", None)
 
 
+async def test_a_notice_told_while_its_case_closed_and_reopened_is_not_told_again(
+        aiohttp_client: Client, fresh_database_url: str, records: Records,
+        clock: FakeClock, token: TokenFactory) -> None:
+    """The case is closed and reopened while the digest telling its goal's target date is at
+    the mail server: brought back (out of the digest), the notice was told again in the next
+    morning's digest."""
+    smtp = await GatedSmtp().start()
+    try:
+        rig = await make_rig(aiohttp_client, fresh_database_url, records.client, smtp, clock)
+        await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+        case = await records.open_case()
+        await records.goal(case, target_date="2026-03-06")
+        await rig.catch_up()
+        clock.now = datetime(2026, 3, 6, 8, 0, tzinfo=UTC)
+        smtp.held = True
+        sending = asyncio.create_task(rig.notifier.dispatcher.send_digests())
+        await asyncio.wait_for(smtp.entered.wait(), 10)
+        await records.close(case)
+        await rig.catch_up()
+        await records.reopen(case)
+        await rig.catch_up()
+        smtp.gate.set()
+        await asyncio.wait_for(sending, 30)
+        clock.now = datetime(2026, 3, 7, 8, 0, tzinfo=UTC)
+        await rig.dispatch()
+        await rig.notifier.dispatcher.send_digests()
+    finally:
+        smtp.gate.set()
+        await smtp.stop()
+    assert len(smtp.received) == 1, [m["Subject"] for m in smtp.received]
+    [target] = await rig.rows(kind="goal_target_date")
+    assert target["status"] == "sent"
+
+
 async def test_switching_immediate_digest_immediate_loses_nothing_and_sends_nothing_twice(
         rig: NotifierRig, records: Records, smtp: SmtpServer, clock: FakeClock,
         token: TokenFactory) -> None:

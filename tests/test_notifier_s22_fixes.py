@@ -283,3 +283,39 @@ async def test_a_notice_a_digest_cannot_render_dies_alone_and_the_digest_goes(
     assert wins["Good win"]["status"] == "sent"
     assert wins["Bad win"]["status"] == "dead"
     assert str(wins["Bad win"]["last_error"]).startswith("could not render the message")
+    samples = (await (await rig.client.get("/metrics")).text()).splitlines()
+    assert 'casetrail_notifications_dead_total{kind="small_win"} 1.0' in samples  # not silent
+
+
+async def _goal_target_row(rig: NotifierRig) -> dict[str, Any]:
+    [row] = await rig.rows(kind="goal_target_date", recipient="cm-1")
+    return row
+
+
+async def test_a_notice_brought_back_after_a_failed_try_gets_a_retry_budget_of_its_own(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """A goal's target-date notice fails once (451), its case is closed, and reopened three
+    days later: brought back, it kept its first try's time, so its next 451 was past the
+    retry horizon and it was given up at once ("gave up after 2 attempt(s))."""
+    await rig.set_prefs("cm-1", token())
+    case = await records.open_case()
+    await records.goal(case, target_date="2026-03-06")
+    await rig.catch_up()
+    clock.now = datetime(2026, 3, 6, 12, 0, tzinfo=UTC)
+    smtp.replies = ["451 4.7.1 try again later"]
+    await rig.dispatch()
+    assert ((row := await _goal_target_row(rig))["status"], row["attempts"]) == ("failed", 1)
+    await records.close(case)
+    await rig.catch_up()
+    clock.advance(days=3)
+    await records.reopen(case)
+    await rig.catch_up()
+    assert (await _goal_target_row(rig))["status"] == "scheduled"
+    smtp.replies = ["451 4.7.1 try again later"]
+    await rig.dispatch()
+    row = await _goal_target_row(rig)
+    assert (row["status"], row["attempts"]) == ("failed", 2), row["last_error"]
+    clock.advance(hours=1)
+    await rig.dispatch()
+    assert (await _goal_target_row(rig))["status"] == "sent"

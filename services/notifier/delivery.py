@@ -1245,14 +1245,16 @@ class Dispatcher:
         whole digest fail until it died, its other notices left waiting in it for good)."""
         today = self._readers_today(who, self._clock())
         parts: list[Rendered] = []
-        unreadable: list[tuple[UUID, str]] = []
+        unreadable: list[Outcome] = []
         for item in await store.digest_children(self._pool, digest.id):
             try:
                 parts.append(render(item.kind, item.context, item.case_id, today=today,
                                     plan_url=self._settings.plan_url))
                 told.append(item.id)
             except (ValueError, KeyError, OSError) as error:
-                unreadable.append((item.id, f"could not render the message: {error!r}"))
+                unreadable.append(Outcome(item.id, "dead", False, item.attempts,
+                                          error=f"could not render the message: {error!r}"))
+                self._report(item, unreadable[-1])
         await store.give_up_items(self._pool, unreadable, self._clock())
         return render_digest(parts) if parts else _nothing_left(digest)
 

@@ -180,7 +180,9 @@ async def _redate(conn: asyncpg.Connection, changed: Sequence[Notice], now: date
     """A re-dated notice is a new call for it; a revived one keeps its cause's time (an
     earlier notifier may have sent it: 0200) and records when it was called for again
     (``recalled_at``): whether it is stale, or its moment had passed, counts from then (a
-    reopened case's nudges came back only to be cancelled as too late). A revived one leaves
+    reopened case's nudges came back only to be cancelled as too late), and its retries
+    begin afresh, as a person's retry's do (tried before it was cancelled, it was given up
+    at its first 451 after, its retry horizon long past). A revived one leaves
     the digest it sat in when it was cancelled (that one has gone out or been given up), so
     it is decided afresh when due."""
     await conn.executemany(
@@ -188,6 +190,10 @@ async def _redate(conn: asyncpg.Connection, changed: Sequence[Notice], now: date
         " not_before = $3, context = $4::jsonb, cancelled_by_case = false, last_error = NULL,"
         " digest_id = CASE WHEN status = 'cancelled' THEN NULL ELSE digest_id END,"
         " recalled_at = CASE WHEN status = 'cancelled' THEN $6 ELSE recalled_at END,"
+        " first_attempt_at = CASE WHEN status = 'cancelled' THEN NULL"
+        " ELSE first_attempt_at END,"
+        " attempts_before_revival = CASE WHEN status = 'cancelled' THEN attempts"
+        " ELSE attempts_before_revival END,"
         " updated_at = $5, cause_recorded_at = CASE WHEN due_at = $3 THEN cause_recorded_at"
         " ELSE $6 END WHERE key = $1",
         [(n.key, n.recipient, n.due_at, json.dumps(n.context), now, cause_recorded_at)
@@ -388,7 +394,8 @@ async def claim_dated_early(pool: asyncpg.Pool, *, owner: str, now: datetime, li
              JOIN notifier.directory d ON d.agency = n.agency AND d.user_id = n.recipient
                                         AND d.kind = 'staff'
              JOIN reader r ON r.timezone = d.timezone
-             WHERE n.status = 'scheduled' AND n.digest_id IS NULL AND n.attempts = 0
+             WHERE n.status = 'scheduled' AND n.digest_id IS NULL
+               AND n.attempts = n.attempts_before_revival
                AND n.recipient_role IN ('case_manager', 'user')
                AND n.kind = ANY($8::text[]) AND NOT (n.id = ANY($9::uuid[]))
                AND n.not_before > $1 AND n.not_before < $11
@@ -514,14 +521,16 @@ async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now:
 async def mark_digest_children(pool: asyncpg.Pool, digest_id: UUID, outcome: Outcome,
                                told: Sequence[UUID], now: datetime) -> None:
     """The notices inside a digest share its fate once it is sent or given up: sent, those
-    the mail told (``told``) still in it (one the feed cancelled while the mail was on its way
-    was told all the same; one a transfer moved on to another reader goes to them too),
-    given up, those still waiting in it."""
+    the mail told (``told``) still in it or still its reader's (one the feed cancelled, or
+    cancelled and brought back, while the mail was on its way was told all the same; one a
+    transfer moved on to another reader goes to them too), given up, those still waiting in
+    it."""
     if outcome.status == "sent":
         await pool.execute(
-            "UPDATE notifier.notifications SET status = 'sent', last_code = $3,"
+            "UPDATE notifier.notifications n SET status = 'sent', last_code = $3,"
             " last_error = NULL, cancelled_by_case = false, sent_at = $4, updated_at = $4"
-            " WHERE id = ANY($2::uuid[]) AND digest_id = $1",
+            " FROM notifier.notifications d WHERE d.id = $1 AND n.id = ANY($2::uuid[])"
+            " AND (n.digest_id = d.id OR n.digest_id IS NULL AND n.recipient = d.recipient)",
             digest_id, list(told), outcome.code, now)
     elif outcome.status == "dead":
         await pool.execute(
@@ -531,14 +540,13 @@ async def mark_digest_children(pool: asyncpg.Pool, digest_id: UUID, outcome: Out
             digest_id, outcome.code, f"digest not delivered: {outcome.error}", now)
 
 
-async def give_up_items(pool: asyncpg.Pool, items: Sequence[tuple[UUID, str]],
-                        now: datetime) -> None:
+async def give_up_items(pool: asyncpg.Pool, items: Sequence[Outcome], now: datetime) -> None:
     """Dead letters of notices in a digest that cannot go in it, each with why."""
     if items:
         await pool.executemany(
             "UPDATE notifier.notifications SET status = 'dead', last_error = $2,"
             " updated_at = $3 WHERE id = $1 AND status IN ('scheduled', 'failed')",
-            [(item_id, why, now) for item_id, why in items])
+            [(item.row_id, item.error, now) for item in items])
 
 
 async def digest_children(pool: asyncpg.Pool, digest_id: UUID) -> list[Row]:
