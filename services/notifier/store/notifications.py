@@ -525,19 +525,24 @@ async def mark_digest_children(pool: asyncpg.Pool, digest_id: UUID, outcome: Out
     cancelled and brought back, while the mail was on its way was told all the same; one a
     transfer moved on to another reader goes to them too), given up, those still waiting in
     it."""
+    # rows locked in id order, as the feed and record_outcomes lock them (a deadlock here
+    # failed the handling of a digest that had gone, and it was sent again)
     if outcome.status == "sent":
-        await pool.execute(
+        await retried_on_deadlock(lambda: pool.execute(
             "UPDATE notifier.notifications n SET status = 'sent', last_code = $3,"
             " last_error = NULL, cancelled_by_case = false, sent_at = $4, updated_at = $4"
-            " FROM notifier.notifications d WHERE d.id = $1 AND n.id = ANY($2::uuid[])"
+            " FROM notifier.notifications d WHERE d.id = $1 AND n.id IN (SELECT id"
+            " FROM notifier.notifications WHERE id = ANY($2::uuid[]) ORDER BY id FOR UPDATE)"
             " AND (n.digest_id = d.id OR n.digest_id IS NULL AND n.recipient = d.recipient)",
-            digest_id, list(told), outcome.code, now)
+            digest_id, list(told), outcome.code, now))
     elif outcome.status == "dead":
-        await pool.execute(
+        await retried_on_deadlock(lambda: pool.execute(
             "UPDATE notifier.notifications SET status = 'dead', last_code = $2,"
-            " last_error = $3, updated_at = $4"
-            " WHERE digest_id = $1 AND status IN ('scheduled', 'failed')",
-            digest_id, outcome.code, f"digest not delivered: {outcome.error}", now)
+            " last_error = $3, updated_at = $4 WHERE id IN (SELECT id"
+            " FROM notifier.notifications WHERE digest_id = $1"
+            " AND status IN ('scheduled', 'failed') ORDER BY id FOR UPDATE)"
+            " AND status IN ('scheduled', 'failed')",
+            digest_id, outcome.code, f"digest not delivered: {outcome.error}", now))
 
 
 async def give_up_items(pool: asyncpg.Pool, items: Sequence[Outcome], now: datetime) -> None:
