@@ -20,6 +20,7 @@ from services.records.store.events import (
     IdempotencyKeyReused,
     NewEvent,
     RecordedEvent,
+    RecordOutOfStep,
     VersionConflict,
 )
 from tests.conftest import FakeClock
@@ -416,3 +417,22 @@ async def test_a_failing_append_does_not_fail_the_others_in_its_statement(
     others = results[:3] + results[4:]
     assert all(not isinstance(r, BaseException) and r.version == 1 for r in others)
     assert await store.head(streams[3]) is None  # nothing of the failed append remains
+
+
+async def test_an_append_decided_on_an_event_past_the_head_is_out_of_step(
+        pool: asyncpg.Pool) -> None:
+    """An event inserted without moving the head (forged in): an append decided on it
+    expects a version the head never reached. It is out of step, not a lost race that a
+    retry would win (decision 0005)."""
+    store, stream = EventStore(pool), uuid.uuid4()
+    await store.append(stream, [note()], expected_version=0, agency=AGENCY, metadata=META)
+    await pool.execute(
+        "INSERT INTO records.events (stream_id, version, event_id, type, schema_version, data,"
+        " metadata, agency, recorded_at, prev_hash, hash)"
+        " SELECT stream_id, version + 1, gen_random_uuid(), type, schema_version, data,"
+        " metadata, agency, recorded_at, hash, repeat('f', 64) FROM records.events"
+        " WHERE stream_id = $1", stream)
+    with pytest.raises(RecordOutOfStep) as caught:
+        await store.append(stream, [note()], expected_version=2, agency=AGENCY, metadata=META)
+    assert caught.value.head_version == 1
+    assert await count_events(pool, stream) == 2

@@ -319,3 +319,70 @@ async def test_a_notice_brought_back_after_a_failed_try_gets_a_retry_budget_of_i
     clock.advance(hours=1)
     await rig.dispatch()
     assert (await _goal_target_row(rig))["status"] == "sent"
+
+
+async def test_only_a_notice_brought_back_is_recalled_and_from_the_event_that_did_it(
+        rig: NotifierRig, records: Records) -> None:
+    """`recalled_at` is when a notice its case had cancelled was called for again: a nudge
+    re-worded (its step revised) is not recalled; closed and reopened, it is, at the
+    reopening's recorded time (it counts how late is too late: 0201)."""
+    case = await records.open_case()
+    step = await records.step(case, await records.goal(case), due_date="2026-03-20")
+    await rig.catch_up()
+    await records.call("PATCH", f"/v1/cases/{case}/steps/{step}",
+                       {"description": "Visit the job centre on Tuesday"})
+    await rig.catch_up()
+    [nudge] = await rig.rows(kind="step_nudge")
+    assert "Tuesday" in nudge["context"]
+    assert nudge["recalled_at"] is None
+    await records.close(case)
+    reopened = await records.call("POST", f"/v1/cases/{case}/reopen",
+                                  {"reason": "asked for help"})
+    await rig.catch_up()
+    [nudge] = await rig.rows(kind="step_nudge")
+    assert nudge["status"] == "scheduled"
+    assert nudge["recalled_at"] == datetime.fromisoformat(
+        reopened["events"][0]["recorded_at"])
+
+
+async def test_a_digest_a_dated_notice_opens_names_the_schemas_start_in_its_message_id(
+        rig: NotifierRig, records: Records, smtp: SmtpServer, token: TokenFactory,
+        clock: FakeClock) -> None:
+    """The digest a dated notice joins at digest time (that morning's, before the notice's
+    own send time) is made there, not where celebrations join one: its Message-ID too."""
+    await rig.set_prefs("cm-1", token(), delivery="daily_digest")
+    case = await records.open_case()
+    await records.step(case, await records.goal(case), due_date="2026-03-03")
+    await rig.catch_up()
+    clock.now = datetime(2026, 3, 4, 8, 0, tzinfo=UTC)  # the nudge is due at 09:00
+    await rig.notifier.dispatcher.send_digests()
+    [digest] = await rig.rows(kind="daily_digest")
+    began = await rig.notifier.pool.fetchval("SELECT began_at FROM notifier.history")
+    assert digest["message_id"] == store.digest_message_id(digest["id"], began,
+                                                           "casetrail.local")
+    assert digest["message_id"] != store.message_id(digest["id"], "casetrail.local")
+    [mail] = smtp.received
+    assert "Visit the job centre" in text_of(mail)
+
+
+async def test_a_save_of_preferences_takes_its_turn_with_the_second_look_at_dead_letters(
+        rig: NotifierRig, token: TokenFactory) -> None:
+    """Both take the agency's mending lock first (``_take_turns_mending``): held here as the
+    second look would hold it, a save waits for it, then goes ahead."""
+    async with rig.notifier.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                           "casetrail-mend:agency-a")
+        saving = asyncio.create_task(rig.set_prefs("cm-1", token()))
+        for _ in range(500):
+            if await conn.fetchval(  # this test's database only: others share the server
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())"):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the save did not wait for the mending lock")
+        assert not saving.done()
+    await asyncio.wait_for(saving, 10)
+    assert [r["user_id"] for r in await rig.notifier.pool.fetch(
+        "SELECT user_id FROM notifier.directory")] == ["cm-1"]
