@@ -797,11 +797,13 @@ async def test_a_fault_while_handling_a_row_is_a_failed_attempt_retried_until_de
         rig: NotifierRig, smtp: SmtpServer, clock: FakeClock, token: TokenFactory) -> None:
     """Any exception while a row is handled is recorded like a lost connection (retried with
     backoff, then a dead letter), never left to come back silently at every lease. Here a
-    digest holds a notice whose template cannot be filled."""
+    digest holds a notice whose stored context has a shape rendering does not expect (a bug;
+    a text that cannot be rendered, such as a date that is not one, is a dead letter of its
+    own, and the digest goes without it: 0202); its notice shares the digest's fate."""
     await rig.set_prefs("cm-1", token(), delivery="daily_digest")
     [notice] = due_notices(1)
     async with rig.notifier.pool.acquire() as conn:
-        await insert_notices(conn, [replace(notice, context={"due_date": "the 2nd"})], "test",
+        await insert_notices(conn, [replace(notice, context={"overdue_steps": 5})], "test",
                              clock(), cause_recorded_at=clock())
     await rig.dispatch()  # into the digest
     [digest] = await rig.rows(kind="daily_digest")
@@ -809,7 +811,7 @@ async def test_a_fault_while_handling_a_row_is_a_failed_attempt_retried_until_de
     await rig.notifier.dispatcher.send_digests()
     [digest] = await rig.rows(kind="daily_digest")
     assert (digest["status"], digest["attempts"]) == ("failed", 1)
-    assert "delivery failed: ValueError" in str(digest["last_error"])
+    assert "delivery failed: TypeError" in str(digest["last_error"])
     assert digest["not_before"] > clock()
     assert await rig.notifier.dispatcher.send_digests() == 0  # backing off
     for _ in range(3):  # the test rig allows four attempts
@@ -818,6 +820,9 @@ async def test_a_fault_while_handling_a_row_is_a_failed_attempt_retried_until_de
         [digest] = await rig.rows(kind="daily_digest")
     assert (digest["status"], digest["attempts"]) == ("dead", 4)
     assert str(digest["last_error"]).startswith("gave up after 4 attempt(s)")
+    [item] = [r for r in await rig.rows() if r["digest_id"] == digest["id"]]
+    assert item["status"] == "dead"
+    assert str(item["last_error"]).startswith("digest not delivered: gave up after 4")
     assert smtp.received == []
 
 
