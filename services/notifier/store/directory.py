@@ -270,7 +270,7 @@ async def _entry_reaching(conn: asyncpg.Connection, row: Row) -> Preferences | N
     if row.recipient_role == RecipientRole.PARTICIPANT:
         return await participant_of(conn, row.agency, row.case_id) \
             if row.case_id is not None else None
-    return (await users(conn, {(row.agency, row.recipient)})).get((row.agency, row.recipient))
+    return (await entries(conn, row.agency, row.recipient)).get(STAFF)
 
 
 async def _refuse_cases_on_other_entries(conn: asyncpg.Connection, prefs: Preferences,

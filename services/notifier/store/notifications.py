@@ -175,6 +175,10 @@ async def reconcile_case(conn: asyncpg.Connection, case_id: UUID, desired: Seque
         await _end_with_case(conn, case_id, reason, now)
 
 
+# a row ``_redate`` changes that its case had cancelled: it is brought back (``_differs``)
+_BROUGHT_BACK = "status = 'cancelled'"
+
+
 async def _redate(conn: asyncpg.Connection, changed: Sequence[Notice], now: datetime,
                   cause_recorded_at: datetime) -> None:
     """A re-dated notice is a new call for it; a revived one keeps its cause's time (an
@@ -188,11 +192,10 @@ async def _redate(conn: asyncpg.Connection, changed: Sequence[Notice], now: date
     await conn.executemany(
         "UPDATE notifier.notifications SET status = 'scheduled', recipient = $2, due_at = $3,"
         " not_before = $3, context = $4::jsonb, cancelled_by_case = false, last_error = NULL,"
-        " digest_id = CASE WHEN status = 'cancelled' THEN NULL ELSE digest_id END,"
-        " recalled_at = CASE WHEN status = 'cancelled' THEN $6 ELSE recalled_at END,"
-        " first_attempt_at = CASE WHEN status = 'cancelled' THEN NULL"
-        " ELSE first_attempt_at END,"
-        " attempts_before_revival = CASE WHEN status = 'cancelled' THEN attempts"
+        f" digest_id = CASE WHEN {_BROUGHT_BACK} THEN NULL ELSE digest_id END,"
+        f" recalled_at = CASE WHEN {_BROUGHT_BACK} THEN $6 ELSE recalled_at END,"
+        f" first_attempt_at = CASE WHEN {_BROUGHT_BACK} THEN NULL ELSE first_attempt_at END,"
+        f" attempts_before_revival = CASE WHEN {_BROUGHT_BACK} THEN attempts"
         " ELSE attempts_before_revival END,"
         " updated_at = $5, cause_recorded_at = CASE WHEN due_at = $3 THEN cause_recorded_at"
         " ELSE $6 END WHERE key = $1",
