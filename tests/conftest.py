@@ -33,6 +33,7 @@ from services.common.server import ServiceRunner
 from services.common.settings import Settings
 from services.notifier.http.app import migrate as migrate_notifier
 from services.records.http.app import create_app, migrate
+from tests.database_supply import DatabaseSupply
 
 JWT_SECRET = "test-secret-" + secrets.token_hex(16)
 
@@ -84,26 +85,28 @@ def template_database(postgres_server_url: str) -> Iterator[str]:
     asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def _clone(server_url: str, template: str) -> str:
-    name = f"{template}_{secrets.token_hex(3)}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    return name
+@pytest.fixture(scope="session")
+def database_supply(postgres_server_url: str, template_database: str) -> Iterator[DatabaseSupply]:
+    """Clones of the template, made ahead of need and dropped after use."""
+    supply = DatabaseSupply(postgres_server_url, template_database)
+    yield supply
+    supply.close()
 
 
 @pytest.fixture(scope="session")
-def database_url(postgres_server_url: str, template_database: str) -> Iterator[str]:
+def database_url(postgres_server_url: str, database_supply: DatabaseSupply) -> Iterator[str]:
     """The run's shared database: tests keep apart by using case ids of their own."""
-    name = _clone(postgres_server_url, template_database)
+    name = database_supply.take()
     yield with_database(postgres_server_url, name)
-    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    database_supply.give_back(name)
 
 
 @pytest.fixture
-def fresh_database_url(postgres_server_url: str, template_database: str) -> Iterator[str]:
+def fresh_database_url(postgres_server_url: str, database_supply: DatabaseSupply) -> Iterator[str]:
     """An empty, migrated database of the test's own (feed order, rebuilds, counts)."""
-    name = _clone(postgres_server_url, template_database)
+    name = database_supply.take()
     yield with_database(postgres_server_url, name)
-    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    database_supply.give_back(name)
 
 
 @pytest.fixture

@@ -50,8 +50,10 @@ from services.common.auth import issue_token
 from services.common.database import with_database
 from services.notifier.links import Entry, UnsubscribeLinks, read_secret
 from services.records.http.app import create_app as create_records_app
-from tests.conftest import JWT_SECRET, WHOLE_RECORD, FakeClock, _admin, bearer, make_settings
+from tests.conftest import JWT_SECRET, WHOLE_RECORD, FakeClock, bearer, make_settings
+from tests.database_supply import DatabaseSupply
 from tests.notifier_helpers import PUBLIC_URL, NotifierRig, Records, SmtpServer, make_rig
+from tests.pg_waits import until_nothing_held_back
 
 # the module's tests share one event loop, so that the seeded world serves every read cell
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -380,44 +382,32 @@ def _secret(folder: Path) -> Path:
     return path
 
 
-async def _new_database(server_url: str, template: str) -> str:
-    """A database of the test's own on the test server, cloned from the migrated template
-    (as ``fresh_database_url`` makes one)."""
-    name = f"{template}_authz_{secrets.token_hex(3)}"
-    await _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    return name
-
-
-async def _drop_database(server_url: str, name: str) -> None:
-    await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(postgres_server_url: str, template_database: str,
+async def shared(postgres_server_url: str, database_supply: DatabaseSupply,
                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     """The world every read cell asks in (reads change nothing but the access log)."""
-    name = await _new_database(postgres_server_url, template_database)
+    name = database_supply.take()
     try:
         world = await build_world(with_database(postgres_server_url, name),
                                   _secret(tmp_path_factory.mktemp("authz")))
         yield world
         await world.close()
     finally:
-        await _drop_database(postgres_server_url, name)
+        database_supply.give_back(name)
 
 
 WorldFactory = Callable[[], Awaitable[World]]
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def own_world(postgres_server_url: str, template_database: str,
+async def own_world(postgres_server_url: str, database_supply: DatabaseSupply,
                     tmp_path: Path) -> AsyncIterator[WorldFactory]:
     """A world of the test's own, made when asked for (a write must not change the world
     other cells ask in)."""
     made: list[tuple[str, World | None]] = []
 
     async def make() -> World:
-        name = await _new_database(postgres_server_url, template_database)
+        name = database_supply.take()
         made.append((name, None))
         world = await build_world(with_database(postgres_server_url, name), _secret(tmp_path))
         made[-1] = (name, world)
@@ -427,7 +417,7 @@ async def own_world(postgres_server_url: str, template_database: str,
     for name, world in made:
         if world is not None:
             await world.close()
-        await _drop_database(postgres_server_url, name)
+        database_supply.give_back(name)
 
 
 async def ask(world: World, route: Route, headers: dict[str, str]) -> tuple[int, str, Any]:
@@ -601,6 +591,8 @@ async def test_an_agencys_access_log_shows_no_read_of_another_agency(shared: Wor
         assert [(e["actor_sub"], e["case_id"]) for e in body["entries"]
                 if e["actor_sub"] != "sup-b"] == [], query
         assert all(e["case_id"] in (None, ids["b1"]) for e in body["entries"]), body
+    # a transaction open anywhere on the shared server holds the reads back for a moment
+    await until_nothing_held_back(shared.rig.notifier.pool, "notifier.access_log")
     mine = await (await shared.rig.client.get(f"/v1/access-log?case_id={ids['a1']}&limit=500",
                                               headers=a_sup)).json()
     assert {"schedule", "preferences", f"notification {ids['dead_jo']}"} <= {

@@ -19,7 +19,6 @@ its own) never loses anything. The control says what "the same schedule" is.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from aiohttp.test_utils import TestClient
 from services.common.database import with_database
 from services.notifier.schedule import FEED_CHECKPOINT
 from services.notifier.store.cases import reset_checkpoint
-from tests.conftest import FakeClock, TokenFactory, _admin, _clone, bearer
+from tests.conftest import FakeClock, TokenFactory, bearer
+from tests.database_supply import DatabaseSupply
 from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig, text_of
 
 BEFORE_HISTORY = "fell due before this notifier's record of what it sent begins"
@@ -48,12 +48,13 @@ Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
-def control_database_url(postgres_server_url: str, template_database: str) -> Iterator[str]:
+def control_database_url(postgres_server_url: str,
+                         database_supply: DatabaseSupply) -> Iterator[str]:
     """A second migrated database, made and dropped as ``fresh_database_url`` is: the
     control notifier's schema lives there, apart from the subject's."""
-    name = _clone(postgres_server_url, template_database)
+    name = database_supply.take()
     yield with_database(postgres_server_url, name)
-    asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    database_supply.give_back(name)
 
 
 @pytest.fixture
