@@ -109,7 +109,9 @@ async def test_a_server_giving_no_session_is_not_given_a_connection_per_notice(
     await put_right(peer)
     clock.now = max(r["not_before"] for r in rows)
     assert await rig.dispatch() == BATCH
-    assert {(r["status"], r["attempts"]) for r in await rig.rows()} == {("sent", 2)}
+    after = await rig.rows()
+    assert {(r["status"], r["attempts"]) for r in after} == {("sent", 2)}, [
+        (r["status"], r["last_error"]) for r in after if r["status"] != "sent"]
     assert len(peer.received) == len({m["Message-ID"] for m in peer.received}) == BATCH
 
 
