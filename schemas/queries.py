@@ -59,7 +59,10 @@ _PLUS_READ_AS_SPACE = re.compile(
 
 
 class PlanQuery(_Query):
-    as_of_version: QueryInt | None = Field(default=None, ge=1, le=10_000_000)
+    # the bounds on the int itself, where the document states them as minimum and maximum:
+    # on the optional field they came out as pydantic's ge and le, which JSON Schema ignores
+    as_of_version: Annotated[int, Field(ge=1, le=10_000_000),
+                             BeforeValidator(_plain_digits)] | None = None
     as_of: WireDateTime | None = Field(default=None, description="RFC 3339 with a time zone")
 
     @field_validator("as_of", mode="before")

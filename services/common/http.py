@@ -483,6 +483,9 @@ class Operation:
     tag: str = "records"
     media_types: tuple[str, ...] = ("application/json",)
     head: bool = False  # also answers HEAD
+    # statuses answered with the success answer's body too, each with what it means
+    also_answers: tuple[tuple[int, str], ...] = ()
+    pages_for_browsers: bool = False  # a refusal is a page for a browser that asks for HTML
 
 
 def _taking_no_query(handler: RouteHandler) -> RouteHandler:
@@ -519,12 +522,14 @@ class Api:
               query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
               status: int = 200, public: bool = False, tag: str = "records",
               media_types: tuple[str, ...] = ("application/json",), head: bool = False,
-              form: bool = False) -> Callable[[RouteHandler], RouteHandler]:
+              form: bool = False, also_answers: tuple[tuple[int, str], ...] = (),
+              pages_for_browsers: bool = False) -> Callable[[RouteHandler], RouteHandler]:
         """Register a handler; ``response`` is the model its success answer is built from
         (``media_types`` name the answer's types when it is not JSON). A public GET also
         answers HEAD, and so does one registered with ``head``: not an audited read, a
         stream or a long-poll, where a HEAD would log a read or wait while showing nothing.
-        ``form``: the handler reads and checks a body that is no JSON model (a form)."""
+        ``form``: the handler reads and checks a body that is no JSON model (a form).
+        ``also_answers`` and ``pages_for_browsers`` only describe answers in the document."""
         def register(handler: RouteHandler) -> RouteHandler:
             handler.public = public  # type: ignore[attr-defined]
             served = handler if query is not None or public else _taking_no_query(handler)
@@ -532,7 +537,8 @@ class Api:
                 served = _taking_no_body(served)
             self.operations.append(Operation(
                 method, path, summary, served, body, query, response, status, public, tag,
-                media_types, head=method == "GET" and (head or public)))
+                media_types, head=method == "GET" and (head or public),
+                also_answers=also_answers, pages_for_browsers=pages_for_browsers))
             return handler
         return register
 
@@ -629,18 +635,28 @@ class Api:
             is_json = media == "application/json" or media.endswith("+json")
             return {"type": "object" if is_json else "string"}
 
-        problem = {"application/problem+json": {"schema": refs[(ProblemBody, "serialization")]}}
+        problem: dict[str, Any] = {
+            "application/problem+json": {"schema": refs[(ProblemBody, "serialization")]}}
+        if op.pages_for_browsers:
+            problem["text/html"] = {"schema": {"type": "string"}}
+        content = {media: {"schema": answer(media)} for media in op.media_types}
         responses: dict[str, Any] = {
-            str(op.status): {"description": "success",
-                             "content": {media: {"schema": answer(media)}
-                                         for media in op.media_types}},
+            str(op.status): ({"description": "success, no content"} if op.status == 204
+                             else {"description": "success", "content": content}),
+            **{str(status): {"description": meaning, "content": content}
+               for status, meaning in op.also_answers},
             "4XX": {"description": "problem (RFC 9457)", "content": problem},
         }
         spec: dict[str, Any] = {"summary": op.summary, "tags": [op.tag],
                                 "operationId": op.handler.__name__,
                                 "parameters": self._parameters(op), "responses": responses}
         if op.body is not None:
-            spec["requestBody"] = {"required": True, "content": {"application/json": {
+            # no body at all stands for {} where the model needs no field (parse_body), and a
+            # field the query also carries may come there instead (a removal's ?reason=)
+            in_query = set(op.query.model_fields) if op.query is not None else set()
+            needed = any(field.is_required() and name not in in_query
+                         for name, field in op.body.model_fields.items())
+            spec["requestBody"] = {"required": needed, "content": {"application/json": {
                 "schema": refs[(op.body, "validation")]}}}
         if not op.public:
             spec["security"] = [{"bearer": []}]

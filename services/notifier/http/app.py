@@ -114,7 +114,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 @api.route("GET", "/readyz", "database reachable, migrations current, feed readable (read"
            " at least once, and the last read did not fail)", response=Health, public=True,
-           tag="ops")
+           tag="ops", also_answers=((503, "not ready: the failing check is named"),))
 async def readyz(request: web.Request) -> web.Response:
     checks = await database_checks(ctx(request).pool, SCHEMA, MIGRATIONS)
     subscriber = ctx(request).notifier.subscriber

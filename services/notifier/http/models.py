@@ -88,6 +88,13 @@ class PreferencesQuery(Body):
         " the one of your token")
 
 
+class CaughtMailQuery(Body):
+    file: str | None = Field(default=None, max_length=255,
+                             description="a caught message, as the index links it: its page")
+    raw: str | None = Field(default=None, description="present: the message as it was sent,"
+                            " text/plain")
+
+
 class PreferencesView(BaseModel):
     user: str
     agency: str

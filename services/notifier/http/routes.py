@@ -41,6 +41,7 @@ from services.notifier.http import pages
 from services.notifier.http.app import api, ctx
 from services.notifier.http.models import (
     AccessLogPage,
+    CaughtMailQuery,
     NotificationsQuery,
     NotificationView,
     PreferencesInput,
@@ -272,7 +273,7 @@ def _case_elsewhere(who: Principal, error: directory.CaseOnAnotherEntry) -> Prob
 
 
 @api.route("DELETE", "/v1/preferences/{user}", "take a recipient out of the directory (own;"
-           " supervisors: their agency's)", query=PreferencesQuery, tag="notifier")
+           " supervisors: their agency's)", query=PreferencesQuery, status=204, tag="notifier")
 @_refusing_windows
 async def delete_preferences(request: web.Request) -> web.Response:
     who, key, _, _ = await _entry_asked_for(request)
@@ -384,7 +385,7 @@ def _celebrations_off(stored: Preferences | None) -> Preferences:
 
 @api.route("GET", _UNSUBSCRIBE, "a participant's unsubscribe link, opened: a page with a"
            " button that confirms (changes nothing)", public=True, tag="notifier",
-           media_types=("text/html",))
+           media_types=("text/html",), pages_for_browsers=True)
 async def unsubscribe_page(request: web.Request) -> web.Response:
     entry = await _linked_entry(request)
     if entry is None:
@@ -394,7 +395,7 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
 
 @api.route("POST", _UNSUBSCRIBE, "a participant's unsubscribe link, confirmed (one click,"
            " RFC 8058): celebrations off for that participant", public=True, tag="notifier",
-           media_types=("text/html",), form=True)
+           media_types=("text/html",), form=True, pages_for_browsers=True)
 async def unsubscribe(request: web.Request) -> web.Response:
     """As a PUT turning celebrations off (``directory.save``: what waits for them is decided
     afresh), recorded as updated by the participant through the link. A second one answers
@@ -526,7 +527,7 @@ async def get_notification(request: web.Request) -> web.Response:
 
 
 @api.route("POST", "/v1/notifications/{notification_id}/retry",
-           "send a dead letter again (same Message-ID)", tag="notifier")
+           "send a dead letter again (same Message-ID)", status=202, tag="notifier")
 @_refusing_windows
 async def retry_notification(request: web.Request) -> web.Response:
     who = principal(request)
@@ -621,15 +622,15 @@ async def read_access_log(request: web.Request) -> web.Response:
 
 
 @api.route("GET", "/mail", "development only: the mail the local catcher caught", public=True,
-           tag="dev")
+           tag="dev", query=CaughtMailQuery, media_types=("text/html", "text/plain"))
 async def caught_mail(request: web.Request) -> web.Response:
     folder = ctx(request).settings.mail_dir
     if folder is None:
         raise Problem(404, "Not found", "no mail catcher in this deployment", kind="not-found")
-    name = request.query.get("file")
-    if name is not None:
-        raw = "raw" in request.query
-        message = (mailbox.read_caught if raw else mailbox.html_message)(folder, name)
+    query = parse_query(request, CaughtMailQuery)
+    if query.file is not None:
+        raw = query.raw is not None
+        message = (mailbox.read_caught if raw else mailbox.html_message)(folder, query.file)
         if message is None:
             raise Problem(404, "Not found", "no such message", kind="not-found")
         return web.Response(text=message, content_type="text/plain" if raw else "text/html")

@@ -160,7 +160,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 @api.route("GET", "/readyz", "the database answers and migrations are current",
-           response=Health, public=True, tag="ops")
+           response=Health, public=True, tag="ops",
+           also_answers=((503, "not ready: the failing check is named"),))
 async def readyz(request: web.Request) -> web.Response:
     checks = await database_checks(records(request).pool, SCHEMA, MIGRATIONS)
     ready = database_ready(checks)
