@@ -94,19 +94,17 @@ def database_supply(postgres_server_url: str, template_database: str) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def database_url(postgres_server_url: str, database_supply: DatabaseSupply) -> Iterator[str]:
+def database_url(database_supply: DatabaseSupply) -> Iterator[str]:
     """The run's shared database: tests keep apart by using case ids of their own."""
-    name = database_supply.take()
-    yield with_database(postgres_server_url, name)
-    database_supply.give_back(name)
+    with database_supply.borrowed() as url:
+        yield url
 
 
 @pytest.fixture
-def fresh_database_url(postgres_server_url: str, database_supply: DatabaseSupply) -> Iterator[str]:
+def fresh_database_url(database_supply: DatabaseSupply) -> Iterator[str]:
     """An empty, migrated database of the test's own (feed order, rebuilds, counts)."""
-    name = database_supply.take()
-    yield with_database(postgres_server_url, name)
-    database_supply.give_back(name)
+    with database_supply.borrowed() as url:
+        yield url
 
 
 @pytest.fixture

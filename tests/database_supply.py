@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import asyncpg
+
+from services.common.database import with_database
 
 T = TypeVar("T")
 
@@ -27,8 +30,8 @@ WAIT_SECONDS = 120
 
 
 class DatabaseSupply:
-    """Clones of ``template`` on ``server_url``: :meth:`take` one, :meth:`give_back` it when
-    done (it is dropped, with any connection still open to it), :meth:`close` at the end."""
+    """Clones of ``template`` on ``server_url``: each :meth:`borrowed` for a while, then
+    dropped (with any connection still open to it); :meth:`close` at the end."""
 
     def __init__(self, server_url: str, template: str) -> None:
         self._server_url = server_url
@@ -41,13 +44,15 @@ class DatabaseSupply:
         self._stopping = False
         self._run(self._start())
 
-    def take(self) -> str:
-        """The name of a new database, migrated as the template is, for the caller alone."""
-        return self._run(self._next())
-
-    def give_back(self, name: str) -> None:
-        """Drop ``name`` in the background; :meth:`close` waits for it."""
-        self._drops.append(asyncio.run_coroutine_threadsafe(self._drop(name), self._loop))
+    @contextmanager
+    def borrowed(self) -> Iterator[str]:
+        """The URL of a new database, migrated as the template is, for the caller alone; it is
+        dropped in the background afterwards (:meth:`close` waits for that)."""
+        name = self._run(self._next())
+        try:
+            yield with_database(self._server_url, name)
+        finally:
+            self._drops.append(asyncio.run_coroutine_threadsafe(self._drop(name), self._loop))
 
     def close(self) -> None:
         try:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +48,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.common.auth import issue_token
-from services.common.database import with_database
 from services.notifier.links import Entry, UnsubscribeLinks, read_secret
 from services.records.http.app import create_app as create_records_app
 from tests.conftest import JWT_SECRET, WHOLE_RECORD, FakeClock, bearer, make_settings
@@ -383,41 +383,34 @@ def _secret(folder: Path) -> Path:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(postgres_server_url: str, database_supply: DatabaseSupply,
+async def shared(database_supply: DatabaseSupply,
                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     """The world every read cell asks in (reads change nothing but the access log)."""
-    name = database_supply.take()
-    try:
-        world = await build_world(with_database(postgres_server_url, name),
-                                  _secret(tmp_path_factory.mktemp("authz")))
+    with database_supply.borrowed() as url:
+        world = await build_world(url, _secret(tmp_path_factory.mktemp("authz")))
         yield world
         await world.close()
-    finally:
-        database_supply.give_back(name)
 
 
 WorldFactory = Callable[[], Awaitable[World]]
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def own_world(postgres_server_url: str, database_supply: DatabaseSupply,
+async def own_world(database_supply: DatabaseSupply,
                     tmp_path: Path) -> AsyncIterator[WorldFactory]:
     """A world of the test's own, made when asked for (a write must not change the world
     other cells ask in)."""
-    made: list[tuple[str, World | None]] = []
+    made: list[World] = []
+    with ExitStack() as databases:  # dropped once the worlds on them are closed
 
-    async def make() -> World:
-        name = database_supply.take()
-        made.append((name, None))
-        world = await build_world(with_database(postgres_server_url, name), _secret(tmp_path))
-        made[-1] = (name, world)
-        return world
+        async def make() -> World:
+            url = databases.enter_context(database_supply.borrowed())
+            made.append(await build_world(url, _secret(tmp_path)))
+            return made[-1]
 
-    yield make
-    for name, world in made:
-        if world is not None:
+        yield make
+        for world in made:
             await world.close()
-        database_supply.give_back(name)
 
 
 async def ask(world: World, route: Route, headers: dict[str, str]) -> tuple[int, str, Any]:

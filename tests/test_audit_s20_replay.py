@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from services.common.database import with_database
 from services.notifier.schedule import FEED_CHECKPOINT
 from services.notifier.store.cases import reset_checkpoint
 from tests.conftest import FakeClock, TokenFactory, bearer
@@ -48,13 +47,11 @@ Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
-def control_database_url(postgres_server_url: str,
-                         database_supply: DatabaseSupply) -> Iterator[str]:
+def control_database_url(database_supply: DatabaseSupply) -> Iterator[str]:
     """A second migrated database, made and dropped as ``fresh_database_url`` is: the
     control notifier's schema lives there, apart from the subject's."""
-    name = database_supply.take()
-    yield with_database(postgres_server_url, name)
-    database_supply.give_back(name)
+    with database_supply.borrowed() as url:
+        yield url
 
 
 @pytest.fixture
