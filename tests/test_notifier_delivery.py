@@ -512,7 +512,7 @@ async def test_an_instance_whose_lease_ran_out_can_neither_send_nor_record(
     assert late.claim_token is not None
     assert not await confirm_claim(pool, late.id, late.claim_token, clock() + timedelta(1))
     outcome = Outcome(late.id, "dead", True, 1, 550, "refused", attempt_outcome="permanent")
-    assert await record_outcomes(pool, [outcome], clock(), late.claim_token) == [late.id]
+    assert (await record_outcomes(pool, [outcome], clock(), late.claim_token)).lost == [late.id]
     [row] = await rig.rows()
     assert (row["status"], row["attempts"]) == ("sent", 1)
     assert len(smtp.received) == 1

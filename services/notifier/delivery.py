@@ -960,8 +960,8 @@ class Dispatcher:
     async def _cancel_claimed(self, row: Row, cancel: Cancel) -> None:
         assert row.claim_token is not None
         outcome = Outcome(row.id, "cancelled", False, row.attempts, error=cancel.reason)
-        await self._record([outcome], row.claim_token)
-        self._report(row, outcome)
+        recorded = await self._record([outcome], row.claim_token)
+        self._report_what_stood([row], [outcome], recorded)
 
     async def _claim_dated_early(self, zones: Sequence[str], delivery: str, at: time | None,
                                  passed_over: Sequence[UUID]) -> list[tuple[Row, str]]:
@@ -1026,15 +1026,16 @@ class Dispatcher:
             who = await self._recipients(rows)
             results = await self._handle_all(rows, who, digests=digests)
             outcomes = self._settle_all(rows, results)
-            lost = await self._record(outcomes, token)
+            recorded = await self._record(outcomes, token)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-        if lost:
+        self._report_what_stood(rows, outcomes, recorded)
+        if recorded.lost:
             log.warning("another instance took these rows over before their outcome was"
-                        " recorded", notifications=[str(i) for i in lost])
-        await self._look_again_at_the_dead(rows, who, outcomes, lost)
+                        " recorded", notifications=[str(i) for i in recorded.lost])
+        await self._look_again_at_the_dead(rows, who, outcomes, recorded.lost)
 
     async def _look_again_at_the_dead(self, rows: Sequence[Row], who: Mapping[UUID, Recipient],
                                       outcomes: Sequence[Outcome],
@@ -1060,8 +1061,20 @@ class Dispatcher:
         settled = [(row, self._settled(row, r)) for row, r in zip(rows, results, strict=True)]
         outcomes = [(row, outcome) for row, outcome in settled if outcome is not None]
         for row, outcome in outcomes:
-            self._report(row, outcome)
+            if outcome.status == "sent":  # counted as it went, whatever is recorded of it
+                self._report(row, outcome)
         return [outcome for _, outcome in outcomes]
+
+    def _report_what_stood(self, rows: Sequence[Row], outcomes: Sequence[Outcome],
+                           recorded: store.Recorded) -> None:
+        """Count and log each outcome other than a mail sent once it is its row's fate: one
+        decided for a row the feed cancelled meanwhile (its case closed, its review held)
+        was counted, and logged as a failure or a dead letter, though the row stays
+        cancelled."""
+        by_id = {row.id: row for row in rows}
+        for outcome in outcomes:
+            if outcome.status != "sent" and outcome.row_id in recorded.stood:
+                self._report(by_id[outcome.row_id], outcome)
 
     def shutting_down(self) -> None:
         """The process stops: no new batch is claimed, and outcomes the database does not take
@@ -1072,7 +1085,7 @@ class Dispatcher:
     def _stopping(self) -> bool:
         return self._give_up_at is not None
 
-    async def _record(self, outcomes: list[Outcome], token: UUID) -> list[UUID]:
+    async def _record(self, outcomes: list[Outcome], token: UUID) -> store.Recorded:
         """Record the outcomes: mail that went out but was not recorded would go out again
         once its lease ran out."""
         return await self._while_unavailable(
@@ -1245,17 +1258,20 @@ class Dispatcher:
         whole digest fail until it died, its other notices left waiting in it for good)."""
         today = self._readers_today(who, self._clock())
         parts: list[Rendered] = []
-        unreadable: list[Outcome] = []
+        unreadable: list[tuple[Row, Outcome]] = []
         for item in await store.digest_children(self._pool, digest.id):
             try:
                 parts.append(render(item.kind, item.context, item.case_id, today=today,
                                     plan_url=self._settings.plan_url))
                 told.append(item.id)
             except (ValueError, KeyError, OSError) as error:
-                unreadable.append(Outcome(item.id, "dead", False, item.attempts,
-                                          error=f"could not render the message: {error!r}"))
-                self._report(item, unreadable[-1])
-        await store.give_up_items(self._pool, unreadable, self._clock())
+                unreadable.append((item, Outcome(item.id, "dead", False, item.attempts,
+                                                 error=f"could not render the message: {error!r}")))
+        given_up = await store.give_up_items(self._pool, [o for _, o in unreadable],
+                                             self._clock())
+        for item, outcome in unreadable:
+            if item.id in given_up:
+                self._report(item, outcome)
         return render_digest(parts) if parts else _nothing_left(digest)
 
     async def _send(self, row: Row, compose: Callable[[], Awaitable[Rendered | Outcome]],

@@ -456,11 +456,21 @@ class Outcome:
     attempt_outcome: str | None = None
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What recording outcomes did: the rows another instance had taken over (``lost``,
+    left alone), and the rows whose outcome is now their fate (``stood``); neither holds a
+    row the feed settled meanwhile, whose outcome was not its fate unless its mail went."""
+
+    lost: list[UUID]
+    stood: frozenset[UUID]
+
+
 async def record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now: datetime,
-                          token: UUID) -> list[UUID]:
+                          token: UUID) -> Recorded:
     """Record what happened to rows claimed under ``token``; rows no longer held under it
-    (another instance took them over) are left alone and returned. Retried on deadlock: a
-    message that went out but was not recorded would be sent again once its lease ran out."""
+    (another instance took them over) are left alone. Retried on deadlock: a message that
+    went out but was not recorded would be sent again once its lease ran out."""
     ordered = sorted(outcomes, key=lambda o: o.row_id)
     return await retried_on_deadlock(lambda: _record_outcomes(pool, ordered, now, token))
 
@@ -479,22 +489,26 @@ async def retried_on_deadlock(work: Callable[[], Awaitable[_T]], attempts: int =
     raise AssertionError("unreachable")
 
 
+# the statuses in which a claimed row's fate is still the dispatcher's to record
+_SETTLED_BY_US = ("scheduled", "failed")
 # in recording an outcome ($2) of a row: whether the outcome is its fate
-_STILL_OURS_TO_SETTLE = "(status IN ('scheduled', 'failed') OR $2 = 'sent')"
+_STILL_OURS_TO_SETTLE = f"(status IN {_SETTLED_BY_US} OR $2 = 'sent')"
 
 
 async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now: datetime,
-                           token: UUID) -> list[UUID]:
+                           token: UUID) -> Recorded:
     if not outcomes:
-        return []
+        return Recorded([], frozenset())
     async with pool.acquire() as conn, conn.transaction():
         held = await conn.fetch(
-            "SELECT id FROM notifier.notifications WHERE id = ANY($1::uuid[])"
+            "SELECT id, status FROM notifier.notifications WHERE id = ANY($1::uuid[])"
             " AND claim_token = $2 ORDER BY id FOR UPDATE",
             [o.row_id for o in outcomes], token)
-        ours = {r["id"] for r in held}
-        lost = [o.row_id for o in outcomes if o.row_id not in ours]
-        outcomes = [o for o in outcomes if o.row_id in ours]
+        status = {r["id"]: r["status"] for r in held}
+        lost = [o.row_id for o in outcomes if o.row_id not in status]
+        outcomes = [o for o in outcomes if o.row_id in status]
+        stood = frozenset(o.row_id for o in outcomes
+                          if o.status == "sent" or status[o.row_id] in _SETTLED_BY_US)
         # A row the feed settled while it was ours (its case closed, its review held: it is
         # cancelled) keeps that fate, unless the mail went, which is recorded as it happened:
         # recorded dead (no address) or failed, it was mended or retried and sent after all.
@@ -518,7 +532,7 @@ async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now:
             " ON CONFLICT DO NOTHING",
             [(o.row_id, o.attempt_no, now, o.code, o.attempt_outcome, o.error)
              for o in outcomes if o.attempted])
-    return lost
+    return Recorded(lost, stood)
 
 
 async def mark_digest_children(pool: asyncpg.Pool, digest_id: UUID, outcome: Outcome,
@@ -548,13 +562,18 @@ async def mark_digest_children(pool: asyncpg.Pool, digest_id: UUID, outcome: Out
             digest_id, outcome.code, f"digest not delivered: {outcome.error}", now))
 
 
-async def give_up_items(pool: asyncpg.Pool, items: Sequence[Outcome], now: datetime) -> None:
-    """Dead letters of notices in a digest that cannot go in it, each with why."""
-    if items:
-        await pool.executemany(
-            "UPDATE notifier.notifications SET status = 'dead', last_error = $2,"
-            " updated_at = $3 WHERE id = $1 AND status IN ('scheduled', 'failed')",
-            [(item.row_id, item.error, now) for item in items])
+async def give_up_items(pool: asyncpg.Pool, items: Sequence[Outcome],
+                        now: datetime) -> frozenset[UUID]:
+    """Dead letters of notices in a digest that cannot go in it, each with why; the ids of
+    those given up (not one the feed settled meanwhile)."""
+    if not items:
+        return frozenset()
+    rows = await pool.fetch(
+        "UPDATE notifier.notifications n SET status = 'dead', last_error = i.error,"
+        " updated_at = $3 FROM unnest($1::uuid[], $2::text[]) AS i(id, error)"
+        f" WHERE n.id = i.id AND n.status IN {_SETTLED_BY_US} RETURNING n.id",
+        [item.row_id for item in items], [item.error for item in items], now)
+    return frozenset(row["id"] for row in rows)
 
 
 async def digest_children(pool: asyncpg.Pool, digest_id: UUID) -> list[Row]:
