@@ -79,7 +79,7 @@ async def test_a_mail_that_went_while_the_feed_cancelled_its_notice_is_counted_s
 
 async def test_recording_tells_which_outcomes_stood(rig: NotifierRig, clock: FakeClock) -> None:
     """Of three notices claimed together, one the feed cancelled meanwhile: its failure is
-    not its fate, a mail sent for it is, and the others' outcomes are."""
+    not its fate; the other two's failure and mail sent are theirs."""
     pool = rig.notifier.pool
     async with pool.acquire() as conn:
         await store.insert_notices(conn, due_notices(3), "test", clock(),
