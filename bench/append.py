@@ -4,6 +4,7 @@ minimal aiohttp + asyncpg service answering the same request with one INSERT
 (`bench/floor_app.py`), driven the same way.
 
     .venv/bin/python -m bench.append [--seconds 20] [--clients 16] [--processes 1]
+                                     [--rounds 1]
 
 Uses DATABASE_URL's server when set, otherwise an embedded PostgreSQL.
 """
@@ -15,6 +16,7 @@ import asyncio
 import json
 import os
 import secrets
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -194,31 +196,92 @@ async def measure(module: tuple[str, ...], env: dict[str, str], token: str, clie
     return appends, per_statement
 
 
-async def main(seconds: float, clients: int, processes: int) -> None:
+@dataclass(frozen=True)
+class Round:
+    """One measurement of each: the records service, the floor and raw inserts."""
+
+    appends: HttpAppends
+    per_statement: float
+    floor: HttpAppends
+    raw: float
+    raw_cpu: CpuSample | None
+
+
+async def measure_round(database_url: str, env: dict[str, str], token: str, clients: int,
+                        seconds: float, processes: int, *, backwards: bool) -> Round:
+    """The three measurements, in the order service, floor, raw, or ``backwards``: the
+    machine's speed drifts within minutes, and a drift would otherwise favour one of them
+    in every round."""
+    async def service() -> tuple[HttpAppends, float]:
+        return await measure(RECORDS, env, token, clients, seconds, processes)
+
+    async def floor() -> tuple[HttpAppends, float]:
+        return await measure(FLOOR, env, token, clients, seconds, processes)
+
+    async def raw() -> tuple[float, CpuSample | None]:
+        return await raw_insert_rate(database_url, clients, seconds)
+
+    if backwards:
+        raw_rate, raw_cpu = await raw()
+        floor_appends, _ = await floor()
+        appends, per_statement = await service()
+    else:
+        appends, per_statement = await service()
+        floor_appends, _ = await floor()
+        raw_rate, raw_cpu = await raw()
+    return Round(appends, per_statement, floor_appends, raw_rate, raw_cpu)
+
+
+async def main(seconds: float, clients: int, processes: int, rounds: int) -> None:
     with postgres_server() as server:
         async with scratch_database(server) as database_url:
             secret = secrets.token_urlsafe(32)
             env = {**os.environ, "DATABASE_URL": database_url, "CASETRAIL_JWT_SECRET": secret,
                    "CASETRAIL_LOG_LEVEL": "warning", "CASETRAIL_DB_POOL_MAX": str(clients)}
             token = issue_token(secret, sub="cm-bench", role="case_manager", agency="bench")
-            appends, per_statement = await measure(RECORDS, env, token, clients, seconds,
-                                                   processes)
-            floor, _ = await measure(FLOOR, env, token, clients, seconds, processes)
-            raw, raw_cpu = await raw_insert_rate(database_url, clients, seconds)
+            measured = [await measure_round(database_url, env, token, clients, seconds,
+                                            processes, backwards=n % 2 == 1)
+                        for n in range(rounds)]
     print(f"clients: {clients}, service processes: {processes},"
           f" seconds per measurement: {seconds}")
+    for n, one in enumerate(measured, 1):
+        if rounds > 1:
+            print(f"\nround {n} of {rounds}"
+                  f" ({'raw, floor, service' if n % 2 == 0 else 'service, floor, raw'})")
+        print_round(one)
+    if rounds > 1:
+        print_spread(measured)
+
+
+def print_round(one: Round) -> None:
+    appends, floor, raw = one.appends, one.floor, one.raw
     print(f"{'measurement':<44}{'rate/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{'raw asyncpg insert (1 row/tx)':<44}{raw:>10.0f}{'':>10}{'':>10}")
-    for label, measured in (("HTTP append (POST …/notes)", appends),
-                            ("floor: aiohttp + 1 INSERT (bench/floor_app)", floor)):
-        print(f"{label:<44}{measured.rate:>10.0f}"
-              f"{percentile(measured.latencies, 0.5) * 1000:>10.1f}"
-              f"{percentile(measured.latencies, 0.99) * 1000:>10.1f}")
+    for label, http in (("HTTP append (POST …/notes)", appends),
+                        ("floor: aiohttp + 1 INSERT (bench/floor_app)", floor)):
+        print(f"{label:<44}{http.rate:>10.0f}"
+              f"{percentile(http.latencies, 0.5) * 1000:>10.1f}"
+              f"{percentile(http.latencies, 0.99) * 1000:>10.1f}")
     print(f"ratio HTTP/raw: {appends.rate / raw:.1%}   floor/raw: {floor.rate / raw:.1%}"
           f"   HTTP/floor: {appends.rate / floor.rate:.1%}"
           f"\nnon-201 answers: {appends.errors} (floor: {floor.errors})"
-          f"\nappends per statement (mean of one process, incl. warm-up): {per_statement:.1f}")
-    print_cpu(appends.cpu_ms, floor.cpu_ms, raw_cpu)
+          f"\nappends per statement (mean of one process, incl. warm-up):"
+          f" {one.per_statement:.1f}")
+    print_cpu(appends.cpu_ms, floor.cpu_ms, one.raw_cpu)
+
+
+def print_spread(measured: list[Round]) -> None:
+    """Each ratio's median and range over the rounds."""
+    print("\nover the rounds: median (lowest to highest)")
+    for label, ratios in (
+            ("HTTP/raw", [r.appends.rate / r.raw for r in measured]),
+            ("floor/raw", [r.floor.rate / r.raw for r in measured]),
+            ("HTTP/floor", [r.appends.rate / r.floor.rate for r in measured])):
+        print(f"{label:<12}{statistics.median(ratios):>8.1%}"
+              f"  ({min(ratios):.1%} to {max(ratios):.1%})")
+    print(f"{'appends/s':<12}{statistics.median(r.appends.rate for r in measured):>8.0f}"
+          f"  ({min(r.appends.rate for r in measured):.0f}"
+          f" to {max(r.appends.rate for r in measured):.0f})")
 
 
 def print_cpu(http: CpuSample | None, floor: CpuSample | None, raw: CpuSample | None) -> None:
@@ -240,6 +303,11 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--processes", type=int, default=1,
                         help="records processes sharing the port (casetrail records --reuse-port)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each this many times, every other round in reverse"
+                             " order, and print each ratio's median and range")
     options = parser.parse_args()
+    if options.rounds < 1:
+        parser.error("--rounds must be at least 1")
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(main(options.seconds, options.clients, options.processes))
+        runner.run(main(options.seconds, options.clients, options.processes, options.rounds))
