@@ -490,9 +490,9 @@ async def retried_on_deadlock(work: Callable[[], Awaitable[_T]], attempts: int =
 
 
 # the statuses in which a claimed row's fate is still the dispatcher's to record
-_SETTLED_BY_US = ("scheduled", "failed")
+_OURS_TO_SETTLE = ("scheduled", "failed")
 # in recording an outcome ($2) of a row: whether the outcome is its fate
-_STILL_OURS_TO_SETTLE = f"(status IN {_SETTLED_BY_US} OR $2 = 'sent')"
+_STILL_OURS_TO_SETTLE = f"(status IN {_OURS_TO_SETTLE} OR $2 = 'sent')"
 
 
 async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now: datetime,
@@ -508,7 +508,7 @@ async def _record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[Outcome], now:
         lost = [o.row_id for o in outcomes if o.row_id not in status]
         outcomes = [o for o in outcomes if o.row_id in status]
         stood = frozenset(o.row_id for o in outcomes
-                          if o.status == "sent" or status[o.row_id] in _SETTLED_BY_US)
+                          if o.status == "sent" or status[o.row_id] in _OURS_TO_SETTLE)
         # A row the feed settled while it was ours (its case closed, its review held: it is
         # cancelled) keeps that fate, unless the mail went, which is recorded as it happened:
         # recorded dead (no address) or failed, it was mended or retried and sent after all.
@@ -571,7 +571,7 @@ async def give_up_items(pool: asyncpg.Pool, items: Sequence[Outcome],
     rows = await pool.fetch(
         "UPDATE notifier.notifications n SET status = 'dead', last_error = i.error,"
         " updated_at = $3 FROM unnest($1::uuid[], $2::text[]) AS i(id, error)"
-        f" WHERE n.id = i.id AND n.status IN {_SETTLED_BY_US} RETURNING n.id",
+        f" WHERE n.id = i.id AND n.status IN {_OURS_TO_SETTLE} RETURNING n.id",
         [item.row_id for item in items], [item.error for item in items], now)
     return frozenset(row["id"] for row in rows)
 
