@@ -17,14 +17,7 @@ from tests.notifier_helpers import NotifierRig, Records, SmtpServer
 from tests.test_audit_smtp_peer import small_win
 from tests.test_notifier_delivery import due_notices
 from tests.test_notifier_s22_fixes import _overdue_claimed
-
-
-async def counted(rig: NotifierRig, outcome: str, kind: str) -> float:
-    """The counter's value; 0 while no notice of ``kind`` has had that outcome."""
-    metrics = await (await rig.client.get("/metrics")).text()
-    line = f'casetrail_notifications_{outcome}_total{{kind="{kind}"}} '
-    return next((float(m.split()[-1]) for m in metrics.splitlines() if m.startswith(line)),
-                0.0)
+from tests.test_smtp_session_refusals import counted
 
 
 async def test_a_dead_letter_decided_for_a_notice_the_feed_cancelled_is_not_counted(
