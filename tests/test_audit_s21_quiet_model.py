@@ -25,6 +25,7 @@ import bisect
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
+from itertools import pairwise
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -114,26 +115,69 @@ def largest_change(name: str) -> timedelta:
     return max(changes, default=timedelta(0))
 
 
+STEPS = tuple(i * MINUTE for i in range(int(2 * WINDOW / MINUTE)))  # a timeline's minutes
+
+
+def stretches(name: str, base: datetime, count: int) -> list[tuple[int, int]]:
+    """The minutes ``base + i * MINUTE`` (``i < count``) cut where the zone's offset changes:
+    ``(first, after)`` for each stretch of one offset."""
+    cuts = {0, count}
+    for change in transitions(name):
+        i = -((base - change) // MINUTE)  # the first minute at or after the change
+        if 0 < i < count:
+            cuts.add(i)
+    return list(pairwise(sorted(cuts)))
+
+
 class Timeline:
     """The zone's clock, read at each UTC minute from ``centre - WINDOW`` to
-    ``centre + WINDOW``."""
+    ``centre + WINDOW``.
+
+    Within a stretch of one offset the clock moves a minute a minute: it is read with
+    ``astimezone`` at the stretch's first minute and its last (which must agree: no change
+    went unseen, outside 2024-2027), and at each repeated minute after a change back (their
+    ``fold``); in between it is the first reading plus the minutes. The same lists as reading
+    it at every minute, but for the running highest and lowest readings, taken stretch by
+    stretch: within one the readings rise, so each reading is the highest so far when it is
+    not below the highest before the stretch (``max(wall, so_far)``: of equal readings, this
+    minute's), and the lowest from here when not above the lowest after it."""
 
     def __init__(self, name: str, centre: datetime) -> None:
         self.zone = zone_of(name)
         self.base = centre.replace(second=0, microsecond=0) - WINDOW
-        count = int(2 * WINDOW / MINUTE)
-        self.walls = [
-            (self.base + i * MINUTE).astimezone(self.zone).replace(tzinfo=None)
-            for i in range(count)
-        ]
+        parts = stretches(name, self.base, len(STEPS))
+        self.walls: list[datetime] = []
+        for first, after in parts:
+            reading = self.moment(first).astimezone(self.zone)
+            last = self.moment(after - 1).astimezone(self.zone)
+            assert last.utcoffset() == reading.utcoffset(), f"{name}: unseen change by {last}"
+            start = reading.replace(tzinfo=None)
+            self.walls.extend([start + step for step in STEPS[: after - first]])
+            i = first
+            while i < after and reading.fold:
+                self.walls[i] = reading.replace(tzinfo=None)
+                i += 1
+                reading = self.moment(i).astimezone(self.zone)
         self.highest_so_far: list[datetime] = []
-        for wall in self.walls:
-            self.highest_so_far.append(
-                max(wall, self.highest_so_far[-1]) if self.highest_so_far else wall
-            )
-        self.lowest_from_here: list[datetime] = list(self.walls)
-        for i in range(count - 2, -1, -1):
-            self.lowest_from_here[i] = min(self.walls[i], self.lowest_from_here[i + 1])
+        for first, after in parts:
+            if not self.highest_so_far:
+                self.highest_so_far.extend(self.walls[first:after])
+                continue
+            so_far = self.highest_so_far[-1]
+            rises = bisect.bisect_left(self.walls, so_far, first, after)
+            self.highest_so_far.extend([so_far] * (rises - first))
+            self.highest_so_far.extend(self.walls[rises:after])
+        lowest: list[datetime] = []  # from the end
+        for first, after in reversed(parts):
+            if not lowest:
+                lowest.extend(reversed(self.walls[first:after]))
+                continue
+            later = lowest[-1]
+            above = bisect.bisect_right(self.walls, later, first, after)
+            lowest.extend([later] * (after - above))
+            lowest.extend(reversed(self.walls[first:above]))
+        lowest.reverse()
+        self.lowest_from_here = lowest
 
     def index(self, moment: datetime) -> int:
         return (moment - self.base) // MINUTE
@@ -154,16 +198,18 @@ class Timeline:
         return [i for i, w in enumerate(self.walls) if w == wall]
 
 
-def inside_by_the_clock(start: time, end: time, wall: datetime) -> bool:
-    t = wall.time()
-    return start <= t < end if start < end else (t >= start or t < end)
+def inside_by_the_clock(start: time, end: time, walls: list[datetime]) -> list[bool]:
+    """Each of ``walls``: whether the clock reads inside ``start``-``end``."""
+    if start < end:
+        return [start <= wall.time() < end for wall in walls]
+    return [not end <= wall.time() < start for wall in walls]  # t >= start or t < end
 
 
 def quiet_minutes(timeline: Timeline, start: time, end: time) -> list[bool]:
     """Each minute of the timeline: inside quiet hours by the clock, or between a night's
     first moment and its end (0203): the last reading of its end time, but never past the
     next night's start (then the first: nights of nearly a whole day)."""
-    quiet = [inside_by_the_clock(start, end, wall) for wall in timeline.walls]
+    quiet = inside_by_the_clock(start, end, timeline.walls)
     first_day = timeline.walls[0].date() - timedelta(days=1)
     last_day = timeline.walls[-1].date()
     day = first_day
@@ -174,8 +220,9 @@ def quiet_minutes(timeline: Timeline, start: time, end: time) -> list[bool]:
         next_begins = timeline.first_reading(datetime.combine(day + timedelta(days=1), start))
         if ends > next_begins:  # never past the next night's start: then its first pass
             ends = timeline.first_reading(datetime.combine(ends_on, end))
-        for i in range(max(begins, 0), min(ends, len(quiet))):
-            quiet[i] = True
+        begins, ends = max(begins, 0), min(ends, len(quiet))
+        if begins < ends:
+            quiet[begins:ends] = [True] * (ends - begins)
         day += timedelta(days=1)
     return quiet
 
@@ -499,13 +546,15 @@ def claimed_at(timing: DatedTiming, row: Row, zone: str) -> datetime | None:
     """The first minute the dispatcher takes ``row`` for an immediate reader in ``zone``:
     the usual claim (``not_before <= now``), or the early one (``claim_dated_early``: due
     within the claim span, by the zone's ``due_by``, which must itself be ahead)."""
-    t = (row.due_at - timing.claim_span - timedelta(hours=2)).replace(second=0, microsecond=0)
+    span = timing.claim_span  # of the timing alone: read once
+    t = (row.due_at - span - timedelta(hours=2)).replace(second=0, microsecond=0)
     while t <= row.due_at + timedelta(minutes=1):
         if row.not_before <= t:
             return t
-        by = timing.due_by(zone, t)
-        if t < row.not_before < t + timing.claim_span and t < by and row.due_at <= by:
-            return t
+        if t < row.not_before < t + span:  # only then is ``due_by`` asked (it has no effects)
+            by = timing.due_by(zone, t)
+            if t < by and row.due_at <= by:
+                return t
         t += MINUTE
     return None
 
