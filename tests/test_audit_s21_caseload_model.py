@@ -30,8 +30,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -211,6 +212,30 @@ class Model:
 # --------------------------------------------------------------------------------------------
 # the world: the service, its tokens and the model, driven together
 # --------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+AT_ONCE = 8  # below the service's pool of 10 connections (CASETRAIL_DB_POOL_MAX)
+
+
+async def together(checks: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run independent checks that only read ``AT_ONCE`` at a time, each to its end; their
+    results in order. One at a time, this process sat idle while PostgreSQL answered each
+    read (a supervisor's listing also commits its access-log rows); together, the service
+    and the checks use that time. The first failure is raised as it is, and the checks still
+    running are stopped."""
+    slots = asyncio.Semaphore(AT_ONCE)
+
+    async def one(check: Callable[[], Awaitable[T]]) -> T:
+        async with slots:
+            return await check()
+
+    tasks = [asyncio.ensure_future(one(check)) for check in checks]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def write_policies(folder: Path) -> Path:
@@ -599,11 +624,17 @@ class World:
     # ---- reading ----
 
     async def get(self, token: str, query: str) -> tuple[int, Any]:
-        response = await self.client.get(f"/v1/cases?{query}", headers=bearer(token))
-        body = await response.json()
-        if response.status >= 400:
-            assert response.content_type == "application/problem+json", (query, body)
-        return response.status, body
+        """``GET /v1/cases?query`` as ``token``. The request goes through the test client's
+        session, as ``client.get`` sends it, but the response is released once read:
+        ``client.get`` keeps every response until the test ends (some 8,600 in a random
+        history), and the garbage collector went through them all again and again."""
+        async with self.client.session.get(
+            self.client.make_url(f"/v1/cases?{query}"), headers=bearer(token)
+        ) as response:
+            body = await response.json()
+            if response.status >= 400:
+                assert response.content_type == "application/problem+json", (query, body)
+            return response.status, body
 
     async def walk(
         self,
@@ -659,7 +690,12 @@ class World:
 
     async def check_listings(self, sample: int | None) -> int:
         """Every role's listings against the model: all combinations when ``sample`` is None,
-        else ``sample`` drawn at random per reader (and the plain listing always)."""
+        else ``sample`` drawn at random per reader (and the plain listing always).
+
+        Nothing is written while they are read (the model and the clock stay as they are), so
+        the walks are drawn first, in the order and with the page sizes they always had (the
+        same draws from the seeded generator), then read ``together``."""
+        checks: list[Callable[[], Awaitable[None]]] = []
         walks = 0
         for agency in (AGENCY_A, AGENCY_B):
             other = AGENCY_B if agency == AGENCY_A else AGENCY_A
@@ -694,24 +730,51 @@ class World:
                         expected = Filters(
                             f.case_manager.strip(), f.status, f.review_due_before, f.order
                         )
-                        await self._walk_as(token, agency, f, expected, scoped)
+                        checks.append(
+                            partial(
+                                self._walk_as,
+                                token,
+                                agency,
+                                f,
+                                expected,
+                                scoped,
+                                self.rng.choice([1, 2, 3]),
+                            )
+                        )
                     else:
-                        await self.walk(
-                            token, agency, f, self.rng.choice([1, 2, 3, 200]), scoped_to=scoped
+                        checks.append(
+                            partial(
+                                self.walk,
+                                token,
+                                agency,
+                                f,
+                                self.rng.choice([1, 2, 3, 200]),
+                                scoped_to=scoped,
+                            )
                         )
                     walks += 1
                 if scoped is not None:  # a colleague's caseload is not a case manager's to list
                     colleague = next(m for m in MANAGERS[agency] if m != scoped)
-                    status, body = await self.get(token, Filters(colleague).query(2))
-                    assert status == 403, body
-        await self.check_refused_roles()
+                    checks.append(partial(self._refused, token, Filters(colleague).query(2)))
+        await together([*checks, *self.refused_roles()])
         return walks
 
+    async def _refused(self, token: str, query: str) -> None:
+        """403, and no case (0004)."""
+        status, body = await self.get(token, query)
+        assert status == 403, (query, body)
+        assert "cases" not in body
+
     async def _walk_as(
-        self, token: str, agency: str, f: Filters, expected: Filters, scoped: str | None
+        self,
+        token: str,
+        agency: str,
+        f: Filters,
+        expected: Filters,
+        scoped: str | None,
+        limit: int,
     ) -> None:
         """A filter with surrounding spaces reads as the same filter without them (0101)."""
-        limit = self.rng.choice([1, 2, 3])
         shown, after = [], None
         while True:
             status, page = await self.get(token, f.query(limit, after))
@@ -733,40 +796,44 @@ class World:
 
     async def check_against_plans(self) -> None:
         """Each listed case says what its plan says (the listing is the caseload projection
-        of the same events): version, status, case manager, risk, name, next review, time."""
+        of the same events): version, status, case manager, risk, name, next review, time.
+        The plans are read ``together``."""
+        checks: list[Callable[[], Awaitable[None]]] = []
         for agency in (AGENCY_A, AGENCY_B):
             supervisor = self.token(agency, "supervisor", SUPERVISOR[agency])
             status, page = await self.get(supervisor, "limit=200")
             assert status == 200
-            for row in page["cases"]:
-                response = await self.client.get(
-                    f"/v1/cases/{row['case_id']}", headers=bearer(supervisor)
-                )
-                plan = await response.json()
-                assert response.status == 200, plan
-                review = plan["next_review"]
-                assert (
-                    row["version"],
-                    row["status"],
-                    row["case_manager"],
-                    row["risk_level"],
-                    row["participant_name"],
-                    row["next_review_due"],
-                    row["updated_at"],
-                    row["active_goals"],
-                ) == (
-                    plan["version"],
-                    plan["status"],
-                    plan["case_manager"],
-                    plan["risk_level"],
-                    plan["participant"]["name"],
-                    review["due_date"] if review else None,
-                    plan["updated_at"],
-                    plan["active_goal_count"],
-                ), (row, plan)
+            checks += [partial(self._as_its_plan, row, supervisor) for row in page["cases"]]
+        await together(checks)
 
-    async def check_refused_roles(self) -> None:
-        """Participants, analysts, auditors and windowed tokens list nothing (0004: 403)."""
+    async def _as_its_plan(self, row: dict[str, Any], supervisor: str) -> None:
+        response = await self.client.get(f"/v1/cases/{row['case_id']}", headers=bearer(supervisor))
+        plan = await response.json()
+        assert response.status == 200, plan
+        review = plan["next_review"]
+        assert (
+            row["version"],
+            row["status"],
+            row["case_manager"],
+            row["risk_level"],
+            row["participant_name"],
+            row["next_review_due"],
+            row["updated_at"],
+            row["active_goals"],
+        ) == (
+            plan["version"],
+            plan["status"],
+            plan["case_manager"],
+            plan["risk_level"],
+            plan["participant"]["name"],
+            review["due_date"] if review else None,
+            plan["updated_at"],
+            plan["active_goal_count"],
+        ), (row, plan)
+
+    def refused_roles(self) -> list[Callable[[], Awaitable[None]]]:
+        """Participants, analysts, auditors and windowed tokens list nothing (0004: 403): the
+        checks, to be read ``together`` with the listings."""
         some = sorted(self.model.of(AGENCY_A), key=lambda c: c.case_id)[:1]
         cases = [c.case_id for c in some] or ["0dc5cbc2-cbbb-482b-96ef-e012ff002e02"]
         refused = [
@@ -784,11 +851,11 @@ class World:
                 AGENCY_A, "case_manager", "cm-1", window_to=datetime(2100, 1, 1, tzinfo=UTC)
             ),
         ]
-        for token in refused:
-            for query in ("", "case_manager=cm-1&status=open&limit=2"):
-                status, body = await self.get(token, query)
-                assert status == 403, (query, body)
-                assert "cases" not in body
+        return [
+            partial(self._refused, token, query)
+            for token in refused
+            for query in ("", "case_manager=cm-1&status=open&limit=2")
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1094,24 +1161,44 @@ async def test_tampered_cursors_are_a_clear_4xx_and_borrowed_ones_show_only_the_
             assert got, (name, order)
 
     # 1. junk, truncated and mangled cursors: 422 on query.after (400 for what a query may
-    #    not hold at all), never a 500 and never a page
+    #    not hold at all), never a 500 and never a page (nothing is written meanwhile: every
+    #    check of 1 and 2 is read ``together``)
+    async def junk_refused(reader: str, query: str) -> None:
+        status, body = await world.get(reader, query)
+        assert status in (400, 422), (query, status, body)
+        assert "cases" not in body, query
+        if status == 422:
+            assert [e["field"] for e in body["errors"]] == ["query.after"], (query, body)
+
+    async def raw_refused(reader: str, order: str, raw: str) -> None:
+        status, body = await world.get(reader, f"limit=2&order={order}&after={raw}")
+        assert 400 <= status < 500, (raw, status, body)
+
+    checks: list[Callable[[], Awaitable[None]]] = []
     samples = [*cursors["sup-a", "case_id"][:1], *cursors["sup-a", "next_review"][:1]]
     truncated = [c[:n] for c in samples for n in (1, 8, 20, 35, len(c) - 1)]
     for reader in (supervisor_a, cm1_a):
         for order in ("case_id", "next_review"):
             for junk in [*JUNK_CURSORS, *truncated]:
-                query = Filters(order=order).query(2, junk)
-                status, body = await world.get(reader, query)
-                assert status in (400, 422), (query, status, body)
-                assert "cases" not in body, query
-                if status == 422:
-                    assert [e["field"] for e in body["errors"]] == ["query.after"], (query, body)
+                checks.append(partial(junk_refused, reader, Filters(order=order).query(2, junk)))
             for raw in ("%00", "%ZZ", "%FF%FE", "%0A"):
-                status, body = await world.get(reader, f"limit=2&order={order}&after={raw}")
-                assert 400 <= status < 500, (raw, status, body)
+                checks.append(partial(raw_refused, reader, order, raw))
 
     # 2. a well-formed cursor from elsewhere is only a place in the order: each page is the
     #    reader's own cases after it, exactly as the model pages them, never another agency's
+    async def borrowed_page(
+        reader: str, agency: str, scoped: str | None, own: set[str], f: Filters, cursor: str
+    ) -> None:
+        status, page = await world.get(reader, f.query(3, cursor))
+        assert status == 200, (f, cursor, page)
+        assert {c["case_id"] for c in page["cases"]} <= own, (f, cursor)
+        expected_f = (
+            f if scoped is None else Filters(scoped, f.status, f.review_due_before, f.order)
+        )
+        rows, nxt = world.model.page(agency, expected_f, 3, cursor)
+        assert [{k: c[k] for k in FIELDS} for c in page["cases"]] == rows, (f, cursor)
+        assert page["next_after"] == nxt
+
     borrowed = [
         (supervisor_a, AGENCY_A, None, cursors["sup-b", "case_id"] + cursors["cm1-b", "case_id"]),
         (supervisor_a, AGENCY_A, None, cursors["cm1-a", "case_id"]),
@@ -1131,15 +1218,8 @@ async def test_tampered_cursors_are_a_clear_4xx_and_borrowed_ones_show_only_the_
             ):
                 if scoped is None and f.status is None and f.review_due_before is None:
                     f = Filters(case_manager="cm-1", order=order)  # another filter's cursor
-                status, page = await world.get(reader, f.query(3, cursor))
-                assert status == 200, (f, cursor, page)
-                assert {c["case_id"] for c in page["cases"]} <= own, (f, cursor)
-                expected_f = (
-                    f if scoped is None else Filters(scoped, f.status, f.review_due_before, f.order)
-                )
-                rows, nxt = world.model.page(agency, expected_f, 3, cursor)
-                assert [{k: c[k] for k in FIELDS} for c in page["cases"]] == rows, (f, cursor)
-                assert page["next_after"] == nxt
+                checks.append(partial(borrowed_page, reader, agency, scoped, own, f, cursor))
+    await together(checks)
 
     # 3. the same id spelled otherwise (capitals) is the same place, not a 500
     first = cursors["sup-a", "case_id"][0]
