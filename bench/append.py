@@ -205,6 +205,11 @@ class Round:
     floor: HttpAppends
     raw: float
     raw_cpu: CpuSample | None
+    backwards: bool  # measured raw, floor, service
+
+    @property
+    def order(self) -> str:
+        return "raw, floor, service" if self.backwards else "service, floor, raw"
 
 
 async def measure_round(database_url: str, env: dict[str, str], token: str, clients: int,
@@ -229,7 +234,7 @@ async def measure_round(database_url: str, env: dict[str, str], token: str, clie
         appends, per_statement = await service()
         floor_appends, _ = await floor()
         raw_rate, raw_cpu = await raw()
-    return Round(appends, per_statement, floor_appends, raw_rate, raw_cpu)
+    return Round(appends, per_statement, floor_appends, raw_rate, raw_cpu, backwards)
 
 
 async def main(seconds: float, clients: int, processes: int, rounds: int) -> None:
@@ -246,8 +251,7 @@ async def main(seconds: float, clients: int, processes: int, rounds: int) -> Non
           f" seconds per measurement: {seconds}")
     for n, one in enumerate(measured, 1):
         if rounds > 1:
-            print(f"\nround {n} of {rounds}"
-                  f" ({'raw, floor, service' if n % 2 == 0 else 'service, floor, raw'})")
+            print(f"\nround {n} of {rounds} ({one.order})")
         print_round(one)
     if rounds > 1:
         print_spread(measured)
