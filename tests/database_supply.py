@@ -1,10 +1,11 @@
-"""Databases for the tests, cloned from the migrated template ahead of need and dropped after
-use, both off the tests' own path.
+"""Databases for the tests, cloned from the migrated template ahead of need and, after use,
+brought back to the template's state and handed out again, all off the tests' own path.
 
 A clone costs PostgreSQL 30-170 ms, mostly waiting on the disk (CREATE DATABASE copies the
-template through the WAL and flushes it), and a drop 15-50 ms. Made and dropped inline, they
-were about a fifth of the suite's time; made here, on a thread of their own, they overlap
-the tests.
+template through the WAL and flushes it), and a drop 15-50 ms and a forced checkpoint. Made
+and dropped inline, they were about a fifth of the suite's time; made here, on a thread of
+their own, they overlap the tests; used again (tests/database_baseline.py), most are never
+made at all.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from services.common.database import with_database
+from tests.database_baseline import Baseline, DifferentDatabase
 
 T = TypeVar("T")
 
@@ -31,7 +33,8 @@ WAIT_SECONDS = 120
 
 class DatabaseSupply:
     """Clones of ``template`` on ``server_url``: each :meth:`borrowed` for a while, then
-    dropped (with any connection still open to it); :meth:`close` at the end."""
+    brought back to the template's state for the next borrower (or dropped, with any
+    connection still open to it, when it cannot be); :meth:`close` drops them all."""
 
     def __init__(self, server_url: str, template: str) -> None:
         self._server_url = server_url
@@ -40,19 +43,20 @@ class DatabaseSupply:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="database-supply")
         self._thread.start()
-        self._drops: list[Future[None]] = []
+        self._returns: list[Future[None]] = []
         self._stopping = False
         self._run(self._start())
 
     @contextmanager
     def borrowed(self) -> Iterator[str]:
-        """The URL of a new database, migrated as the template is, for the caller alone; it is
-        dropped in the background afterwards (:meth:`close` waits for that)."""
+        """The URL of a database as migrated as the template, for the caller alone; it is
+        brought back or dropped in the background afterwards (:meth:`close` waits for that)."""
         name = self._run(self._next())
         try:
             yield with_database(self._server_url, name)
         finally:
-            self._drops.append(asyncio.run_coroutine_threadsafe(self._drop(name), self._loop))
+            self._returns.append(
+                asyncio.run_coroutine_threadsafe(self._give_back(name), self._loop))
 
     def close(self) -> None:
         try:
@@ -71,6 +75,12 @@ class DatabaseSupply:
         self._admin = admin
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._room = asyncio.Semaphore(AHEAD)
+        self._reusable: list[str] = []
+        self._restoring = 0
+        self._changed = asyncio.Condition()
+        first = await self._clone()
+        self._baseline = await self._on(first, Baseline.read)
+        self._reusable.append(first)
         self._maker = asyncio.create_task(self._keep_ahead())
 
     async def _keep_ahead(self) -> None:
@@ -78,9 +88,18 @@ class DatabaseSupply:
             await self._room.acquire()
             if self._stopping:
                 return
-            name = f"{self._template}_{secrets.token_hex(3)}"
-            await self._admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
-            self._ready.put_nowait(name)
+            self._ready.put_nowait(await self._reused() or await self._clone())
+
+    async def _reused(self) -> str | None:
+        """A database brought back, waiting for one being brought back rather than cloning."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._reusable) or not self._restoring)
+        return self._reusable.pop() if self._reusable else None
+
+    async def _clone(self) -> str:
+        name = f"{self._template}_{secrets.token_hex(3)}"
+        await self._admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
+        return name
 
     async def _next(self) -> str:
         getter = asyncio.ensure_future(self._ready.get())
@@ -92,6 +111,40 @@ class DatabaseSupply:
         self._room.release()
         return getter.result()
 
+    async def _give_back(self, name: str) -> None:
+        if self._stopping:
+            await self._drop(name)
+            return
+        self._restoring += 1
+        try:
+            await self._disconnect_all(name)
+            await self._on(name, self._baseline.restore)
+        except (DifferentDatabase, asyncpg.PostgresError, OSError):
+            await self._drop(name)
+        else:
+            self._reusable.append(name)
+        finally:
+            self._restoring -= 1
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _disconnect_all(self, name: str) -> None:
+        """Ends the sessions a test left open on ``name`` and waits until they have gone."""
+        for _ in range(500):
+            if not await self._admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = $1", name):
+                return
+            await asyncio.sleep(0.01)
+        raise DifferentDatabase("its sessions did not end")
+
+    async def _on(self, name: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        conn = await asyncpg.connect(with_database(self._server_url, name))
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
     async def _drop(self, name: str) -> None:
         await self._admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -99,9 +152,11 @@ class DatabaseSupply:
         self._stopping = True
         self._room.release()  # wakes the maker if it waits for room; it then returns
         outcomes = await asyncio.gather(
-            self._maker, *(asyncio.wrap_future(d) for d in self._drops), return_exceptions=True)
-        while not self._ready.empty():
-            await self._drop(self._ready.get_nowait())
+            self._maker, *(asyncio.wrap_future(r) for r in self._returns),
+            return_exceptions=True)
+        leftovers = self._reusable + [self._ready.get_nowait() for _ in range(self._ready.qsize())]
+        for name in leftovers:
+            await self._drop(name)
         await self._admin.close()
         for outcome in outcomes:  # a database left behind is named, not forgotten
             if isinstance(outcome, BaseException):
