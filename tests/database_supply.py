@@ -15,7 +15,7 @@ import secrets
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import asyncpg
@@ -29,6 +29,12 @@ T = TypeVar("T")
 # left to drop when the run ends.
 AHEAD = 2
 WAIT_SECONDS = 120
+# How long a used database's sessions may take to close before the supply ends them.
+GRACE_SECONDS = 2.0
+# How long the maker waits for a used database to be brought back before it clones one.
+REUSE_WAIT_SECONDS = 0.5
+SESSIONS = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+SESSIONS_ENDED = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1"
 
 
 class DatabaseSupply:
@@ -91,9 +97,12 @@ class DatabaseSupply:
             self._ready.put_nowait(await self._reused() or await self._clone())
 
     async def _reused(self) -> str | None:
-        """A database brought back, waiting for one being brought back rather than cloning."""
+        """A database brought back; one being brought back is waited for a while, as it is
+        usually ready long before a clone would be."""
         async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._reusable) or not self._restoring)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(
+                    lambda: bool(self._reusable) or not self._restoring), REUSE_WAIT_SECONDS)
         return self._reusable.pop() if self._reusable else None
 
     async def _clone(self) -> str:
@@ -129,11 +138,16 @@ class DatabaseSupply:
                 self._changed.notify_all()
 
     async def _disconnect_all(self, name: str) -> None:
-        """Ends the sessions a test left open on ``name`` and waits until they have gone."""
-        for _ in range(500):
-            if not await self._admin.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = $1", name):
+        """Waits for the sessions on ``name`` to end, ending those a test left open.
+
+        A test's database is given back before the fixtures it set up earlier close their
+        pools (the app's, say), so those get a grace period to close themselves: ended by the
+        server first, their close would write to a broken pipe and fail the teardown."""
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + GRACE_SECONDS
+        for _ in range(1000):
+            query = SESSIONS if loop.time() < grace_ends else SESSIONS_ENDED
+            if not await self._admin.fetchval(query, name):
                 return
             await asyncio.sleep(0.01)
         raise DifferentDatabase("its sessions did not end")

@@ -109,14 +109,19 @@ async def test_the_supply_hands_a_used_database_out_again_and_drops_a_changed_on
             await asyncio.sleep(0.02)
         assert not await exists(server, changed_name)
 
+        for _ in range(1000):  # the session left open is ended after a grace period
+            if used.is_closed():
+                break
+            await asyncio.sleep(0.02)
+        assert used.is_closed()
+
         with ExitStack() as held:  # held at once, so none goes back round before it is found
-            urls = [held.enter_context(supply.borrowed()) for _ in range(AHEAD + 1)]
+            while used_url not in urls and len(urls) < AHEAD + 8:
+                urls.append(held.enter_context(supply.borrowed()))
             assert used_url in urls
             again = await asyncpg.connect(used_url)
             assert await Baseline.read(again) == fresh
             await again.close()
-        with pytest.raises((asyncpg.InterfaceError, asyncpg.PostgresError, ConnectionError)):
-            await used.fetchval("SELECT 1")
     finally:
         supply.close()
     try:
