@@ -18,6 +18,7 @@ nothing of a person ("Alcoholics Anonymous", "water-resistant") are listed as ``
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -307,6 +308,7 @@ def warnings_for(events: Iterable[EventPayload], guide: LanguageGuide) -> list[L
     return out
 
 
+@functools.cache  # immutable, from a file that does not change while the service runs
 def load_base_guide() -> LanguageGuide:
     """The guide packaged with the service (services/records/domain/language_guide.json)."""
     source = resources.files("services.records.domain").joinpath("language_guide.json")
