@@ -128,7 +128,7 @@ class DatabaseSupply:
         try:
             await self._disconnect_all(name)
             await self._on(name, self._baseline.restore)
-        except (DifferentDatabase, asyncpg.PostgresError, OSError):
+        except (DifferentDatabase, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             await self._drop(name)
         else:
             self._reusable.append(name)
