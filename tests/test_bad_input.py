@@ -1,33 +1,131 @@
-"""Bad input on every endpoint: a clear 4xx problem, nothing written, never a 500."""
+"""Bad input on every endpoint: a clear 4xx problem, nothing written, never a 500.
+
+A test whose requests must all be refused, or only read, asks in one world shared by the
+module (a database, a records service, a case built over HTTP); a test that makes a write
+that may succeed builds a world of its own. Before each test the shared world's records are
+compared with what they were once built; a refused request that wrote after all (its own
+test fails on the event count) or moved anything else leaves them changed, and the next test
+gets a new world: no test's outcome depends on what another one sent.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 
-from tests.conftest import ClientFactory, TokenFactory, bearer
+from services.common.auth import issue_token
+from services.records.http.app import create_app
+from tests.conftest import JWT_SECRET, TokenFactory, bearer, make_settings
+from tests.database_supply import DatabaseSupply
 from tests.records_api import CaseApi, event_count
 from tests.test_authorization import WRITES, Case, _path, build_case
+
+# the module's tests share one event loop, so that the shared world serves each of them
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 UNKNOWN = str(uuid.uuid4())
 BIG = "x" * 5000
 
+Setup = tuple[TestClient[Any, Any], asyncpg.Pool, Case, dict[str, str]]
 
-@pytest.fixture
-async def setup(make_records_client: ClientFactory, fresh_database_url: str,
-                token: TokenFactory) -> Any:
-    client = await make_records_client(fresh_database_url,
-                                       CASETRAIL_MAX_BODY_BYTES=64 * 1024)
-    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
-    api = CaseApi(client, token())
-    case = await build_case(api)
-    yield client, pool, case, bearer(token())
-    await pool.close()
+
+@dataclass
+class World:
+    client: TestClient[Any, Any]
+    pool: asyncpg.Pool
+    case: Case
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.client.close()
+
+
+async def open_world(database_url: str) -> World:
+    """The records service on ``database_url`` (bodies up to 64 KiB) and cm-1's case on it."""
+    app = create_app(make_settings(database_url, CASETRAIL_MAX_BODY_BYTES=64 * 1024))
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    pool = None
+    try:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        assert pool is not None
+        owner = issue_token(JWT_SECRET, sub="cm-1", role="case_manager", agency="agency-a")
+        case = await build_case(CaseApi(client, owner))
+    except BaseException:
+        if pool is not None:
+            await pool.close()
+        await client.close()
+        raise
+    return World(client, pool, case)
+
+
+async def _records_state(pool: asyncpg.Pool) -> list[tuple[str, str]]:
+    """A digest of every records table but the access log (each read the tests make may be
+    logged there, and no test's outcome depends on it)."""
+    tables = [r["table_name"] for r in await pool.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'records'"
+        " AND table_type = 'BASE TABLE' AND table_name <> 'access_log' ORDER BY table_name")]
+    digests = " UNION ALL ".join(
+        f"SELECT '{name}', md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
+        f" FROM records.{name} t" for name in tables)
+    return [(r[0], r[1]) for r in await pool.fetch(digests)]
+
+
+class SharedWorld:
+    """The module's world, built again whenever its records no longer are as built."""
+
+    def __init__(self, supply: DatabaseSupply) -> None:
+        self._supply = supply
+        self._world: World | None = None
+        self._database = ExitStack()
+        self._as_built: list[tuple[str, str]] = []
+
+    async def as_built(self) -> World:
+        if self._world is None or await _records_state(self._world.pool) != self._as_built:
+            await self.close()
+            url = self._database.enter_context(self._supply.borrowed())
+            self._world = await open_world(url)
+            self._as_built = await _records_state(self._world.pool)
+        return self._world
+
+    async def close(self) -> None:
+        try:
+            if self._world is not None:
+                await self._world.close()
+        finally:
+            self._world = None
+            self._database.close()  # given back once nothing is connected to it
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_world(database_supply: DatabaseSupply) -> AsyncIterator[SharedWorld]:
+    shared = SharedWorld(database_supply)
+    yield shared
+    await shared.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def setup(shared_world: SharedWorld, token: TokenFactory) -> Setup:
+    """The shared world, as built: for a test whose requests must all be refused, or read."""
+    world = await shared_world.as_built()
+    return world.client, world.pool, world.case, bearer(token())
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def own_setup(fresh_database_url: str, token: TokenFactory) -> AsyncIterator[Setup]:
+    """A world of the test's own: for a test whose writes may succeed."""
+    world = await open_world(fresh_database_url)
+    yield world.client, world.pool, world.case, bearer(token())
+    await world.close()
 
 
 def _bad_bodies(body: dict[str, Any]) -> dict[str, tuple[bytes | None, str]]:
@@ -52,15 +150,15 @@ def _bad_bodies(body: dict[str, Any]) -> dict[str, tuple[bytes | None, str]]:
     return cases
 
 
-async def _expect_refused(client: TestClient, pool: asyncpg.Pool, method: str, path: str,
-                          headers: dict[str, str], data: bytes | None = None,
+async def _expect_refused(client: TestClient[Any, Any], pool: asyncpg.Pool, method: str,
+                          path: str, headers: dict[str, str], data: bytes | None = None,
                           content_type: str | None = None) -> dict[str, Any]:
     before = await event_count(pool)
     all_headers = dict(headers)
     if content_type:
         all_headers["Content-Type"] = content_type
     response = await client.request(method, path, data=data, headers=all_headers)
-    body = await response.json(content_type=None)
+    body: dict[str, Any] = await response.json(content_type=None)
     assert 400 <= response.status < 500, (method, path, response.status, body)
     assert response.content_type == "application/problem+json"
     assert body["status"] == response.status
@@ -357,10 +455,10 @@ DATED_WRITES: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize("day", EXTREME_DATES)
 @pytest.mark.parametrize(("template", "body"), DATED_WRITES)
-async def test_extreme_dates_never_fail_the_server(setup: Any, template: str,
+async def test_extreme_dates_never_fail_the_server(own_setup: Any, template: str,
                                                    body: dict[str, Any], day: str) -> None:
     """The first and last representable days are either accepted or refused with a 4xx."""
-    client, _, case, headers = setup
+    client, _, case, headers = own_setup
     method, path = template.split(" ", 1)
     filled = {k: v.replace("{d}", day) if isinstance(v, str) else v for k, v in body.items()}
     response = await client.request(method, _path(path, case), json=filled, headers=headers)
@@ -371,8 +469,8 @@ async def test_extreme_dates_never_fail_the_server(setup: Any, template: str,
     assert plan.status == 200
 
 
-async def test_work_on_a_discontinued_goals_steps_is_refused(setup: Any) -> None:
-    client, pool, case, headers = setup
+async def test_work_on_a_discontinued_goals_steps_is_refused(own_setup: Any) -> None:
+    client, pool, case, headers = own_setup
     import json
 
     response = await client.post(f"/v1/cases/{case.id}/goals/{case.goal}/status",
