@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import MAX_IDENTIFIER, ExactUserId, uuid_from_text
-from services.common.problems import quoted
+from services.common.quoting import quoted
 from services.common.settings import ConfigurationError, ServiceSettings
 
 

@@ -33,9 +33,9 @@ from services.common.problems import (
     Handler,
     Problem,
     problem_response,
-    quoted,
     validation_problem,
 )
+from services.common.quoting import quoted
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -54,13 +54,6 @@ def problem_response(problem: Problem, request: web.Request) -> web.Response:
                         content_type="application/problem+json", headers=problem.headers)
 
 
-def quoted(value: object, limit: int = 100) -> str:
-    """What a client sent, as a problem's detail quotes it: its repr, cut short (a body's key
-    may be the whole body; a token's unsigned header may name anything)."""
-    text = value if isinstance(value, str) else repr(value)
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
-
-
 MAX_LISTED_ERRORS = 50  # a body of 20,000 unknown keys once answered with a 2 MB list
 
 
