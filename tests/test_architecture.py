@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,13 @@ def test_sql_on_the_event_tables_stays_in_the_store() -> None:
                and any(table in path.read_text() for table in
                        ("records.events", "records.streams", "records.idempotency_keys"))]
     assert not outside, outside
+
+
+def test_the_command_line_starts_without_the_http_stack() -> None:
+    """`casetrail token`, `verify` and `migrate` serve no HTTP: loading aiohttp through the
+    token code once doubled every command's start (0.26 s against 0.40 s)."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, services.cli; print(sorted("
+         "m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'multidict', 'yarl')))"],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stdout
