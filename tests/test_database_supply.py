@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -82,6 +83,10 @@ async def test_a_database_whose_schema_changed_is_not_used_again(
         await fresh.restore(conn)
 
 
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")  # a socket's URL ends in ?host=/its/folder
+
+
 async def exists(server: asyncpg.Connection, name: str) -> bool:
     return bool(await server.fetchval("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)",
                                       name))
@@ -102,7 +107,7 @@ async def test_the_supply_hands_a_used_database_out_again_and_drops_a_changed_on
             await changed.execute("CREATE TABLE records.extra (id int)")
             await changed.close()
             # `used` stays open: the supply ends the sessions a test leaves behind
-        changed_name = changed_url.rsplit("/", 1)[1]
+        changed_name = database_name(changed_url)
         for _ in range(500):
             if not await exists(server, changed_name):
                 break
@@ -125,7 +130,7 @@ async def test_the_supply_hands_a_used_database_out_again_and_drops_a_changed_on
     finally:
         supply.close()
     try:
-        for name in {url.rsplit("/", 1)[1] for url in [used_url, *urls]}:
+        for name in {database_name(url) for url in [used_url, *urls]}:
             assert not await exists(server, name), name
     finally:
         await server.close()
