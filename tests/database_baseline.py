@@ -117,13 +117,13 @@ class Baseline:
                    sequences={name: (start, last) for name, start, last in sequences})
 
     async def restore(self, conn: asyncpg.Connection) -> None:
-        """Bring ``conn``'s database back to this baseline, or raise DifferentDatabase."""
+        """Bring ``conn``'s database back to this baseline, or raise DifferentDatabase (or
+        PostgresError, when a test dropped what the baseline holds): the rows are reset
+        first, then everything, the schema included, is read again and compared."""
         async with conn.transaction():
             # the events table refuses TRUNCATE by a trigger; the replica role skips triggers
             await conn.execute("SET LOCAL session_replication_role = replica")
             await conn.execute("SET LOCAL lock_timeout = '5s'")
-            if await conn.fetchval(SCHEMA_DIGEST) != self.schema:
-                raise DifferentDatabase("its schema changed")
             occupied = await _occupied(conn, self.tables)
             seeded_changed = {table for table in occupied & self.rows.keys()
                               if await _rows(conn, table) != self.rows[table]}
@@ -139,7 +139,7 @@ class Baseline:
                 await conn.execute("SELECT setval($1::regclass, $2, $3)", name,
                                    start if last is None else last, last is not None)
             if await Baseline.read(conn) != self:
-                raise DifferentDatabase("it could not be brought back")
+                raise DifferentDatabase("its schema changed, or its rows could not be reset")
 
 
 class DifferentDatabase(Exception):

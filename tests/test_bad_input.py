@@ -68,16 +68,15 @@ async def open_world(database_url: str) -> World:
     return World(client, pool, case)
 
 
-async def _records_state(pool: asyncpg.Pool) -> list[tuple[str, str]]:
-    """A digest of every records table but the access log (each read the tests make may be
-    logged there, and no test's outcome depends on it)."""
+async def _records_digest(pool: asyncpg.Pool) -> str:
+    """A query for a digest of every records table but the access log (each read the tests
+    make may be logged there, and no test's outcome depends on it)."""
     tables = [r["table_name"] for r in await pool.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'records'"
         " AND table_type = 'BASE TABLE' AND table_name <> 'access_log' ORDER BY table_name")]
-    digests = " UNION ALL ".join(
+    return " UNION ALL ".join(
         f"SELECT '{name}', md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
         f" FROM records.{name} t" for name in tables)
-    return [(r[0], r[1]) for r in await pool.fetch(digests)]
 
 
 class SharedWorld:
@@ -87,14 +86,19 @@ class SharedWorld:
         self._supply = supply
         self._world: World | None = None
         self._database = ExitStack()
+        self._digest = ""  # the query, made once the first world is built
         self._as_built: list[tuple[str, str]] = []
 
+    async def _records_state(self, pool: asyncpg.Pool) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in await pool.fetch(self._digest)]
+
     async def as_built(self) -> World:
-        if self._world is None or await _records_state(self._world.pool) != self._as_built:
+        if self._world is None or await self._records_state(self._world.pool) != self._as_built:
             await self.close()
             url = self._database.enter_context(self._supply.borrowed())
             self._world = await open_world(url)
-            self._as_built = await _records_state(self._world.pool)
+            self._digest = self._digest or await _records_digest(self._world.pool)
+            self._as_built = await self._records_state(self._world.pool)
         return self._world
 
     async def close(self) -> None:
