@@ -293,16 +293,23 @@ async def _end_with_case(conn: asyncpg.Connection, case_id: UUID, reason: str,
         case_id, f"the case was closed ({reason})", now)
 
 
+# a supervisor's copy of a notice handed on to each supervisor ($2: the new case manager)
+_COPY_TO_THE_NEW_MANAGER = "(parent_id IS NOT NULL AND recipient_role = 'user' AND recipient = $2)"
+
+
 async def follow_transfer(conn: asyncpg.Connection, case_id: UUID, case_manager: str,
                           now: datetime) -> None:
     """Every pending notice of the case follows its transfer to ``case_manager``: those
     addressed to the case manager go to the new one (out of the old one's digest: the new
     one's preferences apply), and those naming the case manager (the overdue notices, the
-    copies handed on to each supervisor included) name the new one.
+    copies handed on to each supervisor included) name the new one. A supervisor who takes
+    the case has the case manager's copy now: the copy handed on to them as a supervisor is
+    cancelled (they got the same notice twice, as a hand-on never makes one for the case's
+    manager).
 
     Each leaves any claim on it: the instance holding it loaded it for the old manager, and
     its check just before sending must now fail. Rows are locked in id order, as
-    ``reconcile_case`` and the dispatcher's outcomes lock them."""
+    ``reconcile_case`` and the dispatcher's outcomes lock them, in one statement."""
     await _wait_for_hand_ons(conn, case_id)
     await conn.execute(
         "UPDATE notifier.notifications SET"
@@ -312,11 +319,15 @@ async def follow_transfer(conn: asyncpg.Connection, case_id: UUID, case_manager:
         " digest_id = CASE WHEN recipient_role = 'case_manager' THEN NULL ELSE digest_id END,"
         " not_before = CASE WHEN recipient_role = 'case_manager' AND digest_id IS NOT NULL"
         " THEN due_at ELSE not_before END,"
+        f" status = CASE WHEN {_COPY_TO_THE_NEW_MANAGER} THEN 'cancelled' ELSE status END,"
+        f" last_error = CASE WHEN {_COPY_TO_THE_NEW_MANAGER} THEN $4 ELSE last_error END,"
         " claim_token = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $3"
         " WHERE id IN (SELECT id FROM notifier.notifications WHERE case_id = $1"
         " AND status IN ('scheduled', 'failed') AND ((recipient_role = 'case_manager'"
-        " AND recipient <> $2) OR context->>'case_manager' <> $2) ORDER BY id FOR UPDATE)",
-        case_id, case_manager, now)
+        f" AND recipient <> $2) OR context->>'case_manager' <> $2 OR {_COPY_TO_THE_NEW_MANAGER})"
+        " ORDER BY id FOR UPDATE)",
+        case_id, case_manager, now,
+        f"{case_manager} took the case and has the case manager's copy")
 
 
 # --------------------------------------------------------------------------------------------
