@@ -145,7 +145,7 @@ def test_no_refusal_above_shows_an_api_value() -> None:
 
 @pytest.mark.parametrize(("who", "method", "path", "body", "says"), [
     ({"role": "supervisor", "sub": "sup-1"}, "POST", "notes", {"text": "Hello"},
-     "supervisors read, audit and transfer a case; its case manager writes the plan"),
+     "supervisors read, audit, reopen and transfer a case; its case manager writes the plan"),
     ({"role": "participant", "sub": "jo"}, "GET", "history", None,
      "participants read their own current plan; its history, diffs and exports are for staff"),
     ({"role": "participant", "sub": "jo"}, "POST", "notes", {"text": "Hello"},

@@ -79,3 +79,36 @@ def test_closing_a_closed_case_says_it_is_closed_already() -> None:
     assert (refused.value.code, refused.value.status) == ("case_closed", 409)
     assert refused.value.detail == "This case is closed already; nothing was changed."
     assert case.version == version
+
+
+async def test_a_supervisor_reopens_a_closed_case_whose_case_manager_has_left(
+        cm: CaseApi, fresh_pool: asyncpg.Pool, token: TokenFactory) -> None:
+    """The way on the refusal names has to be open to someone when the case manager has gone:
+    only they could reopen (a supervisor got 403), so a participant who came back found their
+    plan locked for good. A supervisor reopens, with a reason, as they transfer: either says
+    who holds the case, not what the plan says. A colleague still cannot."""
+    case_id = await cm.open_case()
+    await cm.call("POST", f"/v1/cases/{case_id}/close", {"reason": "Moved to another city"},
+                  expect=200)
+    colleague = token(sub="cm-2")
+    before = await event_count(fresh_pool)
+    refused = await cm.call("POST", f"/v1/cases/{case_id}/reopen", {"reason": "Came back"},
+                            expect=403, token=colleague)
+    assert "a supervisor can transfer it to you" in refused["detail"]
+    assert await event_count(fresh_pool) == before
+
+    supervisor = token(role="supervisor", sub="sup-1")
+    await cm.call("POST", f"/v1/cases/{case_id}/reopen", {"reason": "Came back to the program"},
+                  expect=200, token=supervisor)
+    await cm.call("POST", f"/v1/cases/{case_id}/transfer",
+                  {"case_manager": "cm-2", "reason": "cm-1 has left the agency"},
+                  expect=200, token=supervisor)
+    await cm.call("POST", f"/v1/cases/{case_id}/notes", {"text": "Welcome back, Jo"},
+                  expect=201, token=colleague)
+    plan = await cm.call("GET", f"/v1/cases/{case_id}", expect=200, token=colleague)
+    assert (plan["status"], plan["case_manager"]) == ("open", "cm-2")
+    history = await cm.call("GET", f"/v1/cases/{case_id}/history", expect=200,
+                            token=supervisor)
+    reopened = next(e for e in history["events"] if e["type"] == "CaseReopened")
+    assert (reopened["actor"], reopened["role"], reopened["reason"]) \
+        == ("sup-1", "supervisor", "Came back to the program")

@@ -21,6 +21,7 @@ class Action(StrEnum):
     EXPORT = "export"  # a signed export of the history: allowed as AUDIT is
     WRITE = "write"
     TRANSFER = "transfer"
+    REOPEN = "reopen"  # allowed as TRANSFER is: both say who holds the case, not the plan
     OPEN = "open"
     LIST = "list"
 
@@ -43,7 +44,7 @@ class CaseFacts:
 
 
 _NO_CASES = {Role.ANALYST, Role.SERVICE}
-_CHANGES = {Action.WRITE, Action.TRANSFER}
+_CHANGES = {Action.WRITE, Action.TRANSFER, Action.REOPEN}
 
 # A window narrows a token to the record as it was inside it (decision 0006): whatever shows
 # cases as they are now, or changes them, is refused from the token alone, so that the answer
@@ -75,6 +76,7 @@ def authorize(who: Principal, action: Action, case: CaseFacts) -> None:
         Action.EXPORT: owner or who.role in {Role.SUPERVISOR, Role.AUDITOR},
         Action.WRITE: owner,
         Action.TRANSFER: owner or who.role is Role.SUPERVISOR,
+        Action.REOPEN: owner or who.role is Role.SUPERVISOR,
     }.get(action, False)
     if not allowed:
         raise Forbidden(_why(who, action))
@@ -196,7 +198,8 @@ def _why(who: Principal, action: Action) -> str:
     if who.role in {Role.ANALYST, Role.SERVICE}:
         return f"the {who.role} role does not read individual cases"
     if who.role is Role.SUPERVISOR:
-        return "supervisors read, audit and transfer a case; its case manager writes the plan"
+        return ("supervisors read, audit, reopen and transfer a case; its case manager writes"
+                " the plan")
     if who.role is Role.AUDITOR:
         return "auditors read a case; they never change it"
     if action in _CHANGES:

@@ -49,6 +49,7 @@ from services.records.domain import (
     LanguageWarning,
     OpenCase,
     PlanState,
+    ReopenCase,
     TransferCase,
     decide,
     warnings_for,
@@ -406,7 +407,9 @@ class CaseCommands:
 
 
 def _action_of(command: AnyCommand) -> Action:
-    return Action.TRANSFER if isinstance(command, TransferCase) else Action.WRITE
+    if isinstance(command, TransferCase):
+        return Action.TRANSFER
+    return Action.REOPEN if isinstance(command, ReopenCase) else Action.WRITE
 
 
 def created_id(command: AnyCommand, payloads: list[EventPayload]) -> UUID | None:
