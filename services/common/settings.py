@@ -19,8 +19,13 @@ class ConfigurationError(ValueError):
 # A setting left blank (`NAME=`, as an env file or a compose file writes one given no value)
 # is one not set: it takes its default. Read as given, a blank file or folder was the working
 # folder, a blank audience refused every token, a blank number stopped the start.
+AN_HOUR = 3600.0
+A_DAY = 24 * AN_HOUR
+
+# inf and nan are no durations: past every bound check, they failed later (a dispatch round
+# that cannot compute its lease, a scheduler that cannot place its next run)
 SETTINGS_CONFIG = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True,
-                                     env_ignore_empty=True)
+                                     env_ignore_empty=True, allow_inf_nan=False)
 
 
 # Left blank, these would take their default and check nothing: a secret store or template
@@ -91,9 +96,10 @@ class Settings(ServiceSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1, alias="CASETRAIL_MAX_BODY_BYTES")
     db_pool_max: int = Field(default=10, ge=1, alias="CASETRAIL_DB_POOL_MAX")
     # seconds a statement may go unanswered before it fails (503): see create_pool
-    db_command_timeout: float = Field(default=COMMAND_TIMEOUT_SECONDS, gt=0,
+    db_command_timeout: float = Field(default=COMMAND_TIMEOUT_SECONDS, gt=0, le=AN_HOUR,
                                       alias="CASETRAIL_DB_COMMAND_TIMEOUT")
-    feed_max_wait_seconds: float = Field(default=30.0, ge=0, alias="CASETRAIL_FEED_MAX_WAIT")
+    feed_max_wait_seconds: float = Field(default=30.0, ge=0, le=AN_HOUR,
+                                         alias="CASETRAIL_FEED_MAX_WAIT")
     language_guide_dir: Path | None = Field(default=None, alias="CASETRAIL_LANGUAGE_GUIDE_DIR")
     policy_dir: Path | None = Field(default=None, alias="CASETRAIL_POLICY_DIR")
     dev_data_dir: Path = Field(default=Path(".casetrail"), alias="CASETRAIL_DEV_DIR")

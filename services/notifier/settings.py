@@ -17,7 +17,13 @@ from pydantic_settings import BaseSettings
 
 from schemas.events import TimeZoneName
 from services.common.database import COMMAND_TIMEOUT_SECONDS
-from services.common.settings import SETTINGS_CONFIG, ServiceSettings, blank_is_unset
+from services.common.settings import (
+    A_DAY,
+    AN_HOUR,
+    SETTINGS_CONFIG,
+    ServiceSettings,
+    blank_is_unset,
+)
 from services.notifier.links import read_secret
 
 
@@ -118,7 +124,7 @@ class NotifierSettings(ServiceSettings, NotifierPorts):
     host: str = Field(default="127.0.0.1", alias="NOTIFIER_HOST")
     db_pool_max: int = Field(default=10, ge=1, alias="NOTIFIER_DB_POOL_MAX")
     # seconds a statement may go unanswered before it fails (503): see create_pool
-    db_command_timeout: float = Field(default=COMMAND_TIMEOUT_SECONDS, gt=0,
+    db_command_timeout: float = Field(default=COMMAND_TIMEOUT_SECONDS, gt=0, le=AN_HOUR,
                                       alias="NOTIFIER_DB_COMMAND_TIMEOUT")
 
     smtp_host: str = Field(default="127.0.0.1", alias="SMTP_HOST")
@@ -133,7 +139,7 @@ class NotifierSettings(ServiceSettings, NotifierPorts):
     smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD",
                                       validate_default=True)
     # seconds each reply may take; checked at start: with 0 every connection timed out at once
-    smtp_timeout_seconds: float = Field(default=10.0, gt=0, alias="SMTP_TIMEOUT")
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=AN_HOUR, alias="SMTP_TIMEOUT")
     mail_from: Sender = Field(default="Casetrail <notices@casetrail.local>",
                               alias="NOTIFIER_FROM")
     message_id_domain: str = Field(default="casetrail.local", alias="NOTIFIER_MESSAGE_ID_DOMAIN")
@@ -151,19 +157,27 @@ class NotifierSettings(ServiceSettings, NotifierPorts):
     # skipped past the checkpoint for good
     timezone: TimeZoneName = Field(default="UTC", alias="NOTIFIER_TIMEZONE")
     digest_time: time = Field(default=time(8, 0), alias="NOTIFIER_DIGEST_TIME")
-    stale_after_hours: float = Field(default=72.0, gt=0, alias="NOTIFIER_STALE_AFTER_HOURS")
+    stale_after_hours: float = Field(default=72.0, gt=0, le=366 * 24,
+                                     alias="NOTIFIER_STALE_AFTER_HOURS")
 
-    dispatch_interval_seconds: float = Field(default=1.0, gt=0, alias="NOTIFIER_DISPATCH_INTERVAL")
+    # Upper bounds on the durations below: past them a value is a mistake, and some (1e12)
+    # overflowed the date arithmetic at every dispatch round after a start that said ready.
+    dispatch_interval_seconds: float = Field(default=1.0, gt=0, le=AN_HOUR,
+                                             alias="NOTIFIER_DISPATCH_INTERVAL")
     dispatch_batch: int = Field(default=100, ge=1, le=1000, alias="NOTIFIER_DISPATCH_BATCH")
     dispatch_concurrency: int = Field(default=8, ge=1, le=64, alias="NOTIFIER_SMTP_CONNECTIONS")
-    lease_seconds: float = Field(default=120.0, gt=0, alias="NOTIFIER_LEASE_SECONDS")
+    lease_seconds: float = Field(default=120.0, gt=0, le=A_DAY, alias="NOTIFIER_LEASE_SECONDS")
     # unset: no count, the horizon alone ends the retries (8 attempts from 30 s used to give
     # up after about an hour of an outage, long before the 24 h horizon)
     retry_attempts: int | None = Field(default=None, ge=1, le=1000,
                                        alias="NOTIFIER_RETRY_ATTEMPTS")
-    retry_base_seconds: float = Field(default=30.0, ge=0, alias="NOTIFIER_RETRY_BASE_SECONDS")
-    retry_max_seconds: float = Field(default=3600.0, ge=0, alias="NOTIFIER_RETRY_MAX_SECONDS")
-    retry_horizon_seconds: float = Field(default=24 * 3600.0, gt=0,
+    # at least a second: with 0 a failed notice was due again at once, and an outage became
+    # hundreds of attempts a second, each recorded and logged, until the horizon
+    retry_base_seconds: float = Field(default=30.0, ge=1, le=A_DAY,
+                                      alias="NOTIFIER_RETRY_BASE_SECONDS")
+    retry_max_seconds: float = Field(default=3600.0, ge=1, le=7 * A_DAY,
+                                     alias="NOTIFIER_RETRY_MAX_SECONDS")
+    retry_horizon_seconds: float = Field(default=24 * 3600.0, gt=0, le=30 * A_DAY,
                                          alias="NOTIFIER_RETRY_HORIZON_SECONDS")
 
     # where staff open a case's plan (their records UI); unset: mail names the case id only
