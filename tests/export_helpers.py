@@ -33,7 +33,12 @@ async def client(make_records_client: ClientFactory, fresh_database_url: str,
 
 @pytest.fixture
 async def case_id(client: TestClient, token: TokenFactory) -> str:
-    cm = CaseApi(client, token(sub="cm-1"))
+    return await open_export_case(CaseApi(client, token(sub="cm-1")))
+
+
+async def open_export_case(cm: CaseApi) -> str:
+    """A case opened, a strength, a goal on it, the note NOTE and the strength removed with a
+    reason (5 events)."""
     case_id = await cm.open_case()
     strength = await cm.strength(case_id)
     await cm.goal(case_id, strength_ids=[strength])

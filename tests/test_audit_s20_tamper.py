@@ -12,24 +12,35 @@ one stored event in the middle of a case, field by field; then the verify endpoi
 history, the plan read and every export format checked offline with ``casetrail verify
 --public-key`` are asked what they make of it. And exports are edited byte by byte, as a file
 passes through hands and editors, and checked with the right key, a wrong key and no key.
+
+Cost: a test that tampers with the database gets a database, a service and a case of its own
+(the fixtures of tests/export_helpers.py), so what it sees never depends on the tests before
+it. The tests that only edit an export's bytes share one set of genuine exports, made once per
+module from a case of its own in a database of its own (``genuine_exports``): bytes cannot be
+changed in place, so every edit makes a new value and no test sees another's edit.
 """
 
 # ruff: noqa: F811
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from services.common.auth import issue_token
 from services.records.export.signing import write_key_pair
-from tests.conftest import TokenFactory, bearer
+from services.records.http.app import create_app
+from tests.conftest import JWT_SECRET, TokenFactory, bearer, make_settings
+from tests.database_supply import DatabaseSupply
 from tests.export_helpers import (  # noqa: F401  (fixtures are found by name)
     NOTE,
     add_notes,
@@ -37,6 +48,7 @@ from tests.export_helpers import (  # noqa: F401  (fixtures are found by name)
     client,
     export,
     key_file,
+    open_export_case,
     run_verify,
 )
 from tests.records_api import CaseApi
@@ -81,7 +93,7 @@ async def stored_event_id(database_url: str, case: str, version: int) -> str:
         await db.close()
 
 
-async def verify_endpoint(client: TestClient, token: str, case: str) -> dict[str, Any]:
+async def verify_endpoint(client: TestClient[Any, Any], token: str, case: str) -> dict[str, Any]:
     response = await client.get(f"/v1/cases/{case}/verify", headers=bearer(token))
     assert response.status == 200, await response.text()
     body: dict[str, Any] = await response.json()
@@ -92,7 +104,7 @@ def query_of(fmt: str) -> str:
     return "" if fmt == "jsonl" else f"?format={fmt}"
 
 
-async def eight_events(client: TestClient, token: TokenFactory, case_id: str) -> str:
+async def eight_events(client: TestClient[Any, Any], token: TokenFactory, case_id: str) -> str:
     await add_notes(client, token, case_id, ["Jo fixed a wheel", "Jo fixed a chain",
                                              "Jo opened a stall"])
     return case_id
@@ -138,7 +150,7 @@ MIDDLE_CHANGES: dict[str, tuple[str, ...]] = {
 @pytest.mark.parametrize("bypass", ["replica", "disable-trigger"])
 @pytest.mark.parametrize("change", list(MIDDLE_CHANGES))
 async def test_the_verify_endpoint_names_the_first_broken_link_of_a_changed_stored_event(
-        client: TestClient, token: TokenFactory, case_id: str, fresh_database_url: str,
+        client: TestClient[Any, Any], token: TokenFactory, case_id: str, fresh_database_url: str,
         change: str, bypass: str) -> None:
     """Each hashed field of one event in the middle, changed in the database: verify says
     the chain is broken at that version and names the event stored there (design.md: "name
@@ -159,7 +171,7 @@ async def test_the_verify_endpoint_names_the_first_broken_link_of_a_changed_stor
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("change", list(MIDDLE_CHANGES))
 async def test_every_export_of_a_case_with_a_changed_stored_event_is_not_verified(
-        client: TestClient, token: TokenFactory, case_id: str, fresh_database_url: str,
+        client: TestClient[Any, Any], token: TokenFactory, case_id: str, fresh_database_url: str,
         key_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         change: str, fmt: str) -> None:
     """The service signs whatever it reads, so the signature holds; the chain the export
@@ -180,7 +192,7 @@ async def test_every_export_of_a_case_with_a_changed_stored_event_is_not_verifie
 
 @pytest.mark.parametrize("change", list(MIDDLE_CHANGES))
 async def test_history_and_plan_reads_of_a_tampered_case_answer_without_a_server_error(
-        client: TestClient, token: TokenFactory, case_id: str, fresh_database_url: str,
+        client: TestClient[Any, Any], token: TokenFactory, case_id: str, fresh_database_url: str,
         change: str) -> None:
     """The examiner still reads the case: the plan (a projection) and the history answer,
     the history showing the stored rows as they now are (an event that no longer decodes
@@ -203,7 +215,7 @@ async def test_history_and_plan_reads_of_a_tampered_case_answer_without_a_server
 
 
 async def test_an_event_moved_into_another_case_breaks_both_chains_where_it_left_and_landed(
-        client: TestClient, token: TokenFactory, case_id: str, fresh_database_url: str,
+        client: TestClient[Any, Any], token: TokenFactory, case_id: str, fresh_database_url: str,
         key_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The stream id is hashed: an event moved from the middle of one case into another
     (at the other's next version) leaves a gap where it was and a foreign link where it
@@ -240,7 +252,7 @@ UNWRITABLE_CHANGES: dict[str, str] = {
 
 @pytest.mark.parametrize("change", list(UNWRITABLE_CHANGES))
 async def test_verify_names_the_broken_link_of_a_row_altered_to_hold_what_is_never_written(
-        client: TestClient, token: TokenFactory, case_id: str, fresh_database_url: str,
+        client: TestClient[Any, Any], token: TokenFactory, case_id: str, fresh_database_url: str,
         change: str) -> None:
     """design.md: the verify endpoint recomputes the chain "and name[s] the first broken
     link". An altered row whose data cannot be put in the canonical form cannot be the
@@ -259,7 +271,7 @@ async def test_verify_names_the_broken_link_of_a_row_altered_to_hold_what_is_nev
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("change", list(UNWRITABLE_CHANGES))
 async def test_an_export_of_a_row_altered_to_hold_what_is_never_written_is_whole_and_refused(
-        client: TestClient, token: TokenFactory, case_id: str, fresh_database_url: str,
+        client: TestClient[Any, Any], token: TokenFactory, case_id: str, fresh_database_url: str,
         key_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         change: str, fmt: str) -> None:
     """Decision 0010: the PDF carries the service's check of the chain ("BROKEN at version
@@ -296,7 +308,7 @@ TAIL_CHANGES: dict[str, tuple[str, ...]] = {
 
 @pytest.mark.parametrize("change", list(TAIL_CHANGES))
 async def test_every_export_of_a_case_cut_at_its_tail_is_not_verified(
-        client: TestClient, token: TokenFactory, case_id: str, fresh_database_url: str,
+        client: TestClient[Any, Any], token: TokenFactory, case_id: str, fresh_database_url: str,
         key_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         change: str) -> None:
     """docs/export-format.md section 1, completeness: the signed header names the versions
@@ -314,7 +326,7 @@ async def test_every_export_of_a_case_cut_at_its_tail_is_not_verified(
 
 @pytest.mark.parametrize("change", list(TAIL_CHANGES))
 async def test_the_verify_endpoint_does_not_call_a_case_cut_at_its_tail_valid(
-        client: TestClient, token: TokenFactory, case_id: str, fresh_database_url: str,
+        client: TestClient[Any, Any], token: TokenFactory, case_id: str, fresh_database_url: str,
         key_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         change: str) -> None:
     """Decision 0002: a superuser gets around trigger and privileges, "which is exactly what
@@ -490,19 +502,67 @@ def other_key(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def agency_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The agency's key pair for the module's genuine exports (only ever read after)."""
+    path = tmp_path_factory.mktemp("agency") / "export.pem"
+    write_key_pair(path)
+    return path
+
+
+# an export's status and body as the service gave them, or why its body could not be read
+Answer = tuple[int, bytes | str]
+
+
+async def _exports_of_a_new_case(database_url: str, key_file: Path) -> dict[str, Answer]:
+    """Each format's answer, kept as given (checked by the test of that format alone)."""
+    app = create_app(make_settings(database_url, CASETRAIL_EXPORT_SIGNING_KEY_FILE=str(key_file)))
+    async with TestClient(TestServer(app)) as client:
+        cm = issue_token(JWT_SECRET, sub="cm-1", role="case_manager", agency="agency-a")
+        case = await open_export_case(CaseApi(client, cm))
+        answers: dict[str, Answer] = {}
+        for fmt in FORMATS:
+            response = await client.get(f"/v1/cases/{case}/export{query_of(fmt)}",
+                                        headers=bearer(cm))
+            try:
+                answers[fmt] = (response.status, await response.read())
+            except aiohttp.ClientPayloadError as error:
+                answers[fmt] = (response.status, f"cut off mid-file: {error}")
+        return answers
+
+
+@pytest.fixture(scope="module")
+def genuine_exports(database_supply: DatabaseSupply, agency_key: Path) -> Mapping[str, Answer]:
+    """One genuine export per format of a new case, signed with ``agency_key``: made once for
+    the tests that only edit and check the file, in a database of its own that is given back
+    (service closed) before any of them runs. Read-only: a mapping that cannot be changed,
+    of bytes that cannot be."""
+    with database_supply.borrowed() as url:
+        made = asyncio.run(_exports_of_a_new_case(url, agency_key))
+    return MappingProxyType(made)
+
+
+def genuine(exports: Mapping[str, Answer], fmt: str) -> bytes:
+    """The genuine export in ``fmt`` (what ``export`` asserts of a fresh one, asserted here)."""
+    status, body = exports[fmt]
+    assert isinstance(body, bytes), body
+    assert status == 200, body.decode(errors="replace")
+    return body
+
+
 @pytest.mark.parametrize("edit", list(FILE_EDITS))
 @pytest.mark.parametrize("fmt", FORMATS)
-async def test_an_edited_export_is_not_verified_with_any_key_or_none(
-        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+def test_an_edited_export_is_not_verified_with_any_key_or_none(
+        genuine_exports: Mapping[str, Answer], agency_key: Path,
         other_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         fmt: str, edit: str) -> None:
     """One edit to a genuine export, as a file meets hands and editors: `casetrail verify`
     says NOT VERIFIED (exit 1) with the agency's key, with another key and with no key at
     all, naming what is wrong, and never ends in a traceback (an exception here is one)."""
-    raw = await export(client, token(sub="cm-1"), case_id, query_of(fmt))
+    raw = genuine(genuine_exports, fmt)
     edited = FILE_EDITS[edit](raw, fmt)
     assert edited != raw
-    for options in (("--public-key", f"{key_file}.pub"), ("--public-key", f"{other_key}.pub"),
+    for options in (("--public-key", f"{agency_key}.pub"), ("--public-key", f"{other_key}.pub"),
                     ()):
         code, out = run_verify(tmp_path, edited, *options, capsys=capsys)
         assert (code, out.splitlines()[-1]) == (1, "NOT VERIFIED"), (options, out)
@@ -514,14 +574,14 @@ async def test_an_edited_export_is_not_verified_with_any_key_or_none(
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-async def test_an_untouched_export_verifies_with_the_agency_key_only(
-        client: TestClient, token: TokenFactory, case_id: str, key_file: Path,
+def test_an_untouched_export_verifies_with_the_agency_key_only(
+        genuine_exports: Mapping[str, Answer], agency_key: Path,
         other_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         fmt: str) -> None:
     """Section 12: VERIFIED with the published key; with no key, intact but its origin
     unchecked, said so (exit 0); with someone else's key, NOT VERIFIED (exit 1)."""
-    raw = await export(client, token(sub="cm-1"), case_id, query_of(fmt))
-    code, out = run_verify(tmp_path, raw, "--public-key", f"{key_file}.pub", capsys=capsys)
+    raw = genuine(genuine_exports, fmt)
+    code, out = run_verify(tmp_path, raw, "--public-key", f"{agency_key}.pub", capsys=capsys)
     assert (code, out.splitlines()[-1]) == (0, "VERIFIED"), out
     code, out = run_verify(tmp_path, raw, capsys=capsys)
     assert (code, out.splitlines()[-1]) == (
@@ -551,7 +611,7 @@ async def test_an_untouched_export_verifies_with_the_agency_key_only(
     "TRUNCATE records.events",
 ])
 async def test_the_records_role_cannot_change_a_recorded_event_nor_switch_off_the_guard(
-        client: TestClient, token: TokenFactory, case_id: str, roles: Roles,
+        client: TestClient[Any, Any], token: TokenFactory, case_id: str, roles: Roles,
         statement: str) -> None:
     """design.md: UPDATE, DELETE and TRUNCATE are refused "by the database itself (trigger
     and privileges)". The service's own login (what an attacker holding its credentials
