@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID, uuid4
 
 import aiohttp
 import asyncpg
@@ -22,10 +23,12 @@ from services.common.database import DATABASE_UNAVAILABLE
 from services.notifier.delivery import SHUTDOWN_GRACE
 from services.notifier.http.app import create_app as create_notifier
 from services.records.http.app import RECORDS
+from services.records.store.events import EventStore, OutcomeUnknown
 from tests.conftest import ClientFactory, FakeClock, TokenFactory, bearer
 from tests.db_proxy import DbProxy
 from tests.notifier_helpers import NotifierRig, Records, SmtpServer, make_rig, notifier_settings
 from tests.records_api import CaseApi, event_count
+from tests.test_event_store import note
 
 
 @pytest.fixture
@@ -239,7 +242,11 @@ async def test_a_write_waiting_too_long_on_a_lock_is_a_503_saying_so(
                                          headers=bearer(cm.token))
             problem = await response.json()
         assert (response.status, response.headers["Retry-After"]) == (503, "5")
-        assert problem["detail"] == "the database did not answer in time; try again shortly"
+        # the statement was sent: whether it was recorded in the end, no one can tell here
+        assert problem["type"].endswith("/write-outcome-unknown")
+        assert problem["detail"].startswith("the database did not answer in time while this"
+                                            " write was being recorded, so it may have been"
+                                            " recorded")
         assert await event_count(conn) == 1
     finally:
         await conn.close()
@@ -269,3 +276,118 @@ async def test_an_export_whose_database_goes_away_mid_answer_ends_cut_short(
                     await response.read()
     finally:
         await admin.close()
+
+
+async def until_a_session_waits_on_a_lock(conn: asyncpg.Connection) -> None:
+    for _ in range(1000):
+        if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                               " current_database() AND wait_event_type = 'Lock'"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no session ever waited on the lock")
+
+
+async def until_events(conn: asyncpg.Connection, count: int) -> None:
+    for _ in range(1000):
+        if await event_count(conn) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never {count} events")
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed", "keyed"])
+async def test_a_write_whose_connection_is_lost_is_not_told_to_try_again_if_it_may_be_recorded(
+        make_records_client: ClientFactory, fresh_database_url: str, proxy: DbProxy,
+        token: TokenFactory, keyed: bool) -> None:
+    """The connection goes (a database restart) while a note waits on its case's head. An
+    unkeyed append runs without a transaction of its own, so the server records it once the
+    head is free, and its answer goes nowhere: the client was told "try again shortly" about
+    a note that was recorded, and trying again recorded it twice. Now it is told the write
+    may have been recorded, and which version it is if it was. A keyed append runs in its own
+    transaction, which the server undoes when the connection goes: "try again" is true, and
+    the retry, with the same key, records it once."""
+    cm = CaseApi(await make_records_client(fresh_database_url), token())
+    case_id = await cm.open_case()
+    writer = await make_records_client(proxy.url)
+    headers = {**bearer(cm.token), **({"Idempotency-Key": "note-1"} if keyed else {})}
+    admin = await asyncpg.connect(fresh_database_url)
+    try:
+        holding = admin.transaction()
+        await holding.start()
+        await admin.execute("SELECT FROM records.streams WHERE stream_id = $1 FOR UPDATE",
+                            UUID(case_id))
+        sent = asyncio.create_task(writer.post(f"/v1/cases/{case_id}/notes",
+                                               json={"text": "Jo called"}, headers=headers))
+        await until_a_session_waits_on_a_lock(admin)
+        proxy.cut()
+        response = await sent
+        problem = await response.json()
+        await holding.commit()
+        assert (response.status, response.headers["Retry-After"]) == (503, "5")
+        if keyed:
+            assert problem["type"].endswith("/database-unavailable")
+            again = await writer.post(f"/v1/cases/{case_id}/notes", json={"text": "Jo called"},
+                                      headers=headers)
+            assert (again.status, (await again.json())["version"]) == (201, 2)
+        else:
+            assert problem["type"].endswith("/write-outcome-unknown")
+            assert problem["version_if_recorded"] == 2
+            assert "may have been recorded" in problem["detail"]
+            assert "try again shortly" not in problem["detail"]
+            await until_events(admin, 2)  # recorded once the head was free: as version 2
+        history = await cm.call("GET", f"/v1/cases/{case_id}/history", expect=200)
+        assert [e["type"] for e in history["events"]] == ["CaseOpened", "NoteAdded"]
+    finally:
+        await admin.close()
+
+
+async def test_a_batch_whose_connection_is_lost_is_not_written_again_append_by_append(
+        fresh_database_url: str, proxy: DbProxy) -> None:
+    """Two notes to two cases share one statement (group commit), which waits on one case's
+    head when the connection goes. A lost connection's error is a PostgresError, so each
+    append was written again alone, while the first statement could still commit: the
+    service then decides a write that lost its race again, and a note would be recorded
+    twice. Each append now ends unknown (a 503 saying it may be recorded), and is recorded
+    once."""
+    sizes: list[int] = []
+    via = await asyncpg.create_pool(proxy.url, min_size=1, max_size=4)
+    store = EventStore(via, max_appends_in_flight=1, on_batch=sizes.append)
+    ahead, a, b = uuid4(), uuid4(), uuid4()
+    meta = {"actor": {"sub": "cm-1", "role": "case_manager"}, "agency": "agency-a"}
+
+    def append(stream: UUID) -> asyncio.Task[Any]:
+        return asyncio.create_task(store.append(stream, [note()], expected_version=1,
+                                                agency="agency-a", metadata=meta))
+    for stream in (ahead, a, b):
+        await store.append(stream, [note()], expected_version=0, agency="agency-a",
+                           metadata=meta)
+    holds = [await asyncpg.connect(fresh_database_url) for _ in range(2)]
+    try:
+        for hold, stream in zip(holds, (ahead, a), strict=True):
+            await hold.execute("BEGIN")
+            await hold.execute("SELECT FROM records.streams WHERE stream_id = $1 FOR UPDATE",
+                               stream)
+        first = append(ahead)
+        await until_a_session_waits_on_a_lock(holds[0])
+        together = [append(a), append(b)]  # queued behind the first: the next statement
+        await holds[0].execute("COMMIT")
+        await first
+        await until_a_session_waits_on_a_lock(holds[0])
+        assert sizes[-2:] == [1, 2]
+        proxy.cut()
+        answers = await asyncio.gather(*together, return_exceptions=True)
+        assert [(type(x), getattr(x, "version", None)) for x in answers] \
+            == [(OutcomeUnknown, 2), (OutcomeUnknown, 2)]
+        await holds[1].execute("COMMIT")
+        for stream in (a, b):  # recorded once the head was free, and once only
+            for _ in range(1000):
+                if await holds[1].fetchval("SELECT version FROM records.streams"
+                                           " WHERE stream_id = $1", stream) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert await holds[1].fetchval("SELECT count(*) FROM records.events"
+                                           " WHERE stream_id = $1", stream) == 2
+    finally:
+        for hold in holds:
+            await hold.close()
+        await via.close()

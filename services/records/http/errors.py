@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
 from schemas.events import EventDecodeError
@@ -15,7 +16,9 @@ from services.records.application.queries import (
     VersionOutOfRange,
 )
 from services.records.domain import DomainError
-from services.records.store.events import IdempotencyKeyReused, RecordOutOfStep
+from services.records.store.events import IdempotencyKeyReused, OutcomeUnknown, RecordOutOfStep
+
+log = structlog.get_logger("casetrail.records")
 
 
 def _problem(error: Exception) -> Problem | None:
@@ -68,6 +71,16 @@ def _problem(error: Exception) -> Problem | None:
                            f" never writes; no write can be recorded until it is looked into."
                            f" GET /v1/cases/{error.stream_id}/verify names it.",
                            kind="record-out-of-step")
+        case OutcomeUnknown():
+            why = ("the database did not answer in time" if error.timed_out
+                   else "the connection to the database was lost")
+            return Problem(503, "Service unavailable",
+                           f"{why} while this write was being recorded, so it may have been"
+                           f" recorded: read the case's history before sending it again (if"
+                           f" it was, it is version {error.version}). A write sent with an"
+                           f" Idempotency-Key can be sent again as it is.",
+                           kind="write-outcome-unknown", version_if_recorded=error.version,
+                           headers={"Retry-After": "5"})
         case TooMuchContention():
             return Problem(503, "Busy", "the case kept changing; try again",
                            kind="contention", headers={"Retry-After": "1"})
@@ -98,6 +111,9 @@ async def records_errors_middleware(request: web.Request,
         refusal = _problem(error)
         if refusal is None:
             raise
+        if isinstance(error, OutcomeUnknown):  # an outage, as the 503s the shell answers are
+            log.warning("database unavailable", path=request.path, error=repr(error.__cause__),
+                        outcome="unknown")
         if request.get(REASON_IN_QUERY):
             _naming_the_query(refusal)
         raise refusal from error

@@ -19,6 +19,7 @@ from uuid import UUID
 
 import asyncpg
 
+from services.common.database import DATABASE_UNAVAILABLE
 from services.common.jsonenc import encode_json
 from services.records.chain import GENESIS_HASH, ChainCheck, ChainLink, ChainReport
 from services.records.store.group_commit import GroupCommit
@@ -105,6 +106,28 @@ class IdempotencyKeyReused(StoreError):
 
 class StreamNotFound(StoreError):
     pass
+
+
+class OutcomeUnknown(StoreError):
+    """The connection was lost, or the statement went unanswered, while an unkeyed append was
+    being written. It runs without a transaction of its own, so the server commits it whether
+    or not its answer arrives: it may be recorded, as ``version`` if it is."""
+
+    def __init__(self, stream_id: UUID, version: int, timed_out: bool) -> None:
+        super().__init__(f"the append to stream {stream_id} may be recorded, as version"
+                         f" {version}")
+        self.stream_id = stream_id
+        self.version = version
+        self.timed_out = timed_out
+
+
+# what PostgreSQL itself answers when it ends a statement unfinished (shutting down, a crash
+# elsewhere) or refuses the session: nothing of the statement is recorded
+_REFUSED_BY_THE_SERVER = (asyncpg.OperatorInterventionError, asyncpg.TooManyConnectionsError)
+
+
+class _Unanswered(Exception):
+    """A batch statement sent and never answered (``OutcomeUnknown`` for each append)."""
 
 
 class RecordOutOfStep(StoreError):
@@ -211,6 +234,7 @@ class _PendingAppend:
     """One stream's chained events, encoded as they go into an append statement."""
 
     stream_id: UUID
+    version: int  # the stream's version once recorded
     head: bytes  # JSON object: the move of the stream head
     events: bytes  # JSON objects, comma-separated: the chained events
     event_ids: list[UUID]
@@ -226,7 +250,7 @@ def _pending(stream_id: UUID, expected: int, prev_hash: str, agency: str,
                   "agency": agency, "version": last.version, "last_hash": last.hash,
                   "updated_at": last.recorded_at})
     rows = b",".join(encode_json(_row(event)) for event in events)
-    return _PendingAppend(stream_id, head, rows, [e.event_id for e in events],
+    return _PendingAppend(stream_id, last.version, head, rows, [e.event_id for e in events],
                           tuple((c.sql, encode_json(c.row)) for c in co_writes), claim)
 
 
@@ -461,6 +485,9 @@ class EventStore:
             self._on_batch(1)  # a statement of its own
             return await (locked.write(pending) if locked is not None
                           else self._write_keyed(pending))
+        except _Unanswered as unanswered:
+            raise OutcomeUnknown(pending.stream_id, pending.version,
+                                 isinstance(unanswered.__cause__, TimeoutError)) from unanswered
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name != "events_stream_id_version_key":
                 raise
@@ -499,13 +526,23 @@ class EventStore:
         """Each append's recorded rows (none: it lost its version race)."""
         sql, args = _append_statement(appends)
         by_stream: dict[UUID, list[asyncpg.Record]] = {a.stream_id: [] for a in appends}
-        try:
-            rows = await self._pool.fetch(sql, *args)
-        except asyncpg.DeadlockDetectedError:
-            # a lock cycle with another instance's writes to the same cases: the statement
-            # wrote nothing, so each append lost its race and is decided again by its caller,
-            # as a keyed one is (it answered 500; three instances writing to five cases)
-            rows = []
+        async with self._pool.acquire() as conn:  # failing here, nothing was sent
+            try:
+                rows = await conn.fetch(sql, *args)
+            except asyncpg.DeadlockDetectedError:
+                # a lock cycle with another instance's writes to the same cases: the statement
+                # wrote nothing, so each append lost its race and is decided again by its
+                # caller, as a keyed one is (it answered 500; three instances writing to five
+                # cases)
+                rows = []
+            except _REFUSED_BY_THE_SERVER:
+                raise  # the server's own answer, ending the statement: it recorded nothing
+            except DATABASE_UNAVAILABLE as error:
+                # sent, and the connection lost or the answer late: committed or not, no one
+                # can tell from here. It answered "try again", and a write that had been
+                # recorded was recorded twice; in a batch, each append was written again
+                # alone (a lost connection's error is a PostgresError too).
+                raise _Unanswered from error
         for row in rows:
             by_stream[row["stream_id"]].append(row)
         return [by_stream[a.stream_id] for a in appends]
