@@ -19,6 +19,7 @@ its own) never loses anything. The control says what "the same schedule" is.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,16 @@ BEFORE_HISTORY = "fell due before this notifier's record of what it sent begins"
 KEY, KIND, CASE, AGENCY, ROLE, RECIPIENT, DUE, STATUS, CONTEXT = range(9)
 
 Client = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+async def both(*steps: Awaitable[object]) -> None:
+    """The same step taken by the subject and the control side by side: they share nothing
+    but the records service (read only here) and the clock (not moved meanwhile), so the
+    order between them does not matter, and the test waits on one while the other works.
+    Both run to the end; then the first failure is raised, as it was raised."""
+    for outcome in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,18 +95,16 @@ class Pair:
     async def set_prefs(self, user: str, claims: dict[str, Any], **body: Any) -> None:
         """The same preferences on both (and again on the subject once it is rebuilt)."""
         self.prefs.append((user, claims, body))
-        for rig in self.rigs:
-            await rig.set_prefs(user, self.token(**claims), **body)
+        await both(*(rig.set_prefs(user, self.token(**claims), **body) for rig in self.rigs))
 
     async def follow(self) -> None:
-        await self.subject.catch_up()  # waits until every event is visible in the feed
-        await self.control.notifier.subscriber.catch_up()
+        # as NotifierRig.catch_up: first wait until every event written so far is visible in
+        # the feed; then both read it
+        await self.subject.feed_shows_every_event()
+        await both(*(rig.notifier.subscriber.catch_up() for rig in self.rigs))
 
     async def drive(self) -> None:
-        for rig in self.rigs:
-            await rig.dispatch()
-            await rig.notifier.dispatcher.send_digests()
-            await rig.dispatch()
+        await both(*(dispatch_round(rig) for rig in self.rigs))
 
     async def at(self, moment: datetime) -> None:
         assert moment >= self.clock.now, (moment, self.clock.now)
@@ -121,13 +130,11 @@ class Pair:
 
     async def next_moment(self) -> datetime | None:
         """The next moment a pending row of either notifier waits for."""
-        found = []
-        for rig in self.rigs:
-            at = await rig.notifier.pool.fetchval(
+        found = [at for at in await asyncio.gather(*(
+            rig.notifier.pool.fetchval(
                 "SELECT min(not_before) FROM notifier.notifications"
                 " WHERE status IN ('scheduled', 'failed') AND not_before > $1", self.clock.now)
-            if at is not None:
-                found.append(at)
+            for rig in self.rigs)) if at is not None]
         return min(found) if found else None
 
     async def run_out(self, limit: int = 200) -> None:
@@ -138,6 +145,13 @@ class Pair:
                 return
             await self.at(moment + timedelta(seconds=1))
         raise AssertionError("the schedule never ran out")
+
+
+async def dispatch_round(rig: NotifierRig) -> None:
+    """One notifier's round at the clock's moment: what is due, the digests, what is due."""
+    await rig.dispatch()
+    await rig.notifier.dispatcher.send_digests()
+    await rig.dispatch()
 
 
 @pytest.fixture
