@@ -125,6 +125,25 @@ def test_a_step_stays_revisable_after_its_support_is_removed() -> None:
     assert refused.value.code == "unknown_support"
 
 
+def test_a_removed_support_is_not_taken_again_by_name() -> None:
+    """0101 rule 4: a removed support is refused. By id it was, but a step naming the same
+    person in words (any case) went to someone no longer in the plan. Someone of the same
+    name still in it may be named."""
+    case, goal = new_case()
+    ray = uuid4()
+    case.execute(d.AddSupport(ray, api.SupportInput(name="Uncle Ray")))
+    case.execute(d.RemoveSupport(ray, api.RemovalReason(reason="Ray moved away")))
+    version = case.version
+    with pytest.raises(d.RuleViolation) as refused:
+        add_step(case, goal, owner="support", support_name="uncle ray")
+    assert (refused.value.code, refused.value.field) == ("unknown_support", "support_name")
+    assert "Uncle Ray was removed from this plan's supports" in refused.value.detail
+    assert case.version == version
+    case.execute(d.AddSupport(uuid4(), api.SupportInput(name="Uncle Ray")))  # back again
+    step = add_step(case, goal, owner="support", support_name="Uncle Ray")
+    assert steps(case)[step].support_name == "Uncle Ray"
+
+
 def test_support_fields_only_apply_to_support_owned_steps() -> None:
     case, goal = new_case()
     with pytest.raises(d.RuleViolation) as refused:

@@ -239,6 +239,13 @@ def _support_owner(state: PlanState, owner: str, support_name: str | None,
     if support_name is None:
         raise RuleViolation("support_required", "Name the support who owns this step "
                             "(support_name or support_id).", field="support_name")
+    # by name, a removed support was taken again: the step went to someone no longer there
+    named = [s for s in state.supports.values()
+             if s.name.casefold() == support_name.casefold()]
+    if named and all(s.removed for s in named):
+        raise RuleViolation("unknown_support", f"{named[0].name} was removed from this plan's "
+                            "supports; name another support, or give the step to the "
+                            "participant or the case manager.", field="support_name")
     return support_name, None
 
 
