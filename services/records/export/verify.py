@@ -1,13 +1,14 @@
 """Offline verification of an export: its digest, its signature, and the hash chain it carries.
 
-Reads the export once, line by line (constant memory), and trusts nothing in it: the digest is
-recomputed from the bytes, every event's hash from its fields, and the signature is checked
-against the public key the verifier trusts (or, without one, the key the export names, which
-proves integrity but not origin). It refuses what docs/export-format.md says a verifier
-refuses, even in a file signed again with the agency's key: JSON with a repeated key or a
-fraction, an event with fields besides its ten, readable CSV cells that are not the
-metadata's, a chain report with fields of its own, a key_id that is not its key's, and a
-signature line (outside the digest) holding anything the service does not write there.
+Reads the export once, line by line (constant memory: a line past MAX_LINE_BYTES is refused),
+and trusts nothing in it: the digest is recomputed from the bytes, every event's hash from its
+fields, and the signature is checked against the public key the verifier trusts (or, without
+one, the key the export names, which proves integrity but not origin). It refuses what
+docs/export-format.md says a verifier refuses, even in a file signed again with the agency's
+key: JSON with a repeated key or a fraction, an event with fields besides its ten, readable CSV
+cells that are not the metadata's, a chain report with fields of its own, a key_id that is not
+its key's, and a signature line (outside the digest) holding anything the service does not
+write there.
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ class ExportReport:
 
 
 def verify_export(lines: Iterable[bytes], trusted_key: bytes | None = None) -> ExportReport:
-    """Check an export given as its lines (each with its line break, as a binary file yields
-    them). Raises MalformedExport when the file cannot be read as an export at all."""
-    reader = _Lines(iter(lines))
+    """Check an export given as a binary file (read a line at a time, each at most
+    MAX_LINE_BYTES) or as its lines (each with its line break, held to the same bound).
+    Raises MalformedExport when the file cannot be read as an export at all."""
+    reader = _Lines(lines)
     first = reader.next_content()
     if first is None:
         raise MalformedExport("the file is empty" if reader.last is None else
@@ -353,13 +355,48 @@ def _b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# The longest line the verifier reads, its line break included. Every format's path reads
+# through _Lines, so a file with no line break (a 1 GB disk image, a cut-off download) costs
+# this much memory, not its size, and is refused. The service writes nothing near it but a FHIR
+# plan: an event's line in JSON Lines, CSV or a FHIR Provenance is bounded by the event schemas
+# (texts of 4,000 characters, lists of 20: schemas/events.py) and the metadata's ids, under
+# 250 KB even with every character escaped (six bytes as \u0001, seven in FHIR's valueString);
+# a PDF's longest lines are its compressed streams (ASCII85, one line per stream: 12 KB for a
+# page of CJK text); headers and signature lines hold a few KB. FHIR's CarePlan, though, is one
+# line holding every step, strength, requirement and review of the plan, so it grows with the
+# plan: 11.5 MB for the 20,000-event case of bench/big_case.py (500 goals, 2,500 steps of
+# 4,000 characters, a 24 MB plan document). 64 MiB is 5.8 times that, a plan the service
+# itself holds at about 3.5 times its document on every read (docs/performance.md).
+MAX_LINE_BYTES = 64 << 20
+
+
+def _bounded(source: Iterable[bytes]) -> Iterator[bytes]:
+    """The source's lines, none longer than MAX_LINE_BYTES: a binary file is read with that
+    bound, so a line past it is refused having read one byte more than the bound, never the
+    whole line; lines given already split are held to the same bound."""
+    readline = getattr(source, "readline", None)
+    lines = _read_lines(readline) if callable(readline) else source
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE_BYTES:
+            raise MalformedExport(f"line {number}: longer than {MAX_LINE_BYTES >> 20} MiB"
+                                  f" ({MAX_LINE_BYTES:,} bytes), too long to be an export"
+                                  " line")
+        yield line
+
+
+def _read_lines(readline: Callable[[int], bytes]) -> Iterator[bytes]:
+    while line := readline(MAX_LINE_BYTES + 1):
+        yield line
+
+
 class _Lines:
     """The export's lines, one behind: the digest covers every line but the last (the
-    trailer), which is only known to be last when the file ends."""
+    trailer), which is only known to be last when the file ends. Every format reads its
+    lines here, each at most MAX_LINE_BYTES."""
 
-    def __init__(self, lines: Iterator[bytes]) -> None:
-        self._lines = lines
-        self._pending = next(lines, None)
+    def __init__(self, source: Iterable[bytes]) -> None:
+        self._lines = _bounded(source)
+        self._pending = next(self._lines, None)
         self.digest = hashlib.sha256()
         self.number = 0
         self.last: bytes | None = None
