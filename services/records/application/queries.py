@@ -33,10 +33,10 @@ from services.records.application.access import (
 )
 from services.records.application.cases import history_entry
 from services.records.application.policy import AgencyPolicies
-from services.records.chain import ChainReport
-from services.records.domain import PlanState, plan_json
+from services.records.chain import ChainCheck, ChainReport
+from services.records.domain import DomainError, PlanState, plan_json
 from services.records.domain.state import NoteState
-from services.records.domain.view import note_document
+from services.records.domain.view import note_document, plan_document
 from services.records.export.fhir import FhirWriter
 from services.records.export.formats import ExportFormat, ExportHeader, ExportWriter
 from services.records.export.pdf import PdfRenderer, signed_pdf
@@ -96,6 +96,21 @@ def _exported(stored: StoredPlan, window: WindowVersions | None) -> tuple[int, i
     """The versions an export holds: every one through the current version, or for a window
     the events recorded inside it."""
     return (window.first + 1, window.last) if window else (1, stored.version)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """What a windowed export rests on and does not hold: the chain from the case's first
+    event through ``version`` (its first exported version, or the last one when the window
+    holds none), checked before the export was signed; ``hash`` is that version's hash."""
+
+    version: int
+    hash: str
+
+    def changed(self, event_id: str | None) -> ChainReport:
+        """The report of a chain whose event at ``version`` changed after it was checked."""
+        return ChainReport(False, self.version - 1, "", self.version, event_id,
+                           "the event changed after the chain was checked")
 
 
 @dataclass(frozen=True)
@@ -289,31 +304,64 @@ class CaseQueries:
                      request_id: str | None = None) -> CaseExport:
         """The case's history as a signed export: every event through the current version (a
         windowed auditor: the events recorded inside the window), read page by page as the
-        answer streams, so memory stays flat however long the history."""
-        async def fits(stored: StoredPlan, window: WindowVersions | None) -> None:
+        answer streams, so memory stays flat however long the history. A windowed export
+        whose chain does not hold before or into its window is refused (ChainBroken): the
+        file could not show the break, and signing it would vouch for it."""
+        anchors: list[Anchor | None] = []
+
+        async def answerable(stored: StoredPlan, window: WindowVersions | None) -> None:
+            first, last = _exported(stored, window)
+            anchors.append(await self._anchor(case_id, first, last))
             if export_format is ExportFormat.PDF:  # refused before anything streams
-                await self._fits_a_pdf(case_id, *_exported(stored, window))
+                await self._fits_a_pdf(case_id, first, last)
 
         stored, window = await self._allow(who, case_id, Action.EXPORT,
                                            f"export format={export_format.value}", request_id,
-                                           answerable=fits,
-                                           with_view=export_format is ExportFormat.FHIR
-                                           and not who.has_window)
+                                           answerable=answerable)
+        (anchor,) = anchors
         first, last = _exported(stored, window)
         header = ExportHeader(str(case_id), stored.agency, first, last, self._clock(),
                               {"sub": who.sub, "role": who.role.value})
         if export_format is ExportFormat.PDF:
-            chunks = self._pdf_chunks(header, case_id, first, last)
+            chunks = self._pdf_chunks(header, case_id, anchor)
         elif export_format is ExportFormat.FHIR:
-            current = stored.view if stored.version == last else None
+            # folded before the answer begins: an event this version cannot read, or a chain
+            # broken before the window, is a problem answer, not a file cut short
+            plan = [await self._view_at(case_id, first, last, anchor)]
             chunks = self._fhir_chunks(FhirWriter(header, await self._calendar(case_id)),
-                                       current, case_id, first, last)
+                                       plan, case_id, first, last, anchor)
         else:
             chunks = self._export_chunks(ExportWriter(export_format, header), case_id, first,
-                                         last)
+                                         last, anchor)
         versions = f"v{first}-{last}" if first <= last else f"v{last}-unchanged"
         return CaseExport(f"case-{case_id}-{versions}.{export_format.file_suffix}",
                           export_format.media_type, chunks)
+
+    async def _anchor(self, case_id: UUID, first: int, last: int) -> Anchor | None:
+        """For an export that starts after version 1 (an auditor's window): the chain from
+        the case's first event through the first version exported (through the last, when
+        the window holds none), checked as GET …/verify checks it. The file takes its first
+        ``prev_hash`` as given, so a break there could never show in it: ChainBroken. None
+        for an export from version 1, whose file holds its whole chain."""
+        if first == 1:
+            return None
+        through = min(first, last)
+        report = await self._store.verify(case_id, up_to_version=through)
+        if not report.valid:
+            raise ChainBroken(case_id, report, first, last)
+        return Anchor(through, report.head_hash)
+
+    async def _exported_pages(self, case_id: UUID, first: int, last: int,
+                              anchor: Anchor | None) -> AsyncGenerator[list[RecordedEvent], None]:
+        """The pages of the export. Its first event must be the one whose chain was checked
+        before the answer began (``anchor``): changed since, the export stops, cut short (a
+        cut file fails verification), rather than sign it."""
+        async for events in self._store.pages(case_id, first, last):
+            head = events[0]
+            if anchor is not None and head.version == anchor.version \
+                    and head.hash != anchor.hash:
+                raise ChainBroken(case_id, anchor.changed(str(head.event_id)), first, last)
+            yield events
 
     async def _calendar(self, case_id: UUID) -> Callable[[datetime], date]:
         """The case's calendar: the time zone of the policy it was opened under, which its
@@ -332,27 +380,57 @@ class CaseQueries:
                                  f" lays out at most {MAX_PDF_TEXT_BYTES:,}")
 
     async def _export_chunks(self, writer: ExportWriter, case_id: UUID, first: int,
-                             last: int) -> AsyncGenerator[bytes, None]:
+                             last: int, anchor: Anchor | None) -> AsyncGenerator[bytes, None]:
         yield writer.header()
-        async for events in self._store.pages(case_id, first, last):
+        async for events in self._exported_pages(case_id, first, last, anchor):
             yield b"".join(writer.event(event.link()) for event in events)
         yield writer.trailer(self._signer)
 
-    async def _fhir_chunks(self, writer: FhirWriter, current: dict[str, Any] | None,
-                           case_id: UUID, first: int, last: int) -> AsyncGenerator[bytes, None]:
-        """The plan as of the last version exported (``current``: its document when read
-        already), as resources, then the events."""
-        yield writer.opening(current if current is not None
-                             else await self._view_at(case_id, last))
-        current = None  # a large plan is not held while the history streams
-        async for events in self._store.pages(case_id, first, last):
+    async def _fhir_chunks(self, writer: FhirWriter, plan: list[dict[str, Any]],
+                           case_id: UUID, first: int, last: int,
+                           anchor: Anchor | None) -> AsyncGenerator[bytes, None]:
+        """The plan as of the last version exported (``plan``, handed over once), as
+        resources, then the events. The plan is folded from the events, never read from the
+        plans table (a projection the
+        service's role may write: a row changed there was signed as the plan while the
+        events said otherwise); the events before a window are checked as they are folded."""
+        yield writer.opening(plan.pop())  # a large plan is not held while the history streams
+        async for events in self._exported_pages(case_id, first, last, anchor):
             yield b"".join(writer.event(event.link()) for event in events)
         yield writer.trailer(self._signer)
 
-    async def _view_at(self, case_id: UUID, version: int) -> dict[str, Any]:
-        state = await self._state_at(case_id, version)
-        assert state is not None  # a visible case has its opening event
-        return dict(json.loads(plan_json(state)))
+    async def _view_at(self, case_id: UUID, first: int, version: int,
+                       anchor: Anchor | None) -> dict[str, Any]:
+        """The plan at ``version``, the export's last (``first`` its first), folded page by
+        page from the events whose chain holds, checked on the way as the verify endpoint
+        checks it: at a broken link the fold stops, so no changed event makes the plan (the
+        export's own chain shows the break, and the file is not verified). A window's events
+        before it, which the file does not hold, must still be the ones checked just before
+        (``anchor``): otherwise, and when not even the first event holds, ChainBroken."""
+        state, check, anchored = None, ChainCheck(), None
+        async for events in self._store.pages(case_id, 1, version):
+            held = []
+            for event in events:
+                check.add_stored(event.link())
+                if check.broken:
+                    break
+                held.append(event)
+                if anchor is not None and event.version == anchor.version:
+                    anchored = event.hash
+            state = fold_recorded(held, state)
+            if check.broken:
+                break
+        report = check.report()
+        if anchor is not None and report.valid and anchored != anchor.hash:
+            report = anchor.changed(None)
+        if state is None or (anchor is not None and anchored != anchor.hash):
+            raise ChainBroken(case_id, report, first, version)
+        # the plan as JSON values, as the API writes it, holding no more than two copies of
+        # a large plan at once: the state is let go before the text is decoded, the bytes
+        # before it is parsed (json.loads of bytes would hold them beside their text)
+        encoded, state = encode_json(plan_document(state)), None
+        text, encoded = encoded.decode(), b""
+        return dict(json.loads(text))
 
     async def _state_at(self, case_id: UUID, version: int | None, *,
                         up_to_time: datetime | None = None) -> PlanState | None:
@@ -363,13 +441,14 @@ class CaseQueries:
             state = fold_recorded(events, state)
         return state
 
-    async def _pdf_chunks(self, header: ExportHeader, case_id: UUID, first: int,
-                          last: int) -> AsyncGenerator[bytes, None]:
+    async def _pdf_chunks(self, header: ExportHeader, case_id: UUID,
+                          anchor: Anchor | None) -> AsyncGenerator[bytes, None]:
         """Laid out page by page as the events are read (in a thread: rendering is CPU work),
         then handed out with its signature line."""
-        renderer = await asyncio.to_thread(PdfRenderer, header)
+        first, last = header.first_version, header.last_version
+        renderer = await asyncio.to_thread(PdfRenderer, header, first - 1 if anchor else 0)
         try:
-            async for events in self._store.pages(case_id, first, last):
+            async for events in self._exported_pages(case_id, first, last, anchor):
                 await asyncio.to_thread(renderer.add, [event.link() for event in events])
             chunks = signed_pdf(renderer, header, self._signer)
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
@@ -407,6 +486,29 @@ class CaseQueries:
             if len(rows) > limit else None
         return api.CaseloadPage(cases=cases,
                                 next_after=last.encode(order) if last is not None else None)
+
+
+class ChainBroken(DomainError):
+    """A windowed export whose hash chain does not hold at or before its first version (409,
+    ``chain-broken``): the file would take its first ``prev_hash`` as given, so the break
+    could never show in it, and the service does not sign it."""
+
+    status = 409
+
+    def __init__(self, case_id: UUID, report: ChainReport, first: int, last: int) -> None:
+        window = (f" Your window's export would begin at version {first}" if first <= last else
+                  f" The case stood at version {last} throughout your window")
+        event = f", event {report.broken_event_id}" if report.broken_event_id else ""
+        super().__init__(
+            "chain_broken",
+            f"this case's hash chain is broken at version {report.broken_at_version}{event}:"
+            f" {report.problem}."
+            + (f"{window}, and an export of a window takes the chain before its first event"
+               " as given, so a break there would not show in it: none is signed."
+               if first > 1 else "")
+            + f" GET /v1/cases/{case_id}/verify names the same break; ask the agency that"
+            " keeps the record to look into it.")
+        self.report = report
 
 
 class ExportTooLarge(Exception):

@@ -71,8 +71,11 @@ def _font() -> str:
 class PdfRenderer:
     """Lays out one export page by page; not thread-safe, but may move between threads."""
 
-    def __init__(self, header: ExportHeader) -> None:
+    def __init__(self, header: ExportHeader, checked_before: int = 0) -> None:
+        """``checked_before``: how many versions before the export's first (an auditor's
+        window) the service checked the chain of before laying it out; the document says so."""
         self._header = header
+        self._checked_before = checked_before
         # closed by close(), once the document has been handed out or abandoned
         self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
             max_size=_SPOOL_BYTES)
@@ -129,6 +132,11 @@ class PdfRenderer:
         elif chain.valid:
             text = (f"Hash chain: intact, checked by the service as it made this export;"
                     f" head {chain.head_hash}.")
+            if before := self._checked_before:
+                shown = "version 1" if before == 1 else f"versions 1 to {before}"
+                text += (f" The chain before it, from the case's first event ({shown}, not"
+                         " shown here), was checked too, and the first event shown follows"
+                         " it.")
         else:
             text = (f"Hash chain: BROKEN at version {chain.broken_at_version}"
                     f" ({chain.problem}). From that version on, what this export shows is"
