@@ -425,3 +425,23 @@ async def test_bad_access_log_queries(scene: Scene, query: str) -> None:
     code, body, _ = await scene.get(f"/v1/access-log?{query}",
                                     scene.token(role="supervisor", sub="sup-1"))
     assert code in {400, 422}, body
+
+
+@pytest.mark.parametrize("path", ["{c}", "{c}?as_of_version=4", "{c}/history",
+                                  "{c}/diff?from_version=1&to_version=4", "{c}/verify",
+                                  "{c}/export", "{c}/export?format=fhir"])
+async def test_a_window_still_to_open_shows_nothing_yet(scene: Scene, path: str) -> None:
+    """Before its window opened, a court's token read the plan as it was at that moment,
+    which the window, once open, refused as outside it: it followed the case through a
+    period it was never given. Nothing inside the window is recorded yet: 404, as for a case
+    the token does not name, and the attempt is logged as outside the window."""
+    later = scene.auditor(scene.times[3] + DAY, scene.times[3] + 2 * DAY)
+    response = await scene.client.get(path.format(c=f"/v1/cases/{scene.case_id}"),
+                                      headers=bearer(later))
+    assert response.status == 404, await response.text()
+    assert "ETag" not in response.headers
+    assert response.content_type == "application/problem+json"
+    await scene.log_settled()
+    refused = await scene.db.fetchval(
+        "SELECT refused FROM records.access_log ORDER BY id DESC LIMIT 1")
+    assert refused == "outside the audit window"

@@ -6,8 +6,8 @@
    version 2, yet the window's JSON Lines, CSV, FHIR and PDF exports were signed and
    VERIFIED, the PDF's chain report said intact and the FHIR Goal showed the rewritten title.
    Now a window whose chain does not hold up to and into its first event is refused (409
-   ``chain-broken``, naming the break, nothing logged or signed); a break inside the window
-   shows in the file, as in an export of the whole case; an untampered window verifies.
+   ``chain-broken``, naming the break, nothing signed, the attempt logged); a break inside
+   the window shows in the file, as in an export of the whole case; an untampered window verifies.
 2. A FHIR export of the whole case took its plan from the plans table, a projection the
    service's role may write: a row changed there was signed and VERIFIED while the events in
    the same Bundle said otherwise. Now the plan is folded from the events.
@@ -146,8 +146,9 @@ async def test_a_window_over_a_record_changed_before_it_is_refused_not_signed(
         trail: Trail, fmt: str, window: str, bypass: str) -> None:
     """The goal of version 2 is rewritten by a superuser. The auditor's own verify names
     version 2; the export of the window answers 409 ``chain-broken`` naming the same link and
-    pointing to verify and the agency, and writes nothing: no file, no access-log entry (the
-    record cannot answer, as a PDF too long cannot)."""
+    pointing to verify and the agency, and writes no file. The attempt is in the access log,
+    refused for the broken chain: a court finding the record tampered with is what a
+    supervisor reviewing the log must see (it was not logged at all)."""
     await trail.tamper(REWRITE_THE_GOAL, bypass=bypass)
     court = trail.auditor(window)
     found = await verify_endpoint(trail.client, court, trail.case_id)
@@ -167,7 +168,10 @@ async def test_a_window_over_a_record_changed_before_it_is_refused_not_signed(
     assert "ask the agency" in detail, detail
     assert REWRITTEN not in detail  # nothing of the record's content
     assert GOAL not in detail
-    assert await trail.access_log_entries() == logged
+    assert await trail.access_log_entries() == logged + 1
+    refused = await trail.fetchval("SELECT refused FROM records.access_log"
+                                   " ORDER BY id DESC LIMIT 1")
+    assert refused == "chain broken at version 2"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -65,6 +65,7 @@ MAX_PDF_TEXT_BYTES = 4_000_000
 # Why an audited read was refused, as the access log says it (docs/decisions/0004).
 REFUSED_NOT_NAMED = "not named in the token"
 REFUSED_OUTSIDE_WINDOW = "outside the audit window"
+REFUSED_CHAIN_BROKEN = "chain broken at version"
 
 # Refuses (OutsideWindow) a read asking for what a window does not show.
 WindowCheck = Callable[[WindowVersions], object]
@@ -73,11 +74,15 @@ WindowCheck = Callable[[WindowVersions], object]
 AnswerCheck = Callable[[StoredPlan, WindowVersions | None], Awaitable[None]]
 
 
-def _check_window(window: WindowVersions | None, within: WindowCheck | None) -> None:
+def _check_window(window: WindowVersions | None, within: WindowCheck | None, *,
+                  opened: bool) -> None:
     if window is None:
         return
-    if window.last == 0:
-        raise NotVisible  # the case did not exist yet when the window closed
+    # the case did not exist yet when the window closed; or the window is still to open,
+    # and nothing inside it is recorded yet (each read showed the plan as it was that
+    # moment, which the window once open refused)
+    if window.last == 0 or not opened:
+        raise NotVisible
     if within is not None:
         within(window)
 
@@ -161,14 +166,21 @@ class CaseQueries:
             raise
         window = await self._window(who, case_id)
         shown = f" window_versions={window.first}-{window.last}" if window else ""
+        opened = who.window_from is None or who.window_from <= self._clock()
         try:
-            _check_window(window, within)
+            _check_window(window, within, opened=opened)
         except (NotVisible, OutsideWindow):
             await self._log_read(who, case_id, action, what + shown, request_id,
                                  refused=REFUSED_OUTSIDE_WINDOW)
             raise
         if answerable is not None:
-            await answerable(stored, window)
+            try:
+                await answerable(stored, window)
+            except ChainBroken as broken:  # not bad input: a probe supervisors must see
+                await self._log_read(who, case_id, action, what + shown, request_id,
+                                     refused=f"{REFUSED_CHAIN_BROKEN}"
+                                             f" {broken.report.broken_at_version}")
+                raise
         await self._log_read(who, case_id, action, what + shown, request_id)
         return stored, window
 
