@@ -12,8 +12,11 @@ events (:func:`warnings_for`), so an idempotent replay rebuilds exactly the same
 The participant's own words (``in_their_words``, ``participant_statement``) are recorded
 verbatim and are not checked: the guide is for how staff document, not for correcting how a
 person speaks about their own life. Nor are words a writer quotes (in double quotes, "…",
-“…”, „…“ or «…»), which are most often the participant's. Phrases that hold a term but say
-nothing of a person ("Alcoholics Anonymous", "water-resistant") are listed as ``not_flagged``.
+“…”, „…“ or «…»), which are most often the participant's, except where the quotes only wrap
+the writer's own words: a text that is all quotes, and a scare-quoted label (a quote of a few
+words that nothing in its sentence attributes to a speaker: Jo is an “offender”). Phrases that
+hold a term but say nothing of a person ("Alcoholics Anonymous", "water-resistant") are listed
+as ``not_flagged``.
 """
 
 from __future__ import annotations
@@ -68,15 +71,39 @@ _APOSTROPHES = "'\u2019\u02bc"
 # invisible characters a pasted text may carry inside a word (a soft hyphen from a hyphenated
 # report, a zero-width space): "offen\u00adder" reads as "offender" on every screen
 _INVISIBLE = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff]")
-# what a writer quotes: the participant's own words, which the guide leaves as they are. A
-# straight quote opens only before a word and closes only after one, within a line: an inch
-# mark (5'10") must not pair with the next quote and hide the writer's words between them
+# what a writer quotes: most often the participant's own words, left as they are (save the
+# writer's own words in quotes, below). A straight quote opens only before a word and closes
+# only after one, within a line: an inch mark (5'10") must not pair with the next quote and
+# hide the writer's words between them
 _QUOTED = re.compile(r'(?<!\w)"(?=\w)[^"\n]{0,300}(?<=\S)"(?!\w)'
                      r"|\u201c[^\u201d]*\u201d|\u201e[^\u201c\u201d]*[\u201c\u201d]"
                      r"|\u00ab[^\u00bb]*\u00bb")
 # what a quote or a phrase not flagged leaves in the text: no word, and no joiner either, so
 # the words around it cannot make a term together ('frequent "x" flyer')
 _GAP = "\ufffc"
+
+# Quotes are left out so that staff can quote the participant's own words ("Jo said: “I was an
+# addict, and I am proud of my recovery”"). Quote marks also serve to wrap the writer's own
+# words, and those are read like any other:
+# - a text that is all quotes (no word outside them, whatever the punctuation): nothing in it
+#   says whose words they are, and a whole note in quotes ('"Jo is an addict."') is the
+#   writer's note all the same;
+# - a scare-quoted label: a quote of at most _LABEL_WORDS words that is not attributed, as no
+#   speech word ("said", "told", "calls", "in her words"…) comes before it in its sentence or
+#   just after it (within _LABEL_WORDS words: '"resistant," he said'), and no colon just
+#   before it. Quotes around a label (Jo is an “offender”) distance the writer from the word,
+#   yet the participant, the court and the next worker read the label as the writer's. A word
+#   named as a word ("Jo dislikes the word “addict”") is talked about, not used: also exempt.
+# A short quote with no term in it gives no warning when read, so only labels are affected; a
+# longer quote stays exempt, attributed or not, as it is most often what someone said.
+_LABEL_WORDS = 3
+_QUOTE_WORD = re.compile(r"\w+(?:[-\u2010-\u2015" + _APOSTROPHES + r"]\w+)*")
+_SPEECH = re.compile(
+    r"(?<!\w)(?:say|says|said|saying|told|tells|asked|asks|call|calls|called|calling|stated"
+    r"|wrote|writes|replied|explained|described|describes|according\s+to"
+    r"|(?:their|her|his|my|our|your|own)\s+words|(?:the|this|that)\s+(?:word|term|label))"
+    r"(?!\w)", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?;\n\u2026]")
 
 
 def _atoms(term: str) -> list[str]:
@@ -93,7 +120,25 @@ def _atoms(term: str) -> list[str]:
 
 def _staff_text(text: str) -> str:
     """What of ``text`` the guide reads: the writer's own words, as a screen shows them."""
-    return _QUOTED.sub(_GAP, _INVISIBLE.sub("", text))
+    text = _INVISIBLE.sub("", text)
+    # the text with every quote blanked out (same length, no word, no sentence end): where
+    # the words around a quote are looked for
+    outside = _QUOTED.sub(lambda quote: _GAP * len(quote.group()), text)
+    if outside == text or not re.search(r"\w", outside):  # no quote, or nothing but quotes
+        return text
+    return _QUOTED.sub(lambda quote: quote.group() if _is_label(quote, outside) else _GAP,
+                       text)
+
+
+def _is_label(quote: re.Match[str], outside: str) -> bool:
+    """Whether a quote is a scare-quoted label: a few words, attributed to no one."""
+    if len(_QUOTE_WORD.findall(quote.group(), 1, len(quote.group()) - 1)) > _LABEL_WORDS:
+        return False
+    before = _SENTENCE_END.split(outside[:quote.start()])[-1]
+    after = _SENTENCE_END.split(outside[quote.end():], maxsplit=1)[0]
+    just_after = " ".join(_QUOTE_WORD.findall(after)[:_LABEL_WORDS])
+    return not (before.rstrip().endswith(":") or _SPEECH.search(before)
+                or _SPEECH.search(just_after))
 
 
 def _compile(term: str) -> re.Pattern[str]:
@@ -178,7 +223,8 @@ def _masking(phrases: Iterable[str]) -> re.Pattern[str] | None:
     if not by_length:
         return None
     alternatives = "|".join("".join(_atoms(phrase)) for phrase in by_length)
-    return re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)", re.IGNORECASE)
+    # a plural is accepted as it is for terms ("alcoholic beverages")
+    return re.compile(r"(?<!\w)(?:" + alternatives + r")(?:s|es)?(?!\w)", re.IGNORECASE)
 
 
 def _parse_terms(data: Mapping[str, Any]) -> list[GuideTerm]:
