@@ -30,7 +30,7 @@ from services.records.domain import commands as c
 from services.records.domain.errors import InvalidTransition, NotFound, RuleViolation
 from services.records.domain.policy import AgencyPolicy, DecisionContext
 from services.records.domain.state import GoalState, PlanState, StepState
-from services.records.domain.words import check_body_words, has_words
+from services.records.domain.words import check_body_words, check_reason, has_words
 
 Events = list[ev.EventPayload]
 
@@ -120,13 +120,13 @@ _REASON_FIELDS = ("reason", "override_reason")
 
 
 def _check_reasons_have_words(events: Events) -> None:
-    """Rule 5: every reason recorded says why, in words."""
+    """Rule 5: every reason recorded says why, in words (``words.check_reason``: not a
+    placeholder such as "n/a", nor a single letter)."""
     for event in events:
         for field in (name for name in _REASON_FIELDS if name in type(event).model_fields):
             reason = getattr(event, field)
-            if reason is not None and not has_words(reason):
-                raise RuleViolation("reason_required", f"A reason is written in words: "
-                                    f"\"{reason}\" does not say why.", field=field)
+            if reason is not None:
+                check_reason(reason, field)
 
 
 def _said(status: str) -> str:

@@ -6,10 +6,15 @@ Every free text a request body gives, names included, holds a letter or a digit,
 judged: a field left out, or cleared with null, gives nothing; a revision sending back a text
 the item already holds (recorded before the rule) gives nothing new; and text copied from events
 recorded before (a step's description in its completion) is not judged again.
+
+A reason (rule 5) says more: it is how the record answers "why?" to the participant,
+supervisors and courts, so a placeholder ("n/a", "none", "tbd") or a single letter is not one
+(``check_reason``).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +52,45 @@ _SHOWN = 20  # characters of the refused text quoted back
 def has_words(text: str | None) -> bool:
     """Whether ``text`` holds a letter or a digit, in any script."""
     return text is not None and any(char.isalnum() for char in text)
+
+
+# Rule 5: what fills a reason field and says nothing, compared with a reason's letters and
+# digits only, case ignored ("N/A", "n.a.", "No reason!" are "na", "na", "noreason"). Only a
+# whole reason is compared: "Whereabouts unknown since March" says why, "unknown" does not
+# (whoever acts knows why they act, even when a fact is unknown). Shorter forms (".", "-",
+# "x", "?") are refused by the count below. The list is data: a placeholder found in use is
+# one more line here, not new logic.
+NON_REASONS: tuple[str, ...] = (
+    "n/a", "na", "not applicable", "none", "nil", "null", "nothing", "no reason",
+    "no reason given", "tbd", "tba", "tbc", "xx", "xxx", "test", "unknown", "idk",
+)
+_MIN_REASON = 2  # letters or digits, in any script, in a reason
+
+
+def _bare(text: str) -> str:
+    """``text``'s letters and digits only, case folded and in their compatibility forms
+    (full-width N/A is "N/A"): what a reason says, for comparing."""
+    return "".join(char for char in unicodedata.normalize("NFKC", text)
+                   if char.isalnum()).casefold()
+
+
+_NON_REASONS = frozenset(_bare(text) for text in NON_REASONS)
+
+
+def check_reason(reason: str, field: str = "reason") -> None:
+    """Refuse (422 ``reason_required``, naming ``field``) a reason that does not say why: fewer
+    than two letters or digits, or only a placeholder from ``NON_REASONS``.
+
+    The one check of every reason recorded (``reason``, ``override_reason``); other texts are
+    judged by ``has_words`` alone.
+    """
+    bare = _bare(reason)
+    if len(bare) >= _MIN_REASON and bare not in _NON_REASONS:
+        return
+    shown = reason if len(reason) <= _SHOWN else reason[:_SHOWN] + "\u2026"
+    raise RuleViolation("reason_required", f"Say why, in words ({field}): the reason stays in"
+                        " the record so the participant, supervisors and courts can see why"
+                        f' this was done, and "{shown}" does not tell them.', field=field)
 
 
 def check_body_words(body: BaseModel, prefix: str = "", recorded: object = None) -> None:
