@@ -166,7 +166,7 @@ class CaseQueries:
             raise
         window = await self._window(who, case_id)
         shown = f" window_versions={window.first}-{window.last}" if window else ""
-        opened = who.window_from is None or who.window_from <= self._clock()
+        opened = window is None or await self._window_opened(who, case_id)
         try:
             _check_window(window, within, opened=opened)
         except (NotVisible, OutsideWindow):
@@ -205,6 +205,16 @@ class CaseQueries:
                request_id: str | None, refused: str | None = None) -> AccessLogEntry:
         return AccessLogEntry(self._clock(), who.agency, who.sub, who.role.value, case_id,
                               action.value, what, request_id, refused)
+
+    async def _window_opened(self, who: Principal, case_id: UUID) -> bool:
+        """Whether ``who``'s window has opened: by this instance's clock, or by an instance's
+        ahead of it, which answered as of the opening (the record keeps that moment:
+        ``answer_until``), so that both show the same."""
+        if who.window_from is None or who.window_from <= self._clock():
+            return True
+        head = await self._store.head(case_id)
+        return (head is not None and head.answered_until is not None
+                and head.answered_until >= who.window_from)
 
     async def _window(self, who: Principal, case_id: UUID) -> WindowVersions | None:
         """The versions a windowed (auditor) token sees; None for a token without a window."""
