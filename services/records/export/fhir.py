@@ -25,7 +25,7 @@ from typing import Any
 
 from schemas.events import reason_of
 from services.records.chain import ChainLink, format_timestamp
-from services.records.export.formats import ExportHeader, event_fields, json_line
+from services.records.export.formats import ExportHeader, event_fields, json_line, shown
 from services.records.export.signing import ExportSigner
 
 MEDIA_TYPE = "application/fhir+json"
@@ -51,6 +51,16 @@ STEP_STATUS = {"not_started": "not-started", "in_progress": "in-progress",
 
 Resource = dict[str, Any]
 
+def _shown_strings(value: Any) -> Any:
+    """``value`` (a resource, as JSON) with ``shown`` applied to every string in it."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {key: _shown_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shown_strings(item) for item in value]
+    return value
+
 
 def urn(value: str | uuid.UUID) -> str:
     return f"urn:uuid:{value}"
@@ -64,7 +74,8 @@ def patient_id(case_id: str) -> uuid.UUID:
 def _user(sub: str | None) -> dict[str, Any]:
     if not sub:
         return {"display": "Casetrail"}
-    return {"identifier": {"system": USER_SYSTEM, "value": sub}, "display": sub}
+    shown_sub = shown(str(sub))
+    return {"identifier": {"system": USER_SYSTEM, "value": shown_sub}, "display": shown_sub}
 
 
 def _ext(name: str, **value: Any) -> dict[str, Any]:
@@ -87,13 +98,15 @@ Calendar = Callable[[datetime], date]
 
 
 def plan_resources(view: dict[str, Any], calendar: Calendar) -> list[Resource]:
-    """The plan (its API view, as JSON) as FHIR resources, the Patient first."""
+    """The plan (its API view, as JSON) as FHIR resources, the Patient first; every string in
+    them ``shown``, whichever field it lands in."""
     case_id = str(view["case_id"])
     patient = urn(patient_id(case_id))
     goals = [goal_resource(g, patient, calendar) for g in view["goals"]]
     team = care_team(view, patient) if view["supports"] else None
-    return [patient_resource(view), care_plan(view, patient, team), *goals,
-            *([team] if team else [])]
+    return [_shown_strings(resource) for resource in
+            (patient_resource(view), care_plan(view, patient, team), *goals,
+             *([team] if team else []))]
 
 
 def patient_resource(view: dict[str, Any]) -> Resource:
@@ -268,14 +281,16 @@ def care_team(view: dict[str, Any], patient: str) -> Resource:
 
 def provenance(link: ChainLink, care_plan_id: str) -> Resource:
     """One recorded event: who did what, when and why; the event itself, with every field its
-    hash covers, rides in an extension for the verifier."""
+    hash covers, rides in an extension for the verifier exactly as recorded (JSON text: its
+    C0 controls escaped, DEL and C1 as written, which FHIR allows); the text around it is
+    ``shown``."""
     actor = link.metadata.get("actor") or {}
     agent: dict[str, Any] = {
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
                                        "provenance-participant-type", "code": "author"}]},
         "who": _user(actor.get("sub"))}
     if actor.get("role"):
-        agent["role"] = [{"text": actor["role"]}]
+        agent["role"] = [{"text": shown(str(actor["role"]))}]
     resource: Resource = {
         "resourceType": "Provenance", "id": link.event_id,
         "extension": [{"url": EVENT_EXTENSION,
@@ -286,7 +301,7 @@ def provenance(link: ChainLink, care_plan_id: str) -> Resource:
                                  "code": link.type}]},
         "agent": [agent]}
     if reason := reason_of(link.type, link.schema_version, link.data, link.metadata):
-        resource["reason"] = [{"text": reason}]
+        resource["reason"] = [{"text": shown(reason)}]
     return resource
 
 

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,23 @@ import orjson
 from schemas.events import reason_of
 from services.records.chain import ChainLink, canonical_bytes, format_timestamp
 from services.records.export.signing import ExportSigner
+
+# What FHIR strings should not hold (R4, "string": no code point below 32 but TAB, LF and CR)
+# and what no reader draws: every control character (Unicode category Cc) but those three,
+# so the C0 controls, DEL (U+007F) and the C1 controls (U+0080 to U+009F).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# shown in place of each: the Unicode replacement character, which every font a reader will
+# have draws (the Control Pictures, U+2400…, are not in DejaVu Sans, which the PDF is set in)
+STAND_IN = "\ufffd"
+
+
+def shown(text: str) -> str:
+    """``text`` as the export lays it out for people and FHIR readers: each control character
+    but TAB, LF and CR as U+FFFD, so a reader sees that something was there. The recorded
+    events keep the text as written (the FHIR Provenance entries, the JSON Lines and CSV
+    exports): docs/decisions/0012-fhir-export.md."""
+    return _CONTROL.sub(STAND_IN, text)
+
 
 EXPORT_KIND = "casetrail.case-export"
 FORMAT_VERSION = 1

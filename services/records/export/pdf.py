@@ -11,7 +11,9 @@ recompute the chain from printed pages).
 
 Text is set in DejaVu Sans where the system has it, else reportlab's Vera; a paragraph with
 characters that font lacks (Chinese, Japanese, Korean) or with right-to-left text is set by
-``typesetting`` (``Typesetter.plain`` tells which).
+``typesetting`` (``Typesetter.plain`` tells which). A control character (but TAB, LF and CR) is
+set as U+FFFD, as in the FHIR export (``formats.shown``): DejaVu Sans has no glyph for one, so a
+reader saw a box, or nothing at all where reportlab took it for a space.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from services.records.export.formats import (
     ExportHeader,
     header_digest_bytes,
     json_line,
+    shown,
     signature_block,
 )
 from services.records.export.signing import ExportSigner
@@ -172,9 +175,9 @@ class PdfRenderer:
     def _line(self, text: str, *, size: float = _SIZE, indent: float = 0.0,
               right_to_left: bool | None = None) -> None:
         """Each paragraph of ``text`` in lines that fit, each in its own direction unless
-        ``right_to_left`` says."""
+        ``right_to_left`` says; its control characters ``shown``."""
         width = self._width - indent
-        for paragraph in text.split("\n"):
+        for paragraph in shown(text).split("\n"):
             for line in self._lines(paragraph, size, width, right_to_left):
                 self._draw(line, size, _MARGIN + indent, width)
 
